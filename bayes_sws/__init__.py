@@ -1,0 +1,36 @@
+"""bayes_sws: soft weight-sharing for PyTorch networks as a Pyro probabilistic program.
+
+A learned mixture-of-Gaussians prior over network weights (Nowlan & Hinton 1992;
+Bishop, PRML §5.5.7; Ullrich, Meeds & Welling 2017), with hyperpriors on the
+mixing proportions, means and precisions. MAP by SVI with an ``AutoDelta`` guide
+minimises exactly E(w) + λΩ(w); other guides give a posterior view.
+
+>>> import bayes_sws as sws
+>>> prior = sws.MixturePrior(num_components=16, zero_component=True)
+>>> model = sws.SWSModel(net, prior, likelihood="categorical", prior_scale=1.0)
+>>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
+"""
+
+from . import penalty
+from .distributions import MixtureOfGaussians, OrderedNormal
+from .infer import FitResult, fit
+from .likelihoods import Categorical, Gaussian, Likelihood
+from .model import SWSModel
+from .priors import Mixture, MixturePrior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Categorical",
+    "FitResult",
+    "Gaussian",
+    "Likelihood",
+    "Mixture",
+    "MixtureOfGaussians",
+    "MixturePrior",
+    "OrderedNormal",
+    "SWSModel",
+    "fit",
+    "penalty",
+    "__version__",
+]

@@ -1,0 +1,179 @@
+r"""Distributions for the soft weight-sharing prior.
+
+Torch's ``MixtureSameFamily`` cannot be used: on torch 2.13 its support is a
+``MixtureSameFamilyConstraint`` that Pyro's autoguides cannot transform, and it
+materialises ``N × M`` temporaries. :class:`MixtureOfGaussians` declares
+``support = real`` and evaluates the log-density with one ``logsumexp``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from torch import Tensor
+
+try:  # the fused, chunked kernel (O(N + M) memory)
+    from .kernel import mixture_log_prob
+except ImportError:  # pragma: no cover - reference closed form while the kernel is absent
+    from .penalty import log_mixture_density
+
+    def mixture_log_prob(w, pi, mu, sigma):
+        return log_mixture_density(w, pi, mu, sigma).sum()
+
+
+__all__ = ["MixtureOfGaussians", "OrderedNormal"]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _fast_log_prob(value: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """Sum of log-densities of all elements of ``value`` under one (M,) mixture."""
+    return mixture_log_prob(value, pi, mu, sigma)
+
+
+class MixtureOfGaussians(TorchDistribution):
+    r"""A mixture of univariate Gaussians shared by every element of a tensor.
+
+    .. math::
+
+        p(w) = \prod_i \sum_j \pi_j \mathcal N(w_i \mid \mu_j, \sigma_j^2)   \qquad (5.137)
+
+    Parameters
+    ----------
+    pi, mu, sigma : Tensor
+        Mixing proportions, means and standard deviations with the component
+        dimension last: shape ``batch_shape + (M,)``.
+    event_shape : tuple of int, optional
+        Shape of the tensor the mixture is a prior for (e.g. a weight matrix's
+        shape). Its elements are independent draws; ``log_prob`` sums over them,
+        so one sample site covers a whole parameter tensor.
+
+    Notes
+    -----
+    ``support`` is ``real`` (event dimension ``len(event_shape)``), so every
+    Pyro autoguide can use the site. With unbatched (``(M,)``) parameters and an
+    unbatched value, ``log_prob`` uses the chunked kernel of
+    :mod:`bayes_sws.kernel` (memory O(N + M)); otherwise it broadcasts, which
+    keeps :class:`pyro.infer.Predictive` with ``parallel=True`` working.
+    """
+
+    arg_constraints = {
+        "pi": constraints.simplex,
+        "mu": constraints.real_vector,
+        "sigma": constraints.independent(constraints.positive, 1),
+    }
+    has_rsample = False
+
+    def __init__(
+        self,
+        pi: Tensor,
+        mu: Tensor,
+        sigma: Tensor,
+        event_shape: tuple[int, ...] | torch.Size = (),
+        validate_args: bool | None = None,
+    ):
+        if pi.dim() < 1 or mu.dim() < 1 or sigma.dim() < 1:
+            raise ValueError("pi, mu and sigma need a trailing component dimension of size M")
+        num_components = pi.shape[-1]
+        if mu.shape[-1] != num_components or sigma.shape[-1] != num_components:
+            raise ValueError(
+                "pi, mu and sigma must have the same number of components (last dimension), "
+                f"got {pi.shape[-1]}, {mu.shape[-1]}, {sigma.shape[-1]}"
+            )
+        batch_shape = torch.broadcast_shapes(pi.shape[:-1], mu.shape[:-1], sigma.shape[:-1])
+        shape = batch_shape + (num_components,)
+        self.pi, self.mu, self.sigma = pi.expand(shape), mu.expand(shape), sigma.expand(shape)
+        super().__init__(batch_shape, torch.Size(event_shape), validate_args=validate_args)
+
+    @property
+    def num_components(self) -> int:
+        return self.pi.shape[-1]
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MixtureOfGaussians, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + (self.num_components,)
+        new.pi, new.mu, new.sigma = (t.expand(shape) for t in (self.pi, self.mu, self.sigma))
+        super(MixtureOfGaussians, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _params_for(self, extra_dims: int) -> tuple[Tensor, Tensor, Tensor]:
+        # batch + (1,)*E + (M,): broadcasts against sample + batch + event values
+        view = self.batch_shape + (1,) * extra_dims + (self.num_components,)
+        return tuple(t.reshape(view) for t in (self.pi, self.mu, self.sigma))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        num_event = len(self.event_shape)
+        if not self.batch_shape and value.shape == self.event_shape:
+            return _fast_log_prob(value, self.pi, self.mu, self.sigma)
+        value_batch = value.shape[: value.dim() - num_event]
+        if len(value_batch) < len(self.batch_shape) and value_batch.numel() == self.batch_shape.numel():
+            # Predictive(parallel=True) drops plate singletons of event sites: put them back
+            value = value.reshape(self.batch_shape + self.event_shape)
+        pi, mu, sigma = self._params_for(num_event)
+        z = (value.unsqueeze(-1) - mu) / sigma  # ... M
+        log_p = torch.logsumexp(torch.log(pi) - 0.5 * z * z - torch.log(sigma), dim=-1)
+        log_p = log_p - _LOG_SQRT_2PI
+        return log_p.sum(tuple(range(-num_event, 0))) if num_event else log_p
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        pi, mu, sigma = self._params_for(len(self.event_shape))
+        full = self.batch_shape + self.event_shape + (self.num_components,)
+        with torch.no_grad():
+            index = torch.distributions.Categorical(probs=pi.expand(full)).sample(sample_shape)
+            index = index.unsqueeze(-1)
+            grow = shape + (self.num_components,)
+            loc = mu.expand(grow).gather(-1, index).squeeze(-1)
+            scale = sigma.expand(grow).gather(-1, index).squeeze(-1)
+            return torch.normal(loc, scale)
+
+
+class OrderedNormal(TorchDistribution):
+    r"""Independent Normals restricted to increasing order, :math:`\mu_1 < \dots < \mu_K`.
+
+    The density is :math:`K! \prod_k \mathcal N(\mu_k \mid m, s^2)` on the ordered
+    cone (the joint density of the order statistics), so it is proper and
+    normalised. Used for the component means when identifiability across MCMC
+    chains matters (label switching).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.ordered_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, scale: Tensor, size: int, validate_args: bool | None = None):
+        self.loc, self.scale = torch.as_tensor(loc), torch.as_tensor(scale)
+        self.size = int(size)
+        batch_shape = torch.broadcast_shapes(self.loc.shape, self.scale.shape)
+        super().__init__(batch_shape, torch.Size([self.size]), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(OrderedNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale, new.size = self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.size
+        super(OrderedNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        draws = self.loc.unsqueeze(-1) + self.scale.unsqueeze(-1) * eps
+        return draws.sort(dim=-1).values
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        loc, scale = self.loc.unsqueeze(-1), self.scale.unsqueeze(-1)
+        log_p = torch.distributions.Normal(loc, scale).log_prob(value).sum(-1)
+        return log_p + math.lgamma(self.size + 1)

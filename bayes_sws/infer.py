@@ -1,0 +1,382 @@
+r"""Inference: ``fit`` runs SVI on an :class:`~bayes_sws.model.SWSModel`.
+
+With ``guide="map"`` (``AutoDelta``) and flat hyperpriors the loss minimised is
+exactly :math:`E(w) + \lambda\Omega(w) + \text{const}` (5.139); with proper
+hyperpriors it adds :math:`-\log p(\pi, \mu, \sigma)`. Other guides (see
+:mod:`bayes_sws.guides`) give a posterior instead of a point, with the same call
+and the same result record.
+
+The loop is written with a plain ``torch.optim`` optimiser over the guide's and
+the network's parameters (no global param store): parameter groups give the
+mixture its own learning rate, and full-batch L-BFGS is one option away.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_to_value
+from torch import Tensor, nn
+
+from ._progress import progress_bar
+from .guides import POINT_GUIDES, build_guide, guide_name
+from .model import SWSModel
+from .priors import Mixture
+
+__all__ = ["fit", "FitResult", "OPTIMIZERS", "local_params", "as_data"]
+
+OPTIMIZERS = ("adam", "lbfgs")
+_HYPER_PREFIXES = ("sws.", "likelihood.")
+
+
+def local_params():
+    """Context in which Pyro modules keep their parameters to themselves (no global store)."""
+    return pyro.settings.context(module_local_params=True)
+
+
+# ---------------------------------------------------------------------- validation
+def _positive_number(name: str, value: Any, *, integer: bool = False, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be {kind} > 0, got {value!r}")
+    if integer and int(value) != value:
+        raise TypeError(f"{name} must be {kind} > 0, got {value!r}")
+    if not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
+    """Check and convert inputs and targets for ``model``; errors name the bad value.
+
+    Inputs take the dtype and device of the network's parameters; targets are
+    checked against one network output (class range, regression shape).
+    """
+    like = model._like()
+    tensors = []
+    for name, value in (("x", x), ("y", y)):
+        if value is None:
+            raise ValueError(f"{name} is None; fit needs inputs x and targets y")
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be a tensor or array, got {type(value).__name__}: {err}") from None
+        tensors.append(value.to(like.device))
+    x, y = tensors
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); fit needs at least one data point")
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of data points, got x of shape {tuple(x.shape)} "
+            f"and y of shape {tuple(y.shape)}"
+        )
+    x = x.to(like.dtype)
+    for name, value in (("x", x), ("y", y)):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} contains a non-finite value {value[tuple(bad)].item()} at index {bad}; "
+                "remove or impute NaN/Inf before fitting"
+            )
+    try:
+        with torch.no_grad():
+            output = model.net(x[:2])
+    except Exception as err:  # the network's own error, reworded at the boundary
+        raise ValueError(
+            f"the network cannot process inputs of shape {tuple(x.shape[1:])} per data point: {err}"
+        ) from None
+    y = model.likelihood.check_targets(y, output)
+    return x, y
+
+
+def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
+    """Point estimates of the hyperparameters need densities bounded on their support."""
+    prior = model.prior
+    if prior.flat:
+        return
+    problems = []
+    if "sws.mixing" in prior.site_names and prior.mixing_concentration < 1:
+        problems.append(f"mixing_concentration (Dirichlet α) = {prior.mixing_concentration} < 1")
+    if "sws.pi_zero" in prior.site_names and min(prior.pi_zero_prior) < 1:
+        problems.append(f"pi_zero_prior (Beta a, b) = {prior.pi_zero_prior} has an entry < 1")
+    if prior.precision_concentration < 1:
+        problems.append(f"precision_concentration (Gamma shape) = {prior.precision_concentration} < 1")
+    if problems:
+        raise ValueError(
+            f"guide={guide!r} takes point estimates of the hyperparameters, but "
+            + "; ".join(problems)
+            + ": the density is unbounded at the edge of its support so the MAP does not exist. "
+            "Use values >= 1 or a variational guide such as 'normal'."
+        )
+
+
+# ---------------------------------------------------------------------- result
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the fitted guide, the loss per step and helpers.
+
+    Attributes
+    ----------
+    model : SWSModel
+        The model; its network holds the fitted values of parameters without prior.
+    guide : pyro guide
+        The fitted guide (for ``"laplace"``, the Gaussian built at the mode).
+    guide_name : str
+    losses : numpy.ndarray
+        Loss (negative ELBO; for MAP the penalised objective) at every step.
+    config : dict
+        The settings of the run.
+    wall_time : float
+        Seconds spent optimising.
+    """
+
+    model: SWSModel
+    guide: Any
+    guide_name: str
+    losses: np.ndarray
+    config: dict = field(default_factory=dict)
+    wall_time: float = 0.0
+
+    @property
+    def is_point_estimate(self) -> bool:
+        return self.guide_name in POINT_GUIDES
+
+    def median(self) -> dict[str, Tensor]:
+        """Posterior median (MAP for point guides) of every latent site, detached."""
+        with local_params(), torch.no_grad():
+            return {k: v.detach() for k, v in self.guide.median().items()}
+
+    def mixture(self) -> Mixture:
+        """The learned mixture ``(pi, mu, sigma)`` at the posterior median."""
+        values = self.median()
+        return self.model.prior.mixture(values, self.model._like())
+
+    def map_network(self) -> nn.Module:
+        """A plain ``nn.Module`` with the median (MAP) weights, ready for ``torch`` use."""
+        return self.model.network_with(self.median())
+
+    def sample_posterior(self, num_samples: int) -> dict[str, Tensor]:
+        """Draws of every latent site from the guide, each with a leading ``num_samples`` dim."""
+        num_samples = _positive_number("num_samples", num_samples, integer=True)
+        draws: dict[str, list[Tensor]] = {}
+        with local_params(), torch.no_grad():
+            for _ in range(num_samples):
+                trace = poutine.trace(self.guide).get_trace()
+                for name, site in trace.nodes.items():
+                    if site["type"] == "sample" and not site["is_observed"]:
+                        if name.startswith("_"):  # internal sites of multivariate guides
+                            continue
+                        draws.setdefault(name, []).append(site["value"].detach())
+        return {name: torch.stack(values) for name, values in draws.items()}
+
+    def predict(self, x: Any, num_samples: int = 100) -> Tensor:
+        """Predictive mean: class probabilities (categorical) or the regression mean.
+
+        Point guides use one forward pass of the MAP network; other guides average
+        the likelihood's mean over ``num_samples`` posterior draws.
+        """
+        like = self.model._like()
+        x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
+        likelihood = self.model.likelihood
+        with torch.no_grad():
+            if self.is_point_estimate:
+                values = self.median()
+                output = self.model.forward(
+                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
+                )
+                return likelihood.mean(output, values)
+            draws = self.sample_posterior(num_samples)
+            total = None
+            for s in range(num_samples):
+                values = {k: v[s] for k, v in draws.items()}
+                output = self.model.forward(
+                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
+                )
+                mean = likelihood.mean(output, values)
+                total = mean if total is None else total + mean
+            return total / num_samples
+
+
+# ---------------------------------------------------------------------- fit
+def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device) -> Tensor | None:
+    """Indices of the mini-batch at ``step``: a fresh permutation per epoch, derived from the seed.
+
+    Derived rather than stored, so an interrupted run resumes on the same batches.
+    """
+    if batch_size >= num_data:
+        return None
+    per_epoch = num_data // batch_size
+    epoch, position = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_data, generator=generator)
+    return perm[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+def fit(
+    model: SWSModel,
+    x: Any,
+    y: Any,
+    guide: str | Callable = "map",
+    *,
+    num_steps: int = 1000,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    mixture_lr: float | None = None,
+    batch_size: int | None = None,
+    num_particles: int = 1,
+    init_scale: float = 1e-3,
+    seed: int = 0,
+    progress: bool | None = None,
+    callback: Callable[[int, float], bool | None] | None = None,
+) -> FitResult:
+    r"""Fit ``model`` to ``(x, y)`` by stochastic variational inference.
+
+    Parameters
+    ----------
+    model : SWSModel
+    x, y : tensor or array
+        Inputs and targets (class labels or regression targets).
+    guide : str or callable
+        ``"map"`` (AutoDelta), ``"normal"``, ``"lowrank"``, ``"laplace"``,
+        ``"mixed"``, or a builder ``guide(model) -> pyro guide``; see
+        :mod:`bayes_sws.guides`. Guides start from the network's current weights.
+    num_steps : int
+        Optimisation steps (mini-batches).
+    optimizer : {"adam", "lbfgs"}
+        ``"lbfgs"`` is full-batch quasi-Newton (strong Wolfe line search), for
+        point-estimate guides.
+    lr, mixture_lr : float
+        Learning rates of the weights and of the mixture (and likelihood)
+        hyperparameters; ``mixture_lr`` defaults to ``lr``.
+    batch_size : int, optional
+        Mini-batch size; default full batch. The likelihood is scaled by
+        ``N / batch_size`` so the loss estimates the full-data objective.
+    num_particles : int
+        ELBO particles per step (vectorised).
+    init_scale : float
+        Initial standard deviation of variational guides.
+    seed : int
+        Seeds Pyro's RNG and the mini-batch order: same seed, same result.
+    progress : bool, optional
+        Progress bar; default on a terminal only (off in CI and tests).
+    callback : callable, optional
+        ``callback(step, loss)`` after every step; returning ``True`` stops.
+
+    Returns
+    -------
+    FitResult
+    """
+    if not isinstance(model, SWSModel):
+        raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
+    name = guide_name(guide)
+    num_steps = _positive_number("num_steps", num_steps, integer=True)
+    lr = _positive_number("lr", lr)
+    mixture_lr = _positive_number("mixture_lr", mixture_lr, allow_none=True) or lr
+    num_particles = _positive_number("num_particles", num_particles, integer=True)
+    init_scale = _positive_number("init_scale", init_scale)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
+    x, y = as_data(x, y, model)
+    num_data = x.shape[0]
+    batch_size = _positive_number("batch_size", batch_size, integer=True, allow_none=True)
+    batch_size = min(batch_size or num_data, num_data)
+    if isinstance(guide, str) and guide in ("map", "laplace", "mixed"):
+        _check_map_hyperpriors(model, guide)
+    if optimizer == "lbfgs":
+        if batch_size < num_data:
+            raise ValueError(
+                f"optimizer='lbfgs' is full-batch; got batch_size={batch_size} < {num_data} data points. "
+                "Drop batch_size or use optimizer='adam'"
+            )
+        if name not in ("map", "laplace"):
+            raise ValueError(f"optimizer='lbfgs' needs a point-estimate guide ('map'), got guide={name!r}")
+
+    pyro.set_rng_seed(seed)
+    init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
+    with local_params():
+        fitted_guide = build_guide(
+            guide, model, init_loc_fn=init_loc_fn, init_scale=init_scale,
+            hyper_sites=model.hyper_site_names,
+        )
+        elbo = Trace_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=1,
+        )
+        first_batch = _batch_indices(num_data, batch_size, 0, seed, x.device)
+        elbo.differentiable_loss(model, fitted_guide, x, y, first_batch)  # builds guide params
+        guide_params = list(fitted_guide.named_parameters())
+        hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
+        weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
+        weights += [p for p in model.free_parameters().values() if p.requires_grad]
+        groups = [{"params": weights, "lr": lr}]
+        if hyper:
+            groups.append({"params": hyper, "lr": mixture_lr})
+        if optimizer == "lbfgs":
+            optim = torch.optim.LBFGS(
+                weights + hyper, lr=lr, max_iter=1, line_search_fn="strong_wolfe",
+                history_size=20,
+            )
+        else:
+            optim = torch.optim.Adam(groups)
+
+        losses = np.empty(num_steps)
+        start = time.perf_counter()
+        bar = progress_bar(num_steps, desc=f"fit ({name})", progress=progress)
+        step = 0
+        with bar:
+            for step in range(num_steps):
+                index = _batch_indices(num_data, batch_size, step, seed, x.device)
+
+                def closure():
+                    optim.zero_grad()
+                    loss = elbo.differentiable_loss(model, fitted_guide, x, y, index)
+                    loss.backward()
+                    return loss
+
+                loss = optim.step(closure)
+                losses[step] = float(loss.detach())
+                bar.update()
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{losses[step]:.4g}")
+                if callback is not None and callback(step, losses[step]):
+                    break
+        losses = losses[: step + 1]
+        wall_time = time.perf_counter() - start
+        if isinstance(fitted_guide, AutoLaplaceApproximation):
+            try:
+                fitted_guide = fitted_guide.laplace_approximation(x, y)
+            except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
+                raise RuntimeError(
+                    "guide='laplace': the Hessian at the end of optimisation is not positive "
+                    f"definite ({err}); the optimiser has not reached a mode. Run more steps, "
+                    "use optimizer='lbfgs', or a variational guide such as 'normal'"
+                ) from None
+
+    config = {
+        "guide": name,
+        "num_steps": num_steps,
+        "optimizer": optimizer,
+        "lr": lr,
+        "mixture_lr": mixture_lr,
+        "batch_size": batch_size,
+        "num_particles": num_particles,
+        "init_scale": init_scale,
+        "seed": int(seed),
+        "num_data": num_data,
+        "prior_scale": model.prior_scale,
+    }
+    return FitResult(model, fitted_guide, name, losses, config, wall_time)

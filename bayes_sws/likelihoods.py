@@ -1,0 +1,182 @@
+r"""Likelihoods: the data term :math:`E(w) = -\log p(D \mid w) + \text{const}`.
+
+- :class:`Categorical`: cross-entropy, :math:`E(w) = -\sum_n \log \mathrm{softmax}(f(x_n, w))_{y_n}`.
+- :class:`Gaussian`: :math:`E(w) = \tfrac{\beta}{2}\sum_n (y_n - f(x_n, w))^2`, with the
+  noise precision :math:`\beta` fixed or learned (Gamma prior, site
+  ``likelihood.precision``). The constant is :math:`\tfrac N2 \log(2\pi/\beta)`.
+
+The model places the observation site ``obs`` inside ``pyro.plate("data", N,
+subsample=...)``, so a mini-batch's log-likelihood is scaled to the data-set size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+__all__ = ["Likelihood", "Categorical", "Gaussian", "get_likelihood", "LIKELIHOODS"]
+
+
+class Likelihood:
+    """Base class: how network outputs explain the targets.
+
+    Subclasses define :meth:`distribution`; those with latent parameters also
+    define :attr:`site_names`, :meth:`sample_parameters` and :meth:`init_values`.
+    """
+
+    name = "likelihood"
+    site_names: tuple[str, ...] = ()
+
+    def sample_parameters(self, like: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def init_values(self, like: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def distribution(self, output: Tensor, params: dict[str, Tensor]) -> dist.Distribution:
+        raise NotImplementedError
+
+    def check_targets(self, y: Tensor, output: Tensor) -> Tensor:
+        """Validate targets against one network output; return them in the dtype used."""
+        return y
+
+    def mean(self, output: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """The predictive mean given one network output (probabilities for classification)."""
+        raise NotImplementedError
+
+    def observe(self, output: Tensor, y: Tensor | None, params: dict[str, Tensor]) -> Tensor:
+        return pyro.sample("obs", self.distribution(output, params), obs=y)
+
+
+class Categorical(Likelihood):
+    """Classification: the network outputs logits of shape ``(batch, num_classes)``."""
+
+    name = "categorical"
+
+    def distribution(self, output, params):
+        return dist.Categorical(logits=output)
+
+    def mean(self, output, params):
+        return torch.softmax(output, dim=-1)
+
+    def check_targets(self, y, output):
+        if y.dim() != 1:
+            raise ValueError(
+                f"categorical targets must be a 1-d tensor of class labels, got shape {tuple(y.shape)}"
+            )
+        if y.is_floating_point():
+            if not torch.equal(y, y.round()):
+                raise ValueError("categorical targets must be integer class labels, got fractional values")
+            y = y.long()
+        if output.dim() != 2:
+            raise ValueError(
+                "a categorical likelihood needs network outputs of shape (batch, num_classes), "
+                f"got {tuple(output.shape)}"
+            )
+        num_classes = output.shape[-1]
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            value = y[bad][0].item()
+            raise ValueError(
+                f"label {value} is outside the network's {num_classes} classes [0, {num_classes - 1}]; "
+                "check the labels or the size of the network's last layer"
+            )
+        return y.long()
+
+
+class Gaussian(Likelihood):
+    r"""Regression with Gaussian noise of precision :math:`\beta`.
+
+    Parameters
+    ----------
+    precision : float
+        The noise precision :math:`\beta` (fixed), or the initial value when learned.
+    learn_precision : bool
+        Treat :math:`\beta` as latent with a ``Gamma(*precision_prior)`` prior.
+    precision_prior : (float, float)
+        Gamma shape and rate for a learned precision.
+    """
+
+    name = "gaussian"
+
+    def __init__(
+        self,
+        precision: float = 1.0,
+        learn_precision: bool = False,
+        precision_prior: tuple[float, float] = (1.0, 1e-2),
+    ):
+        precision = float(precision)
+        if not math.isfinite(precision) or precision <= 0:
+            raise ValueError(f"precision must be a finite number > 0, got {precision!r}")
+        for value in precision_prior:
+            if not math.isfinite(float(value)) or float(value) <= 0:
+                raise ValueError(f"precision_prior entries must be > 0, got {precision_prior!r}")
+        self.precision = precision
+        self.learn_precision = bool(learn_precision)
+        self.precision_prior = tuple(float(v) for v in precision_prior)
+        self.site_names = ("likelihood.precision",) if self.learn_precision else ()
+
+    def __repr__(self) -> str:
+        return f"Gaussian(precision={self.precision}, learn_precision={self.learn_precision})"
+
+    def sample_parameters(self, like):
+        if not self.learn_precision:
+            return {}
+        conc, rate = (torch.tensor(v, dtype=like.dtype, device=like.device) for v in self.precision_prior)
+        return {"likelihood.precision": pyro.sample("likelihood.precision", dist.Gamma(conc, rate))}
+
+    def init_values(self, like):
+        if not self.learn_precision:
+            return {}
+        return {"likelihood.precision": torch.tensor(self.precision, dtype=like.dtype, device=like.device)}
+
+    def _precision(self, params, like):
+        if self.learn_precision:
+            return params["likelihood.precision"]
+        return torch.tensor(self.precision, dtype=like.dtype, device=like.device)
+
+    def distribution(self, output, params):
+        scale = self._precision(params, output).rsqrt()
+        if self._squeeze(output) or output.dim() == 1:
+            loc = output.squeeze(-1) if self._squeeze(output) else output
+            return dist.Normal(loc, scale)
+        # vector targets: one event of size D per data point
+        scale = scale.unsqueeze(-1) if scale.dim() else scale
+        return dist.Normal(output, scale).to_event(1)
+
+    @staticmethod
+    def _squeeze(output: Tensor) -> bool:
+        return output.dim() >= 2 and output.shape[-1] == 1
+
+    def mean(self, output, params):
+        return output.squeeze(-1) if self._squeeze(output) else output
+
+    def check_targets(self, y, output):
+        if not y.is_floating_point():
+            y = y.to(output.dtype)
+        expected = output.shape[:1] if self._squeeze(output) else output.shape
+        if y.shape != expected:
+            raise ValueError(
+                f"gaussian targets of shape {tuple(y.shape)} do not fit network outputs of shape "
+                f"{tuple(output.shape)}; expected targets of shape {tuple(expected)}"
+            )
+        return y.to(output.dtype)
+
+
+LIKELIHOODS = {"categorical": Categorical, "gaussian": Gaussian}
+
+
+def get_likelihood(likelihood: str | Likelihood) -> Likelihood:
+    """A :class:`Likelihood` from a name (``"categorical"``, ``"gaussian"``) or an instance."""
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    if isinstance(likelihood, str) and likelihood.lower() in LIKELIHOODS:
+        return LIKELIHOODS[likelihood.lower()]()
+    raise ValueError(
+        f"unknown likelihood {likelihood!r}; use one of {sorted(LIKELIHOODS)} "
+        "or an instance of bayes_sws.likelihoods.Likelihood"
+    )

@@ -1,0 +1,277 @@
+"""Network definitions: the architectures soft weight-sharing is benchmarked on.
+
+All networks are plain :class:`torch.nn.Sequential` stacks, so their parameter
+names are ``"0.weight"``, ``"0.bias"``, ... and map one-to-one onto the weight
+sample sites of the Pyro model.
+
+``lenet_300_100``
+    LeCun et al. (1998)'s 784-300-100-10 perceptron, 266,610 parameters.
+``lenet5_caffe``
+    The LeNet-5 of Caffe's MNIST example (``examples/mnist/lenet.prototxt``):
+    conv 20@5x5, max-pool 2, conv 50@5x5, max-pool 2, dense 500, ReLU, dense
+    10; 431,080 parameters on 28x28 inputs. As in Caffe there is no
+    non-linearity after the convolutions. These are the two networks of
+    Ullrich, Meeds & Welling (ICLR 2017), Table 1, and of Han et al. (2016).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "NETWORKS",
+    "build_network",
+    "lenet5_caffe",
+    "lenet_300_100",
+    "mlp",
+]
+
+#: Activation names accepted by :func:`mlp`.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+#: Names accepted by :func:`build_network`.
+NETWORKS: tuple[str, ...] = ("mlp", "lenet-300-100", "lenet-5")
+
+_DEFAULT_MLP_HIDDEN: tuple[int, ...] = (100,)
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _activation_factory(activation: str | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    if isinstance(activation, str):
+        key = activation.strip().lower().replace("-", "_")
+        if key not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; accepted names are "
+                f"{', '.join(repr(a) for a in ACTIVATIONS)}, or pass a callable returning "
+                "an nn.Module"
+            )
+        return ACTIVATIONS[key]
+    if callable(activation):
+        return activation
+    raise TypeError(
+        f"activation must be a name or a callable returning an nn.Module, got {activation!r}"
+    )
+
+
+def mlp(sizes: Sequence[int], activation: str | Callable[[], nn.Module] = "relu") -> nn.Sequential:
+    """A fully connected network: Linear layers with an activation between them.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths from input to output, e.g. ``(64, 100, 10)``; at least two.
+    activation : str or callable, default "relu"
+        A name from :data:`ACTIVATIONS` or a zero-argument callable returning
+        a module (e.g. ``nn.Tanh``). No activation follows the last layer, so
+        the outputs are logits (classification) or means (regression).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``Linear, act, Linear, act, ..., Linear``; the i-th Linear layer's
+        parameters are named ``f"{2 * i}.weight"`` and ``f"{2 * i}.bias"``.
+
+    Examples
+    --------
+    >>> net = mlp([784, 300, 100, 10])
+    >>> sum(p.numel() for p in net.parameters())
+    266610
+    """
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes must list at least an input and an output width, got {sizes!r}; "
+            "e.g. mlp([64, 100, 10])"
+        )
+    for position, size in enumerate(sizes):
+        _check_positive_int(size, f"sizes[{position}]")
+    make_activation = _activation_factory(activation)
+    layers: list[nn.Module] = []
+    for position, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if position > 0:
+            layers.append(make_activation())
+        layers.append(nn.Linear(fan_in, fan_out))
+    return nn.Sequential(*layers)
+
+
+def lenet_300_100(input_dim: int = 784, num_classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100: ``input_dim``-300-100-``num_classes`` with ReLUs.
+
+    266,610 parameters for MNIST (784 inputs, 10 classes).
+    """
+    _check_positive_int(input_dim, "input_dim")
+    _check_positive_int(num_classes, "num_classes")
+    return mlp([input_dim, 300, 100, num_classes], activation="relu")
+
+
+def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        return _check_positive_int(size, what), size
+    if isinstance(size, Sequence) and len(size) == 2:
+        height = _check_positive_int(size[0], f"{what}[0]")
+        return height, _check_positive_int(size[1], f"{what}[1]")
+    raise ValueError(f"{what} must be an int or a (height, width) pair, got {size!r}")
+
+
+def _conv_pool_size(size: int, padding: int) -> int:
+    """Side length after a 5x5 convolution (stride 1) and a 2x2 max-pool."""
+    return (size + 2 * padding - 5 + 1) // 2
+
+
+def lenet5_caffe(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int | Sequence[int] = 28,
+    *,
+    padding: int | None = None,
+) -> nn.Sequential:
+    """Caffe's LeNet-5: conv 20@5x5, pool 2, conv 50@5x5, pool 2, dense 500, ReLU, dense.
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Input channels.
+    num_classes : int, default 10
+        Outputs (logits).
+    input_size : int or (int, int), default 28
+        Input height and width; the flattened size after the second pool is
+        computed from it.
+    padding : int, optional
+        Zero padding of both convolutions. By default 0 (Caffe's network) for
+        inputs of at least 16 pixels a side, and 2 ("same" convolutions) for
+        smaller inputs such as the 8x8 digits, which would otherwise shrink to
+        nothing.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``Conv2d, MaxPool2d, Conv2d, MaxPool2d, Flatten, Linear, ReLU, Linear``;
+        parameters are named ``0.*``, ``2.*``, ``5.*`` and ``7.*``.
+        431,080 parameters for 28x28 grey images and 10 classes.
+    """
+    _check_positive_int(in_channels, "in_channels")
+    _check_positive_int(num_classes, "num_classes")
+    height, width = _pair(input_size, "input_size")
+    if padding is None:
+        padding = 0 if min(height, width) >= 16 else 2
+    elif isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer or None, got {padding!r}")
+    out_height = _conv_pool_size(_conv_pool_size(height, padding), padding)
+    out_width = _conv_pool_size(_conv_pool_size(width, padding), padding)
+    if out_height < 1 or out_width < 1:
+        raise ValueError(
+            f"input_size {height}x{width} with padding={padding} is too small for LeNet-5's "
+            "two 5x5 convolutions and 2x2 pools; use larger inputs or more padding"
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 20, kernel_size=5, padding=padding),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, kernel_size=5, padding=padding),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(50 * out_height * out_width, 500),
+        nn.ReLU(),
+        nn.Linear(500, num_classes),
+    )
+
+
+def build_network(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] | None = None,
+    activation: str | Callable[[], nn.Module] = "relu",
+) -> nn.Module:
+    """Build a network by name, sized for the data.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`NETWORKS`: ``"mlp"``, ``"lenet-300-100"``, ``"lenet-5"``
+        (``_`` and ``-`` are interchangeable, case is ignored).
+    input_shape : sequence of int
+        Per-example input shape, e.g. ``Dataset.input_shape``: ``(D,)`` or
+        ``(C, H, W)``. ``"lenet-5"`` needs ``(C, H, W)`` (load the data with
+        ``flatten=False``); the MLPs flatten image inputs with a leading
+        ``nn.Flatten``, which shifts their parameter names by one
+        (``"1.weight"``, ...).
+    num_classes : int
+        Number of outputs: classes, or target dimensions for regression.
+    hidden : sequence of int, optional
+        Hidden widths of ``"mlp"`` (default ``(100,)``). The LeNets have fixed
+        architectures and reject it.
+    activation : str or callable, default "relu"
+        Activation of ``"mlp"`` (see :func:`mlp`).
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"network name must be a string, got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    if key not in NETWORKS:
+        raise ValueError(
+            f"unknown network {name!r}; accepted names are {', '.join(repr(n) for n in NETWORKS)}"
+        )
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}")
+    input_shape = tuple(input_shape)
+    if not input_shape:
+        raise ValueError("input_shape is empty; give the per-example shape, e.g. (64,)")
+    for position, size in enumerate(input_shape):
+        _check_positive_int(size, f"input_shape[{position}]")
+    _check_positive_int(num_classes, "num_classes")
+    if key != "mlp" and hidden is not None:
+        raise ValueError(
+            f"network {key!r} has a fixed architecture and takes no hidden sizes "
+            f"(got hidden={tuple(hidden)!r}); use name='mlp' to choose them"
+        )
+
+    if key == "lenet-5":
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"'lenet-5' needs image inputs of shape (channels, height, width), got "
+                f"input_shape={input_shape}; load the data with flatten=False"
+            )
+        channels, height, width = input_shape
+        return lenet5_caffe(channels, num_classes, (height, width))
+
+    num_features = math.prod(input_shape)
+    if key == "lenet-300-100":
+        body = lenet_300_100(num_features, num_classes)
+    else:
+        hidden = _DEFAULT_MLP_HIDDEN if hidden is None else hidden
+        if isinstance(hidden, int) and not isinstance(hidden, bool):
+            hidden = (hidden,)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
+        for position, size in enumerate(hidden):
+            _check_positive_int(size, f"hidden[{position}]")
+        body = mlp([num_features, *hidden, num_classes], activation=activation)
+    if len(input_shape) == 1:
+        return body
+    return nn.Sequential(nn.Flatten(), *body)

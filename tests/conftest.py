@@ -1,0 +1,26 @@
+"""Shared test setup: quiet, repeatable, no global Pyro state between tests."""
+
+import os
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+os.environ.setdefault("CI", "1")  # no progress bars
+torch.set_num_threads(int(os.environ.get("BAYES_SWS_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def assert_close(actual, expected, *, rtol=1e-7, atol=0.0, msg=""):
+    """The one closeness check: numbers, arrays or tensors, compared in float64."""
+    a = np.asarray(actual.detach().cpu() if torch.is_tensor(actual) else actual, dtype=np.float64)
+    e = np.asarray(expected.detach().cpu() if torch.is_tensor(expected) else expected, dtype=np.float64)
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=msg)

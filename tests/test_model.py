@@ -1,0 +1,162 @@
+"""The AutoDelta Trace_ELBO loss equals E(w) + λΩ(w) (− log p(π, μ, σ)) + const exactly.
+
+Oracles: E from ``torch.nn.functional`` / numpy, Ω and the hyperprior log-densities
+from scipy.stats, all in float64 and written independently of the package.
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from conftest import assert_close
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoDelta, init_to_value
+from scipy import stats
+from scipy.special import logsumexp
+
+import bayes_sws as sws
+from bayes_sws.infer import local_params
+
+N = 40
+
+
+def _net(out_features, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, out_features)
+    ).double()
+
+
+def _data(kind, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 3, generator=g, dtype=torch.float64)
+    if kind == "gaussian":
+        y = torch.randn(N, generator=g, dtype=torch.float64)
+    else:
+        y = torch.randint(0, 4, (N,), generator=g)
+    return x, y
+
+
+def _perturbed_values(model, seed=2):
+    """Site values away from the init, so the check is not at a special point."""
+    g = torch.Generator().manual_seed(seed)
+    values = model.init_values()
+    for name in model.weight_site_names:
+        values[name] = values[name] + 0.1 * torch.randn(values[name].shape, generator=g, dtype=torch.float64)
+    if "sws.means" in values:
+        values["sws.means"] = values["sws.means"] + 0.05
+    values["sws.precisions"] = values["sws.precisions"] * torch.linspace(0.5, 2.0, len(values["sws.precisions"]), dtype=torch.float64)
+    return values
+
+
+def _oracle(model, values, x, y, index, precision=1.0):
+    """E(w) + λΩ(w) − log p(hyper) − log-likelihood constant, independently."""
+    net = model.network_with(values)
+    xb, yb = (x, y) if index is None else (x[index], y[index])
+    scale = 1.0 if index is None else N / len(index)
+    with torch.no_grad():
+        out = net(xb)
+    if model.likelihood.name == "gaussian":
+        resid = (yb - out.squeeze(-1)).numpy()
+        data = precision / 2 * (resid**2).sum() + len(resid) / 2 * math.log(2 * math.pi / precision)
+    else:
+        data = torch.nn.functional.cross_entropy(out, yb, reduction="sum").item()
+    prior = model.prior
+    v = {k: t.detach().numpy() for k, t in values.items()}
+    sigma = v["sws.precisions"] ** -0.5
+    if prior.zero_component:
+        pi0 = prior.pi_zero if prior.pi_zero is not None else v["sws.pi_zero"]
+        pi = np.concatenate([[pi0], (1 - pi0) * v["sws.mixing"]])
+        mu = np.concatenate([[0.0], v["sws.means"]])
+    else:
+        pi, mu = v["sws.mixing"], v["sws.means"]
+    w = np.concatenate([v[s].reshape(-1) for s in model.weight_site_names])
+    omega = -logsumexp(np.log(pi) + stats.norm.logpdf(w[:, None], mu, sigma), axis=1).sum()
+    log_hyper = 0.0
+    if not prior.flat:
+        if "sws.pi_zero" in v:
+            log_hyper += stats.beta.logpdf(v["sws.pi_zero"], *prior.pi_zero_prior)
+        log_hyper += stats.dirichlet.logpdf(v["sws.mixing"], np.full(len(v["sws.mixing"]), prior.mixing_concentration))
+        log_hyper += stats.norm.logpdf(v["sws.means"], prior.mean_loc, prior.mean_scale).sum()
+        log_hyper += stats.gamma.logpdf(
+            v["sws.precisions"], prior.precision_concentration, scale=1 / prior.precision_rate
+        ).sum()
+    return scale * data + model.prior_scale * omega - log_hyper
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("minibatch", [False, True])
+@pytest.mark.parametrize("zero_component", [True, False])
+def test_autodelta_loss_is_penalised_objective(kind, flat, minibatch, zero_component):
+    net = _net(1 if kind == "gaussian" else 4)
+    prior = sws.MixturePrior(4, zero_component=zero_component, flat=flat, mixing_concentration=1.5,
+                             pi_zero_prior=(2.0, 3.0), precision_concentration=3.0, precision_rate=0.1)
+    model = sws.SWSModel(net, prior, likelihood=kind, prior_scale=0.7)
+    x, y = _data(kind)
+    values = _perturbed_values(model)
+    index = torch.arange(5, 17) if minibatch else None
+    with local_params():
+        guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
+        loss = Trace_ELBO().differentiable_loss(model, guide, x, y, index)
+    assert_close(loss, _oracle(model, values, x, y, index), rtol=1e-10)
+
+
+def test_fixed_pi_zero_and_learned_noise_precision():
+    net = _net(1)
+    prior = sws.MixturePrior(3, pi_zero=0.9, flat=True)
+    likelihood = sws.Gaussian(precision=2.5, learn_precision=True, precision_prior=(2.0, 0.5))
+    model = sws.SWSModel(net, prior, likelihood=likelihood, prior_scale=2.0)
+    x, y = _data("gaussian")
+    values = _perturbed_values(model)
+    with local_params():
+        guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
+        loss = Trace_ELBO().differentiable_loss(model, guide, x, y)
+    expected = _oracle(model, values, x, y, None, precision=2.5) - stats.gamma.logpdf(2.5, 2.0, scale=2.0)
+    assert_close(loss, expected, rtol=1e-10)
+
+
+def test_trace_records_mixture_and_scales_weight_sites_only():
+    net = _net(4)
+    model = sws.SWSModel(net, sws.MixturePrior(5, zero_component=True), prior_scale=0.25)
+    x, y = _data("categorical")
+    trace = pyro.poutine.trace(model).get_trace(x, y)
+    for name in ("sws.pi", "sws.mu", "sws.sigma"):
+        assert trace.nodes[name]["type"] == "sample" and trace.nodes[name]["value"].shape == (5,)
+    assert trace.nodes["sws.mu"]["value"][0] == 0.0
+    assert_close(trace.nodes["sws.pi"]["value"].sum(), 1.0, rtol=1e-12)
+    assert set(model.weight_site_names) == {"net.0.weight", "net.2.weight"}
+    for name in model.weight_site_names:
+        assert trace.nodes[name]["scale"] == 0.25
+    for name in model.prior.site_names:
+        assert trace.nodes[name]["scale"] == 1.0
+    obs = trace.nodes["obs"]
+    assert obs["is_observed"] and obs["cond_indep_stack"][0].name == "data"
+
+
+def test_conv_network_and_bias_selection():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 10)
+    )
+    model = sws.SWSModel(net, sws.MixturePrior(4, include_bias=True))
+    assert model.weight_site_names == ("net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias")
+    x = torch.randn(8, 1, 8, 8)
+    y = torch.randint(0, 10, (8,))
+    trace = pyro.poutine.trace(model).get_trace(x, y)
+    assert trace.nodes["net.0.weight"]["value"].shape == (3, 1, 3, 3)
+    result = sws.fit(model, x, y, num_steps=3, lr=1e-3)
+    assert result.predict(x).shape == (8, 10)
+
+
+def test_predictive_parallel_draws_batched_weights():
+    net = _net(4)
+    model = sws.SWSModel(net, sws.MixturePrior(3))
+    x, y = _data("categorical")
+    result = sws.fit(model, x, y, guide="normal", num_steps=2)
+    with local_params():
+        pred = pyro.infer.Predictive(model, guide=result.guide, num_samples=6, parallel=True)(x)
+    assert pred["obs"].shape == (6, N)
+    assert pred["sws.pi"].shape[-1] == 3 and pred["sws.pi"].shape[0] == 6
