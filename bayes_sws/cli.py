@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="pretrain an MLP on digits, retrain with the mixture prior, report"
     )
-    demo.add_argument("--steps", type=int, default=1500, help="SVI steps of the retraining")
-    demo.add_argument("--prior-scale", type=float, default=1.0, help="λ in E + λΩ")
+    demo.add_argument("--steps", type=int, default=2000, help="SVI steps of the retraining")
+    demo.add_argument("--prior-scale", type=float, default=0.1, help="λ in E + λΩ")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     return parser
