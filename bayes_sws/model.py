@@ -90,13 +90,6 @@ class SWSModel:
         self.likelihood = get_likelihood(likelihood)
         self.prior_scale = prior_scale
         named = list(net.named_parameters())
-        self.prior_param_names = tuple(n for n, p in named if prior.selects(n, p))
-        if not self.prior_param_names:
-            available = ", ".join(f"{n} {tuple(p.shape)}" for n, p in named) or "none"
-            raise ValueError(
-                "no parameter of the network is selected for the prior (parameters: "
-                f"{available}); pass MixturePrior(include_bias=True) or params=[names]"
-            )
         if isinstance(prior.params, tuple):
             unknown = sorted(set(prior.params) - {n for n, _ in named})
             if unknown:
@@ -104,6 +97,13 @@ class SWSModel:
                     f"MixturePrior(params=...) names {unknown} that the network does not have; "
                     f"its parameters are {[n for n, _ in named]}"
                 )
+        self.prior_param_names = tuple(n for n, p in named if prior.selects(n, p))
+        if not self.prior_param_names:
+            available = ", ".join(f"{n} {tuple(p.shape)}" for n, p in named) or "none"
+            raise ValueError(
+                "no parameter of the network is selected for the prior (parameters: "
+                f"{available}); pass MixturePrior(include_bias=True) or params=[names]"
+            )
         self.free_param_names = tuple(n for n, _ in named if n not in self.prior_param_names)
 
     def __repr__(self) -> str:

@@ -120,6 +120,11 @@ class MixturePrior:
         The defaults ``(2, 2e-3)`` put the mode at :math:`\sigma \approx 0.045`
         and stop variances collapsing without pulling on well-supported
         components.
+    zero_precision_concentration, zero_precision_rate : float, optional
+        A separate Gamma hyperprior (shape, rate) for the zero component's
+        precision; ``None`` (default) uses ``precision_concentration`` resp.
+        ``precision_rate``. Ullrich et al. made it much stronger than the
+        others, keeping the pruning spike narrow. Needs ``zero_component=True``.
     flat : bool
         Improper flat hyperpriors: MAP is then exactly :math:`E + \lambda\Omega`.
     include_bias : bool
@@ -150,6 +155,8 @@ class MixturePrior:
         ordered_means: bool = False,
         precision_concentration: float = 2.0,
         precision_rate: float = 2e-3,
+        zero_precision_concentration: float | None = None,
+        zero_precision_rate: float | None = None,
         flat: bool = False,
         include_bias: bool = False,
         params: Iterable[str] | Callable[[str, Tensor], bool] | None = None,
@@ -189,6 +196,23 @@ class MixturePrior:
         self.ordered_means = bool(ordered_means)
         self.precision_concentration = _positive("precision_concentration", precision_concentration)
         self.precision_rate = _positive("precision_rate", precision_rate)
+        if not self.zero_component and (
+            zero_precision_concentration is not None or zero_precision_rate is not None
+        ):
+            raise ValueError(
+                "zero_precision_concentration/zero_precision_rate were given but "
+                "zero_component=False; set zero_component=True or drop them"
+            )
+        self.zero_precision_concentration = (
+            self.precision_concentration
+            if zero_precision_concentration is None
+            else _positive("zero_precision_concentration", zero_precision_concentration)
+        )
+        self.zero_precision_rate = (
+            self.precision_rate
+            if zero_precision_rate is None
+            else _positive("zero_precision_rate", zero_precision_rate)
+        )
         self.flat = bool(flat)
         self.include_bias = bool(include_bias)
         if params is not None and not callable(params):
@@ -255,9 +279,11 @@ class MixturePrior:
         if site == PRECISIONS:
             if self.flat:
                 return dist.ImproperUniform(constraints.positive, (), (self.num_components,))
-            conc = torch.tensor(self.precision_concentration, **opts)
-            rate = torch.tensor(self.precision_rate, **opts)
-            return dist.Gamma(conc, rate).expand([self.num_components]).to_event(1)
+            conc = torch.full((self.num_components,), self.precision_concentration, **opts)
+            rate = torch.full((self.num_components,), self.precision_rate, **opts)
+            if self.zero_component:  # component 0 may have its own (Ullrich et al.: stronger) prior
+                conc[0], rate[0] = self.zero_precision_concentration, self.zero_precision_rate
+            return dist.Gamma(conc, rate).to_event(1)
         raise KeyError(site)
 
     def mixture(self, values: dict[str, Tensor], like: Tensor) -> Mixture:

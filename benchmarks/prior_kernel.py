@@ -1,0 +1,481 @@
+"""Benchmark: the mixture prior's forward + backward, ours against the obvious alternatives.
+
+For every (implementation, N, M) the case runs in a fresh Python subprocess so
+timings and memory do not leak between cases:
+
+1. build ``w`` (N weights, requires grad) and π, μ, σ (M components, require grad);
+2. warm up with one call on a small slice (loads kernels; for the compiled
+   implementation this is where ``torch.compile`` runs — timed separately as
+   "first call");
+3. **memory**: reset the kernel's peak-RSS counter (``/proc/self/clear_refs``),
+   run one forward + backward, and report ``VmHWM − VmRSS(before)`` — the extra
+   peak resident memory of the call, including the N-element gradient of ``w``
+   that any prior produces (4 bytes per float32 weight). Without
+   ``clear_refs`` (not Linux) we fall back to ``ru_maxrss`` growth.
+4. **time**: repeat forward + backward, gradients reset to ``None`` each time
+   as an optimiser's ``zero_grad`` would; report the minimum and the median.
+
+Implementations:
+
+``ours``           ``bayes_sws.kernel.mixture_log_prob`` (eager, the default).
+``ours_compiled``  the same with ``set_compile_mode("always")``.
+``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
+                   recomputes responsibilities chunk by chunk in backward.
+``store``          same chunked forward, but stores the (M, N) responsibilities
+                   and uses them in backward (N·M memory).
+``mixture_same_family``  ``MixtureSameFamily(Categorical(pi), Normal(mu, sigma))``.
+``naive``          ``logsumexp(log pi + Normal(mu, sigma).log_prob(w[:, None]), 1)``.
+``weight_decay``   ``-0.5 * (w**2).sum() / s**2``: the floor, a prior with M = 1 term.
+
+Baselines whose predicted N·M memory exceeds ``--memory-budget-gb`` are skipped
+(marked "skipped" in the table) so the run cannot exhaust a shared machine.
+
+Usage::
+
+    python benchmarks/prior_kernel.py            # full grid, N in 1e4..1e7, M in {2, 16, 64}
+    python benchmarks/prior_kernel.py --quick    # small grid for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+ALL_IMPLS = (
+    "ours",
+    "ours_compiled",
+    "recompute",
+    "store",
+    "mixture_same_family",
+    "naive",
+    "weight_decay",
+)
+# Bytes of (N, M) temporaries alive at the peak, per (weight, component), per
+# byte of dtype — measured at N = 1e6 and rounded up; used only to skip cases.
+_NM_FACTOR = {"store": 1, "mixture_same_family": 10, "naive": 10}
+
+
+# --------------------------------------------------------------------------- #
+# Implementations (imported lazily inside the worker)
+# --------------------------------------------------------------------------- #
+
+
+def _make_impl(name: str):
+    import torch
+
+    from bayes_sws import kernel
+
+    if name in ("ours", "ours_compiled"):
+        kernel.set_compile_mode("always" if name == "ours_compiled" else "never")
+        return lambda w, pi, mu, sigma: kernel.mixture_log_prob(w, pi, mu, sigma)
+    if name == "mixture_same_family":
+        dist = torch.distributions
+
+        def msf(w, pi, mu, sigma):
+            mixture = dist.MixtureSameFamily(
+                dist.Categorical(probs=pi, validate_args=False),
+                dist.Normal(mu, sigma, validate_args=False),
+                validate_args=False,
+            )
+            return mixture.log_prob(w.reshape(-1)).sum()
+
+        return msf
+    if name == "naive":
+
+        def naive(w, pi, mu, sigma):
+            normal = torch.distributions.Normal(mu, sigma, validate_args=False)
+            return torch.logsumexp(torch.log(pi) + normal.log_prob(w.reshape(-1, 1)), 1).sum()
+
+        return naive
+    if name == "weight_decay":
+        return lambda w, pi, mu, sigma: -0.5 * (w * w).sum() / (sigma[0] * sigma[0])
+    if name in ("recompute", "store"):
+        return _alternative_strategy(name)
+    raise ValueError(f"unknown implementation {name!r}; choose from {ALL_IMPLS}")
+
+
+def _alternative_strategy(name: str):
+    """The two strategies the kernel did not choose, built from its own chunk maths."""
+    import torch
+
+    from bayes_sws import kernel as k
+
+    def chunk_u_logits(w_chunk, coef, work):
+        num_components, n = coef.mu.shape[0], w_chunk.shape[0]
+        u = torch.sub(w_chunk, coef.mu, out=work[0, : num_components * n].view(num_components, n))
+        u.mul_(coef.inv_sigma)
+        logits = work[1, : num_components * n].view(num_components, n)
+        torch.addcmul(coef.log2_coef, u, u, value=-k._HALF_LOG2E, out=logits)
+        return u, logits
+
+    def grads_from_gamma(gamma, u, coef, grad_w_out, sums):
+        sums[0] += gamma.sum(1)
+        gu = gamma.mul_(u)
+        torch.mv(gu.t(), coef.neg_inv_sigma, out=grad_w_out)
+        sums[1] += gu.sum(1)
+        sums[2] += gu.mul_(u).sum(1)
+
+    def finish(sums, pi, sigma, grad_w, grad_output):
+        inv_sigma = sigma.reciprocal()
+        return (
+            grad_w * grad_output,
+            sums[0] / pi * grad_output,
+            sums[1] * inv_sigma * grad_output,
+            (sums[2] - sums[0]) * inv_sigma * grad_output,
+        )
+
+    class Recompute(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w, pi, mu, sigma):
+            num_components = mu.shape[0]
+            chunk = max(1, k.CHUNK_ELEMENTS // num_components)
+            coef = k._coefficients(pi, mu, sigma)
+            work = w.new_empty(2, num_components * chunk)
+            lse2 = torch.empty_like(w)
+            for start in range(0, w.shape[0], chunk):
+                _, logits = chunk_u_logits(w[start : start + chunk], coef, work)
+                top = logits.amax(0)
+                total = logits.sub_(top).clamp_(min=coef.floor).exp2_().sum(0)
+                torch.add(total.log2_(), top, out=lse2[start : start + chunk])
+            ctx.save_for_backward(w, pi, mu, sigma, lse2)
+            return lse2.sum() * k._LN2
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            w, pi, mu, sigma, lse2 = ctx.saved_tensors
+            num_components = mu.shape[0]
+            chunk = max(1, k.CHUNK_ELEMENTS // num_components)
+            coef = k._coefficients(pi, mu, sigma)
+            work = w.new_empty(2, num_components * chunk)
+            grad_w = torch.empty_like(w)
+            sums = w.new_zeros(3, num_components)
+            for start in range(0, w.shape[0], chunk):
+                stop = min(start + chunk, w.shape[0])
+                u, logits = chunk_u_logits(w[start:stop], coef, work)
+                gamma = logits.sub_(lse2[start:stop]).clamp_(min=coef.floor).exp2_()
+                grads_from_gamma(gamma, u, coef, grad_w[start:stop], sums)
+            return finish(sums, pi, sigma, grad_w, grad_output)
+
+    class Store(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w, pi, mu, sigma):
+            num_components = mu.shape[0]
+            chunk = max(1, k.CHUNK_ELEMENTS // num_components)
+            coef = k._coefficients(pi, mu, sigma)
+            work = w.new_empty(2, num_components * chunk)
+            gamma = w.new_empty(num_components, w.shape[0])
+            value = w.new_zeros(())
+            for start in range(0, w.shape[0], chunk):
+                stop = min(start + chunk, w.shape[0])
+                _, logits = chunk_u_logits(w[start:stop], coef, work)
+                top = logits.amax(0)
+                e = torch.exp2(
+                    logits.sub_(top).clamp_(min=coef.floor), out=gamma[:, start:stop]
+                )
+                total = e.sum(0)
+                e.div_(total)
+                value += total.log2_().add_(top).sum()
+            ctx.save_for_backward(w, pi, mu, sigma, gamma)
+            return value * k._LN2
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            w, pi, mu, sigma, gamma = ctx.saved_tensors
+            num_components = mu.shape[0]
+            chunk = max(1, k.CHUNK_ELEMENTS // num_components)
+            coef = k._coefficients(pi, mu, sigma)
+            work = w.new_empty(2, num_components * chunk)
+            grad_w = torch.empty_like(w)
+            sums = w.new_zeros(3, num_components)
+            for start in range(0, w.shape[0], chunk):
+                stop = min(start + chunk, w.shape[0])
+                u, scratch = chunk_u_logits(w[start:stop], coef, work)
+                g = scratch.copy_(gamma[:, start:stop])
+                grads_from_gamma(g, u, coef, grad_w[start:stop], sums)
+            return finish(sums, pi, sigma, grad_w, grad_output)
+
+    function = Recompute if name == "recompute" else Store
+    return lambda w, pi, mu, sigma: function.apply(w.reshape(-1), pi, mu, sigma)
+
+
+# --------------------------------------------------------------------------- #
+# Worker: one case in this process
+# --------------------------------------------------------------------------- #
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    # A trained-network-like configuration: a narrow zero component holding half
+    # the mass, the others spread over the weights' range.
+    w = (torch.randn(num_weights, generator=generator, dtype=dtype) * 0.1).requires_grad_()
+    mu = torch.linspace(-0.3, 0.3, num_components, dtype=dtype)
+    mu[0] = 0.0
+    sigma = torch.full((num_components,), 0.02, dtype=dtype)
+    sigma[0] = 0.005
+    pi = torch.full((num_components,), 0.5 / max(num_components - 1, 1), dtype=dtype)
+    pi[0] = 0.5 if num_components > 1 else 1.0
+    return w, pi.requires_grad_(), mu.requires_grad_(), sigma.requires_grad_()
+
+
+def _step(fn, w, pi, mu, sigma):
+    for tensor in (w, pi, mu, sigma):
+        tensor.grad = None
+    fn(w, pi, mu, sigma).backward()
+
+
+def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, threads: int,
+           repeats: int, time_budget: float) -> dict:
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    fn = _make_impl(impl)
+    w, pi, mu, sigma = _inputs(num_weights, num_components, dtype)
+
+    # Warm-up on a slice large enough to hold one full chunk (triggers compilation).
+    from bayes_sws import kernel
+
+    warm_n = min(num_weights, max(4096, 2 * kernel.CHUNK_ELEMENTS // num_components))
+    w_warm = w.detach()[:warm_n].clone().requires_grad_()
+    start = time.perf_counter()
+    _step(fn, w_warm, pi, mu, sigma)
+    first_call = time.perf_counter() - start
+    del w_warm
+    gc.collect()
+
+    # Memory of one full-size forward + backward.
+    peak_ok = _reset_peak()
+    before = _rss_kib("VmRSS") if peak_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    _step(fn, w, pi, mu, sigma)
+    single = time.perf_counter() - start
+    after = _rss_kib("VmHWM") if peak_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    extra_bytes = max(0, (after - before)) * 1024
+
+    times = [single]
+    budget_end = time.perf_counter() + time_budget
+    for _ in range(repeats - 1):
+        if time.perf_counter() > budget_end:
+            break
+        start = time.perf_counter()
+        _step(fn, w, pi, mu, sigma)
+        times.append(time.perf_counter() - start)
+    return {
+        "impl": impl,
+        "num_weights": num_weights,
+        "num_components": num_components,
+        "dtype": dtype_name,
+        "threads": threads,
+        "first_call_s": first_call,
+        "time_min_s": min(times),
+        "time_median_s": statistics.median(times),
+        "repeats": len(times),
+        "extra_peak_bytes": extra_bytes,
+        "memory_method": "VmHWM-reset" if peak_ok else "ru_maxrss",
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Driver
+# --------------------------------------------------------------------------- #
+
+
+def _run_case(args, impl, num_weights, num_components) -> dict:
+    dtype_bytes = 8 if args.dtype == "float64" else 4
+    factor = _NM_FACTOR.get(impl)
+    if factor is not None:
+        predicted = factor * num_weights * num_components * dtype_bytes
+        if predicted > args.memory_budget_gb * 2**30:
+            return {"impl": impl, "num_weights": num_weights, "num_components": num_components,
+                    "skipped": f"predicted {predicted / 2**30:.1f} GiB > budget"}
+    command = [sys.executable, __file__, "--worker", impl, str(num_weights), str(num_components),
+               "--dtype", args.dtype, "--threads", str(args.threads),
+               "--repeats", str(args.repeats), "--time-budget", str(args.time_budget)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"impl": impl, "num_weights": num_weights, "num_components": num_components,
+                "skipped": f"failed: {tail[0][:80]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def markdown_table(results: list[dict]) -> str:
+    by_case = {}
+    for row in results:
+        by_case.setdefault((row["num_weights"], row["num_components"]), {})[row["impl"]] = row
+    lines = [
+        "| N | M | implementation | time (min of fwd+bwd) | ns / weight | × ours | "
+        "extra peak B / weight | first call |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for (num_weights, num_components), rows in sorted(by_case.items()):
+        ours = rows.get("ours")
+        for impl in ALL_IMPLS:
+            row = rows.get(impl)
+            if row is None:
+                continue
+            head = f"| {num_weights:.0e} | {num_components} | {impl} |"
+            if "skipped" in row:
+                lines.append(head + f" {row['skipped']} | | | | |")
+                continue
+            ratio = (
+                f"{row['time_min_s'] / ours['time_min_s']:.2f}"
+                if ours and "skipped" not in ours
+                else "–"
+            )
+            lines.append(
+                head
+                + f" {_fmt_time(row['time_min_s'])} | {row['time_min_s'] / num_weights * 1e9:.1f} |"
+                f" {ratio} | {row['extra_peak_bytes'] / num_weights:.1f} |"
+                f" {_fmt_time(row['first_call_s'])} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = {2: "o", 16: "s", 64: "^"}
+    for impl in ALL_IMPLS:
+        rows = [r for r in results if r["impl"] == impl and "skipped" not in r]
+        if not rows:
+            continue
+        rows.sort(key=lambda r: r["num_weights"] * r["num_components"])
+        x = [r["num_weights"] * r["num_components"] for r in rows]
+        y = [r["time_min_s"] for r in rows]
+        (line,) = ax.plot(x, y, "-", alpha=0.5, label=impl)
+        for r, xi, yi in zip(rows, x, y):
+            ax.plot(xi, yi, markers.get(r["num_components"], "x"), color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("N · M  (weight × component pairs)")
+    ax.set_ylabel("forward + backward time (s)")
+    ax.set_title("Mixture prior cost (markers: ○ M=2, □ M=16, △ M=64)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_line(threads: int) -> str:
+    import torch
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
+        f"{threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grid (smoke test)")
+    parser.add_argument("--sizes", type=float, nargs="+", help="values of N (default 1e4..1e7)")
+    parser.add_argument("--components", type=int, nargs="+", help="values of M (default 2 16 64)")
+    parser.add_argument("--impls", nargs="+", default=list(ALL_IMPLS), choices=ALL_IMPLS)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--time-budget", type=float, default=10.0,
+                        help="seconds of timed repeats per case (at least one call)")
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0,
+                        help="skip baselines predicted to need more memory than this")
+    parser.add_argument("--plot", type=Path, default=HERE / "prior_kernel.png")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "N", "M"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        impl, num_weights, num_components = args.worker
+        result = worker(impl, int(float(num_weights)), int(num_components), args.dtype,
+                        args.threads, args.repeats, args.time_budget)
+        print(json.dumps(result))
+        return 0
+
+    if args.quick:
+        sizes = args.sizes or [1e4, 1e5]
+        components = args.components or [2, 16]
+        args.repeats = min(args.repeats, 3)
+        args.time_budget = min(args.time_budget, 2.0)
+    else:
+        sizes = args.sizes or [1e4, 1e5, 1e6, 1e7]
+        components = args.components or [2, 16, 64]
+    results = []
+    started = time.perf_counter()
+    for num_weights in (int(s) for s in sizes):
+        for num_components in components:
+            for impl in args.impls:
+                row = _run_case(args, impl, num_weights, num_components)
+                results.append(row)
+                if "skipped" in row:
+                    status = row["skipped"]
+                else:
+                    status = (f"{row['time_min_s'] / num_weights * 1e9:8.1f} ns/weight  "
+                              f"{row['extra_peak_bytes'] / num_weights:7.1f} B/weight  "
+                              f"first {row['first_call_s']:.2f} s")
+                print(f"N={num_weights:.0e} M={num_components:3d} {impl:20s} {status}",
+                      flush=True)
+    print()
+    print(f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; "
+          f"wall time {time.perf_counter() - started:.0f} s")
+    print()
+    print(markdown_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
