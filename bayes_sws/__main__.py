@@ -1,5 +1,8 @@
+"""``python -m bayes_sws`` is the ``bayes-sws`` command."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

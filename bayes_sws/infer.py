@@ -13,7 +13,9 @@ mixture its own learning rate, and full-batch L-BFGS is one option away.
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from .guides import POINT_GUIDES, build_guide, guide_name
 from .model import SWSModel
 from .priors import Mixture
 
-__all__ = ["fit", "FitResult", "OPTIMIZERS", "local_params", "as_data"]
+__all__ = ["fit", "FitResult", "FitState", "OPTIMIZERS", "local_params", "as_data"]
 
 OPTIMIZERS = ("adam", "lbfgs")
 _HYPER_PREFIXES = ("sws.", "likelihood.")
@@ -208,6 +210,134 @@ class FitResult:
             return total / num_samples
 
 
+# ---------------------------------------------------------------------- checkpoints
+#: Settings that must agree between a checkpoint and the run continuing from it.
+RESUME_KEYS = (
+    "guide", "optimizer", "lr", "mixture_lr", "batch_size", "num_particles", "init_scale",
+    "seed", "num_data", "prior_scale",
+)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The state of every RNG Pyro draws from, as tensors and plain Python values.
+
+    Plain values (no numpy arrays) so ``torch.load(weights_only=True)`` can read it back.
+    """
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "random": [int(version), list(mt_state), gauss],
+        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                  int(has_gauss), float(cached)],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, mt_state, gauss = state["random"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+@dataclass
+class FitState:
+    """Everything :func:`fit` needs to continue a run exactly where it stopped.
+
+    Passed to ``fit(checkpoint=...)`` every ``checkpoint_every`` steps and at the
+    end; ``fit(initial_state=state)`` continues from it and reaches bit-identical
+    parameters to an uninterrupted run with the same seed (the mini-batch order is
+    derived from ``(seed, step)``, and the RNG and optimiser states are restored).
+
+    Attributes
+    ----------
+    step : int
+        Steps completed; the run continues with step ``step``.
+    losses : numpy.ndarray
+        Loss of each completed step, shape ``(step,)``.
+    guide_state : dict
+        ``guide.state_dict()`` (the guide's parameters, unconstrained).
+    network_state : dict
+        Values of the network's parameters without prior (trained as point estimates).
+    optimizer_state : dict
+        ``optimizer.state_dict()``.
+    rng_state : dict
+        :func:`get_rng_state` after the last completed step.
+    config : dict
+        The run's settings (the same dict as :attr:`FitResult.config`).
+    wall_time : float
+        Seconds spent optimising so far.
+    """
+
+    step: int
+    losses: np.ndarray
+    guide_state: dict[str, Tensor]
+    network_state: dict[str, Tensor]
+    optimizer_state: dict[str, Any]
+    rng_state: dict[str, Any]
+    config: dict[str, Any]
+    wall_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors, lists and numbers (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "step": int(self.step),
+            "losses": torch.as_tensor(np.asarray(self.losses, dtype=np.float64)),
+            "guide_state": dict(self.guide_state),
+            "network_state": dict(self.network_state),
+            "optimizer_state": self.optimizer_state,
+            "rng_state": self.rng_state,
+            "config": dict(self.config),
+            "wall_time": float(self.wall_time),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FitState":
+        missing = sorted({f for f in cls.__dataclass_fields__} - set(data))
+        if missing:
+            raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
+        losses = data["losses"]
+        losses = losses.numpy() if torch.is_tensor(losses) else np.asarray(losses, dtype=np.float64)
+        return cls(
+            step=int(data["step"]),
+            losses=np.asarray(losses, dtype=np.float64),
+            guide_state=dict(data["guide_state"]),
+            network_state=dict(data["network_state"]),
+            optimizer_state=data["optimizer_state"],
+            rng_state=data["rng_state"],
+            config=dict(data["config"]),
+            wall_time=float(data["wall_time"]),
+        )
+
+
+def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int) -> FitState:
+    if isinstance(state, dict):
+        state = FitState.from_dict(state)
+    if not isinstance(state, FitState):
+        raise TypeError(
+            f"initial_state must be a FitState (as passed to fit's checkpoint callable), "
+            f"got {type(state).__name__}"
+        )
+    different = [
+        f"{key}={state.config.get(key)!r} in the checkpoint but {config[key]!r} now"
+        for key in RESUME_KEYS
+        if state.config.get(key) != config[key]
+    ]
+    if different:
+        raise ValueError(
+            "initial_state comes from a run with other settings: " + "; ".join(different)
+            + ". Resume with the settings of the checkpointed run"
+        )
+    if not 0 <= state.step <= num_steps or len(state.losses) != state.step:
+        raise ValueError(
+            f"initial_state is at step {state.step} with {len(state.losses)} losses; "
+            f"it must have one loss per completed step and at most num_steps={num_steps} steps"
+        )
+    return state
+
+
 # ---------------------------------------------------------------------- fit
 def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device) -> Tensor | None:
     """Indices of the mini-batch at ``step``: a fresh permutation per epoch, derived from the seed.
@@ -239,6 +369,9 @@ def fit(
     seed: int = 0,
     progress: bool | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: Callable[[FitState], None] | None = None,
+    checkpoint_every: int | None = None,
+    initial_state: FitState | dict | None = None,
 ) -> FitResult:
     r"""Fit ``model`` to ``(x, y)`` by stochastic variational inference.
 
@@ -272,6 +405,17 @@ def fit(
         Progress bar; default on a terminal only (off in CI and tests).
     callback : callable, optional
         ``callback(step, loss)`` after every step; returning ``True`` stops.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` with a :class:`FitState` every ``checkpoint_every``
+        steps and once when the loop ends (finished or stopped by ``callback``).
+        The state holds copies, so the callable may keep or write it later.
+    checkpoint_every : int, optional
+        Steps between checkpoints; default only at the end.
+    initial_state : FitState or dict, optional
+        Continue from a checkpoint of a run with the same model, data and
+        settings (``num_steps`` may be larger). The result is bit-identical to
+        the uninterrupted run's: the guide, network, optimiser and RNG states are
+        restored and the mini-batch order is a function of ``(seed, step)``.
 
     Returns
     -------
@@ -287,6 +431,11 @@ def fit(
     init_scale = _positive_number("init_scale", init_scale)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
+    checkpoint_every = _positive_number(
+        "checkpoint_every", checkpoint_every, integer=True, allow_none=True
+    )
+    if checkpoint is not None and not callable(checkpoint):
+        raise TypeError(f"checkpoint must be a callable taking a FitState, got {checkpoint!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
     x, y = as_data(x, y, model)
@@ -303,6 +452,23 @@ def fit(
             )
         if name not in ("map", "laplace"):
             raise ValueError(f"optimizer='lbfgs' needs a point-estimate guide ('map'), got guide={name!r}")
+
+    config = {
+        "guide": name,
+        "num_steps": num_steps,
+        "optimizer": optimizer,
+        "lr": lr,
+        "mixture_lr": mixture_lr,
+        "batch_size": batch_size,
+        "num_particles": num_particles,
+        "init_scale": init_scale,
+        "seed": int(seed),
+        "num_data": num_data,
+        "prior_scale": model.prior_scale,
+        "input_shape": [int(d) for d in x.shape[1:]],
+    }
+    if initial_state is not None:
+        initial_state = _check_initial_state(initial_state, config, num_steps)
 
     pyro.set_rng_seed(seed)
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
@@ -321,7 +487,8 @@ def fit(
         guide_params = list(fitted_guide.named_parameters())
         hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
         weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
-        weights += [p for p in model.free_parameters().values() if p.requires_grad]
+        free_params = {n: p for n, p in model.free_parameters().items() if p.requires_grad}
+        weights += list(free_params.values())
         groups = [{"params": weights, "lr": lr}]
         if hyper:
             groups.append({"params": hyper, "lr": mixture_lr})
@@ -334,11 +501,32 @@ def fit(
             optim = torch.optim.Adam(groups)
 
         losses = np.empty(num_steps)
+        completed = 0  # steps done so far
+        previous_time = 0.0
+        if initial_state is not None:
+            _restore(initial_state, fitted_guide, free_params, optim)
+            completed = initial_state.step
+            losses[:completed] = initial_state.losses
+            previous_time = initial_state.wall_time
         start = time.perf_counter()
-        bar = progress_bar(num_steps, desc=f"fit ({name})", progress=progress)
-        step = 0
+
+        def snapshot() -> FitState:
+            with torch.no_grad():
+                return FitState(
+                    step=completed,
+                    losses=losses[:completed].copy(),
+                    guide_state={k: v.detach().clone() for k, v in fitted_guide.state_dict().items()},
+                    network_state={n: p.detach().clone() for n, p in free_params.items()},
+                    optimizer_state=copy.deepcopy(optim.state_dict()),
+                    rng_state=get_rng_state(),
+                    config=dict(config),
+                    wall_time=previous_time + time.perf_counter() - start,
+                )
+
+        last_checkpoint = completed
+        bar = progress_bar(num_steps, desc=f"fit ({name})", progress=progress, initial=completed)
         with bar:
-            for step in range(num_steps):
+            for step in range(completed, num_steps):
                 index = _batch_indices(num_data, batch_size, step, seed, x.device)
 
                 def closure():
@@ -349,13 +537,20 @@ def fit(
 
                 loss = optim.step(closure)
                 losses[step] = float(loss.detach())
+                completed = step + 1
                 bar.update()
                 if step % 25 == 0:
                     bar.set_postfix(loss=f"{losses[step]:.4g}")
-                if callback is not None and callback(step, losses[step]):
+                stop = callback is not None and callback(step, losses[step])
+                if checkpoint is not None and checkpoint_every and completed % checkpoint_every == 0:
+                    checkpoint(snapshot())
+                    last_checkpoint = completed
+                if stop:
                     break
-        losses = losses[: step + 1]
-        wall_time = time.perf_counter() - start
+            if checkpoint is not None and last_checkpoint != completed:
+                checkpoint(snapshot())
+        losses = losses[:completed]
+        wall_time = previous_time + time.perf_counter() - start
         if isinstance(fitted_guide, AutoLaplaceApproximation):
             try:
                 fitted_guide = fitted_guide.laplace_approximation(x, y)
@@ -366,17 +561,25 @@ def fit(
                     "use optimizer='lbfgs', or a variational guide such as 'normal'"
                 ) from None
 
-    config = {
-        "guide": name,
-        "num_steps": num_steps,
-        "optimizer": optimizer,
-        "lr": lr,
-        "mixture_lr": mixture_lr,
-        "batch_size": batch_size,
-        "num_particles": num_particles,
-        "init_scale": init_scale,
-        "seed": int(seed),
-        "num_data": num_data,
-        "prior_scale": model.prior_scale,
-    }
     return FitResult(model, fitted_guide, name, losses, config, wall_time)
+
+
+def _restore(state: FitState, guide: Any, free_params: dict[str, Tensor], optim) -> None:
+    """Load a :class:`FitState` into freshly built guide, network and optimiser (in place)."""
+    try:
+        guide.load_state_dict(state.guide_state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"initial_state does not fit this model and guide: {err}. Resume with the "
+            "network, prior and guide of the checkpointed run"
+        ) from None
+    if set(state.network_state) != set(free_params):
+        raise ValueError(
+            f"initial_state holds network parameters {sorted(state.network_state)} but this "
+            f"model trains {sorted(free_params)}"
+        )
+    with torch.no_grad():
+        for n, p in free_params.items():
+            p.copy_(state.network_state[n])
+    optim.load_state_dict(state.optimizer_state)
+    set_rng_state(state.rng_state)

@@ -196,10 +196,29 @@ class _Needs(NamedTuple):
         return self.s0 or self.s1 or self.s2
 
 
+# Below this many elements torch runs an op on the calling thread, except the
+# MKL VML functions (log, log2, ...), which open their own thread team on CPU.
+_CPU_PARALLEL_GRAIN = 32768
+
+
+def _log(x: Tensor, *, inplace: bool = False) -> Tensor:
+    """Natural log that never wakes a thread team for a small CPU tensor.
+
+    On a busy 2-core machine with 2 torch threads, ``torch.log`` of a
+    10⁴-element tensor stalled for a scheduler tick (~8 ms) in most calls,
+    waiting for MKL's second thread; ``xlogy(1, x)`` stays on the calling thread.
+    """
+    if x.device.type == "cpu" and x.numel() < _CPU_PARALLEL_GRAIN and torch.get_num_threads() > 1:
+        return torch.special.xlogy(1.0, x, out=x) if inplace else torch.special.xlogy(1.0, x)
+    return x.log_() if inplace else torch.log(x)
+
+
 def _coefficients(pi: Tensor, mu: Tensor, sigma: Tensor) -> _Coefficients:
     inv_sigma = sigma.reciprocal()
-    log2_coef = torch.log2(pi) - torch.log2(sigma) - _HALF_LOG2_2PI
-    floor = torch.where(pi > 0, _EXP2_FLOOR[pi.dtype], -math.inf).to(pi.dtype)
+    log2_coef = (_log(pi) - _log(sigma)) * _LOG2E - _HALF_LOG2_2PI
+    # −inf exactly where π_j = 0; a floor below the normal range only where
+    # π_j is itself that small (exact, merely slower there).
+    floor = log2_coef.clamp(max=_EXP2_FLOOR[pi.dtype])
     return _Coefficients(
         mu=mu[:, None],
         inv_sigma=inv_sigma[:, None],
@@ -218,7 +237,7 @@ def _eager_chunk(
     sums: Tensor | None,
     zero_pi: tuple[Tensor, Tensor, Tensor] | None,
 ) -> Tensor:
-    """Process one chunk in place in ``work``; return Σ_i log₂ p(w_i) over the chunk.
+    """Process one chunk in place in ``work``; return Σ_i ln p(w_i) over the chunk.
 
     Writes the chunk's ∂ ln p/∂w into ``grad_w_out`` and adds S0, S1, S2 into
     ``sums`` (3, M) when asked. ``zero_pi = (index, log2 normaliser, out)``
@@ -234,12 +253,12 @@ def _eager_chunk(
     e = logits.sub_(top).clamp_(min=coef.floor).exp2_()  # M n, π_j N_ij / 2^top
     total = e.sum(0)  # n
     inv_total = total.reciprocal() if (needs.grad_w or needs.sums) else None
-    lse2 = total.log2_().add_(top)  # n, log₂ p(w_i)
+    log_p = _log(total, inplace=True).add_(top, alpha=_LN2)  # n, ln p(w_i)
     if zero_pi is not None:
         index, log2_norm, out = zero_pi
         u_zero = u.index_select(0, index)
         ratio = torch.addcmul(log2_norm, u_zero, u_zero, value=-_HALF_LOG2E)
-        out.index_add_(0, index, ratio.sub_(lse2).exp2_().sum(1))
+        out.index_add_(0, index, ratio.sub_(log_p, alpha=_LOG2E).exp2_().sum(1))
     if needs.s0:
         sums[0].addmv_(e, inv_total)
     if needs.grad_w or needs.s1 or needs.s2:
@@ -250,7 +269,7 @@ def _eager_chunk(
             sums[1].addmv_(eu, inv_total)
         if needs.s2:
             sums[2].addmv_(eu.mul_(u), inv_total)
-    return lse2.sum()
+    return log_p.sum()
 
 
 def _chunk_math(
@@ -269,14 +288,14 @@ def _chunk_math(
     top = logits.amax(0)
     e = torch.exp2(torch.maximum(logits - top, floor))
     total = e.sum(0)
-    lse2_sum = (top + torch.log2(total)).sum()
-    gamma = e / total
+    log_p_sum = (top * _LN2 + torch.log(total)).sum()
+    gamma = e * total.reciprocal()
     gamma_u = gamma * u
     grad_w = (gamma_u * neg_inv_sigma[:, None]).sum(0) if need_grad_w else None
     sums = (
         torch.stack([gamma.sum(1), gamma_u.sum(1), (gamma_u * u).sum(1)]) if need_sums else None
     )
-    return lse2_sum, grad_w, sums
+    return log_p_sum, grad_w, sums
 
 
 def _compiled_chunk_fn():
@@ -316,22 +335,24 @@ def _forward_pass(
     zero_pi = None
     if need_pi and bool((pi == 0).any()):  # rare; costs a host sync on accelerators
         index = torch.nonzero(pi == 0).flatten()
-        log2_norm = (-torch.log2(sigma) - _HALF_LOG2_2PI)[index, None]
+        log2_norm = (-_log(sigma) * _LOG2E - _HALF_LOG2_2PI)[index, None]
         zero_pi = (index, log2_norm, w_flat.new_zeros(num_components))
 
     compiled = zero_pi is None and _use_compiled(num_weights * num_components)
     work = w_flat.new_empty(2, num_components * chunk)
-    lse2_sum = w_flat.new_zeros(())
+    chunk_sums = [w_flat.new_zeros(())]  # summed pairwise at the end, not running
     for start in range(0, num_weights, chunk):
         stop = min(start + chunk, num_weights)
         w_chunk = w_flat[start:stop]
         if compiled and stop - start == chunk:
             try:
-                value, grad_chunk, sums_chunk = _compiled_chunk_fn()(
-                    w_chunk, *coef, need_grad_w=need_w, need_sums=needs.sums
-                )
+                with warnings.catch_warnings():  # torch's own deprecations while compiling
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    value, grad_chunk, sums_chunk = _compiled_chunk_fn()(
+                        w_chunk, *coef, need_grad_w=need_w, need_sums=needs.sums
+                    )
             except Exception as error:  # noqa: BLE001 — any backend failure means "no compiler"
-                _compile_failed = compiled = True
+                _compile_failed = True
                 compiled = False
                 warnings.warn(
                     f"torch.compile of the prior kernel failed ({type(error).__name__}: "
@@ -340,20 +361,22 @@ def _forward_pass(
                     stacklevel=3,
                 )
             else:
-                lse2_sum += value
+                chunk_sums.append(value)
                 if need_w:
                     grad_w[start:stop].copy_(grad_chunk)
                 if needs.sums:
                     sums += sums_chunk
                 continue
-        lse2_sum += _eager_chunk(
-            w_chunk,
-            coef,
-            work,
-            needs,
-            grad_w[start:stop] if need_w else None,
-            sums,
-            zero_pi,
+        chunk_sums.append(
+            _eager_chunk(
+                w_chunk,
+                coef,
+                work,
+                needs,
+                grad_w[start:stop] if need_w else None,
+                sums,
+                zero_pi,
+            )
         )
 
     inv_sigma = coef.inv_sigma[:, 0]
@@ -366,7 +389,8 @@ def _forward_pass(
         grad_mu = sums[1] * inv_sigma
     if need_sigma:
         grad_sigma = (sums[2] - sums[0]) * inv_sigma
-    return MixtureLogProbGrad(lse2_sum * _LN2, grad_w, grad_pi, grad_mu, grad_sigma)
+    log_prob = torch.stack(chunk_sums).sum()
+    return MixtureLogProbGrad(log_prob, grad_w, grad_pi, grad_mu, grad_sigma)
 
 
 def _value_pass(w_flat: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor, chunk_size) -> Tensor:
@@ -452,14 +476,17 @@ def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
     if validate_args is None:
         validate_args = torch.distributions.Distribution._validate_args
     if validate_args:
-        with torch.no_grad():
-            if not bool(torch.isfinite(sigma).all() and (sigma > 0).all()):
-                raise ValueError(f"sigma must be positive and finite, got {sigma.tolist()}")
-            if not bool(torch.isfinite(pi).all() and (pi >= 0).all() and (pi > 0).any()):
-                raise ValueError(
-                    "pi must be finite, non-negative and not all zero, got " f"{pi.tolist()}"
-                )
-            if not bool(torch.isfinite(mu).all()):
+        with torch.no_grad():  # one host sync; NaN fails every comparison
+            sigma_ok = ((sigma > 0) & (sigma < math.inf)).all()
+            pi_ok = ((pi >= 0) & (pi < math.inf)).all() & (pi > 0).any()
+            mu_ok = (mu.abs() < math.inf).all()
+            if not bool(sigma_ok & pi_ok & mu_ok):
+                if not bool(sigma_ok):
+                    raise ValueError(f"sigma must be positive and finite, got {sigma.tolist()}")
+                if not bool(pi_ok):
+                    raise ValueError(
+                        f"pi must be finite, non-negative and not all zero, got {pi.tolist()}"
+                    )
                 raise ValueError(f"mu must be finite, got {mu.tolist()}")
 
 
@@ -532,7 +559,9 @@ def mixture_log_prob_and_grad(
     _validate(w, pi, mu, sigma, chunk_size, validate_args)
     unknown = set(wrt) - {"w", "pi", "mu", "sigma"}
     if unknown:
-        raise ValueError(f"wrt names unknown inputs {sorted(unknown)}; use 'w', 'pi', 'mu', 'sigma'")
+        raise ValueError(
+            f"wrt names unknown inputs {sorted(unknown)}; use 'w', 'pi', 'mu', 'sigma'"
+        )
     with torch.no_grad():
         result = _forward_pass(
             w.reshape(-1),

@@ -158,11 +158,12 @@ class Gaussian(Likelihood):
     def check_targets(self, y, output):
         if not y.is_floating_point():
             y = y.to(output.dtype)
-        expected = output.shape[:1] if self._squeeze(output) else output.shape
-        if y.shape != expected:
+        # compare per data point: ``output`` may come from a few inputs only
+        point = output.shape[1:-1] if self._squeeze(output) else output.shape[1:]
+        if y.dim() == 0 or y.shape[1:] != point:
             raise ValueError(
                 f"gaussian targets of shape {tuple(y.shape)} do not fit network outputs of shape "
-                f"{tuple(output.shape)}; expected targets of shape {tuple(expected)}"
+                f"{tuple(output.shape)}; expected targets of shape {(len(y) if y.dim() else 'N',) + tuple(point)}"
             )
         return y.to(output.dtype)
 

@@ -64,6 +64,8 @@ def _align_batches(values: dict[str, Tensor], event_dims: dict[str, int]) -> dic
     a singleton for the data plate. ``Predictive`` drops that singleton for sites
     with an event dimension; this restores it, so every draw lines up.
     """
+    if not values:  # every hyperparameter fixed (torch.broadcast_shapes() fails under jit)
+        return {}
     core = {}
     for site, value in values.items():
         event = value.shape[value.dim() - event_dims[site]:]
@@ -139,6 +141,12 @@ class MixturePrior:
     init_sigma : float, optional
         Initial standard deviation of every component; default the spacing of
         the initial means.
+    fixed_precision : float, optional
+        Fix every component's precision :math:`1/\sigma_j^2` to this value: no
+        ``sws.precisions`` site. ``MixturePrior(1, fixed_precision=a)`` is the
+        fixed Gaussian prior :math:`\mathcal N(0, 1/a)` (weight decay
+        :math:`\lambda a/2 \, \|w\|^2`), whose linear-Gaussian posterior is
+        known in closed form.
     """
 
     def __init__(
@@ -162,6 +170,7 @@ class MixturePrior:
         params: Iterable[str] | Callable[[str, Tensor], bool] | None = None,
         init_means: Tensor | None = None,
         init_sigma: float | None = None,
+        fixed_precision: float | None = None,
     ):
         if isinstance(num_components, bool) or not isinstance(num_components, int):
             raise TypeError(f"num_components must be an int >= 1, got {num_components!r}")
@@ -227,6 +236,9 @@ class MixturePrior:
                 f"got {self.init_means.numel()}"
             )
         self.init_sigma = None if init_sigma is None else _positive("init_sigma", init_sigma)
+        self.fixed_precision = (
+            None if fixed_precision is None else _positive("fixed_precision", fixed_precision)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -254,7 +266,8 @@ class MixturePrior:
             names.append(MIXING)
         if self.num_free >= 1:
             names.append(MEANS)
-        names.append(PRECISIONS)
+        if self.fixed_precision is None:
+            names.append(PRECISIONS)
         return tuple(names)
 
     def _hyperprior(self, site: str, like: Tensor):
@@ -296,8 +309,14 @@ class MixturePrior:
         values = _align_batches(
             {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
         )
-        batch = values[PRECISIONS].shape[:-1]
-        sigma = values[PRECISIONS].rsqrt()
+        if self.fixed_precision is None:
+            batch = values[PRECISIONS].shape[:-1]
+            sigma = values[PRECISIONS].rsqrt()
+        else:
+            batch = next(
+                (v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size()
+            )
+            sigma = torch.full(batch + (self.num_components,), self.fixed_precision**-0.5, **opts)
         if self.num_free >= 2:
             rest_pi = values[MIXING]
         else:
@@ -354,7 +373,9 @@ class MixturePrior:
             means = torch.linspace(lo, hi, self.num_free + 2, **opts)[1:-1]
         spacing = (hi - lo) / (self.num_free + 1)
         sigma = self.init_sigma if self.init_sigma is not None else spacing
-        values = {PRECISIONS: torch.full((self.num_components,), sigma**-2, **opts)}
+        values = {}
+        if PRECISIONS in self.site_names:
+            values[PRECISIONS] = torch.full((self.num_components,), sigma**-2, **opts)
         if PI_ZERO in self.site_names:
             values[PI_ZERO] = torch.tensor(self.init_pi_zero, **opts)
         if MIXING in self.site_names:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -64,7 +63,7 @@ ALL_IMPLS = (
 )
 # Bytes of (N, M) temporaries alive at the peak, per (weight, component), per
 # byte of dtype — measured at N = 1e6 and rounded up; used only to skip cases.
-_NM_FACTOR = {"store": 1, "mixture_same_family": 10, "naive": 10}
+_NM_FACTOR = {"store": 1, "mixture_same_family": 12, "naive": 12}
 
 
 # --------------------------------------------------------------------------- #
@@ -72,10 +71,25 @@ _NM_FACTOR = {"store": 1, "mixture_same_family": 10, "naive": 10}
 # --------------------------------------------------------------------------- #
 
 
+def _kernel_module():
+    """``bayes_sws.kernel`` without importing the package (and Pyro): faster workers."""
+    import importlib.util
+
+    if "bayes_sws.kernel" in sys.modules:
+        return sys.modules["bayes_sws.kernel"]
+    if "_bayes_sws_kernel" not in sys.modules:
+        path = HERE.parent / "bayes_sws" / "kernel.py"
+        spec = importlib.util.spec_from_file_location("_bayes_sws_kernel", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_bayes_sws_kernel"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["_bayes_sws_kernel"]
+
+
 def _make_impl(name: str):
     import torch
 
-    from bayes_sws import kernel
+    kernel = _kernel_module()
 
     if name in ("ours", "ours_compiled"):
         kernel.set_compile_mode("always" if name == "ours_compiled" else "never")
@@ -110,7 +124,7 @@ def _alternative_strategy(name: str):
     """The two strategies the kernel did not choose, built from its own chunk maths."""
     import torch
 
-    from bayes_sws import kernel as k
+    k = _kernel_module()
 
     def chunk_u_logits(w_chunk, coef, work):
         num_components, n = coef.mu.shape[0], w_chunk.shape[0]
@@ -148,7 +162,7 @@ def _alternative_strategy(name: str):
                 _, logits = chunk_u_logits(w[start : start + chunk], coef, work)
                 top = logits.amax(0)
                 total = logits.sub_(top).clamp_(min=coef.floor).exp2_().sum(0)
-                torch.add(total.log2_(), top, out=lse2[start : start + chunk])
+                torch.add(total.log_().mul_(k._LOG2E), top, out=lse2[start : start + chunk])
             ctx.save_for_backward(w, pi, mu, sigma, lse2)
             return lse2.sum() * k._LN2
 
@@ -186,7 +200,7 @@ def _alternative_strategy(name: str):
                 )
                 total = e.sum(0)
                 e.div_(total)
-                value += total.log2_().add_(top).sum()
+                value += total.log_().mul_(k._LOG2E).add_(top).sum()
             ctx.save_for_backward(w, pi, mu, sigma, gamma)
             return value * k._LN2
 
@@ -269,8 +283,7 @@ def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, th
     w, pi, mu, sigma = _inputs(num_weights, num_components, dtype)
 
     # Warm-up on a slice large enough to hold one full chunk (triggers compilation).
-    from bayes_sws import kernel
-
+    kernel = _kernel_module()
     warm_n = min(num_weights, max(4096, 2 * kernel.CHUNK_ELEMENTS // num_components))
     w_warm = w.detach()[:warm_n].clone().requires_grad_()
     start = time.perf_counter()
@@ -288,14 +301,15 @@ def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, th
     after = _rss_kib("VmHWM") if peak_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     extra_bytes = max(0, (after - before)) * 1024
 
-    times = [single]
+    times, cpu_times = [single], []
     budget_end = time.perf_counter() + time_budget
     for _ in range(repeats - 1):
         if time.perf_counter() > budget_end:
             break
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         _step(fn, w, pi, mu, sigma)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "impl": impl,
         "num_weights": num_weights,
@@ -305,6 +319,7 @@ def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, th
         "first_call_s": first_call,
         "time_min_s": min(times),
         "time_median_s": statistics.median(times),
+        "cpu_time_min_s": min(cpu_times) if cpu_times else None,
         "repeats": len(times),
         "extra_peak_bytes": extra_bytes,
         "memory_method": "VmHWM-reset" if peak_ok else "ru_maxrss",
@@ -383,18 +398,25 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     markers = {2: "o", 16: "s", 64: "^"}
-    for impl in ALL_IMPLS:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, impl in enumerate(ALL_IMPLS):
         rows = [r for r in results if r["impl"] == impl and "skipped" not in r]
-        if not rows:
-            continue
-        rows.sort(key=lambda r: r["num_weights"] * r["num_components"])
-        x = [r["num_weights"] * r["num_components"] for r in rows]
-        y = [r["time_min_s"] for r in rows]
-        (line,) = ax.plot(x, y, "-", alpha=0.5, label=impl)
-        for r, xi, yi in zip(rows, x, y):
-            ax.plot(xi, yi, markers.get(r["num_components"], "x"), color=line.get_color())
+        color = colors[index % len(colors)]
+        for num_components in sorted({r["num_components"] for r in rows}):
+            line = sorted(
+                (r for r in rows if r["num_components"] == num_components),
+                key=lambda r: r["num_weights"],
+            )
+            ax.plot(
+                [r["num_weights"] * num_components for r in line],
+                [r["time_min_s"] for r in line],
+                "-" + markers.get(num_components, "x"),
+                color=color,
+                alpha=0.8,
+                label=impl if num_components == min(r["num_components"] for r in rows) else None,
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("N · M  (weight × component pairs)")
@@ -410,8 +432,16 @@ def plot(results: list[dict], path: Path) -> None:
 def machine_line(threads: int) -> str:
     import torch
 
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
+        f"{cpu}, {os.cpu_count()} CPU cores visible, "
         f"{threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
     )
 
@@ -425,11 +455,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--time-budget", type=float, default=10.0,
+    parser.add_argument("--time-budget", type=float, default=5.0,
                         help="seconds of timed repeats per case (at least one call)")
     parser.add_argument("--memory-budget-gb", type=float, default=4.0,
                         help="skip baselines predicted to need more memory than this")
-    parser.add_argument("--plot", type=Path, default=HERE / "prior_kernel.png")
+    parser.add_argument("--compile-min-n", type=float, default=1e6,
+                        help="time ours_compiled only for N at least this (each case compiles)")
+    parser.add_argument("--plot", default=str(HERE / "prior_kernel.png"),
+                        help="where to write the plot; '' for none")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "N", "M"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -454,6 +487,8 @@ def main(argv=None) -> int:
     for num_weights in (int(s) for s in sizes):
         for num_components in components:
             for impl in args.impls:
+                if impl == "ours_compiled" and num_weights < args.compile_min_n:
+                    continue
                 row = _run_case(args, impl, num_weights, num_components)
                 results.append(row)
                 if "skipped" in row:
@@ -472,7 +507,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.plot:
-        plot(results, args.plot)
+        plot(results, Path(args.plot))
         print(f"\nplot written to {args.plot}")
     return 0
 

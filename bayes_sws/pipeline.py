@@ -1,0 +1,480 @@
+r"""The compression pipeline of Ullrich, Meeds & Welling (ICLR 2017), as one call.
+
+Starting from a pretrained network:
+
+1. **retrain with the prior**: MAP of :math:`E(w) + \lambda\Omega(w) - \log p(\pi, \mu, \sigma)`
+   (PRML 5.139 plus the hyperpriors) by SVI with ``AutoDelta``, under a mixture of
+   ``num_components`` Gaussians whose component 0 sits at zero with mixing
+   proportion :math:`\pi_0` fixed near 0.99 (or under a Beta prior), and Gamma
+   hyperpriors on the precisions, much stronger for the zero component;
+2. **quantise**: each weight takes the mean of its most responsible component
+   (argmax of PRML 5.140), near-coincident components are merged, the zero
+   component prunes (:func:`bayes_sws.compress.quantize`);
+3. **account**: sparse storage with relative indices, Huffman-coded cluster
+   indices, 32-bit codebooks and biases (:func:`bayes_sws.compress.storage_report`),
+   and test accuracy before and after quantisation.
+
+:func:`soft_weight_sharing` runs all three; :func:`compress_result` runs steps 2
+and 3 on an existing :class:`~bayes_sws.infer.FitResult` (what ``bayes-sws
+compress DIR`` needs). Both return a :class:`CompressionResult`.
+
+Hyperprior units
+----------------
+Ullrich et al. minimise, per example, ``mean CE + (τ/N) · (Ω − log p(σ))``: the
+Gamma hyperpriors are multiplied by the same :math:`\tau = \lambda` as the
+mixture term. In this package hyperpriors are not scaled, so with
+``temper_hyperprior=True`` (default) a Gamma(a, b) given in their units enters
+the model as the tempered density :math:`\mathrm{Gamma}(a, b)^\lambda \propto
+\mathrm{Gamma}(1 + \lambda(a - 1), \lambda b)`: same mode, the paper's strength.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .compress import QuantizeResult, StorageReport, quantize, storage_report
+from .infer import FitResult, fit
+from .model import SWSModel
+from .priors import Mixture, MixturePrior
+from .training import accuracy, rmse
+
+__all__ = [
+    "CompressionResult",
+    "compress_result",
+    "soft_weight_sharing",
+    "tempered_gamma",
+    "ULLRICH_PRECISION_PRIOR",
+    "ULLRICH_ZERO_PRECISION_PRIOR",
+]
+
+#: Gamma (shape, rate) on the precision of the non-zero components, Ullrich et al.'s code.
+ULLRICH_PRECISION_PRIOR: tuple[float, float] = (250.0, 0.1)
+#: Gamma (shape, rate) on the zero component's precision: mode 2500 (σ₀ = 0.02), 20× stronger.
+ULLRICH_ZERO_PRECISION_PRIOR: tuple[float, float] = (5000.0, 2.0)
+
+
+def tempered_gamma(shape: float, rate: float, power: float) -> tuple[float, float]:
+    r"""Shape and rate of :math:`\mathrm{Gamma}(a, b)^p`, renormalised: :math:`(1 + p(a-1), pb)`.
+
+    The mode :math:`(a-1)/b` is kept; ``power < 1`` flattens the density.
+    """
+    if not (shape > 0 and rate > 0 and power > 0):
+        raise ValueError(
+            f"tempered_gamma needs shape, rate and power > 0, got {shape!r}, {rate!r}, {power!r}"
+        )
+    return 1.0 + power * (shape - 1.0), power * rate
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """A network compressed by soft weight-sharing, with its storage and accuracy.
+
+    Attributes
+    ----------
+    net : nn.Module
+        The quantised network: prior-carrying tensors take only the shared
+        values (pruned weights exactly 0); other parameters as retrained.
+    retrained_net : nn.Module
+        The network after retraining with the prior, before quantisation.
+    quantization : QuantizeResult
+        Assignments, merged codebook and counts (:func:`~bayes_sws.compress.quantize`).
+    storage : StorageReport
+        Bits per layer and in total (:func:`~bayes_sws.compress.storage_report`).
+    mixture : Mixture
+        The learned mixture ``(pi, mu, sigma)`` before merging, zero component first.
+    test_accuracy_pretrained : float or None
+        Accuracy of the network before retraining, when known.
+    test_accuracy_before, test_accuracy_after : float or None
+        Test accuracy of the retrained network before and after quantisation
+        (``None`` for regression targets).
+    test_rmse_before, test_rmse_after : float or None
+        Test root mean squared error, for regression targets (else ``None``).
+    fit : FitResult or None
+        The retraining run (``None`` only if the result was built without one).
+    wall_time : float
+        Seconds: retraining (when run here) plus quantisation and accounting.
+    config : dict
+        Settings of the run, JSON-ready.
+    """
+
+    net: nn.Module
+    retrained_net: nn.Module
+    quantization: QuantizeResult
+    storage: StorageReport
+    mixture: Mixture
+    test_accuracy_pretrained: float | None
+    test_accuracy_before: float | None
+    test_accuracy_after: float | None
+    test_rmse_before: float | None = None
+    test_rmse_after: float | None = None
+    fit: FitResult | None = None
+    wall_time: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def compression_rate(self) -> float:
+        """32-bit dense size ÷ compressed size (Huffman-coded cluster indices)."""
+        return self.storage.compression_rate
+
+    @property
+    def compression_rate_entropy(self) -> float:
+        """Compression rate with cluster indices at their entropy bound."""
+        return self.storage.compression_rate_entropy
+
+    @property
+    def nonzero_fraction(self) -> float:
+        """Non-zero share of the compressed tensors (Ullrich et al.'s ``|W≠0|/|W|``)."""
+        return self.storage.nonzero_fraction
+
+    @property
+    def num_components(self) -> int:
+        """Shared values after merging, zero included."""
+        return self.quantization.num_components
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """The per-layer table: one JSON-ready dict per compressed tensor."""
+        return self.storage.to_dict()["layers"]
+
+    def format_table(self) -> str:
+        """Markdown table of the storage per layer and in total."""
+        return self.storage.format_table()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: the headline numbers, the mixture, the per-layer table."""
+        m = self.quantization
+        return {
+            "compression_rate": self.compression_rate,
+            "compression_rate_entropy": self.compression_rate_entropy,
+            "nonzero_fraction": self.nonzero_fraction,
+            "test_accuracy_pretrained": self.test_accuracy_pretrained,
+            "test_accuracy_before": self.test_accuracy_before,
+            "test_accuracy_after": self.test_accuracy_after,
+            "test_rmse_before": self.test_rmse_before,
+            "test_rmse_after": self.test_rmse_after,
+            "num_components": self.num_components,
+            "codebook": m.values.tolist(),
+            "mixture": {
+                "pi": self.mixture.pi.tolist(),
+                "mu": self.mixture.mu.tolist(),
+                "sigma": self.mixture.sigma.tolist(),
+            },
+            "num_params": self.storage.num_params,
+            "num_compressed_params": self.storage.num_compressed_params,
+            "num_nonzero": self.storage.num_nonzero,
+            "total_bits": self.storage.total_bits,
+            "original_bits": self.storage.original_bits,
+            "layers": self.layers,
+            "wall_time": self.wall_time,
+            "config": dict(self.config),
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _scores(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
+    """(accuracy, None) for integer class labels, (None, rmse) for real targets."""
+    if y.is_floating_point():
+        return None, rmse(net, x, y)
+    return accuracy(net, x, y), None
+
+
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(f"{name} is None; compression needs test inputs and targets")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a tensor or array, got {type(value).__name__}: {err}") from None
+
+
+def _unpack_data(data: Any) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)`` from a :class:`~bayes_sws.data.Dataset` or a 4-tuple."""
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if all(hasattr(data, n) for n in names):
+        parts = [getattr(data, n) for n in names]
+    elif isinstance(data, (tuple, list)) and len(data) == 4:
+        parts = list(data)
+    else:
+        raise TypeError(
+            "data must be a bayes_sws.data.Dataset (e.g. load_dataset('digits')) or a tuple "
+            f"(x_train, y_train, x_test, y_test); got {type(data).__name__}"
+        )
+    return tuple(_as_tensor(p, n) for p, n in zip(parts, names, strict=True))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def compress_result(
+    fit_result: FitResult,
+    x_test: Any,
+    y_test: Any,
+    *,
+    merge_threshold: float = 1e-2,
+    merge_criterion: Literal["kl", "mean"] = "kl",
+    index_bits: int | dict[str, int] | None = None,
+    test_accuracy_pretrained: float | None = None,
+) -> CompressionResult:
+    """Quantise a fitted model with its learned mixture and count the bits.
+
+    The retrained network is the posterior median (the MAP for ``guide="map"``,
+    :meth:`FitResult.map_network`); its prior-carrying tensors are quantised with
+    the learned mixture (:meth:`FitResult.mixture`) by
+    :func:`~bayes_sws.compress.quantize`, other parameters (biases) stay as
+    fitted and are stored at 32 bits.
+
+    Parameters
+    ----------
+    fit_result : FitResult
+        What :func:`bayes_sws.fit` returned.
+    x_test, y_test : tensor or array
+        Test data: class labels give accuracies, real targets give RMSEs.
+    merge_threshold, merge_criterion
+        Passed to :func:`~bayes_sws.compress.merge_components`
+        (symmetric KL in nats by default; ``0`` never merges).
+    index_bits : int or dict, optional
+        Relative-index width (default 5 for dense, 8 for convolutions).
+    test_accuracy_pretrained : float, optional
+        Recorded as is (the accuracy of the network before retraining).
+
+    Returns
+    -------
+    CompressionResult
+        ``fit`` is ``fit_result``; ``wall_time`` covers quantisation and accounting only.
+    """
+    if not isinstance(fit_result, FitResult):
+        raise TypeError(
+            f"fit_result must be the FitResult returned by bayes_sws.fit, got {type(fit_result).__name__}"
+        )
+    start = time.perf_counter()
+    model = fit_result.model
+    like = model._like()
+    x_test = _as_tensor(x_test, "x_test").to(device=like.device, dtype=like.dtype)
+    y_test = _as_tensor(y_test, "y_test").to(like.device)
+    if x_test.dim() == 0 or y_test.dim() == 0 or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(
+            "x_test and y_test must hold the same number of examples, got shapes "
+            f"{tuple(x_test.shape)} and {tuple(y_test.shape)}"
+        )
+    retrained = fit_result.map_network()
+    mixture = Mixture(*(t.detach().reshape(-1).cpu() for t in fit_result.mixture()))
+    names = list(model.prior_param_names)
+    quantized = quantize(
+        retrained,
+        mixture.pi,
+        mixture.mu,
+        mixture.sigma,
+        param_names=names,
+        merge_threshold=merge_threshold,
+        merge_criterion=merge_criterion,
+        zero_component=model.prior.zero_component,
+    )
+    storage = storage_report(quantized.net, param_names=names, index_bits=index_bits)
+    acc_before, rmse_before = _scores(retrained, x_test, y_test)
+    acc_after, rmse_after = _scores(quantized.net, x_test, y_test)
+    config = {
+        **fit_result.config,
+        "merge_threshold": float(merge_threshold),
+        "merge_criterion": merge_criterion,
+        "index_bits": index_bits,
+        "param_names": names,
+        "num_components_learned": int(mixture.pi.numel()),
+        "zero_component": model.prior.zero_component,
+    }
+    return CompressionResult(
+        net=quantized.net,
+        retrained_net=retrained,
+        quantization=quantized,
+        storage=storage,
+        mixture=mixture,
+        test_accuracy_pretrained=test_accuracy_pretrained,
+        test_accuracy_before=acc_before,
+        test_accuracy_after=acc_after,
+        test_rmse_before=rmse_before,
+        test_rmse_after=rmse_after,
+        fit=fit_result,
+        wall_time=time.perf_counter() - start,
+        config=config,
+    )
+
+
+def soft_weight_sharing(
+    net: nn.Module,
+    data: Any,
+    *,
+    num_components: int = 17,
+    pi_zero: float | None = 0.99,
+    pi_zero_prior: tuple[float, float] = (99.0, 1.0),
+    prior_scale: float = 3e-3,
+    precision_prior: tuple[float, float] = ULLRICH_PRECISION_PRIOR,
+    zero_precision_prior: tuple[float, float] = ULLRICH_ZERO_PRECISION_PRIOR,
+    temper_hyperprior: bool = True,
+    mixing_concentration: float = 1.0,
+    likelihood: str = "categorical",
+    lr: float = 5e-4,
+    mixture_lr: float = 3e-3,
+    num_epochs: float | None = 30,
+    num_steps: int | None = None,
+    batch_size: int = 128,
+    merge_threshold: float = 1e-2,
+    merge_criterion: Literal["kl", "mean"] = "kl",
+    index_bits: int | dict[str, int] | None = None,
+    params: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> CompressionResult:
+    r"""Compress a pretrained network by soft weight-sharing (Ullrich et al. 2017).
+
+    Retrains a copy of ``net`` under a mixture prior with a zero component (MAP by
+    SVI, :func:`bayes_sws.fit` with ``guide="map"``), then quantises and counts
+    the bits with :func:`compress_result`. ``net`` itself is not modified.
+
+    Parameters
+    ----------
+    net : nn.Module
+        A pretrained network (its current weights initialise retraining and the
+        mixture's means, spread evenly over their range).
+    data : Dataset or tuple
+        A :class:`~bayes_sws.data.Dataset` or ``(x_train, y_train, x_test, y_test)``.
+    num_components : int
+        Components :math:`M`, the zero component included (the paper: 17).
+    pi_zero : float or None
+        Fixed :math:`\pi_0` in (0, 1); ``None`` learns it under
+        :math:`\mathrm{Beta}(\text{pi\_zero\_prior})`, starting at its mean.
+    pi_zero_prior : (float, float)
+        Beta concentrations for a learned :math:`\pi_0` (both :math:`\ge 1` for MAP).
+    prior_scale : float
+        :math:`\lambda` in :math:`E + \lambda\Omega` (Ullrich et al.'s :math:`\tau`).
+    precision_prior, zero_precision_prior : (float, float)
+        Gamma (shape, rate) on the precisions :math:`1/\sigma_j^2` of the non-zero
+        components and of the zero component; defaults are Ullrich et al.'s
+        :data:`ULLRICH_PRECISION_PRIOR` and :data:`ULLRICH_ZERO_PRECISION_PRIOR`.
+    temper_hyperprior : bool
+        Read the Gamma parameters in Ullrich et al.'s units, where the
+        hyperprior is multiplied by :math:`\lambda` too (see the module
+        docstring); ``False`` uses them as given.
+    mixing_concentration : float
+        Dirichlet :math:`\alpha \ge 1` on the non-zero mixing proportions.
+    likelihood : str
+        ``"categorical"`` (class labels) or ``"gaussian"``.
+    lr, mixture_lr : float
+        Adam learning rates of the weights and of the mixture (the paper: 5e-4
+        for weights, 3e-3 for log-precisions and mixing proportions).
+    num_epochs : float, optional
+        Passes over the training data; ignored when ``num_steps`` is given.
+    num_steps : int, optional
+        Optimisation steps (mini-batches).
+    batch_size : int
+        Mini-batch size.
+    merge_threshold, merge_criterion, index_bits
+        Passed to :func:`compress_result`.
+    params : sequence of str, optional
+        Names of the parameters carrying the prior (and compressed); default all
+        weights (tensors with two or more dimensions), biases stay at 32 bits.
+    seed : int
+        Seeds the retraining (Pyro's RNG and the mini-batch order).
+    progress : bool, optional
+        Progress bar while retraining; default on a terminal only.
+
+    Returns
+    -------
+    CompressionResult
+        With ``test_accuracy_pretrained`` measured on ``net`` and ``wall_time``
+        covering retraining, quantisation and accounting.
+
+    Examples
+    --------
+    >>> data = load_dataset("digits", standardize=False)
+    >>> net = mlp([64, 100, 10]); train(net, data.x_train, data.y_train, num_epochs=60)
+    >>> result = soft_weight_sharing(net, data, prior_scale=0.01, num_epochs=20)
+    >>> result.compression_rate, result.test_accuracy_after
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    x_train, y_train, x_test, y_test = _unpack_data(data)
+    if num_steps is None:
+        if num_epochs is None or not num_epochs > 0:
+            raise ValueError(f"num_epochs must be > 0 when num_steps is not given, got {num_epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        steps_per_epoch = max(1, x_train.shape[0] // min(batch_size, x_train.shape[0]))
+        num_steps = max(1, round(num_epochs * steps_per_epoch))
+    for label, pair in (("precision_prior", precision_prior), ("zero_precision_prior", zero_precision_prior)):
+        if len(tuple(pair)) != 2 or not all(v > 0 for v in pair):
+            raise ValueError(f"{label} must be a Gamma (shape, rate) with both > 0, got {pair!r}")
+    if temper_hyperprior and prior_scale > 0:
+        conc, rate = tempered_gamma(*precision_prior, prior_scale)
+        zero_conc, zero_rate = tempered_gamma(*zero_precision_prior, prior_scale)
+    else:
+        (conc, rate), (zero_conc, zero_rate) = precision_prior, zero_precision_prior
+    if min(conc, zero_conc) < 1:
+        raise ValueError(
+            f"the precision hyperpriors have shape {conc:.4g} (non-zero) and {zero_conc:.4g} (zero) "
+            "as used; a Gamma shape < 1 has no MAP. Use shapes >= 1"
+        )
+    prior = MixturePrior(
+        num_components,
+        zero_component=True,
+        pi_zero=pi_zero,
+        pi_zero_prior=pi_zero_prior,
+        init_pi_zero=pi_zero_prior[0] / sum(pi_zero_prior) if pi_zero is None else 0.5,
+        mixing_concentration=mixing_concentration,
+        precision_concentration=conc,
+        precision_rate=rate,
+        zero_precision_concentration=zero_conc,
+        zero_precision_rate=zero_rate,
+        params=params,
+    )
+
+    start = time.perf_counter()
+    pretrained = copy.deepcopy(net)
+    acc_pretrained, _ = _scores(pretrained, x_test.to(next(net.parameters()).dtype), y_test)
+    model = SWSModel(pretrained, prior, likelihood, prior_scale=prior_scale)
+    fitted = fit(
+        model,
+        x_train,
+        y_train,
+        guide="map",
+        num_steps=int(num_steps),
+        lr=lr,
+        mixture_lr=mixture_lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    result = compress_result(
+        fitted,
+        x_test,
+        y_test,
+        merge_threshold=merge_threshold,
+        merge_criterion=merge_criterion,
+        index_bits=index_bits,
+        test_accuracy_pretrained=acc_pretrained,
+    )
+    config = {
+        **result.config,
+        "num_components": num_components,
+        "pi_zero": pi_zero,
+        "pi_zero_prior": list(pi_zero_prior) if pi_zero is None else None,
+        "precision_prior": list(precision_prior),
+        "zero_precision_prior": list(zero_precision_prior),
+        "temper_hyperprior": bool(temper_hyperprior),
+        "precision_prior_used": [conc, rate],
+        "zero_precision_prior_used": [zero_conc, zero_rate],
+        "mixing_concentration": mixing_concentration,
+        "num_epochs": None if num_epochs is None else float(num_epochs),
+    }
+    return dataclasses.replace(result, wall_time=time.perf_counter() - start, config=config)

@@ -1,0 +1,477 @@
+"""Compression benchmark: soft weight-sharing against Deep Compression, same storage accounting.
+
+For each case (a data set and a network) the script pretrains the network
+(cached on disk), then compresses it
+
+* by soft weight-sharing (:func:`bayes_sws.pipeline.soft_weight_sharing`:
+  retrain under the mixture prior, quantise, count bits), and
+* by Deep Compression (:func:`bayes_sws.baseline.deep_compression`: magnitude
+  pruning, k-means weight sharing, centroid fine-tuning), twice: with Han et
+  al.'s published per-layer pruning rates and bit widths ("dc-han"), and with
+  the per-layer sparsity soft weight-sharing found and as many shared values per
+  layer ("dc-matched"), which compares the two at (nearly) equal storage,
+
+and reports test error before/after compression, the non-zero share of the
+weights, the compression rate (:func:`bayes_sws.compress.storage_report`, Han
+et al.'s accounting) and wall time. ``--write`` replaces the "## Compression"
+section of ``BENCHMARKS.md`` with the table, the exact command and the machine.
+
+Cases: Fashion-MNIST (``dataset-fashion-mnist`` Debian package) with
+LeNet-300-100 and LeNet-5-Caffe; ``--quick`` runs the same on scikit-learn's
+digits in about a minute. Inputs are raw pixels in [0, 1] as in Ullrich et al.
+
+Run from the repository root::
+
+    python benchmarks/compression.py --quick
+    python benchmarks/compression.py --write            # Fashion-MNIST, about 2 h on 1 core
+
+Pretrained networks are cached under ``benchmarks/cache/`` (git-ignored); delete
+it to pretrain afresh. ``--threads`` defaults to 1: on a shared 2-core machine
+one torch thread per process was about 10x faster than two (oversubscription).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from bayes_sws.baseline import deep_compression  # noqa: E402
+from bayes_sws.data import load_dataset  # noqa: E402
+from bayes_sws.nets import lenet5_caffe, lenet_300_100  # noqa: E402
+from bayes_sws.pipeline import soft_weight_sharing  # noqa: E402
+from bayes_sws.training import accuracy, train  # noqa: E402
+
+SECTION = "## Compression"
+DEFAULT_CACHE = REPO / "benchmarks" / "cache"
+
+# Han et al. (2016), Tables 2-3: share of weights pruned per layer, and bits per shared value
+# (LeNet-300-100: 6 bits everywhere; LeNet-5: 8 bits for convolutions, 5 for dense layers).
+HAN_LENET_300_100 = {
+    "prune_fraction": {"0.weight": 0.92, "2.weight": 0.91, "4.weight": 0.74},
+    "num_clusters": {"0.weight": 64, "2.weight": 64, "4.weight": 64},
+}
+HAN_LENET5 = {
+    "prune_fraction": {"0.weight": 0.34, "2.weight": 0.88, "5.weight": 0.92, "7.weight": 0.81},
+    "num_clusters": {"0.weight": 256, "2.weight": 256, "5.weight": 32, "7.weight": 32},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark row group: data, network, pretraining and both methods' settings."""
+
+    name: str
+    dataset: str
+    network: str  # "lenet-300-100" or "lenet-5"
+    pretrain: dict
+    sws: dict
+    dc: dict  # shared Deep Compression settings (epochs, lr, batch size)
+    han: dict  # Han et al.'s per-layer pruning and clusters
+
+
+CASES: dict[str, Case] = {
+    "fashion-mnist/lenet-300-100": Case(
+        name="fashion-mnist/lenet-300-100",
+        dataset="fashion-mnist",
+        network="lenet-300-100",
+        pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 128},
+        sws={
+            "num_components": 17,
+            "pi_zero": 0.99,
+            "prior_scale": 3e-3,
+            "lr": 5e-4,
+            "mixture_lr": 3e-3,
+            "num_epochs": 30,
+            "batch_size": 128,
+        },
+        dc={"finetune_epochs": 10, "centroid_epochs": 5, "lr": 1e-4, "batch_size": 128},
+        han=HAN_LENET_300_100,
+    ),
+    "fashion-mnist/lenet-5": Case(
+        name="fashion-mnist/lenet-5",
+        dataset="fashion-mnist",
+        network="lenet-5",
+        pretrain={"num_epochs": 20, "lr": 1e-3, "batch_size": 128},
+        sws={
+            "num_components": 17,
+            "pi_zero": 0.99,
+            "prior_scale": 3e-3,
+            "lr": 5e-4,
+            "mixture_lr": 3e-3,
+            "num_epochs": 20,
+            "batch_size": 128,
+        },
+        dc={"finetune_epochs": 5, "centroid_epochs": 3, "lr": 1e-4, "batch_size": 128},
+        han=HAN_LENET5,
+    ),
+    "digits/lenet-300-100": Case(
+        name="digits/lenet-300-100",
+        dataset="digits",
+        network="lenet-300-100",
+        pretrain={"num_epochs": 60, "lr": 1e-3, "batch_size": 64},
+        sws={
+            "num_components": 17,
+            "pi_zero": 0.99,
+            "prior_scale": 3e-2,
+            "lr": 1e-3,
+            "mixture_lr": 1e-2,
+            "num_epochs": 60,
+            "batch_size": 64,
+        },
+        dc={"finetune_epochs": 20, "centroid_epochs": 10, "lr": 1e-4, "batch_size": 64},
+        han=HAN_LENET_300_100,
+    ),
+    "digits/lenet-5": Case(
+        name="digits/lenet-5",
+        dataset="digits",
+        network="lenet-5",
+        pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 64},
+        sws={
+            "num_components": 17,
+            "pi_zero": 0.99,
+            "prior_scale": 3e-2,
+            "lr": 1e-3,
+            "mixture_lr": 1e-2,
+            "num_epochs": 30,
+            "batch_size": 64,
+        },
+        dc={"finetune_epochs": 10, "centroid_epochs": 5, "lr": 1e-4, "batch_size": 64},
+        han=HAN_LENET5,
+    ),
+}
+QUICK = ("digits/lenet-300-100", "digits/lenet-5")
+FULL = ("fashion-mnist/lenet-300-100", "fashion-mnist/lenet-5")
+
+
+# --------------------------------------------------------------------------- data and nets
+
+
+def load(case: Case):
+    return load_dataset(case.dataset, standardize=False, flatten=case.network != "lenet-5")
+
+
+def build(case: Case, data) -> torch.nn.Module:
+    if case.network == "lenet-300-100":
+        return lenet_300_100(data.num_features, data.num_classes)
+    channels, height, width = data.input_shape
+    return lenet5_caffe(channels, data.num_classes, (height, width))
+
+
+def pretrained(case: Case, data, *, seed: int, cache: Path | None, progress) -> tuple[torch.nn.Module, dict]:
+    """The pretrained network of ``case``: from the cache, or trained and cached."""
+    key = json.dumps({"case": case.name, "pretrain": case.pretrain, "seed": seed}, sort_keys=True)
+    stem = case.name.replace("/", "_") + "-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+    torch.manual_seed(seed)
+    net = build(case, data)
+    if cache is not None and (cache / f"{stem}.pt").is_file():
+        net.load_state_dict(torch.load(cache / f"{stem}.pt", weights_only=True))
+        info = json.loads((cache / f"{stem}.json").read_text())
+        info["cached"] = True
+        return net, info
+    start = time.perf_counter()
+    train(net, data.x_train, data.y_train, seed=seed, progress=progress, **case.pretrain)
+    info = {
+        "key": json.loads(key),
+        "wall_time": time.perf_counter() - start,
+        "test_accuracy": accuracy(net, data.x_test, data.y_test),
+        "torch": torch.__version__,
+    }
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), cache / f"{stem}.pt")
+        (cache / f"{stem}.json").write_text(json.dumps(info, indent=1))
+    info["cached"] = False
+    return net, info
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def run_sws(case: Case, net, data, *, seed: int, progress, overrides: dict) -> dict:
+    settings = {**case.sws, **overrides}
+    result = soft_weight_sharing(net, data, seed=seed, progress=progress, **settings)
+    return {
+        "method": "soft weight-sharing",
+        "settings": settings,
+        "accuracy_before": result.test_accuracy_before,
+        "accuracy_after": result.test_accuracy_after,
+        "nonzero_fraction": result.nonzero_fraction,
+        "compression_rate": result.compression_rate,
+        "compression_rate_entropy": result.compression_rate_entropy,
+        "num_values": result.num_components,
+        "wall_time": result.wall_time,
+        "layers": result.layers,
+        "result": result,
+    }
+
+
+def run_dc(case: Case, net, data, *, name: str, prune_fraction, num_clusters, seed: int,
+           progress, overrides: dict) -> dict:
+    settings = {**case.dc, **overrides}
+    start = time.perf_counter()
+    result = deep_compression(
+        net, data.x_train, data.y_train, prune_fraction=prune_fraction,
+        num_clusters=num_clusters, seed=seed, progress=progress, **settings,
+    )
+    wall = time.perf_counter() - start
+    storage = result.storage
+    return {
+        "method": name,
+        "settings": {**settings, "prune_fraction": prune_fraction, "num_clusters": num_clusters},
+        "accuracy_before": None,
+        "accuracy_after": accuracy(result.net, data.x_test, data.y_test),
+        "nonzero_fraction": storage.nonzero_fraction,
+        "compression_rate": storage.compression_rate,
+        "compression_rate_entropy": storage.compression_rate_entropy,
+        "num_values": max(len(c) for c in result.codebooks.values()) + 1,
+        "wall_time": wall,
+        "layers": storage.to_dict()["layers"],
+    }
+
+
+def matched_dc_settings(sws_row: dict) -> tuple[dict, dict]:
+    """Per-layer pruning and cluster counts of the soft weight-sharing result."""
+    prune, clusters = {}, {}
+    for layer in sws_row["layers"]:
+        fraction = 1.0 - layer["nonzero_fraction"]
+        prune[layer["name"]] = min(fraction, 0.999)
+        clusters[layer["name"]] = max(1, layer["num_distinct"])
+    return prune, clusters
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_line(threads: int) -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible "
+        f"(shared), {threads} torch thread(s), torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | method | error pretrained % | error before % | error after % | Δ error (points) "
+        "| non-zero % | shared values | compression × | (entropy-coded ×) | wall time |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        pre = row["pretrained_accuracy"]
+        before = row["accuracy_before"]
+        after = row["accuracy_after"]
+        lines.append(
+            f"| {row['case']} | {row['method']} | {_pct(1 - pre)} | "
+            f"{_pct(None if before is None else 1 - before)} | {_pct(1 - after)} | "
+            f"{100 * (pre - after):+.2f} | {_pct(row['nonzero_fraction'])} | {row['num_values']} | "
+            f"**{row['compression_rate']:.1f}** | {row['compression_rate_entropy']:.1f} | "
+            f"{_time(row['wall_time'])} |"
+        )
+    return "\n".join(lines)
+
+
+def layer_tables(rows: list[dict]) -> str:
+    out = []
+    for row in rows:
+        if "result" in row:
+            out.append(f"Per layer, soft weight-sharing on {row['case']}:\n")
+            out.append(row["result"].format_table())
+            out.append("")
+    return "\n".join(out)
+
+
+def section(rows: list[dict], pretrain: dict, command: str, threads: int, total: float) -> str:
+    pre_lines = [
+        f"- {name}: pretrained {info['key']['pretrain']['num_epochs']} epochs (Adam, lr "
+        f"{info['key']['pretrain']['lr']}, batch {info['key']['pretrain']['batch_size']}) in "
+        f"{_time(info['wall_time'])}, test error {100 * (1 - info['test_accuracy']):.2f} %"
+        for name, info in pretrain.items()
+    ]
+    settings = []
+    for row in rows:
+        shown = {k: v for k, v in row["settings"].items()}
+        settings.append(f"- {row['case']}, {row['method']}: `{json.dumps(shown, sort_keys=True)}`")
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            "Soft weight-sharing (`bayes_sws.pipeline.soft_weight_sharing`) against Deep "
+            "Compression (`bayes_sws.baseline.deep_compression`), both counted by "
+            "`bayes_sws.compress.storage_report` (sparse relative indices of 5 bits for dense "
+            "and 8 bits for convolutional layers, Huffman-coded cluster indices, 32-bit "
+            "codebooks and biases). *Error before* is the retrained network before "
+            "quantisation; *Δ error* is error after minus the pretrained error. *dc-han* uses "
+            "Han et al.'s per-layer pruning rates and bit widths, *dc-matched* the per-layer "
+            "sparsity and number of shared values that soft weight-sharing found.",
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {machine_line(threads)}  ",
+            f"Total wall time: {_time(total)} (pretraining excluded when cached)",
+            "",
+            markdown(rows),
+            "",
+            "Pretrained networks (cached in `benchmarks/cache/`):",
+            "",
+            *pre_lines,
+            "",
+            "Settings:",
+            "",
+            *settings,
+            "",
+            layer_tables(rows),
+            "For reference, Ullrich et al. (2017, Table 1) on MNIST: LeNet-300-100 1.89 % → "
+            "1.94 % error, 4.3 % non-zero, 64×; LeNet-5-Caffe 0.88 % → 0.97 %, 0.5 %, 162×; "
+            "Deep Compression 40× and 39×.",
+            "",
+        ]
+    )
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of BENCHMARKS.md (or append it), keep the rest."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parse_overrides(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {"sws": {}, "dc": {}}
+    for item in items:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        if method not in out or not name or not value:
+            raise SystemExit(f"--set expects sws.NAME=VALUE or dc.NAME=VALUE, got {item!r}")
+        try:
+            out[method][name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[method][name] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits cases only (about a minute)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), help="run these cases")
+    parser.add_argument("--methods", nargs="+", default=["sws", "dc-han", "dc-matched"],
+                        choices=["sws", "dc-han", "dc-matched"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="directory for pretrained networks")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="METHOD.NAME=VALUE",
+                        help="override a setting, e.g. sws.prior_scale=0.005 (tuning only)")
+    parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
+    parser.add_argument("--write", action="store_true",
+                        help=f"replace the '{SECTION}' section of BENCHMARKS.md")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: on a terminal)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    names = args.cases or (QUICK if args.quick else FULL)
+    overrides = _parse_overrides(args.overrides)
+    if "dc-matched" in args.methods and "sws" not in args.methods:
+        parser.error("dc-matched needs the sws method (it copies its per-layer sparsity)")
+    command = "python benchmarks/compression.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    cache = None if args.no_cache else args.cache
+
+    def say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    rows, pretrain_info = [], {}
+    start = time.perf_counter()
+    for name in names:
+        case = CASES[name]
+        data = load(case)
+        say(f"{name}: pretraining (or loading from cache)")
+        net, info = pretrained(case, data, seed=args.seed, cache=cache, progress=args.progress)
+        pretrain_info[name] = info
+        pre_acc = accuracy(net, data.x_test, data.y_test)
+        say(f"{name}: pretrained test error {100 * (1 - pre_acc):.2f} %"
+            + (" (cached)" if info["cached"] else f" in {_time(info['wall_time'])}"))
+        case_rows = []
+        if "sws" in args.methods:
+            say(f"{name}: soft weight-sharing")
+            case_rows.append(run_sws(case, copy.deepcopy(net), data, seed=args.seed,
+                                     progress=args.progress, overrides=overrides["sws"]))
+        if "dc-han" in args.methods:
+            say(f"{name}: Deep Compression, Han et al.'s settings")
+            case_rows.append(run_dc(case, net, data, name="dc-han", seed=args.seed,
+                                    progress=args.progress, overrides=overrides["dc"],
+                                    prune_fraction=case.han["prune_fraction"],
+                                    num_clusters=case.han["num_clusters"]))
+        if "dc-matched" in args.methods:
+            say(f"{name}: Deep Compression at soft weight-sharing's sparsity")
+            prune, clusters = matched_dc_settings(case_rows[0])
+            case_rows.append(run_dc(case, net, data, name="dc-matched", seed=args.seed,
+                                    progress=args.progress, overrides=overrides["dc"],
+                                    prune_fraction=prune, num_clusters=clusters))
+        for row in case_rows:
+            row["case"] = name
+            row["pretrained_accuracy"] = pre_acc
+            say(f"{name}: {row['method']}: error {100 * (1 - row['accuracy_after']):.2f} % "
+                f"(pretrained {100 * (1 - pre_acc):.2f} %), non-zero "
+                f"{100 * row['nonzero_fraction']:.2f} %, {row['compression_rate']:.1f}x, "
+                f"{_time(row['wall_time'])}")
+        rows.extend(case_rows)
+    total = time.perf_counter() - start
+
+    print(markdown(rows))
+    print()
+    print(layer_tables(rows))
+    if args.json:
+        payload = [
+            {k: (v.to_dict() if k == "result" else v) for k, v in row.items()} for row in rows
+        ]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": command, "machine": machine_line(args.threads),
+                                         "rows": payload}, indent=1, default=str))
+    if args.write:
+        if any(overrides.values()):
+            say("note: --set overrides are recorded in the command line written to BENCHMARKS.md")
+        write_section(REPO / "BENCHMARKS.md", section(rows, pretrain_info, command, args.threads, total))
+        say("wrote the Compression section of BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
