@@ -34,7 +34,10 @@ from .guides import POINT_GUIDES, build_guide, guide_name
 from .model import SWSModel
 from .priors import Mixture
 
-__all__ = ["fit", "FitResult", "FitState", "OPTIMIZERS", "local_params", "as_data"]
+__all__ = [
+    "fit", "FitResult", "FitState", "OPTIMIZERS", "local_params", "as_data", "get_rng_state",
+    "set_rng_state",
+]
 
 OPTIMIZERS = ("adam", "lbfgs")
 _HYPER_PREFIXES = ("sws.", "likelihood.")

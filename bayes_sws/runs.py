@@ -51,6 +51,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1347,70 +1348,57 @@ def diagnose_run(
 
     Converts with :func:`bayes_sws.diagnostics.to_inference_data` on (at most
     ``max_points`` of) the training data the posterior conditions on, writes the
-    InferenceData as netCDF, the ``az.summary`` of the hyperparameters as CSV,
-    and the diagnostics module's plots to ``plots/``.
+    InferenceData as netCDF, the ``az.summary`` of the mixture (``sws.pi``,
+    ``sws.mu``, ``sws.sigma``) as CSV, and the loss trace, the hyperparameter
+    posterior and the learned mixture over the weights to ``plots/``.
+
+    Returns
+    -------
+    dict
+        ``posterior`` (path), ``summary`` (a pandas DataFrame), ``plots`` (paths
+        relative to the run directory) and ``idata``.
     """
     for name, value in (("num_samples", num_samples), ("max_points", max_points)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
-    try:
-        from . import diagnostics
-    except ImportError as err:
-        raise RunError(f"diagnose needs bayes_sws.diagnostics and ArviZ: {err}") from None
     run_dir, config = _open_complete_run(run_dir)
+    from . import diagnostics  # imports ArviZ lazily, with an install hint if it is missing
+
     result = load_result(run_dir)
     data = _load_data(config)
     count = min(max_points, data.num_train)
     index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[:count]
-    import pyro
-
-    pyro.set_rng_seed(config.seed)
     idata = diagnostics.to_inference_data(result, data.x_train[index], data.y_train[index],
-                                          num_samples=num_samples)
+                                          num_samples=num_samples, seed=config.seed)
     path = run_dir / POSTERIOR_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
     try:
         idata.to_netcdf(str(tmp))
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    table = diagnostics.summary(idata) if hasattr(diagnostics, "summary") else _az_summary(idata)
+    names = [v for v in diagnostics.MIXTURE_VARS if v in idata.posterior]
+    if hasattr(diagnostics, "summary"):
+        table = diagnostics.summary(idata, var_names=names)
+    else:  # the summary through the module that owns ArviZ
+        with warnings.catch_warnings():  # point estimates: R-hat of constant draws is undefined
+            warnings.simplefilter("ignore")
+            table = diagnostics._arviz().summary(idata, var_names=names)
     atomic_write_text(run_dir / POSTERIOR_SUMMARY_FILE, table.to_csv())
     written = []
     if plots:
-        for name, fig in _diagnostic_figures(diagnostics, idata, result):
+        figures = {
+            "loss": lambda: diagnostics.plot_loss(result),
+            "hyperposterior": lambda: diagnostics.plot_hyperposterior(idata, var_names=names),
+            "mixture": lambda: diagnostics.plot_mixture_over_histogram(result),
+        }
+        for name, make in figures.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = make()
             written.append(str(_save_figure(fig, run_dir / PLOTS_DIR / f"{name}.png").relative_to(run_dir)))
     return {"posterior": path, "summary": table, "plots": written, "idata": idata}
-
-
-def _az_summary(idata):
-    import arviz as az
-
-    names = [v for v in ("sws.pi", "sws.mu", "sws.sigma") if v in idata.posterior]
-    return az.summary(idata, var_names=names or None, kind="all")
-
-
-def _diagnostic_figures(diagnostics, idata, result) -> list[tuple[str, Any]]:
-    """Whatever plots the diagnostics module offers that take the InferenceData (or result)."""
-    figures = []
-    for name in sorted(getattr(diagnostics, "__all__", [])):
-        if not name.startswith("plot_"):
-            continue
-        function = getattr(diagnostics, name)
-        try:
-            fig = function(idata)
-        except TypeError:
-            try:
-                fig = function(result)
-            except Exception:  # noqa: BLE001 - a plot that needs other inputs is skipped
-                continue
-        except Exception:  # noqa: BLE001
-            continue
-        fig = getattr(fig, "figure", fig)
-        if hasattr(fig, "savefig"):
-            figures.append((name.removeprefix("plot_"), fig))
-    return figures
 
 
 def report_run(run_dir: str | os.PathLike) -> str:

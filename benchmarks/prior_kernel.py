@@ -13,7 +13,12 @@ timings and memory do not leak between cases:
    that any prior produces (4 bytes per float32 weight). Without
    ``clear_refs`` (not Linux) we fall back to ``ru_maxrss`` growth.
 4. **time**: repeat forward + backward, gradients reset to ``None`` each time
-   as an optimiser's ``zero_grad`` would; report the minimum and the median.
+   as an optimiser's ``zero_grad`` would; report the minimum (and the median in
+   ``--json``). ``--clock wall`` (default) times by ``perf_counter``;
+   ``--clock cpu`` by this process's CPU time, which is what to use with
+   ``--threads 1`` on a machine shared with other jobs: there a 2-thread
+   wall clock mostly measures the neighbours (every OpenMP parallel region can
+   wait a scheduler tick for its second thread).
 
 Implementations:
 
@@ -128,9 +133,8 @@ def _alternative_strategy(name: str):
 
     def chunk_u_logits(w_chunk, coef, work):
         num_components, n = coef.mu.shape[0], w_chunk.shape[0]
-        u = torch.sub(w_chunk, coef.mu, out=work[0, : num_components * n].view(num_components, n))
-        u.mul_(coef.inv_sigma)
-        logits = work[1, : num_components * n].view(num_components, n)
+        u, logits = work[: 2 * num_components * n].view(2, num_components, n)
+        torch.sub(w_chunk, coef.mu, out=u).mul_(coef.inv_sigma)
         torch.addcmul(coef.log2_coef, u, u, value=-k._HALF_LOG2E, out=logits)
         return u, logits
 
@@ -156,7 +160,7 @@ def _alternative_strategy(name: str):
             num_components = mu.shape[0]
             chunk = max(1, k.CHUNK_ELEMENTS // num_components)
             coef = k._coefficients(pi, mu, sigma)
-            work = w.new_empty(2, num_components * chunk)
+            work = k._workspace(w, num_components, chunk)
             lse2 = torch.empty_like(w)
             for start in range(0, w.shape[0], chunk):
                 _, logits = chunk_u_logits(w[start : start + chunk], coef, work)
@@ -172,7 +176,7 @@ def _alternative_strategy(name: str):
             num_components = mu.shape[0]
             chunk = max(1, k.CHUNK_ELEMENTS // num_components)
             coef = k._coefficients(pi, mu, sigma)
-            work = w.new_empty(2, num_components * chunk)
+            work = k._workspace(w, num_components, chunk)
             grad_w = torch.empty_like(w)
             sums = w.new_zeros(3, num_components)
             for start in range(0, w.shape[0], chunk):
@@ -188,7 +192,7 @@ def _alternative_strategy(name: str):
             num_components = mu.shape[0]
             chunk = max(1, k.CHUNK_ELEMENTS // num_components)
             coef = k._coefficients(pi, mu, sigma)
-            work = w.new_empty(2, num_components * chunk)
+            work = k._workspace(w, num_components, chunk)
             gamma = w.new_empty(num_components, w.shape[0])
             value = w.new_zeros(())
             for start in range(0, w.shape[0], chunk):
@@ -210,7 +214,7 @@ def _alternative_strategy(name: str):
             num_components = mu.shape[0]
             chunk = max(1, k.CHUNK_ELEMENTS // num_components)
             coef = k._coefficients(pi, mu, sigma)
-            work = w.new_empty(2, num_components * chunk)
+            work = k._workspace(w, num_components, chunk)
             grad_w = torch.empty_like(w)
             sums = w.new_zeros(3, num_components)
             for start in range(0, w.shape[0], chunk):
@@ -272,7 +276,8 @@ def _step(fn, w, pi, mu, sigma):
 
 
 def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, threads: int,
-           repeats: int, time_budget: float) -> dict:
+           repeats: int, time_budget: float, clock: str = "wall") -> dict:
+    """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time)."""
     import gc
 
     import torch
@@ -281,8 +286,10 @@ def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, th
     dtype = getattr(torch, dtype_name)
     fn = _make_impl(impl)
     w, pi, mu, sigma = _inputs(num_weights, num_components, dtype)
+    now = time.perf_counter if clock == "wall" else time.process_time
 
-    # Warm-up on a slice large enough to hold one full chunk (triggers compilation).
+    # Warm-up on a slice large enough to hold one full chunk (triggers compilation;
+    # timed on the wall clock, since the C++ compiler runs in other processes).
     kernel = _kernel_module()
     warm_n = min(num_weights, max(4096, 2 * kernel.CHUNK_ELEMENTS // num_components))
     w_warm = w.detach()[:warm_n].clone().requires_grad_()
@@ -295,31 +302,29 @@ def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, th
     # Memory of one full-size forward + backward.
     peak_ok = _reset_peak()
     before = _rss_kib("VmRSS") if peak_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start = now()
     _step(fn, w, pi, mu, sigma)
-    single = time.perf_counter() - start
+    times = [now() - start]
     after = _rss_kib("VmHWM") if peak_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     extra_bytes = max(0, (after - before)) * 1024
 
-    times, cpu_times = [single], []
     budget_end = time.perf_counter() + time_budget
     for _ in range(repeats - 1):
         if time.perf_counter() > budget_end:
             break
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start = now()
         _step(fn, w, pi, mu, sigma)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        times.append(now() - start)
     return {
         "impl": impl,
         "num_weights": num_weights,
         "num_components": num_components,
         "dtype": dtype_name,
         "threads": threads,
+        "clock": clock,
         "first_call_s": first_call,
         "time_min_s": min(times),
         "time_median_s": statistics.median(times),
-        "cpu_time_min_s": min(cpu_times) if cpu_times else None,
         "repeats": len(times),
         "extra_peak_bytes": extra_bytes,
         "memory_method": "VmHWM-reset" if peak_ok else "ru_maxrss",
@@ -341,7 +346,8 @@ def _run_case(args, impl, num_weights, num_components) -> dict:
                     "skipped": f"predicted {predicted / 2**30:.1f} GiB > budget"}
     command = [sys.executable, __file__, "--worker", impl, str(num_weights), str(num_components),
                "--dtype", args.dtype, "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--time-budget", str(args.time_budget)]
+               "--repeats", str(args.repeats), "--time-budget", str(args.time_budget),
+               "--clock", args.clock]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -457,6 +463,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--time-budget", type=float, default=5.0,
                         help="seconds of timed repeats per case (at least one call)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="time forward+backward by wall clock or by this process's CPU "
+                             "time (robust on a shared machine; use with --threads 1)")
     parser.add_argument("--memory-budget-gb", type=float, default=4.0,
                         help="skip baselines predicted to need more memory than this")
     parser.add_argument("--compile-min-n", type=float, default=1e6,
@@ -470,7 +479,7 @@ def main(argv=None) -> int:
     if args.worker:
         impl, num_weights, num_components = args.worker
         result = worker(impl, int(float(num_weights)), int(num_components), args.dtype,
-                        args.threads, args.repeats, args.time_budget)
+                        args.threads, args.repeats, args.time_budget, args.clock)
         print(json.dumps(result))
         return 0
 
@@ -500,7 +509,7 @@ def main(argv=None) -> int:
                 print(f"N={num_weights:.0e} M={num_components:3d} {impl:20s} {status}",
                       flush=True)
     print()
-    print(f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; "
+    print(f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
           f"wall time {time.perf_counter() - started:.0f} s")
     print()
     print(markdown_table(results))

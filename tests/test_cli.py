@@ -154,13 +154,47 @@ def test_fit_normal_guide_from_a_toml_config_with_flag_overrides(tmp_path, capsy
 def test_diagnose_writes_inference_data(map_run, capsys):
     pytest.importorskip("bayes_sws.diagnostics")
     import arviz as az
+    import pandas as pd
 
     code, out, err = run_cli(capsys, "diagnose", map_run, "--num-samples", "20", "--max-points", "50")
     assert code == 0, err
     idata = az.from_netcdf(map_run / "posterior.nc")
-    assert "posterior" in idata.groups()
-    assert (map_run / "posterior_summary.csv").is_file()
-    assert "sws.pi" in out or "pi" in out
+    assert {"posterior", "log_likelihood", "posterior_predictive", "observed_data"} <= set(idata.groups())
+    assert idata.posterior["sws.pi"].dims == ("chain", "draw", "component")
+    assert idata.posterior.sizes["component"] == 4
+    assert idata.log_likelihood["obs"].sizes["data"] == 50
+    # a MAP posterior is a point: every draw equals the learned mixture
+    pi = runs.load_result(map_run).mixture().pi.numpy()
+    np.testing.assert_allclose(idata.posterior["sws.pi"].values.reshape(-1, 4), np.tile(pi, (20, 1)),
+                               rtol=1e-6)
+    table = pd.read_csv(map_run / "posterior_summary.csv", index_col=0)
+    assert "sws.pi[0]" in table.index and "sws.sigma[3]" in table.index
+    assert "sws.pi[0]" in out
+    for name in ("loss", "hyperposterior", "mixture"):
+        assert (map_run / "plots" / f"{name}.png").stat().st_size > 1000
+    code, report, _ = run_cli(capsys, "report", map_run)
+    assert "posterior: posterior.nc" in report
+
+
+def test_regression_npz_end_to_end(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=300)).astype(np.float32)
+    np.savez(tmp_path / "line.npz", x=x, y=y)
+    out = tmp_path / "regression"
+    code, _, err = run_cli(capsys, "fit", "--data", tmp_path / "line.npz", "--out", out,
+                           "--hidden", "8", "--components", "3", "--pretrain-epochs", "5",
+                           "--steps", "30", "--batch-size", "64")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    net = runs.load_result(out).map_network()
+    data = load_dataset(tmp_path / "line.npz")
+    with torch.no_grad():
+        rmse = float(((net(data.x_test).squeeze(-1) - data.y_test) ** 2).mean().sqrt())
+    assert metrics["test_rmse_median"] == pytest.approx(rmse, rel=1e-6)
+    code, out_text, err = run_cli(capsys, "compress", out, "--no-plots")
+    assert code == 0, err
+    assert "test RMSE" in out_text
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_matches_the_uninterrupted_run(tmp_path, map_run, capsys):

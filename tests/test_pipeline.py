@@ -7,6 +7,7 @@ densities with scipy.
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,7 @@ def test_zero_precision_prior_is_validated():
 def _benchmark_module():
     spec = importlib.util.spec_from_file_location("compression_benchmark", REPO / "benchmarks" / "compression.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
