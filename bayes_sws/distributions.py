@@ -14,6 +14,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from .penalty import log_mixture_density as _log_mixture_density
+
 try:  # the fused, chunked kernel (O(N + M) memory)
     from .kernel import mixture_log_prob
 except ImportError:  # pragma: no cover - reference closed form while the kernel is absent
@@ -30,6 +32,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 def _fast_log_prob(value: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     """Sum of log-densities of all elements of ``value`` under one (M,) mixture."""
+    if torch.jit.is_tracing():  # custom autograd Functions do not trace (NUTS jit_compile)
+        return _log_mixture_density(value, pi, mu, sigma).sum()
     return mixture_log_prob(value, pi, mu, sigma)
 
 

@@ -48,16 +48,22 @@ How it is fast (all measured on 2 CPU cores, see ``BENCHMARKS.md`` and
   :math:`\sigma_j`, so values and gradients stay finite and accurate for
   :math:`|w|` up to :math:`10^4` and :math:`\sigma` down to :math:`10^{-6}`.
 
-Compiled path. ``torch.compile`` of the per-chunk maths is available through
-:func:`set_compile_mode` or the environment variable ``BAYES_SWS_KERNEL_COMPILE``
-(``"never"``, ``"auto"``, ``"always"``). The default is ``"never"``: measured on
-this project's 2-core CPU the compiled chunk was within noise of the eager chunk
-(both are bound by the same few passes over a cache-resident chunk), while its
-first call costs 5–20 s of compilation per (M, dtype) — a cost no training run
-of the sizes we target earns back, and one the test suite must not pay.
-``"auto"`` compiles only when a call has at least ``AUTO_COMPILE_MIN_ELEMENTS``
-(weight, component) pairs; ``"always"`` compiles every full chunk. Any failure
-to compile falls back to the eager path with one warning.
+Compiled path. ``torch.compile`` of the per-chunk maths (:func:`_chunk_math`,
+the same formulas written functionally) is chosen by :func:`set_compile_mode`
+or the environment variable ``BAYES_SWS_KERNEL_COMPILE``: ``"never"``,
+``"always"`` (every full chunk) or ``"auto"``, the default. Measured on this
+project's 2-core CPU (float32, one thread, CPU time, two full benchmark runs,
+see BENCHMARKS.md), compiled / eager steady-state time was 0.44–0.84 for
+M = 2, 0.87–1.03 for M = 16 and 0.72–1.03 for M = 64 at N = 10⁶–10⁷, and the
+first call compiles for 4–13 s per (M, dtype, set of requested gradients).
+Not a clear win at the M soft weight-sharing uses, and never worth 10 s for a
+small call, so ``"auto"`` compiles only calls on CPU with at least
+``AUTO_COMPILE_MIN_ELEMENTS`` = 2²⁴ (weight, component) pairs — 10⁶ weights
+at M = 16 — where the compile time is repaid within hundreds of steps. The
+test suite and networks like LeNet-300-100 (4·10⁶ pairs at M = 16) stay
+eager. Other devices stay eager under ``"auto"`` (unmeasured; use
+``"always"``). Any failure to compile falls back to the eager path with one
+warning.
 
 Double backward (Hessians, e.g. for a Laplace guide) is supported by a slower
 differentiable path that materialises (N, M) tensors.
@@ -91,7 +97,7 @@ __all__ = [
 #: (weight, component) pairs per chunk; at 2**18 the two float32 chunk buffers
 #: (2 MiB) stay in cache and the per-op overhead (~5 µs) is under 10%.
 CHUNK_ELEMENTS = 2**18
-#: In compile mode ``"auto"``, calls with fewer N·M pairs run eagerly.
+#: Compile mode ``"auto"`` compiles CPU calls with at least this many N·M pairs.
 AUTO_COMPILE_MIN_ELEMENTS = 2**24
 COMPILE_MODES = ("never", "auto", "always")
 _ENV_COMPILE = "BAYES_SWS_KERNEL_COMPILE"
@@ -124,17 +130,17 @@ class MixtureLogProbGrad(NamedTuple):
 
 
 def _mode_from_env() -> str:
-    mode = os.environ.get(_ENV_COMPILE, "never").strip().lower() or "never"
+    mode = os.environ.get(_ENV_COMPILE, "auto").strip().lower() or "auto"
     aliases = {"0": "never", "false": "never", "off": "never", "1": "always", "true": "always"}
     mode = aliases.get(mode, mode)
     if mode not in COMPILE_MODES:
         warnings.warn(
             f"{_ENV_COMPILE}={os.environ[_ENV_COMPILE]!r} is not one of {COMPILE_MODES}; "
-            "using 'never'.",
+            "using 'auto'.",
             RuntimeWarning,
             stacklevel=2,
         )
-        mode = "never"
+        mode = "auto"
     return mode
 
 
@@ -149,10 +155,11 @@ def set_compile_mode(mode: str) -> None:
     Parameters
     ----------
     mode : {"never", "auto", "always"}
-        ``"never"`` (default, or ``BAYES_SWS_KERNEL_COMPILE=never``): eager torch
-        ops only. ``"auto"``: compile for calls with at least
-        ``AUTO_COMPILE_MIN_ELEMENTS`` (weight, component) pairs. ``"always"``:
-        compile every full chunk.
+        ``"never"`` (or ``BAYES_SWS_KERNEL_COMPILE=never``): eager torch ops
+        only. ``"auto"`` (default): compile CPU calls with at least
+        ``AUTO_COMPILE_MIN_ELEMENTS`` (weight, component) pairs, where the
+        first call's compile time is repaid. ``"always"``: compile every full
+        chunk.
     """
     global _compile_mode
     if mode not in COMPILE_MODES:
@@ -165,10 +172,12 @@ def get_compile_mode() -> str:
     return _compile_mode
 
 
-def _use_compiled(num_elements: int) -> bool:
+def _use_compiled(num_weights: int, num_components: int, device: torch.device) -> bool:
     if _compile_failed or _compile_mode == "never":
         return False
-    return _compile_mode == "always" or num_elements >= AUTO_COMPILE_MIN_ELEMENTS
+    if _compile_mode == "always":
+        return True
+    return device.type == "cpu" and num_weights * num_components >= AUTO_COMPILE_MIN_ELEMENTS
 
 
 # --------------------------------------------------------------------------- #
@@ -363,7 +372,7 @@ def _forward_pass(
         log2_norm = (-_log(sigma) * _LOG2E - _HALF_LOG2_2PI)[index, None]
         zero_pi = (index, log2_norm, w_flat.new_zeros(num_components))
 
-    compiled = zero_pi is None and _use_compiled(num_weights * num_components)
+    compiled = zero_pi is None and _use_compiled(num_weights, num_components, w_flat.device)
     work = _workspace(w_flat, num_components, chunk)
     chunk_sums = [w_flat.new_zeros(())]  # summed pairwise at the end, not running
     for start in range(0, num_weights, chunk):

@@ -370,18 +370,29 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 def test_compile_mode_switch(monkeypatch):
     assert kernel.get_compile_mode() in kernel.COMPILE_MODES
     monkeypatch.setattr(kernel, "_compile_mode", kernel.get_compile_mode())
+    monkeypatch.setattr(kernel, "_compile_failed", False)
+    cpu = torch.device("cpu")
     kernel.set_compile_mode("auto")
     assert kernel.get_compile_mode() == "auto"
-    assert not kernel._use_compiled(kernel.AUTO_COMPILE_MIN_ELEMENTS - 1) or kernel._compile_failed
+    big = kernel.AUTO_COMPILE_MIN_ELEMENTS
+    assert kernel._use_compiled(big // 16, 16, cpu)
+    assert not kernel._use_compiled(big // 16 - 1, 16, cpu)  # too small to repay compiling
+    assert not kernel._use_compiled(big, 2, torch.device("meta"))  # unmeasured device
+    kernel.set_compile_mode("never")
+    assert not kernel._use_compiled(big, 2, cpu)
+    kernel.set_compile_mode("always")
+    assert kernel._use_compiled(10, 16, cpu)
     with pytest.raises(ValueError, match="compile mode"):
         kernel.set_compile_mode("sometimes")
     monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "0")
     assert kernel._mode_from_env() == "never"
     monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "auto")
     assert kernel._mode_from_env() == "auto"
+    monkeypatch.delenv("BAYES_SWS_KERNEL_COMPILE")
+    assert kernel._mode_from_env() == "auto"
     monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "bogus")
     with pytest.warns(RuntimeWarning):
-        assert kernel._mode_from_env() == "never"
+        assert kernel._mode_from_env() == "auto"
 
 
 @pytest.mark.slow

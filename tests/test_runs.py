@@ -399,6 +399,7 @@ def _kill_when(process, ready, timeout=120.0):
 
 
 def _writing_checkpoint(run_dir):
+    """True while a checkpoint is being written: its temporary file exists."""
     folder = Path(run_dir) / "checkpoints"
 
     def ready():
@@ -424,35 +425,44 @@ def _after_first_checkpoint(run_dir, delay):
     return ready
 
 
-def _kill_and_resume(run, when, reference):
-    process = _start_fit(run, SMALL)
-    code = _kill_when(process, when)
-    assert code == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (run / "metrics.json").exists()
-    left_mid_write = any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
-    outcome = runs.resume_run(run)
-    assert outcome.status == "complete"
-    _assert_same_run(reference, run)
-    return left_mid_write
+def test_kill_9_during_a_checkpoint_write_or_at_random_then_resume(tmp_path, reference):
+    """SIGKILL two runs, one while a checkpoint is being written, one at a random moment of SVI.
 
-
-def test_kill_9_during_a_checkpoint_write_then_resume(tmp_path, reference):
-    """SIGKILL while a checkpoint is being written (a temporary file exists); resume is exact.
-
-    The kill is sent while the temporary file exists; it may still land just after
-    the rename, so the run is retried until one kill provably interrupted a write
-    (the temporary file is still there afterwards).
+    Both run at once (two subprocesses, one polling loop). The first kill is sent
+    while a checkpoint's temporary file exists; it may land just after the rename,
+    so that trial is repeated (up to 4 times) until a temporary file is still there
+    afterwards, proof that the write was cut. Each run is then resumed in-process
+    and must end with exactly the parameters of the uninterrupted reference run.
     """
-    for attempt in range(4):
-        if _kill_and_resume(tmp_path / f"attempt-{attempt}", _writing_checkpoint(tmp_path / f"attempt-{attempt}"), reference):
-            break
-    else:
-        pytest.fail("no kill landed inside a checkpoint write in 4 attempts")
-
-
-def test_kill_9_at_a_random_moment_then_resume(tmp_path, reference):
     delay = random.Random().uniform(0.0, 0.5)
-    _kill_and_resume(tmp_path / "run", _after_first_checkpoint(tmp_path / "run", delay), reference)
+    trials = {"random": _after_first_checkpoint(tmp_path / "random", delay)}
+    processes = {"random": _start_fit(tmp_path / "random", SMALL)}
+    cut_mid_write = False
+    for attempt in range(4):
+        name = f"write-{attempt}"
+        trials[name] = _writing_checkpoint(tmp_path / name)
+        processes[name] = _start_fit(tmp_path / name, SMALL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes.values()):
+            for key, process in processes.items():
+                if process.poll() is None and trials[key]():
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+            time.sleep(0.0005)
+        for key, process in processes.items():
+            process.wait()
+            assert process.returncode == -signal.SIGKILL, f"{key}: the run ended before it was killed"
+        cut_mid_write = any(p.name.endswith(".tmp") for p in (tmp_path / name / "checkpoints").iterdir())
+        processes = {}
+        if cut_mid_write:
+            break
+    assert cut_mid_write, "no kill landed inside a checkpoint write in 4 attempts"
+    for key in trials:
+        run = tmp_path / key
+        assert not (run / "metrics.json").exists()
+        outcome = runs.resume_run(run)
+        assert outcome.status == "complete", key
+        _assert_same_run(reference, run)
 
 
 @pytest.mark.slow
