@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes are one line and exit code 2."""
 
-    def error(self, message: str):  # noqa: D102 - argparse's hook
+    def error(self, message: str):
         self.exit(EXIT_USAGE, f"bayes-sws: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -37,26 +37,48 @@ def _note(message: str) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from . import runs
 
-    settings = {o["name"]: getattr(args, o["name"]) for o in runs.config_options()
-                if hasattr(args, o["name"])}
+    settings = {
+        o["name"]: getattr(args, o["name"])
+        for o in runs.config_options()
+        if hasattr(args, o["name"])
+    }
     if args.resume is not None:
         extra = sorted("--" + k.replace("_", "-") for k in settings)
-        extra += [flag for flag, given in (("--config", args.config), ("--out", args.out),
-                                           ("--overwrite", args.overwrite)) if given]
+        extra += [
+            flag
+            for flag, given in (
+                ("--config", args.config),
+                ("--out", args.out),
+                ("--overwrite", args.overwrite),
+            )
+            if given
+        ]
         if extra:
             raise runs.RunError(
                 f"fit --resume continues with the settings in {args.resume}/config.json; "
                 f"drop {', '.join(extra)}"
             )
         with runs.stop_on_interrupt() as stop:
-            outcome = runs.resume_run(args.resume, progress=args.progress, should_stop=stop, log=_note)
+            outcome = runs.resume_run(
+                args.resume, progress=args.progress, should_stop=stop, log=_note
+            )
     else:
         file_values = runs.load_config_file(args.config) if args.config else {}
         config = runs.resolve_config(file_values, settings, file_name=str(args.config))
-        out = args.out or Path("runs") / f"{Path(config.data).stem}-{config.guide}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = (
+            args.out
+            or Path("runs")
+            / f"{Path(config.data).stem}-{config.guide}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         with runs.stop_on_interrupt() as stop:
-            outcome = runs.fit_run(config, out, overwrite=args.overwrite, progress=args.progress,
-                                   should_stop=stop, log=_note)
+            outcome = runs.fit_run(
+                config,
+                out,
+                overwrite=args.overwrite,
+                progress=args.progress,
+                should_stop=stop,
+                log=_note,
+            )
     if outcome.status == "interrupted":
         _note(runs.format_outcome(outcome))
         return EXIT_INTERRUPTED
@@ -74,9 +96,11 @@ def _compress(args: argparse.Namespace) -> int:
         if summary.get("test_accuracy_before") is not None
         else f"test RMSE {summary['test_rmse_before']:.4g} -> {summary['test_rmse_after']:.4g}"
     )
-    print(f"compression {summary['compression_rate']:.1f}x, "
-          f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
-          f"{summary['num_components_after_merging']} shared values, {score}")
+    print(
+        f"compression {summary['compression_rate']:.1f}x, "
+        f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
+        f"{summary['num_components_after_merging']} shared values, {score}"
+    )
     print(f"wrote {Path(args.run_dir) / 'compression.json'}")
     return EXIT_OK
 
@@ -84,8 +108,9 @@ def _compress(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     from .runs import diagnose_run
 
-    out = diagnose_run(args.run_dir, num_samples=args.num_samples, max_points=args.max_points,
-                       plots=args.plots)
+    out = diagnose_run(
+        args.run_dir, num_samples=args.num_samples, max_points=args.max_points, plots=args.plots
+    )
     print(out["summary"].to_string())
     print(f"wrote {out['posterior']}" + (f" and {len(out['plots'])} plots" if out["plots"] else ""))
     return EXIT_OK
@@ -131,13 +156,19 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
     name, kind = option["name"], option["kind"]
     flag = "--" + name.replace("_", "-")
     default = option["default"]
-    shown = "none" if default is None else (list(default) if isinstance(default, tuple) else default)
-    text = option["help"] if "default:" in option["help"] else f"{option['help']} (default: {shown})"
+    shown = (
+        "none" if default is None else (list(default) if isinstance(default, tuple) else default)
+    )
+    text = (
+        option["help"] if "default:" in option["help"] else f"{option['help']} (default: {shown})"
+    )
     kwargs: dict = {"dest": name, "default": argparse.SUPPRESS, "help": text}
     if option["metavar"] is not None:
         kwargs["metavar"] = option["metavar"]
     elif option["choices"] is None and kind != "bool":
-        kwargs["metavar"] = {"int": "N", "int?": "N", "float": "X", "float?": "X"}.get(kind, "VALUE")
+        kwargs["metavar"] = {"int": "N", "int?": "N", "float": "X", "float?": "X"}.get(
+            kind, "VALUE"
+        )
     if kind == "bool":
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         return
@@ -156,15 +187,45 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
 
 _GROUPS = {
     "data": ("data", "standardize", "test_fraction", "split_seed"),
-    "network and pretraining": ("network", "hidden", "activation", "pretrain_epochs",
-                                "pretrain_lr", "pretrain_batch_size"),
+    "network and pretraining": (
+        "network",
+        "hidden",
+        "activation",
+        "pretrain_epochs",
+        "pretrain_lr",
+        "pretrain_batch_size",
+    ),
     "prior (PRML 5.137, Ullrich et al. hyperpriors)": (
-        "components", "zero_component", "pi_zero", "pi_zero_prior", "init_pi_zero",
-        "mixing_concentration", "mean_scale", "ordered_means", "precision_prior",
-        "zero_precision_prior", "flat",
-        "include_bias", "prior_scale", "noise_precision", "learn_noise_precision"),
-    "inference": ("guide", "init_scale", "num_particles", "optimizer", "lr", "mixture_lr",
-                  "steps", "epochs", "batch_size", "seed", "checkpoint_every", "keep_checkpoints"),
+        "components",
+        "zero_component",
+        "pi_zero",
+        "pi_zero_prior",
+        "init_pi_zero",
+        "mixing_concentration",
+        "mean_scale",
+        "ordered_means",
+        "precision_prior",
+        "zero_precision_prior",
+        "flat",
+        "include_bias",
+        "prior_scale",
+        "noise_precision",
+        "learn_noise_precision",
+    ),
+    "inference": (
+        "guide",
+        "init_scale",
+        "num_particles",
+        "optimizer",
+        "lr",
+        "mixture_lr",
+        "steps",
+        "epochs",
+        "batch_size",
+        "seed",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ),
 }
 
 
@@ -177,25 +238,41 @@ def build_parser() -> argparse.ArgumentParser:
         "compress and diagnose runs kept in directories.",
     )
     parser.add_argument("--version", action="version", version=f"bayes-sws {__version__}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full Python traceback of an error (for bug reports)")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the full Python traceback of an error (for bug reports)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser(
-        "fit", help="start a run (pretrain, SVI with checkpoints, evaluate) or resume one",
+        "fit",
+        help="start a run (pretrain, SVI with checkpoints, evaluate) or resume one",
         description="Fit the soft weight-sharing model and keep everything in a run directory "
         "(config.json, metrics.json, losses.csv, checkpoints/, result.ckpt). Settings come from "
         "the defaults, then --config FILE (TOML keys named like the flags: prior_scale = 0.1), "
         "then the flags. Ctrl-C writes a checkpoint; `fit --resume DIR` continues bit-identically.",
     )
-    fit.add_argument("--out", type=Path, metavar="DIR",
-                     help="run directory to create (default: runs/<data>-<guide>-<time>)")
+    fit.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="run directory to create (default: runs/<data>-<guide>-<time>)",
+    )
     fit.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
-    fit.add_argument("--resume", type=Path, metavar="DIR",
-                     help="continue the interrupted run in DIR from its last checkpoint")
+    fit.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last checkpoint",
+    )
     fit.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bars (default: on a terminal)")
+    fit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on a terminal)",
+    )
     from .runs import config_options
 
     options = {o["name"]: o for o in config_options()}
@@ -210,50 +287,76 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=_fit)
 
     compress = commands.add_parser(
-        "compress", help="quantise a fitted run; write DIR/compression.json",
+        "compress",
+        help="quantise a fitted run; write DIR/compression.json",
         description="Assign each weight of the MAP (median) network to its most responsible "
         "component of the learned mixture, merge close components, prune the zero component, "
         "and count storage as Han et al. (2016). Writes DIR/compression.json and plots.",
     )
     compress.add_argument("run_dir", type=Path, metavar="DIR", help="a fitted run directory")
-    compress.add_argument("--merge-threshold", type=_non_negative_float, default=1e-2,
-                          help="merge components closer than this (symmetric KL; 0: never) "
-                          "(default: 0.01)")
-    compress.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
-                          help="write before/after plots to DIR/plots/ (default: yes)")
+    compress.add_argument(
+        "--merge-threshold",
+        type=_non_negative_float,
+        default=1e-2,
+        help="merge components closer than this (symmetric KL; 0: never) (default: 0.01)",
+    )
+    compress.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write before/after plots to DIR/plots/ (default: yes)",
+    )
     compress.set_defaults(run=_compress)
 
     diagnose = commands.add_parser(
-        "diagnose", help="ArviZ InferenceData to DIR/posterior.nc, summary, plots",
+        "diagnose",
+        help="ArviZ InferenceData to DIR/posterior.nc, summary, plots",
         description="Draw from the fitted posterior, convert to ArviZ InferenceData (posterior, "
         "posterior_predictive, log_likelihood, observed_data), write DIR/posterior.nc, print "
         "az.summary of the mixture and save plots to DIR/plots/.",
     )
     diagnose.add_argument("run_dir", type=Path, metavar="DIR", help="a fitted run directory")
-    diagnose.add_argument("--num-samples", type=_positive_int, default=200,
-                          help="posterior draws (default: 200)")
-    diagnose.add_argument("--max-points", type=_positive_int, default=500,
-                          help="training points in the log-likelihood and predictive groups "
-                          "(default: 500)")
-    diagnose.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
-                          help="write plots to DIR/plots/ (default: yes)")
+    diagnose.add_argument(
+        "--num-samples", type=_positive_int, default=200, help="posterior draws (default: 200)"
+    )
+    diagnose.add_argument(
+        "--max-points",
+        type=_positive_int,
+        default=500,
+        help="training points in the log-likelihood and predictive groups (default: 500)",
+    )
+    diagnose.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write plots to DIR/plots/ (default: yes)",
+    )
     diagnose.set_defaults(run=_diagnose)
 
-    report = commands.add_parser("report", help="a short human summary of a run",
-                                 description="Settings, status, metrics, learned mixture, "
-                                 "compression and posterior summary of a run directory.")
+    report = commands.add_parser(
+        "report",
+        help="a short human summary of a run",
+        description="Settings, status, metrics, learned mixture, "
+        "compression and posterior summary of a run directory.",
+    )
     report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
     report.set_defaults(run=_report)
 
     demo = commands.add_parser(
-        "demo", help="pretrain an MLP on digits, retrain with the mixture prior, report",
+        "demo",
+        help="pretrain an MLP on digits, retrain with the mixture prior, report",
         description="The main job on scikit-learn's bundled digits: pretrain an MLP, retrain "
         "it under the learned mixture prior (MAP), print accuracy before/after and the mixture.",
     )
-    demo.add_argument("--steps", type=_positive_int, default=2000,
-                      help="SVI steps of the retraining (default: 2000)")
-    demo.add_argument("--prior-scale", type=_non_negative_float, default=0.1,
-                      help="λ in E + λΩ (default: 0.1)")
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=2000,
+        help="SVI steps of the retraining (default: 2000)",
+    )
+    demo.add_argument(
+        "--prior-scale", type=_non_negative_float, default=0.1, help="λ in E + λΩ (default: 0.1)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="(default: 0)")
     demo.set_defaults(run=_demo)
     return parser
@@ -285,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, RuntimeError, ImportError) as err:
         if args.traceback:
             raise
-        print(f"bayes-sws: failed: {_one_line(err)} (rerun with --traceback for details)",
-              file=sys.stderr)
+        print(
+            f"bayes-sws: failed: {_one_line(err)} (rerun with --traceback for details)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 

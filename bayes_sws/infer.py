@@ -35,7 +35,13 @@ from .model import SWSModel
 from .priors import Mixture
 
 __all__ = [
-    "fit", "FitResult", "FitState", "OPTIMIZERS", "local_params", "as_data", "get_rng_state",
+    "OPTIMIZERS",
+    "FitResult",
+    "FitState",
+    "as_data",
+    "fit",
+    "get_rng_state",
+    "local_params",
     "set_rng_state",
 ]
 
@@ -297,7 +303,7 @@ class FitState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FitState":
+    def from_dict(cls, data: dict[str, Any]) -> FitState:
         missing = sorted({f for f in cls.__dataclass_fields__} - set(data))
         if missing:
             raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
@@ -518,7 +524,9 @@ def fit(
                 return FitState(
                     step=completed,
                     losses=losses[:completed].copy(),
-                    guide_state={k: v.detach().clone() for k, v in fitted_guide.state_dict().items()},
+                    guide_state={
+                        k: v.detach().clone() for k, v in fitted_guide.state_dict().items()
+                    },
                     network_state={n: p.detach().clone() for n, p in free_params.items()},
                     optimizer_state=copy.deepcopy(optim.state_dict()),
                     rng_state=get_rng_state(),
@@ -545,7 +553,8 @@ def fit(
                 if step % 25 == 0:
                     bar.set_postfix(loss=f"{losses[step]:.4g}")
                 stop = callback is not None and callback(step, losses[step])
-                if checkpoint is not None and checkpoint_every and completed % checkpoint_every == 0:
+                due = checkpoint_every and completed % checkpoint_every == 0
+                if checkpoint is not None and due:
                     checkpoint(snapshot())
                     last_checkpoint = completed
                 if stop:

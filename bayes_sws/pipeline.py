@@ -323,6 +323,7 @@ def soft_weight_sharing(
     zero_precision_prior: tuple[float, float] = ULLRICH_ZERO_PRECISION_PRIOR,
     temper_hyperprior: bool = True,
     mixing_concentration: float = 1.0,
+    init_sigma: float | None = None,
     likelihood: str = "categorical",
     lr: float = 5e-4,
     mixture_lr: float = 3e-3,
@@ -368,6 +369,9 @@ def soft_weight_sharing(
         docstring); ``False`` uses them as given.
     mixing_concentration : float
         Dirichlet :math:`\alpha \ge 1` on the non-zero mixing proportions.
+    init_sigma : float, optional
+        Initial standard deviation of every component; default the spacing of
+        the initial means (:meth:`MixturePrior.init_values`).
     likelihood : str
         ``"categorical"`` (class labels) or ``"gaussian"``.
     lr, mixture_lr : float
@@ -437,6 +441,7 @@ def soft_weight_sharing(
         zero_precision_concentration=zero_conc,
         zero_precision_rate=zero_rate,
         params=params,
+        init_sigma=init_sigma,
     )
 
     start = time.perf_counter()
@@ -475,6 +480,7 @@ def soft_weight_sharing(
         "precision_prior_used": [conc, rate],
         "zero_precision_prior_used": [zero_conc, zero_rate],
         "mixing_concentration": mixing_concentration,
+        "init_sigma": init_sigma,
         "num_epochs": None if num_epochs is None else float(num_epochs),
     }
     return dataclasses.replace(result, wall_time=time.perf_counter() - start, config=config)

@@ -72,11 +72,11 @@ from .priors import MixturePrior
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
+    "InterruptFlag",
     "RunConfig",
     "RunError",
     "RunInterrupted",
     "RunOutcome",
-    "InterruptFlag",
     "compress_run",
     "config_options",
     "diagnose_run",
@@ -183,7 +183,9 @@ def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
         digest = str(header["sha256"])
         found_kind = str(header["kind"])
     except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path} has a damaged header; the file is truncated or corrupted") from None
+        raise CheckpointError(
+            f"{path} has a damaged header; the file is truncated or corrupted"
+        ) from None
     if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {version}, newer than this bayes_sws understands "
@@ -197,11 +199,15 @@ def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
             f"{path} is truncated or corrupted: {len(body)} payload bytes, header says {size}"
         )
     if hashlib.sha256(body).hexdigest() != digest:
-        raise CheckpointError(f"{path} is corrupted: its SHA-256 checksum does not match the header")
+        raise CheckpointError(
+            f"{path} is corrupted: its SHA-256 checksum does not match the header"
+        )
     try:
         payload = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
-    except Exception as err:  # a well-formed digest over a bad pickle: still corrupt
-        raise CheckpointError(f"{path} has a checksum-valid but unreadable payload: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a checksum-valid but unreadable pickle is corrupt
+        raise CheckpointError(
+            f"{path} has a checksum-valid but unreadable payload: {err}"
+        ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict")
     return payload
@@ -250,7 +256,7 @@ def _same_attributes(a: Any, b: Any) -> bool:
 def prior_spec(prior: MixturePrior) -> dict[str, Any]:
     """The constructor arguments that rebuild ``prior`` (checked by rebuilding it)."""
     if callable(prior.params):
-        raise ValueError(
+        raise TypeError(
             "a MixturePrior(params=<predicate>) cannot be saved; give the parameter names "
             "instead, e.g. MixturePrior(params=['0.weight', '2.weight'])"
         )
@@ -335,7 +341,11 @@ def _rebuild_guide(
     x = torch.zeros((1, *config["input_shape"]), dtype=like.dtype, device=like.device)
     with torch.no_grad():  # any observed value will do: it only shapes the trace
         output = model.net(x)
-        y = output.argmax(-1) if isinstance(model.likelihood, Categorical) else model.likelihood.mean(output, {})
+        y = (
+            output.argmax(-1)
+            if isinstance(model.likelihood, Categorical)
+            else model.likelihood.mean(output, {})
+        )
     with _rng_preserved(), local_params():
         if name == "laplace":  # fit returns the Gaussian at the mode (AutoMultivariateNormal)
             guide = AutoMultivariateNormal(model, init_loc_fn=init_loc_fn)
@@ -351,7 +361,10 @@ def _rebuild_guide(
                     "as load_result(..., guide=builder)"
                 )
             guide = build_guide(
-                source, model, init_loc_fn=init_loc_fn, init_scale=config["init_scale"],
+                source,
+                model,
+                init_loc_fn=init_loc_fn,
+                init_scale=config["init_scale"],
                 hyper_sites=model.hyper_site_names,
             )
             with torch.no_grad():
@@ -359,7 +372,9 @@ def _rebuild_guide(
         try:
             guide.load_state_dict(dict(state))
         except RuntimeError as err:
-            raise CheckpointError(f"the saved guide parameters do not fit the rebuilt guide: {err}") from None
+            raise CheckpointError(
+                f"the saved guide parameters do not fit the rebuilt guide: {err}"
+            ) from None
     return guide
 
 
@@ -416,7 +431,7 @@ def save_result(
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "file": RESULT_FILE,
         "guide": result.guide_name,
-        "num_steps": int(len(result.losses)),
+        "num_steps": len(result.losses),
         "final_loss": float(result.losses[-1]) if len(result.losses) else None,
         "config": payload["config"],
         "network_spec": payload["network_spec"],
@@ -466,10 +481,13 @@ def load_result(
     prior = _build_prior(payload["prior"])
     like = likelihood if likelihood is not None else build_likelihood(payload["likelihood"])
     model = SWSModel(network, prior, like, prior_scale=payload["prior_scale"])
-    fitted = _rebuild_guide(payload["guide_name"], model, payload["config"], payload["guide_state"], guide)
+    fitted = _rebuild_guide(
+        payload["guide_name"], model, payload["config"], payload["guide_state"], guide
+    )
     losses = payload["losses"].numpy().astype(np.float64)
-    return FitResult(model, fitted, payload["guide_name"], losses, dict(payload["config"]),
-                     payload["wall_time"])
+    return FitResult(
+        model, fitted, payload["guide_name"], losses, dict(payload["config"]), payload["wall_time"]
+    )
 
 
 def _network_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -526,7 +544,13 @@ def _widths(value) -> str | None:
 def _opt(default, help: str, kind: str, check=None, choices=None, metavar=None):
     return field(
         default=default,
-        metadata={"help": help, "kind": kind, "check": check, "choices": choices, "metavar": metavar},
+        metadata={
+            "help": help,
+            "kind": kind,
+            "check": check,
+            "choices": choices,
+            "metavar": metavar,
+        },
     )
 
 
@@ -540,65 +564,113 @@ class RunConfig:
     """
 
     # data
-    data: str = _opt("digits", "data set: digits, fashion-mnist, mnist-5k, mnist, or a .npz "
-                     "file with x, y (or x_train, y_train, x_test, y_test)", "str", metavar="NAME")
-    standardize: str = _opt("feature", "input scaling: per feature, one global mean/std, or none",
-                            "str", choices=("feature", "global", "none"))
-    test_fraction: float = _opt(0.2, "test share for data without an official split", "float",
-                                _open_unit)
+    data: str = _opt(
+        "digits",
+        "data set: digits, fashion-mnist, mnist-5k, mnist, or a .npz "
+        "file with x, y (or x_train, y_train, x_test, y_test)",
+        "str",
+        metavar="NAME",
+    )
+    standardize: str = _opt(
+        "feature",
+        "input scaling: per feature, one global mean/std, or none",
+        "str",
+        choices=("feature", "global", "none"),
+    )
+    test_fraction: float = _opt(
+        0.2, "test share for data without an official split", "float", _open_unit
+    )
     split_seed: int = _opt(0, "seed of that train/test split", "int", _non_negative)
     # network
     network: str = _opt("mlp", "architecture", "str", choices=NETWORKS)
-    hidden: tuple[int, ...] | None = _opt(None, "hidden widths of the mlp (default: 100)", "ints",
-                                          _widths, metavar="WIDTH")
+    hidden: tuple[int, ...] | None = _opt(
+        None, "hidden widths of the mlp (default: 100)", "ints", _widths, metavar="WIDTH"
+    )
     activation: str = _opt("relu", "activation of the mlp", "str", choices=tuple(ACTIVATIONS))
-    pretrain_epochs: int = _opt(60, "epochs of plain training before SVI (0: start from random "
-                                "weights)", "int", _non_negative)
+    pretrain_epochs: int = _opt(
+        60,
+        "epochs of plain training before SVI (0: start from random weights)",
+        "int",
+        _non_negative,
+    )
     pretrain_lr: float = _opt(1e-3, "Adam learning rate of pretraining", "float", _positive)
     pretrain_batch_size: int = _opt(64, "batch size of pretraining", "int", _at_least_one)
     # prior
-    components: int = _opt(16, "mixture components M (the zero component included)", "int",
-                           _at_least_one)
+    components: int = _opt(
+        16, "mixture components M (the zero component included)", "int", _at_least_one
+    )
     zero_component: bool = _opt(True, "component 0 fixed at mean 0 (the pruning component)", "bool")
-    pi_zero: float | None = _opt(None, "fix the zero component's weight π0 (default: learned, with "
-                                 "a Beta prior)", "float?", _open_unit, metavar="P")
-    pi_zero_prior: tuple[float, float] = _opt((1.0, 1.0), "Beta(a, b) prior on π0", "pair",
-                                              _pair_positive, metavar=("A", "B"))
+    pi_zero: float | None = _opt(
+        None,
+        "fix the zero component's weight π0 (default: learned, with a Beta prior)",
+        "float?",
+        _open_unit,
+        metavar="P",
+    )
+    pi_zero_prior: tuple[float, float] = _opt(
+        (1.0, 1.0), "Beta(a, b) prior on π0", "pair", _pair_positive, metavar=("A", "B")
+    )
     init_pi_zero: float = _opt(0.5, "initial π0 when learned", "float", _open_unit)
-    mixing_concentration: float = _opt(1.0, "Dirichlet α of the other mixing proportions (>= 1 "
-                                       "for MAP)", "float", _positive)
-    mean_scale: float = _opt(1.0, "scale of the Normal prior on the component means", "float",
-                             _positive)
+    mixing_concentration: float = _opt(
+        1.0, "Dirichlet α of the other mixing proportions (>= 1 for MAP)", "float", _positive
+    )
+    mean_scale: float = _opt(
+        1.0, "scale of the Normal prior on the component means", "float", _positive
+    )
     ordered_means: bool = _opt(False, "order the component means (identifiable under MCMC)", "bool")
     precision_prior: tuple[float, float] = _opt(
-        (2.0, 2e-3), "Gamma(shape, rate) prior on each precision 1/σ²", "pair", _pair_positive,
-        metavar=("SHAPE", "RATE"))
+        (2.0, 2e-3),
+        "Gamma(shape, rate) prior on each precision 1/σ²",
+        "pair",
+        _pair_positive,
+        metavar=("SHAPE", "RATE"),
+    )
     zero_precision_prior: tuple[float, float] | None = _opt(
-        None, "Gamma(shape, rate) prior on the zero component's precision (default: as the "
-        "others)", "pair?", _pair_positive, metavar=("SHAPE", "RATE"))
+        None,
+        "Gamma(shape, rate) prior on the zero component's precision (default: as the others)",
+        "pair?",
+        _pair_positive,
+        metavar=("SHAPE", "RATE"),
+    )
     flat: bool = _opt(False, "flat hyperpriors: MAP is exactly E + λΩ", "bool")
     include_bias: bool = _opt(False, "put the prior on biases too", "bool")
-    prior_scale: float = _opt(0.1, "λ in E + λΩ (1 is the plain Bayesian model)", "float",
-                              _non_negative, metavar="LAMBDA")
+    prior_scale: float = _opt(
+        0.1, "λ in E + λΩ (1 is the plain Bayesian model)", "float", _non_negative, metavar="LAMBDA"
+    )
     # likelihood (regression data only)
-    noise_precision: float = _opt(1.0, "Gaussian noise precision β (regression data)", "float",
-                                  _positive)
-    learn_noise_precision: bool = _opt(False, "learn β with a Gamma prior (regression data)", "bool")
+    noise_precision: float = _opt(
+        1.0, "Gaussian noise precision β (regression data)", "float", _positive
+    )
+    learn_noise_precision: bool = _opt(
+        False, "learn β with a Gamma prior (regression data)", "bool"
+    )
     # inference
-    guide: str = _opt("map", "posterior: map (AutoDelta), normal, lowrank, laplace, mixed", "str",
-                      choices=tuple(GUIDES))
+    guide: str = _opt(
+        "map",
+        "posterior: map (AutoDelta), normal, lowrank, laplace, mixed",
+        "str",
+        choices=tuple(GUIDES),
+    )
     init_scale: float = _opt(1e-3, "initial std of variational guides", "float", _positive)
     num_particles: int = _opt(1, "ELBO particles per step", "int", _at_least_one)
-    optimizer: str = _opt("adam", "optimiser (lbfgs: full batch, map/laplace only)", "str",
-                          choices=OPTIMIZERS)
+    optimizer: str = _opt(
+        "adam", "optimiser (lbfgs: full batch, map/laplace only)", "str", choices=OPTIMIZERS
+    )
     lr: float = _opt(1e-3, "learning rate of the weights", "float", _positive)
-    mixture_lr: float | None = _opt(3e-3, "learning rate of the mixture hyperparameters", "float?",
-                                    _positive)
-    steps: int | None = _opt(None, "SVI steps, one mini-batch each (default: 2000 unless --epochs)", "int?", _at_least_one)
+    mixture_lr: float | None = _opt(
+        3e-3, "learning rate of the mixture hyperparameters", "float?", _positive
+    )
+    steps: int | None = _opt(
+        None,
+        "SVI steps, one mini-batch each (default: 2000 unless --epochs)",
+        "int?",
+        _at_least_one,
+    )
     epochs: int | None = _opt(None, "SVI epochs instead of steps", "int?", _at_least_one)
     batch_size: int = _opt(128, "mini-batch size", "int", _at_least_one)
-    seed: int = _opt(0, "seed of initialisation, pretraining, batches and the guide", "int",
-                     _non_negative)
+    seed: int = _opt(
+        0, "seed of initialisation, pretraining, batches and the guide", "int", _non_negative
+    )
     checkpoint_every: int = _opt(100, "steps between checkpoints", "int", _at_least_one)
     keep_checkpoints: int = _opt(2, "number of newest checkpoints kept", "int", _at_least_one)
 
@@ -606,7 +678,7 @@ class RunConfig:
     @classmethod
     def from_dict(
         cls, values: Mapping[str, Any], *, sources: Mapping[str, str] | None = None
-    ) -> "RunConfig":
+    ) -> RunConfig:
         """Validate ``values`` (names as the fields, ``-`` or ``_``) into a config.
 
         ``sources`` maps keys to where they came from (``"--lr"``, ``"run.toml"``)
@@ -614,7 +686,9 @@ class RunConfig:
         and what is accepted.
         """
         if not isinstance(values, Mapping):
-            raise RunError(f"a run configuration must be a table of settings, got {type(values).__name__}")
+            raise RunError(
+                f"a run configuration must be a table of settings, got {type(values).__name__}"
+            )
         sources = dict(sources or {})
         known = {f.name: f for f in dataclasses.fields(cls)}
         clean: dict[str, Any] = {}
@@ -644,7 +718,9 @@ class RunConfig:
                 f"not {self.network!r} (its architecture is fixed)"
             )
         if self.zero_precision_prior is not None and not self.zero_component:
-            raise RunError("zero_precision_prior needs the zero component; drop it or keep zero_component")
+            raise RunError(
+                "zero_precision_prior needs the zero component; drop it or keep zero_component"
+            )
         if self.pi_zero is not None and not self.zero_component:
             raise RunError("pi_zero needs the zero component; drop pi_zero or keep zero_component")
         if self.optimizer == "lbfgs" and self.guide not in ("map", "laplace"):
@@ -682,20 +758,34 @@ class RunConfig:
 def config_options() -> list[dict[str, Any]]:
     """One entry per setting (name, default, kind, help, choices) for building a parser."""
     return [
-        {"name": f.name, "default": f.default, **{k: f.metadata[k] for k in ("kind", "help", "choices", "metavar")}}
+        {
+            "name": f.name,
+            "default": f.default,
+            **{k: f.metadata[k] for k in ("kind", "help", "choices", "metavar")},
+        }
         for f in dataclasses.fields(RunConfig)
     ]
 
 
 _KIND_WORDS = {
-    "str": "a string", "int": "an integer", "int?": "an integer", "float": "a number",
-    "float?": "a number", "bool": "true or false", "ints": "a list of integers",
-    "pair": "two numbers", "pair?": "two numbers",
+    "str": "a string",
+    "int": "an integer",
+    "int?": "an integer",
+    "float": "a number",
+    "float?": "a number",
+    "bool": "true or false",
+    "ints": "a list of integers",
+    "pair": "two numbers",
+    "pair?": "two numbers",
 }
 
 
 def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
-    kind, check, choices = option.metadata["kind"], option.metadata["check"], option.metadata["choices"]
+    kind, check, choices = (
+        option.metadata["kind"],
+        option.metadata["check"],
+        option.metadata["choices"],
+    )
     name = option.name
 
     def bad(what: str) -> RunError:
@@ -721,7 +811,11 @@ def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad("must be a string")
         if choices is not None:
-            normal = value.strip().lower().replace("_", "-") if name == "network" else value.strip().lower()
+            normal = (
+                value.strip().lower().replace("_", "-")
+                if name == "network"
+                else value.strip().lower()
+            )
             if name == "activation":
                 normal = normal.replace("-", "_")
             if normal not in choices:
@@ -775,7 +869,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             try:
                 import tomli as tomllib
             except ModuleNotFoundError:
-                raise RunError("reading TOML config files needs Python >= 3.11 or `pip install tomli`") from None
+                raise RunError(
+                    "reading TOML config files needs Python >= 3.11 or `pip install tomli`"
+                ) from None
         try:
             values = tomllib.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
@@ -820,8 +916,13 @@ def _load_data(config: RunConfig):
 
     flatten = config.network != "lenet-5"
     standardize = {"feature": True, "global": "global", "none": False}[config.standardize]
-    return load_dataset(config.data, flatten=flatten, test_fraction=config.test_fraction,
-                        seed=config.split_seed, standardize=standardize)
+    return load_dataset(
+        config.data,
+        flatten=flatten,
+        test_fraction=config.test_fraction,
+        seed=config.split_seed,
+        standardize=standardize,
+    )
 
 
 def _network_spec(config: RunConfig, data) -> dict[str, Any]:
@@ -856,10 +957,14 @@ def _prior(config: RunConfig) -> MixturePrior:
         ordered_means=config.ordered_means,
         precision_concentration=config.precision_prior[0],
         precision_rate=config.precision_prior[1],
-        **({} if config.zero_precision_prior is None else {
-            "zero_precision_concentration": config.zero_precision_prior[0],
-            "zero_precision_rate": config.zero_precision_prior[1],
-        }),
+        **(
+            {}
+            if config.zero_precision_prior is None
+            else {
+                "zero_precision_concentration": config.zero_precision_prior[0],
+                "zero_precision_rate": config.zero_precision_prior[1],
+            }
+        ),
         flat=config.flat,
         include_bias=config.include_bias,
     )
@@ -913,15 +1018,12 @@ def _locked(run_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    handle = open(run_dir / _LOCK_FILE, "a+")
-    try:
+    with open(run_dir / _LOCK_FILE, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunError(f"{run_dir} is in use by another bayes-sws process") from None
         yield
-    finally:
-        handle.close()
 
 
 def _prepare_new_run_dir(out: Path, overwrite: bool) -> None:
@@ -982,9 +1084,28 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[FitState | None, Path
 
 
 def _checkpoint_writer(run_dir: Path, keep: int) -> Callable[[FitState], None]:
+    """Write each state as ``checkpoints/step-XXXXXXXX.ckpt``; keep the newest ``keep``.
+
+    A state with a non-finite parameter is refused (``FloatingPointError``), so
+    the last good checkpoint stays the newest one and ``--resume`` starts there.
+    """
     folder = run_dir / CHECKPOINT_DIR
 
     def write(state: FitState) -> None:
+        for group in (state.guide_state, state.network_state):
+            for name, value in group.items():
+                if (
+                    torch.is_tensor(value)
+                    and value.is_floating_point()
+                    and not torch.isfinite(value).all()
+                ):
+                    found = checkpoint_paths(run_dir)
+                    kept = f"step {found[0][0]}" if found else "none yet"
+                    raise FloatingPointError(
+                        f"parameter {name!r} is not finite after step {state.step}; no checkpoint "
+                        f"written (the newest good one: {kept}). Lower the learning rate or "
+                        "strengthen the precision hyperprior"
+                    )
         path = folder / f"step-{state.step:08d}.ckpt"
         write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint")
         for _, old in checkpoint_paths(run_dir)[keep:]:
@@ -1042,8 +1163,15 @@ def fit_run(
     log(f"run directory {out}")
     with _locked(out):
         atomic_write_json(out / CONFIG_FILE, config.to_dict())
-        return _execute(config, out, resume=False, progress=progress, should_stop=should_stop,
-                        log=log, data=data)
+        return _execute(
+            config,
+            out,
+            resume=False,
+            progress=progress,
+            should_stop=should_stop,
+            log=log,
+            data=data,
+        )
 
 
 def resume_run(
@@ -1064,7 +1192,9 @@ def resume_run(
     if not run_dir.is_dir():
         raise RunError(f"cannot resume {run_dir}: no such directory")
     if not is_run_dir(run_dir):
-        raise RunError(f"cannot resume {run_dir}: it has no {CONFIG_FILE}, so it is not a bayes-sws run")
+        raise RunError(
+            f"cannot resume {run_dir}: it has no {CONFIG_FILE}, so it is not a bayes-sws run"
+        )
     log = log or (lambda message: None)
     with _locked(run_dir):
         config = _read_config(run_dir)
@@ -1075,12 +1205,18 @@ def resume_run(
             except (CheckpointError, ValueError) as err:
                 log(f"warning: {err}; finishing the run again from its checkpoints")
             else:
-                return RunOutcome("already complete", run_dir, metrics.get("steps", 0),
-                                  metrics.get("steps", 0), metrics)
+                return RunOutcome(
+                    "already complete",
+                    run_dir,
+                    metrics.get("steps", 0),
+                    metrics.get("steps", 0),
+                    metrics,
+                )
         for name in _remove_partial_files(run_dir):
             log(f"removed {name}, left by an interrupted write")
-        return _execute(config, run_dir, resume=True, progress=progress, should_stop=should_stop,
-                        log=log)
+        return _execute(
+            config, run_dir, resume=True, progress=progress, should_stop=should_stop, log=log
+        )
 
 
 def _read_config(run_dir: Path) -> RunConfig:
@@ -1115,11 +1251,20 @@ def _execute(
     if net is None:
         net, pretrained_metrics = _pretrain(config, data, spec, progress, should_stop, log)
         if net is None:
-            return RunOutcome("interrupted", run_dir, 0, config.num_steps(data.num_train),
-                              messages=messages + ["stopped during pretraining"])
+            return RunOutcome(
+                "interrupted",
+                run_dir,
+                0,
+                config.num_steps(data.num_train),
+                messages=messages + ["stopped during pretraining"],
+            )
         write_checkpoint(
             run_dir / INITIAL_FILE,
-            {"network_spec": spec, "network_state": net.state_dict(), "metrics": pretrained_metrics},
+            {
+                "network_spec": spec,
+                "network_state": net.state_dict(),
+                "metrics": pretrained_metrics,
+            },
             kind="network",
         )
 
@@ -1145,12 +1290,23 @@ def _execute(
 
     try:
         result = fit(
-            model, data.x_train, data.y_train, guide=config.guide, num_steps=num_steps,
-            optimizer=config.optimizer, lr=config.lr, mixture_lr=config.mixture_lr,
-            batch_size=config.batch_size, num_particles=config.num_particles,
-            init_scale=config.init_scale, seed=config.seed, progress=progress,
-            callback=callback, checkpoint=_checkpoint_writer(run_dir, config.keep_checkpoints),
-            checkpoint_every=config.checkpoint_every, initial_state=state,
+            model,
+            data.x_train,
+            data.y_train,
+            guide=config.guide,
+            num_steps=num_steps,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            mixture_lr=config.mixture_lr,
+            batch_size=config.batch_size,
+            num_particles=config.num_particles,
+            init_scale=config.init_scale,
+            seed=config.seed,
+            progress=progress,
+            callback=callback,
+            checkpoint=_checkpoint_writer(run_dir, config.keep_checkpoints),
+            checkpoint_every=config.checkpoint_every,
+            initial_state=state,
         )
     except RuntimeError:
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
@@ -1160,12 +1316,21 @@ def _execute(
     newest_path = newest[0][1] if newest else None
     done = newest[0][0] if newest else 0
     if stopped and (done < num_steps or result is None):
-        return RunOutcome("interrupted", run_dir, done, num_steps, checkpoint=newest_path,
-                          messages=messages)
-    metrics = _finish(config, run_dir, result, data, spec, pretrained_metrics,
-                      time.perf_counter() - start)
-    return RunOutcome("complete", run_dir, len(result.losses), num_steps, metrics,
-                      checkpoint=newest_path, messages=messages)
+        return RunOutcome(
+            "interrupted", run_dir, done, num_steps, checkpoint=newest_path, messages=messages
+        )
+    metrics = _finish(
+        config, run_dir, result, data, spec, pretrained_metrics, time.perf_counter() - start
+    )
+    return RunOutcome(
+        "complete",
+        run_dir,
+        len(result.losses),
+        num_steps,
+        metrics,
+        checkpoint=newest_path,
+        messages=messages,
+    )
 
 
 def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
@@ -1181,11 +1346,18 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
                 raise RunInterrupted
 
         try:
-            train(net, data.x_train, data.y_train,
-                  loss="cross_entropy" if data.is_classification else "mse",
-                  num_epochs=config.pretrain_epochs, lr=config.pretrain_lr,
-                  batch_size=config.pretrain_batch_size, seed=config.seed, progress=progress,
-                  after_step=check_stop)
+            train(
+                net,
+                data.x_train,
+                data.y_train,
+                loss="cross_entropy" if data.is_classification else "mse",
+                num_epochs=config.pretrain_epochs,
+                lr=config.pretrain_lr,
+                batch_size=config.pretrain_batch_size,
+                seed=config.seed,
+                progress=progress,
+                after_step=check_stop,
+            )
         except RunInterrupted:
             return None, None
     return net, _evaluate_network(net, data)
@@ -1194,8 +1366,12 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
 def _finish(config, run_dir, result: FitResult, data, spec, pretrained_metrics, elapsed) -> dict:
     import pyro
 
-    save_result(result, run_dir, network_spec=spec,
-                extra={"data": data.name, "num_train": data.num_train, "num_test": data.num_test})
+    save_result(
+        result,
+        run_dir,
+        network_spec=spec,
+        extra={"data": data.name, "num_train": data.num_train, "num_test": data.num_test},
+    )
     pyro.set_rng_seed(config.seed)  # posterior-predictive draws of variational guides
     prediction = result.predict(data.x_test)
     metrics: dict[str, Any] = {
@@ -1204,9 +1380,9 @@ def _finish(config, run_dir, result: FitResult, data, spec, pretrained_metrics, 
         "guide": result.guide_name,
         "num_train": data.num_train,
         "num_test": data.num_test,
-        "steps": int(len(result.losses)),
+        "steps": len(result.losses),
         "final_loss": float(result.losses[-1]),
-        "mean_loss_last_10pct": float(np.mean(result.losses[-max(1, len(result.losses) // 10):])),
+        "mean_loss_last_10pct": float(np.mean(result.losses[-max(1, len(result.losses) // 10) :])),
         "wall_time": float(result.wall_time),
         "total_wall_time": float(elapsed),
         "versions": versions(),
@@ -1303,7 +1479,8 @@ def compress_run(
     from .pipeline import compress_result
 
     if isinstance(merge_threshold, bool) or not (
-        isinstance(merge_threshold, (int, float)) and math.isfinite(merge_threshold)
+        isinstance(merge_threshold, (int, float))
+        and math.isfinite(merge_threshold)
         and merge_threshold >= 0
     ):
         raise RunError(f"merge threshold must be a number >= 0, got {merge_threshold!r}")
@@ -1312,7 +1489,10 @@ def compress_run(
     data = _load_data(config)
     initial = read_checkpoint(run_dir / INITIAL_FILE, kind="network")
     compressed = compress_result(
-        result, data.x_test, data.y_test, merge_threshold=float(merge_threshold),
+        result,
+        data.x_test,
+        data.y_test,
+        merge_threshold=float(merge_threshold),
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
     )
     summary = compressed.to_dict()
@@ -1325,7 +1505,8 @@ def compress_run(
         assignments = {n: compressed.quantization.assignments[n] for n in names}
         figures = {
             "compression_weights": plot_weights_before_after(
-                before, after, assignments, title="pretrained → quantised weights"),
+                before, after, assignments, title="pretrained → quantised weights"
+            ),
             "compression_layers": plot_layer_sparsity(compressed.storage),
         }
         summary["plots"] = [
@@ -1367,9 +1548,12 @@ def diagnose_run(
     result = load_result(run_dir)
     data = _load_data(config)
     count = min(max_points, data.num_train)
-    index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[:count]
-    idata = diagnostics.to_inference_data(result, data.x_train[index], data.y_train[index],
-                                          num_samples=num_samples, seed=config.seed)
+    index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[
+        :count
+    ]
+    idata = diagnostics.to_inference_data(
+        result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
+    )
     path = run_dir / POSTERIOR_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
     try:
@@ -1397,7 +1581,9 @@ def diagnose_run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig = make()
-            written.append(str(_save_figure(fig, run_dir / PLOTS_DIR / f"{name}.png").relative_to(run_dir)))
+            written.append(
+                str(_save_figure(fig, run_dir / PLOTS_DIR / f"{name}.png").relative_to(run_dir))
+            )
     return {"posterior": path, "summary": table, "plots": written, "idata": idata}
 
 
@@ -1420,8 +1606,10 @@ def report_run(run_dir: str | os.PathLike) -> str:
     metrics = None
     if (run_dir / METRICS_FILE).is_file():
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        lines.append(f"  status: complete, {metrics['steps']} steps in {metrics['wall_time']:.1f} s "
-                     f"(final loss {metrics['final_loss']:.6g})")
+        lines.append(
+            f"  status: complete, {metrics['steps']} steps in {metrics['wall_time']:.1f} s "
+            f"(final loss {metrics['final_loss']:.6g})"
+        )
         if "test_accuracy" in metrics:
             lines.append(
                 f"  test accuracy: pretrained {100 * metrics['pretrained_test_accuracy']:.2f} %, "
@@ -1436,13 +1624,17 @@ def report_run(run_dir: str | os.PathLike) -> str:
     else:
         found = checkpoint_paths(run_dir)
         where = f"newest checkpoint at step {found[0][0]}" if found else "no checkpoint yet"
-        lines.append(f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run_dir}`")
+        lines.append(
+            f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run_dir}`"
+        )
     if metrics is not None and "mixture" in metrics:
         pi, mu, sigma = (np.asarray(metrics["mixture"][k]) for k in ("pi", "mu", "sigma"))
         order = np.argsort(mu)
         lines.append("  learned mixture (by mean):      pi         mu      sigma")
         for j in order:
-            lines.append(f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}")
+            lines.append(
+                f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}"
+            )
     if (run_dir / COMPRESSION_FILE).is_file():
         c = json.loads((run_dir / COMPRESSION_FILE).read_text())
         score = (
@@ -1463,7 +1655,9 @@ def report_run(run_dir: str | os.PathLike) -> str:
             rows = list(csv.reader(summary.read_text().splitlines()))
             if rows:
                 header = rows[0]
-                keep = [i for i, h in enumerate(header) if h in ("", "mean", "sd", "r_hat", "ess_bulk")]
+                keep = [
+                    i for i, h in enumerate(header) if h in ("", "mean", "sd", "r_hat", "ess_bulk")
+                ]
                 for row in rows[: min(len(rows), 9)]:
                     lines.append("    " + "  ".join(f"{row[i]:>14}" for i in keep if i < len(row)))
     else:
@@ -1474,11 +1668,16 @@ def report_run(run_dir: str | os.PathLike) -> str:
 def format_outcome(outcome: RunOutcome) -> str:
     """What ``bayes-sws fit`` prints about a run."""
     if outcome.status == "interrupted":
-        where = (f"checkpoint {outcome.checkpoint} (step {outcome.step} of {outcome.num_steps})"
-                 if outcome.checkpoint else "no checkpoint yet")
-        return (f"interrupted: {where}; continue with `bayes-sws fit --resume {outcome.run_dir}`")
+        where = (
+            f"checkpoint {outcome.checkpoint} (step {outcome.step} of {outcome.num_steps})"
+            if outcome.checkpoint
+            else "no checkpoint yet"
+        )
+        return f"interrupted: {where}; continue with `bayes-sws fit --resume {outcome.run_dir}`"
     metrics = outcome.metrics or {}
-    head = ("run already complete: " if outcome.status == "already complete" else "") + str(outcome.run_dir)
+    head = ("run already complete: " if outcome.status == "already complete" else "") + str(
+        outcome.run_dir
+    )
     lines = [head]
     if "test_accuracy" in metrics:
         lines.append(
@@ -1486,10 +1685,13 @@ def format_outcome(outcome: RunOutcome) -> str:
             f"{100 * metrics['test_accuracy']:.2f} % (after SVI, {metrics['guide']})"
         )
     elif "test_rmse" in metrics:
-        lines.append(f"  test RMSE {metrics['pretrained_test_rmse']:.4g} (pretrained) -> "
-                     f"{metrics['test_rmse']:.4g} (after SVI)")
+        lines.append(
+            f"  test RMSE {metrics['pretrained_test_rmse']:.4g} (pretrained) -> "
+            f"{metrics['test_rmse']:.4g} (after SVI)"
+        )
     if metrics:
-        lines.append(f"  {metrics['steps']} steps, final loss {metrics['final_loss']:.6g}, "
-                     f"{metrics['wall_time']:.1f} s")
+        lines.append(
+            f"  {metrics['steps']} steps, final loss {metrics['final_loss']:.6g}, "
+            f"{metrics['wall_time']:.1f} s"
+        )
     return "\n".join(lines)
-

@@ -35,28 +35,40 @@ def main(data_name: str, smoke: bool) -> None:
     settings = dict(SETTINGS[data_name])
     pretrain_epochs = 30
     if smoke:  # a slice of the data and a handful of steps: checks the plumbing only
-        data = dataclasses.replace(data, x_train=data.x_train[:512], y_train=data.y_train[:512],
-                                   x_test=data.x_test[:256], y_test=data.y_test[:256])
+        data = dataclasses.replace(
+            data,
+            x_train=data.x_train[:512],
+            y_train=data.y_train[:512],
+            x_test=data.x_test[:256],
+            y_test=data.y_test[:256],
+        )
         pretrain_epochs, settings["num_epochs"] = 1, 0.5
 
     net = lenet_300_100(data.num_features, data.num_classes)
     train(net, data.x_train, data.y_train, num_epochs=pretrain_epochs, lr=1e-3, batch_size=128)
 
     result = soft_weight_sharing(net, data, num_components=17, pi_zero=0.99, seed=0, **settings)
-    print(f"{data.name}: {data.num_train} training images, LeNet-300-100 "
-          f"({result.storage.num_params:,} parameters)")
-    print(f"test accuracy: pretrained {result.test_accuracy_pretrained:.4f}, "
-          f"retrained {result.test_accuracy_before:.4f}, quantised {result.test_accuracy_after:.4f}")
-    print(f"{100 * result.nonzero_fraction:.2f} % non-zero weights, {result.num_components} shared "
-          f"values, compression {result.compression_rate:.1f}x "
-          f"({result.compression_rate_entropy:.1f}x at the entropy bound)")
+    print(
+        f"{data.name}: {data.num_train} training images, LeNet-300-100 "
+        f"({result.storage.num_params:,} parameters)"
+    )
+    print(
+        f"test accuracy: pretrained {result.test_accuracy_pretrained:.4f}, "
+        f"retrained {result.test_accuracy_before:.4f}, quantised {result.test_accuracy_after:.4f}"
+    )
+    print(
+        f"{100 * result.nonzero_fraction:.2f} % non-zero weights, {result.num_components} shared "
+        f"values, compression {result.compression_rate:.1f}x "
+        f"({result.compression_rate_entropy:.1f}x at the entropy bound)"
+    )
     print(result.format_table())
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="mnist-5k", choices=sorted(SETTINGS),
-                        help="data set (default: mnist-5k)")
+    parser.add_argument(
+        "--data", default="mnist-5k", choices=sorted(SETTINGS), help="data set (default: mnist-5k)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny budget (also when $CI is set)")
     args = parser.parse_args()
     main(args.data, smoke=args.smoke or "CI" in os.environ)

@@ -35,15 +35,31 @@ def main(smoke: bool) -> None:
 
     prior = sws.MixturePrior(num_components=16, zero_component=True)
     model = sws.SWSModel(net, prior, likelihood="categorical", prior_scale=0.1)
-    result = sws.fit(model, data.x_train, data.y_train, guide="map", num_steps=num_steps,
-                     lr=1e-3, mixture_lr=3e-3, batch_size=128, seed=0)
+    result = sws.fit(
+        model,
+        data.x_train,
+        data.y_train,
+        guide="map",
+        num_steps=num_steps,
+        lr=1e-3,
+        mixture_lr=3e-3,
+        batch_size=128,
+        seed=0,
+    )
     retrained = result.map_network()
     print(f"retrained test accuracy:  {accuracy(retrained, data.x_test, data.y_test):.4f}")
-    print(f"loss: {result.losses[0]:.1f} -> {result.losses[-1]:.1f} after {len(result.losses)} steps")
+    print(
+        f"loss: {result.losses[0]:.1f} -> {result.losses[-1]:.1f} after {len(result.losses)} steps"
+    )
 
     # How the weights share the components (argmax of the responsibilities, PRML 5.140).
-    weights = torch.cat([p.detach().reshape(-1) for n, p in retrained.named_parameters()
-                         if n in model.prior_param_names])
+    weights = torch.cat(
+        [
+            p.detach().reshape(-1)
+            for n, p in retrained.named_parameters()
+            if n in model.prior_param_names
+        ]
+    )
     share, within = clustering_summary(weights, result.mixture())
     pi, mu, sigma = (t.numpy() for t in result.mixture())
     print("component      pi        mu     sigma   share of weights")
@@ -53,8 +69,11 @@ def main(smoke: bool) -> None:
 
     # A fitted result is a directory: save it, load it back, get the same network.
     with tempfile.TemporaryDirectory() as directory:
-        save_result(result, directory, network_spec={"name": "mlp", "input_shape": [64],
-                                                     "num_classes": 10, "hidden": [100]})
+        save_result(
+            result,
+            directory,
+            network_spec={"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [100]},
+        )
         again = load_result(directory)
         assert torch.equal(again.map_network()(data.x_test), retrained(data.x_test))
         print(f"saved and reloaded from {directory}: identical predictions")

@@ -36,20 +36,34 @@ def main(smoke: bool) -> None:
     for guide in ("map", "normal", "mixed"):
         prior = sws.MixturePrior(num_components=16, zero_component=True)
         model = sws.SWSModel(copy.deepcopy(net), prior, likelihood="categorical", prior_scale=0.1)
-        result = sws.fit(model, data.x_train, data.y_train, guide=guide, num_steps=num_steps,
-                         lr=1e-3, mixture_lr=3e-3, batch_size=128, init_scale=1e-2, seed=0)
+        result = sws.fit(
+            model,
+            data.x_train,
+            data.y_train,
+            guide=guide,
+            num_steps=num_steps,
+            lr=1e-3,
+            mixture_lr=3e-3,
+            batch_size=128,
+            init_scale=1e-2,
+            seed=0,
+        )
         probs = result.predict(data.x_test, num_samples=num_samples)  # posterior predictive
         correct = probs.argmax(-1) == data.y_test
         entropy = predictive_entropy(probs)
         median_accuracy = accuracy(result.map_network(), data.x_test, data.y_test)
         wrong = f"{entropy[~correct].mean():.3f}" if (~correct).any() else "n/a"
-        print(f"guide={guide:7s} predictive accuracy {correct.double().mean():.4f}  "
-              f"median network {median_accuracy:.4f}  "
-              f"entropy right {entropy[correct].mean():.3f} / wrong {wrong}")
+        print(
+            f"guide={guide:7s} predictive accuracy {correct.double().mean():.4f}  "
+            f"median network {median_accuracy:.4f}  "
+            f"entropy right {entropy[correct].mean():.3f} / wrong {wrong}"
+        )
         if guide == "normal":  # "mixed" keeps the hyperparameters as points
             sigma = result.sample_posterior(num_samples)["sws.precisions"].rsqrt()
-            print(f"          posterior sd of the component widths σ_j: "
-                  f"{sigma.std(0).mean():.2e} (mean over components)")
+            print(
+                f"          posterior sd of the component widths σ_j: "
+                f"{sigma.std(0).mean():.2e} (mean over components)"
+            )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,20 @@ from scipy.stats import norm
 from bayes_sws import cli, runs
 from bayes_sws.data import load_dataset
 
-SMALL = ["--hidden", "16", "--components", "4", "--pretrain-epochs", "2", "--steps", "80",
-         "--batch-size", "64", "--checkpoint-every", "2"]
+SMALL = [
+    "--hidden",
+    "16",
+    "--components",
+    "4",
+    "--pretrain-epochs",
+    "2",
+    "--steps",
+    "80",
+    "--batch-size",
+    "64",
+    "--checkpoint-every",
+    "2",
+]
 
 
 def run_cli(capsys, *argv):
@@ -70,7 +82,9 @@ def test_help_on_every_subcommand(capsys):
 
 def test_console_script_entry_point():
     # `python -m bayes_sws` runs as a real process in the Ctrl-C test below
-    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name == "bayes-sws"}
+    scripts = {
+        e.name: e.value for e in entry_points(group="console_scripts") if e.name == "bayes-sws"
+    }
     assert scripts == {"bayes-sws": "bayes_sws.cli:main"}
 
 
@@ -84,7 +98,9 @@ def test_fit_writes_metrics_that_match_an_independent_evaluation(map_run, digits
     net = runs.load_result(map_run).map_network()
     with torch.no_grad():
         predicted = net(digits.x_test).numpy().argmax(1)
-    assert metrics["test_accuracy"] == pytest.approx(np.mean(predicted == digits.y_test.numpy()), abs=0)
+    assert metrics["test_accuracy"] == pytest.approx(
+        np.mean(predicted == digits.y_test.numpy()), abs=0
+    )
     losses = np.loadtxt(map_run / "losses.csv", delimiter=",", skiprows=1)
     assert losses.shape == (80, 2) and metrics["final_loss"] == losses[-1, 1]
 
@@ -93,7 +109,12 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     code, out, err = run_cli(capsys, "compress", map_run, "--merge-threshold", "0")
     assert code == 0, err
     summary = json.loads((map_run / "compression.json").read_text())
-    for key in ("compression_rate", "nonzero_fraction", "test_accuracy_before", "test_accuracy_after"):
+    for key in (
+        "compression_rate",
+        "nonzero_fraction",
+        "test_accuracy_before",
+        "test_accuracy_after",
+    ):
         assert key in summary
     assert f"{summary['compression_rate']:.1f}x" in out
     # oracle: responsibilities from scipy, argmax, replace, evaluate with numpy
@@ -132,11 +153,14 @@ def test_report_summarises_the_run(map_run, capsys):
 
 def test_fit_normal_guide_from_a_toml_config_with_flag_overrides(tmp_path, capsys, digits):
     config = tmp_path / "run.toml"
-    config.write_text('guide = "normal"\nprior_scale = 0.5\nsteps = 1000\nhidden = [16]\n'
-                      'components = 4\npretrain_epochs = 2\nbatch_size = 64\ninit_scale = 0.01\n')
+    config.write_text(
+        'guide = "normal"\nprior_scale = 0.5\nsteps = 1000\nhidden = [16]\n'
+        "components = 4\npretrain_epochs = 2\nbatch_size = 64\ninit_scale = 0.01\n"
+    )
     out = tmp_path / "normal"
-    code, stdout, err = run_cli(capsys, "fit", "--config", config, "--out", out, "--steps", "40",
-                                "--prior-scale", "0.2")
+    code, _, err = run_cli(
+        capsys, "fit", "--config", config, "--out", out, "--steps", "40", "--prior-scale", "0.2"
+    )
     assert code == 0, err
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["guide"] == "normal" and resolved["init_scale"] == 0.01  # from the file
@@ -154,17 +178,22 @@ def test_diagnose_writes_inference_data(map_run, capsys):
     import arviz as az
     import pandas as pd
 
-    code, out, err = run_cli(capsys, "diagnose", map_run, "--num-samples", "20", "--max-points", "50")
+    code, out, err = run_cli(
+        capsys, "diagnose", map_run, "--num-samples", "20", "--max-points", "50"
+    )
     assert code == 0, err
     idata = az.from_netcdf(map_run / "posterior.nc")
-    assert {"posterior", "log_likelihood", "posterior_predictive", "observed_data"} <= set(idata.groups())
+    assert {"posterior", "log_likelihood", "posterior_predictive", "observed_data"} <= set(
+        idata.groups()
+    )
     assert idata.posterior["sws.pi"].dims == ("chain", "draw", "component")
     assert idata.posterior.sizes["component"] == 4
     assert idata.log_likelihood["obs"].sizes["data"] == 50
     # a MAP posterior is a point: every draw equals the learned mixture
     pi = runs.load_result(map_run).mixture().pi.numpy()
-    np.testing.assert_allclose(idata.posterior["sws.pi"].values.reshape(-1, 4), np.tile(pi, (20, 1)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        idata.posterior["sws.pi"].values.reshape(-1, 4), np.tile(pi, (20, 1)), rtol=1e-6
+    )
     table = pd.read_csv(map_run / "posterior_summary.csv", index_col=0)
     assert "sws.pi[0]" in table.index and "sws.sigma[3]" in table.index
     assert "sws.pi[0]" in out
@@ -180,9 +209,24 @@ def test_regression_npz_end_to_end(tmp_path, capsys):
     y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=300)).astype(np.float32)
     np.savez(tmp_path / "line.npz", x=x, y=y)
     out = tmp_path / "regression"
-    code, _, err = run_cli(capsys, "fit", "--data", tmp_path / "line.npz", "--out", out,
-                           "--hidden", "8", "--components", "3", "--pretrain-epochs", "5",
-                           "--steps", "30", "--batch-size", "64")
+    code, _, err = run_cli(
+        capsys,
+        "fit",
+        "--data",
+        tmp_path / "line.npz",
+        "--out",
+        out,
+        "--hidden",
+        "8",
+        "--components",
+        "3",
+        "--pretrain-epochs",
+        "5",
+        "--steps",
+        "30",
+        "--batch-size",
+        "64",
+    )
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     net = runs.load_result(out).map_network()
@@ -195,19 +239,23 @@ def test_regression_npz_end_to_end(tmp_path, capsys):
     assert "test RMSE" in out_text
 
 
-def test_ctrl_c_writes_a_checkpoint_and_resume_matches_the_uninterrupted_run(tmp_path, map_run, capsys):
+def test_ctrl_c_writes_a_checkpoint_and_resume_matches_the_uninterrupted_run(
+    tmp_path, map_run, capsys
+):
     out = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "bayes_sws", "fit", "--out", str(out), *SMALL],
         env={**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     target = out / "checkpoints" / "step-00000010.ckpt"
     deadline = time.monotonic() + 120
     while not target.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and f"fit --resume {out}" in stderr
     assert "Traceback" not in stderr
@@ -260,8 +308,14 @@ BAD = [
     (["fit", "--components", "2.5"], "'2.5'"),
     (["fit", "--prior-scale", "-0.1"], "--prior-scale must be >= 0, got -0.1"),
     (["fit", "--pi-zero", "1.5"], "--pi-zero must lie strictly between 0 and 1, got 1.5"),
-    (["fit", "--pi-zero-prior", "0", "1"], "--pi-zero-prior must be two numbers > 0, got (0.0, 1.0)"),
-    (["fit", "--precision-prior", "2", "-1"], "--precision-prior must be two numbers > 0, got (2.0, -1.0)"),
+    (
+        ["fit", "--pi-zero-prior", "0", "1"],
+        "--pi-zero-prior must be two numbers > 0, got (0.0, 1.0)",
+    ),
+    (
+        ["fit", "--precision-prior", "2", "-1"],
+        "--precision-prior must be two numbers > 0, got (2.0, -1.0)",
+    ),
     (["fit", "--mixing-concentration", "0.5"], "mixing_concentration = 0.5"),
     (["fit", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["fit", "--steps", "0"], "--steps must be >= 1, got 0"),
@@ -274,7 +328,10 @@ BAD = [
     (["fit", "--optimizer", "lbfgs", "--guide", "normal"], "'normal'"),
     (["fit", "--activation", "swish"], "'swish'"),
     (["fit", "--standardize", "maybe"], "'maybe'"),
-    (["fit", "--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1, got 1.5"),
+    (
+        ["fit", "--test-fraction", "1.5"],
+        "--test-fraction must lie strictly between 0 and 1, got 1.5",
+    ),
     (["fit", "--data", "imagenet"], "'imagenet'"),
     (["fit", "--data", "{files}/missing.npz"], "missing.npz"),
     (["fit", "--data", "{files}/not_npz.npz"], "not_npz.npz"),

@@ -27,8 +27,13 @@ from bayes_sws.training import accuracy, train
 
 # A run small enough for the fast tier: ~1 s of SVI on the bundled digits.
 SMALL = {
-    "hidden": [16], "components": 4, "pretrain_epochs": 2, "steps": 120, "batch_size": 64,
-    "checkpoint_every": 2, "keep_checkpoints": 3,
+    "hidden": [16],
+    "components": 4,
+    "pretrain_epochs": 2,
+    "steps": 120,
+    "batch_size": 64,
+    "checkpoint_every": 2,
+    "keep_checkpoints": 3,
 }
 
 
@@ -59,8 +64,8 @@ def _model(net, **prior):
 
 def _assert_same_state(a: dict, b: dict):
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def _result_payload(run_dir):
@@ -76,8 +81,12 @@ def _assert_same_run(a_dir, b_dir):
 
 # ---------------------------------------------------------------------------- the container
 def test_checkpoint_container_round_trip(tmp_path):
-    payload = {"w": torch.randn(3, 4, dtype=torch.float64), "step": 7, "names": ["a", "b"],
-               "nested": {"x": torch.arange(5)}}
+    payload = {
+        "w": torch.randn(3, 4, dtype=torch.float64),
+        "step": 7,
+        "names": ["a", "b"],
+        "nested": {"x": torch.arange(5)},
+    }
     path = runs.write_checkpoint(tmp_path / "a.ckpt", payload, kind="checkpoint")
     back = runs.read_checkpoint(path, kind="checkpoint")
     assert torch.equal(back["w"], payload["w"]) and back["step"] == 7
@@ -127,8 +136,9 @@ def test_missing_and_foreign_files_are_reported(tmp_path):
 @pytest.mark.parametrize("guide", ["map", "normal", "lowrank", "mixed"])
 def test_saved_result_loads_identically(tmp_path, digits, pretrained, guide):
     model = _model(pretrained)
-    result = sws.fit(model, digits.x_train, digits.y_train, guide=guide, num_steps=15,
-                     batch_size=64, seed=2)
+    result = sws.fit(
+        model, digits.x_train, digits.y_train, guide=guide, num_steps=15, batch_size=64, seed=2
+    )
     spec = {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]}
     runs.save_result(result, tmp_path, network_spec=spec)
     loaded = runs.load_result(tmp_path)
@@ -169,10 +179,19 @@ def test_laplace_result_loads_identically(tmp_path):
 
 
 def test_loading_does_not_disturb_the_global_rng(tmp_path, digits, pretrained):
-    result = sws.fit(_model(pretrained), digits.x_train, digits.y_train, guide="lowrank",
-                     num_steps=3, batch_size=64)
-    runs.save_result(result, tmp_path, network_spec={"name": "mlp", "input_shape": [64],
-                                                     "num_classes": 10, "hidden": [16]})
+    result = sws.fit(
+        _model(pretrained),
+        digits.x_train,
+        digits.y_train,
+        guide="lowrank",
+        num_steps=3,
+        batch_size=64,
+    )
+    runs.save_result(
+        result,
+        tmp_path,
+        network_spec={"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]},
+    )
     torch.manual_seed(11)
     expected = torch.rand(3)
     torch.manual_seed(11)
@@ -182,8 +201,11 @@ def test_loading_does_not_disturb_the_global_rng(tmp_path, digits, pretrained):
 
 def test_corrupted_result_is_never_loaded(tmp_path, digits, pretrained):
     result = sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=3)
-    path = runs.save_result(result, tmp_path, network_spec={"name": "mlp", "input_shape": [64],
-                                                            "num_classes": 10, "hidden": [16]})
+    path = runs.save_result(
+        result,
+        tmp_path,
+        network_spec={"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]},
+    )
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(runs.CheckpointError, match="truncated"):
         runs.load_result(tmp_path)
@@ -194,35 +216,61 @@ def test_corrupted_result_is_never_loaded(tmp_path, digits, pretrained):
     "guide, optimizer, batch_size",
     [("map", "adam", 64), ("normal", "adam", 64), ("lowrank", "adam", 100), ("map", "lbfgs", None)],
 )
-def test_fit_resumed_from_any_checkpoint_is_bit_identical(tmp_path, digits, pretrained, guide,
-                                                          optimizer, batch_size):
-    kwargs = dict(guide=guide, optimizer=optimizer, num_steps=24, batch_size=batch_size, seed=4,
-                  lr=1e-3 if optimizer == "adam" else 0.1)
+def test_fit_resumed_from_any_checkpoint_is_bit_identical(
+    tmp_path, digits, pretrained, guide, optimizer, batch_size
+):
+    kwargs = {
+        "guide": guide,
+        "optimizer": optimizer,
+        "num_steps": 24,
+        "batch_size": batch_size,
+        "seed": 4,
+        "lr": 1e-3 if optimizer == "adam" else 0.1,
+    }
     states = []
     model = _model(pretrained)
-    full = sws.fit(model, digits.x_train, digits.y_train, checkpoint=states.append,
-                   checkpoint_every=5, **kwargs)
+    full = sws.fit(
+        model,
+        digits.x_train,
+        digits.y_train,
+        checkpoint=states.append,
+        checkpoint_every=5,
+        **kwargs,
+    )
     assert [s.step for s in states] == [5, 10, 15, 20, 24]  # periodic and at the end
     with sws.infer.local_params():
         expected = full.guide.state_dict()
     for state in states[1:3]:
         torch.manual_seed(999)  # whatever the RNG did meanwhile, the state restores it
         # the state survives serialisation in a checkpoint file
-        path = runs.write_checkpoint(tmp_path / "s.ckpt", {"state": state.to_dict()}, kind="checkpoint")
+        path = runs.write_checkpoint(
+            tmp_path / "s.ckpt", {"state": state.to_dict()}, kind="checkpoint"
+        )
         state = FitState.from_dict(runs.read_checkpoint(path)["state"])
         resumed_model = _model(pretrained)
-        resumed = sws.fit(resumed_model, digits.x_train, digits.y_train, initial_state=state, **kwargs)
+        resumed = sws.fit(
+            resumed_model, digits.x_train, digits.y_train, initial_state=state, **kwargs
+        )
         with sws.infer.local_params():
             _assert_same_state(expected, resumed.guide.state_dict())
-        _assert_same_state(dict(model.net.named_parameters()), dict(resumed_model.net.named_parameters()))
+        _assert_same_state(
+            dict(model.net.named_parameters()), dict(resumed_model.net.named_parameters())
+        )
         np.testing.assert_array_equal(full.losses, resumed.losses)
 
 
 def test_stopping_early_checkpoints_the_last_step(digits, pretrained):
     states = []
-    result = sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=50,
-                     batch_size=64, checkpoint=states.append, checkpoint_every=20,
-                     callback=lambda step, loss: step == 26)
+    result = sws.fit(
+        _model(pretrained),
+        digits.x_train,
+        digits.y_train,
+        num_steps=50,
+        batch_size=64,
+        checkpoint=states.append,
+        checkpoint_every=20,
+        callback=lambda step, loss: step == 26,
+    )
     assert len(result.losses) == 27
     assert [s.step for s in states] == [20, 27]
     np.testing.assert_array_equal(states[-1].losses, result.losses)
@@ -230,16 +278,58 @@ def test_stopping_early_checkpoints_the_last_step(digits, pretrained):
 
 def test_initial_state_from_other_settings_is_refused(digits, pretrained):
     states = []
-    sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=4, batch_size=64,
-            checkpoint=states.append)
+    sws.fit(
+        _model(pretrained),
+        digits.x_train,
+        digits.y_train,
+        num_steps=4,
+        batch_size=64,
+        checkpoint=states.append,
+    )
     with pytest.raises(ValueError, match="lr=0.001 in the checkpoint but 0.01 now"):
-        sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=4, batch_size=64,
-                lr=1e-2, initial_state=states[-1])
+        sws.fit(
+            _model(pretrained),
+            digits.x_train,
+            digits.y_train,
+            num_steps=4,
+            batch_size=64,
+            lr=1e-2,
+            initial_state=states[-1],
+        )
     with pytest.raises(ValueError, match="at most num_steps=3"):
-        sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=3, batch_size=64,
-                initial_state=states[-1])
+        sws.fit(
+            _model(pretrained),
+            digits.x_train,
+            digits.y_train,
+            num_steps=3,
+            batch_size=64,
+            initial_state=states[-1],
+        )
     with pytest.raises(TypeError, match="FitState"):
         sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=3, initial_state=[1])
+
+
+def test_a_non_finite_state_never_replaces_the_last_good_checkpoint(tmp_path, digits, pretrained):
+    states = []
+    sws.fit(
+        _model(pretrained),
+        digits.x_train,
+        digits.y_train,
+        num_steps=4,
+        batch_size=64,
+        checkpoint=states.append,
+        checkpoint_every=2,
+    )
+    write = runs._checkpoint_writer(tmp_path, keep=2)
+    write(states[0])
+    bad = copy.deepcopy(states[1])
+    name = next(iter(bad.guide_state))
+    bad.guide_state[name] = bad.guide_state[name].clone().fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=f"{name}.*not finite after step 4.*step 2"):
+        write(bad)
+    assert [step for step, _ in runs.checkpoint_paths(tmp_path)] == [2]
+    state, _, messages = runs.latest_checkpoint(tmp_path)
+    assert state.step == 2 and not messages
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -267,9 +357,12 @@ def test_config_validation_names_key_and_value():
 
 def test_toml_file_values_are_overridden_by_flags(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('data = "digits"\nprior-scale = 0.5\nhidden = [32, 16]\nsteps = 40\nguide = "normal"\n')
-    config = runs.resolve_config(runs.load_config_file(path), {"prior_scale": 0.25, "epochs": 2},
-                                 file_name=str(path))
+    path.write_text(
+        'data = "digits"\nprior-scale = 0.5\nhidden = [32, 16]\nsteps = 40\nguide = "normal"\n'
+    )
+    config = runs.resolve_config(
+        runs.load_config_file(path), {"prior_scale": 0.25, "epochs": 2}, file_name=str(path)
+    )
     assert config.prior_scale == 0.25 and config.hidden == (32, 16) and config.guide == "normal"
     assert config.steps is None and config.epochs == 2  # a flag's epochs replaces the file's steps
     assert config.num_steps(1437) == 2 * (1437 // 128)
@@ -289,14 +382,22 @@ def test_toml_file_values_are_overridden_by_flags(tmp_path):
 def test_fit_run_writes_the_run_directory(reference, digits):
     out = reference
     assert runs.resume_run(out).status == "already complete"
-    for name in ("config.json", "initial.ckpt", "result.ckpt", "result.json", "metrics.json",
-                 "losses.csv"):
+    for name in (
+        "config.json",
+        "initial.ckpt",
+        "result.ckpt",
+        "result.json",
+        "metrics.json",
+        "losses.csv",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 120 and set(metrics["versions"]) >= {"python", "torch", "pyro"}
     # metrics agree with an independent evaluation of the saved result
     loaded = runs.load_result(out)
-    assert metrics["test_accuracy_median"] == accuracy(loaded.map_network(), digits.x_test, digits.y_test)
+    assert metrics["test_accuracy_median"] == accuracy(
+        loaded.map_network(), digits.x_test, digits.y_test
+    )
     losses = np.loadtxt(out / "losses.csv", delimiter=",", skiprows=1)
     np.testing.assert_array_equal(losses[:, 1], loaded.losses)
     assert metrics["final_loss"] == losses[-1, 1]
@@ -330,7 +431,9 @@ def _checkpoint_exists(run_dir, step):
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
     # like Ctrl-C right after the checkpoint of step 36: the run stops after step 37
-    outcome = runs.fit_run(SMALL, tmp_path / "run", should_stop=_checkpoint_exists(tmp_path / "run", 36))
+    outcome = runs.fit_run(
+        SMALL, tmp_path / "run", should_stop=_checkpoint_exists(tmp_path / "run", 36)
+    )
     assert outcome.status == "interrupted" and outcome.step == 37
     assert outcome.checkpoint.name == "step-00000037.ckpt"
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -382,7 +485,9 @@ def _flags(config):
 def _start_fit(out, config):
     return subprocess.Popen(
         [sys.executable, "-m", "bayes_sws", "fit", "--out", str(out), *_flags(config)],
-        env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -451,8 +556,12 @@ def test_kill_9_during_a_checkpoint_write_or_at_random_then_resume(tmp_path, ref
             time.sleep(0.0005)
         for key, process in processes.items():
             process.wait()
-            assert process.returncode == -signal.SIGKILL, f"{key}: the run ended before it was killed"
-        cut_mid_write = any(p.name.endswith(".tmp") for p in (tmp_path / name / "checkpoints").iterdir())
+            assert process.returncode == -signal.SIGKILL, (
+                f"{key}: the run ended before it was killed"
+            )
+        cut_mid_write = any(
+            p.name.endswith(".tmp") for p in (tmp_path / name / "checkpoints").iterdir()
+        )
         processes = {}
         if cut_mid_write:
             break
@@ -482,13 +591,15 @@ def test_repeated_kill_9_at_random_times_including_pretraining(tmp_path):
         process = _start_fit(run, config)
         for _ in range(3):
             start, delay = time.monotonic(), rng.uniform(1.0, 8.0)
-            _kill_when(process, lambda: time.monotonic() - start >= delay)
+            _kill_when(process, lambda start=start, delay=delay: time.monotonic() - start >= delay)
             if process.returncode == 0:
                 break
             if (run / "config.json").exists():
                 process = subprocess.Popen(
                     [sys.executable, "-m", "bayes_sws", "fit", "--resume", str(run)],
-                    env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    env=_cli_env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             else:  # killed before the run directory was written: start again
                 process = _start_fit(run, config)
