@@ -54,10 +54,10 @@ Compiled path. ``torch.compile`` of the per-chunk maths (:func:`_chunk_math`,
 the same formulas written functionally) is chosen by :func:`set_compile_mode`
 or the environment variable ``BAYES_SWS_KERNEL_COMPILE``: ``"never"``,
 ``"always"`` (every full chunk) or ``"auto"``, the default. Measured on this
-project's 2-core CPU (float32, one thread, CPU time, two full benchmark runs,
-see BENCHMARKS.md), compiled / eager steady-state time was 0.44–0.84 for
-M = 2, 0.87–1.03 for M = 16 and 0.72–1.03 for M = 64 at N = 10⁶–10⁷, and the
-first call compiles for 4–13 s per (M, dtype, set of requested gradients).
+project's 2-core CPU (float32, one thread, CPU time, three full benchmark
+runs, see BENCHMARKS.md), compiled / eager steady-state time was 0.44–0.88
+for M = 2, 0.87–1.11 for M = 16 and 0.72–1.03 for M = 64 at N = 10⁶–10⁷, and
+the first call compiles for 4–15 s per (M, dtype, set of requested gradients).
 Not a clear win at the M soft weight-sharing uses, and never worth 10 s for a
 small call, so ``"auto"`` compiles only calls on CPU with at least
 ``AUTO_COMPILE_MIN_ELEMENTS`` = 2²⁴ (weight, component) pairs — 10⁶ weights

@@ -22,8 +22,10 @@ timings and memory do not leak between cases:
 
 Implementations:
 
-``ours``           ``bayes_sws.kernel.mixture_log_prob`` (eager, the default).
-``ours_compiled``  the same with ``set_compile_mode("always")``.
+``ours``           ``bayes_sws.kernel.mixture_log_prob``, eager (``set_compile_mode("never")``;
+                   the library default ``"auto"`` is this below 2**24 N·M pairs).
+``ours_compiled``  the same with ``set_compile_mode("always")``; timed only for
+                   N >= ``--compile-min-n`` (each case compiles afresh).
 ``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
                    recomputes responsibilities chunk by chunk in backward.
 ``store``          same chunked forward, but stores the (M, N) responsibilities
@@ -34,11 +36,14 @@ Implementations:
 
 Baselines whose predicted N·M memory exceeds ``--memory-budget-gb`` are skipped
 (marked "skipped" in the table) so the run cannot exhaust a shared machine.
+Extra memory is per weight, so at N = 10⁴ it is dominated by constant buffers
+(and may read 0 when they were already resident from the warm-up).
 
 Usage::
 
     python benchmarks/prior_kernel.py            # full grid, N in 1e4..1e7, M in {2, 16, 64}
     python benchmarks/prior_kernel.py --quick    # small grid for a smoke test
+    python benchmarks/prior_kernel.py --threads 1 --clock cpu   # on a shared machine
 """
 
 from __future__ import annotations
