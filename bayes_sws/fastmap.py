@@ -1,0 +1,348 @@
+r"""The MAP (``AutoDelta``) loss of an :class:`~bayes_sws.model.SWSModel` without Pyro tracing.
+
+Under a point-mass guide the negative ELBO of the model is its negative log
+joint at the guide's values (PRML §5.5.7, eq. 5.139, plus the hyperpriors):
+
+.. math::
+
+    \mathcal L = -\frac{N}{B}\sum_{n \in \text{batch}} \log p(y_n \mid f(x_n, w), \beta)
+                 + \lambda\,\Omega(w) - \log p(\pi, \mu, \sigma) - \log p(\beta),
+
+with :math:`\Omega` the mixture penalty (5.138) over every prior-carrying
+tensor, :math:`\lambda` = ``model.prior_scale``, and :math:`\beta` a learned
+likelihood parameter if there is one. :func:`map_loss` computes exactly what
+``Trace_ELBO().differentiable_loss(model, guide, x, y, subsample)`` computes for
+an ``AutoDelta`` guide — the same value (to rounding) and the same gradients
+with respect to the guide's unconstrained parameters and the network's free
+parameters — but evaluates the terms directly instead of tracing the model and
+the guide. Every term reuses the model's own code: the guide's values are its
+``PyroParam``\ s through ``transform_to(support)`` as the guide applies them,
+the mixture comes from :meth:`MixturePrior.mixture`, the hyperpriors from the
+prior's own distributions, the network output from :meth:`SWSModel.forward`,
+the data term from the likelihood's ``distribution``; the weight prior is the
+fused kernel :func:`bayes_sws.kernel.mixture_log_prob`, as in
+:class:`~bayes_sws.distributions.MixtureOfGaussians`.
+
+What the Pyro path spends and this one does not (profile in ``BENCHMARKS.md``,
+section "SVI step"): two traces per step with a message through the handler
+stack per site, ``Delta`` and deterministic sites, a distribution object per
+site with argument and support validation (each a host sync), ``warn_if_nan``
+/ ``warn_if_inf`` and ``torch_item`` per site, and one kernel call per weight
+tensor. Here the per-(model, guide) work — checks, hyperprior distributions,
+where the guide keeps each parameter — is done once and cached; per step the
+weights go through the kernel in one call, and distributions are built without
+validation. Instead, when validation is on (Pyro's default), a loss that is not
+finite is handed to ``Trace_ELBO`` itself, so a diverging fit fails with
+Pyro's own message naming the site.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoDelta
+from torch import Tensor
+from torch.distributions import transform_to
+
+from .kernel import mixture_log_prob
+from .likelihoods import Likelihood
+from .model import SWSModel
+from .priors import MixturePrior
+
+__all__ = ["map_loss", "supports_fast_map", "unsupported_reason"]
+
+
+# --------------------------------------------------------------------------- #
+# When the fast path applies
+# --------------------------------------------------------------------------- #
+
+
+def unsupported_reason(model, guide) -> str | None:
+    """Why :func:`map_loss` cannot stand in for ``Trace_ELBO`` here, or ``None`` if it can.
+
+    It needs a :class:`~bayes_sws.model.SWSModel` whose program, weight sites and
+    observation site are the library's (``__call__``, ``sample_weights``,
+    ``Likelihood.observe`` not overridden), a :class:`~bayes_sws.priors.MixturePrior`
+    whose mixture, hyperpriors and weight distribution are the library's, a plain
+    ``AutoDelta`` guide built for that model (same latent sites), and module-local
+    Pyro parameters (``pyro.settings.set(module_local_params=True)``, as
+    :func:`bayes_sws.fit` uses), so the guide's values are its own ``PyroParam``\\ s
+    and not entries of the global param store.
+    """
+    if not isinstance(model, SWSModel):
+        return f"the model is a {type(model).__name__}, not a bayes_sws.SWSModel"
+    if type(guide) is not AutoDelta:
+        return f"the guide is a {type(guide).__name__}, not a pyro AutoDelta"
+    if not pyro.settings.get("module_local_params"):
+        return (
+            "Pyro parameters are in the global param store; use "
+            "pyro.settings.context(module_local_params=True) (bayes_sws.infer.local_params)"
+        )
+    for cls, base, methods in (
+        (type(model), SWSModel, ("__call__", "sample_weights")),
+        (type(model.prior), MixturePrior,
+         ("sample_mixture", "weight_distribution", "log_hyperprior", "_hyperprior")),
+    ):
+        for method in methods:
+            if getattr(cls, method) is not getattr(base, method):
+                return f"{cls.__name__} overrides {base.__name__}.{method}"
+    if type(model.likelihood).observe is not Likelihood.observe:
+        return f"{type(model.likelihood).__name__} overrides Likelihood.observe"
+    if guide.prototype_trace is not None:
+        expected = set(model.hyper_site_names) | set(model.weight_site_names)
+        found = {name for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
+        if found != expected:
+            return (
+                f"the guide's latent sites {sorted(found)} are not the model's "
+                f"{sorted(expected)}; build the guide from this model"
+            )
+    return None
+
+
+def supports_fast_map(model, guide) -> bool:
+    """Whether :func:`map_loss` computes ``Trace_ELBO``'s loss for this model and guide.
+
+    See :func:`unsupported_reason` for the conditions. With more than one ELBO
+    particle the loss of an ``AutoDelta`` guide is the same (its particles are
+    all equal), so :func:`map_loss` stands in for any ``num_particles``.
+    """
+    return unsupported_reason(model, guide) is None
+
+
+# --------------------------------------------------------------------------- #
+# Per-(model, guide) work, done once
+# --------------------------------------------------------------------------- #
+
+
+@contextmanager
+def _validation(enabled: bool):
+    """Torch/Pyro distribution validation on or off (restored afterwards)."""
+    before = dist.is_validation_enabled()
+    dist.enable_validation(enabled)
+    try:
+        yield
+    finally:
+        dist.enable_validation(before)
+
+
+def _prior_key(prior: MixturePrior) -> tuple:
+    """The prior's settings (numbers, flags, names), to notice a changed prior."""
+    return tuple(
+        (k, v) for k, v in sorted(vars(prior).items())
+        if v is None or isinstance(v, (bool, int, float, str, tuple))
+    )
+
+
+class _Plan:
+    """What :func:`map_loss` needs from one (model, guide) pair, resolved once.
+
+    Holds no reference to the guide (it is the key of a weak cache): sites are
+    found again each call by their module path, a few dict look-ups.
+    """
+
+    def __init__(self, model: SWSModel, guide: AutoDelta):
+        like = model._like()
+        self.model = model
+        self.prior = model.prior
+        self.likelihood = model.likelihood
+        self.prototype = weakref.ref(guide.prototype_trace)
+        self.like_key = (like.dtype, like.device)
+        self.prior_key = _prior_key(model.prior)
+        # the guide's PyroParams: path of sub-modules, parameter key, transform
+        self.sites = {}
+        for name in model.hyper_site_names + model.weight_site_names:
+            *path, leaf = name.split(".")
+            module = guide
+            for part in path:
+                module = module._modules[part]
+            constraint, _ = module._pyro_params[leaf]
+            key = leaf + "_unconstrained"
+            if key not in module._parameters:  # layout of PyroModule changed: use its getattr
+                self.sites = None
+                break
+            self.sites[name] = (tuple(path), key, transform_to(constraint))
+        # hyperprior distributions do not depend on the values: build them once,
+        # unvalidated (their arguments are the prior's checked settings)
+        with _validation(False):
+            self.hyperpriors = {
+                site: model.prior._hyperprior(site, like) for site in model.prior.site_names
+            }
+
+    def matches(self, model: SWSModel, guide: AutoDelta) -> bool:
+        if not (
+            self.model is model
+            and self.prior is model.prior
+            and self.likelihood is model.likelihood
+            and self.prototype() is guide.prototype_trace
+        ):
+            return False
+        like = model._like()
+        return self.like_key == (like.dtype, like.device) and self.prior_key == _prior_key(self.prior)
+
+    def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
+        """The guide's constrained value of every latent site, as the guide computes it."""
+        if self.sites is None:
+            return {name: _deep_getattr(guide, name) for name in self.site_names()}
+        values = {}
+        for name, (path, key, transform) in self.sites.items():
+            module = guide
+            for part in path:
+                module = module._modules[part]
+            values[name] = transform(module._parameters[key])
+        return values
+
+    def site_names(self) -> tuple[str, ...]:
+        return self.model.hyper_site_names + self.model.weight_site_names
+
+
+def _deep_getattr(obj, name: str):
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(model, guide, x, y, subsample) -> _Plan:
+    """The cached plan of this (model, guide), checked still to fit; built when needed."""
+    try:
+        plan = _PLANS.get(guide)
+    except TypeError:  # not weak-referenceable: not an AutoDelta either
+        plan = None
+    if plan is not None and plan.matches(model, guide) and pyro.settings.get("module_local_params"):
+        return plan
+    reason = unsupported_reason(model, guide)
+    if reason is None and guide.prototype_trace is None:
+        guide(x, y, subsample)  # creates the guide's parameters, as a first ELBO call would
+        reason = unsupported_reason(model, guide)
+    if reason is not None:
+        raise ValueError(
+            f"map_loss cannot evaluate this model and guide: {reason}. "
+            "Use pyro.infer.Trace_ELBO().differentiable_loss instead"
+        )
+    plan = _PLANS[guide] = _Plan(model, guide)
+    return plan
+
+
+# --------------------------------------------------------------------------- #
+# The loss
+# --------------------------------------------------------------------------- #
+
+
+def _likelihood_parameters(
+    likelihood: Likelihood, values: dict[str, Tensor], like: Tensor
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """The likelihood's latent parameters at the guide's values, and their log-prior.
+
+    Runs the likelihood's own ``sample_parameters`` with its sites fixed to the
+    guide's values, so its hyperpriors are used as written. Only likelihoods
+    with latent sites (a learned noise precision) pay for this one small trace.
+    """
+    if not likelihood.site_names:
+        return {}, None
+    data = {name: values[name] for name in likelihood.site_names}
+    conditioned = poutine.condition(likelihood.sample_parameters, data=data)
+    trace = poutine.trace(conditioned).get_trace(like)
+    return trace.nodes["_RETURN"]["value"], trace.log_prob_sum()
+
+
+def map_loss(
+    model: SWSModel,
+    guide: AutoDelta,
+    x: Tensor,
+    y: Tensor,
+    subsample: Tensor | None = None,
+) -> Tensor:
+    r"""Negative log joint of ``model`` at the ``AutoDelta`` guide's values: the MAP loss.
+
+    Equal to ``Trace_ELBO().differentiable_loss(model, guide, x, y, subsample)``
+    in value and gradients (tested in float64 to 1e-10 and 1e-8 relative), without
+    tracing the model or the guide:
+
+    .. math::
+
+        \mathcal L = -\frac{N}{B}\sum_{n \in \text{batch}} \log p(y_n \mid f(x_n, w), \beta)
+                     - \lambda \sum_i \ln \sum_j \pi_j \mathcal N(w_i \mid \mu_j, \sigma_j^2)
+                     - \log p(\pi, \mu, \sigma) - \log p(\beta)
+
+    (5.139 with 5.137–5.138). The weight term is left out when
+    :math:`\lambda` = ``model.prior_scale`` is 0, as ``poutine.mask(False)``
+    does in the model.
+
+    Parameters
+    ----------
+    model : SWSModel
+        The model the guide was built for; :func:`supports_fast_map` must hold.
+    guide : pyro.infer.autoguide.AutoDelta
+        Its parameters are read, not copied, so gradients reach them. If it has
+        never run, it runs once here to create them, as the first ELBO call would.
+    x, y : Tensor
+        All inputs and targets, already checked (as :func:`bayes_sws.infer.as_data` does).
+    subsample : Tensor, optional
+        Indices of the mini-batch; the likelihood is scaled by
+        ``len(x) / len(subsample)``, the ``pyro.plate`` scaling of the model.
+
+    Returns
+    -------
+    Tensor
+        0-dim loss in the network's dtype, differentiable.
+
+    Raises
+    ------
+    ValueError
+        When :func:`supports_fast_map` does not hold, with the reason.
+
+    Notes
+    -----
+    What does not depend on the step (checks, hyperprior distributions, where
+    the guide keeps each value) is cached per guide and rebuilt when the model,
+    its prior or likelihood, the guide's parameters, or the network's dtype or
+    device change.
+    """
+    plan = _plan(model, guide, x, y, subsample)
+    validate = dist.is_validation_enabled()
+    with _validation(False):  # distributions are read at call time, not construction
+        loss = _negative_log_joint(plan, model, guide, x, y, subsample)
+    if validate and not bool(torch.isfinite(loss)):
+        # the slow path validates every site: Pyro's own error naming the site, or its warning
+        return Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x, y, subsample)
+    return loss
+
+
+def _negative_log_joint(plan: _Plan, model: SWSModel, guide, x, y, subsample) -> Tensor:
+    like = model._like()
+    values = plan.site_values(guide)
+
+    # hyperpriors: unscaled sites
+    log_joint = sum(d.log_prob(values[site]) for site, d in plan.hyperpriors.items())
+    mixture = plan.prior.mixture(values, like)
+
+    # the weight prior under poutine.scale(λ): all tensors in one kernel pass
+    weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
+    if model.prior_scale > 0:
+        flat = [w.reshape(-1) for w in weights.values()]
+        flat = flat[0] if len(flat) == 1 else torch.cat(flat)
+        log_prior = mixture_log_prob(flat, *mixture, validate_args=False)
+        log_joint = log_joint + model.prior_scale * log_prior
+
+    # the likelihood, inside pyro.plate("data", N, subsample=...)
+    params, log_params = _likelihood_parameters(plan.likelihood, values, like)
+    if log_params is not None:
+        log_joint = log_joint + log_params
+    batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
+    output = model.forward(weights, batch_x)
+    log_lik = plan.likelihood.distribution(output, params).log_prob(batch_y)
+    if log_lik.shape != (batch_x.shape[0],):
+        raise ValueError(
+            f"the likelihood's log_prob has shape {tuple(log_lik.shape)}, expected one value "
+            f"per data point {(batch_x.shape[0],)}; use Trace_ELBO for this likelihood"
+        )
+    scale = 1.0 if subsample is None else 1.0 * x.shape[0] / batch_x.shape[0]
+    return -(log_joint + scale * log_lik.sum())

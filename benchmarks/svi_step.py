@@ -1,0 +1,493 @@
+"""Benchmark: one training step with the mixture prior, through Pyro and without it.
+
+On LeNet-300-100 (Fashion-MNIST, 266,200 weights under the prior) and the
+digits MLP 64-100-10 (7,400 weights), batch 128, M = 16 components (zero
+component, learned π₀, proper hyperpriors, as ``bayes-sws demo``), every
+variant runs the same loop body as :func:`bayes_sws.fit`: ``zero_grad``, loss,
+``backward``, ``Adam.step`` (one parameter group for the weights, one for the
+hyperparameters), ``float(loss)``.
+
+Variants (letters as in issue 6):
+
+``pyro_map``    (a) ``Trace_ELBO().differentiable_loss`` with ``AutoDelta``:
+                what ``fit(guide="map")`` runs today ("before").
+``fast_map``    (a') :func:`bayes_sws.fastmap.map_loss` with the same
+                ``AutoDelta`` guide: the same loss and gradients ("after").
+``pyro_normal`` (b) ``Trace_ELBO`` with ``AutoNormal`` (``fit(guide="normal")``).
+``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·Σ
+                mixture_log_prob(w) − log p(π, μ, σ)`` with the same kernel,
+                hyperparameters as plain unconstrained tensors (sigmoid,
+                softmax, exp) and the hyperprior densities in closed form.
+``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
+
+Timing: the variants are interleaved (one round runs ``--steps`` steps of each,
+in an order that rotates every round), and each round's time per step is
+divided by the same round's ``hand`` (or ``plain``) time, so every ratio is
+paired and a busy neighbour slows both sides of it alike; the table shows
+medians over rounds. ``--clock cpu`` reports this process's CPU time instead
+of wall-clock time (use it with ``--threads 1`` on a shared machine). All
+variants draw the same mini-batches (a fresh permutation per epoch); the cost
+of ``fit``'s own per-step batch selection (``bayes_sws.infer._batch_indices``)
+is timed separately, as it is the same for every guide.
+
+``--profile`` adds a cProfile of ``pyro_map`` and ``fast_map`` steps, grouped
+by where the time goes (Pyro's tracing and messengers, distributions and their
+validation, the kernel, the network and autograd, the optimiser) and the top
+functions by own time.
+
+Usage::
+
+    python benchmarks/svi_step.py --threads 2            # both networks, 2 threads
+    python benchmarks/svi_step.py --threads 1 --clock cpu --profile
+    python benchmarks/svi_step.py --quick                # smoke test (random data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+import pyro  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from pyro.infer import Trace_ELBO  # noqa: E402
+from pyro.infer.autoguide import init_to_median, init_to_value  # noqa: E402
+
+import bayes_sws as sws  # noqa: E402
+from bayes_sws.guides import build_guide  # noqa: E402
+from bayes_sws.kernel import mixture_log_prob  # noqa: E402
+
+try:
+    from bayes_sws.fastmap import map_loss
+except ImportError:  # the "before" state of the repository
+    map_loss = None
+
+VARIANTS = ("pyro_map", "fast_map", "pyro_normal", "hand", "plain")
+NETWORKS = ("lenet-300-100", "digits-mlp")
+_HYPER_PREFIXES = ("sws.", "likelihood.")  # as bayes_sws.infer groups parameters
+
+
+# --------------------------------------------------------------------------- #
+# Problems
+# --------------------------------------------------------------------------- #
+
+
+def load_problem(network: str, data: str, seed: int = 0):
+    """Network, inputs and labels; Fashion-MNIST / digits, or random data of that shape."""
+    torch.manual_seed(seed)
+    if network == "lenet-300-100":
+        from bayes_sws.nets import lenet_300_100
+
+        net = lenet_300_100()
+        name, shape, num_classes, num_data = "fashion-mnist", 784, 10, 60000
+    else:
+        from bayes_sws.nets import mlp
+
+        net = mlp([64, 100, 10])
+        name, shape, num_classes, num_data = "digits", 64, 10, 1437
+    source = "random"
+    if data != "random":
+        from bayes_sws.data import DataError, load_dataset
+
+        try:
+            dataset = load_dataset(name, standardize="global" if name != "digits" else True)
+            x, y = dataset.x_train.float(), dataset.y_train.long()
+            source = name
+        except DataError as err:
+            print(f"# {name} unavailable ({err}); using random data", file=sys.stderr)
+            data = "random"
+    if data == "random":
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(num_data, shape, generator=g)
+        y = torch.randint(0, num_classes, (num_data,), generator=g)
+    return net, x, y, source
+
+
+def make_model(net, prior_scale: float, num_components: int):
+    prior = sws.MixturePrior(num_components, zero_component=True, init_pi_zero=0.5)
+    return sws.SWSModel(net, prior, likelihood="categorical", prior_scale=prior_scale)
+
+
+class Batches:
+    """Mini-batch indices: a fresh permutation per epoch, the same for every variant."""
+
+    def __init__(self, num_data: int, batch_size: int, seed: int = 0):
+        self.num_data, self.batch_size = num_data, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.per_epoch = num_data // batch_size
+        self.position = self.per_epoch
+
+    def __next__(self):
+        if self.position == self.per_epoch:
+            self.perm = torch.randperm(self.num_data, generator=self.generator)
+            self.position = 0
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.perm[start : start + self.batch_size]
+
+
+def _adam(weights, hyper, lr, mixture_lr):
+    groups = [{"params": weights, "lr": lr}]
+    if hyper:
+        groups.append({"params": hyper, "lr": mixture_lr})
+    return torch.optim.Adam(groups)
+
+
+def _split_guide_params(guide, model):
+    named = list(guide.named_parameters())
+    hyper = [p for n, p in named if any(s in n for s in _HYPER_PREFIXES)]
+    weights = [p for n, p in named if not any(s in n for s in _HYPER_PREFIXES)]
+    weights += [p for p in model.free_parameters().values() if p.requires_grad]
+    return weights, hyper
+
+
+def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, lr, mixture_lr):
+    """A ``step()`` closure doing one fit-style step of ``variant`` on its own network copy."""
+    net = copy.deepcopy(net0)
+    num_data = x.shape[0]
+    batches = Batches(num_data, batch_size)
+
+    if variant in ("pyro_map", "fast_map", "pyro_normal"):
+        model = make_model(net, prior_scale, num_components)
+        init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
+        guide = build_guide(
+            "normal" if variant == "pyro_normal" else "map",
+            model,
+            init_loc_fn=init_loc_fn,
+            init_scale=1e-3,
+            hyper_sites=model.hyper_site_names,
+        )
+        elbo = Trace_ELBO(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
+        elbo.differentiable_loss(model, guide, x, y, next(batches))  # builds the guide's params
+        optim = _adam(*_split_guide_params(guide, model), lr, mixture_lr)
+        if variant == "fast_map":
+            if map_loss is None:
+                return None
+            loss_fn = lambda index: map_loss(model, guide, x, y, index)  # noqa: E731
+        else:
+            loss_fn = lambda index: elbo.differentiable_loss(model, guide, x, y, index)  # noqa: E731
+
+        def step():
+            index = next(batches)
+
+            def closure():
+                optim.zero_grad()
+                loss = loss_fn(index)
+                loss.backward()
+                return loss
+
+            return float(optim.step(closure).detach())
+
+        step.model, step.guide = model, guide
+        return step
+
+    if variant == "hand":
+        model = make_model(net, prior_scale, num_components)  # for selection and init only
+        prior = model.prior
+        init = prior.init_values(model.parameters_with_prior().values())
+        weights = list(model.parameters_with_prior().values())
+        pi0 = init["sws.pi_zero"]
+        pi0_logit = torch.log(pi0 / (1 - pi0)).requires_grad_()
+        mixing_logits = torch.log(init["sws.mixing"]).requires_grad_()
+        means = init["sws.means"].clone().requires_grad_()
+        log_precisions = torch.log(init["sws.precisions"]).requires_grad_()
+        a_pi0, b_pi0 = prior.pi_zero_prior
+        alpha = prior.mixing_concentration
+        k_free = prior.num_free
+        log_norm_beta = math.lgamma(a_pi0) + math.lgamma(b_pi0) - math.lgamma(a_pi0 + b_pi0)
+        log_norm_dirichlet = math.lgamma(k_free * alpha) - k_free * math.lgamma(alpha)
+        conc, rate = prior.precision_concentration, prior.precision_rate
+        log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
+        log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
+        optim = _adam(
+            list(net.parameters()), [pi0_logit, mixing_logits, means, log_precisions], lr, mixture_lr
+        )
+        zero = torch.zeros(1)
+        scale = num_data / batch_size
+
+        def loss_fn(index):
+            data = scale * F.cross_entropy(net(x[index]), y[index], reduction="sum")
+            pi_zero = torch.sigmoid(pi0_logit)
+            mixing = torch.softmax(mixing_logits, 0)
+            pi = torch.cat([pi_zero[None], (1 - pi_zero) * mixing])
+            mu = torch.cat([zero, means])
+            sigma = torch.exp(-0.5 * log_precisions)
+            log_prior = sum(mixture_log_prob(w, pi, mu, sigma) for w in weights)
+            precisions = torch.exp(log_precisions)
+            log_hyper = (
+                (a_pi0 - 1) * torch.log(pi_zero) + (b_pi0 - 1) * torch.log1p(-pi_zero)
+                - log_norm_beta
+                + (alpha - 1) * torch.log(mixing).sum() + log_norm_dirichlet
+                + (log_norm_normal - 0.5 * ((means - prior.mean_loc) / prior.mean_scale) ** 2).sum()
+                + (log_norm_gamma + (conc - 1) * log_precisions - rate * precisions).sum()
+            )
+            return data - prior_scale * log_prior - log_hyper
+
+    elif variant == "plain":
+        optim = torch.optim.Adam(net.parameters(), lr=lr)
+        scale = num_data / batch_size
+
+        def loss_fn(index):
+            return scale * F.cross_entropy(net(x[index]), y[index], reduction="sum")
+
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+
+    def step():
+        index = next(batches)
+        optim.zero_grad()
+        loss = loss_fn(index)
+        loss.backward()
+        optim.step()
+        return float(loss.detach())
+
+    return step
+
+
+# --------------------------------------------------------------------------- #
+# Timing and profiling
+# --------------------------------------------------------------------------- #
+
+
+def _clock(kind: str):
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def time_interleaved(steps: dict, *, rounds: int, steps_per_round: int, warmup: int, clock: str):
+    """Seconds per step of every variant in every round (variants interleaved, order rotating)."""
+    now = _clock(clock)
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    per_round = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            step = steps[name]
+            start = now()
+            for _ in range(steps_per_round):
+                step()
+            per_round[name].append((now() - start) / steps_per_round)
+    return per_round
+
+
+def time_batch_indices(num_data: int, batch_size: int, repeats: int = 200) -> float | None:
+    """Seconds per call of ``fit``'s mini-batch selection (same for every guide)."""
+    try:
+        from bayes_sws.infer import _batch_indices
+    except ImportError:
+        return None
+    times = []
+    for step in range(repeats):
+        start = time.perf_counter()
+        _batch_indices(num_data, batch_size, step, 0, torch.device("cpu"))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+_GROUPS = (
+    ("kernel (bayes_sws/kernel.py)", ("bayes_sws/kernel.py",)),
+    ("pyro: traces, messengers, ELBO", ("pyro/poutine", "pyro/infer", "pyro/nn", "pyro/primitives",
+                                        "pyro/util", "pyro/ops", "pyro/settings")),
+    ("distributions (construction, validation, log_prob)",
+     ("pyro/distributions", "torch/distributions", "bayes_sws/distributions.py")),
+    ("bayes_sws model/prior/likelihood/fastmap",
+     ("bayes_sws/model.py", "bayes_sws/priors.py", "bayes_sws/likelihoods.py", "bayes_sws/fastmap.py")),
+    ("optimiser (torch/optim)", ("torch/optim",)),
+    ("network forward (torch/nn, functional_call)", ("torch/nn", "torch/_functorch")),
+    ("autograd backward (C++)", ("run_backward",)),
+)
+
+
+def _group_of(func: tuple) -> str:
+    filename, _, name = func
+    where = f"{filename}:{name}".replace("\\", "/")
+    for label, keys in _GROUPS:
+        if any(k in where for k in keys):
+            return label
+    if filename == "~":  # a builtin or C function: attribute it by name
+        if "torch._C" in name or "of 'torch" in name or "torch." in name:
+            return "other torch ops (C++)"
+        return "python builtins"
+    return "other python"
+
+
+def profile_steps(step, num_steps: int, top: int = 20) -> tuple[str, dict]:
+    """cProfile ``num_steps`` steps: own time grouped by component, and the top functions."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(num_steps):
+        step()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    groups: dict[str, float] = {}
+    for func, (_, _, tottime, _, _) in stats.stats.items():
+        groups[_group_of(func)] = groups.get(_group_of(func), 0.0) + tottime
+    lines = [f"  total {1e3 * total / num_steps:.3f} ms/step (profiled, {num_steps} steps)"]
+    for label, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
+        lines.append(
+            f"    {100 * seconds / total:5.1f} %  {1e3 * seconds / num_steps:7.3f} ms  {label}"
+        )
+    buffer = io.StringIO()
+    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(top)
+    body = buffer.getvalue()
+    body = body[body.find("   ncalls") :] if "   ncalls" in body else body
+    lines.append("  top functions by own time:")
+    lines.extend("    " + line for line in body.strip().splitlines())
+    return "\n".join(lines), {k: v / num_steps for k, v in groups.items()}
+
+
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:8.3f}"
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def run_network(network: str, args) -> dict:
+    net0, x, y, source = load_problem(network, args.data)
+    if args.quick:
+        x, y = x[:1024], y[:1024]
+    num_prior = sum(p.numel() for p in net0.parameters() if p.dim() >= 2)
+    settings = dict(
+        batch_size=args.batch_size,
+        prior_scale=args.prior_scale,
+        num_components=args.components,
+        lr=1e-3,
+        mixture_lr=3e-3,
+    )
+    variants = [v for v in args.variants if not (v == "fast_map" and map_loss is None)]
+    steps = {v: make_step(v, net0, x, y, **settings) for v in variants}
+    print(
+        f"\n## {network}: {source} data, N = {x.shape[0]}, batch {args.batch_size}, "
+        f"M = {args.components}, {num_prior:,} weights under the prior, λ = {args.prior_scale}"
+    )
+    if "pyro_map" in steps and "fast_map" in steps:  # same start, same batch: same loss
+        a = make_step("pyro_map", net0, x, y, **settings)
+        b = make_step("fast_map", net0, x, y, **settings)
+        la, lb = a(), b()
+        print(f"# first-step loss: pyro_map {la:.6f}, fast_map {lb:.6f} "
+              f"(relative difference {abs(la - lb) / abs(la):.1e})")
+    load_before = _load()
+    per_round = time_interleaved(
+        steps, rounds=args.rounds, steps_per_round=args.steps, warmup=args.warmup, clock=args.clock
+    )
+    load_after = _load()
+    medians = {v: statistics.median(t) for v, t in per_round.items()}
+
+    def paired(num, den):
+        if num not in per_round or den not in per_round:
+            return None
+        return statistics.median(a / b for a, b in zip(per_round[num], per_round[den]))
+
+    print(f"# load average before/after: {load_before} / {load_after}; "
+          f"{args.rounds} rounds × {args.steps} steps, clock {args.clock}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'variant':<12} {'ms/step':>8} {'min':>8} {'max':>8}  {'/hand':>6} {'/plain':>6}")
+    for v in variants:
+        t = per_round[v]
+        rh, rp = paired(v, "hand"), paired(v, "plain")
+        print(
+            f"{v:<12} {_ms(medians[v])} {_ms(min(t))} {_ms(max(t))}  "
+            f"{'' if rh is None else f'{rh:6.3f}'} {'' if rp is None else f'{rp:6.3f}'}"
+        )
+    ratios = {
+        "(a) pyro_map / (c) hand": paired("pyro_map", "hand"),
+        "(a') fast_map / (c) hand": paired("fast_map", "hand"),
+        "(b) pyro_normal / (c) hand": paired("pyro_normal", "hand"),
+        "(c) hand / (d) plain": paired("hand", "plain"),
+        "(a) pyro_map / (d) plain": paired("pyro_map", "plain"),
+        "(a') fast_map / (d) plain": paired("fast_map", "plain"),
+        "(a) pyro_map / (a') fast_map": paired("pyro_map", "fast_map"),
+    }
+    print("ratios (median of per-round ratios):")
+    for label, value in ratios.items():
+        if value is not None:
+            print(f"  {label:<30} {value:6.3f}")
+    batch_cost = time_batch_indices(x.shape[0], args.batch_size)
+    if batch_cost is not None:
+        print(f"# fit's per-step batch selection (_batch_indices): {_ms(batch_cost).strip()} ms/step "
+              "(not in the times above)")
+    result = {
+        "network": network,
+        "data": source,
+        "num_data": int(x.shape[0]),
+        "num_prior_weights": num_prior,
+        "per_round": per_round,
+        "median": medians,
+        "ratios": ratios,
+        "batch_indices_s": batch_cost,
+        "load": [load_before, load_after],
+    }
+    if args.profile:
+        result["profile"] = {}
+        for v in ("pyro_map", "fast_map"):
+            if v in steps:
+                text, groups = profile_steps(steps[v], args.profile_steps, top=args.profile_top)
+                print(f"\nprofile of {v} ({network}):\n{text}")
+                result["profile"][v] = groups
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--data", default="real", choices=("real", "random"),
+                        help="Fashion-MNIST / digits (default) or random data of that shape")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"))
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--components", type=int, default=16)
+    parser.add_argument("--prior-scale", type=float, default=1.0, help="λ (default 1)")
+    parser.add_argument("--profile", action="store_true", help="cProfile pyro_map and fast_map")
+    parser.add_argument("--profile-steps", type=int, default=100)
+    parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: random data, 1024 points, 2 rounds of 2 steps")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args(argv)
+    if args.quick or ("CI" in os.environ and argv is None):
+        args.quick = True
+        args.data, args.rounds, args.steps, args.warmup = "random", 2, 2, 1
+        args.profile_steps = 2
+    torch.set_num_threads(args.threads)
+    pyro.settings.set(module_local_params=True)  # as bayes_sws.fit does
+    kernel_mode = os.environ.get("BAYES_SWS_KERNEL_COMPILE", "auto")
+    print(
+        f"# svi_step: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}, "
+        f"{args.threads} torch threads, clock {args.clock}, kernel compile mode {kernel_mode}, "
+        f"fast path {'present' if map_loss is not None else 'absent'}, load average {_load()}"
+    )
+    results = [run_network(network, args) for network in args.networks]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
