@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the full Python traceback of an error (for bug reports)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # not required=True: argparse would then report a missing command before an unknown flag
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fit = commands.add_parser(
         "fit",
@@ -369,7 +370,10 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("choose a command: fit, compress, diagnose, report or demo")
     from .data import DataError
     from .runs import CheckpointError, RunError
 
@@ -390,6 +394,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"bayes-sws: failed: {_one_line(err)} (rerun with --traceback for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except Exception as err:  # noqa: BLE001 - a bug still gets one line, never a traceback
+        if args.traceback:
+            raise
+        print(
+            f"bayes-sws: failed: internal error {type(err).__name__}: {_one_line(err)} "
+            "(rerun with --traceback and report it)",
             file=sys.stderr,
         )
         return EXIT_FAILURE

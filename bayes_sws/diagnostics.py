@@ -18,10 +18,10 @@ posterior              ``sws.pi``, ``sws.mu``, ``sws.sigma`` (``component``);
                        ``likelihood.precision`` (scalars); weight sites when
                        asked, e.g. ``net.0.weight`` (``net.0.out_features``,
                        ``net.0.in_features``); ``predictive_mean`` when asked
-                       (``data``)
-posterior_predictive   ``obs`` (``data``)
+                       (``data``; ``class`` for class probabilities)
+posterior_predictive   ``obs`` (``data``; ``output`` for vector targets)
 log_likelihood         ``obs`` (``data``): pointwise, for ``az.loo``/``az.waic``
-observed_data          ``obs`` (``data``)
+observed_data          ``obs`` (``data``; ``output``)
 constant_data          ``x`` (``data``, ``feature``)
 sample_stats           NUTS only: ``diverging``, ``tree_depth``, ``n_steps``,
                        ``acceptance_rate``, ``energy``, ``lp``, ``step_size``
@@ -50,18 +50,19 @@ import torch
 from torch import Tensor, nn
 
 from .infer import FitResult
+from .likelihoods import Categorical
 from .mcmc import MCMCResult
 from .model import SWSModel
 from .priors import Mixture
 
 __all__ = [
-    "to_inference_data",
-    "predictive_draws",
-    "plot_mixture_over_histogram",
-    "plot_loss",
-    "plot_hyperposterior",
-    "plot_weights_before_after",
     "MIXTURE_VARS",
+    "plot_hyperposterior",
+    "plot_loss",
+    "plot_mixture_over_histogram",
+    "plot_weights_before_after",
+    "predictive_draws",
+    "to_inference_data",
 ]
 
 MIXTURE_VARS = ("sws.pi", "sws.mu", "sws.sigma")
@@ -207,7 +208,7 @@ def _parameter_dims(net: nn.Module, param_name: str, shape: torch.Size) -> list[
         names = {"weight": ("out_channels", in_name, *kernel), "bias": ("out_channels",)}.get(leaf)
     elif isinstance(module, nn.Embedding):
         names = {"weight": ("num_embeddings", "embedding_dim")}.get(leaf)
-    elif isinstance(module, nn.modules.batchnorm._NormBase) or isinstance(module, nn.LayerNorm):
+    elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm)):
         names = ("num_features",) if leaf in ("weight", "bias") and len(shape) == 1 else None
     if names is None or len(names) != len(shape):
         return [f"net.{param_name}_dim_{i}" for i in range(len(shape))]
@@ -222,6 +223,11 @@ def _hyper_dims(model: SWSModel, site: str, ndim: int) -> list[str]:
     if site.startswith("sws."):
         return ["component"]
     return [f"{site}_dim_{i}" for i in range(ndim)]
+
+
+def _extra_dims(name: str, count: int) -> list[str]:
+    """Names of per-data-point dimensions: ``output`` (vector targets), ``class`` (probabilities)."""
+    return [name] if count == 1 else [f"{name}_{i}" for i in range(count)]
 
 
 def _resolve_weights(model: SWSModel, weights: Any) -> list[str]:
@@ -311,7 +317,7 @@ def to_inference_data(
         posterior[name] = _numpy(value)
         dims[name] = _hyper_dims(model, name, value.dim() - 2)
     for site in weight_sites:
-        param = site[len("net."):]
+        param = site[len("net.") :]
         posterior[site] = _numpy(draws[site])
         dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
     coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
@@ -349,13 +355,15 @@ def to_inference_data(
                     means[c, d] = mean
         finally:
             torch.random.set_rng_state(generator_state)
-        obs_dims = ["data"] + [f"obs_dim_{i}" for i in range(1, predictive.ndim - 2)]
+        obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
         groups["posterior_predictive"] = {"obs": predictive}
         dims["obs"] = obs_dims
         x_np = _numpy(x_tensor)
-        x_dims = ["data", "feature"] if x_np.ndim == 2 else ["data"] + [
-            f"x_dim_{i}" for i in range(1, x_np.ndim)
-        ]
+        x_dims = (
+            ["data", "feature"]
+            if x_np.ndim == 2
+            else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
+        )
         groups["constant_data"] = {"x": x_np}
         dims["x"] = x_dims
         if y_tensor is not None:
@@ -363,9 +371,8 @@ def to_inference_data(
             groups["observed_data"] = {"obs": _numpy(y_tensor)}
         if predictive_mean:
             posterior["predictive_mean"] = means
-            dims["predictive_mean"] = ["data"] + [
-                f"predictive_mean_dim_{i}" for i in range(1, means.ndim - 2)
-            ]
+            kind = "class" if isinstance(model.likelihood, Categorical) else "output"
+            dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
         coords["data"] = np.arange(x_np.shape[0])
 
     if isinstance(result, MCMCResult):
@@ -382,11 +389,22 @@ def to_inference_data(
     }
     used = {d for names in dims.values() for d in names}
     coords = {k: v for k, v in coords.items() if k in used}
-    return az.from_dict(posterior=posterior, coords=coords, dims=dims, attrs=attrs, **groups)
+    idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, attrs=attrs, **groups)
+    for group in idata.groups():  # as ArviZ's own converters do, on every group too
+        idata[group].attrs.update(
+            {
+                k: attrs[k]
+                for k in ("inference_library", "inference_library_version", "creation_library")
+            }
+        )
+    idata.posterior.attrs.update({"method": method, "config": attrs["config"]})
+    return idata
 
 
 # ---------------------------------------------------------------------- plots
-def _weights_and_mixture(result_or_net: Any, mixture: Any) -> tuple[dict[str, np.ndarray], Mixture | None]:
+def _weights_and_mixture(
+    result_or_net: Any, mixture: Any
+) -> tuple[dict[str, np.ndarray], Mixture | None]:
     if isinstance(result_or_net, (FitResult, MCMCResult)):
         model = result_or_net.model
         median = result_or_net.median()
@@ -396,11 +414,11 @@ def _weights_and_mixture(result_or_net: Any, mixture: Any) -> tuple[dict[str, np
         params = result_or_net.parameters_with_prior()
         return {n: _numpy(p) for n, p in params.items()}, mixture
     if isinstance(result_or_net, nn.Module):
-        return {
-            n: _numpy(p) for n, p in result_or_net.named_parameters() if p.dim() >= 2
-        }, mixture
+        return {n: _numpy(p) for n, p in result_or_net.named_parameters() if p.dim() >= 2}, mixture
     if isinstance(result_or_net, Mapping):
-        return {n: np.asarray(_numpy(v) if torch.is_tensor(v) else v) for n, v in result_or_net.items()}, mixture
+        return {
+            n: np.asarray(_numpy(v) if torch.is_tensor(v) else v) for n, v in result_or_net.items()
+        }, mixture
     raise TypeError(
         "plot_mixture_over_histogram needs a FitResult, MCMCResult, SWSModel, nn.Module or a dict "
         f"name -> weights, got {type(result_or_net).__name__}"
@@ -411,12 +429,17 @@ def _mixture_arrays(mixture: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(mixture, Mapping):
         mixture = (mixture["pi"], mixture["mu"], mixture["sigma"])
     if not isinstance(mixture, (tuple, list)) or len(mixture) != 3:
-        raise TypeError("mixture must be a Mixture, a (pi, mu, sigma) triple or a dict with those keys")
+        raise TypeError(
+            "mixture must be a Mixture, a (pi, mu, sigma) triple or a dict with those keys"
+        )
     pi, mu, sigma = (
-        np.asarray(_numpy(v) if torch.is_tensor(v) else v, dtype=np.float64).reshape(-1) for v in mixture
+        np.asarray(_numpy(v) if torch.is_tensor(v) else v, dtype=np.float64).reshape(-1)
+        for v in mixture
     )
     if not (pi.shape == mu.shape == sigma.shape):
-        raise ValueError(f"pi, mu, sigma must have one entry per component, got {pi.shape}, {mu.shape}, {sigma.shape}")
+        raise ValueError(
+            f"pi, mu, sigma must have one entry per component, got {pi.shape}, {mu.shape}, {sigma.shape}"
+        )
     return pi, mu, sigma
 
 
@@ -493,7 +516,7 @@ def plot_mixture_over_histogram(
         ax.set_title(f"{name} ({values.size} weights)", fontsize=9)
         ax.set_xlabel("weight")
         ax.set_ylabel("count")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)
     if title:
@@ -501,7 +524,9 @@ def plot_mixture_over_histogram(
     return fig
 
 
-def plot_loss(result: FitResult | MCMCResult | Sequence[float] | np.ndarray, *, title: str | None = None):
+def plot_loss(
+    result: FitResult | MCMCResult | Sequence[float] | np.ndarray, *, title: str | None = None
+):
     """The loss trace of a fit (negative ELBO, or the MAP objective), or −lp per NUTS chain.
 
     The raw trace is drawn faintly with a moving average over it; the y-range
@@ -539,7 +564,13 @@ def plot_loss(result: FitResult | MCMCResult | Sequence[float] | np.ndarray, *, 
     window = max(1, losses.size // 50)
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color="tab:blue", lw=1.5, label=f"moving average ({window})")
+        ax.plot(
+            steps[window - 1 :],
+            smooth,
+            color="tab:blue",
+            lw=1.5,
+            label=f"moving average ({window})",
+        )
         ax.legend(fontsize=8)
     tail = losses[losses.size // 2 :]
     tail = tail[np.isfinite(tail)]
@@ -590,9 +621,14 @@ def plot_hyperposterior(
     if missing:
         raise ValueError(f"idata.posterior has no {missing}; it has {list(posterior.data_vars)}")
     if kind == "forest":
-        num_rows = max(int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names)
+        num_rows = max(
+            int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names
+        )
         fig = Figure(
-            figsize=(3.6 * len(var_names), 1.2 + 0.35 * num_rows * min(posterior.sizes["chain"], 4)),
+            figsize=(
+                3.6 * len(var_names),
+                1.2 + 0.35 * num_rows * min(posterior.sizes["chain"], 4),
+            ),
             layout="constrained",
         )
         axes = fig.subplots(1, len(var_names), squeeze=False)[0]
@@ -600,14 +636,30 @@ def plot_hyperposterior(
             az.plot_forest(idata, var_names=[name], hdi_prob=hdi_prob, ax=ax, textsize=8)
             ax.set_title(name, fontsize=10)
         return fig
-    sizes = [int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names]
-    ncols = max(sizes)
-    fig = Figure(figsize=(2.6 * ncols, 2.2 * len(var_names)), layout="constrained")
+    # one density per entry that varies (the zero component's fixed mean has none)
+    selections = []
+    for name in var_names:
+        values = posterior[name]
+        if values.ndim != 3:
+            selections.append((name, None, 1))
+            continue
+        dim = values.dims[2]
+        spread = values.std(dim=("chain", "draw")).values
+        kept = [c for c, s in zip(values[dim].values, spread) if s > 0]
+        selections.append((name, {dim: kept}, len(kept)))
+    ncols = max(max(n for _, _, n in selections), 1)
+    fig = Figure(figsize=(2.8 * ncols, 2.4 * len(var_names)), layout="constrained")
     axes = fig.subplots(len(var_names), ncols, squeeze=False)
-    for row, (name, size) in enumerate(zip(var_names, sizes)):
-        az.plot_posterior(
-            idata, var_names=[name], hdi_prob=hdi_prob, ax=axes[row, :size], textsize=8
-        )
+    for row, (name, coords, size) in enumerate(selections):
+        if size:
+            az.plot_posterior(
+                idata,
+                var_names=[name],
+                coords=coords,
+                hdi_prob=hdi_prob,
+                ax=axes[row, :size] if size > 1 else axes[row, 0],
+                textsize=8,
+            )
         for ax in axes[row, size:]:
             ax.set_visible(False)
     return fig

@@ -142,53 +142,44 @@ def _prior_key(prior: MixturePrior) -> tuple:
 class _Plan:
     """What :func:`map_loss` needs from one (model, guide) pair, resolved once.
 
-    Holds no reference to the guide (it is the key of a weak cache): sites are
-    found again each call by their module path, a few dict look-ups.
+    Holds no reference to the guide (the key of a weak cache): each call finds
+    the guide's parameters again by their module path, a few dict look-ups.
     """
 
-    def __init__(self, model: SWSModel, guide: AutoDelta):
-        like = model._like()
+    def __init__(self, model: SWSModel, guide: AutoDelta, like: Tensor):
         self.model = model
         self.prior = model.prior
         self.likelihood = model.likelihood
         self.prototype = weakref.ref(guide.prototype_trace)
         self.like_key = (like.dtype, like.device)
         self.prior_key = _prior_key(model.prior)
-        # the guide's PyroParams: path of sub-modules, parameter key, transform
-        self.sites = {}
-        for name in model.hyper_site_names + model.weight_site_names:
-            *path, leaf = name.split(".")
-            module = guide
-            for part in path:
-                module = module._modules[part]
-            constraint, _ = module._pyro_params[leaf]
-            key = leaf + "_unconstrained"
-            if key not in module._parameters:  # layout of PyroModule changed: use its getattr
-                self.sites = None
-                break
-            self.sites[name] = (tuple(path), key, transform_to(constraint))
-        # hyperprior distributions do not depend on the values: build them once,
-        # unvalidated (their arguments are the prior's checked settings)
+        self.site_names = model.hyper_site_names + model.weight_site_names
+        self.sites = _param_locations(guide, self.site_names)
+        # the hyperprior distributions do not depend on the values: built once
+        # (with validation off; their arguments are the prior's checked settings)
         with _validation(False):
             self.hyperpriors = {
                 site: model.prior._hyperprior(site, like) for site in model.prior.site_names
             }
 
-    def matches(self, model: SWSModel, guide: AutoDelta) -> bool:
-        if not (
+    def matches(self, model: SWSModel, guide: AutoDelta, like: Tensor) -> bool:
+        return (
             self.model is model
             and self.prior is model.prior
             and self.likelihood is model.likelihood
             and self.prototype() is guide.prototype_trace
-        ):
-            return False
-        like = model._like()
-        return self.like_key == (like.dtype, like.device) and self.prior_key == _prior_key(self.prior)
+            and self.like_key == (like.dtype, like.device)
+            and self.prior_key == _prior_key(self.prior)
+        )
 
     def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
-        """The guide's constrained value of every latent site, as the guide computes it."""
+        """The guide's constrained value of every latent site, as the guide computes it.
+
+        ``transform_to(support)`` of the unconstrained ``PyroParam``, which is
+        what reading the guide's attribute returns with module-local parameters.
+        """
         if self.sites is None:
-            return {name: _deep_getattr(guide, name) for name in self.site_names()}
+            return {name: _deep_getattr(guide, name) for name in self.site_names}
         values = {}
         for name, (path, key, transform) in self.sites.items():
             module = guide
@@ -197,8 +188,29 @@ class _Plan:
             values[name] = transform(module._parameters[key])
         return values
 
-    def site_names(self) -> tuple[str, ...]:
-        return self.model.hyper_site_names + self.model.weight_site_names
+
+def _param_locations(guide: AutoDelta, site_names) -> dict | None:
+    """Sub-module path, parameter key and transform of each site's ``PyroParam``.
+
+    ``None`` if the guide does not keep them where Pyro 1.x's ``PyroModule``
+    does (``_pyro_params`` and ``<name>_unconstrained``): then every call reads
+    the attributes through ``PyroModule.__getattr__`` instead, slower but the same.
+    """
+    sites = {}
+    try:
+        for name in site_names:
+            *path, leaf = name.split(".")
+            module = guide
+            for part in path:
+                module = module._modules[part]
+            constraint, _ = module._pyro_params[leaf]
+            key = leaf + "_unconstrained"
+            if key not in module._parameters:
+                return None
+            sites[name] = (tuple(path), key, transform_to(constraint))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return sites
 
 
 def _deep_getattr(obj, name: str):
@@ -210,13 +222,17 @@ def _deep_getattr(obj, name: str):
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _plan(model, guide, x, y, subsample) -> _Plan:
+def _plan(model, guide, like, x, y, subsample) -> _Plan:
     """The cached plan of this (model, guide), checked still to fit; built when needed."""
     try:
         plan = _PLANS.get(guide)
-    except TypeError:  # not weak-referenceable: not an AutoDelta either
+    except TypeError:  # not weak-referenceable, so not an AutoDelta either
         plan = None
-    if plan is not None and plan.matches(model, guide) and pyro.settings.get("module_local_params"):
+    if (
+        plan is not None
+        and plan.matches(model, guide, like)
+        and pyro.settings.get("module_local_params")
+    ):
         return plan
     reason = unsupported_reason(model, guide)
     if reason is None and guide.prototype_trace is None:
@@ -227,7 +243,7 @@ def _plan(model, guide, x, y, subsample) -> _Plan:
             f"map_loss cannot evaluate this model and guide: {reason}. "
             "Use pyro.infer.Trace_ELBO().differentiable_loss instead"
         )
-    plan = _PLANS[guide] = _Plan(model, guide)
+    plan = _PLANS[guide] = _Plan(model, guide, like)
     return plan
 
 
@@ -306,18 +322,18 @@ def map_loss(
     its prior or likelihood, the guide's parameters, or the network's dtype or
     device change.
     """
-    plan = _plan(model, guide, x, y, subsample)
+    like = model._like() if isinstance(model, SWSModel) else None
+    plan = _plan(model, guide, like, x, y, subsample)
     validate = dist.is_validation_enabled()
-    with _validation(False):  # distributions are read at call time, not construction
-        loss = _negative_log_joint(plan, model, guide, x, y, subsample)
+    with _validation(False):  # torch reads the flag when log_prob runs, not at construction
+        loss = _negative_log_joint(plan, model, guide, like, x, y, subsample)
     if validate and not bool(torch.isfinite(loss)):
         # the slow path validates every site: Pyro's own error naming the site, or its warning
         return Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x, y, subsample)
     return loss
 
 
-def _negative_log_joint(plan: _Plan, model: SWSModel, guide, x, y, subsample) -> Tensor:
-    like = model._like()
+def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsample) -> Tensor:
     values = plan.site_values(guide)
 
     # hyperpriors: unscaled sites

@@ -17,6 +17,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +36,12 @@ from .model import SWSModel
 from .priors import Mixture
 
 __all__ = [
+    "ON_NONFINITE",
     "OPTIMIZERS",
     "FitResult",
     "FitState",
+    "NumericalFault",
+    "VarianceCollapseWarning",
     "as_data",
     "fit",
     "get_rng_state",
@@ -46,6 +50,11 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "lbfgs")
+#: What :func:`fit` does when a loss or gradient goes non-finite.
+ON_NONFINITE = ("raise", "rollback")
+_CHECK_GRADIENTS = True  # the per-step check (off only to measure its cost)
+# torch.distributions' validation message for a NaN parameter or value of a distribution
+_INVALID_VALUES = "found invalid values"
 _HYPER_PREFIXES = ("sws.", "likelihood.")
 
 
@@ -132,6 +141,101 @@ def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
         )
 
 
+# ---------------------------------------------------------------------- numerical faults
+class NumericalFault(FloatingPointError):
+    """A non-finite loss, gradient or parameter met by :func:`fit`.
+
+    Attributes
+    ----------
+    step : int
+        The (0-based) step at which it was detected, as passed to ``callback``.
+    name : str or None
+        The first parameter (guide or network) or model site that went non-finite.
+    kind : {"loss", "gradient", "parameter"}
+        What was found non-finite first.
+    """
+
+    def __init__(self, message: str, *, step: int, name: str | None, kind: str):
+        super().__init__(message)
+        self.step, self.name, self.kind = step, name, kind
+
+
+class VarianceCollapseWarning(UserWarning):
+    """A mixture component's σ fell far below the scale of the weights (PRML after eq. 5.144)."""
+
+
+class _NonFinite(Exception):
+    """Raised inside the step closure before the optimiser applies a non-finite update."""
+
+    def __init__(self, kind: str, value: float):
+        super().__init__(kind)
+        self.kind, self.value = kind, value
+
+
+def _first_non_finite(named: list[tuple[str, Tensor | None]]) -> str | None:
+    for name, value in named:
+        if value is not None and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def _gradient_norms(params: list[Tensor]) -> Tensor:
+    """One fused reduction of every gradient: finite iff every gradient is (NaN and Inf propagate)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    try:
+        norms = torch._foreach_norm(grads)
+    except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
+        norms = [g.norm() for g in grads]
+    return torch.stack(norms).sum()
+
+
+def _site_of(param_name: str) -> str:
+    """``locs.net.0.weight`` -> ``net.0.weight`` (the Pyro site an autoguide parameter belongs to)."""
+    for prefix in ("locs.", "scales.", "loc.", "scale."):
+        if param_name.startswith(prefix):
+            return param_name[len(prefix):]
+    return param_name
+
+
+def _diagnose_fault(model, guide, x, y, index, named_params, kind) -> tuple[str | None, str, str]:
+    """Name the first parameter or site that went non-finite: ``(name, kind, description)``."""
+    with torch.no_grad():
+        values = [(n, p.detach()) for n, p in named_params]
+        bad = _first_non_finite(values)
+    if bad is not None:
+        site = _site_of(bad)
+        where = f" (site {site!r})" if site != bad else ""
+        return bad, "parameter", f"parameter {bad!r}{where} is not finite"
+    bad_grad = _first_non_finite([(n, p.grad) for n, p in named_params])
+    site = None
+    try:  # which site's log-density is non-finite (only on a fault, so its cost does not matter)
+        with torch.no_grad(), pyro.validation_enabled(False):
+            guide_trace = poutine.trace(guide).get_trace(x, y, index)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                x, y, index
+            )
+            for trace in (model_trace, guide_trace):
+                trace.compute_log_prob()
+                for name, node in trace.nodes.items():
+                    if node["type"] == "sample" and not torch.isfinite(node["log_prob_sum"]).all():
+                        site = name
+                        break
+                if site is not None:
+                    break
+    except Exception:  # noqa: BLE001 - a diagnosis must not hide the fault it describes
+        site = None
+    if site is not None:
+        text = f"site {site!r} has a non-finite log-density"
+        if bad_grad is not None:
+            text += f" (first non-finite gradient: parameter {bad_grad!r})"
+        return site, kind, text
+    if bad_grad is not None:
+        return bad_grad, "gradient", f"the gradient of parameter {bad_grad!r} is not finite"
+    return None, kind, "no single parameter or site could be named"
+
+
 # ---------------------------------------------------------------------- result
 @dataclass
 class FitResult:
@@ -150,6 +254,8 @@ class FitResult:
         The settings of the run.
     wall_time : float
         Seconds spent optimising.
+    faults : list of NumericalFault
+        Non-finite steps rolled back (``on_nonfinite="rollback"``), in order.
     """
 
     model: SWSModel
@@ -158,6 +264,7 @@ class FitResult:
     losses: np.ndarray
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
+    faults: list = field(default_factory=list)
 
     @property
     def is_point_estimate(self) -> bool:
@@ -381,6 +488,10 @@ def fit(
     checkpoint: Callable[[FitState], None] | None = None,
     checkpoint_every: int | None = None,
     initial_state: FitState | dict | None = None,
+    on_nonfinite: str = "raise",
+    max_rollbacks: int = 3,
+    rollback_lr_factor: float = 0.5,
+    collapse_threshold: float | None = 1e-4,
 ) -> FitResult:
     r"""Fit ``model`` to ``(x, y)`` by stochastic variational inference.
 
@@ -425,10 +536,35 @@ def fit(
         settings (``num_steps`` may be larger). The result is bit-identical to
         the uninterrupted run's: the guide, network, optimiser and RNG states are
         restored and the mini-batch order is a function of ``(seed, step)``.
+    on_nonfinite : {"raise", "rollback"}
+        What to do when the loss or a gradient is non-finite (checked every step,
+        before the optimiser applies the update), or a parameter is non-finite
+        when a checkpoint is due or the loop ends. ``"raise"`` (default) stops
+        with a :class:`NumericalFault` naming the step and the first parameter
+        or site that went bad; the ``checkpoint`` callable is never given a
+        non-finite state, so the last checkpoint written stays the last good one.
+        ``"rollback"`` restores the state before the last good step (parameters,
+        optimiser, RNG), multiplies every learning rate by
+        ``rollback_lr_factor`` and continues; after ``max_rollbacks`` rollbacks
+        it raises. The rolled-back faults are listed in :attr:`FitResult.faults`.
+    max_rollbacks : int
+        Rollbacks allowed in one call (``on_nonfinite="rollback"``).
+    rollback_lr_factor : float
+        Factor in (0, 1) applied to the learning rates at every rollback.
+    collapse_threshold : float, optional
+        After fitting, warn (:class:`VarianceCollapseWarning`) about every
+        component with :math:`\sigma_j` below ``collapse_threshold`` times the
+        standard deviation of the prior-carrying weights: the collapse PRML warns
+        of after eq. (5.144). ``None`` skips the check.
 
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    NumericalFault
+        A non-finite loss, gradient or parameter (see ``on_nonfinite``).
     """
     if not isinstance(model, SWSModel):
         raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
@@ -445,6 +581,20 @@ def fit(
     )
     if checkpoint is not None and not callable(checkpoint):
         raise TypeError(f"checkpoint must be a callable taking a FitState, got {checkpoint!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (step, loss) -> bool, got {callback!r}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {on_nonfinite!r}")
+    if (
+        isinstance(max_rollbacks, bool)
+        or not isinstance(max_rollbacks, (int, np.integer))
+        or max_rollbacks < 0
+    ):
+        raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
+    rollback_lr_factor = _positive_number("rollback_lr_factor", rollback_lr_factor)
+    if rollback_lr_factor >= 1:
+        raise ValueError(f"rollback_lr_factor must lie in (0, 1), got {rollback_lr_factor!r}")
+    collapse_threshold = _positive_number("collapse_threshold", collapse_threshold, allow_none=True)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
     x, y = as_data(x, y, model)
@@ -534,31 +684,143 @@ def fit(
                     wall_time=previous_time + time.perf_counter() - start,
                 )
 
+        # Numerical faults: the loss and one fused reduction of the gradients are
+        # checked inside the closure, before the optimiser applies the update, so the
+        # parameters are still those of the last good step when a fault is raised.
+        all_params = [p for group in optim.param_groups for p in group["params"]]
+        named_params = list(guide_params) + [(f"net.{n}", p) for n, p in free_params.items()]
+        base_lrs = [group["lr"] for group in optim.param_groups]
+        rollback = on_nonfinite == "rollback"
+        faults: list[NumericalFault] = []
+        lr_scale = 1.0
+        good: dict | None = None  # state at the start of the last step that passed the checks
+        pending: dict | None = None  # state at the start of the current step
+
+        def light_snapshot(at: int) -> dict:
+            with torch.no_grad():
+                return {
+                    "step": at,
+                    "guide": {k: v.detach().clone() for k, v in fitted_guide.state_dict().items()},
+                    "network": {n: p.detach().clone() for n, p in free_params.items()},
+                    "optimizer": copy.deepcopy(optim.state_dict()),
+                    "rng": get_rng_state(),
+                }
+
+        def fault_at(
+            at: int, kind: str, index: Tensor | None, value: float | None
+        ) -> NumericalFault:
+            what = {
+                "loss": f"the loss is {value}",
+                "gradient": f"the loss is {value} but a gradient is not finite",
+                "parameter": "a parameter is not finite",
+            }[kind]
+            bad, kind, text = _diagnose_fault(model, fitted_guide, x, y, index, named_params, kind)
+            kept = (
+                f" The last checkpoint passed to `checkpoint` (step {last_checkpoint}) is intact."
+                if checkpoint is not None and last_checkpoint > 0
+                else ""
+            )
+            return NumericalFault(
+                f"non-finite values at step {at} ({what}): {text}. Lower the learning rate "
+                f"(lr={optim.param_groups[0]['lr']:g}), strengthen the Gamma hyperprior on the "
+                "precisions, or pass on_nonfinite='rollback'." + kept,
+                step=at, name=bad, kind=kind,
+            )
+
+        def recover(error: NumericalFault) -> int:
+            """Raise, or roll back to the last good state with lower learning rates."""
+            nonlocal lr_scale, completed, last_checkpoint, pending
+            if not rollback:
+                raise error
+            if len(faults) >= max_rollbacks:
+                raise NumericalFault(
+                    f"{error} Gave up after {max_rollbacks} rollbacks (learning rates scaled by "
+                    f"{lr_scale:g}).",
+                    step=error.step, name=error.name, kind=error.kind,
+                ) from None
+            faults.append(error)
+            target = good if good is not None else pending
+            fitted_guide.load_state_dict(target["guide"])
+            with torch.no_grad():
+                for n, p in free_params.items():
+                    p.copy_(target["network"][n])
+            optim.load_state_dict(copy.deepcopy(target["optimizer"]))  # the state is updated in place
+            set_rng_state(target["rng"])
+            lr_scale *= rollback_lr_factor
+            for group, base in zip(optim.param_groups, base_lrs):
+                group["lr"] = base * lr_scale
+            completed = target["step"]
+            pending = target
+            if last_checkpoint > completed:
+                last_checkpoint = -1  # rewrite the checkpoint the rolled-back steps will reach
+            warnings.warn(
+                f"rolled back to step {completed} after non-finite values at step {error.step} "
+                f"({error.name or 'unnamed'}); learning rates scaled by {lr_scale:g}",
+                RuntimeWarning, stacklevel=3,
+            )
+            return completed
+
         last_checkpoint = completed
         bar = progress_bar(num_steps, desc=f"fit ({name})", progress=progress, initial=completed)
         with bar:
-            for step in range(completed, num_steps):
-                index = _batch_indices(num_data, batch_size, step, seed, x.device)
+            step = completed
+            while True:
+                stop = False
+                while step < num_steps:
+                    if rollback and (pending is None or pending["step"] != step):
+                        pending = light_snapshot(step)
+                    index = _batch_indices(num_data, batch_size, step, seed, x.device)
 
-                def closure():
-                    optim.zero_grad()
-                    loss = elbo.differentiable_loss(model, fitted_guide, x, y, index)
-                    loss.backward()
-                    return loss
+                    def closure():
+                        optim.zero_grad()
+                        try:
+                            loss = elbo.differentiable_loss(model, fitted_guide, x, y, index)
+                        except ValueError as err:  # Pyro's validation meets a NaN first
+                            if _INVALID_VALUES not in str(err):
+                                raise
+                            raise _NonFinite("loss", math.nan) from None
+                        loss.backward()
+                        if _CHECK_GRADIENTS:
+                            total = loss.detach() + _gradient_norms(all_params)
+                            if not bool(torch.isfinite(total)):
+                                value = float(loss.detach())
+                                kind = "gradient" if math.isfinite(value) else "loss"
+                                raise _NonFinite(kind, value)
+                        return loss
 
-                loss = optim.step(closure)
-                losses[step] = float(loss.detach())
-                completed = step + 1
-                bar.update()
-                if step % 25 == 0:
-                    bar.set_postfix(loss=f"{losses[step]:.4g}")
-                stop = callback is not None and callback(step, losses[step])
-                due = checkpoint_every and completed % checkpoint_every == 0
-                if checkpoint is not None and due:
-                    checkpoint(snapshot())
-                    last_checkpoint = completed
-                if stop:
-                    break
+                    try:
+                        loss = optim.step(closure)
+                        value = float(loss.detach())
+                        if not math.isfinite(value):
+                            raise _NonFinite("loss", value)
+                    except _NonFinite as err:
+                        step = recover(fault_at(step, err.kind, index, err.value))
+                        continue
+                    losses[step] = value
+                    completed = step + 1
+                    if rollback:
+                        good = pending
+                    bar.update()
+                    if step % 25 == 0:
+                        bar.set_postfix(loss=f"{losses[step]:.4g}")
+                    stop = callback is not None and callback(step, losses[step])
+                    due = checkpoint_every and completed % checkpoint_every == 0
+                    if checkpoint is not None and due:
+                        if _first_non_finite([(n, p.detach()) for n, p in named_params]):
+                            step = recover(fault_at(step, "parameter", index, None))
+                            continue
+                        checkpoint(snapshot())
+                        last_checkpoint = completed
+                    if stop:
+                        break
+                    step += 1
+                # the parameters after the last update have not been used yet: check them once
+                if _first_non_finite([(n, p.detach()) for n, p in named_params]):
+                    at = max(completed - 1, 0)
+                    index = _batch_indices(num_data, batch_size, at, seed, x.device)
+                    step = recover(fault_at(at, "parameter", index, None))
+                    continue
+                break
             if checkpoint is not None and last_checkpoint != completed:
                 checkpoint(snapshot())
         losses = losses[:completed]
@@ -573,7 +835,58 @@ def fit(
                     "use optimizer='lbfgs', or a variational guide such as 'normal'"
                 ) from None
 
-    return FitResult(model, fitted_guide, name, losses, config, wall_time)
+    result = FitResult(model, fitted_guide, name, losses, config, wall_time, faults)
+    if collapse_threshold is not None:
+        _warn_variance_collapse(result, collapse_threshold)
+    return result
+
+
+def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
+    """Warn about components whose σ_j fell below ``threshold · std(w)`` (PRML after eq. 5.144)."""
+    model = result.model
+    if model.prior.fixed_precision is not None or not hasattr(result.guide, "median"):
+        return
+    values = result.median()
+    if not all(s in values for s in model.weight_site_names):
+        return
+    mixture = model.prior.mixture(values, model._like())
+    sigma = mixture.sigma.detach().reshape(-1)
+    weights = torch.cat([values[s].detach().reshape(-1) for s in model.weight_site_names])
+    scale = float(weights.double().std()) if weights.numel() > 1 else float(weights.abs().sum())
+    if not math.isfinite(scale) or scale == 0.0:
+        return
+    collapsed = [j for j in range(sigma.numel()) if not float(sigma[j]) >= threshold * scale]
+    if not collapsed:
+        return
+    from .penalty import responsibilities
+
+    owner = None
+    if bool((torch.isfinite(sigma) & (sigma > 0)).all()):
+        with torch.no_grad():
+            owner = responsibilities(weights, mixture.pi, mixture.mu, sigma).argmax(-1)
+    prior = model.prior
+    for j in collapsed:
+        value = float(sigma[j])
+        count = "" if owner is None else f", {int((owner == j).sum())} weights assigned to it"
+        what = "the zero component (0)" if prior.zero_component and j == 0 else f"component {j}"
+        if prior.flat:
+            remedy = "use flat=False (proper Gamma hyperpriors on the precisions)"
+        else:
+            remedy = (
+                "strengthen the Gamma hyperprior on the precisions (raise precision_rate, now "
+                f"{prior.precision_rate:g}, or lower precision_concentration, now "
+                f"{prior.precision_concentration:g}"
+                + ("; or zero_precision_rate" if prior.zero_component and j == 0 else "")
+                + ")"
+            )
+        precision = value**-2 if value > 0 else math.inf
+        warnings.warn(
+            f"variance collapse: {what} has sigma = {value:.3g} < {threshold:g} x std of the "
+            f"weights ({scale:.3g}), precision 1/sigma^2 = {precision:.3g}{count}. "
+            f"Remedy: {remedy}, or use fewer components",
+            VarianceCollapseWarning,
+            stacklevel=3,
+        )
 
 
 def _restore(state: FitState, guide: Any, free_params: dict[str, Tensor], optim) -> None:

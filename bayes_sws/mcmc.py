@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +54,19 @@ from .infer import FitResult, as_data
 from .model import SWSModel
 from .priors import Mixture
 
-__all__ = ["sample_nuts", "MCMCResult", "INITS", "SAMPLE_STATS"]
+__all__ = ["INITS", "SAMPLE_STATS", "MCMCResult", "sample_nuts"]
 
 INITS = ("map", "prior")
 #: Per-draw statistics recorded for every chain, shape ``(num_chains, num_samples)``.
-SAMPLE_STATS = ("diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "lp", "step_size")
+SAMPLE_STATS = (
+    "diverging",
+    "tree_depth",
+    "n_steps",
+    "acceptance_rate",
+    "energy",
+    "lp",
+    "step_size",
+)
 MIXTURE_SITES = ("sws.pi", "sws.mu", "sws.sigma")
 
 
@@ -205,25 +214,33 @@ class _RecordingNUTS(NUTS):
 
     def sample(self, params):
         self._current = {
-            "n_steps": 0, "energy": math.nan, "tree_depth": 0, "sum_accept": 0.0,
-            "num_proposals": 0, "diverging": False,
+            "n_steps": 0,
+            "energy": math.nan,
+            "tree_depth": 0,
+            "sum_accept": 0.0,
+            "num_proposals": 0,
+            "diverging": False,
         }
         self._recursion = 0
         z = super().sample(params)
         if self._t > self._warmup_steps:  # keep post-warm-up transitions only
             rec = self._current
             _, potential_energy, _ = self._fetch_from_cache()
-            self.records.append({
-                "diverging": rec["diverging"],
-                "tree_depth": rec["tree_depth"],
-                "n_steps": rec["n_steps"],
-                "acceptance_rate": (
-                    rec["sum_accept"] / rec["num_proposals"] if rec["num_proposals"] else math.nan
-                ),
-                "energy": rec["energy"],
-                "lp": -float(potential_energy) if potential_energy is not None else math.nan,
-                "step_size": float(self.step_size),
-            })
+            self.records.append(
+                {
+                    "diverging": rec["diverging"],
+                    "tree_depth": rec["tree_depth"],
+                    "n_steps": rec["n_steps"],
+                    "acceptance_rate": (
+                        rec["sum_accept"] / rec["num_proposals"]
+                        if rec["num_proposals"]
+                        else math.nan
+                    ),
+                    "energy": rec["energy"],
+                    "lp": -float(potential_energy) if potential_energy is not None else math.nan,
+                    "step_size": float(self.step_size),
+                }
+            )
         return z
 
 
@@ -305,7 +322,9 @@ def _check_init_values(model: SWSModel, values: Mapping[str, Any], what: str) ->
     return out
 
 
-def _chain_inits(model: SWSModel, init: Any, x: Tensor, seeds: Sequence[int]) -> list[dict[str, Tensor]]:
+def _chain_inits(
+    model: SWSModel, init: Any, x: Tensor, seeds: Sequence[int]
+) -> list[dict[str, Tensor]]:
     num_chains = len(seeds)
     if isinstance(init, str):
         if init not in INITS:
@@ -319,7 +338,9 @@ def _chain_inits(model: SWSModel, init: Any, x: Tensor, seeds: Sequence[int]) ->
         return [{**base, **_hyperprior_draw(model, x, s)} for s in seeds]
     if isinstance(init, FitResult):
         if init.model is not model:
-            raise ValueError("init is a FitResult of another model; pass the FitResult of this model")
+            raise ValueError(
+                "init is a FitResult of another model; pass the FitResult of this model"
+            )
         median = init.median()
         values = {k: v for k, v in median.items() if k in _latent_sites(model)}
         return [_check_init_values(model, values, "init") for _ in range(num_chains)]
@@ -406,7 +427,9 @@ def sample_nuts(
     num_chains = _positive_int("num_chains", num_chains)
     max_tree_depth = _positive_int("max_tree_depth", max_tree_depth)
     if isinstance(target_accept_prob, bool) or not isinstance(target_accept_prob, (int, float)):
-        raise TypeError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}")
+        raise TypeError(
+            f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}"
+        )
     if not 0.0 < float(target_accept_prob) < 1.0:
         raise ValueError(
             f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}; 0.8 is the "
@@ -448,7 +471,12 @@ def sample_nuts(
                 num_chains=1,
                 disable_progbar=not progress_enabled(progress),
             )
-            mcmc.run(x, y)
+            with warnings.catch_warnings():
+                # torch 2.x deprecates torch.jit.trace, which Pyro's jit_compile uses
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning
+                )
+                mcmc.run(x, y)
             chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
             stats.append(kernel.records)
     finally:
@@ -458,14 +486,24 @@ def sample_nuts(
 
     samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
     like = model._like()
-    hyper = {name: samples[name].reshape((-1,) + samples[name].shape[2:]) for name in model.prior.site_names}
+    hyper = {
+        name: samples[name].reshape((-1,) + samples[name].shape[2:])
+        for name in model.prior.site_names
+    }
     with torch.no_grad():
         mixture = model.prior.mixture(hyper, like)
     for name, value in zip(MIXTURE_SITES, mixture):
-        value = value.expand((num_chains * num_samples,) + value.shape[-1:]) if value.dim() == 1 else value
+        value = (
+            value.expand((num_chains * num_samples,) + value.shape[-1:])
+            if value.dim() == 1
+            else value
+        )
         samples[name] = value.reshape(num_chains, num_samples, -1)
     sample_stats = {
-        key: np.array([[rec[key] for rec in chain] for chain in stats], dtype=bool if key == "diverging" else None)
+        key: np.array(
+            [[rec[key] for rec in chain] for chain in stats],
+            dtype=bool if key == "diverging" else None,
+        )
         for key in SAMPLE_STATS
     }
     config = {

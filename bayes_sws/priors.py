@@ -66,6 +66,8 @@ def _align_batches(values: dict[str, Tensor], event_dims: dict[str, int]) -> dic
     """
     if not values:  # every hyperparameter fixed (torch.broadcast_shapes() fails under jit)
         return {}
+    if all(v.dim() == event_dims[s] for s, v in values.items()):  # one draw: nothing to align
+        return values
     core = {}
     for site, value in values.items():
         event = value.shape[value.dim() - event_dims[site]:]

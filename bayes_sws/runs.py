@@ -912,17 +912,27 @@ def resolve_config(
 
 # ============================================================================ data and network
 def _load_data(config: RunConfig):
-    from .data import load_dataset
+    from .data import DataError, load_dataset
 
     flatten = config.network != "lenet-5"
     standardize = {"feature": True, "global": "global", "none": False}[config.standardize]
-    return load_dataset(
-        config.data,
-        flatten=flatten,
-        test_fraction=config.test_fraction,
-        seed=config.split_seed,
-        standardize=standardize,
-    )
+    try:
+        return load_dataset(
+            config.data,
+            flatten=flatten,
+            test_fraction=config.test_fraction,
+            seed=config.split_seed,
+            standardize=standardize,
+        )
+    except DataError:
+        raise
+    except (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError) as err:
+        # a file the loader does not expect (e.g. a .npy renamed .npz): name it, not numpy's internals
+        raise RunError(
+            f"data {config.data!r} cannot be read ({type(err).__name__}: {err}); give one of "
+            "digits, fashion-mnist, mnist-5k, mnist or an .npz file saved with numpy.savez "
+            "holding x, y (or x_train, y_train, x_test, y_test)"
+        ) from None
 
 
 def _network_spec(config: RunConfig, data) -> dict[str, Any]:

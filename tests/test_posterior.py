@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 
 import numpy as np
 import pyro
@@ -99,7 +98,9 @@ def test_model_log_joint_is_the_closed_form_gaussian():
     gaps = []
     for _ in range(4):
         w = mean + rng.standard_normal(D)
-        conditioned = pyro.poutine.condition(model, data={"net.weight": torch.as_tensor(w[None, :])})
+        conditioned = pyro.poutine.condition(
+            model, data={"net.weight": torch.as_tensor(w[None, :])}
+        )
         trace = pyro.poutine.trace(conditioned).get_trace(xt, yt)
         gaps.append(trace.log_prob_sum().item() - stats.multivariate_normal(mean, cov).logpdf(w))
     assert_close(gaps, np.full(4, gaps[0]), rtol=1e-12)
@@ -110,7 +111,9 @@ def test_laplace_with_lbfgs_is_exact():
     """The Laplace approximation of a Gaussian posterior is the posterior itself."""
     x, y = _design("correlated")
     mean, cov = _exact_posterior(x, y)
-    result = sws.fit(_linear_model(), x, y, guide="laplace", optimizer="lbfgs", lr=1.0, num_steps=30)
+    result = sws.fit(
+        _linear_model(), x, y, guide="laplace", optimizer="lbfgs", lr=1.0, num_steps=30
+    )
     got_mean, got_cov = _mean_and_cov(result.guide)
     assert_close(got_mean, mean, atol=_lbfgs_atol(cov))
     assert_close(got_cov, cov, rtol=1e-9)  # the Hessian of a quadratic is the same everywhere
@@ -133,12 +136,16 @@ def test_map_with_lbfgs_and_adam_reach_the_closed_form_mode(optimizer, lr, num_s
     """Both optimisers reach the posterior mode m; the loss there is the closed form's."""
     x, y = _design("correlated")
     mean, cov = _exact_posterior(x, y)
-    result = sws.fit(_linear_model(), x, y, guide="map", optimizer=optimizer, lr=lr, num_steps=num_steps)
+    result = sws.fit(
+        _linear_model(), x, y, guide="map", optimizer=optimizer, lr=lr, num_steps=num_steps
+    )
     w = result.median()["net.weight"].reshape(-1).numpy()
     assert_close(w, mean, atol=_lbfgs_atol(cov))
     assert_close(result.losses[-1], _closed_form_loss(x, y, mean), rtol=1e-9)
     if optimizer == "lbfgs":  # quasi-Newton on a d-dimensional quadratic: a few steps
-        first = np.flatnonzero(result.losses - result.losses.min() < 1e-9 * abs(result.losses.min()))
+        first = np.flatnonzero(
+            result.losses - result.losses.min() < 1e-9 * abs(result.losses.min())
+        )
         assert first[0] <= 4 * D
 
 
@@ -159,7 +166,7 @@ def test_normal_guide_recovers_factorised_posterior():
     x, y = _design("orthogonal")
     mean, cov = _exact_posterior(x, y)
     assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-12  # mean field is exact here
-    result = sws.fit(_linear_model(), x, y, guide="normal", **SVI)
+    result = sws.fit(_linear_model(), x, y, guide="normal", **{**SVI, "num_steps": 800})
     with local_params(), torch.no_grad():
         q = result.guide.quantiles([stats.norm.cdf(-1.0), 0.5, stats.norm.cdf(1.0)])["net.weight"]
     q = q.reshape(3, D).numpy()
@@ -194,7 +201,9 @@ def test_normal_guide_finds_the_mean_field_optimum_on_correlated_posterior():
 
 def _small_mixture_problem():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20, 2, generator=g, dtype=torch.float64)
     y = torch.sin(x[:, 0]) + 0.1 * torch.randn(20, generator=g, dtype=torch.float64)
@@ -203,22 +212,32 @@ def _small_mixture_problem():
 
 
 @pytest.mark.parametrize(
-    "guide", ["map", "normal", "lowrank", "laplace", "mixed", functools.partial(AutoNormal, init_scale=0.01)]
+    "guide",
+    [
+        "map",
+        "normal",
+        "lowrank",
+        "laplace",
+        "mixed",
+        functools.partial(AutoNormal, init_scale=0.01),
+    ],
 )
 def test_guides_swap_with_one_argument_and_return_the_same_record(guide):
-    model, x, y = _small_mixture_problem()
-    if guide == "laplace":  # the Hessian must be positive definite: optimise to a mode first
-        model.prior.flat = False
+    if guide == "laplace":  # needs a mode (positive definite Hessian): the linear model, L-BFGS
+        model, (x, y) = _linear_model(), _tensors(*_design("correlated"))
         result = sws.fit(model, x, y, guide=guide, optimizer="lbfgs", lr=1.0, num_steps=5)
     else:
+        model, x, y = _small_mixture_problem()
         result = sws.fit(model, x, y, guide=guide, num_steps=5, lr=1e-3)
     assert type(result) is sws.FitResult
-    assert len(result.losses) == 5 and np.all(np.isfinite(result.losses))
-    assert result.predict(x, num_samples=3).shape == (20,)
-    assert [t.shape for t in result.mixture()] == [(3,)] * 3
+    assert np.all(np.isfinite(result.losses)) and 1 <= len(result.losses) <= 5
+    assert result.predict(x, num_samples=3).shape == (len(x),)
+    num_components = model.prior.num_components
+    assert [t.shape for t in result.mixture()] == [(num_components,)] * 3
     draws = result.sample_posterior(2)
-    assert {"net.0.weight", "net.2.weight", "sws.precisions"} <= set(draws)
-    assert draws["net.0.weight"].shape == (2, 4, 2)
+    assert set(model.weight_site_names) | set(model.hyper_site_names) <= set(draws)
+    for site, value in model.init_values().items():
+        assert draws[site].shape == (2,) + value.shape
 
 
 # ---------------------------------------------------------------------- NUTS
@@ -227,7 +246,14 @@ def linear_nuts():
     x, y = _design("correlated")
     start = time.perf_counter()
     result = sample_nuts(
-        _linear_model(), x, y, num_samples=500, warmup_steps=200, num_chains=2, jit_compile=True, seed=0
+        _linear_model(),
+        x,
+        y,
+        num_samples=400,
+        warmup_steps=100,
+        num_chains=2,
+        jit_compile=True,
+        seed=0,
     )
     return x, y, result, time.perf_counter() - start
 
@@ -243,7 +269,7 @@ def test_nuts_recovers_mean_and_sd_within_monte_carlo_error(linear_nuts):
     x, y, result, _ = linear_nuts
     mean, cov = _exact_posterior(x, y)
     sd = np.sqrt(np.diag(cov))
-    draws = result.samples["net.weight"].reshape(2, 500, D).numpy()
+    draws = result.samples["net.weight"].reshape(2, 400, D).numpy()
     data = az.convert_to_dataset({"w": draws})
     ess_mean = az.ess(data, method="mean")["w"].values
     mcse_sd = az.mcse(data, method="sd")["w"].values
@@ -258,14 +284,22 @@ def test_nuts_recovers_mean_and_sd_within_monte_carlo_error(linear_nuts):
 def test_nuts_result_record(linear_nuts):
     x, y, result, _ = linear_nuts
     assert isinstance(result, MCMCResult)
-    assert (result.num_chains, result.num_samples) == (2, 500)
-    assert result.samples["net.weight"].shape == (2, 500, 1, D)
+    assert (result.num_chains, result.num_samples) == (2, 400)
+    assert result.samples["net.weight"].shape == (2, 400, 1, D)
     for name in ("sws.pi", "sws.mu", "sws.sigma"):
-        assert result.samples[name].shape == (2, 500, 1)
-    assert_close(result.samples["sws.sigma"], np.full((2, 500, 1), ALPHA**-0.5), rtol=1e-15)
+        assert result.samples[name].shape == (2, 400, 1)
+    assert_close(result.samples["sws.sigma"], np.full((2, 400, 1), ALPHA**-0.5), rtol=1e-15)
     stats_ = result.sample_stats
-    assert set(stats_) == {"diverging", "tree_depth", "n_steps", "acceptance_rate", "energy", "lp", "step_size"}
-    assert all(v.shape == (2, 500) for v in stats_.values())
+    assert set(stats_) == {
+        "diverging",
+        "tree_depth",
+        "n_steps",
+        "acceptance_rate",
+        "energy",
+        "lp",
+        "step_size",
+    }
+    assert all(v.shape == (2, 400) for v in stats_.values())
     assert stats_["diverging"].dtype == bool
     depth, steps = stats_["tree_depth"], stats_["n_steps"]
     # the trajectory doubles until it turns: 2^(depth-1) <= steps <= 2^depth - 1
@@ -275,7 +309,9 @@ def test_nuts_result_record(linear_nuts):
     model = result.model
     xt, yt = _tensors(x, y)
     w = result.samples["net.weight"][1, 7]
-    trace = pyro.poutine.trace(pyro.poutine.condition(model, data={"net.weight": w})).get_trace(xt, yt)
+    trace = pyro.poutine.trace(pyro.poutine.condition(model, data={"net.weight": w})).get_trace(
+        xt, yt
+    )
     assert_close(stats_["lp"][1, 7], trace.log_prob_sum().item(), rtol=1e-10)
     # predict: the average of X w over all draws
     expected = (x @ result.samples["net.weight"].reshape(-1, D).numpy().T).mean(axis=1)
@@ -285,7 +321,7 @@ def test_nuts_result_record(linear_nuts):
 
 def test_nuts_jit_and_eager_agree_and_seeds_repeat():
     x, y = _design("correlated")
-    kwargs = {"num_samples": 15, "warmup_steps": 15, "num_chains": 2, "seed": 3}
+    kwargs = {"num_samples": 10, "warmup_steps": 10, "num_chains": 2, "seed": 3}
     eager = sample_nuts(_linear_model(), x, y, **kwargs)
     jit = sample_nuts(_linear_model(), x, y, jit_compile=True, **kwargs)
     again = sample_nuts(_linear_model(), x, y, **kwargs)
@@ -300,8 +336,13 @@ def test_nuts_init_options():
     model, x, y = _small_mixture_problem()
     fitted = sws.fit(model, x, y, guide="map", num_steps=3)
     kwargs = {"num_samples": 2, "warmup_steps": 2, "num_chains": 2, "max_tree_depth": 3}
-    for init in ("map", "prior", fitted, {"sws.means": torch.tensor([-0.5, 0.5], dtype=torch.float64)},
-                 [{"sws.pi_zero": torch.tensor(0.3, dtype=torch.float64)}, {}]):
+    for init in (
+        "map",
+        "prior",
+        fitted,
+        {"sws.means": torch.tensor([-0.5, 0.5], dtype=torch.float64)},
+        [{"sws.pi_zero": torch.tensor(0.3, dtype=torch.float64)}, {}],
+    ):
         result = sample_nuts(model, x, y, init=init, **kwargs)
         assert result.samples["net.0.weight"].shape == (2, 2, 4, 2)
         assert result.samples["sws.pi"].shape == (2, 2, 3)
@@ -314,7 +355,7 @@ def test_nuts_init_options():
 def test_nuts_prior_init_draws_hyperparameters_per_chain():
     from bayes_sws.mcmc import _chain_inits
 
-    model, x, y = _small_mixture_problem()
+    model, x, _ = _small_mixture_problem()
     inits = _chain_inits(model, "prior", x, [11, 12])
     assert not torch.equal(inits[0]["sws.precisions"], inits[1]["sws.precisions"])
     assert torch.equal(inits[0]["net.0.weight"], model.net[0].weight.detach())
@@ -352,21 +393,34 @@ def _sine_data(num_data: int = 40, seed: int = 0):
     """f(x) = 7 sin(0.75 x) + 0.5 x plus unit Gaussian noise, x evenly spaced on [-4, 4]."""
     g = torch.Generator().manual_seed(seed)
     x = torch.linspace(-4, 4, num_data, dtype=torch.float64)[:, None]
-    y = (7 * torch.sin(0.75 * x) + 0.5 * x).squeeze(-1) + torch.randn(num_data, generator=g, dtype=torch.float64)
+    y = (7 * torch.sin(0.75 * x) + 0.5 * x).squeeze(-1) + torch.randn(
+        num_data, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
 def _tiny_net_run(ordered: bool, init: str, num_samples: int, warmup_steps: int):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(1, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1)).double()
-    prior = sws.MixturePrior(3, zero_component=True, ordered_means=ordered, mean_scale=2.0, precision_rate=0.5)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1)
+    ).double()
+    prior = sws.MixturePrior(
+        3, zero_component=True, ordered_means=ordered, mean_scale=2.0, precision_rate=0.5
+    )
     model = sws.SWSModel(net, prior, likelihood=sws.Gaussian(precision=1.0))
     x, y = _sine_data()
     fitted = sws.fit(model, x, y, guide="map", optimizer="lbfgs", lr=1.0, num_steps=300)
     net.load_state_dict(fitted.map_network().state_dict())  # MCMC starts from the MAP weights
     return sample_nuts(
-        model, x, y, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=4,
-        jit_compile=True, init=init, seed=1,
+        model,
+        x,
+        y,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=4,
+        jit_compile=True,
+        init=init,
+        seed=1,
     )
 
 
@@ -383,8 +437,10 @@ def test_tiny_net_nuts_predictive_mean_converges():
     data = az.convert_to_dataset({"f": f}, dims={"f": ["x"]})
     rhat = az.rhat(data)["f"].values
     ess = az.ess(data, method="bulk")["f"].values
-    print(f"\npredictive mean at {grid.ravel()}: R-hat {np.round(rhat, 4)}, bulk ESS {np.round(ess)}, "
-          f"{result.num_divergences} divergences, {result.wall_time:.0f} s")
+    print(
+        f"\npredictive mean at {grid.ravel()}: R-hat {np.round(rhat, 4)}, bulk ESS {np.round(ess)}, "
+        f"{result.num_divergences} divergences, {result.wall_time:.0f} s"
+    )
     assert np.all(rhat <= 1.01), rhat
     assert np.all(ess >= 400), ess
 
@@ -400,6 +456,8 @@ def test_ordered_means_make_mu_identifiable_across_chains():
         mu = result.samples["sws.mu"][..., 1:].numpy()  # the zero component's mean is fixed
         data = az.convert_to_dataset({"mu": mu}, dims={"mu": ["component"]})
         rhats[ordered] = az.rhat(data)["mu"].values
-        print(f"\nordered_means={ordered}: R-hat on mu_1.. {np.round(rhats[ordered], 3)}, "
-              f"{result.num_divergences} divergences, {result.wall_time:.0f} s")
+        print(
+            f"\nordered_means={ordered}: R-hat on mu_1.. {np.round(rhats[ordered], 3)}, "
+            f"{result.num_divergences} divergences, {result.wall_time:.0f} s"
+        )
     assert rhats[True].max() < rhats[False].max()

@@ -590,8 +590,12 @@ def test_repeated_kill_9_at_random_times_including_pretraining(tmp_path):
         run = tmp_path / f"trial-{trial}"
         process = _start_fit(run, config)
         for _ in range(3):
-            start, delay = time.monotonic(), rng.uniform(1.0, 8.0)
-            _kill_when(process, lambda start=start, delay=delay: time.monotonic() - start >= delay)
+            if rng.random() < 0.5:  # anywhere: start-up, pretraining, SVI, results
+                start, delay = time.monotonic(), rng.uniform(1.0, 10.0)
+                ready = lambda start=start, delay=delay: time.monotonic() - start >= delay
+            else:  # somewhere in SVI, once checkpoints are being written
+                ready = _after_first_checkpoint(run, rng.uniform(0.0, 3.0))
+            _kill_when(process, ready)
             if process.returncode == 0:
                 break
             if (run / "config.json").exists():
