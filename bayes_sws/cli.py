@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    except Exception as err:  # noqa: BLE001 - a bug still gets one line, never a traceback
+    except Exception as err:  # a bug still gets one line, never a traceback
         if args.traceback:
             raise
         print(
