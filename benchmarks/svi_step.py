@@ -14,9 +14,10 @@ Variants (letters as in issue 6):
 ``fast_map``    (a') :func:`bayes_sws.fastmap.map_loss` with the same
                 ``AutoDelta`` guide: the same loss and gradients ("after").
 ``pyro_normal`` (b) ``Trace_ELBO`` with ``AutoNormal`` (``fit(guide="normal")``).
-``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·Σ
-                mixture_log_prob(w) − log p(π, μ, σ)`` with the same kernel,
-                hyperparameters as plain unconstrained tensors (sigmoid,
+``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·
+                mixture_log_prob(all weights) − log p(π, μ, σ)`` with the same
+                kernel (one call on the concatenated weights, as ``fast_map``
+                does), hyperparameters as plain unconstrained tensors (sigmoid,
                 softmax, exp) and the hyperprior densities in closed form.
 ``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
 
@@ -226,7 +227,7 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
             pi = torch.cat([pi_zero[None], (1 - pi_zero) * mixing])
             mu = torch.cat([zero, means])
             sigma = torch.exp(-0.5 * log_precisions)
-            log_prior = sum(mixture_log_prob(w, pi, mu, sigma) for w in weights)
+            log_prior = mixture_log_prob(torch.cat([w.reshape(-1) for w in weights]), pi, mu, sigma)
             precisions = torch.exp(log_precisions)
             log_hyper = (
                 (a_pi0 - 1) * torch.log(pi_zero) + (b_pi0 - 1) * torch.log1p(-pi_zero)
@@ -302,51 +303,69 @@ def time_batch_indices(num_data: int, batch_size: int, repeats: int = 200) -> fl
 
 _GROUPS = (
     ("kernel (bayes_sws/kernel.py)", ("bayes_sws/kernel.py",)),
-    ("pyro: traces, messengers, ELBO", ("pyro/poutine", "pyro/infer", "pyro/nn", "pyro/primitives",
-                                        "pyro/util", "pyro/ops", "pyro/settings")),
+    ("pyro: traces, messengers, ELBO, PyroModule", ("pyro/poutine", "pyro/infer", "pyro/nn",
+                                                   "pyro/primitives", "pyro/util", "pyro/ops",
+                                                   "pyro/settings", "pyro/params")),
     ("distributions (construction, validation, log_prob)",
      ("pyro/distributions", "torch/distributions", "bayes_sws/distributions.py")),
     ("bayes_sws model/prior/likelihood/fastmap",
      ("bayes_sws/model.py", "bayes_sws/priors.py", "bayes_sws/likelihoods.py", "bayes_sws/fastmap.py")),
     ("optimiser (torch/optim)", ("torch/optim",)),
     ("network forward (torch/nn, functional_call)", ("torch/nn", "torch/_functorch")),
+    ("autograd backward (engine, hooks)", ("run_backward", "torch/autograd", "torch/_tensor.py",
+                                           "torch/utils/hooks.py")),
+    ("benchmark loop", ("benchmarks/svi_step.py",)),
 )
 
 
 def _group_of(func: tuple) -> str | None:
-    """The component a Python function belongs to; ``None`` for builtins and C functions."""
+    """The component of a function; ``None`` for builtins, C functions and the stdlib.
+
+    Those have no component of their own: their time goes to their callers.
+    """
     filename, _, name = func
-    if filename == "~":
-        return "autograd backward (C++)" if "run_backward" in name else None
     where = f"{filename}:{name}".replace("\\", "/")
+    if filename == "~" and "run_backward" not in name:
+        return None
+    if filename.startswith("<") or ("/lib/python3" in where and "site-packages" not in where):
+        return None
     for label, keys in _GROUPS:
         if any(k in where for k in keys):
             return label
-    return "other python"
+    return "other"
 
 
 def _grouped(stats: pstats.Stats) -> dict[str, float]:
-    """Own time per component, C functions (torch ops) counted with their Python caller.
+    """Own time per component, with torch ops, builtins and stdlib counted for their caller.
 
     cProfile books a torch op's time on the op itself; here it goes to the
-    component of the Python function that called it (split by the call edges).
+    component of the Python function that called it, split over the call
+    edges by their time, going up through callers without a component.
     """
-    groups: dict[str, float] = {}
+    owners: dict[tuple, dict[str, float]] = {}
 
-    def add(label, seconds):
-        groups[label] = groups.get(label, 0.0) + seconds
-
-    for func, (_, _, tottime, _, callers) in stats.stats.items():
+    def owner(func, depth=0) -> dict[str, float]:
+        if func in owners:
+            return owners[func]
         label = _group_of(func)
         if label is not None:
-            add(label, tottime)
-            continue
+            return {label: 1.0}
+        callers = stats.stats.get(func, (0, 0, 0, 0, {}))[4]
         edge_total = sum(edge[2] for edge in callers.values())
-        if not callers or edge_total <= 0:
-            add("other torch ops / builtins", tottime)
-            continue
+        if depth > 20 or not callers or edge_total <= 0:
+            return {"other": 1.0}
+        owners[func] = {}  # a cycle resolves to nothing rather than recursing
+        shares: dict[str, float] = {}
         for caller, edge in callers.items():
-            add(_group_of(caller) or "other torch ops / builtins", tottime * edge[2] / edge_total)
+            for label, fraction in owner(caller, depth + 1).items():
+                shares[label] = shares.get(label, 0.0) + fraction * edge[2] / edge_total
+        owners[func] = shares
+        return shares
+
+    groups: dict[str, float] = {}
+    for func, (_, _, tottime, _, _) in stats.stats.items():
+        for label, fraction in owner(func).items():
+            groups[label] = groups.get(label, 0.0) + tottime * fraction
     return groups
 
 
