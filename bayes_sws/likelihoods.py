@@ -109,6 +109,8 @@ class Gaussian(Likelihood):
         learn_precision: bool = False,
         precision_prior: tuple[float, float] = (1.0, 1e-2),
     ):
+        if isinstance(precision, bool) or not isinstance(precision, (int, float, torch.Tensor)):
+            raise TypeError(f"precision must be a number > 0, got {precision!r}")
         precision = float(precision)
         if not math.isfinite(precision) or precision <= 0:
             raise ValueError(f"precision must be a finite number > 0, got {precision!r}")

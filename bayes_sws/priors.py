@@ -88,8 +88,18 @@ class Mixture(NamedTuple):
     sigma: Tensor
 
 
+def _number(name: str, value: object) -> float:
+    """``float(value)``, or a TypeError that names the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+
+
 def _positive(name: str, value: float) -> float:
-    value = float(value)
+    value = _number(name, value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return value
@@ -184,23 +194,27 @@ class MixturePrior:
         self.zero_component = bool(zero_component)
         self.num_free = num_components - int(self.zero_component)
         if pi_zero is not None:
-            pi_zero = float(pi_zero)
+            pi_zero = _number("pi_zero", pi_zero)
             if not 0.0 < pi_zero < 1.0:
                 raise ValueError(f"pi_zero must lie in (0, 1), got {pi_zero!r}")
             if not self.zero_component:
                 raise ValueError("pi_zero was given but zero_component=False; set zero_component=True")
         self.pi_zero = pi_zero
+        if not isinstance(pi_zero_prior, (tuple, list)):
+            raise TypeError(
+                f"pi_zero_prior must be two Beta concentrations (a, b), got {pi_zero_prior!r}"
+            )
         self.pi_zero_prior = tuple(
             _positive(f"pi_zero_prior[{i}]", v) for i, v in enumerate(pi_zero_prior)
         )
         if len(self.pi_zero_prior) != 2:
             raise ValueError(f"pi_zero_prior must be two Beta concentrations (a, b), got {pi_zero_prior!r}")
-        init_pi_zero = float(init_pi_zero)
+        init_pi_zero = _number("init_pi_zero", init_pi_zero)
         if not 0.0 < init_pi_zero < 1.0:
             raise ValueError(f"init_pi_zero must lie in (0, 1), got {init_pi_zero!r}")
         self.init_pi_zero = init_pi_zero
         self.mixing_concentration = _positive("mixing_concentration", mixing_concentration)
-        self.mean_loc = float(mean_loc)
+        self.mean_loc = _number("mean_loc", mean_loc)
         if not math.isfinite(self.mean_loc):
             raise ValueError(f"mean_loc must be finite, got {mean_loc!r}")
         self.mean_scale = _positive("mean_scale", mean_scale)

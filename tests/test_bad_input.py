@@ -336,3 +336,17 @@ def test_numerical_fault_at_the_cli_is_one_line_exit_1(tmp_path, capsys, monkeyp
     last = err.strip().splitlines()[-1]
     assert last.startswith("bayes-sws: failed: non-finite values at step 3") and "Traceback" not in err
     json.dumps(err)  # plain text
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: sws.MixturePrior(3, pi_zero="abc"), "pi_zero must be a number, got 'abc'"),
+        (lambda: sws.MixturePrior(3, pi_zero_prior=5), r"pi_zero_prior must be two Beta concentrations \(a, b\), got 5"),
+        (lambda: sws.MixturePrior(3, mean_loc="left"), "mean_loc must be a number, got 'left'"),
+        (lambda: sws.Gaussian(precision="x"), "precision must be a number > 0, got 'x'"),
+    ],
+)
+def test_wrong_types_name_the_argument(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
