@@ -38,8 +38,8 @@ Pyro's own message naming the site.
 
 from __future__ import annotations
 
+import math
 import weakref
-from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -120,15 +120,20 @@ def supports_fast_map(model, guide) -> bool:
 # --------------------------------------------------------------------------- #
 
 
-@contextmanager
-def _validation(enabled: bool):
-    """Torch/Pyro distribution validation on or off (restored afterwards)."""
-    before = dist.is_validation_enabled()
-    dist.enable_validation(enabled)
-    try:
-        yield
-    finally:
-        dist.enable_validation(before)
+class _Validation:
+    """Torch/Pyro distribution validation on or off inside a ``with`` (restored after)."""
+
+    __slots__ = ("enabled", "before")
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.before = dist.is_validation_enabled()
+        dist.enable_validation(self.enabled)
+
+    def __exit__(self, *exc):
+        dist.enable_validation(self.before)
 
 
 def _prior_key(prior: MixturePrior) -> tuple:
@@ -157,7 +162,7 @@ class _Plan:
         self.sites = _param_locations(guide, self.site_names)
         # the hyperprior distributions do not depend on the values: built once
         # (with validation off; their arguments are the prior's checked settings)
-        with _validation(False):
+        with _Validation(False):
             self.hyperpriors = {
                 site: model.prior._hyperprior(site, like) for site in model.prior.site_names
             }
@@ -325,9 +330,9 @@ def map_loss(
     like = model._like() if isinstance(model, SWSModel) else None
     plan = _plan(model, guide, like, x, y, subsample)
     validate = dist.is_validation_enabled()
-    with _validation(False):  # torch reads the flag when log_prob runs, not at construction
+    with _Validation(False):  # torch reads the flag when log_prob runs, not at construction
         loss = _negative_log_joint(plan, model, guide, like, x, y, subsample)
-    if validate and not bool(torch.isfinite(loss)):
+    if validate and not math.isfinite(loss.item()):
         # the slow path validates every site: Pyro's own error naming the site, or its warning
         return Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x, y, subsample)
     return loss

@@ -193,7 +193,7 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
             return float(optim.step(closure).detach())
 
-        step.model, step.guide = model, guide
+        step.model, step.guide, step.loss_fn = model, guide, loss_fn
         return step
 
     if variant == "hand":
@@ -248,14 +248,18 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
     else:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
-    def step():
+    def step():  # the same loop body as the Pyro variants (and fit)
         index = next(batches)
-        optim.zero_grad()
-        loss = loss_fn(index)
-        loss.backward()
-        optim.step()
-        return float(loss.detach())
 
+        def closure():
+            optim.zero_grad()
+            loss = loss_fn(index)
+            loss.backward()
+            return loss
+
+        return float(optim.step(closure).detach())
+
+    step.loss_fn = loss_fn
     return step
 
 
@@ -482,7 +486,7 @@ def run_network(network: str, args) -> dict:
     }
     if args.profile:
         result["profile"] = {}
-        for v in ("pyro_map", "fast_map"):
+        for v in args.profile_variants:
             if v in steps:
                 text, groups = profile_steps(steps[v], args.profile_steps, top=args.profile_top,
                                              clock=args.clock)
@@ -505,7 +509,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--prior-scale", type=float, default=1.0, help="λ (default 1)")
-    parser.add_argument("--profile", action="store_true", help="cProfile pyro_map and fast_map")
+    parser.add_argument("--profile", action="store_true", help="cProfile some variants (below)")
+    parser.add_argument("--profile-variants", nargs="+", default=["pyro_map", "fast_map"],
+                        choices=VARIANTS, help="variants to profile (default pyro_map fast_map)")
     parser.add_argument("--profile-steps", type=int, default=100)
     parser.add_argument("--profile-top", type=int, default=20)
     parser.add_argument("--quick", action="store_true",
