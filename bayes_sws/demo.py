@@ -61,8 +61,26 @@ def run_demo(
     mixture_lr: float = 3e-3,
     seed: int = 0,
     progress: bool | None = None,
+    num_threads: int | None = 1,
 ) -> DemoResult:
-    """Pretrain, retrain with the mixture prior, and summarise (see module docstring)."""
+    """Pretrain, retrain with the mixture prior, and summarise (see module docstring).
+
+    ``num_threads=1`` (default) runs torch on one thread for the run and restores the
+    setting after: for a network this small a second OpenMP thread only adds waiting
+    (BENCHMARKS.md, "Demo wall time"). ``None`` keeps torch's setting.
+    """
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run_demo(hidden, num_components, prior_scale, pretrain_epochs, num_steps,
+                         batch_size, lr, mixture_lr, seed, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(hidden, num_components, prior_scale, pretrain_epochs, num_steps, batch_size,
+              lr, mixture_lr, seed, progress) -> DemoResult:
     start = time.perf_counter()
     torch.manual_seed(seed)
     data = load_dataset("digits", seed=seed)

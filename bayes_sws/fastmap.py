@@ -30,10 +30,15 @@ site with argument and support validation (each a host sync), ``warn_if_nan``
 / ``warn_if_inf`` and ``torch_item`` per site, and one kernel call per weight
 tensor. Here the per-(model, guide) work — checks, hyperprior distributions,
 where the guide keeps each parameter — is done once and cached; per step the
-weights go through the kernel in one call, and distributions are built without
-validation. Instead, when validation is on (Pyro's default), a loss that is not
-finite is handed to ``Trace_ELBO`` itself, so a diverging fit fails with
+weights go through the kernel in one call, and distributions are evaluated with
+validation off. Instead, when validation is on (Pyro's default), a loss that is
+not finite is handed to ``Trace_ELBO`` itself, so a diverging fit fails with
 Pyro's own message naming the site.
+
+In a training loop (``bayes_sws.fit`` for ``guide="map"``)::
+
+    loss_fn = map_loss if supports_fast_map(model, guide) else elbo.differentiable_loss
+    loss = loss_fn(model, guide, x, y, index)
 """
 
 from __future__ import annotations
@@ -86,8 +91,11 @@ def unsupported_reason(model, guide) -> str | None:
         )
     for cls, base, methods in (
         (type(model), SWSModel, ("__call__", "sample_weights")),
-        (type(model.prior), MixturePrior,
-         ("sample_mixture", "weight_distribution", "log_hyperprior", "_hyperprior")),
+        (
+            type(model.prior),
+            MixturePrior,
+            ("sample_mixture", "weight_distribution", "log_hyperprior", "_hyperprior"),
+        ),
     ):
         for method in methods:
             if getattr(cls, method) is not getattr(base, method):
@@ -123,7 +131,7 @@ def supports_fast_map(model, guide) -> bool:
 class _Validation:
     """Torch/Pyro distribution validation on or off inside a ``with`` (restored after)."""
 
-    __slots__ = ("enabled", "before")
+    __slots__ = ("before", "enabled")
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -139,7 +147,8 @@ class _Validation:
 def _prior_key(prior: MixturePrior) -> tuple:
     """The prior's settings (numbers, flags, names), to notice a changed prior."""
     return tuple(
-        (k, v) for k, v in sorted(vars(prior).items())
+        (k, v)
+        for k, v in sorted(vars(prior).items())
         if v is None or isinstance(v, (bool, int, float, str, tuple))
     )
 

@@ -14,6 +14,7 @@ mixture its own learning rate, and full-batch L-BFGS is one option away.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import time
@@ -31,6 +32,7 @@ from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_
 from torch import Tensor, nn
 
 from ._progress import progress_bar
+from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
 from .model import SWSModel
 from .priors import Mixture
@@ -464,9 +466,15 @@ def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device)
         return None
     per_epoch = num_data // batch_size
     epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(num_data, generator=generator)
+    perm = _epoch_permutation(num_data, seed, epoch)
     return perm[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_data: int, seed: int, epoch: int) -> Tensor:
+    """The data order of one epoch; cached so it is drawn once per epoch, not per step."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_data, generator=generator)
 
 
 def fit(
@@ -645,6 +653,9 @@ def fit(
         )
         first_batch = _batch_indices(num_data, batch_size, 0, seed, x.device)
         elbo.differentiable_loss(model, fitted_guide, x, y, first_batch)  # builds guide params
+        # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
+        # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
+        loss_fn = map_loss if supports_fast_map(model, fitted_guide) else elbo.differentiable_loss
         guide_params = list(fitted_guide.named_parameters())
         hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
         weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
@@ -776,7 +787,7 @@ def fit(
                     def closure():
                         optim.zero_grad()
                         try:
-                            loss = elbo.differentiable_loss(model, fitted_guide, x, y, index)
+                            loss = loss_fn(model, fitted_guide, x, y, index)
                         except ValueError as err:  # Pyro's validation meets a NaN first
                             if _INVALID_VALUES not in str(err):
                                 raise

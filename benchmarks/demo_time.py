@@ -49,7 +49,7 @@ def install_fast_map() -> None:
     """Make ``bayes_sws.fit`` use :func:`map_loss` where it is exact (benchmark only)."""
     from pyro.infer import Trace_ELBO
 
-    import bayes_sws.infer as infer
+    from bayes_sws import infer
     from bayes_sws.fastmap import map_loss, supports_fast_map
 
     class FastMapELBO(Trace_ELBO):
@@ -85,7 +85,7 @@ def time_command(fast_map: bool, extra: list[str], threads: int | None = None) -
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     before = os.times()
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     after = os.times()
     if done.returncode != 0:
@@ -94,7 +94,9 @@ def time_command(fast_map: bool, extra: list[str], threads: int | None = None) -
     for line in done.stdout.splitlines():
         if "wall time:" in line:
             reported = float(line.split("wall time:")[1].split("s")[0])
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     return {"wall_s": wall, "cpu_s": cpu, "reported_s": reported, "stdout": done.stdout}
 
 
@@ -124,16 +126,19 @@ def _timed(module, name: str, into: dict):
 
 def time_split(fast_map: bool, overrides: dict) -> dict:
     """``run_demo`` in this process with its stages timed."""
-    import bayes_sws.demo as demo
-    import bayes_sws.infer as infer
+    from bayes_sws import demo, infer
 
     original_elbo = infer.Trace_ELBO
     if fast_map:
         install_fast_map()
     stages: dict[str, float] = {}
     try:
-        with _timed(demo, "load_dataset", stages), _timed(demo, "train", stages), \
-                _timed(demo, "fit", stages), _timed(demo, "accuracy", stages):
+        with (
+            _timed(demo, "load_dataset", stages),
+            _timed(demo, "train", stages),
+            _timed(demo, "fit", stages),
+            _timed(demo, "accuracy", stages),
+        ):
             start = time.perf_counter()
             result = demo.run_demo(progress=False, **overrides)
             total = time.perf_counter() - start
@@ -161,14 +166,22 @@ def time_split(fast_map: bool, overrides: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast-map", action="store_true", help="fit through fastmap.map_loss")
-    parser.add_argument("--compare", action="store_true", help="Pyro path and fast path, alternating")
+    parser.add_argument(
+        "--compare", action="store_true", help="Pyro path and fast path, alternating"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (default 1)")
     parser.add_argument("--skip-command", action="store_true", help="only the in-process split")
     parser.add_argument("--skip-split", action="store_true", help="only the subprocess command")
-    parser.add_argument("--threads", type=int,
-                        help="torch threads (OMP_NUM_THREADS for the command); default torch's own")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 5 SVI steps, 1 pretraining epoch, split only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (OMP_NUM_THREADS for the command); default torch's own",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 5 SVI steps, 1 pretraining epoch, split only",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick or ("CI" in os.environ and argv is None):
@@ -194,12 +207,16 @@ def main(argv=None) -> int:
                 res = time_command(fast, [], args.threads)
                 res.update(mode="fast path" if fast else "pyro path", kind="command", load=_load())
                 results.append(res)
-                print(f"  {res['mode']:<10} wall {res['wall_s']:6.1f} s   child CPU {res['cpu_s']:6.1f} s"
-                      f"   (demo reports {res['reported_s']} s)   load {res['load']}")
+                print(
+                    f"  {res['mode']:<10} wall {res['wall_s']:6.1f} s   child CPU {res['cpu_s']:6.1f} s"
+                    f"   (demo reports {res['reported_s']} s)   load {res['load']}"
+                )
     if not args.skip_split:
         print(f"\n## split (in process; import of bayes_sws.demo: {time_import():.2f} s)")
-        header = (f"  {'mode':<10} {'total':>7} {'data':>6} {'pretrain':>9} {'fit setup':>9} "
-                  f"{'SVI loop':>9} {'ms/step':>8} {'eval+rest':>9}  accuracy before → after")
+        header = (
+            f"  {'mode':<10} {'total':>7} {'data':>6} {'pretrain':>9} {'fit setup':>9} "
+            f"{'SVI loop':>9} {'ms/step':>8} {'eval+rest':>9}  accuracy before → after"
+        )
         print(header)
         for r in range(args.repeats):
             for fast in modes:
@@ -214,11 +231,15 @@ def main(argv=None) -> int:
                     f"   (load {res['load']})"
                 )
         for fast in modes:
-            runs = [r for r in results if r["kind"] == "split" and (r["mode"] == "fast path") == fast]
+            runs = [
+                r for r in results if r["kind"] == "split" and (r["mode"] == "fast path") == fast
+            ]
             if len(runs) > 1:
-                print(f"  median {runs[0]['mode']}: total "
-                      f"{statistics.median(r['total_s'] for r in runs):.1f} s, SVI "
-                      f"{statistics.median(r['ms_per_step'] for r in runs):.2f} ms/step")
+                print(
+                    f"  median {runs[0]['mode']}: total "
+                    f"{statistics.median(r['total_s'] for r in runs):.1f} s, SVI "
+                    f"{statistics.median(r['ms_per_step'] for r in runs):.2f} ms/step"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -62,15 +62,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-import pyro  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
-from pyro.infer.autoguide import init_to_median, init_to_value  # noqa: E402
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import init_to_median, init_to_value
 
-import bayes_sws as sws  # noqa: E402
-from bayes_sws.guides import build_guide  # noqa: E402
-from bayes_sws.kernel import mixture_log_prob  # noqa: E402
+import bayes_sws as sws
+from bayes_sws.guides import build_guide
+from bayes_sws.kernel import mixture_log_prob
 
 try:
     from bayes_sws.fastmap import map_loss
@@ -178,9 +178,9 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
         if variant == "fast_map":
             if map_loss is None:
                 return None
-            loss_fn = lambda index: map_loss(model, guide, x, y, index)  # noqa: E731
+            loss_fn = lambda index: map_loss(model, guide, x, y, index)
         else:
-            loss_fn = lambda index: elbo.differentiable_loss(model, guide, x, y, index)  # noqa: E731
+            loss_fn = lambda index: elbo.differentiable_loss(model, guide, x, y, index)
 
         def step():
             index = next(batches)
@@ -215,7 +215,10 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
         log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
         log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
         optim = _adam(
-            list(net.parameters()), [pi0_logit, mixing_logits, means, log_precisions], lr, mixture_lr
+            list(net.parameters()),
+            [pi0_logit, mixing_logits, means, log_precisions],
+            lr,
+            mixture_lr,
         )
         zero = torch.zeros(1)
         scale = num_data / batch_size
@@ -230,9 +233,11 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
             log_prior = mixture_log_prob(torch.cat([w.reshape(-1) for w in weights]), pi, mu, sigma)
             precisions = torch.exp(log_precisions)
             log_hyper = (
-                (a_pi0 - 1) * torch.log(pi_zero) + (b_pi0 - 1) * torch.log1p(-pi_zero)
+                (a_pi0 - 1) * torch.log(pi_zero)
+                + (b_pi0 - 1) * torch.log1p(-pi_zero)
                 - log_norm_beta
-                + (alpha - 1) * torch.log(mixing).sum() + log_norm_dirichlet
+                + (alpha - 1) * torch.log(mixing).sum()
+                + log_norm_dirichlet
                 + (log_norm_normal - 0.5 * ((means - prior.mean_loc) / prior.mean_scale) ** 2).sum()
                 + (log_norm_gamma + (conc - 1) * log_precisions - rate * precisions).sum()
             )
@@ -307,17 +312,38 @@ def time_batch_indices(num_data: int, batch_size: int, repeats: int = 200) -> fl
 
 _GROUPS = (
     ("kernel (bayes_sws/kernel.py)", ("bayes_sws/kernel.py",)),
-    ("pyro: traces, messengers, ELBO, PyroModule", ("pyro/poutine", "pyro/infer", "pyro/nn",
-                                                   "pyro/primitives", "pyro/util", "pyro/ops",
-                                                   "pyro/settings", "pyro/params")),
-    ("distributions (construction, validation, log_prob)",
-     ("pyro/distributions", "torch/distributions", "bayes_sws/distributions.py")),
-    ("bayes_sws model/prior/likelihood/fastmap",
-     ("bayes_sws/model.py", "bayes_sws/priors.py", "bayes_sws/likelihoods.py", "bayes_sws/fastmap.py")),
+    (
+        "pyro: traces, messengers, ELBO, PyroModule",
+        (
+            "pyro/poutine",
+            "pyro/infer",
+            "pyro/nn",
+            "pyro/primitives",
+            "pyro/util",
+            "pyro/ops",
+            "pyro/settings",
+            "pyro/params",
+        ),
+    ),
+    (
+        "distributions (construction, validation, log_prob)",
+        ("pyro/distributions", "torch/distributions", "bayes_sws/distributions.py"),
+    ),
+    (
+        "bayes_sws model/prior/likelihood/fastmap",
+        (
+            "bayes_sws/model.py",
+            "bayes_sws/priors.py",
+            "bayes_sws/likelihoods.py",
+            "bayes_sws/fastmap.py",
+        ),
+    ),
     ("optimiser (torch/optim)", ("torch/optim",)),
     ("network forward (torch/nn, functional_call)", ("torch/nn", "torch/_functorch")),
-    ("autograd backward (engine, hooks)", ("run_backward", "torch/autograd", "torch/_tensor.py",
-                                           "torch/utils/hooks.py")),
+    (
+        "autograd backward (engine, hooks)",
+        ("run_backward", "torch/autograd", "torch/_tensor.py", "torch/utils/hooks.py"),
+    ),
     ("benchmark loop", ("benchmarks/svi_step.py",)),
 )
 
@@ -383,8 +409,12 @@ def profile_steps(step, num_steps: int, top: int = 20, clock: str = "wall") -> t
     stats = pstats.Stats(profiler)
     total = stats.total_tt
     groups = _grouped(stats)
-    lines = [f"  total {1e3 * total / num_steps:.3f} ms/step (under cProfile, {clock} clock, "
-             f"{num_steps} steps); own time incl. the torch ops each component calls:"]
+    lines = [
+        (
+            f"  total {1e3 * total / num_steps:.3f} ms/step (under cProfile, {clock} clock, "
+            f"{num_steps} steps); own time incl. the torch ops each component calls:"
+        )
+    ]
     for label, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
         lines.append(
             f"    {100 * seconds / total:5.1f} %  {1e3 * seconds / num_steps:7.3f} ms  {label}"
@@ -414,13 +444,13 @@ def run_network(network: str, args) -> dict:
     if args.quick:
         x, y = x[:1024], y[:1024]
     num_prior = sum(p.numel() for p in net0.parameters() if p.dim() >= 2)
-    settings = dict(
-        batch_size=args.batch_size,
-        prior_scale=args.prior_scale,
-        num_components=args.components,
-        lr=1e-3,
-        mixture_lr=3e-3,
-    )
+    settings = {
+        "batch_size": args.batch_size,
+        "prior_scale": args.prior_scale,
+        "num_components": args.components,
+        "lr": 1e-3,
+        "mixture_lr": 3e-3,
+    }
     variants = [v for v in args.variants if not (v == "fast_map" and map_loss is None)]
     steps = {v: make_step(v, net0, x, y, **settings) for v in variants}
     print(
@@ -431,8 +461,10 @@ def run_network(network: str, args) -> dict:
         a = make_step("pyro_map", net0, x, y, **settings)
         b = make_step("fast_map", net0, x, y, **settings)
         la, lb = a(), b()
-        print(f"# first-step loss: pyro_map {la:.6f}, fast_map {lb:.6f} "
-              f"(relative difference {abs(la - lb) / abs(la):.1e})")
+        print(
+            f"# first-step loss: pyro_map {la:.6f}, fast_map {lb:.6f} "
+            f"(relative difference {abs(la - lb) / abs(la):.1e})"
+        )
     load_before = _load()
     per_round = time_interleaved(
         steps, rounds=args.rounds, steps_per_round=args.steps, warmup=args.warmup, clock=args.clock
@@ -445,9 +477,11 @@ def run_network(network: str, args) -> dict:
             return None
         return statistics.median(a / b for a, b in zip(per_round[num], per_round[den]))
 
-    print(f"# load average before/after: {load_before} / {load_after}; "
-          f"{args.rounds} rounds × {args.steps} steps, clock {args.clock}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"# load average before/after: {load_before} / {load_after}; "
+        f"{args.rounds} rounds × {args.steps} steps, clock {args.clock}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'variant':<12} {'ms/step':>8} {'min':>8} {'max':>8}  {'/hand':>6} {'/plain':>6}")
     for v in variants:
         t = per_round[v]
@@ -471,8 +505,10 @@ def run_network(network: str, args) -> dict:
             print(f"  {label:<30} {value:6.3f}")
     batch_cost = time_batch_indices(x.shape[0], args.batch_size)
     if batch_cost is not None:
-        print(f"# fit's per-step batch selection (_batch_indices): {_ms(batch_cost).strip()} ms/step "
-              "(not in the times above)")
+        print(
+            f"# fit's per-step batch selection (_batch_indices): {_ms(batch_cost).strip()} ms/step "
+            "(not in the times above)"
+        )
     result = {
         "network": network,
         "data": source,
@@ -488,8 +524,9 @@ def run_network(network: str, args) -> dict:
         result["profile"] = {}
         for v in args.profile_variants:
             if v in steps:
-                text, groups = profile_steps(steps[v], args.profile_steps, top=args.profile_top,
-                                             clock=args.clock)
+                text, groups = profile_steps(
+                    steps[v], args.profile_steps, top=args.profile_top, clock=args.clock
+                )
                 print(f"\nprofile of {v} ({network}):\n{text}")
                 result["profile"][v] = groups
     return result
@@ -499,8 +536,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--data", default="real", choices=("real", "random"),
-                        help="Fashion-MNIST / digits (default) or random data of that shape")
+    parser.add_argument(
+        "--data",
+        default="real",
+        choices=("real", "random"),
+        help="Fashion-MNIST / digits (default) or random data of that shape",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"))
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
@@ -510,12 +551,20 @@ def main(argv=None) -> int:
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--prior-scale", type=float, default=1.0, help="λ (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile some variants (below)")
-    parser.add_argument("--profile-variants", nargs="+", default=["pyro_map", "fast_map"],
-                        choices=VARIANTS, help="variants to profile (default pyro_map fast_map)")
+    parser.add_argument(
+        "--profile-variants",
+        nargs="+",
+        default=["pyro_map", "fast_map"],
+        choices=VARIANTS,
+        help="variants to profile (default pyro_map fast_map)",
+    )
     parser.add_argument("--profile-steps", type=int, default=100)
     parser.add_argument("--profile-top", type=int, default=20)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: random data, 1024 points, 2 rounds of 2 steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: random data, 1024 points, 2 rounds of 2 steps",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick or ("CI" in os.environ and argv is None):

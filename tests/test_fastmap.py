@@ -135,12 +135,12 @@ def test_learned_gaussian_precision(flat, minibatch):
 @pytest.mark.parametrize(
     "options",
     [
-        dict(num_components=2),  # one free component: no mixing site
-        dict(num_components=1, zero_component=False),  # a single Gaussian
-        dict(ordered_means=True),  # ordered_vector support, OrderedNormal hyperprior
-        dict(fixed_precision=4.0),  # no precision site
-        dict(include_bias=True),  # 1-d tensors under the prior, no free parameters
-        dict(zero_precision_concentration=5.0, zero_precision_rate=1e-4),
+        {"num_components": 2},  # one free component: no mixing site
+        {"num_components": 1, "zero_component": False},  # a single Gaussian
+        {"ordered_means": True},  # ordered_vector support, OrderedNormal hyperprior
+        {"fixed_precision": 4.0},  # no precision site
+        {"include_bias": True},  # 1-d tensors under the prior, no free parameters
+        {"zero_precision_concentration": 5.0, "zero_precision_rate": 1e-4},
     ],
     ids=["two_components", "one_gaussian", "ordered", "fixed_precision", "bias", "zero_gamma"],
 )
@@ -292,17 +292,29 @@ def test_supports_fast_map_only_where_it_is_exact():
         assert "global param store" in unsupported_reason(model, guide)
 
 
-def test_benchmark_runs_with_a_small_budget(capsys):
-    script = BENCHMARKS / "svi_step.py"
-    argv = [str(script), "--quick", "--networks", "digits-mlp", "--threads", "1"]
-    old_argv = sys.argv
-    sys.argv = argv
+def _run_script(name, *args):
+    """Run a benchmark script as ``__main__``; its global settings are restored after."""
+    script = BENCHMARKS / name
+    old_argv, old_threads = sys.argv, torch.get_num_threads()
+    sys.argv = [str(script), *args]
     try:
-        with pytest.raises(SystemExit) as done:
+        local = pyro.settings.get("module_local_params")
+        with pyro.settings.context(module_local_params=local), pytest.raises(SystemExit) as done:
             runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = old_argv
+        torch.set_num_threads(old_threads)
     assert done.value.code == 0
+
+
+def test_benchmark_runs_with_a_small_budget(capsys):
+    _run_script("svi_step.py", "--quick", "--networks", "digits-mlp", "--threads", "1")
     out = capsys.readouterr().out
     for label in ("pyro_map", "fast_map", "pyro_normal", "hand", "plain", "(c) hand / (d) plain"):
         assert label in out
+
+
+def test_demo_benchmark_runs_with_a_small_budget(capsys):
+    _run_script("demo_time.py", "--quick", "--threads", "1")
+    out = capsys.readouterr().out
+    assert "pyro path" in out and "SVI loop" in out
