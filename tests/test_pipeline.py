@@ -181,11 +181,6 @@ def test_compress_result_weights_follow_the_most_responsible_component():
     assert_close(quantised, mu[owner].float(), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    raises=ValueError, strict=False,
-    reason="Gaussian.check_targets compares all targets with fit's 2-row probe output "
-    "(likelihoods.py); passes once that is fixed",
-)
 def test_compress_result_regression_reports_rmse():
     fit, x_test, y_test = _small_fit("gaussian")
     result = compress_result(fit, x_test, y_test)
