@@ -15,6 +15,7 @@ import pyro
 import pytest
 import torch
 from conftest import assert_close
+from scenarios import N, perturbed_values, small_data, small_net
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 
@@ -23,54 +24,11 @@ from bayes_sws import fastmap
 from bayes_sws.fastmap import map_loss, supports_fast_map, unsupported_reason
 from bayes_sws.infer import local_params
 
-N = 40
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _net(out_features, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, out_features)
-    ).double()
-
-
-def _data(kind, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, 3, generator=g, dtype=torch.float64)
-    if kind == "gaussian":
-        y = torch.randn(N, generator=g, dtype=torch.float64)
-    else:
-        y = torch.randint(0, 4, (N,), generator=g)
-    return x, y
-
-
-def _perturbed_values(model, seed=2):
-    """Site values away from the init, so nothing is checked at a special point."""
-    g = torch.Generator().manual_seed(seed)
-    values = model.init_values()
-    for name in model.weight_site_names:
-        noise = torch.randn(values[name].shape, generator=g, dtype=torch.float64)
-        values[name] = values[name] + 0.1 * noise
-    if "sws.means" in values:
-        values["sws.means"] = values["sws.means"] + 0.05
-    if "sws.precisions" in values:
-        num = len(values["sws.precisions"])
-        values["sws.precisions"] = values["sws.precisions"] * torch.linspace(
-            0.5, 2.0, num, dtype=torch.float64
-        )
-    if "sws.mixing" in values:
-        num = len(values["sws.mixing"])
-        mixing = torch.linspace(1.0, 2.0, num, dtype=torch.float64)
-        values["sws.mixing"] = mixing / mixing.sum()
-    if "sws.pi_zero" in values:
-        values["sws.pi_zero"] = torch.tensor(0.3, dtype=torch.float64)
-    if "likelihood.precision" in values:
-        values["likelihood.precision"] = torch.tensor(1.7, dtype=torch.float64)
-    return values
-
-
 def _guide(model, values=None):
-    values = _perturbed_values(model) if values is None else values
+    values = perturbed_values(model) if values is None else values
     return AutoDelta(model, init_loc_fn=init_to_value(values=values))
 
 
@@ -103,7 +61,7 @@ def _check_same(model, guide, x, y, index):
 @pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
 @pytest.mark.parametrize("zero", ["learned_pi0", "fixed_pi0", "none"])
 def test_loss_and_gradients_equal_trace_elbo(kind, flat, minibatch, zero):
-    net = _net(1 if kind == "gaussian" else 4)
+    net = small_net(1 if kind == "gaussian" else 4)
     prior = sws.MixturePrior(
         4,
         zero_component=zero != "none",
@@ -115,7 +73,7 @@ def test_loss_and_gradients_equal_trace_elbo(kind, flat, minibatch, zero):
         precision_rate=0.1,
     )
     model = sws.SWSModel(net, prior, likelihood=kind, prior_scale=0.7)
-    x, y = _data(kind)
+    x, y = small_data(kind)
     index = torch.arange(5, 17) if minibatch else None
     with local_params():
         _check_same(model, _guide(model), x, y, index)
@@ -125,8 +83,8 @@ def test_loss_and_gradients_equal_trace_elbo(kind, flat, minibatch, zero):
 @pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
 def test_learned_gaussian_precision(flat, minibatch):
     likelihood = sws.Gaussian(precision=2.5, learn_precision=True, precision_prior=(2.0, 0.5))
-    model = sws.SWSModel(_net(1), sws.MixturePrior(3, flat=flat), likelihood, prior_scale=2.0)
-    x, y = _data("gaussian")
+    model = sws.SWSModel(small_net(1), sws.MixturePrior(3, flat=flat), likelihood, prior_scale=2.0)
+    x, y = small_data("gaussian")
     index = torch.tensor([3, 1, 4, 15, 9, 26, 5]) if minibatch else None
     with local_params():
         _check_same(model, _guide(model), x, y, index)
@@ -146,15 +104,15 @@ def test_learned_gaussian_precision(flat, minibatch):
 )
 def test_other_priors(options):
     options = {"num_components": 5, **options}
-    model = sws.SWSModel(_net(4), sws.MixturePrior(**options), prior_scale=0.3)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(**options), prior_scale=0.3)
+    x, y = small_data("categorical")
     with local_params():
         _check_same(model, _guide(model), x, y, torch.arange(0, 40, 3))
 
 
 def test_prior_scale_zero_drops_the_weight_prior():
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.0)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.0)
+    x, y = small_data("categorical")
     with local_params():
         _check_same(model, _guide(model), x, y, torch.arange(10))
 
@@ -163,7 +121,7 @@ def test_float32_network():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
     model = sws.SWSModel(net, sws.MixturePrior(6), prior_scale=1.0)
-    x, y = _data("categorical")
+    x, y = small_data("categorical")
     x = x.float()
     with local_params():
         guide = AutoDelta(model, init_loc_fn=init_to_value(values=model.init_values()))
@@ -175,8 +133,8 @@ def test_float32_network():
 
 def test_equals_the_elbo_with_several_vectorised_particles():
     """fit's ELBO for num_particles > 1: an AutoDelta's particles are all equal."""
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
     index = torch.arange(3, 30, 2)
     with local_params():
         guide = _guide(model)
@@ -188,15 +146,15 @@ def test_equals_the_elbo_with_several_vectorised_particles():
 def test_reading_the_guide_through_its_attributes_gives_the_same(monkeypatch):
     """The fallback when PyroModule keeps its parameters elsewhere."""
     monkeypatch.setattr(fastmap, "_param_locations", lambda guide, names: None)
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
     with local_params():
         _check_same(model, _guide(model), x, y, torch.arange(7))
 
 
 def test_unused_guide_is_set_up_like_the_first_elbo_call():
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
     with local_params():
         guide = _guide(model)
         assert guide.prototype_trace is None
@@ -207,8 +165,8 @@ def test_unused_guide_is_set_up_like_the_first_elbo_call():
 
 def test_follows_changes_to_model_prior_and_guide():
     """Cached per-guide work never goes stale: λ, hyperprior settings, loaded states."""
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
     with local_params():
         guide = _guide(model)
         _check_same(model, guide, x, y, None)
@@ -217,7 +175,7 @@ def test_follows_changes_to_model_prior_and_guide():
         model.prior.mixing_concentration = 3.0
         model.prior.flat = True
         _check_same(model, guide, x, y, None)
-        other = _guide(model, _perturbed_values(model, seed=7))
+        other = _guide(model, perturbed_values(model, seed=7))
         other(x, y)
         guide.load_state_dict(other.state_dict())
         _check_same(model, guide, x, y, None)
@@ -227,10 +185,10 @@ def test_follows_changes_to_model_prior_and_guide():
 
 def test_same_parameters_as_pyro_after_adam_steps():
     """A fit-style loop with map_loss follows the Trace_ELBO loop step for step."""
-    x, y = _data("categorical")
+    x, y = small_data("categorical")
     finals = []
     for use_fast in (False, True):
-        model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
+        model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
         with local_params():
             guide = _guide(model)
             elbo = Trace_ELBO(max_plate_nesting=1)
@@ -251,8 +209,8 @@ def test_same_parameters_as_pyro_after_adam_steps():
 
 
 def test_non_finite_loss_goes_to_pyro_for_its_error():
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
-    x, y = _data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
     with local_params():
         guide = _guide(model)
         map_loss(model, guide, x, y)
@@ -273,8 +231,8 @@ class _OwnProgram(sws.SWSModel):
 
 
 def test_supports_fast_map_only_where_it_is_exact():
-    x, y = _data("categorical")
-    model = sws.SWSModel(_net(4), sws.MixturePrior(4), prior_scale=0.5)
+    x, y = small_data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(4), prior_scale=0.5)
     with local_params():
         guide = _guide(model)
         assert supports_fast_map(model, guide)
@@ -283,7 +241,7 @@ def test_supports_fast_map_only_where_it_is_exact():
         assert "AutoNormal" in unsupported_reason(model, AutoNormal(model))
         own = _OwnProgram(model.net, model.prior, prior_scale=0.5)
         assert "overrides SWSModel.__call__" in unsupported_reason(own, _guide(own))
-        other = sws.SWSModel(_net(4), sws.MixturePrior(4, include_bias=True))
+        other = sws.SWSModel(small_net(4), sws.MixturePrior(4, include_bias=True))
         assert "latent sites" in unsupported_reason(other, guide)
         assert "not a bayes_sws.SWSModel" in unsupported_reason(lambda x, y: None, guide)
         with pytest.raises(ValueError, match="AutoNormal.*Trace_ELBO"):

@@ -11,6 +11,7 @@ import pyro
 import pytest
 import torch
 from conftest import assert_close
+from scenarios import N, perturbed_values, small_data, small_net
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_value
 from scipy import stats
@@ -19,36 +20,6 @@ from scipy.special import logsumexp
 import bayes_sws as sws
 from bayes_sws.infer import local_params
 
-N = 40
-
-
-def _net(out_features, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, out_features)
-    ).double()
-
-
-def _data(kind, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, 3, generator=g, dtype=torch.float64)
-    if kind == "gaussian":
-        y = torch.randn(N, generator=g, dtype=torch.float64)
-    else:
-        y = torch.randint(0, 4, (N,), generator=g)
-    return x, y
-
-
-def _perturbed_values(model, seed=2):
-    """Site values away from the init, so the check is not at a special point."""
-    g = torch.Generator().manual_seed(seed)
-    values = model.init_values()
-    for name in model.weight_site_names:
-        values[name] = values[name] + 0.1 * torch.randn(values[name].shape, generator=g, dtype=torch.float64)
-    if "sws.means" in values:
-        values["sws.means"] = values["sws.means"] + 0.05
-    values["sws.precisions"] = values["sws.precisions"] * torch.linspace(0.5, 2.0, len(values["sws.precisions"]), dtype=torch.float64)
-    return values
 
 
 def _oracle(model, values, x, y, index, precision=1.0):
@@ -91,12 +62,12 @@ def _oracle(model, values, x, y, index, precision=1.0):
 @pytest.mark.parametrize("minibatch", [False, True])
 @pytest.mark.parametrize("zero_component", [True, False])
 def test_autodelta_loss_is_penalised_objective(kind, flat, minibatch, zero_component):
-    net = _net(1 if kind == "gaussian" else 4)
+    net = small_net(1 if kind == "gaussian" else 4)
     prior = sws.MixturePrior(4, zero_component=zero_component, flat=flat, mixing_concentration=1.5,
                              pi_zero_prior=(2.0, 3.0), precision_concentration=3.0, precision_rate=0.1)
     model = sws.SWSModel(net, prior, likelihood=kind, prior_scale=0.7)
-    x, y = _data(kind)
-    values = _perturbed_values(model)
+    x, y = small_data(kind)
+    values = perturbed_values(model)
     index = torch.arange(5, 17) if minibatch else None
     with local_params():
         guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
@@ -105,23 +76,26 @@ def test_autodelta_loss_is_penalised_objective(kind, flat, minibatch, zero_compo
 
 
 def test_fixed_pi_zero_and_learned_noise_precision():
-    net = _net(1)
+    net = small_net(1)
     prior = sws.MixturePrior(3, pi_zero=0.9, flat=True)
     likelihood = sws.Gaussian(precision=2.5, learn_precision=True, precision_prior=(2.0, 0.5))
     model = sws.SWSModel(net, prior, likelihood=likelihood, prior_scale=2.0)
-    x, y = _data("gaussian")
-    values = _perturbed_values(model)
+    x, y = small_data("gaussian")
+    values = perturbed_values(model)
     with local_params():
         guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
         loss = Trace_ELBO().differentiable_loss(model, guide, x, y)
-    expected = _oracle(model, values, x, y, None, precision=2.5) - stats.gamma.logpdf(2.5, 2.0, scale=2.0)
+    precision = values["likelihood.precision"].item()  # the learned site's value, off its init 2.5
+    expected = _oracle(model, values, x, y, None, precision=precision) - stats.gamma.logpdf(
+        precision, 2.0, scale=2.0
+    )
     assert_close(loss, expected, rtol=1e-10)
 
 
 def test_trace_records_mixture_and_scales_weight_sites_only():
-    net = _net(4)
+    net = small_net(4)
     model = sws.SWSModel(net, sws.MixturePrior(5, zero_component=True), prior_scale=0.25)
-    x, y = _data("categorical")
+    x, y = small_data("categorical")
     trace = pyro.poutine.trace(model).get_trace(x, y)
     for name in ("sws.pi", "sws.mu", "sws.sigma"):
         assert trace.nodes[name]["type"] == "sample" and trace.nodes[name]["value"].shape == (5,)
@@ -152,9 +126,9 @@ def test_conv_network_and_bias_selection():
 
 
 def test_predictive_parallel_draws_batched_weights():
-    net = _net(4)
+    net = small_net(4)
     model = sws.SWSModel(net, sws.MixturePrior(3))
-    x, y = _data("categorical")
+    x, y = small_data("categorical")
     result = sws.fit(model, x, y, guide="normal", num_steps=2)
     with local_params():
         pred = pyro.infer.Predictive(model, guide=result.guide, num_samples=6, parallel=True)(x)
