@@ -448,7 +448,7 @@ def plot_mixture_over_histogram(
     mixture: Any = None,
     *,
     per_layer: bool = True,
-    bins: int = 80,
+    bins: int | None = None,
     components: bool = True,
     title: str | None = None,
 ):
@@ -469,7 +469,9 @@ def plot_mixture_over_histogram(
         Default: the result's :meth:`mixture`; required otherwise.
     per_layer : bool
         One panel per tensor after the pooled panel.
-    bins : int
+    bins : int, optional
+        Default: about two per √(number of weights), between 10 and 100, so that
+        small layers still show the curve above one count.
     components : bool
         Also draw each weighted component and mark the means.
 
@@ -491,6 +493,8 @@ def plot_mixture_over_histogram(
     pooled = panels[0][1]
     lo = min(pooled.min(), (mu - 3 * sigma).min())
     hi = max(pooled.max(), (mu + 3 * sigma).max())
+    if bins is None:
+        bins = int(np.clip(2 * math.sqrt(pooled.size), 10, 100))
     edges = np.linspace(lo, hi, bins + 1)
     grid = np.linspace(lo, hi, 800)
     z = (grid[:, None] - mu) / sigma
@@ -505,13 +509,15 @@ def plot_mixture_over_histogram(
     for ax, (name, values) in zip(axes, panels):
         counts, _, _ = ax.hist(values, bins=edges, color="0.75", label="weights")
         scale = values.size * width
-        ax.plot(grid, scale * density, color="tab:red", lw=1.5, label="mixture")
+        expected = scale * density
+        bottom = min(0.5, 0.05 * expected.max())
+        ax.plot(grid, expected, color="tab:red", lw=1.5, label="mixture")
         if components:
             for j in range(len(pi)):
                 ax.plot(grid, scale * comp[:, j], color="tab:blue", lw=0.6, ls="--", alpha=0.7)
-            ax.plot(mu, np.full_like(mu, 0.7), "v", color="tab:blue", ms=4, label="means")
+            ax.plot(mu, np.full_like(mu, 1.4 * bottom), "v", color="tab:blue", ms=4, label="means")
         ax.set_yscale("log")
-        ax.set_ylim(0.5, max(counts.max(), 1.0) * 3)
+        ax.set_ylim(bottom, max(counts.max(), expected.max(), 1.0) * 3)
         ax.set_xlim(lo, hi)
         ax.set_title(f"{name} ({values.size} weights)", fontsize=9)
         ax.set_xlabel("weight")

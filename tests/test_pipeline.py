@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close
 from scipy import stats
 
 import bayes_sws as sws
@@ -20,6 +21,7 @@ from bayes_sws.compress import storage_report
 from bayes_sws.data import load_dataset
 from bayes_sws.nets import mlp
 from bayes_sws.pipeline import (
+    DEFAULT_ZERO_PRECISION_PRIOR,
     ULLRICH_PRECISION_PRIOR,
     ULLRICH_ZERO_PRECISION_PRIOR,
     CompressionResult,
@@ -28,8 +30,6 @@ from bayes_sws.pipeline import (
     tempered_gamma,
 )
 from bayes_sws.training import train
-
-from conftest import assert_close
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,11 +61,16 @@ def pretrained(digits):
 
 @pytest.fixture(scope="module")
 def compressed(digits, pretrained):
-    """The pipeline on digits with a small budget (about 15 s on one core)."""
+    """The pipeline on digits with a small budget (about 12 s on one core)."""
     before = {n: p.detach().clone() for n, p in pretrained.named_parameters()}
     result = soft_weight_sharing(
-        pretrained, digits, prior_scale=0.03, lr=1e-3, mixture_lr=1e-2, num_epochs=60,
-        batch_size=64, seed=0,
+        pretrained,
+        digits,
+        prior_scale=0.1,
+        mixture_lr=1e-2,
+        num_epochs=100,
+        batch_size=64,
+        seed=0,
     )
     return result, before
 
@@ -113,17 +118,19 @@ def test_pipeline_quantised_network_takes_only_shared_values(compressed):
 def test_pipeline_record_is_consistent(digits, compressed):
     result, _ = compressed
     assert isinstance(result, CompressionResult)
-    assert result.compression_rate == storage_report(
-        result.net, param_names=result.config["param_names"]
-    ).compression_rate
+    assert (
+        result.compression_rate
+        == storage_report(result.net, param_names=result.config["param_names"]).compression_rate
+    )
     mixture = result.mixture
     assert mixture.pi.shape == mixture.mu.shape == mixture.sigma.shape == (17,)
     assert mixture.mu[0] == 0.0 and mixture.pi[0] == pytest.approx(0.99)
     assert_close(mixture.pi.sum(), 1.0, rtol=1e-6)
-    # the hyperpriors used are Ullrich et al.'s, tempered by λ = 0.03
-    conc, rate = result.config["zero_precision_prior_used"]
-    assert_close([conc, rate], [1 + 0.03 * 4999, 0.03 * 2.0], rtol=1e-12)
-    assert result.fit.config["num_steps"] == 60 * (digits.num_train // 64)
+    # the default hyperpriors are used as given; the zero component ends near its mode
+    assert result.config["zero_precision_prior_used"] == list(DEFAULT_ZERO_PRECISION_PRIOR)
+    mode = (DEFAULT_ZERO_PRECISION_PRIOR[0] - 1) / DEFAULT_ZERO_PRECISION_PRIOR[1]
+    assert 0.3 * mode**-0.5 < float(mixture.sigma[0]) < 3 * mode**-0.5
+    assert result.fit.config["num_steps"] == 100 * (digits.num_train // 64)
     assert result.wall_time >= result.fit.wall_time > 0
 
 
@@ -149,13 +156,24 @@ def test_compress_result_gives_the_cli_record():
     fit, x_test, y_test = _small_fit()
     result = compress_result(fit, x_test, y_test, merge_threshold=0.0, test_accuracy_pretrained=0.5)
     record = result.to_dict()
-    for key in ("compression_rate", "nonzero_fraction", "test_accuracy_before", "test_accuracy_after"):
+    for key in (
+        "compression_rate",
+        "nonzero_fraction",
+        "test_accuracy_before",
+        "test_accuracy_after",
+    ):
         assert isinstance(record[key], float), key
     assert record["test_accuracy_pretrained"] == 0.5
     json.dumps(record)  # JSON-ready as is
     assert [row["name"] for row in record["layers"]] == ["0.weight", "2.weight"]
-    assert {"num_params", "num_nonzero", "nonzero_fraction", "num_distinct", "total_bits",
-            "compression_rate"} <= set(record["layers"][0])
+    assert {
+        "num_params",
+        "num_nonzero",
+        "nonzero_fraction",
+        "num_distinct",
+        "total_bits",
+        "compression_rate",
+    } <= set(record["layers"][0])
     assert record["test_accuracy_before"] == pytest.approx(
         _numpy_accuracy(fit.map_network(), x_test, y_test), abs=1e-12
     )
@@ -205,11 +223,35 @@ def test_soft_weight_sharing_validates_its_inputs(pretrained):
     with pytest.raises(TypeError, match="Dataset"):
         soft_weight_sharing(pretrained, {"x": 1})
     with pytest.raises(ValueError, match="Gamma"):
-        soft_weight_sharing(pretrained, (torch.zeros(4, 64), torch.zeros(4).long()) * 2,
-                            precision_prior=(0.0, 1.0))
+        soft_weight_sharing(
+            pretrained, (torch.zeros(4, 64), torch.zeros(4).long()) * 2, precision_prior=(0.0, 1.0)
+        )
     with pytest.raises(ValueError, match="shape < 1 has no MAP"):
-        soft_weight_sharing(pretrained, (torch.zeros(4, 64), torch.zeros(4).long()) * 2,
-                            precision_prior=(0.5, 1.0), temper_hyperprior=False)
+        soft_weight_sharing(
+            pretrained,
+            (torch.zeros(4, 64), torch.zeros(4).long()) * 2,
+            precision_prior=(0.5, 1.0),
+            temper_hyperprior=False,
+        )
+
+
+def test_tempered_hyperprior_reproduces_the_papers_units(digits, pretrained):
+    result = soft_weight_sharing(
+        pretrained,
+        digits,
+        temper_hyperprior=True,
+        precision_prior=ULLRICH_PRECISION_PRIOR,
+        zero_precision_prior=ULLRICH_ZERO_PRECISION_PRIOR,
+        prior_scale=0.003,
+        num_steps=2,
+    )
+    assert_close(
+        result.config["zero_precision_prior_used"], [1 + 0.003 * 4999, 0.003 * 2.0], rtol=1e-12
+    )
+    assert_close(result.config["precision_prior_used"], [1 + 0.003 * 249, 0.003 * 0.1], rtol=1e-12)
+    prior = result.fit.model.prior
+    assert prior.zero_precision_concentration == pytest.approx(1 + 0.003 * 4999)
+    assert prior.precision_rate == pytest.approx(0.0003)
 
 
 # --------------------------------------------------------------------------- hyperpriors
@@ -219,7 +261,9 @@ def test_tempered_gamma_is_the_normalised_power():
     shape, rate, power = 250.0, 0.1, 0.03
     a, b = tempered_gamma(shape, rate, power)
     x = np.linspace(500.0, 6000.0, 7)
-    diff = power * stats.gamma.logpdf(x, shape, scale=1 / rate) - stats.gamma.logpdf(x, a, scale=1 / b)
+    diff = power * stats.gamma.logpdf(x, shape, scale=1 / rate) - stats.gamma.logpdf(
+        x, a, scale=1 / b
+    )
     assert np.ptp(diff) < 1e-8  # proportional densities
     assert (a - 1) / b == pytest.approx((shape - 1) / rate)  # same mode
     with pytest.raises(ValueError, match="> 0"):
@@ -227,13 +271,20 @@ def test_tempered_gamma_is_the_normalised_power():
 
 
 def test_zero_component_has_its_own_precision_prior():
-    prior = sws.MixturePrior(4, precision_concentration=3.0, precision_rate=0.5,
-                             zero_precision_concentration=50.0, zero_precision_rate=0.1)
+    prior = sws.MixturePrior(
+        4,
+        precision_concentration=3.0,
+        precision_rate=0.5,
+        zero_precision_concentration=50.0,
+        zero_precision_rate=0.1,
+    )
     precisions = torch.tensor([400.0, 2.0, 5.0, 9.0], dtype=torch.float64)
-    values = {"sws.pi_zero": torch.tensor(0.7, dtype=torch.float64),
-              "sws.mixing": torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64),
-              "sws.means": torch.tensor([-0.3, 0.1, 0.4], dtype=torch.float64),
-              "sws.precisions": precisions}
+    values = {
+        "sws.pi_zero": torch.tensor(0.7, dtype=torch.float64),
+        "sws.mixing": torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64),
+        "sws.means": torch.tensor([-0.3, 0.1, 0.4], dtype=torch.float64),
+        "sws.precisions": precisions,
+    }
     got = prior.log_hyperprior(values, precisions)
     expected = (
         stats.beta.logpdf(0.7, 1.0, 1.0)
@@ -250,8 +301,11 @@ def test_zero_precision_prior_defaults_to_the_shared_one():
     assert (prior.zero_precision_concentration, prior.zero_precision_rate) == (3.0, 0.5)
     precisions = torch.tensor([4.0, 2.0, 5.0], dtype=torch.float64)
     site = prior._hyperprior("sws.precisions", precisions)
-    assert_close(site.log_prob(precisions), stats.gamma.logpdf([4.0, 2.0, 5.0], 3.0, scale=2.0).sum(),
-                 rtol=1e-12)
+    assert_close(
+        site.log_prob(precisions),
+        stats.gamma.logpdf([4.0, 2.0, 5.0], 3.0, scale=2.0).sum(),
+        rtol=1e-12,
+    )
 
 
 def test_zero_precision_prior_is_validated():
@@ -267,7 +321,9 @@ def test_zero_precision_prior_is_validated():
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("compression_benchmark", REPO / "benchmarks" / "compression.py")
+    spec = importlib.util.spec_from_file_location(
+        "compression_benchmark", REPO / "benchmarks" / "compression.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -277,7 +333,9 @@ def _benchmark_module():
 def test_benchmark_section_replaces_only_its_own(tmp_path):
     bench = _benchmark_module()
     path = tmp_path / "BENCHMARKS.md"
-    path.write_text("# Benchmarks\n\n## Prior kernel\n\nkernel table\n\n## Compression\n\nold\n\n## Other\n\nkeep\n")
+    path.write_text(
+        "# Benchmarks\n\n## Prior kernel\n\nkernel table\n\n## Compression\n\nold\n\n## Other\n\nkeep\n"
+    )
     bench.write_section(path, "## Compression\n\nnew table\n")
     text = path.read_text()
     assert "old" not in text and "new table" in text
@@ -290,12 +348,24 @@ def test_benchmark_section_replaces_only_its_own(tmp_path):
 def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     bench = _benchmark_module()
     out = tmp_path / "numbers.json"
-    code = bench.main([
-        "--cases", "digits/lenet-300-100", "--cache", str(tmp_path / "cache"), "--json", str(out),
-        "--set", "sws.num_epochs=1", "--set", "dc.finetune_epochs=1", "--set", "dc.centroid_epochs=1",
-    ])
+    code = bench.main(
+        [
+            "--cases",
+            "digits/lenet-300-100",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+            "--set",
+            "sws.num_epochs=1",
+            "--set",
+            "dc.finetune_epochs=1",
+            "--set",
+            "dc.centroid_epochs=1",
+        ]
+    )
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["method"] for r in rows] == ["soft weight-sharing", "dc-han", "dc-matched"]
+    assert [r["method"] for r in rows] == ["sws λ=0.03", "dc-han", "dc-matched to sws λ=0.03"]
     assert "| digits/lenet-300-100 | dc-han |" in capsys.readouterr().out
     assert list((tmp_path / "cache").glob("*.pt"))  # the pretrained network was cached
