@@ -223,6 +223,8 @@ _GROUPS = {
         "epochs",
         "batch_size",
         "seed",
+        "on_nonfinite",
+        "max_rollbacks",
         "checkpoint_every",
         "keep_checkpoints",
     ),

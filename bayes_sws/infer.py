@@ -736,7 +736,7 @@ def fit(
             return NumericalFault(
                 f"non-finite values at step {at} ({what}): {text}. Lower the learning rate "
                 f"(lr={optim.param_groups[0]['lr']:g}), strengthen the Gamma hyperprior on the "
-                "precisions, or pass on_nonfinite='rollback'." + kept,
+                "precisions" + ("." if rollback else ", or pass on_nonfinite='rollback'.") + kept,
                 step=at, name=bad, kind=kind,
             )
 

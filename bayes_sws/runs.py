@@ -63,7 +63,16 @@ from torch import Tensor, nn
 
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .guides import GUIDES
-from .infer import OPTIMIZERS, FitResult, FitState, fit, get_rng_state, local_params, set_rng_state
+from .infer import (
+    ON_NONFINITE,
+    OPTIMIZERS,
+    FitResult,
+    FitState,
+    fit,
+    get_rng_state,
+    local_params,
+    set_rng_state,
+)
 from .likelihoods import LIKELIHOODS, Categorical, Gaussian, Likelihood
 from .model import SWSModel
 from .nets import ACTIVATIONS, NETWORKS, build_network
@@ -671,6 +680,14 @@ class RunConfig:
     seed: int = _opt(
         0, "seed of initialisation, pretraining, batches and the guide", "int", _non_negative
     )
+    on_nonfinite: str = _opt(
+        "raise",
+        "on a non-finite loss or gradient: raise (stop, exit 1) or rollback (restore the last "
+        "good state, lower the learning rates, go on)",
+        "str",
+        choices=ON_NONFINITE,
+    )
+    max_rollbacks: int = _opt(3, "rollbacks allowed with on_nonfinite=rollback", "int", _non_negative)
     checkpoint_every: int = _opt(100, "steps between checkpoints", "int", _at_least_one)
     keep_checkpoints: int = _opt(2, "number of newest checkpoints kept", "int", _at_least_one)
 
@@ -1317,6 +1334,8 @@ def _execute(
             checkpoint=_checkpoint_writer(run_dir, config.keep_checkpoints),
             checkpoint_every=config.checkpoint_every,
             initial_state=state,
+            on_nonfinite=config.on_nonfinite,
+            max_rollbacks=config.max_rollbacks,
         )
     except RuntimeError:
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point

@@ -393,3 +393,26 @@ def test_corrupted_result_is_reported_not_loaded(map_run, tmp_path, capsys):
     path.write_bytes(bytes(data))
     code, _, err = run_cli(capsys, "compress", copy)
     assert code == 2 and "result.ckpt is corrupted" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- numerical faults
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        (["--on-nonfinite", "raise"], "non-finite"),
+        (["--on-nonfinite", "rollback", "--max-rollbacks", "2"], "Gave up after 2 rollbacks"),
+    ],
+)
+def test_diverging_fit_fails_in_one_line_under_either_policy(policy, named, tmp_path, capsys):
+    # Adam moves every weight by about lr per step, so lr = 1e30 overflows the logits at
+    # once; halving it twice on rollback cannot rescue that, so both policies must stop.
+    out = tmp_path / "diverged"
+    argv = ["fit", "--out", out, *SMALL, "--lr", "1e30", "--mixture-lr", "1e30", *policy]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == cli.EXIT_FAILURE
+    last = err.strip().splitlines()[-1]  # progress notes come first, then one error line
+    assert last.startswith("bayes-sws: failed: non-finite values at step") and named in last, err
+    assert "Traceback" not in err
+    config = json.loads((out / "config.json").read_text())
+    assert config["on_nonfinite"] == policy[1]
+    assert not (out / "metrics.json").exists()  # a failed run never looks complete
