@@ -231,6 +231,27 @@ _GROUPS = {
 }
 
 
+def _run_dir_command(
+    commands,
+    name: str,
+    run,
+    *,
+    help: str,
+    description: str,
+    run_dir_help: str = "a fitted run directory",
+    plots: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand that works on one run directory (and optionally writes plots)."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.add_argument("run_dir", type=Path, metavar="DIR", help=run_dir_help)
+    if plots is not None:
+        command.add_argument(
+            "--plots", action=argparse.BooleanOptionalAction, default=True, help=plots
+        )
+    command.set_defaults(run=run)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -289,36 +310,33 @@ def build_parser() -> argparse.ArgumentParser:
             _add_setting(group, option)
     fit.set_defaults(run=_fit)
 
-    compress = commands.add_parser(
+    compress = _run_dir_command(
+        commands,
         "compress",
+        _compress,
         help="quantise a fitted run; write DIR/compression.json",
         description="Assign each weight of the MAP (median) network to its most responsible "
         "component of the learned mixture, merge close components, prune the zero component, "
         "and count storage as Han et al. (2016). Writes DIR/compression.json and plots.",
+        plots="write before/after plots to DIR/plots/ (default: yes)",
     )
-    compress.add_argument("run_dir", type=Path, metavar="DIR", help="a fitted run directory")
     compress.add_argument(
         "--merge-threshold",
         type=_non_negative_float,
         default=1e-2,
         help="merge components closer than this (symmetric KL; 0: never) (default: 0.01)",
     )
-    compress.add_argument(
-        "--plots",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="write before/after plots to DIR/plots/ (default: yes)",
-    )
-    compress.set_defaults(run=_compress)
 
-    diagnose = commands.add_parser(
+    diagnose = _run_dir_command(
+        commands,
         "diagnose",
+        _diagnose,
         help="ArviZ InferenceData to DIR/posterior.nc, summary, plots",
         description="Draw from the fitted posterior, convert to ArviZ InferenceData (posterior, "
         "posterior_predictive, log_likelihood, observed_data), write DIR/posterior.nc, print "
         "az.summary of the mixture and save plots to DIR/plots/.",
+        plots="write plots to DIR/plots/ (default: yes)",
     )
-    diagnose.add_argument("run_dir", type=Path, metavar="DIR", help="a fitted run directory")
     diagnose.add_argument(
         "--num-samples", type=_positive_int, default=200, help="posterior draws (default: 200)"
     )
@@ -328,22 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=500,
         help="training points in the log-likelihood and predictive groups (default: 500)",
     )
-    diagnose.add_argument(
-        "--plots",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="write plots to DIR/plots/ (default: yes)",
-    )
-    diagnose.set_defaults(run=_diagnose)
 
-    report = commands.add_parser(
+    _run_dir_command(
+        commands,
         "report",
+        _report,
         help="a short human summary of a run",
         description="Settings, status, metrics, learned mixture, "
         "compression and posterior summary of a run directory.",
+        run_dir_help="a run directory",
     )
-    report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
-    report.set_defaults(run=_report)
 
     demo = commands.add_parser(
         "demo",

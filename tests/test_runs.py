@@ -62,6 +62,11 @@ def _model(net, **prior):
     return sws.SWSModel(copy.deepcopy(net), sws.MixturePrior(4, **prior), prior_scale=0.1)
 
 
+def _fit(digits, pretrained, **kwargs):
+    """``fit`` of a fresh copy of the pretrained digits MLP under a 4-component prior."""
+    return sws.fit(_model(pretrained), digits.x_train, digits.y_train, **kwargs)
+
+
 def _assert_same_state(a: dict, b: dict):
     assert a.keys() == b.keys()
     for key, value in a.items():
@@ -179,10 +184,9 @@ def test_laplace_result_loads_identically(tmp_path):
 
 
 def test_loading_does_not_disturb_the_global_rng(tmp_path, digits, pretrained):
-    result = sws.fit(
-        _model(pretrained),
-        digits.x_train,
-        digits.y_train,
+    result = _fit(
+        digits,
+        pretrained,
         guide="lowrank",
         num_steps=3,
         batch_size=64,
@@ -200,7 +204,7 @@ def test_loading_does_not_disturb_the_global_rng(tmp_path, digits, pretrained):
 
 
 def test_corrupted_result_is_never_loaded(tmp_path, digits, pretrained):
-    result = sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=3)
+    result = _fit(digits, pretrained, num_steps=3)
     path = runs.save_result(
         result,
         tmp_path,
@@ -261,10 +265,9 @@ def test_fit_resumed_from_any_checkpoint_is_bit_identical(
 
 def test_stopping_early_checkpoints_the_last_step(digits, pretrained):
     states = []
-    result = sws.fit(
-        _model(pretrained),
-        digits.x_train,
-        digits.y_train,
+    result = _fit(
+        digits,
+        pretrained,
         num_steps=50,
         batch_size=64,
         checkpoint=states.append,
@@ -278,43 +281,39 @@ def test_stopping_early_checkpoints_the_last_step(digits, pretrained):
 
 def test_initial_state_from_other_settings_is_refused(digits, pretrained):
     states = []
-    sws.fit(
-        _model(pretrained),
-        digits.x_train,
-        digits.y_train,
+    _fit(
+        digits,
+        pretrained,
         num_steps=4,
         batch_size=64,
         checkpoint=states.append,
     )
     with pytest.raises(ValueError, match="lr=0.001 in the checkpoint but 0.01 now"):
-        sws.fit(
-            _model(pretrained),
-            digits.x_train,
-            digits.y_train,
+        _fit(
+            digits,
+            pretrained,
             num_steps=4,
             batch_size=64,
             lr=1e-2,
             initial_state=states[-1],
         )
     with pytest.raises(ValueError, match="at most num_steps=3"):
-        sws.fit(
-            _model(pretrained),
-            digits.x_train,
-            digits.y_train,
+        _fit(
+            digits,
+            pretrained,
             num_steps=3,
             batch_size=64,
             initial_state=states[-1],
         )
     with pytest.raises(TypeError, match="FitState"):
-        sws.fit(_model(pretrained), digits.x_train, digits.y_train, num_steps=3, initial_state=[1])
+        _fit(digits, pretrained, num_steps=3, initial_state=[1])
 
 
 def test_a_non_finite_state_never_replaces_the_last_good_checkpoint(tmp_path, digits, pretrained):
     states = []
-    sws.fit(
-        _model(pretrained),
-        digits.x_train,
-        digits.y_train,
+    _fit(
+        digits,
+        pretrained,
         num_steps=4,
         batch_size=64,
         checkpoint=states.append,
