@@ -30,7 +30,7 @@ __all__ = [
     "MixturePrior",
     "OrderedNormal",
     "SWSModel",
+    "__version__",
     "fit",
     "penalty",
-    "__version__",
 ]

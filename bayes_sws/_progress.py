@@ -6,7 +6,9 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["progress_enabled", "progress_bar"]
+from typing_extensions import Self
+
+__all__ = ["progress_bar", "progress_enabled"]
 
 
 def progress_enabled(progress: bool | None = None) -> bool:
@@ -37,10 +39,10 @@ class _NoBar:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "_NoBar":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

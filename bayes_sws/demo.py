@@ -22,7 +22,7 @@ from .nets import mlp
 from .priors import Mixture, MixturePrior
 from .training import accuracy, train
 
-__all__ = ["DemoResult", "run_demo", "format_demo", "clustering_summary"]
+__all__ = ["DemoResult", "clustering_summary", "format_demo", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,8 @@ def format_demo(result: DemoResult) -> str:
         "soft weight-sharing on scikit-learn digits (MLP, MAP by SVI + AutoDelta)",
         f"  test accuracy pretrained : {100 * result.accuracy_pretrained:6.2f} %",
         f"  test accuracy retrained  : {100 * result.accuracy_retrained:6.2f} %",
-        f"  weights within 2σ of their component mean: {100 * result.within_two_sigma:.1f} % "
-        f"of {result.num_weights}",
+        (f"  weights within 2σ of their component mean: {100 * result.within_two_sigma:.1f} % "
+        f"of {result.num_weights}"),
         "  learned mixture (component 0 is the fixed zero component):",
         "     j       pi         mu      sigma   share of weights",
     ]

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-__all__ = ["Likelihood", "Categorical", "Gaussian", "get_likelihood", "LIKELIHOODS"]
+__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "get_likelihood"]
 
 
 class Likelihood:

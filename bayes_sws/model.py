@@ -36,7 +36,7 @@ from torch.func import functional_call
 from .likelihoods import Likelihood, get_likelihood
 from .priors import Mixture, MixturePrior
 
-__all__ = ["SWSModel", "WEIGHT_PREFIX"]
+__all__ = ["WEIGHT_PREFIX", "SWSModel"]
 
 WEIGHT_PREFIX = "net."
 

@@ -16,8 +16,9 @@ sample sites of the Pyro model.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -107,7 +108,7 @@ def mlp(sizes: Sequence[int], activation: str | Callable[[], nn.Module] = "relu"
         _check_positive_int(size, f"sizes[{position}]")
     make_activation = _activation_factory(activation)
     layers: list[nn.Module] = []
-    for position, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for position, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         if position > 0:
             layers.append(make_activation())
         layers.append(nn.Linear(fan_in, fan_out))

@@ -31,17 +31,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "OmegaGradients",
+    "grad_log_variance",
+    "grad_logits",
+    "grad_mu",
+    "grad_sigma",
+    "grad_w",
+    "gradients",
     "log_component_densities",
     "log_mixture_density",
     "omega",
     "responsibilities",
-    "grad_w",
-    "grad_mu",
-    "grad_sigma",
-    "grad_log_variance",
-    "grad_logits",
-    "gradients",
-    "OmegaGradients",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)

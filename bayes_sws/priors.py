@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .distributions import MixtureOfGaussians, OrderedNormal
 
-__all__ = ["Mixture", "MixturePrior", "SITE_PREFIX"]
+__all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
 
 SITE_PREFIX = "sws."
 PI_ZERO, MIXING, MEANS, PRECISIONS = "sws.pi_zero", "sws.mixing", "sws.means", "sws.precisions"

@@ -9,8 +9,8 @@ fine-tunes with masked and shared gradients through the ``before_step`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -408,7 +408,7 @@ def test_diverging_fit_fails_in_one_line_under_either_policy(policy, named, tmp_
     # once; halving it twice on rollback cannot rescue that, so both policies must stop.
     out = tmp_path / "diverged"
     argv = ["fit", "--out", out, *SMALL, "--lr", "1e30", "--mixture-lr", "1e30", *policy]
-    code, stdout, err = run_cli(capsys, *argv)
+    code, _stdout, err = run_cli(capsys, *argv)
     assert code == cli.EXIT_FAILURE
     last = err.strip().splitlines()[-1]  # progress notes come first, then one error line
     assert last.startswith("bayes-sws: failed: non-finite values at step") and named in last, err

@@ -380,16 +380,16 @@ def test_without_zero_component_nothing_is_special():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(mu=torch.tensor([0.1, 0.2])), "mu\\[0\\] == 0"),
-        (dict(sigma=torch.tensor([0.1, -0.2])), "sigma must be positive"),
-        (dict(pi=torch.tensor([0.5, 0.3, 0.2])), "same shape"),
-        (dict(param_names=["bias2"]), "not parameters"),
+        ({"mu": torch.tensor([0.1, 0.2])}, "mu\\[0\\] == 0"),
+        ({"sigma": torch.tensor([0.1, -0.2])}, "sigma must be positive"),
+        ({"pi": torch.tensor([0.5, 0.3, 0.2])}, "same shape"),
+        ({"param_names": ["bias2"]}, "not parameters"),
     ],
 )
 def test_quantize_validates_inputs(kwargs, match):
-    args = dict(
-        pi=torch.tensor([0.5, 0.5]), mu=torch.tensor([0.0, 0.2]), sigma=torch.tensor([0.1, 0.1])
-    )
+    args = {
+        "pi": torch.tensor([0.5, 0.5]), "mu": torch.tensor([0.0, 0.2]), "sigma": torch.tensor([0.1, 0.1])
+    }
     args.update(kwargs)
     param_names = args.pop("param_names", None)
     with pytest.raises(ValueError, match=match):

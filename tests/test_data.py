@@ -297,7 +297,7 @@ def test_npz_with_x_and_y_is_split_like_digits(tmp_path):
     y = np.repeat([0, 1], 25)
     np.savez(tmp_path / "toy.npz", x=x, y=y)
     data = load_dataset(tmp_path / "toy.npz", standardize=False, test_fraction=0.2, seed=4)
-    x_train, x_test, y_train, y_test = train_test_split(
+    _x_train, x_test, y_train, _y_test = train_test_split(
         x, y, test_size=0.2, random_state=4, stratify=y
     )
     assert data.name == "toy" and data.num_classes == 2

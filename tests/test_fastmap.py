@@ -15,9 +15,9 @@ import pyro
 import pytest
 import torch
 from conftest import assert_close
-from scenarios import N, perturbed_values, small_data, small_net
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
+from scenarios import N, perturbed_values, small_data, small_net
 
 import bayes_sws as sws
 from bayes_sws import fastmap

@@ -11,15 +11,14 @@ import pyro
 import pytest
 import torch
 from conftest import assert_close
-from scenarios import N, perturbed_values, small_data, small_net
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_value
+from scenarios import N, perturbed_values, small_data, small_net
 from scipy import stats
 from scipy.special import logsumexp
 
 import bayes_sws as sws
 from bayes_sws.infer import local_params
-
 
 
 def _oracle(model, values, x, y, index, precision=1.0):

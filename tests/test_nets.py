@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from conftest import assert_close
+from torch import nn
 
 from bayes_sws.nets import NETWORKS, build_network, lenet5_caffe, lenet_300_100, mlp
 

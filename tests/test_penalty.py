@@ -11,7 +11,6 @@ from sklearn.mixture import GaussianMixture
 from bayes_sws import penalty
 
 
-
 def _mixture(num_components=5, seed=0):
     rng = np.random.default_rng(seed)
     pi = rng.dirichlet(np.ones(num_components))

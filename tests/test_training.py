@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from conftest import assert_close
+from torch import nn
 
 from bayes_sws.data import load_dataset
 from bayes_sws.nets import mlp
