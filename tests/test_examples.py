@@ -5,11 +5,13 @@ added. They run in-process (``runpy``, as ``__main__``) to spare a Python start
 per script; each is also checked to honour ``CI`` the way the README promises.
 """
 
+import re
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 
@@ -30,3 +32,24 @@ def test_example_runs_with_a_small_budget(script, monkeypatch, capsys):
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert out.strip(), f"{script.name} printed nothing"
+
+
+def test_readme_quick_start_runs_as_written_and_learns(capsys):
+    """The README's ten-line quick start, executed verbatim; its printed accuracy is
+    checked against scikit-learn's ``accuracy_score`` of the same network's predictions."""
+
+
+    from sklearn.metrics import accuracy_score
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Quick start\n\n```python\n(.*?)```", readme, re.DOTALL)
+    assert block, "README.md lost its '## Quick start' python block"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md quick start", "exec"), namespace)  # noqa: S102
+    printed = capsys.readouterr().out.split()[0]
+    net, data = namespace["result"].map_network(), namespace["data"]
+    with torch.no_grad():
+        predicted = net(data.x_test).argmax(-1).numpy()
+    expected = accuracy_score(data.y_test.numpy(), predicted)
+    assert float(printed) == pytest.approx(expected, abs=1e-12)
+    assert expected > 0.9  # chance is 0.1; λ = 0.1 keeps the pretrained ~0.97 within a few points
