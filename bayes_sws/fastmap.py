@@ -49,6 +49,7 @@ import weakref
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta
@@ -56,6 +57,7 @@ from torch import Tensor
 from torch.distributions import transform_to
 
 from .kernel import mixture_log_prob
+from .likelihoods import Categorical as CategoricalLikelihood
 from .likelihoods import Likelihood
 from .model import SWSModel
 from .priors import MixturePrior
@@ -144,6 +146,48 @@ class _Validation:
         dist.enable_validation(self.before)
 
 
+def _closed_form(d: dist.Distribution):
+    """``d.log_prob`` as a few torch ops with the value-free terms precomputed, or ``None``.
+
+    For the hyperprior families :class:`MixturePrior` uses (Beta, Dirichlet,
+    Normal and Gamma, the last two possibly ``Independent``), with parameters
+    that are constants (the prior's settings): the same formulas as torch's
+    ``log_prob``, minus the work that does not depend on the value (``lgamma``
+    of the parameters, broadcasting, validation) — about 4× less per step.
+    """
+    event_dims = 0
+    base = d
+    if type(base) is dist.Independent:
+        event_dims = base.reinterpreted_batch_ndims
+        base = base.base_dist
+    params = [p for p in vars(base).values() if isinstance(p, Tensor)]
+    if any(p.requires_grad for p in params):
+        return None
+
+    def total(log_p):
+        return log_p.sum(tuple(range(-event_dims, 0))) if event_dims else log_p
+
+    kind = type(base)
+    if kind is dist.Normal:
+        loc, scale = base.loc, base.scale
+        const = -scale.log() - 0.5 * math.log(2 * math.pi)
+        half_inv_var = 0.5 / scale**2
+        return lambda x: total(const - half_inv_var * (x - loc) ** 2)
+    if kind is dist.Gamma:
+        conc, rate = base.concentration, base.rate
+        const = torch.xlogy(conc, rate) - torch.lgamma(conc)
+        return lambda x: total(const + torch.xlogy(conc - 1, x) - rate * x)
+    if kind is dist.Dirichlet and event_dims == 0:
+        conc = base.concentration
+        const = torch.lgamma(conc.sum(-1)) - torch.lgamma(conc).sum(-1)
+        return lambda x: torch.xlogy(conc - 1, x).sum(-1) + const
+    if kind is dist.Beta and event_dims == 0:
+        a, b = base.concentration1, base.concentration0
+        const = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)
+        return lambda x: torch.xlogy(a - 1, x) + torch.xlogy(b - 1, 1 - x) + const
+    return None
+
+
 def _prior_key(prior: MixturePrior) -> tuple:
     """The prior's settings (numbers, flags, names), to notice a changed prior."""
     return tuple(
@@ -175,6 +219,11 @@ class _Plan:
             self.hyperpriors = {
                 site: model.prior._hyperprior(site, like) for site in model.prior.site_names
             }
+            self.hyper_log_probs = {
+                site: _closed_form(d) or d.log_prob for site, d in self.hyperpriors.items()
+            }
+        # -cross_entropy is Categorical(logits).log_prob summed, in one fused op
+        self.cross_entropy = type(self.likelihood) is CategoricalLikelihood
 
     def matches(self, model: SWSModel, guide: AutoDelta, like: Tensor) -> bool:
         return (
@@ -351,7 +400,7 @@ def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsamp
     values = plan.site_values(guide)
 
     # hyperpriors: unscaled sites
-    log_joint = sum(d.log_prob(values[site]) for site, d in plan.hyperpriors.items())
+    log_joint = sum(log_prob(values[site]) for site, log_prob in plan.hyper_log_probs.items())
     mixture = plan.prior.mixture(values, like)
 
     # the weight prior under poutine.scale(λ): all tensors in one kernel pass
@@ -368,11 +417,13 @@ def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsamp
         log_joint = log_joint + log_params
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
+    scale = 1.0 if subsample is None else 1.0 * x.shape[0] / batch_x.shape[0]
+    if plan.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
+        return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))
     log_lik = plan.likelihood.distribution(output, params).log_prob(batch_y)
     if log_lik.shape != (batch_x.shape[0],):
         raise ValueError(
             f"the likelihood's log_prob has shape {tuple(log_lik.shape)}, expected one value "
             f"per data point {(batch_x.shape[0],)}; use Trace_ELBO for this likelihood"
         )
-    scale = 1.0 if subsample is None else 1.0 * x.shape[0] / batch_x.shape[0]
     return -(log_joint + scale * log_lik.sum())

@@ -22,10 +22,19 @@ timings and memory do not leak between cases:
 
 Implementations:
 
-``ours``           ``bayes_sws.kernel.mixture_log_prob``, eager (``set_compile_mode("never")``;
-                   the library default ``"auto"`` is this below 2**24 N·M pairs).
-``ours_compiled``  the same with ``set_compile_mode("always")``; timed only for
-                   N >= ``--compile-min-n`` (each case compiles afresh).
+``ours``           ``bayes_sws.kernel.mixture_log_prob`` on the torch-ops path, eager
+                   (``set_kernel("torch")``, ``set_compile_mode("never")``): the
+                   kernel before the native loop, and the path GPU tensors take.
+``ours_native``    the same function with ``set_kernel("native")``: the fused C
+                   loop (``bayes_sws/_native/mixture.c``), the library default on
+                   CPU. Its one-off build (C compiler, ~2 s) is timed separately
+                   into a fresh cache directory and printed before the table; the
+                   "first call" column of the workers is a load from the cache.
+``native_loop``    the C loop alone: ``bsws_mixture_f32/f64`` called through ctypes
+                   into preallocated outputs (log-density and all four gradients),
+                   no autograd, no allocation — what the loop itself costs.
+``ours_compiled``  the torch path with ``set_compile_mode("always")``; timed only
+                   for N >= ``--compile-min-n`` (each case compiles afresh).
 ``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
                    recomputes responsibilities chunk by chunk in backward.
 ``store``          same chunked forward, but stores the (M, N) responsibilities
@@ -64,6 +73,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 ALL_IMPLS = (
     "ours",
+    "ours_native",
+    "native_loop",
     "ours_compiled",
     "recompute",
     "store",
@@ -93,7 +104,32 @@ def _kernel_module():
         module = importlib.util.module_from_spec(spec)
         sys.modules["_bayes_sws_kernel"] = module
         spec.loader.exec_module(module)
+        module._native_mod = _native_module()
     return sys.modules["_bayes_sws_kernel"]
+
+
+def _native_module():
+    """``bayes_sws._native`` (the C loop's builder/loader), also without the package."""
+    import importlib.util
+
+    if "bayes_sws._native" in sys.modules:
+        return sys.modules["bayes_sws._native"]
+    if "_bayes_sws_native" not in sys.modules:
+        path = HERE.parent / "bayes_sws" / "_native" / "__init__.py"
+        spec = importlib.util.spec_from_file_location("_bayes_sws_native", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_bayes_sws_native"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["_bayes_sws_native"]
+
+
+def native_build_seconds() -> float:
+    """Compile the C loop into a fresh temporary directory: the first-use build time."""
+    import tempfile
+
+    native = _native_module()
+    with tempfile.TemporaryDirectory() as tmp:
+        return native.build(Path(tmp) / native.library_path().name)
 
 
 def _make_impl(name: str):
@@ -101,9 +137,31 @@ def _make_impl(name: str):
 
     kernel = _kernel_module()
 
-    if name in ("ours", "ours_compiled"):
+    if name in ("ours", "ours_compiled", "ours_native"):
+        kernel.set_kernel("native" if name == "ours_native" else "torch")
         kernel.set_compile_mode("always" if name == "ours_compiled" else "never")
         return lambda w, pi, mu, sigma: kernel.mixture_log_prob(w, pi, mu, sigma)
+    if name == "native_loop":
+        import ctypes
+
+        lib = _native_module().load()
+
+        def native_loop(w, pi, mu, sigma):
+            w, pi, mu, sigma = (t.detach().contiguous() for t in (w, pi, mu, sigma))
+            out = native_loop.buffers
+            if out is None or out[0].shape != w.shape or out[0].dtype != w.dtype:
+                out = native_loop.buffers = (torch.empty_like(w), *torch.empty(
+                    3, pi.shape[0], dtype=w.dtype).unbind(0), ctypes.c_double())
+            fn = lib.bsws_mixture_f32 if w.dtype == torch.float32 else lib.bsws_mixture_f64
+            status = fn(w.data_ptr(), w.shape[0], pi.data_ptr(), mu.data_ptr(),
+                        sigma.data_ptr(), pi.shape[0], torch.get_num_threads(),
+                        ctypes.byref(out[4]), *(t.data_ptr() for t in out[:4]))
+            assert status == 0
+            return torch.tensor(out[4].value, dtype=w.dtype)
+
+        native_loop.buffers = None
+        native_loop.no_backward = True
+        return native_loop
     if name == "mixture_same_family":
         dist = torch.distributions
 
@@ -277,6 +335,9 @@ def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0):
 def _step(fn, w, pi, mu, sigma):
     for tensor in (w, pi, mu, sigma):
         tensor.grad = None
+    if getattr(fn, "no_backward", False):  # computes its gradients in the call
+        fn(w, pi, mu, sigma)
+        return
     fn(w, pi, mu, sigma).backward()
 
 
@@ -499,6 +560,11 @@ def main(argv=None) -> int:
         components = args.components or [2, 16, 64]
     results = []
     started = time.perf_counter()
+    build_s = None
+    if "ours_native" in args.impls:
+        build_s = native_build_seconds()
+        print(f"# ours_native: first-use build of the C loop (fresh cache dir): {build_s:.2f} s",
+              flush=True)
     for num_weights in (int(s) for s in sizes):
         for num_components in components:
             for impl in args.impls:
@@ -517,10 +583,13 @@ def main(argv=None) -> int:
     print()
     print(f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
           f"wall time {time.perf_counter() - started:.0f} s")
+    if build_s is not None:
+        print(f"ours_native first-use build (C compiler, fresh cache): {build_s:.2f} s")
     print()
     print(markdown_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"native_build_s": build_s, "results": results}, indent=1)
+                             if build_s is not None else json.dumps(results, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
         print(f"\nplot written to {args.plot}")

@@ -36,6 +36,12 @@ by where the time goes (Pyro's tracing and messengers, distributions and their
 validation, the kernel, the network and autograd, the optimiser) and the top
 functions by own time.
 
+``--kernel`` chooses the prior kernel's implementation for every variant
+(``bayes_sws.kernel.set_kernel``): ``auto`` (default: the fused C loop on CPU
+when it builds), ``native`` or ``torch`` (the chunked torch-ops pass, i.e. the
+kernel before the native loop existed). The native library's first-call build
+time is printed (0 when it came from the cache).
+
 Usage::
 
     python benchmarks/svi_step.py --threads 2            # both networks, 2 threads
@@ -69,6 +75,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import init_to_median, init_to_value
 
 import bayes_sws as sws
+from bayes_sws import kernel as sws_kernel
 from bayes_sws.guides import build_guide
 from bayes_sws.kernel import mixture_log_prob
 
@@ -565,6 +572,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="smoke test: random data, 1024 points, 2 rounds of 2 steps",
     )
+    parser.add_argument(
+        "--kernel",
+        default=os.environ.get("BAYES_SWS_KERNEL", "auto"),
+        choices=sws_kernel.KERNELS,
+        help="prior kernel implementation (default: $BAYES_SWS_KERNEL or auto)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick or ("CI" in os.environ and argv is None):
@@ -574,10 +587,24 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)  # as bayes_sws.fit does
     kernel_mode = os.environ.get("BAYES_SWS_KERNEL_COMPILE", "auto")
+    sws_kernel.set_kernel(args.kernel)
+    native = "not used"
+    if args.kernel != "torch":
+        from bayes_sws import _native
+
+        start = time.perf_counter()
+        if sws_kernel.native_available():
+            native = (
+                f"native loop loaded in {time.perf_counter() - start:.2f} s "
+                f"(of which build {_native.last_build_seconds:.2f} s)"
+            )
+        else:
+            native = "native loop unavailable (torch fallback)"
     print(
         f"# svi_step: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}, "
-        f"{args.threads} torch threads, clock {args.clock}, kernel compile mode {kernel_mode}, "
+        f"{args.threads} torch threads, clock {args.clock}, kernel {args.kernel} ({native}), "
+        f"kernel compile mode {kernel_mode}, "
         f"fast path {'present' if map_loss is not None else 'absent'}, load average {_load()}"
     )
     results = [run_network(network, args) for network in args.networks]
