@@ -48,7 +48,9 @@ def _oracle(model, values, x, y, index, precision=1.0):
     if not prior.flat:
         if "sws.pi_zero" in v:
             log_hyper += stats.beta.logpdf(v["sws.pi_zero"], *prior.pi_zero_prior)
-        log_hyper += stats.dirichlet.logpdf(v["sws.mixing"], np.full(len(v["sws.mixing"]), prior.mixing_concentration))
+        log_hyper += stats.dirichlet.logpdf(
+            v["sws.mixing"], np.full(len(v["sws.mixing"]), prior.mixing_concentration)
+        )
         log_hyper += stats.norm.logpdf(v["sws.means"], prior.mean_loc, prior.mean_scale).sum()
         log_hyper += stats.gamma.logpdf(
             v["sws.precisions"], prior.precision_concentration, scale=1 / prior.precision_rate
@@ -62,8 +64,15 @@ def _oracle(model, values, x, y, index, precision=1.0):
 @pytest.mark.parametrize("zero_component", [True, False])
 def test_autodelta_loss_is_penalised_objective(kind, flat, minibatch, zero_component):
     net = small_net(1 if kind == "gaussian" else 4)
-    prior = sws.MixturePrior(4, zero_component=zero_component, flat=flat, mixing_concentration=1.5,
-                             pi_zero_prior=(2.0, 3.0), precision_concentration=3.0, precision_rate=0.1)
+    prior = sws.MixturePrior(
+        4,
+        zero_component=zero_component,
+        flat=flat,
+        mixing_concentration=1.5,
+        pi_zero_prior=(2.0, 3.0),
+        precision_concentration=3.0,
+        precision_rate=0.1,
+    )
     model = sws.SWSModel(net, prior, likelihood=kind, prior_scale=0.7)
     x, y = small_data(kind)
     values = perturbed_values(model)
@@ -112,7 +121,10 @@ def test_trace_records_mixture_and_scales_weight_sites_only():
 def test_conv_network_and_bias_selection():
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 10)
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3 * 6 * 6, 10),
     )
     model = sws.SWSModel(net, sws.MixturePrior(4, include_bias=True))
     assert model.weight_site_names == ("net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias")
@@ -133,3 +145,65 @@ def test_predictive_parallel_draws_batched_weights():
         pred = pyro.infer.Predictive(model, guide=result.guide, num_samples=6, parallel=True)(x)
     assert pred["obs"].shape == (6, N)
     assert pred["sws.pi"].shape[-1] == 3 and pred["sws.pi"].shape[0] == 6
+
+
+# ---------------------------------------------------------------------- forward with given weights
+def _manual_forward(net, weights, x):
+    """The network written out by hand with the given weights (the oracle)."""
+    w0 = weights.get("0.weight", net[0].weight)
+    w2 = weights.get("2.weight", net[2].weight)
+    return torch.tanh(x @ w0.T + net[0].bias) @ w2.T + net[2].bias
+
+
+def _tanh_net():
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+    ).double()
+
+
+def test_forward_with_weights_matches_the_network_written_by_hand_and_restores_it():
+    net = _tanh_net()
+    model = sws.SWSModel(net, sws.MixturePrior(3))
+    originals = {n: p for n, p in net.named_parameters()}
+    x = torch.randn(7, 4, dtype=torch.float64)
+    weights = {
+        n: torch.randn_like(p, requires_grad=True) for n, p in originals.items() if "weight" in n
+    }
+    out = model.forward(weights, x)
+    assert_close(out, _manual_forward(net, weights, x), rtol=1e-14)
+    out.sum().backward()  # gradients reach the given values, not the parameters
+    assert all(w.grad is not None for w in weights.values())
+    assert all(originals[n].grad is None for n in weights)
+    assert all(p is originals[n] for n, p in net.named_parameters())
+    # a parameter replaced on the network after the first call is seen
+    net[0].weight = torch.nn.Parameter(torch.zeros(5, 4, dtype=torch.float64))
+    assert model.parameters_with_prior()["0.weight"] is net[0].weight
+    assert_close(
+        model.forward({"2.weight": weights["2.weight"]}, x),
+        _manual_forward(net, {"2.weight": weights["2.weight"]}, x),
+        rtol=1e-14,
+    )
+
+
+def test_forward_restores_the_parameters_when_the_network_raises():
+    net = _tanh_net()
+    model = sws.SWSModel(net, sws.MixturePrior(3))
+    before = dict(net.named_parameters())
+    with pytest.raises(RuntimeError):
+        model.forward(
+            {"0.weight": torch.zeros(5, 4, dtype=torch.float64)}, torch.zeros(2, 9).double()
+        )
+    assert dict(net.named_parameters()) == before
+
+
+def test_forward_with_tied_weights_sets_both_uses():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 3, bias=False).double(), torch.nn.Linear(3, 3, bias=False).double()
+    b.weight = a.weight  # one parameter, two modules
+    net = torch.nn.Sequential(a, torch.nn.Tanh(), b)
+    model = sws.SWSModel(net, sws.MixturePrior(2))
+    assert model.prior_param_names == ("0.weight",)
+    w = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert_close(model.forward({"0.weight": w}, x), torch.tanh(x @ w.T) @ w.T, rtol=1e-14)
