@@ -26,6 +26,22 @@ pointwise log-likelihood (in :func:`bayes_sws.diagnostics.to_inference_data`),
 and the mixture with ordered means (``MixturePrior(ordered_means=True)``, so
 that :math:`\mu_1 < \dots < \mu_K` fixes the component labels).
 
+Settings that converge
+----------------------
+On the 1-3-1 tanh regression net of ``tests/test_posterior.py`` (6 weights under a
+3-component prior, 40 points on [-3, 3], noise sd 0.5) ``full_mass=True``,
+``target_accept_prob=0.95``, ``max_tree_depth=8``, ``jit_compile=True`` and 500
+warm-up + 750 draws per chain give R-hat ≤ 1.01 and bulk ESS > 2000 on the
+predictive mean with 4 chains and no divergences, in about 6.5 minutes on one
+core. With ``target_accept_prob=0.9`` one of four such runs had 26 divergences.
+With noise sd 1 (data on [-4, 4]) the chains did not agree (R-hat 1.1–1.9 on the
+predictive mean: 1-3-1 and 1-5-1 with a dense mass matrix in short runs, 2 chains
+after 150–200 warm-up steps; 1-10-1 with a diagonal one after 400): the weights
+are then less pinned by the data, the posterior less Gaussian, and the
+hyperparameters see several clusterings of the weights. Check the fit as well as
+R-hat: chains started at a poor local optimum (a 1-3-1 net on [-4, 4] settles in
+a staircase missing the sine's turn-downs) can agree perfectly on the wrong mode.
+
 Parameters that carry no prior (biases by default) are not latent: they stay at
 the network's current values during sampling. Use
 ``MixturePrior(include_bias=True)`` to sample them too.

@@ -389,75 +389,161 @@ def test_sample_nuts_rejects_non_models():
 
 
 # ---------------------------------------------------------------------- slow: a tiny network
+# The tiny regression problem both slow tests sample. Chosen to be well conditioned
+# for NUTS, as one would for a reference posterior: a 1-3-1 tanh net (6 weights
+# carry the prior; biases stay at their MAP values), float64, 40 points of
+# f(x) = 7 sin(0.75 x) + 0.5 x on [-3, 3] with noise of standard deviation 0.5 and
+# the matching Gaussian likelihood, so the data pin the weights and the funnel
+# between the component precisions and their weights is mild. Three tanh units fit
+# f on [-3, 3] to the noise level (MAP residual rms 0.48); on [-4, 4] the MAP is a
+# staircase that misses the turn-downs (rms 1.33, 2.7 noise sds), a local mode
+# that R-hat from chains started there would not reveal. A dense mass matrix absorbs the
+# correlations between input and output weights; a target acceptance of 0.95 keeps
+# the runs free of divergences (at 0.9 one of four runs had 26). Sampled from the
+# MAP weights.
+NOISE_SD = 0.5
+HIDDEN = 3
+NUTS_OPTIONS = {
+    "max_tree_depth": 8,
+    "target_accept_prob": 0.95,
+    "full_mass": True,
+    "jit_compile": True,
+}
+
+
 def _sine_data(num_data: int = 40, seed: int = 0):
-    """f(x) = 7 sin(0.75 x) + 0.5 x plus unit Gaussian noise, x evenly spaced on [-4, 4]."""
+    """f(x) = 7 sin(0.75 x) + 0.5 x plus Gaussian noise (sd NOISE_SD), x evenly spaced on [-3, 3]."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.linspace(-4, 4, num_data, dtype=torch.float64)[:, None]
-    y = (7 * torch.sin(0.75 * x) + 0.5 * x).squeeze(-1) + torch.randn(
+    x = torch.linspace(-3, 3, num_data, dtype=torch.float64)[:, None]
+    y = (7 * torch.sin(0.75 * x) + 0.5 * x).squeeze(-1) + NOISE_SD * torch.randn(
         num_data, generator=g, dtype=torch.float64
     )
     return x, y
 
 
-def _tiny_net_run(ordered: bool, init: str, num_samples: int, warmup_steps: int):
+def _tiny_net_map(ordered: bool):
+    """The tiny model, its data and its MAP (Adam; the network is left at the MAP weights)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(1, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1)
+        torch.nn.Linear(1, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1)
     ).double()
     prior = sws.MixturePrior(
         3, zero_component=True, ordered_means=ordered, mean_scale=2.0, precision_rate=0.5
     )
-    model = sws.SWSModel(net, prior, likelihood=sws.Gaussian(precision=1.0))
+    model = sws.SWSModel(net, prior, likelihood=sws.Gaussian(precision=NOISE_SD**-2))
     x, y = _sine_data()
-    fitted = sws.fit(model, x, y, guide="map", optimizer="lbfgs", lr=1.0, num_steps=300)
+    fitted = sws.fit(model, x, y, guide="map", optimizer="adam", lr=0.02, num_steps=3000)
     net.load_state_dict(fitted.map_network().state_dict())  # MCMC starts from the MAP weights
-    return sample_nuts(
-        model,
-        x,
-        y,
-        num_samples=num_samples,
-        warmup_steps=warmup_steps,
-        num_chains=4,
-        jit_compile=True,
-        init=init,
-        seed=1,
-    )
+    return model, x, y, fitted
+
+
+def _rhat_ess(draws: np.ndarray, dim: str) -> tuple[np.ndarray, np.ndarray]:
+    """ArviZ's rank-normalised split R-hat and bulk ESS of ``draws`` (chain, draw, dim)."""
+    import arviz as az
+
+    data = az.convert_to_dataset({"q": draws}, dims={"q": [dim]})
+    return az.rhat(data)["q"].values, az.ess(data, method="bulk")["q"].values
 
 
 @pytest.mark.slow
 def test_tiny_net_nuts_predictive_mean_converges():
-    """4 chains from the MAP: R-hat ≤ 1.01 and bulk ESS ≥ 400 for f(x) at five inputs."""
-    import arviz as az
+    """4 chains: R-hat ≤ 1.01 and bulk ESS ≥ 400 for f(x) at five inputs (the issue's thresholds).
 
-    result = _tiny_net_run(ordered=True, init="map", num_samples=400, warmup_steps=400)
+    The chains start from the MAP weights with hyperparameters drawn independently
+    from their hyperpriors (``init="prior"``: overdispersed mixtures, as R-hat
+    assumes). f(x) is identifiable, unlike the raw weights; the inputs lie inside
+    the data range [-3, 3]. Oracle: ArviZ's R-hat and ESS (Vehtari et al. 2021),
+    an implementation independent of the sampler. Measured: R-hat ≤ 1.0023, bulk
+    ESS ≥ 2333, no divergences, 392 s of sampling (4 chains × 1250 iterations).
+    """
     from bayes_sws.diagnostics import predictive_draws
 
-    grid = np.linspace(-4, 4, 5)[:, None]
-    f = predictive_draws(result, grid)
-    data = az.convert_to_dataset({"f": f}, dims={"f": ["x"]})
-    rhat = az.rhat(data)["f"].values
-    ess = az.ess(data, method="bulk")["f"].values
+    model, x, y, _ = _tiny_net_map(ordered=True)
+    result = sample_nuts(
+        model,
+        x,
+        y,
+        num_samples=750,
+        warmup_steps=500,
+        num_chains=4,
+        init="prior",
+        seed=1,
+        **NUTS_OPTIONS,
+    )
+    grid = np.array([-2.5, -1.25, 0.0, 1.25, 2.5])[:, None]
+    rhat, ess = _rhat_ess(predictive_draws(result, grid), "x")
     print(
         f"\npredictive mean at {grid.ravel()}: R-hat {np.round(rhat, 4)}, bulk ESS {np.round(ess)}, "
         f"{result.num_divergences} divergences, {result.wall_time:.0f} s"
     )
+    assert result.num_chains == 4
     assert np.all(rhat <= 1.01), rhat
     assert np.all(ess >= 400), ess
 
 
+def _permuted_mixture_inits(fitted, num_chains: int, ordered: bool) -> list[dict]:
+    """MAP values for every chain; the two non-zero components swap labels in odd chains.
+
+    Each start is the MAP mixture. Unordered, half the chains start in the other
+    labelling of it (what random starts do by chance, made deterministic here);
+    ordered, only the sorted labelling is allowed, so every chain gets that one.
+    """
+    latent = (*fitted.model.hyper_site_names, *fitted.model.weight_site_names)
+    base = {k: v.clone() for k, v in fitted.median().items() if k in latent}
+    order = torch.argsort(base["sws.means"])
+    swap = order.flip(0)
+    inits = []
+    for chain in range(num_chains):
+        perm = order if ordered or chain % 2 == 0 else swap
+        values = dict(base)
+        values["sws.means"] = base["sws.means"][perm]
+        values["sws.mixing"] = base["sws.mixing"][perm]
+        values["sws.precisions"] = torch.cat(
+            [base["sws.precisions"][:1], base["sws.precisions"][1:][perm]]
+        )
+        inits.append(values)
+    return inits
+
+
 @pytest.mark.slow
 def test_ordered_means_make_mu_identifiable_across_chains():
-    """Overdispersed mixture starts (init="prior"): unordered chains settle on different labellings."""
-    import arviz as az
+    """Unordered means: chains in different labellings disagree on μ (R-hat ≫ 1); ordered: they agree.
 
+    Both runs start from the same MAP mixture, with its two non-zero components
+    in both labellings where the prior allows it, and have the same budget.
+    R-hat on μ₁, μ₂ (μ₀ = 0 is fixed) from ArviZ. Unordered, two chains per
+    labelling sit on clusters of weights at about −2.2 and +2.6 (σ ≈ 0.5): their
+    μ draws barely overlap, and the rank-normalised R-hat of two fully separated
+    pairs of chains is about 1.7 (it saturates there however far apart the pairs
+    are). Only label switches inside the chains, i.e. the unordered posterior
+    being explored after all, would bring it down. The line between the two is
+    the classic R-hat < 1.1 for chains that agree (Gelman et al., BDA3 §11.4),
+    not the issue's 1.01: ordered, μ₂ still mixes slowly (its component holds
+    two of the six weights and now and then empties, letting μ₂ wander), so at
+    this budget its R-hat varied between runs — 1.005 and 1.065 with 300 draws
+    per chain — while the labelling itself is fixed.
+    Measured (500 + 500 per chain): unordered 1.59 / 1.51 (bulk ESS 7 / 7), ordered
+    1.002 / 1.004 (bulk ESS 1029 / 439), no divergences; 195 s + 324 s of sampling.
+    """
     rhats = {}
     for ordered in (False, True):
-        result = _tiny_net_run(ordered=ordered, init="prior", num_samples=200, warmup_steps=300)
-        mu = result.samples["sws.mu"][..., 1:].numpy()  # the zero component's mean is fixed
-        data = az.convert_to_dataset({"mu": mu}, dims={"mu": ["component"]})
-        rhats[ordered] = az.rhat(data)["mu"].values
-        print(
-            f"\nordered_means={ordered}: R-hat on mu_1.. {np.round(rhats[ordered], 3)}, "
-            f"{result.num_divergences} divergences, {result.wall_time:.0f} s"
+        model, x, y, fitted = _tiny_net_map(ordered=ordered)
+        result = sample_nuts(
+            model,
+            x,
+            y,
+            num_samples=500,
+            warmup_steps=500,
+            num_chains=4,
+            seed=2,
+            init=_permuted_mixture_inits(fitted, 4, ordered),
+            **NUTS_OPTIONS,
         )
-    assert rhats[True].max() < rhats[False].max()
+        mu = result.samples["sws.mu"][..., 1:].numpy()  # the zero component's mean is fixed
+        rhats[ordered], ess = _rhat_ess(mu, "component")
+        print(
+            f"\nordered_means={ordered}: R-hat on mu_1, mu_2 {np.round(rhats[ordered], 4)}, "
+            f"bulk ESS {np.round(ess)}, {result.num_divergences} divergences, {result.wall_time:.0f} s"
+        )
+    assert rhats[True].max() < 1.1, rhats[True]
+    assert rhats[False].min() > 1.1, rhats[False]
