@@ -457,6 +457,24 @@ def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int) -> 
 
 
 # ---------------------------------------------------------------------- fit
+#: Loss evaluations allowed to one L-BFGS line search (strong Wolfe).
+_LBFGS_LINE_SEARCH_EVALS = 25
+
+
+def _lbfgs_stalled(optim: torch.optim.Optimizer) -> bool:
+    """Whether L-BFGS's last line search found no step (``t == 0``).
+
+    Its history then never changes again (the step ``s = t·d`` is zero), so every
+    later call would repeat the same failed search. Clearing the state restarts
+    from steepest descent.
+    """
+    if not isinstance(optim, torch.optim.LBFGS):
+        return False
+    state = optim.state.get(optim.param_groups[0]["params"][0], {})
+    t = state.get("t")
+    return t is not None and float(t) == 0.0
+
+
 def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device) -> Tensor | None:
     """Indices of the mini-batch at ``step``: a fresh permutation per epoch, derived from the seed.
 
@@ -665,9 +683,11 @@ def fit(
         if hyper:
             groups.append({"params": hyper, "lr": mixture_lr})
         if optimizer == "lbfgs":
+            # one iteration per step; max_eval must leave the line search its budget
+            # (torch's default, max_iter * 5 // 4 = 1, leaves it none: t = 0 from step 2 on)
             optim = torch.optim.LBFGS(
-                weights + hyper, lr=lr, max_iter=1, line_search_fn="strong_wolfe",
-                history_size=20,
+                weights + hyper, lr=lr, max_iter=1, max_eval=1 + _LBFGS_LINE_SEARCH_EVALS,
+                line_search_fn="strong_wolfe", history_size=20,
             )
         else:
             optim = torch.optim.Adam(groups)
@@ -803,6 +823,8 @@ def fit(
 
                     try:
                         loss = optim.step(closure)
+                        if _lbfgs_stalled(optim):
+                            optim.state.clear()  # restart from steepest descent next step
                         value = float(loss.detach())
                         if not math.isfinite(value):
                             raise _NonFinite("loss", value)

@@ -102,6 +102,33 @@ def test_lbfgs_decreases_the_objective(digits, pretrained):
     assert result.losses[-1] < result.losses[0]
 
 
+def _sine_problem():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)
+    ).double()
+    prior = sws.MixturePrior(3, mean_scale=2.0, precision_rate=0.5)
+    model = sws.SWSModel(net, prior, likelihood=sws.Gaussian(precision=4.0))
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(-3, 3, 40, dtype=torch.float64)[:, None]
+    y = (7 * torch.sin(0.75 * x) + 0.5 * x).squeeze(-1)
+    return model, x, y + 0.5 * torch.randn(40, generator=g, dtype=torch.float64)
+
+
+def test_lbfgs_keeps_descending_and_matches_a_long_adam_run():
+    # Regression: with torch's default max_eval (= max_iter * 5 // 4 = 1 for one
+    # iteration per step) the line search had no budget, returned t = 0 from the
+    # second step on, and the loss stayed at its step-1 value (2420 here) forever.
+    model, x, y = _sine_problem()
+    lbfgs = sws.fit(model, x, y, optimizer="lbfgs", lr=0.1, num_steps=200).losses
+    assert np.all(np.diff(lbfgs) <= 1e-9 * np.abs(lbfgs[1:]))  # a Wolfe search never ascends
+    assert lbfgs[5] < 0.5 * lbfgs[1]
+    # oracle: torch's Adam, 15× as many steps, from the same start
+    model, x, y = _sine_problem()
+    adam = sws.fit(model, x, y, optimizer="adam", lr=0.02, num_steps=3000).losses
+    assert lbfgs[-1] <= adam[-1] + 1.0, (lbfgs[-1], adam[-1])
+
+
 # ---------------------------------------------------------------------- bad input
 def _model(**prior_kwargs):
     net = torch.nn.Sequential(torch.nn.Linear(4, 3))
