@@ -11,12 +11,10 @@ The three-stage pipeline users would pick instead of a learned prior:
    ``[min w, max w]`` (Han et al., Sec. 3.2: it keeps the rare large weights,
    which matter most, better than density-based or random initialisation), and
    every weight takes its centroid's value.
-3. **Centroid fine-tuning**: the gradient of a centroid is the sum of the
-   gradients of its weights (Han et al., Eq. 3). Each step, every weight
-   receives its centroid's summed gradient; Adam is element-wise, so tied
-   weights get identical updates, exactly as Adam on the centroid itself. After
-   the step the weights are re-tied to their cluster mean (guarding against
-   rounding) and the pruning mask is re-applied.
+3. **Centroid fine-tuning** (:func:`bayes_sws.compress.finetune_codebook`): the
+   gradient of a centroid is the sum of the gradients of its weights (Han et
+   al., Eq. 3), assignments and the pruning mask fixed. Soft weight-sharing's
+   pipeline can run the same step after quantisation (``finetune_epochs``).
 
 The result is stored and counted by :func:`bayes_sws.compress.storage_report`,
 the same accounting as soft weight-sharing, so the two compare on equal terms.
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compress import StorageReport, _check_param_names, storage_report
+from .compress import StorageReport, _check_param_names, finetune_codebook, storage_report
 from .training import TrainResult, train
 
 __all__ = ["BaselineResult", "deep_compression", "magnitude_prune_masks", "kmeans_1d_linear_init"]
@@ -246,8 +244,7 @@ def deep_compression(
         )
 
     # --- 2. k-means weight sharing on the surviving weights
-    labels: dict[str, torch.Tensor] = {}  # flat centroid index of each kept weight
-    kept_index: dict[str, torch.Tensor] = {}  # flat positions of the kept weights
+    assign: dict[str, torch.Tensor] = {}  # centroid index of each weight, -1 where pruned
     num_centroids: dict[str, int] = {}
     with torch.no_grad():
         for n in names:
@@ -256,60 +253,15 @@ def deep_compression(
             centroids, lab = kmeans_1d_linear_init(
                 flat[keep].detach().cpu().numpy(), clusters[n], seed=seed
             )
-            kept_index[n] = keep
-            labels[n] = torch.as_tensor(lab, device=device)
+            full = torch.full((flat.numel(),), -1, dtype=torch.long, device=device)
+            full[keep] = torch.as_tensor(lab, device=device)
+            assign[n] = full.reshape(params[n].shape)
             num_centroids[n] = len(centroids)
-            flat[keep] = torch.as_tensor(centroids, dtype=flat.dtype, device=device)[labels[n]]
 
-    # --- 3. fine-tune the centroids
-    def cluster_sum(n: str, values: torch.Tensor) -> torch.Tensor:
-        sums = torch.zeros(num_centroids[n], dtype=torch.float64, device=device)
-        return sums.index_add_(0, labels[n], values.to(torch.float64))
-
-    def share_gradients(module: nn.Module) -> None:
-        for n in names:
-            grad = params[n].grad
-            if grad is None:
-                continue
-            flat = grad.view(-1)
-            summed = cluster_sum(n, flat[kept_index[n]])  # Han et al., Eq. 3
-            flat.zero_()
-            flat[kept_index[n]] = summed[labels[n]].to(flat.dtype)
-
-    def retie(module: nn.Module) -> None:
-        with torch.no_grad():
-            for n in names:
-                flat = params[n].view(-1)
-                counts = torch.bincount(labels[n], minlength=num_centroids[n]).to(torch.float64)
-                means = cluster_sum(n, flat[kept_index[n]]) / counts.clamp_min(1)
-                flat.zero_()
-                flat[kept_index[n]] = means[labels[n]].to(flat.dtype)
-
-    share_training = None
-    if centroid_epochs > 0:
-        share_training = train(
-            compressed,
-            x,
-            y,
-            num_epochs=centroid_epochs,
-            before_step=share_gradients,
-            after_step=retie,
-            **train_kwargs,
-        )
-
-    codebooks, assignments = {}, {}
-    with torch.no_grad():
-        for n in names:
-            flat = params[n].view(-1)
-            counts = torch.bincount(labels[n], minlength=num_centroids[n]).to(torch.float64)
-            codebooks[n] = (
-                (cluster_sum(n, flat[kept_index[n]]) / counts.clamp_min(1))
-                .to(params[n].dtype)
-                .cpu()
-            )
-            full = torch.full((flat.numel(),), -1, dtype=torch.long)
-            full[kept_index[n].cpu()] = labels[n].cpu()
-            assignments[n] = full.reshape(params[n].shape)
+    # --- 3. tie every kept weight to its centroid and fine-tune the centroids
+    # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
+    tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
+    codebooks = {n: tuned.codebooks[n][: num_centroids[n]] for n in names}
 
     return BaselineResult(
         net=compressed,
@@ -317,8 +269,8 @@ def deep_compression(
         masks=masks,
         prune_fractions={n: float((~m).sum()) / m.numel() for n, m in masks.items()},
         codebooks=codebooks,
-        assignments=assignments,
+        assignments={n: a.cpu() for n, a in assign.items()},
         prune_training=prune_training,
-        share_training=share_training,
+        share_training=tuned.training,
         storage=storage_report(compressed, param_names=names, index_bits=index_bits),
     )

@@ -12,6 +12,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from bayes_sws.baseline import deep_compression, kmeans_1d_linear_init, magnitude_prune_masks
+from bayes_sws.compress import finetune_codebook
 from bayes_sws.training import accuracy, train
 
 WEIGHTS = ("0.weight", "2.weight")
@@ -200,3 +201,64 @@ def test_rejects_bad_arguments(digits, pretrained):
         deep_compression(pretrained, x_train, y_train, prune_fraction={"0.weight": 0.5})
     with pytest.raises(ValueError, match="positive integer"):
         deep_compression(pretrained, x_train, y_train, prune_fraction=0.5, num_clusters=0)
+
+
+# --------------------------------------------------------------------------- codebook fine-tuning
+
+
+def _tiny_shared_net():
+    """A 4-3-2 net whose first weight matrix takes 2 shared values and zeros (hand-built)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assign = torch.tensor([[0, 1, -1, 0], [-1, -1, 1, 1], [0, -1, 0, 1]])
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([0.5, -0.25])[assign.clamp_min(0)] * (assign >= 0))
+    return net, {"0.weight": assign}
+
+
+def test_finetune_codebook_moves_each_shared_value_by_its_summed_gradient():
+    """One full-batch Adam step: value_k -= lr * S_k / (|S_k| + eps), S_k = Σ_{w in k} ∂E/∂w."""
+    net, assign = _tiny_shared_net()
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(16) % 2
+    start = copy.deepcopy(net)
+    loss = nn.functional.cross_entropy(start(x), y)
+    g = torch.autograd.grad(loss, start[0].weight)[0].double()
+    a = assign["0.weight"]
+    summed = torch.tensor([g[a == k].sum() for k in range(2)])
+    lr = 1e-2
+    tuned = finetune_codebook(net, assign, x, y, num_epochs=1, lr=lr, batch_size=16)
+    expected = torch.tensor([0.5, -0.25], dtype=torch.float64) - lr * summed / (summed.abs() + 1e-8)
+    torch.testing.assert_close(tuned.codebooks["0.weight"].double(), expected, rtol=0, atol=1e-6)
+    w = net[0].weight.detach()
+    assert torch.equal(w[a == -1], torch.zeros(int((a == -1).sum())))  # pruned stay exactly 0
+    for k in range(2):  # tied weights stay tied, at their shared value
+        assert torch.all(w[a == k] == tuned.codebooks["0.weight"][k])
+    assert len(tuned.training.losses) == 1
+
+
+def test_finetune_codebook_with_zero_epochs_only_ties():
+    net, assign = _tiny_shared_net()
+    with torch.no_grad():
+        net[0].weight.add_(0.01 * torch.arange(12.0).reshape(3, 4))  # untie
+    tuned = finetune_codebook(net, assign, torch.zeros(1, 4), torch.zeros(1).long(), num_epochs=0)
+    a, w = assign["0.weight"], net[0].weight.detach()
+    base = torch.tensor([0.5, -0.25])[a.clamp_min(0)] + 0.01 * torch.arange(12.0).reshape(3, 4)
+    for k in range(2):  # each value is the mean of its members, counted by hand
+        assert tuned.codebooks["0.weight"][k] == pytest.approx(float(base[a == k].mean()), abs=1e-7)
+        assert torch.all(w[a == k] == tuned.codebooks["0.weight"][k])
+    assert torch.all(w[a == -1] == 0)
+    assert tuned.training is None
+
+
+def test_finetune_codebook_rejects_bad_assignments():
+    net, assign = _tiny_shared_net()
+    x, y = torch.zeros(2, 4), torch.zeros(2).long()
+    with pytest.raises(ValueError, match="shape"):
+        finetune_codebook(net, {"0.weight": torch.zeros(4, 3).long()}, x, y, num_epochs=1)
+    with pytest.raises(ValueError, match="holds -2"):
+        finetune_codebook(net, {"0.weight": assign["0.weight"] - 1}, x, y, num_epochs=1)
+    with pytest.raises(ValueError, match="does not have"):
+        finetune_codebook(net, {"9.weight": assign["0.weight"]}, x, y, num_epochs=1)
+    with pytest.raises(ValueError, match="num_epochs"):
+        finetune_codebook(net, assign, x, y, num_epochs=-1)
