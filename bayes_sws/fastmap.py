@@ -270,10 +270,65 @@ def _param_locations(guide: AutoDelta, site_names) -> dict | None:
             key = leaf + "_unconstrained"
             if key not in module._parameters:
                 return None
-            sites[name] = (tuple(path), key, transform_to(constraint))
+            sites[name] = (tuple(path), key, _direct(transform_to(constraint)))
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return sites
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _clipped_sigmoid(x: Tensor) -> Tensor:
+    finfo = torch.finfo(x.dtype)  # as torch's SigmoidTransform: kept inside (0, 1)
+    return torch.sigmoid(x).clamp(min=finfo.tiny, max=1.0 - finfo.eps)
+
+
+def _softmax(x: Tensor) -> Tensor:
+    return torch.softmax(x, -1)
+
+
+def _direct(transform):
+    """``transform`` as a plain function of the tensor: the same maths, without
+    ``Transform.__call__``'s wrappers (caching, ``Independent``/``Compose`` layers).
+
+    Covers what ``transform_to`` gives for the supports of :class:`MixturePrior`
+    and the likelihoods (real, unit interval, simplex, positive); any other
+    transform is returned as it is. Worth about half the hyperparameter cost of
+    a small network's step (``BENCHMARKS.md``, "SVI step").
+    """
+    kind = type(transform)
+    if kind is dist.transforms.IndependentTransform:
+        return _direct(transform.base_transform)
+    if kind is dist.transforms.ComposeTransform:
+        parts = [_direct(t) for t in transform.parts]
+        parts = [f for f in parts if f is not _identity]
+        if not parts:
+            return _identity
+        if len(parts) == 1:
+            return parts[0]
+
+        def composed(x: Tensor) -> Tensor:
+            for f in parts:
+                x = f(x)
+            return x
+
+        return composed
+    if kind is dist.transforms.ExpTransform:
+        return torch.exp
+    if kind is dist.transforms.SigmoidTransform:
+        return _clipped_sigmoid
+    if kind is dist.transforms.SoftmaxTransform:
+        return _softmax
+    if kind is dist.transforms.AffineTransform and all(
+        isinstance(v, (int, float)) for v in (transform.loc, transform.scale)
+    ):
+        loc, scale = transform.loc, transform.scale
+        if loc == 0 and scale == 1:
+            return _identity
+        return lambda x: loc + scale * x
+    return transform
 
 
 def _deep_getattr(obj, name: str):
