@@ -160,19 +160,23 @@ class MixtureLogProbGrad(NamedTuple):
 # --------------------------------------------------------------------------- #
 
 
-def _mode_from_env() -> str:
-    mode = os.environ.get(_ENV_COMPILE, "auto").strip().lower() or "auto"
-    aliases = {"0": "never", "false": "never", "off": "never", "1": "always", "true": "always"}
-    mode = aliases.get(mode, mode)
-    if mode not in COMPILE_MODES:
+def _choice_from_env(variable: str, choices: tuple[str, ...], aliases=None) -> str:
+    """The value of ``variable`` if it is one of ``choices`` (or an alias), else "auto"."""
+    value = os.environ.get(variable, "auto").strip().lower() or "auto"
+    value = (aliases or {}).get(value, value)
+    if value not in choices:
         warnings.warn(
-            f"{_ENV_COMPILE}={os.environ[_ENV_COMPILE]!r} is not one of {COMPILE_MODES}; "
-            "using 'auto'.",
+            f"{variable}={os.environ[variable]!r} is not one of {choices}; using 'auto'.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        mode = "auto"
-    return mode
+        value = "auto"
+    return value
+
+
+def _mode_from_env() -> str:
+    aliases = {"0": "never", "false": "never", "off": "never", "1": "always", "true": "always"}
+    return _choice_from_env(_ENV_COMPILE, COMPILE_MODES, aliases)
 
 
 _compile_mode = _mode_from_env()
@@ -220,15 +224,7 @@ _ENV_KERNEL = "BAYES_SWS_KERNEL"
 
 
 def _kernel_from_env() -> str:
-    value = os.environ.get(_ENV_KERNEL, "auto").strip().lower() or "auto"
-    if value not in KERNELS:
-        warnings.warn(
-            f"{_ENV_KERNEL}={os.environ[_ENV_KERNEL]!r} is not one of {KERNELS}; using 'auto'.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        value = "auto"
-    return value
+    return _choice_from_env(_ENV_KERNEL, KERNELS)
 
 
 _kernel = _kernel_from_env()
