@@ -452,3 +452,92 @@ def test_benchmark_goal_lines_judge_by_hand_counted_rows():
     assert "dc y (95.0×, 12.50 %) is **not** beaten" in line
     (line,) = bench.goal_lines([row("sws b", 90.0, 12.0, True)])
     assert "**not met** (no soft weight-sharing row within 0.5 points)" in line
+
+
+# --------------------------------------------------------------------------- soft-to-hard anneal
+
+
+def test_anneal_schedule_moves_geometrically_in_stages():
+    """Shape and rate at each step against numpy's geomspace over the stages."""
+    from bayes_sws.pipeline import ANNEAL_STAGES, _anneal
+
+    start, final = (250.0, 1.0), (100.0, 1e-2)
+    at = _anneal(start, final, (2.0, 6.0), steps_per_epoch=50)  # steps 100 .. 300
+    grid = np.stack([np.geomspace(s, f, ANNEAL_STAGES + 1) for s, f in zip(start, final)], 1)
+    for step, stage in (
+        (0, 0),
+        (100, 0),
+        (101, 0),
+        (102, 1),
+        (200, ANNEAL_STAGES // 2),
+        (299, ANNEAL_STAGES - 1),
+        (300, ANNEAL_STAGES),
+        (10_000, ANNEAL_STAGES),
+    ):
+        np.testing.assert_allclose(at(step), grid[stage], rtol=1e-12, err_msg=f"step {step}")
+    assert _anneal(start, None, None, 50) is None
+    with pytest.raises(ValueError, match="anneal_epochs"):
+        _anneal(start, final, (6.0, 2.0), 50)
+    with pytest.raises(ValueError, match="precision_prior_final"):
+        _anneal(start, None, (2.0, 6.0), 50)
+
+
+def _precision_fixed_point(w, mixture, prior_scale, shape, rate):
+    """MAP precision of each component given the weights and the other parameters (scipy).
+
+    Setting the derivative of ``λ Σ_i log Σ_k π_k N(w_i | μ_k, 1/τ_k) + (a-1) log τ_j - b τ_j``
+    to zero: ``τ_j = (a - 1 + λ n_j / 2) / (b + λ S_j / 2)`` with responsibilities γ,
+    ``n_j = Σ_i γ_ij`` and ``S_j = Σ_i γ_ij (w_i - μ_j)²``.
+    """
+    from scipy.special import logsumexp
+
+    pi, mu, sigma = (np.asarray(t, dtype=np.float64) for t in mixture)
+    log_joint = np.log(pi) + stats.norm.logpdf(w[:, None], mu, sigma)
+    gamma = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    n = gamma.sum(0)
+    s = (gamma * (w[:, None] - mu) ** 2).sum(0)
+    return (shape - 1 + prior_scale * n / 2) / (rate + prior_scale * s / 2)
+
+
+def test_annealed_precisions_end_at_the_final_priors_fixed_point(digits, pretrained):
+    """After the anneal the non-zero precisions satisfy the final Gamma's stationary condition.
+
+    A run without anneal ends at the start prior's fixed point instead, far away: so
+    the loss really used the moved hyperprior.
+    """
+    from bayes_sws.pipeline import SHARING_PRECISION_PRIOR, SLAB_PRECISION_PRIOR
+
+    kwargs = {"prior_scale": 0.1, "num_epochs": 40, "batch_size": 64, "mixture_lr": 1e-2, "seed": 0}
+    runs = {
+        "annealed": soft_weight_sharing(
+            pretrained,
+            digits,
+            precision_prior=SLAB_PRECISION_PRIOR,
+            precision_prior_final=SHARING_PRECISION_PRIOR,
+            anneal_epochs=(5, 20),
+            **kwargs,
+        ),
+        "slab": soft_weight_sharing(
+            pretrained, digits, precision_prior=SLAB_PRECISION_PRIOR, **kwargs
+        ),
+    }
+    fixed = {}
+    for label, result in runs.items():
+        params = dict(result.retrained_net.named_parameters())
+        names = result.config["param_names"]
+        w = torch.cat([params[n].detach().reshape(-1) for n in names]).double().numpy()
+        tau = 1 / result.mixture.sigma.double().numpy() ** 2
+        for prior_label, (shape, rate) in (
+            ("slab", SLAB_PRECISION_PRIOR),
+            ("sharing", SHARING_PRECISION_PRIOR),
+        ):
+            fixed[label, prior_label] = _precision_fixed_point(w, result.mixture, 0.1, shape, rate)[
+                1:
+            ]
+        fixed[label] = tau[1:]
+    np.testing.assert_allclose(fixed["annealed"], fixed["annealed", "sharing"], rtol=0.02)
+    np.testing.assert_allclose(fixed["slab"], fixed["slab", "slab"], rtol=0.02)
+    assert np.all(fixed["annealed"] > 10 * fixed["slab"])
+    assert runs["annealed"].config["precision_prior_final_used"] == list(SHARING_PRECISION_PRIOR)
+    assert runs["annealed"].config["anneal_epochs"] == [5.0, 20.0]
+    assert runs["slab"].config["anneal_epochs"] is None
