@@ -37,11 +37,13 @@ import copy
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -249,7 +251,8 @@ def run_sws(
         "num_values": result.num_components,
         "wall_time": result.wall_time,
         "layers": result.layers,
-        "result": result,
+        "layer_table": result.format_table(),
+        "result": result,  # replaced by result.to_dict() once the case is done (run_case)
     }
 
 
@@ -395,8 +398,8 @@ def goal_lines(rows: list[dict]) -> list[str]:
         case_rows = [r for r in rows if r["case"] == name]
         rate, budget = CASES[name].goal
         pre = 100 * (1 - case_rows[0]["pretrained_accuracy"])
-        sws_rows = [r for r in case_rows if "result" in r]
-        dc_rows = [r for r in case_rows if "result" not in r]
+        sws_rows = [r for r in case_rows if "layer_table" in r]
+        dc_rows = [r for r in case_rows if "layer_table" not in r]
         within = [r for r in sws_rows if _error(r) - pre <= budget + 1e-9]
         best = max(within, key=lambda r: r["compression_rate"], default=None)
         head = f"- {name}: ≥ {rate:g}× within {budget:g} points of the pretrained error"
@@ -436,9 +439,9 @@ def goal_lines(rows: list[dict]) -> list[str]:
 def layer_tables(rows: list[dict]) -> str:
     out = []
     for row in rows:
-        if "result" in row:
+        if "layer_table" in row:
             out.append(f"Per layer, {row['method']} on {row['case']}:\n")
-            out.append(row["result"].format_table())
+            out.append(row["layer_table"])
             out.append("")
     return "\n".join(out)
 
@@ -547,6 +550,95 @@ def _parse_overrides(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_case(name: str, options: dict) -> tuple[list[dict], dict]:
+    """All methods on one case: its rows (JSON-ready) and its pretraining record.
+
+    Runs in a worker process with ``--jobs > 1``, so it takes plain options and
+    returns plain data (each soft weight-sharing result as its ``to_dict()``).
+    """
+    torch.set_num_threads(options["threads"])
+    case = CASES[name]
+    data = load(case)
+    say(f"{name}: pretraining (or loading from cache)")
+    net, info = pretrained(
+        case, data, seed=options["seed"], cache=options["cache"], progress=options["progress"]
+    )
+    pre_acc = accuracy(net, data.x_test, data.y_test)
+    say(
+        f"{name}: pretrained test error {100 * (1 - pre_acc):.2f} %"
+        + (" (cached)" if info["cached"] else f" in {_time(info['wall_time'])}")
+    )
+    case_rows, sws_rows = [], []
+    if "sws" in options["methods"]:
+        for label in case.sws:
+            say(f"{name}: soft weight-sharing, {label}")
+            sws_rows.append(
+                run_sws(
+                    case,
+                    label,
+                    copy.deepcopy(net),
+                    data,
+                    seed=options["seed"],
+                    progress=options["progress"],
+                    overrides=options["overrides"]["sws"],
+                    dc_overrides=options["overrides"]["dc"],
+                )
+            )
+        case_rows.extend(sws_rows)
+        for sws_row in sws_rows if options["figures"] else ():
+            for path in save_figures(name, sws_row, net, options["figures"]):
+                say(f"{name}: wrote {path}")
+    if "dc-han" in options["methods"]:
+        say(f"{name}: Deep Compression, Han et al.'s settings")
+        case_rows.append(
+            run_dc(
+                case,
+                net,
+                data,
+                name="dc-han",
+                seed=options["seed"],
+                progress=options["progress"],
+                overrides=options["overrides"]["dc"],
+                prune_fraction=case.han["prune_fraction"],
+                num_clusters=case.han["num_clusters"],
+            )
+        )
+    for sws_row in sws_rows if "dc-matched" in options["methods"] else ():
+        label = f"dc-matched to {sws_row['method']}"
+        say(f"{name}: Deep Compression at the sparsity of {sws_row['method']}")
+        prune, clusters = matched_dc_settings(sws_row)
+        case_rows.append(
+            run_dc(
+                case,
+                net,
+                data,
+                name=label,
+                seed=options["seed"],
+                progress=options["progress"],
+                overrides=options["overrides"]["dc"],
+                prune_fraction=prune,
+                num_clusters=clusters,
+            )
+        )
+    for row in case_rows:
+        row["case"] = name
+        row["pretrained_accuracy"] = pre_acc
+        say(
+            f"{name}: {row['method']}: error {100 * (1 - row['accuracy_after']):.2f} % "
+            f"(pretrained {100 * (1 - pre_acc):.2f} %), non-zero "
+            f"{100 * row['nonzero_fraction']:.2f} %, {row['compression_rate']:.1f}x, "
+            f"{_time(row['wall_time'])}"
+        )
+    for row in case_rows:
+        if "result" in row:
+            row["result"] = row["result"].to_dict()
+    return case_rows, info
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits cases only (about a minute)")
@@ -559,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cases run in this many processes at once (default 1)"
+    )
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help="directory for pretrained networks"
     )
@@ -596,93 +691,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     cache = None if args.no_cache else args.cache
 
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-    rows, pretrain_info = [], {}
+    if args.jobs > 1 and args.progress:
+        parser.error("--progress needs --jobs 1 (bars of parallel cases would interleave)")
+    options = {
+        "methods": args.methods,
+        "seed": args.seed,
+        "threads": args.threads,
+        "cache": cache,
+        "overrides": overrides,
+        "figures": args.figures,
+        "progress": args.progress if args.jobs == 1 else False,
+    }
     start = time.perf_counter()
-    for name in names:
-        case = CASES[name]
-        data = load(case)
-        say(f"{name}: pretraining (or loading from cache)")
-        net, info = pretrained(case, data, seed=args.seed, cache=cache, progress=args.progress)
-        pretrain_info[name] = info
-        pre_acc = accuracy(net, data.x_test, data.y_test)
-        say(
-            f"{name}: pretrained test error {100 * (1 - pre_acc):.2f} %"
-            + (" (cached)" if info["cached"] else f" in {_time(info['wall_time'])}")
-        )
-        case_rows, sws_rows = [], []
-        if "sws" in args.methods:
-            for label in case.sws:
-                say(f"{name}: soft weight-sharing, {label}")
-                sws_rows.append(
-                    run_sws(
-                        case,
-                        label,
-                        copy.deepcopy(net),
-                        data,
-                        seed=args.seed,
-                        progress=args.progress,
-                        overrides=overrides["sws"],
-                        dc_overrides=overrides["dc"],
-                    )
-                )
-            case_rows.extend(sws_rows)
-            for sws_row in sws_rows if args.figures else ():
-                for path in save_figures(name, sws_row, net, args.figures):
-                    say(f"{name}: wrote {path}")
-        if "dc-han" in args.methods:
-            say(f"{name}: Deep Compression, Han et al.'s settings")
-            case_rows.append(
-                run_dc(
-                    case,
-                    net,
-                    data,
-                    name="dc-han",
-                    seed=args.seed,
-                    progress=args.progress,
-                    overrides=overrides["dc"],
-                    prune_fraction=case.han["prune_fraction"],
-                    num_clusters=case.han["num_clusters"],
-                )
-            )
-        for sws_row in sws_rows if "dc-matched" in args.methods else ():
-            label = f"dc-matched to {sws_row['method']}"
-            say(f"{name}: Deep Compression at the sparsity of {sws_row['method']}")
-            prune, clusters = matched_dc_settings(sws_row)
-            case_rows.append(
-                run_dc(
-                    case,
-                    net,
-                    data,
-                    name=label,
-                    seed=args.seed,
-                    progress=args.progress,
-                    overrides=overrides["dc"],
-                    prune_fraction=prune,
-                    num_clusters=clusters,
-                )
-            )
-        for row in case_rows:
-            row["case"] = name
-            row["pretrained_accuracy"] = pre_acc
-            say(
-                f"{name}: {row['method']}: error {100 * (1 - row['accuracy_after']):.2f} % "
-                f"(pretrained {100 * (1 - pre_acc):.2f} %), non-zero "
-                f"{100 * row['nonzero_fraction']:.2f} %, {row['compression_rate']:.1f}x, "
-                f"{_time(row['wall_time'])}"
-            )
-        rows.extend(case_rows)
+    if args.jobs == 1:
+        done = [run_case(name, options) for name in names]
+    else:
+        say(f"running {len(names)} cases in {args.jobs} processes, {args.threads} thread(s) each")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            # longest first (Fashion-MNIST LeNet-5), so the pool finishes together
+            futures = {name: pool.submit(run_case, name, options) for name in names}
+            done = [futures[name].result() for name in names]
+    rows = [row for case_rows, _ in done for row in case_rows]
+    pretrain_info = {name: info for name, (_, info) in zip(names, done, strict=True)}
     total = time.perf_counter() - start
 
     print(markdown(rows))
     print()
     print(layer_tables(rows))
     if args.json:
-        payload = [
-            {k: (v.to_dict() if k == "result" else v) for k, v in row.items()} for row in rows
-        ]
+        payload = rows
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
