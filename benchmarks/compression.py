@@ -127,7 +127,7 @@ CASES: dict[str, Case] = {
         pretrain={"num_epochs": 20, "lr": 1e-3, "batch_size": 128},
         sws={
             "sws λ=0.04": {"prior_scale": 0.04, **ANNEAL, "num_epochs": 30},
-            "sws λ=0.2": {"prior_scale": 0.2, **ANNEAL, "num_epochs": 30},
+            "sws λ=0.12": {"prior_scale": 0.12, **ANNEAL, "num_epochs": 30},
         },
         dc={"finetune_epochs": 5, "centroid_epochs": 3, "lr": 1e-3, "batch_size": 128},
         han=HAN_LENET5,
