@@ -55,6 +55,10 @@ def _pair_positive(value) -> str | None:
     return None if all(v > 0 for v in value) else "must be two numbers > 0"
 
 
+def _pair_non_negative(value) -> str | None:
+    return None if all(v >= 0 for v in value) else "must be two numbers >= 0"
+
+
 def _widths(value) -> str | None:
     if not value:
         return "must list at least one hidden width"
@@ -151,6 +155,21 @@ class RunConfig:
         "pair?",
         _pair_positive,
         metavar=("SHAPE", "RATE"),
+    )
+    precision_prior_final: tuple[float, float] | None = _opt(
+        None,
+        "soft-to-hard anneal: Gamma(shape, rate) the non-zero precision prior moves to, "
+        "e.g. 250 0.01 from a slab --precision-prior 250 1",
+        "pair?",
+        _pair_positive,
+        metavar=("SHAPE", "RATE"),
+    )
+    anneal_epochs: tuple[float, float] | None = _opt(
+        None,
+        "first and last epoch of the anneal; none: from half-way to 0.9 of training",
+        "pair?",
+        _pair_non_negative,
+        metavar=("START", "END"),
     )
     flat: bool = _opt(False, "flat hyperpriors: MAP is exactly E + λΩ", "bool")
     include_bias: bool = _opt(False, "put the prior on biases too", "bool")
@@ -251,6 +270,17 @@ class RunConfig:
             raise RunError(
                 "zero_precision_prior needs the zero component; drop it or keep zero_component"
             )
+        if self.anneal_epochs is not None and self.precision_prior_final is None:
+            raise RunError(
+                "anneal_epochs needs precision_prior_final (the Gamma to anneal to); "
+                "give both or neither"
+            )
+        if self.anneal_epochs is not None and self.anneal_epochs[0] > self.anneal_epochs[1]:
+            raise RunError(
+                f"anneal_epochs must be (start, end) with start <= end, got {self.anneal_epochs}"
+            )
+        if self.precision_prior_final is not None and self.flat:
+            raise RunError("precision_prior_final anneals a Gamma hyperprior; drop it or drop flat")
         if self.pi_zero is not None and not self.zero_component:
             raise RunError("pi_zero needs the zero component; drop pi_zero or keep zero_component")
         if self.optimizer == "lbfgs" and self.guide not in ("map", "laplace"):
@@ -264,6 +294,7 @@ class RunConfig:
                     ("pi_zero_prior[1]", self.pi_zero_prior[1]),
                     ("precision_prior shape", self.precision_prior[0]),
                     ("zero_precision_prior shape", (self.zero_precision_prior or (1.0,))[0]),
+                    ("precision_prior_final shape", (self.precision_prior_final or (1.0,))[0]),
                 )
                 if value < 1
             ]

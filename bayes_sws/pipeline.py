@@ -84,7 +84,9 @@ __all__ = [
     "ULLRICH_PRECISION_PRIOR",
     "ULLRICH_ZERO_PRECISION_PRIOR",
     "CompressionResult",
+    "anneal_schedule",
     "compress_result",
+    "default_anneal_epochs",
     "soft_weight_sharing",
     "tempered_gamma",
 ]
@@ -284,13 +286,17 @@ def _warmup(prior_scale: float, epochs: float, steps_per_epoch: int):
 ANNEAL_STAGES = 100
 
 
-def _anneal(
+def anneal_schedule(
     start: tuple[float, float],
     final: tuple[float, float] | None,
     epochs: tuple[float, float] | None,
     steps_per_epoch: int,
 ):
     """The non-zero precisions' Gamma (shape, rate) at each step, or ``None`` for no anneal.
+
+    Used by :func:`soft_weight_sharing` and by ``bayes-sws fit`` (run
+    directories): the callable maps a step to the prior in force at that step,
+    so a resumed run sets the prior of its first step from it.
 
     Geometric interpolation from ``start`` to ``final`` between the two epochs of
     ``epochs``, in :data:`ANNEAL_STAGES` equal steps of the log-parameters.
@@ -317,6 +323,12 @@ def _anneal(
         return shape, rate
 
     return at
+
+
+def default_anneal_epochs(num_steps: int, steps_per_epoch: int) -> tuple[float, float]:
+    """The default anneal window: from half-way to 90 % of ``num_steps``, in epochs."""
+    total_epochs = num_steps / steps_per_epoch
+    return 0.5 * total_epochs, 0.9 * total_epochs
 
 
 def compress_result(
@@ -620,9 +632,8 @@ def soft_weight_sharing(
     else:
         (conc, rate), (zero_conc, zero_rate) = precision_prior, zero_precision_prior
     if final is not None and anneal_epochs is None:
-        total_epochs = num_steps / steps_per_epoch
-        anneal_epochs = (0.5 * total_epochs, 0.9 * total_epochs)
-    anneal = _anneal((conc, rate), final, anneal_epochs, steps_per_epoch)
+        anneal_epochs = default_anneal_epochs(num_steps, steps_per_epoch)
+    anneal = anneal_schedule((conc, rate), final, anneal_epochs, steps_per_epoch)
     if min(conc, zero_conc, conc if final is None else final[0]) < 1:
         raise ValueError(
             f"the precision hyperpriors have shape {conc:.4g} (non-zero"

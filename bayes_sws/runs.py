@@ -78,6 +78,7 @@ from .infer import FitResult, FitState, fit
 from .likelihoods import Gaussian, Likelihood
 from .model import SWSModel
 from .nets import build_network
+from .pipeline import anneal_schedule, default_anneal_epochs
 from .priors import MixturePrior
 
 __all__ = [
@@ -191,6 +192,21 @@ def _prior(config: RunConfig) -> MixturePrior:
         flat=config.flat,
         include_bias=config.include_bias,
     )
+
+
+def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_steps: int):
+    """``set(step)`` putting the annealed precision prior in force, or ``None`` (no anneal)."""
+    if config.precision_prior_final is None:
+        return None
+    per_epoch = max(1, num_train // min(config.batch_size, num_train))
+    epochs = config.anneal_epochs or default_anneal_epochs(num_steps, per_epoch)
+    at = anneal_schedule(config.precision_prior, config.precision_prior_final, epochs, per_epoch)
+    prior = model.prior
+
+    def set_prior(step: int) -> None:
+        prior.precision_concentration, prior.precision_rate = at(step)
+
+    return set_prior
 
 
 def _evaluate_network(net: nn.Module, data) -> dict[str, float]:
@@ -504,10 +520,15 @@ def _execute(
         elif checkpoint_paths(run_dir):
             log("warning: no intact checkpoint; starting SVI from step 0")
 
+    anneal = _precision_anneal(config, model, data.num_train, num_steps)
+    if anneal is not None:  # the prior in force at the first step (of a resumed run, too)
+        anneal(0 if state is None else state.step)
     stopped = False
 
     def callback(step: int, loss: float) -> bool:
         nonlocal stopped
+        if anneal is not None:
+            anneal(step + 1)
         stopped = bool(should_stop())
         return stopped
 

@@ -477,10 +477,10 @@ def test_benchmark_goal_lines_judge_by_hand_counted_rows():
 
 def test_anneal_schedule_moves_geometrically_in_stages():
     """Shape and rate at each step against numpy's geomspace over the stages."""
-    from bayes_sws.pipeline import ANNEAL_STAGES, _anneal
+    from bayes_sws.pipeline import ANNEAL_STAGES, anneal_schedule
 
     start, final = (250.0, 1.0), (100.0, 1e-2)
-    at = _anneal(start, final, (2.0, 6.0), steps_per_epoch=50)  # steps 100 .. 300
+    at = anneal_schedule(start, final, (2.0, 6.0), steps_per_epoch=50)  # steps 100 .. 300
     grid = np.stack([np.geomspace(s, f, ANNEAL_STAGES + 1) for s, f in zip(start, final)], 1)
     for step, stage in (
         (0, 0),
@@ -493,11 +493,11 @@ def test_anneal_schedule_moves_geometrically_in_stages():
         (10_000, ANNEAL_STAGES),
     ):
         np.testing.assert_allclose(at(step), grid[stage], rtol=1e-12, err_msg=f"step {step}")
-    assert _anneal(start, None, None, 50) is None
+    assert anneal_schedule(start, None, None, 50) is None
     with pytest.raises(ValueError, match="anneal_epochs"):
-        _anneal(start, final, (6.0, 2.0), 50)
+        anneal_schedule(start, final, (6.0, 2.0), 50)
     with pytest.raises(ValueError, match="precision_prior_final"):
-        _anneal(start, None, (2.0, 6.0), 50)
+        anneal_schedule(start, None, (2.0, 6.0), 50)
 
 
 def _precision_fixed_point(w, mixture, prior_scale, shape, rate):
