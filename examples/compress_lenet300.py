@@ -7,7 +7,7 @@ quantise each weight to its most responsible component and count the bits as
 Han et al. (2016) do. Prints accuracy before/after and the per-layer storage.
 
     python examples/compress_lenet300.py                        # mnist-5k, about 2 minutes
-    python examples/compress_lenet300.py --data fashion-mnist   # the real benchmark, ~30 min
+    python examples/compress_lenet300.py --data fashion-mnist   # the real benchmark, ~6 min
     python examples/compress_lenet300.py --smoke                # seconds (also when CI is set)
 """
 
@@ -19,13 +19,26 @@ import torch
 
 from bayes_sws.data import load_dataset
 from bayes_sws.nets import lenet_300_100
-from bayes_sws.pipeline import soft_weight_sharing
+from bayes_sws.pipeline import (
+    SHARING_PRECISION_PRIOR,
+    SLAB_PRECISION_PRIOR,
+    soft_weight_sharing,
+)
 from bayes_sws.training import train
 
-# Retraining settings per data set: λ, learning rates (weights, mixture) and epochs.
+# Retraining settings per data set: λ, learning rates (weights, mixture) and epochs. On
+# Fashion-MNIST, the benchmark's row within 0.5 points of the pretrained error (BENCHMARKS.md):
+# the soft-to-hard anneal from a broad slab to tight shared values over epochs 20-36.
 SETTINGS = {
     "mnist-5k": {"prior_scale": 1e-2, "lr": 1e-3, "mixture_lr": 1e-2, "num_epochs": 60},
-    "fashion-mnist": {"prior_scale": 3e-3, "lr": 5e-4, "mixture_lr": 3e-3, "num_epochs": 30},
+    "fashion-mnist": {
+        "prior_scale": 0.15,
+        "lr": 5e-4,
+        "mixture_lr": 1e-3,
+        "num_epochs": 40,
+        "precision_prior": SLAB_PRECISION_PRIOR,
+        "precision_prior_final": SHARING_PRECISION_PRIOR,
+    },
 }
 
 
