@@ -24,8 +24,10 @@ from .guides import GUIDES
 from .infer import (
     ON_NONFINITE,
     OPTIMIZERS,
+    steps_per_epoch,
 )
 from .nets import ACTIVATIONS, NETWORKS
+from .pipeline import check_anneal
 
 __all__ = ["RunConfig", "RunError", "config_options", "load_config_file", "resolve_config"]
 
@@ -270,15 +272,10 @@ class RunConfig:
             raise RunError(
                 "zero_precision_prior needs the zero component; drop it or keep zero_component"
             )
-        if self.anneal_epochs is not None and self.precision_prior_final is None:
-            raise RunError(
-                "anneal_epochs needs precision_prior_final (the Gamma to anneal to); "
-                "give both or neither"
-            )
-        if self.anneal_epochs is not None and self.anneal_epochs[0] > self.anneal_epochs[1]:
-            raise RunError(
-                f"anneal_epochs must be (start, end) with start <= end, got {self.anneal_epochs}"
-            )
+        try:
+            check_anneal(self.precision_prior_final, self.anneal_epochs)
+        except ValueError as err:
+            raise RunError(str(err)) from None
         if self.precision_prior_final is not None and self.flat:
             raise RunError("precision_prior_final anneals a Gamma hyperprior; drop it or drop flat")
         if self.pi_zero is not None and not self.zero_component:
@@ -311,8 +308,7 @@ class RunConfig:
     def num_steps(self, num_train: int) -> int:
         """SVI steps for a training set of ``num_train`` points."""
         if self.epochs is not None:
-            per_epoch = max(1, num_train // min(self.batch_size, num_train))
-            return self.epochs * per_epoch
+            return self.epochs * steps_per_epoch(num_train, self.batch_size)
         return self.steps if self.steps is not None else 2000
 
 

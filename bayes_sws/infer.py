@@ -475,6 +475,11 @@ def _lbfgs_stalled(optim: torch.optim.Optimizer) -> bool:
     return t is not None and float(t) == 0.0
 
 
+def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
+    """Mini-batches per pass over ``num_data`` points, as :func:`fit` draws them (1 for full batch)."""
+    return max(1, num_data // min(batch_size or num_data, num_data))
+
+
 def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device) -> Tensor | None:
     """Indices of the mini-batch at ``step``: a fresh permutation per epoch, derived from the seed.
 
@@ -482,8 +487,7 @@ def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device)
     """
     if batch_size >= num_data:
         return None
-    per_epoch = num_data // batch_size
-    epoch, position = divmod(step, per_epoch)
+    epoch, position = divmod(step, steps_per_epoch(num_data, batch_size))
     perm = _epoch_permutation(num_data, seed, epoch)
     return perm[position * batch_size : (position + 1) * batch_size].to(device)
 

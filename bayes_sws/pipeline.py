@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from .compress import QuantizeResult, StorageReport, finetune_codebook, quantize, storage_report
-from .infer import FitResult, fit
+from .infer import FitResult, fit, steps_per_epoch
 from .model import SWSModel
 from .priors import Mixture, MixturePrior
 from .training import accuracy, rmse
@@ -85,8 +85,10 @@ __all__ = [
     "ULLRICH_ZERO_PRECISION_PRIOR",
     "CompressionResult",
     "anneal_schedule",
+    "check_anneal",
     "compress_result",
     "default_anneal_epochs",
+    "precision_anneal",
     "soft_weight_sharing",
     "tempered_gamma",
 ]
@@ -286,6 +288,24 @@ def _warmup(prior_scale: float, epochs: float, steps_per_epoch: int):
 ANNEAL_STAGES = 100
 
 
+def check_anneal(final: tuple[float, float] | None, epochs: tuple[float, float] | None) -> None:
+    """The anneal's settings make sense together: epochs only with a final prior, start <= end.
+
+    Raises ``ValueError`` naming the bad value (``RunConfig`` reports it as a ``RunError``).
+    """
+    if epochs is None:
+        return
+    if final is None:
+        raise ValueError(
+            "anneal_epochs needs precision_prior_final (the Gamma (shape, rate) to anneal to), "
+            f"got anneal_epochs={epochs!r} alone; give both or neither"
+        )
+    if len(tuple(epochs)) != 2 or not 0 <= epochs[0] <= epochs[1]:
+        raise ValueError(
+            f"anneal_epochs must be (start, end) epochs with 0 <= start <= end, got {epochs!r}"
+        )
+
+
 def anneal_schedule(
     start: tuple[float, float],
     final: tuple[float, float] | None,
@@ -294,24 +314,14 @@ def anneal_schedule(
 ):
     """The non-zero precisions' Gamma (shape, rate) at each step, or ``None`` for no anneal.
 
-    Used by :func:`soft_weight_sharing` and by ``bayes-sws fit`` (run
-    directories): the callable maps a step to the prior in force at that step,
-    so a resumed run sets the prior of its first step from it.
-
     Geometric interpolation from ``start`` to ``final`` between the two epochs of
     ``epochs``, in :data:`ANNEAL_STAGES` equal steps of the log-parameters.
     """
+    check_anneal(final, epochs)
     if final is None:
-        if epochs is not None:
-            raise ValueError(
-                f"anneal_epochs={epochs!r} was given without precision_prior_final; "
-                "pass the Gamma (shape, rate) to anneal to"
-            )
         return None
-    if epochs is None or len(tuple(epochs)) != 2 or not 0 <= epochs[0] <= epochs[1]:
-        raise ValueError(
-            f"anneal_epochs must be (start, end) epochs with 0 <= start <= end, got {epochs!r}"
-        )
+    if epochs is None:
+        raise ValueError("anneal_schedule needs anneal_epochs (see default_anneal_epochs)")
     first, last = (round(e * steps_per_epoch) for e in epochs)
     log_start = torch.tensor(start, dtype=torch.float64).log()
     log_final = torch.tensor(final, dtype=torch.float64).log()
@@ -323,6 +333,30 @@ def anneal_schedule(
         return shape, rate
 
     return at
+
+
+def precision_anneal(
+    prior: MixturePrior,
+    final: tuple[float, float] | None,
+    epochs: tuple[float, float],
+    steps_per_epoch: int,
+):
+    """``set(step)``: put the annealed precision prior of ``step`` in force on ``prior``.
+
+    The anneal starts from the prior's own precision hyperprior. Used by
+    :func:`soft_weight_sharing` and by ``bayes-sws fit`` (run directories): the
+    prior is a function of the step, so a resumed run sets the prior of its
+    first step from it. ``None`` when ``final`` is ``None`` (no anneal).
+    """
+    start = (prior.precision_concentration, prior.precision_rate)
+    at = anneal_schedule(start, final, epochs, steps_per_epoch)
+    if at is None:
+        return None
+
+    def set_prior(step: int) -> None:
+        prior.precision_concentration, prior.precision_rate = at(step)
+
+    return set_prior
 
 
 def default_anneal_epochs(num_steps: int, steps_per_epoch: int) -> tuple[float, float]:
@@ -609,13 +643,13 @@ def soft_weight_sharing(
     x_train, y_train, x_test, y_test = _unpack_data(data)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    steps_per_epoch = max(1, x_train.shape[0] // min(batch_size, x_train.shape[0]))
+    per_epoch = steps_per_epoch(x_train.shape[0], batch_size)
     if num_steps is None:
         if num_epochs is None or not num_epochs > 0:
             raise ValueError(
                 f"num_epochs must be > 0 when num_steps is not given, got {num_epochs!r}"
             )
-        num_steps = max(1, round(num_epochs * steps_per_epoch))
+        num_steps = max(1, round(num_epochs * per_epoch))
     for label, pair in (
         ("precision_prior", precision_prior),
         ("zero_precision_prior", zero_precision_prior),
@@ -631,9 +665,9 @@ def soft_weight_sharing(
             final = tempered_gamma(*final, prior_scale)
     else:
         (conc, rate), (zero_conc, zero_rate) = precision_prior, zero_precision_prior
+    check_anneal(final, anneal_epochs)
     if final is not None and anneal_epochs is None:
-        anneal_epochs = default_anneal_epochs(num_steps, steps_per_epoch)
-    anneal = anneal_schedule((conc, rate), final, anneal_epochs, steps_per_epoch)
+        anneal_epochs = default_anneal_epochs(num_steps, per_epoch)
     if min(conc, zero_conc, conc if final is None else final[0]) < 1:
         raise ValueError(
             f"the precision hyperpriors have shape {conc:.4g} (non-zero"
@@ -658,16 +692,18 @@ def soft_weight_sharing(
     start = time.perf_counter()
     pretrained = copy.deepcopy(net)
     acc_pretrained, _ = _scores(pretrained, x_test.to(next(net.parameters()).dtype), y_test)
-    warmup = _warmup(prior_scale, prior_scale_warmup, steps_per_epoch)
+    warmup = _warmup(prior_scale, prior_scale_warmup, per_epoch)
     model = SWSModel(pretrained, prior, likelihood, prior_scale=warmup(0))
+
+    anneal = precision_anneal(prior, final, anneal_epochs, per_epoch)
 
     def schedule(step: int, loss: float) -> None:  # λ and the precision prior for the next step
         model.prior_scale = warmup(step + 1)
         if anneal is not None:
-            prior.precision_concentration, prior.precision_rate = anneal(step + 1)
+            anneal(step + 1)
 
     if anneal is not None:
-        prior.precision_concentration, prior.precision_rate = anneal(0)
+        anneal(0)
 
     fitted = fit(
         model,

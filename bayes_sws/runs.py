@@ -74,11 +74,11 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .config import RunConfig, RunError, config_options, load_config_file, resolve_config
-from .infer import FitResult, FitState, fit
+from .infer import FitResult, FitState, fit, steps_per_epoch
 from .likelihoods import Gaussian, Likelihood
 from .model import SWSModel
 from .nets import build_network
-from .pipeline import anneal_schedule, default_anneal_epochs
+from .pipeline import default_anneal_epochs, precision_anneal
 from .priors import MixturePrior
 
 __all__ = [
@@ -198,15 +198,9 @@ def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_st
     """``set(step)`` putting the annealed precision prior in force, or ``None`` (no anneal)."""
     if config.precision_prior_final is None:
         return None
-    per_epoch = max(1, num_train // min(config.batch_size, num_train))
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
     epochs = config.anneal_epochs or default_anneal_epochs(num_steps, per_epoch)
-    at = anneal_schedule(config.precision_prior, config.precision_prior_final, epochs, per_epoch)
-    prior = model.prior
-
-    def set_prior(step: int) -> None:
-        prior.precision_concentration, prior.precision_rate = at(step)
-
-    return set_prior
+    return precision_anneal(model.prior, config.precision_prior_final, epochs, per_epoch)
 
 
 def _evaluate_network(net: nn.Module, data) -> dict[str, float]:
