@@ -515,6 +515,22 @@ def _writing_checkpoint(run_dir):
     return ready
 
 
+def _at_checkpoint_step(run_dir, step):
+    """True once a checkpoint of step ``step`` or later exists (older ones may be pruned)."""
+    folder = Path(run_dir) / "checkpoints"
+
+    def ready():
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return False
+        return any(
+            n.startswith("step-") and n.endswith(".ckpt") and int(n[5:-5]) >= step for n in names
+        )
+
+    return ready
+
+
 def _after_first_checkpoint(run_dir, delay):
     folder = Path(run_dir) / "checkpoints"
     seen = {}
@@ -535,11 +551,14 @@ def test_kill_9_during_a_checkpoint_write_or_at_random_then_resume(tmp_path, ref
     Both run at once (two subprocesses, one polling loop). The first kill is sent
     while a checkpoint's temporary file exists; it may land just after the rename,
     so that trial is repeated (up to 4 times) until a temporary file is still there
-    afterwards, proof that the write was cut. Each run is then resumed in-process
-    and must end with exactly the parameters of the uninterrupted reference run.
+    afterwards, proof that the write was cut. The random kill comes once SVI has
+    passed a random step (checkpoints every 2 of 120 steps): a step, not a wall-clock
+    delay, so that on a fast, quiet machine it still lands inside SVI, not after the
+    run has written its results. Each run is then resumed in-process and must end
+    with exactly the parameters of the uninterrupted reference run.
     """
-    delay = random.Random().uniform(0.0, 0.5)
-    trials = {"random": _after_first_checkpoint(tmp_path / "random", delay)}
+    step = random.Random().randrange(2, 92, 2)
+    trials = {"random": _at_checkpoint_step(tmp_path / "random", step)}
     processes = {"random": _start_fit(tmp_path / "random", SMALL)}
     cut_mid_write = False
     for attempt in range(4):
