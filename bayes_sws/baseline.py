@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compress import StorageReport, _check_param_names, finetune_codebook, storage_report
+from .compress import StorageReport, _check_param_names, finetune_codebook, stored_network
 from .training import TrainResult, train
 
 __all__ = ["BaselineResult", "deep_compression", "magnitude_prune_masks", "kmeans_1d_linear_init"]
@@ -58,7 +58,10 @@ class BaselineResult:
     prune_training, share_training : TrainResult or None
         Losses of the two fine-tuning stages (``None`` when given 0 epochs).
     storage : StorageReport
-        :func:`~bayes_sws.compress.storage_report` of ``net``.
+        :func:`~bayes_sws.compress.storage_report` of ``stored_net``.
+    stored_net : nn.Module or None
+        The network as stored and counted: ``net``, or ``net`` without its dead
+        hidden units (``remove_dead_units=True``).
     """
 
     net: nn.Module
@@ -70,6 +73,7 @@ class BaselineResult:
     prune_training: TrainResult | None
     share_training: TrainResult | None
     storage: StorageReport
+    stored_net: nn.Module | None = None
 
 
 def _per_layer(value, names: Sequence[str], label: str) -> dict:
@@ -162,6 +166,7 @@ def deep_compression(
     seed: int = 0,
     param_names: Sequence[str] | None = None,
     index_bits: int | Mapping[str, int] | None = None,
+    remove_dead_units: bool = False,
     progress: bool | None = None,
 ) -> BaselineResult:
     """Prune, share weights by k-means, fine-tune the centroids; count the bits.
@@ -189,6 +194,10 @@ def deep_compression(
         Others (biases) train freely and are stored at 32 bits.
     index_bits
         Passed to :func:`~bayes_sws.compress.storage_report`.
+    remove_dead_units : bool
+        Store the network without the hidden units pruning left unused
+        (:func:`~bayes_sws.compress.remove_dead_units`), as soft weight-sharing's
+        pipeline can; off by default.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -262,6 +271,9 @@ def deep_compression(
     # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
     tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
     codebooks = {n: tuned.codebooks[n][: num_centroids[n]] for n in names}
+    stored, storage = stored_network(
+        compressed, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
+    )
 
     return BaselineResult(
         net=compressed,
@@ -272,5 +284,6 @@ def deep_compression(
         assignments={n: a.cpu() for n, a in assign.items()},
         prune_training=prune_training,
         share_training=tuned.training,
-        storage=storage_report(compressed, param_names=names, index_bits=index_bits),
+        storage=storage,
+        stored_net=stored,
     )

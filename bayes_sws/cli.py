@@ -89,7 +89,12 @@ def _fit(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace) -> int:
     from .runs import compress_run
 
-    summary = compress_run(args.run_dir, merge_threshold=args.merge_threshold, plots=args.plots)
+    summary = compress_run(
+        args.run_dir,
+        merge_threshold=args.merge_threshold,
+        plots=args.plots,
+        remove_dead_units=args.remove_dead_units,
+    )
     score = (
         f"test accuracy {100 * summary['test_accuracy_before']:.2f} % -> "
         f"{100 * summary['test_accuracy_after']:.2f} %"
@@ -325,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=1e-2,
         help="merge components closer than this (symmetric KL; 0: never) (default: 0.01)",
+    )
+    compress.add_argument(
+        "--remove-dead-units",
+        action="store_true",
+        help="store the network without the hidden units pruning left unused (exact; the "
+        "rate stays relative to the full network)",
     )
 
     diagnose = _run_dir_command(

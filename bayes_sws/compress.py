@@ -48,6 +48,9 @@ __all__ = [
     "finetune_codebook",
     "CodebookFinetune",
     "storage_report",
+    "remove_dead_units",
+    "stored_network",
+    "DeadUnitRemoval",
     "huffman_code",
     "huffman_code_lengths",
     "entropy_bits",
@@ -507,6 +510,239 @@ def finetune_codebook(
     return CodebookFinetune(codebooks=codebooks, training=training)
 
 
+# --------------------------------------------------------------------------- dead units
+
+#: Parameter-free element-wise modules a dead unit's constant output passes through.
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Identity,
+)
+
+
+@dataclass(frozen=True)
+class DeadUnitRemoval:
+    """What :func:`remove_dead_units` returns.
+
+    Attributes
+    ----------
+    net : nn.Sequential
+        The smaller network; it computes the same function (up to float rounding
+        of the folded biases) and keeps the parameter names of the original.
+    kept : dict of str to torch.Tensor
+        Per producing module (``"0"``), the indices of the output units kept.
+    removed : dict of str to int
+        Per producing module, how many output units were removed.
+    """
+
+    net: nn.Sequential
+    kept: dict[str, torch.Tensor]
+    removed: dict[str, int]
+
+    @property
+    def num_removed(self) -> int:
+        return sum(self.removed.values())
+
+
+@dataclass
+class _UnitPair:
+    """A module whose output units feed the next weighted module, through ``chain``."""
+
+    name: str
+    producer: nn.Linear | nn.Conv2d
+    chain: list[nn.Module]
+    consumer: nn.Linear | nn.Conv2d
+    block: int  # consumer input columns per producer unit (> 1 after a Flatten)
+
+    def consumer_weights(self) -> torch.Tensor:
+        """Consumer weights grouped by producer unit: (units, consumer outputs, rest)."""
+        w = self.consumer.weight
+        units = self.producer.weight.shape[0]
+        if isinstance(self.consumer, nn.Linear):
+            return w.reshape(w.shape[0], units, self.block).transpose(0, 1)
+        return w.transpose(0, 1).reshape(units, w.shape[0], -1)
+
+    def consumer_columns(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along the consumer weight's second axis read from these producer units."""
+        if isinstance(self.consumer, nn.Linear):
+            return (units[:, None] * self.block + torch.arange(self.block)).reshape(-1)
+        return units
+
+    def can_fold(self) -> bool:
+        """A constant input map stays constant through the consumer (no zero padding)."""
+        if self.consumer.bias is None:
+            return False
+        return isinstance(self.consumer, nn.Linear) or all(
+            p == 0 for p in _as_tuple(self.consumer.padding)
+        )
+
+    def constant_outputs(self) -> torch.Tensor:
+        """Each unit's output when all its weights are zero: the chain applied to its bias."""
+        bias = self.producer.bias
+        x = (
+            torch.zeros(self.producer.weight.shape[0], dtype=self.producer.weight.dtype)
+            if bias is None
+            else bias.detach().clone()
+        )
+        x = x.reshape(1, -1)
+        for module in self.chain:
+            if isinstance(module, _ELEMENTWISE):
+                x = module(x)
+        return x.reshape(-1)
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
+
+
+def _unit_pairs(net: nn.Sequential) -> list[_UnitPair]:
+    modules = list(net.named_children())
+    pairs = []
+    for i, (name, producer) in enumerate(modules):
+        if not isinstance(producer, nn.Linear | nn.Conv2d):
+            continue
+        if isinstance(producer, nn.Conv2d) and producer.groups != 1:
+            continue
+        chain: list[nn.Module] = []
+        flatten = False
+        for _, module in modules[i + 1 :]:
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                if isinstance(module, nn.Conv2d) and (
+                    module.groups != 1 or isinstance(producer, nn.Linear) or flatten
+                ):
+                    break
+                if (
+                    isinstance(module, nn.Linear)
+                    and isinstance(producer, nn.Conv2d)
+                    and not flatten
+                ):
+                    break
+                units = producer.weight.shape[0]
+                fan_in = module.weight.shape[1]
+                block = fan_in // units if flatten else 1
+                if block * units == fan_in:
+                    pairs.append(_UnitPair(name, producer, chain, module, block))
+                break
+            if isinstance(module, _ELEMENTWISE):
+                chain.append(module)
+            elif isinstance(module, nn.MaxPool2d) and isinstance(producer, nn.Conv2d):
+                chain.append(module)  # the max of a constant map is that constant
+            elif (
+                isinstance(module, nn.AvgPool2d)
+                and isinstance(producer, nn.Conv2d)
+                and all(p == 0 for p in _as_tuple(module.padding))
+            ):
+                chain.append(module)
+            elif (
+                isinstance(module, nn.Flatten)
+                and isinstance(producer, nn.Conv2d)
+                and module.start_dim == 1
+                and module.end_dim == -1
+                and not flatten
+            ):
+                flatten = True
+                chain.append(module)
+            else:
+                break  # anything else (normalisation, dropout, ...) ends the search
+    return pairs
+
+
+def _keep_units(pair: _UnitPair, keep: torch.Tensor) -> None:
+    """Drop the producer's output units not in ``keep`` and the consumer's matching inputs."""
+    producer, consumer = pair.producer, pair.consumer
+    producer.weight = nn.Parameter(producer.weight.detach()[keep].clone())
+    if producer.bias is not None:
+        producer.bias = nn.Parameter(producer.bias.detach()[keep].clone())
+    columns = pair.consumer_columns(keep)
+    consumer.weight = nn.Parameter(consumer.weight.detach()[:, columns].clone())
+    if isinstance(consumer, nn.Linear):
+        consumer.in_features = int(columns.numel())
+    else:
+        consumer.in_channels = int(keep.numel())
+    if isinstance(producer, nn.Linear):
+        producer.out_features = int(keep.numel())
+    else:
+        producer.out_channels = int(keep.numel())
+
+
+def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
+    """Remove hidden units a pruned network no longer uses; the function stays the same.
+
+    In a :class:`torch.nn.Sequential` of ``Linear``/``Conv2d`` layers joined by
+    element-wise activations (and, between convolutions, pooling or a
+    ``Flatten`` before a dense layer), a hidden unit is **dead**
+
+    * when every weight reading it in the next layer is zero: its output is
+      never used, so the unit (its weights and bias) goes; or
+    * when all of its own weights are zero: its output is the constant
+      ``activation(bias)``, which is added to the next layer's bias (exact
+      for a dense next layer or an unpadded convolution), after which the unit
+      is unused and goes.
+
+    Removing units can kill others, so the rules repeat until nothing changes; at
+    least one unit per layer is kept. Pruning by soft weight-sharing leaves many
+    such units (whole rows of the first dense layer), which cost filler entries
+    in the sparse layout; this is the structured clean-up a user would apply
+    before deployment. Count the smaller network's bits with
+    ``storage_report(removal.net, reference=net)`` so its rate is still relative
+    to the original network.
+
+    Parameters
+    ----------
+    net : nn.Sequential
+        A (pruned) network; it is deep-copied, never modified.
+    """
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(
+            f"remove_dead_units needs an nn.Sequential network, got {type(net).__name__}"
+        )
+    out = copy.deepcopy(net)
+    pairs = _unit_pairs(out)
+    kept = {pair.name: torch.arange(pair.producer.weight.shape[0]) for pair in pairs}
+    changed = True
+    with torch.no_grad():
+        while changed:
+            changed = False
+            for pair in pairs:
+                reads = pair.consumer_weights()  # units, consumer outputs, rest
+                units = reads.shape[0]
+                unused = (reads == 0).flatten(1).all(1)
+                no_inputs = (pair.producer.weight == 0).reshape(units, -1).all(1)
+                fold = no_inputs & ~unused
+                if fold.any() and pair.can_fold():
+                    constant = pair.constant_outputs()
+                    shift = (reads.sum(-1) * constant[:, None])[fold].sum(0)
+                    pair.consumer.bias += shift.to(pair.consumer.bias.dtype)
+                    pair.consumer.weight[
+                        :, pair.consumer_columns(torch.nonzero(fold).reshape(-1))
+                    ] = 0.0
+                    unused = unused | fold
+                keep = torch.nonzero(~unused).reshape(-1)
+                if keep.numel() == 0:
+                    keep = torch.zeros(1, dtype=torch.long)
+                if keep.numel() < units:
+                    _keep_units(pair, keep)
+                    kept[pair.name] = kept[pair.name][keep]
+                    changed = True
+    return DeadUnitRemoval(
+        net=out,
+        kept=kept,
+        removed={
+            pair.name: int(dict(net.named_children())[pair.name].weight.shape[0])
+            - int(kept[pair.name].numel())
+            for pair in pairs
+        },
+    )
+
+
 # --------------------------------------------------------------------------- coding
 
 
@@ -637,13 +873,19 @@ class LayerStorage:
         Layer kind (:func:`layer_kind`), which sets the default ``index_bits``.
     shape : tuple of int
     num_params, num_nonzero : int
-        Entries of the tensor, and how many are non-zero.
+        Entries of the tensor (of the reference's tensor, before
+        :func:`remove_dead_units`, when :func:`storage_report` had one), and how
+        many are non-zero.
     nonzero_fraction : float
         ``num_nonzero / num_params``.
     num_distinct : int
         Distinct non-zero values (the codebook size).
     storage_format : {"sparse", "full", "raw"}
         The cheapest layout (see :func:`storage_report`).
+    order : {"row", "column"}
+        Traversal order of the sparse layout: ``"row"`` runs along the rows of
+        the tensor viewed as ``(shape[0], -1)`` (CSR), ``"column"`` along its
+        columns (CSC). Always ``"row"`` for the full and raw layouts.
     index_bits : int
         Width of one relative index.
     num_fillers, num_stored : int
@@ -681,6 +923,7 @@ class LayerStorage:
     nonzero_fraction: float
     num_distinct: int
     storage_format: str
+    order: str
     index_bits: int
     num_fillers: int
     num_stored: int
@@ -710,7 +953,8 @@ class StorageReport:
     layers : tuple of LayerStorage
         One row per compressed parameter tensor, in ``named_parameters`` order.
     num_params : int
-        All parameters of the network, biases included.
+        All parameters of the network (of the reference network, if given),
+        biases included.
     num_compressed_params, num_nonzero : int
         Entries of the compressed tensors, and their non-zeros.
     nonzero_fraction : float
@@ -760,7 +1004,8 @@ class StorageReport:
         for r in self.layers:
             lines.append(
                 f"| {r.name} | {r.kind} | {r.num_params} | {100 * r.nonzero_fraction:.2f} | "
-                f"{r.num_distinct} | {r.storage_format} | {r.relative_index_bits} | "
+                f"{r.num_distinct} | {r.storage_format}{' by column' if r.order == 'column' else ''} | "
+                f"{r.relative_index_bits} | "
                 f"{r.cluster_index_bits} | {r.codebook_bits} | {r.bias_bits} | {r.total_bits} | "
                 f"{r.compression_rate:.1f} |"
             )
@@ -781,33 +1026,61 @@ def _coded_bits(symbol_counts: np.ndarray) -> tuple[int, float]:
     return huffman, entropy_bits(symbol_counts)
 
 
+def _sparse_layout(
+    matrix: np.ndarray, order: str, value_counts: np.ndarray, index_bits: int, codebook_bits: int
+) -> tuple[int, int, int, float, int, int]:
+    """Sparse layout of ``matrix`` traversed in ``order``: (bits, index bits,
+    Huffman bits, entropy bits, fillers, stored entries)."""
+    flat = (matrix if order == "row" else matrix.T).reshape(-1)
+    positions = np.flatnonzero(flat)
+    # (relative index, cluster index) per non-zero and per filler zero
+    num_fillers = relative_index_fillers(positions, index_bits)
+    huffman, entropy = _coded_bits(np.append(value_counts, num_fillers))
+    num_stored = int(positions.size) + num_fillers
+    index = index_bits * num_stored
+    return index + huffman + codebook_bits, index, huffman, entropy, num_fillers, num_stored
+
+
 def _layer_storage(
-    name: str, module: str, kind: str, tensor: torch.Tensor, index_bits: int, num_bias: int
+    name: str,
+    module: str,
+    kind: str,
+    tensor: torch.Tensor,
+    index_bits: int,
+    num_bias: int,
+    orders: Sequence[str] = ("row",),
+    original: tuple[int, int] | None = None,
 ) -> LayerStorage:
-    flat = tensor.detach().cpu().reshape(-1).numpy()
+    array = tensor.detach().cpu().numpy()
+    matrix = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    flat = matrix.reshape(-1)
     if not np.all(np.isfinite(flat)):
         raise ValueError(f"parameter {name!r} has non-finite values")
-    num_params = int(flat.size)
-    positions = np.flatnonzero(flat)
-    num_nonzero = int(positions.size)
-    values, value_counts = np.unique(flat[positions], return_counts=True)
+    num_entries = int(flat.size)
+    # sizes before remove_dead_units: what the rate and the non-zero fraction refer to
+    num_params, num_original_bias = original or (num_entries, num_bias)
+    nonzero = flat[flat != 0]
+    num_nonzero = int(nonzero.size)
+    values, value_counts = np.unique(nonzero, return_counts=True)
     num_distinct = int(values.size)
     codebook_bits = BITS_PER_FLOAT * num_distinct
 
-    # sparse: (relative index, cluster index) per non-zero and per filler zero
-    num_fillers = relative_index_fillers(positions, index_bits)
-    sparse_symbols = np.append(value_counts, num_fillers)
-    sparse_huffman, sparse_entropy = _coded_bits(sparse_symbols)
-    num_sparse_stored = num_nonzero + num_fillers
-    sparse_index = index_bits * num_sparse_stored
-    sparse_bits = sparse_index + sparse_huffman + codebook_bits
+    # sparse: the cheaper traversal order; ties go to the first (row)
+    sparse = {
+        order: _sparse_layout(matrix, order, value_counts, index_bits, codebook_bits)
+        for order in orders
+    }
+    order = min(sparse, key=lambda o: sparse[o][0])
+    sparse_bits, sparse_index, sparse_huffman, sparse_entropy, num_fillers, num_sparse_stored = (
+        sparse[order]
+    )
 
     # full: one cluster index per entry, zero as its own symbol; no positions
-    full_symbols = np.append(value_counts, num_params - num_nonzero)
+    full_symbols = np.append(value_counts, num_entries - num_nonzero)
     full_huffman, full_entropy = _coded_bits(full_symbols)
     full_bits = full_huffman + codebook_bits
 
-    raw_bits = BITS_PER_FLOAT * num_params
+    raw_bits = BITS_PER_FLOAT * num_entries
 
     # cheapest layout; ties go to the first (sparse, then full)
     layouts = [
@@ -822,16 +1095,18 @@ def _layer_storage(
             num_fillers,
             num_sparse_stored,
         ),
-        ("full", full_bits, 0, full_huffman, full_entropy, codebook_bits, 0, 0, num_params),
-        ("raw", raw_bits, 0, 0, 0.0, 0, raw_bits, 0, num_params),
+        ("full", full_bits, 0, full_huffman, full_entropy, codebook_bits, 0, 0, num_entries),
+        ("raw", raw_bits, 0, 0, 0.0, 0, raw_bits, 0, num_entries),
     ]
     fmt, weight_bits, rel_bits, huff_bits, ent_bits, cb_bits, raw_part, fillers, stored = min(
         layouts, key=lambda layout: layout[1]
     )
+    if fmt != "sparse":
+        order = "row"
     bias_bits = BITS_PER_FLOAT * num_bias
     total_bits = weight_bits + bias_bits
     total_bits_entropy = rel_bits + ent_bits + cb_bits + raw_part + bias_bits
-    original_bits = BITS_PER_FLOAT * (num_params + num_bias)
+    original_bits = BITS_PER_FLOAT * (num_params + num_original_bias)
     return LayerStorage(
         name=name,
         module=module,
@@ -842,6 +1117,7 @@ def _layer_storage(
         nonzero_fraction=num_nonzero / num_params if num_params else 0.0,
         num_distinct=num_distinct,
         storage_format=fmt,
+        order=order,
         index_bits=int(index_bits),
         num_fillers=fillers,
         num_stored=stored,
@@ -863,6 +1139,35 @@ def _layer_storage(
     )
 
 
+_STORAGE_ORDERS: dict[str, tuple[str, ...]] = {
+    "best": ("row", "column"),
+    "row": ("row",),
+    "column": ("column",),
+}
+
+
+def _uncompressed_counts(
+    params: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> tuple[dict[str, int], int]:
+    """Parameters stored at 32 bits: per compressed row (the rest of its module), and others."""
+    name_set = set(names)
+    first_row_of_module: dict[str, str] = {}
+    for name in params:  # named_parameters order, so the weight (defined first) owns the bias
+        if name in name_set:
+            first_row_of_module.setdefault(_owner(name), name)
+    num_bias = {name: 0 for name in names}
+    other_params = 0
+    for name, p in params.items():
+        if name in name_set:
+            continue
+        row = first_row_of_module.get(_owner(name))
+        if row is None:
+            other_params += p.numel()
+        else:
+            num_bias[row] += p.numel()
+    return num_bias, other_params
+
+
 def _rate(original_bits: int, bits: int) -> float:
     """Compression rate: the 32-bit dense size over the compressed size."""
     return original_bits / bits if bits else math.inf
@@ -873,15 +1178,22 @@ def storage_report(
     *,
     param_names: Sequence[str] | None = None,
     index_bits: int | Mapping[str, int] | None = None,
+    order: Literal["best", "row", "column"] = "best",
+    reference: nn.Module | None = None,
 ) -> StorageReport:
     """Count the bits to store ``net`` after pruning and weight sharing.
 
     Rules (Han, Mao & Dally 2016; as reported by Ullrich et al. 2017):
 
     * Every tensor in ``param_names`` (default :func:`default_param_names`) is one
-      row, flattened in row-major order. Its codebook holds its distinct non-zero
-      values at 32 bits each; zero is implicit (cluster index "zero").
-    * **sparse** layout (CSR-style over the flattened tensor, no row pointers):
+      row of the report, viewed as a matrix ``(shape[0], -1)`` (output units by
+      inputs). Its codebook holds its distinct non-zero values at 32 bits each;
+      zero is implicit (cluster index "zero").
+    * **sparse** layout (CSR- or CSC-style over the flattened matrix, no row
+      pointers), traversed row by row (``order="row"``: each output unit's
+      inputs, the row-major order of the tensor) or column by column
+      (``"column"``: each input's output units, the layout of Han et al.'s EIE
+      accelerator); ``"best"`` (default) takes the cheaper per tensor:
       each non-zero stores a relative index of ``index_bits`` bits, the number of
       zeros skipped since the previous stored entry, at most
       ``2**index_bits - 1``; a longer run of zeros adds filler entries (stored
@@ -903,6 +1215,12 @@ def storage_report(
       compressed tensor of the same module (``bias_bits``) or, for modules with
       none, in ``other_bits``. Buffers (e.g. batch-norm statistics) are not counted.
     * Compression rate = 32 × (all parameters, biases included) ÷ total bits.
+      The few bits a decoder needs to tell the layout, order and shape of each
+      tensor are not counted (nor are they by Han et al.).
+    * ``reference``: the network ``net`` was made from by
+      :func:`remove_dead_units` (same parameter names, larger shapes). Its
+      sizes are the uncompressed ones: ``original_bits``, ``num_params`` and the
+      non-zero fractions refer to it, so rates stay comparable.
 
     Example: a dense 1×40 weight with non-zeros ``a`` at positions 0 and 35 and
     ``b`` at 39, 5-bit indices: skips 0, 34, 3, so one filler (34 ≥ 32) and 4
@@ -910,6 +1228,9 @@ def storage_report(
     1, 2, 2 = 6 bits; codebook 64 bits; 90 bits for the weight.
     """
     names = _check_param_names(net, param_names)
+    orders = _STORAGE_ORDERS.get(order)
+    if orders is None:
+        raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
     if index_bits is not None and not isinstance(index_bits, Mapping):
         if int(index_bits) != index_bits or index_bits < 1:
             raise ValueError(f"index_bits must be a positive integer; got {index_bits!r}")
@@ -918,22 +1239,22 @@ def storage_report(
         if unknown:
             raise ValueError(f"index_bits names {unknown} are not compressed parameters {names}")
     params = dict(net.named_parameters())
-    name_set = set(names)
-    first_row_of_module: dict[str, str] = {}
-    for name in params:  # named_parameters order, so the weight (defined first) owns the bias
-        if name in name_set:
-            first_row_of_module.setdefault(_owner(name), name)
-    num_bias = {name: 0 for name in names}
-    other_params = 0
-    for name, p in params.items():
-        if name in name_set:
-            continue
-        row = first_row_of_module.get(_owner(name))
-        if row is None:
-            other_params += p.numel()
-        else:
-            num_bias[row] += p.numel()
+    num_bias, other_params = _uncompressed_counts(params, names)
+    if reference is None:
+        originals = {name: (params[name].numel(), num_bias[name]) for name in names}
+        num_params = sum(p.numel() for p in params.values())
+    else:
+        ref_params = dict(reference.named_parameters())
+        if list(ref_params) != list(params):
+            raise ValueError(
+                "reference must have the same parameter names as net (the network "
+                f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
+            )
+        ref_bias, _ = _uncompressed_counts(ref_params, names)
+        originals = {name: (ref_params[name].numel(), ref_bias[name]) for name in names}
+        num_params = sum(p.numel() for p in ref_params.values())
 
+    name_set = set(names)
     layers = []
     for name in params:
         if name not in name_set:
@@ -945,9 +1266,19 @@ def storage_report(
             bits = int(index_bits.get(name, DEFAULT_INDEX_BITS[kind]))
         else:
             bits = int(index_bits)
-        layers.append(_layer_storage(name, _owner(name), kind, params[name], bits, num_bias[name]))
+        layers.append(
+            _layer_storage(
+                name,
+                _owner(name),
+                kind,
+                params[name],
+                bits,
+                num_bias[name],
+                orders,
+                originals[name],
+            )
+        )
 
-    num_params = sum(p.numel() for p in params.values())
     num_compressed = sum(r.num_params for r in layers)
     num_nonzero = sum(r.num_nonzero for r in layers)
     other_bits = BITS_PER_FLOAT * other_params
@@ -969,6 +1300,30 @@ def storage_report(
         compression_rate=_rate(original_bits, total_bits),
         compression_rate_entropy=_rate(original_bits, total_bits_entropy),
     )
+
+
+def stored_network(
+    net: nn.Module,
+    *,
+    param_names: Sequence[str] | None = None,
+    index_bits: int | Mapping[str, int] | None = None,
+    remove_dead: bool = False,
+) -> tuple[nn.Module, StorageReport]:
+    """The network as it would be stored, and its :func:`storage_report`.
+
+    With ``remove_dead=True`` that is :func:`remove_dead_units`'s smaller
+    network, counted against ``net``'s sizes (``reference=net``); otherwise
+    ``net`` itself. The one place both soft weight-sharing's pipeline and the
+    Deep Compression baseline count their bits, so they stay comparable.
+    """
+    stored = remove_dead_units(net).net if remove_dead else net
+    report = storage_report(
+        stored,
+        param_names=param_names,
+        index_bits=index_bits,
+        reference=net if remove_dead else None,
+    )
+    return stored, report
 
 
 # --------------------------------------------------------------------------- plots

@@ -70,7 +70,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .compress import QuantizeResult, StorageReport, finetune_codebook, quantize, storage_report
+from .compress import QuantizeResult, StorageReport, finetune_codebook, quantize, stored_network
 from .infer import FitResult, fit, steps_per_epoch
 from .model import SWSModel
 from .priors import Mixture, MixturePrior
@@ -138,7 +138,8 @@ class CompressionResult:
     quantization : QuantizeResult
         Assignments, merged codebook and counts (:func:`~bayes_sws.compress.quantize`).
     storage : StorageReport
-        Bits per layer and in total (:func:`~bayes_sws.compress.storage_report`).
+        Bits per layer and in total of ``stored_net``
+        (:func:`~bayes_sws.compress.storage_report`).
     mixture : Mixture
         The learned mixture ``(pi, mu, sigma)`` before merging, zero component first.
     test_accuracy_pretrained : float or None
@@ -157,6 +158,11 @@ class CompressionResult:
         Seconds: retraining (when run here) plus quantisation and accounting.
     config : dict
         Settings of the run, JSON-ready.
+    stored_net : nn.Module or None
+        The network as stored and counted: ``net`` itself, or with
+        ``remove_dead_units=True`` ``net`` without its dead hidden units
+        (:func:`~bayes_sws.compress.remove_dead_units`; same function, smaller
+        shapes). The *after* accuracies are measured on it.
     """
 
     net: nn.Module
@@ -174,6 +180,7 @@ class CompressionResult:
     fit: FitResult | None = None
     wall_time: float = 0.0
     config: dict = field(default_factory=dict)
+    stored_net: nn.Module | None = None
 
     @property
     def compression_rate(self) -> float:
@@ -378,6 +385,7 @@ def compress_result(
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
     finetune_batch_size: int = 128,
+    remove_dead_units: bool = False,
     seed: int = 0,
     progress: bool | None = None,
 ) -> CompressionResult:
@@ -410,6 +418,11 @@ def compress_result(
         step, the one :func:`bayes_sws.baseline.deep_compression` ends with):
         assignments and pruned weights fixed, each layer's shared values and
         the biases trained by Adam. ``0`` epochs (default) skips it.
+    remove_dead_units : bool
+        Store the network without the hidden units pruning left unused
+        (:func:`~bayes_sws.compress.remove_dead_units`: exact, function-preserving;
+        rates still relative to the full network). Off by default, so
+        ``stored_net`` has the input network's shapes.
 
     Returns
     -------
@@ -475,10 +488,13 @@ def compress_result(
             seed=seed,
             progress=progress,
         )
-        acc_after, rmse_after = _scores(final, x_test, y_test)
+    stored, storage = stored_network(
+        final, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
+    )
+    if finetune_epochs > 0 or stored is not final:
+        acc_after, rmse_after = _scores(stored, x_test, y_test)
     else:
         acc_after, rmse_after = acc_quantized, rmse_quantized
-    storage = storage_report(final, param_names=names, index_bits=index_bits)
     config = {
         **fit_result.config,
         "merge_threshold": float(merge_threshold),
@@ -489,6 +505,7 @@ def compress_result(
         "zero_component": model.prior.zero_component,
         "finetune_epochs": finetune_epochs,
         "finetune_lr": float(finetune_lr),
+        "remove_dead_units": bool(remove_dead_units),
     }
     return CompressionResult(
         net=final,
@@ -506,6 +523,7 @@ def compress_result(
         fit=fit_result,
         wall_time=time.perf_counter() - start,
         config=config,
+        stored_net=stored,
     )
 
 
@@ -533,6 +551,7 @@ def soft_weight_sharing(
     index_bits: int | dict[str, int] | None = None,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
+    remove_dead_units: bool = False,
     prior_scale_warmup: float = 0,
     precision_prior_final: tuple[float, float] | None = None,
     anneal_epochs: tuple[float, float] | None = None,
@@ -617,6 +636,9 @@ def soft_weight_sharing(
         Codebook fine-tuning after quantisation on the training data (see
         :func:`compress_result`; mini-batches of ``batch_size``). Default 0: none,
         as in Ullrich et al.
+    remove_dead_units : bool
+        Store the network without its unused hidden units (see
+        :func:`compress_result`); off by default.
     params : sequence of str, optional
         Names of the parameters carrying the prior (and compressed); default all
         weights (tensors with two or more dimensions), biases stay at 32 bits.
@@ -731,6 +753,7 @@ def soft_weight_sharing(
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         finetune_batch_size=batch_size,
+        remove_dead_units=remove_dead_units,
         seed=seed,
         progress=progress,
     )

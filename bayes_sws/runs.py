@@ -706,6 +706,7 @@ def compress_run(
     *,
     merge_threshold: float = 1e-2,
     plots: bool = True,
+    remove_dead_units: bool = False,
 ) -> dict[str, Any]:
     """Quantise the run's MAP (median) network with its learned mixture; write ``compression.json``.
 
@@ -714,6 +715,9 @@ def compress_run(
     is counted as Han et al. do (:func:`bayes_sws.compress.storage_report`); both
     through :func:`bayes_sws.pipeline.compress_result`. With ``plots``, the
     pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
+    With ``remove_dead_units`` the hidden units pruning left unused are dropped
+    before counting (:func:`bayes_sws.compress.remove_dead_units`; exact), and
+    ``units_removed`` says how many per layer.
     """
     from .compress import plot_layer_sparsity, plot_weights_before_after
     from .pipeline import compress_result
@@ -734,8 +738,13 @@ def compress_run(
         data.y_test,
         merge_threshold=float(merge_threshold),
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
+        remove_dead_units=remove_dead_units,
     )
     summary = compressed.to_dict()
+    summary["remove_dead_units"] = bool(remove_dead_units)
+    summary["stored_shapes"] = {
+        name: list(p.shape) for name, p in compressed.stored_net.named_parameters()
+    }
     summary["merge_threshold"] = float(merge_threshold)
     summary["num_components_after_merging"] = compressed.num_components
     if plots:

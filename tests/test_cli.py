@@ -140,6 +140,18 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     assert summary["test_accuracy_after"] == pytest.approx(accuracy(quantised), abs=1e-12)
     assert summary["compression_rate"] > 1
     assert (map_run / "plots" / "compression_weights.png").stat().st_size > 1000
+    assert summary["remove_dead_units"] is False
+    assert summary["stored_shapes"]["0.weight"] == list(state["0.weight"].shape)
+    # without the hidden units no output weight reads: the same predictions, fewer bits
+    unread = int(np.all(quantised["2.weight"] == 0, axis=0).sum())
+    code, _, err = run_cli(
+        capsys, "compress", map_run, "--merge-threshold", "0", "--remove-dead-units"
+    )
+    assert code == 0, err
+    smaller = json.loads((map_run / "compression.json").read_text())
+    assert smaller["stored_shapes"]["0.weight"][0] <= max(1, state["0.weight"].shape[0] - unread)
+    assert smaller["test_accuracy_after"] == pytest.approx(accuracy(quantised), abs=1e-12)
+    assert smaller["compression_rate"] >= summary["compression_rate"]
 
 
 def test_report_summarises_the_run(map_run, capsys):

@@ -21,7 +21,9 @@ from bayes_sws.compress import (
     plot_weights_before_after,
     quantize,
     relative_index_fillers,
+    remove_dead_units,
     storage_report,
+    stored_network,
 )
 
 
@@ -162,6 +164,33 @@ def test_storage_conv_layer_uses_8_bit_indices():
     (layer5,) = storage_report(net, index_bits=5).layers
     assert layer5.num_fillers == 15
     assert layer5.num_stored == 18
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nn.Linear(40, 3), lambda: nn.Conv2d(1, 3, kernel_size=(1, 40))]
+)
+def test_storage_column_order_by_hand(make):
+    # three output units, one shared value, all on input 20 (the matrix is (3, 40))
+    net = make()
+    matrix = np.zeros((3, 40))
+    matrix[:, 20] = 0.5
+    _set(net.weight, matrix)
+    # by row: positions 20, 60, 100 skip 20, 39, 39 zeros -> 2 fillers, 5 entries;
+    # symbols 0.5:3, zero:2 -> 1 bit each; codebook 32
+    (row,) = storage_report(net, index_bits=5, order="row").layers
+    assert (row.order, row.num_fillers, row.num_stored) == ("row", 2, 5)
+    assert row.weight_bits == 5 * 5 + 5 + 32
+    # by column (the (40, 3) transpose): positions 60, 61, 62 skip 60, 0, 0 -> 1 filler
+    (col,) = storage_report(net, index_bits=5, order="column").layers
+    assert (col.order, col.num_fillers, col.num_stored) == ("column", 1, 4)
+    assert col.weight_bits == 4 * 5 + 4 + 32
+    assert col.total_bits == 56 + 3 * 32
+    # "best" (the default) takes the cheaper one
+    (best,) = storage_report(net, index_bits=5).layers
+    assert best.order == "column" and best.total_bits == col.total_bits
+    assert "sparse by column" in storage_report(net, index_bits=5).format_table()
+    with pytest.raises(ValueError, match="order must be one of .*'csr'"):
+        storage_report(net, order="csr")
 
 
 def test_storage_tensor_without_zeros_uses_full_layout():
@@ -388,7 +417,9 @@ def test_without_zero_component_nothing_is_special():
 )
 def test_quantize_validates_inputs(kwargs, match):
     args = {
-        "pi": torch.tensor([0.5, 0.5]), "mu": torch.tensor([0.0, 0.2]), "sigma": torch.tensor([0.1, 0.1])
+        "pi": torch.tensor([0.5, 0.5]),
+        "mu": torch.tensor([0.0, 0.2]),
+        "sigma": torch.tensor([0.1, 0.1]),
     }
     args.update(kwargs)
     param_names = args.pop("param_names", None)
@@ -421,3 +452,91 @@ def test_plots_return_figures():
     heights = [bar.get_height() for bar in fig3.axes[0].patches]
     np.testing.assert_allclose(heights, [100 * r.nonzero_fraction for r in report.layers])
     fig3.savefig(__import__("io").BytesIO(), format="png")
+
+
+# --------------------------------------------------------------------------- dead units
+
+
+def _same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+
+
+def test_remove_dead_units_mlp_by_hand():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[2].weight[:, 1] = 0.0  # hidden unit 1 is never read: removed
+        net[0].weight[2] = 0.0  # unit 2 has no inputs: tanh(bias) folds into the next bias
+        net[0].bias[2] = 0.7
+        net[2].weight[0] = 0.0
+        net[2].weight[0, 2] = 1.5  # second-layer unit 0 reads only unit 2: no inputs after the fold
+        net[2].bias[0] = -0.5  # constant relu(1.5 tanh(0.7) - 0.5) > 0 folds into the output bias
+    removal = remove_dead_units(net)
+    assert removal.removed == {"0": 2, "2": 1}
+    assert removal.kept["0"].tolist() == [0, 3, 4] and removal.kept["2"].tolist() == [1, 2]
+    small = removal.net
+    assert small[0].weight.shape == (3, 4) and small[2].weight.shape == (2, 3)
+    assert small[4].weight.shape == (2, 2) and small[4].in_features == 2
+    _same_function(net, small, torch.randn(64, 4))
+    assert net[0].weight.shape == (5, 4)  # the input is not modified
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        remove_dead_units(nn.ModuleList([nn.Linear(2, 2)]))
+
+
+def test_remove_dead_units_convolutions_pooling_and_flatten():
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 3, 3),  # unpadded: a constant input channel folds into the bias
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 5),
+        nn.ReLU(),
+        nn.Linear(5, 2),
+    )
+    with torch.no_grad():
+        net[0].weight[1] = 0.0  # filter 1 has no inputs: its constant map folds into conv 2
+        net[5].weight[:, 2 * 4 : 3 * 4] = 0.0  # channel 2 of conv 2 is never read (a 2x2 block)
+    removal = remove_dead_units(net)
+    assert removal.removed == {"0": 1, "2": 1, "5": 0}
+    assert removal.net[2].weight.shape == (2, 3, 3, 3) and removal.net[5].in_features == 8
+    _same_function(net, removal.net, torch.randn(8, 1, 14, 14))
+
+
+def test_padded_consumer_keeps_a_constant_channel():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
+    with torch.no_grad():
+        net[0].weight[0] = 0.0  # constant map, but zero padding makes its effect non-constant
+    removal = remove_dead_units(net)
+    assert removal.removed == {"0": 0} and removal.num_removed == 0
+    _same_function(net, removal.net, torch.randn(4, 1, 9, 9))
+
+
+def test_storage_of_a_smaller_network_against_the_original_by_hand():
+    net = nn.Sequential(nn.Linear(40, 3), nn.ReLU(), nn.Linear(3, 1))
+    matrix = np.zeros((3, 40))
+    matrix[[0, 2], 20] = 0.5
+    matrix[1, 5] = 0.5  # unit 1 is never read below
+    _set(net[0].weight, matrix)
+    _set(net[2].weight, [0.25, 0.0, -1.0])
+    stored, report = stored_network(net, param_names=["0.weight"], remove_dead=True)
+    assert stored[0].weight.shape == (2, 40)
+    (layer,) = report.layers
+    # (2, 40): positions 20 and 60 skip 20 and 39 -> 1 filler, 3 entries (columns tie);
+    # symbols 0.5:2, zero:1 -> 1 bit each; codebook 32; 2 biases
+    assert (layer.num_fillers, layer.num_stored) == (1, 3)
+    assert layer.total_bits == 15 + 3 + 32 + 64
+    # sizes are the original's: 120 weights and 3 biases; the second layer (2 + 1) is "other"
+    assert layer.num_params == 120 and layer.nonzero_fraction == pytest.approx(2 / 120)
+    assert layer.original_bits == 32 * 123
+    assert report.other_params == 3 and report.num_params == 127
+    assert report.total_bits == 114 + 96
+    assert report.compression_rate == pytest.approx(32 * 127 / 210)
+    # without removal the same call counts net itself
+    same, plain = stored_network(net, param_names=["0.weight"])
+    assert same is net and plain.layers[0].num_nonzero == 3
+    with pytest.raises(ValueError, match="same parameter names"):
+        storage_report(stored, reference=nn.Sequential(nn.Linear(40, 3)))

@@ -366,6 +366,17 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["sws λ=0.03", "dc-han", "dc-matched to sws λ=0.03"]
     assert "| digits/lenet-300-100 | dc-han |" in capsys.readouterr().out
+    # both methods drop dead units by default; the rate with every unit is reported beside
+    assert all(r["settings"]["remove_dead_units"] for r in rows)
+    assert all(r["compression_rate"] >= r["compression_rate_all_units"] for r in rows)
+    kept = tmp_path / "kept.json"
+    bench.main(
+        ["--cases", "digits/lenet-300-100", "--methods", "sws", "--keep-dead-units"]
+        + ["--cache", str(tmp_path / "cache"), "--json", str(kept), "--set", "sws.num_epochs=1"]
+    )
+    (row,) = json.loads(kept.read_text())["rows"]
+    assert row["settings"]["remove_dead_units"] is False
+    assert row["compression_rate"] == row["compression_rate_all_units"]
 
 
 def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
@@ -470,6 +481,10 @@ def test_benchmark_goal_lines_judge_by_hand_counted_rows():
     assert "dc y (95.0×, 12.50 %) is **not** beaten" in line
     (line,) = bench.goal_lines([row("sws b", 90.0, 12.0, True)])
     assert "**not met** (no soft weight-sharing row within 0.5 points)" in line
+    # the rate with every unit stored is shown beside the best row's when it differs
+    dead_units_removed = {**rows[0], "compression_rate_all_units": 61.5}
+    (line,) = bench.goal_lines([dead_units_removed])
+    assert "**met** (best: sws a, 70.0× at +0.40 points; 61.5× with every unit stored)" in line
 
 
 # --------------------------------------------------------------------------- soft-to-hard anneal
@@ -559,3 +574,22 @@ def test_annealed_precisions_end_at_the_final_priors_fixed_point(digits, pretrai
     assert runs["annealed"].config["precision_prior_final_used"] == list(SHARING_PRECISION_PRIOR)
     assert runs["annealed"].config["anneal_epochs"] == [5.0, 20.0]
     assert runs["slab"].config["anneal_epochs"] is None
+
+
+def test_remove_dead_units_keeps_the_function_and_counts_against_the_full_net(digits, compressed):
+    result, _ = compressed
+    plain = result.storage
+    removed = compress_result(result.fit, digits.x_test, digits.y_test, remove_dead_units=True)
+    small = removed.stored_net
+    assert result.stored_net is result.net and removed.config["remove_dead_units"] is True
+    # hidden units no output weight reads (counted here, before any cascade) all go
+    params = dict(result.net.named_parameters())
+    unread = int((params["2.weight"] == 0).all(0).sum())
+    assert small[0].weight.shape[0] <= 100 - unread
+    # same predictions, so the same accuracy; sizes and non-zeros are the full network's
+    assert removed.test_accuracy_after == pytest.approx(
+        _numpy_accuracy(result.net, digits.x_test, digits.y_test), abs=1e-12
+    )
+    assert removed.storage.original_bits == 32 * sum(p.numel() for p in result.net.parameters())
+    assert removed.storage.num_nonzero <= plain.num_nonzero
+    assert removed.storage.total_bits <= plain.total_bits
