@@ -16,9 +16,14 @@ no Pyro.
 :func:`storage_report` counts the bits of any network the way Han, Mao & Dally
 (ICLR 2016, "Deep Compression") do and Ullrich et al. report: per layer, sparse
 storage with fixed-width relative indices (5 bits for dense layers, 8 for
-convolutions, with filler entries for gaps that do not fit), cluster indices
-under a real Huffman code (with the entropy bound beside it), a 32-bit codebook
-per layer and biases at 32 bits. See :func:`storage_report` for the exact rules.
+convolutions, with filler entries for gaps that do not fit; row by row or column
+by column, whichever is smaller), cluster indices under a real Huffman code
+(with the entropy bound beside it), a 32-bit codebook per layer and biases at 32
+bits. See :func:`storage_report` for the exact rules.
+
+:func:`remove_dead_units` drops the hidden units pruning left unused (an exact,
+function-preserving clean-up), and :func:`stored_network` counts the smaller
+network against the full one's size.
 
 The module is pure torch/numpy; the plots use :class:`matplotlib.figure.Figure`
 directly (no pyplot state, safe under any backend).

@@ -23,7 +23,7 @@ networks (``--quick`` runs only these, in a few minutes). Inputs are raw pixels 
 Run from the repository root::
 
     python benchmarks/compression.py --quick            # digits only, a few minutes
-    python benchmarks/compression.py --write --jobs 2   # all cases, about 35 min on 2 cores
+    python benchmarks/compression.py --write --jobs 2   # all cases, about 30 min on 2 cores
 
 Pretrained networks are cached under ``benchmarks/cache/`` (git-ignored); delete
 it to pretrain afresh. ``--threads`` defaults to 1: on a shared 2-core machine
@@ -115,6 +115,8 @@ CASES: dict[str, Case] = {
         pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 128},
         sws={
             "sws λ=0.15": {"prior_scale": 0.15, **ANNEAL},
+            "sws λ=0.17": {"prior_scale": 0.17, **ANNEAL},
+            "sws λ=0.18": {"prior_scale": 0.18, **ANNEAL},
             "sws λ=0.22": {"prior_scale": 0.22, **ANNEAL},
         },
         dc={"finetune_epochs": 10, "centroid_epochs": 5, "lr": 1e-3, "batch_size": 128},
@@ -128,7 +130,7 @@ CASES: dict[str, Case] = {
         pretrain={"num_epochs": 20, "lr": 1e-3, "batch_size": 128},
         sws={
             "sws λ=0.04": {"prior_scale": 0.04, **ANNEAL, "num_epochs": 30},
-            "sws λ=0.12": {"prior_scale": 0.12, **ANNEAL, "num_epochs": 30},
+            "sws λ=0.15": {"prior_scale": 0.15, **ANNEAL, "num_epochs": 30},
         },
         dc={"finetune_epochs": 5, "centroid_epochs": 3, "lr": 1e-3, "batch_size": 128},
         han=HAN_LENET5,
