@@ -39,6 +39,7 @@ SETTINGS = {
         "num_epochs": 40,
         "precision_prior": SLAB_PRECISION_PRIOR,
         "precision_prior_final": SHARING_PRECISION_PRIOR,
+        "zero_precision_prior": (5000.0, 5e-3),  # σ₀ ≈ 1e-3
         "remove_dead_units": True,
     },
 }
