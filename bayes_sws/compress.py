@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .nets import ACTIVATIONS
+
 __all__ = [
     "QuantizeResult",
     "LayerStorage",
@@ -517,20 +519,9 @@ def finetune_codebook(
 
 # --------------------------------------------------------------------------- dead units
 
-#: Parameter-free element-wise modules a dead unit's constant output passes through.
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Softplus,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Identity,
-)
+#: Parameter-free element-wise modules a dead unit's constant output passes through: the
+#: activations :func:`bayes_sws.nets.mlp` builds, and a few more.
+_ELEMENTWISE = (*ACTIVATIONS.values(), nn.ReLU6, nn.Hardtanh, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -578,7 +569,8 @@ class _UnitPair:
     def consumer_columns(self, units: torch.Tensor) -> torch.Tensor:
         """Indices along the consumer weight's second axis read from these producer units."""
         if isinstance(self.consumer, nn.Linear):
-            return (units[:, None] * self.block + torch.arange(self.block)).reshape(-1)
+            block = torch.arange(self.block, device=units.device)
+            return (units[:, None] * self.block + block).reshape(-1)
         return units
 
     def can_fold(self) -> bool:
@@ -593,7 +585,7 @@ class _UnitPair:
         """Each unit's output when all its weights are zero: the chain applied to its bias."""
         bias = self.producer.bias
         x = (
-            torch.zeros(self.producer.weight.shape[0], dtype=self.producer.weight.dtype)
+            self.producer.weight.new_zeros(self.producer.weight.shape[0])
             if bias is None
             else bias.detach().clone()
         )
@@ -732,10 +724,10 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
                     unused = unused | fold
                 keep = torch.nonzero(~unused).reshape(-1)
                 if keep.numel() == 0:
-                    keep = torch.zeros(1, dtype=torch.long)
+                    keep = torch.zeros(1, dtype=torch.long, device=unused.device)
                 if keep.numel() < units:
                     _keep_units(pair, keep)
-                    kept[pair.name] = kept[pair.name][keep]
+                    kept[pair.name] = kept[pair.name][keep.cpu()]
                     changed = True
     return DeadUnitRemoval(
         net=out,
@@ -1053,8 +1045,8 @@ def _layer_storage(
     tensor: torch.Tensor,
     index_bits: int,
     num_bias: int,
-    orders: Sequence[str] = ("row",),
-    original: tuple[int, int] | None = None,
+    orders: Sequence[str],
+    original: tuple[int, int],
 ) -> LayerStorage:
     array = tensor.detach().cpu().numpy()
     matrix = array.reshape(array.shape[0] if array.ndim else 1, -1)
@@ -1063,7 +1055,7 @@ def _layer_storage(
         raise ValueError(f"parameter {name!r} has non-finite values")
     num_entries = int(flat.size)
     # sizes before remove_dead_units: what the rate and the non-zero fraction refer to
-    num_params, num_original_bias = original or (num_entries, num_bias)
+    num_params, num_original_bias = original
     nonzero = flat[flat != 0]
     num_nonzero = int(nonzero.size)
     values, value_counts = np.unique(nonzero, return_counts=True)
@@ -1245,19 +1237,16 @@ def storage_report(
             raise ValueError(f"index_bits names {unknown} are not compressed parameters {names}")
     params = dict(net.named_parameters())
     num_bias, other_params = _uncompressed_counts(params, names)
-    if reference is None:
-        originals = {name: (params[name].numel(), num_bias[name]) for name in names}
-        num_params = sum(p.numel() for p in params.values())
-    else:
-        ref_params = dict(reference.named_parameters())
-        if list(ref_params) != list(params):
-            raise ValueError(
-                "reference must have the same parameter names as net (the network "
-                f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
-            )
-        ref_bias, _ = _uncompressed_counts(ref_params, names)
-        originals = {name: (ref_params[name].numel(), ref_bias[name]) for name in names}
-        num_params = sum(p.numel() for p in ref_params.values())
+    # the uncompressed sizes: of the reference (the network before remove_dead_units), or net's
+    ref_params = params if reference is None else dict(reference.named_parameters())
+    if list(ref_params) != list(params):
+        raise ValueError(
+            "reference must have the same parameter names as net (the network "
+            f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
+        )
+    ref_bias = num_bias if reference is None else _uncompressed_counts(ref_params, names)[0]
+    originals = {name: (ref_params[name].numel(), ref_bias[name]) for name in names}
+    num_params = sum(p.numel() for p in ref_params.values())
 
     name_set = set(names)
     layers = []

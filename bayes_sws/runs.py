@@ -716,8 +716,8 @@ def compress_run(
     through :func:`bayes_sws.pipeline.compress_result`. With ``plots``, the
     pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
     With ``remove_dead_units`` the hidden units pruning left unused are dropped
-    before counting (:func:`bayes_sws.compress.remove_dead_units`; exact), and
-    ``units_removed`` says how many per layer.
+    before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
+    ``stored_shapes`` gives the shape of every stored parameter either way.
     """
     from .compress import plot_layer_sparsity, plot_weights_before_after
     from .pipeline import compress_result

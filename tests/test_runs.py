@@ -517,18 +517,7 @@ def _writing_checkpoint(run_dir):
 
 def _at_checkpoint_step(run_dir, step):
     """True once a checkpoint of step ``step`` or later exists (older ones may be pruned)."""
-    folder = Path(run_dir) / "checkpoints"
-
-    def ready():
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return False
-        return any(
-            n.startswith("step-") and n.endswith(".ckpt") and int(n[5:-5]) >= step for n in names
-        )
-
-    return ready
+    return lambda: any(found >= step for found, _ in runs.checkpoint_paths(run_dir))
 
 
 def _after_first_checkpoint(run_dir, delay):
