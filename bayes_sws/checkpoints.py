@@ -24,6 +24,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,16 @@ from .priors import MixturePrior
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
+    "RunIdentity",
     "build_likelihood",
     "likelihood_spec",
     "load_result",
+    "network_kwargs",
+    "plain",
     "prior_spec",
     "read_checkpoint",
     "save_result",
+    "settings_digest",
     "versions",
     "write_checkpoint",
 ]
@@ -69,8 +74,51 @@ class CheckpointError(ValueError):
     """A checkpoint or result file that is missing, truncated, corrupted or of an unknown format."""
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a file belongs to: a random id and the digest of the run's settings."""
+
+    run_id: str
+    settings_sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "settings_sha256": self.settings_sha256}
+
+    @classmethod
+    def from_dict(cls, values: Any) -> RunIdentity | None:
+        if not isinstance(values, Mapping):
+            return None
+        run_id, digest = values.get("run_id"), values.get("settings_sha256")
+        if not (isinstance(run_id, str) and isinstance(digest, str)):
+            return None
+        return cls(run_id, digest)
+
+    def mismatch(self, found: Any, what: str) -> str | None:
+        """Why ``found`` (a header's ``run`` entry) is not this run, or ``None``."""
+        other = RunIdentity.from_dict(found)
+        if other is None:
+            return f"{what} carries no run identity (written by another tool or version)"
+        if other.run_id != self.run_id:
+            return f"{what} belongs to run {other.run_id[:12]}, not to this run {self.run_id[:12]}"
+        if other.settings_sha256 != self.settings_sha256:
+            return f"{what} was written under other settings than this run's config.json"
+        return None
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of ``settings`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(plain(dict(settings)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 # ============================================================================ checkpoint files
-def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any], *, kind: str) -> Path:
+def write_checkpoint(
+    path: str | os.PathLike,
+    payload: Mapping[str, Any],
+    *,
+    kind: str,
+    identity: RunIdentity | None = None,
+) -> Path:
     """Write ``payload`` as a self-checking ``.ckpt`` container, atomically.
 
     Parameters
@@ -82,21 +130,43 @@ def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any], *, kin
     kind : str
         What the file holds (``"checkpoint"``, ``"result"``, ``"network"``);
         :func:`read_checkpoint` can insist on it.
+    identity : RunIdentity, optional
+        The run the file belongs to, recorded in the header and checked on read.
+
+    Raises
+    ------
+    TypeError
+        When ``payload`` holds an object that :func:`read_checkpoint` could not
+        load back (nothing is written then).
     """
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"a checkpoint payload must be a dict, got {type(payload).__name__}")
     buffer = io.BytesIO()
     torch.save(dict(payload), buffer)
     body = buffer.getvalue()
+    try:  # what could not be read back is never written
+        torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError and others
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TypeError(
+            f"cannot write {path}: the payload holds an object a checkpoint cannot hold "
+            f"({first[:200]}); store tensors, numbers, strings, lists and dicts only"
+        ) from None
     header = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "kind": kind,
         "payload_bytes": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
     }
+    if identity is not None:
+        header["run"] = identity.to_dict()
     data = _MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + body
     return atomic_write_bytes(path, data)
 
 
-def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike, *, kind: str | None = None, identity: RunIdentity | None = None
+) -> dict[str, Any]:
     """Read a ``.ckpt`` container written by :func:`write_checkpoint`, after checking it.
 
     Raises
@@ -104,7 +174,8 @@ def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     CheckpointError
         When the file is missing, is not a bayes-sws checkpoint, has a newer
         format version, holds another ``kind``, is truncated (fewer bytes than
-        its header announces) or corrupted (SHA-256 mismatch).
+        its header announces) or corrupted (SHA-256 mismatch), or, with
+        ``identity``, when it belongs to another run.
     """
     path = Path(path)
     try:
@@ -136,6 +207,10 @@ def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
         )
     if kind is not None and found_kind != kind:
         raise CheckpointError(f"{path} holds a {found_kind!r}, expected a {kind!r}")
+    if identity is not None:
+        problem = identity.mismatch(header.get("run"), str(path))
+        if problem:
+            raise CheckpointError(problem)
     body = data[end + 1 :]
     if len(body) != size:
         raise CheckpointError(
@@ -327,6 +402,7 @@ def save_result(
     *,
     network_spec: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    identity: RunIdentity | None = None,
 ) -> Path:
     """Save a fitted result to ``directory/result.ckpt`` (+ a readable ``result.json``).
 
@@ -342,6 +418,8 @@ def save_result(
         same architecture passed as ``network=``.
     extra : mapping, optional
         Further plain values stored with the result (e.g. data-set details).
+    identity : RunIdentity, optional
+        The run directory's identity (:mod:`bayes_sws.run_dir`), checked on load.
 
     Returns
     -------
@@ -354,7 +432,7 @@ def save_result(
     with local_params(), torch.no_grad():
         guide_state = {k: v.detach().clone() for k, v in result.guide.state_dict().items()}
     payload = {
-        "network_spec": None if network_spec is None else _plain(dict(network_spec)),
+        "network_spec": None if network_spec is None else plain(dict(network_spec)),
         "network_state": {k: v.detach().clone() for k, v in model.net.state_dict().items()},
         "prior": prior_spec(model.prior),
         "likelihood": likelihood_spec(model.likelihood),
@@ -362,13 +440,13 @@ def save_result(
         "guide_name": result.guide_name,
         "guide_state": guide_state,
         "losses": torch.as_tensor(np.asarray(result.losses, dtype=np.float64)),
-        "config": _plain(dict(result.config)),
+        "config": plain(dict(result.config)),
         "wall_time": float(result.wall_time),
         "versions": versions(),
-        "extra": _plain(dict(extra or {})),
+        "extra": plain(dict(extra or {})),
     }
     directory = Path(directory)
-    path = write_checkpoint(directory / RESULT_FILE, payload, kind="result")
+    path = write_checkpoint(directory / RESULT_FILE, payload, kind="result", identity=identity)
     mixture = result.mixture()
     summary = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -378,11 +456,13 @@ def save_result(
         "final_loss": float(result.losses[-1]) if len(result.losses) else None,
         "config": payload["config"],
         "network_spec": payload["network_spec"],
-        "prior": _plain(payload["prior"]),
-        "likelihood": _plain(payload["likelihood"]),
+        "prior": plain(payload["prior"]),
+        "likelihood": plain(payload["likelihood"]),
         "mixture": {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")},
         "versions": payload["versions"],
     }
+    if identity is not None:
+        summary["run"] = identity.to_dict()
     atomic_write_json(directory / RESULT_SUMMARY_FILE, summary)
     return path
 
@@ -393,6 +473,7 @@ def load_result(
     network: nn.Module | None = None,
     guide: Callable | None = None,
     likelihood: Likelihood | None = None,
+    identity: RunIdentity | None = None,
 ) -> FitResult:
     """Load what :func:`save_result` wrote: the same medians, mixture and predictions.
 
@@ -403,11 +484,12 @@ def load_result(
     Raises
     ------
     CheckpointError
-        If ``result.ckpt`` is missing, truncated or corrupted.
+        If ``result.ckpt`` is missing, truncated or corrupted, or, with
+        ``identity``, belongs to another run.
     """
     directory = Path(directory)
     path = directory / RESULT_FILE if directory.is_dir() or not directory.suffix else directory
-    payload = read_checkpoint(path, kind="result")
+    payload = read_checkpoint(path, kind="result", identity=identity)
     spec = payload["network_spec"]
     if network is None:
         if spec is None:
@@ -416,7 +498,7 @@ def load_result(
                 "architecture as load_result(..., network=net)"
             )
         with _rng_preserved():  # initial weights are overwritten; keep the caller's RNG
-            network = build_network(**_network_kwargs(spec))
+            network = build_network(**network_kwargs(spec))
     try:
         network.load_state_dict(payload["network_state"])
     except RuntimeError as err:
@@ -433,7 +515,8 @@ def load_result(
     )
 
 
-def _network_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+def network_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`bayes_sws.nets.build_network` from a stored network spec."""
     kwargs = dict(spec)
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
     if kwargs.get("hidden") is not None:
@@ -442,12 +525,12 @@ def _network_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": name, **kwargs}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-friendly copy: tuples to lists, tensors and numpy to lists/numbers."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if torch.is_tensor(value):
         return value.tolist()
     if isinstance(value, np.ndarray):

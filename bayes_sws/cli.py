@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +44,7 @@ def _fit(args: argparse.Namespace) -> int:
         if hasattr(args, o["name"])
     }
     if args.resume is not None:
+        changes = {k: settings.pop(k) for k in runs.RESUME_SETTINGS if k in settings}
         extra = sorted("--" + k.replace("_", "-") for k in settings)
         extra += [
             flag
@@ -55,12 +57,15 @@ def _fit(args: argparse.Namespace) -> int:
         ]
         if extra:
             raise runs.RunError(
-                f"fit --resume continues with the settings in {args.resume}/config.json; "
-                f"drop {', '.join(extra)}"
+                f"fit --resume continues with the settings in {args.resume}/config.json "
+                f"(only {', '.join('--' + k.replace('_', '-') for k in runs.RESUME_SETTINGS)} "
+                f"may change); drop {', '.join(extra)}"
             )
+        if changes:  # checked like any flag before the run is touched
+            runs.resolve_config({}, changes)
         with runs.stop_on_interrupt() as stop:
             outcome = runs.resume_run(
-                args.resume, progress=args.progress, should_stop=stop, log=_note
+                args.resume, progress=args.progress, should_stop=stop, log=_note, settings=changes
             )
     else:
         file_values = runs.load_config_file(args.config) if args.config else {}
@@ -145,6 +150,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a directory")
+    return Path(text)
 
 
 def _non_negative_float(text: str) -> float:
@@ -248,7 +259,7 @@ def _run_dir_command(
 ) -> argparse.ArgumentParser:
     """A subcommand that works on one run directory (and optionally writes plots)."""
     command = commands.add_parser(name, help=help, description=description)
-    command.add_argument("run_dir", type=Path, metavar="DIR", help=run_dir_help)
+    command.add_argument("run_dir", type=_directory, metavar="DIR", help=run_dir_help)
     if plots is not None:
         command.add_argument(
             "--plots", action=argparse.BooleanOptionalAction, default=True, help=plots
@@ -284,14 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--out",
-        type=Path,
+        type=_directory,
         metavar="DIR",
         help="run directory to create (default: runs/<data>-<guide>-<time>)",
     )
     fit.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
     fit.add_argument(
         "--resume",
-        type=Path,
+        type=_directory,
         metavar="DIR",
         help="continue the interrupted run in DIR from its last checkpoint",
     )
@@ -389,8 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text
+    """The message of ``err`` on one line, without the trace tables Pyro appends."""
+    text = str(err)
+    for marker in ("Trace Shapes:", "\n\n"):  # Pyro: "<message>\n Trace Shapes: ..."
+        text = text.split(marker, 1)[0]
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings at the command line: one line each, no source excerpt."""
+    _note(f"warning: {_one_line(Warning(str(message)))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("choose a command: fit, compress, diagnose, report or demo")
+    with warnings.catch_warnings():  # restores the caller's showwarning afterwards
+        warnings.showwarning = _warning_line
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure becomes one line and an exit code."""
     from .data import DataError
     from .runs import CheckpointError, RunError
 

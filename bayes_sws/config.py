@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import _plain
+from .checkpoints import plain
 from .guides import GUIDES
 from .infer import (
     ON_NONFINITE,
@@ -29,7 +29,14 @@ from .infer import (
 from .nets import ACTIVATIONS, NETWORKS
 from .pipeline import check_anneal
 
-__all__ = ["RunConfig", "RunError", "config_options", "load_config_file", "resolve_config"]
+__all__ = [
+    "RESUME_SETTINGS",
+    "RunConfig",
+    "RunError",
+    "config_options",
+    "load_config_file",
+    "resolve_config",
+]
 
 
 class RunError(ValueError):
@@ -37,6 +44,15 @@ class RunError(ValueError):
 
 
 # ============================================================================ configuration
+#: Largest magnitude a float setting may have: the networks compute in float32.
+FLOAT32_MAX = 3.4028234663852886e38
+#: Seeds must be accepted by Python's, NumPy's and torch's generators alike.
+SEED_MAX = 2**32 - 1
+#: Settings that may change when a run is resumed (fault handling); the others
+#: fix the run's results and are part of its identity.
+RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks")
+
+
 def _positive(value) -> str | None:
     return None if value > 0 else "must be > 0"
 
@@ -47,6 +63,21 @@ def _non_negative(value) -> str | None:
 
 def _at_least_one(value) -> str | None:
     return None if value >= 1 else "must be >= 1"
+
+
+def _at_most(limit, why: str, check=None):
+    """``check``, and the value no larger than ``limit`` (``why`` says why)."""
+
+    def bounded(value) -> str | None:
+        problem = check(value) if check is not None else None
+        if problem is None and value > limit:
+            problem = f"must be <= {limit:g} ({why})"
+        return problem
+
+    return bounded
+
+
+_seed = _at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", _non_negative)
 
 
 def _open_unit(value) -> str | None:
@@ -64,7 +95,11 @@ def _pair_non_negative(value) -> str | None:
 def _widths(value) -> str | None:
     if not value:
         return "must list at least one hidden width"
-    return None if all(v >= 1 for v in value) else "must be widths >= 1"
+    if len(value) > 100:
+        return "must list at most 100 hidden widths"
+    if not all(v >= 1 for v in value):
+        return "must be widths >= 1"
+    return None if all(v <= 10**5 for v in value) else "must be widths <= 100000"
 
 
 def _opt(default, help: str, kind: str, check=None, choices=None, metavar=None):
@@ -106,7 +141,7 @@ class RunConfig:
     test_fraction: float = _opt(
         0.2, "test share for data without an official split", "float", _open_unit
     )
-    split_seed: int = _opt(0, "seed of that train/test split", "int", _non_negative)
+    split_seed: int = _opt(0, "seed of that train/test split", "int", _seed)
     # network
     network: str = _opt("mlp", "architecture", "str", choices=NETWORKS)
     hidden: tuple[int, ...] | None = _opt(
@@ -117,13 +152,18 @@ class RunConfig:
         60,
         "epochs of plain training before SVI (0: start from random weights)",
         "int",
-        _non_negative,
+        _at_most(10**6, "a million epochs", _non_negative),
     )
     pretrain_lr: float = _opt(1e-3, "Adam learning rate of pretraining", "float", _positive)
-    pretrain_batch_size: int = _opt(64, "batch size of pretraining", "int", _at_least_one)
+    pretrain_batch_size: int = _opt(
+        64, "batch size of pretraining", "int", _at_most(2**31 - 1, "int32", _at_least_one)
+    )
     # prior
     components: int = _opt(
-        16, "mixture components M (the zero component included)", "int", _at_least_one
+        16,
+        "mixture components M (the zero component included)",
+        "int",
+        _at_most(1024, "one shared value per component; more cannot compress", _at_least_one),
     )
     zero_component: bool = _opt(True, "component 0 fixed at mean 0 (the pruning component)", "bool")
     pi_zero: float | None = _opt(
@@ -192,8 +232,18 @@ class RunConfig:
         "str",
         choices=tuple(GUIDES),
     )
-    init_scale: float = _opt(1e-3, "initial std of variational guides", "float", _positive)
-    num_particles: int = _opt(1, "ELBO particles per step", "int", _at_least_one)
+    init_scale: float = _opt(
+        1e-3,
+        "initial std of variational guides",
+        "float",
+        _at_most(10.0, "the initial posterior std of each weight", _positive),
+    )
+    num_particles: int = _opt(
+        1,
+        "ELBO particles per step",
+        "int",
+        _at_most(10**4, "each particle is a forward pass", _at_least_one),
+    )
     optimizer: str = _opt(
         "adam", "optimiser (lbfgs: full batch, map/laplace only)", "str", choices=OPTIMIZERS
     )
@@ -205,13 +255,18 @@ class RunConfig:
         None,
         "SVI steps, one mini-batch each (default: 2000 unless --epochs)",
         "int?",
-        _at_least_one,
+        _at_most(10**9, "a billion steps", _at_least_one),
     )
-    epochs: int | None = _opt(None, "SVI epochs instead of steps", "int?", _at_least_one)
-    batch_size: int = _opt(128, "mini-batch size", "int", _at_least_one)
-    seed: int = _opt(
-        0, "seed of initialisation, pretraining, batches and the guide", "int", _non_negative
+    epochs: int | None = _opt(
+        None,
+        "SVI epochs instead of steps",
+        "int?",
+        _at_most(10**6, "a million epochs", _at_least_one),
     )
+    batch_size: int = _opt(
+        128, "mini-batch size", "int", _at_most(2**31 - 1, "int32", _at_least_one)
+    )
+    seed: int = _opt(0, "seed of initialisation, pretraining, batches and the guide", "int", _seed)
     on_nonfinite: str = _opt(
         "raise",
         "on a non-finite loss or gradient: raise (stop, exit 1) or rollback (restore the last "
@@ -220,10 +275,20 @@ class RunConfig:
         choices=ON_NONFINITE,
     )
     max_rollbacks: int = _opt(
-        3, "rollbacks allowed with on_nonfinite=rollback", "int", _non_negative
+        3,
+        "rollbacks allowed with on_nonfinite=rollback",
+        "int",
+        _at_most(1000, "each halves the learning rates", _non_negative),
     )
-    checkpoint_every: int = _opt(100, "steps between checkpoints", "int", _at_least_one)
-    keep_checkpoints: int = _opt(2, "number of newest checkpoints kept", "int", _at_least_one)
+    checkpoint_every: int = _opt(
+        100, "steps between checkpoints", "int", _at_most(10**9, "a billion", _at_least_one)
+    )
+    keep_checkpoints: int = _opt(
+        2,
+        "number of newest checkpoints kept",
+        "int",
+        _at_most(10**4, "ten thousand", _at_least_one),
+    )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -303,7 +368,11 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready settings (what ``config.json`` holds)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
+
+    def identity_settings(self) -> dict[str, Any]:
+        """The settings a run's results depend on (all but :data:`RESUME_SETTINGS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_SETTINGS}
 
     def num_steps(self, num_train: int) -> int:
         """SVI steps for a training set of ``num_train`` points."""
@@ -358,6 +427,12 @@ def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
             v = int(v)
         if not math.isfinite(v):
             raise bad("must be finite")
+        if not integer and abs(v) > FLOAT32_MAX:
+            raise bad(
+                f"must be at most {FLOAT32_MAX:.4g} in size (the networks compute in float32)"
+            )
+        if integer and abs(v) > 2**63 - 1:
+            raise bad("is too large (more than 2**63 - 1)")
         return v if integer else float(v)
 
     if value is None:

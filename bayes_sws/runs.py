@@ -44,8 +44,6 @@ import io
 import json
 import math
 import os
-import re
-import shutil
 import signal
 import threading
 import time
@@ -59,21 +57,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import run_dir as rundir
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .checkpoints import (
     CHECKPOINT_FORMAT_VERSION,
     RESULT_FILE,
     RESULT_SUMMARY_FILE,  # noqa: F401  (re-exported: the file next to RESULT_FILE)
     CheckpointError,
-    _network_kwargs,
-    _plain,
+    RunIdentity,
     load_result,
+    network_kwargs,
+    plain,
     read_checkpoint,
     save_result,
     versions,
     write_checkpoint,
 )
-from .config import RunConfig, RunError, config_options, load_config_file, resolve_config
+from .config import (
+    RESUME_SETTINGS,
+    RunConfig,
+    RunError,
+    config_options,
+    load_config_file,
+    resolve_config,
+)
 from .infer import FitResult, FitState, fit, steps_per_epoch
 from .likelihoods import Gaussian, Likelihood
 from .model import SWSModel
@@ -83,6 +90,7 @@ from .priors import MixturePrior
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
+    "RESUME_SETTINGS",
     "CheckpointError",
     "InterruptFlag",
     "RunConfig",
@@ -107,17 +115,18 @@ __all__ = [
 ]
 
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = rundir.CONFIG_FILE
 INITIAL_FILE = "initial.ckpt"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 METRICS_FILE = "metrics.json"
 LOSSES_FILE = "losses.csv"
 COMPRESSION_FILE = "compression.json"
 POSTERIOR_FILE = "posterior.nc"
 POSTERIOR_SUMMARY_FILE = "posterior_summary.csv"
-PLOTS_DIR = "plots"
-_LOCK_FILE = ".lock"
-_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.ckpt$")
+PLOTS_DIR = rundir.PLOTS_DIR
+is_run_dir = rundir.is_run_dir
+#: Largest JSON file of a run that is read (metrics, compression, config).
+_MAX_JSON_BYTES = 16 << 20
 
 
 class RunInterrupted(Exception):
@@ -239,72 +248,32 @@ class RunOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def is_run_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """One process per run directory (an OS lock: released even by ``kill -9``)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(run_dir / _LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{run_dir} is in use by another bayes-sws process") from None
-        yield
-
-
-def _prepare_new_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} exists and is not a directory")
-    # an OS lock file or a temporary file of a write killed early does not make a run
-    leftovers = (_LOCK_FILE,)
-    if out.is_dir() and any(
-        p.name not in leftovers and not (p.name.startswith(".") and p.name.endswith(".tmp"))
-        for p in out.iterdir()
-    ):
-        if not is_run_dir(out):
-            raise RunError(
-                f"{out} exists, is not empty and is not a bayes-sws run directory; "
-                "choose another --out (nothing was changed)"
-            )
-        if not overwrite:
-            raise RunError(
-                f"{out} already holds a run; continue it with `fit --resume {out}`, or "
-                "replace it with --overwrite"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def checkpoint_paths(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(step, path)`` of every checkpoint file, newest first (validity not checked)."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = rundir.safe_path(Path(run_dir), CHECKPOINT_DIR)
     if not folder.is_dir():
         return []
     found = []
     for entry in folder.iterdir():
-        match = _CHECKPOINT_NAME.match(entry.name)
+        match = rundir.CHECKPOINT_NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry))
     return sorted(found, reverse=True)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[FitState | None, Path | None, list[str]]:
+def latest_checkpoint(
+    run_dir: str | os.PathLike, identity: RunIdentity | None = None
+) -> tuple[FitState | None, Path | None, list[str]]:
     """The newest checkpoint that reads back intact, and warnings about the ones that did not.
 
-    Truncated or corrupted files are reported (never loaded) and skipped, so a
-    run continues from the last complete checkpoint.
+    Truncated or corrupted files, files of another run (with ``identity``) and
+    states holding non-finite values are reported (never loaded) and skipped, so
+    a run continues from the last complete, finite checkpoint of its own.
     """
     messages = []
     for step, path in checkpoint_paths(run_dir):
         try:
-            payload = read_checkpoint(path, kind="checkpoint")
+            payload = read_checkpoint(path, kind="checkpoint", identity=identity)
             state = FitState.from_dict(payload["state"])
         except (CheckpointError, KeyError, ValueError) as err:
             messages.append(f"skipping damaged checkpoint: {err}")
@@ -312,53 +281,59 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[FitState | None, Path
         if state.step != step:
             messages.append(f"skipping {path}: it holds step {state.step}, its name says {step}")
             continue
+        bad = _first_nonfinite(state)
+        if bad is not None:
+            messages.append(f"skipping {path}: parameter {bad!r} is not finite")
+            continue
         return state, path, messages
     return None, None, messages
 
 
-def _checkpoint_writer(run_dir: Path, keep: int) -> Callable[[FitState], None]:
+def _first_nonfinite(state: FitState) -> str | None:
+    """The name of the first parameter of ``state`` holding NaN or inf, or ``None``."""
+    for group in (state.guide_state, state.network_state):
+        for name, value in group.items():
+            if (
+                torch.is_tensor(value)
+                and value.is_floating_point()
+                and not torch.isfinite(value).all()
+            ):
+                return name
+    return None
+
+
+def _checkpoint_writer(
+    run_dir: Path,
+    keep: int,
+    identity: RunIdentity | None = None,
+    lock: rundir.RunLock | None = None,
+) -> Callable[[FitState], None]:
     """Write each state as ``checkpoints/step-XXXXXXXX.ckpt``; keep the newest ``keep``.
 
     A state with a non-finite parameter is refused (``FloatingPointError``), so
     the last good checkpoint stays the newest one and ``--resume`` starts there.
+    A run directory removed under the run stops it (:class:`RunError`).
     """
-    folder = run_dir / CHECKPOINT_DIR
 
     def write(state: FitState) -> None:
-        for group in (state.guide_state, state.network_state):
-            for name, value in group.items():
-                if (
-                    torch.is_tensor(value)
-                    and value.is_floating_point()
-                    and not torch.isfinite(value).all()
-                ):
-                    found = checkpoint_paths(run_dir)
-                    kept = f"step {found[0][0]}" if found else "none yet"
-                    raise FloatingPointError(
-                        f"parameter {name!r} is not finite after step {state.step}; no checkpoint "
-                        f"written (the newest good one: {kept}). Lower the learning rate or "
-                        "strengthen the precision hyperprior"
-                    )
-        path = folder / f"step-{state.step:08d}.ckpt"
-        write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint")
+        name = _first_nonfinite(state)
+        if name is not None:
+            found = checkpoint_paths(run_dir)
+            kept = f"step {found[0][0]}" if found else "none yet"
+            raise FloatingPointError(
+                f"parameter {name!r} is not finite after step {state.step}; no checkpoint "
+                f"written (the newest good one: {kept}). Lower the learning rate or "
+                "strengthen the precision hyperprior"
+            )
+        if lock is not None:
+            lock.verify()
+        path = rundir.safe_path(run_dir, CHECKPOINT_DIR, f"step-{state.step:08d}.ckpt")
+        write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint", identity=identity)
         for _, old in checkpoint_paths(run_dir)[keep:]:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
 
     return write
-
-
-def _remove_partial_files(run_dir: Path) -> list[str]:
-    """Delete the temporary files of writes that a killed process left behind."""
-    removed = []
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
-        if folder.is_dir():
-            for entry in folder.iterdir():
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    with contextlib.suppress(FileNotFoundError):
-                        entry.unlink()
-                    removed.append(entry.name)
-    return removed
 
 
 def fit_run(
@@ -389,16 +364,27 @@ def fit_run(
     """
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     log = log or (lambda message: None)
+    if not str(out).strip():
+        raise RunError("--out is empty; give the run directory to create")
     out = Path(out)
+    replacing = _check_new_run_dir(out, overwrite)
     data = _load_data(config)  # a bad data set fails before anything is written
-    _prepare_new_run_dir(out, overwrite)
+    if not replacing:
+        identity = rundir.create_run(out, config.to_dict(), config.identity_settings())
     log(f"run directory {out}")
-    with _locked(out):
-        atomic_write_json(out / CONFIG_FILE, config.to_dict())
+    with rundir.locked(out, "fit") as lock:
+        if replacing:
+            kept = rundir.clear_run(out)
+            if kept:
+                log(f"--overwrite kept what bayes-sws did not write: {', '.join(kept)}")
+            identity = rundir.renew_run(out, config.to_dict(), config.identity_settings())
+        run = _RunContext(out, identity, lock)
         return _execute(
             config,
-            out,
+            run,
             resume=False,
             progress=progress,
             should_stop=should_stop,
@@ -407,12 +393,42 @@ def fit_run(
         )
 
 
+@dataclass(frozen=True)
+class _RunContext:
+    """The run directory a command works in, its identity, and the lock it holds."""
+
+    dir: Path
+    identity: RunIdentity
+    lock: rundir.RunLock | None  # None: a read-only command (report)
+
+
+def _check_new_run_dir(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds a run to replace; refuse what may not be touched (nothing written)."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not is_run_dir(out):
+        raise RunError(
+            f"{out} exists, is not empty and is not a bayes-sws run directory (no "
+            f"{rundir.MARKER_FILE}); choose another --out (nothing was changed)"
+        )
+    if not overwrite:
+        raise RunError(
+            f"{out} already holds a run; continue it with `fit --resume {out}`, or "
+            "replace it with --overwrite"
+        )
+    rundir.read_marker(out)  # a damaged marker proves nothing: refuse before deleting
+    return True
+
+
 def resume_run(
     run_dir: str | os.PathLike,
     *,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Continue the run in ``run_dir`` from its newest intact checkpoint.
 
@@ -420,100 +436,183 @@ def resume_run(
     start of SVI is read back (or the deterministic pretraining redone), and
     :func:`bayes_sws.fit` continues from the checkpointed optimiser and RNG states
     on the same mini-batches. A complete run is left alone.
+
+    ``settings`` may change the fault handling (``on_nonfinite``,
+    ``max_rollbacks``); the run's other settings are fixed by its identity.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"cannot resume {run_dir}: no such directory")
     if not is_run_dir(run_dir):
         raise RunError(
-            f"cannot resume {run_dir}: it has no {CONFIG_FILE}, so it is not a bayes-sws run"
+            f"cannot resume {run_dir}: it has no {rundir.MARKER_FILE}, so it is not a bayes-sws run"
+        )
+    changes = dict(settings or {})
+    fixed = sorted(set(changes) - set(RESUME_SETTINGS))
+    if fixed:
+        raise RunError(
+            f"a resumed run keeps its settings; only {', '.join(RESUME_SETTINGS)} may change "
+            f"(drop {', '.join(fixed)})"
         )
     log = log or (lambda message: None)
-    with _locked(run_dir):
+    with rundir.locked(run_dir, "fit --resume") as lock:
         config = _read_config(run_dir)
-        if (run_dir / METRICS_FILE).is_file() and (run_dir / RESULT_FILE).is_file():
-            try:
-                read_checkpoint(run_dir / RESULT_FILE, kind="result")
-                metrics = json.loads((run_dir / METRICS_FILE).read_text())
-            except (CheckpointError, ValueError) as err:
-                log(f"warning: {err}; finishing the run again from its checkpoints")
-            else:
-                return RunOutcome(
-                    "already complete",
-                    run_dir,
-                    metrics.get("steps", 0),
-                    metrics.get("steps", 0),
-                    metrics,
-                )
-        for name in _remove_partial_files(run_dir):
+        identity = rundir.read_identity(run_dir, config.identity_settings())
+        if changes:
+            config = RunConfig.from_dict({**config.to_dict(), **changes})
+            rundir.update_config(run_dir, config.to_dict())
+        for name in rundir.remove_partial_files(run_dir):
             log(f"removed {name}, left by an interrupted write")
+        run = _RunContext(run_dir, identity, lock)
+        metrics = _complete_metrics(run, log)
+        if metrics is not None:
+            steps = metrics.get("steps", 0)
+            return RunOutcome("already complete", run_dir, steps, steps, metrics)
         return _execute(
-            config, run_dir, resume=True, progress=progress, should_stop=should_stop, log=log
+            config, run, resume=True, progress=progress, should_stop=should_stop, log=log
         )
+
+
+def _complete_metrics(run: _RunContext, log) -> dict | None:
+    """``metrics.json`` of a run that finished (its result intact and its own), else ``None``."""
+    if not (run.dir / METRICS_FILE).is_file() or not (run.dir / RESULT_FILE).is_file():
+        return None
+    try:
+        read_checkpoint(
+            rundir.safe_path(run.dir, RESULT_FILE), kind="result", identity=run.identity
+        )
+        metrics = _read_run_json(run, METRICS_FILE)
+    except (CheckpointError, RunError) as err:
+        log(f"warning: {err}; finishing the run again from its checkpoints")
+        return None
+    return metrics
+
+
+def _read_json_file(path: Path) -> Any:
+    """A JSON file of a run, size-checked first; errors name the file."""
+    try:
+        if not path.is_file():
+            raise RunError(f"{path} is missing or not a regular file")
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise RunError(
+                f"{path} is larger than {_MAX_JSON_BYTES >> 20} MiB; not a file bayes-sws wrote"
+            )
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+
+
+def _read_run_json(run: _RunContext, name: str, required: tuple[str, ...] = ()) -> dict:
+    """A JSON result of the run (``metrics.json``...), checked to be this run's and complete."""
+    path = rundir.safe_path(run.dir, name)
+    values = _read_json_file(path)
+    if not isinstance(values, dict):
+        raise RunError(f"{path} must hold a JSON object; the run directory is damaged")
+    problem = run.identity.mismatch(values.get("run"), str(path))
+    if problem:
+        raise RunError(problem)
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}; the run directory is damaged")
+    return values
 
 
 def _read_config(run_dir: Path) -> RunConfig:
-    path = run_dir / CONFIG_FILE
-    try:
-        values = json.loads(path.read_text())
-    except ValueError as err:
-        raise RunError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+    path = rundir.safe_path(run_dir, CONFIG_FILE)
+    values = _read_json_file(path)
+    if not isinstance(values, dict):
+        raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
     return RunConfig.from_dict(values, sources={k: str(path) for k in values})
 
 
 def _execute(
-    config: RunConfig, run_dir: Path, *, resume: bool, progress, should_stop, log, data=None
+    config: RunConfig, run: _RunContext, *, resume: bool, progress, should_stop, log, data=None
 ) -> RunOutcome:
     start = time.perf_counter()
     should_stop = should_stop or (lambda: False)
     data = data if data is not None else _load_data(config)
     spec = _network_spec(config, data)
     messages: list[str] = []
-
-    net, pretrained_metrics = None, None
-    if resume and (run_dir / INITIAL_FILE).exists():
-        try:
-            payload = read_checkpoint(run_dir / INITIAL_FILE, kind="network")
-            net = build_network(**_network_kwargs(payload["network_spec"]))
-            net.load_state_dict(payload["network_state"])
-            pretrained_metrics = dict(payload["metrics"])
-        except CheckpointError as err:
-            messages.append(f"warning: {err}; redoing the (deterministic) pretraining")
-            log(messages[-1])
-            net = None
-    if net is None:
-        net, pretrained_metrics = _pretrain(config, data, spec, progress, should_stop, log)
-        if net is None:
-            return RunOutcome(
-                "interrupted",
-                run_dir,
-                0,
-                config.num_steps(data.num_train),
-                messages=messages + ["stopped during pretraining"],
-            )
-        write_checkpoint(
-            run_dir / INITIAL_FILE,
-            {
-                "network_spec": spec,
-                "network_state": net.state_dict(),
-                "metrics": pretrained_metrics,
-            },
-            kind="network",
-        )
-
-    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
     num_steps = config.num_steps(data.num_train)
+    net, pretrained_metrics = _initial_network(
+        config,
+        run,
+        data,
+        spec,
+        resume,
+        messages,
+        progress=progress,
+        should_stop=should_stop,
+        log=log,
+    )
+    if net is None:
+        messages.append("stopped during pretraining")
+        return RunOutcome("interrupted", run.dir, 0, num_steps, messages=messages)
+    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
     state = None
     if resume:
-        state, path, found = latest_checkpoint(run_dir)
+        state, path, found = latest_checkpoint(run.dir, run.identity)
         for message in found:
             log(f"warning: {message}")
         messages += found
         if state is not None:
             log(f"resuming from {path.name} (step {state.step} of {num_steps})")
-        elif checkpoint_paths(run_dir):
-            log("warning: no intact checkpoint; starting SVI from step 0")
+        elif checkpoint_paths(run.dir):
+            log("warning: no intact checkpoint of this run; starting SVI from step 0")
+    result, stopped = _fit_with_checkpoints(
+        config, run, model, data, num_steps, state, progress=progress, should_stop=should_stop
+    )
+    newest = checkpoint_paths(run.dir)
+    newest_path = newest[0][1] if newest else None
+    done = newest[0][0] if newest else 0
+    if stopped and (done < num_steps or result is None):
+        return RunOutcome(
+            "interrupted", run.dir, done, num_steps, checkpoint=newest_path, messages=messages
+        )
+    elapsed = time.perf_counter() - start
+    metrics = _finish(config, run, result, data, spec, pretrained_metrics, elapsed)
+    return RunOutcome(
+        "complete",
+        run.dir,
+        len(result.losses),
+        num_steps,
+        metrics,
+        checkpoint=newest_path,
+        messages=messages,
+    )
 
+
+def _initial_network(config, run: _RunContext, data, spec, resume, messages, **pretraining):
+    """The network SVI starts from: read back from ``initial.ckpt``, or (re)pretrained and saved.
+
+    Returns ``(None, None)`` when a stop was requested during pretraining.
+    """
+    path = rundir.safe_path(run.dir, INITIAL_FILE)
+    if resume and path.exists():
+        try:
+            payload = read_checkpoint(path, kind="network", identity=run.identity)
+            net = build_network(**network_kwargs(payload["network_spec"]))
+            net.load_state_dict(payload["network_state"])
+            return net, dict(payload["metrics"])
+        except CheckpointError as err:
+            messages.append(f"warning: {err}; redoing the (deterministic) pretraining")
+            pretraining["log"](messages[-1])
+    net, pretrained_metrics = _pretrain(config, data, spec, **pretraining)
+    if net is not None:
+        run.lock.verify()
+        payload = {
+            "network_spec": spec,
+            "network_state": net.state_dict(),
+            "metrics": pretrained_metrics,
+        }
+        write_checkpoint(path, payload, kind="network", identity=run.identity)
+    return net, pretrained_metrics
+
+
+def _fit_with_checkpoints(
+    config, run: _RunContext, model, data, num_steps, state, *, progress, should_stop
+):
+    """SVI under the run's settings, checkpointing into the run; ``(result, stopped)``."""
     anneal = _precision_anneal(config, model, data.num_train, num_steps)
     if anneal is not None:  # the prior in force at the first step (of a resumed run, too)
         anneal(0 if state is None else state.step)
@@ -542,7 +641,7 @@ def _execute(
             seed=config.seed,
             progress=progress,
             callback=callback,
-            checkpoint=_checkpoint_writer(run_dir, config.keep_checkpoints),
+            checkpoint=_checkpoint_writer(run.dir, config.keep_checkpoints, run.identity, run.lock),
             checkpoint_every=config.checkpoint_every,
             initial_state=state,
             on_nonfinite=config.on_nonfinite,
@@ -552,32 +651,14 @@ def _execute(
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
             raise
         result = None
-    newest = checkpoint_paths(run_dir)
-    newest_path = newest[0][1] if newest else None
-    done = newest[0][0] if newest else 0
-    if stopped and (done < num_steps or result is None):
-        return RunOutcome(
-            "interrupted", run_dir, done, num_steps, checkpoint=newest_path, messages=messages
-        )
-    metrics = _finish(
-        config, run_dir, result, data, spec, pretrained_metrics, time.perf_counter() - start
-    )
-    return RunOutcome(
-        "complete",
-        run_dir,
-        len(result.losses),
-        num_steps,
-        metrics,
-        checkpoint=newest_path,
-        messages=messages,
-    )
+    return result, stopped
 
 
 def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
     from .training import train
 
     torch.manual_seed(config.seed)
-    net = build_network(**_network_kwargs(spec))
+    net = build_network(**network_kwargs(spec))
     if config.pretrain_epochs > 0:
         log(f"pretraining {config.network} for {config.pretrain_epochs} epochs")
 
@@ -603,18 +684,21 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
     return net, _evaluate_network(net, data)
 
 
-def _finish(config, run_dir, result: FitResult, data, spec, pretrained_metrics, elapsed) -> dict:
+def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_metrics, elapsed):
     import pyro
 
+    run.lock.verify()
     save_result(
         result,
-        run_dir,
+        run.dir,
         network_spec=spec,
         extra={"data": data.name, "num_train": data.num_train, "num_test": data.num_test},
+        identity=run.identity,
     )
     pyro.set_rng_seed(config.seed)  # posterior-predictive draws of variational guides
     prediction = result.predict(data.x_test)
     metrics: dict[str, Any] = {
+        "run": run.identity.to_dict(),
         "data": data.name,
         "network": config.network,
         "guide": result.guide_name,
@@ -640,8 +724,11 @@ def _finish(config, run_dir, result: FitResult, data, spec, pretrained_metrics, 
     mixture = result.mixture()
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
     lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(result.losses.tolist())]
-    atomic_write_text(run_dir / LOSSES_FILE, "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / METRICS_FILE, metrics)  # last: its presence marks a complete run
+    atomic_write_text(rundir.safe_path(run.dir, LOSSES_FILE), "\n".join(lines) + "\n")
+    run.lock.verify()
+    # last: its presence marks a complete run
+    atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
+    run.lock.verify()  # a directory removed meanwhile: the run did not succeed
     return metrics
 
 
@@ -682,23 +769,38 @@ def stop_on_interrupt() -> Iterator[InterruptFlag]:
 
 
 # ============================================================================ later commands
-def _open_complete_run(run_dir: str | os.PathLike) -> tuple[Path, RunConfig]:
+@contextlib.contextmanager
+def _complete_run(
+    run_dir: str | os.PathLike, command: str
+) -> Iterator[tuple[_RunContext, RunConfig]]:
+    """Lock a fitted run for ``command``; its settings, identity and a clean slate of temporaries."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} does not exist")
     if not is_run_dir(run_dir):
-        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {CONFIG_FILE})")
-    if not (run_dir / RESULT_FILE).is_file():
-        raise RunError(
-            f"{run_dir} has no fitted result yet; finish it with `bayes-sws fit --resume {run_dir}`"
-        )
-    return run_dir, _read_config(run_dir)
+        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {rundir.MARKER_FILE})")
+    with rundir.locked(run_dir, command) as lock:
+        config = _read_config(run_dir)
+        identity = rundir.read_identity(run_dir, config.identity_settings())
+        if not (run_dir / RESULT_FILE).is_file():
+            raise RunError(
+                f"{run_dir} has no fitted result yet; finish it with "
+                f"`bayes-sws fit --resume {run_dir}`"
+            )
+        rundir.remove_partial_files(run_dir)
+        yield _RunContext(run_dir, identity, lock), config
 
 
-def _save_figure(fig, path: Path) -> Path:
+def _save_figure(fig, run: _RunContext, name: str) -> str:
+    """Write ``fig`` as ``plots/<name>.png`` (never through a link); its path in the run."""
+    if f"{name}.png" not in rundir.PLOT_FILES:
+        raise ValueError(f"{name}.png is not one of the plots a run holds ({rundir.PLOT_FILES})")
+    folder = rundir.safe_path(run.dir, PLOTS_DIR)
+    folder.mkdir(exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    return atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(rundir.safe_path(run.dir, PLOTS_DIR, f"{name}.png"), buffer.getvalue())
+    return f"{PLOTS_DIR}/{name}.png"
 
 
 def compress_run(
@@ -719,24 +821,32 @@ def compress_run(
     before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
     ``stored_shapes`` gives the shape of every stored parameter either way.
     """
-    from .compress import plot_layer_sparsity, plot_weights_before_after
-    from .pipeline import compress_result
-
     if isinstance(merge_threshold, bool) or not (
         isinstance(merge_threshold, (int, float))
         and math.isfinite(merge_threshold)
         and merge_threshold >= 0
     ):
         raise RunError(f"merge threshold must be a number >= 0, got {merge_threshold!r}")
-    run_dir, config = _open_complete_run(run_dir)
-    result = load_result(run_dir)
+    if not isinstance(remove_dead_units, bool) or not isinstance(plots, bool):
+        raise TypeError("remove_dead_units and plots must be True or False")
+    with _complete_run(run_dir, "compress") as (run, config):
+        return _compress_run(run, config, float(merge_threshold), plots, remove_dead_units)
+
+
+def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_units) -> dict:
+    from .compress import plot_layer_sparsity, plot_weights_before_after
+    from .pipeline import compress_result
+
+    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
     data = _load_data(config)
-    initial = read_checkpoint(run_dir / INITIAL_FILE, kind="network")
+    initial = read_checkpoint(
+        rundir.safe_path(run.dir, INITIAL_FILE), kind="network", identity=run.identity
+    )
     compressed = compress_result(
         result,
         data.x_test,
         data.y_test,
-        merge_threshold=float(merge_threshold),
+        merge_threshold=merge_threshold,
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
         remove_dead_units=remove_dead_units,
     )
@@ -745,7 +855,8 @@ def compress_run(
     summary["stored_shapes"] = {
         name: list(p.shape) for name, p in compressed.stored_net.named_parameters()
     }
-    summary["merge_threshold"] = float(merge_threshold)
+    summary["merge_threshold"] = merge_threshold
+    summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
     if plots:
         names = result.model.prior_param_names
@@ -758,12 +869,10 @@ def compress_run(
             ),
             "compression_layers": plot_layer_sparsity(compressed.storage),
         }
-        summary["plots"] = [
-            str(_save_figure(fig, run_dir / PLOTS_DIR / f"{name}.png").relative_to(run_dir))
-            for name, fig in figures.items()
-        ]
-    summary = _plain(summary)
-    atomic_write_json(run_dir / COMPRESSION_FILE, summary)
+        summary["plots"] = [_save_figure(fig, run, name) for name, fig in figures.items()]
+    summary = plain(summary)
+    run.lock.verify()
+    atomic_write_json(rundir.safe_path(run.dir, COMPRESSION_FILE), summary)
     return summary
 
 
@@ -791,10 +900,16 @@ def diagnose_run(
     for name, value in (("num_samples", num_samples), ("max_points", max_points)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
-    run_dir, config = _open_complete_run(run_dir)
+    if not isinstance(plots, bool):
+        raise TypeError(f"plots must be True or False, got {plots!r}")
+    with _complete_run(run_dir, "diagnose") as (run, config):
+        return _diagnose_run(run, config, num_samples, max_points, plots)
+
+
+def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> dict[str, Any]:
     from . import diagnostics  # imports ArviZ lazily, with an install hint if it is missing
 
-    result = load_result(run_dir)
+    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
     data = _load_data(config)
     count = min(max_points, data.num_train)
     index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[
@@ -803,7 +918,8 @@ def diagnose_run(
     idata = diagnostics.to_inference_data(
         result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
     )
-    path = run_dir / POSTERIOR_FILE
+    path = rundir.safe_path(run.dir, POSTERIOR_FILE)
+    run.lock.verify()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
     try:
         idata.to_netcdf(str(tmp))
@@ -818,7 +934,7 @@ def diagnose_run(
         with warnings.catch_warnings():  # point estimates: R-hat of constant draws is undefined
             warnings.simplefilter("ignore")
             table = diagnostics._arviz().summary(idata, var_names=names)
-    atomic_write_text(run_dir / POSTERIOR_SUMMARY_FILE, table.to_csv())
+    atomic_write_text(rundir.safe_path(run.dir, POSTERIOR_SUMMARY_FILE), table.to_csv())
     written = []
     if plots:
         figures = {
@@ -830,88 +946,116 @@ def diagnose_run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig = make()
-            written.append(
-                str(_save_figure(fig, run_dir / PLOTS_DIR / f"{name}.png").relative_to(run_dir))
-            )
+            written.append(_save_figure(fig, run, name))
     return {"posterior": path, "summary": table, "plots": written, "idata": idata}
 
 
+_METRICS_KEYS = ("steps", "wall_time", "final_loss")
+_COMPRESSION_KEYS = ("compression_rate", "nonzero_fraction")
+
+
 def report_run(run_dir: str | os.PathLike) -> str:
-    """A short human summary of a run directory: settings, progress, metrics, compression."""
+    """A short human summary of a run directory: settings, progress, metrics, compression.
+
+    Every file read is checked to belong to the run; control characters in it
+    are shown escaped, never sent to the terminal.
+    """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {CONFIG_FILE})")
+        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {rundir.MARKER_FILE})")
     config = _read_config(run_dir)
-    lines = [f"run {run_dir}"]
+    run = _RunContext(run_dir, rundir.read_identity(run_dir, config.identity_settings()), None)
     hidden = "" if config.network != "mlp" else f" hidden={list(config.hidden or (100,))}"
-    lines.append(
+    zero = " (zero component)" if config.zero_component else ""
+    lines = [
+        f"run {run_dir}",
         f"  data {config.data}, network {config.network}{hidden}, {config.components} components"
-        f"{' (zero component)' if config.zero_component else ''}, λ = {config.prior_scale}"
-    )
-    lines.append(
+        + f"{zero}, λ = {config.prior_scale}",
         f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
-        f"batch {config.batch_size}, seed {config.seed}"
-    )
-    metrics = None
-    if (run_dir / METRICS_FILE).is_file():
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        lines.append(
-            f"  status: complete, {metrics['steps']} steps in {metrics['wall_time']:.1f} s "
-            f"(final loss {metrics['final_loss']:.6g})"
-        )
-        if "test_accuracy" in metrics:
-            lines.append(
-                f"  test accuracy: pretrained {100 * metrics['pretrained_test_accuracy']:.2f} %, "
-                f"after SVI {100 * metrics['test_accuracy']:.2f} % "
-                f"(median network {100 * metrics['test_accuracy_median']:.2f} %)"
-            )
-        else:
-            lines.append(
-                f"  test RMSE: pretrained {metrics['pretrained_test_rmse']:.4g}, "
-                f"after SVI {metrics['test_rmse']:.4g}"
-            )
-    else:
-        found = checkpoint_paths(run_dir)
+        + f"batch {config.batch_size}, seed {config.seed}",
+    ]
+    lines += _report_metrics(run)
+    lines += _report_compression(run)
+    lines += _report_posterior(run)
+    return "\n".join(_printable(line) for line in lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes) shown as escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _report_metrics(run: _RunContext) -> list[str]:
+    if not (run.dir / METRICS_FILE).is_file():
+        found = checkpoint_paths(run.dir)
         where = f"newest checkpoint at step {found[0][0]}" if found else "no checkpoint yet"
+        return [
+            f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run.dir}`"
+        ]
+    metrics = _read_run_json(run, METRICS_FILE, _METRICS_KEYS)
+    lines = [
+        f"  status: complete, {metrics['steps']} steps in {_number(metrics, 'wall_time', '.1f')} s "
+        f"(final loss {_number(metrics, 'final_loss', '.6g')})"
+    ]
+    if "test_accuracy" in metrics:
         lines.append(
-            f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run_dir}`"
+            f"  test accuracy: pretrained {_number(metrics, 'pretrained_test_accuracy', '.2%')}, "
+            f"after SVI {_number(metrics, 'test_accuracy', '.2%')} "
+            f"(median network {_number(metrics, 'test_accuracy_median', '.2%')})"
         )
-    if metrics is not None and "mixture" in metrics:
-        pi, mu, sigma = (np.asarray(metrics["mixture"][k]) for k in ("pi", "mu", "sigma"))
-        order = np.argsort(mu)
-        lines.append("  learned mixture (by mean):      pi         mu      sigma")
-        for j in order:
-            lines.append(
-                f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}"
-            )
-    if (run_dir / COMPRESSION_FILE).is_file():
-        c = json.loads((run_dir / COMPRESSION_FILE).read_text())
+    elif "test_rmse" in metrics:
+        lines.append(
+            f"  test RMSE: pretrained {_number(metrics, 'pretrained_test_rmse', '.4g')}, "
+            f"after SVI {_number(metrics, 'test_rmse', '.4g')}"
+        )
+    mixture = metrics.get("mixture")
+    try:
+        pi, mu, sigma = (np.asarray(mixture[k], dtype=float) for k in ("pi", "mu", "sigma"))
+    except (TypeError, KeyError, ValueError):
+        return lines
+    lines.append("  learned mixture (by mean):      pi         mu      sigma")
+    for j in np.argsort(mu):
+        lines.append(f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}")
+    return lines
+
+
+def _number(values: Mapping[str, Any], key: str, spec: str) -> str:
+    """``values[key]`` formatted by ``spec``, or ``?`` when it is missing or not a number."""
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    text = format(value, spec)
+    return text.replace("%", " %") if spec.endswith("%") else text
+
+
+def _report_compression(run: _RunContext) -> list[str]:
+    if not (run.dir / COMPRESSION_FILE).is_file():
+        return [f"  compression: not run (`bayes-sws compress {run.dir}`)"]
+    c = _read_run_json(run, COMPRESSION_FILE, _COMPRESSION_KEYS)
+    if c.get("test_accuracy_before") is not None:
         score = (
-            f"test accuracy {100 * c['test_accuracy_before']:.2f} % → {100 * c['test_accuracy_after']:.2f} %"
-            if c.get("test_accuracy_before") is not None
-            else f"test RMSE {c['test_rmse_before']:.4g} → {c['test_rmse_after']:.4g}"
-        )
-        lines.append(
-            f"  compression: {c['compression_rate']:.1f}× at {100 * c['nonzero_fraction']:.2f} % "
-            f"non-zero, {score}"
+            f"test accuracy {_number(c, 'test_accuracy_before', '.2%')} → "
+            f"{_number(c, 'test_accuracy_after', '.2%')}"
         )
     else:
-        lines.append(f"  compression: not run (`bayes-sws compress {run_dir}`)")
-    if (run_dir / POSTERIOR_FILE).is_file():
-        lines.append(f"  posterior: {POSTERIOR_FILE} (summary in {POSTERIOR_SUMMARY_FILE})")
-        summary = run_dir / POSTERIOR_SUMMARY_FILE
-        if summary.is_file():
-            rows = list(csv.reader(summary.read_text().splitlines()))
-            if rows:
-                header = rows[0]
-                keep = [
-                    i for i, h in enumerate(header) if h in ("", "mean", "sd", "r_hat", "ess_bulk")
-                ]
-                for row in rows[: min(len(rows), 9)]:
-                    lines.append("    " + "  ".join(f"{row[i]:>14}" for i in keep if i < len(row)))
-    else:
-        lines.append(f"  posterior: not diagnosed (`bayes-sws diagnose {run_dir}`)")
-    return "\n".join(lines)
+        score = f"test RMSE {_number(c, 'test_rmse_before', '.4g')} → {_number(c, 'test_rmse_after', '.4g')}"
+    rate = _number(c, "compression_rate", ".1f")
+    return [f"  compression: {rate}× at {_number(c, 'nonzero_fraction', '.2%')} non-zero, {score}"]
+
+
+def _report_posterior(run: _RunContext) -> list[str]:
+    if not (run.dir / POSTERIOR_FILE).is_file():
+        return [f"  posterior: not diagnosed (`bayes-sws diagnose {run.dir}`)"]
+    lines = [f"  posterior: {POSTERIOR_FILE} (summary in {POSTERIOR_SUMMARY_FILE})"]
+    summary = rundir.safe_path(run.dir, POSTERIOR_SUMMARY_FILE)
+    if summary.is_file() and summary.stat().st_size <= _MAX_JSON_BYTES:
+        rows = list(csv.reader(summary.read_text(errors="replace").splitlines()))
+        if rows:
+            header = rows[0]
+            keep = [i for i, h in enumerate(header) if h in ("", "mean", "sd", "r_hat", "ess_bulk")]
+            for row in rows[: min(len(rows), 9)]:
+                lines.append("    " + "  ".join(f"{row[i]:>14}" for i in keep if i < len(row)))
+    return lines
 
 
 def format_outcome(outcome: RunOutcome) -> str:

@@ -283,7 +283,8 @@ def test_config_values_checked_without_the_cli(files):
 
 def test_damaged_config_of_a_run_is_named_on_resume(tmp_path, capsys):
     run = tmp_path / "run"
-    run.mkdir()
+    config = {"hidden": [8], "components": 3, "pretrain_epochs": 0, "steps": 2}
+    assert runs.fit_run(config, run, should_stop=lambda: True).status == "interrupted"
     (run / "config.json").write_text('{"lr": -1}')
     code, err = _cli(["fit", "--resume", run], capsys)
     _assert_one_line_usage_error(code, err, "lr must be > 0, got -1")

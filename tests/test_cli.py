@@ -305,9 +305,10 @@ def bad_files(tmp_path_factory):
 
 
 def _unfinished_run(tmp_path):
+    """A real run stopped before its first SVI step (so it has no result)."""
     run = tmp_path / "unfinished"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"steps": 5}))
+    config = {"hidden": [8], "components": 3, "pretrain_epochs": 0, "steps": 5}
+    assert runs.fit_run(config, run, should_stop=lambda: True).status == "interrupted"
     return run
 
 
