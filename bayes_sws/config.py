@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class RunError(ValueError):
 # ============================================================================ configuration
 #: Largest magnitude a float setting may have: the networks compute in float32.
 FLOAT32_MAX = 3.4028234663852886e38
+#: Largest config file read (a settings file is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
 #: Seeds must be accepted by Python's, NumPy's and torch's generators alike.
 SEED_MAX = 2**32 - 1
 #: Settings that may change when a run is resumed (fault handling); the others
@@ -71,7 +74,7 @@ def _at_most(limit, why: str, check=None):
     def bounded(value) -> str | None:
         problem = check(value) if check is not None else None
         if problem is None and value > limit:
-            problem = f"must be <= {limit:g} ({why})"
+            problem = f"must be <= {limit if isinstance(limit, int) else format(limit, 'g')} ({why})"
         return problem
 
     return bounded
@@ -431,8 +434,6 @@ def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
             raise bad(
                 f"must be at most {FLOAT32_MAX:.4g} in size (the networks compute in float32)"
             )
-        if integer and abs(v) > 2**63 - 1:
-            raise bad("is too large (more than 2**63 - 1)")
         return v if integer else float(v)
 
     if value is None:
@@ -482,11 +483,19 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML (or JSON) config file into a dict of settings (not yet validated)."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise RunError(f"config file {path} is a directory; give a .toml file")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise RunError(f"config file {path} is not a regular file; give a .toml file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise RunError(
+                f"config file {path} is {info.st_size} bytes, more than a settings file needs "
+                f"(at most {MAX_CONFIG_BYTES} bytes)"
+            )
+        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
     except FileNotFoundError:
         raise RunError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise RunError(f"config file {path} is a directory; give a .toml file") from None
     except OSError as err:
         raise RunError(f"cannot read config file {path}: {err.strerror or err}") from None
     if path.suffix.lower() == ".json":
