@@ -343,6 +343,90 @@ def test_benchmark_section_replaces_only_its_own(tmp_path):
     assert (tmp_path / "fresh.md").read_text().startswith("# Benchmarks\n\n## Compression")
 
 
+def _summary_rows() -> list[dict]:
+    common = {"case": "digits/lenet-300-100", "pretrained_accuracy": 0.9}
+    return [
+        {**common, "method": "sws λ=0.03", "accuracy_after": 0.885, "layer_table": "t",
+         "compression_rate": 42.26, "compression_rate_all_units": 33.04},
+        {**common, "method": "dc-han", "accuracy_after": 0.9025,
+         "compression_rate": 24.81, "compression_rate_all_units": 24.81},
+        {**common, "method": "dc-matched to sws λ=0.03", "accuracy_after": 0.88,
+         "compression_rate": 44.5, "compression_rate_all_units": 33.7},
+    ]  # fmt: skip
+
+
+def test_benchmark_summary_labels_tuned_rows():
+    """The Current-figures table: errors in %, Δ in points, rates to 0.1, settings' origin."""
+    bench = _benchmark_module()
+    text = bench.summary(_summary_rows(), "python benchmarks/compression.py --x", 1, "today")
+    assert text.startswith(bench.SUMMARY_START + "\n") and text.endswith(bench.SUMMARY_END + "\n")
+    assert "Command: `python benchmarks/compression.py --x`" in text and "Run: today" in text
+    # by hand: error 100 (1 - 0.9) = 10.00 %, after 100 (1 - 0.885) = 11.50 %, Δ = +1.50
+    expected = [
+        (
+            "| digits/lenet-300-100 | sws λ=0.03 | 10.00 → 11.50 | +1.50 | **42.3** | 33.0 "
+            "| **tuned on test** |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-han | 10.00 → 9.75 | -0.25 | **24.8** | 24.8 "
+            "| Han et al.'s published rates |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-matched to sws λ=0.03 | 10.00 → 12.00 | +2.00 "
+            "| **44.5** | 33.7 | matched to a row tuned on test |"
+        ),
+    ]
+    rows = [line for line in text.splitlines() if line.startswith("| digits/")]
+    assert rows == expected
+
+
+def test_benchmark_summary_replaces_only_the_marked_block(tmp_path):
+    bench = _benchmark_module()
+    path = tmp_path / "BENCHMARKS.md"
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    path.write_text(f"# Benchmarks\n\nintro\n\n{start}\nold\n{end}\n\n## Compression\n\nx\n")
+    assert bench.write_summary(path, f"{start}\nnew\n{end}\n")
+    assert path.read_text() == (
+        f"# Benchmarks\n\nintro\n\n{start}\nnew\n{end}\n\n## Compression\n\nx\n"
+    )
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("# Benchmarks\n\n## Compression\n")
+    assert not bench.write_summary(unmarked, f"{start}\nnew\n{end}\n")
+    assert unmarked.read_text() == "# Benchmarks\n\n## Compression\n"
+    assert not bench.write_summary(tmp_path / "absent.md", "x")
+
+
+def test_benchmarks_md_keeps_what_compression_write_replaces(tmp_path):
+    """The committed BENCHMARKS.md has one summary block and one Compression section, and
+    rewriting both (as --write does) leaves every other line where it was."""
+    bench = _benchmark_module()
+    text = (REPO / "BENCHMARKS.md").read_text()
+    lines = text.splitlines()
+    assert lines.count(bench.SUMMARY_START) == 1 and lines.count(bench.SUMMARY_END) == 1
+    assert lines.index(bench.SUMMARY_START) < lines.index(bench.SUMMARY_END)
+    assert lines.count(bench.SECTION) == 1
+    assert lines.index(bench.SUMMARY_END) < lines.index(bench.SECTION)
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(text)
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    assert bench.write_summary(copy, f"{start}\nNEW SUMMARY\n{end}\n")
+    bench.write_section(copy, f"{bench.SECTION}\n\nNEW SECTION\n")
+    lo, hi, sec = lines.index(start), lines.index(end), lines.index(bench.SECTION)
+    sec_end = next((i for i in range(sec + 1, len(lines)) if lines[i].startswith("## ")), None)
+    tail = [] if sec_end is None else ["", *lines[sec_end:]]
+    assert copy.read_text().splitlines() == [
+        *lines[:lo],
+        start,
+        "NEW SUMMARY",
+        end,
+        *lines[hi + 1 : sec],
+        bench.SECTION,
+        "",
+        "NEW SECTION",
+        *tail,
+    ]
+
+
 def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     bench = _benchmark_module()
     out = tmp_path / "numbers.json"
