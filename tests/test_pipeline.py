@@ -427,6 +427,39 @@ def test_benchmarks_md_keeps_what_compression_write_replaces(tmp_path):
     ]
 
 
+def test_results_tables_reads_tables_with_headings_runs_and_commands(tmp_path):
+    """benchmarks/results_tables.py on a small file whose tables are known by hand."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    results_tables = importlib.import_module("results_tables")
+    text = (
+        "# T\n\n## A\n\nintro\nRun: r1\n\n    python x.py --a \\\n        --b\n\n"
+        "| h1 | h2 |\n|---|---:|\n| **1** | 2 ms |\n\n"
+        "### B\n\nCommand: `python y.py`\n\nCaption one\nline two\n\n| c |\n| --- |\n| 3 |\n"
+    )
+    first, second = results_tables.tables(text, "x.md")
+    assert first == {
+        "source": "x.md",
+        "section": "A",
+        "subsection": None,
+        "caption": "intro Run: r1",
+        "run": "r1",
+        "commands": ["python x.py --a --b"],
+        "columns": ["h1", "h2"],
+        "rows": [["1", "2 ms"]],
+    }
+    assert second["subsection"] == "B" and second["run"] is None  # a heading starts a new scope
+    assert second["commands"] == ["python y.py"] and second["caption"] == "Caption one line two"
+    assert second["columns"] == ["c"] and second["rows"] == [["3"]]
+    # the committed tables.json is what the script makes of the committed files
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in results_tables.SOURCES:
+        (tmp_path / name).write_text((REPO / name).read_text())
+    results_tables.main([str(tmp_path)])
+    made = (tmp_path / "benchmarks" / "results" / "tables.json").read_text()
+    assert made == (REPO / "benchmarks" / "results" / "tables.json").read_text()
+
+
 def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     bench = _benchmark_module()
     out = tmp_path / "numbers.json"
