@@ -16,7 +16,9 @@ weights, the compression rate (:func:`bayes_sws.compress.storage_report`, Han
 et al.'s accounting) and wall time. ``--write`` replaces the "## Compression"
 section of ``BENCHMARKS.md`` with the table, the exact command and the machine,
 and the short table between the ``compression-summary`` markers of its "Current
-figures" (every soft weight-sharing row labelled as tuned on the test set).
+figures" (every soft weight-sharing row labelled as tuned on the test set); the
+section it replaces moves to ``benchmarks/results/history.md``, and
+``benchmarks/results/tables.json`` is remade (``benchmarks/results_tables.py``).
 
 Cases: Fashion-MNIST (``dataset-fashion-mnist`` Debian package) with
 LeNet-300-100 and LeNet-5-Caffe, and scikit-learn's digits with the same two
@@ -70,6 +72,7 @@ SECTION = "## Compression"
 # the short table in BENCHMARKS.md's "Current figures", replaced by --write
 SUMMARY_START = "<!-- compression-summary: written by benchmarks/compression.py --write -->"
 SUMMARY_END = "<!-- /compression-summary -->"
+HISTORY = REPO / "benchmarks" / "results" / "history.md"
 DEFAULT_CACHE = REPO / "benchmarks" / "cache"
 
 # Han et al. (2016), Tables 2-3: share of weights pruned per layer, and bits per shared value
@@ -585,17 +588,25 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
     )
 
 
+def _section_lines(lines: list[str]) -> tuple[int, int] | None:
+    """First and one-past-last line of the Compression section, None if there is none."""
+    marks = [line.rstrip() for line in lines]
+    if SECTION not in marks:
+        return None
+    start = marks.index(SECTION)
+    end = next((i for i in range(start + 1, len(marks)) if marks[i].startswith("## ")), len(marks))
+    return start, end
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section of BENCHMARKS.md (or append it), keep the rest."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
+    span = _section_lines(lines)
+    if span is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
+        start, end = span
         new = (
             "".join(lines[:start])
             + text
@@ -673,6 +684,47 @@ def write_summary(path: Path, text: str) -> bool:
     start = marks.index(SUMMARY_START)
     end = marks.index(SUMMARY_END, start)
     path.write_text("".join(lines[:start]) + text + "".join(lines[end + 1 :]))
+    return True
+
+
+def archive_section(path: Path, history: Path) -> bool:
+    """Copy the Compression section of ``path`` into ``history``, before its older runs.
+
+    The entry is headed by the run line of the summary block (date, commit) and the
+    command, as the other entries are; False when ``path`` has no Compression section.
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    span = _section_lines(lines)
+    if span is None:
+        return False
+    body = lines[span[0] + 1 : span[1]]
+    while body and not body[0].strip():
+        body.pop(0)
+    runs = [
+        line[len("Run: ") :].strip()
+        for line in lines
+        if line.startswith("Run: ") and "code at" in line
+    ]
+    commands = [
+        line[len("Command: `") :].strip().rstrip("`")
+        for line in body
+        if line.startswith("Command: `")
+    ]
+    entry = [
+        f"## Compression: run of {runs[0] if runs else 'unknown date'}",
+        "",
+        "Command(s):",
+        "",
+        *(f"    {command}" for command in commands),
+        "",
+        *("#" + line if line.startswith("### ") else line for line in body),
+    ]
+    old = history.read_text().splitlines() if history.exists() else ["# Benchmark history", ""]
+    at = next((i for i, line in enumerate(old) if line.startswith("## Compression")), len(old))
+    while entry[-1] == "":
+        entry.pop()
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text("\n".join([*old[:at], *entry, "", *old[at:]]).rstrip("\n") + "\n")
     return True
 
 
@@ -896,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(overrides.values()):
             say("note: --set overrides are recorded in the command line written to BENCHMARKS.md")
         path = REPO / "BENCHMARKS.md"
+        if archive_section(path, HISTORY):
+            say(f"moved the previous Compression section to {HISTORY.relative_to(REPO)}")
         write_section(path, section(rows, pretrain_info, command, args.threads, total))
         say("wrote the Compression section of BENCHMARKS.md")
         recorded = f"{time.strftime('%Y-%m-%d', time.gmtime())}, code at {code_version()}"
@@ -903,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
             say("wrote the compression table of BENCHMARKS.md's Current figures")
         else:
             say(f"note: no '{SUMMARY_START}' ... '{SUMMARY_END}' block in BENCHMARKS.md to update")
+        import results_tables  # benchmarks/ is on sys.path: run as a script, or imported by name
+
+        results_tables.main([str(REPO)])
     return 0
 
 

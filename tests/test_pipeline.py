@@ -8,6 +8,7 @@ densities with scipy.
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,59 @@ def test_benchmarks_md_keeps_what_compression_write_replaces(tmp_path):
         "",
         "NEW SECTION",
         *tail,
+    ]
+
+
+def test_benchmark_archives_the_section_it_replaces(tmp_path):
+    """--write moves the old Compression section into the history, before older runs."""
+    bench = _benchmark_module()
+    path, history = tmp_path / "BENCHMARKS.md", tmp_path / "history.md"
+    assert not bench.archive_section(path, history) and not history.exists()
+    path.write_text(
+        f"# Benchmarks\n\n{bench.SUMMARY_START}\nRun: 2026-01-02, code at abc1234  \n"
+        f"{bench.SUMMARY_END}\n\n## Compression\n\nCommand: `python c.py --write`  \n\n"
+        "| a |\n| --- |\n| 1 |\n\n### sub\n\nold text\n\n## After\n\nnot this\n"
+    )
+    history.write_text(
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n## Compression: older\n\no\n"
+    )
+    assert bench.archive_section(path, history)
+    assert history.read_text() == (
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n"
+        "## Compression: run of 2026-01-02, code at abc1234\n\nCommand(s):\n\n"
+        "    python c.py --write\n\nCommand: `python c.py --write`  \n\n| a |\n| --- |\n| 1 |\n\n"
+        "#### sub\n\nold text\n\n## Compression: older\n\no\n"
+    )
+
+
+def test_benchmark_write_updates_summary_section_history_and_tables(tmp_path, monkeypatch):
+    """--write end to end on a copy of the committed files (tiny budget, one method)."""
+    bench = _benchmark_module()
+    for name in ("BENCHMARKS.md", "benchmarks/results/history.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "HISTORY", tmp_path / "benchmarks/results/history.md")
+    old_section = (REPO / "BENCHMARKS.md").read_text().split("\n## Compression\n", 1)[1]
+    args = ["--cases", "digits/lenet-300-100", "--methods", "sws", "--set", "sws.num_epochs=1"]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert bench.main([*args, "--cache", str(tmp_path / "cache"), "--write"]) == 0
+    days = {day, time.strftime("%Y-%m-%d", time.gmtime())}  # the run may cross midnight
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    summary = text.split(bench.SUMMARY_START, 1)[1].split(bench.SUMMARY_END, 1)[0]
+    assert (
+        "--set sws.num_epochs=1" in summary and "| digits/lenet-300-100 | sws λ=0.03 |" in summary
+    )
+    assert "fashion-mnist" not in summary and "code at unknown commit" in summary
+    history = (tmp_path / "benchmarks/results/history.md").read_text()
+    entry = "## Compression: run of 2026-11-22, code at e6c7ce4 (recorded in 45882a6)"
+    assert history.index(entry) < history.index("## Compression: Row/column order")
+    assert old_section.split("Targets of issue 4")[0].strip() in history  # verbatim
+    tables = json.loads((tmp_path / "benchmarks/results/tables.json").read_text())
+    current = next(r for r in tables if r["section"] == "Current figures")
+    assert current["run"][:10] in days and current["rows"][0][:2] == [
+        "digits/lenet-300-100",
+        "sws λ=0.03",
     ]
 
 
