@@ -23,8 +23,8 @@ the data term from the likelihood's ``distribution``; the weight prior is the
 fused kernel :func:`bayes_sws.kernel.mixture_log_prob`, as in
 :class:`~bayes_sws.distributions.MixtureOfGaussians`.
 
-What the Pyro path spends and this one does not (profile in ``BENCHMARKS.md``,
-section "SVI step"): two traces per step with a message through the handler
+What the Pyro path spends and this one does not (profile in
+``benchmarks/results/history.md``, "SVI step: Before the native kernel"): two traces per step with a message through the handler
 stack per site, ``Delta`` and deterministic sites, a distribution object per
 site with argument and support validation (each a host sync), ``warn_if_nan``
 / ``warn_if_inf`` and ``torch_item`` per site, and one kernel call per weight

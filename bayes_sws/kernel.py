@@ -42,8 +42,8 @@ environment variable ``BAYES_SWS_KERNEL`` (``auto``, the default; ``native``;
 * **Torch** (everything else, or ``BAYES_SWS_KERNEL=torch``): chunked torch
   ops, described below, optionally ``torch.compile``'d.
 
-How the torch path is fast (all measured on 2 CPU cores, see ``BENCHMARKS.md``
-and ``benchmarks/prior_kernel.py``):
+How the torch path is fast (all measured on 2 CPU cores, see ``BENCHMARKS.md``,
+the earlier runs in ``benchmarks/results/history.md`` and ``benchmarks/prior_kernel.py``):
 
 * **One pass, gradients in the forward.** The weights are visited once, in
   chunks of about ``CHUNK_ELEMENTS`` (weight, component) pairs, laid out
@@ -78,7 +78,7 @@ the same formulas written functionally) is chosen by :func:`set_compile_mode`
 or the environment variable ``BAYES_SWS_KERNEL_COMPILE``: ``"never"``,
 ``"always"`` (every full chunk) or ``"auto"``, the default. Measured on this
 project's 2-core CPU (float32, one thread, CPU time, three full benchmark
-runs, see BENCHMARKS.md), compiled / eager steady-state time was 0.44–0.88
+runs, see benchmarks/results/history.md), compiled / eager steady-state time was 0.44–0.88
 for M = 2, 0.87–1.11 for M = 16 and 0.72–1.03 for M = 64 at N = 10⁶–10⁷, and
 the first call compiles for 4–15 s per (M, dtype, set of requested gradients).
 Not a clear win at the M soft weight-sharing uses, and never worth 10 s for a

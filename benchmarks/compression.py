@@ -14,7 +14,11 @@ For each case (a data set and a network) the script pretrains the network
 and reports test error before/after compression, the non-zero share of the
 weights, the compression rate (:func:`bayes_sws.compress.storage_report`, Han
 et al.'s accounting) and wall time. ``--write`` replaces the "## Compression"
-section of ``BENCHMARKS.md`` with the table, the exact command and the machine.
+section of ``BENCHMARKS.md`` with the table, the exact command and the machine,
+and the short table between the ``compression-summary`` markers of its "Current
+figures" (every soft weight-sharing row labelled as tuned on the test set); the
+section it replaces moves to ``benchmarks/results/history.md``, and
+``benchmarks/results/tables.json`` is remade (``benchmarks/results_tables.py``).
 
 Cases: Fashion-MNIST (``dataset-fashion-mnist`` Debian package) with
 LeNet-300-100 and LeNet-5-Caffe, and scikit-learn's digits with the same two
@@ -41,6 +45,7 @@ import multiprocessing
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -64,6 +69,10 @@ from bayes_sws.pipeline import (
 from bayes_sws.training import accuracy, train
 
 SECTION = "## Compression"
+# the short table in BENCHMARKS.md's "Current figures", replaced by --write
+SUMMARY_START = "<!-- compression-summary: written by benchmarks/compression.py --write -->"
+SUMMARY_END = "<!-- /compression-summary -->"
+HISTORY = REPO / "benchmarks" / "results" / "history.md"
 DEFAULT_CACHE = REPO / "benchmarks" / "cache"
 
 # Han et al. (2016), Tables 2-3: share of weights pruned per layer, and bits per shared value
@@ -400,6 +409,11 @@ def _time(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _delta(row: dict) -> str:
+    """Error after minus pretrained error, in points: ``100 (acc_pre - acc_after)``."""
+    return f"{100 * (row['pretrained_accuracy'] - row['accuracy_after']):+.2f}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         (
@@ -418,7 +432,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {row['case']} | {row['method']} | {_pct(1 - pre)} | "
             f"{_pct(None if before is None else 1 - before)} | "
             f"{_pct(None if quantized is None else 1 - quantized)} | {_pct(1 - after)} | "
-            f"{100 * (pre - after):+.2f} | {_pct(row['nonzero_fraction'])} | {row['num_values']} | "
+            f"{_delta(row)} | {_pct(row['nonzero_fraction'])} | {row['num_values']} | "
             f"**{row['compression_rate']:.1f}** | {row['compression_rate_entropy']:.1f} | "
             f"{row['compression_rate_all_units']:.1f} | {_time(row['wall_time'])} |"
         )
@@ -574,17 +588,25 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
     )
 
 
+def _section_lines(lines: list[str]) -> tuple[int, int] | None:
+    """First and one-past-last line of the Compression section, None if there is none."""
+    marks = [line.rstrip() for line in lines]
+    if SECTION not in marks:
+        return None
+    start = marks.index(SECTION)
+    end = next((i for i in range(start + 1, len(marks)) if marks[i].startswith("## ")), len(marks))
+    return start, end
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section of BENCHMARKS.md (or append it), keep the rest."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
+    span = _section_lines(lines)
+    if span is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
+        start, end = span
         new = (
             "".join(lines[:start])
             + text
@@ -592,6 +614,118 @@ def write_section(path: Path, text: str) -> None:
             + "".join(lines[end:])
         )
     path.write_text(new.rstrip("\n") + "\n")
+
+
+def tuning(row: dict) -> str:
+    """Where a row's settings come from; soft weight-sharing's were chosen on test error."""
+    if "layer_table" in row:
+        return "**tuned on test**"
+    if row["method"].startswith("dc-matched"):
+        return "matched to a row tuned on test"
+    return "Han et al.'s published rates"
+
+
+def code_version() -> str:
+    """The checkout's commit (``git rev-parse --short HEAD``), noting uncommitted changes."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], check=False, cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown commit (not a git checkout)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} with uncommitted changes" if dirty else commit
+
+
+def summary(rows: list[dict], command: str, threads: int, recorded: str) -> str:
+    """The short table of BENCHMARKS.md's "Current figures", between the summary markers.
+
+    ``recorded`` says when and at which code the run was made (date, commit).
+    """
+    lines = [
+        SUMMARY_START,
+        f"Command: `{command}`  ",
+        f"Run: {recorded}  ",
+        f"Machine: {machine_line(threads)}",
+        "",
+        (
+            "| case | method | error % pretrained → after | Δ error (points) | compression × "
+            "| (all units ×) | settings |"
+        ),
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['case']} | {row['method']} | {_pct(1 - row['pretrained_accuracy'])} → "
+            f"{_pct(1 - row['accuracy_after'])} | {_delta(row)} | "
+            f"**{row['compression_rate']:.1f}** | {row['compression_rate_all_units']:.1f} | "
+            f"{tuning(row)} |"
+        )
+    lines += [
+        "",
+        (
+            "*Tuned on test*: λ (and, for Fashion-MNIST LeNet-300-100, the zero component's "
+            "width) were chosen by test error, as there is no validation split; read each "
+            "margin with that in mind."
+        ),
+        SUMMARY_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(path: Path, text: str) -> bool:
+    """Replace the lines from SUMMARY_START to SUMMARY_END with ``text``; False if absent."""
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    marks = [line.rstrip() for line in lines]
+    if SUMMARY_START not in marks or SUMMARY_END not in marks[marks.index(SUMMARY_START) :]:
+        return False
+    start = marks.index(SUMMARY_START)
+    end = marks.index(SUMMARY_END, start)
+    path.write_text("".join(lines[:start]) + text + "".join(lines[end + 1 :]))
+    return True
+
+
+def archive_section(path: Path, history: Path) -> bool:
+    """Copy the Compression section of ``path`` into ``history``, before its older runs.
+
+    The entry is headed by the run line of the summary block (date, commit) and the
+    command, as the other entries are; False when ``path`` has no Compression section.
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    span = _section_lines(lines)
+    if span is None:
+        return False
+    body = lines[span[0] + 1 : span[1]]
+    while body and not body[0].strip():
+        body.pop(0)
+    runs = [
+        line[len("Run: ") :].strip()
+        for line in lines
+        if line.startswith("Run: ") and "code at" in line
+    ]
+    commands = [
+        line[len("Command: `") :].strip().rstrip("`")
+        for line in body
+        if line.startswith("Command: `")
+    ]
+    entry = [
+        f"## Compression: run of {runs[0] if runs else 'unknown date'}",
+        "",
+        "Command(s):",
+        "",
+        *(f"    {command}" for command in commands),
+        "",
+        *("#" + line if line.startswith("### ") else line for line in body),
+    ]
+    old = history.read_text().splitlines() if history.exists() else ["# Benchmark history", ""]
+    at = next((i for i, line in enumerate(old) if line.startswith("## Compression")), len(old))
+    while entry[-1] == "":
+        entry.pop()
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text("\n".join([*old[:at], *entry, "", *old[at:]]).rstrip("\n") + "\n")
+    return True
 
 
 # --------------------------------------------------------------------------- main
@@ -741,7 +875,9 @@ def main(argv: list[str] | None = None) -> int:
         "--figures", type=Path, help="save the plots of every soft weight-sharing run here"
     )
     parser.add_argument(
-        "--write", action="store_true", help=f"replace the '{SECTION}' section of BENCHMARKS.md"
+        "--write",
+        action="store_true",
+        help=f"replace the '{SECTION}' section of BENCHMARKS.md and its Current-figures table",
     )
     parser.add_argument(
         "--progress",
@@ -811,10 +947,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         if any(overrides.values()):
             say("note: --set overrides are recorded in the command line written to BENCHMARKS.md")
-        write_section(
-            REPO / "BENCHMARKS.md", section(rows, pretrain_info, command, args.threads, total)
-        )
+        path = REPO / "BENCHMARKS.md"
+        if archive_section(path, HISTORY):
+            say(f"moved the previous Compression section to {HISTORY.relative_to(REPO)}")
+        write_section(path, section(rows, pretrain_info, command, args.threads, total))
         say("wrote the Compression section of BENCHMARKS.md")
+        recorded = f"{time.strftime('%Y-%m-%d', time.gmtime())}, code at {code_version()}"
+        if write_summary(path, summary(rows, command, args.threads, recorded)):
+            say("wrote the compression table of BENCHMARKS.md's Current figures")
+        else:
+            say(f"note: no '{SUMMARY_START}' ... '{SUMMARY_END}' block in BENCHMARKS.md to update")
+        import results_tables  # benchmarks/ is on sys.path: run as a script, or imported by name
+
+        results_tables.main([str(REPO)])
     return 0
 
 

@@ -8,6 +8,7 @@ densities with scipy.
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +342,176 @@ def test_benchmark_section_replaces_only_its_own(tmp_path):
     assert "kernel table" in text and "keep" in text
     bench.write_section(tmp_path / "fresh.md", "## Compression\n\nx\n")
     assert (tmp_path / "fresh.md").read_text().startswith("# Benchmarks\n\n## Compression")
+
+
+def _summary_rows() -> list[dict]:
+    common = {"case": "digits/lenet-300-100", "pretrained_accuracy": 0.9}
+    return [
+        {**common, "method": "sws λ=0.03", "accuracy_after": 0.885, "layer_table": "t",
+         "compression_rate": 42.26, "compression_rate_all_units": 33.04},
+        {**common, "method": "dc-han", "accuracy_after": 0.9025,
+         "compression_rate": 24.81, "compression_rate_all_units": 24.81},
+        {**common, "method": "dc-matched to sws λ=0.03", "accuracy_after": 0.88,
+         "compression_rate": 44.5, "compression_rate_all_units": 33.7},
+    ]  # fmt: skip
+
+
+def test_benchmark_summary_labels_tuned_rows():
+    """The Current-figures table: errors in %, Δ in points, rates to 0.1, settings' origin."""
+    bench = _benchmark_module()
+    text = bench.summary(_summary_rows(), "python benchmarks/compression.py --x", 1, "today")
+    assert text.startswith(bench.SUMMARY_START + "\n") and text.endswith(bench.SUMMARY_END + "\n")
+    assert "Command: `python benchmarks/compression.py --x`" in text and "Run: today" in text
+    # by hand: error 100 (1 - 0.9) = 10.00 %, after 100 (1 - 0.885) = 11.50 %, Δ = +1.50
+    expected = [
+        (
+            "| digits/lenet-300-100 | sws λ=0.03 | 10.00 → 11.50 | +1.50 | **42.3** | 33.0 "
+            "| **tuned on test** |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-han | 10.00 → 9.75 | -0.25 | **24.8** | 24.8 "
+            "| Han et al.'s published rates |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-matched to sws λ=0.03 | 10.00 → 12.00 | +2.00 "
+            "| **44.5** | 33.7 | matched to a row tuned on test |"
+        ),
+    ]
+    rows = [line for line in text.splitlines() if line.startswith("| digits/")]
+    assert rows == expected
+
+
+def test_benchmark_summary_replaces_only_the_marked_block(tmp_path):
+    bench = _benchmark_module()
+    path = tmp_path / "BENCHMARKS.md"
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    path.write_text(f"# Benchmarks\n\nintro\n\n{start}\nold\n{end}\n\n## Compression\n\nx\n")
+    assert bench.write_summary(path, f"{start}\nnew\n{end}\n")
+    assert path.read_text() == (
+        f"# Benchmarks\n\nintro\n\n{start}\nnew\n{end}\n\n## Compression\n\nx\n"
+    )
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("# Benchmarks\n\n## Compression\n")
+    assert not bench.write_summary(unmarked, f"{start}\nnew\n{end}\n")
+    assert unmarked.read_text() == "# Benchmarks\n\n## Compression\n"
+    assert not bench.write_summary(tmp_path / "absent.md", "x")
+
+
+def test_benchmarks_md_keeps_what_compression_write_replaces(tmp_path):
+    """The committed BENCHMARKS.md has one summary block and one Compression section, and
+    rewriting both (as --write does) leaves every other line where it was."""
+    bench = _benchmark_module()
+    text = (REPO / "BENCHMARKS.md").read_text()
+    lines = text.splitlines()
+    assert lines.count(bench.SUMMARY_START) == 1 and lines.count(bench.SUMMARY_END) == 1
+    assert lines.index(bench.SUMMARY_START) < lines.index(bench.SUMMARY_END)
+    assert lines.count(bench.SECTION) == 1
+    assert lines.index(bench.SUMMARY_END) < lines.index(bench.SECTION)
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(text)
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    assert bench.write_summary(copy, f"{start}\nNEW SUMMARY\n{end}\n")
+    bench.write_section(copy, f"{bench.SECTION}\n\nNEW SECTION\n")
+    lo, hi, sec = lines.index(start), lines.index(end), lines.index(bench.SECTION)
+    sec_end = next((i for i in range(sec + 1, len(lines)) if lines[i].startswith("## ")), None)
+    tail = [] if sec_end is None else ["", *lines[sec_end:]]
+    assert copy.read_text().splitlines() == [
+        *lines[:lo],
+        start,
+        "NEW SUMMARY",
+        end,
+        *lines[hi + 1 : sec],
+        bench.SECTION,
+        "",
+        "NEW SECTION",
+        *tail,
+    ]
+
+
+def test_benchmark_archives_the_section_it_replaces(tmp_path):
+    """--write moves the old Compression section into the history, before older runs."""
+    bench = _benchmark_module()
+    path, history = tmp_path / "BENCHMARKS.md", tmp_path / "history.md"
+    assert not bench.archive_section(path, history) and not history.exists()
+    path.write_text(
+        f"# Benchmarks\n\n{bench.SUMMARY_START}\nRun: 2026-01-02, code at abc1234  \n"
+        f"{bench.SUMMARY_END}\n\n## Compression\n\nCommand: `python c.py --write`  \n\n"
+        "| a |\n| --- |\n| 1 |\n\n### sub\n\nold text\n\n## After\n\nnot this\n"
+    )
+    history.write_text(
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n## Compression: older\n\no\n"
+    )
+    assert bench.archive_section(path, history)
+    assert history.read_text() == (
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n"
+        "## Compression: run of 2026-01-02, code at abc1234\n\nCommand(s):\n\n"
+        "    python c.py --write\n\nCommand: `python c.py --write`  \n\n| a |\n| --- |\n| 1 |\n\n"
+        "#### sub\n\nold text\n\n## Compression: older\n\no\n"
+    )
+
+
+def test_benchmark_write_updates_summary_section_history_and_tables(tmp_path, monkeypatch):
+    """--write end to end on a copy of the committed files (tiny budget, one method)."""
+    bench = _benchmark_module()
+    for name in ("BENCHMARKS.md", "benchmarks/results/history.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "HISTORY", tmp_path / "benchmarks/results/history.md")
+    old_section = (REPO / "BENCHMARKS.md").read_text().split("\n## Compression\n", 1)[1]
+    args = ["--cases", "digits/lenet-300-100", "--methods", "sws", "--set", "sws.num_epochs=1"]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert bench.main([*args, "--cache", str(tmp_path / "cache"), "--write"]) == 0
+    days = {day, time.strftime("%Y-%m-%d", time.gmtime())}  # the run may cross midnight
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    summary = text.split(bench.SUMMARY_START, 1)[1].split(bench.SUMMARY_END, 1)[0]
+    assert (
+        "--set sws.num_epochs=1" in summary and "| digits/lenet-300-100 | sws λ=0.03 |" in summary
+    )
+    assert "fashion-mnist" not in summary and "code at unknown commit" in summary
+    history = (tmp_path / "benchmarks/results/history.md").read_text()
+    entry = "## Compression: run of 2026-11-22, code at e6c7ce4 (recorded in 45882a6)"
+    assert history.index(entry) < history.index("## Compression: Row/column order")
+    assert old_section.split("Targets of issue 4")[0].strip() in history  # verbatim
+    tables = json.loads((tmp_path / "benchmarks/results/tables.json").read_text())
+    current = next(r for r in tables if r["section"] == "Current figures")
+    assert current["run"][:10] in days and current["rows"][0][:2] == [
+        "digits/lenet-300-100",
+        "sws λ=0.03",
+    ]
+
+
+def test_results_tables_reads_tables_with_headings_runs_and_commands(tmp_path):
+    """benchmarks/results_tables.py on a small file whose tables are known by hand."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    results_tables = importlib.import_module("results_tables")
+    text = (
+        "# T\n\n## A\n\nintro\nRun: r1\n\n    python x.py --a \\\n        --b\n\n"
+        "| h1 | h2 |\n|---|---:|\n| **1** | 2 ms |\n\n"
+        "### B\n\nCommand: `python y.py`\n\nCaption one\nline two\n\n| c |\n| --- |\n| 3 |\n"
+    )
+    first, second = results_tables.tables(text, "x.md")
+    assert first == {
+        "source": "x.md",
+        "section": "A",
+        "subsection": None,
+        "caption": "intro Run: r1",
+        "run": "r1",
+        "commands": ["python x.py --a --b"],
+        "columns": ["h1", "h2"],
+        "rows": [["1", "2 ms"]],
+    }
+    assert second["subsection"] == "B" and second["run"] is None  # a heading starts a new scope
+    assert second["commands"] == ["python y.py"] and second["caption"] == "Caption one line two"
+    assert second["columns"] == ["c"] and second["rows"] == [["3"]]
+    # the committed tables.json is what the script makes of the committed files
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in results_tables.SOURCES:
+        (tmp_path / name).write_text((REPO / name).read_text())
+    results_tables.main([str(tmp_path)])
+    made = (tmp_path / "benchmarks" / "results" / "tables.json").read_text()
+    assert made == (REPO / "benchmarks" / "results" / "tables.json").read_text()
 
 
 def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
