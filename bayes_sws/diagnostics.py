@@ -57,18 +57,20 @@ from .priors import Mixture
 
 __all__ = [
     "MIXTURE_VARS",
+    "load_arviz",
     "plot_hyperposterior",
     "plot_loss",
     "plot_mixture_over_histogram",
     "plot_weights_before_after",
     "predictive_draws",
+    "summary",
     "to_inference_data",
 ]
 
 MIXTURE_VARS = ("sws.pi", "sws.mu", "sws.sigma")
 
 
-def _arviz():
+def load_arviz():
     """Import ArviZ on first use, with an error that says how to install it."""
     try:
         with warnings.catch_warnings():  # ArviZ 0.2x announces its 1.0 refactor on import
@@ -80,6 +82,17 @@ def _arviz():
             "(and `pip install h5netcdf` or `netCDF4` to save InferenceData as netCDF)"
         ) from err
     return arviz
+
+
+def summary(idata, *, var_names=None):
+    """``arviz.summary`` of ``idata``, quiet about the R-hat of point estimates.
+
+    A MAP (Delta) posterior has constant draws, whose R-hat is undefined; ArviZ
+    warns about that on every variable, which says nothing about the fit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_arviz().summary(idata, var_names=var_names)
 
 
 def plot_weights_before_after(*args, **kwargs):
@@ -302,7 +315,7 @@ def to_inference_data(
     -------
     arviz.InferenceData
     """
-    az = _arviz()
+    az = load_arviz()
     _check_result(result)
     model = result.model
     if y is not None and x is None:
@@ -617,7 +630,7 @@ def plot_hyperposterior(
     """
     from matplotlib.figure import Figure
 
-    az = _arviz()
+    az = load_arviz()
     if kind not in ("forest", "posterior"):
         raise ValueError(f"kind must be 'forest' or 'posterior', got {kind!r}")
     posterior = getattr(idata, "posterior", None)

@@ -928,12 +928,7 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     names = [v for v in diagnostics.MIXTURE_VARS if v in idata.posterior]
-    if hasattr(diagnostics, "summary"):
-        table = diagnostics.summary(idata, var_names=names)
-    else:  # the summary through the module that owns ArviZ
-        with warnings.catch_warnings():  # point estimates: R-hat of constant draws is undefined
-            warnings.simplefilter("ignore")
-            table = diagnostics._arviz().summary(idata, var_names=names)
+    table = diagnostics.summary(idata, var_names=names)
     atomic_write_text(rundir.safe_path(run.dir, POSTERIOR_SUMMARY_FILE), table.to_csv())
     written = []
     if plots:

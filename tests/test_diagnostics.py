@@ -22,7 +22,7 @@ import bayes_sws as sws
 from bayes_sws import diagnostics
 from bayes_sws.mcmc import sample_nuts
 
-az = diagnostics._arviz()
+az = diagnostics.load_arviz()
 
 NUM_DATA, BETA = 24, 25.0
 # what "a warning about shapes" looks like in ArviZ / xarray (not Pareto k's "shape parameter")
@@ -335,7 +335,7 @@ def test_only_diagnostics_imports_arviz_and_only_lazily(monkeypatch):
         assert not top_level, f"{path.name} imports arviz at module level"
     monkeypatch.setitem(sys.modules, "arviz", None)
     with pytest.raises(ImportError, match="pip install"):
-        diagnostics._arviz()
+        diagnostics.load_arviz()
 
 
 def test_vector_targets_and_class_probabilities_get_named_dims():
