@@ -28,7 +28,7 @@ paired and a busy neighbour slows both sides of it alike; the table shows
 medians over rounds. ``--clock cpu`` reports this process's CPU time instead
 of wall-clock time (use it with ``--threads 1`` on a shared machine). All
 variants draw the same mini-batches (a fresh permutation per epoch); the cost
-of ``fit``'s own per-step batch selection (``bayes_sws.infer._batch_indices``)
+of ``fit``'s own per-step batch selection (``bayes_sws.infer.batch_indices``)
 is timed separately, as it is the same for every guide.
 
 ``--profile`` adds a cProfile of ``pyro_map`` and ``fast_map`` steps, grouped
@@ -306,13 +306,13 @@ def time_interleaved(steps: dict, *, rounds: int, steps_per_round: int, warmup: 
 def time_batch_indices(num_data: int, batch_size: int, repeats: int = 200) -> float | None:
     """Seconds per call of ``fit``'s mini-batch selection (same for every guide)."""
     try:
-        from bayes_sws.infer import _batch_indices
+        from bayes_sws.infer import batch_indices
     except ImportError:
         return None
     times = []
     for step in range(repeats):
         start = time.perf_counter()
-        _batch_indices(num_data, batch_size, step, 0, torch.device("cpu"))
+        batch_indices(num_data, batch_size, step, 0, torch.device("cpu"))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -513,7 +513,7 @@ def run_network(network: str, args) -> dict:
     batch_cost = time_batch_indices(x.shape[0], args.batch_size)
     if batch_cost is not None:
         print(
-            f"# fit's per-step batch selection (_batch_indices): {_ms(batch_cost).strip()} ms/step "
+            f"# fit's per-step batch selection (batch_indices): {_ms(batch_cost).strip()} ms/step "
             "(not in the times above)"
         )
     result = {
