@@ -626,7 +626,8 @@ def _check_engine_data(
 
 def _stacklevel_outside() -> int:
     """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this module."""
-    frame, level = sys._getframe(1), 1
+    frame: Any = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     return level
@@ -710,6 +711,7 @@ class FaultPolicy:
             ) from None
         self.faults.append(error)
         target = self._good if self._good is not None else self._pending
+        assert target is not None, "a rollback policy captures a state before every step"
         engine.restore(target[0])
         self.lr_scale *= self.rollback_lr_factor
         self._scale_learning_rates(engine, target[1])
@@ -723,7 +725,7 @@ class FaultPolicy:
     def _scale_learning_rates(self, engine: SVIEngine, captured_scale: float) -> None:
         """Rates ``lr_scale`` times the unscaled ones (with a scheduler: its schedule's)."""
         if engine.scheduler is None:
-            for group, base in zip(engine.optimizer.param_groups, self._base_lrs):
+            for group, base in zip(engine.optimizer.param_groups, self._base_lrs or []):
                 group["lr"] = base * self.lr_scale
             return
         ratio = self.lr_scale / captured_scale  # the restored state holds captured_scale
@@ -740,9 +742,10 @@ class _Checkpoints:
         self.write_fn, self.every, self.last = write, every, start
 
     def due(self, completed: int) -> bool:
-        return self.write_fn is not None and bool(self.every) and completed % self.every == 0
+        return self.write_fn is not None and self.every is not None and completed % self.every == 0
 
     def write(self, state: FitState) -> None:
+        assert self.write_fn is not None
         self.write_fn(state)
         self.last = state.step
 
@@ -834,7 +837,10 @@ class SVIEngine:
             "input_shape": [int(d) for d in self.x.shape[1:]],
             "lbfgs_tolerance": options["lbfgs_tolerance"],
         }
-        self.guide = self.optimizer = self.scheduler = None
+        # built by init(); None until then
+        self.guide: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
         self.step = 0
         self._losses = np.empty(0)
         self._elapsed, self._running_since = 0.0, None
@@ -1058,6 +1064,7 @@ class SVIEngine:
         weights += list(free.values())
         self._free_params = free
         self._named_params = guide_params + [(f"net.{n}", p) for n, p in free.items()]
+        optim: torch.optim.Optimizer
         if config["optimizer"] == "lbfgs":
             # one iteration per step; max_eval must leave the line search its budget
             # (torch's default, max_iter * 5 // 4 = 1, leaves it none: t = 0 from step 2 on)

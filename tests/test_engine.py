@@ -43,7 +43,8 @@ class RecordingNet(torch.nn.Module):
 
 def _model(prior_scale=0.5, **prior):
     prior = {"zero_component": False, "flat": True, **prior}
-    return sws.SWSModel(RecordingNet().double(), sws.MixturePrior(3, **prior), prior_scale=prior_scale)
+    net = RecordingNet().double()
+    return sws.SWSModel(net, sws.MixturePrior(3, **prior), prior_scale=prior_scale)
 
 
 def _hand_batches(num_data, batch_size, seed, num_epochs):
@@ -52,7 +53,8 @@ def _hand_batches(num_data, batch_size, seed, num_epochs):
     for epoch in range(num_epochs):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         perm = torch.randperm(num_data, generator=generator)
-        batches += [perm[j * batch_size : (j + 1) * batch_size] for j in range(num_data // batch_size)]
+        for j in range(num_data // batch_size):
+            batches.append(perm[j * batch_size : (j + 1) * batch_size])
     return batches
 
 
