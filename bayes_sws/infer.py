@@ -9,14 +9,21 @@ and the same result record.
 The loop is written with a plain ``torch.optim`` optimiser over the guide's and
 the network's parameters (no global param store): parameter groups give the
 mixture its own learning rate, and full-batch L-BFGS is one option away.
+
+:func:`fit` is :class:`SVIEngine` split as NumPyro's ``SVI`` is: ``init``
+builds the guide and the optimiser (or resumes), ``update`` is one checked step,
+``run`` is the step loop with checkpoints and a :class:`FaultPolicy`; one record,
+:class:`FitState`, holds the state for checkpoints, rollback and resume alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -40,15 +47,19 @@ from .priors import Mixture
 __all__ = [
     "ON_NONFINITE",
     "OPTIMIZERS",
+    "FaultPolicy",
     "FitResult",
     "FitState",
     "NumericalFault",
+    "SVIEngine",
     "VarianceCollapseWarning",
     "as_data",
+    "batch_indices",
     "fit",
     "get_rng_state",
     "local_params",
     "set_rng_state",
+    "steps_per_epoch",
 ]
 
 OPTIMIZERS = ("adam", "lbfgs")
@@ -387,6 +398,9 @@ class FitState:
         The run's settings (the same dict as :attr:`FitResult.config`).
     wall_time : float
         Seconds spent optimising so far.
+    scheduler_state : dict or None
+        ``lr_scheduler.state_dict()`` of a run with a learning-rate scheduler
+        (stored only then, so checkpoints without one keep their format).
     """
 
     step: int
@@ -397,10 +411,11 @@ class FitState:
     rng_state: dict[str, Any]
     config: dict[str, Any]
     wall_time: float = 0.0
+    scheduler_state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers (loadable with ``torch.load(weights_only=True)``)."""
-        return {
+        data = {
             "step": int(self.step),
             "losses": torch.as_tensor(np.asarray(self.losses, dtype=np.float64)),
             "guide_state": dict(self.guide_state),
@@ -410,10 +425,13 @@ class FitState:
             "config": dict(self.config),
             "wall_time": float(self.wall_time),
         }
+        if self.scheduler_state is not None:
+            data["scheduler_state"] = self.scheduler_state
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitState:
-        missing = sorted({f for f in cls.__dataclass_fields__} - set(data))
+        missing = sorted({f for f in cls.__dataclass_fields__} - set(data) - {"scheduler_state"})
         if missing:
             raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
         losses = data["losses"]
@@ -427,10 +445,11 @@ class FitState:
             rng_state=data["rng_state"],
             config=dict(data["config"]),
             wall_time=float(data["wall_time"]),
+            scheduler_state=data.get("scheduler_state"),
         )
 
 
-def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int) -> FitState:
+def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int | None) -> FitState:
     if isinstance(state, dict):
         state = FitState.from_dict(state)
     if not isinstance(state, FitState):
@@ -448,7 +467,8 @@ def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int) -> 
             "initial_state comes from a run with other settings: " + "; ".join(different)
             + ". Resume with the settings of the checkpointed run"
         )
-    if not 0 <= state.step <= num_steps or len(state.losses) != state.step:
+    too_far = num_steps is not None and state.step > num_steps
+    if state.step < 0 or too_far or len(state.losses) != state.step:
         raise ValueError(
             f"initial_state is at step {state.step} with {len(state.losses)} losses; "
             f"it must have one loss per completed step and at most num_steps={num_steps} steps"
@@ -456,7 +476,7 @@ def _check_initial_state(state: Any, config: dict[str, Any], num_steps: int) -> 
     return state
 
 
-# ---------------------------------------------------------------------- fit
+# ---------------------------------------------------------------------- mini-batches
 #: Loss evaluations allowed to one L-BFGS line search (strong Wolfe).
 _LBFGS_LINE_SEARCH_EVALS = 25
 
@@ -480,16 +500,41 @@ def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
     return max(1, num_data // min(batch_size or num_data, num_data))
 
 
-def _batch_indices(num_data: int, batch_size: int, step: int, seed: int, device) -> Tensor | None:
-    """Indices of the mini-batch at ``step``: a fresh permutation per epoch, derived from the seed.
+def batch_indices(
+    num_data: int, batch_size: int | None, step: int, seed: int, device=None
+) -> Tensor | None:
+    """Indices of the data points in the mini-batch of ``step``, as :func:`fit` draws them.
 
-    Derived rather than stored, so an interrupted run resumes on the same batches.
+    Epoch ``e = step // steps_per_epoch(num_data, batch_size)`` visits the data in
+    the order ``torch.randperm(num_data, generator=torch.Generator().manual_seed(
+    seed * 1_000_003 + e))``, cut into consecutive batches of ``batch_size`` (a
+    last, shorter batch is skipped). Derived rather than stored, so an interrupted
+    run resumes on the same batches.
+
+    Parameters
+    ----------
+    num_data : int
+        Data points N.
+    batch_size : int or None
+        Points per batch; ``None`` or ``>= num_data`` is full batch.
+    step : int
+        The (0-based) optimisation step.
+    seed : int
+        The run's seed.
+    device : torch.device, optional
+        Where the indices go (default: CPU).
+
+    Returns
+    -------
+    Tensor or None
+        ``int64`` indices of shape ``(batch_size,)``; ``None`` for full batch.
     """
-    if batch_size >= num_data:
+    if batch_size is None or batch_size >= num_data:
         return None
     epoch, position = divmod(step, steps_per_epoch(num_data, batch_size))
     perm = _epoch_permutation(num_data, seed, epoch)
-    return perm[position * batch_size : (position + 1) * batch_size].to(device)
+    batch = perm[position * batch_size : (position + 1) * batch_size]
+    return batch if device is None else batch.to(device)
 
 
 @functools.lru_cache(maxsize=4)
@@ -499,6 +544,624 @@ def _epoch_permutation(num_data: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_data, generator=generator)
 
 
+# ---------------------------------------------------------------------- argument checks
+def _check_run_options(num_steps, callback, checkpoint, checkpoint_every) -> tuple[int, int | None]:
+    """Checked ``(num_steps, checkpoint_every)`` of :meth:`SVIEngine.run`."""
+    num_steps = _positive_number("num_steps", num_steps, integer=True)
+    checkpoint_every = _positive_number(
+        "checkpoint_every", checkpoint_every, integer=True, allow_none=True
+    )
+    if checkpoint is not None and not callable(checkpoint):
+        raise TypeError(f"checkpoint must be a callable taking a FitState, got {checkpoint!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (step, loss) -> bool, got {callback!r}")
+    return num_steps, checkpoint_every
+
+
+def _check_fault_options(on_nonfinite, max_rollbacks, rollback_lr_factor) -> float:
+    """Checked ``rollback_lr_factor`` of :class:`FaultPolicy` (the other two are checked only)."""
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {on_nonfinite!r}")
+    if (
+        isinstance(max_rollbacks, bool)
+        or not isinstance(max_rollbacks, (int, np.integer))
+        or max_rollbacks < 0
+    ):
+        raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
+    rollback_lr_factor = _positive_number("rollback_lr_factor", rollback_lr_factor)
+    if rollback_lr_factor >= 1:
+        raise ValueError(f"rollback_lr_factor must lie in (0, 1), got {rollback_lr_factor!r}")
+    return rollback_lr_factor
+
+
+def _check_engine_options(
+    model, guide, optimizer, lr, mixture_lr, num_particles, init_scale, seed, lbfgs_tolerance,
+    lr_scheduler,
+) -> dict[str, Any]:
+    """The checked settings of :class:`SVIEngine` that do not depend on the data."""
+    if not isinstance(model, SWSModel):
+        raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
+    name = guide_name(guide)
+    lr = _positive_number("lr", lr)
+    mixture_lr = _positive_number("mixture_lr", mixture_lr, allow_none=True) or lr
+    num_particles = _positive_number("num_particles", num_particles, integer=True)
+    init_scale = _positive_number("init_scale", init_scale)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
+    lbfgs_tolerance = _positive_number("lbfgs_tolerance", lbfgs_tolerance)
+    if lr_scheduler is not None and not callable(lr_scheduler):
+        raise TypeError(
+            "lr_scheduler must be a callable optimizer -> torch.optim.lr_scheduler.LRScheduler "
+            f"(e.g. lambda opt: torch.optim.lr_scheduler.StepLR(opt, 100)), got {lr_scheduler!r}"
+        )
+    return {
+        "guide": name, "optimizer": optimizer, "lr": lr, "mixture_lr": mixture_lr,
+        "num_particles": num_particles, "init_scale": init_scale, "seed": int(seed),
+        "lbfgs_tolerance": lbfgs_tolerance,
+    }
+
+
+def _check_engine_data(
+    model, guide, name, optimizer, x, y, batch_size
+) -> tuple[Tensor, Tensor, int]:
+    """Checked ``(x, y, batch_size)`` of :class:`SVIEngine`, and the guide's fit to the prior."""
+    x, y = as_data(x, y, model)
+    num_data = x.shape[0]
+    batch_size = _positive_number("batch_size", batch_size, integer=True, allow_none=True)
+    batch_size = min(batch_size or num_data, num_data)
+    if isinstance(guide, str) and guide in ("map", "laplace", "mixed"):
+        _check_map_hyperpriors(model, guide)
+    if optimizer == "lbfgs":
+        if batch_size < num_data:
+            raise ValueError(
+                f"optimizer='lbfgs' is full-batch; got batch_size={batch_size} < {num_data} data points. "
+                "Drop batch_size or use optimizer='adam'"
+            )
+        if name not in ("map", "laplace"):
+            raise ValueError(f"optimizer='lbfgs' needs a point-estimate guide ('map'), got guide={name!r}")
+    return x, y, batch_size
+
+
+def _stacklevel_outside() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this module."""
+    frame: Any = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+# ---------------------------------------------------------------------- fault policy
+class FaultPolicy:
+    """What :meth:`SVIEngine.run` does about a non-finite loss, gradient or parameter.
+
+    ``"raise"`` stops with a :class:`NumericalFault`; ``"rollback"`` keeps the
+    state at the start of the current and of the last good step (one
+    :class:`FitState` each), and on a fault restores the latter, multiplies the
+    learning rates by ``rollback_lr_factor`` and continues, at most
+    ``max_rollbacks`` times. See :func:`fit` for the meaning of each option.
+
+    Attributes
+    ----------
+    faults : list of NumericalFault
+        The faults rolled back so far, in order.
+    lr_scale : float
+        The product of the rollback factors applied so far.
+    """
+
+    def __init__(self, on_nonfinite: str = "raise", max_rollbacks: int = 3,
+                 rollback_lr_factor: float = 0.5):
+        self.rollback_lr_factor = _check_fault_options(
+            on_nonfinite, max_rollbacks, rollback_lr_factor
+        )
+        self.on_nonfinite, self.max_rollbacks = on_nonfinite, int(max_rollbacks)
+        self.faults: list[NumericalFault] = []
+        self.lr_scale = 1.0
+        self._base_lrs: list[float] | None = None
+        # (state, lr_scale when captured): at the start of the current / the last good step
+        self._pending: tuple[FitState, float] | None = None
+        self._good: tuple[FitState, float] | None = None
+
+    @property
+    def rollback(self) -> bool:
+        return self.on_nonfinite == "rollback"
+
+    def start(self, engine: SVIEngine) -> None:
+        """Take the learning rates the rollback factors scale (once, at the first run)."""
+        if self._base_lrs is None:
+            self._base_lrs = [group["lr"] for group in engine.optimizer.param_groups]
+
+    def before_step(self, engine: SVIEngine) -> None:
+        if self.rollback and (self._pending is None or self._pending[0].step != engine.step):
+            self._pending = (engine.state(), self.lr_scale)
+
+    def after_step(self) -> None:
+        if self.rollback:
+            self._good = self._pending
+
+    def describe(self, engine: SVIEngine, at: int, kind: str, index: Tensor | None,
+                 value: float | None, note: str = "") -> NumericalFault:
+        """The :class:`NumericalFault` of step ``at``, naming the first bad parameter or site."""
+        what = {
+            "loss": f"the loss is {value}",
+            "gradient": f"the loss is {value} but a gradient is not finite",
+            "parameter": "a parameter is not finite",
+        }[kind]
+        bad, kind, text = _diagnose_fault(
+            engine.model, engine.guide, engine.x, engine.y, index, engine._named_params, kind
+        )
+        return NumericalFault(
+            f"non-finite values at step {at} ({what}): {text}. Lower the learning rate "
+            f"(lr={engine.optimizer.param_groups[0]['lr']:g}), strengthen the Gamma hyperprior on the "
+            "precisions" + ("." if self.rollback else ", or pass on_nonfinite='rollback'.") + note,
+            step=at, name=bad, kind=kind,
+        )
+
+    def recover(self, engine: SVIEngine, error: NumericalFault) -> None:
+        """Raise ``error``, or roll ``engine`` back to the last good state, with lower rates."""
+        if not self.rollback:
+            raise error
+        if len(self.faults) >= self.max_rollbacks:
+            raise NumericalFault(
+                f"{error} Gave up after {self.max_rollbacks} rollbacks (learning rates scaled by "
+                f"{self.lr_scale:g}).",
+                step=error.step, name=error.name, kind=error.kind,
+            ) from None
+        self.faults.append(error)
+        target = self._good if self._good is not None else self._pending
+        assert target is not None, "a rollback policy captures a state before every step"
+        engine.restore(target[0])
+        self.lr_scale *= self.rollback_lr_factor
+        self._scale_learning_rates(engine, target[1])
+        self._pending = target
+        warnings.warn(
+            f"rolled back to step {engine.step} after non-finite values at step {error.step} "
+            f"({error.name or 'unnamed'}); learning rates scaled by {self.lr_scale:g}",
+            RuntimeWarning, stacklevel=_stacklevel_outside(),
+        )
+
+    def _scale_learning_rates(self, engine: SVIEngine, captured_scale: float) -> None:
+        """Rates ``lr_scale`` times the unscaled ones (with a scheduler: its schedule's)."""
+        if engine.scheduler is None:
+            for group, base in zip(engine.optimizer.param_groups, self._base_lrs or []):
+                group["lr"] = base * self.lr_scale
+            return
+        ratio = self.lr_scale / captured_scale  # the restored state holds captured_scale
+        for group in engine.optimizer.param_groups:
+            group["lr"] *= ratio
+        if getattr(engine.scheduler, "base_lrs", None) is not None:
+            engine.scheduler.base_lrs = [base * ratio for base in engine.scheduler.base_lrs]
+
+
+class _Checkpoints:
+    """When the ``checkpoint`` callable of :meth:`SVIEngine.run` is due, and what it last got."""
+
+    def __init__(self, write: Callable[[FitState], None] | None, every: int | None, start: int):
+        self.write_fn, self.every, self.last = write, every, start
+
+    def due(self, completed: int) -> bool:
+        return self.write_fn is not None and self.every is not None and completed % self.every == 0
+
+    def write(self, state: FitState) -> None:
+        assert self.write_fn is not None
+        self.write_fn(state)
+        self.last = state.step
+
+    def note(self) -> str:
+        """The sentence a :class:`NumericalFault` adds about the last checkpoint written."""
+        if self.write_fn is not None and self.last > 0:
+            return f" The last checkpoint passed to `checkpoint` (step {self.last}) is intact."
+        return ""
+
+    def rolled_back(self, step: int) -> None:
+        if self.last > step:
+            self.last = -1  # rewrite the checkpoint the rolled-back steps will reach
+
+    def finish(self, engine: SVIEngine) -> None:
+        if self.write_fn is not None and self.last != engine.step:
+            self.write(engine.state())
+
+
+# ---------------------------------------------------------------------- the engine
+class SVIEngine:
+    r"""SVI on one :class:`~bayes_sws.model.SWSModel` and data set: ``init`` / ``update`` / ``run``.
+
+    The live state is the guide's and the network's parameters, the optimiser
+    (and learning-rate scheduler), the RNGs, the step and the losses; one record,
+    :class:`FitState`, captures it (:meth:`state`) and loads it back
+    (:meth:`restore`), for checkpoints, rollback and resume alike. :func:`fit` is
+    ``SVIEngine(...)``, :meth:`init`, :meth:`run` and the result record.
+
+    Parameters
+    ----------
+    model, x, y, guide
+        As for :func:`fit`; ``x`` and ``y`` are checked and converted here.
+    optimizer, lr, mixture_lr, batch_size, num_particles, init_scale, seed
+        As for :func:`fit`.
+    lbfgs_tolerance : float
+        ``optimizer="lbfgs"``: a step does not move once the largest absolute
+        gradient entry is at most this (``torch.optim.LBFGS``'s ``tolerance_grad``).
+    lr_scheduler : callable, optional
+        ``lr_scheduler(optimizer)`` returning a ``torch.optim.lr_scheduler``
+        scheduler, stepped once after every completed step (``ReduceLROnPlateau``
+        with that step's loss); e.g. ``lambda opt: StepLR(opt, step_size=100)``.
+
+    Attributes
+    ----------
+    model : SWSModel
+    x, y : Tensor
+        The checked data.
+    guide : pyro guide
+        Built by :meth:`init`.
+    optimizer : torch.optim.Optimizer
+        Built by :meth:`init`: Adam with a parameter group for the weights (``lr``)
+        and one for the mixture and likelihood hyperparameters (``mixture_lr``), or
+        full-batch L-BFGS.
+    scheduler : torch.optim.lr_scheduler.LRScheduler or None
+    config : dict
+        The settings (:attr:`FitResult.config`); ``num_steps`` is set by :meth:`run`.
+    step : int
+        Steps completed.
+
+    Examples
+    --------
+    >>> engine = SVIEngine(model, x, y, guide="map", lr=1e-3, batch_size=64, seed=0)
+    >>> engine.init()
+    >>> losses = [engine.update() for _ in range(100)]
+    >>> state = engine.state()                # a checkpoint; engine.init(state) resumes
+    >>> engine.loss(state)                    # E(w) + λΩ(w) − log p(π, μ, σ) (5.139)
+    """
+
+    def __init__(
+        self, model: SWSModel, x: Any, y: Any, guide: str | Callable = "map", *,
+        optimizer: str = "adam", lr: float = 1e-3, mixture_lr: float | None = None,
+        batch_size: int | None = None, num_particles: int = 1, init_scale: float = 1e-3,
+        seed: int = 0, lbfgs_tolerance: float = 1e-7,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    ):
+        options = _check_engine_options(
+            model, guide, optimizer, lr, mixture_lr, num_particles, init_scale, seed,
+            lbfgs_tolerance, lr_scheduler,
+        )
+        self.x, self.y, batch_size = _check_engine_data(
+            model, guide, options["guide"], optimizer, x, y, batch_size
+        )
+        self.model, self._guide_spec, self._make_scheduler = model, guide, lr_scheduler
+        self.config = {
+            "guide": options["guide"], "num_steps": None, "optimizer": optimizer,
+            "lr": options["lr"], "mixture_lr": options["mixture_lr"], "batch_size": batch_size,
+            "num_particles": options["num_particles"], "init_scale": options["init_scale"],
+            "seed": options["seed"], "num_data": self.x.shape[0], "prior_scale": model.prior_scale,
+            "input_shape": [int(d) for d in self.x.shape[1:]],
+            "lbfgs_tolerance": options["lbfgs_tolerance"],
+        }
+        # built by init(); None until then
+        self.guide: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.step = 0
+        self._losses = np.empty(0)
+        self._elapsed, self._running_since = 0.0, None
+
+    # ------------------------------------------------------------------ the state record
+    @property
+    def losses(self) -> np.ndarray:
+        """Loss of each completed step, shape ``(step,)`` (a view: copy it to keep it)."""
+        return self._losses[: self.step]
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds spent in :meth:`update` and :meth:`run` (and in the run resumed from)."""
+        running = 0.0 if self._running_since is None else time.perf_counter() - self._running_since
+        return self._elapsed + running
+
+    def batch(self, step: int) -> Tensor | None:
+        """The mini-batch of ``step`` (:func:`batch_indices`); ``None`` for full batch."""
+        config = self.config
+        return batch_indices(
+            config["num_data"], config["batch_size"], step, config["seed"], self.x.device
+        )
+
+    def state(self) -> FitState:
+        """A copy of everything needed to continue exactly from here (see :class:`FitState`)."""
+        self._require_init()
+        with local_params(), torch.no_grad():
+            return FitState(
+                step=self.step,
+                losses=self.losses.copy(),
+                guide_state={k: v.detach().clone() for k, v in self.guide.state_dict().items()},
+                network_state={n: p.detach().clone() for n, p in self._free_params.items()},
+                optimizer_state=copy.deepcopy(self.optimizer.state_dict()),
+                rng_state=get_rng_state(),
+                config=dict(self.config),
+                wall_time=self.wall_time,
+                scheduler_state=(
+                    None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict())
+                ),
+            )
+
+    def restore(self, state: FitState) -> None:
+        """Load ``state`` (from :meth:`state`) in place.
+
+        Parameters, optimiser, scheduler, RNGs, step and losses; not the wall time.
+        """
+        self._require_init()
+        if (state.scheduler_state is None) != (self.scheduler is None):
+            has = "has no" if state.scheduler_state is None else "has an"
+            raise ValueError(
+                f"initial_state {has} lr_scheduler state but this run "
+                f"{'has an' if self.scheduler is not None else 'has no'} lr_scheduler. Resume "
+                "with the lr_scheduler of the checkpointed run"
+            )
+        with local_params():
+            try:
+                self.guide.load_state_dict(state.guide_state)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"initial_state does not fit this model and guide: {err}. Resume with the "
+                    "network, prior and guide of the checkpointed run"
+                ) from None
+        if set(state.network_state) != set(self._free_params):
+            raise ValueError(
+                f"initial_state holds network parameters {sorted(state.network_state)} but this "
+                f"model trains {sorted(self._free_params)}"
+            )
+        with torch.no_grad():
+            for n, p in self._free_params.items():
+                p.copy_(state.network_state[n])
+        # copies: the optimiser updates its state tensors in place
+        self.optimizer.load_state_dict(copy.deepcopy(state.optimizer_state))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(state.scheduler_state))
+        set_rng_state(state.rng_state)
+        self._losses = np.array(state.losses, dtype=np.float64)
+        self.step = int(state.step)
+
+    # ------------------------------------------------------------------ init / update / run
+    def init(self, initial_state: FitState | dict | None = None) -> FitState:
+        """Seed the RNGs, build the guide and the optimiser; resume from ``initial_state``.
+
+        Returns the state after initialisation (:meth:`state`).
+        """
+        if initial_state is not None:
+            initial_state = _check_initial_state(initial_state, self.config, None)
+        config, model = self.config, self.model
+        pyro.set_rng_seed(config["seed"])
+        init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
+        with local_params():
+            self.guide = build_guide(
+                self._guide_spec, model, init_loc_fn=init_loc_fn,
+                init_scale=config["init_scale"], hyper_sites=model.hyper_site_names,
+            )
+            elbo = Trace_ELBO(
+                num_particles=config["num_particles"],
+                vectorize_particles=config["num_particles"] > 1,
+                max_plate_nesting=1,
+            )
+            # builds the guide's parameters
+            elbo.differentiable_loss(model, self.guide, self.x, self.y, self.batch(0))
+            # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
+            # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
+            fast = supports_fast_map(model, self.guide)
+            self._loss_fn = map_loss if fast else elbo.differentiable_loss
+            self.optimizer = self._build_optimizer()
+        self.scheduler = None if self._make_scheduler is None else self._build_scheduler()
+        self.step, self._losses, self._elapsed = 0, np.empty(0), 0.0
+        if initial_state is not None:
+            self.restore(initial_state)
+            self._elapsed = initial_state.wall_time
+        return self.state()
+
+    def update(self) -> float:
+        """One optimisation step on the mini-batch of :attr:`step`; returns its loss.
+
+        Raises
+        ------
+        NumericalFault
+            The loss or a gradient is not finite; the update is then not applied.
+        """
+        self._require_init()
+        with self._active():
+            index = self.batch(self.step)
+            try:
+                return self._step(index)
+            except _NonFinite as err:
+                raise FaultPolicy().describe(self, self.step, err.kind, index, err.value) from None
+
+    def run(
+        self, num_steps: int, *, callback: Callable[[int, float], bool | None] | None = None,
+        checkpoint: Callable[[FitState], None] | None = None, checkpoint_every: int | None = None,
+        faults: FaultPolicy | None = None, progress: bool | None = None,
+    ) -> np.ndarray:
+        """Steps until :attr:`step` is ``num_steps`` or ``callback`` returns ``True``; the losses.
+
+        ``callback``, ``checkpoint``, ``checkpoint_every`` and ``progress`` are
+        those of :func:`fit`; ``faults`` (default: raise) decides what a
+        non-finite loss, gradient or parameter does.
+        """
+        num_steps, checkpoint_every = _check_run_options(
+            num_steps, callback, checkpoint, checkpoint_every
+        )
+        self._require_init()
+        policy = FaultPolicy() if faults is None else faults
+        policy.start(self)
+        self.config["num_steps"] = num_steps
+        checkpoints = _Checkpoints(checkpoint, checkpoint_every, self.step)
+        if len(self._losses) < num_steps:
+            self._losses = np.concatenate([self.losses, np.empty(num_steps - self.step)])
+        bar = progress_bar(
+            num_steps, desc=f"fit ({self.config['guide']})", progress=progress, initial=self.step
+        )
+        with self._active(), bar:
+            while True:
+                self._run_steps(num_steps, callback, checkpoints, policy, bar)
+                if self._parameters_finite():
+                    break
+                # the parameters after the last update have not been used yet: checked once
+                at = max(self.step - 1, 0)
+                self._recover(policy, checkpoints, at, "parameter", self.batch(at), None)
+            checkpoints.finish(self)
+        return self.losses.copy()
+
+    def loss(self, state: FitState | None = None, *, step: int | None = None) -> float:
+        r"""The loss at the current parameters, or at those of ``state``; nothing is updated.
+
+        For ``guide="map"`` it is :math:`E(w) + \lambda\Omega(w) - \log p(\pi, \mu, \sigma)`
+        (5.139; the last term is 0 with flat hyperpriors), for other guides one
+        ``num_particles`` estimate of the negative ELBO.
+
+        Parameters
+        ----------
+        state : FitState, optional
+            Parameters to evaluate at; the engine's own state is put back after.
+        step : int, optional
+            Evaluate on the mini-batch of this step (the likelihood scaled by
+            ``N / batch_size``); default all the data.
+        """
+        self._require_init()
+        saved = None if state is None else self.state()
+        rng = get_rng_state()
+        try:
+            if state is not None:
+                self.restore(state)
+            with local_params(), torch.no_grad():
+                index = None if step is None else self.batch(step)
+                return float(self._loss_fn(self.model, self.guide, self.x, self.y, index))
+        finally:
+            if saved is not None:
+                self.restore(saved)
+            set_rng_state(rng)
+
+    # ------------------------------------------------------------------ internals
+    def _require_init(self) -> None:
+        if self.optimizer is None:
+            raise RuntimeError(
+                "the engine has no guide and optimiser yet; call engine.init() first"
+            )
+
+    @contextlib.contextmanager
+    def _active(self):
+        """Module-local Pyro parameters, and the clock of :attr:`wall_time` (outermost only)."""
+        with local_params():
+            if self._running_since is not None:
+                yield
+                return
+            self._running_since = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._elapsed += time.perf_counter() - self._running_since
+                self._running_since = None
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        config = self.config
+        guide_params = list(self.guide.named_parameters())
+        hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
+        weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
+        free = {n: p for n, p in self.model.free_parameters().items() if p.requires_grad}
+        weights += list(free.values())
+        self._free_params = free
+        self._named_params = guide_params + [(f"net.{n}", p) for n, p in free.items()]
+        optim: torch.optim.Optimizer
+        if config["optimizer"] == "lbfgs":
+            # one iteration per step; max_eval must leave the line search its budget
+            # (torch's default, max_iter * 5 // 4 = 1, leaves it none: t = 0 from step 2 on)
+            optim = torch.optim.LBFGS(
+                weights + hyper, lr=config["lr"], max_iter=1,
+                max_eval=1 + _LBFGS_LINE_SEARCH_EVALS, tolerance_grad=config["lbfgs_tolerance"],
+                line_search_fn="strong_wolfe", history_size=20,
+            )
+        else:
+            groups = [{"params": weights, "lr": config["lr"]}]
+            if hyper:
+                groups.append({"params": hyper, "lr": config["mixture_lr"]})
+            optim = torch.optim.Adam(groups)
+        self._all_params = [p for group in optim.param_groups for p in group["params"]]
+        return optim
+
+    def _build_scheduler(self):
+        scheduler = self._make_scheduler(self.optimizer)
+        if not (callable(getattr(scheduler, "step", None)) and hasattr(scheduler, "state_dict")):
+            raise TypeError(
+                "lr_scheduler must return a torch.optim.lr_scheduler scheduler of the optimizer "
+                f"it is given, got {type(scheduler).__name__}"
+            )
+        return scheduler
+
+    def _closure(self, index: Tensor | None) -> Tensor:
+        """Loss and gradients; :class:`_NonFinite` before the optimiser applies a bad update."""
+        self.optimizer.zero_grad()
+        try:
+            loss = self._loss_fn(self.model, self.guide, self.x, self.y, index)
+        except ValueError as err:  # Pyro's validation meets a NaN first
+            if _INVALID_VALUES not in str(err):
+                raise
+            raise _NonFinite("loss", math.nan) from None
+        loss.backward()
+        if _CHECK_GRADIENTS:
+            total = loss.detach() + _gradient_norms(self._all_params)
+            if not bool(torch.isfinite(total)):
+                value = float(loss.detach())
+                kind = "gradient" if math.isfinite(value) else "loss"
+                raise _NonFinite(kind, value)
+        return loss
+
+    def _step(self, index: Tensor | None) -> float:
+        """One checked update on ``index``; records the loss and steps the scheduler."""
+        loss = self.optimizer.step(functools.partial(self._closure, index))
+        if _lbfgs_stalled(self.optimizer):
+            self.optimizer.state.clear()  # restart from steepest descent next step
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise _NonFinite("loss", value)
+        if self.step >= len(self._losses):
+            self._losses = np.concatenate([self._losses, np.empty(max(self.step, 64))])
+        self._losses[self.step] = value
+        self.step += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        return value
+
+    def _parameters_finite(self) -> bool:
+        return _first_non_finite([(n, p.detach()) for n, p in self._named_params]) is None
+
+    def _run_steps(self, num_steps, callback, checkpoints: _Checkpoints, policy: FaultPolicy, bar):
+        """The step loop of :meth:`run`: returns at ``num_steps`` or when ``callback`` says stop."""
+        while self.step < num_steps:
+            step = self.step
+            policy.before_step(self)
+            index = self.batch(step)
+            try:
+                self._step(index)
+            except _NonFinite as err:
+                self._recover(policy, checkpoints, step, err.kind, index, err.value)
+                continue
+            policy.after_step()
+            loss = self._losses[step]
+            bar.update()
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss:.4g}")
+            stop = callback is not None and callback(step, loss)
+            if checkpoints.due(self.step):
+                if not self._parameters_finite():
+                    self._recover(policy, checkpoints, step, "parameter", index, None)
+                    continue
+                checkpoints.write(self.state())
+            if stop:
+                return
+
+    def _recover(self, policy: FaultPolicy, checkpoints: _Checkpoints, at: int, kind: str,
+                 index: Tensor | None, value: float | None) -> None:
+        error = policy.describe(self, at, kind, index, value, checkpoints.note())
+        policy.recover(self, error)
+        checkpoints.rolled_back(self.step)
+
+
+# ---------------------------------------------------------------------- fit
 def fit(
     model: SWSModel,
     x: Any,
@@ -522,8 +1185,18 @@ def fit(
     max_rollbacks: int = 3,
     rollback_lr_factor: float = 0.5,
     collapse_threshold: float | None = 1e-4,
+    lbfgs_tolerance: float = 1e-7,
+    lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    copy_model: bool = False,
 ) -> FitResult:
     r"""Fit ``model`` to ``(x, y)`` by stochastic variational inference.
+
+    The network's parameters are trained in place: after the call ``model.net``
+    holds the fitted values of its parameters without prior (and, for point
+    guides, is what :meth:`FitResult.map_network` starts from). Pass
+    ``copy_model=True`` to leave ``model`` as it was and fit a copy
+    (:attr:`FitResult.model`); otherwise a second fit of the same ``model``
+    starts from the first one's end.
 
     Parameters
     ----------
@@ -544,7 +1217,8 @@ def fit(
         hyperparameters; ``mixture_lr`` defaults to ``lr``.
     batch_size : int, optional
         Mini-batch size; default full batch. The likelihood is scaled by
-        ``N / batch_size`` so the loss estimates the full-data objective.
+        ``N / batch_size`` so the loss estimates the full-data objective. The
+        batch of each step is :func:`batch_indices`.
     num_particles : int
         ELBO particles per step (vectorised).
     init_scale : float
@@ -579,15 +1253,28 @@ def fit(
         it raises. The rolled-back faults are listed in :attr:`FitResult.faults`.
         Rollback keeps a copy of the state of every step, which costs about
         10-25 % per step on small MLPs; the checks of ``"raise"`` cost < 1 %.
+        (:class:`FaultPolicy` holds these three settings.)
     max_rollbacks : int
         Rollbacks allowed in one call (``on_nonfinite="rollback"``).
     rollback_lr_factor : float
-        Factor in (0, 1) applied to the learning rates at every rollback.
+        Factor in (0, 1) applied to the learning rates at every rollback (with
+        ``lr_scheduler``, to the scheduled rates and the scheduler's ``base_lrs``).
     collapse_threshold : float, optional
         After fitting, warn (:class:`VarianceCollapseWarning`) about every
         component with :math:`\sigma_j` below ``collapse_threshold`` times the
         standard deviation of the prior-carrying weights: the collapse PRML warns
         of after eq. (5.144). ``None`` skips the check.
+    lbfgs_tolerance : float
+        ``optimizer="lbfgs"``: steps stop moving once the largest absolute
+        gradient entry is at most this (``torch.optim.LBFGS(tolerance_grad=...)``).
+    lr_scheduler : callable, optional
+        ``lr_scheduler(optimizer)`` returning a ``torch.optim.lr_scheduler``
+        scheduler, e.g. ``lambda opt: torch.optim.lr_scheduler.StepLR(opt, 100)``;
+        stepped after every completed step (``ReduceLROnPlateau`` with the step's
+        loss) and saved in checkpoints (a run with a scheduler resumes only with one).
+    copy_model : bool
+        Fit ``copy.deepcopy(model)`` (network, prior and likelihood) instead of
+        ``model`` itself, so ``model.net`` keeps its values; default ``False``.
 
     Returns
     -------
@@ -597,287 +1284,55 @@ def fit(
     ------
     NumericalFault
         A non-finite loss, gradient or parameter (see ``on_nonfinite``).
+
+    See Also
+    --------
+    SVIEngine : the same run step by step (``init`` / ``update`` / ``run``), and
+        the loss at given parameters (:meth:`SVIEngine.loss`).
     """
-    if not isinstance(model, SWSModel):
-        raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
-    name = guide_name(guide)
-    num_steps = _positive_number("num_steps", num_steps, integer=True)
-    lr = _positive_number("lr", lr)
-    mixture_lr = _positive_number("mixture_lr", mixture_lr, allow_none=True) or lr
-    num_particles = _positive_number("num_particles", num_particles, integer=True)
-    init_scale = _positive_number("init_scale", init_scale)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    checkpoint_every = _positive_number(
-        "checkpoint_every", checkpoint_every, integer=True, allow_none=True
+    num_steps, checkpoint_every = _check_run_options(
+        num_steps, callback, checkpoint, checkpoint_every
     )
-    if checkpoint is not None and not callable(checkpoint):
-        raise TypeError(f"checkpoint must be a callable taking a FitState, got {checkpoint!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be a callable (step, loss) -> bool, got {callback!r}")
-    if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {on_nonfinite!r}")
-    if (
-        isinstance(max_rollbacks, bool)
-        or not isinstance(max_rollbacks, (int, np.integer))
-        or max_rollbacks < 0
-    ):
-        raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
-    rollback_lr_factor = _positive_number("rollback_lr_factor", rollback_lr_factor)
-    if rollback_lr_factor >= 1:
-        raise ValueError(f"rollback_lr_factor must lie in (0, 1), got {rollback_lr_factor!r}")
+    faults = FaultPolicy(on_nonfinite, max_rollbacks, rollback_lr_factor)
     collapse_threshold = _positive_number("collapse_threshold", collapse_threshold, allow_none=True)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
-    x, y = as_data(x, y, model)
-    num_data = x.shape[0]
-    batch_size = _positive_number("batch_size", batch_size, integer=True, allow_none=True)
-    batch_size = min(batch_size or num_data, num_data)
-    if isinstance(guide, str) and guide in ("map", "laplace", "mixed"):
-        _check_map_hyperpriors(model, guide)
-    if optimizer == "lbfgs":
-        if batch_size < num_data:
-            raise ValueError(
-                f"optimizer='lbfgs' is full-batch; got batch_size={batch_size} < {num_data} data points. "
-                "Drop batch_size or use optimizer='adam'"
-            )
-        if name not in ("map", "laplace"):
-            raise ValueError(f"optimizer='lbfgs' needs a point-estimate guide ('map'), got guide={name!r}")
-
-    config = {
-        "guide": name,
-        "num_steps": num_steps,
-        "optimizer": optimizer,
-        "lr": lr,
-        "mixture_lr": mixture_lr,
-        "batch_size": batch_size,
-        "num_particles": num_particles,
-        "init_scale": init_scale,
-        "seed": int(seed),
-        "num_data": num_data,
-        "prior_scale": model.prior_scale,
-        "input_shape": [int(d) for d in x.shape[1:]],
-    }
+    if copy_model and isinstance(model, SWSModel):
+        model = copy.deepcopy(model)
+    engine = SVIEngine(
+        model, x, y, guide, optimizer=optimizer, lr=lr, mixture_lr=mixture_lr,
+        batch_size=batch_size, num_particles=num_particles, init_scale=init_scale, seed=seed,
+        lbfgs_tolerance=lbfgs_tolerance, lr_scheduler=lr_scheduler,
+    )
+    engine.config["num_steps"] = num_steps
     if initial_state is not None:
-        initial_state = _check_initial_state(initial_state, config, num_steps)
-
-    pyro.set_rng_seed(seed)
-    init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
-    with local_params():
-        fitted_guide = build_guide(
-            guide, model, init_loc_fn=init_loc_fn, init_scale=init_scale,
-            hyper_sites=model.hyper_site_names,
-        )
-        elbo = Trace_ELBO(
-            num_particles=num_particles,
-            vectorize_particles=num_particles > 1,
-            max_plate_nesting=1,
-        )
-        first_batch = _batch_indices(num_data, batch_size, 0, seed, x.device)
-        elbo.differentiable_loss(model, fitted_guide, x, y, first_batch)  # builds guide params
-        # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
-        # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
-        loss_fn = map_loss if supports_fast_map(model, fitted_guide) else elbo.differentiable_loss
-        guide_params = list(fitted_guide.named_parameters())
-        hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
-        weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
-        free_params = {n: p for n, p in model.free_parameters().items() if p.requires_grad}
-        weights += list(free_params.values())
-        groups = [{"params": weights, "lr": lr}]
-        if hyper:
-            groups.append({"params": hyper, "lr": mixture_lr})
-        if optimizer == "lbfgs":
-            # one iteration per step; max_eval must leave the line search its budget
-            # (torch's default, max_iter * 5 // 4 = 1, leaves it none: t = 0 from step 2 on)
-            optim = torch.optim.LBFGS(
-                weights + hyper, lr=lr, max_iter=1, max_eval=1 + _LBFGS_LINE_SEARCH_EVALS,
-                line_search_fn="strong_wolfe", history_size=20,
-            )
-        else:
-            optim = torch.optim.Adam(groups)
-
-        losses = np.empty(num_steps)
-        completed = 0  # steps done so far
-        previous_time = 0.0
-        if initial_state is not None:
-            _restore(initial_state, fitted_guide, free_params, optim)
-            completed = initial_state.step
-            losses[:completed] = initial_state.losses
-            previous_time = initial_state.wall_time
-        start = time.perf_counter()
-
-        def snapshot() -> FitState:
-            with torch.no_grad():
-                return FitState(
-                    step=completed,
-                    losses=losses[:completed].copy(),
-                    guide_state={
-                        k: v.detach().clone() for k, v in fitted_guide.state_dict().items()
-                    },
-                    network_state={n: p.detach().clone() for n, p in free_params.items()},
-                    optimizer_state=copy.deepcopy(optim.state_dict()),
-                    rng_state=get_rng_state(),
-                    config=dict(config),
-                    wall_time=previous_time + time.perf_counter() - start,
-                )
-
-        # Numerical faults: the loss and one fused reduction of the gradients are
-        # checked inside the closure, before the optimiser applies the update, so the
-        # parameters are still those of the last good step when a fault is raised.
-        all_params = [p for group in optim.param_groups for p in group["params"]]
-        named_params = list(guide_params) + [(f"net.{n}", p) for n, p in free_params.items()]
-        base_lrs = [group["lr"] for group in optim.param_groups]
-        rollback = on_nonfinite == "rollback"
-        faults: list[NumericalFault] = []
-        lr_scale = 1.0
-        good: dict | None = None  # state at the start of the last step that passed the checks
-        pending: dict | None = None  # state at the start of the current step
-
-        def light_snapshot(at: int) -> dict:
-            with torch.no_grad():
-                return {
-                    "step": at,
-                    "guide": {k: v.detach().clone() for k, v in fitted_guide.state_dict().items()},
-                    "network": {n: p.detach().clone() for n, p in free_params.items()},
-                    "optimizer": copy.deepcopy(optim.state_dict()),
-                    "rng": get_rng_state(),
-                }
-
-        def fault_at(
-            at: int, kind: str, index: Tensor | None, value: float | None
-        ) -> NumericalFault:
-            what = {
-                "loss": f"the loss is {value}",
-                "gradient": f"the loss is {value} but a gradient is not finite",
-                "parameter": "a parameter is not finite",
-            }[kind]
-            bad, kind, text = _diagnose_fault(model, fitted_guide, x, y, index, named_params, kind)
-            kept = (
-                f" The last checkpoint passed to `checkpoint` (step {last_checkpoint}) is intact."
-                if checkpoint is not None and last_checkpoint > 0
-                else ""
-            )
-            return NumericalFault(
-                f"non-finite values at step {at} ({what}): {text}. Lower the learning rate "
-                f"(lr={optim.param_groups[0]['lr']:g}), strengthen the Gamma hyperprior on the "
-                "precisions" + ("." if rollback else ", or pass on_nonfinite='rollback'.") + kept,
-                step=at, name=bad, kind=kind,
-            )
-
-        def recover(error: NumericalFault) -> int:
-            """Raise, or roll back to the last good state with lower learning rates."""
-            nonlocal lr_scale, completed, last_checkpoint, pending
-            if not rollback:
-                raise error
-            if len(faults) >= max_rollbacks:
-                raise NumericalFault(
-                    f"{error} Gave up after {max_rollbacks} rollbacks (learning rates scaled by "
-                    f"{lr_scale:g}).",
-                    step=error.step, name=error.name, kind=error.kind,
-                ) from None
-            faults.append(error)
-            target = good if good is not None else pending
-            fitted_guide.load_state_dict(target["guide"])
-            with torch.no_grad():
-                for n, p in free_params.items():
-                    p.copy_(target["network"][n])
-            optim.load_state_dict(copy.deepcopy(target["optimizer"]))  # the state is updated in place
-            set_rng_state(target["rng"])
-            lr_scale *= rollback_lr_factor
-            for group, base in zip(optim.param_groups, base_lrs):
-                group["lr"] = base * lr_scale
-            completed = target["step"]
-            pending = target
-            if last_checkpoint > completed:
-                last_checkpoint = -1  # rewrite the checkpoint the rolled-back steps will reach
-            warnings.warn(
-                f"rolled back to step {completed} after non-finite values at step {error.step} "
-                f"({error.name or 'unnamed'}); learning rates scaled by {lr_scale:g}",
-                RuntimeWarning, stacklevel=3,
-            )
-            return completed
-
-        last_checkpoint = completed
-        bar = progress_bar(num_steps, desc=f"fit ({name})", progress=progress, initial=completed)
-        with bar:
-            step = completed
-            while True:
-                stop = False
-                while step < num_steps:
-                    if rollback and (pending is None or pending["step"] != step):
-                        pending = light_snapshot(step)
-                    index = _batch_indices(num_data, batch_size, step, seed, x.device)
-
-                    def closure():
-                        optim.zero_grad()
-                        try:
-                            loss = loss_fn(model, fitted_guide, x, y, index)
-                        except ValueError as err:  # Pyro's validation meets a NaN first
-                            if _INVALID_VALUES not in str(err):
-                                raise
-                            raise _NonFinite("loss", math.nan) from None
-                        loss.backward()
-                        if _CHECK_GRADIENTS:
-                            total = loss.detach() + _gradient_norms(all_params)
-                            if not bool(torch.isfinite(total)):
-                                value = float(loss.detach())
-                                kind = "gradient" if math.isfinite(value) else "loss"
-                                raise _NonFinite(kind, value)
-                        return loss
-
-                    try:
-                        loss = optim.step(closure)
-                        if _lbfgs_stalled(optim):
-                            optim.state.clear()  # restart from steepest descent next step
-                        value = float(loss.detach())
-                        if not math.isfinite(value):
-                            raise _NonFinite("loss", value)
-                    except _NonFinite as err:
-                        step = recover(fault_at(step, err.kind, index, err.value))
-                        continue
-                    losses[step] = value
-                    completed = step + 1
-                    if rollback:
-                        good = pending
-                    bar.update()
-                    if step % 25 == 0:
-                        bar.set_postfix(loss=f"{losses[step]:.4g}")
-                    stop = callback is not None and callback(step, losses[step])
-                    due = checkpoint_every and completed % checkpoint_every == 0
-                    if checkpoint is not None and due:
-                        if _first_non_finite([(n, p.detach()) for n, p in named_params]):
-                            step = recover(fault_at(step, "parameter", index, None))
-                            continue
-                        checkpoint(snapshot())
-                        last_checkpoint = completed
-                    if stop:
-                        break
-                    step += 1
-                # the parameters after the last update have not been used yet: check them once
-                if _first_non_finite([(n, p.detach()) for n, p in named_params]):
-                    at = max(completed - 1, 0)
-                    index = _batch_indices(num_data, batch_size, at, seed, x.device)
-                    step = recover(fault_at(at, "parameter", index, None))
-                    continue
-                break
-            if checkpoint is not None and last_checkpoint != completed:
-                checkpoint(snapshot())
-        losses = losses[:completed]
-        wall_time = previous_time + time.perf_counter() - start
-        if isinstance(fitted_guide, AutoLaplaceApproximation):
-            try:
-                fitted_guide = fitted_guide.laplace_approximation(x, y)
-            except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
-                raise RuntimeError(
-                    "guide='laplace': the Hessian at the end of optimisation is not positive "
-                    f"definite ({err}); the optimiser has not reached a mode. Run more steps, "
-                    "use optimizer='lbfgs', or a variational guide such as 'normal'"
-                ) from None
-
-    result = FitResult(model, fitted_guide, name, losses, config, wall_time, faults)
+        initial_state = _check_initial_state(initial_state, engine.config, num_steps)
+    engine.init(initial_state)
+    engine.run(
+        num_steps, callback=callback, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        faults=faults, progress=progress,
+    )
+    wall_time = engine.wall_time
+    result = FitResult(
+        engine.model, _posterior_guide(engine), engine.config["guide"], engine.losses.copy(),
+        dict(engine.config), wall_time, faults.faults,
+    )
     if collapse_threshold is not None:
         _warn_variance_collapse(result, collapse_threshold)
     return result
+
+
+def _posterior_guide(engine: SVIEngine) -> Any:
+    """The fitted guide; for ``"laplace"``, the Gaussian at the mode (Hessian of the loss)."""
+    if not isinstance(engine.guide, AutoLaplaceApproximation):
+        return engine.guide
+    with local_params():
+        try:
+            return engine.guide.laplace_approximation(engine.x, engine.y)
+        except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
+            raise RuntimeError(
+                "guide='laplace': the Hessian at the end of optimisation is not positive "
+                f"definite ({err}); the optimiser has not reached a mode. Run more steps, "
+                "use optimizer='lbfgs', or a variational guide such as 'normal'"
+            ) from None
 
 
 def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
@@ -926,24 +1381,3 @@ def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
             VarianceCollapseWarning,
             stacklevel=3,
         )
-
-
-def _restore(state: FitState, guide: Any, free_params: dict[str, Tensor], optim) -> None:
-    """Load a :class:`FitState` into freshly built guide, network and optimiser (in place)."""
-    try:
-        guide.load_state_dict(state.guide_state)
-    except RuntimeError as err:
-        raise ValueError(
-            f"initial_state does not fit this model and guide: {err}. Resume with the "
-            "network, prior and guide of the checkpointed run"
-        ) from None
-    if set(state.network_state) != set(free_params):
-        raise ValueError(
-            f"initial_state holds network parameters {sorted(state.network_state)} but this "
-            f"model trains {sorted(free_params)}"
-        )
-    with torch.no_grad():
-        for n, p in free_params.items():
-            p.copy_(state.network_state[n])
-    optim.load_state_dict(state.optimizer_state)
-    set_rng_state(state.rng_state)
