@@ -155,6 +155,10 @@ def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
 
 
 # ---------------------------------------------------------------------- numerical faults
+#: A loss this many times (its size, at least 1) above the best so far is a divergence.
+DIVERGENCE_FACTOR = 1e4
+
+
 class NumericalFault(FloatingPointError):
     """A non-finite loss, gradient or parameter met by :func:`fit`.
 
@@ -164,8 +168,9 @@ class NumericalFault(FloatingPointError):
         The (0-based) step at which it was detected, as passed to ``callback``.
     name : str or None
         The first parameter (guide or network) or model site that went non-finite.
-    kind : {"loss", "gradient", "parameter"}
-        What was found non-finite first.
+    kind : {"loss", "gradient", "parameter", "divergence"}
+        What was found non-finite first, or ``"divergence"``: a finite loss that grew
+        by orders of magnitude (:meth:`FaultPolicy.diverged`).
     """
 
     def __init__(self, message: str, *, step: int, name: str | None, kind: str):
@@ -652,10 +657,21 @@ class FaultPolicy:
     """
 
     def __init__(self, on_nonfinite: str = "raise", max_rollbacks: int = 3,
-                 rollback_lr_factor: float = 0.5):
+                 rollback_lr_factor: float = 0.5, divergence_factor: float | None = DIVERGENCE_FACTOR):
         self.rollback_lr_factor = _check_fault_options(
             on_nonfinite, max_rollbacks, rollback_lr_factor
         )
+        if divergence_factor is not None and (
+            isinstance(divergence_factor, bool)
+            or not isinstance(divergence_factor, (int, float))
+            or not divergence_factor > 1
+            or not math.isfinite(divergence_factor)
+        ):
+            raise ValueError(
+                f"divergence_factor must be a finite number > 1 or None, got {divergence_factor!r}"
+            )
+        self.divergence_factor = divergence_factor
+        self._best: float | None = None
         self.on_nonfinite, self.max_rollbacks = on_nonfinite, int(max_rollbacks)
         self.faults: list[NumericalFault] = []
         self.lr_scale = 1.0
@@ -672,6 +688,25 @@ class FaultPolicy:
         """Take the learning rates the rollback factors scale (once, at the first run)."""
         if self._base_lrs is None:
             self._base_lrs = [group["lr"] for group in engine.optimizer.param_groups]
+        if self._best is None and engine.step > 0:  # a resumed run: its losses so far
+            self._best = float(np.min(engine.losses[: engine.step]))
+
+    def diverged(self, loss: float) -> bool:
+        r"""Whether ``loss`` has grown by orders of magnitude over the best loss so far.
+
+        Divergence is :math:`L_t - \min_{s<t} L_s > f \cdot \max(|\min_{s<t} L_s|, 1)`
+        with ``f = divergence_factor`` (default :data:`DIVERGENCE_FACTOR`): mini-batch
+        noise and the prior's anneals move the loss by a few times its size, an
+        exploding step by many orders of magnitude (``--lr 1e4`` reaches 1e12).
+        """
+        best = self._best
+        if self.divergence_factor is None or best is None:
+            self._best = loss if best is None else best
+            return False
+        if loss - best > self.divergence_factor * max(abs(best), 1.0):
+            return True
+        self._best = min(best, loss)
+        return False
 
     def before_step(self, engine: SVIEngine) -> None:
         if self.rollback and (self._pending is None or self._pending[0].step != engine.step):
@@ -684,6 +719,14 @@ class FaultPolicy:
     def describe(self, engine: SVIEngine, at: int, kind: str, index: Tensor | None,
                  value: float | None, note: str = "") -> NumericalFault:
         """The :class:`NumericalFault` of step ``at``, naming the first bad parameter or site."""
+        if kind == "divergence":
+            return NumericalFault(
+                f"the loss diverged at step {at}: {value:.4g}, more than "
+                f"{self.divergence_factor:g} times the best loss so far ({self._best:.4g}) above "
+                f"it. Lower the learning rate (lr={engine.optimizer.param_groups[0]['lr']:g})"
+                + ("." if self.rollback else ", or pass on_nonfinite='rollback'.") + note,
+                step=at, name=None, kind=kind,
+            )
         what = {
             "loss": f"the loss is {value}",
             "gradient": f"the loss is {value} but a gradient is not finite",
@@ -717,8 +760,10 @@ class FaultPolicy:
         self._scale_learning_rates(engine, target[1])
         self._pending = target
         warnings.warn(
-            f"rolled back to step {engine.step} after non-finite values at step {error.step} "
-            f"({error.name or 'unnamed'}); learning rates scaled by {self.lr_scale:g}",
+            f"rolled back to step {engine.step} after "
+            + (f"a divergence at step {error.step}" if error.kind == "divergence"
+               else f"non-finite values at step {error.step} ({error.name or 'unnamed'})")
+            + f"; learning rates scaled by {self.lr_scale:g}",
             RuntimeWarning, stacklevel=_stacklevel_outside(),
         )
 
@@ -1140,8 +1185,11 @@ class SVIEngine:
             except _NonFinite as err:
                 self._recover(policy, checkpoints, step, err.kind, index, err.value)
                 continue
-            policy.after_step()
             loss = self._losses[step]
+            if policy.diverged(float(loss)):
+                self._recover(policy, checkpoints, step, "divergence", index, float(loss))
+                continue
+            policy.after_step()
             bar.update()
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss:.4g}")

@@ -588,3 +588,32 @@ def test_fuzzed_bad_flags_are_one_line_exit_2_and_create_nothing(tmp_path_factor
     assert flag in lines[0], (argv, err)
     assert out == ""
     assert list(where.iterdir()) == []
+
+
+# ============================================================================ divergence
+def test_a_diverging_fit_is_a_fault_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["fit", "--out", out, "--hidden", "8", "--components", "3", "--pretrain-epochs", "0"]
+    code, _, err = _cli([*argv, "--steps", "50", "--lr", "1e4"], capsys)
+    assert code == cli.EXIT_FAILURE, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bayes-sws: failed: the loss diverged at step"), err
+    assert len([line for line in err.splitlines() if "warning" in line]) == 0
+    assert not (out / "metrics.json").exists()
+
+
+def test_divergence_rule_against_a_hand_count():
+    from bayes_sws.infer import FaultPolicy
+
+    # best so far: 100, 80, 80, 50, 50; the rule: loss - best > 1e4 * max(|best|, 1)
+    policy = FaultPolicy()
+    assert [policy.diverged(v) for v in (100.0, 80.0, 90.0, 50.0, 50.0 + 5e5)] == [False] * 5
+    assert policy.diverged(50.0 + 5e5 + 1.0)
+    assert not FaultPolicy(divergence_factor=None).diverged(1e30)
+    negative = FaultPolicy()
+    assert not negative.diverged(-1e5)
+    assert not negative.diverged(1e3)  # 1.01e5 above -1e5: about once its size
+    assert negative.diverged(-1e5 + 1e4 * 1e5 + 1.0)
+    tiny = FaultPolicy()
+    assert not tiny.diverged(1e-3)
+    assert tiny.diverged(1e-3 + 1e4 + 1.0)  # the scale is at least 1
