@@ -94,7 +94,7 @@ def _check_param_names(net: nn.Module, param_names: Iterable[str] | None) -> lis
     params = dict(net.named_parameters())
     if param_names is None:
         return default_param_names(net)
-    names = list(check_names("param_names", param_names))  # one string is one name
+    names = list(check_names("param_names", param_names) or ())  # one string is one name
     missing = [n for n in names if n not in params]
     if missing:
         raise ValueError(

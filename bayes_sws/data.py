@@ -373,8 +373,9 @@ def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple | N
             shape, _, dtype = np.lib.format.read_array_header_1_0(member)
         elif version == (2, 0):
             shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-        else:  # (3, 0): utf-8 field names, written only for such arrays
-            shape, _, dtype = np.lib.format._read_array_header(member, version)
+        else:  # (3, 0): utf-8 field names, written only for such arrays; no public reader
+            read_header = np.lib.format._read_array_header  # type: ignore[attr-defined]
+            shape, _, dtype = read_header(member, version)
         return shape, dtype, member.tell()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -79,6 +79,36 @@ def check_bool(name: str, value: Any) -> bool:
     raise _type_error(name, "True or False", value)
 
 
+@overload
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: Literal[False] = False,
+    noun: str | None = None,
+    hint: str | None = None,
+) -> float: ...
+
+
+@overload
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool,
+    noun: str | None = None,
+    hint: str | None = None,
+) -> float | None: ...
+
+
 def check_real(
     name: str,
     value: Any,
@@ -131,6 +161,34 @@ def check_real(
     if not math.isfinite(number) or _outside(number, low, high, low_open, high_open):
         raise _value_error(name, noun + bounds, number, hint)
     return number
+
+
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    low_open: bool = False,
+    allow_none: Literal[False] = False,
+    noun: str = "an integer",
+    hint: str | None = None,
+) -> int: ...
+
+
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    low_open: bool = False,
+    allow_none: bool,
+    noun: str = "an integer",
+    hint: str | None = None,
+) -> int | None: ...
 
 
 def check_int(

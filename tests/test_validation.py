@@ -30,7 +30,8 @@ from bayes_sws.nets import mlp
 from bayes_sws.pipeline import soft_weight_sharing
 from bayes_sws.training import train
 
-X, Y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+_GENERATOR = torch.Generator().manual_seed(0)
+X, Y = torch.randn(10, 4, generator=_GENERATOR), torch.randint(0, 3, (10,), generator=_GENERATOR)
 
 
 def _model(**prior):
@@ -298,3 +299,26 @@ def test_check_bool_takes_only_booleans():
     for value in ("false", 0, 1.0, None):
         with pytest.raises(TypeError, match=r"^flag must be True or False, got "):
             validation.check_bool("flag", value)
+
+
+def test_the_gaussian_likelihood_uses_the_same_checks():
+    for value in (True, "1.0"):
+        with pytest.raises(TypeError, match=r"^precision must be a number > 0, got .* \(\w+\)$"):
+            sws.Gaussian(precision=value)
+    with pytest.raises(TypeError, match="learn_precision must be True or False, got 'no'"):
+        sws.Gaussian(learn_precision="no")
+    assert sws.Gaussian(precision=np.float32(4.0)).precision == 4.0
+
+
+def test_a_damaged_npz_is_one_line_at_the_cli_and_nothing_is_written(tmp_path, capsys):
+    from bayes_sws import cli
+
+    path = tmp_path / "cut.npz"
+    np.savez(path, x=np.zeros((50, 3)), y=np.arange(50) % 2)
+    path.write_bytes(path.read_bytes()[:700])
+    code = cli.main(["fit", "--data", str(path), "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("bayes-sws: error: ")
+    assert "cut.npz' cannot be read: it is not an .npz (zip) archive" in err
+    assert not (tmp_path / "run").exists()
