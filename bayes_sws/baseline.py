@@ -33,6 +33,7 @@ from torch import nn
 
 from .compress import StorageReport, _check_param_names, finetune_codebook, stored_network
 from .training import TrainResult, train
+from .validation import check_int
 
 __all__ = ["BaselineResult", "deep_compression", "magnitude_prune_masks", "kmeans_1d_linear_init"]
 
@@ -203,16 +204,13 @@ def deep_compression(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     names = _check_param_names(net, param_names)
     clusters = _per_layer(num_clusters, names, "num_clusters")
-    for name, k in clusters.items():
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"num_clusters of {name!r} must be a positive integer; got {k!r}")
+    clusters = {
+        name: check_int(f"num_clusters of {name!r}", k, low=1, noun="a positive integer")
+        for name, k in clusters.items()
+    }
     centroid_epochs = finetune_epochs if centroid_epochs is None else centroid_epochs
-    for label, epochs in (
-        ("finetune_epochs", finetune_epochs),
-        ("centroid_epochs", centroid_epochs),
-    ):
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"{label} must be an integer >= 0; got {epochs!r}")
+    finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
+    centroid_epochs = check_int("centroid_epochs", centroid_epochs, low=0)
     train_kwargs = dict(
         loss=loss,
         lr=lr,

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .nets import ACTIVATIONS
+from .validation import check_int, check_names
 
 __all__ = [
     "QuantizeResult",
@@ -93,12 +94,7 @@ def _check_param_names(net: nn.Module, param_names: Iterable[str] | None) -> lis
     params = dict(net.named_parameters())
     if param_names is None:
         return default_param_names(net)
-    if isinstance(param_names, str):
-        raise TypeError(
-            f"param_names must be a sequence of parameter names, not the string {param_names!r}; "
-            f"write param_names=[{param_names!r}]"
-        )
-    names = list(param_names)
+    names = list(check_names("param_names", param_names) or ())  # one string is one name
     missing = [n for n in names if n not in params]
     if missing:
         raise ValueError(
@@ -344,9 +340,10 @@ def quantize(
         Trained network; it is deep-copied, never modified.
     pi, mu, sigma : tensor of shape (M,)
         Mixing proportions (normalised here), means and standard deviations.
-    param_names : sequence of str, optional
-        Parameters to quantise; default :func:`default_param_names` (all tensors
-        with ``ndim >= 2``). Others are copied unchanged.
+    param_names : str or sequence of str, optional
+        Parameters to quantise (one string is one name); default
+        :func:`default_param_names` (all tensors with ``ndim >= 2``). Others are
+        copied unchanged.
     merge_threshold, merge_criterion
         Passed to :func:`merge_components`; ``merge_threshold=0`` disables merging.
     zero_component : bool
@@ -446,8 +443,7 @@ def finetune_codebook(
     """
     from .training import train  # training is pure torch; imported here to keep this module light
 
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
-        raise ValueError(f"num_epochs must be an integer >= 0; got {num_epochs!r}")
+    num_epochs = check_int("num_epochs", num_epochs, low=0)
     params = dict(net.named_parameters())
     unknown = sorted(set(assignments) - set(params))
     if unknown:

@@ -37,11 +37,15 @@ import importlib.util
 import math
 import os
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .validation import check_bool, check_real, check_seed
 
 __all__ = [
     "DATASETS",
@@ -89,6 +93,11 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+#: Most classes integer labels may imply (labels 0..K-1) when there are fewer examples than
+#: that: a label such as 10**9 would otherwise ask for a 10**9-way output layer.
+MAX_CLASSES = 10_000
 
 
 class DataError(ValueError):
@@ -344,14 +353,83 @@ def _load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, -1].astype(np.int64)
 
 
+#: Deflate expands data at most ~1032-fold, so a member claiming more is damaged or hostile.
+_MAX_DEFLATE_RATIO = 1100
+#: Errors that reading a damaged archive raises (zlib.error, EOFError, BadZipFile, ...).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple | None:
+    """``(shape, dtype, header length)`` of the ``.npy`` member ``info``, read without its data.
+
+    ``None`` for a member that is not an ``.npy`` array (``np.load`` returns those as bytes).
+    """
+    with archive.open(info) as member:
+        if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return None
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:  # (3, 0): utf-8 field names, written only for such arrays; no public reader
+            read_header = np.lib.format._read_array_header  # type: ignore[attr-defined]
+            shape, _, dtype = read_header(member, version)
+        return shape, dtype, member.tell()
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an archive whose arrays claim more bytes than the file can hold.
+
+    ``np.load`` allocates an array from its header's shape before reading the
+    data, so a truncated file or a forged header would otherwise cost that much
+    memory (or raise MemoryError) before failing. Each member's header shape
+    times the item size must equal the bytes stored after the header, and the
+    member's uncompressed size must be one the compressed bytes can produce.
+    """
+    file_size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            ratio = _MAX_DEFLATE_RATIO if info.compress_type != zipfile.ZIP_STORED else 1
+            if info.compress_size > file_size or info.file_size > ratio * info.compress_size + 1024:
+                raise DataError(
+                    f"data file {str(path)!r}: array {key!r} claims {info.file_size} bytes but the "
+                    f"file has {file_size}; the file is truncated or damaged, save it again"
+                )
+            found = _member_header(archive, info)
+            if found is None or found[1].hasobject:  # bytes, or pickles np.load refuses anyway
+                continue
+            shape, dtype, header = found
+            claimed = math.prod(shape) * dtype.itemsize
+            if header + claimed != info.file_size:
+                raise DataError(
+                    f"data file {str(path)!r}: array {key!r} claims shape {shape} of {dtype} "
+                    f"({claimed} bytes) but holds {info.file_size - header} bytes; the file is "
+                    "truncated or damaged, save it again with numpy.savez"
+                )
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray] | tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"data file {str(path)!r} cannot be read: it is not an .npz (zip) archive, perhaps "
+            "an .npy file or a truncated download; save the arrays with numpy.savez"
+        )
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except FileNotFoundError:
-        raise DataError(f"data file {str(path)!r} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read {str(path)!r} as an .npz archive: {error}") from error
+    except DataError:
+        raise
+    except _READ_ERRORS as error:
+        raise DataError(
+            f"data file {str(path)!r} cannot be read as an .npz archive "
+            f"({type(error).__name__}: {error}); save the arrays again with numpy.savez"
+        ) from None
     split_keys = ("x_train", "y_train", "x_test", "y_test")
     if all(key in arrays for key in split_keys):
         return {key: arrays[key] for key in split_keys}
@@ -401,6 +479,14 @@ def _check_targets(y: np.ndarray, name: str, label: str, num_rows: int) -> np.nd
             raise DataError(
                 f"{label}: {name} has negative class label {int(y.min())}; labels must be "
                 "0, 1, ..., num_classes - 1"
+            )
+        num_classes = int(y.max()) + 1 if y.size else 0
+        if num_classes > max(MAX_CLASSES, num_rows):
+            raise DataError(
+                f"{label}: {name} has class label {num_classes - 1}, i.e. {num_classes} classes "
+                f"for {num_rows} examples; labels must be 0, 1, ..., K - 1 with K at most "
+                f"{MAX_CLASSES} or the number of examples. Renumber the classes consecutively "
+                "(np.unique(y, return_inverse=True)), or store real targets as floats"
             )
         return y.astype(np.int64)
     if y.dtype.kind != "f":
@@ -501,18 +587,19 @@ def load_dataset(
     >>> data.x_train.shape, data.num_classes
     (torch.Size([1437, 64]), 10)
     """
-    if not isinstance(flatten, bool):
-        raise DataError(f"flatten must be True or False, got {flatten!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
-        raise DataError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
+    try:  # the package-wide checks, raised as DataError like every loader error
+        flatten = check_bool("flatten", flatten)
+        fraction = check_real("test_fraction", test_fraction)
+        seed = check_seed("seed", seed)
+    except (TypeError, ValueError) as error:
+        raise DataError(str(error)) from None
+    if not 0.0 < fraction < 1.0:
         raise DataError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    test_fraction = fraction
     if standardize not in (True, False, "feature", "global"):
         raise DataError(
             f"standardize must be True, False, 'feature' or 'global', got {standardize!r}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DataError(f"seed must be an integer, got {seed!r}")
     if os.fspath(name_or_path) == "":
         raise DataError(f"empty data set name; expected one of {DATASETS} or an .npz path")
 

@@ -21,6 +21,7 @@ from .model import SWSModel
 from .nets import mlp
 from .priors import Mixture, MixturePrior
 from .training import accuracy, train
+from .validation import check_int, check_seed
 
 __all__ = ["DemoResult", "clustering_summary", "format_demo", "run_demo"]
 
@@ -69,6 +70,8 @@ def run_demo(
     setting after: for a network this small a second OpenMP thread only adds waiting
     (BENCHMARKS.md, "Demo wall time"). ``None`` keeps torch's setting.
     """
+    seed = check_seed("seed", seed)
+    num_threads = check_int("num_threads", num_threads, low=1, allow_none=True)
     previous = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)

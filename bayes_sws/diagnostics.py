@@ -54,6 +54,7 @@ from .likelihoods import Categorical
 from .mcmc import MCMCResult
 from .model import SWSModel
 from .priors import Mixture
+from .validation import check_int, check_seed
 
 __all__ = [
     "MIXTURE_VARS",
@@ -111,12 +112,6 @@ def _check_result(result: Any) -> None:
         )
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _posterior_draws(
     result: FitResult | MCMCResult, num_samples: int, seed: int, num_chains: int = 4
 ) -> dict[str, Tensor]:
@@ -125,16 +120,17 @@ def _posterior_draws(
     Guide draws are independent; they are split into ``num_chains`` pseudo-chains
     so that ArviZ's R-hat and ESS are defined (they need two chains or more).
     """
+    seed = check_seed("seed", seed)
     if isinstance(result, MCMCResult):
         return dict(result.samples)
-    num_samples = _positive_int("num_samples", num_samples)
-    num_chains = _positive_int("num_chains", num_chains)
+    num_samples = check_int("num_samples", num_samples, low=1)
+    num_chains = check_int("num_chains", num_chains, low=1)
     if num_samples % num_chains:
         raise ValueError(
             f"num_samples={num_samples} guide draws cannot be split into num_chains={num_chains} "
             "equal chains; make num_samples a multiple of num_chains"
         )
-    pyro.set_rng_seed(int(seed))
+    pyro.set_rng_seed(seed)
     flat = result.sample_posterior(int(num_samples))
     model = result.model
     hyper = {name: flat[name] for name in model.prior.site_names}
@@ -346,7 +342,7 @@ def to_inference_data(
 
             x_tensor, y_tensor = as_data(x, y, model)
         generator_state = torch.random.get_rng_state()
-        torch.manual_seed(int(seed) + 1)
+        torch.manual_seed(check_seed("seed", seed) + 1)
         shape = next(iter(draws.values())).shape[:2]
         predictive, log_lik, means = None, None, None
         try:

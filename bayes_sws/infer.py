@@ -43,6 +43,7 @@ from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
 from .model import SWSModel
 from .priors import Mixture
+from .validation import check_int, check_real, check_seed
 
 __all__ = [
     "ON_NONFINITE",
@@ -78,16 +79,10 @@ def local_params():
 
 # ---------------------------------------------------------------------- validation
 def _positive_number(name: str, value: Any, *, integer: bool = False, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be {kind} > 0, got {value!r}")
-    if integer and int(value) != value:
-        raise TypeError(f"{name} must be {kind} > 0, got {value!r}")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
-    return int(value) if integer else float(value)
+    """A number (or integer) > 0, in fit's wording ("a number > 0"), through :mod:`.validation`."""
+    if integer:
+        return check_int(name, value, low=0, low_open=True, allow_none=allow_none)
+    return check_real(name, value, low=0, low_open=True, allow_none=allow_none, noun="a number")
 
 
 def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
@@ -567,12 +562,7 @@ def _check_fault_options(on_nonfinite, max_rollbacks, rollback_lr_factor) -> flo
     """Checked ``rollback_lr_factor`` of :class:`FaultPolicy` (the other two are checked only)."""
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {on_nonfinite!r}")
-    if (
-        isinstance(max_rollbacks, bool)
-        or not isinstance(max_rollbacks, (int, np.integer))
-        or max_rollbacks < 0
-    ):
-        raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
+    check_int("max_rollbacks", max_rollbacks, low=0)
     rollback_lr_factor = _positive_number("rollback_lr_factor", rollback_lr_factor)
     if rollback_lr_factor >= 1:
         raise ValueError(f"rollback_lr_factor must lie in (0, 1), got {rollback_lr_factor!r}")
@@ -591,8 +581,7 @@ def _check_engine_options(
     mixture_lr = _positive_number("mixture_lr", mixture_lr, allow_none=True) or lr
     num_particles = _positive_number("num_particles", num_particles, integer=True)
     init_scale = _positive_number("init_scale", init_scale)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed("seed", seed)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
     lbfgs_tolerance = _positive_number("lbfgs_tolerance", lbfgs_tolerance)
@@ -603,7 +592,7 @@ def _check_engine_options(
         )
     return {
         "guide": name, "optimizer": optimizer, "lr": lr, "mixture_lr": mixture_lr,
-        "num_particles": num_particles, "init_scale": init_scale, "seed": int(seed),
+        "num_particles": num_particles, "init_scale": init_scale, "seed": seed,
         "lbfgs_tolerance": lbfgs_tolerance,
     }
 

@@ -18,6 +18,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from .validation import check_bool, check_real
+
 __all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "get_likelihood"]
 
 
@@ -109,16 +111,12 @@ class Gaussian(Likelihood):
         learn_precision: bool = False,
         precision_prior: tuple[float, float] = (1.0, 1e-2),
     ):
-        if isinstance(precision, bool) or not isinstance(precision, (int, float, torch.Tensor)):
-            raise TypeError(f"precision must be a number > 0, got {precision!r}")
-        precision = float(precision)
-        if not math.isfinite(precision) or precision <= 0:
-            raise ValueError(f"precision must be a finite number > 0, got {precision!r}")
+        precision = check_real("precision", precision, low=0, low_open=True)
         for value in precision_prior:
             if not math.isfinite(float(value)) or float(value) <= 0:
                 raise ValueError(f"precision_prior entries must be > 0, got {precision_prior!r}")
         self.precision = precision
-        self.learn_precision = bool(learn_precision)
+        self.learn_precision = check_bool("learn_precision", learn_precision)
         self.precision_prior = tuple(float(v) for v in precision_prior)
         self.site_names = ("likelihood.precision",) if self.learn_precision else ()
 

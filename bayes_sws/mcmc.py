@@ -69,6 +69,7 @@ from ._progress import progress_enabled
 from .infer import FitResult, as_data
 from .model import SWSModel
 from .priors import Mixture
+from .validation import check_int, check_real, check_seed
 
 __all__ = ["INITS", "SAMPLE_STATS", "MCMCResult", "sample_nuts"]
 
@@ -140,7 +141,7 @@ class MCMCResult:
         total = self.num_chains * self.num_samples
         if num_samples is None or num_samples >= total:
             return flat
-        num_samples = _positive_int("num_samples", num_samples)
+        num_samples = check_int("num_samples", num_samples, low=1)
         index = torch.linspace(0, total - 1, num_samples).round().long()
         return {k: v[index] for k, v in flat.items()}
 
@@ -261,14 +262,6 @@ class _RecordingNUTS(NUTS):
 
 
 # ---------------------------------------------------------------------- helpers
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _call_with_parameters(net: nn.Module, weights: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """``net(x)`` with some parameters replaced by tensors, usable under ``torch.jit.trace``.
 
@@ -438,21 +431,15 @@ def sample_nuts(
     """
     if not isinstance(model, SWSModel):
         raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
-    num_samples = _positive_int("num_samples", num_samples)
-    warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
-    num_chains = _positive_int("num_chains", num_chains)
-    max_tree_depth = _positive_int("max_tree_depth", max_tree_depth)
-    if isinstance(target_accept_prob, bool) or not isinstance(target_accept_prob, (int, float)):
-        raise TypeError(
-            f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}"
-        )
-    if not 0.0 < float(target_accept_prob) < 1.0:
-        raise ValueError(
-            f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}; 0.8 is the "
-            "default, 0.9-0.99 for posteriors with divergences"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    num_samples = check_int("num_samples", num_samples, low=1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+    num_chains = check_int("num_chains", num_chains, low=1)
+    max_tree_depth = check_int("max_tree_depth", max_tree_depth, low=1)
+    target_accept_prob = check_real(
+        "target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True,
+        hint="0.8 is the default, 0.9-0.99 for posteriors with divergences",
+    )
+    seed = check_seed("seed", seed)
     x, y = as_data(x, y, model)
     seeds = [
         int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(num_chains)

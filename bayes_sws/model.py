@@ -36,6 +36,7 @@ from torch.nn.utils import parametrize
 
 from .likelihoods import Likelihood, get_likelihood
 from .priors import Mixture, MixturePrior
+from .validation import check_real
 
 __all__ = ["WEIGHT_PREFIX", "SWSModel"]
 
@@ -77,15 +78,10 @@ class SWSModel:
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if not isinstance(prior, MixturePrior):
             raise TypeError(f"prior must be a bayes_sws.MixturePrior, got {type(prior).__name__}")
-        try:
-            prior_scale = float(prior_scale)
-        except (TypeError, ValueError):
-            raise TypeError(f"prior_scale (λ) must be a number >= 0, got {prior_scale!r}") from None
-        if not math.isfinite(prior_scale) or prior_scale < 0:
-            raise ValueError(
-                f"prior_scale (λ) must be a finite number >= 0, got {prior_scale!r}; "
-                "λ = 1 is the plain Bayesian model, λ = 0 switches the prior off"
-            )
+        prior_scale = check_real(
+            "prior_scale (λ)", prior_scale, low=0,
+            hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
+        )
         self.net = net
         self.prior = prior
         self.likelihood = get_likelihood(likelihood)

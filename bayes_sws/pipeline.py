@@ -75,6 +75,7 @@ from .infer import FitResult, fit, steps_per_epoch
 from .model import SWSModel
 from .priors import Mixture, MixturePrior
 from .training import accuracy, rmse
+from .validation import check_int, check_real
 
 __all__ = [
     "DEFAULT_PRECISION_PRIOR",
@@ -284,8 +285,7 @@ def _unpack_data(data: Any) -> tuple[torch.Tensor, ...]:
 
 def _warmup(prior_scale: float, epochs: float, steps_per_epoch: int):
     """λ at each step: a linear ramp over ``epochs`` epochs to ``prior_scale``, then constant."""
-    if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs >= 0):
-        raise ValueError(f"prior_scale_warmup must be a number of epochs >= 0, got {epochs!r}")
+    epochs = check_real("prior_scale_warmup", epochs, low=0, hint="it counts epochs")
     ramp_steps = max(1, round(epochs * steps_per_epoch))
     return lambda step: prior_scale * min(1.0, (step + 1) / ramp_steps)
 
@@ -444,12 +444,7 @@ def compress_result(
             "x_test and y_test must hold the same number of examples, got shapes "
             f"{tuple(x_test.shape)} and {tuple(y_test.shape)}"
         )
-    if (
-        isinstance(finetune_epochs, bool)
-        or not isinstance(finetune_epochs, int)
-        or finetune_epochs < 0
-    ):
-        raise ValueError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
+    finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
     if finetune_epochs > 0 and finetune_data is None:
         raise ValueError(
             f"finetune_epochs={finetune_epochs} needs finetune_data=(x_train, y_train)"
@@ -663,14 +658,17 @@ def soft_weight_sharing(
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     x_train, y_train, x_test, y_test = _unpack_data(data)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, low=1)
+    prior_scale = check_real(
+        "prior_scale (λ)", prior_scale, low=0,
+        hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
+    )
     per_epoch = steps_per_epoch(x_train.shape[0], batch_size)
+    num_steps = check_int("num_steps", num_steps, low=0, low_open=True, allow_none=True)
     if num_steps is None:
-        if num_epochs is None or not num_epochs > 0:
-            raise ValueError(
-                f"num_epochs must be > 0 when num_steps is not given, got {num_epochs!r}"
-            )
+        num_epochs = check_real(
+            "num_epochs", num_epochs, low=0, low_open=True, hint="or give num_steps instead"
+        )
         num_steps = max(1, round(num_epochs * per_epoch))
     for label, pair in (
         ("precision_prior", precision_prior),

@@ -29,7 +29,6 @@ deterministic sites ``sws.pi``, ``sws.mu``, ``sws.sigma`` of shape ``(M,)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 
 from .distributions import MixtureOfGaussians, OrderedNormal
+from .validation import check_bool, check_finite_tensor, check_int, check_names, check_real
 
 __all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
 
@@ -88,21 +88,8 @@ class Mixture(NamedTuple):
     sigma: Tensor
 
 
-def _number(name: str, value: object) -> float:
-    """``float(value)``, or a TypeError that names the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-
-
-def _positive(name: str, value: float) -> float:
-    value = _number(name, value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
+def _positive(name: str, value: object) -> float:
+    return check_real(name, value, low=0, low_open=True)
 
 
 class MixturePrior:
@@ -144,9 +131,10 @@ class MixturePrior:
     include_bias : bool
         Also place the prior on biases (1-d parameters). Default: weights only
         (parameters with two or more dimensions).
-    params : iterable of str or callable, optional
-        Explicit choice of parameters: names as in ``net.named_parameters()``, or
-        a predicate ``(name, parameter) -> bool``. Overrides ``include_bias``.
+    params : str, iterable of str or callable, optional
+        Explicit choice of parameters: names as in ``net.named_parameters()``
+        (one string is one name), or a predicate ``(name, parameter) -> bool``.
+        Overrides ``include_bias``.
     init_means : tensor, optional
         Initial non-zero means; default evenly spaced over the range of the
         network's current weights (Ullrich et al.).
@@ -179,22 +167,21 @@ class MixturePrior:
         zero_precision_rate: float | None = None,
         flat: bool = False,
         include_bias: bool = False,
-        params: Iterable[str] | Callable[[str, Tensor], bool] | None = None,
+        params: str | Iterable[str] | Callable[[str, Tensor], bool] | None = None,
         init_means: Tensor | None = None,
         init_sigma: float | None = None,
         fixed_precision: float | None = None,
     ):
-        if isinstance(num_components, bool) or not isinstance(num_components, int):
-            raise TypeError(f"num_components must be an int >= 1, got {num_components!r}")
-        if num_components < 1:
+        num_components = check_int("num_components", num_components, noun="an int >= 1")
+        if num_components < 1:  # wording pinned by tests/test_fit.py
             raise ValueError(
                 f"num_components must be >= 1, got {num_components}; use e.g. 16 components"
             )
         self.num_components = num_components
-        self.zero_component = bool(zero_component)
+        self.zero_component = check_bool("zero_component", zero_component)
         self.num_free = num_components - int(self.zero_component)
         if pi_zero is not None:
-            pi_zero = _number("pi_zero", pi_zero)
+            pi_zero = check_real("pi_zero", pi_zero)
             if not 0.0 < pi_zero < 1.0:
                 raise ValueError(f"pi_zero must lie in (0, 1), got {pi_zero!r}")
             if not self.zero_component:
@@ -209,16 +196,14 @@ class MixturePrior:
         )
         if len(self.pi_zero_prior) != 2:
             raise ValueError(f"pi_zero_prior must be two Beta concentrations (a, b), got {pi_zero_prior!r}")
-        init_pi_zero = _number("init_pi_zero", init_pi_zero)
+        init_pi_zero = check_real("init_pi_zero", init_pi_zero)
         if not 0.0 < init_pi_zero < 1.0:
             raise ValueError(f"init_pi_zero must lie in (0, 1), got {init_pi_zero!r}")
         self.init_pi_zero = init_pi_zero
         self.mixing_concentration = _positive("mixing_concentration", mixing_concentration)
-        self.mean_loc = _number("mean_loc", mean_loc)
-        if not math.isfinite(self.mean_loc):
-            raise ValueError(f"mean_loc must be finite, got {mean_loc!r}")
+        self.mean_loc = check_real("mean_loc", mean_loc)
         self.mean_scale = _positive("mean_scale", mean_scale)
-        self.ordered_means = bool(ordered_means)
+        self.ordered_means = check_bool("ordered_means", ordered_means)
         self.precision_concentration = _positive("precision_concentration", precision_concentration)
         self.precision_rate = _positive("precision_rate", precision_rate)
         if not self.zero_component and (
@@ -238,22 +223,21 @@ class MixturePrior:
             if zero_precision_rate is None
             else _positive("zero_precision_rate", zero_precision_rate)
         )
-        self.flat = bool(flat)
-        self.include_bias = bool(include_bias)
-        if params is not None and not callable(params):
-            params = tuple(params)
-            if not all(isinstance(p, str) for p in params):
-                raise TypeError(f"params must be parameter names (str) or a predicate, got {params!r}")
-        self.params = params
-        self.init_means = None if init_means is None else torch.as_tensor(init_means).flatten()
+        self.flat = check_bool("flat", flat)
+        self.include_bias = check_bool("include_bias", include_bias)
+        # one string is one parameter name (a predicate is any callable)
+        self.params = params if callable(params) else check_names("params", params)
+        self.init_means = (
+            None if init_means is None else check_finite_tensor("init_means", init_means).flatten()
+        )
         if self.init_means is not None and self.init_means.numel() != self.num_free:
             raise ValueError(
                 f"init_means must hold {self.num_free} values (one per non-zero component), "
                 f"got {self.init_means.numel()}"
             )
-        self.init_sigma = None if init_sigma is None else _positive("init_sigma", init_sigma)
-        self.fixed_precision = (
-            None if fixed_precision is None else _positive("fixed_precision", fixed_precision)
+        self.init_sigma = check_real("init_sigma", init_sigma, low=0, low_open=True, allow_none=True)
+        self.fixed_precision = check_real(
+            "fixed_precision", fixed_precision, low=0, low_open=True, allow_none=True
         )
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._progress import progress_bar
+from .validation import check_int, check_real, check_seed
 
 __all__ = ["LOSSES", "TrainResult", "accuracy", "predict", "rmse", "train"]
 
@@ -66,9 +67,7 @@ def _check_data(x: object, y: object | None = None) -> None:
 
 
 def _check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return check_int("batch_size", batch_size, low=1)
 
 
 def _device(net: nn.Module) -> torch.device:
@@ -174,26 +173,20 @@ def train(
 
     Raises
     ------
+    TypeError
+        For an argument of the wrong type (``lr="0.1"``, ``seed=1.5``).
     ValueError
-        For invalid arguments or data, and ``FloatingPointError`` when the
+        For invalid values or data, and ``FloatingPointError`` when the
         loss becomes NaN or infinite (lower ``lr``).
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     _check_data(x, y)
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be an integer >= 1, got {num_epochs!r}")
-    _check_batch_size(batch_size)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (
-        math.isfinite(lr) and lr > 0
-    ):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not (
-        math.isfinite(weight_decay) and weight_decay >= 0
-    ):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    num_epochs = check_int("num_epochs", num_epochs, low=1)
+    batch_size = _check_batch_size(batch_size)
+    lr = check_real("lr", lr, low=0, low_open=True)
+    weight_decay = check_real("weight_decay", weight_decay, low=0)
+    seed = check_seed("seed", seed)
     for hook_name, hook in (("before_step", before_step), ("after_step", after_step)):
         if hook is not None and not callable(hook):
             raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
@@ -272,7 +265,7 @@ def predict(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Te
         Outputs ``(N, ...)`` on the network's device.
     """
     _check_data(x)
-    _check_batch_size(batch_size)
+    batch_size = _check_batch_size(batch_size)
     device = _device(net)
     was_training = net.training
     net.eval()
