@@ -597,7 +597,7 @@ def load_dataset(
 
 
 # --------------------------------------------------------------------------- toy inverse problem
-__all__ += ["inverse_problem"]  # noqa: PLE0605 - kept here so edits above stay independent
+__all__ += ["inverse_problem"]  # appended here so edits above stay independent
 
 
 def inverse_problem(num_points: int, seed: int = 0, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:

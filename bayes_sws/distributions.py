@@ -235,7 +235,7 @@ class IsotropicGaussianMixture(TorchDistribution):
 
     @property
     def mixing(self) -> Tensor:
-        """Mixing coefficients :math:`\pi_k`, ``batch_shape + (K,)`` (5.150)."""
+        r"""Mixing coefficients :math:`\pi_k`, ``batch_shape + (K,)`` (5.150)."""
         return torch.softmax(self.logits, dim=-1)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)

@@ -205,7 +205,7 @@ class MixtureDensity(Likelihood):
         return mdn.mixture_from_output(output, self.num_components)
 
     def mean(self, output, params):
-        """The conditional mean :math:`\sum_k \pi_k \mu_k` (5.158)."""
+        r"""The conditional mean :math:`\sum_k \pi_k \mu_k` (5.158)."""
         return mdn.conditional_mean(output, self.num_components)
 
     def check_targets(self, y, output):
