@@ -168,3 +168,37 @@ def test_inverse_problem_is_prml_forward_map():
     noisy, t2 = inverse_problem(500, seed=3, noise=0.1)
     assert torch.equal(t, t2)
     assert (noisy.squeeze(-1) - x.squeeze(-1)).abs().max() <= 0.1 + 1e-6
+
+
+def test_nuts_draws_give_a_normalised_posterior_predictive_density():
+    from bayes_sws.mcmc import sample_nuts
+
+    model = _inverse_model(flat=False)
+    x, t = _data(20)
+    result = sample_nuts(
+        model, x, t, num_samples=6, warmup_steps=6, num_chains=1, max_tree_depth=3, init=model.init_values(), seed=0
+    )
+    outputs = mdn.network_outputs(result, x[:3])
+    assert outputs.shape == (6, 3, 3 * K)
+    grid = torch.linspace(-6, 6, 12001, dtype=torch.float64)
+    density = mdn.conditional_density(outputs, grid, K).numpy()
+    assert_close(np.trapezoid(density, grid.numpy(), axis=1), np.ones(3), rtol=1e-4)
+
+
+def test_compression_reports_held_out_log_likelihood():
+    from bayes_sws.pipeline import compress_result
+
+    model = _inverse_model()
+    x, t = _data(40)
+    x_test, t_test = (v.double() for v in inverse_problem(25, seed=9))
+    result = sws.fit(model, x, t, guide="map", num_steps=10, lr=1e-2, seed=0)
+    compressed = compress_result(result, x_test, t_test, finetune_data=(x, t), finetune_epochs=1)
+    with torch.no_grad():
+        before = _scipy_log_lik(compressed.retrained_net(x_test), t_test, 1).mean()
+        quantized = _scipy_log_lik(compressed.quantization.net(x_test), t_test, 1).mean()
+        after = _scipy_log_lik(compressed.stored_net(x_test), t_test, 1).mean()
+    assert_close(compressed.test_log_likelihood_before, before, rtol=1e-12)
+    assert_close(compressed.test_log_likelihood_quantized, quantized, rtol=1e-12)
+    assert_close(compressed.test_log_likelihood_after, after, rtol=1e-12)
+    assert compressed.test_rmse_before is None and compressed.test_accuracy_before is None
+    assert compressed.to_dict()["test_log_likelihood_after"] == compressed.test_log_likelihood_after
