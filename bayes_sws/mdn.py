@@ -218,6 +218,7 @@ def plot_conditional_density(
     mode: bool = True,
     mean: bool = True,
     title: str | None = None,
+    ax: Any = None,
 ):
     r"""PRML Fig. 5.21-style plot: :math:`p(t \mid x)` as an image, with data, mean and mode.
 
@@ -232,6 +233,8 @@ def plot_conditional_density(
         Inputs ``(N,)`` or ``(N, 1)`` and target grid ``(G,)``.
     data : (x, t), optional
         Points to overlay.
+    ax : matplotlib.axes.Axes, optional
+        Draw into these axes (e.g. one panel of a comparison); default a new figure.
 
     Returns
     -------
@@ -241,8 +244,9 @@ def plot_conditional_density(
 
     x_plot = x.reshape(-1).cpu().numpy()
     density = conditional_density(output, grid, num_components).cpu().numpy()  # N G
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.subplots()
+    if ax is None:
+        ax = Figure(figsize=(6, 4.5)).subplots()
+    fig = ax.figure
     image = ax.pcolormesh(x_plot, grid.cpu().numpy(), density.T, shading="auto", cmap="Blues")
     fig.colorbar(image, ax=ax, label=r"$p(t \mid x)$")
     if data is not None:
