@@ -204,6 +204,11 @@ class MixtureDensity(Likelihood):
     def distribution(self, output, params):
         return mdn.mixture_from_output(output, self.num_components)
 
+    def mean_nll(self, output: Tensor, target: Tensor) -> Tensor:
+        r""":math:`E(w) / N`, the mean of (5.153) over a batch: a plain-torch training loss
+        (``bayes_sws.training.train(net, x, t, loss=likelihood.mean_nll)``)."""
+        return -self.distribution(output, {}).log_prob(target).mean()
+
     def mean(self, output, params):
         r"""The conditional mean :math:`\sum_k \pi_k \mu_k` (5.158)."""
         return mdn.conditional_mean(output, self.num_components)

@@ -51,7 +51,11 @@ class MDNOutput(NamedTuple):
 
 def check_num_components(num_components: Any) -> int:
     """``num_components`` as an int ≥ 1, or a one-line error naming the value."""
-    if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
+    if (
+        isinstance(num_components, bool)
+        or not isinstance(num_components, int)
+        or num_components < 1
+    ):
         raise ValueError(
             f"num_components must be an integer >= 1 (mixture components K), got {num_components!r}"
         )
@@ -149,7 +153,9 @@ def conditional_density(output: Tensor, grid: Tensor, num_components: int) -> Te
     """
     mixture = mixture_from_output(output.unsqueeze(-2), num_components, vector=False)  # ... N 1
     if mixture.event_shape:
-        raise ValueError("conditional_density on a grid needs scalar targets (D = 1); for D > 1 use log_prob")
+        raise ValueError(
+            "conditional_density on a grid needs scalar targets (D = 1); for D > 1 use log_prob"
+        )
     density = mixture.log_prob(grid.to(output.dtype)).exp()  # ... N G
     return density.mean(0) if output.dim() == 3 else density
 
@@ -250,7 +256,14 @@ def plot_conditional_density(
     image = ax.pcolormesh(x_plot, grid.cpu().numpy(), density.T, shading="auto", cmap="Blues")
     fig.colorbar(image, ax=ax, label=r"$p(t \mid x)$")
     if data is not None:
-        ax.scatter(data[0].reshape(-1).cpu(), data[1].reshape(-1).cpu(), s=4, c="0.4", alpha=0.5, label="data")
+        ax.scatter(
+            data[0].reshape(-1).cpu(),
+            data[1].reshape(-1).cpu(),
+            s=4,
+            c="0.4",
+            alpha=0.5,
+            label="data",
+        )
     if mean:  # over posterior draws, the predictive mean averages the draws' means
         average = conditional_mean(output, num_components)
         average = average.mean(0) if output.dim() == 3 else average

@@ -281,7 +281,7 @@ def _scores(
 def _finetune_loss(likelihood: Likelihood, y: torch.Tensor):
     """Codebook fine-tuning's loss: the likelihood's mean NLL for an MDN, else CE or MSE."""
     if isinstance(likelihood, MixtureDensity):
-        return lambda output, target: -likelihood.distribution(output, {}).log_prob(target).mean()
+        return likelihood.mean_nll
     return "mse" if y.is_floating_point() else "cross_entropy"
 
 

@@ -72,17 +72,15 @@ def fit_mdn(x, t, epochs: int) -> torch.nn.Module:
     likelihood = sws.MixtureDensity(NUM_COMPONENTS)
     torch.manual_seed(0)
     net = mlp([1, *HIDDEN, 3 * NUM_COMPONENTS], "tanh")
-
-    def nll(output, target):
-        return -likelihood.distribution(output, {}).log_prob(target).mean()
-
-    train(net, x, t, loss=nll, num_epochs=epochs, lr=1e-2, batch_size=100)
+    train(net, x, t, loss=likelihood.mean_nll, num_epochs=epochs, lr=1e-2, batch_size=100)
     return net
 
 
 def mdn_log_likelihood(net, x, t) -> float:
     """Mean held-out ln p(t | x) (5.148) of a mixture density network."""
-    return float(sws.MixtureDensity(NUM_COMPONENTS).distribution(predict(net, x), {}).log_prob(t).mean())
+    return float(
+        sws.MixtureDensity(NUM_COMPONENTS).distribution(predict(net, x), {}).log_prob(t).mean()
+    )
 
 
 def compress_mdn(net, data, budget: Budget):
@@ -119,7 +117,12 @@ def plot_comparison(ls_net, mdn_net, data, title_ls: str, title_mdn: str):
     fig = Figure(figsize=(12, 4.4))
     left, right = fig.subplots(1, 2)
     left.scatter(x_train.squeeze(-1), t_train, s=4, c="0.4", alpha=0.5, label="data")
-    left.plot(x_grid.squeeze(-1), predict(ls_net, x_grid).squeeze(-1), c="tab:orange", label="least squares")
+    left.plot(
+        x_grid.squeeze(-1),
+        predict(ls_net, x_grid).squeeze(-1),
+        c="tab:orange",
+        label="least squares",
+    )
     left.set(xlabel="x", ylabel="t", title=title_ls)
     left.legend(loc="upper left", fontsize=8)
     mdn.plot_conditional_density(
@@ -160,8 +163,12 @@ def main(smoke: bool, out: Path | None) -> dict[str, float]:
     ll_ls = gaussian_log_likelihood(ls_net, noise_std, x_test, t_test)
     mdn_net = fit_mdn(x_train, t_train, budget.epochs)
     ll_mdn = mdn_log_likelihood(mdn_net, x_test, t_test)
-    print(f"held-out mean log-likelihood, least squares (Gaussian, s = {noise_std:.3f}): {ll_ls:+.3f}")
-    print(f"held-out mean log-likelihood, mixture density network (K = {NUM_COMPONENTS}):   {ll_mdn:+.3f}")
+    print(
+        f"held-out mean log-likelihood, least squares (Gaussian, s = {noise_std:.3f}): {ll_ls:+.3f}"
+    )
+    print(
+        f"held-out mean log-likelihood, mixture density network (K = {NUM_COMPONENTS}):   {ll_mdn:+.3f}"
+    )
 
     compressed = compress_mdn(mdn_net, data, budget)
     print(
@@ -177,7 +184,11 @@ def main(smoke: bool, out: Path | None) -> dict[str, float]:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         fig = plot_comparison(
-            ls_net, mdn_net, data, f"least squares: {ll_ls:+.2f} nats/point", f"MDN: {ll_mdn:+.2f} nats/point"
+            ls_net,
+            mdn_net,
+            data,
+            f"least squares: {ll_ls:+.2f} nats/point",
+            f"MDN: {ll_mdn:+.2f} nats/point",
         )
         fig.savefig(out / "mdn_vs_least_squares.png", dpi=110)
         fig = plot_comparison(

@@ -50,6 +50,9 @@ def test_log_likelihood_matches_scipy_mixture(dim):
     log_lik = likelihood.distribution(output, {}).log_prob(target)
     assert log_lik.shape == (7,)
     assert_close(log_lik, _scipy_log_lik(output, target, dim), rtol=1e-12)
+    assert_close(
+        likelihood.mean_nll(output, target), -_scipy_log_lik(output, target, dim).mean(), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dim", [1, 3])
@@ -76,7 +79,9 @@ def test_conditional_density_integrates_to_one_and_gives_the_mean():
     # posterior draws: the density averages the draws' densities, still normalised
     draws = torch.stack([output, output + 0.3])
     averaged = mdn.conditional_density(draws, grid, K)
-    assert_close(averaged, 0.5 * (density + mdn.conditional_density(output + 0.3, grid, K)), rtol=1e-12)
+    assert_close(
+        averaged, 0.5 * (density + mdn.conditional_density(output + 0.3, grid, K)), rtol=1e-12
+    )
 
 
 def test_mode_follows_the_most_probable_component_and_samples_the_mixture():
@@ -104,7 +109,9 @@ def test_bad_network_size_and_targets_are_named():
 
 def _inverse_model(seed=0, flat=True):
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3 * K)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3 * K)
+    ).double()
     prior = sws.MixturePrior(3, zero_component=True, flat=flat)
     return sws.SWSModel(net, prior, likelihood=sws.MixtureDensity(K), prior_scale=0.5)
 
@@ -176,7 +183,15 @@ def test_nuts_draws_give_a_normalised_posterior_predictive_density():
     model = _inverse_model(flat=False)
     x, t = _data(20)
     result = sample_nuts(
-        model, x, t, num_samples=6, warmup_steps=6, num_chains=1, max_tree_depth=3, init=model.init_values(), seed=0
+        model,
+        x,
+        t,
+        num_samples=6,
+        warmup_steps=6,
+        num_chains=1,
+        max_tree_depth=3,
+        init=model.init_values(),
+        seed=0,
     )
     outputs = mdn.network_outputs(result, x[:3])
     assert outputs.shape == (6, 3, 3 * K)
