@@ -246,6 +246,7 @@ def plot_conditional_density(
     -------
     matplotlib.figure.Figure
     """
+    from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
     x_plot = x.reshape(-1).cpu().numpy()
@@ -253,7 +254,10 @@ def plot_conditional_density(
     if ax is None:
         ax = Figure(figsize=(6, 4.5)).subplots()
     fig = ax.figure
-    image = ax.pcolormesh(x_plot, grid.cpu().numpy(), density.T, shading="auto", cmap="Blues")
+    # a square-root colour scale: the narrow ends would otherwise wash out the branches
+    image = ax.pcolormesh(
+        x_plot, grid.cpu().numpy(), density.T, shading="auto", cmap="Blues", norm=PowerNorm(0.5)
+    )
     fig.colorbar(image, ax=ax, label=r"$p(t \mid x)$")
     if data is not None:
         ax.scatter(
