@@ -30,6 +30,10 @@ from bayes_sws.pipeline import soft_weight_sharing
 from bayes_sws.training import predict, train
 
 NUM_COMPONENTS = 3  # K: the inverse has at most three branches
+#: What the full run must show (nats per held-out point): the MDN beats least squares
+#: by at least MIN_GAIN, and compression costs at most MAX_COMPRESSION_LOSS.
+MIN_GAIN = 0.5
+MAX_COMPRESSION_LOSS = 0.1
 HIDDEN = (20, 20)
 
 
@@ -189,6 +193,14 @@ def main(smoke: bool, out: Path | None) -> dict[str, float]:
         f"non-zero weights, {compressed.num_components} shared values; "
         f"loss in held-out log-likelihood {ll_mdn - compressed.test_log_likelihood_after:.3f} nats/point"
     )
+    if not smoke:
+        loss = ll_mdn - compressed.test_log_likelihood_after
+        assert ll_mdn - ll_ls >= MIN_GAIN, f"MDN gains only {ll_mdn - ll_ls:.3f} nats/point"
+        assert loss <= MAX_COMPRESSION_LOSS, f"compression lost {loss:.3f} nats/point"
+        print(
+            f"checks passed: MDN - least squares >= {MIN_GAIN} and compression loss <= "
+            f"{MAX_COMPRESSION_LOSS} nats/point"
+        )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         fig = plot_comparison(

@@ -217,3 +217,19 @@ def test_compression_reports_held_out_log_likelihood():
     assert_close(compressed.test_log_likelihood_after, after, rtol=1e-12)
     assert compressed.test_rmse_before is None and compressed.test_accuracy_before is None
     assert compressed.to_dict()["test_log_likelihood_after"] == compressed.test_log_likelihood_after
+
+
+@pytest.mark.slow
+def test_full_example_meets_its_stated_margins(monkeypatch):
+    """The example at full budget (about a minute): MDN beats least squares on held-out
+    log-likelihood by >= 0.5 nats/point; compression costs <= 0.1 nats/point."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "mdn_inverse.py"
+    namespace = runpy.run_path(str(script), run_name="mdn_inverse")
+    monkeypatch.delenv("CI", raising=False)
+    scores = namespace["main"](smoke=False, out=None)
+    assert scores["mdn"] - scores["least_squares"] >= namespace["MIN_GAIN"]
+    assert scores["mdn"] - scores["compressed_mdn"] <= namespace["MAX_COMPRESSION_LOSS"]
+    assert scores["compression_rate"] > 4.0
