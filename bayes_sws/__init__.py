@@ -11,10 +11,10 @@ minimises exactly E(w) + λΩ(w); other guides give a posterior view.
 >>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
 """
 
-from . import penalty
+from . import mdn, penalty
 from .distributions import MixtureOfGaussians, OrderedNormal
 from .infer import FitResult, fit
-from .likelihoods import Categorical, Gaussian, Likelihood
+from .likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
 from .model import SWSModel
 from .priors import Mixture, MixturePrior
 
@@ -26,11 +26,13 @@ __all__ = [
     "Gaussian",
     "Likelihood",
     "Mixture",
+    "MixtureDensity",
     "MixtureOfGaussians",
     "MixturePrior",
     "OrderedNormal",
     "SWSModel",
     "__version__",
     "fit",
+    "mdn",
     "penalty",
 ]

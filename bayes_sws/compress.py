@@ -35,7 +35,7 @@ import copy
 import heapq
 import itertools
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -420,7 +420,7 @@ def finetune_codebook(
     num_epochs: int,
     lr: float = 1e-3,
     batch_size: int = 128,
-    loss: str = "cross_entropy",
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool | None = None,

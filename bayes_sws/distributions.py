@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - reference closed form while the kernel
         return log_mixture_density(w, pi, mu, sigma).sum()
 
 
-__all__ = ["MixtureOfGaussians", "OrderedNormal"]
+__all__ = ["IsotropicGaussianMixture", "MixtureOfGaussians", "OrderedNormal"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -181,3 +181,116 @@ class OrderedNormal(TorchDistribution):
         loc, scale = self.loc.unsqueeze(-1), self.scale.unsqueeze(-1)
         log_p = torch.distributions.Normal(loc, scale).log_prob(value).sum(-1)
         return log_p + math.lgamma(self.size + 1)
+
+
+class IsotropicGaussianMixture(TorchDistribution):
+    r"""A mixture of isotropic Gaussians over a target, one mixture per batch element.
+
+    .. math::
+
+        p(t) = \sum_{k=1}^K \pi_k\, \mathcal N(t \mid \mu_k, \sigma_k^2 I_D)   \qquad (5.148)
+
+    The observation distribution of a mixture density network (PRML §5.6), whose
+    parameters vary with the input. Like :class:`MixtureOfGaussians` it declares a
+    plain real support (torch's ``MixtureSameFamily`` breaks Pyro's autoguides).
+
+    Parameters
+    ----------
+    logits : Tensor
+        Unnormalised mixing log-weights, ``batch_shape + (K,)``;
+        :math:`\pi = \mathrm{softmax}(\text{logits})` (5.150).
+    loc : Tensor
+        Component means, ``batch_shape + (K, D)``, or ``batch_shape + (K,)`` for
+        scalar targets (then ``event_shape`` is ``()``).
+    scale : Tensor
+        Component standard deviations :math:`\sigma_k > 0`, ``batch_shape + (K,)``.
+    """
+
+    arg_constraints = {
+        "logits": constraints.real_vector,
+        "scale": constraints.independent(constraints.positive, 1),
+    }
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor, validate_args: bool | None = None):
+        num_components = logits.shape[-1]
+        vector = loc.dim() == logits.dim() + 1
+        if loc.shape[-1 - vector] != num_components or scale.shape[-1] != num_components:
+            raise ValueError(
+                "logits, loc and scale need the same number of components K, got shapes "
+                f"{tuple(logits.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
+            )
+        event_shape = loc.shape[-1:] if vector else torch.Size()
+        batch_shape = torch.broadcast_shapes(
+            logits.shape[:-1], loc.shape[: loc.dim() - 1 - vector], scale.shape[:-1]
+        )
+        self.logits = logits.expand(batch_shape + (num_components,))
+        self.loc = loc.expand(batch_shape + (num_components,) + event_shape)
+        self.scale = scale.expand(batch_shape + (num_components,))
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    @property
+    def num_components(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def mixing(self) -> Tensor:
+        r"""Mixing coefficients :math:`\pi_k`, ``batch_shape + (K,)`` (5.150)."""
+        return torch.softmax(self.logits, dim=-1)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(IsotropicGaussianMixture, _instance)
+        batch_shape = torch.Size(batch_shape)
+        k = (self.num_components,)
+        new.logits = self.logits.expand(batch_shape + k)
+        new.loc = self.loc.expand(batch_shape + k + self.event_shape)
+        new.scale = self.scale.expand(batch_shape + k)
+        super(IsotropicGaussianMixture, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def component_log_prob(self, value: Tensor) -> Tensor:
+        r""":math:`\ln \pi_k + \ln \mathcal N(t \mid \mu_k, \sigma_k^2 I)`, shape ``... + (K,)``."""
+        dim = self.event_shape.numel()
+        diff = value.unsqueeze(-1 - len(self.event_shape)) - self.loc  # ... K [D]
+        squared = diff.pow(2).sum(-1) if self.event_shape else diff.pow(2)  # ... K
+        log_normal = -0.5 * squared / self.scale.pow(2) - dim * (torch.log(self.scale) + _LOG_SQRT_2PI)
+        return torch.log_softmax(self.logits, dim=-1) + log_normal
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return torch.logsumexp(self.component_log_prob(value), dim=-1)
+
+    @property
+    def mean(self) -> Tensor:
+        r""":math:`E[t] = \sum_k \pi_k \mu_k` (5.158)."""
+        pi = self.mixing
+        return (pi.unsqueeze(-1) * self.loc).sum(-2) if self.event_shape else (pi * self.loc).sum(-1)
+
+    @property
+    def variance(self) -> Tensor:
+        r"""Per-coordinate variance :math:`\sum_k \pi_k (\sigma_k^2 + (\mu_k - E[t])^2)` (5.160)."""
+        pi, spread = self.mixing, self.scale.pow(2)
+        if self.event_shape:
+            centred = self.loc - self.mean.unsqueeze(-2)
+            return (pi.unsqueeze(-1) * (spread.unsqueeze(-1) + centred.pow(2))).sum(-2)
+        return (pi * (spread + (self.loc - self.mean.unsqueeze(-1)).pow(2))).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            index = torch.distributions.Categorical(logits=self.logits).sample(sample_shape)  # S B
+            grow = tuple(sample_shape) + tuple(self.logits.shape)
+            scale = self.scale.expand(grow).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+            if self.event_shape:
+                loc_full = self.loc.expand(grow + tuple(self.event_shape))
+                gather = index[..., None, None].expand(index.shape + (1,) + tuple(self.event_shape))
+                loc = loc_full.gather(-2, gather).squeeze(-2)
+                scale = scale.unsqueeze(-1)
+            else:
+                loc = self.loc.expand(grow).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+            return torch.normal(loc, scale.expand(loc.shape))

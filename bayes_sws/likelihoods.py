@@ -4,6 +4,10 @@ r"""Likelihoods: the data term :math:`E(w) = -\log p(D \mid w) + \text{const}`.
 - :class:`Gaussian`: :math:`E(w) = \tfrac{\beta}{2}\sum_n (y_n - f(x_n, w))^2`, with the
   noise precision :math:`\beta` fixed or learned (Gamma prior, site
   ``likelihood.precision``). The constant is :math:`\tfrac N2 \log(2\pi/\beta)`.
+- :class:`MixtureDensity`: a mixture density network (PRML §5.6), the outputs
+  parameterising a mixture of :math:`K` Gaussians over the targets,
+  :math:`E(w) = -\sum_n \ln \sum_k \pi_k(x_n) \mathcal N(t_n \mid \mu_k(x_n),
+  \sigma_k^2(x_n) I)` (5.153), with no constant.
 
 The model places the observation site ``obs`` inside ``pyro.plate("data", N,
 subsample=...)``, so a mini-batch's log-likelihood is scaled to the data-set size.
@@ -18,9 +22,10 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from . import mdn
 from .validation import check_bool, check_real
 
-__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "get_likelihood"]
+__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "MixtureDensity", "get_likelihood"]
 
 
 class Likelihood:
@@ -168,13 +173,72 @@ class Gaussian(Likelihood):
         return y.to(output.dtype)
 
 
-LIKELIHOODS = {"categorical": Categorical, "gaussian": Gaussian}
+class MixtureDensity(Likelihood):
+    r"""Mixture density network (PRML §5.6): the outputs are a Gaussian mixture over targets.
+
+    The network's output per input holds ``[a^π (K) | a^μ (K×D) | a^σ (K)]``:
+    mixing coefficients :math:`\pi = \mathrm{softmax}(a^\pi)` (5.150), means
+    :math:`\mu_{kj} = a^\mu_{kj}` (5.152), standard deviations
+    :math:`\sigma_k = \exp(a^\sigma_k)` (5.151); ``obs`` is distributed as the
+    mixture (5.148), so :math:`E(w)` is its negative log-likelihood (5.153).
+    Scalar targets are ``(N,)`` (D = 1), vector targets ``(N, D)``; a network for
+    them has ``K*(D+2)`` outputs. Predictions: :mod:`bayes_sws.mdn`.
+
+    Parameters
+    ----------
+    num_components : int
+        :math:`K`, the number of mixture components.
+    """
+
+    name = "mdn"
+
+    def __init__(self, num_components: int):
+        self.num_components = mdn.check_num_components(num_components)
+
+    def __repr__(self) -> str:
+        return f"MixtureDensity(num_components={self.num_components})"
+
+    def distribution(self, output, params):
+        return mdn.mixture_from_output(output, self.num_components)
+
+    def mean_nll(self, output: Tensor, target: Tensor) -> Tensor:
+        r""":math:`E(w) / N`, the mean of (5.153) over a batch: a plain-torch training loss
+        (``bayes_sws.training.train(net, x, t, loss=likelihood.mean_nll)``)."""
+        return -self.distribution(output, {}).log_prob(target).mean()
+
+    def mean(self, output, params):
+        r"""The conditional mean :math:`\sum_k \pi_k \mu_k` (5.158)."""
+        return mdn.conditional_mean(output, self.num_components)
+
+    def check_targets(self, y, output):
+        if not y.is_floating_point():
+            y = y.to(output.dtype)
+        dim = mdn.target_dim(output.shape[-1], self.num_components)
+        point = () if dim == 1 else (dim,)
+        if y.dim() == 0 or tuple(y.shape[1:]) != point:
+            raise ValueError(
+                f"mixture density targets of shape {tuple(y.shape)} do not fit {output.shape[-1]} "
+                f"network outputs with K={self.num_components} (D={dim}); expected targets of "
+                f"shape {(len(y) if y.dim() else 'N',) + point}"
+            )
+        return y.to(output.dtype)
+
+
+LIKELIHOODS = {"categorical": Categorical, "gaussian": Gaussian, "mdn": MixtureDensity}
 
 
 def get_likelihood(likelihood: str | Likelihood) -> Likelihood:
-    """A :class:`Likelihood` from a name (``"categorical"``, ``"gaussian"``) or an instance."""
+    """A :class:`Likelihood` from a name (``"categorical"``, ``"gaussian"``) or an instance.
+
+    ``"mdn"`` needs its number of components: pass ``MixtureDensity(num_components=K)``.
+    """
     if isinstance(likelihood, Likelihood):
         return likelihood
+    if isinstance(likelihood, str) and likelihood.lower() == "mdn":
+        raise ValueError(
+            'likelihood="mdn" needs the number of components; pass '
+            "bayes_sws.MixtureDensity(num_components=K) instead"
+        )
     if isinstance(likelihood, str) and likelihood.lower() in LIKELIHOODS:
         return LIKELIHOODS[likelihood.lower()]()
     raise ValueError(

@@ -65,16 +65,17 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from .compress import QuantizeResult, StorageReport, finetune_codebook, quantize, stored_network
 from .infer import FitResult, fit, steps_per_epoch
+from .likelihoods import Likelihood, MixtureDensity, get_likelihood
 from .model import SWSModel
 from .priors import Mixture, MixturePrior
-from .training import accuracy, rmse
+from .training import accuracy, predict, rmse
 from .validation import check_int, check_real
 
 __all__ = [
@@ -153,6 +154,10 @@ class CompressionResult:
     test_accuracy_quantized, test_rmse_quantized : float or None
         The same right after quantisation, before codebook fine-tuning (equal
         to the *after* values when there was no fine-tuning).
+    test_log_likelihood_before, test_log_likelihood_after, test_log_likelihood_quantized : float or None
+        For a mixture density likelihood (where accuracy and RMSE do not
+        apply): the mean held-out log-likelihood per test point (5.148), at the same three
+        stages; ``None`` otherwise.
     fit : FitResult or None
         The retraining run (``None`` only if the result was built without one).
     wall_time : float
@@ -178,6 +183,9 @@ class CompressionResult:
     test_rmse_after: float | None = None
     test_accuracy_quantized: float | None = None
     test_rmse_quantized: float | None = None
+    test_log_likelihood_before: float | None = None
+    test_log_likelihood_after: float | None = None
+    test_log_likelihood_quantized: float | None = None
     fit: FitResult | None = None
     wall_time: float = 0.0
     config: dict = field(default_factory=dict)
@@ -226,6 +234,9 @@ class CompressionResult:
             "test_rmse_after": self.test_rmse_after,
             "test_accuracy_quantized": self.test_accuracy_quantized,
             "test_rmse_quantized": self.test_rmse_quantized,
+            "test_log_likelihood_before": self.test_log_likelihood_before,
+            "test_log_likelihood_after": self.test_log_likelihood_after,
+            "test_log_likelihood_quantized": self.test_log_likelihood_quantized,
             "num_components": self.num_components,
             "codebook": m.values.tolist(),
             "mixture": {
@@ -247,11 +258,32 @@ class CompressionResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _scores(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
-    """(accuracy, None) for integer class labels, (None, rmse) for real targets."""
+class _Scores(NamedTuple):
+    accuracy: float | None
+    rmse: float | None
+    log_likelihood: float | None
+
+
+def _scores(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, likelihood: Likelihood | None = None
+) -> _Scores:
+    """Accuracy for integer class labels, RMSE for real targets; for a mixture
+    density likelihood, whose mean can sit between branches, the mean held-out
+    log-likelihood per point instead."""
+    if isinstance(likelihood, MixtureDensity):
+        output = predict(net, x)
+        log_lik = likelihood.distribution(output, {}).log_prob(y.to(output.device, output.dtype))
+        return _Scores(None, None, float(log_lik.double().mean()))
     if y.is_floating_point():
-        return None, rmse(net, x, y)
-    return accuracy(net, x, y), None
+        return _Scores(None, rmse(net, x, y), None)
+    return _Scores(accuracy(net, x, y), None, None)
+
+
+def _finetune_loss(likelihood: Likelihood, y: torch.Tensor):
+    """Codebook fine-tuning's loss: the likelihood's mean NLL for an MDN, else CE or MSE."""
+    if isinstance(likelihood, MixtureDensity):
+        return likelihood.mean_nll
+    return "mse" if y.is_floating_point() else "cross_entropy"
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -402,7 +434,9 @@ def compress_result(
     fit_result : FitResult
         What :func:`bayes_sws.fit` returned.
     x_test, y_test : tensor or array
-        Test data: class labels give accuracies, real targets give RMSEs.
+        Test data: class labels give accuracies, real targets give RMSEs; under a
+        :class:`~bayes_sws.likelihoods.MixtureDensity` likelihood the mean held-out
+        log-likelihood per point.
     merge_threshold, merge_criterion
         Passed to :func:`~bayes_sws.compress.merge_components`
         (symmetric KL in nats by default; ``0`` never merges).
@@ -462,8 +496,8 @@ def compress_result(
         merge_criterion=merge_criterion,
         zero_component=model.prior.zero_component,
     )
-    acc_before, rmse_before = _scores(retrained, x_test, y_test)
-    acc_quantized, rmse_quantized = _scores(quantized.net, x_test, y_test)
+    before = _scores(retrained, x_test, y_test, model.likelihood)
+    quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
     final = quantized.net
     if finetune_epochs > 0:
         x_ft = _as_tensor(finetune_data[0], "x_train").to(device=like.device, dtype=like.dtype)
@@ -479,7 +513,7 @@ def compress_result(
             num_epochs=finetune_epochs,
             lr=finetune_lr,
             batch_size=finetune_batch_size,
-            loss="mse" if y_ft.is_floating_point() else "cross_entropy",
+            loss=_finetune_loss(model.likelihood, y_ft),
             seed=seed,
             progress=progress,
         )
@@ -487,9 +521,9 @@ def compress_result(
         final, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
     )
     if finetune_epochs > 0 or stored is not final:
-        acc_after, rmse_after = _scores(stored, x_test, y_test)
+        after = _scores(stored, x_test, y_test, model.likelihood)
     else:
-        acc_after, rmse_after = acc_quantized, rmse_quantized
+        after = quantized_scores
     config = {
         **fit_result.config,
         "merge_threshold": float(merge_threshold),
@@ -509,12 +543,15 @@ def compress_result(
         storage=storage,
         mixture=mixture,
         test_accuracy_pretrained=test_accuracy_pretrained,
-        test_accuracy_before=acc_before,
-        test_accuracy_after=acc_after,
-        test_rmse_before=rmse_before,
-        test_rmse_after=rmse_after,
-        test_accuracy_quantized=acc_quantized,
-        test_rmse_quantized=rmse_quantized,
+        test_accuracy_before=before.accuracy,
+        test_accuracy_after=after.accuracy,
+        test_rmse_before=before.rmse,
+        test_rmse_after=after.rmse,
+        test_accuracy_quantized=quantized_scores.accuracy,
+        test_rmse_quantized=quantized_scores.rmse,
+        test_log_likelihood_before=before.log_likelihood,
+        test_log_likelihood_after=after.log_likelihood,
+        test_log_likelihood_quantized=quantized_scores.log_likelihood,
         fit=fit_result,
         wall_time=time.perf_counter() - start,
         config=config,
@@ -535,7 +572,7 @@ def soft_weight_sharing(
     temper_hyperprior: bool = False,
     mixing_concentration: float = 1.0,
     init_sigma: float | None = None,
-    likelihood: str = "categorical",
+    likelihood: str | Likelihood = "categorical",
     lr: float = 5e-4,
     mixture_lr: float = 1e-3,
     num_epochs: float | None = 30,
@@ -612,8 +649,9 @@ def soft_weight_sharing(
     init_sigma : float, optional
         Initial standard deviation of every component; default the spacing of
         the initial means (:meth:`MixturePrior.init_values`).
-    likelihood : str
-        ``"categorical"`` (class labels) or ``"gaussian"``.
+    likelihood : str or Likelihood
+        ``"categorical"`` (class labels), ``"gaussian"``, or an instance such as
+        ``MixtureDensity(num_components=K)`` (then scored by held-out log-likelihood).
     lr, mixture_lr : float
         Adam learning rates of the weights and of the mixture. ``mixture_lr``
         also sets how fast the components narrow (see the module docstring):
@@ -711,7 +749,9 @@ def soft_weight_sharing(
 
     start = time.perf_counter()
     pretrained = copy.deepcopy(net)
-    acc_pretrained, _ = _scores(pretrained, x_test.to(next(net.parameters()).dtype), y_test)
+    acc_pretrained = _scores(
+        pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
+    ).accuracy
     warmup = _warmup(prior_scale, prior_scale_warmup, per_epoch)
     model = SWSModel(pretrained, prior, likelihood, prior_scale=warmup(0))
 

@@ -18,7 +18,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 
 def test_the_examples_are_there():
     names = {p.name for p in EXAMPLES}
-    assert {"map_digits.py", "variational_digits.py", "compress_lenet300.py"} <= names
+    assert {"map_digits.py", "variational_digits.py", "compress_lenet300.py", "mdn_inverse.py"} <= names
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])

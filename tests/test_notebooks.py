@@ -23,7 +23,7 @@ MAX_BYTES = 1_000_000
 
 def test_the_notebooks_are_there():
     names = {p.name for p in NOTEBOOKS}
-    assert {"penalty_view.ipynb", "compress_lenet.ipynb", "swapping_guides.ipynb"} <= names
+    assert {"penalty_view.ipynb", "compress_lenet.ipynb", "swapping_guides.ipynb", "mdn_inverse.ipynb"} <= names
 
 
 @pytest.fixture(scope="module")
