@@ -11,12 +11,12 @@ minimises exactly E(w) + λΩ(w); other guides give a posterior view.
 >>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
 """
 
-from . import mdn, penalty
-from .distributions import MixtureOfGaussians, OrderedNormal
-from .infer import FitResult, fit
-from .likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
-from .model import SWSModel
-from .priors import Mixture, MixturePrior
+from .core import mdn, penalty
+from .core.distributions import MixtureOfGaussians, OrderedNormal
+from .core.likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
+from .core.model import SWSModel
+from .core.priors import Mixture, MixturePrior
+from .infer.svi import FitResult, fit
 
 __version__ = "0.1.0"
 

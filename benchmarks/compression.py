@@ -3,16 +3,16 @@
 For each case (a data set and a network) the script pretrains the network
 (cached on disk), then compresses it
 
-* by soft weight-sharing (:func:`bayes_sws.pipeline.soft_weight_sharing`:
+* by soft weight-sharing (:func:`bayes_sws.compress.pipeline.soft_weight_sharing`:
   retrain under the mixture prior, quantise, count bits), and
-* by Deep Compression (:func:`bayes_sws.baseline.deep_compression`: magnitude
+* by Deep Compression (:func:`bayes_sws.compress.baseline.deep_compression`: magnitude
   pruning, k-means weight sharing, centroid fine-tuning), twice: with Han et
   al.'s published per-layer pruning rates and bit widths ("dc-han"), and with
   the per-layer sparsity soft weight-sharing found and as many shared values per
   layer ("dc-matched"), which compares the two at (nearly) equal storage,
 
 and reports test error before/after compression, the non-zero share of the
-weights, the compression rate (:func:`bayes_sws.compress.storage_report`, Han
+weights, the compression rate (:func:`bayes_sws.compress.quantize.storage_report`, Han
 et al.'s accounting) and wall time. ``--write`` replaces the "## Compression"
 section of ``BENCHMARKS.md`` with the table, the exact command and the machine,
 and the short table between the ``compression-summary`` markers of its "Current
@@ -57,16 +57,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from bayes_sws.baseline import deep_compression
-from bayes_sws.compress import storage_report
-from bayes_sws.data import load_dataset
-from bayes_sws.nets import lenet5_caffe, lenet_300_100
-from bayes_sws.pipeline import (
+from bayes_sws.compress.baseline import deep_compression
+from bayes_sws.compress.pipeline import (
     SHARING_PRECISION_PRIOR,
     SLAB_PRECISION_PRIOR,
     soft_weight_sharing,
 )
-from bayes_sws.training import accuracy, train
+from bayes_sws.compress.quantize import storage_report
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import lenet5_caffe, lenet_300_100
+from bayes_sws.zoo.training import accuracy, train
 
 SECTION = "## Compression"
 # the short table in BENCHMARKS.md's "Current figures", replaced by --write
@@ -351,8 +351,8 @@ def run_dc(
 
 def save_figures(case_name: str, row: dict, pretrained_net, directory: Path) -> list[Path]:
     """Weights before/after, the mixture over the histogram, per-layer sparsity (PNG)."""
-    from bayes_sws.compress import plot_layer_sparsity, plot_weights_before_after
-    from bayes_sws.diagnostics import plot_mixture_over_histogram
+    from bayes_sws.compress.quantize import plot_layer_sparsity, plot_weights_before_after
+    from bayes_sws.diagnostics.posterior import plot_mixture_over_histogram
 
     result = row["result"]
     stem = (
@@ -525,14 +525,14 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
             SECTION,
             "",
             (
-                "Soft weight-sharing (`bayes_sws.pipeline.soft_weight_sharing`) against Deep "
-                "Compression (`bayes_sws.baseline.deep_compression`), both counted by "
-                "`bayes_sws.compress.storage_report` (sparse relative indices of 5 bits for "
+                "Soft weight-sharing (`bayes_sws.compress.pipeline.soft_weight_sharing`) against Deep "
+                "Compression (`bayes_sws.compress.baseline.deep_compression`), both counted by "
+                "`bayes_sws.compress.quantize.storage_report` (sparse relative indices of 5 bits for "
                 "dense and 8 bits for convolutional layers, row by row (CSR) or column by "
                 "column (CSC), whichever is smaller per layer, Huffman-coded cluster indices, "
                 "32-bit codebooks and biases). Unless the command has `--keep-dead-units`, "
                 "both methods store their network without the hidden units pruning left "
-                "unused (`bayes_sws.compress.remove_dead_units`: a unit nothing reads, or "
+                "unused (`bayes_sws.compress.quantize.remove_dead_units`: a unit nothing reads, or "
                 "one without inputs whose constant output is folded into the next layer's "
                 "bias; the function is unchanged and the error after is measured on the "
                 "smaller network); the rate stays relative to the full 32-bit network, and "
@@ -542,7 +542,7 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
                 "*error after* the final network. Where a row's settings have "
                 "`finetune_epochs` > 0 (the digits rows), that is after the centroid "
                 "fine-tuning step Deep Compression ends with "
-                "(`bayes_sws.compress.finetune_codebook`, Han et al.'s Eq. 3: assignments and "
+                "(`bayes_sws.compress.quantize.finetune_codebook`, Han et al.'s Eq. 3: assignments and "
                 "pruned weights fixed, shared values and biases trained by Adam), for the same "
                 "number of epochs at the same learning rate and batch size. The Fashion-MNIST "
                 "rows retrain under the soft-to-hard anneal of the precision prior "

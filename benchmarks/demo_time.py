@@ -6,18 +6,18 @@ Two measurements, in this order:
    (Python start, imports, data, 60 pretraining epochs, 2000 SVI steps,
    evaluation and report), timed by the wall clock; the child's CPU time
    (user + system) is shown next to it. Goal (issue 6): under 60 s on 2 cores.
-2. **The split**: :func:`bayes_sws.demo.run_demo` in this process, with the
+2. **The split**: :func:`bayes_sws.runs.demo.run_demo` in this process, with the
    demo's own ``load_dataset``, ``train`` (pretraining), ``fit`` (SVI) and
-   ``accuracy`` wrapped in timers, plus the import time of ``bayes_sws.demo``
+   ``accuracy`` wrapped in timers, plus the import time of ``bayes_sws.runs.demo``
    in a fresh interpreter. ``fit`` is further split into its set-up (data
    checks, guide construction, first ELBO call) and its optimisation loop
    (``FitResult.wall_time``), reported per step.
 
 ``--fast-map`` previews ``fit`` with the fast MAP loss
-(:func:`bayes_sws.fastmap.map_loss`) before it is wired into ``fit``: the run
+(:func:`bayes_sws.infer.fastmap.map_loss`) before it is wired into ``fit``: the run
 replaces ``Trace_ELBO`` in ``bayes_sws.infer`` by a subclass whose
 ``differentiable_loss`` calls ``map_loss`` whenever
-:func:`bayes_sws.fastmap.supports_fast_map` holds — the same switch ``fit``
+:func:`bayes_sws.infer.fastmap.supports_fast_map` holds — the same switch ``fit``
 will make — and falls back to Pyro otherwise. ``--compare`` runs both (Pyro
 path first, then the fast path, alternating ``--repeats`` times).
 
@@ -49,8 +49,8 @@ def install_fast_map() -> None:
     """Make ``bayes_sws.fit`` use :func:`map_loss` where it is exact (benchmark only)."""
     from pyro.infer import Trace_ELBO
 
-    from bayes_sws import infer
-    from bayes_sws.fastmap import map_loss, supports_fast_map
+    from bayes_sws.infer import svi as infer
+    from bayes_sws.infer.fastmap import map_loss, supports_fast_map
 
     class FastMapELBO(Trace_ELBO):
         def differentiable_loss(self, model, guide, *args, **kwargs):
@@ -73,7 +73,7 @@ def time_command(fast_map: bool, extra: list[str], threads: int | None = None) -
     if fast_map:
         code = (
             f"import sys; sys.path.insert(0, {str(HERE)!r}); import demo_time; "
-            "demo_time.install_fast_map(); from bayes_sws.cli import main; "
+            "demo_time.install_fast_map(); from bayes_sws.runs.cli import main; "
             f"sys.exit(main(['demo', *{extra!r}]))"
         )
         command = [sys.executable, "-c", code]
@@ -101,7 +101,7 @@ def time_command(fast_map: bool, extra: list[str], threads: int | None = None) -
 
 
 def time_import() -> float:
-    code = "import time; t = time.perf_counter(); import bayes_sws.demo; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import bayes_sws.runs.demo; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
 
@@ -126,7 +126,8 @@ def _timed(module, name: str, into: dict):
 
 def time_split(fast_map: bool, overrides: dict) -> dict:
     """``run_demo`` in this process with its stages timed."""
-    from bayes_sws import demo, infer
+    from bayes_sws.infer import svi as infer
+    from bayes_sws.runs import demo
 
     original_elbo = infer.Trace_ELBO
     if fast_map:
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
                     f"   (demo reports {res['reported_s']} s)   load {res['load']}"
                 )
     if not args.skip_split:
-        print(f"\n## split (in process; import of bayes_sws.demo: {time_import():.2f} s)")
+        print(f"\n## split (in process; import of bayes_sws.runs.demo: {time_import():.2f} s)")
         header = (
             f"  {'mode':<10} {'total':>7} {'data':>6} {'pretrain':>9} {'fit setup':>9} "
             f"{'SVI loop':>9} {'ms/step':>8} {'eval+rest':>9}  accuracy before → after"

@@ -22,11 +22,11 @@ timings and memory do not leak between cases:
 
 Implementations:
 
-``ours``           ``bayes_sws.kernel.mixture_log_prob`` on the torch-ops path, eager
+``ours``           ``bayes_sws.core.kernel.mixture_log_prob`` on the torch-ops path, eager
                    (``set_kernel("torch")``, ``set_compile_mode("never")``): the
                    kernel before the native loop, and the path GPU tensors take.
 ``ours_native``    the same function with ``set_kernel("native")``: the fused C
-                   loop (``bayes_sws/_native/mixture.c``), the library default on
+                   loop (``bayes_sws/core/_native/mixture.c``), the library default on
                    CPU. Its one-off build (C compiler, ~2 s) is timed separately
                    into a fresh cache directory and printed before the table; the
                    "first call" column of the workers is a load from the cache.
@@ -93,11 +93,11 @@ _NM_FACTOR = {"store": 1, "mixture_same_family": 12, "naive": 12}
 
 
 def _kernel_module():
-    """``bayes_sws.kernel`` without importing the package (and Pyro): faster workers."""
+    """``bayes_sws.core.kernel`` without importing the package (and Pyro): faster workers."""
     import importlib.util
 
-    if "bayes_sws.kernel" in sys.modules:
-        return sys.modules["bayes_sws.kernel"]
+    if "bayes_sws.core.kernel" in sys.modules:
+        return sys.modules["bayes_sws.core.kernel"]
     if "_bayes_sws_kernel" not in sys.modules:
         path = HERE.parent / "bayes_sws" / "kernel.py"
         spec = importlib.util.spec_from_file_location("_bayes_sws_kernel", path)
@@ -109,13 +109,13 @@ def _kernel_module():
 
 
 def _native_module():
-    """``bayes_sws._native`` (the C loop's builder/loader), also without the package."""
+    """``bayes_sws.core._native`` (the C loop's builder/loader), also without the package."""
     import importlib.util
 
-    if "bayes_sws._native" in sys.modules:
-        return sys.modules["bayes_sws._native"]
+    if "bayes_sws.core._native" in sys.modules:
+        return sys.modules["bayes_sws.core._native"]
     if "_bayes_sws_native" not in sys.modules:
-        path = HERE.parent / "bayes_sws" / "_native" / "__init__.py"
+        path = HERE.parent / "bayes_sws" / "core" / "_native" / "__init__.py"
         spec = importlib.util.spec_from_file_location("_bayes_sws_native", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules["_bayes_sws_native"] = module
@@ -150,12 +150,23 @@ def _make_impl(name: str):
             w, pi, mu, sigma = (t.detach().contiguous() for t in (w, pi, mu, sigma))
             out = native_loop.buffers
             if out is None or out[0].shape != w.shape or out[0].dtype != w.dtype:
-                out = native_loop.buffers = (torch.empty_like(w), *torch.empty(
-                    3, pi.shape[0], dtype=w.dtype).unbind(0), ctypes.c_double())
+                out = native_loop.buffers = (
+                    torch.empty_like(w),
+                    *torch.empty(3, pi.shape[0], dtype=w.dtype).unbind(0),
+                    ctypes.c_double(),
+                )
             fn = lib.bsws_mixture_f32 if w.dtype == torch.float32 else lib.bsws_mixture_f64
-            status = fn(w.data_ptr(), w.shape[0], pi.data_ptr(), mu.data_ptr(),
-                        sigma.data_ptr(), pi.shape[0], torch.get_num_threads(),
-                        ctypes.byref(out[4]), *(t.data_ptr() for t in out[:4]))
+            status = fn(
+                w.data_ptr(),
+                w.shape[0],
+                pi.data_ptr(),
+                mu.data_ptr(),
+                sigma.data_ptr(),
+                pi.shape[0],
+                torch.get_num_threads(),
+                ctypes.byref(out[4]),
+                *(t.data_ptr() for t in out[:4]),
+            )
             assert status == 0
             return torch.tensor(out[4].value, dtype=w.dtype)
 
@@ -262,9 +273,7 @@ def _alternative_strategy(name: str):
                 stop = min(start + chunk, w.shape[0])
                 _, logits = chunk_u_logits(w[start:stop], coef, work)
                 top = logits.amax(0)
-                e = torch.exp2(
-                    logits.sub_(top).clamp_(min=coef.floor), out=gamma[:, start:stop]
-                )
+                e = torch.exp2(logits.sub_(top).clamp_(min=coef.floor), out=gamma[:, start:stop])
                 total = e.sum(0)
                 e.div_(total)
                 value += total.log_().mul_(k._LOG2E).add_(top).sum()
@@ -341,8 +350,16 @@ def _step(fn, w, pi, mu, sigma):
     fn(w, pi, mu, sigma).backward()
 
 
-def worker(impl: str, num_weights: int, num_components: int, dtype_name: str, threads: int,
-           repeats: int, time_budget: float, clock: str = "wall") -> dict:
+def worker(
+    impl: str,
+    num_weights: int,
+    num_components: int,
+    dtype_name: str,
+    threads: int,
+    repeats: int,
+    time_budget: float,
+    clock: str = "wall",
+) -> dict:
     """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time)."""
     import gc
 
@@ -408,18 +425,40 @@ def _run_case(args, impl, num_weights, num_components) -> dict:
     if factor is not None:
         predicted = factor * num_weights * num_components * dtype_bytes
         if predicted > args.memory_budget_gb * 2**30:
-            return {"impl": impl, "num_weights": num_weights, "num_components": num_components,
-                    "skipped": f"predicted {predicted / 2**30:.1f} GiB > budget"}
-    command = [sys.executable, __file__, "--worker", impl, str(num_weights), str(num_components),
-               "--dtype", args.dtype, "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--time-budget", str(args.time_budget),
-               "--clock", args.clock]
+            return {
+                "impl": impl,
+                "num_weights": num_weights,
+                "num_components": num_components,
+                "skipped": f"predicted {predicted / 2**30:.1f} GiB > budget",
+            }
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        str(num_weights),
+        str(num_components),
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--time-budget",
+        str(args.time_budget),
+        "--clock",
+        args.clock,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"impl": impl, "num_weights": num_weights, "num_components": num_components,
-                "skipped": f"failed: {tail[0][:80]}"}
+        return {
+            "impl": impl,
+            "num_weights": num_weights,
+            "num_components": num_components,
+            "skipped": f"failed: {tail[0][:80]}",
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -495,8 +534,11 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("N · M  (weight × component pairs)")
     ax.set_ylabel("forward + backward time (s)")
-    ax.set_title("Mixture prior cost (markers: ○ M=2, □ M=16, △ M=64;\n"
-                 "weight_decay, dotted, costs O(N) and is the floor)", fontsize=10)
+    ax.set_title(
+        "Mixture prior cost (markers: ○ M=2, □ M=16, △ M=64;\n"
+        "weight_decay, dotted, costs O(N) and is the floor)",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -530,25 +572,52 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--time-budget", type=float, default=5.0,
-                        help="seconds of timed repeats per case (at least one call)")
-    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
-                        help="time forward+backward by wall clock or by this process's CPU "
-                             "time (robust on a shared machine; use with --threads 1)")
-    parser.add_argument("--memory-budget-gb", type=float, default=4.0,
-                        help="skip baselines predicted to need more memory than this")
-    parser.add_argument("--compile-min-n", type=float, default=1e6,
-                        help="time ours_compiled only for N at least this (each case compiles)")
-    parser.add_argument("--plot", default=str(HERE / "prior_kernel.png"),
-                        help="where to write the plot; '' for none")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=5.0,
+        help="seconds of timed repeats per case (at least one call)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="time forward+backward by wall clock or by this process's CPU "
+        "time (robust on a shared machine; use with --threads 1)",
+    )
+    parser.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=4.0,
+        help="skip baselines predicted to need more memory than this",
+    )
+    parser.add_argument(
+        "--compile-min-n",
+        type=float,
+        default=1e6,
+        help="time ours_compiled only for N at least this (each case compiles)",
+    )
+    parser.add_argument(
+        "--plot",
+        default=str(HERE / "prior_kernel.png"),
+        help="where to write the plot; '' for none",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "N", "M"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         impl, num_weights, num_components = args.worker
-        result = worker(impl, int(float(num_weights)), int(num_components), args.dtype,
-                        args.threads, args.repeats, args.time_budget, args.clock)
+        result = worker(
+            impl,
+            int(float(num_weights)),
+            int(num_components),
+            args.dtype,
+            args.threads,
+            args.repeats,
+            args.time_budget,
+            args.clock,
+        )
         print(json.dumps(result))
         return 0
 
@@ -565,8 +634,10 @@ def main(argv=None) -> int:
     build_s = None
     if "ours_native" in args.impls:
         build_s = native_build_seconds()
-        print(f"# ours_native: first-use build of the C loop (fresh cache dir): {build_s:.2f} s",
-              flush=True)
+        print(
+            f"# ours_native: first-use build of the C loop (fresh cache dir): {build_s:.2f} s",
+            flush=True,
+        )
     for num_weights in (int(s) for s in sizes):
         for num_components in components:
             for impl in args.impls:
@@ -577,21 +648,27 @@ def main(argv=None) -> int:
                 if "skipped" in row:
                     status = row["skipped"]
                 else:
-                    status = (f"{row['time_min_s'] / num_weights * 1e9:8.1f} ns/weight  "
-                              f"{row['extra_peak_bytes'] / num_weights:7.1f} B/weight  "
-                              f"first {row['first_call_s']:.2f} s")
-                print(f"N={num_weights:.0e} M={num_components:3d} {impl:20s} {status}",
-                      flush=True)
+                    status = (
+                        f"{row['time_min_s'] / num_weights * 1e9:8.1f} ns/weight  "
+                        f"{row['extra_peak_bytes'] / num_weights:7.1f} B/weight  "
+                        f"first {row['first_call_s']:.2f} s"
+                    )
+                print(f"N={num_weights:.0e} M={num_components:3d} {impl:20s} {status}", flush=True)
     print()
-    print(f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
-          f"wall time {time.perf_counter() - started:.0f} s")
+    print(
+        f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
+        f"wall time {time.perf_counter() - started:.0f} s"
+    )
     if build_s is not None:
         print(f"ours_native first-use build (C compiler, fresh cache): {build_s:.2f} s")
     print()
     print(markdown_table(results))
     if args.json:
-        args.json.write_text(json.dumps({"native_build_s": build_s, "results": results}, indent=1)
-                             if build_s is not None else json.dumps(results, indent=1))
+        args.json.write_text(
+            json.dumps({"native_build_s": build_s, "results": results}, indent=1)
+            if build_s is not None
+            else json.dumps(results, indent=1)
+        )
     if args.plot:
         plot(results, Path(args.plot))
         print(f"\nplot written to {args.plot}")

@@ -11,7 +11,7 @@ Variants (letters as in issue 6):
 
 ``pyro_map``    (a) ``Trace_ELBO().differentiable_loss`` with ``AutoDelta``:
                 what ``fit(guide="map")`` runs today ("before").
-``fast_map``    (a') :func:`bayes_sws.fastmap.map_loss` with the same
+``fast_map``    (a') :func:`bayes_sws.infer.fastmap.map_loss` with the same
                 ``AutoDelta`` guide: the same loss and gradients ("after").
 ``pyro_normal`` (b) ``Trace_ELBO`` with ``AutoNormal`` (``fit(guide="normal")``).
 ``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·
@@ -28,7 +28,7 @@ paired and a busy neighbour slows both sides of it alike; the table shows
 medians over rounds. ``--clock cpu`` reports this process's CPU time instead
 of wall-clock time (use it with ``--threads 1`` on a shared machine). All
 variants draw the same mini-batches (a fresh permutation per epoch); the cost
-of ``fit``'s own per-step batch selection (``bayes_sws.infer.batch_indices``)
+of ``fit``'s own per-step batch selection (``bayes_sws.infer.svi.batch_indices``)
 is timed separately, as it is the same for every guide.
 
 ``--profile`` adds a cProfile of ``pyro_map`` and ``fast_map`` steps, grouped
@@ -37,7 +37,7 @@ validation, the kernel, the network and autograd, the optimiser) and the top
 functions by own time.
 
 ``--kernel`` chooses the prior kernel's implementation for every variant
-(``bayes_sws.kernel.set_kernel``): ``auto`` (default: the fused C loop on CPU
+(``bayes_sws.core.kernel.set_kernel``): ``auto`` (default: the fused C loop on CPU
 when it builds), ``native`` or ``torch`` (the chunked torch-ops pass, i.e. the
 kernel before the native loop existed). The native library's first-call build
 time is printed (0 when it came from the cache).
@@ -75,12 +75,12 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import init_to_median, init_to_value
 
 import bayes_sws as sws
-from bayes_sws import kernel as sws_kernel
-from bayes_sws.guides import build_guide
-from bayes_sws.kernel import mixture_log_prob
+from bayes_sws.core import kernel as sws_kernel
+from bayes_sws.core.kernel import mixture_log_prob
+from bayes_sws.infer.guides import build_guide
 
 try:
-    from bayes_sws.fastmap import map_loss
+    from bayes_sws.infer.fastmap import map_loss
 except ImportError:  # the "before" state of the repository
     map_loss = None
 
@@ -98,18 +98,18 @@ def load_problem(network: str, data: str, seed: int = 0):
     """Network, inputs and labels; Fashion-MNIST / digits, or random data of that shape."""
     torch.manual_seed(seed)
     if network == "lenet-300-100":
-        from bayes_sws.nets import lenet_300_100
+        from bayes_sws.zoo.nets import lenet_300_100
 
         net = lenet_300_100()
         name, shape, num_classes, num_data = "fashion-mnist", 784, 10, 60000
     else:
-        from bayes_sws.nets import mlp
+        from bayes_sws.zoo.nets import mlp
 
         net = mlp([64, 100, 10])
         name, shape, num_classes, num_data = "digits", 64, 10, 1437
     source = "random"
     if data != "random":
-        from bayes_sws.data import DataError, load_dataset
+        from bayes_sws.zoo.data import DataError, load_dataset
 
         try:
             dataset = load_dataset(name, standardize="global" if name != "digits" else True)
@@ -306,7 +306,7 @@ def time_interleaved(steps: dict, *, rounds: int, steps_per_round: int, warmup: 
 def timebatch_indices(num_data: int, batch_size: int, repeats: int = 200) -> float | None:
     """Seconds per call of ``fit``'s mini-batch selection (same for every guide)."""
     try:
-        from bayes_sws.infer import batch_indices
+        from bayes_sws.infer.svi import batch_indices
     except ImportError:
         return None
     times = []
@@ -590,7 +590,7 @@ def main(argv=None) -> int:
     sws_kernel.set_kernel(args.kernel)
     native = "not used"
     if args.kernel != "torch":
-        from bayes_sws import _native
+        from bayes_sws.core import _native
 
         start = time.perf_counter()
         if sws_kernel.native_available():

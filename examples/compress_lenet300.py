@@ -17,14 +17,14 @@ import os
 
 import torch
 
-from bayes_sws.data import load_dataset
-from bayes_sws.nets import lenet_300_100
-from bayes_sws.pipeline import (
+from bayes_sws.compress.pipeline import (
     SHARING_PRECISION_PRIOR,
     SLAB_PRECISION_PRIOR,
     soft_weight_sharing,
 )
-from bayes_sws.training import train
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import lenet_300_100
+from bayes_sws.zoo.training import train
 
 # Retraining settings per data set: λ, learning rates (weights, mixture) and epochs. On
 # Fashion-MNIST, the benchmark's row at 64x within 0.5 points of the pretrained error

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 import bayes_sws as sws
-from bayes_sws.data import load_dataset
-from bayes_sws.demo import clustering_summary
-from bayes_sws.nets import mlp
-from bayes_sws.runs import load_result, save_result
-from bayes_sws.training import accuracy, train
+from bayes_sws.runs.commands import load_result, save_result
+from bayes_sws.runs.demo import clustering_summary
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import mlp
+from bayes_sws.zoo.training import accuracy, train
 
 
 def main(smoke: bool) -> None:

@@ -23,11 +23,11 @@ from typing import NamedTuple
 import torch
 
 import bayes_sws as sws
-from bayes_sws import mdn
-from bayes_sws.data import inverse_problem
-from bayes_sws.nets import mlp
-from bayes_sws.pipeline import soft_weight_sharing
-from bayes_sws.training import predict, train
+from bayes_sws.compress.pipeline import soft_weight_sharing
+from bayes_sws.core import mdn
+from bayes_sws.zoo.data import inverse_problem
+from bayes_sws.zoo.nets import mlp
+from bayes_sws.zoo.training import predict, train
 
 NUM_COMPONENTS = 3  # K: the inverse has at most three branches
 #: What the full run must show (nats per held-out point): the MDN beats least squares

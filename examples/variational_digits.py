@@ -16,9 +16,9 @@ import os
 import torch
 
 import bayes_sws as sws
-from bayes_sws.data import load_dataset
-from bayes_sws.nets import mlp
-from bayes_sws.training import accuracy, train
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import mlp
+from bayes_sws.zoo.training import accuracy, train
 
 
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:

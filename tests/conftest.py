@@ -22,5 +22,7 @@ def _fresh_state():
 def assert_close(actual, expected, *, rtol=1e-7, atol=0.0, msg=""):
     """The one closeness check: numbers, arrays or tensors, compared in float64."""
     a = np.asarray(actual.detach().cpu() if torch.is_tensor(actual) else actual, dtype=np.float64)
-    e = np.asarray(expected.detach().cpu() if torch.is_tensor(expected) else expected, dtype=np.float64)
+    e = np.asarray(
+        expected.detach().cpu() if torch.is_tensor(expected) else expected, dtype=np.float64
+    )
     np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=msg)

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 
 import bayes_sws as sws
 from bayes_sws import validation
-from bayes_sws.compress import storage_report
-from bayes_sws.data import MAX_CLASSES, DataError, load_dataset
-from bayes_sws.demo import run_demo
-from bayes_sws.mcmc import sample_nuts
-from bayes_sws.nets import mlp
-from bayes_sws.pipeline import soft_weight_sharing
-from bayes_sws.training import train
+from bayes_sws.compress.pipeline import soft_weight_sharing
+from bayes_sws.compress.quantize import storage_report
+from bayes_sws.infer.mcmc import sample_nuts
+from bayes_sws.runs.demo import run_demo
+from bayes_sws.zoo.data import MAX_CLASSES, DataError, load_dataset
+from bayes_sws.zoo.nets import mlp
+from bayes_sws.zoo.training import train
 
 _GENERATOR = torch.Generator().manual_seed(0)
 X, Y = torch.randn(10, 4, generator=_GENERATOR), torch.randint(0, 3, (10,), generator=_GENERATOR)
@@ -44,41 +44,130 @@ def _linear(**kwargs):
 
 # ------------------------------------------------------------------------- the public API
 REFUSED = [
-    (lambda: sws.MixturePrior(3, flat="false"), TypeError, "flat must be True or False, got 'false' (str)"),
+    (
+        lambda: sws.MixturePrior(3, flat="false"),
+        TypeError,
+        "flat must be True or False, got 'false' (str)",
+    ),
     (lambda: sws.MixturePrior(3, flat=1), TypeError, "flat must be True or False, got 1 (int)"),
-    (lambda: sws.MixturePrior(3, zero_component="no"), TypeError,
-     "zero_component must be True or False, got 'no' (str)"),
-    (lambda: sws.MixturePrior(3, ordered_means="yes"), TypeError, "ordered_means must be True or False"),
-    (lambda: sws.MixturePrior(3, include_bias=None), TypeError, "include_bias must be True or False, got None"),
-    (lambda: sws.MixturePrior(3, init_means=[0.1, float("nan")]), ValueError,
-     "init_means must be a tensor of finite numbers, got nan; first non-finite entry at index [1]"),
-    (lambda: sws.MixturePrior(3, init_means=torch.tensor([-math.inf, 0.2])), ValueError,
-     "init_means must be a tensor of finite numbers, got -inf"),
-    (lambda: sws.MixturePrior(3, init_means="0.1 0.2"), TypeError, "init_means must be a tensor of finite numbers"),
+    (
+        lambda: sws.MixturePrior(3, zero_component="no"),
+        TypeError,
+        "zero_component must be True or False, got 'no' (str)",
+    ),
+    (
+        lambda: sws.MixturePrior(3, ordered_means="yes"),
+        TypeError,
+        "ordered_means must be True or False",
+    ),
+    (
+        lambda: sws.MixturePrior(3, include_bias=None),
+        TypeError,
+        "include_bias must be True or False, got None",
+    ),
+    (
+        lambda: sws.MixturePrior(3, init_means=[0.1, float("nan")]),
+        ValueError,
+        "init_means must be a tensor of finite numbers, got nan; first non-finite entry at index [1]",
+    ),
+    (
+        lambda: sws.MixturePrior(3, init_means=torch.tensor([-math.inf, 0.2])),
+        ValueError,
+        "init_means must be a tensor of finite numbers, got -inf",
+    ),
+    (
+        lambda: sws.MixturePrior(3, init_means="0.1 0.2"),
+        TypeError,
+        "init_means must be a tensor of finite numbers",
+    ),
     (lambda: sws.MixturePrior(3, params=[1, 2]), TypeError, "got (1, 2)"),
-    (lambda: sws.MixturePrior(3, params=3), TypeError, "params must be a parameter name (str) or a sequence"),
-    (lambda: sws.MixturePrior(3, pi_zero="0.3"), TypeError, "pi_zero must be a number, got '0.3' (str)"),
-    (lambda: sws.MixturePrior(3, pi_zero=float("nan")), ValueError, "pi_zero must be finite, got nan"),
+    (
+        lambda: sws.MixturePrior(3, params=3),
+        TypeError,
+        "params must be a parameter name (str) or a sequence",
+    ),
+    (
+        lambda: sws.MixturePrior(3, pi_zero="0.3"),
+        TypeError,
+        "pi_zero must be a number, got '0.3' (str)",
+    ),
+    (
+        lambda: sws.MixturePrior(3, pi_zero=float("nan")),
+        ValueError,
+        "pi_zero must be finite, got nan",
+    ),
     (lambda: sws.MixturePrior(np.int64(0)), ValueError, "num_components must be >= 1, got 0"),
-    (lambda: _linear(prior_scale=True), TypeError, "prior_scale (λ) must be a number >= 0, got True (bool)"),
-    (lambda: _linear(prior_scale="0.1"), TypeError, "prior_scale (λ) must be a number >= 0, got '0.1' (str)"),
-    (lambda: _linear(prior_scale=-np.float32(0.5)), ValueError,
-     "prior_scale (λ) must be a finite number >= 0, got -0.5; λ = 1 is the plain Bayesian model"),
-    (lambda: sws.fit(_model(), X, Y, seed=-1), ValueError, "seed must be an integer, got -1; seeds must lie in"),
-    (lambda: sws.fit(_model(), X, Y, seed=2**32), ValueError, "got 4294967296; seeds must lie in [0, 2**32 - 1]"),
-    (lambda: sws.fit(_model(), X, Y, num_steps=3.0), TypeError, "num_steps must be an integer > 0, got 3.0 (float)"),
-    (lambda: sws.fit(_model(), X, Y, max_rollbacks="2"), TypeError, "max_rollbacks must be an integer >= 0"),
-    (lambda: train(mlp([4, 3]), X, Y, lr="0.1"), TypeError, "lr must be a number > 0, got '0.1' (str)"),
-    (lambda: train(mlp([4, 3]), X, Y, batch_size=4.0), TypeError, "batch_size must be an integer >= 1, got 4.0"),
-    (lambda: sample_nuts(_model(), X, Y, target_accept_prob=1.0), ValueError,
-     "target_accept_prob must be a finite number in (0, 1), got 1.0; 0.8 is the default"),
-    (lambda: sample_nuts(_model(), X, Y, num_chains=True), TypeError, "num_chains must be an integer >= 1, got True"),
-    (lambda: load_dataset("digits", flatten="false"), DataError, "flatten must be True or False, got 'false' (str)"),
-    (lambda: load_dataset("digits", test_fraction="0.2"), DataError, "test_fraction must be a number, got '0.2'"),
+    (
+        lambda: _linear(prior_scale=True),
+        TypeError,
+        "prior_scale (λ) must be a number >= 0, got True (bool)",
+    ),
+    (
+        lambda: _linear(prior_scale="0.1"),
+        TypeError,
+        "prior_scale (λ) must be a number >= 0, got '0.1' (str)",
+    ),
+    (
+        lambda: _linear(prior_scale=-np.float32(0.5)),
+        ValueError,
+        "prior_scale (λ) must be a finite number >= 0, got -0.5; λ = 1 is the plain Bayesian model",
+    ),
+    (
+        lambda: sws.fit(_model(), X, Y, seed=-1),
+        ValueError,
+        "seed must be an integer, got -1; seeds must lie in",
+    ),
+    (
+        lambda: sws.fit(_model(), X, Y, seed=2**32),
+        ValueError,
+        "got 4294967296; seeds must lie in [0, 2**32 - 1]",
+    ),
+    (
+        lambda: sws.fit(_model(), X, Y, num_steps=3.0),
+        TypeError,
+        "num_steps must be an integer > 0, got 3.0 (float)",
+    ),
+    (
+        lambda: sws.fit(_model(), X, Y, max_rollbacks="2"),
+        TypeError,
+        "max_rollbacks must be an integer >= 0",
+    ),
+    (
+        lambda: train(mlp([4, 3]), X, Y, lr="0.1"),
+        TypeError,
+        "lr must be a number > 0, got '0.1' (str)",
+    ),
+    (
+        lambda: train(mlp([4, 3]), X, Y, batch_size=4.0),
+        TypeError,
+        "batch_size must be an integer >= 1, got 4.0",
+    ),
+    (
+        lambda: sample_nuts(_model(), X, Y, target_accept_prob=1.0),
+        ValueError,
+        "target_accept_prob must be a finite number in (0, 1), got 1.0; 0.8 is the default",
+    ),
+    (
+        lambda: sample_nuts(_model(), X, Y, num_chains=True),
+        TypeError,
+        "num_chains must be an integer >= 1, got True",
+    ),
+    (
+        lambda: load_dataset("digits", flatten="false"),
+        DataError,
+        "flatten must be True or False, got 'false' (str)",
+    ),
+    (
+        lambda: load_dataset("digits", test_fraction="0.2"),
+        DataError,
+        "test_fraction must be a number, got '0.2'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make, error, message", REFUSED, ids=[f"refused{i}" for i in range(len(REFUSED))])
+@pytest.mark.parametrize(
+    "make, error, message", REFUSED, ids=[f"refused{i}" for i in range(len(REFUSED))]
+)
 def test_bad_values_are_refused_with_one_named_error(make, error, message):
     with pytest.raises(error) as info:
         make()
@@ -144,8 +233,11 @@ def test_soft_weight_sharing_takes_a_numpy_batch_size():
 # ------------------------------------------------------------------------- data files
 def _npy_bytes(array, *, shape=None):
     """An .npy file for ``array`` whose header may claim another ``shape``."""
-    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-              "shape": array.shape if shape is None else shape}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(array.dtype),
+        "fortran_order": False,
+        "shape": array.shape if shape is None else shape,
+    }
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue() + array.tobytes()
@@ -161,7 +253,9 @@ def test_a_truncated_npz_is_refused_by_name(tmp_path):
     path = tmp_path / "cut.npz"
     np.savez(path, x=np.random.default_rng(0).random((50, 3)), y=np.arange(50) % 2)
     path.write_bytes(path.read_bytes()[:700])
-    with pytest.raises(DataError, match=r"cut\.npz' cannot be read: it is not an \.npz \(zip\) archive"):
+    with pytest.raises(
+        DataError, match=r"cut\.npz' cannot be read: it is not an \.npz \(zip\) archive"
+    ):
         load_dataset(path)
 
 
@@ -169,8 +263,11 @@ def test_a_truncated_npz_is_refused_by_name(tmp_path):
 def test_a_header_claiming_a_huge_shape_is_refused_before_loading(tmp_path, compression):
     path = tmp_path / "huge.npz"
     x = np.zeros((20, 3))
-    _write_npz(path, {"x": _npy_bytes(x, shape=(10**12, 3)), "y": _npy_bytes(np.arange(20) % 2)},
-               compression)
+    _write_npz(
+        path,
+        {"x": _npy_bytes(x, shape=(10**12, 3)), "y": _npy_bytes(np.arange(20) % 2)},
+        compression,
+    )
     with pytest.raises(DataError) as info:
         load_dataset(path)
     claimed = 10**12 * 3 * 8  # hand count: shape x itemsize
@@ -182,7 +279,9 @@ def test_an_npy_member_cut_short_is_refused(tmp_path):
     path = tmp_path / "short.npz"
     x = np.ones((20, 3))
     _write_npz(path, {"x": _npy_bytes(x)[:-40], "y": _npy_bytes(np.arange(20) % 2)})
-    with pytest.raises(DataError, match=r"array 'x' claims shape \(20, 3\) of float64 \(480 bytes\) but holds 440"):
+    with pytest.raises(
+        DataError, match=r"array 'x' claims shape \(20, 3\) of float64 \(480 bytes\) but holds 440"
+    ):
         load_dataset(path)
 
 
@@ -194,7 +293,9 @@ def test_huge_class_labels_are_refused_before_any_one_hot(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset(path)
     message = str(info.value)
-    assert message.startswith("labels: y has class label 1000000000, i.e. 1000000001 classes for 20")
+    assert message.startswith(
+        "labels: y has class label 1000000000, i.e. 1000000001 classes for 20"
+    )
     assert f"K at most {MAX_CLASSES}" in message
 
 
@@ -221,7 +322,9 @@ BOUND = st.one_of(st.none(), st.floats(-10, 10))
 
 
 def _is_real(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -247,7 +350,11 @@ def test_check_real_agrees_with_an_independent_oracle(value, low, high, low_open
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=REALS, low=st.one_of(st.none(), st.integers(-5, 5)), high=st.one_of(st.none(), st.integers(-5, 5)))
+@given(
+    value=REALS,
+    low=st.one_of(st.none(), st.integers(-5, 5)),
+    high=st.one_of(st.none(), st.integers(-5, 5)),
+)
 def test_check_int_agrees_with_an_independent_oracle(value, low, high):
     integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if not integer:
@@ -278,8 +385,13 @@ def test_the_seed_range_is_what_numpy_torch_and_pyro_all_accept():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("0.weight", ("0.weight",)), (["a", "b"], ("a", "b")), (("a",), ("a",)), (np.array(["a", "b"]), ("a", "b")),
-     (None, None)],
+    [
+        ("0.weight", ("0.weight",)),
+        (["a", "b"], ("a", "b")),
+        (("a",), ("a",)),
+        (np.array(["a", "b"]), ("a", "b")),
+        (None, None),
+    ],
 )
 def test_check_names_accepts_one_name_or_many(value, expected):
     names = validation.check_names("params", value)
@@ -311,7 +423,7 @@ def test_the_gaussian_likelihood_uses_the_same_checks():
 
 
 def test_a_damaged_npz_is_one_line_at_the_cli_and_nothing_is_written(tmp_path, capsys):
-    from bayes_sws import cli
+    from bayes_sws.runs import cli
 
     path = tmp_path / "cut.npz"
     np.savez(path, x=np.zeros((50, 3)), y=np.arange(50) % 2)

@@ -1,0 +1,265 @@
+r"""A PyTorch network, the mixture prior and a likelihood as one Pyro model.
+
+The generative program (shapes in comments):
+
+.. code-block:: text
+
+    pi, mu, sigma ~ hyperpriors                       # sws.* sites, unscaled
+    with poutine.scale(λ):
+        for every selected parameter tensor W:        # one site per tensor
+            W ~ MixtureOfGaussians(pi, mu, sigma)     # event_shape = W.shape
+    with plate("data", N, subsample=idx):
+        obs ~ likelihood(net(x[idx]; W))
+
+so that under a point-mass (AutoDelta) guide the negative log joint is
+
+.. math::
+
+    E(w) + \lambda\Omega(w) - \log p(\pi,\mu,\sigma) + \text{const}    \qquad (5.139)
+
+Parameters that carry no prior (biases by default) stay ordinary
+``nn.Parameter``\ s of the network: :func:`bayes_sws.fit` optimises them as point
+estimates, and MCMC keeps them fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from ..validation import check_real
+from .likelihoods import Likelihood, get_likelihood
+from .priors import Mixture, MixturePrior
+
+__all__ = ["WEIGHT_PREFIX", "SWSModel"]
+
+WEIGHT_PREFIX = "net."
+
+
+class SWSModel:
+    r"""Soft weight-sharing model: ``model(x, y=None, subsample=None)`` is a Pyro model.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Any network; its current parameter values initialise inference.
+    prior : MixturePrior
+        The mixture prior and hyperpriors; it also chooses which tensors carry it.
+    likelihood : {"categorical", "gaussian"} or Likelihood
+        How outputs explain targets.
+    prior_scale : float
+        :math:`\lambda \ge 0` in :math:`E + \lambda\Omega`, applied with
+        ``poutine.scale`` to the weight sites only.
+
+    Notes
+    -----
+    Each selected parameter ``name`` becomes the latent site ``"net." + name``
+    (e.g. ``net.0.weight``). Observations are the site ``obs`` inside
+    ``pyro.plate("data", len(x), subsample=subsample)``: pass a tensor of indices
+    as ``subsample`` for a mini-batch and the likelihood is scaled by
+    ``len(x) / len(subsample)``, keeping the ELBO unbiased for the full data.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prior: MixturePrior,
+        likelihood: str | Likelihood = "categorical",
+        prior_scale: float = 1.0,
+    ):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(prior, MixturePrior):
+            raise TypeError(f"prior must be a bayes_sws.MixturePrior, got {type(prior).__name__}")
+        prior_scale = check_real(
+            "prior_scale (λ)",
+            prior_scale,
+            low=0,
+            hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
+        )
+        self.net = net
+        self.prior = prior
+        self.likelihood = get_likelihood(likelihood)
+        self.prior_scale = prior_scale
+        named = list(net.named_parameters())
+        if isinstance(prior.params, tuple):
+            unknown = sorted(set(prior.params) - {n for n, _ in named})
+            if unknown:
+                raise ValueError(
+                    f"MixturePrior(params=...) names {unknown} that the network does not have; "
+                    f"its parameters are {[n for n, _ in named]}"
+                )
+        self.prior_param_names = tuple(n for n, p in named if prior.selects(n, p))
+        if not self.prior_param_names:
+            available = ", ".join(f"{n} {tuple(p.shape)}" for n, p in named) or "none"
+            raise ValueError(
+                "no parameter of the network is selected for the prior (parameters: "
+                f"{available}); pass MixturePrior(include_bias=True) or params=[names]"
+            )
+        self.free_param_names = tuple(n for n, _ in named if n not in self.prior_param_names)
+
+    def __repr__(self) -> str:
+        return (
+            f"SWSModel(net={type(self.net).__name__}, prior={self.prior!r}, "
+            f"likelihood={self.likelihood.name!r}, prior_scale={self.prior_scale})"
+        )
+
+    # ------------------------------------------------------------------ names
+    def site_name(self, param_name: str) -> str:
+        """The sample site of a network parameter, e.g. ``"0.weight" -> "net.0.weight"``."""
+        return WEIGHT_PREFIX + param_name
+
+    @property
+    def weight_site_names(self) -> tuple[str, ...]:
+        return tuple(self.site_name(n) for n in self.prior_param_names)
+
+    @property
+    def hyper_site_names(self) -> tuple[str, ...]:
+        """Latent sites that are not network weights (mixture and likelihood parameters)."""
+        return self.prior.site_names + self.likelihood.site_names
+
+    def parameters_with_prior(self) -> dict[str, nn.Parameter]:
+        slots = self._slots()
+        if slots is not None:
+            return {n: p for n, (_, _, p) in slots.items()}
+        params = dict(self.net.named_parameters())
+        return {n: params[n] for n in self.prior_param_names}
+
+    def _slots(self) -> dict[str, tuple[nn.Module, str, nn.Parameter]] | None:
+        """Where each prior-carrying parameter lives: ``(module, key, parameter)``.
+
+        Resolved once and re-checked on every call (the module still holds the same
+        parameter object), so a parameter replaced on the network is picked up.
+        ``None`` when the plain lookup must be used instead: parametrised modules
+        or parameters tied under two names (``functional_call`` handles those).
+        """
+        slots = self.__dict__.get("_slot_cache")
+        if slots is not None and all(m._parameters.get(k) is p for m, k, p in slots.values()):
+            return slots
+        self._slot_cache = None
+        named = list(self.net.named_parameters(remove_duplicate=False))
+        if len({id(p) for _, p in named}) != len(named) or any(
+            parametrize.is_parametrized(m) for m in self.net.modules()
+        ):
+            return None
+        slots = {}
+        for name in self.prior_param_names:
+            path, _, key = name.rpartition(".")
+            module = self.net.get_submodule(path) if path else self.net
+            slots[name] = (module, key, module._parameters[key])
+        self._slot_cache = slots
+        return slots
+
+    def free_parameters(self) -> dict[str, nn.Parameter]:
+        """Network parameters without the prior: point estimates trained alongside the guide."""
+        params = dict(self.net.named_parameters())
+        return {n: params[n] for n in self.free_param_names}
+
+    def _like(self) -> Tensor:
+        return next(iter(self.parameters_with_prior().values()))
+
+    def init_values(self) -> dict[str, Tensor]:
+        """Initial values of every latent site: the network's current weights, the prior's init."""
+        weights = self.parameters_with_prior()
+        like = self._like()
+        values = {self.site_name(n): w.detach().clone() for n, w in weights.items()}
+        values.update(self.prior.init_values(weights.values()))
+        values.update(self.likelihood.init_values(like))
+        return values
+
+    # ------------------------------------------------------------------ program
+    def __call__(
+        self, x: Tensor, y: Tensor | None = None, subsample: Tensor | None = None
+    ) -> Tensor:
+        like = self._like()
+        mixture = self.prior.sample_mixture(like)
+        weights = self.sample_weights(mixture)
+        params = self.likelihood.sample_parameters(like)
+        with pyro.plate("data", x.shape[0], subsample=subsample, dim=-1) as index:
+            if subsample is not None:
+                x = x[index]
+                y = None if y is None else y[index]
+            output = self.forward(weights, x)
+            self.likelihood.observe(output, y, params)
+        return output
+
+    def sample_weights(self, mixture: Mixture) -> dict[str, Tensor]:
+        """One vectorised site per selected tensor, under ``poutine.scale(λ)``."""
+        params = self.parameters_with_prior()
+        if self.prior_scale > 0:
+            handler = poutine.scale(scale=self.prior_scale)
+        else:  # λ = 0: the weights keep their sites but the prior contributes nothing
+            handler = poutine.mask(mask=False)
+        with handler:
+            return {
+                name: pyro.sample(
+                    self.site_name(name), self.prior.weight_distribution(mixture, p.shape)
+                )
+                for name, p in params.items()
+            }
+
+    def forward(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Network output with the given values of the prior-carrying parameters.
+
+        Weights with extra leading (sample) dimensions, as drawn by
+        ``Predictive(parallel=True)`` or vectorised particles, are mapped over with
+        ``torch.func.vmap``; the output then has shape ``sample_shape + (batch, ...)``.
+        """
+        params = self.parameters_with_prior()
+        first = next(iter(weights))
+        extra = weights[first].dim() - params[first].dim()
+        if extra <= 0:
+            return self._call_with(weights, x)
+        # the trailing batch dimension lines up with the data plate (size 1 here)
+        batch_shape = weights[first].shape[:extra]
+        if batch_shape[-1] == 1:
+            batch_shape = batch_shape[:-1]
+        flat = {
+            name: w.reshape((-1,) + params[name].shape).expand(
+                (math.prod(batch_shape),) + params[name].shape
+            )
+            for name, w in weights.items()
+        }
+        out = torch.func.vmap(lambda ws: functional_call(self.net, ws, (x,)))(flat)
+        return out.reshape(batch_shape + out.shape[1:])
+
+    def _call_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        """``functional_call(self.net, weights, (x,))`` for unbatched weights, cheaply.
+
+        The values are put in the parameters' slots of their modules for the
+        call and the parameters put back afterwards, also on error: what
+        ``functional_call`` does, without its per-call traversal of the module
+        tree (a third of a small network's step). Falls back to it whenever the
+        slots are not plain (see :meth:`_slots`) or a name is not a prior-carrying
+        parameter.
+        """
+        slots = self._slots()
+        if slots is None or not weights.keys() <= slots.keys():
+            return functional_call(self.net, weights, (x,))
+        saved = []
+        try:
+            for name, value in weights.items():
+                module, key, param = slots[name]
+                saved.append((module, key, param))
+                module._parameters[key] = value
+            return self.net(x)
+        finally:
+            for module, key, param in saved:
+                module._parameters[key] = param
+
+    # ------------------------------------------------------------------ helpers
+    def network_with(self, weights: dict[str, Tensor]) -> nn.Module:
+        """A copy of the network with site values (keyed by site name) loaded into it."""
+        net = copy.deepcopy(self.net)
+        state = dict(net.named_parameters())
+        with torch.no_grad():
+            for name in self.prior_param_names:
+                state[name].copy_(weights[self.site_name(name)].reshape(state[name].shape))
+        return net

@@ -1,0 +1,399 @@
+r"""The learned mixture-of-Gaussians prior and its hyperpriors.
+
+Soft weight-sharing (Nowlan & Hinton 1992; PRML §5.5.7; Ullrich, Meeds & Welling
+2017) places on every selected weight the mixture
+
+.. math::
+
+    p(w_i \mid \pi, \mu, \sigma) = \sum_{j} \pi_j \mathcal N(w_i \mid \mu_j, \sigma_j^2)  \qquad (5.137)
+
+and learns :math:`\pi, \mu, \sigma` jointly with the weights. The hyperpriors are
+
+- :math:`\pi \sim \mathrm{Dirichlet}(\alpha)` over the non-zero components
+  (:math:`\alpha \ge 1` keeps the MAP inside the simplex);
+- with a zero component: :math:`\mu_0 = 0` fixed and :math:`\pi_0` either fixed
+  or :math:`\sim \mathrm{Beta}(a, b)`, the remaining mass
+  :math:`(1 - \pi_0)` split by the Dirichlet;
+- :math:`\mu_j \sim \mathcal N(m, s^2)`, optionally ordered
+  (:class:`~bayes_sws.core.distributions.OrderedNormal`) for identifiability;
+- :math:`\tau_j = 1/\sigma_j^2 \sim \mathrm{Gamma}(a_\tau, b_\tau)`: without a
+  proper prior on the precisions a component can collapse onto a few weights
+  (the singularity PRML notes after eq. 5.144).
+
+With ``flat=True`` every hyperprior is an improper uniform on its support, and
+MAP estimation minimises exactly :math:`E(w) + \lambda\Omega(w)` (5.139).
+
+Every model trace records the full mixture (zero component included) as the
+deterministic sites ``sws.pi``, ``sws.mu``, ``sws.sigma`` of shape ``(M,)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import Tensor
+
+from ..validation import check_bool, check_finite_tensor, check_int, check_names, check_real
+from .distributions import MixtureOfGaussians, OrderedNormal
+
+__all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
+
+SITE_PREFIX = "sws."
+PI_ZERO, MIXING, MEANS, PRECISIONS = "sws.pi_zero", "sws.mixing", "sws.means", "sws.precisions"
+
+
+_EVENT_DIMS = {PI_ZERO: 0, MIXING: 1, MEANS: 1, PRECISIONS: 1}
+
+
+def _strip_ones(shape: torch.Size) -> torch.Size:
+    while shape and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _align_batches(values: dict[str, Tensor], event_dims: dict[str, int]) -> dict[str, Tensor]:
+    """Give batched hyperparameter draws one batch shape ``sample + (1,)``.
+
+    The hyperparameters sit outside the data plate, so vectorised draws (ELBO
+    particles, ``Predictive(parallel=True)``) carry sample dimensions followed by
+    a singleton for the data plate. ``Predictive`` drops that singleton for sites
+    with an event dimension; this restores it, so every draw lines up.
+    """
+    if not values:  # every hyperparameter fixed (torch.broadcast_shapes() fails under jit)
+        return {}
+    if all(v.dim() == event_dims[s] for s, v in values.items()):  # one draw: nothing to align
+        return values
+    core = {}
+    for site, value in values.items():
+        event = value.shape[value.dim() - event_dims[site] :]
+        core[site] = value.reshape(
+            _strip_ones(value.shape[: value.dim() - event_dims[site]]) + event
+        )
+    sample = torch.broadcast_shapes(*(v.shape[: v.dim() - event_dims[s]] for s, v in core.items()))
+    batch = sample + (1,) if sample else sample
+    return {
+        s: v.expand(sample + v.shape[v.dim() - event_dims[s] :]).reshape(
+            batch + v.shape[v.dim() - event_dims[s] :]
+        )
+        for s, v in core.items()
+    }
+
+
+class Mixture(NamedTuple):
+    """The full mixture, zero component first when there is one; each of shape ``(..., M)``."""
+
+    pi: Tensor
+    mu: Tensor
+    sigma: Tensor
+
+
+def _positive(name: str, value: object) -> float:
+    return check_real(name, value, low=0, low_open=True)
+
+
+class MixturePrior:
+    r"""Mixture-of-Gaussians prior over network weights, with hyperpriors.
+
+    Parameters
+    ----------
+    num_components : int
+        Total number of components :math:`M`, the zero component included.
+    zero_component : bool
+        Fix :math:`\mu_0 = 0` (the pruning component). Default ``True``.
+    pi_zero : float, optional
+        Fix :math:`\pi_0` to this value in (0, 1). If ``None`` (default),
+        :math:`\pi_0 \sim \mathrm{Beta}(\text{pi\_zero\_prior})`.
+    pi_zero_prior : (float, float)
+        Beta concentrations :math:`(a, b)` for :math:`\pi_0`; the mean is
+        :math:`a / (a + b)`. Default ``(1, 1)`` (uniform).
+    init_pi_zero : float
+        Initial :math:`\pi_0` when it is learned. Default 0.5.
+    mixing_concentration : float
+        Dirichlet :math:`\alpha` for the non-zero components' mixing proportions.
+        Must be :math:`\ge 1` for MAP (checked by :func:`bayes_sws.fit`).
+    mean_loc, mean_scale : float
+        Normal hyperprior on the non-zero means.
+    ordered_means : bool
+        Constrain :math:`\mu_1 < \dots < \mu_K` (identifiable under MCMC).
+    precision_concentration, precision_rate : float
+        Gamma hyperprior on each precision :math:`1/\sigma_j^2` (shape, rate).
+        The defaults ``(2, 2e-3)`` put the mode at :math:`\sigma \approx 0.045`
+        and stop variances collapsing without pulling on well-supported
+        components.
+    zero_precision_concentration, zero_precision_rate : float, optional
+        A separate Gamma hyperprior (shape, rate) for the zero component's
+        precision; ``None`` (default) uses ``precision_concentration`` resp.
+        ``precision_rate``. Ullrich et al. made it much stronger than the
+        others, keeping the pruning spike narrow. Needs ``zero_component=True``.
+    flat : bool
+        Improper flat hyperpriors: MAP is then exactly :math:`E + \lambda\Omega`.
+    include_bias : bool
+        Also place the prior on biases (1-d parameters). Default: weights only
+        (parameters with two or more dimensions).
+    params : str, iterable of str or callable, optional
+        Explicit choice of parameters: names as in ``net.named_parameters()``
+        (one string is one name), or a predicate ``(name, parameter) -> bool``.
+        Overrides ``include_bias``.
+    init_means : tensor, optional
+        Initial non-zero means; default evenly spaced over the range of the
+        network's current weights (Ullrich et al.).
+    init_sigma : float, optional
+        Initial standard deviation of every component; default the spacing of
+        the initial means.
+    fixed_precision : float, optional
+        Fix every component's precision :math:`1/\sigma_j^2` to this value: no
+        ``sws.precisions`` site. ``MixturePrior(1, fixed_precision=a)`` is the
+        fixed Gaussian prior :math:`\mathcal N(0, 1/a)` (weight decay
+        :math:`\lambda a/2 \, \|w\|^2`), whose linear-Gaussian posterior is
+        known in closed form.
+    """
+
+    def __init__(
+        self,
+        num_components: int = 16,
+        *,
+        zero_component: bool = True,
+        pi_zero: float | None = None,
+        pi_zero_prior: tuple[float, float] = (1.0, 1.0),
+        init_pi_zero: float = 0.5,
+        mixing_concentration: float = 1.0,
+        mean_loc: float = 0.0,
+        mean_scale: float = 1.0,
+        ordered_means: bool = False,
+        precision_concentration: float = 2.0,
+        precision_rate: float = 2e-3,
+        zero_precision_concentration: float | None = None,
+        zero_precision_rate: float | None = None,
+        flat: bool = False,
+        include_bias: bool = False,
+        params: str | Iterable[str] | Callable[[str, Tensor], bool] | None = None,
+        init_means: Tensor | None = None,
+        init_sigma: float | None = None,
+        fixed_precision: float | None = None,
+    ):
+        num_components = check_int("num_components", num_components, noun="an int >= 1")
+        if num_components < 1:  # wording pinned by tests/test_fit.py
+            raise ValueError(
+                f"num_components must be >= 1, got {num_components}; use e.g. 16 components"
+            )
+        self.num_components = num_components
+        self.zero_component = check_bool("zero_component", zero_component)
+        self.num_free = num_components - int(self.zero_component)
+        if pi_zero is not None:
+            pi_zero = check_real("pi_zero", pi_zero)
+            if not 0.0 < pi_zero < 1.0:
+                raise ValueError(f"pi_zero must lie in (0, 1), got {pi_zero!r}")
+            if not self.zero_component:
+                raise ValueError(
+                    "pi_zero was given but zero_component=False; set zero_component=True"
+                )
+        self.pi_zero = pi_zero
+        if not isinstance(pi_zero_prior, (tuple, list)):
+            raise TypeError(
+                f"pi_zero_prior must be two Beta concentrations (a, b), got {pi_zero_prior!r}"
+            )
+        self.pi_zero_prior = tuple(
+            _positive(f"pi_zero_prior[{i}]", v) for i, v in enumerate(pi_zero_prior)
+        )
+        if len(self.pi_zero_prior) != 2:
+            raise ValueError(
+                f"pi_zero_prior must be two Beta concentrations (a, b), got {pi_zero_prior!r}"
+            )
+        init_pi_zero = check_real("init_pi_zero", init_pi_zero)
+        if not 0.0 < init_pi_zero < 1.0:
+            raise ValueError(f"init_pi_zero must lie in (0, 1), got {init_pi_zero!r}")
+        self.init_pi_zero = init_pi_zero
+        self.mixing_concentration = _positive("mixing_concentration", mixing_concentration)
+        self.mean_loc = check_real("mean_loc", mean_loc)
+        self.mean_scale = _positive("mean_scale", mean_scale)
+        self.ordered_means = check_bool("ordered_means", ordered_means)
+        self.precision_concentration = _positive("precision_concentration", precision_concentration)
+        self.precision_rate = _positive("precision_rate", precision_rate)
+        if not self.zero_component and (
+            zero_precision_concentration is not None or zero_precision_rate is not None
+        ):
+            raise ValueError(
+                "zero_precision_concentration/zero_precision_rate were given but "
+                "zero_component=False; set zero_component=True or drop them"
+            )
+        self.zero_precision_concentration = (
+            self.precision_concentration
+            if zero_precision_concentration is None
+            else _positive("zero_precision_concentration", zero_precision_concentration)
+        )
+        self.zero_precision_rate = (
+            self.precision_rate
+            if zero_precision_rate is None
+            else _positive("zero_precision_rate", zero_precision_rate)
+        )
+        self.flat = check_bool("flat", flat)
+        self.include_bias = check_bool("include_bias", include_bias)
+        # one string is one parameter name (a predicate is any callable)
+        self.params = params if callable(params) else check_names("params", params)
+        self.init_means = (
+            None if init_means is None else check_finite_tensor("init_means", init_means).flatten()
+        )
+        if self.init_means is not None and self.init_means.numel() != self.num_free:
+            raise ValueError(
+                f"init_means must hold {self.num_free} values (one per non-zero component), "
+                f"got {self.init_means.numel()}"
+            )
+        self.init_sigma = check_real(
+            "init_sigma", init_sigma, low=0, low_open=True, allow_none=True
+        )
+        self.fixed_precision = check_real(
+            "fixed_precision", fixed_precision, low=0, low_open=True, allow_none=True
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MixturePrior(num_components={self.num_components}, zero_component={self.zero_component}, "
+            f"pi_zero={self.pi_zero}, flat={self.flat}, ordered_means={self.ordered_means})"
+        )
+
+    # ----------------------------------------------------------------- selection
+    def selects(self, name: str, param: Tensor) -> bool:
+        """Whether the parameter called ``name`` carries the prior."""
+        if callable(self.params):
+            return bool(self.params(name, param))
+        if self.params is not None:
+            return name in self.params
+        return param.dim() >= 2 or self.include_bias
+
+    # ----------------------------------------------------------------- sites
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        """Names of the latent hyperparameter sites, in sampling order."""
+        names = []
+        if self.zero_component and self.pi_zero is None and self.num_free >= 1:
+            names.append(PI_ZERO)
+        if self.num_free >= 2:
+            names.append(MIXING)
+        if self.num_free >= 1:
+            names.append(MEANS)
+        if self.fixed_precision is None:
+            names.append(PRECISIONS)
+        return tuple(names)
+
+    def _hyperprior(self, site: str, like: Tensor):
+        opts = {"dtype": like.dtype, "device": like.device}
+        if site == PI_ZERO:
+            if self.flat:
+                return dist.ImproperUniform(constraints.unit_interval, (), ())
+            a, b = self.pi_zero_prior
+            return dist.Beta(torch.tensor(a, **opts), torch.tensor(b, **opts))
+        if site == MIXING:
+            if self.flat:
+                return dist.ImproperUniform(constraints.simplex, (), (self.num_free,))
+            return dist.Dirichlet(torch.full((self.num_free,), self.mixing_concentration, **opts))
+        if site == MEANS:
+            if self.flat:
+                support = (
+                    constraints.ordered_vector if self.ordered_means else constraints.real_vector
+                )
+                return dist.ImproperUniform(support, (), (self.num_free,))
+            loc, scale = torch.tensor(self.mean_loc, **opts), torch.tensor(self.mean_scale, **opts)
+            if self.ordered_means:
+                return OrderedNormal(loc, scale, self.num_free)
+            return dist.Normal(loc, scale).expand([self.num_free]).to_event(1)
+        if site == PRECISIONS:
+            if self.flat:
+                return dist.ImproperUniform(constraints.positive, (), (self.num_components,))
+            conc = torch.full((self.num_components,), self.precision_concentration, **opts)
+            rate = torch.full((self.num_components,), self.precision_rate, **opts)
+            if self.zero_component:  # component 0 may have its own (Ullrich et al.: stronger) prior
+                conc[0], rate[0] = self.zero_precision_concentration, self.zero_precision_rate
+            return dist.Gamma(conc, rate).to_event(1)
+        raise KeyError(site)
+
+    def mixture(self, values: dict[str, Tensor], like: Tensor) -> Mixture:
+        """The full mixture ``(pi, mu, sigma)`` from values of the latent sites.
+
+        This is the one place the site values are turned into the mixture, used
+        while sampling and when reading a fitted guide.
+        """
+        opts = {"dtype": like.dtype, "device": like.device}
+        values = _align_batches(
+            {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
+        )
+        if self.fixed_precision is None:
+            batch = values[PRECISIONS].shape[:-1]
+            sigma = values[PRECISIONS].rsqrt()
+        else:
+            batch = next(
+                (v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size()
+            )
+            sigma = torch.full(batch + (self.num_components,), self.fixed_precision**-0.5, **opts)
+        if self.num_free >= 2:
+            rest_pi = values[MIXING]
+        else:
+            rest_pi = torch.ones(batch + (self.num_free,), **opts)
+        rest_mu = values[MEANS] if self.num_free >= 1 else torch.zeros(batch + (0,), **opts)
+        if not self.zero_component:
+            return Mixture(rest_pi, rest_mu, sigma)
+        if self.num_free == 0:
+            pi0 = torch.ones(batch + (1,), **opts)
+        elif self.pi_zero is None:
+            pi0 = values[PI_ZERO].unsqueeze(-1)
+        else:
+            pi0 = torch.full(batch + (1,), self.pi_zero, **opts)
+        pi = torch.cat([pi0, (1.0 - pi0) * rest_pi.expand(batch + rest_pi.shape[-1:])], dim=-1)
+        mu = torch.cat(
+            [torch.zeros(batch + (1,), **opts), rest_mu.expand(batch + rest_mu.shape[-1:])], -1
+        )
+        return Mixture(pi, mu, sigma)
+
+    def sample_mixture(self, like: Tensor) -> Mixture:
+        """Sample the hyperparameter sites and record ``sws.pi``, ``sws.mu``, ``sws.sigma``."""
+        values = {site: pyro.sample(site, self._hyperprior(site, like)) for site in self.site_names}
+        mixture = self.mixture(values, like)
+        pyro.deterministic("sws.pi", mixture.pi, event_dim=1)
+        pyro.deterministic("sws.mu", mixture.mu, event_dim=1)
+        pyro.deterministic("sws.sigma", mixture.sigma, event_dim=1)
+        return mixture
+
+    def weight_distribution(self, mixture: Mixture, shape: torch.Size) -> MixtureOfGaussians:
+        """The prior of one parameter tensor of the given shape (one vectorised site)."""
+        return MixtureOfGaussians(mixture.pi, mixture.mu, mixture.sigma, event_shape=shape)
+
+    def log_hyperprior(self, values: dict[str, Tensor], like: Tensor) -> Tensor:
+        """:math:`\\log p(\\pi, \\mu, \\sigma)` at the given site values (0 when flat)."""
+        total = torch.zeros((), dtype=like.dtype, device=like.device)
+        for site in self.site_names:
+            total = total + self._hyperprior(site, like).log_prob(values[site])
+        return total
+
+    # ----------------------------------------------------------------- init
+    def init_values(self, weights: Iterable[Tensor]) -> dict[str, Tensor]:
+        """Initial site values from the network's current weights.
+
+        Non-zero means are spread evenly over the range of the weights (Ullrich
+        et al.); sigmas equal the spacing of those means; mixing proportions are
+        uniform over the non-zero components.
+        """
+        flat = torch.cat([w.detach().reshape(-1) for w in weights])
+        opts = {"dtype": flat.dtype, "device": flat.device}
+        lo, hi = flat.min().item(), flat.max().item()
+        if not hi > lo:
+            lo, hi = lo - 1.0, hi + 1.0
+        if self.init_means is not None:
+            means = self.init_means.to(**opts)
+        else:
+            means = torch.linspace(lo, hi, self.num_free + 2, **opts)[1:-1]
+        spacing = (hi - lo) / (self.num_free + 1)
+        sigma = self.init_sigma if self.init_sigma is not None else spacing
+        values = {}
+        if PRECISIONS in self.site_names:
+            values[PRECISIONS] = torch.full((self.num_components,), sigma**-2, **opts)
+        if PI_ZERO in self.site_names:
+            values[PI_ZERO] = torch.tensor(self.init_pi_zero, **opts)
+        if MIXING in self.site_names:
+            values[MIXING] = torch.full((self.num_free,), 1.0 / self.num_free, **opts)
+        if MEANS in self.site_names:
+            values[MEANS] = means.sort().values if self.ordered_means else means
+        return values

@@ -1,0 +1,680 @@
+r"""ArviZ conversion and plots: the one module that imports :mod:`arviz` (lazily).
+
+:func:`to_inference_data` turns a :class:`~bayes_sws.infer.FitResult`
+(independent draws from the fitted guide, split into pseudo-chains) or a
+:class:`~bayes_sws.infer.mcmc.MCMCResult` (the real chains) into
+:class:`arviz.InferenceData` through ``az.from_dict``: ArviZ 1.x has no Pyro
+converter and 0.x's ``from_pyro`` takes only ``MCMC`` objects.
+
+Groups and dimension names
+--------------------------
+=====================  ==========================================================
+group                  variables (dimensions after ``chain``, ``draw``)
+=====================  ==========================================================
+posterior              ``sws.pi``, ``sws.mu``, ``sws.sigma`` (``component``);
+                       ``sws.precisions`` (``component``), ``sws.means``,
+                       ``sws.mixing`` (``nonzero_component`` with a zero
+                       component, else ``component``), ``sws.pi_zero``,
+                       ``likelihood.precision`` (scalars); weight sites when
+                       asked, e.g. ``net.0.weight`` (``net.0.out_features``,
+                       ``net.0.in_features``); ``predictive_mean`` when asked
+                       (``data``; ``class`` for class probabilities)
+posterior_predictive   ``obs`` (``data``; ``output`` for vector targets)
+log_likelihood         ``obs`` (``data``): pointwise, for ``az.loo``/``az.waic``
+observed_data          ``obs`` (``data``; ``output``)
+constant_data          ``x`` (``data``, ``feature``)
+sample_stats           NUTS only: ``diverging``, ``tree_depth``, ``n_steps``,
+                       ``acceptance_rate``, ``energy``, ``lp``, ``step_size``
+=====================  ==========================================================
+
+Coordinates of ``component`` are ``0 … M−1`` (the zero component first, when
+there is one); ``nonzero_component`` runs ``1 … M−1`` so the labels agree with
+``component``.
+
+Diagnose identifiable quantities (``predictive_mean``, the pointwise
+log-likelihood, the mixture with ordered means): raw weights are not identifiable
+(see :mod:`bayes_sws.infer.mcmc`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor, nn
+
+from ..core.likelihoods import Categorical
+from ..core.model import SWSModel
+from ..core.priors import Mixture
+from ..infer.mcmc import MCMCResult
+from ..infer.svi import FitResult
+from ..validation import check_int, check_seed
+
+__all__ = [
+    "MIXTURE_VARS",
+    "load_arviz",
+    "plot_hyperposterior",
+    "plot_loss",
+    "plot_mixture_over_histogram",
+    "plot_weights_before_after",
+    "predictive_draws",
+    "summary",
+    "to_inference_data",
+]
+
+MIXTURE_VARS = ("sws.pi", "sws.mu", "sws.sigma")
+
+
+def load_arviz():
+    """Import ArviZ on first use, with an error that says how to install it."""
+    try:
+        with warnings.catch_warnings():  # ArviZ 0.2x announces its 1.0 refactor on import
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz
+    except ImportError as err:  # pragma: no cover - arviz is a dependency
+        raise ImportError(
+            "bayes_sws.diagnostics needs ArviZ: install it with `pip install 'arviz>=0.17'` "
+            "(and `pip install h5netcdf` or `netCDF4` to save InferenceData as netCDF)"
+        ) from err
+    return arviz
+
+
+def summary(idata, *, var_names=None):
+    """``arviz.summary`` of ``idata``, quiet about the R-hat of point estimates.
+
+    A MAP (Delta) posterior has constant draws, whose R-hat is undefined; ArviZ
+    warns about that on every variable, which says nothing about the fit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_arviz().summary(idata, var_names=var_names)
+
+
+def plot_weights_before_after(*args, **kwargs):
+    """Weights before against after retraining; see :func:`bayes_sws.compress.plot_weights_before_after`."""
+    from ..compress.quantize import plot_weights_before_after as plot
+
+    return plot(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- draws
+def _check_result(result: Any) -> None:
+    if not isinstance(result, (FitResult, MCMCResult)):
+        raise TypeError(
+            "result must be a FitResult (from bayes_sws.fit) or an MCMCResult (from "
+            f"bayes_sws.infer.mcmc.sample_nuts), got {type(result).__name__}"
+        )
+
+
+def _posterior_draws(
+    result: FitResult | MCMCResult, num_samples: int, seed: int, num_chains: int = 4
+) -> dict[str, Tensor]:
+    """Latent sites and the mixture, each of shape ``(chain, draw, *site_shape)``.
+
+    Guide draws are independent; they are split into ``num_chains`` pseudo-chains
+    so that ArviZ's R-hat and ESS are defined (they need two chains or more).
+    """
+    seed = check_seed("seed", seed)
+    if isinstance(result, MCMCResult):
+        return dict(result.samples)
+    num_samples = check_int("num_samples", num_samples, low=1)
+    num_chains = check_int("num_chains", num_chains, low=1)
+    if num_samples % num_chains:
+        raise ValueError(
+            f"num_samples={num_samples} guide draws cannot be split into num_chains={num_chains} "
+            "equal chains; make num_samples a multiple of num_chains"
+        )
+    pyro.set_rng_seed(seed)
+    flat = result.sample_posterior(int(num_samples))
+    model = result.model
+    hyper = {name: flat[name] for name in model.prior.site_names}
+    with torch.no_grad():
+        mixture = model.prior.mixture(hyper, model._like())
+    for name, value in zip(MIXTURE_VARS, mixture):
+        if value.dim() == 1:  # no latent hyperparameters: the same mixture in every draw
+            value = value.expand((num_samples,) + value.shape)
+        flat[name] = value.reshape(num_samples, -1)
+    return {
+        name: value.reshape((num_chains, num_samples // num_chains) + value.shape[1:])
+        for name, value in flat.items()
+    }
+
+
+def _as_inputs(model: SWSModel, x: Any) -> Tensor:
+    like = model._like()
+    return torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
+
+
+def _each_draw(model: SWSModel, draws: Mapping[str, Tensor], x: Tensor):
+    """Yield ``(chain, draw, values, output)`` for every posterior draw."""
+    first = next(iter(draws.values()))
+    num_chains, num_draws = first.shape[:2]
+    with torch.no_grad():
+        for c in range(num_chains):
+            for d in range(num_draws):
+                values = {k: v[c, d] for k, v in draws.items()}
+                weights = {n: values[model.site_name(n)] for n in model.prior_param_names}
+                yield c, d, values, model.forward(weights, x)
+
+
+def predictive_draws(
+    result: FitResult | MCMCResult,
+    x: Any,
+    *,
+    num_samples: int = 200,
+    num_chains: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """The likelihood's mean at ``x`` for every posterior draw.
+
+    Regression means or class probabilities, shape ``(chain, draw, len(x), ...)``:
+    an identifiable quantity to diagnose (``az.rhat``, ``az.ess``) and to draw
+    predictive bands from. A guide gives ``num_samples`` draws split into
+    ``num_chains`` pseudo-chains (as in :func:`to_inference_data`); an MCMC
+    result gives all its chains and draws.
+    """
+    _check_result(result)
+    draws = _posterior_draws(result, num_samples, seed, num_chains)
+    model = result.model
+    x = _as_inputs(model, x)
+    out = None
+    for c, d, values, output in _each_draw(model, draws, x):
+        mean = model.likelihood.mean(output, values).cpu().numpy()
+        if out is None:
+            out = np.empty(next(iter(draws.values())).shape[:2] + mean.shape, dtype=mean.dtype)
+        out[c, d] = mean
+    return out
+
+
+# ---------------------------------------------------------------------- dims
+_CONV_KERNEL_DIMS = {
+    1: ("kernel_length",),
+    2: ("kernel_height", "kernel_width"),
+    3: ("kernel_depth", "kernel_height", "kernel_width"),
+}
+
+
+def _parameter_dims(net: nn.Module, param_name: str, shape: torch.Size) -> list[str]:
+    """Dimension names for a parameter tensor, from the layer that owns it when known."""
+    owner, _, leaf = param_name.rpartition(".")
+    prefix = "net." + owner if owner else "net"
+    try:
+        module = net.get_submodule(owner)
+    except AttributeError:
+        module = None
+    names: tuple[str, ...] | None = None
+    if isinstance(module, nn.Linear):
+        names = {"weight": ("out_features", "in_features"), "bias": ("out_features",)}.get(leaf)
+    elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        in_name = "in_channels" if module.groups == 1 else "in_channels_per_group"
+        kernel = _CONV_KERNEL_DIMS.get(len(module.kernel_size), ())
+        names = {"weight": ("out_channels", in_name, *kernel), "bias": ("out_channels",)}.get(leaf)
+    elif isinstance(module, nn.Embedding):
+        names = {"weight": ("num_embeddings", "embedding_dim")}.get(leaf)
+    elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm)):
+        names = ("num_features",) if leaf in ("weight", "bias") and len(shape) == 1 else None
+    if names is None or len(names) != len(shape):
+        return [f"net.{param_name}_dim_{i}" for i in range(len(shape))]
+    return [f"{prefix}.{n}" for n in names]
+
+
+def _hyper_dims(model: SWSModel, site: str, ndim: int) -> list[str]:
+    if ndim == 0:
+        return []
+    if site in ("sws.means", "sws.mixing"):
+        return ["nonzero_component" if model.prior.zero_component else "component"]
+    if site.startswith("sws."):
+        return ["component"]
+    return [f"{site}_dim_{i}" for i in range(ndim)]
+
+
+def _extra_dims(name: str, count: int) -> list[str]:
+    """Names of per-data-point dimensions: ``output`` (vector targets), ``class`` (probabilities)."""
+    return [name] if count == 1 else [f"{name}_{i}" for i in range(count)]
+
+
+def _resolve_weights(model: SWSModel, weights: Any) -> list[str]:
+    """Weight site names from None / "all" / True / a list of parameter or site names."""
+    if weights is None or weights is False:
+        return []
+    if weights is True or weights == "all":
+        return list(model.weight_site_names)
+    if isinstance(weights, str):
+        weights = [weights]
+    if not isinstance(weights, Sequence):
+        raise TypeError(
+            f"weights must be None, 'all' or a list of parameter names, got {type(weights).__name__}"
+        )
+    sites = []
+    for name in weights:
+        site = name if name in model.weight_site_names else model.site_name(name)
+        if site not in model.weight_site_names:
+            raise ValueError(
+                f"weights names {name!r}, which is not a parameter with the prior; choose from "
+                f"{list(model.prior_param_names)} (or their sites {list(model.weight_site_names)})"
+            )
+        sites.append(site)
+    return sites
+
+
+def _numpy(value: Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy()
+
+
+# ---------------------------------------------------------------------- to_inference_data
+def to_inference_data(
+    result: FitResult | MCMCResult,
+    x: Any = None,
+    y: Any = None,
+    *,
+    num_samples: int = 200,
+    num_chains: int = 4,
+    weights: None | str | Sequence[str] = None,
+    predictive_mean: bool = False,
+    seed: int = 0,
+):
+    """Convert a fit or an MCMC run into :class:`arviz.InferenceData`.
+
+    Parameters
+    ----------
+    result : FitResult or MCMCResult
+    x, y : tensor or array, optional
+        Inputs and targets. With ``x``: ``posterior_predictive`` and
+        ``constant_data``; with ``y`` too: ``log_likelihood`` (pointwise, for
+        ``az.loo``, ``az.waic``, ``az.compare``) and ``observed_data``.
+    num_samples : int
+        Draws from the guide of a :class:`FitResult`, in all. An
+        :class:`MCMCResult` keeps all its chains and draws.
+    num_chains : int
+        Guide draws are independent; they are split into this many
+        pseudo-chains of ``num_samples // num_chains`` draws. With one chain
+        ``az.summary`` cannot compute R-hat and logs a shape warning; with
+        several, R-hat ≈ 1 and ESS ≈ the number of draws, as they should be
+        for independent draws.
+    weights : None, "all" or list of str
+        Weight sites to include in ``posterior``, by parameter name
+        (``"0.weight"``) or site name (``"net.0.weight"``). Default none.
+    predictive_mean : bool
+        Also store the likelihood's mean at ``x`` per draw as the posterior
+        variable ``predictive_mean`` (dims ``data``, ...), an identifiable
+        quantity for R-hat and ESS.
+    seed : int
+        Seeds the guide draws and the posterior-predictive draws.
+
+    Returns
+    -------
+    arviz.InferenceData
+    """
+    az = load_arviz()
+    _check_result(result)
+    model = result.model
+    if y is not None and x is None:
+        raise ValueError("y was given without x; pass the inputs x the targets y belong to")
+    draws = _posterior_draws(result, num_samples, seed, num_chains)
+    weight_sites = _resolve_weights(model, weights)
+
+    posterior: dict[str, np.ndarray] = {}
+    dims: dict[str, list[str]] = {}
+    for name in (*MIXTURE_VARS, *model.hyper_site_names):
+        value = draws[name]
+        posterior[name] = _numpy(value)
+        dims[name] = _hyper_dims(model, name, value.dim() - 2)
+    for site in weight_sites:
+        param = site[len("net.") :]
+        posterior[site] = _numpy(draws[site])
+        dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
+    coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
+    if model.prior.zero_component:
+        coords["nonzero_component"] = np.arange(1, model.prior.num_components)
+
+    groups: dict[str, Any] = {}
+    if x is not None:
+        x_tensor = _as_inputs(model, x)
+        y_tensor = None
+        if y is not None:
+            from ..infer.svi import as_data
+
+            x_tensor, y_tensor = as_data(x, y, model)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(check_seed("seed", seed) + 1)
+        shape = next(iter(draws.values())).shape[:2]
+        predictive, log_lik, means = None, None, None
+        try:
+            for c, d, values, output in _each_draw(model, draws, x_tensor):
+                likelihood = model.likelihood.distribution(output, values)
+                obs = _numpy(likelihood.sample())
+                if predictive is None:
+                    predictive = np.empty(shape + obs.shape, dtype=obs.dtype)
+                predictive[c, d] = obs
+                if y_tensor is not None:
+                    ll = _numpy(likelihood.log_prob(y_tensor))
+                    if log_lik is None:
+                        log_lik = np.empty(shape + ll.shape, dtype=ll.dtype)
+                    log_lik[c, d] = ll
+                if predictive_mean:
+                    mean = _numpy(model.likelihood.mean(output, values))
+                    if means is None:
+                        means = np.empty(shape + mean.shape, dtype=mean.dtype)
+                    means[c, d] = mean
+        finally:
+            torch.random.set_rng_state(generator_state)
+        obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
+        groups["posterior_predictive"] = {"obs": predictive}
+        dims["obs"] = obs_dims
+        x_np = _numpy(x_tensor)
+        x_dims = (
+            ["data", "feature"]
+            if x_np.ndim == 2
+            else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
+        )
+        groups["constant_data"] = {"x": x_np}
+        dims["x"] = x_dims
+        if y_tensor is not None:
+            groups["log_likelihood"] = {"obs": log_lik}
+            groups["observed_data"] = {"obs": _numpy(y_tensor)}
+        if predictive_mean:
+            posterior["predictive_mean"] = means
+            kind = "class" if isinstance(model.likelihood, Categorical) else "output"
+            dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
+        coords["data"] = np.arange(x_np.shape[0])
+
+    if isinstance(result, MCMCResult):
+        groups["sample_stats"] = {k: np.asarray(v) for k, v in result.sample_stats.items()}
+        method = "NUTS"
+    else:
+        method = f"SVI guide={result.guide_name}"
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "creation_library": "bayes_sws",
+        "method": method,
+        "config": json.dumps(result.config, default=str, sort_keys=True),
+    }
+    used = {d for names in dims.values() for d in names}
+    coords = {k: v for k, v in coords.items() if k in used}
+    idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, attrs=attrs, **groups)
+    for group in idata.groups():  # as ArviZ's own converters do, on every group too
+        idata[group].attrs.update(
+            {
+                k: attrs[k]
+                for k in ("inference_library", "inference_library_version", "creation_library")
+            }
+        )
+    idata.posterior.attrs.update({"method": method, "config": attrs["config"]})
+    return idata
+
+
+# ---------------------------------------------------------------------- plots
+def _weights_and_mixture(
+    result_or_net: Any, mixture: Any
+) -> tuple[dict[str, np.ndarray], Mixture | None]:
+    if isinstance(result_or_net, (FitResult, MCMCResult)):
+        model = result_or_net.model
+        median = result_or_net.median()
+        arrays = {n: _numpy(median[model.site_name(n)]) for n in model.prior_param_names}
+        return arrays, mixture if mixture is not None else result_or_net.mixture()
+    if isinstance(result_or_net, SWSModel):
+        params = result_or_net.parameters_with_prior()
+        return {n: _numpy(p) for n, p in params.items()}, mixture
+    if isinstance(result_or_net, nn.Module):
+        return {n: _numpy(p) for n, p in result_or_net.named_parameters() if p.dim() >= 2}, mixture
+    if isinstance(result_or_net, Mapping):
+        return {
+            n: np.asarray(_numpy(v) if torch.is_tensor(v) else v) for n, v in result_or_net.items()
+        }, mixture
+    raise TypeError(
+        "plot_mixture_over_histogram needs a FitResult, MCMCResult, SWSModel, nn.Module or a dict "
+        f"name -> weights, got {type(result_or_net).__name__}"
+    )
+
+
+def _mixture_arrays(mixture: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(mixture, Mapping):
+        mixture = (mixture["pi"], mixture["mu"], mixture["sigma"])
+    if not isinstance(mixture, (tuple, list)) or len(mixture) != 3:
+        raise TypeError(
+            "mixture must be a Mixture, a (pi, mu, sigma) triple or a dict with those keys"
+        )
+    pi, mu, sigma = (
+        np.asarray(_numpy(v) if torch.is_tensor(v) else v, dtype=np.float64).reshape(-1)
+        for v in mixture
+    )
+    if not (pi.shape == mu.shape == sigma.shape):
+        raise ValueError(
+            f"pi, mu, sigma must have one entry per component, got {pi.shape}, {mu.shape}, {sigma.shape}"
+        )
+    return pi, mu, sigma
+
+
+def plot_mixture_over_histogram(
+    result_or_net: Any,
+    mixture: Any = None,
+    *,
+    per_layer: bool = True,
+    bins: int | None = None,
+    components: bool = True,
+    title: str | None = None,
+):
+    r"""The learned mixture density over the histogram of the weights, log-scaled counts.
+
+    The curve is the expected count per bin under the mixture,
+    :math:`n\,\Delta\, \sum_j \pi_j \mathcal N(w \mid \mu_j, \sigma_j^2)` for
+    :math:`n` weights and bin width :math:`\Delta`, so it sits on the bars where
+    the prior fits the weights (Ullrich et al. 2017, Fig. 1 margins).
+
+    Parameters
+    ----------
+    result_or_net : FitResult, MCMCResult, SWSModel, nn.Module or dict
+        Where the weights come from: a result's posterior median weights, a
+        model's or network's current weights (parameters with two or more
+        dimensions for a bare network), or a dict name -> weights.
+    mixture : Mixture or (pi, mu, sigma), optional
+        Default: the result's :meth:`mixture`; required otherwise.
+    per_layer : bool
+        One panel per tensor after the pooled panel.
+    bins : int, optional
+        Default: about two per √(number of weights), between 10 and 100, so that
+        small layers still show the curve above one count.
+    components : bool
+        Also draw each weighted component and mark the means.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    arrays, mixture = _weights_and_mixture(result_or_net, mixture)
+    if mixture is None:
+        raise ValueError("mixture is required unless result_or_net is a FitResult or MCMCResult")
+    if not arrays:
+        raise ValueError("no weights to plot")
+    pi, mu, sigma = _mixture_arrays(mixture)
+    panels = [("all weights", np.concatenate([a.reshape(-1) for a in arrays.values()]))]
+    if per_layer and len(arrays) > 1:
+        panels += [(name, a.reshape(-1)) for name, a in arrays.items()]
+    pooled = panels[0][1]
+    lo = min(pooled.min(), (mu - 3 * sigma).min())
+    hi = max(pooled.max(), (mu + 3 * sigma).max())
+    if bins is None:
+        bins = int(np.clip(2 * math.sqrt(pooled.size), 10, 100))
+    edges = np.linspace(lo, hi, bins + 1)
+    grid = np.linspace(lo, hi, 800)
+    z = (grid[:, None] - mu) / sigma
+    comp = pi * np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))  # grid M
+    density = comp.sum(-1)
+    width = edges[1] - edges[0]
+
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
+    for ax, (name, values) in zip(axes, panels):
+        counts, _, _ = ax.hist(values, bins=edges, color="0.75", label="weights")
+        scale = values.size * width
+        expected = scale * density
+        bottom = min(0.5, 0.05 * expected.max())
+        ax.plot(grid, expected, color="tab:red", lw=1.5, label="mixture")
+        if components:
+            for j in range(len(pi)):
+                ax.plot(grid, scale * comp[:, j], color="tab:blue", lw=0.6, ls="--", alpha=0.7)
+            ax.plot(mu, np.full_like(mu, 1.4 * bottom), "v", color="tab:blue", ms=4, label="means")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom, max(counts.max(), expected.max(), 1.0) * 3)
+        ax.set_xlim(lo, hi)
+        ax.set_title(f"{name} ({values.size} weights)", fontsize=9)
+        ax.set_xlabel("weight")
+        ax.set_ylabel("count")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_loss(
+    result: FitResult | MCMCResult | Sequence[float] | np.ndarray, *, title: str | None = None
+):
+    """The loss trace of a fit (negative ELBO, or the MAP objective), or −lp per NUTS chain.
+
+    The raw trace is drawn faintly with a moving average over it; the y-range
+    follows the second half of the run so a large initial loss does not flatten
+    the curve.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    if isinstance(result, MCMCResult):
+        lp = np.asarray(result.sample_stats["lp"])
+        for c in range(lp.shape[0]):
+            ax.plot(-lp[c], lw=0.8, label=f"chain {c}")
+        ax.set_xlabel("draw (after warm-up)")
+        ax.set_ylabel("−log joint (unconstrained)")
+        ax.legend(fontsize=8)
+        ax.set_title(title or "NUTS: negative log density of the draws")
+        return fig
+    if isinstance(result, FitResult):
+        losses = np.asarray(result.losses, dtype=np.float64)
+        label = "loss (E + λΩ − log p(hyper))" if result.is_point_estimate else "negative ELBO"
+        name = result.guide_name
+    else:
+        losses = np.asarray(result, dtype=np.float64).reshape(-1)
+        label, name = "loss", None
+    if losses.size == 0:
+        raise ValueError("no losses to plot")
+    steps = np.arange(losses.size)
+    ax.plot(steps, losses, color="tab:blue", lw=0.6, alpha=0.35)
+    window = max(1, losses.size // 50)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(
+            steps[window - 1 :],
+            smooth,
+            color="tab:blue",
+            lw=1.5,
+            label=f"moving average ({window})",
+        )
+        ax.legend(fontsize=8)
+    tail = losses[losses.size // 2 :]
+    tail = tail[np.isfinite(tail)]
+    if tail.size:
+        lo, hi = np.percentile(tail, [0.5, 99.5])
+        head = losses[np.isfinite(losses)]
+        hi = max(hi, np.percentile(head, 90)) if head.size else hi
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.set_title(title or (f"fit, guide={name!r}" if name else "loss"))
+    return fig
+
+
+def plot_hyperposterior(
+    idata: Any,
+    *,
+    var_names: Sequence[str] = MIXTURE_VARS,
+    kind: str = "forest",
+    hdi_prob: float = 0.94,
+):
+    """Posterior of the mixture: one ArviZ forest (or posterior density) panel per variable.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        From :func:`to_inference_data`.
+    var_names : sequence of str
+        Default ``sws.pi``, ``sws.mu``, ``sws.sigma``.
+    kind : {"forest", "posterior"}
+        ``az.plot_forest`` (one row per component and chain) or
+        ``az.plot_posterior`` (one density per component).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    az = load_arviz()
+    if kind not in ("forest", "posterior"):
+        raise ValueError(f"kind must be 'forest' or 'posterior', got {kind!r}")
+    posterior = getattr(idata, "posterior", None)
+    if posterior is None:
+        raise ValueError("idata has no posterior group; build it with to_inference_data")
+    missing = [v for v in var_names if v not in posterior]
+    if missing:
+        raise ValueError(f"idata.posterior has no {missing}; it has {list(posterior.data_vars)}")
+    if kind == "forest":
+        num_rows = max(
+            int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names
+        )
+        fig = Figure(
+            figsize=(
+                3.6 * len(var_names),
+                1.2 + 0.35 * num_rows * min(posterior.sizes["chain"], 4),
+            ),
+            layout="constrained",
+        )
+        axes = fig.subplots(1, len(var_names), squeeze=False)[0]
+        for ax, name in zip(axes, var_names):
+            az.plot_forest(idata, var_names=[name], hdi_prob=hdi_prob, ax=ax, textsize=8)
+            ax.set_title(name, fontsize=10)
+        return fig
+    # one density per entry that varies (the zero component's fixed mean has none)
+    selections = []
+    for name in var_names:
+        values = posterior[name]
+        if values.ndim != 3:
+            selections.append((name, None, 1))
+            continue
+        dim = values.dims[2]
+        spread = values.std(dim=("chain", "draw")).values
+        kept = [c for c, s in zip(values[dim].values, spread) if s > 0]
+        selections.append((name, {dim: kept}, len(kept)))
+    ncols = max(max(n for _, _, n in selections), 1)
+    fig = Figure(figsize=(2.8 * ncols, 2.4 * len(var_names)), layout="constrained")
+    axes = fig.subplots(len(var_names), ncols, squeeze=False)
+    for row, (name, coords, size) in enumerate(selections):
+        if size:
+            az.plot_posterior(
+                idata,
+                var_names=[name],
+                coords=coords,
+                hdi_prob=hdi_prob,
+                ax=axes[row, :size] if size > 1 else axes[row, 0],
+                textsize=8,
+            )
+        for ax in axes[row, size:]:
+            ax.set_visible(False)
+    return fig

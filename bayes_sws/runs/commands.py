@@ -1,0 +1,1087 @@
+"""Run directories: a fit you can stop, resume, reload and analyse later.
+
+A run directory holds everything about one fit, each file written atomically
+(:mod:`bayes_sws._io`: temporary file, flush, fsync, rename), so a process
+killed at any moment leaves the previous complete version of every file:
+
+.. code-block:: text
+
+    DIR/
+      config.json             every setting of the run, defaults filled in
+      initial.ckpt            the network when SVI starts (after pretraining)
+      checkpoints/
+        step-00000500.ckpt    FitState every `checkpoint_every` steps (newest few kept)
+      result.ckpt             the fitted result (save_result / load_result)
+      result.json             a readable summary of result.ckpt (not needed to load it)
+      metrics.json            test accuracy or RMSE, final loss, steps, wall time, versions
+      losses.csv              step,loss for every SVI step
+      compression.json        added by compress_run (plots/compression_*.png too)
+      posterior.nc            added by diagnose_run (plots/*.png, posterior_summary.csv)
+
+Checkpoint files (``*.ckpt``) are one self-checking container::
+
+    line 1   b"bayes-sws checkpoint\\n"
+    line 2   JSON header: format_version, kind, payload_bytes, sha256 (of the payload)
+    rest     payload: ``torch.save`` of a dict of tensors, lists and numbers
+
+and are read with ``torch.load(weights_only=True)`` only after the length and
+the SHA-256 digest check out, so a truncated or corrupted file raises
+:class:`CheckpointError` and is never loaded silently. That container, and
+:func:`save_result` / :func:`load_result`, live in :mod:`bayes_sws.runs.checkpoints`;
+the settings (:class:`RunConfig`, TOML files, flags) in :mod:`bayes_sws.runs.settings`.
+Both are re-exported here.
+
+The command line (:mod:`bayes_sws.runs.cli`) only parses arguments and calls
+:func:`fit_run`, :func:`resume_run`, :func:`compress_run`,
+:func:`diagnose_run` and :func:`report_run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..compress.pipeline import default_anneal_epochs, precision_anneal
+from ..core.likelihoods import Gaussian, Likelihood
+from ..core.model import SWSModel
+from ..core.priors import MixturePrior
+from ..infer.svi import FitResult, FitState, fit, steps_per_epoch
+from ..zoo.nets import build_network
+from . import directory as rundir
+from .checkpoints import (
+    CHECKPOINT_FORMAT_VERSION,
+    RESULT_FILE,
+    RESULT_SUMMARY_FILE,  # noqa: F401  (re-exported: the file next to RESULT_FILE)
+    CheckpointError,
+    RunIdentity,
+    load_result,
+    network_kwargs,
+    plain,
+    read_checkpoint,
+    save_result,
+    versions,
+    write_checkpoint,
+)
+from .settings import (
+    RESUME_SETTINGS,
+    RunConfig,
+    RunError,
+    config_options,
+    load_config_file,
+    resolve_config,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "RESUME_SETTINGS",
+    "CheckpointError",
+    "InterruptFlag",
+    "RunConfig",
+    "RunError",
+    "RunInterrupted",
+    "RunOutcome",
+    "compress_run",
+    "config_options",
+    "diagnose_run",
+    "fit_run",
+    "format_outcome",
+    "latest_checkpoint",
+    "load_config_file",
+    "load_result",
+    "read_checkpoint",
+    "report_run",
+    "resolve_config",
+    "resume_run",
+    "save_result",
+    "stop_on_interrupt",
+    "write_checkpoint",
+]
+
+
+CONFIG_FILE = rundir.CONFIG_FILE
+INITIAL_FILE = "initial.ckpt"
+CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
+METRICS_FILE = "metrics.json"
+LOSSES_FILE = "losses.csv"
+COMPRESSION_FILE = "compression.json"
+POSTERIOR_FILE = "posterior.nc"
+POSTERIOR_SUMMARY_FILE = "posterior_summary.csv"
+PLOTS_DIR = rundir.PLOTS_DIR
+is_run_dir = rundir.is_run_dir
+#: Largest JSON file of a run that is read (metrics, compression, config).
+_MAX_JSON_BYTES = 16 << 20
+
+
+class RunInterrupted(Exception):
+    """Raised inside a run when a stop was requested (Ctrl-C) before SVI started."""
+
+
+# ============================================================================ data and network
+def _load_data(config: RunConfig):
+    from ..zoo.data import DataError, load_dataset
+
+    flatten = config.network != "lenet-5"
+    standardize = {"feature": True, "global": "global", "none": False}[config.standardize]
+    try:
+        return load_dataset(
+            config.data,
+            flatten=flatten,
+            test_fraction=config.test_fraction,
+            seed=config.split_seed,
+            standardize=standardize,
+        )
+    except DataError:
+        raise
+    except (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError) as err:
+        # a file the loader does not expect (e.g. a .npy renamed .npz): name it, not numpy's internals
+        raise RunError(
+            f"data {config.data!r} cannot be read ({type(err).__name__}: {err}); give one of "
+            "digits, fashion-mnist, mnist-5k, mnist or an .npz file saved with numpy.savez "
+            "holding x, y (or x_train, y_train, x_test, y_test)"
+        ) from None
+
+
+def _network_spec(config: RunConfig, data) -> dict[str, Any]:
+    if data.num_classes is None:
+        outputs = 1 if data.y_train.dim() == 1 else int(data.y_train.shape[1])
+    else:
+        outputs = data.num_classes
+    return {
+        "name": config.network,
+        "input_shape": list(data.input_shape),
+        "num_classes": outputs,
+        "hidden": None if config.hidden is None else list(config.hidden),
+        "activation": config.activation,
+    }
+
+
+def _likelihood(config: RunConfig, data) -> Likelihood | str:
+    if data.is_classification:
+        return "categorical"
+    return Gaussian(precision=config.noise_precision, learn_precision=config.learn_noise_precision)
+
+
+def _prior(config: RunConfig) -> MixturePrior:
+    return MixturePrior(
+        config.components,
+        zero_component=config.zero_component,
+        pi_zero=config.pi_zero,
+        pi_zero_prior=config.pi_zero_prior,
+        init_pi_zero=config.init_pi_zero,
+        mixing_concentration=config.mixing_concentration,
+        mean_scale=config.mean_scale,
+        ordered_means=config.ordered_means,
+        precision_concentration=config.precision_prior[0],
+        precision_rate=config.precision_prior[1],
+        **(
+            {}
+            if config.zero_precision_prior is None
+            else {
+                "zero_precision_concentration": config.zero_precision_prior[0],
+                "zero_precision_rate": config.zero_precision_prior[1],
+            }
+        ),
+        flat=config.flat,
+        include_bias=config.include_bias,
+    )
+
+
+def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_steps: int):
+    """``set(step)`` putting the annealed precision prior in force, or ``None`` (no anneal)."""
+    if config.precision_prior_final is None:
+        return None
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    epochs = config.anneal_epochs or default_anneal_epochs(num_steps, per_epoch)
+    return precision_anneal(model.prior, config.precision_prior_final, epochs, per_epoch)
+
+
+def _evaluate_network(net: nn.Module, data) -> dict[str, float]:
+    from ..zoo.training import accuracy, rmse
+
+    if data.is_classification:
+        return {"test_accuracy": accuracy(net, data.x_test, data.y_test)}
+    return {"test_rmse": rmse(net, data.x_test, data.y_test)}
+
+
+# ============================================================================ run directories
+@dataclass
+class RunOutcome:
+    """What :func:`fit_run` / :func:`resume_run` did.
+
+    Attributes
+    ----------
+    status : {"complete", "interrupted", "already complete"}
+    run_dir : pathlib.Path
+    step, num_steps : int
+        SVI steps completed and planned.
+    metrics : dict or None
+        ``metrics.json`` of a complete run.
+    checkpoint : pathlib.Path or None
+        The newest checkpoint (what ``fit --resume`` continues from).
+    messages : list of str
+        Warnings met on the way (e.g. a corrupted checkpoint skipped).
+    """
+
+    status: str
+    run_dir: Path
+    step: int = 0
+    num_steps: int = 0
+    metrics: dict | None = None
+    checkpoint: Path | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def checkpoint_paths(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint file, newest first (validity not checked)."""
+    folder = rundir.safe_path(Path(run_dir), CHECKPOINT_DIR)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = rundir.CHECKPOINT_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry))
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(
+    run_dir: str | os.PathLike, identity: RunIdentity | None = None
+) -> tuple[FitState | None, Path | None, list[str]]:
+    """The newest checkpoint that reads back intact, and warnings about the ones that did not.
+
+    Truncated or corrupted files, files of another run (with ``identity``) and
+    states holding non-finite values are reported (never loaded) and skipped, so
+    a run continues from the last complete, finite checkpoint of its own.
+    """
+    messages = []
+    for step, path in checkpoint_paths(run_dir):
+        try:
+            payload = read_checkpoint(path, kind="checkpoint", identity=identity)
+            state = FitState.from_dict(payload["state"])
+        except (CheckpointError, KeyError, ValueError) as err:
+            messages.append(f"skipping damaged checkpoint: {err}")
+            continue
+        if state.step != step:
+            messages.append(f"skipping {path}: it holds step {state.step}, its name says {step}")
+            continue
+        bad = _first_nonfinite(state)
+        if bad is not None:
+            messages.append(f"skipping {path}: parameter {bad!r} is not finite")
+            continue
+        return state, path, messages
+    return None, None, messages
+
+
+def _first_nonfinite(state: FitState) -> str | None:
+    """The name of the first parameter of ``state`` holding NaN or inf, or ``None``."""
+    for group in (state.guide_state, state.network_state):
+        for name, value in group.items():
+            if (
+                torch.is_tensor(value)
+                and value.is_floating_point()
+                and not torch.isfinite(value).all()
+            ):
+                return name
+    return None
+
+
+def _checkpoint_writer(
+    run_dir: Path,
+    keep: int,
+    identity: RunIdentity | None = None,
+    lock: rundir.RunLock | None = None,
+) -> Callable[[FitState], None]:
+    """Write each state as ``checkpoints/step-XXXXXXXX.ckpt``; keep the newest ``keep``.
+
+    A state with a non-finite parameter is refused (``FloatingPointError``), so
+    the last good checkpoint stays the newest one and ``--resume`` starts there.
+    A run directory removed under the run stops it (:class:`RunError`).
+    """
+
+    def write(state: FitState) -> None:
+        name = _first_nonfinite(state)
+        if name is not None:
+            found = checkpoint_paths(run_dir)
+            kept = f"step {found[0][0]}" if found else "none yet"
+            raise FloatingPointError(
+                f"parameter {name!r} is not finite after step {state.step}; no checkpoint "
+                f"written (the newest good one: {kept}). Lower the learning rate or "
+                "strengthen the precision hyperprior"
+            )
+        if lock is not None:
+            lock.verify()
+        path = rundir.safe_path(run_dir, CHECKPOINT_DIR, f"step-{state.step:08d}.ckpt")
+        write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint", identity=identity)
+        for _, old in checkpoint_paths(run_dir)[keep:]:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+    return write
+
+
+def fit_run(
+    config: RunConfig | Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Start a run in the new directory ``out``: pretrain, fit with checkpoints, save, evaluate.
+
+    Parameters
+    ----------
+    config : RunConfig or mapping
+    out : path-like
+        Must not exist, be empty, or (with ``overwrite=True``) hold an earlier run.
+    overwrite : bool
+        Replace an earlier run in ``out``.
+    progress : bool, optional
+        Progress bars (default: on a terminal).
+    should_stop : callable, optional
+        Polled after every step; when it returns true, a checkpoint is written
+        and the run stops with status ``"interrupted"`` (see :func:`stop_on_interrupt`).
+    log : callable, optional
+        Receives one-line progress messages.
+    """
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    log = log or (lambda message: None)
+    if not str(out).strip():
+        raise RunError("--out is empty; give the run directory to create")
+    out = Path(out)
+    replacing = _check_new_run_dir(out, overwrite)
+    data = _load_data(config)  # a bad data set fails before anything is written
+    if not replacing:
+        identity = rundir.create_run(out, config.to_dict(), config.identity_settings())
+    log(f"run directory {out}")
+    with rundir.locked(out, "fit") as lock:
+        if replacing:
+            kept = rundir.clear_run(out)
+            if kept:
+                log(f"--overwrite kept what bayes-sws did not write: {', '.join(kept)}")
+            identity = rundir.renew_run(out, config.to_dict(), config.identity_settings())
+        run = _RunContext(out, identity, lock)
+        return _execute(
+            config,
+            run,
+            resume=False,
+            progress=progress,
+            should_stop=should_stop,
+            log=log,
+            data=data,
+        )
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    """The run directory a command works in, its identity, and the lock it holds."""
+
+    dir: Path
+    identity: RunIdentity
+    lock: rundir.RunLock | None  # None: a read-only command (report)
+
+
+def _check_new_run_dir(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds a run to replace; refuse what may not be touched (nothing written)."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not is_run_dir(out):
+        raise RunError(
+            f"{out} exists, is not empty and is not a bayes-sws run directory (no "
+            f"{rundir.MARKER_FILE}); choose another --out (nothing was changed)"
+        )
+    if not overwrite:
+        raise RunError(
+            f"{out} already holds a run; continue it with `fit --resume {out}`, or "
+            "replace it with --overwrite"
+        )
+    rundir.read_marker(out)  # a damaged marker proves nothing: refuse before deleting
+    return True
+
+
+def resume_run(
+    run_dir: str | os.PathLike,
+    *,
+    progress: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> RunOutcome:
+    """Continue the run in ``run_dir`` from its newest intact checkpoint.
+
+    The result is bit-identical to an uninterrupted run: the network at the
+    start of SVI is read back (or the deterministic pretraining redone), and
+    :func:`bayes_sws.fit` continues from the checkpointed optimiser and RNG states
+    on the same mini-batches. A complete run is left alone.
+
+    ``settings`` may change the fault handling (``on_nonfinite``,
+    ``max_rollbacks``); the run's other settings are fixed by its identity.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"cannot resume {run_dir}: no such directory")
+    if not is_run_dir(run_dir):
+        raise RunError(
+            f"cannot resume {run_dir}: it has no {rundir.MARKER_FILE}, so it is not a bayes-sws run"
+        )
+    changes = dict(settings or {})
+    fixed = sorted(set(changes) - set(RESUME_SETTINGS))
+    if fixed:
+        raise RunError(
+            f"a resumed run keeps its settings; only {', '.join(RESUME_SETTINGS)} may change "
+            f"(drop {', '.join(fixed)})"
+        )
+    log = log or (lambda message: None)
+    with rundir.locked(run_dir, "fit --resume") as lock:
+        config = _read_config(run_dir)
+        identity = rundir.read_identity(run_dir, config.identity_settings())
+        if changes:
+            config = RunConfig.from_dict({**config.to_dict(), **changes})
+            rundir.update_config(run_dir, config.to_dict())
+        for name in rundir.remove_partial_files(run_dir):
+            log(f"removed {name}, left by an interrupted write")
+        run = _RunContext(run_dir, identity, lock)
+        metrics = _complete_metrics(run, log)
+        if metrics is not None:
+            steps = metrics.get("steps", 0)
+            return RunOutcome("already complete", run_dir, steps, steps, metrics)
+        return _execute(
+            config, run, resume=True, progress=progress, should_stop=should_stop, log=log
+        )
+
+
+def _complete_metrics(run: _RunContext, log) -> dict | None:
+    """``metrics.json`` of a run that finished (its result intact and its own), else ``None``."""
+    if not (run.dir / METRICS_FILE).is_file() or not (run.dir / RESULT_FILE).is_file():
+        return None
+    try:
+        read_checkpoint(
+            rundir.safe_path(run.dir, RESULT_FILE), kind="result", identity=run.identity
+        )
+        metrics = _read_run_json(run, METRICS_FILE)
+    except (CheckpointError, RunError) as err:
+        log(f"warning: {err}; finishing the run again from its checkpoints")
+        return None
+    return metrics
+
+
+def _read_json_file(path: Path) -> Any:
+    """A JSON file of a run, size-checked first; errors name the file."""
+    try:
+        if not path.is_file():
+            raise RunError(f"{path} is missing or not a regular file")
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise RunError(
+                f"{path} is larger than {_MAX_JSON_BYTES >> 20} MiB; not a file bayes-sws wrote"
+            )
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+
+
+def _read_run_json(run: _RunContext, name: str, required: tuple[str, ...] = ()) -> dict:
+    """A JSON result of the run (``metrics.json``...), checked to be this run's and complete."""
+    path = rundir.safe_path(run.dir, name)
+    values = _read_json_file(path)
+    if not isinstance(values, dict):
+        raise RunError(f"{path} must hold a JSON object; the run directory is damaged")
+    problem = run.identity.mismatch(values.get("run"), str(path))
+    if problem:
+        raise RunError(problem)
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}; the run directory is damaged")
+    return values
+
+
+def _read_config(run_dir: Path) -> RunConfig:
+    path = rundir.safe_path(run_dir, CONFIG_FILE)
+    values = _read_json_file(path)
+    if not isinstance(values, dict):
+        raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
+    return RunConfig.from_dict(values, sources={k: str(path) for k in values})
+
+
+def _execute(
+    config: RunConfig, run: _RunContext, *, resume: bool, progress, should_stop, log, data=None
+) -> RunOutcome:
+    start = time.perf_counter()
+    should_stop = should_stop or (lambda: False)
+    data = data if data is not None else _load_data(config)
+    spec = _network_spec(config, data)
+    messages: list[str] = []
+    num_steps = config.num_steps(data.num_train)
+    net, pretrained_metrics = _initial_network(
+        config,
+        run,
+        data,
+        spec,
+        resume,
+        messages,
+        progress=progress,
+        should_stop=should_stop,
+        log=log,
+    )
+    if net is None:
+        messages.append("stopped during pretraining")
+        return RunOutcome("interrupted", run.dir, 0, num_steps, messages=messages)
+    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+    state = None
+    if resume:
+        state, path, found = latest_checkpoint(run.dir, run.identity)
+        for message in found:
+            log(f"warning: {message}")
+        messages += found
+        if state is not None:
+            log(f"resuming from {path.name} (step {state.step} of {num_steps})")
+        elif checkpoint_paths(run.dir):
+            log("warning: no intact checkpoint of this run; starting SVI from step 0")
+    result, stopped = _fit_with_checkpoints(
+        config, run, model, data, num_steps, state, progress=progress, should_stop=should_stop
+    )
+    newest = checkpoint_paths(run.dir)
+    newest_path = newest[0][1] if newest else None
+    done = newest[0][0] if newest else 0
+    if stopped and (done < num_steps or result is None):
+        return RunOutcome(
+            "interrupted", run.dir, done, num_steps, checkpoint=newest_path, messages=messages
+        )
+    elapsed = time.perf_counter() - start
+    metrics = _finish(config, run, result, data, spec, pretrained_metrics, elapsed)
+    return RunOutcome(
+        "complete",
+        run.dir,
+        len(result.losses),
+        num_steps,
+        metrics,
+        checkpoint=newest_path,
+        messages=messages,
+    )
+
+
+def _initial_network(config, run: _RunContext, data, spec, resume, messages, **pretraining):
+    """The network SVI starts from: read back from ``initial.ckpt``, or (re)pretrained and saved.
+
+    Returns ``(None, None)`` when a stop was requested during pretraining.
+    """
+    path = rundir.safe_path(run.dir, INITIAL_FILE)
+    if resume and path.exists():
+        try:
+            payload = read_checkpoint(path, kind="network", identity=run.identity)
+            net = build_network(**network_kwargs(payload["network_spec"]))
+            net.load_state_dict(payload["network_state"])
+            return net, dict(payload["metrics"])
+        except CheckpointError as err:
+            messages.append(f"warning: {err}; redoing the (deterministic) pretraining")
+            pretraining["log"](messages[-1])
+    net, pretrained_metrics = _pretrain(config, data, spec, **pretraining)
+    if net is not None:
+        run.lock.verify()
+        payload = {
+            "network_spec": spec,
+            "network_state": net.state_dict(),
+            "metrics": pretrained_metrics,
+        }
+        write_checkpoint(path, payload, kind="network", identity=run.identity)
+    return net, pretrained_metrics
+
+
+def _fit_with_checkpoints(
+    config, run: _RunContext, model, data, num_steps, state, *, progress, should_stop
+):
+    """SVI under the run's settings, checkpointing into the run; ``(result, stopped)``."""
+    anneal = _precision_anneal(config, model, data.num_train, num_steps)
+    if anneal is not None:  # the prior in force at the first step (of a resumed run, too)
+        anneal(0 if state is None else state.step)
+    stopped = False
+
+    def callback(step: int, loss: float) -> bool:
+        nonlocal stopped
+        if anneal is not None:
+            anneal(step + 1)
+        stopped = bool(should_stop())
+        return stopped
+
+    try:
+        result = fit(
+            model,
+            data.x_train,
+            data.y_train,
+            guide=config.guide,
+            num_steps=num_steps,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            mixture_lr=config.mixture_lr,
+            batch_size=config.batch_size,
+            num_particles=config.num_particles,
+            init_scale=config.init_scale,
+            seed=config.seed,
+            progress=progress,
+            callback=callback,
+            checkpoint=_checkpoint_writer(run.dir, config.keep_checkpoints, run.identity, run.lock),
+            checkpoint_every=config.checkpoint_every,
+            initial_state=state,
+            on_nonfinite=config.on_nonfinite,
+            max_rollbacks=config.max_rollbacks,
+        )
+    except RuntimeError:
+        if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
+            raise
+        result = None
+    return result, stopped
+
+
+def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
+    from ..zoo.training import train
+
+    torch.manual_seed(config.seed)
+    net = build_network(**network_kwargs(spec))
+    if config.pretrain_epochs > 0:
+        log(f"pretraining {config.network} for {config.pretrain_epochs} epochs")
+
+        def check_stop(_net: nn.Module) -> None:
+            if should_stop():
+                raise RunInterrupted
+
+        try:
+            train(
+                net,
+                data.x_train,
+                data.y_train,
+                loss="cross_entropy" if data.is_classification else "mse",
+                num_epochs=config.pretrain_epochs,
+                lr=config.pretrain_lr,
+                batch_size=config.pretrain_batch_size,
+                seed=config.seed,
+                progress=progress,
+                after_step=check_stop,
+            )
+        except RunInterrupted:
+            return None, None
+    return net, _evaluate_network(net, data)
+
+
+def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_metrics, elapsed):
+    import pyro
+
+    run.lock.verify()
+    save_result(
+        result,
+        run.dir,
+        network_spec=spec,
+        extra={"data": data.name, "num_train": data.num_train, "num_test": data.num_test},
+        identity=run.identity,
+    )
+    pyro.set_rng_seed(config.seed)  # posterior-predictive draws of variational guides
+    prediction = result.predict(data.x_test)
+    metrics: dict[str, Any] = {
+        "run": run.identity.to_dict(),
+        "data": data.name,
+        "network": config.network,
+        "guide": result.guide_name,
+        "num_train": data.num_train,
+        "num_test": data.num_test,
+        "steps": len(result.losses),
+        "final_loss": float(result.losses[-1]),
+        "mean_loss_last_10pct": float(np.mean(result.losses[-max(1, len(result.losses) // 10) :])),
+        "wall_time": float(result.wall_time),
+        "total_wall_time": float(elapsed),
+        "versions": versions(),
+    }
+    median_net = result.map_network()
+    if data.is_classification:
+        metrics["test_accuracy"] = float((prediction.argmax(-1) == data.y_test).double().mean())
+        metrics["test_accuracy_median"] = _evaluate_network(median_net, data)["test_accuracy"]
+        metrics["pretrained_test_accuracy"] = pretrained_metrics["test_accuracy"]
+    else:
+        target = data.y_test.reshape(prediction.shape).double()
+        metrics["test_rmse"] = float(((prediction.double() - target) ** 2).mean().sqrt())
+        metrics["test_rmse_median"] = _evaluate_network(median_net, data)["test_rmse"]
+        metrics["pretrained_test_rmse"] = pretrained_metrics["test_rmse"]
+    mixture = result.mixture()
+    metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
+    lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(result.losses.tolist())]
+    atomic_write_text(rundir.safe_path(run.dir, LOSSES_FILE), "\n".join(lines) + "\n")
+    run.lock.verify()
+    # last: its presence marks a complete run
+    atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
+    run.lock.verify()  # a directory removed meanwhile: the run did not succeed
+    return metrics
+
+
+# ============================================================================ interrupts
+class InterruptFlag:
+    """Set by the first Ctrl-C (SIGINT) or SIGTERM; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[InterruptFlag]:
+    """Turn Ctrl-C into a polite stop request for :func:`fit_run`'s ``should_stop``.
+
+    Inside the block the first SIGINT/SIGTERM only sets the flag, so the run
+    finishes its step, writes a checkpoint and returns; outside the main thread
+    the signal handlers are left alone.
+    """
+    flag = InterruptFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, flag._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ============================================================================ later commands
+@contextlib.contextmanager
+def _complete_run(
+    run_dir: str | os.PathLike, command: str
+) -> Iterator[tuple[_RunContext, RunConfig]]:
+    """Lock a fitted run for ``command``; its settings, identity and a clean slate of temporaries."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} does not exist")
+    if not is_run_dir(run_dir):
+        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {rundir.MARKER_FILE})")
+    with rundir.locked(run_dir, command) as lock:
+        config = _read_config(run_dir)
+        identity = rundir.read_identity(run_dir, config.identity_settings())
+        if not (run_dir / RESULT_FILE).is_file():
+            raise RunError(
+                f"{run_dir} has no fitted result yet; finish it with "
+                f"`bayes-sws fit --resume {run_dir}`"
+            )
+        rundir.remove_partial_files(run_dir)
+        yield _RunContext(run_dir, identity, lock), config
+
+
+def _save_figure(fig, run: _RunContext, name: str) -> str:
+    """Write ``fig`` as ``plots/<name>.png`` (never through a link); its path in the run."""
+    if f"{name}.png" not in rundir.PLOT_FILES:
+        raise ValueError(f"{name}.png is not one of the plots a run holds ({rundir.PLOT_FILES})")
+    folder = rundir.safe_path(run.dir, PLOTS_DIR)
+    folder.mkdir(exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(rundir.safe_path(run.dir, PLOTS_DIR, f"{name}.png"), buffer.getvalue())
+    return f"{PLOTS_DIR}/{name}.png"
+
+
+def compress_run(
+    run_dir: str | os.PathLike,
+    *,
+    merge_threshold: float = 1e-2,
+    plots: bool = True,
+    remove_dead_units: bool = False,
+) -> dict[str, Any]:
+    """Quantise the run's MAP (median) network with its learned mixture; write ``compression.json``.
+
+    Each weight goes to its most responsible component, close components merge,
+    the zero component prunes (:func:`bayes_sws.compress.quantize`), and storage
+    is counted as Han et al. do (:func:`bayes_sws.compress.storage_report`); both
+    through :func:`bayes_sws.compress.pipeline.compress_result`. With ``plots``, the
+    pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
+    With ``remove_dead_units`` the hidden units pruning left unused are dropped
+    before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
+    ``stored_shapes`` gives the shape of every stored parameter either way.
+    """
+    if isinstance(merge_threshold, bool) or not (
+        isinstance(merge_threshold, (int, float))
+        and math.isfinite(merge_threshold)
+        and merge_threshold >= 0
+    ):
+        raise RunError(f"merge threshold must be a number >= 0, got {merge_threshold!r}")
+    if not isinstance(remove_dead_units, bool) or not isinstance(plots, bool):
+        raise TypeError("remove_dead_units and plots must be True or False")
+    with _complete_run(run_dir, "compress") as (run, config):
+        return _compress_run(run, config, float(merge_threshold), plots, remove_dead_units)
+
+
+def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_units) -> dict:
+    from ..compress.pipeline import compress_result
+    from ..compress.quantize import plot_layer_sparsity, plot_weights_before_after
+
+    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
+    data = _load_data(config)
+    initial = read_checkpoint(
+        rundir.safe_path(run.dir, INITIAL_FILE), kind="network", identity=run.identity
+    )
+    compressed = compress_result(
+        result,
+        data.x_test,
+        data.y_test,
+        merge_threshold=merge_threshold,
+        test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
+        remove_dead_units=remove_dead_units,
+    )
+    summary = compressed.to_dict()
+    summary["remove_dead_units"] = bool(remove_dead_units)
+    summary["stored_shapes"] = {
+        name: list(p.shape) for name, p in compressed.stored_net.named_parameters()
+    }
+    summary["merge_threshold"] = merge_threshold
+    summary["run"] = run.identity.to_dict()
+    summary["num_components_after_merging"] = compressed.num_components
+    if plots:
+        names = result.model.prior_param_names
+        before = {n: initial["network_state"][n] for n in names}
+        after = {n: p for n, p in compressed.net.named_parameters() if n in names}
+        assignments = {n: compressed.quantization.assignments[n] for n in names}
+        figures = {
+            "compression_weights": plot_weights_before_after(
+                before, after, assignments, title="pretrained → quantised weights"
+            ),
+            "compression_layers": plot_layer_sparsity(compressed.storage),
+        }
+        summary["plots"] = [_save_figure(fig, run, name) for name, fig in figures.items()]
+    summary = plain(summary)
+    run.lock.verify()
+    atomic_write_json(rundir.safe_path(run.dir, COMPRESSION_FILE), summary)
+    return summary
+
+
+def diagnose_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int = 200,
+    max_points: int = 500,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """ArviZ view of the run's posterior: ``posterior.nc``, a summary table and plots.
+
+    Converts with :func:`bayes_sws.diagnostics.to_inference_data` on (at most
+    ``max_points`` of) the training data the posterior conditions on, writes the
+    InferenceData as netCDF, the ``az.summary`` of the mixture (``sws.pi``,
+    ``sws.mu``, ``sws.sigma``) as CSV, and the loss trace, the hyperparameter
+    posterior and the learned mixture over the weights to ``plots/``.
+
+    Returns
+    -------
+    dict
+        ``posterior`` (path), ``summary`` (a pandas DataFrame), ``plots`` (paths
+        relative to the run directory) and ``idata``.
+    """
+    for name, value in (("num_samples", num_samples), ("max_points", max_points)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(plots, bool):
+        raise TypeError(f"plots must be True or False, got {plots!r}")
+    with _complete_run(run_dir, "diagnose") as (run, config):
+        return _diagnose_run(run, config, num_samples, max_points, plots)
+
+
+def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> dict[str, Any]:
+    from ..diagnostics import (
+        posterior as diagnostics,  # imports ArviZ lazily, with an install hint if it is missing
+    )
+
+    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
+    data = _load_data(config)
+    count = min(max_points, data.num_train)
+    index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[
+        :count
+    ]
+    idata = diagnostics.to_inference_data(
+        result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
+    )
+    path = rundir.safe_path(run.dir, POSTERIOR_FILE)
+    run.lock.verify()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
+    try:
+        idata.to_netcdf(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    names = [v for v in diagnostics.MIXTURE_VARS if v in idata.posterior]
+    table = diagnostics.summary(idata, var_names=names)
+    atomic_write_text(rundir.safe_path(run.dir, POSTERIOR_SUMMARY_FILE), table.to_csv())
+    written = []
+    if plots:
+        figures = {
+            "loss": lambda: diagnostics.plot_loss(result),
+            "hyperposterior": lambda: diagnostics.plot_hyperposterior(idata, var_names=names),
+            "mixture": lambda: diagnostics.plot_mixture_over_histogram(result),
+        }
+        for name, make in figures.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = make()
+            written.append(_save_figure(fig, run, name))
+    return {"posterior": path, "summary": table, "plots": written, "idata": idata}
+
+
+_METRICS_KEYS = ("steps", "wall_time", "final_loss")
+_COMPRESSION_KEYS = ("compression_rate", "nonzero_fraction")
+
+
+def report_run(run_dir: str | os.PathLike) -> str:
+    """A short human summary of a run directory: settings, progress, metrics, compression.
+
+    Every file read is checked to belong to the run; control characters in it
+    are shown escaped, never sent to the terminal.
+    """
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise RunError(f"{run_dir} is not a bayes-sws run directory (no {rundir.MARKER_FILE})")
+    config = _read_config(run_dir)
+    run = _RunContext(run_dir, rundir.read_identity(run_dir, config.identity_settings()), None)
+    hidden = "" if config.network != "mlp" else f" hidden={list(config.hidden or (100,))}"
+    zero = " (zero component)" if config.zero_component else ""
+    lines = [
+        f"run {run_dir}",
+        f"  data {config.data}, network {config.network}{hidden}, {config.components} components"
+        + f"{zero}, λ = {config.prior_scale}",
+        f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
+        + f"batch {config.batch_size}, seed {config.seed}",
+    ]
+    lines += _report_metrics(run)
+    lines += _report_compression(run)
+    lines += _report_posterior(run)
+    return "\n".join(_printable(line) for line in lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes) shown as escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _report_metrics(run: _RunContext) -> list[str]:
+    if not (run.dir / METRICS_FILE).is_file():
+        found = checkpoint_paths(run.dir)
+        where = f"newest checkpoint at step {found[0][0]}" if found else "no checkpoint yet"
+        return [
+            f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run.dir}`"
+        ]
+    metrics = _read_run_json(run, METRICS_FILE, _METRICS_KEYS)
+    lines = [
+        f"  status: complete, {metrics['steps']} steps in {_number(metrics, 'wall_time', '.1f')} s "
+        f"(final loss {_number(metrics, 'final_loss', '.6g')})"
+    ]
+    if "test_accuracy" in metrics:
+        lines.append(
+            f"  test accuracy: pretrained {_number(metrics, 'pretrained_test_accuracy', '.2%')}, "
+            f"after SVI {_number(metrics, 'test_accuracy', '.2%')} "
+            f"(median network {_number(metrics, 'test_accuracy_median', '.2%')})"
+        )
+    elif "test_rmse" in metrics:
+        lines.append(
+            f"  test RMSE: pretrained {_number(metrics, 'pretrained_test_rmse', '.4g')}, "
+            f"after SVI {_number(metrics, 'test_rmse', '.4g')}"
+        )
+    mixture = metrics.get("mixture")
+    try:
+        pi, mu, sigma = (np.asarray(mixture[k], dtype=float) for k in ("pi", "mu", "sigma"))
+    except (TypeError, KeyError, ValueError):
+        return lines
+    lines.append("  learned mixture (by mean):      pi         mu      sigma")
+    for j in np.argsort(mu):
+        lines.append(f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}")
+    return lines
+
+
+def _number(values: Mapping[str, Any], key: str, spec: str) -> str:
+    """``values[key]`` formatted by ``spec``, or ``?`` when it is missing or not a number."""
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    text = format(value, spec)
+    return text.replace("%", " %") if spec.endswith("%") else text
+
+
+def _report_compression(run: _RunContext) -> list[str]:
+    if not (run.dir / COMPRESSION_FILE).is_file():
+        return [f"  compression: not run (`bayes-sws compress {run.dir}`)"]
+    c = _read_run_json(run, COMPRESSION_FILE, _COMPRESSION_KEYS)
+    if c.get("test_accuracy_before") is not None:
+        score = (
+            f"test accuracy {_number(c, 'test_accuracy_before', '.2%')} → "
+            f"{_number(c, 'test_accuracy_after', '.2%')}"
+        )
+    else:
+        score = f"test RMSE {_number(c, 'test_rmse_before', '.4g')} → {_number(c, 'test_rmse_after', '.4g')}"
+    rate = _number(c, "compression_rate", ".1f")
+    return [f"  compression: {rate}× at {_number(c, 'nonzero_fraction', '.2%')} non-zero, {score}"]
+
+
+def _report_posterior(run: _RunContext) -> list[str]:
+    if not (run.dir / POSTERIOR_FILE).is_file():
+        return [f"  posterior: not diagnosed (`bayes-sws diagnose {run.dir}`)"]
+    lines = [f"  posterior: {POSTERIOR_FILE} (summary in {POSTERIOR_SUMMARY_FILE})"]
+    summary = rundir.safe_path(run.dir, POSTERIOR_SUMMARY_FILE)
+    if summary.is_file() and summary.stat().st_size <= _MAX_JSON_BYTES:
+        rows = list(csv.reader(summary.read_text(errors="replace").splitlines()))
+        if rows:
+            header = rows[0]
+            keep = [i for i, h in enumerate(header) if h in ("", "mean", "sd", "r_hat", "ess_bulk")]
+            for row in rows[: min(len(rows), 9)]:
+                lines.append("    " + "  ".join(f"{row[i]:>14}" for i in keep if i < len(row)))
+    return lines
+
+
+def format_outcome(outcome: RunOutcome) -> str:
+    """What ``bayes-sws fit`` prints about a run."""
+    if outcome.status == "interrupted":
+        where = (
+            f"checkpoint {outcome.checkpoint} (step {outcome.step} of {outcome.num_steps})"
+            if outcome.checkpoint
+            else "no checkpoint yet"
+        )
+        return f"interrupted: {where}; continue with `bayes-sws fit --resume {outcome.run_dir}`"
+    metrics = outcome.metrics or {}
+    head = ("run already complete: " if outcome.status == "already complete" else "") + str(
+        outcome.run_dir
+    )
+    lines = [head]
+    if "test_accuracy" in metrics:
+        lines.append(
+            f"  test accuracy {100 * metrics['pretrained_test_accuracy']:.2f} % (pretrained) -> "
+            f"{100 * metrics['test_accuracy']:.2f} % (after SVI, {metrics['guide']})"
+        )
+    elif "test_rmse" in metrics:
+        lines.append(
+            f"  test RMSE {metrics['pretrained_test_rmse']:.4g} (pretrained) -> "
+            f"{metrics['test_rmse']:.4g} (after SVI)"
+        )
+    if metrics:
+        lines.append(
+            f"  {metrics['steps']} steps, final loss {metrics['final_loss']:.6g}, "
+            f"{metrics['wall_time']:.1f} s"
+        )
+    return "\n".join(lines)

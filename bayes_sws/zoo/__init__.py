@@ -1,0 +1,1 @@
+"""Bundled data sets (no downloads), reference networks and plain training loops."""

@@ -1,0 +1,766 @@
+"""The compression pipeline: soft weight-sharing end to end, compress_result, the zero-component hyperprior.
+
+Numbers are checked against independent oracles: accuracies by counting correct
+argmaxes in numpy, non-zero shares with ``torch.count_nonzero``, hyperprior
+densities with scipy.
+"""
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+from scipy import stats
+
+import bayes_sws as sws
+from bayes_sws.compress.pipeline import (
+    DEFAULT_ZERO_PRECISION_PRIOR,
+    ULLRICH_PRECISION_PRIOR,
+    ULLRICH_ZERO_PRECISION_PRIOR,
+    CompressionResult,
+    compress_result,
+    soft_weight_sharing,
+    tempered_gamma,
+)
+from bayes_sws.compress.quantize import storage_report
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import mlp
+from bayes_sws.zoo.training import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _numpy_accuracy(net, x, y) -> float:
+    with torch.no_grad():
+        logits = net(x).numpy()
+    return float(np.sum(np.argmax(logits, axis=1) == y.numpy())) / len(y)
+
+
+def _nonzero_fraction(net, names) -> float:
+    params = dict(net.named_parameters())
+    nonzero = sum(int(torch.count_nonzero(params[n])) for n in names)
+    return nonzero / sum(params[n].numel() for n in names)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", standardize=False)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    torch.manual_seed(0)
+    net = mlp([digits.num_features, 100, digits.num_classes])
+    train(net, digits.x_train, digits.y_train, num_epochs=60, batch_size=64, seed=0)
+    return net
+
+
+@pytest.fixture(scope="module")
+def compressed(digits, pretrained):
+    """The pipeline on digits with a small budget (about 12 s on one core)."""
+    before = {n: p.detach().clone() for n, p in pretrained.named_parameters()}
+    result = soft_weight_sharing(
+        pretrained,
+        digits,
+        prior_scale=0.1,
+        mixture_lr=1e-2,
+        num_epochs=100,
+        batch_size=64,
+        seed=0,
+    )
+    return result, before
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_pipeline_compresses_digits_tenfold_within_two_points(digits, pretrained, compressed):
+    result, _ = compressed
+    pre = _numpy_accuracy(pretrained, digits.x_test, digits.y_test)
+    after = _numpy_accuracy(result.net, digits.x_test, digits.y_test)
+    assert result.compression_rate >= 10.0
+    assert after >= pre - 0.02
+    # the record agrees with the independent counts
+    assert result.test_accuracy_pretrained == pytest.approx(pre, abs=1e-12)
+    assert result.test_accuracy_after == pytest.approx(after, abs=1e-12)
+    assert result.test_accuracy_before == pytest.approx(
+        _numpy_accuracy(result.retrained_net, digits.x_test, digits.y_test), abs=1e-12
+    )
+
+
+def test_pipeline_leaves_the_input_network_alone(pretrained, compressed):
+    _, before = compressed
+    for name, param in pretrained.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
+def test_pipeline_quantised_network_takes_only_shared_values(compressed):
+    result, _ = compressed
+    names = result.config["param_names"]
+    assert names == ["0.weight", "2.weight"]
+    params = dict(result.net.named_parameters())
+    codebook = result.quantization.values.to(torch.float32)
+    assert codebook[0] == 0.0
+    for name in names:
+        values = torch.unique(params[name])
+        assert torch.isin(values, codebook).all(), name
+    assert result.nonzero_fraction == pytest.approx(_nonzero_fraction(result.net, names), abs=1e-12)
+    # biases are not quantised: they are the retrained ones
+    retrained = dict(result.retrained_net.named_parameters())
+    assert torch.equal(params["0.bias"], retrained["0.bias"])
+    assert result.num_components == codebook.numel() <= 17
+
+
+def test_pipeline_record_is_consistent(digits, compressed):
+    result, _ = compressed
+    assert isinstance(result, CompressionResult)
+    assert (
+        result.compression_rate
+        == storage_report(result.net, param_names=result.config["param_names"]).compression_rate
+    )
+    mixture = result.mixture
+    assert mixture.pi.shape == mixture.mu.shape == mixture.sigma.shape == (17,)
+    assert mixture.mu[0] == 0.0 and mixture.pi[0] == pytest.approx(0.99)
+    assert_close(mixture.pi.sum(), 1.0, rtol=1e-6)
+    # the default hyperpriors are used as given; the zero component ends near its mode
+    assert result.config["zero_precision_prior_used"] == list(DEFAULT_ZERO_PRECISION_PRIOR)
+    mode = (DEFAULT_ZERO_PRECISION_PRIOR[0] - 1) / DEFAULT_ZERO_PRECISION_PRIOR[1]
+    assert 0.3 * mode**-0.5 < float(mixture.sigma[0]) < 3 * mode**-0.5
+    assert result.fit.config["num_steps"] == 100 * (digits.num_train // 64)
+    assert result.wall_time >= result.fit.wall_time > 0
+
+
+# --------------------------------------------------------------------------- compress_result
+
+
+def _small_fit(likelihood="categorical", num_steps=30):
+    torch.manual_seed(1)
+    x = torch.randn(80, 6)
+    if likelihood == "categorical":
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+        net = mlp([6, 12, 3])
+    else:
+        y = x[:, 0] - 0.5 * x[:, 2]
+        net = mlp([6, 12, 1])
+    prior = sws.MixturePrior(5, pi_zero=0.8)
+    model = sws.SWSModel(net, prior, likelihood, prior_scale=0.1)
+    fit = sws.fit(model, x[:60], y[:60], num_steps=num_steps, lr=1e-2, seed=0)
+    return fit, x[60:], y[60:]
+
+
+def test_compress_result_gives_the_cli_record():
+    fit, x_test, y_test = _small_fit()
+    result = compress_result(fit, x_test, y_test, merge_threshold=0.0, test_accuracy_pretrained=0.5)
+    record = result.to_dict()
+    for key in (
+        "compression_rate",
+        "nonzero_fraction",
+        "test_accuracy_before",
+        "test_accuracy_after",
+    ):
+        assert isinstance(record[key], float), key
+    assert record["test_accuracy_pretrained"] == 0.5
+    json.dumps(record)  # JSON-ready as is
+    assert [row["name"] for row in record["layers"]] == ["0.weight", "2.weight"]
+    assert {
+        "num_params",
+        "num_nonzero",
+        "nonzero_fraction",
+        "num_distinct",
+        "total_bits",
+        "compression_rate",
+    } <= set(record["layers"][0])
+    assert record["test_accuracy_before"] == pytest.approx(
+        _numpy_accuracy(fit.map_network(), x_test, y_test), abs=1e-12
+    )
+    assert record["test_accuracy_after"] == pytest.approx(
+        _numpy_accuracy(result.net, x_test, y_test), abs=1e-12
+    )
+    assert record["nonzero_fraction"] == pytest.approx(
+        _nonzero_fraction(result.net, ["0.weight", "2.weight"]), abs=1e-12
+    )
+    # no merging: the codebook is the learned means (zero first)
+    assert_close(result.quantization.values, fit.mixture().mu, rtol=1e-6)
+    assert result.fit is fit
+    assert "| **total** |" in result.format_table()
+
+
+def test_compress_result_weights_follow_the_most_responsible_component():
+    fit, x_test, y_test = _small_fit()
+    result = compress_result(fit, x_test, y_test, merge_threshold=0.0)
+    pi, mu, sigma = (t.double() for t in fit.mixture())
+    w = dict(fit.map_network().named_parameters())["0.weight"].detach().double().reshape(-1)
+    owner = sws.penalty.responsibilities(w, pi, mu, sigma).argmax(-1)
+    quantised = dict(result.net.named_parameters())["0.weight"].detach().reshape(-1)
+    assert_close(quantised, mu[owner].float(), rtol=0, atol=0)
+
+
+def test_compress_result_regression_reports_rmse():
+    fit, x_test, y_test = _small_fit("gaussian")
+    result = compress_result(fit, x_test, y_test)
+    assert result.test_accuracy_before is None and result.test_accuracy_after is None
+    with torch.no_grad():
+        expected = torch.sqrt(torch.mean((result.net(x_test).squeeze(-1) - y_test) ** 2))
+    assert result.test_rmse_after == pytest.approx(float(expected), rel=1e-6)
+    assert result.to_dict()["test_rmse_before"] > 0
+
+
+def test_compress_result_validates_its_inputs():
+    fit, x_test, y_test = _small_fit(num_steps=2)
+    with pytest.raises(TypeError, match="FitResult returned by bayes_sws.fit"):
+        compress_result("run", x_test, y_test)
+    with pytest.raises(ValueError, match="same number of examples"):
+        compress_result(fit, x_test, y_test[:-1])
+    with pytest.raises(ValueError, match="x_test is None"):
+        compress_result(fit, None, y_test)
+
+
+def test_soft_weight_sharing_validates_its_inputs(pretrained):
+    with pytest.raises(TypeError, match="Dataset"):
+        soft_weight_sharing(pretrained, {"x": 1})
+    with pytest.raises(ValueError, match="Gamma"):
+        soft_weight_sharing(
+            pretrained, (torch.zeros(4, 64), torch.zeros(4).long()) * 2, precision_prior=(0.0, 1.0)
+        )
+    with pytest.raises(ValueError, match="shape < 1 has no MAP"):
+        soft_weight_sharing(
+            pretrained,
+            (torch.zeros(4, 64), torch.zeros(4).long()) * 2,
+            precision_prior=(0.5, 1.0),
+            temper_hyperprior=False,
+        )
+
+
+def test_tempered_hyperprior_reproduces_the_papers_units(digits, pretrained):
+    result = soft_weight_sharing(
+        pretrained,
+        digits,
+        temper_hyperprior=True,
+        precision_prior=ULLRICH_PRECISION_PRIOR,
+        zero_precision_prior=ULLRICH_ZERO_PRECISION_PRIOR,
+        prior_scale=0.003,
+        num_steps=2,
+    )
+    assert_close(
+        result.config["zero_precision_prior_used"], [1 + 0.003 * 4999, 0.003 * 2.0], rtol=1e-12
+    )
+    assert_close(result.config["precision_prior_used"], [1 + 0.003 * 249, 0.003 * 0.1], rtol=1e-12)
+    prior = result.fit.model.prior
+    assert prior.zero_precision_concentration == pytest.approx(1 + 0.003 * 4999)
+    assert prior.precision_rate == pytest.approx(0.0003)
+
+
+# --------------------------------------------------------------------------- hyperpriors
+
+
+def test_tempered_gamma_is_the_normalised_power():
+    shape, rate, power = 250.0, 0.1, 0.03
+    a, b = tempered_gamma(shape, rate, power)
+    x = np.linspace(500.0, 6000.0, 7)
+    diff = power * stats.gamma.logpdf(x, shape, scale=1 / rate) - stats.gamma.logpdf(
+        x, a, scale=1 / b
+    )
+    assert np.ptp(diff) < 1e-8  # proportional densities
+    assert (a - 1) / b == pytest.approx((shape - 1) / rate)  # same mode
+    with pytest.raises(ValueError, match="> 0"):
+        tempered_gamma(1.0, 0.0, 1.0)
+
+
+def test_zero_component_has_its_own_precision_prior():
+    prior = sws.MixturePrior(
+        4,
+        precision_concentration=3.0,
+        precision_rate=0.5,
+        zero_precision_concentration=50.0,
+        zero_precision_rate=0.1,
+    )
+    precisions = torch.tensor([400.0, 2.0, 5.0, 9.0], dtype=torch.float64)
+    values = {
+        "sws.pi_zero": torch.tensor(0.7, dtype=torch.float64),
+        "sws.mixing": torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64),
+        "sws.means": torch.tensor([-0.3, 0.1, 0.4], dtype=torch.float64),
+        "sws.precisions": precisions,
+    }
+    got = prior.log_hyperprior(values, precisions)
+    expected = (
+        stats.beta.logpdf(0.7, 1.0, 1.0)
+        + stats.dirichlet.logpdf([0.2, 0.3, 0.5], [1.0, 1.0, 1.0])
+        + stats.norm.logpdf([-0.3, 0.1, 0.4], 0.0, 1.0).sum()
+        + stats.gamma.logpdf(400.0, 50.0, scale=10.0)
+        + stats.gamma.logpdf([2.0, 5.0, 9.0], 3.0, scale=2.0).sum()
+    )
+    assert_close(got, expected, rtol=1e-12)
+
+
+def test_zero_precision_prior_defaults_to_the_shared_one():
+    prior = sws.MixturePrior(3, precision_concentration=3.0, precision_rate=0.5)
+    assert (prior.zero_precision_concentration, prior.zero_precision_rate) == (3.0, 0.5)
+    precisions = torch.tensor([4.0, 2.0, 5.0], dtype=torch.float64)
+    site = prior._hyperprior("sws.precisions", precisions)
+    assert_close(
+        site.log_prob(precisions),
+        stats.gamma.logpdf([4.0, 2.0, 5.0], 3.0, scale=2.0).sum(),
+        rtol=1e-12,
+    )
+
+
+def test_zero_precision_prior_is_validated():
+    with pytest.raises(ValueError, match="zero_component=False"):
+        sws.MixturePrior(3, zero_component=False, zero_precision_concentration=5.0)
+    with pytest.raises(ValueError, match="zero_precision_rate must be a finite number > 0"):
+        sws.MixturePrior(3, zero_precision_rate=-1.0)
+    assert ULLRICH_PRECISION_PRIOR == (250.0, 0.1)
+    assert ULLRICH_ZERO_PRECISION_PRIOR == (5000.0, 2.0)
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def _benchmark_module():
+    # imported by name from benchmarks/ (kept on sys.path), so that --jobs workers,
+    # started by spawn, can import it again to unpickle run_case
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module("compression")
+
+
+def test_benchmark_section_replaces_only_its_own(tmp_path):
+    bench = _benchmark_module()
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(
+        "# Benchmarks\n\n## Prior kernel\n\nkernel table\n\n## Compression\n\nold\n\n## Other\n\nkeep\n"
+    )
+    bench.write_section(path, "## Compression\n\nnew table\n")
+    text = path.read_text()
+    assert "old" not in text and "new table" in text
+    assert text.index("## Prior kernel") < text.index("## Compression") < text.index("## Other")
+    assert "kernel table" in text and "keep" in text
+    bench.write_section(tmp_path / "fresh.md", "## Compression\n\nx\n")
+    assert (tmp_path / "fresh.md").read_text().startswith("# Benchmarks\n\n## Compression")
+
+
+def _summary_rows() -> list[dict]:
+    common = {"case": "digits/lenet-300-100", "pretrained_accuracy": 0.9}
+    return [
+        {**common, "method": "sws λ=0.03", "accuracy_after": 0.885, "layer_table": "t",
+         "compression_rate": 42.26, "compression_rate_all_units": 33.04},
+        {**common, "method": "dc-han", "accuracy_after": 0.9025,
+         "compression_rate": 24.81, "compression_rate_all_units": 24.81},
+        {**common, "method": "dc-matched to sws λ=0.03", "accuracy_after": 0.88,
+         "compression_rate": 44.5, "compression_rate_all_units": 33.7},
+    ]  # fmt: skip
+
+
+def test_benchmark_summary_labels_tuned_rows():
+    """The Current-figures table: errors in %, Δ in points, rates to 0.1, settings' origin."""
+    bench = _benchmark_module()
+    text = bench.summary(_summary_rows(), "python benchmarks/compression.py --x", 1, "today")
+    assert text.startswith(bench.SUMMARY_START + "\n") and text.endswith(bench.SUMMARY_END + "\n")
+    assert "Command: `python benchmarks/compression.py --x`" in text and "Run: today" in text
+    # by hand: error 100 (1 - 0.9) = 10.00 %, after 100 (1 - 0.885) = 11.50 %, Δ = +1.50
+    expected = [
+        (
+            "| digits/lenet-300-100 | sws λ=0.03 | 10.00 → 11.50 | +1.50 | **42.3** | 33.0 "
+            "| **tuned on test** |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-han | 10.00 → 9.75 | -0.25 | **24.8** | 24.8 "
+            "| Han et al.'s published rates |"
+        ),
+        (
+            "| digits/lenet-300-100 | dc-matched to sws λ=0.03 | 10.00 → 12.00 | +2.00 "
+            "| **44.5** | 33.7 | matched to a row tuned on test |"
+        ),
+    ]
+    rows = [line for line in text.splitlines() if line.startswith("| digits/")]
+    assert rows == expected
+
+
+def test_benchmark_summary_replaces_only_the_marked_block(tmp_path):
+    bench = _benchmark_module()
+    path = tmp_path / "BENCHMARKS.md"
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    path.write_text(f"# Benchmarks\n\nintro\n\n{start}\nold\n{end}\n\n## Compression\n\nx\n")
+    assert bench.write_summary(path, f"{start}\nnew\n{end}\n")
+    assert path.read_text() == (
+        f"# Benchmarks\n\nintro\n\n{start}\nnew\n{end}\n\n## Compression\n\nx\n"
+    )
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("# Benchmarks\n\n## Compression\n")
+    assert not bench.write_summary(unmarked, f"{start}\nnew\n{end}\n")
+    assert unmarked.read_text() == "# Benchmarks\n\n## Compression\n"
+    assert not bench.write_summary(tmp_path / "absent.md", "x")
+
+
+def test_benchmarks_md_keeps_what_compression_write_replaces(tmp_path):
+    """The committed BENCHMARKS.md has one summary block and one Compression section, and
+    rewriting both (as --write does) leaves every other line where it was."""
+    bench = _benchmark_module()
+    text = (REPO / "BENCHMARKS.md").read_text()
+    lines = text.splitlines()
+    assert lines.count(bench.SUMMARY_START) == 1 and lines.count(bench.SUMMARY_END) == 1
+    assert lines.index(bench.SUMMARY_START) < lines.index(bench.SUMMARY_END)
+    assert lines.count(bench.SECTION) == 1
+    assert lines.index(bench.SUMMARY_END) < lines.index(bench.SECTION)
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(text)
+    start, end = bench.SUMMARY_START, bench.SUMMARY_END
+    assert bench.write_summary(copy, f"{start}\nNEW SUMMARY\n{end}\n")
+    bench.write_section(copy, f"{bench.SECTION}\n\nNEW SECTION\n")
+    lo, hi, sec = lines.index(start), lines.index(end), lines.index(bench.SECTION)
+    sec_end = next((i for i in range(sec + 1, len(lines)) if lines[i].startswith("## ")), None)
+    tail = [] if sec_end is None else ["", *lines[sec_end:]]
+    assert copy.read_text().splitlines() == [
+        *lines[:lo],
+        start,
+        "NEW SUMMARY",
+        end,
+        *lines[hi + 1 : sec],
+        bench.SECTION,
+        "",
+        "NEW SECTION",
+        *tail,
+    ]
+
+
+def test_benchmark_archives_the_section_it_replaces(tmp_path):
+    """--write moves the old Compression section into the history, before older runs."""
+    bench = _benchmark_module()
+    path, history = tmp_path / "BENCHMARKS.md", tmp_path / "history.md"
+    assert not bench.archive_section(path, history) and not history.exists()
+    path.write_text(
+        f"# Benchmarks\n\n{bench.SUMMARY_START}\nRun: 2026-01-02, code at abc1234  \n"
+        f"{bench.SUMMARY_END}\n\n## Compression\n\nCommand: `python c.py --write`  \n\n"
+        "| a |\n| --- |\n| 1 |\n\n### sub\n\nold text\n\n## After\n\nnot this\n"
+    )
+    history.write_text(
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n## Compression: older\n\no\n"
+    )
+    assert bench.archive_section(path, history)
+    assert history.read_text() == (
+        "# Benchmark history\n\n## Prior kernel: k\n\nk\n\n"
+        "## Compression: run of 2026-01-02, code at abc1234\n\nCommand(s):\n\n"
+        "    python c.py --write\n\nCommand: `python c.py --write`  \n\n| a |\n| --- |\n| 1 |\n\n"
+        "#### sub\n\nold text\n\n## Compression: older\n\no\n"
+    )
+
+
+def test_benchmark_write_updates_summary_section_history_and_tables(tmp_path, monkeypatch):
+    """--write end to end on a copy of the committed files (tiny budget, one method)."""
+    bench = _benchmark_module()
+    for name in ("BENCHMARKS.md", "benchmarks/results/history.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "HISTORY", tmp_path / "benchmarks/results/history.md")
+    old_section = (REPO / "BENCHMARKS.md").read_text().split("\n## Compression\n", 1)[1]
+    args = ["--cases", "digits/lenet-300-100", "--methods", "sws", "--set", "sws.num_epochs=1"]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert bench.main([*args, "--cache", str(tmp_path / "cache"), "--write"]) == 0
+    days = {day, time.strftime("%Y-%m-%d", time.gmtime())}  # the run may cross midnight
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    summary = text.split(bench.SUMMARY_START, 1)[1].split(bench.SUMMARY_END, 1)[0]
+    assert (
+        "--set sws.num_epochs=1" in summary and "| digits/lenet-300-100 | sws λ=0.03 |" in summary
+    )
+    assert "fashion-mnist" not in summary and "code at unknown commit" in summary
+    history = (tmp_path / "benchmarks/results/history.md").read_text()
+    entry = "## Compression: run of 2026-11-22, code at e6c7ce4 (recorded in 45882a6)"
+    assert history.index(entry) < history.index("## Compression: Row/column order")
+    assert old_section.split("Targets of issue 4")[0].strip() in history  # verbatim
+    tables = json.loads((tmp_path / "benchmarks/results/tables.json").read_text())
+    current = next(r for r in tables if r["section"] == "Current figures")
+    assert current["run"][:10] in days and current["rows"][0][:2] == [
+        "digits/lenet-300-100",
+        "sws λ=0.03",
+    ]
+
+
+def test_results_tables_reads_tables_with_headings_runs_and_commands(tmp_path):
+    """benchmarks/results_tables.py on a small file whose tables are known by hand."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    results_tables = importlib.import_module("results_tables")
+    text = (
+        "# T\n\n## A\n\nintro\nRun: r1\n\n    python x.py --a \\\n        --b\n\n"
+        "| h1 | h2 |\n|---|---:|\n| **1** | 2 ms |\n\n"
+        "### B\n\nCommand: `python y.py`\n\nCaption one\nline two\n\n| c |\n| --- |\n| 3 |\n"
+    )
+    first, second = results_tables.tables(text, "x.md")
+    assert first == {
+        "source": "x.md",
+        "section": "A",
+        "subsection": None,
+        "caption": "intro Run: r1",
+        "run": "r1",
+        "commands": ["python x.py --a --b"],
+        "columns": ["h1", "h2"],
+        "rows": [["1", "2 ms"]],
+    }
+    assert second["subsection"] == "B" and second["run"] is None  # a heading starts a new scope
+    assert second["commands"] == ["python y.py"] and second["caption"] == "Caption one line two"
+    assert second["columns"] == ["c"] and second["rows"] == [["3"]]
+    # the committed tables.json is what the script makes of the committed files
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in results_tables.SOURCES:
+        (tmp_path / name).write_text((REPO / name).read_text())
+    results_tables.main([str(tmp_path)])
+    made = (tmp_path / "benchmarks" / "results" / "tables.json").read_text()
+    assert made == (REPO / "benchmarks" / "results" / "tables.json").read_text()
+
+
+def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
+    bench = _benchmark_module()
+    out = tmp_path / "numbers.json"
+    code = bench.main(
+        [
+            "--cases",
+            "digits/lenet-300-100",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+            "--set",
+            "sws.num_epochs=1",
+            "--set",
+            "dc.finetune_epochs=1",
+            "--set",
+            "dc.centroid_epochs=1",
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["sws λ=0.03", "dc-han", "dc-matched to sws λ=0.03"]
+    assert "| digits/lenet-300-100 | dc-han |" in capsys.readouterr().out
+    # both methods drop dead units by default; the rate with every unit is reported beside
+    assert all(r["settings"]["remove_dead_units"] for r in rows)
+    assert all(r["compression_rate"] >= r["compression_rate_all_units"] for r in rows)
+    kept = tmp_path / "kept.json"
+    bench.main(
+        ["--cases", "digits/lenet-300-100", "--methods", "sws", "--keep-dead-units"]
+        + ["--cache", str(tmp_path / "cache"), "--json", str(kept), "--set", "sws.num_epochs=1"]
+    )
+    (row,) = json.loads(kept.read_text())["rows"]
+    assert row["settings"]["remove_dead_units"] is False
+    assert row["compression_rate"] == row["compression_rate_all_units"]
+
+
+def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
+    """--jobs 2: both digits cases in worker processes, rows and tables in case order."""
+    bench = _benchmark_module()
+    out = tmp_path / "numbers.json"
+    tiny = ["sws.num_epochs=1", "dc.finetune_epochs=1", "dc.centroid_epochs=1"]
+    code = bench.main(
+        ["--quick", "--jobs", "2", "--cache", str(tmp_path / "cache"), "--json", str(out)]
+        + [arg for item in tiny for arg in ("--set", item)]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["digits/lenet-300-100"] * 3 + ["digits/lenet-5"] * 3
+    sws_rows = [r for r in rows if r["method"].startswith("sws")]
+    assert all(r["result"]["compression_rate"] == r["compression_rate"] for r in sws_rows)
+    printed = capsys.readouterr().out
+    assert printed.index("Per layer, sws λ=0.03 on digits/lenet-300-100") < printed.index(
+        "Per layer, sws λ=0.01 on digits/lenet-5"
+    )
+    assert list((tmp_path / "cache").glob("*.pt"))  # the pretrained network was cached
+
+
+# --------------------------------------------------------------------------- codebook fine-tuning, λ warm-up
+
+
+def test_codebook_finetuning_keeps_assignments_and_zeros(digits, pretrained):
+    result = soft_weight_sharing(
+        pretrained,
+        digits,
+        prior_scale=0.1,
+        mixture_lr=1e-2,
+        num_epochs=5,
+        batch_size=64,
+        finetune_epochs=2,
+        seed=0,
+    )
+    names = result.config["param_names"]
+    quantized = dict(result.quantization.net.named_parameters())
+    final = dict(result.net.named_parameters())
+    changed = 0
+    for name in names:
+        a = result.quantization.assignments[name]
+        w = final[name].detach()
+        assert torch.equal(w == 0, quantized[name].detach() == 0), name  # same pruned set
+        for k in torch.unique(a).tolist():  # one shared value per component and layer
+            assert torch.unique(w[a == k]).numel() == 1, (name, k)
+            changed += int(not torch.equal(w[a == k], quantized[name].detach()[a == k]))
+    assert changed > 0  # the shared values did move
+    assert result.test_accuracy_quantized == pytest.approx(
+        _numpy_accuracy(result.quantization.net, digits.x_test, digits.y_test), abs=1e-12
+    )
+    assert result.test_accuracy_after == pytest.approx(
+        _numpy_accuracy(result.net, digits.x_test, digits.y_test), abs=1e-12
+    )
+    assert result.nonzero_fraction == pytest.approx(_nonzero_fraction(result.net, names), abs=1e-12)
+    assert result.config["finetune_epochs"] == 2
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        soft_weight_sharing(pretrained, digits, num_steps=1, finetune_epochs=-1)
+
+
+def test_prior_scale_warmup_starts_at_one_ramp_step(digits, pretrained):
+    """With a 2-epoch warm-up, step 1 uses λ / ramp_steps: the same as a constant run at that λ."""
+    kwargs = {"num_steps": 1, "batch_size": 64, "mixture_lr": 1e-2, "seed": 0}
+    ramp_steps = 2 * (len(digits.x_train) // 64)
+    warm = soft_weight_sharing(pretrained, digits, prior_scale=0.1, prior_scale_warmup=2, **kwargs)
+    flat = soft_weight_sharing(pretrained, digits, prior_scale=0.1 / ramp_steps, **kwargs)
+    for (name, p), (_, q) in zip(
+        warm.retrained_net.named_parameters(), flat.retrained_net.named_parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert warm.config["prior_scale"] == 0.1
+    assert warm.config["prior_scale_warmup"] == 2.0
+    assert warm.fit.model.prior_scale == 0.1  # restored after the ramp
+    with pytest.raises(ValueError, match="prior_scale_warmup"):
+        soft_weight_sharing(pretrained, digits, prior_scale_warmup=-1, **kwargs)
+
+
+def test_benchmark_goal_lines_judge_by_hand_counted_rows():
+    bench = _benchmark_module()
+    case = "fashion-mnist/lenet-300-100"  # goal: 64x within 0.5 points
+
+    def row(method, rate, error, sws):
+        r = {
+            "case": case,
+            "method": method,
+            "compression_rate": rate,
+            "accuracy_after": 1 - error / 100,
+            "pretrained_accuracy": 0.9,
+        }
+        return {**r, "layer_table": ""} if sws else r
+
+    rows = [
+        row("sws a", 70.0, 10.4, True),  # +0.4 points: within budget, >= 64x
+        row("sws b", 90.0, 12.0, True),
+        row("dc x", 60.0, 10.5, False),  # beaten by sws a
+        row("dc y", 95.0, 12.5, False),  # higher rate than every sws row: not beaten
+    ]
+    (line,) = bench.goal_lines(rows)
+    assert "**met** (best: sws a, 70.0× at +0.40 points)" in line
+    assert "dc x (60.0×, 10.50 %) is beaten by sws a (70.0×, 10.40 %)" in line
+    assert "dc y (95.0×, 12.50 %) is **not** beaten" in line
+    (line,) = bench.goal_lines([row("sws b", 90.0, 12.0, True)])
+    assert "**not met** (no soft weight-sharing row within 0.5 points)" in line
+    # the rate with every unit stored is shown beside the best row's when it differs
+    dead_units_removed = {**rows[0], "compression_rate_all_units": 61.5}
+    (line,) = bench.goal_lines([dead_units_removed])
+    assert "**met** (best: sws a, 70.0× at +0.40 points; 61.5× with every unit stored)" in line
+
+
+# --------------------------------------------------------------------------- soft-to-hard anneal
+
+
+def test_anneal_schedule_moves_geometrically_in_stages():
+    """Shape and rate at each step against numpy's geomspace over the stages."""
+    from bayes_sws.compress.pipeline import ANNEAL_STAGES, anneal_schedule
+
+    start, final = (250.0, 1.0), (100.0, 1e-2)
+    at = anneal_schedule(start, final, (2.0, 6.0), steps_per_epoch=50)  # steps 100 .. 300
+    grid = np.stack([np.geomspace(s, f, ANNEAL_STAGES + 1) for s, f in zip(start, final)], 1)
+    for step, stage in (
+        (0, 0),
+        (100, 0),
+        (101, 0),
+        (102, 1),
+        (200, ANNEAL_STAGES // 2),
+        (299, ANNEAL_STAGES - 1),
+        (300, ANNEAL_STAGES),
+        (10_000, ANNEAL_STAGES),
+    ):
+        np.testing.assert_allclose(at(step), grid[stage], rtol=1e-12, err_msg=f"step {step}")
+    assert anneal_schedule(start, None, None, 50) is None
+    with pytest.raises(ValueError, match="anneal_epochs"):
+        anneal_schedule(start, final, (6.0, 2.0), 50)
+    with pytest.raises(ValueError, match="precision_prior_final"):
+        anneal_schedule(start, None, (2.0, 6.0), 50)
+
+
+def _precision_fixed_point(w, mixture, prior_scale, shape, rate):
+    """MAP precision of each component given the weights and the other parameters (scipy).
+
+    Setting the derivative of ``λ Σ_i log Σ_k π_k N(w_i | μ_k, 1/τ_k) + (a-1) log τ_j - b τ_j``
+    to zero: ``τ_j = (a - 1 + λ n_j / 2) / (b + λ S_j / 2)`` with responsibilities γ,
+    ``n_j = Σ_i γ_ij`` and ``S_j = Σ_i γ_ij (w_i - μ_j)²``.
+    """
+    from scipy.special import logsumexp
+
+    pi, mu, sigma = (np.asarray(t, dtype=np.float64) for t in mixture)
+    log_joint = np.log(pi) + stats.norm.logpdf(w[:, None], mu, sigma)
+    gamma = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    n = gamma.sum(0)
+    s = (gamma * (w[:, None] - mu) ** 2).sum(0)
+    return (shape - 1 + prior_scale * n / 2) / (rate + prior_scale * s / 2)
+
+
+def test_annealed_precisions_end_at_the_final_priors_fixed_point(digits, pretrained):
+    """After the anneal the non-zero precisions satisfy the final Gamma's stationary condition.
+
+    A run without anneal ends at the start prior's fixed point instead, far away: so
+    the loss really used the moved hyperprior.
+    """
+    from bayes_sws.compress.pipeline import SHARING_PRECISION_PRIOR, SLAB_PRECISION_PRIOR
+
+    kwargs = {"prior_scale": 0.1, "num_epochs": 40, "batch_size": 64, "mixture_lr": 1e-2, "seed": 0}
+    runs = {
+        "annealed": soft_weight_sharing(
+            pretrained,
+            digits,
+            precision_prior=SLAB_PRECISION_PRIOR,
+            precision_prior_final=SHARING_PRECISION_PRIOR,
+            anneal_epochs=(5, 20),
+            **kwargs,
+        ),
+        "slab": soft_weight_sharing(
+            pretrained, digits, precision_prior=SLAB_PRECISION_PRIOR, **kwargs
+        ),
+    }
+    fixed = {}
+    for label, result in runs.items():
+        params = dict(result.retrained_net.named_parameters())
+        names = result.config["param_names"]
+        w = torch.cat([params[n].detach().reshape(-1) for n in names]).double().numpy()
+        tau = 1 / result.mixture.sigma.double().numpy() ** 2
+        for prior_label, (shape, rate) in (
+            ("slab", SLAB_PRECISION_PRIOR),
+            ("sharing", SHARING_PRECISION_PRIOR),
+        ):
+            fixed[label, prior_label] = _precision_fixed_point(w, result.mixture, 0.1, shape, rate)[
+                1:
+            ]
+        fixed[label] = tau[1:]
+    np.testing.assert_allclose(fixed["annealed"], fixed["annealed", "sharing"], rtol=0.02)
+    np.testing.assert_allclose(fixed["slab"], fixed["slab", "slab"], rtol=0.02)
+    assert np.all(fixed["annealed"] > 10 * fixed["slab"])
+    assert runs["annealed"].config["precision_prior_final_used"] == list(SHARING_PRECISION_PRIOR)
+    assert runs["annealed"].config["anneal_epochs"] == [5.0, 20.0]
+    assert runs["slab"].config["anneal_epochs"] is None
+
+
+def test_remove_dead_units_keeps_the_function_and_counts_against_the_full_net(digits, compressed):
+    result, _ = compressed
+    plain = result.storage
+    removed = compress_result(result.fit, digits.x_test, digits.y_test, remove_dead_units=True)
+    small = removed.stored_net
+    assert result.stored_net is result.net and removed.config["remove_dead_units"] is True
+    # hidden units no output weight reads (counted here, before any cascade) all go
+    params = dict(result.net.named_parameters())
+    unread = int((params["2.weight"] == 0).all(0).sum())
+    assert small[0].weight.shape[0] <= 100 - unread
+    # same predictions, so the same accuracy; sizes and non-zeros are the full network's
+    assert removed.test_accuracy_after == pytest.approx(
+        _numpy_accuracy(result.net, digits.x_test, digits.y_test), abs=1e-12
+    )
+    assert removed.storage.original_bits == 32 * sum(p.numel() for p in result.net.parameters())
+    assert removed.storage.num_nonzero <= plain.num_nonzero
+    assert removed.storage.total_bits <= plain.total_bits
