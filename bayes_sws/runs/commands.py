@@ -290,6 +290,12 @@ def latest_checkpoint(
     return None, None, messages
 
 
+def _write_losses(run_dir: Path, losses) -> None:
+    """``losses.csv``: ``step,loss`` for every step so far (rewritten at each checkpoint)."""
+    lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(np.asarray(losses).tolist())]
+    atomic_write_text(rundir.safe_path(run_dir, LOSSES_FILE), "\n".join(lines) + "\n")
+
+
 def _first_nonfinite(state: FitState) -> str | None:
     """The name of the first parameter of ``state`` holding NaN or inf, or ``None``."""
     for group in (state.guide_state, state.network_state):
@@ -330,6 +336,8 @@ def _checkpoint_writer(
             lock.verify()
         path = rundir.safe_path(run_dir, CHECKPOINT_DIR, f"step-{state.step:08d}.ckpt")
         write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint", identity=identity)
+        if identity is not None:  # a run directory: the losses so far, to follow the run live
+            _write_losses(run_dir, state.losses[: state.step])
         for _, old in checkpoint_paths(run_dir)[keep:]:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
@@ -753,8 +761,7 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
     mixture = result.mixture()
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
     metrics["health"] = [f.to_dict() for f in _fit_health(result, prediction, data, mixture)]
-    lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(result.losses.tolist())]
-    atomic_write_text(rundir.safe_path(run.dir, LOSSES_FILE), "\n".join(lines) + "\n")
+    _write_losses(run.dir, result.losses)
     run.lock.verify()
     # last: its presence marks a complete run
     atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
