@@ -835,7 +835,7 @@ def compress_run(
 
 def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_units) -> dict:
     from ..compress.pipeline import compress_result
-    from ..compress.quantize import plot_layer_sparsity, plot_weights_before_after
+    from ..compress.plots import plot_layer_sparsity, plot_weights_before_after
 
     result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
     data = _load_data(config)

@@ -27,7 +27,7 @@ from bayes_sws.compress.pipeline import (
     soft_weight_sharing,
     tempered_gamma,
 )
-from bayes_sws.compress.quantize import storage_report
+from bayes_sws.compress.storage import storage_report
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.nets import mlp
 from bayes_sws.zoo.training import train
