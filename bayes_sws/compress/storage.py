@@ -392,7 +392,7 @@ def _row_index_bits(index_bits: int | Mapping[str, int] | None, name: str, kind:
     return int(index_bits)
 
 
-def _rate(original_bits: int, bits: int) -> float:
+def _rate(original_bits: int, bits: float) -> float:
     """Compression rate: the 32-bit dense size over the compressed size."""
     return original_bits / bits if bits else math.inf
 
