@@ -141,3 +141,52 @@ def gradients(
     g_xi = 0.5 * (gamma * (1.0 - diff**2 / var)).sum(0)
     g_eta = gamma.shape[0] * pi - gamma.sum(0)
     return OmegaGradients(*(prior_scale * g for g in (g_w, g_mu, g_sigma, g_xi, g_eta)))
+
+
+#: Weights per block in :func:`assign`: a (chunk, M) float64 block stays a few tens of MB.
+ASSIGN_CHUNK_SIZE = 1 << 18
+
+
+def assign(
+    w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor, *, chunk_size: int = ASSIGN_CHUNK_SIZE
+) -> Tensor:
+    r"""The most responsible component of every weight, :math:`\arg\max_j \gamma_j(w_i)`.
+
+    .. math::
+
+        k(w_i) = \arg\max_j \; \ln \pi_j + \ln \mathcal N(w_i \mid \mu_j, \sigma_j^2)
+        \qquad \text{(argmax of eq. 5.140)},
+
+    since the normaliser of (5.140) is common to every component. It is the argmax
+    of :func:`log_component_densities`, computed in float64 over blocks of
+    ``chunk_size`` weights, so memory stays ``chunk_size × M`` however many weights
+    there are (the full ``(N, M)`` :func:`responsibilities` is never built). Ties go
+    to the lowest index; a component with ``π_j = 0`` never wins.
+
+    Parameters
+    ----------
+    w : Tensor
+        Weights, any shape.
+    pi, mu, sigma : Tensor, shape (M,)
+        Mixing proportions (need not be normalised), means and standard deviations.
+    chunk_size : int
+        Weights per block (a positive integer).
+
+    Returns
+    -------
+    Tensor of long, shaped like ``w``
+        Index of each weight's most responsible component.
+    """
+    from ..validation import check_int
+
+    chunk_size = check_int("chunk_size", chunk_size, low=1)
+    flat, pi, mu, sigma = _check(w.detach(), pi.detach(), mu.detach(), sigma.detach())
+    flat, pi, mu, sigma = (t.to(torch.float64) for t in (flat, pi, mu, sigma))
+    out = torch.empty(flat.numel(), dtype=torch.long, device=flat.device)
+    for start in range(0, flat.numel(), chunk_size):
+        block = flat[start : start + chunk_size]
+        out[start : start + chunk_size] = log_component_densities(block, pi, mu, sigma).argmax(-1)
+    return out.reshape(w.shape)
+
+
+__all__ += ["ASSIGN_CHUNK_SIZE", "assign"]

@@ -98,7 +98,7 @@ def summary(idata, *, var_names=None):
 
 def plot_weights_before_after(*args, **kwargs):
     """Weights before against after retraining; see :func:`bayes_sws.compress.plot_weights_before_after`."""
-    from ..compress.quantize import plot_weights_before_after as plot
+    from ..compress.plots import plot_weights_before_after as plot
 
     return plot(*args, **kwargs)
 

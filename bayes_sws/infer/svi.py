@@ -1508,12 +1508,11 @@ def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
     collapsed = [j for j in range(sigma.numel()) if not float(sigma[j]) >= threshold * scale]
     if not collapsed:
         return
-    from ..core.penalty import responsibilities
+    from ..core.penalty import assign
 
     owner = None
     if bool((torch.isfinite(sigma) & (sigma > 0)).all()):
-        with torch.no_grad():
-            owner = responsibilities(weights, mixture.pi, mixture.mu, sigma).argmax(-1)
+        owner = assign(weights, mixture.pi, mixture.mu, sigma)
     prior = model.prior
     for j in collapsed:
         value = float(sigma[j])
