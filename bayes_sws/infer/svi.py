@@ -66,7 +66,6 @@ __all__ = [
 OPTIMIZERS = ("adam", "lbfgs")
 #: What :func:`fit` does when a loss or gradient goes non-finite.
 ON_NONFINITE = ("raise", "rollback")
-_CHECK_GRADIENTS = True  # the per-step check (off only to measure its cost)
 # torch.distributions' validation message for a NaN parameter or value of a distribution
 _INVALID_VALUES = "found invalid values"
 _HYPER_PREFIXES = ("sws.", "likelihood.")
@@ -1227,12 +1226,11 @@ class SVIEngine:
                 raise
             raise _NonFinite("loss", math.nan) from None
         loss.backward()
-        if _CHECK_GRADIENTS:
-            total = loss.detach() + _gradient_norms(self._all_params)
-            if not bool(torch.isfinite(total)):
-                value = float(loss.detach())
-                kind = "gradient" if math.isfinite(value) else "loss"
-                raise _NonFinite(kind, value)
+        total = loss.detach() + _gradient_norms(self._all_params)
+        if not bool(torch.isfinite(total)):
+            value = float(loss.detach())
+            kind = "gradient" if math.isfinite(value) else "loss"
+            raise _NonFinite(kind, value)
         return loss
 
     def _step(self, index: Tensor | None) -> float:
