@@ -97,6 +97,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .penalty import log_joint_densities
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "KERNELS",
@@ -491,7 +493,7 @@ def _differentiable_grads(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The same closed forms in plain (N, M) torch ops, so autograd can differentiate them."""
     u = (w_flat[:, None] - mu) / sigma  # N M
-    log_normal = -0.5 * u * u - torch.log(sigma) - 0.5 * math.log(2.0 * math.pi)
+    log_normal = log_joint_densities(w_flat, torch.zeros_like(pi), mu, sigma)  # ln N_ij
     logits = torch.log(pi) + log_normal
     log_p = torch.logsumexp(logits, dim=1, keepdim=True)
     gamma = torch.exp(logits - log_p)
