@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
+from ..core.sites import MIXTURE_SITES
 from ..validation import check_int, check_real, check_seed
 from .svi import FitResult, as_data
 
@@ -84,7 +85,6 @@ SAMPLE_STATS = (
     "lp",
     "step_size",
 )
-MIXTURE_SITES = ("sws.pi", "sws.mu", "sws.sigma")
 
 
 # ---------------------------------------------------------------------- result
