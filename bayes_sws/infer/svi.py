@@ -43,6 +43,7 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import HYPER_PREFIXES, MIXING, PI_ZERO, WEIGHT_PREFIX
 from ..validation import check_int, check_real, check_seed
+from ..zoo.training import steps_per_epoch
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
 
@@ -510,11 +511,6 @@ def _lbfgs_stalled(optim: torch.optim.Optimizer) -> bool:
     state = optim.state.get(optim.param_groups[0]["params"][0], {})
     t = state.get("t")
     return t is not None and float(t) == 0.0
-
-
-def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
-    """Mini-batches per pass over ``num_data`` points, as :func:`fit` draws them (1 for full batch)."""
-    return max(1, num_data // min(batch_size or num_data, num_data))
 
 
 def batch_indices(
