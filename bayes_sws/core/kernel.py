@@ -81,6 +81,14 @@ default no default configuration took it, so it was removed.
 Double backward (Hessians, e.g. for a Laplace guide) is supported by a slower
 differentiable path that materialises (N, M) tensors.
 
+One home for the maths: the per-element terms :math:`\ln\pi_j + \ln\mathcal N`
+are :func:`bayes_sws.core.penalty.log_joint_densities`, which the double-backward
+path, :class:`~bayes_sws.core.distributions.MixtureOfGaussians`' batched branch
+and the reference forms of :mod:`~bayes_sws.core.penalty` use. This kernel is
+the same sum fused, and stays because that broadcast (the ``naive`` row of
+``benchmarks/prior_kernel.py``) is 87–156× slower than the native loop at
+N = 10⁶, M = 16–64, and needs N·M memory (BENCHMARKS.md, "Prior kernel").
+
 References: Bishop, *Pattern Recognition and Machine Learning*, §5.5.7;
 Nowlan & Hinton (1992); Ullrich, Meeds & Welling (2017).
 """

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
+from ..core.penalty import log_joint_densities
 from ..core.priors import Mixture
 from ..core.sites import MEANS, MIXING, MIXTURE_SITES, OBS, SITE_PREFIX, WEIGHT_PREFIX
 from ..infer.mcmc import MCMCResult
@@ -507,8 +508,9 @@ def plot_mixture_over_histogram(
         bins = int(np.clip(2 * math.sqrt(pooled.size), 10, 100))
     edges = np.linspace(lo, hi, bins + 1)
     grid = np.linspace(lo, hi, 800)
-    z = (grid[:, None] - mu) / sigma
-    comp = pi * np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))  # grid M
+    pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
+    terms = log_joint_densities(torch.as_tensor(grid), torch.log(pi_t), mu_t, sigma_t)
+    comp = torch.exp(terms).numpy()  # grid M: π_j N(grid | μ_j, σ_j²), (5.137)
     density = comp.sum(-1)
     width = edges[1] - edges[0]
 

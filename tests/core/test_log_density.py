@@ -124,3 +124,21 @@ def test_double_backward_path_agrees():
     (grad,) = torch.autograd.grad(kernel.mixture_log_prob(w, pi, mu, sigma), w, create_graph=True)
     assert grad.requires_grad
     assert_close(grad, want, rtol=1e-9, atol=1e-300)
+
+
+def test_plotted_mixture_curve_agrees():
+    """The diagnostics plot's curve: n Δ Σ_j π_j N(grid | μ_j, σ_j²) against scipy."""
+    from bayes_sws.diagnostics import plot_mixture_over_histogram
+
+    pi, mu, sigma = np.array([0.7, 0.3]), np.array([0.0, 0.4]), np.array([1e-3, 0.2])
+    net = torch.nn.Linear(8, 4)
+    fig = plot_mixture_over_histogram(net, (pi, mu, sigma), per_layer=False, bins=20)
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.lines if ln.get_label() == "mixture")
+    grid, expected_counts = line.get_xdata(), line.get_ydata()
+    values = net.weight.detach().numpy().reshape(-1)  # the prior covers weights, not biases
+    lo = min(values.min(), (mu - 3 * sigma).min())
+    hi = max(values.max(), (mu + 3 * sigma).max())
+    scale = values.size * (hi - lo) / 20
+    want = scale * np.exp(_scipy_log_density(grid, pi, mu, sigma))
+    assert_close(expected_counts, want, rtol=1e-12, atol=1e-300)
