@@ -39,6 +39,7 @@ __all__ = [
     "grad_w",
     "gradients",
     "log_component_densities",
+    "log_joint_densities",
     "log_mixture_density",
     "omega",
     "responsibilities",
@@ -62,11 +63,47 @@ def _check(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> tuple[Tensor, ..
     return w.reshape(-1), pi, mu, sigma
 
 
+def log_joint_densities(value: Tensor, log_pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    r"""The terms of eq. (5.137) in log space, broadcast: the one home of the mixture maths.
+
+    .. math::
+
+        \ln \pi_j + \ln \mathcal N(v \mid \mu_j, \sigma_j^2)
+            = \ln \pi_j - \tfrac12 \Big(\frac{v - \mu_j}{\sigma_j}\Big)^2
+              - \ln \sigma_j - \tfrac12 \ln 2\pi          \qquad (5.137)
+
+    ``torch.logsumexp(·, -1)`` of the result is :math:`\ln p(v)`; ``softmax`` is
+    :math:`\gamma_j(v)` (5.140). :math:`v - \mu_j` is formed before dividing by
+    :math:`\sigma_j`, so the terms stay finite for :math:`|v|` up to :math:`10^4`
+    and :math:`\sigma` down to :math:`10^{-6}`.
+
+    Parameters
+    ----------
+    value : Tensor
+        Any shape ``S``; every element is one point.
+    log_pi, mu, sigma : Tensor
+        :math:`\ln \pi_j`, :math:`\mu_j`, :math:`\sigma_j` with the component
+        dimension last, broadcastable against ``S + (M,)``. ``log_pi = -inf``
+        removes a component; zeros give the plain :math:`\ln \mathcal N`.
+
+    Returns
+    -------
+    Tensor
+        Shape ``broadcast(S + (1,), params)``: ``S + (M,)`` for ``(M,)`` parameters.
+        It materialises that many elements; the chunked, O(N + M) memory sum over
+        all weights is :func:`bayes_sws.core.kernel.mixture_log_prob`.
+    """
+    z = (value.unsqueeze(-1) - mu) / sigma  # S M
+    return log_pi - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI
+
+
 def log_component_densities(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    r"""``log π_j + log N(w_i | μ_j, σ_j²)`` for every weight and component, shape (N, M)."""
+    r"""``log π_j + log N(w_i | μ_j, σ_j²)`` for every weight and component, shape (N, M).
+
+    :func:`log_joint_densities` of the flattened weights, with shapes checked.
+    """
     w, pi, mu, sigma = _check(w, pi, mu, sigma)
-    z = (w[:, None] - mu) / sigma  # N M
-    return torch.log(pi) - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI
+    return log_joint_densities(w, torch.log(pi), mu, sigma)
 
 
 def log_mixture_density(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:

@@ -69,6 +69,7 @@ from .. import health
 from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
+from ..core.sites import MIXTURE_SITES
 from ..validation import check_int, check_real, check_seed
 from .svi import FitResult, as_data
 
@@ -85,7 +86,6 @@ SAMPLE_STATS = (
     "lp",
     "step_size",
 )
-MIXTURE_SITES = ("sws.pi", "sws.mu", "sws.sigma")
 
 
 # ---------------------------------------------------------------------- result
