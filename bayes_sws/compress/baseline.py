@@ -26,6 +26,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,14 +212,14 @@ def deep_compression(
     centroid_epochs = finetune_epochs if centroid_epochs is None else centroid_epochs
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
     centroid_epochs = check_int("centroid_epochs", centroid_epochs, low=0)
-    train_kwargs = dict(
-        loss=loss,
-        lr=lr,
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        seed=seed,
-        progress=progress,
-    )
+    train_kwargs: dict[str, Any] = {
+        "loss": loss,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "progress": progress,
+    }
 
     compressed = copy.deepcopy(net)
     params = dict(compressed.named_parameters())
@@ -234,8 +235,9 @@ def deep_compression(
 
     def mask_gradients(module: nn.Module) -> None:
         for n, mask in dev_masks.items():
-            if params[n].grad is not None:
-                params[n].grad.mul_(mask)
+            grad = params[n].grad
+            if grad is not None:
+                grad.mul_(mask)
 
     apply_masks(compressed)
     prune_training = None

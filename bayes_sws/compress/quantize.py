@@ -701,7 +701,8 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
         )
     out = copy.deepcopy(net)
     pairs = _unit_pairs(out)
-    kept = {pair.name: torch.arange(pair.producer.weight.shape[0]) for pair in pairs}
+    sizes = {pair.name: int(pair.producer.weight.shape[0]) for pair in pairs}
+    kept = {name: torch.arange(size) for name, size in sizes.items()}
     changed = True
     with torch.no_grad():
         while changed:
@@ -715,7 +716,9 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
                 if fold.any() and pair.can_fold():
                     constant = pair.constant_outputs()
                     shift = (reads.sum(-1) * constant[:, None])[fold].sum(0)
-                    pair.consumer.bias += shift.to(pair.consumer.bias.dtype)
+                    bias = pair.consumer.bias
+                    assert bias is not None  # can_fold()
+                    bias += shift.to(bias.dtype)
                     pair.consumer.weight[
                         :, pair.consumer_columns(torch.nonzero(fold).reshape(-1))
                     ] = 0.0
@@ -731,8 +734,7 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
         net=out,
         kept=kept,
         removed={
-            pair.name: int(dict(net.named_children())[pair.name].weight.shape[0])
-            - int(kept[pair.name].numel())
+            pair.name: sizes[pair.name] - int(kept[pair.name].numel())
             for pair in pairs
         },
     )
@@ -1163,7 +1165,7 @@ def _uncompressed_counts(
     return num_bias, other_params
 
 
-def _rate(original_bits: int, bits: int) -> float:
+def _rate(original_bits: int, bits: float) -> float:
     """Compression rate: the 32-bit dense size over the compressed size."""
     return original_bits / bits if bits else math.inf
 

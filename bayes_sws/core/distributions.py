@@ -14,15 +14,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from .kernel import mixture_log_prob  # the fused, chunked kernel (O(N + M) memory)
 from .penalty import log_mixture_density as _log_mixture_density
-
-try:  # the fused, chunked kernel (O(N + M) memory)
-    from .kernel import mixture_log_prob
-except ImportError:  # pragma: no cover - reference closed form while the kernel is absent
-    from .penalty import log_mixture_density
-
-    def mixture_log_prob(w, pi, mu, sigma):
-        return log_mixture_density(w, pi, mu, sigma).sum()
 
 
 __all__ = ["IsotropicGaussianMixture", "MixtureOfGaussians", "OrderedNormal"]
@@ -111,7 +104,7 @@ class MixtureOfGaussians(TorchDistribution):
     def _params_for(self, extra_dims: int) -> tuple[Tensor, Tensor, Tensor]:
         # batch + (1,)*E + (M,): broadcasts against sample + batch + event values
         view = self.batch_shape + (1,) * extra_dims + (self.num_components,)
-        return tuple(t.reshape(view) for t in (self.pi, self.mu, self.sigma))
+        return self.pi.reshape(view), self.mu.reshape(view), self.sigma.reshape(view)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
