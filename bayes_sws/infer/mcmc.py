@@ -55,7 +55,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro
@@ -188,6 +188,7 @@ class MCMCResult:
                 )
                 mean = self.model.likelihood.mean(output, values)
                 total = mean if total is None else total + mean
+        assert total is not None  # num >= 1 (sample_posterior checks it)
         return total / num
 
 
@@ -201,7 +202,7 @@ class _RecordingNUTS(NUTS):
     divergence flag. Leapfrog steps are counted in ``_build_basetree``.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[dict[str, float]] = []
         self._recursion = 0
@@ -293,7 +294,7 @@ def _traceable(model: SWSModel) -> SWSModel:
             return _call_with_parameters(model.net, weights, x)
         return base_forward(weights, x)
 
-    clone.forward = forward
+    clone.forward = forward  # type: ignore[method-assign]  # this instance's forward only
     return clone
 
 
@@ -307,7 +308,9 @@ def _hyperprior_draw(model: SWSModel, x: Tensor, seed: int) -> dict[str, Tensor]
         torch.manual_seed(seed)
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(x[:1])
-    return {name: trace.nodes[name]["value"].detach() for name in model.hyper_site_names}
+    return {
+        name: cast(Tensor, trace.nodes[name]["value"]).detach() for name in model.hyper_site_names
+    }
 
 
 def _check_init_values(model: SWSModel, values: Mapping[str, Any], what: str) -> dict[str, Tensor]:

@@ -204,7 +204,7 @@ def _gradient_norms(params: list[Tensor]) -> Tensor:
     try:
         norms = torch._foreach_norm(grads)
     except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
-        norms = [g.norm() for g in grads]
+        norms = tuple(g.norm() for g in grads)
     return torch.stack(norms).sum()
 
 
@@ -222,11 +222,11 @@ def _diagnose_fault(model, guide, x, y, index, named_params, kind) -> tuple[str 
         values = [(n, p.detach()) for n, p in named_params]
         bad = _first_non_finite(values)
     if bad is not None:
-        site = _site_of(bad)
-        where = f" (site {site!r})" if site != bad else ""
+        param_site = _site_of(bad)
+        where = f" (site {param_site!r})" if param_site != bad else ""
         return bad, "parameter", f"parameter {bad!r}{where} is not finite"
     bad_grad = _first_non_finite([(n, p.grad) for n, p in named_params])
-    site = None
+    site: str | None = None
     try:  # which site's log-density is non-finite (only on a fault, so its cost does not matter)
         with torch.no_grad(), pyro.validation_enabled(False):
             guide_trace = poutine.trace(guide).get_trace(x, y, index)
@@ -340,6 +340,7 @@ class FitResult:
                 )
                 mean = likelihood.mean(output, values)
                 total = mean if total is None else total + mean
+            assert total is not None  # num_samples >= 1 (sample_posterior checks it)
             return total / num_samples
 
 
