@@ -183,13 +183,12 @@ def predictive_draws(
     draws = _posterior_draws(result, num_samples, seed, num_chains)
     model = result.model
     x = _as_inputs(model, x)
-    out = None
+    shape = next(iter(draws.values())).shape[:2]
+    arrays: dict[str, np.ndarray] = {}
     for c, d, values, output in _each_draw(model, draws, x):
         mean = model.likelihood.mean(output, values).cpu().numpy()
-        if out is None:
-            out = np.empty(next(iter(draws.values())).shape[:2] + mean.shape, dtype=mean.dtype)
-        out[c, d] = mean
-    return out
+        _store_draw(arrays, "mean", shape, c, d, mean)
+    return arrays["mean"]
 
 
 # ---------------------------------------------------------------------- dims
@@ -317,73 +316,10 @@ def to_inference_data(
     if y is not None and x is None:
         raise ValueError("y was given without x; pass the inputs x the targets y belong to")
     draws = _posterior_draws(result, num_samples, seed, num_chains)
-    weight_sites = _resolve_weights(model, weights)
-
-    posterior: dict[str, np.ndarray] = {}
-    dims: dict[str, list[str]] = {}
-    for name in (*MIXTURE_VARS, *model.hyper_site_names):
-        value = draws[name]
-        posterior[name] = _numpy(value)
-        dims[name] = _hyper_dims(model, name, value.dim() - 2)
-    for site in weight_sites:
-        param = site[len("net.") :]
-        posterior[site] = _numpy(draws[site])
-        dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
-    coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
-    if model.prior.zero_component:
-        coords["nonzero_component"] = np.arange(1, model.prior.num_components)
-
+    posterior, dims, coords = _posterior_variables(model, draws, _resolve_weights(model, weights))
     groups: dict[str, Any] = {}
     if x is not None:
-        x_tensor = _as_inputs(model, x)
-        y_tensor = None
-        if y is not None:
-            from ..infer.svi import as_data
-
-            x_tensor, y_tensor = as_data(x, y, model)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(check_seed("seed", seed) + 1)
-        shape = next(iter(draws.values())).shape[:2]
-        predictive, log_lik, means = None, None, None
-        try:
-            for c, d, values, output in _each_draw(model, draws, x_tensor):
-                likelihood = model.likelihood.distribution(output, values)
-                obs = _numpy(likelihood.sample())
-                if predictive is None:
-                    predictive = np.empty(shape + obs.shape, dtype=obs.dtype)
-                predictive[c, d] = obs
-                if y_tensor is not None:
-                    ll = _numpy(likelihood.log_prob(y_tensor))
-                    if log_lik is None:
-                        log_lik = np.empty(shape + ll.shape, dtype=ll.dtype)
-                    log_lik[c, d] = ll
-                if predictive_mean:
-                    mean = _numpy(model.likelihood.mean(output, values))
-                    if means is None:
-                        means = np.empty(shape + mean.shape, dtype=mean.dtype)
-                    means[c, d] = mean
-        finally:
-            torch.random.set_rng_state(generator_state)
-        obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
-        groups["posterior_predictive"] = {"obs": predictive}
-        dims["obs"] = obs_dims
-        x_np = _numpy(x_tensor)
-        x_dims = (
-            ["data", "feature"]
-            if x_np.ndim == 2
-            else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
-        )
-        groups["constant_data"] = {"x": x_np}
-        dims["x"] = x_dims
-        if y_tensor is not None:
-            groups["log_likelihood"] = {"obs": log_lik}
-            groups["observed_data"] = {"obs": _numpy(y_tensor)}
-        if predictive_mean:
-            posterior["predictive_mean"] = means
-            kind = "class" if isinstance(model.likelihood, Categorical) else "output"
-            dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
-        coords["data"] = np.arange(x_np.shape[0])
-
+        groups = _data_groups(model, draws, x, y, predictive_mean, seed, posterior, dims, coords)
     if isinstance(result, MCMCResult):
         groups["sample_stats"] = {k: np.asarray(v) for k, v in result.sample_stats.items()}
         method = "NUTS"
@@ -408,6 +344,108 @@ def to_inference_data(
         )
     idata.posterior.attrs.update({"method": method, "config": attrs["config"]})
     return idata
+
+
+def _posterior_variables(
+    model: SWSModel, draws: dict[str, Tensor], weight_sites: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
+    """``posterior`` arrays (mixture, hyperparameter and chosen weight sites), dims, coords."""
+    posterior: dict[str, np.ndarray] = {}
+    dims: dict[str, list[str]] = {}
+    for name in (*MIXTURE_VARS, *model.hyper_site_names):
+        value = draws[name]
+        posterior[name] = _numpy(value)
+        dims[name] = _hyper_dims(model, name, value.dim() - 2)
+    for site in weight_sites:
+        param = site[len("net.") :]
+        posterior[site] = _numpy(draws[site])
+        dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
+    coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
+    if model.prior.zero_component:
+        coords["nonzero_component"] = np.arange(1, model.prior.num_components)
+    return posterior, dims, coords
+
+
+def _store_draw(
+    arrays: dict[str, np.ndarray], key: str, shape: tuple[int, ...], c: int, d: int, value
+) -> None:
+    """``arrays[key][c, d] = value``, allocating ``arrays[key]`` (chain, draw, ...) on first use."""
+    if key not in arrays:
+        arrays[key] = np.empty(tuple(shape) + value.shape, dtype=value.dtype)
+    arrays[key][c, d] = value
+
+
+def _predictive_draws(
+    model: SWSModel,
+    draws: dict[str, Tensor],
+    x_tensor: Tensor,
+    y_tensor: Tensor | None,
+    predictive_mean: bool,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per draw: a posterior-predictive sample ``obs``, with ``y`` the pointwise ``log_lik``,
+    and on request the likelihood's ``mean``; torch's global RNG is restored afterwards."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(check_seed("seed", seed) + 1)
+    shape = next(iter(draws.values())).shape[:2]
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for c, d, values, output in _each_draw(model, draws, x_tensor):
+            likelihood = model.likelihood.distribution(output, values)
+            _store_draw(arrays, "obs", shape, c, d, _numpy(likelihood.sample()))
+            if y_tensor is not None:
+                ll = _numpy(likelihood.log_prob(y_tensor))
+                _store_draw(arrays, "log_lik", shape, c, d, ll)
+            if predictive_mean:
+                mean = _numpy(model.likelihood.mean(output, values))
+                _store_draw(arrays, "mean", shape, c, d, mean)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return arrays
+
+
+def _data_groups(
+    model: SWSModel,
+    draws: dict[str, Tensor],
+    x: Any,
+    y: Any,
+    predictive_mean: bool,
+    seed: int,
+    posterior: dict[str, np.ndarray],
+    dims: dict[str, list[str]],
+    coords: dict[str, Any],
+) -> dict[str, Any]:
+    """The groups that need the data (``posterior_predictive``, ``constant_data``, with ``y``
+    ``log_likelihood`` and ``observed_data``); adds ``predictive_mean`` to ``posterior`` and
+    the data's dims and coords."""
+    x_tensor = _as_inputs(model, x)
+    y_tensor = None
+    if y is not None:
+        from ..infer.svi import as_data
+
+        x_tensor, y_tensor = as_data(x, y, model)
+    arrays = _predictive_draws(model, draws, x_tensor, y_tensor, predictive_mean, seed)
+    predictive = arrays["obs"]
+    groups: dict[str, Any] = {"posterior_predictive": {"obs": predictive}}
+    dims["obs"] = ["data"] + _extra_dims("output", predictive.ndim - 3)
+    x_np = _numpy(x_tensor)
+    x_dims = (
+        ["data", "feature"]
+        if x_np.ndim == 2
+        else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
+    )
+    groups["constant_data"] = {"x": x_np}
+    dims["x"] = x_dims
+    if y_tensor is not None:
+        groups["log_likelihood"] = {"obs": arrays["log_lik"]}
+        groups["observed_data"] = {"obs": _numpy(y_tensor)}
+    if predictive_mean:
+        means = arrays["mean"]
+        posterior["predictive_mean"] = means
+        kind = "class" if isinstance(model.likelihood, Categorical) else "output"
+        dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
+    coords["data"] = np.arange(x_np.shape[0])
+    return groups
 
 
 # ---------------------------------------------------------------------- plots
@@ -652,7 +690,7 @@ def plot_hyperposterior(
             ax.set_title(name, fontsize=10)
         return fig
     # one density per entry that varies (the zero component's fixed mean has none)
-    selections = []
+    selections: list[tuple[str, dict[str, list] | None, int]] = []
     for name in var_names:
         values = posterior[name]
         if values.ndim != 3:
