@@ -733,10 +733,7 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
     return DeadUnitRemoval(
         net=out,
         kept=kept,
-        removed={
-            pair.name: sizes[pair.name] - int(kept[pair.name].numel())
-            for pair in pairs
-        },
+        removed={pair.name: sizes[pair.name] - int(kept[pair.name].numel()) for pair in pairs},
     )
 
 

@@ -250,7 +250,7 @@ def versions() -> dict[str, str]:
 def _init_kwargs(obj: Any, cls: type) -> dict[str, Any]:
     """Constructor arguments of ``obj`` read back from its attributes of the same names."""
     kwargs = {}
-    for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+    for name in inspect.signature(cls).parameters:  # __init__'s, without self
         if hasattr(obj, name):
             value = getattr(obj, name)
             kwargs[name] = list(value) if isinstance(value, tuple) else value

@@ -138,7 +138,8 @@ def _load_data(config: RunConfig):
     from ..zoo.data import DataError, load_dataset
 
     flatten = config.network != "lenet-5"
-    standardize = {"feature": True, "global": "global", "none": False}[config.standardize]
+    choices: dict[str, bool | str] = {"feature": True, "global": "global", "none": False}
+    standardize = choices[config.standardize]
     try:
         return load_dataset(
             config.data,
@@ -179,6 +180,14 @@ def _likelihood(config: RunConfig, data) -> Likelihood | str:
 
 
 def _prior(config: RunConfig) -> MixturePrior:
+    zero_precision: dict[str, Any] = (
+        {}
+        if config.zero_precision_prior is None
+        else {
+            "zero_precision_concentration": config.zero_precision_prior[0],
+            "zero_precision_rate": config.zero_precision_prior[1],
+        }
+    )
     return MixturePrior(
         config.components,
         zero_component=config.zero_component,
@@ -190,14 +199,7 @@ def _prior(config: RunConfig) -> MixturePrior:
         ordered_means=config.ordered_means,
         precision_concentration=config.precision_prior[0],
         precision_rate=config.precision_prior[1],
-        **(
-            {}
-            if config.zero_precision_prior is None
-            else {
-                "zero_precision_concentration": config.zero_precision_prior[0],
-                "zero_precision_rate": config.zero_precision_prior[1],
-            }
-        ),
+        **zero_precision,
         flat=config.flat,
         include_bias=config.include_bias,
     )
@@ -401,6 +403,12 @@ class _RunContext:
     identity: RunIdentity
     lock: rundir.RunLock | None  # None: a read-only command (report)
 
+    def verify_lock(self) -> None:
+        """Check the run's lock is still held before a write (:meth:`RunLock.verify`)."""
+        if self.lock is None:
+            raise RunError(f"{self.dir}: a read-only command does not write to its run")
+        self.lock.verify()
+
 
 def _check_new_run_dir(out: Path, overwrite: bool) -> bool:
     """Whether ``out`` holds a run to replace; refuse what may not be touched (nothing written)."""
@@ -555,7 +563,7 @@ def _execute(
         for message in found:
             log(f"warning: {message}")
         messages += found
-        if state is not None:
+        if state is not None and path is not None:  # found together
             log(f"resuming from {path.name} (step {state.step} of {num_steps})")
         elif checkpoint_paths(run.dir):
             log("warning: no intact checkpoint of this run; starting SVI from step 0")
@@ -599,7 +607,7 @@ def _initial_network(config, run: _RunContext, data, spec, resume, messages, **p
             pretraining["log"](messages[-1])
     net, pretrained_metrics = _pretrain(config, data, spec, **pretraining)
     if net is not None:
-        run.lock.verify()
+        run.verify_lock()
         payload = {
             "network_spec": spec,
             "network_state": net.state_dict(),
@@ -687,7 +695,7 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
 def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_metrics, elapsed):
     import pyro
 
-    run.lock.verify()
+    run.verify_lock()
     save_result(
         result,
         run.dir,
@@ -725,10 +733,10 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
     lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(result.losses.tolist())]
     atomic_write_text(rundir.safe_path(run.dir, LOSSES_FILE), "\n".join(lines) + "\n")
-    run.lock.verify()
+    run.verify_lock()
     # last: its presence marks a complete run
     atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
-    run.lock.verify()  # a directory removed meanwhile: the run did not succeed
+    run.verify_lock()  # a directory removed meanwhile: the run did not succeed
     return metrics
 
 
@@ -852,9 +860,9 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
     )
     summary = compressed.to_dict()
     summary["remove_dead_units"] = bool(remove_dead_units)
-    summary["stored_shapes"] = {
-        name: list(p.shape) for name, p in compressed.stored_net.named_parameters()
-    }
+    stored_net = compressed.stored_net
+    assert stored_net is not None  # compress_pipeline always sets it
+    summary["stored_shapes"] = {name: list(p.shape) for name, p in stored_net.named_parameters()}
     summary["merge_threshold"] = merge_threshold
     summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
@@ -871,7 +879,7 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
         }
         summary["plots"] = [_save_figure(fig, run, name) for name, fig in figures.items()]
     summary = plain(summary)
-    run.lock.verify()
+    run.verify_lock()
     atomic_write_json(rundir.safe_path(run.dir, COMPRESSION_FILE), summary)
     return summary
 
@@ -921,7 +929,7 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
         result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
     )
     path = rundir.safe_path(run.dir, POSTERIOR_FILE)
-    run.lock.verify()
+    run.verify_lock()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
     try:
         idata.to_netcdf(str(tmp))
@@ -1006,8 +1014,10 @@ def _report_metrics(run: _RunContext) -> list[str]:
             f"after SVI {_number(metrics, 'test_rmse', '.4g')}"
         )
     mixture = metrics.get("mixture")
+    if not isinstance(mixture, dict):
+        return lines
     try:
-        pi, mu, sigma = (np.asarray(mixture[k], dtype=float) for k in ("pi", "mu", "sigma"))
+        pi, mu, sigma = (np.asarray(mixture[k], dtype=np.float64) for k in ("pi", "mu", "sigma"))
     except (TypeError, KeyError, ValueError):
         return lines
     lines.append("  learned mixture (by mean):      pi         mu      sigma")

@@ -510,7 +510,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             try:
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[no-redef]  # the same API
             except ModuleNotFoundError:
                 raise RunError(
                     "reading TOML config files needs Python >= 3.11 or `pip install tomli`"
