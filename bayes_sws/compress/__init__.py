@@ -1,7 +1,7 @@
 """Compression: quantisation, storage accounting (Han et al. 2016), the Deep
 Compression baseline and the paper's pipeline (Ullrich et al. 2017)."""
 
-from .quantize import (  # noqa: F401
+from .quantize import (
     BITS_PER_FLOAT,
     DEFAULT_INDEX_BITS,
     CodebookFinetune,

@@ -88,7 +88,7 @@ def _per_layer(value, names: Sequence[str], label: str) -> dict:
                 f"missing {missing}, unknown {unknown}"
             )
         return {n: value[n] for n in names}
-    return {n: value for n in names}
+    return dict.fromkeys(names, value)
 
 
 def magnitude_prune_masks(

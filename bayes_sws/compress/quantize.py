@@ -1149,7 +1149,7 @@ def _uncompressed_counts(
     for name in params:  # named_parameters order, so the weight (defined first) owns the bias
         if name in name_set:
             first_row_of_module.setdefault(_owner(name), name)
-    num_bias = {name: 0 for name in names}
+    num_bias = dict.fromkeys(names, 0)
     other_params = 0
     for name, p in params.items():
         if name in name_set:
@@ -1225,9 +1225,12 @@ def storage_report(
     orders = _STORAGE_ORDERS.get(order)
     if orders is None:
         raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
-    if index_bits is not None and not isinstance(index_bits, Mapping):
-        if int(index_bits) != index_bits or index_bits < 1:
-            raise ValueError(f"index_bits must be a positive integer; got {index_bits!r}")
+    if (
+        index_bits is not None
+        and not isinstance(index_bits, Mapping)
+        and (int(index_bits) != index_bits or index_bits < 1)
+    ):
+        raise ValueError(f"index_bits must be a positive integer; got {index_bits!r}")
     if isinstance(index_bits, Mapping):
         unknown = sorted(set(index_bits) - set(names))
         if unknown:

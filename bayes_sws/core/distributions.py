@@ -17,10 +17,10 @@ from torch import Tensor
 from .kernel import mixture_log_prob  # the fused, chunked kernel (O(N + M) memory)
 from .penalty import log_mixture_density as _log_mixture_density
 
-
 __all__ = ["IsotropicGaussianMixture", "MixtureOfGaussians", "OrderedNormal"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_NO_SHAPE = torch.Size()  # the default sample shape (one draw)
 
 
 def _fast_log_prob(value: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ class MixtureOfGaussians(TorchDistribution):
         log_p = log_p - _LOG_SQRT_2PI
         return log_p.sum(tuple(range(-num_event, 0))) if num_event else log_p
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape=_NO_SHAPE) -> Tensor:
         shape = self._extended_shape(sample_shape)
         pi, mu, sigma = self._params_for(len(self.event_shape))
         full = self.batch_shape + self.event_shape + (self.num_components,)
@@ -169,7 +169,7 @@ class OrderedNormal(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape=_NO_SHAPE) -> Tensor:
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         draws = self.loc.unsqueeze(-1) + self.scale.unsqueeze(-1) * eps
@@ -289,7 +289,7 @@ class IsotropicGaussianMixture(TorchDistribution):
             return (pi.unsqueeze(-1) * (spread.unsqueeze(-1) + centred.pow(2))).sum(-2)
         return (pi * (spread + (self.loc - self.mean.unsqueeze(-1)).pow(2))).sum(-1)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape=_NO_SHAPE) -> Tensor:
         with torch.no_grad():
             index = torch.distributions.Categorical(logits=self.logits).sample(sample_shape)  # S B
             grow = tuple(sample_shape) + tuple(self.logits.shape)

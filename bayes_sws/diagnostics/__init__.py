@@ -1,6 +1,6 @@
 """The posterior view: ArviZ conversion (the one place importing arviz) and plots."""
 
-from .posterior import (  # noqa: F401
+from .posterior import (
     MIXTURE_VARS,
     load_arviz,
     plot_hyperposterior,

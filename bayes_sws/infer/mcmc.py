@@ -463,7 +463,7 @@ def sample_nuts(
     start = time.perf_counter()
     try:
         model.net.requires_grad_(False)
-        for chain, (chain_seed, values) in enumerate(zip(seeds, inits)):
+        for chain_seed, values in zip(seeds, inits):
             pyro.set_rng_seed(chain_seed)
             kernel = _RecordingNUTS(
                 sampled_model,

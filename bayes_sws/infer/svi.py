@@ -122,7 +122,7 @@ def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
     try:
         with torch.no_grad():
             output = model.net(x[:2])
-    except Exception as err:  # the network's own error, reworded at the boundary
+    except Exception as err:  # noqa: BLE001 - the network's own error, reworded at the boundary
         raise ValueError(
             f"the network cannot process inputs of shape {tuple(x.shape[1:])} per data point: {err}"
         ) from None
@@ -449,7 +449,7 @@ class FitState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitState:
-        missing = sorted({f for f in cls.__dataclass_fields__} - set(data) - {"scheduler_state"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(data) - {"scheduler_state"})
         if missing:
             raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
         losses = data["losses"]

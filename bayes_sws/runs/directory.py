@@ -273,7 +273,7 @@ def clear_run(run_dir: Path) -> list[str]:
     still hold them, are left where they are.
     """
     doomed = list(_tool_files(run_dir))
-    doomed += [p for p in _temporary_files(run_dir)]
+    doomed += list(_temporary_files(run_dir))
     for path in doomed:
         if path.is_dir():  # a directory named like a tool file: not ours
             raise RunError(f"{path} is a directory, not a file bayes-sws wrote; remove it by hand")

@@ -548,6 +548,6 @@ def resolve_config(
         file_values.pop("steps", None)
         file_values.pop("epochs", None)
     merged = {**file_values, **flag_values}
-    sources = {k: file_name for k in file_values}
+    sources = dict.fromkeys(file_values, file_name)
     sources.update({k: flag_names.get(k, "--" + k.replace("_", "-")) for k in flag_values})
     return RunConfig.from_dict(merged, sources=sources)
