@@ -298,6 +298,69 @@ def _traceable(model: SWSModel) -> SWSModel:
     return clone
 
 
+def _run_chain(
+    sampled_model,
+    values: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_samples: int,
+    warmup_steps: int,
+    max_tree_depth: int,
+    target_accept_prob: float,
+    full_mass: bool,
+    jit_compile: bool,
+    progress: bool | None,
+) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """One NUTS chain from ``values``: its draws of every site and the per-draw records."""
+    kernel = _RecordingNUTS(
+        sampled_model,
+        init_strategy=init_to_value(values=values),
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=target_accept_prob,
+        full_mass=full_mass,
+        jit_compile=jit_compile,
+        ignore_jit_warnings=True,
+        max_plate_nesting=1,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=1,
+        disable_progbar=not progress_enabled(progress),
+    )
+    with warnings.catch_warnings():
+        # torch 2.x deprecates torch.jit.trace, which Pyro's jit_compile uses
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning
+        )
+        mcmc.run(x, y)
+    return {k: v.detach() for k, v in mcmc.get_samples().items()}, kernel.records
+
+
+def _with_mixture_sites(
+    model: SWSModel, chains: list[dict[str, Tensor]], num_chains: int, num_samples: int
+) -> dict[str, Tensor]:
+    """The chains' draws stacked (chain, draw, ...), with the mixture's ``π, μ, σ`` per draw."""
+    samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
+    like = model._like()
+    hyper = {
+        name: samples[name].reshape((-1,) + samples[name].shape[2:])
+        for name in model.prior.site_names
+    }
+    with torch.no_grad():
+        mixture = model.prior.mixture(hyper, like)
+    for name, value in zip(MIXTURE_SITES, mixture):
+        value = (
+            value.expand((num_chains * num_samples,) + value.shape[-1:])
+            if value.dim() == 1
+            else value
+        )
+        samples[name] = value.reshape(num_chains, num_samples, -1)
+    return samples
+
+
 def _latent_sites(model: SWSModel) -> tuple[str, ...]:
     return (*model.hyper_site_names, *model.weight_site_names)
 
@@ -465,51 +528,27 @@ def sample_nuts(
         model.net.requires_grad_(False)
         for chain_seed, values in zip(seeds, inits):
             pyro.set_rng_seed(chain_seed)
-            kernel = _RecordingNUTS(
+            chain, records = _run_chain(
                 sampled_model,
-                init_strategy=init_to_value(values=values),
+                values,
+                x,
+                y,
+                num_samples=num_samples,
+                warmup_steps=warmup_steps,
                 max_tree_depth=max_tree_depth,
                 target_accept_prob=float(target_accept_prob),
                 full_mass=bool(full_mass),
                 jit_compile=bool(jit_compile),
-                ignore_jit_warnings=True,
-                max_plate_nesting=1,
+                progress=progress,
             )
-            mcmc = MCMC(
-                kernel,
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                num_chains=1,
-                disable_progbar=not progress_enabled(progress),
-            )
-            with warnings.catch_warnings():
-                # torch 2.x deprecates torch.jit.trace, which Pyro's jit_compile uses
-                warnings.filterwarnings(
-                    "ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning
-                )
-                mcmc.run(x, y)
-            chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-            stats.append(kernel.records)
+            chains.append(chain)
+            stats.append(records)
     finally:
         for name, p in model.net.named_parameters():
             p.requires_grad_(requires_grad[name])
     wall_time = time.perf_counter() - start
 
-    samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
-    like = model._like()
-    hyper = {
-        name: samples[name].reshape((-1,) + samples[name].shape[2:])
-        for name in model.prior.site_names
-    }
-    with torch.no_grad():
-        mixture = model.prior.mixture(hyper, like)
-    for name, value in zip(MIXTURE_SITES, mixture):
-        value = (
-            value.expand((num_chains * num_samples,) + value.shape[-1:])
-            if value.dim() == 1
-            else value
-        )
-        samples[name] = value.reshape(num_chains, num_samples, -1)
+    samples = _with_mixture_sites(model, chains, num_chains, num_samples)
     sample_stats = {
         key: np.array(
             [[rec[key] for rec in chain] for chain in stats],
