@@ -298,6 +298,27 @@ def _traceable(model: SWSModel) -> SWSModel:
     return clone
 
 
+def _check_nuts_options(
+    num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+) -> tuple[int, int, int, int, float, int]:
+    """:func:`sample_nuts`'s numeric options, checked one after the other in this order."""
+    num_samples = check_int("num_samples", num_samples, low=1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+    num_chains = check_int("num_chains", num_chains, low=1)
+    max_tree_depth = check_int("max_tree_depth", max_tree_depth, low=1)
+    target_accept_prob = check_real(
+        "target_accept_prob",
+        target_accept_prob,
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+        hint="0.8 is the default, 0.9-0.99 for posteriors with divergences",
+    )
+    seed = check_seed("seed", seed)
+    return num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+
+
 def _run_chain(
     sampled_model,
     values: dict[str, Tensor],
@@ -497,20 +518,11 @@ def sample_nuts(
     """
     if not isinstance(model, SWSModel):
         raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
-    num_samples = check_int("num_samples", num_samples, low=1)
-    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
-    num_chains = check_int("num_chains", num_chains, low=1)
-    max_tree_depth = check_int("max_tree_depth", max_tree_depth, low=1)
-    target_accept_prob = check_real(
-        "target_accept_prob",
-        target_accept_prob,
-        low=0,
-        high=1,
-        low_open=True,
-        high_open=True,
-        hint="0.8 is the default, 0.9-0.99 for posteriors with divergences",
+    num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed = (
+        _check_nuts_options(
+            num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+        )
     )
-    seed = check_seed("seed", seed)
     x, y = as_data(x, y, model)
     seeds = [
         int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(num_chains)
