@@ -73,7 +73,11 @@ def _report(findings: list[Finding], warn: bool) -> list[Finding]:
 
 # ---------------------------------------------------------------------- SVI
 def check_converged(
-    losses: Sequence[float], *, window: float = 0.2, tolerance: float = 0.01, warn: bool = True
+    losses: Sequence[float] | np.ndarray,
+    *,
+    window: float = 0.2,
+    tolerance: float = 0.01,
+    warn: bool = True,
 ) -> list[Finding]:
     r"""Flag a loss that is still falling at the end of the run.
 

@@ -518,7 +518,7 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
     ]
     settings = []
     for row in rows:
-        shown = {k: v for k, v in row["settings"].items()}
+        shown = dict(row["settings"])
         settings.append(f"- {row['case']}, {row['method']}: `{json.dumps(shown, sort_keys=True)}`")
     return "\n".join(
         [
@@ -837,7 +837,7 @@ def run_case(name: str, options: dict) -> tuple[list[dict], dict]:
     return case_rows, info
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits cases only (about a minute)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), help="run these cases")
@@ -885,6 +885,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="progress bars (default: on a terminal)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

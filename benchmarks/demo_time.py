@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     results = []
     if not args.skip_command:
         print("\n## bayes-sws demo (subprocess, wall clock)")
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             for fast in modes:
                 res = time_command(fast, [], args.threads)
                 res.update(mode="fast path" if fast else "pyro path", kind="command", load=_load())
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
             f"{'SVI loop':>9} {'ms/step':>8} {'eval+rest':>9}  accuracy before → after"
         )
         print(header)
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             for fast in modes:
                 res = time_split(fast, overrides)
                 res.update(mode="fast path" if fast else "pyro path", kind="split", load=_load())

@@ -558,7 +558,7 @@ def machine_line(threads: int) -> str:
     )
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid (smoke test)")
     parser.add_argument("--sizes", type=float, nargs="+", help="values of N (default 1e4..1e7)")
@@ -593,7 +593,22 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "N", "M"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _status(row: dict, num_weights: int) -> str:
+    """One case's line of progress: its reason for a skip, or time and memory per weight."""
+    if "skipped" in row:
+        return row["skipped"]
+    return (
+        f"{row['time_min_s'] / num_weights * 1e9:8.1f} ns/weight  "
+        f"{row['extra_peak_bytes'] / num_weights:7.1f} B/weight  "
+        f"first {row['first_call_s']:.2f} s"
+    )
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
 
     if args.worker:
         impl, num_weights, num_components = args.worker
@@ -632,14 +647,7 @@ def main(argv=None) -> int:
             for impl in args.impls:
                 row = _run_case(args, impl, num_weights, num_components)
                 results.append(row)
-                if "skipped" in row:
-                    status = row["skipped"]
-                else:
-                    status = (
-                        f"{row['time_min_s'] / num_weights * 1e9:8.1f} ns/weight  "
-                        f"{row['extra_peak_bytes'] / num_weights:7.1f} B/weight  "
-                        f"first {row['first_call_s']:.2f} s"
-                    )
+                status = _status(row, num_weights)
                 print(f"N={num_weights:.0e} M={num_components:3d} {impl:20s} {status}", flush=True)
     print()
     print(

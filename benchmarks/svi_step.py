@@ -170,86 +170,11 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
     batches = Batches(num_data, batch_size)
 
     if variant in ("pyro_map", "fast_map", "pyro_normal"):
-        model = make_model(net, prior_scale, num_components)
-        init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
-        guide = build_guide(
-            "normal" if variant == "pyro_normal" else "map",
-            model,
-            init_loc_fn=init_loc_fn,
-            init_scale=1e-3,
-            hyper_sites=model.hyper_site_names,
-        )
-        elbo = Trace_ELBO(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
-        elbo.differentiable_loss(model, guide, x, y, next(batches))  # builds the guide's params
-        optim = _adam(*_split_guide_params(guide, model), lr, mixture_lr)
-        if variant == "fast_map":
-            if map_loss is None:
-                return None
-            loss_fn = lambda index: map_loss(model, guide, x, y, index)
-        else:
-            loss_fn = lambda index: elbo.differentiable_loss(model, guide, x, y, index)
-
-        def step():
-            index = next(batches)
-
-            def closure():
-                optim.zero_grad()
-                loss = loss_fn(index)
-                loss.backward()
-                return loss
-
-            return float(optim.step(closure).detach())
-
-        step.model, step.guide, step.loss_fn = model, guide, loss_fn
-        return step
-
+        return _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr)
     if variant == "hand":
-        model = make_model(net, prior_scale, num_components)  # for selection and init only
-        prior = model.prior
-        init = prior.init_values(model.parameters_with_prior().values())
-        weights = list(model.parameters_with_prior().values())
-        pi0 = init["sws.pi_zero"]
-        pi0_logit = torch.log(pi0 / (1 - pi0)).requires_grad_()
-        mixing_logits = torch.log(init["sws.mixing"]).requires_grad_()
-        means = init["sws.means"].clone().requires_grad_()
-        log_precisions = torch.log(init["sws.precisions"]).requires_grad_()
-        a_pi0, b_pi0 = prior.pi_zero_prior
-        alpha = prior.mixing_concentration
-        k_free = prior.num_free
-        log_norm_beta = math.lgamma(a_pi0) + math.lgamma(b_pi0) - math.lgamma(a_pi0 + b_pi0)
-        log_norm_dirichlet = math.lgamma(k_free * alpha) - k_free * math.lgamma(alpha)
-        conc, rate = prior.precision_concentration, prior.precision_rate
-        log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
-        log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
-        optim = _adam(
-            list(net.parameters()),
-            [pi0_logit, mixing_logits, means, log_precisions],
-            lr,
-            mixture_lr,
+        optim, loss_fn = _hand_loss(
+            net, x, y, num_data / batch_size, prior_scale, num_components, lr, mixture_lr
         )
-        zero = torch.zeros(1)
-        scale = num_data / batch_size
-
-        def loss_fn(index):
-            data = scale * F.cross_entropy(net(x[index]), y[index], reduction="sum")
-            pi_zero = torch.sigmoid(pi0_logit)
-            mixing = torch.softmax(mixing_logits, 0)
-            pi = torch.cat([pi_zero[None], (1 - pi_zero) * mixing])
-            mu = torch.cat([zero, means])
-            sigma = torch.exp(-0.5 * log_precisions)
-            log_prior = mixture_log_prob(torch.cat([w.reshape(-1) for w in weights]), pi, mu, sigma)
-            precisions = torch.exp(log_precisions)
-            log_hyper = (
-                (a_pi0 - 1) * torch.log(pi_zero)
-                + (b_pi0 - 1) * torch.log1p(-pi_zero)
-                - log_norm_beta
-                + (alpha - 1) * torch.log(mixing).sum()
-                + log_norm_dirichlet
-                + (log_norm_normal - 0.5 * ((means - prior.mean_loc) / prior.mean_scale) ** 2).sum()
-                + (log_norm_gamma + (conc - 1) * log_precisions - rate * precisions).sum()
-            )
-            return data - prior_scale * log_prior - log_hyper
-
     elif variant == "plain":
         optim = torch.optim.Adam(net.parameters(), lr=lr)
         scale = num_data / batch_size
@@ -259,8 +184,15 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
     else:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    step = _step_fn(optim, batches, loss_fn)
+    step.loss_fn = loss_fn
+    return step
 
-    def step():  # the same loop body as the Pyro variants (and fit)
+
+def _step_fn(optim, batches, loss_fn):
+    """``step()``: the loop body of fit, one optimiser step on the next mini-batch."""
+
+    def step():
         index = next(batches)
 
         def closure():
@@ -271,8 +203,88 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
         return float(optim.step(closure).detach())
 
-    step.loss_fn = loss_fn
     return step
+
+
+def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr):
+    """The Pyro variants' ``step()`` (``None`` for ``fast_map`` without the fast path)."""
+    model = make_model(net, prior_scale, num_components)
+    init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
+    guide = build_guide(
+        "normal" if variant == "pyro_normal" else "map",
+        model,
+        init_loc_fn=init_loc_fn,
+        init_scale=1e-3,
+        hyper_sites=model.hyper_site_names,
+    )
+    elbo = Trace_ELBO(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
+    elbo.differentiable_loss(model, guide, x, y, next(batches))  # builds the guide's params
+    optim = _adam(*_split_guide_params(guide, model), lr, mixture_lr)
+    if variant == "fast_map":
+        if map_loss is None:
+            return None
+
+        def loss_fn(index):
+            return map_loss(model, guide, x, y, index)
+
+    else:
+
+        def loss_fn(index):
+            return elbo.differentiable_loss(model, guide, x, y, index)
+
+    step = _step_fn(optim, batches, loss_fn)
+    step.model, step.guide, step.loss_fn = model, guide, loss_fn
+    return step
+
+
+def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
+    """The hand-written MAP objective (no Pyro) and its optimiser: ``(optim, loss_fn)``."""
+    model = make_model(net, prior_scale, num_components)  # for selection and init only
+    prior = model.prior
+    init = prior.init_values(model.parameters_with_prior().values())
+    weights = list(model.parameters_with_prior().values())
+    pi0 = init["sws.pi_zero"]
+    pi0_logit = torch.log(pi0 / (1 - pi0)).requires_grad_()
+    mixing_logits = torch.log(init["sws.mixing"]).requires_grad_()
+    means = init["sws.means"].clone().requires_grad_()
+    log_precisions = torch.log(init["sws.precisions"]).requires_grad_()
+    a_pi0, b_pi0 = prior.pi_zero_prior
+    alpha = prior.mixing_concentration
+    k_free = prior.num_free
+    log_norm_beta = math.lgamma(a_pi0) + math.lgamma(b_pi0) - math.lgamma(a_pi0 + b_pi0)
+    log_norm_dirichlet = math.lgamma(k_free * alpha) - k_free * math.lgamma(alpha)
+    conc, rate = prior.precision_concentration, prior.precision_rate
+    log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
+    log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
+    optim = _adam(
+        list(net.parameters()),
+        [pi0_logit, mixing_logits, means, log_precisions],
+        lr,
+        mixture_lr,
+    )
+    zero = torch.zeros(1)
+
+    def loss_fn(index):
+        data = scale * F.cross_entropy(net(x[index]), y[index], reduction="sum")
+        pi_zero = torch.sigmoid(pi0_logit)
+        mixing = torch.softmax(mixing_logits, 0)
+        pi = torch.cat([pi_zero[None], (1 - pi_zero) * mixing])
+        mu = torch.cat([zero, means])
+        sigma = torch.exp(-0.5 * log_precisions)
+        log_prior = mixture_log_prob(torch.cat([w.reshape(-1) for w in weights]), pi, mu, sigma)
+        precisions = torch.exp(log_precisions)
+        log_hyper = (
+            (a_pi0 - 1) * torch.log(pi_zero)
+            + (b_pi0 - 1) * torch.log1p(-pi_zero)
+            - log_norm_beta
+            + (alpha - 1) * torch.log(mixing).sum()
+            + log_norm_dirichlet
+            + (log_norm_normal - 0.5 * ((means - prior.mean_loc) / prior.mean_scale) ** 2).sum()
+            + (log_norm_gamma + (conc - 1) * log_precisions - rate * precisions).sum()
+        )
+        return data - prior_scale * log_prior - log_hyper
+
+    return optim, loss_fn
 
 
 # --------------------------------------------------------------------------- #

@@ -26,6 +26,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def _per_layer(value, names: Sequence[str], label: str) -> dict:
                 f"missing {missing}, unknown {unknown}"
             )
         return {n: value[n] for n in names}
-    return {n: value for n in names}
+    return dict.fromkeys(names, value)
 
 
 def magnitude_prune_masks(
@@ -213,14 +214,14 @@ def deep_compression(
     centroid_epochs = finetune_epochs if centroid_epochs is None else centroid_epochs
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
     centroid_epochs = check_int("centroid_epochs", centroid_epochs, low=0)
-    train_kwargs = dict(
-        loss=loss,
-        lr=lr,
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        seed=seed,
-        progress=progress,
-    )
+    train_kwargs: dict[str, Any] = {
+        "loss": loss,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "progress": progress,
+    }
 
     compressed = copy.deepcopy(net)
     params = dict(compressed.named_parameters())
@@ -236,8 +237,9 @@ def deep_compression(
 
     def mask_gradients(module: nn.Module) -> None:
         for n, mask in dev_masks.items():
-            if params[n].grad is not None:
-                params[n].grad.mul_(mask)
+            grad = params[n].grad
+            if grad is not None:
+                grad.mul_(mask)
 
     apply_masks(compressed)
     prune_training = None

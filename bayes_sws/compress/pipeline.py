@@ -379,7 +379,7 @@ def anneal_schedule(
 def precision_anneal(
     prior: MixturePrior,
     final: tuple[float, float] | None,
-    epochs: tuple[float, float],
+    epochs: tuple[float, float] | None,
     steps_per_epoch: int,
 ):
     """``set(step)``: put the annealed precision prior of ``step`` in force on ``prior``.
@@ -501,7 +501,7 @@ def compress_result(
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
     final = quantized.net
-    if finetune_epochs > 0:
+    if finetune_epochs > 0 and finetune_data is not None:  # checked together above
         x_ft = _as_tensor(finetune_data[0], "x_train").to(device=like.device, dtype=like.dtype)
         y_ft = _as_tensor(finetune_data[1], "y_train").to(like.device)
         final = copy.deepcopy(quantized.net)
@@ -814,8 +814,10 @@ def soft_weight_sharing(
         "num_epochs": None if num_epochs is None else float(num_epochs),
         "prior_scale": float(prior_scale),
         "prior_scale_warmup": float(prior_scale_warmup),
-        "precision_prior_final": None if final is None else list(precision_prior_final),
+        "precision_prior_final": (
+            None if precision_prior_final is None else list(precision_prior_final)
+        ),
         "precision_prior_final_used": None if final is None else list(final),
-        "anneal_epochs": None if final is None else [float(e) for e in anneal_epochs],
+        "anneal_epochs": None if anneal_epochs is None else [float(e) for e in anneal_epochs],
     }
     return dataclasses.replace(result, wall_time=time.perf_counter() - start, config=config)

@@ -357,7 +357,7 @@ def _uncompressed_counts(
     for name in params:  # named_parameters order, so the weight (defined first) owns the bias
         if name in name_set:
             first_row_of_module.setdefault(owner_module(name), name)
-    num_bias = {name: 0 for name in names}
+    num_bias = dict.fromkeys(names, 0)
     other_params = 0
     for name, p in params.items():
         if name in name_set:

@@ -205,6 +205,7 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
     out = copy.deepcopy(net)
     pairs = _unit_pairs(out)
     kept = {pair.name: torch.arange(pair.producer.weight.shape[0]) for pair in pairs}
+    sizes = {pair.name: int(pair.producer.weight.shape[0]) for pair in pairs}
     changed = True
     with torch.no_grad():
         while changed:
@@ -218,7 +219,9 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
                 if fold.any() and pair.can_fold():
                     constant = pair.constant_outputs()
                     shift = (reads.sum(-1) * constant[:, None])[fold].sum(0)
-                    pair.consumer.bias += shift.to(pair.consumer.bias.dtype)
+                    bias = pair.consumer.bias
+                    assert bias is not None  # can_fold() needs a consumer bias
+                    bias += shift.to(bias.dtype)
                     pair.consumer.weight[
                         :, pair.consumer_columns(torch.nonzero(fold).reshape(-1))
                     ] = 0.0
@@ -233,9 +236,5 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
     return DeadUnitRemoval(
         net=out,
         kept=kept,
-        removed={
-            pair.name: int(dict(net.named_children())[pair.name].weight.shape[0])
-            - int(kept[pair.name].numel())
-            for pair in pairs
-        },
+        removed={pair.name: sizes[pair.name] - int(kept[pair.name].numel()) for pair in pairs},
     )

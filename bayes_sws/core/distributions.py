@@ -103,7 +103,8 @@ class MixtureOfGaussians(TorchDistribution):
     def _params_for(self, extra_dims: int) -> tuple[Tensor, Tensor, Tensor]:
         # batch + (1,)*E + (M,): broadcasts against sample + batch + event values
         view = self.batch_shape + (1,) * extra_dims + (self.num_components,)
-        return tuple(t.reshape(view) for t in (self.pi, self.mu, self.sigma))
+        pi, mu, sigma = (t.reshape(view) for t in (self.pi, self.mu, self.sigma))
+        return pi, mu, sigma
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

@@ -414,14 +414,18 @@ def _eager_chunk(
         ratio = torch.addcmul(log2_norm, u_zero, u_zero, value=-_HALF_LOG2E)
         out.index_add_(0, index, ratio.sub_(log_p, alpha=_LOG2E).exp2_().sum(1))
     if needs.s0:
+        assert sums is not None
         sums[0].addmv_(e, inv_total)
     if needs.grad_w or needs.s1 or needs.s2:
         eu = e.mul_(u)  # γ_ij u_ij · total_i
         if needs.grad_w:
+            assert grad_w_out is not None
             torch.mv(eu.t(), coef.neg_inv_sigma, out=grad_w_out).mul_(inv_total)
         if needs.s1:
+            assert sums is not None
             sums[1].addmv_(eu, inv_total)
         if needs.s2:
+            assert sums is not None
             sums[2].addmv_(eu.mul_(u), inv_total)
     return log_p.sum()
 
@@ -472,7 +476,7 @@ def _forward_pass(
                 coef,
                 work,
                 needs,
-                grad_w[start:stop] if need_w else None,
+                grad_w[start:stop] if grad_w is not None else None,
                 sums,
                 zero_pi,
             )
@@ -481,12 +485,15 @@ def _forward_pass(
     inv_sigma = coef.inv_sigma[:, 0]
     grad_pi = grad_mu = grad_sigma = None
     if need_pi:
+        assert sums is not None
         grad_pi = sums[0] / pi
         if zero_pi is not None:
             grad_pi = torch.where(pi > 0, grad_pi, zero_pi[2])
     if need_mu:
+        assert sums is not None
         grad_mu = sums[1] * inv_sigma
     if need_sigma:
+        assert sums is not None
         grad_sigma = (sums[2] - sums[0]) * inv_sigma
     log_prob = torch.stack(chunk_sums).sum()
     return MixtureLogProbGrad(log_prob, grad_w, grad_pi, grad_mu, grad_sigma)

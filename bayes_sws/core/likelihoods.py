@@ -52,7 +52,7 @@ class Likelihood:
     def init_values(self, like: Tensor) -> dict[str, Tensor]:
         return {}
 
-    def distribution(self, output: Tensor, params: dict[str, Tensor]) -> dist.Distribution:
+    def distribution(self, output: Tensor, params: dict[str, Tensor]) -> dist.TorchDistribution:
         raise NotImplementedError
 
     def check_targets(self, y: Tensor, output: Tensor) -> Tensor:

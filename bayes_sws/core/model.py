@@ -192,6 +192,7 @@ class SWSModel:
     def sample_weights(self, mixture: Mixture) -> dict[str, Tensor]:
         """One vectorised site per selected tensor, under ``poutine.scale(λ)``."""
         params = self.parameters_with_prior()
+        handler: poutine.messenger.Messenger
         if self.prior_scale > 0:
             handler = poutine.scale(scale=self.prior_scale)
         else:  # λ = 0: the weights keep their sites but the prior contributes nothing
@@ -247,7 +248,8 @@ class SWSModel:
             for name, value in weights.items():
                 module, key, param = slots[name]
                 saved.append((module, key, param))
-                module._parameters[key] = value
+                # a plain tensor stands in for the Parameter; torch types the slot Parameter
+                module._parameters[key] = value  # type: ignore[assignment]
             return self.net(x)
         finally:
             for module, key, param in saved:

@@ -30,7 +30,7 @@ deterministic sites ``sws.pi``, ``sws.mu``, ``sws.sigma`` of shape ``(M,)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -279,7 +279,7 @@ class MixturePrior:
         return tuple(names)
 
     def _hyperprior(self, site: str, like: Tensor):
-        opts = {"dtype": like.dtype, "device": like.device}
+        opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         if site == PI_ZERO:
             if self.flat:
                 return dist.ImproperUniform(constraints.unit_interval, (), ())
@@ -315,7 +315,7 @@ class MixturePrior:
         This is the one place the site values are turned into the mixture, used
         while sampling and when reading a fitted guide.
         """
-        opts = {"dtype": like.dtype, "device": like.device}
+        opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         values = _align_batches(
             {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
         )
@@ -375,7 +375,7 @@ class MixturePrior:
         uniform over the non-zero components.
         """
         flat = torch.cat([w.detach().reshape(-1) for w in weights])
-        opts = {"dtype": flat.dtype, "device": flat.device}
+        opts: dict[str, Any] = {"dtype": flat.dtype, "device": flat.device}
         lo, hi = flat.min().item(), flat.max().item()
         if not hi > lo:
             lo, hi = lo - 1.0, hi + 1.0

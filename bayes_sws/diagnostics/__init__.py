@@ -1,7 +1,7 @@
 """The posterior view: ArviZ conversion (the one place importing arviz) and plots."""
 
 from ..health import HealthWarning, check_nuts  # noqa: F401
-from .posterior import (  # noqa: F401
+from .posterior import (
     MIXTURE_VARS,
     load_arviz,
     plot_hyperposterior,

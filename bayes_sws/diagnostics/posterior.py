@@ -191,6 +191,7 @@ def predictive_draws(
         if out is None:
             out = np.empty(next(iter(draws.values())).shape[:2] + mean.shape, dtype=mean.dtype)
         out[c, d] = mean
+    assert out is not None, "at least one draw"
     return out
 
 
@@ -366,6 +367,7 @@ def to_inference_data(
                     means[c, d] = mean
         finally:
             torch.random.set_rng_state(generator_state)
+        assert predictive is not None, "at least one draw"
         obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
         groups["posterior_predictive"] = {OBS: predictive}
         dims[OBS] = obs_dims
@@ -381,6 +383,7 @@ def to_inference_data(
             groups["log_likelihood"] = {OBS: log_lik}
             groups["observed_data"] = {OBS: _numpy(y_tensor)}
         if predictive_mean:
+            assert means is not None
             posterior["predictive_mean"] = means
             kind = "class" if isinstance(model.likelihood, Categorical) else "output"
             dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
@@ -655,7 +658,7 @@ def plot_hyperposterior(
             ax.set_title(name, fontsize=10)
         return fig
     # one density per entry that varies (the zero component's fixed mean has none)
-    selections = []
+    selections: list[tuple[str, dict | None, int]] = []
     for name in var_names:
         values = posterior[name]
         if values.ndim != 3:

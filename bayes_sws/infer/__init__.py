@@ -1,12 +1,12 @@
 """Inference: the guide registry, the SVI engine (fit), the fast MAP path and NUTS."""
 
-from .mcmc import (  # noqa: F401
+from .mcmc import (
     INITS,
     SAMPLE_STATS,
     MCMCResult,
     sample_nuts,
 )
-from .svi import (  # noqa: F401
+from .svi import (
     ON_NONFINITE,
     OPTIMIZERS,
     FaultPolicy,

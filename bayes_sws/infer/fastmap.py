@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import cast
 
 import pyro
 import pyro.distributions as dist
@@ -53,7 +54,8 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta
-from torch import Tensor
+from pyro.nn import PyroModule
+from torch import Tensor, nn
 from torch.distributions import transform_to
 
 from ..core.kernel import mixture_log_prob
@@ -167,21 +169,20 @@ def _closed_form(d: dist.Distribution):
     def total(log_p):
         return log_p.sum(tuple(range(-event_dims, 0))) if event_dims else log_p
 
-    kind = type(base)
-    if kind is dist.Normal:
+    if type(base) is dist.Normal:
         loc, scale = base.loc, base.scale
         const = -scale.log() - 0.5 * math.log(2 * math.pi)
         half_inv_var = 0.5 / scale**2
         return lambda x: total(const - half_inv_var * (x - loc) ** 2)
-    if kind is dist.Gamma:
+    if type(base) is dist.Gamma:
         conc, rate = base.concentration, base.rate
         const = torch.xlogy(conc, rate) - torch.lgamma(conc)
         return lambda x: total(const + torch.xlogy(conc - 1, x) - rate * x)
-    if kind is dist.Dirichlet and event_dims == 0:
+    if type(base) is dist.Dirichlet and event_dims == 0:
         conc = base.concentration
         const = torch.lgamma(conc.sum(-1)) - torch.lgamma(conc).sum(-1)
         return lambda x: torch.xlogy(conc - 1, x).sum(-1) + const
-    if kind is dist.Beta and event_dims == 0:
+    if type(base) is dist.Beta and event_dims == 0:
         a, b = base.concentration1, base.concentration0
         const = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)
         return lambda x: torch.xlogy(a - 1, x) + torch.xlogy(b - 1, 1 - x) + const
@@ -245,9 +246,7 @@ class _Plan:
             return {name: _deep_getattr(guide, name) for name in self.site_names}
         values = {}
         for name, (path, key, transform) in self.sites.items():
-            module = guide
-            for part in path:
-                module = module._modules[part]
+            module = _submodule(guide, path)
             values[name] = transform(module._parameters[key])
         return values
 
@@ -263,10 +262,8 @@ def _param_locations(guide: AutoDelta, site_names) -> dict | None:
     try:
         for name in site_names:
             *path, leaf = name.split(".")
-            module = guide
-            for part in path:
-                module = module._modules[part]
-            constraint, _ = module._pyro_params[leaf]
+            module = _submodule(guide, path)
+            constraint, _ = cast(PyroModule, module)._pyro_params[leaf]  # AttributeError if not
             key = leaf + "_unconstrained"
             if key not in module._parameters:
                 return None
@@ -274,6 +271,16 @@ def _param_locations(guide: AutoDelta, site_names) -> dict | None:
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return sites
+
+
+def _submodule(module: nn.Module, path) -> nn.Module:
+    """The sub-module at ``path`` (names of children), read from ``_modules`` directly."""
+    for part in path:
+        child = module._modules[part]
+        if child is None:
+            raise AttributeError(f"sub-module {part!r} is None")
+        module = child
+    return module
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -384,7 +391,8 @@ def _likelihood_parameters(
     data = {name: values[name] for name in likelihood.site_names}
     conditioned = poutine.condition(likelihood.sample_parameters, data=data)
     trace = poutine.trace(conditioned).get_trace(like)
-    return trace.nodes["_RETURN"]["value"], trace.log_prob_sum()
+    params = cast(dict[str, Tensor], trace.nodes["_RETURN"]["value"])
+    return params, cast(Tensor, trace.log_prob_sum())  # a tensor: the sites are tensors
 
 
 def map_loss(
@@ -461,8 +469,8 @@ def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsamp
     # the weight prior under poutine.scale(λ): all tensors in one kernel pass
     weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
     if model.prior_scale > 0:
-        flat = [w.reshape(-1) for w in weights.values()]
-        flat = flat[0] if len(flat) == 1 else torch.cat(flat)
+        pieces = [w.reshape(-1) for w in weights.values()]
+        flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         log_prior = mixture_log_prob(flat, *mixture, validate_args=False)
         log_joint = log_joint + model.prior_scale * log_prior
 

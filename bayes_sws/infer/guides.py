@@ -79,9 +79,10 @@ def guide_name(guide: str | Callable) -> str:
     """A readable name for a guide argument (the registry name or the builder's name)."""
     if isinstance(guide, str):
         return guide
-    return getattr(guide, "__name__", None) or getattr(
+    name = getattr(guide, "__name__", None) or getattr(
         getattr(guide, "func", None), "__name__", "custom"
     )
+    return str(name)
 
 
 def build_guide(

@@ -55,7 +55,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro
@@ -189,6 +189,7 @@ class MCMCResult:
                 )
                 mean = self.model.likelihood.mean(output, values)
                 total = mean if total is None else total + mean
+        assert total is not None  # num >= 1 (sample_posterior checks it)
         return total / num
 
 
@@ -202,7 +203,7 @@ class _RecordingNUTS(NUTS):
     divergence flag. Leapfrog steps are counted in ``_build_basetree``.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[dict[str, float]] = []
         self._recursion = 0
@@ -294,8 +295,92 @@ def _traceable(model: SWSModel) -> SWSModel:
             return _call_with_parameters(model.net, weights, x)
         return base_forward(weights, x)
 
-    clone.forward = forward
+    clone.forward = forward  # type: ignore[method-assign]  # this instance's forward only
     return clone
+
+
+def _check_nuts_options(
+    num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+) -> tuple[int, int, int, int, float, int]:
+    """:func:`sample_nuts`'s numeric options, checked one after the other in this order."""
+    num_samples = check_int("num_samples", num_samples, low=1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+    num_chains = check_int("num_chains", num_chains, low=1)
+    max_tree_depth = check_int("max_tree_depth", max_tree_depth, low=1)
+    target_accept_prob = check_real(
+        "target_accept_prob",
+        target_accept_prob,
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+        hint="0.8 is the default, 0.9-0.99 for posteriors with divergences",
+    )
+    seed = check_seed("seed", seed)
+    return num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+
+
+def _run_chain(
+    sampled_model,
+    values: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_samples: int,
+    warmup_steps: int,
+    max_tree_depth: int,
+    target_accept_prob: float,
+    full_mass: bool,
+    jit_compile: bool,
+    progress: bool | None,
+) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """One NUTS chain from ``values``: its draws of every site and the per-draw records."""
+    kernel = _RecordingNUTS(
+        sampled_model,
+        init_strategy=init_to_value(values=values),
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=target_accept_prob,
+        full_mass=full_mass,
+        jit_compile=jit_compile,
+        ignore_jit_warnings=True,
+        max_plate_nesting=1,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=1,
+        disable_progbar=not progress_enabled(progress),
+    )
+    with warnings.catch_warnings():
+        # torch 2.x deprecates torch.jit.trace, which Pyro's jit_compile uses
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning
+        )
+        mcmc.run(x, y)
+    return {k: v.detach() for k, v in mcmc.get_samples().items()}, kernel.records
+
+
+def _with_mixture_sites(
+    model: SWSModel, chains: list[dict[str, Tensor]], num_chains: int, num_samples: int
+) -> dict[str, Tensor]:
+    """The chains' draws stacked (chain, draw, ...), with the mixture's ``π, μ, σ`` per draw."""
+    samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
+    like = model._like()
+    hyper = {
+        name: samples[name].reshape((-1,) + samples[name].shape[2:])
+        for name in model.prior.site_names
+    }
+    with torch.no_grad():
+        mixture = model.prior.mixture(hyper, like)
+    for name, value in zip(MIXTURE_SITES, mixture):
+        value = (
+            value.expand((num_chains * num_samples,) + value.shape[-1:])
+            if value.dim() == 1
+            else value
+        )
+        samples[name] = value.reshape(num_chains, num_samples, -1)
+    return samples
 
 
 def _latent_sites(model: SWSModel) -> tuple[str, ...]:
@@ -308,7 +393,9 @@ def _hyperprior_draw(model: SWSModel, x: Tensor, seed: int) -> dict[str, Tensor]
         torch.manual_seed(seed)
         with torch.no_grad():
             trace = poutine.trace(model).get_trace(x[:1])
-    return {name: trace.nodes[name]["value"].detach() for name in model.hyper_site_names}
+    return {
+        name: cast(Tensor, trace.nodes[name]["value"]).detach() for name in model.hyper_site_names
+    }
 
 
 def _check_init_values(model: SWSModel, values: Mapping[str, Any], what: str) -> dict[str, Tensor]:
@@ -432,20 +519,11 @@ def sample_nuts(
     """
     if not isinstance(model, SWSModel):
         raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
-    num_samples = check_int("num_samples", num_samples, low=1)
-    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
-    num_chains = check_int("num_chains", num_chains, low=1)
-    max_tree_depth = check_int("max_tree_depth", max_tree_depth, low=1)
-    target_accept_prob = check_real(
-        "target_accept_prob",
-        target_accept_prob,
-        low=0,
-        high=1,
-        low_open=True,
-        high_open=True,
-        hint="0.8 is the default, 0.9-0.99 for posteriors with divergences",
+    num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed = (
+        _check_nuts_options(
+            num_samples, warmup_steps, num_chains, max_tree_depth, target_accept_prob, seed
+        )
     )
-    seed = check_seed("seed", seed)
     x, y = as_data(x, y, model)
     seeds = [
         int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(num_chains)
@@ -461,53 +539,29 @@ def sample_nuts(
     start = time.perf_counter()
     try:
         model.net.requires_grad_(False)
-        for chain, (chain_seed, values) in enumerate(zip(seeds, inits)):
+        for chain_seed, values in zip(seeds, inits):
             pyro.set_rng_seed(chain_seed)
-            kernel = _RecordingNUTS(
+            chain, records = _run_chain(
                 sampled_model,
-                init_strategy=init_to_value(values=values),
+                values,
+                x,
+                y,
+                num_samples=num_samples,
+                warmup_steps=warmup_steps,
                 max_tree_depth=max_tree_depth,
                 target_accept_prob=float(target_accept_prob),
                 full_mass=bool(full_mass),
                 jit_compile=bool(jit_compile),
-                ignore_jit_warnings=True,
-                max_plate_nesting=1,
+                progress=progress,
             )
-            mcmc = MCMC(
-                kernel,
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                num_chains=1,
-                disable_progbar=not progress_enabled(progress),
-            )
-            with warnings.catch_warnings():
-                # torch 2.x deprecates torch.jit.trace, which Pyro's jit_compile uses
-                warnings.filterwarnings(
-                    "ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning
-                )
-                mcmc.run(x, y)
-            chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-            stats.append(kernel.records)
+            chains.append(chain)
+            stats.append(records)
     finally:
         for name, p in model.net.named_parameters():
             p.requires_grad_(requires_grad[name])
     wall_time = time.perf_counter() - start
 
-    samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
-    like = model._like()
-    hyper = {
-        name: samples[name].reshape((-1,) + samples[name].shape[2:])
-        for name in model.prior.site_names
-    }
-    with torch.no_grad():
-        mixture = model.prior.mixture(hyper, like)
-    for name, value in zip(MIXTURE_SITES, mixture):
-        value = (
-            value.expand((num_chains * num_samples,) + value.shape[-1:])
-            if value.dim() == 1
-            else value
-        )
-        samples[name] = value.reshape(num_chains, num_samples, -1)
+    samples = _with_mixture_sites(model, chains, num_chains, num_samples)
     sample_stats = {
         key: np.array(
             [[rec[key] for rec in chain] for chain in stats],

@@ -122,7 +122,7 @@ def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
     try:
         with torch.no_grad():
             output = model.net(x[:2])
-    except Exception as err:  # the network's own error, reworded at the boundary
+    except Exception as err:  # noqa: BLE001 - the network's own error, reworded at the boundary
         raise ValueError(
             f"the network cannot process inputs of shape {tuple(x.shape[1:])} per data point: {err}"
         ) from None
@@ -204,7 +204,7 @@ def _gradient_norms(params: list[Tensor]) -> Tensor:
     try:
         norms = torch._foreach_norm(grads)
     except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
-        norms = [g.norm() for g in grads]
+        norms = tuple(g.norm() for g in grads)
     return torch.stack(norms).sum()
 
 
@@ -222,11 +222,11 @@ def _diagnose_fault(model, guide, x, y, index, named_params, kind) -> tuple[str 
         values = [(n, p.detach()) for n, p in named_params]
         bad = _first_non_finite(values)
     if bad is not None:
-        site = _site_of(bad)
-        where = f" (site {site!r})" if site != bad else ""
+        param_site = _site_of(bad)
+        where = f" (site {param_site!r})" if param_site != bad else ""
         return bad, "parameter", f"parameter {bad!r}{where} is not finite"
     bad_grad = _first_non_finite([(n, p.grad) for n, p in named_params])
-    site = None
+    site: str | None = None
     try:  # which site's log-density is non-finite (only on a fault, so its cost does not matter)
         with torch.no_grad(), pyro.validation_enabled(False):
             guide_trace = poutine.trace(guide).get_trace(x, y, index)
@@ -340,6 +340,7 @@ class FitResult:
                 )
                 mean = likelihood.mean(output, values)
                 total = mean if total is None else total + mean
+            assert total is not None  # num_samples >= 1 (sample_posterior checks it)
             return total / num_samples
 
 
@@ -448,7 +449,7 @@ class FitState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitState:
-        missing = sorted({f for f in cls.__dataclass_fields__} - set(data) - {"scheduler_state"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(data) - {"scheduler_state"})
         if missing:
             raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
         losses = data["losses"]

@@ -1,6 +1,6 @@
 """Run directories: settings, self-checking checkpoints, the run commands and the CLI."""
 
-from .commands import (  # noqa: F401
+from .commands import (
     CHECKPOINT_FORMAT_VERSION,
     RESUME_SETTINGS,
     CheckpointError,

@@ -187,19 +187,9 @@ def read_checkpoint(
     if not data.startswith(_MAGIC):
         what = "is empty" if not data else "is not a bayes-sws checkpoint (wrong leading bytes)"
         raise CheckpointError(f"{path} {what}; it may have been truncated or overwritten")
-    end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
-    try:
-        if end < 0:
-            raise ValueError("no header line")
-        header = json.loads(data[len(_MAGIC) : end])
-        version = int(header["format_version"])
-        size = int(header["payload_bytes"])
-        digest = str(header["sha256"])
-        found_kind = str(header["kind"])
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(
-            f"{path} has a damaged header; the file is truncated or corrupted"
-        ) from None
+    end, header = _read_header(path, data)
+    version = int(header["format_version"])
+    found_kind = str(header["kind"])
     if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {version}, newer than this bayes_sws understands "
@@ -212,14 +202,7 @@ def read_checkpoint(
         if problem:
             raise CheckpointError(problem)
     body = data[end + 1 :]
-    if len(body) != size:
-        raise CheckpointError(
-            f"{path} is truncated or corrupted: {len(body)} payload bytes, header says {size}"
-        )
-    if hashlib.sha256(body).hexdigest() != digest:
-        raise CheckpointError(
-            f"{path} is corrupted: its SHA-256 checksum does not match the header"
-        )
+    _check_body(path, body, int(header["payload_bytes"]), str(header["sha256"]))
     try:
         payload = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - a checksum-valid but unreadable pickle is corrupt
@@ -229,6 +212,36 @@ def read_checkpoint(
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict")
     return payload
+
+
+def _read_header(path: Path, data: bytes) -> tuple[int, dict[str, Any]]:
+    """Where the JSON header line after the magic bytes ends, and the header (its fields checked)."""
+    end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
+    try:
+        if end < 0:
+            raise ValueError("no header line")
+        header = json.loads(data[len(_MAGIC) : end])
+        int(header["format_version"])
+        int(header["payload_bytes"])
+        str(header["sha256"])
+        str(header["kind"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{path} has a damaged header; the file is truncated or corrupted"
+        ) from None
+    return end, header
+
+
+def _check_body(path: Path, body: bytes, size: int, digest: str) -> None:
+    """The payload has the header's length and SHA-256 digest."""
+    if len(body) != size:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted: {len(body)} payload bytes, header says {size}"
+        )
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise CheckpointError(
+            f"{path} is corrupted: its SHA-256 checksum does not match the header"
+        )
 
 
 # ============================================================================ save / load results
@@ -250,7 +263,7 @@ def versions() -> dict[str, str]:
 def _init_kwargs(obj: Any, cls: type) -> dict[str, Any]:
     """Constructor arguments of ``obj`` read back from its attributes of the same names."""
     kwargs = {}
-    for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+    for name in inspect.signature(cls).parameters:  # __init__'s, without self
         if hasattr(obj, name):
             value = getattr(obj, name)
             kwargs[name] = list(value) if isinstance(value, tuple) else value

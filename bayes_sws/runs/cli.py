@@ -313,6 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     # not required=True: argparse would then report a missing command before an unknown flag
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_fit(commands)
+    _add_compress(commands)
+    _add_diagnose(commands)
+    _run_dir_command(
+        commands,
+        "report",
+        _report,
+        help="a short human summary of a run",
+        description="Settings, status, metrics, learned mixture, "
+        "compression and posterior summary of a run directory.",
+        run_dir_help="a run directory",
+    )
+    _add_demo(commands)
+    return parser
+
+
+def _add_fit(commands) -> None:
+    """The ``fit`` command: run-directory flags, then one flag per run setting, grouped."""
     fit = commands.add_parser(
         "fit",
         help="start a run (pretrain, SVI with checkpoints, evaluate) or resume one",
@@ -354,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_setting(group, option)
     fit.set_defaults(run=_fit)
 
+
+def _add_compress(commands) -> None:
     compress = _run_dir_command(
         commands,
         "compress",
@@ -377,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rate stays relative to the full network)",
     )
 
+
+def _add_diagnose(commands) -> None:
     diagnose = _run_dir_command(
         commands,
         "diagnose",
@@ -397,16 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="training points in the log-likelihood and predictive groups (default: 500)",
     )
 
-    _run_dir_command(
-        commands,
-        "report",
-        _report,
-        help="a short human summary of a run",
-        description="Settings, status, metrics, learned mixture, "
-        "compression and posterior summary of a run directory.",
-        run_dir_help="a run directory",
-    )
 
+def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="pretrain an MLP on digits, retrain with the mixture prior, report",
@@ -424,7 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="(default: 0)")
     demo.set_defaults(run=_demo)
-    return parser
 
 
 def _one_line(err: BaseException) -> str:

@@ -139,7 +139,8 @@ def _load_data(config: RunConfig):
     from ..zoo.data import DataError, load_dataset
 
     flatten = config.network != "lenet-5"
-    standardize = {"feature": True, "global": "global", "none": False}[config.standardize]
+    choices: dict[str, bool | str] = {"feature": True, "global": "global", "none": False}
+    standardize = choices[config.standardize]
     try:
         return load_dataset(
             config.data,
@@ -180,6 +181,14 @@ def _likelihood(config: RunConfig, data) -> Likelihood | str:
 
 
 def _prior(config: RunConfig) -> MixturePrior:
+    zero_precision: dict[str, Any] = (
+        {}
+        if config.zero_precision_prior is None
+        else {
+            "zero_precision_concentration": config.zero_precision_prior[0],
+            "zero_precision_rate": config.zero_precision_prior[1],
+        }
+    )
     return MixturePrior(
         config.components,
         zero_component=config.zero_component,
@@ -191,14 +200,7 @@ def _prior(config: RunConfig) -> MixturePrior:
         ordered_means=config.ordered_means,
         precision_concentration=config.precision_prior[0],
         precision_rate=config.precision_prior[1],
-        **(
-            {}
-            if config.zero_precision_prior is None
-            else {
-                "zero_precision_concentration": config.zero_precision_prior[0],
-                "zero_precision_rate": config.zero_precision_prior[1],
-            }
-        ),
+        **zero_precision,
         flat=config.flat,
         include_bias=config.include_bias,
     )
@@ -410,6 +412,12 @@ class _RunContext:
     identity: RunIdentity
     lock: rundir.RunLock | None  # None: a read-only command (report)
 
+    def verify_lock(self) -> None:
+        """Check the run's lock is still held before a write (:meth:`RunLock.verify`)."""
+        if self.lock is None:
+            raise RunError(f"{self.dir}: a read-only command does not write to its run")
+        self.lock.verify()
+
 
 def _check_new_run_dir(out: Path, overwrite: bool) -> bool:
     """Whether ``out`` holds a run to replace; refuse what may not be touched (nothing written)."""
@@ -564,7 +572,7 @@ def _execute(
         for message in found:
             log(f"warning: {message}")
         messages += found
-        if state is not None:
+        if state is not None and path is not None:  # found together
             log(f"resuming from {path.name} (step {state.step} of {num_steps})")
         elif checkpoint_paths(run.dir):
             log("warning: no intact checkpoint of this run; starting SVI from step 0")
@@ -608,7 +616,7 @@ def _initial_network(config, run: _RunContext, data, spec, resume, messages, **p
             pretraining["log"](messages[-1])
     net, pretrained_metrics = _pretrain(config, data, spec, **pretraining)
     if net is not None:
-        run.lock.verify()
+        run.verify_lock()
         payload = {
             "network_spec": spec,
             "network_state": net.state_dict(),
@@ -724,7 +732,7 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
 def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_metrics, elapsed):
     import pyro
 
-    run.lock.verify()
+    run.verify_lock()
     save_result(
         result,
         run.dir,
@@ -762,10 +770,10 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
     metrics["health"] = [f.to_dict() for f in _fit_health(result, prediction, data, mixture)]
     _write_losses(run.dir, result.losses)
-    run.lock.verify()
+    run.verify_lock()
     # last: its presence marks a complete run
     atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
-    run.lock.verify()  # a directory removed meanwhile: the run did not succeed
+    run.verify_lock()  # a directory removed meanwhile: the run did not succeed
     return metrics
 
 
@@ -889,9 +897,9 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
     )
     summary = compressed.to_dict()
     summary["remove_dead_units"] = bool(remove_dead_units)
-    summary["stored_shapes"] = {
-        name: list(p.shape) for name, p in compressed.stored_net.named_parameters()
-    }
+    stored_net = compressed.stored_net
+    assert stored_net is not None  # compress_pipeline always sets it
+    summary["stored_shapes"] = {name: list(p.shape) for name, p in stored_net.named_parameters()}
     summary["merge_threshold"] = merge_threshold
     summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
@@ -909,7 +917,7 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
         }
         summary["plots"] = [_save_figure(fig, run, name) for name, fig in figures.items()]
     summary = plain(summary)
-    run.lock.verify()
+    run.verify_lock()
     atomic_write_json(rundir.safe_path(run.dir, COMPRESSION_FILE), summary)
     return summary
 
@@ -959,7 +967,7 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
         result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
     )
     path = rundir.safe_path(run.dir, POSTERIOR_FILE)
-    run.lock.verify()
+    run.verify_lock()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
     try:
         idata.to_netcdf(str(tmp))
@@ -1042,8 +1050,10 @@ def _report_metrics(run: _RunContext) -> list[str]:
             f"after SVI {_number(metrics, 'test_rmse', '.4g')}"
         )
     mixture = metrics.get("mixture")
+    if not isinstance(mixture, dict):
+        return lines
     try:
-        pi, mu, sigma = (np.asarray(mixture[k], dtype=float) for k in ("pi", "mu", "sigma"))
+        pi, mu, sigma = (np.asarray(mixture[k], dtype=np.float64) for k in ("pi", "mu", "sigma"))
     except (TypeError, KeyError, ValueError):
         return lines
     lines.append("  learned mixture (by mean):      pi         mu      sigma")

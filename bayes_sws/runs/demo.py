@@ -107,6 +107,7 @@ def _run_demo(
     start = time.perf_counter()
     torch.manual_seed(seed)
     data = load_dataset("digits", seed=seed)
+    assert data.num_classes is not None  # digits: ten classes
     net = mlp([data.num_features, hidden, data.num_classes])
     train(
         net,

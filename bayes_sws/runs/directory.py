@@ -147,7 +147,8 @@ def read_identity(run_dir: Path, config: Mapping[str, Any]) -> RunIdentity:
     identity = RunIdentity.from_dict(marker)
     assert identity is not None  # checked by _read_marker
     if settings_digest(config) != identity.settings_sha256:
-        recorded = marker.get("settings") if isinstance(marker.get("settings"), dict) else {}
+        settings = marker.get("settings")
+        recorded = settings if isinstance(settings, dict) else {}
         changed = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))
         raise RunError(
             f"{run_dir / CONFIG_FILE} differs from the settings the run was started with "
@@ -272,7 +273,7 @@ def clear_run(run_dir: Path) -> list[str]:
     still hold them, are left where they are.
     """
     doomed = list(_tool_files(run_dir))
-    doomed += [p for p in _temporary_files(run_dir)]
+    doomed += list(_temporary_files(run_dir))
     for path in doomed:
         if path.is_dir():  # a directory named like a tool file: not ours
             raise RunError(f"{path} is a directory, not a file bayes-sws wrote; remove it by hand")

@@ -510,7 +510,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             try:
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[no-redef]  # the same API
             except ModuleNotFoundError:
                 raise RunError(
                     "reading TOML config files needs Python >= 3.11 or `pip install tomli`"
@@ -548,6 +548,6 @@ def resolve_config(
         file_values.pop("steps", None)
         file_values.pop("epochs", None)
     merged = {**file_values, **flag_values}
-    sources = {k: file_name for k in file_values}
+    sources = dict.fromkeys(file_values, file_name)
     sources.update({k: flag_names.get(k, "--" + k.replace("_", "-")) for k in flag_values})
     return RunConfig.from_dict(merged, sources=sources)

@@ -84,7 +84,7 @@ _IDX_FILES = {
 }
 
 # IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -587,82 +587,16 @@ def load_dataset(
     >>> data.x_train.shape, data.num_classes
     (torch.Size([1437, 64]), 10)
     """
-    try:  # the package-wide checks, raised as DataError like every loader error
-        flatten = check_bool("flatten", flatten)
-        fraction = check_real("test_fraction", test_fraction)
-        seed = check_seed("seed", seed)
-    except (TypeError, ValueError) as error:
-        raise DataError(str(error)) from None
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
-    test_fraction = fraction
-    if standardize not in (True, False, "feature", "global"):
-        raise DataError(
-            f"standardize must be True, False, 'feature' or 'global', got {standardize!r}"
-        )
-    if os.fspath(name_or_path) == "":
-        raise DataError(f"empty data set name; expected one of {DATASETS} or an .npz path")
-
-    key = os.fspath(name_or_path)
-    normalized = key.strip().lower().replace("_", "-")
-    if normalized in DATASETS:
-        name = normalized
-        if name == "digits":
-            arrays = _split(*_load_digits(), test_fraction, seed, name)
-        elif name == "mnist-5k":
-            arrays = _split(*_load_mnist_5k(), test_fraction, seed, name)
-        else:
-            arrays = _load_idx_dataset(name, root)
-    else:
-        path = Path(key).expanduser()
-        if path.suffix.lower() != ".npz" or not path.is_file():
-            reason = "is not an .npz file" if path.is_file() else "is not a known name or a file"
-            raise DataError(
-                f"unknown data set {key!r} ({reason}); accepted names are "
-                f"{', '.join(repr(n) for n in DATASETS)}, or a path to an existing .npz file"
-            )
-        name = path.stem
-        loaded = _load_npz(path)
-        if isinstance(loaded, tuple):
-            x, y = loaded
-            x = _check_inputs(x, "x", name)
-            y = _check_targets(y, "y", name, x.shape[0])
-            arrays = _split(x, y, test_fraction, seed, name)
-        else:
-            arrays = loaded
-
-    for split in ("train", "test"):
-        x = _check_inputs(np.asarray(arrays[f"x_{split}"]), f"x_{split}", name)
-        arrays[f"x_{split}"] = x
-        arrays[f"y_{split}"] = _check_targets(
-            np.asarray(arrays[f"y_{split}"]), f"y_{split}", name, x.shape[0]
-        )
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(
-            f"{name}: x_train examples have shape {arrays['x_train'].shape[1:]} but x_test "
-            f"examples have {arrays['x_test'].shape[1:]}; they must match"
-        )
-    kinds = {arrays["y_train"].dtype.kind, arrays["y_test"].dtype.kind}
-    if len(kinds) != 1:
-        raise DataError(
-            f"{name}: y_train has dtype {arrays['y_train'].dtype} but y_test has "
-            f"{arrays['y_test'].dtype}; use integer labels (classification) or floats "
-            "(regression) in both"
-        )
-
+    flatten, test_fraction, seed = _check_load_options(
+        name_or_path, flatten, test_fraction, seed, standardize
+    )
+    name, arrays = _read_source(os.fspath(name_or_path), test_fraction, seed, root)
+    _check_splits(arrays, name)
     x_train = _shape_inputs(arrays["x_train"], flatten)
     x_test = _shape_inputs(arrays["x_test"], flatten)
     feature_mean = feature_std = None
     if standardize:
-        axis = None if standardize == "global" else 0
-        mean = np.asarray(x_train.mean(axis=axis, dtype=np.float64))
-        std = np.asarray(x_train.std(axis=axis, dtype=np.float64))
-        std[std == 0.0] = 1.0  # constant features: centre only, like StandardScaler
-        # Statistics accumulate in float64; the arrays stay float32 (MNIST is 188 MB already).
-        mean, std = mean.astype(np.float32), std.astype(np.float32)
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
-        feature_mean, feature_std = torch.from_numpy(mean), torch.from_numpy(std)
+        x_train, x_test, feature_mean, feature_std = _standardize(x_train, x_test, standardize)
 
     y_train, y_test = arrays["y_train"], arrays["y_test"]
     if y_train.dtype.kind == "i":
@@ -684,6 +618,96 @@ def load_dataset(
 
 # --------------------------------------------------------------------------- toy inverse problem
 __all__ += ["inverse_problem"]  # appended here so edits above stay independent
+
+
+def _check_load_options(
+    name_or_path: str | os.PathLike,
+    flatten: bool,
+    test_fraction: float,
+    seed: int,
+    standardize: bool | str,
+) -> tuple[bool, float, int]:
+    """:func:`load_dataset`'s options checked (``DataError``): ``flatten, test_fraction, seed``."""
+    try:  # the package-wide checks, raised as DataError like every loader error
+        flatten = check_bool("flatten", flatten)
+        fraction = check_real("test_fraction", test_fraction)
+        seed = check_seed("seed", seed)
+    except (TypeError, ValueError) as error:
+        raise DataError(str(error)) from None
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    if standardize not in (True, False, "feature", "global"):
+        raise DataError(
+            f"standardize must be True, False, 'feature' or 'global', got {standardize!r}"
+        )
+    if os.fspath(name_or_path) == "":
+        raise DataError(f"empty data set name; expected one of {DATASETS} or an .npz path")
+    return flatten, fraction, seed
+
+
+def _read_source(
+    key: str, test_fraction: float, seed: int, root: str | os.PathLike | None
+) -> tuple[str, dict[str, np.ndarray]]:
+    """The data set's name and its ``x_train, y_train, x_test, y_test`` arrays (unchecked)."""
+    normalized = key.strip().lower().replace("_", "-")
+    if normalized in DATASETS:
+        if normalized == "digits":
+            return normalized, _split(*_load_digits(), test_fraction, seed, normalized)
+        if normalized == "mnist-5k":
+            return normalized, _split(*_load_mnist_5k(), test_fraction, seed, normalized)
+        return normalized, _load_idx_dataset(normalized, root)
+    path = Path(key).expanduser()
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        reason = "is not an .npz file" if path.is_file() else "is not a known name or a file"
+        raise DataError(
+            f"unknown data set {key!r} ({reason}); accepted names are "
+            f"{', '.join(repr(n) for n in DATASETS)}, or a path to an existing .npz file"
+        )
+    name = path.stem
+    loaded = _load_npz(path)
+    if isinstance(loaded, tuple):
+        x, y = loaded
+        x = _check_inputs(x, "x", name)
+        y = _check_targets(y, "y", name, x.shape[0])
+        return name, _split(x, y, test_fraction, seed, name)
+    return name, loaded
+
+
+def _check_splits(arrays: dict[str, np.ndarray], name: str) -> None:
+    """Check each split's arrays in place, and that train and test agree (shape, label kind)."""
+    for split in ("train", "test"):
+        x = _check_inputs(np.asarray(arrays[f"x_{split}"]), f"x_{split}", name)
+        arrays[f"x_{split}"] = x
+        arrays[f"y_{split}"] = _check_targets(
+            np.asarray(arrays[f"y_{split}"]), f"y_{split}", name, x.shape[0]
+        )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{name}: x_train examples have shape {arrays['x_train'].shape[1:]} but x_test "
+            f"examples have {arrays['x_test'].shape[1:]}; they must match"
+        )
+    kinds = {arrays["y_train"].dtype.kind, arrays["y_test"].dtype.kind}
+    if len(kinds) != 1:
+        raise DataError(
+            f"{name}: y_train has dtype {arrays['y_train'].dtype} but y_test has "
+            f"{arrays['y_test'].dtype}; use integer labels (classification) or floats "
+            "(regression) in both"
+        )
+
+
+def _standardize(
+    x_train: np.ndarray, x_test: np.ndarray, standardize: bool | str
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+    """Both splits scaled by the training mean and std (per feature or ``"global"``)."""
+    axis = None if standardize == "global" else 0
+    mean = np.asarray(x_train.mean(axis=axis, dtype=np.float64))
+    std = np.asarray(x_train.std(axis=axis, dtype=np.float64))
+    std[std == 0.0] = 1.0  # constant features: centre only, like StandardScaler
+    # Statistics accumulate in float64; the arrays stay float32 (MNIST is 188 MB already).
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
+    x_train = (x_train - mean) / std
+    x_test = (x_test - mean) / std
+    return x_train, x_test, torch.from_numpy(mean), torch.from_numpy(std)
 
 
 def inverse_problem(

@@ -229,22 +229,8 @@ def build_network(
     -------
     torch.nn.Module
     """
-    if not isinstance(name, str):
-        raise TypeError(f"network name must be a string, got {name!r}")
-    key = name.strip().lower().replace("_", "-")
-    if key not in NETWORKS:
-        raise ValueError(
-            f"unknown network {name!r}; accepted names are {', '.join(repr(n) for n in NETWORKS)}"
-        )
-    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-        raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}")
-    input_shape = tuple(input_shape)
-    if not input_shape:
-        raise ValueError("input_shape is empty; give the per-example shape, e.g. (64,)")
-    for position, size in enumerate(input_shape):
-        _check_positive_int(size, f"input_shape[{position}]")
+    key = _network_key(name)
+    input_shape = _check_input_shape(input_shape)
     _check_positive_int(num_classes, "num_classes")
     if key != "mlp" and hidden is not None:
         raise ValueError(
@@ -265,14 +251,45 @@ def build_network(
     if key == "lenet-300-100":
         body = lenet_300_100(num_features, num_classes)
     else:
-        hidden = _DEFAULT_MLP_HIDDEN if hidden is None else hidden
-        if isinstance(hidden, int) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
-        for position, size in enumerate(hidden):
-            _check_positive_int(size, f"hidden[{position}]")
+        hidden = _check_hidden(_DEFAULT_MLP_HIDDEN if hidden is None else hidden)
         body = mlp([num_features, *hidden, num_classes], activation=activation)
     if len(input_shape) == 1:
         return body
     return nn.Sequential(nn.Flatten(), *body)
+
+
+def _network_key(name: str) -> str:
+    """The registry key of a network name (``_`` and ``-`` alike, case ignored); checked."""
+    if not isinstance(name, str):
+        raise TypeError(f"network name must be a string, got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    if key not in NETWORKS:
+        raise ValueError(
+            f"unknown network {name!r}; accepted names are {', '.join(repr(n) for n in NETWORKS)}"
+        )
+    return key
+
+
+def _check_input_shape(input_shape: Sequence[int] | int) -> tuple[int, ...]:
+    """A per-example input shape as a non-empty tuple of positive ints (one int: ``(D,)``)."""
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}")
+    shape = tuple(input_shape)
+    if not shape:
+        raise ValueError("input_shape is empty; give the per-example shape, e.g. (64,)")
+    for position, size in enumerate(shape):
+        _check_positive_int(size, f"input_shape[{position}]")
+    return shape
+
+
+def _check_hidden(hidden: Sequence[int] | int) -> Sequence[int]:
+    """Hidden widths of an MLP as a sequence of positive ints (one int: one layer)."""
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = (hidden,)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
+    for position, size in enumerate(hidden):
+        _check_positive_int(size, f"hidden[{position}]")
+    return hidden

@@ -216,9 +216,7 @@ def train(
     lr = check_real("lr", lr, low=0, low_open=True)
     weight_decay = check_real("weight_decay", weight_decay, low=0)
     seed = check_seed("seed", seed)
-    for hook_name, hook in (("before_step", before_step), ("after_step", after_step)):
-        if hook is not None and not callable(hook):
-            raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
+    _check_hooks(before_step, after_step)
     parameters = [p for p in net.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("net has no trainable parameters (none with requires_grad=True)")
@@ -246,12 +244,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     output = net(x_batch)
                     if not checked_labels:
-                        largest = int(y.max())
-                        if output.dim() != 2 or largest >= output.shape[1]:
-                            raise ValueError(
-                                f"class label {largest} needs at least {largest + 1} outputs, "
-                                f"but the network's outputs have shape {tuple(output.shape)}"
-                            )
+                        _check_output_classes(y, output)
                         checked_labels = True
                     batch_loss = loss_fn(output, y_batch)
                     value = float(batch_loss.detach())
@@ -260,12 +253,7 @@ def train(
                             f"training loss became {value} at step {len(losses)} "
                             f"(epoch {epoch}); lower lr (now {lr}) or check the data"
                         )
-                    batch_loss.backward()
-                    if before_step is not None:
-                        before_step(net)
-                    optimizer.step()
-                    if after_step is not None:
-                        after_step(net)
+                    _backward_and_step(net, optimizer, batch_loss, before_step, after_step)
                     losses.append(value)
                     bar.update(1)
                     if len(losses) % 10 == 0:
@@ -273,6 +261,38 @@ def train(
     finally:
         net.train(was_training)
     return TrainResult(losses=losses, num_steps=len(losses))
+
+
+def _check_hooks(before_step: Hook | None, after_step: Hook | None) -> None:
+    for hook_name, hook in (("before_step", before_step), ("after_step", after_step)):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
+
+
+def _check_output_classes(y: torch.Tensor, output: torch.Tensor) -> None:
+    """The network has an output for every class label in ``y`` (checked on the first batch)."""
+    largest = int(y.max())
+    if output.dim() != 2 or largest >= output.shape[1]:
+        raise ValueError(
+            f"class label {largest} needs at least {largest + 1} outputs, "
+            f"but the network's outputs have shape {tuple(output.shape)}"
+        )
+
+
+def _backward_and_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: torch.Tensor,
+    before_step: Hook | None,
+    after_step: Hook | None,
+) -> None:
+    """Backpropagate ``batch_loss`` and take one optimiser step, with the hooks around it."""
+    batch_loss.backward()
+    if before_step is not None:
+        before_step(net)
+    optimizer.step()
+    if after_step is not None:
+        after_step(net)
 
 
 @torch.no_grad()

@@ -128,7 +128,7 @@ def test_input_network_is_not_modified(digits, pretrained):
 def test_centroid_gradient_is_sum_of_weight_gradients(digits, pretrained):
     """One full-batch Adam step moves each centroid by lr * S / (|S| + eps), S = Σ ∂E/∂w."""
     x_train, y_train, _, _ = digits
-    kwargs = dict(prune_fraction=0.5, num_clusters=4, finetune_epochs=0, seed=0)
+    kwargs = {"prune_fraction": 0.5, "num_clusters": 4, "finetune_epochs": 0, "seed": 0}
     start = deep_compression(pretrained, x_train, y_train, centroid_epochs=0, **kwargs)
     lr = 1e-3
     stepped = deep_compression(

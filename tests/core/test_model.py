@@ -165,7 +165,7 @@ def _tanh_net():
 def test_forward_with_weights_matches_the_network_written_by_hand_and_restores_it():
     net = _tanh_net()
     model = sws.SWSModel(net, sws.MixturePrior(3))
-    originals = {n: p for n, p in net.named_parameters()}
+    originals = dict(net.named_parameters())
     x = torch.randn(7, 4, dtype=torch.float64)
     weights = {
         n: torch.randn_like(p, requires_grad=True) for n, p in originals.items() if "weight" in n

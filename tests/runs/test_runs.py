@@ -520,6 +520,11 @@ def _at_checkpoint_step(run_dir, step):
     return lambda: any(found >= step for found, _ in runs.checkpoint_paths(run_dir))
 
 
+def _after_delay(start, delay):
+    """A kill condition: ``delay`` seconds have passed since ``start`` (time.monotonic)."""
+    return lambda: time.monotonic() - start >= delay
+
+
 def _after_first_checkpoint(run_dir, delay):
     folder = Path(run_dir) / "checkpoints"
     seen = {}
@@ -598,8 +603,7 @@ def test_repeated_kill_9_at_random_times_including_pretraining(tmp_path):
         process = _start_fit(run, config)
         for _ in range(3):
             if rng.random() < 0.5:  # anywhere: start-up, pretraining, SVI, results
-                start, delay = time.monotonic(), rng.uniform(1.0, 10.0)
-                ready = lambda start=start, delay=delay: time.monotonic() - start >= delay
+                ready = _after_delay(time.monotonic(), rng.uniform(1.0, 10.0))
             else:  # somewhere in SVI, once checkpoints are being written
                 ready = _after_first_checkpoint(run, rng.uniform(0.0, 3.0))
             _kill_when(process, ready)

@@ -135,7 +135,7 @@ def build(path: Path) -> float:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    for name, real in (("bsws_mixture_f32", ctypes.c_float), ("bsws_mixture_f64", ctypes.c_double)):
+    for name in ("bsws_mixture_f32", "bsws_mixture_f64"):
         fn = getattr(lib, name)
         ptr = ctypes.c_void_p
         fn.argtypes = [
