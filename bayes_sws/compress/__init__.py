@@ -25,26 +25,43 @@ from .quantize import (  # noqa: F401
     stored_network,
 )
 
+# isort: split
+# fileformat imports names from this package, so it comes after .quantize
+from .fileformat import (
+    CompressedFileError,
+    SavedModel,
+    decode_compressed,
+    encode_compressed,
+    load_compressed,
+    save_compressed,
+)
+
 __all__ = [
     "BITS_PER_FLOAT",
     "CodebookFinetune",
+    "CompressedFileError",
     "DEFAULT_INDEX_BITS",
     "DeadUnitRemoval",
     "LayerStorage",
     "QuantizeResult",
+    "SavedModel",
     "StorageReport",
+    "decode_compressed",
     "default_param_names",
+    "encode_compressed",
     "entropy_bits",
     "finetune_codebook",
     "huffman_code",
     "huffman_code_lengths",
     "layer_kind",
+    "load_compressed",
     "merge_components",
     "plot_layer_sparsity",
     "plot_weights_before_after",
     "quantize",
     "relative_index_fillers",
     "remove_dead_units",
+    "save_compressed",
     "storage_report",
     "stored_network",
 ]
