@@ -501,8 +501,10 @@ def decode_compressed(data: bytes) -> nn.Module:
             f"the file's parameters {[r.name for r in records]} do not match those of its "
             f"architecture {expected}: the file is corrupted"
         )
+    params = dict(net.named_parameters())
     pos = 0
     for record in records:
+        _check_record(record, tuple(params[record.name].shape))
         array, pos = _decode_record(bits, pos, record)
         _install(net, record, torch.from_numpy(array.astype(np.float32, copy=True)))
     if pos != payload_bits or bits[pos:].any():
@@ -510,6 +512,23 @@ def decode_compressed(data: bytes) -> nn.Module:
             f"decoding used {pos} of the payload's {payload_bits} bits: the file is corrupted"
         )
     return net
+
+
+def _check_record(record: _Record, built: tuple[int, ...]) -> None:
+    """A record's sizes fit its architecture: no larger shape, no more stored entries."""
+    fits = len(record.shape) == len(built) and all(
+        0 < n <= m for n, m in zip(record.shape, built, strict=True)
+    )
+    stored = (
+        record.num_stored == record.numel
+        if record.layout == "full"
+        else record.num_stored <= record.numel
+    )
+    if not fits or (record.coded and not (stored and len(record.lengths) <= record.numel + 1)):
+        raise CompressedFileError(
+            f"parameter {record.name!r} has shape {record.shape} with {record.num_stored} stored "
+            f"entries in the file, which its architecture's {built} cannot hold: the file is corrupted"
+        )
 
 
 def _install(net: nn.Module, record: _Record, value: torch.Tensor) -> None:
