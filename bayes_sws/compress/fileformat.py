@@ -550,8 +550,9 @@ def _install(net: nn.Module, record: _Record, value: torch.Tensor) -> None:
             )
         if attr == "weight" and isinstance(module, nn.Linear):
             module.out_features, module.in_features = value.shape
-        elif attr == "weight":
-            module.out_channels, module.in_channels = value.shape[0], value.shape[1] * module.groups
+        elif attr == "weight" and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            module.out_channels = int(value.shape[0])
+            module.in_channels = int(value.shape[1]) * module.groups
     setattr(module, attr, nn.Parameter(value, requires_grad=old.requires_grad))
 
 
