@@ -9,6 +9,14 @@ Modules by concern: :mod:`.params` (which tensors are compressed), :mod:`.quanti
 
 from .codebook import CodebookFinetune, finetune_codebook
 from .coding import entropy_bits, huffman_code, huffman_code_lengths, relative_index_fillers
+from .fileformat import (
+    CompressedFileError,
+    SavedModel,
+    decode_compressed,
+    encode_compressed,
+    load_compressed,
+    save_compressed,
+)
 from .params import check_param_names, default_param_names, layer_kind
 from .plots import plot_layer_sparsity, plot_weights_before_after
 from .quantize import QuantizeResult, merge_components, quantize
@@ -24,25 +32,31 @@ from .surgery import DeadUnitRemoval, remove_dead_units
 
 __all__ = [
     "BITS_PER_FLOAT",
-    "DEFAULT_INDEX_BITS",
     "CodebookFinetune",
+    "CompressedFileError",
+    "DEFAULT_INDEX_BITS",
     "DeadUnitRemoval",
     "LayerStorage",
     "QuantizeResult",
+    "SavedModel",
     "StorageReport",
     "check_param_names",
+    "decode_compressed",
     "default_param_names",
+    "encode_compressed",
     "entropy_bits",
     "finetune_codebook",
     "huffman_code",
     "huffman_code_lengths",
     "layer_kind",
+    "load_compressed",
     "merge_components",
     "plot_layer_sparsity",
     "plot_weights_before_after",
     "quantize",
     "relative_index_fillers",
     "remove_dead_units",
+    "save_compressed",
     "storage_report",
     "stored_network",
 ]

@@ -1,7 +1,7 @@
 """Command line: parse, call the library, print. No logic lives here.
 
 ``bayes-sws fit``       start a run in a directory (or ``--resume`` one)
-``bayes-sws compress``  quantise a fitted run, write ``DIR/compression.json``
+``bayes-sws compress``  quantise a fitted run, write ``DIR/compression.json``, ``DIR/model.sws``
 ``bayes-sws diagnose``  ArviZ view of the posterior, ``DIR/posterior.nc`` and plots
 ``bayes-sws report``    a short human summary of a run
 ``bayes-sws demo``      the README's main job on the bundled digits
@@ -139,7 +139,12 @@ def _compress(args: argparse.Namespace) -> int:
         f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
         f"{summary['num_components_after_merging']} shared values, {score}"
     )
-    print(f"wrote {Path(args.run_dir) / 'compression.json'}")
+    model = summary["files"]["model.sws"]
+    print(
+        f"wrote {Path(args.run_dir) / model['file']} ({model['num_bytes']} bytes: "
+        f"{model['payload_bits']} bits of weights + {model['header_bytes']} bytes of header), "
+        f"{Path(args.run_dir) / 'model_quantized.pt'} and {Path(args.run_dir) / 'compression.json'}"
+    )
     return EXIT_OK
 
 
@@ -378,10 +383,13 @@ def _add_compress(commands) -> None:
         commands,
         "compress",
         _compress,
-        help="quantise a fitted run; write DIR/compression.json",
+        help="quantise a fitted run; write DIR/compression.json and DIR/model.sws",
         description="Assign each weight of the MAP (median) network to its most responsible "
         "component of the learned mixture, merge close components, prune the zero component, "
-        "and count storage as Han et al. (2016). Writes DIR/compression.json and plots.",
+        "and count storage as Han et al. (2016). Writes DIR/compression.json, the compressed "
+        "network DIR/model.sws (docs/file-format.md; read it with "
+        "bayes_sws.compress.load_compressed), the same network as a torch state dict "
+        "DIR/model_quantized.pt, and plots.",
         plots="write before/after plots to DIR/plots/ (default: yes)",
     )
     compress.add_argument(

@@ -122,6 +122,8 @@ CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 METRICS_FILE = "metrics.json"
 LOSSES_FILE = "losses.csv"
 COMPRESSION_FILE = "compression.json"
+MODEL_FILE = "model.sws"
+STATE_DICT_FILE = "model_quantized.pt"
 POSTERIOR_FILE = "posterior.nc"
 POSTERIOR_SUMMARY_FILE = "posterior_summary.csv"
 PLOTS_DIR = rundir.PLOTS_DIR
@@ -865,6 +867,10 @@ def compress_run(
     With ``remove_dead_units`` the hidden units pruning left unused are dropped
     before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
     ``stored_shapes`` gives the shape of every stored parameter either way.
+    The stored network is written as ``model.sws``
+    (:func:`bayes_sws.compress.save_compressed`; its payload is exactly the
+    counted bits) and as a torch state dict ``model_quantized.pt``; ``files``
+    gives their sizes.
     """
     if isinstance(merge_threshold, bool) or not (
         isinstance(merge_threshold, (int, float))
@@ -904,6 +910,7 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
     summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
     summary["health"] = [f.to_dict() for f in _compression_health(compressed, summary, data)]
+    summary["files"] = _write_models(run, compressed, _network_spec(config, data))
     if plots:
         names = result.model.prior_param_names
         before = {n: initial["network_state"][n] for n in names}
@@ -920,6 +927,27 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
     run.verify_lock()
     atomic_write_json(rundir.safe_path(run.dir, COMPRESSION_FILE), summary)
     return summary
+
+
+def _write_models(run: _RunContext, compressed, spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored network as ``model.sws`` and as a plain state dict; their sizes."""
+    from ..compress import save_compressed
+
+    run.lock.verify()
+    saved = save_compressed(
+        compressed.stored_net,
+        rundir.safe_path(run.dir, MODEL_FILE),
+        architecture=spec,
+        param_names=compressed.config["param_names"],
+        index_bits=compressed.config["index_bits"],
+    )
+    buffer = io.BytesIO()
+    torch.save(compressed.stored_net.state_dict(), buffer)
+    atomic_write_bytes(rundir.safe_path(run.dir, STATE_DICT_FILE), buffer.getvalue())
+    return {
+        MODEL_FILE: saved.to_dict(),
+        STATE_DICT_FILE: {"file": STATE_DICT_FILE, "num_bytes": len(buffer.getvalue())},
+    }
 
 
 def diagnose_run(

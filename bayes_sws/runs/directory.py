@@ -72,6 +72,8 @@ TOOL_FILES = (
     "metrics.json",
     "losses.csv",
     "compression.json",
+    "model.sws",
+    "model_quantized.pt",
     "posterior.nc",
     "posterior_summary.csv",
 )

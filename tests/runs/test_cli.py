@@ -20,6 +20,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from bayes_sws.compress import load_compressed
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
 from bayes_sws.zoo.data import load_dataset
@@ -153,6 +154,32 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     assert smaller["stored_shapes"]["0.weight"][0] <= max(1, state["0.weight"].shape[0] - unread)
     assert smaller["test_accuracy_after"] == pytest.approx(accuracy(quantised), abs=1e-12)
     assert smaller["compression_rate"] >= summary["compression_rate"]
+
+
+def test_compress_writes_the_network_it_counted(map_run, digits, capsys):
+    code, out, err = run_cli(capsys, "compress", map_run, "--remove-dead-units", "--no-plots")
+    assert code == 0, err
+    summary = json.loads((map_run / "compression.json").read_text())
+    files = summary["files"]
+    sws, pt = map_run / "model.sws", map_run / "model_quantized.pt"
+    assert files["model.sws"]["num_bytes"] == sws.stat().st_size
+    assert files["model_quantized.pt"]["num_bytes"] == pt.stat().st_size
+    assert f"wrote {sws} ({sws.stat().st_size} bytes" in out
+    # the payload is the counted bits; the rest is the header (docs/file-format.md)
+    assert files["model.sws"]["payload_bits"] == summary["total_bits"]
+    assert sws.stat().st_size == -(-summary["total_bits"] // 8) + files["model.sws"]["header_bytes"]
+    net = load_compressed(sws)
+    assert {n: list(p.shape) for n, p in net.named_parameters()} == summary["stored_shapes"]
+    state = torch.load(pt, weights_only=True)
+    for name, p in net.named_parameters():
+        assert torch.equal(p, state[name]), name
+    # oracle: the test accuracy after compression, evaluated here with numpy
+    w = {k: v.double().numpy() for k, v in state.items()}
+    h = np.maximum(digits.x_test.double().numpy() @ w["0.weight"].T + w["0.bias"], 0)
+    predicted = (h @ w["2.weight"].T + w["2.bias"]).argmax(1)
+    assert summary["test_accuracy_after"] == pytest.approx(
+        np.mean(predicted == digits.y_test.numpy()), abs=1e-12
+    )
 
 
 def test_report_summarises_the_run(map_run, capsys):

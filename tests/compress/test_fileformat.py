@@ -1,0 +1,339 @@
+"""The ``.sws`` file: round trips bit for bit, its size is the counted bits plus the
+documented header (docs/file-format.md, Eq. 1), and damage is refused.
+
+Oracles: the in-memory network (``torch.equal`` on parameters and outputs), a
+reader written here from the documentation alone (struct fields and a
+dictionary-based Huffman decoder), the optimal prefix-code cost by repeated
+merging of the two smallest counts, and a hand count of the header bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from bayes_sws.compress import (
+    CompressedFileError,
+    decode_compressed,
+    encode_compressed,
+    finetune_codebook,
+    load_compressed,
+    quantize,
+    remove_dead_units,
+    save_compressed,
+    storage_report,
+)
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import build_network
+from bayes_sws.zoo.training import train
+
+SPECS = {
+    "mlp": {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [48]},
+    "lenet-5": {"name": "lenet-5", "input_shape": [1, 8, 8], "num_classes": 10},
+}
+LAYOUTS = ("plain", "sparse", "full", "raw")
+
+
+def _quantised(spec: dict, data, epochs: int) -> torch.nn.Module:
+    """A trained network hard-shared by a 5-component mixture, codebooks fine-tuned."""
+    torch.manual_seed(0)
+    net = build_network(**spec)
+    train(net, data.x_train, data.y_train, num_epochs=epochs, seed=0)
+    weights = torch.cat([p.detach().flatten() for p in net.parameters() if p.ndim >= 2])
+    s = float(weights.std())
+    pi = [0.9, 0.025, 0.025, 0.025, 0.025]
+    mu = [0.0, -2 * s, -s, s, 2 * s]
+    sigma = [0.6 * s, 0.3 * s, 0.3 * s, 0.3 * s, 0.3 * s]
+    result = quantize(net, pi, mu, sigma, merge_threshold=0)
+    pruned = {n: a - 1 for n, a in result.assignments.items()}  # zero component: -1
+    finetune_codebook(result.net, pruned, data.x_train, data.y_train, num_epochs=1)
+    return result.net
+
+
+@pytest.fixture(scope="module")
+def nets():
+    flat, images = load_dataset("digits"), load_dataset("digits", flatten=False)
+    return {
+        "mlp": (_quantised(SPECS["mlp"], flat, 3), flat.x_test),
+        "lenet-5": (_quantised(SPECS["lenet-5"], images, 1), images.x_test),
+    }
+
+
+def _stored(nets, key: str, dead: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    net, x = nets[key]
+    return (remove_dead_units(net).net if dead else net), x
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["full-size", "dead-units-removed"])
+@pytest.mark.parametrize("key", list(SPECS))
+def test_round_trip_is_bit_identical(tmp_path, nets, key, dead):
+    net, x = _stored(nets, key, dead)
+    saved = save_compressed(net, tmp_path / "model.sws", architecture=SPECS[key])
+    state = torch.random.get_rng_state()
+    back = load_compressed(tmp_path / "model.sws")
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the RNG alone
+    assert type(back) is torch.nn.Sequential
+    names = [n for n, _ in net.named_parameters()]
+    assert [n for n, _ in back.named_parameters()] == names
+    for (name, a), b in zip(net.named_parameters(), back.parameters(), strict=True):
+        assert a.shape == b.shape and torch.equal(a, b), name
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+    # the layers were really compressed: most weights pruned, a few shared values each
+    report = saved.report
+    assert {row.storage_format for row in report.layers} <= {"sparse", "full"}
+    assert report.nonzero_fraction < 0.5
+
+
+# --------------------------------------------------------------------------- size
+
+
+def _header_bytes_by_hand(net: torch.nn.Module, spec: dict) -> int:
+    """docs/file-format.md, Eq. (1): 30 fixed bytes, the spec, the records."""
+    coded = {
+        row.name for row in storage_report(net).layers if row.storage_format in ("sparse", "full")
+    }
+    total = 8 + 2 + 4 + 4 + 8 + 4  # magic, version, spec length, records, bits, CRC
+    total += len(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+    for name, p in net.named_parameters():
+        total += 2 + len(name.encode()) + 3 + 4 * p.ndim
+        if name in coded:
+            distinct = torch.unique(p.detach()[p.detach() != 0]).numel()
+            total += 1 + 4 + 4 + (distinct + 1)
+    return total
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["full-size", "dead-units-removed"])
+@pytest.mark.parametrize("key", list(SPECS))
+def test_file_size_is_the_counted_bits_plus_the_stated_header(tmp_path, nets, key, dead):
+    net, _ = _stored(nets, key, dead)
+    saved = save_compressed(net, tmp_path / "model.sws", architecture=SPECS[key])
+    size = (tmp_path / "model.sws").stat().st_size
+    report = storage_report(net)
+    assert saved.payload_bits == report.total_bits
+    assert (
+        size
+        == saved.num_bytes
+        == math.ceil(report.total_bits / 8) + _header_bytes_by_hand(net, SPECS[key])
+    )
+    assert saved.header_bytes == _header_bytes_by_hand(net, SPECS[key])
+
+
+# --------------------------------------------------------------------------- an independent reader
+
+
+def _optimal_prefix_cost(counts: list[int]) -> int:
+    """Least Σ count·length of a prefix code: the sum of all merged weights (Huffman 1952)."""
+    heap = [c for c in counts if c > 0]
+    if len(heap) == 1:
+        return heap[0]  # one symbol: one bit each
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        cost += merged
+        heapq.heappush(heap, merged)
+    return cost
+
+
+class _DocReader:
+    """Reads a .sws file following docs/file-format.md only."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, fmt: str):
+        values = struct.unpack_from(fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return values
+
+    def bytes_(self, count: int) -> bytes:
+        self.at += count
+        return self.data[self.at - count : self.at]
+
+
+def _read_by_the_docs(data: bytes):
+    r = _DocReader(data)
+    magic, version, spec_length = r.take("<8sHI")
+    spec = json.loads(r.bytes_(spec_length))
+    num_records, payload_bits = r.take("<IQ")
+    records = []
+    for _ in range(num_records):
+        (length,) = r.take("<H")
+        name = r.bytes_(length).decode()
+        layout, order, ndim = r.take("<BBB")
+        record = {
+            "name": name,
+            "layout": LAYOUTS[layout],
+            "order": order,
+            "shape": r.take(f"<{ndim}I"),
+        }
+        if record["layout"] in ("sparse", "full"):
+            record["index_bits"], record["stored"], size = r.take("<BII")
+            record["lengths"] = list(r.bytes_(size + 1))
+        records.append(record)
+    payload = "".join(format(b, "08b") for b in data[r.at : -4])
+    return magic, version, spec, payload_bits, records, payload
+
+
+def _canonical_dict(lengths: list[int]) -> dict[str, int]:
+    """Codeword string -> symbol: consecutive codes in (length, symbol) order."""
+    code, previous, table = 0, 0, {}
+    for length, symbol in sorted((n, s) for s, n in enumerate(lengths) if n > 0):
+        code <<= length - previous
+        table[format(code, f"0{length}b")] = symbol
+        code, previous = code + 1, length
+    return table
+
+
+def _float(bits: str) -> np.float32:
+    return np.frombuffer(struct.pack(">I", int(bits, 2)), dtype=">f4")[0]
+
+
+def _decode_tensor(record: dict, payload: str, at: int) -> tuple[np.ndarray, int, int]:
+    """Tensor, next bit and Huffman bits of one record, with a dict-based Huffman decoder."""
+    numel = math.prod(record["shape"])
+    if record["layout"] in ("plain", "raw"):
+        values = [_float(payload[at + 32 * i : at + 32 * i + 32]) for i in range(numel)]
+        return np.array(values, np.float32).reshape(record["shape"]), at + 32 * numel, 0
+    k = len(record["lengths"]) - 1
+    codebook = [_float(payload[at + 32 * i : at + 32 * i + 32]) for i in range(k)]
+    at += 32 * k
+    stored, width = record["stored"], record["index_bits"]
+    relative = []
+    if record["layout"] == "sparse":
+        relative = [int(payload[at + width * i : at + width * (i + 1)], 2) for i in range(stored)]
+        at += width * stored
+    table, symbols, word, start = _canonical_dict(record["lengths"]), [], "", at
+    while len(symbols) < stored:
+        word += payload[at]
+        at += 1
+        if word in table:
+            symbols.append(table[word])
+            word = ""
+    values = [np.float32(0) if s == k else codebook[s] for s in symbols]
+    if record["layout"] == "full":
+        return np.array(values, np.float32).reshape(record["shape"]), at, at - start
+    flat, position = np.zeros(numel, np.float32), -1
+    for skip, value in zip(relative, values, strict=True):
+        position += skip + 1
+        flat[position] = value
+    rows = record["shape"][0]
+    matrix = flat.reshape(rows, -1) if record["order"] == 0 else flat.reshape(-1, rows).T
+    return matrix.reshape(record["shape"]), at, at - start
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_a_reader_written_from_the_docs_recovers_every_tensor(nets, key):
+    net, _ = _stored(nets, key, dead=False)
+    data, _ = encode_compressed(net, architecture=SPECS[key])
+    magic, version, spec, payload_bits, records, payload = _read_by_the_docs(data)
+    assert magic == b"\x89SWS\r\n\x1a\n" and version == 1 and spec == SPECS[key]
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    at = 0
+    for record, (name, p) in zip(records, net.named_parameters(), strict=True):
+        assert record["name"] == name
+        tensor, at, huffman = _decode_tensor(record, payload, at)
+        assert np.array_equal(tensor, p.detach().numpy()), name
+        if record["layout"] in ("sparse", "full"):
+            # the stored code is an optimal prefix code for the symbols it codes
+            lengths = np.array(record["lengths"])
+            if (lengths > 0).sum() > 1:  # a full binary tree: Kraft's sum is exactly one
+                assert sum(2.0**-n for n in lengths[lengths > 0]) == pytest.approx(1.0)
+            counts = _symbol_counts(record, p.detach().numpy())
+            assert huffman == _optimal_prefix_cost(counts) == int(counts @ lengths)
+    assert at == payload_bits and set(payload[at:]) <= {"0"} and len(payload) - at < 8
+
+
+def _symbol_counts(record: dict, tensor: np.ndarray) -> np.ndarray:
+    """Counts of each codebook value, and of the zero symbol (fillers, or zeros in full)."""
+    flat = tensor.reshape(-1)
+    values, counts = np.unique(flat[flat != 0], return_counts=True)
+    if record["layout"] == "full":
+        zero = int((flat == 0).sum())
+    else:
+        matrix = tensor.reshape(tensor.shape[0], -1)
+        sequence = (matrix if record["order"] == 0 else matrix.T).reshape(-1)
+        gaps = np.diff(np.flatnonzero(sequence), prepend=-1) - 1
+        zero = int(sum(g // 2 ** record["index_bits"] for g in gaps))  # fillers, by hand
+    assert values.size == len(record["lengths"]) - 1
+    return np.append(counts, zero)
+
+
+# --------------------------------------------------------------------------- damage
+
+
+@pytest.fixture(scope="module")
+def mlp_bytes(nets):
+    return encode_compressed(nets["mlp"][0], architecture=SPECS["mlp"])[0]
+
+
+def _with_crc(data: bytes) -> bytes:
+    return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
+
+
+@pytest.mark.parametrize("keep", [0, 5, 20, 100, -1])
+def test_a_truncated_file_is_refused(tmp_path, mlp_bytes, keep):
+    path = tmp_path / "cut.sws"
+    path.write_bytes(mlp_bytes[:keep])
+    with pytest.raises(CompressedFileError, match="truncated|not a bayes_sws") as info:
+        load_compressed(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_a_flipped_bit_is_refused(mlp_bytes, where):
+    data = bytearray(mlp_bytes)
+    at = 8 + int(where * (len(data) - 12))
+    data[at] ^= 0x10
+    with pytest.raises(CompressedFileError, match="checksum mismatch"):
+        decode_compressed(bytes(data))
+
+
+def test_wrong_magic_and_newer_version_are_refused(mlp_bytes):
+    with pytest.raises(CompressedFileError, match="not a bayes_sws compressed network"):
+        decode_compressed(b"PK\x03\x04" + mlp_bytes[4:])
+    newer = _with_crc(mlp_bytes[:8] + struct.pack("<H", 2) + mlp_bytes[10:])
+    with pytest.raises(CompressedFileError, match="version 2 .* reads versions 1-1; upgrade"):
+        decode_compressed(newer)
+
+
+def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes):
+    # every header byte altered in turn, CRC recomputed: a clear error, never a crash
+    spec_end = 14 + struct.unpack_from("<I", mlp_bytes, 10)[0]
+    header_end = spec_end + 200
+    for at in range(8, header_end):
+        data = bytearray(mlp_bytes)
+        data[at] ^= 0xFF
+        try:
+            decode_compressed(_with_crc(bytes(data)))
+        except CompressedFileError as err:
+            assert "\n" not in str(err)
+    # trailing bytes after a valid file: the payload length no longer matches
+    with pytest.raises(CompressedFileError, match="payload is"):
+        decode_compressed(_with_crc(mlp_bytes[:-4] + b"\x00" + mlp_bytes[-4:]))
+
+
+def test_what_the_format_cannot_hold_is_refused(nets, tmp_path):
+    net, _ = nets["mlp"]
+    with pytest.raises(ValueError, match="float32.*net.float"):
+        save_compressed(copy.deepcopy(net).double(), tmp_path / "a.sws", architecture=SPECS["mlp"])
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        save_compressed(net, tmp_path / "a.sws", architecture=SPECS["lenet-5"])
+    with pytest.raises(ValueError, match="build_network"):
+        save_compressed(net, tmp_path / "a.sws", architecture={"hidden": [48]})
+    norm = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="buffers"):
+        save_compressed(norm, tmp_path / "a.sws", architecture=SPECS["mlp"])
+    assert not (tmp_path / "a.sws").exists()
