@@ -16,6 +16,7 @@ from .core.distributions import MixtureOfGaussians, OrderedNormal
 from .core.likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
 from .core.model import SWSModel
 from .core.priors import Mixture, MixturePrior
+from .infer.penalty_module import SoftWeightSharing
 from .infer.svi import FitResult, fit
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "MixturePrior",
     "OrderedNormal",
     "SWSModel",
+    "SoftWeightSharing",
     "__version__",
     "fit",
     "mdn",
