@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer.autoguide import init_to_median, init_to_value
 from torch import Tensor, nn
 from torch.distributions import transform_to
@@ -81,11 +82,14 @@ def latent_program(model: SWSModel):
 
 
 def _site_supports(model: SWSModel) -> dict[str, object]:
-    """The support of every hyperparameter site, read from one trace of the program."""
-    from pyro import poutine
+    """The support of every hyperparameter site, read from one trace of the program.
 
+    The trace runs at the initial values (nothing is sampled, so improper flat
+    hyperpriors are fine).
+    """
     with torch.no_grad():
-        trace = poutine.trace(latent_program(model)).get_trace()
+        program = poutine.condition(latent_program(model), data=model.init_values())
+        trace = poutine.trace(program).get_trace()
     return {name: trace.nodes[name]["fn"].support for name in model.prior.site_names}
 
 

@@ -46,7 +46,7 @@ from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
 from ..validation import check_int, check_real
 
-__all__ = ["DATA_PLATE", "SWSLightningModule", "scale_data"]
+__all__ = ["DATA_PLATE", "SWSLightningModule", "scale_data"]  # noqa: F822 (module __getattr__)
 
 #: The name of the data plate of :class:`~bayes_sws.core.model.SWSModel`.
 DATA_PLATE = "data"
