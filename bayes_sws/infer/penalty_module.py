@@ -56,10 +56,10 @@ from ..core.priors import Mixture
 from .guides import build_guide
 from .svi import FitResult, local_params
 
-__all__ = ["SoftWeightSharing", "latent_program"]
+__all__ = ["LatentProgram", "SoftWeightSharing", "latent_program"]
 
 
-def latent_program(model: SWSModel):
+def latent_program(model: SWSModel) -> LatentProgram:
     """The latent part of ``model``: hyperparameter and weight sites, no data.
 
     ``latent_program(model)()`` samples the sites ``model(x, y)`` samples before
@@ -71,14 +71,22 @@ def latent_program(model: SWSModel):
     """
     if not isinstance(model, SWSModel):
         raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
+    return LatentProgram(model)
 
-    def program(*args, **kwargs):
+
+class LatentProgram:
+    """See :func:`latent_program`; a class rather than a closure so that it pickles
+    (``torch.save`` of a guide, Lightning's ``ddp_spawn``)."""
+
+    def __init__(self, model: SWSModel):
+        self.model = model
+
+    def __call__(self, *args, **kwargs) -> None:
+        model = self.model
         like = model._like()
         mixture = model.prior.sample_mixture(like)
         model.sample_weights(mixture)
         model.likelihood.sample_parameters(like)
-
-    return program
 
 
 def _site_supports(model: SWSModel) -> dict[str, object]:

@@ -185,6 +185,8 @@ def _build_class():
                     ) from None
             return self.num_data
 
+    # found by pickle through the module's __getattr__ (ddp_spawn, torch.save)
+    SWSLightningModule.__qualname__ = "SWSLightningModule"
     return SWSLightningModule
 
 
