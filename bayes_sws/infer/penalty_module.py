@@ -42,8 +42,10 @@ turns the trained values into a :class:`~bayes_sws.infer.svi.FitResult` for
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import pyro.distributions as dist
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import init_to_median, init_to_value
@@ -83,7 +85,7 @@ class LatentProgram:
 
     def __call__(self, *args, **kwargs) -> None:
         model = self.model
-        like = model._like()
+        like = _like(model)
         mixture = model.prior.sample_mixture(like)
         model.sample_weights(mixture)
         model.likelihood.sample_parameters(like)
@@ -98,7 +100,8 @@ def _site_supports(model: SWSModel) -> dict[str, object]:
     with torch.no_grad():
         program = poutine.condition(latent_program(model), data=model.init_values())
         trace = poutine.trace(program).get_trace()
-    return {name: trace.nodes[name]["fn"].support for name in model.prior.site_names}
+    distributions: dict[str, Any] = {s: trace.nodes[s]["fn"] for s in model.prior.site_names}
+    return {name: d.support for name, d in distributions.items()}
 
 
 class SoftWeightSharing(nn.Module):
@@ -167,7 +170,7 @@ class SoftWeightSharing(nn.Module):
 
     def mixture(self) -> Mixture:
         """The full mixture ``(pi, mu, sigma)``, zero component first; differentiable."""
-        return self.model.prior.mixture(self.site_values(), self.model._like())
+        return self.model.prior.mixture(self.site_values(), _like(self.model))
 
     def forward(self) -> Tensor:
         r""":math:`\lambda\Omega(w) - \log p(\pi, \mu, \sigma)` (5.138, 5.139), a 0-dim tensor.
@@ -177,8 +180,8 @@ class SoftWeightSharing(nn.Module):
         the full-data negative log-likelihood is ``fit(guide="map")``'s loss.
         """
         values = self.site_values()
-        like = self.model._like()
-        with _validation(False):  # the prior's settings were checked when it was made
+        like = _like(self.model)
+        with pyro.validation_enabled(False):  # the prior's settings were checked when made
             total = -self.model.prior.log_hyperprior(values, like)
         if self.prior_scale > 0:
             mixture = self.model.prior.mixture(values, like)
@@ -239,19 +242,10 @@ class SoftWeightSharing(nn.Module):
         return FitResult(model, guide, "map", losses, record)
 
 
+def _like(model: SWSModel) -> Tensor:
+    """A prior-carrying parameter: the dtype and device of the hyperparameters."""
+    return next(iter(model.parameters_with_prior().values()))
+
+
 def _key(site: str) -> str:
     return site.replace(".", "_")
-
-
-class _validation:
-    """Distribution argument validation on or off inside a ``with``; restored after."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __enter__(self):
-        self.before = dist.is_validation_enabled()
-        dist.enable_validation(self.enabled)
-
-    def __exit__(self, *exc):
-        dist.enable_validation(self.before)

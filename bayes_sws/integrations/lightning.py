@@ -175,14 +175,13 @@ def _build_class():
         def _resolve_num_data(self) -> int:
             if self.num_data is None:
                 loader = getattr(getattr(self, "_trainer", None), "train_dataloader", None)
-                dataset = getattr(loader, "dataset", None)
-                try:
-                    self.num_data = len(dataset)
-                except TypeError:
+                dataset: Any = getattr(loader, "dataset", None)
+                if not hasattr(dataset, "__len__"):
                     raise ValueError(
                         "num_data is None and the training DataLoader's dataset has no length; "
                         "pass SWSLightningModule(..., num_data=N), the size of the whole data set"
-                    ) from None
+                    )
+                self.num_data = len(dataset)
             return self.num_data
 
     # found by pickle through the module's __getattr__ (ddp_spawn, torch.save)
