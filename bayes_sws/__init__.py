@@ -11,11 +11,13 @@ minimises exactly E(w) + λΩ(w); other guides give a posterior view.
 >>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
 """
 
+from . import health
 from .core import mdn, penalty
 from .core.distributions import MixtureOfGaussians, OrderedNormal
 from .core.likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
 from .core.model import SWSModel
 from .core.priors import Mixture, MixturePrior
+from .health import HealthWarning
 from .infer.penalty_module import SoftWeightSharing
 from .infer.svi import FitResult, fit
 
@@ -25,6 +27,7 @@ __all__ = [
     "Categorical",
     "FitResult",
     "Gaussian",
+    "HealthWarning",
     "Likelihood",
     "Mixture",
     "MixtureDensity",
@@ -35,6 +38,7 @@ __all__ = [
     "SoftWeightSharing",
     "__version__",
     "fit",
+    "health",
     "mdn",
     "penalty",
 ]

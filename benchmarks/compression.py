@@ -12,7 +12,7 @@ For each case (a data set and a network) the script pretrains the network
   layer ("dc-matched"), which compares the two at (nearly) equal storage,
 
 and reports test error before/after compression, the non-zero share of the
-weights, the compression rate (:func:`bayes_sws.compress.quantize.storage_report`, Han
+weights, the compression rate (:func:`bayes_sws.compress.storage.storage_report`, Han
 et al.'s accounting) and wall time. ``--write`` replaces the "## Compression"
 section of ``BENCHMARKS.md`` with the table, the exact command and the machine,
 and the short table between the ``compression-summary`` markers of its "Current
@@ -63,7 +63,7 @@ from bayes_sws.compress.pipeline import (
     SLAB_PRECISION_PRIOR,
     soft_weight_sharing,
 )
-from bayes_sws.compress.quantize import storage_report
+from bayes_sws.compress.storage import storage_report
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.nets import lenet5_caffe, lenet_300_100
 from bayes_sws.zoo.training import accuracy, train
@@ -351,7 +351,7 @@ def run_dc(
 
 def save_figures(case_name: str, row: dict, pretrained_net, directory: Path) -> list[Path]:
     """Weights before/after, the mixture over the histogram, per-layer sparsity (PNG)."""
-    from bayes_sws.compress.quantize import plot_layer_sparsity, plot_weights_before_after
+    from bayes_sws.compress.plots import plot_layer_sparsity, plot_weights_before_after
     from bayes_sws.diagnostics.posterior import plot_mixture_over_histogram
 
     result = row["result"]
@@ -527,12 +527,12 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
             (
                 "Soft weight-sharing (`bayes_sws.compress.pipeline.soft_weight_sharing`) against Deep "
                 "Compression (`bayes_sws.compress.baseline.deep_compression`), both counted by "
-                "`bayes_sws.compress.quantize.storage_report` (sparse relative indices of 5 bits for "
+                "`bayes_sws.compress.storage.storage_report` (sparse relative indices of 5 bits for "
                 "dense and 8 bits for convolutional layers, row by row (CSR) or column by "
                 "column (CSC), whichever is smaller per layer, Huffman-coded cluster indices, "
                 "32-bit codebooks and biases). Unless the command has `--keep-dead-units`, "
                 "both methods store their network without the hidden units pruning left "
-                "unused (`bayes_sws.compress.quantize.remove_dead_units`: a unit nothing reads, or "
+                "unused (`bayes_sws.compress.surgery.remove_dead_units`: a unit nothing reads, or "
                 "one without inputs whose constant output is folded into the next layer's "
                 "bias; the function is unchanged and the error after is measured on the "
                 "smaller network); the rate stays relative to the full 32-bit network, and "
@@ -542,7 +542,7 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
                 "*error after* the final network. Where a row's settings have "
                 "`finetune_epochs` > 0 (the digits rows), that is after the centroid "
                 "fine-tuning step Deep Compression ends with "
-                "(`bayes_sws.compress.quantize.finetune_codebook`, Han et al.'s Eq. 3: assignments and "
+                "(`bayes_sws.compress.codebook.finetune_codebook`, Han et al.'s Eq. 3: assignments and "
                 "pruned weights fixed, shared values and biases trained by Adam), for the same "
                 "number of epochs at the same learning rate and batch size. The Fashion-MNIST "
                 "rows retrain under the soft-to-hard anneal of the precision prior "

@@ -4,8 +4,7 @@ For every (implementation, N, M) the case runs in a fresh Python subprocess so
 timings and memory do not leak between cases:
 
 1. build ``w`` (N weights, requires grad) and π, μ, σ (M components, require grad);
-2. warm up with one call on a small slice (loads kernels; for the compiled
-   implementation this is where ``torch.compile`` runs — timed separately as
+2. warm up with one call on a small slice (loads kernels; timed separately as
    "first call");
 3. **memory**: reset the kernel's peak-RSS counter (``/proc/self/clear_refs``),
    run one forward + backward, and report ``VmHWM − VmRSS(before)`` — the extra
@@ -23,7 +22,7 @@ timings and memory do not leak between cases:
 Implementations:
 
 ``ours``           ``bayes_sws.core.kernel.mixture_log_prob`` on the torch-ops path, eager
-                   (``set_kernel("torch")``, ``set_compile_mode("never")``): the
+                   (``set_kernel("torch")``): the
                    kernel before the native loop, and the path GPU tensors take.
 ``ours_native``    the same function with ``set_kernel("native")``: the fused C
                    loop (``bayes_sws/core/_native/mixture.c``), the library default on
@@ -33,8 +32,6 @@ Implementations:
 ``native_loop``    the C loop alone: ``bsws_mixture_f32/f64`` called through ctypes
                    into preallocated outputs (log-density and all four gradients),
                    no autograd, no allocation — what the loop itself costs.
-``ours_compiled``  the torch path with ``set_compile_mode("always")``; timed only
-                   for N >= ``--compile-min-n`` (each case compiles afresh).
 ``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
                    recomputes responsibilities chunk by chunk in backward.
 ``store``          same chunked forward, but stores the (M, N) responsibilities
@@ -75,7 +72,6 @@ ALL_IMPLS = (
     "ours",
     "ours_native",
     "native_loop",
-    "ours_compiled",
     "recompute",
     "store",
     "mixture_same_family",
@@ -137,9 +133,8 @@ def _make_impl(name: str):
 
     kernel = _kernel_module()
 
-    if name in ("ours", "ours_compiled", "ours_native"):
+    if name in ("ours", "ours_native"):
         kernel.set_kernel("native" if name == "ours_native" else "torch")
-        kernel.set_compile_mode("always" if name == "ours_compiled" else "never")
         return lambda w, pi, mu, sigma: kernel.mixture_log_prob(w, pi, mu, sigma)
     if name == "native_loop":
         import ctypes
@@ -592,12 +587,6 @@ def main(argv=None) -> int:
         help="skip baselines predicted to need more memory than this",
     )
     parser.add_argument(
-        "--compile-min-n",
-        type=float,
-        default=1e6,
-        help="time ours_compiled only for N at least this (each case compiles)",
-    )
-    parser.add_argument(
         "--plot",
         default=str(HERE / "prior_kernel.png"),
         help="where to write the plot; '' for none",
@@ -641,8 +630,6 @@ def main(argv=None) -> int:
     for num_weights in (int(s) for s in sizes):
         for num_components in components:
             for impl in args.impls:
-                if impl == "ours_compiled" and num_weights < args.compile_min_n:
-                    continue
                 row = _run_case(args, impl, num_weights, num_components)
                 results.append(row)
                 if "skipped" in row:

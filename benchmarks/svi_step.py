@@ -586,7 +586,6 @@ def main(argv=None) -> int:
         args.profile_steps = 2
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)  # as bayes_sws.fit does
-    kernel_mode = os.environ.get("BAYES_SWS_KERNEL_COMPILE", "auto")
     sws_kernel.set_kernel(args.kernel)
     native = "not used"
     if args.kernel != "torch":
@@ -604,7 +603,6 @@ def main(argv=None) -> int:
         f"# svi_step: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}, "
         f"{args.threads} torch threads, clock {args.clock}, kernel {args.kernel} ({native}), "
-        f"kernel compile mode {kernel_mode}, "
         f"fast path {'present' if map_loss is not None else 'absent'}, load average {_load()}"
     )
     results = [run_network(network, args) for network in args.networks]

@@ -11,6 +11,17 @@ os.environ.setdefault("CI", "1")  # no progress bars
 torch.set_num_threads(int(os.environ.get("BAYES_SWS_TEST_THREADS", "1")))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Examples, notebooks and benchmark scripts carry the ``artifacts`` marker.
+
+    They run in the default tier like every test (``-m artifacts`` selects them,
+    ``-m "not artifacts"`` leaves them out for a quick library-only run).
+    """
+    for item in items:
+        if "artifacts" in item.path.parts or "benchmark" in item.name:
+            item.add_marker(pytest.mark.artifacts)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state():
     pyro.clear_param_store()

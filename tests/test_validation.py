@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import bayes_sws as sws
 from bayes_sws import validation
 from bayes_sws.compress.pipeline import soft_weight_sharing
-from bayes_sws.compress.quantize import storage_report
+from bayes_sws.compress.storage import storage_report
 from bayes_sws.infer.mcmc import sample_nuts
 from bayes_sws.runs.demo import run_demo
 from bayes_sws.zoo.data import MAX_CLASSES, DataError, load_dataset

@@ -1,38 +1,36 @@
 """Compression: quantisation, storage accounting (Han et al. 2016), the Deep
-Compression baseline and the paper's pipeline (Ullrich et al. 2017)."""
+Compression baseline and the paper's pipeline (Ullrich et al. 2017).
 
-from .quantize import (  # noqa: F401
+Modules by concern: :mod:`.params` (which tensors are compressed), :mod:`.quantize`
+(merge and hard-assign), :mod:`.codebook` (fine-tune shared values), :mod:`.surgery`
+(remove dead units), :mod:`.coding` (Huffman), :mod:`.storage` (bit counts),
+:mod:`.plots`, :mod:`.baseline` and :mod:`.pipeline`.
+"""
+
+from .codebook import CodebookFinetune, finetune_codebook
+from .coding import entropy_bits, huffman_code, huffman_code_lengths, relative_index_fillers
+from .params import check_param_names, default_param_names, layer_kind
+from .plots import plot_layer_sparsity, plot_weights_before_after
+from .quantize import QuantizeResult, merge_components, quantize
+from .storage import (
     BITS_PER_FLOAT,
     DEFAULT_INDEX_BITS,
-    CodebookFinetune,
-    DeadUnitRemoval,
     LayerStorage,
-    QuantizeResult,
     StorageReport,
-    default_param_names,
-    entropy_bits,
-    finetune_codebook,
-    huffman_code,
-    huffman_code_lengths,
-    layer_kind,
-    merge_components,
-    plot_layer_sparsity,
-    plot_weights_before_after,
-    quantize,
-    relative_index_fillers,
-    remove_dead_units,
     storage_report,
     stored_network,
 )
+from .surgery import DeadUnitRemoval, remove_dead_units
 
 __all__ = [
     "BITS_PER_FLOAT",
-    "CodebookFinetune",
     "DEFAULT_INDEX_BITS",
+    "CodebookFinetune",
     "DeadUnitRemoval",
     "LayerStorage",
     "QuantizeResult",
     "StorageReport",
+    "check_param_names",
     "default_param_names",
     "entropy_bits",
     "finetune_codebook",

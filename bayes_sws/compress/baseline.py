@@ -33,9 +33,11 @@ from torch import nn
 
 from ..validation import check_int
 from ..zoo.training import TrainResult, train
-from .quantize import StorageReport, _check_param_names, finetune_codebook, stored_network
+from .codebook import finetune_codebook
+from .params import check_param_names
+from .storage import StorageReport, stored_network
 
-__all__ = ["BaselineResult", "deep_compression", "magnitude_prune_masks", "kmeans_1d_linear_init"]
+__all__ = ["BaselineResult", "deep_compression", "kmeans_1d_linear_init", "magnitude_prune_masks"]
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def deep_compression(
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    names = _check_param_names(net, param_names)
+    names = check_param_names(net, param_names)
     clusters = _per_layer(num_clusters, names, "num_clusters")
     clusters = {
         name: check_int(f"num_clusters of {name!r}", k, low=1, noun="a positive integer")

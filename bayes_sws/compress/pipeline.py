@@ -76,7 +76,9 @@ from ..core.priors import Mixture, MixturePrior
 from ..infer.svi import FitResult, fit, steps_per_epoch
 from ..validation import check_int, check_real
 from ..zoo.training import accuracy, predict, rmse
-from .quantize import QuantizeResult, StorageReport, finetune_codebook, quantize, stored_network
+from .codebook import finetune_codebook
+from .quantize import QuantizeResult, quantize
+from .storage import StorageReport, stored_network
 
 __all__ = [
     "DEFAULT_PRECISION_PRIOR",

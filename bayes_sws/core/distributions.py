@@ -14,16 +14,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
-from .penalty import log_mixture_density as _log_mixture_density
-
-try:  # the fused, chunked kernel (O(N + M) memory)
-    from .kernel import mixture_log_prob
-except ImportError:  # pragma: no cover - reference closed form while the kernel is absent
-    from .penalty import log_mixture_density
-
-    def mixture_log_prob(w, pi, mu, sigma):
-        return log_mixture_density(w, pi, mu, sigma).sum()
-
+from .kernel import mixture_log_prob
+from .penalty import log_joint_densities, log_mixture_density
 
 __all__ = ["IsotropicGaussianMixture", "MixtureOfGaussians", "OrderedNormal"]
 
@@ -33,7 +25,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def _fast_log_prob(value: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     """Sum of log-densities of all elements of ``value`` under one (M,) mixture."""
     if torch.jit.is_tracing():  # custom autograd Functions do not trace (NUTS jit_compile)
-        return _log_mixture_density(value, pi, mu, sigma).sum()
+        return log_mixture_density(value, pi, mu, sigma).sum()
     return mixture_log_prob(value, pi, mu, sigma)
 
 
@@ -127,9 +119,7 @@ class MixtureOfGaussians(TorchDistribution):
             # Predictive(parallel=True) drops plate singletons of event sites: put them back
             value = value.reshape(self.batch_shape + self.event_shape)
         pi, mu, sigma = self._params_for(num_event)
-        z = (value.unsqueeze(-1) - mu) / sigma  # ... M
-        log_p = torch.logsumexp(torch.log(pi) - 0.5 * z * z - torch.log(sigma), dim=-1)
-        log_p = log_p - _LOG_SQRT_2PI
+        log_p = torch.logsumexp(log_joint_densities(value, torch.log(pi), mu, sigma), dim=-1)
         return log_p.sum(tuple(range(-num_event, 0))) if num_event else log_p
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:

@@ -40,7 +40,7 @@ environment variable ``BAYES_SWS_KERNEL`` (``auto``, the default; ``native``;
   Under ``auto`` a missing compiler or failed build falls back to the torch path
   with one warning; ``native`` raises instead. Other devices always take the torch path.
 * **Torch** (everything else, or ``BAYES_SWS_KERNEL=torch``): chunked torch
-  ops, described below, optionally ``torch.compile``'d.
+  ops, described below.
 
 How the torch path is fast (all measured on 2 CPU cores, see ``BENCHMARKS.md``,
 the earlier runs in ``benchmarks/results/history.md`` and ``benchmarks/prior_kernel.py``):
@@ -73,25 +73,21 @@ the earlier runs in ``benchmarks/results/history.md`` and ``benchmarks/prior_ker
   :math:`\sigma_j`, so values and gradients stay finite and accurate for
   :math:`|w|` up to :math:`10^4` and :math:`\sigma` down to :math:`10^{-6}`.
 
-Compiled path. ``torch.compile`` of the per-chunk maths (:func:`_chunk_math`,
-the same formulas written functionally) is chosen by :func:`set_compile_mode`
-or the environment variable ``BAYES_SWS_KERNEL_COMPILE``: ``"never"``,
-``"always"`` (every full chunk) or ``"auto"``, the default. Measured on this
-project's 2-core CPU (float32, one thread, CPU time, three full benchmark
-runs, see benchmarks/results/history.md), compiled / eager steady-state time was 0.44–0.88
-for M = 2, 0.87–1.11 for M = 16 and 0.72–1.03 for M = 64 at N = 10⁶–10⁷, and
-the first call compiles for 4–15 s per (M, dtype, set of requested gradients).
-Not a clear win at the M soft weight-sharing uses, and never worth 10 s for a
-small call, so ``"auto"`` compiles only calls on CPU with at least
-``AUTO_COMPILE_MIN_ELEMENTS`` = 2²⁴ (weight, component) pairs — 10⁶ weights
-at M = 16 — where the compile time is repaid within hundreds of steps. The
-test suite and networks like LeNet-300-100 (4·10⁶ pairs at M = 16) stay
-eager. Other devices stay eager under ``"auto"`` (unmeasured; use
-``"always"``). Any failure to compile falls back to the eager path with one
-warning.
+No ``torch.compile`` path: compiling the per-chunk maths measured 0.44–1.11 ×
+eager steady state at M = 2–64 on CPU for 4–15 s of compile time per shape
+(``benchmarks/results/history.md``), and with the native loop as the CPU
+default no default configuration took it, so it was removed.
 
 Double backward (Hessians, e.g. for a Laplace guide) is supported by a slower
 differentiable path that materialises (N, M) tensors.
+
+One home for the maths: the per-element terms :math:`\ln\pi_j + \ln\mathcal N`
+are :func:`bayes_sws.core.penalty.log_joint_densities`, which the double-backward
+path, :class:`~bayes_sws.core.distributions.MixtureOfGaussians`' batched branch
+and the reference forms of :mod:`~bayes_sws.core.penalty` use. This kernel is
+the same sum fused, and stays because that broadcast (the ``naive`` row of
+``benchmarks/prior_kernel.py``) is 87–156× slower than the native loop at
+N = 10⁶, M = 16–64, and needs N·M memory (BENCHMARKS.md, "Prior kernel").
 
 References: Bishop, *Pattern Recognition and Machine Learning*, §5.5.7;
 Nowlan & Hinton (1992); Ullrich, Meeds & Welling (2017).
@@ -109,18 +105,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .penalty import log_joint_densities
+
 __all__ = [
-    "AUTO_COMPILE_MIN_ELEMENTS",
     "CHUNK_ELEMENTS",
-    "COMPILE_MODES",
     "KERNELS",
     "MixtureLogProbGrad",
-    "get_compile_mode",
     "get_kernel",
     "mixture_log_prob",
     "mixture_log_prob_and_grad",
     "native_available",
-    "set_compile_mode",
     "set_kernel",
 ]
 
@@ -128,11 +122,6 @@ __all__ = [
 #: (within 10%); the larger size means 4x fewer OpenMP parallel regions, each of
 #: which can wait for a busy second core, so 2 threads on a shared machine gain.
 CHUNK_ELEMENTS = 2**20
-#: Compile mode ``"auto"`` compiles CPU calls with at least this many N·M pairs.
-AUTO_COMPILE_MIN_ELEMENTS = 2**24
-COMPILE_MODES = ("never", "auto", "always")
-_ENV_COMPILE = "BAYES_SWS_KERNEL_COMPILE"
-
 _LOG2E = 1.0 / math.log(2.0)
 _LN2 = math.log(2.0)
 _HALF_LOG2E = 0.5 * _LOG2E
@@ -156,14 +145,13 @@ class MixtureLogProbGrad(NamedTuple):
 
 
 # --------------------------------------------------------------------------- #
-# Compile switch
+# Environment switches
 # --------------------------------------------------------------------------- #
 
 
-def _choice_from_env(variable: str, choices: tuple[str, ...], aliases=None) -> str:
-    """The value of ``variable`` if it is one of ``choices`` (or an alias), else "auto"."""
+def _choice_from_env(variable: str, choices: tuple[str, ...]) -> str:
+    """The value of ``variable`` if it is one of ``choices``, else "auto"."""
     value = os.environ.get(variable, "auto").strip().lower() or "auto"
-    value = (aliases or {}).get(value, value)
     if value not in choices:
         warnings.warn(
             f"{variable}={os.environ[variable]!r} is not one of {choices}; using 'auto'.",
@@ -172,47 +160,6 @@ def _choice_from_env(variable: str, choices: tuple[str, ...], aliases=None) -> s
         )
         value = "auto"
     return value
-
-
-def _mode_from_env() -> str:
-    aliases = {"0": "never", "false": "never", "off": "never", "1": "always", "true": "always"}
-    return _choice_from_env(_ENV_COMPILE, COMPILE_MODES, aliases)
-
-
-_compile_mode = _mode_from_env()
-_compiled_chunk = None  # the torch.compile'd _chunk_math, built on first use
-_compile_failed = False
-
-
-def set_compile_mode(mode: str) -> None:
-    """Choose when the per-chunk maths goes through ``torch.compile``.
-
-    Parameters
-    ----------
-    mode : {"never", "auto", "always"}
-        ``"never"`` (or ``BAYES_SWS_KERNEL_COMPILE=never``): eager torch ops
-        only. ``"auto"`` (default): compile CPU calls with at least
-        ``AUTO_COMPILE_MIN_ELEMENTS`` (weight, component) pairs, where the
-        first call's compile time is repaid. ``"always"``: compile every full
-        chunk.
-    """
-    global _compile_mode
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    _compile_mode = mode
-
-
-def get_compile_mode() -> str:
-    """The current compile mode, one of :data:`COMPILE_MODES`."""
-    return _compile_mode
-
-
-def _use_compiled(num_weights: int, num_components: int, device: torch.device) -> bool:
-    if _compile_failed or _compile_mode == "never":
-        return False
-    if _compile_mode == "always":
-        return True
-    return device.type == "cpu" and num_weights * num_components >= AUTO_COMPILE_MIN_ELEMENTS
 
 
 # --------------------------------------------------------------------------- #
@@ -251,9 +198,8 @@ def set_kernel(kernel: str) -> None:
         (:mod:`bayes_sws.core._native`, built on first use with the system C
         compiler) for CPU float32/float64 tensors, falling back to torch ops
         with one warning if it cannot be built. ``"native"``: the same, but a
-        failed build raises. ``"torch"``: torch ops only (eager or
-        ``torch.compile``, see :func:`set_compile_mode`). Tensors on other
-        devices always use torch ops.
+        failed build raises. ``"torch"``: torch ops only. Tensors on
+        other devices always use torch ops.
     """
     global _kernel
     if kernel not in KERNELS:
@@ -480,37 +426,6 @@ def _eager_chunk(
     return log_p.sum()
 
 
-def _chunk_math(
-    w_chunk: Tensor,
-    mu: Tensor,
-    inv_sigma: Tensor,
-    log2_coef: Tensor,
-    floor: Tensor,
-    neg_inv_sigma: Tensor,
-    need_grad_w: bool,
-    need_sums: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Functional form of :func:`_eager_chunk` for ``torch.compile`` (same maths)."""
-    u = (w_chunk - mu) * inv_sigma  # M n
-    logits = log2_coef - _HALF_LOG2E * u * u
-    top = logits.amax(0)
-    e = torch.exp2(torch.maximum(logits - top, floor))
-    total = e.sum(0)
-    log_p_sum = (top * _LN2 + torch.log(total)).sum()
-    gamma = e * total.reciprocal()
-    gamma_u = gamma * u
-    grad_w = (gamma_u * neg_inv_sigma[:, None]).sum(0) if need_grad_w else None
-    sums = torch.stack([gamma.sum(1), gamma_u.sum(1), (gamma_u * u).sum(1)]) if need_sums else None
-    return log_p_sum, grad_w, sums
-
-
-def _compiled_chunk_fn():
-    global _compiled_chunk
-    if _compiled_chunk is None:
-        _compiled_chunk = torch.compile(_chunk_math, dynamic=False)
-    return _compiled_chunk
-
-
 # --------------------------------------------------------------------------- #
 # The pass over all weights
 # --------------------------------------------------------------------------- #
@@ -528,7 +443,6 @@ def _forward_pass(
     need_sigma: bool,
 ) -> MixtureLogProbGrad:
     """One chunked pass: the log-density and the requested gradients (flat ``grad_w``)."""
-    global _compile_failed
     if w_flat.dtype in _EXP2_FLOOR:
         lib = _native_library(w_flat.device)
         if lib is not None:
@@ -548,38 +462,13 @@ def _forward_pass(
         log2_norm = (-_log(sigma) * _LOG2E - _HALF_LOG2_2PI)[index, None]
         zero_pi = (index, log2_norm, w_flat.new_zeros(num_components))
 
-    compiled = zero_pi is None and _use_compiled(num_weights, num_components, w_flat.device)
     work = _workspace(w_flat, num_components, chunk)
     chunk_sums = [w_flat.new_zeros(())]  # summed pairwise at the end, not running
     for start in range(0, num_weights, chunk):
         stop = min(start + chunk, num_weights)
-        w_chunk = w_flat[start:stop]
-        if compiled and stop - start == chunk:
-            try:
-                with warnings.catch_warnings():  # torch's own deprecations while compiling
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    value, grad_chunk, sums_chunk = _compiled_chunk_fn()(
-                        w_chunk, *coef, need_grad_w=need_w, need_sums=needs.sums
-                    )
-            except Exception as error:  # noqa: BLE001 — any backend failure means "no compiler"
-                _compile_failed = True
-                compiled = False
-                warnings.warn(
-                    f"torch.compile of the prior kernel failed ({type(error).__name__}: "
-                    f"{error}); using the eager kernel from now on.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            else:
-                chunk_sums.append(value)
-                if need_w:
-                    grad_w[start:stop].copy_(grad_chunk)
-                if needs.sums:
-                    sums += sums_chunk
-                continue
         chunk_sums.append(
             _eager_chunk(
-                w_chunk,
+                w_flat[start:stop],
                 coef,
                 work,
                 needs,
@@ -612,7 +501,7 @@ def _differentiable_grads(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The same closed forms in plain (N, M) torch ops, so autograd can differentiate them."""
     u = (w_flat[:, None] - mu) / sigma  # N M
-    log_normal = -0.5 * u * u - torch.log(sigma) - 0.5 * math.log(2.0 * math.pi)
+    log_normal = log_joint_densities(w_flat, torch.zeros_like(pi), mu, sigma)  # ln N_ij
     logits = torch.log(pi) + log_normal
     log_p = torch.logsumexp(logits, dim=1, keepdim=True)
     gamma = torch.exp(logits - log_p)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..validation import check_bool, check_real
 from . import mdn
+from .sites import NOISE_PRECISION, OBS
 
 __all__ = [
     "LIKELIHOODS",
@@ -63,7 +64,7 @@ class Likelihood:
         raise NotImplementedError
 
     def observe(self, output: Tensor, y: Tensor | None, params: dict[str, Tensor]) -> Tensor:
-        return pyro.sample("obs", self.distribution(output, params), obs=y)
+        return pyro.sample(OBS, self.distribution(output, params), obs=y)
 
 
 class Categorical(Likelihood):
@@ -132,7 +133,7 @@ class Gaussian(Likelihood):
         self.precision = precision
         self.learn_precision = check_bool("learn_precision", learn_precision)
         self.precision_prior = tuple(float(v) for v in precision_prior)
-        self.site_names = ("likelihood.precision",) if self.learn_precision else ()
+        self.site_names = (NOISE_PRECISION,) if self.learn_precision else ()
 
     def __repr__(self) -> str:
         return f"Gaussian(precision={self.precision}, learn_precision={self.learn_precision})"
@@ -143,20 +144,16 @@ class Gaussian(Likelihood):
         conc, rate = (
             torch.tensor(v, dtype=like.dtype, device=like.device) for v in self.precision_prior
         )
-        return {"likelihood.precision": pyro.sample("likelihood.precision", dist.Gamma(conc, rate))}
+        return {NOISE_PRECISION: pyro.sample(NOISE_PRECISION, dist.Gamma(conc, rate))}
 
     def init_values(self, like):
         if not self.learn_precision:
             return {}
-        return {
-            "likelihood.precision": torch.tensor(
-                self.precision, dtype=like.dtype, device=like.device
-            )
-        }
+        return {NOISE_PRECISION: torch.tensor(self.precision, dtype=like.dtype, device=like.device)}
 
     def _precision(self, params, like):
         if self.learn_precision:
-            return params["likelihood.precision"]
+            return params[NOISE_PRECISION]
         return torch.tensor(self.precision, dtype=like.dtype, device=like.device)
 
     def distribution(self, output, params):

@@ -37,10 +37,9 @@ from torch.nn.utils import parametrize
 from ..validation import check_real
 from .likelihoods import Likelihood, get_likelihood
 from .priors import Mixture, MixturePrior
+from .sites import DATA_PLATE, WEIGHT_PREFIX
 
 __all__ = ["WEIGHT_PREFIX", "SWSModel"]
-
-WEIGHT_PREFIX = "net."
 
 
 class SWSModel:
@@ -182,7 +181,7 @@ class SWSModel:
         mixture = self.prior.sample_mixture(like)
         weights = self.sample_weights(mixture)
         params = self.likelihood.sample_parameters(like)
-        with pyro.plate("data", x.shape[0], subsample=subsample, dim=-1) as index:
+        with pyro.plate(DATA_PLATE, x.shape[0], subsample=subsample, dim=-1) as index:
             if subsample is not None:
                 x = x[index]
                 y = None if y is None else y[index]

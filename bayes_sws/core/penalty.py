@@ -39,6 +39,7 @@ __all__ = [
     "grad_w",
     "gradients",
     "log_component_densities",
+    "log_joint_densities",
     "log_mixture_density",
     "omega",
     "responsibilities",
@@ -62,11 +63,47 @@ def _check(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> tuple[Tensor, ..
     return w.reshape(-1), pi, mu, sigma
 
 
+def log_joint_densities(value: Tensor, log_pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    r"""The terms of eq. (5.137) in log space, broadcast: the one home of the mixture maths.
+
+    .. math::
+
+        \ln \pi_j + \ln \mathcal N(v \mid \mu_j, \sigma_j^2)
+            = \ln \pi_j - \tfrac12 \Big(\frac{v - \mu_j}{\sigma_j}\Big)^2
+              - \ln \sigma_j - \tfrac12 \ln 2\pi          \qquad (5.137)
+
+    ``torch.logsumexp(·, -1)`` of the result is :math:`\ln p(v)`; ``softmax`` is
+    :math:`\gamma_j(v)` (5.140). :math:`v - \mu_j` is formed before dividing by
+    :math:`\sigma_j`, so the terms stay finite for :math:`|v|` up to :math:`10^4`
+    and :math:`\sigma` down to :math:`10^{-6}`.
+
+    Parameters
+    ----------
+    value : Tensor
+        Any shape ``S``; every element is one point.
+    log_pi, mu, sigma : Tensor
+        :math:`\ln \pi_j`, :math:`\mu_j`, :math:`\sigma_j` with the component
+        dimension last, broadcastable against ``S + (M,)``. ``log_pi = -inf``
+        removes a component; zeros give the plain :math:`\ln \mathcal N`.
+
+    Returns
+    -------
+    Tensor
+        Shape ``broadcast(S + (1,), params)``: ``S + (M,)`` for ``(M,)`` parameters.
+        It materialises that many elements; the chunked, O(N + M) memory sum over
+        all weights is :func:`bayes_sws.core.kernel.mixture_log_prob`.
+    """
+    z = (value.unsqueeze(-1) - mu) / sigma  # S M
+    return log_pi - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI
+
+
 def log_component_densities(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    r"""``log π_j + log N(w_i | μ_j, σ_j²)`` for every weight and component, shape (N, M)."""
+    r"""``log π_j + log N(w_i | μ_j, σ_j²)`` for every weight and component, shape (N, M).
+
+    :func:`log_joint_densities` of the flattened weights, with shapes checked.
+    """
     w, pi, mu, sigma = _check(w, pi, mu, sigma)
-    z = (w[:, None] - mu) / sigma  # N M
-    return torch.log(pi) - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI
+    return log_joint_densities(w, torch.log(pi), mu, sigma)
 
 
 def log_mixture_density(w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
@@ -141,3 +178,52 @@ def gradients(
     g_xi = 0.5 * (gamma * (1.0 - diff**2 / var)).sum(0)
     g_eta = gamma.shape[0] * pi - gamma.sum(0)
     return OmegaGradients(*(prior_scale * g for g in (g_w, g_mu, g_sigma, g_xi, g_eta)))
+
+
+#: Weights per block in :func:`assign`: a (chunk, M) float64 block stays a few tens of MB.
+ASSIGN_CHUNK_SIZE = 1 << 18
+
+
+def assign(
+    w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor, *, chunk_size: int = ASSIGN_CHUNK_SIZE
+) -> Tensor:
+    r"""The most responsible component of every weight, :math:`\arg\max_j \gamma_j(w_i)`.
+
+    .. math::
+
+        k(w_i) = \arg\max_j \; \ln \pi_j + \ln \mathcal N(w_i \mid \mu_j, \sigma_j^2)
+        \qquad \text{(argmax of eq. 5.140)},
+
+    since the normaliser of (5.140) is common to every component. It is the argmax
+    of :func:`log_component_densities`, computed in float64 over blocks of
+    ``chunk_size`` weights, so memory stays ``chunk_size × M`` however many weights
+    there are (the full ``(N, M)`` :func:`responsibilities` is never built). Ties go
+    to the lowest index; a component with ``π_j = 0`` never wins.
+
+    Parameters
+    ----------
+    w : Tensor
+        Weights, any shape.
+    pi, mu, sigma : Tensor, shape (M,)
+        Mixing proportions (need not be normalised), means and standard deviations.
+    chunk_size : int
+        Weights per block (a positive integer).
+
+    Returns
+    -------
+    Tensor of long, shaped like ``w``
+        Index of each weight's most responsible component.
+    """
+    from ..validation import check_int
+
+    chunk_size = check_int("chunk_size", chunk_size, low=1)
+    flat, pi, mu, sigma = _check(w.detach(), pi.detach(), mu.detach(), sigma.detach())
+    flat, pi, mu, sigma = (t.to(torch.float64) for t in (flat, pi, mu, sigma))
+    out = torch.empty(flat.numel(), dtype=torch.long, device=flat.device)
+    for start in range(0, flat.numel(), chunk_size):
+        block = flat[start : start + chunk_size]
+        out[start : start + chunk_size] = log_component_densities(block, pi, mu, sigma).argmax(-1)
+    return out.reshape(w.shape)
+
+
+__all__ += ["ASSIGN_CHUNK_SIZE", "assign"]

@@ -40,11 +40,9 @@ from torch import Tensor
 
 from ..validation import check_bool, check_finite_tensor, check_int, check_names, check_real
 from .distributions import MixtureOfGaussians, OrderedNormal
+from .sites import MEANS, MIXING, MU, PI, PI_ZERO, PRECISIONS, SIGMA, SITE_PREFIX
 
 __all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
-
-SITE_PREFIX = "sws."
-PI_ZERO, MIXING, MEANS, PRECISIONS = "sws.pi_zero", "sws.mixing", "sws.means", "sws.precisions"
 
 
 _EVENT_DIMS = {PI_ZERO: 0, MIXING: 1, MEANS: 1, PRECISIONS: 1}
@@ -352,9 +350,9 @@ class MixturePrior:
         """Sample the hyperparameter sites and record ``sws.pi``, ``sws.mu``, ``sws.sigma``."""
         values = {site: pyro.sample(site, self._hyperprior(site, like)) for site in self.site_names}
         mixture = self.mixture(values, like)
-        pyro.deterministic("sws.pi", mixture.pi, event_dim=1)
-        pyro.deterministic("sws.mu", mixture.mu, event_dim=1)
-        pyro.deterministic("sws.sigma", mixture.sigma, event_dim=1)
+        pyro.deterministic(PI, mixture.pi, event_dim=1)
+        pyro.deterministic(MU, mixture.mu, event_dim=1)
+        pyro.deterministic(SIGMA, mixture.sigma, event_dim=1)
         return mixture
 
     def weight_distribution(self, mixture: Mixture, shape: torch.Size) -> MixtureOfGaussians:

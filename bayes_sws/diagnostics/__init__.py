@@ -1,5 +1,6 @@
 """The posterior view: ArviZ conversion (the one place importing arviz) and plots."""
 
+from ..health import HealthWarning, check_nuts  # noqa: F401
 from .posterior import (  # noqa: F401
     MIXTURE_VARS,
     load_arviz,

@@ -51,7 +51,9 @@ from torch import Tensor, nn
 
 from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
+from ..core.penalty import log_joint_densities
 from ..core.priors import Mixture
+from ..core.sites import MEANS, MIXING, MIXTURE_SITES, OBS, SITE_PREFIX, WEIGHT_PREFIX
 from ..infer.mcmc import MCMCResult
 from ..infer.svi import FitResult
 from ..validation import check_int, check_seed
@@ -68,7 +70,7 @@ __all__ = [
     "to_inference_data",
 ]
 
-MIXTURE_VARS = ("sws.pi", "sws.mu", "sws.sigma")
+MIXTURE_VARS = MIXTURE_SITES
 
 
 def load_arviz():
@@ -98,7 +100,7 @@ def summary(idata, *, var_names=None):
 
 def plot_weights_before_after(*args, **kwargs):
     """Weights before against after retraining; see :func:`bayes_sws.compress.plot_weights_before_after`."""
-    from ..compress.quantize import plot_weights_before_after as plot
+    from ..compress.plots import plot_weights_before_after as plot
 
     return plot(*args, **kwargs)
 
@@ -203,7 +205,7 @@ _CONV_KERNEL_DIMS = {
 def _parameter_dims(net: nn.Module, param_name: str, shape: torch.Size) -> list[str]:
     """Dimension names for a parameter tensor, from the layer that owns it when known."""
     owner, _, leaf = param_name.rpartition(".")
-    prefix = "net." + owner if owner else "net"
+    prefix = WEIGHT_PREFIX + owner if owner else WEIGHT_PREFIX.rstrip(".")
     try:
         module = net.get_submodule(owner)
     except AttributeError:
@@ -220,16 +222,16 @@ def _parameter_dims(net: nn.Module, param_name: str, shape: torch.Size) -> list[
     elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm)):
         names = ("num_features",) if leaf in ("weight", "bias") and len(shape) == 1 else None
     if names is None or len(names) != len(shape):
-        return [f"net.{param_name}_dim_{i}" for i in range(len(shape))]
+        return [f"{WEIGHT_PREFIX}{param_name}_dim_{i}" for i in range(len(shape))]
     return [f"{prefix}.{n}" for n in names]
 
 
 def _hyper_dims(model: SWSModel, site: str, ndim: int) -> list[str]:
     if ndim == 0:
         return []
-    if site in ("sws.means", "sws.mixing"):
+    if site in (MEANS, MIXING):
         return ["nonzero_component" if model.prior.zero_component else "component"]
-    if site.startswith("sws."):
+    if site.startswith(SITE_PREFIX):
         return ["component"]
     return [f"{site}_dim_{i}" for i in range(ndim)]
 
@@ -326,7 +328,7 @@ def to_inference_data(
         posterior[name] = _numpy(value)
         dims[name] = _hyper_dims(model, name, value.dim() - 2)
     for site in weight_sites:
-        param = site[len("net.") :]
+        param = site[len(WEIGHT_PREFIX) :]
         posterior[site] = _numpy(draws[site])
         dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
     coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
@@ -365,8 +367,8 @@ def to_inference_data(
         finally:
             torch.random.set_rng_state(generator_state)
         obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
-        groups["posterior_predictive"] = {"obs": predictive}
-        dims["obs"] = obs_dims
+        groups["posterior_predictive"] = {OBS: predictive}
+        dims[OBS] = obs_dims
         x_np = _numpy(x_tensor)
         x_dims = (
             ["data", "feature"]
@@ -376,8 +378,8 @@ def to_inference_data(
         groups["constant_data"] = {"x": x_np}
         dims["x"] = x_dims
         if y_tensor is not None:
-            groups["log_likelihood"] = {"obs": log_lik}
-            groups["observed_data"] = {"obs": _numpy(y_tensor)}
+            groups["log_likelihood"] = {OBS: log_lik}
+            groups["observed_data"] = {OBS: _numpy(y_tensor)}
         if predictive_mean:
             posterior["predictive_mean"] = means
             kind = "class" if isinstance(model.likelihood, Categorical) else "output"
@@ -506,8 +508,9 @@ def plot_mixture_over_histogram(
         bins = int(np.clip(2 * math.sqrt(pooled.size), 10, 100))
     edges = np.linspace(lo, hi, bins + 1)
     grid = np.linspace(lo, hi, 800)
-    z = (grid[:, None] - mu) / sigma
-    comp = pi * np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))  # grid M
+    pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
+    terms = log_joint_densities(torch.as_tensor(grid), torch.log(pi_t), mu_t, sigma_t)
+    comp = torch.exp(terms).numpy()  # grid M: π_j N(grid | μ_j, σ_j²), (5.137)
     density = comp.sum(-1)
     width = edges[1] - edges[0]
 

@@ -65,9 +65,11 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
 from torch import Tensor, nn
 
+from .. import health
 from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
+from ..core.sites import MIXTURE_SITES
 from ..validation import check_int, check_real, check_seed
 from .svi import FitResult, as_data
 
@@ -84,7 +86,6 @@ SAMPLE_STATS = (
     "lp",
     "step_size",
 )
-MIXTURE_SITES = ("sws.pi", "sws.mu", "sws.sigma")
 
 
 # ---------------------------------------------------------------------- result
@@ -529,4 +530,6 @@ def sample_nuts(
         "num_data": int(x.shape[0]),
         "prior_scale": model.prior_scale,
     }
+    # divergences and saturated trees say so (R-hat / ESS: bayes_sws.diagnostics)
+    health.check_nuts(sample_stats, max_tree_depth=max_tree_depth)
     return MCMCResult(model, samples, sample_stats, config, wall_time)

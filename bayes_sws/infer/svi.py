@@ -41,7 +41,9 @@ from torch import Tensor, nn
 from .._progress import progress_bar
 from ..core.model import SWSModel
 from ..core.priors import Mixture
+from ..core.sites import HYPER_PREFIXES, MIXING, PI_ZERO, WEIGHT_PREFIX
 from ..validation import check_int, check_real, check_seed
+from ..zoo.training import steps_per_epoch
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
 
@@ -66,10 +68,8 @@ __all__ = [
 OPTIMIZERS = ("adam", "lbfgs")
 #: What :func:`fit` does when a loss or gradient goes non-finite.
 ON_NONFINITE = ("raise", "rollback")
-_CHECK_GRADIENTS = True  # the per-step check (off only to measure its cost)
 # torch.distributions' validation message for a NaN parameter or value of a distribution
 _INVALID_VALUES = "found invalid values"
-_HYPER_PREFIXES = ("sws.", "likelihood.")
 
 
 def local_params():
@@ -136,9 +136,9 @@ def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
     if prior.flat:
         return
     problems = []
-    if "sws.mixing" in prior.site_names and prior.mixing_concentration < 1:
+    if MIXING in prior.site_names and prior.mixing_concentration < 1:
         problems.append(f"mixing_concentration (Dirichlet α) = {prior.mixing_concentration} < 1")
-    if "sws.pi_zero" in prior.site_names and min(prior.pi_zero_prior) < 1:
+    if PI_ZERO in prior.site_names and min(prior.pi_zero_prior) < 1:
         problems.append(f"pi_zero_prior (Beta a, b) = {prior.pi_zero_prior} has an entry < 1")
     if prior.precision_concentration < 1:
         problems.append(
@@ -511,11 +511,6 @@ def _lbfgs_stalled(optim: torch.optim.Optimizer) -> bool:
     state = optim.state.get(optim.param_groups[0]["params"][0], {})
     t = state.get("t")
     return t is not None and float(t) == 0.0
-
-
-def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
-    """Mini-batches per pass over ``num_data`` points, as :func:`fit` draws them (1 for full batch)."""
-    return max(1, num_data // min(batch_size or num_data, num_data))
 
 
 def batch_indices(
@@ -1181,12 +1176,12 @@ class SVIEngine:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         config = self.config
         guide_params = list(self.guide.named_parameters())
-        hyper = [p for n, p in guide_params if any(s in n for s in _HYPER_PREFIXES)]
-        weights = [p for n, p in guide_params if not any(s in n for s in _HYPER_PREFIXES)]
+        hyper = [p for n, p in guide_params if any(s in n for s in HYPER_PREFIXES)]
+        weights = [p for n, p in guide_params if not any(s in n for s in HYPER_PREFIXES)]
         free = {n: p for n, p in self.model.free_parameters().items() if p.requires_grad}
         weights += list(free.values())
         self._free_params = free
-        self._named_params = guide_params + [(f"net.{n}", p) for n, p in free.items()]
+        self._named_params = guide_params + [(WEIGHT_PREFIX + n, p) for n, p in free.items()]
         optim: torch.optim.Optimizer
         if config["optimizer"] == "lbfgs":
             # one iteration per step; max_eval must leave the line search its budget
@@ -1227,12 +1222,11 @@ class SVIEngine:
                 raise
             raise _NonFinite("loss", math.nan) from None
         loss.backward()
-        if _CHECK_GRADIENTS:
-            total = loss.detach() + _gradient_norms(self._all_params)
-            if not bool(torch.isfinite(total)):
-                value = float(loss.detach())
-                kind = "gradient" if math.isfinite(value) else "loss"
-                raise _NonFinite(kind, value)
+        total = loss.detach() + _gradient_norms(self._all_params)
+        if not bool(torch.isfinite(total)):
+            value = float(loss.detach())
+            kind = "gradient" if math.isfinite(value) else "loss"
+            raise _NonFinite(kind, value)
         return loss
 
     def _step(self, index: Tensor | None) -> float:
@@ -1508,12 +1502,11 @@ def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
     collapsed = [j for j in range(sigma.numel()) if not float(sigma[j]) >= threshold * scale]
     if not collapsed:
         return
-    from ..core.penalty import responsibilities
+    from ..core.penalty import assign
 
     owner = None
     if bool((torch.isfinite(sigma) & (sigma > 0)).all()):
-        with torch.no_grad():
-            owner = responsibilities(weights, mixture.pi, mixture.mu, sigma).argmax(-1)
+        owner = assign(weights, mixture.pi, mixture.mu, sigma)
     prior = model.prior
     for j in collapsed:
         value = float(sigma[j])

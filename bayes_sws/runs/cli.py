@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 a numerical or internal failure, 2 a usage mistake
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 import warnings
@@ -24,10 +25,37 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line and exit code 2."""
+    """Usage mistakes are one line and exit code 2; a mistyped flag gets a suggestion."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"bayes-sws: error: {message} (see `{self.prog} --help`)\n")
+        hint = _did_you_mean(self, message)
+        self.exit(EXIT_USAGE, f"bayes-sws: error: {message}{hint} (see `{self.prog} --help`)\n")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``--flag`` of ``parser`` and of its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:  # argparse has no public walk over its actions
+        found.update(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """``; did you mean --hidden?`` for ``unrecognized arguments: --hiden`` (else ``""``)."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    known = _option_strings(parser)
+    hints = []
+    for token in message.split(":", 1)[1].split():
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{close[0]} for {flag}")
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 def _note(message: str) -> None:

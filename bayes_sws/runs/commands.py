@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import health
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..compress.pipeline import default_anneal_epochs, precision_anneal
 from ..core.likelihoods import Gaussian, Likelihood
@@ -289,6 +290,12 @@ def latest_checkpoint(
     return None, None, messages
 
 
+def _write_losses(run_dir: Path, losses) -> None:
+    """``losses.csv``: ``step,loss`` for every step so far (rewritten at each checkpoint)."""
+    lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(np.asarray(losses).tolist())]
+    atomic_write_text(rundir.safe_path(run_dir, LOSSES_FILE), "\n".join(lines) + "\n")
+
+
 def _first_nonfinite(state: FitState) -> str | None:
     """The name of the first parameter of ``state`` holding NaN or inf, or ``None``."""
     for group in (state.guide_state, state.network_state):
@@ -329,6 +336,8 @@ def _checkpoint_writer(
             lock.verify()
         path = rundir.safe_path(run_dir, CHECKPOINT_DIR, f"step-{state.step:08d}.ckpt")
         write_checkpoint(path, {"state": state.to_dict()}, kind="checkpoint", identity=identity)
+        if identity is not None:  # a run directory: the losses so far, to follow the run live
+            _write_losses(run_dir, state.losses[: state.step])
         for _, old in checkpoint_paths(run_dir)[keep:]:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
@@ -654,6 +663,34 @@ def _fit_with_checkpoints(
     return result, stopped
 
 
+def _compression_health(compressed, summary: dict, data) -> list[health.Finding]:
+    """The health checks of a compressed network (each also issued as a HealthWarning)."""
+    scores = [
+        {"accuracy": summary.get(f"test_accuracy_{when}"), "rmse": summary.get(f"test_rmse_{when}")}
+        for when in ("before", "after")
+    ]
+    findings = health.check_compression(*scores)
+    if data.is_classification:
+        with torch.no_grad():
+            predicted = compressed.stored_net(data.x_test).argmax(-1)
+        findings += health.check_prediction(predicted.numpy(), num_classes=data.num_classes)
+    return findings
+
+
+def _fit_health(result: FitResult, prediction, data, mixture) -> list[health.Finding]:
+    """The health checks of a finished fit (each also issued as a HealthWarning)."""
+    findings = health.check_converged(result.losses)
+    if data.is_classification:
+        findings += health.check_prediction(
+            prediction.argmax(-1).numpy(), num_classes=data.num_classes
+        )
+    weights = torch.cat([p.detach().reshape(-1) for p in result.map_network().parameters()])
+    findings += health.check_mixture(
+        mixture.mu.numpy(), weights.numpy(), zero_component=result.model.prior.zero_component
+    )
+    return findings
+
+
 def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
     from ..zoo.training import train
 
@@ -723,8 +760,8 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
         metrics["pretrained_test_rmse"] = pretrained_metrics["test_rmse"]
     mixture = result.mixture()
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
-    lines = ["step,loss"] + [f"{i},{loss!r}" for i, loss in enumerate(result.losses.tolist())]
-    atomic_write_text(rundir.safe_path(run.dir, LOSSES_FILE), "\n".join(lines) + "\n")
+    metrics["health"] = [f.to_dict() for f in _fit_health(result, prediction, data, mixture)]
+    _write_losses(run.dir, result.losses)
     run.lock.verify()
     # last: its presence marks a complete run
     atomic_write_json(rundir.safe_path(run.dir, METRICS_FILE), metrics)
@@ -834,8 +871,8 @@ def compress_run(
 
 
 def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_units) -> dict:
+    from ..compress import plot_layer_sparsity, plot_weights_before_after
     from ..compress.pipeline import compress_result
-    from ..compress.quantize import plot_layer_sparsity, plot_weights_before_after
 
     result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
     data = _load_data(config)
@@ -858,6 +895,7 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
     summary["merge_threshold"] = merge_threshold
     summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
+    summary["health"] = [f.to_dict() for f in _compression_health(compressed, summary, data)]
     if plots:
         names = result.model.prior_param_names
         before = {n: initial["network_state"][n] for n in names}
@@ -990,10 +1028,8 @@ def _report_metrics(run: _RunContext) -> list[str]:
             f"  status: not finished ({where}); continue with `bayes-sws fit --resume {run.dir}`"
         ]
     metrics = _read_run_json(run, METRICS_FILE, _METRICS_KEYS)
-    lines = [
-        f"  status: complete, {metrics['steps']} steps in {_number(metrics, 'wall_time', '.1f')} s "
-        f"(final loss {_number(metrics, 'final_loss', '.6g')})"
-    ]
+    wall, final = _number(metrics, "wall_time", ".1f"), _number(metrics, "final_loss", ".6g")
+    lines = [f"  status: complete, {metrics['steps']} steps in {wall} s (final loss {final})"]
     if "test_accuracy" in metrics:
         lines.append(
             f"  test accuracy: pretrained {_number(metrics, 'pretrained_test_accuracy', '.2%')}, "

@@ -44,7 +44,7 @@ def clustering_summary(weights: torch.Tensor, mixture: Mixture) -> tuple[np.ndar
     """Share of weights per component (argmax responsibility) and the fraction within 2σ of it."""
     w = weights.detach().reshape(-1).double()
     pi, mu, sigma = (t.detach().double() for t in mixture)
-    owner = penalty.responsibilities(w, pi, mu, sigma).argmax(-1)
+    owner = penalty.assign(w, pi, mu, sigma)
     share = torch.bincount(owner, minlength=len(pi)).double() / len(w)
     within = ((w - mu[owner]).abs() <= 2 * sigma[owner]).double().mean()
     return share.numpy(), float(within)

@@ -19,13 +19,41 @@ from torch import nn
 from .._progress import progress_bar
 from ..validation import check_int, check_real, check_seed
 
-__all__ = ["LOSSES", "TrainResult", "accuracy", "predict", "rmse", "train"]
+__all__ = ["LOSSES", "TrainResult", "accuracy", "predict", "rmse", "steps_per_epoch", "train"]
 
 #: Loss names accepted by :func:`train`; both average over the mini-batch.
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
 
 Hook = Callable[[nn.Module], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
+    r"""Optimiser steps in one epoch: the one definition for :func:`train` and ``fit``.
+
+    .. math::
+
+        \text{steps} = \max\big(1, \lfloor N / \min(B, N) \rfloor\big)
+
+    An epoch is one pass over a fresh permutation of the ``N`` data points cut
+    into full batches of ``B``; the last ``N mod B`` points of the permutation
+    are left out of that epoch (PyTorch's ``DataLoader(drop_last=True)``), so
+    every step sees the same batch size. ``None`` or ``B >= N`` is one full batch.
+    E.g. N = 1,437, B = 128: 11 steps of 128 points, 29 left out each epoch.
+
+    Parameters
+    ----------
+    num_data : int
+        Data points ``N`` (at least 1).
+    batch_size : int or None
+        Points per step ``B``.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    return max(1, num_data // min(batch_size or num_data, num_data))
 
 
 @dataclass(frozen=True)
@@ -37,7 +65,7 @@ class TrainResult:
     losses : list of float
         Mini-batch loss at every optimiser step, in order.
     num_steps : int
-        Number of optimiser steps taken (``num_epochs * ceil(N / batch_size)``).
+        Number of optimiser steps taken (``num_epochs * steps_per_epoch(N, batch_size)``).
     """
 
     losses: list[float]
@@ -132,10 +160,11 @@ def train(
 ) -> TrainResult:
     """Train ``net`` in place with Adam on mini-batches.
 
-    Each epoch visits every example once, in the order of a permutation drawn
-    from a local ``torch.Generator`` seeded with ``seed`` (the global RNG is
-    neither used nor changed), so a run is reproducible from the seed and the
-    network's initial weights. The last batch of an epoch may be smaller.
+    Each epoch cuts a permutation of the examples, drawn from a local
+    ``torch.Generator`` seeded with ``seed`` (the global RNG is neither used
+    nor changed), into :func:`steps_per_epoch` full batches, as ``fit`` does:
+    the last ``N mod batch_size`` examples of that permutation sit the epoch
+    out. A run is reproducible from the seed and the network's initial weights.
 
     Parameters
     ----------
@@ -198,8 +227,8 @@ def train(
 
     num_examples = x.shape[0]
     batch_size = min(batch_size, num_examples)
-    steps_per_epoch = math.ceil(num_examples / batch_size)
-    num_steps = num_epochs * steps_per_epoch
+    per_epoch = steps_per_epoch(num_examples, batch_size)
+    num_steps = num_epochs * per_epoch
     device = _device(net)
     optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -210,7 +239,7 @@ def train(
         with progress_bar(num_steps, desc="train", progress=progress) as bar:
             for epoch in range(num_epochs):
                 order = torch.randperm(num_examples, generator=generator)
-                for start in range(0, num_examples, batch_size):
+                for start in range(0, per_epoch * batch_size, batch_size):
                     index = order[start : start + batch_size]
                     x_batch = x[index].to(device)
                     y_batch = y[index].to(device)

@@ -16,7 +16,7 @@ from bayes_sws.compress.baseline import (
     kmeans_1d_linear_init,
     magnitude_prune_masks,
 )
-from bayes_sws.compress.quantize import finetune_codebook
+from bayes_sws.compress.codebook import finetune_codebook
 from bayes_sws.zoo.training import accuracy, train
 
 WEIGHTS = ("0.weight", "2.weight")

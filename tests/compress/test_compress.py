@@ -11,20 +11,17 @@ import torch
 from scipy import integrate, stats
 from torch import nn
 
-from bayes_sws.compress.quantize import (
+from bayes_sws.compress.coding import (
     entropy_bits,
     huffman_code,
     huffman_code_lengths,
-    layer_kind,
-    merge_components,
-    plot_layer_sparsity,
-    plot_weights_before_after,
-    quantize,
     relative_index_fillers,
-    remove_dead_units,
-    storage_report,
-    stored_network,
 )
+from bayes_sws.compress.params import layer_kind
+from bayes_sws.compress.plots import plot_layer_sparsity, plot_weights_before_after
+from bayes_sws.compress.quantize import merge_components, quantize
+from bayes_sws.compress.storage import storage_report, stored_network
+from bayes_sws.compress.surgery import remove_dead_units
 
 
 def _set(param: torch.Tensor, values) -> None:

@@ -314,7 +314,7 @@ def test_property_one_component_at_zero_is_weight_decay(w, sigma):
 
 
 # --------------------------------------------------------------------------- #
-# The closed-form entry point, the compiled path, validation, memory
+# The closed-form entry point, validation, memory
 # --------------------------------------------------------------------------- #
 
 
@@ -332,88 +332,6 @@ def test_log_prob_and_grad_matches_autograd_oracle():
     assert_close(only_mu.grad_mu, expected[2], rtol=1e-10)
     with pytest.raises(ValueError, match="wrt"):
         mixture_log_prob_and_grad(*tensors, wrt=("tau",))
-
-
-@pytest.fixture
-def eager_compile_stand_in(monkeypatch):
-    """Route the compiled branch through the uncompiled functional chunk (no 10 s compile)."""
-    monkeypatch.setattr(kernel, "_kernel", "torch")  # torch.compile is on the torch path
-    monkeypatch.setattr(kernel, "_compiled_chunk", kernel._chunk_math)
-    monkeypatch.setattr(kernel, "_compile_failed", False)
-    monkeypatch.setattr(kernel, "_compile_mode", "always")
-
-
-@pytest.mark.parametrize("which", [NAMES, ("w",), ("sigma",)])
-def test_compiled_branch_plumbing(eager_compile_stand_in, which):
-    tensors = make_mixture(6, (103,), seed=14)
-    inputs = with_grad(tensors, which)
-    value = mixture_log_prob(*inputs, chunk_size=10)  # ten "compiled" chunks + eager tail
-    value.backward()
-    expected_value, expected = naive_grads(*tensors)
-    assert_close(value, expected_value, rtol=1e-12)
-    for name, tensor, want in zip(NAMES, inputs, expected):
-        if name in which:
-            assert_close(tensor.grad, want, rtol=1e-10, atol=1e-12, msg=name)
-
-
-def test_compile_failure_falls_back_to_eager(monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
-
-    monkeypatch.setattr(kernel, "_kernel", "torch")
-    monkeypatch.setattr(kernel, "_compiled_chunk", broken)
-    monkeypatch.setattr(kernel, "_compile_failed", False)
-    monkeypatch.setattr(kernel, "_compile_mode", "always")
-    tensors = make_mixture(3, (50,), seed=15)
-    with pytest.warns(RuntimeWarning, match="eager"):
-        value = mixture_log_prob(*tensors, chunk_size=10)
-    assert kernel._compile_failed
-    assert_close(value, scipy_log_prob(*tensors), rtol=1e-12)
-
-
-def test_compile_mode_switch(monkeypatch):
-    assert kernel.get_compile_mode() in kernel.COMPILE_MODES
-    monkeypatch.setattr(kernel, "_compile_mode", kernel.get_compile_mode())
-    monkeypatch.setattr(kernel, "_compile_failed", False)
-    cpu = torch.device("cpu")
-    kernel.set_compile_mode("auto")
-    assert kernel.get_compile_mode() == "auto"
-    big = kernel.AUTO_COMPILE_MIN_ELEMENTS
-    assert kernel._use_compiled(big // 16, 16, cpu)
-    assert not kernel._use_compiled(big // 16 - 1, 16, cpu)  # too small to repay compiling
-    assert not kernel._use_compiled(big, 2, torch.device("meta"))  # unmeasured device
-    kernel.set_compile_mode("never")
-    assert not kernel._use_compiled(big, 2, cpu)
-    kernel.set_compile_mode("always")
-    assert kernel._use_compiled(10, 16, cpu)
-    with pytest.raises(ValueError, match="compile mode"):
-        kernel.set_compile_mode("sometimes")
-    monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "0")
-    assert kernel._mode_from_env() == "never"
-    monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "auto")
-    assert kernel._mode_from_env() == "auto"
-    monkeypatch.delenv("BAYES_SWS_KERNEL_COMPILE")
-    assert kernel._mode_from_env() == "auto"
-    monkeypatch.setenv("BAYES_SWS_KERNEL_COMPILE", "bogus")
-    with pytest.warns(RuntimeWarning):
-        assert kernel._mode_from_env() == "auto"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_really_compiled_path_matches_oracle(monkeypatch, dtype):
-    monkeypatch.setattr(kernel, "_kernel", "torch")
-    monkeypatch.setattr(kernel, "_compile_mode", "always")
-    monkeypatch.setattr(kernel, "_compile_failed", False)
-    tensors = make_mixture(4, (1000,), seed=16, dtype=dtype)
-    value, grads = kernel_grads(tensors, chunk_size=256)
-    assert not kernel._compile_failed
-    expected_value, expected = naive_grads(*tensors)
-    rtol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert_close(value, expected_value, rtol=rtol)
-    for name, got, want in zip(NAMES, grads, expected):
-        scale = want.abs().max().item()
-        assert_close(got, want, rtol=100 * rtol, atol=100 * rtol * scale, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -457,7 +375,6 @@ def test_value_validation():
 def test_extra_memory_is_linear_not_n_times_m(monkeypatch, which_kernel):
     """2·10⁶ float32 weights × 64 components: N·M temporaries would be 512 MB."""
     monkeypatch.setattr(kernel, "_kernel", which_kernel)
-    monkeypatch.setattr(kernel, "_compile_mode", "never")  # the eager path; no compiling here
     num_weights, num_components = 2_000_000, 64
     w, pi, mu, sigma = make_mixture(num_components, (num_weights,), seed=17, dtype=torch.float32)
     inputs = with_grad((w, pi, mu, sigma))
@@ -489,7 +406,6 @@ def prior_benchmark(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import prior_kernel
 
-    monkeypatch.setattr(kernel, "_compile_mode", kernel.get_compile_mode())
     monkeypatch.setattr(kernel, "_kernel", kernel.get_kernel())
     return prior_kernel
 
@@ -580,7 +496,6 @@ def which_kernel(request, monkeypatch):
     if request.param == "native" and not HAVE_CC:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setattr(kernel, "_kernel", request.param)
-    monkeypatch.setattr(kernel, "_compile_mode", "never")
     return request.param
 
 

@@ -620,3 +620,18 @@ def test_divergence_rule_against_a_hand_count():
     tiny = FaultPolicy()
     assert not tiny.diverged(1e-3)
     assert tiny.diverged(1e-3 + 1e4 + 1.0)  # the scale is at least 1
+
+
+def test_a_mistyped_flag_gets_a_suggestion(tmp_path, capsys):
+    code, _, err = _cli(["fit", "--out", tmp_path / "r", "--hiden", "8", "--xyzzy", "1"], capsys)
+    _one_error_line(code, err, "unrecognized arguments: --hiden 8 --xyzzy 1")
+    assert "did you mean --hidden for --hiden?" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_losses_csv_follows_the_run_at_each_checkpoint(tmp_path, reference):
+    run = _interrupted(tmp_path / "run", after=4)
+    rows = (run / "losses.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and len(rows) == 1 + 4  # steps 0-3, checkpointed at step 4
+    final = (reference / "losses.csv").read_text().splitlines()
+    assert rows == final[:5]  # the same numbers the finished run records

@@ -39,7 +39,7 @@ def test_training_reduces_loss_and_matches_logistic_regression(digits):
     net = make_net([64, 64, 10])
     result = train(net, digits.x_train, digits.y_train, num_epochs=20, lr=3e-3, batch_size=64)
     assert isinstance(result, TrainResult)
-    steps_per_epoch = math.ceil(digits.num_train / 64)
+    steps_per_epoch = digits.num_train // 64  # full batches only (1,437 // 64 = 22)
     assert result.num_steps == len(result.losses) == 20 * steps_per_epoch
     assert all(isinstance(value, float) for value in result.losses)
     first_epoch = np.mean(result.losses[:steps_per_epoch])
@@ -201,3 +201,28 @@ def test_train_reports_divergence():
     x = torch.tensor([[1.0e30, 1.0e30]])
     with pytest.raises(FloatingPointError, match="lower lr"):
         train(mlp([2, 1]), x, torch.tensor([1.0e30]), loss="mse")
+
+
+def test_an_epoch_is_full_batches_of_a_permutation_as_in_fit():
+    """N = 100, B = 32: by hand 3 steps of 32 distinct points per epoch, 4 left out."""
+    from bayes_sws import infer
+    from bayes_sws.zoo.training import steps_per_epoch
+
+    assert infer.steps_per_epoch is steps_per_epoch  # one definition for fit and train
+    assert steps_per_epoch(1437, 128) == 11
+    assert steps_per_epoch(100, 32) == 3
+    assert steps_per_epoch(100, None) == steps_per_epoch(100, 500) == 1
+    x = torch.randn(100, 2)
+    y = torch.arange(100, dtype=torch.float32)
+    seen = []
+
+    def record(output, target):
+        seen.append(target.clone())
+        return output.sum() * 0.0  # the weights need not move
+
+    result = train(nn.Linear(2, 1), x, y, loss=record, num_epochs=2, batch_size=32)
+    assert result.num_steps == len(seen) == 6
+    assert all(batch.shape == (32,) for batch in seen)
+    for epoch in (seen[:3], seen[3:]):
+        points = torch.cat(epoch)
+        assert points.unique().numel() == 96  # no point twice within an epoch

@@ -1,0 +1,159 @@
+"""Plots of a compressed network: weights before against after, and sparsity per layer.
+
+Figures use :class:`matplotlib.figure.Figure` directly (no pyplot state, safe
+under any backend); matplotlib is imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .storage import StorageReport
+
+__all__ = ["plot_layer_sparsity", "plot_weights_before_after"]
+
+
+def _to_named_arrays(obj: Any, label: str) -> dict[str, np.ndarray]:
+    if isinstance(obj, nn.Module):
+        return {
+            n: p.detach().cpu().numpy().ravel() for n, p in obj.named_parameters() if p.ndim >= 2
+        }
+    if isinstance(obj, Mapping):
+        return {
+            n: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v).ravel()
+            for n, v in obj.items()
+        }
+    if isinstance(obj, torch.Tensor):
+        return {label: obj.detach().cpu().numpy().ravel()}
+    return {label: np.asarray(obj).ravel()}
+
+
+def plot_weights_before_after(
+    before: Any,
+    after: Any,
+    assignments: Any = None,
+    *,
+    max_points: int = 20_000,
+    seed: int = 0,
+    title: str | None = None,
+):
+    """Scatter each weight before against after retraining (Ullrich et al. 2017, Fig. 1).
+
+    Parameters
+    ----------
+    before, after : Tensor, array, dict name -> Tensor, or nn.Module
+        Weights before (e.g. pretrained) and after (retrained or quantised).
+        Dicts are matched by key (the keys of ``before``); a module contributes
+        its parameters with ``ndim >= 2``.
+    assignments : same form as ``after``, optional
+        Component of each weight (e.g. :attr:`QuantizeResult.assignments`),
+        used for the colours; by default each distinct value of ``after`` is
+        one colour class.
+    max_points : int
+        At most this many weights are drawn (a fixed random subset); the
+        marginal histograms use all of them.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Scatter with histograms of ``before`` (top, log counts) and ``after``
+        (right, log counts).
+    """
+    from matplotlib.figure import Figure
+
+    b, a = _to_named_arrays(before, "weights"), _to_named_arrays(after, "weights")
+    missing = [k for k in b if k not in a]
+    if missing:
+        raise ValueError(f"`after` has no weights for {missing}; keys of `after`: {sorted(a)}")
+    x = np.concatenate([b[k] for k in b]).astype(np.float64)
+    y = np.concatenate([a[k] for k in b]).astype(np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"before and after hold {x.size} and {y.size} weights; they must match")
+    if assignments is None:
+        _, classes = np.unique(y, return_inverse=True)
+    else:
+        c = _to_named_arrays(assignments, "weights")
+        missing = [k for k in b if k not in c]
+        if missing:
+            raise ValueError(f"`assignments` has no entries for {missing}; keys: {sorted(c)}")
+        classes = np.concatenate([c[k] for k in b])
+        if classes.shape != x.shape:
+            raise ValueError(f"assignments hold {classes.size} entries for {x.size} weights")
+    classes = np.asarray(classes).astype(np.int64).ravel()
+
+    rng = np.random.default_rng(seed)
+    shown = (
+        rng.choice(x.size, size=max_points, replace=False)
+        if x.size > max_points
+        else np.arange(x.size)
+    )
+
+    fig = Figure(figsize=(6.5, 6.0), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(4, 1), height_ratios=(1, 4))
+    ax = fig.add_subplot(grid[1, 0])
+    ax_top = fig.add_subplot(grid[0, 0], sharex=ax)
+    ax_right = fig.add_subplot(grid[1, 1], sharey=ax)
+    ax.scatter(
+        x[shown],
+        y[shown],
+        c=classes[shown] % 20,
+        cmap="tab20",
+        vmin=0,
+        vmax=19,
+        s=4,
+        alpha=0.6,
+        linewidths=0,
+    )
+    ax.axhline(0.0, color="0.6", lw=0.5, zorder=0)
+    ax.set_xlabel("weight before")
+    ax.set_ylabel("weight after")
+    bins = 100
+    ax_top.hist(x, bins=bins, color="0.4", log=True)
+    ax_right.hist(y, bins=bins, color="0.4", log=True, orientation="horizontal")
+    ax_top.tick_params(labelbottom=False)
+    ax_right.tick_params(labelleft=False)
+    ax_top.set_ylabel("count")
+    ax_right.set_xlabel("count")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_layer_sparsity(report: StorageReport, *, title: str | None = None):
+    """Bar chart of the non-zero share of each compressed layer.
+
+    Each bar is annotated with the layer's compression rate; the figure title
+    carries the totals.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    names = [r.name for r in report.layers]
+    shares = [100.0 * r.nonzero_fraction for r in report.layers]
+    fig = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(names)), shares, color="tab:blue")
+    for bar, row in zip(bars, report.layers, strict=True):
+        ax.annotate(
+            f"{row.compression_rate:.0f}×",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("non-zero weights (%)")
+    ax.set_ylim(0, max([*shares, 1.0]) * 1.15)
+    totals = (
+        f"{100 * report.nonzero_fraction:.2f}% non-zero, compression {report.compression_rate:.1f}×"
+    )
+    fig.suptitle(title or totals)
+    return fig

@@ -1,0 +1,534 @@
+"""Storage accounting: the bits to store a pruned, weight-shared network.
+
+:func:`storage_report` counts the bits of any network the way Han, Mao & Dally
+(ICLR 2016, "Deep Compression") do and Ullrich et al. (2017) report: per layer,
+sparse storage with fixed-width relative indices (5 bits for dense layers, 8 for
+convolutions, with filler entries for gaps that do not fit; row by row or column
+by column, whichever is smaller), cluster indices under a real Huffman code
+(:mod:`.coding`, with the entropy bound beside it), a 32-bit codebook per layer
+and biases at 32 bits. See :func:`storage_report` for the exact rules.
+
+:func:`stored_network` counts the network as stored, optionally after
+:func:`bayes_sws.compress.surgery.remove_dead_units`, against the full one's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .coding import entropy_bits, huffman_bits, relative_index_fillers
+from .params import check_param_names, layer_kind, owner_module
+from .surgery import remove_dead_units
+
+__all__ = [
+    "BITS_PER_FLOAT",
+    "DEFAULT_INDEX_BITS",
+    "LayerStorage",
+    "StorageReport",
+    "storage_report",
+    "stored_network",
+]
+
+
+#: Bits of one uncompressed parameter, one codebook entry, one bias.
+BITS_PER_FLOAT = 32
+#: Relative-index width by layer kind (Han et al. 2016, Sec. 3; Ullrich et al. 2017, App.).
+DEFAULT_INDEX_BITS: dict[str, int] = {"dense": 5, "conv": 8}
+
+
+@dataclass(frozen=True)
+class LayerStorage:
+    """Storage of one compressed parameter tensor (one row of a :class:`StorageReport`).
+
+    Attributes
+    ----------
+    name, module : str
+        Parameter name (``"fc1.weight"``) and the name of its module (``"fc1"``).
+    kind : {"dense", "conv"}
+        Layer kind (:func:`layer_kind`), which sets the default ``index_bits``.
+    shape : tuple of int
+    num_params, num_nonzero : int
+        Entries of the tensor (of the reference's tensor, before
+        :func:`remove_dead_units`, when :func:`storage_report` had one), and how
+        many are non-zero.
+    nonzero_fraction : float
+        ``num_nonzero / num_params``.
+    num_distinct : int
+        Distinct non-zero values (the codebook size).
+    storage_format : {"sparse", "full", "raw"}
+        The cheapest layout (see :func:`storage_report`).
+    order : {"row", "column"}
+        Traversal order of the sparse layout: ``"row"`` runs along the rows of
+        the tensor viewed as ``(shape[0], -1)`` (CSR), ``"column"`` along its
+        columns (CSC). Always ``"row"`` for the full and raw layouts.
+    index_bits : int
+        Width of one relative index.
+    num_fillers, num_stored : int
+        Filler zeros added, and entries stored (sparse: non-zeros + fillers;
+        full and raw: all entries).
+    relative_index_bits, cluster_index_bits, codebook_bits, raw_bits : int
+        Bits of the relative indices, the Huffman-coded cluster indices, the
+        codebook (32 per distinct non-zero value) and, for the raw layout only,
+        the 32-bit values. Zero where the layout has no such part.
+    entropy_bits : float
+        Entropy bound for the cluster indices of the same layout.
+    weight_bits : int
+        Sum of the four parts above.
+    num_bias, bias_bits : int
+        Parameters of the same module not compressed (the bias, typically),
+        stored at 32 bits each.
+    total_bits : int
+        ``weight_bits + bias_bits``.
+    total_bits_entropy : float
+        ``total_bits`` with the cluster indices at their entropy bound.
+    original_bits : int
+        ``32 * (num_params + num_bias)``.
+    compression_rate, compression_rate_entropy : float
+        ``original_bits / total_bits`` (resp. ``/ total_bits_entropy``).
+    sparse_bits, full_bits : int
+        Weight bits of the two coded layouts, for comparison (raw is ``32 * num_params``).
+    """
+
+    name: str
+    module: str
+    kind: str
+    shape: tuple[int, ...]
+    num_params: int
+    num_nonzero: int
+    nonzero_fraction: float
+    num_distinct: int
+    storage_format: str
+    order: str
+    index_bits: int
+    num_fillers: int
+    num_stored: int
+    relative_index_bits: int
+    cluster_index_bits: int
+    entropy_bits: float
+    codebook_bits: int
+    raw_bits: int
+    weight_bits: int
+    num_bias: int
+    bias_bits: int
+    total_bits: int
+    total_bits_entropy: float
+    original_bits: int
+    compression_rate: float
+    compression_rate_entropy: float
+    sparse_bits: int
+    full_bits: int
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """Storage of a whole network (returned by :func:`storage_report`).
+
+    Attributes
+    ----------
+    layers : tuple of LayerStorage
+        One row per compressed parameter tensor, in ``named_parameters`` order.
+    num_params : int
+        All parameters of the network (of the reference network, if given),
+        biases included.
+    num_compressed_params, num_nonzero : int
+        Entries of the compressed tensors, and their non-zeros.
+    nonzero_fraction : float
+        ``num_nonzero / num_compressed_params`` (Ullrich et al.'s ``|W≠0|/|W|``).
+    bias_bits : int
+        Bits of the uncompressed parameters attributed to a row (their module has a
+        compressed tensor).
+    other_params, other_bits : int
+        Uncompressed parameters of modules without a compressed tensor (32 bits each).
+    total_bits, total_bits_entropy : int, float
+        Sum over rows plus ``other_bits``.
+    original_bits : int
+        ``32 * num_params``.
+    compression_rate, compression_rate_entropy : float
+        ``original_bits / total_bits`` (resp. ``/ total_bits_entropy``).
+    """
+
+    layers: tuple[LayerStorage, ...]
+    num_params: int
+    num_compressed_params: int
+    num_nonzero: int
+    nonzero_fraction: float
+    bias_bits: int
+    other_params: int
+    other_bits: int
+    total_bits: int
+    total_bits_entropy: float
+    original_bits: int
+    compression_rate: float
+    compression_rate_entropy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (rows under ``"layers"``)."""
+        out = asdict(self)
+        out["layers"] = [asdict(layer) for layer in self.layers]
+        for layer in out["layers"]:
+            layer["shape"] = list(layer["shape"])
+        return out
+
+    def format_table(self) -> str:
+        """A Markdown table: one row per layer and a total."""
+        lines = [
+            (
+                "| layer | kind | params | non-zero % | distinct | format | index | Huffman "
+                "| codebook | bias | total bits | rate |"
+            ),
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in self.layers:
+            lines.append(
+                f"| {r.name} | {r.kind} | {r.num_params} | {100 * r.nonzero_fraction:.2f} | "
+                f"{r.num_distinct} | {r.storage_format}{' by column' if r.order == 'column' else ''} | "
+                f"{r.relative_index_bits} | "
+                f"{r.cluster_index_bits} | {r.codebook_bits} | {r.bias_bits} | {r.total_bits} | "
+                f"{r.compression_rate:.1f} |"
+            )
+        lines.append(
+            f"| **total** | | {self.num_params} | {100 * self.nonzero_fraction:.2f} | | | | | | "
+            f"{self.bias_bits + self.other_bits} | {self.total_bits} "
+            f"| {self.compression_rate:.1f} |"
+        )
+        return "\n".join(lines)
+
+
+class _Layout(NamedTuple):
+    """One way of storing a tensor's weights, and its bits by part (see :class:`LayerStorage`)."""
+
+    storage_format: str  # "sparse", "full" or "raw"
+    order: str  # "row" or "column"
+    weight_bits: int  # relative_index_bits + cluster_index_bits + codebook_bits + raw_bits
+    relative_index_bits: int
+    cluster_index_bits: int
+    entropy_bits: float  # the entropy bound in place of cluster_index_bits
+    codebook_bits: int
+    raw_bits: int
+    num_fillers: int
+    num_stored: int
+
+
+def _sparse_layout(
+    matrix: np.ndarray, order: str, value_counts: np.ndarray, index_bits: int, codebook_bits: int
+) -> _Layout:
+    """Sparse layout of ``matrix`` traversed in ``order`` (relative indices, fillers)."""
+    flat = (matrix if order == "row" else matrix.T).reshape(-1)
+    positions = np.flatnonzero(flat)
+    # (relative index, cluster index) per non-zero and per filler zero
+    num_fillers = relative_index_fillers(positions, index_bits)
+    symbols = np.append(value_counts, num_fillers)
+    huffman = huffman_bits(symbols)
+    num_stored = int(positions.size) + num_fillers
+    index = index_bits * num_stored
+    return _Layout(
+        storage_format="sparse",
+        order=order,
+        weight_bits=index + huffman + codebook_bits,
+        relative_index_bits=index,
+        cluster_index_bits=huffman,
+        entropy_bits=entropy_bits(symbols),
+        codebook_bits=codebook_bits,
+        raw_bits=0,
+        num_fillers=num_fillers,
+        num_stored=num_stored,
+    )
+
+
+def _full_layout(value_counts: np.ndarray, num_entries: int, codebook_bits: int) -> _Layout:
+    """Full layout: one cluster index per entry, zero as its own symbol; no positions."""
+    symbols = np.append(value_counts, num_entries - int(value_counts.sum()))
+    huffman = huffman_bits(symbols)
+    return _Layout(
+        storage_format="full",
+        order="row",
+        weight_bits=huffman + codebook_bits,
+        relative_index_bits=0,
+        cluster_index_bits=huffman,
+        entropy_bits=entropy_bits(symbols),
+        codebook_bits=codebook_bits,
+        raw_bits=0,
+        num_fillers=0,
+        num_stored=num_entries,
+    )
+
+
+def _raw_layout(num_entries: int) -> _Layout:
+    """Raw layout: every entry at 32 bits (an unquantised tensor)."""
+    raw_bits = BITS_PER_FLOAT * num_entries
+    return _Layout("raw", "row", raw_bits, 0, 0, 0.0, 0, raw_bits, 0, num_entries)
+
+
+def _layer_storage(
+    name: str,
+    tensor: torch.Tensor,
+    *,
+    kind: str,
+    index_bits: int,
+    orders: Sequence[str],
+    num_bias: int,
+    num_params: int,
+    num_original_bias: int,
+) -> LayerStorage:
+    """One row of :func:`storage_report`: the cheapest layout of ``tensor``.
+
+    ``num_params`` and ``num_original_bias`` are the sizes before
+    :func:`remove_dead_units`: what the rate and the non-zero fraction refer to.
+    """
+    array = tensor.detach().cpu().numpy()
+    matrix = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    flat = matrix.reshape(-1)
+    if not np.all(np.isfinite(flat)):
+        raise ValueError(f"parameter {name!r} has non-finite values")
+    nonzero = flat[flat != 0]
+    values, value_counts = np.unique(nonzero, return_counts=True)
+    codebook_bits = BITS_PER_FLOAT * int(values.size)
+    # sparse: the cheaper traversal order; ties go to the first (row)
+    sparse = min(
+        (_sparse_layout(matrix, o, value_counts, index_bits, codebook_bits) for o in orders),
+        key=lambda layout: layout.weight_bits,
+    )
+    full = _full_layout(value_counts, int(flat.size), codebook_bits)
+    # cheapest layout; ties go to the first (sparse, then full)
+    best = min((sparse, full, _raw_layout(int(flat.size))), key=lambda layout: layout.weight_bits)
+    bias_bits = BITS_PER_FLOAT * num_bias
+    total_bits = best.weight_bits + bias_bits
+    total_bits_entropy = (
+        best.relative_index_bits
+        + best.entropy_bits
+        + best.codebook_bits
+        + best.raw_bits
+        + bias_bits
+    )
+    original_bits = BITS_PER_FLOAT * (num_params + num_original_bias)
+    num_nonzero = int(nonzero.size)
+    return LayerStorage(
+        name=name,
+        module=owner_module(name),
+        kind=kind,
+        shape=tuple(tensor.shape),
+        num_params=num_params,
+        num_nonzero=num_nonzero,
+        nonzero_fraction=num_nonzero / num_params if num_params else 0.0,
+        num_distinct=int(values.size),
+        storage_format=best.storage_format,
+        order=best.order,
+        index_bits=int(index_bits),
+        num_fillers=best.num_fillers,
+        num_stored=best.num_stored,
+        relative_index_bits=best.relative_index_bits,
+        cluster_index_bits=best.cluster_index_bits,
+        entropy_bits=best.entropy_bits,
+        codebook_bits=best.codebook_bits,
+        raw_bits=best.raw_bits,
+        weight_bits=best.weight_bits,
+        num_bias=num_bias,
+        bias_bits=bias_bits,
+        total_bits=total_bits,
+        total_bits_entropy=total_bits_entropy,
+        original_bits=original_bits,
+        compression_rate=_rate(original_bits, total_bits),
+        compression_rate_entropy=_rate(original_bits, total_bits_entropy),
+        sparse_bits=sparse.weight_bits,
+        full_bits=full.weight_bits,
+    )
+
+
+_STORAGE_ORDERS: dict[str, tuple[str, ...]] = {
+    "best": ("row", "column"),
+    "row": ("row",),
+    "column": ("column",),
+}
+
+
+def _uncompressed_counts(
+    params: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> tuple[dict[str, int], int]:
+    """Parameters stored at 32 bits: per compressed row (the rest of its module), and others."""
+    name_set = set(names)
+    first_row_of_module: dict[str, str] = {}
+    for name in params:  # named_parameters order, so the weight (defined first) owns the bias
+        if name in name_set:
+            first_row_of_module.setdefault(owner_module(name), name)
+    num_bias = {name: 0 for name in names}
+    other_params = 0
+    for name, p in params.items():
+        if name in name_set:
+            continue
+        row = first_row_of_module.get(owner_module(name))
+        if row is None:
+            other_params += p.numel()
+        else:
+            num_bias[row] += p.numel()
+    return num_bias, other_params
+
+
+def _check_index_bits(index_bits: int | Mapping[str, int] | None, names: Sequence[str]) -> None:
+    if (
+        index_bits is not None
+        and not isinstance(index_bits, Mapping)
+        and (int(index_bits) != index_bits or index_bits < 1)
+    ):
+        raise ValueError(f"index_bits must be a positive integer; got {index_bits!r}")
+    if isinstance(index_bits, Mapping):
+        unknown = sorted(set(index_bits) - set(names))
+        if unknown:
+            raise ValueError(f"index_bits names {unknown} are not compressed parameters {names}")
+
+
+def _row_index_bits(index_bits: int | Mapping[str, int] | None, name: str, kind: str) -> int:
+    """Relative-index width of row ``name``: given, per name, or by layer kind."""
+    if index_bits is None:
+        return DEFAULT_INDEX_BITS[kind]
+    if isinstance(index_bits, Mapping):
+        return int(index_bits.get(name, DEFAULT_INDEX_BITS[kind]))
+    return int(index_bits)
+
+
+def _rate(original_bits: int, bits: float) -> float:
+    """Compression rate: the 32-bit dense size over the compressed size."""
+    return original_bits / bits if bits else math.inf
+
+
+def storage_report(
+    net: nn.Module,
+    *,
+    param_names: Sequence[str] | None = None,
+    index_bits: int | Mapping[str, int] | None = None,
+    order: Literal["best", "row", "column"] = "best",
+    reference: nn.Module | None = None,
+) -> StorageReport:
+    """Count the bits to store ``net`` after pruning and weight sharing.
+
+    Rules (Han, Mao & Dally 2016; as reported by Ullrich et al. 2017):
+
+    * Every tensor in ``param_names`` (default :func:`default_param_names`) is one
+      row of the report, viewed as a matrix ``(shape[0], -1)`` (output units by
+      inputs). Its codebook holds its distinct non-zero values at 32 bits each;
+      zero is implicit (cluster index "zero").
+    * **sparse** layout (CSR- or CSC-style over the flattened matrix, no row
+      pointers), traversed row by row (``order="row"``: each output unit's
+      inputs, the row-major order of the tensor) or column by column
+      (``"column"``: each input's output units, the layout of Han et al.'s EIE
+      accelerator); ``"best"`` (default) takes the cheaper per tensor:
+      each non-zero stores a relative index of ``index_bits`` bits, the number of
+      zeros skipped since the previous stored entry, at most
+      ``2**index_bits - 1``; a longer run of zeros adds filler entries (stored
+      zeros, :func:`relative_index_fillers`), and every stored entry, filler or
+      not, costs an index *and* a cluster index. Cluster indices are
+      Huffman-coded (:func:`huffman_code`) over the stored entries' symbols,
+      fillers counting as the zero symbol. Trailing zeros cost nothing.
+    * **full** layout: a Huffman-coded cluster index for every entry (zeros as
+      one more symbol) and the codebook; no indices.
+    * **raw** layout: 32 bits per entry (an unquantised tensor).
+    * The row uses the cheapest of the three; a quantised sparse layer is sparse,
+      a quantised layer with few zeros is full, an unquantised one is raw. (At
+      about 20 % non-zeros and a handful of shared values the full layout already
+      rivals 5-bit relative indices: a zero costs one Huffman bit there.)
+    * ``index_bits``: ``None`` uses 8 for convolutions and 5 for dense layers
+      (:func:`layer_kind`); an int applies to every row; a mapping from parameter
+      name gives per-row widths (missing names use the default).
+    * Parameters not in ``param_names`` are stored at 32 bits: in the row of the
+      compressed tensor of the same module (``bias_bits``) or, for modules with
+      none, in ``other_bits``. Buffers (e.g. batch-norm statistics) are not counted.
+    * Compression rate = 32 × (all parameters, biases included) ÷ total bits.
+      The few bits a decoder needs to tell the layout, order and shape of each
+      tensor are not counted (nor are they by Han et al.).
+    * ``reference``: the network ``net`` was made from by
+      :func:`remove_dead_units` (same parameter names, larger shapes). Its
+      sizes are the uncompressed ones: ``original_bits``, ``num_params`` and the
+      non-zero fractions refer to it, so rates stay comparable.
+
+    Example: a dense 1×40 weight with non-zeros ``a`` at positions 0 and 35 and
+    ``b`` at 39, 5-bit indices: skips 0, 34, 3, so one filler (34 ≥ 32) and 4
+    stored entries: 20 index bits; symbols a:2, zero:1, b:1 give Huffman lengths
+    1, 2, 2 = 6 bits; codebook 64 bits; 90 bits for the weight.
+    """
+    names = check_param_names(net, param_names)
+    orders = _STORAGE_ORDERS.get(order)
+    if orders is None:
+        raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
+    _check_index_bits(index_bits, names)
+    params = dict(net.named_parameters())
+    num_bias, other_params = _uncompressed_counts(params, names)
+    # the uncompressed sizes: of the reference (the network before remove_dead_units), or net's
+    ref_params = params if reference is None else dict(reference.named_parameters())
+    if list(ref_params) != list(params):
+        raise ValueError(
+            "reference must have the same parameter names as net (the network "
+            f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
+        )
+    ref_bias = num_bias if reference is None else _uncompressed_counts(ref_params, names)[0]
+    num_params = sum(p.numel() for p in ref_params.values())
+
+    name_set = set(names)
+    layers = []
+    for name, param in params.items():
+        if name not in name_set:
+            continue
+        kind = layer_kind(net, name)
+        layers.append(
+            _layer_storage(
+                name,
+                param,
+                kind=kind,
+                index_bits=_row_index_bits(index_bits, name, kind),
+                orders=orders,
+                num_bias=num_bias[name],
+                num_params=ref_params[name].numel(),
+                num_original_bias=ref_bias[name],
+            )
+        )
+
+    num_compressed = sum(r.num_params for r in layers)
+    num_nonzero = sum(r.num_nonzero for r in layers)
+    other_bits = BITS_PER_FLOAT * other_params
+    total_bits = sum(r.total_bits for r in layers) + other_bits
+    total_bits_entropy = sum(r.total_bits_entropy for r in layers) + other_bits
+    original_bits = BITS_PER_FLOAT * num_params
+    return StorageReport(
+        layers=tuple(layers),
+        num_params=num_params,
+        num_compressed_params=num_compressed,
+        num_nonzero=num_nonzero,
+        nonzero_fraction=num_nonzero / num_compressed if num_compressed else 0.0,
+        bias_bits=sum(r.bias_bits for r in layers),
+        other_params=other_params,
+        other_bits=other_bits,
+        total_bits=total_bits,
+        total_bits_entropy=total_bits_entropy,
+        original_bits=original_bits,
+        compression_rate=_rate(original_bits, total_bits),
+        compression_rate_entropy=_rate(original_bits, total_bits_entropy),
+    )
+
+
+def stored_network(
+    net: nn.Module,
+    *,
+    param_names: Sequence[str] | None = None,
+    index_bits: int | Mapping[str, int] | None = None,
+    remove_dead: bool = False,
+) -> tuple[nn.Module, StorageReport]:
+    """The network as it would be stored, and its :func:`storage_report`.
+
+    With ``remove_dead=True`` that is :func:`remove_dead_units`'s smaller
+    network, counted against ``net``'s sizes (``reference=net``); otherwise
+    ``net`` itself. The one place both soft weight-sharing's pipeline and the
+    Deep Compression baseline count their bits, so they stay comparable.
+    """
+    stored = remove_dead_units(net).net if remove_dead else net
+    report = storage_report(
+        stored,
+        param_names=param_names,
+        index_bits=index_bits,
+        reference=net if remove_dead else None,
+    )
+    return stored, report

@@ -1,0 +1,241 @@
+"""Network surgery: remove the hidden units a pruned network no longer uses.
+
+An exact, function-preserving clean-up (:func:`remove_dead_units`): a unit nobody
+reads goes, and a unit with no inputs left has its constant output folded into the
+next layer's bias first. :func:`bayes_sws.compress.storage.stored_network` counts
+the smaller network against the full one's size.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..zoo.nets import ACTIVATIONS
+
+__all__ = ["DeadUnitRemoval", "remove_dead_units"]
+
+
+#: Parameter-free element-wise modules a dead unit's constant output passes through: the
+#: activations :func:`bayes_sws.zoo.nets.mlp` builds, and a few more.
+_ELEMENTWISE = (*ACTIVATIONS.values(), nn.ReLU6, nn.Hardtanh, nn.Identity)
+
+
+@dataclass(frozen=True)
+class DeadUnitRemoval:
+    """What :func:`remove_dead_units` returns.
+
+    Attributes
+    ----------
+    net : nn.Sequential
+        The smaller network; it computes the same function (up to float rounding
+        of the folded biases) and keeps the parameter names of the original.
+    kept : dict of str to torch.Tensor
+        Per producing module (``"0"``), the indices of the output units kept.
+    removed : dict of str to int
+        Per producing module, how many output units were removed.
+    """
+
+    net: nn.Sequential
+    kept: dict[str, torch.Tensor]
+    removed: dict[str, int]
+
+    @property
+    def num_removed(self) -> int:
+        return sum(self.removed.values())
+
+
+@dataclass
+class _UnitPair:
+    """A module whose output units feed the next weighted module, through ``chain``."""
+
+    name: str
+    producer: nn.Linear | nn.Conv2d
+    chain: list[nn.Module]
+    consumer: nn.Linear | nn.Conv2d
+    block: int  # consumer input columns per producer unit (> 1 after a Flatten)
+
+    def consumer_weights(self) -> torch.Tensor:
+        """Consumer weights grouped by producer unit: (units, consumer outputs, rest)."""
+        w = self.consumer.weight
+        units = self.producer.weight.shape[0]
+        if isinstance(self.consumer, nn.Linear):
+            return w.reshape(w.shape[0], units, self.block).transpose(0, 1)
+        return w.transpose(0, 1).reshape(units, w.shape[0], -1)
+
+    def consumer_columns(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along the consumer weight's second axis read from these producer units."""
+        if isinstance(self.consumer, nn.Linear):
+            block = torch.arange(self.block, device=units.device)
+            return (units[:, None] * self.block + block).reshape(-1)
+        return units
+
+    def can_fold(self) -> bool:
+        """A constant input map stays constant through the consumer (no zero padding)."""
+        if self.consumer.bias is None:
+            return False
+        return isinstance(self.consumer, nn.Linear) or all(
+            p == 0 for p in _as_tuple(self.consumer.padding)
+        )
+
+    def constant_outputs(self) -> torch.Tensor:
+        """Each unit's output when all its weights are zero: the chain applied to its bias."""
+        bias = self.producer.bias
+        x = (
+            self.producer.weight.new_zeros(self.producer.weight.shape[0])
+            if bias is None
+            else bias.detach().clone()
+        )
+        x = x.reshape(1, -1)
+        for module in self.chain:
+            if isinstance(module, _ELEMENTWISE):
+                x = module(x)
+        return x.reshape(-1)
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
+
+
+def _unit_pairs(net: nn.Sequential) -> list[_UnitPair]:
+    modules = list(net.named_children())
+    pairs = []
+    for i, (name, producer) in enumerate(modules):
+        if not isinstance(producer, nn.Linear | nn.Conv2d):
+            continue
+        if isinstance(producer, nn.Conv2d) and producer.groups != 1:
+            continue
+        chain: list[nn.Module] = []
+        flatten = False
+        for _, module in modules[i + 1 :]:
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                if isinstance(module, nn.Conv2d) and (
+                    module.groups != 1 or isinstance(producer, nn.Linear) or flatten
+                ):
+                    break
+                if (
+                    isinstance(module, nn.Linear)
+                    and isinstance(producer, nn.Conv2d)
+                    and not flatten
+                ):
+                    break
+                units = producer.weight.shape[0]
+                fan_in = module.weight.shape[1]
+                block = fan_in // units if flatten else 1
+                if block * units == fan_in:
+                    pairs.append(_UnitPair(name, producer, chain, module, block))
+                break
+            if isinstance(module, _ELEMENTWISE):
+                chain.append(module)
+            elif isinstance(module, nn.MaxPool2d) and isinstance(producer, nn.Conv2d):
+                chain.append(module)  # the max of a constant map is that constant
+            elif (
+                isinstance(module, nn.AvgPool2d)
+                and isinstance(producer, nn.Conv2d)
+                and all(p == 0 for p in _as_tuple(module.padding))
+            ):
+                chain.append(module)
+            elif (
+                isinstance(module, nn.Flatten)
+                and isinstance(producer, nn.Conv2d)
+                and module.start_dim == 1
+                and module.end_dim == -1
+                and not flatten
+            ):
+                flatten = True
+                chain.append(module)
+            else:
+                break  # anything else (normalisation, dropout, ...) ends the search
+    return pairs
+
+
+def _keep_units(pair: _UnitPair, keep: torch.Tensor) -> None:
+    """Drop the producer's output units not in ``keep`` and the consumer's matching inputs."""
+    producer, consumer = pair.producer, pair.consumer
+    producer.weight = nn.Parameter(producer.weight.detach()[keep].clone())
+    if producer.bias is not None:
+        producer.bias = nn.Parameter(producer.bias.detach()[keep].clone())
+    columns = pair.consumer_columns(keep)
+    consumer.weight = nn.Parameter(consumer.weight.detach()[:, columns].clone())
+    if isinstance(consumer, nn.Linear):
+        consumer.in_features = int(columns.numel())
+    else:
+        consumer.in_channels = int(keep.numel())
+    if isinstance(producer, nn.Linear):
+        producer.out_features = int(keep.numel())
+    else:
+        producer.out_channels = int(keep.numel())
+
+
+def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
+    """Remove hidden units a pruned network no longer uses; the function stays the same.
+
+    In a :class:`torch.nn.Sequential` of ``Linear``/``Conv2d`` layers joined by
+    element-wise activations (and, between convolutions, pooling or a
+    ``Flatten`` before a dense layer), a hidden unit is **dead**
+
+    * when every weight reading it in the next layer is zero: its output is
+      never used, so the unit (its weights and bias) goes; or
+    * when all of its own weights are zero: its output is the constant
+      ``activation(bias)``, which is added to the next layer's bias (exact
+      for a dense next layer or an unpadded convolution), after which the unit
+      is unused and goes.
+
+    Removing units can kill others, so the rules repeat until nothing changes; at
+    least one unit per layer is kept. Pruning by soft weight-sharing leaves many
+    such units (whole rows of the first dense layer), which cost filler entries
+    in the sparse layout; this is the structured clean-up a user would apply
+    before deployment. Count the smaller network's bits with
+    ``storage_report(removal.net, reference=net)`` so its rate is still relative
+    to the original network.
+
+    Parameters
+    ----------
+    net : nn.Sequential
+        A (pruned) network; it is deep-copied, never modified.
+    """
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(
+            f"remove_dead_units needs an nn.Sequential network, got {type(net).__name__}"
+        )
+    out = copy.deepcopy(net)
+    pairs = _unit_pairs(out)
+    kept = {pair.name: torch.arange(pair.producer.weight.shape[0]) for pair in pairs}
+    changed = True
+    with torch.no_grad():
+        while changed:
+            changed = False
+            for pair in pairs:
+                reads = pair.consumer_weights()  # units, consumer outputs, rest
+                units = reads.shape[0]
+                unused = (reads == 0).flatten(1).all(1)
+                no_inputs = (pair.producer.weight == 0).reshape(units, -1).all(1)
+                fold = no_inputs & ~unused
+                if fold.any() and pair.can_fold():
+                    constant = pair.constant_outputs()
+                    shift = (reads.sum(-1) * constant[:, None])[fold].sum(0)
+                    pair.consumer.bias += shift.to(pair.consumer.bias.dtype)
+                    pair.consumer.weight[
+                        :, pair.consumer_columns(torch.nonzero(fold).reshape(-1))
+                    ] = 0.0
+                    unused = unused | fold
+                keep = torch.nonzero(~unused).reshape(-1)
+                if keep.numel() == 0:
+                    keep = torch.zeros(1, dtype=torch.long, device=unused.device)
+                if keep.numel() < units:
+                    _keep_units(pair, keep)
+                    kept[pair.name] = kept[pair.name][keep.cpu()]
+                    changed = True
+    return DeadUnitRemoval(
+        net=out,
+        kept=kept,
+        removed={
+            pair.name: int(dict(net.named_children())[pair.name].weight.shape[0])
+            - int(kept[pair.name].numel())
+            for pair in pairs
+        },
+    )

@@ -1,0 +1,109 @@
+"""Health checks speak up on useless results and stay quiet on healthy ones.
+
+Oracles: synthetic loss curves whose trend is known by construction, hand counts
+of predicted classes, and the issue's silent cases reproduced end to end.
+"""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import bayes_sws as sws
+from bayes_sws import health
+from bayes_sws.runs import cli
+from bayes_sws.runs import commands as runs
+
+
+def _curve(kind, n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n)
+    base = {
+        "falling line": 2000.0 - 1.0 * steps,  # still falling 10 % over the last 200 steps
+        "plateau": 1000.0 + 0.0 * steps,
+        "converged decay": 1000.0 + 4000.0 * np.exp(-steps / 50.0),
+    }[kind]
+    return base + rng.normal(scale=20.0, size=n)
+
+
+@pytest.mark.parametrize(
+    ("kind", "flagged"), [("falling line", True), ("plateau", False), ("converged decay", False)]
+)
+def test_convergence_trend_test(kind, flagged):
+    findings = health.check_converged(_curve(kind), warn=False)
+    assert bool(findings) is flagged
+    if flagged:
+        assert "has not converged" in findings[0].message
+
+
+def test_short_runs_are_not_judged():
+    assert health.check_converged(np.linspace(100, 1, 79), warn=False) == []
+    assert health.check_converged(np.linspace(100, 1, 80), warn=False)
+
+
+def test_majority_class_against_a_hand_count():
+    labels = np.array([3] * 99 + [1])
+    (finding,) = health.check_prediction(labels, warn=False)
+    assert "class 3 for 99.0 %" in finding.message
+    assert health.check_prediction(np.array([3] * 98 + [1, 2]), warn=False) == []
+
+
+def test_collapsed_means_and_healthy_means():
+    weights = np.random.default_rng(0).normal(scale=0.1, size=1000)
+    assert health.check_mixture([0.0, 1e-4, -2e-4], weights, warn=False)
+    assert health.check_mixture([0.0, 1e-4, 0.05], weights, warn=False) == []
+
+
+def test_compression_thresholds_are_stated_and_configurable():
+    before, after = {"accuracy": 0.90}, {"accuracy": 0.84}
+    (finding,) = health.check_compression(before, after, warn=False)
+    assert "lost 6.0 accuracy points" in finding.message and "more than 5" in finding.message
+    assert health.check_compression(before, after, accuracy_drop=0.1, warn=False) == []
+    assert health.check_compression({"rmse": 1.0}, {"rmse": 1.3}, warn=False)
+    assert health.check_compression({"rmse": 1.0}, {"rmse": 1.2}, warn=False) == []
+
+
+def test_nuts_divergences_tree_depth_rhat_and_ess():
+    stats = {
+        "diverging": np.array([[False, True], [False, False]]),
+        "tree_depth": np.full((2, 2), 10),
+    }
+    findings = health.check_nuts(
+        stats, max_tree_depth=10, r_hat={"mu": 1.97}, ess_bulk={"mu": 12.0}, warn=False
+    )
+    text = " | ".join(f.message for f in findings)
+    assert "1 of 4 NUTS transitions diverged" in text
+    assert "100 % of NUTS transitions hit the maximum tree depth 10" in text
+    assert "worst mu: 1.97" in text and "lowest mu: 12" in text
+    calm = {"diverging": np.zeros((2, 2), bool), "tree_depth": np.full((2, 2), 3)}
+    assert health.check_nuts(calm, max_tree_depth=10, r_hat={"mu": 1.0}, warn=False) == []
+
+
+def test_findings_are_warnings_users_can_filter():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        health.check_prediction(np.zeros(10))
+    assert [w.category for w in caught] == [sws.HealthWarning]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sws.HealthWarning)
+        with pytest.raises(sws.HealthWarning):
+            health.check_prediction(np.zeros(10))
+
+
+def test_a_useless_compressed_network_is_flagged_at_the_cli(tmp_path, capsys):
+    # 60 steps from random weights: the compressed net falls to one class (issue 17's
+    # breast-cancer case: "352.7x ... 96.49 % -> 63.16 %" reported as a success)
+    run = tmp_path / "run"
+    config = {"hidden": [8], "components": 3, "pretrain_epochs": 0, "steps": 60}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sws.HealthWarning)
+        runs.fit_run(config, run)
+    assert cli.main(["compress", str(run), "--no-plots"]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    summary = json.loads((run / "compression.json").read_text())
+    drop = summary["test_accuracy_before"] - summary["test_accuracy_after"]
+    checks = {f["check"] for f in summary["health"]}
+    assert ("compression" in checks) is (drop > health.COMPRESSION_ACCURACY_DROP)
+    warned = [line for line in err.splitlines() if line.startswith("bayes-sws: warning: ")]
+    assert len(warned) == len(summary["health"]) >= 1
