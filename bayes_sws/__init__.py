@@ -18,6 +18,7 @@ from .core.likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
 from .core.model import SWSModel
 from .core.priors import Mixture, MixturePrior
 from .health import HealthWarning
+from .infer.penalty_module import SoftWeightSharing
 from .infer.svi import FitResult, fit
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "MixturePrior",
     "OrderedNormal",
     "SWSModel",
+    "SoftWeightSharing",
     "__version__",
     "fit",
     "health",
