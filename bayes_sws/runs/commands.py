@@ -933,7 +933,7 @@ def _write_models(run: _RunContext, compressed, spec: dict[str, Any]) -> dict[st
     """The stored network as ``model.sws`` and as a plain state dict; their sizes."""
     from ..compress import save_compressed
 
-    run.lock.verify()
+    run.verify_lock()
     saved = save_compressed(
         compressed.stored_net,
         rundir.safe_path(run.dir, MODEL_FILE),

@@ -200,7 +200,9 @@ def test_parameter_groups_hold_each_parameter_once_at_its_rate():
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="latent parameters"):
-        SoftWeightSharing(_net(1), sws.MixturePrior(3), likelihood=sws.Gaussian(learn_precision=True))
+        SoftWeightSharing(
+            _net(1), sws.MixturePrior(3), likelihood=sws.Gaussian(learn_precision=True)
+        )
     with pytest.raises(ValueError, match="prior_scale"):
         SoftWeightSharing(_net(), sws.MixturePrior(3), prior_scale=-1.0)
     with pytest.raises(TypeError, match="MixturePrior"):
@@ -265,7 +267,7 @@ def _readme_block(marker: str) -> str:
 
 def test_readme_own_loop_snippet_runs_and_matches_fit():
     namespace: dict = {}
-    exec(compile(_readme_block("own-loop-pytorch"), "README own loop", "exec"), namespace)  # noqa: S102
+    exec(compile(_readme_block("own-loop-pytorch"), "README own loop", "exec"), namespace)
     penalty, net = namespace["penalty"], namespace["net"]
     assert isinstance(namespace["result"], sws.FitResult)
     # oracle: Pyro's ELBO of the full model under the result's AutoDelta guide, all the data

@@ -188,7 +188,7 @@ def test_readme_lightning_snippet_runs():
     block = re.search(r"<!-- own-loop-lightning -->\n```python\n(.*?)```", readme, re.DOTALL)
     assert block, "README.md lost its '<!-- own-loop-lightning -->' python block"
     namespace: dict = {}
-    exec(compile(block.group(1), "README Lightning", "exec"), namespace)  # noqa: S102
+    exec(compile(block.group(1), "README Lightning", "exec"), namespace)
     module = namespace["module"]
     assert module.num_data == 256  # the dataset's length
     assert len(module.losses) == 2 * 4  # 2 epochs of 256 / 64 batches
