@@ -24,7 +24,7 @@ every layer may use it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "map_hyperprior_error",
     "map_hyperprior_problems",
     "split_settings",
+    "steps_per_epoch",
     "tempered_gamma",
 ]
 
@@ -94,9 +95,14 @@ def _at_most(limit, why: str, check=None):
 _seed = _at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", _non_negative)
 
 
+def _meta(help: str, kind: str | None = None, check=None, choices=None, metavar=None) -> dict:
+    """A field's metadata: its help, how the command line reads it (``kind=None``: API only)."""
+    return {"help": help, "kind": kind, "check": check, "choices": choices, "metavar": metavar}
+
+
 def _opt(default, help: str, kind: str | None = None, check=None, choices=None, metavar=None):
     """A settings field with its command-line metadata (``kind=None``: API only)."""
-    metadata = {"help": help, "kind": kind, "check": check, "choices": choices, "metavar": metavar}
+    metadata = _meta(help, kind, check, choices, metavar)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -155,6 +161,11 @@ def tempered_gamma(shape: float, rate: float, power: float) -> tuple[float, floa
             f"tempered_gamma needs shape, rate and power > 0, got {shape!r}, {rate!r}, {power!r}"
         )
     return 1.0 + power * (shape - 1.0), power * rate
+
+
+def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
+    """Mini-batches per pass over ``num_data`` points, as :func:`~bayes_sws.infer.fit` draws them (1 for full batch)."""
+    return max(1, num_data // min(batch_size or num_data, num_data))
 
 
 # ------------------------------------------------------------------------ the prior
@@ -258,10 +269,15 @@ class PriorSettings(_Settings):
     fixed_sigma: tuple[float, ...] | None = _opt(
         None, "fixed component standard deviations, M values > 0"
     )
-    params: Any = _opt(
-        None, "the prior-carrying parameters: names or a predicate (default: all weights)"
+    params: str | tuple[str, ...] | Callable[..., bool] | None = field(
+        default=None,
+        metadata=_meta(
+            "the prior-carrying parameters: names or a predicate (default: all weights)"
+        ),
     )
-    init_means: Any = _opt(None, "initial non-zero means (default: spread over the weights)")
+    init_means: Sequence[float] | None = _opt(
+        None, "initial non-zero means (default: spread over the weights)"
+    )
 
     def used_precision_priors(
         self,
@@ -283,15 +299,23 @@ class PriorSettings(_Settings):
         if self.flat:
             return []
         prior, zero, final = self.used_precision_priors()
-        pairs = [("mixing_concentration", self.mixing_concentration)]
-        if self.zero_component and self.pi_zero is None and self.fixed_pi is None:
-            pairs += [(f"pi_zero_prior[{i}]", v) for i, v in enumerate(self.pi_zero_prior)]
+        num_free = self.num_components - int(self.zero_component)
+        pairs = []
+        if self.fixed_pi is None and num_free >= 2:
+            pairs.append(("mixing_concentration (Dirichlet α)", self.mixing_concentration))
+        if self.zero_component and self.pi_zero is None and self.fixed_pi is None and num_free:
+            pairs.append(("pi_zero_prior (Beta a, b) entry", min(self.pi_zero_prior)))
         if self.fixed_precision is None and self.fixed_sigma is None:
-            pairs.append(("precision_prior shape", prior[0]))
+            pairs.append(("precision_prior[0] = precision_concentration (Gamma shape)", prior[0]))
             if zero is not None:
-                pairs.append(("zero_precision_prior shape", zero[0]))
+                pairs.append(
+                    (
+                        "zero_precision_prior[0] = zero_precision_concentration (Gamma shape)",
+                        zero[0],
+                    )
+                )
             if final is not None:
-                pairs.append(("precision_prior_final shape", final[0]))
+                pairs.append(("precision_prior_final[0] (Gamma shape)", final[0]))
         return map_hyperprior_problems(pairs)
 
 
@@ -305,7 +329,10 @@ class FitSettings(_Settings):
     ``num_epochs`` (passes over the data) replaces ``num_steps`` when given.
     """
 
-    guide: Any = _opt("map", "posterior: map (AutoDelta), normal, lowrank, laplace, mixed", "str")
+    guide: str | Callable[..., Any] = field(
+        default="map",
+        metadata=_meta("posterior: map (AutoDelta), normal, lowrank, laplace, mixed", "str"),
+    )
     num_steps: int = _opt(
         1000,
         "SVI steps, one mini-batch each",
@@ -383,8 +410,7 @@ class FitSettings(_Settings):
         """Steps of the run: ``num_steps``, or ``num_epochs`` passes over ``num_data`` points."""
         if self.num_epochs is None:
             return self.num_steps
-        batch = num_data if self.batch_size is None else min(self.batch_size, num_data)
-        return max(1, round(self.num_epochs * max(1, num_data // max(1, batch))))
+        return max(1, round(self.num_epochs * steps_per_epoch(num_data, self.batch_size)))
 
 
 # ------------------------------------------------------------------------ compression
@@ -398,11 +424,15 @@ class CompressSettings(_Settings):
     merge_criterion: str = _opt(
         "kl", "distance used for merging components", "str", choices=("kl", "mean")
     )
-    index_bits: Any = _opt(None, "relative-index width (default: 5 dense, 8 convolutions)")
+    index_bits: int | dict[str, int] | None = field(
+        default=None, metadata=_meta("relative-index width (default: 5 dense, 8 convolutions)")
+    )
     finetune_epochs: int = _opt(
         0, "epochs of codebook fine-tuning after quantisation", "int", _non_negative
     )
-    finetune_lr: float = _opt(1e-3, "Adam learning rate of codebook fine-tuning", "float", _positive)
+    finetune_lr: float = _opt(
+        1e-3, "Adam learning rate of codebook fine-tuning", "float", _positive
+    )
     remove_dead_units: bool = _opt(False, "store the network without unused hidden units", "bool")
     prior_scale_warmup: float = _opt(
         0.0, "epochs over which λ rises to prior_scale (0: full strength)", "float", _non_negative
@@ -492,4 +522,3 @@ def split_settings(
         base.compress.replace(**parts["compress"]),
         base.description,
     )
-

@@ -377,7 +377,8 @@ class MixturePrior:
                 for name in PriorSettings.names()
                 if name not in _TRAINING_LOOP_SETTINGS and name != "num_components"
             },
-            **{"precision_prior": prior, "zero_precision_prior": zero},
+            precision_prior=prior,
+            zero_precision_prior=zero,
         )
         made._settings = settings
         return made
@@ -488,9 +489,7 @@ class MixturePrior:
         values = _align_batches(
             {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
         )
-        batch = next(
-            (v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size()
-        )
+        batch = next((v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size())
 
         def fixed(vector: Tensor) -> Tensor:
             return vector.to(**opts).expand(batch + vector.shape)
@@ -509,7 +508,9 @@ class MixturePrior:
             if self.zero_component:
                 rest = rest_mu.expand(batch + rest_mu.shape[-1:])
                 mu = torch.cat([torch.zeros(batch + (1,), **opts), rest], -1)
-        pi = fixed(self.fixed_pi) if self.fixed_pi is not None else self._mixing(values, batch, opts)
+        pi = (
+            fixed(self.fixed_pi) if self.fixed_pi is not None else self._mixing(values, batch, opts)
+        )
         return Mixture(pi, mu, sigma)
 
     def _mixing(self, values: dict[str, Tensor], batch: torch.Size, opts: dict) -> Tensor:
