@@ -55,31 +55,32 @@ POINT_GUIDES = ("map", "laplace", "mixed")
 
 
 # ------------------------------------------------------------------------ value checks
-def _positive(value) -> str | None:
+# Each returns what is wrong with a value (the end of "NAME must ..."), or None.
+def positive(value) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def _non_negative(value) -> str | None:
+def non_negative(value) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
-def _at_least_one(value) -> str | None:
+def at_least_one(value) -> str | None:
     return None if value >= 1 else "must be >= 1"
 
 
-def _open_unit(value) -> str | None:
+def open_unit(value) -> str | None:
     return None if 0 < value < 1 else "must lie strictly between 0 and 1"
 
 
-def _pair_positive(value) -> str | None:
+def pair_positive(value) -> str | None:
     return None if all(v > 0 for v in value) else "must be two numbers > 0"
 
 
-def _pair_non_negative(value) -> str | None:
+def pair_non_negative(value) -> str | None:
     return None if all(v >= 0 for v in value) else "must be two numbers >= 0"
 
 
-def _at_most(limit, why: str, check=None):
+def at_most(limit, why: str, check=None):
     """``check``, and the value no larger than ``limit`` (``why`` says why)."""
 
     def bounded(value) -> str | None:
@@ -92,17 +93,19 @@ def _at_most(limit, why: str, check=None):
     return bounded
 
 
-_seed = _at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", _non_negative)
+seed_check = at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", non_negative)
 
 
-def _meta(help: str, kind: str | None = None, check=None, choices=None, metavar=None) -> dict:
+def option_metadata(
+    help: str, kind: str | None = None, check=None, choices=None, metavar=None
+) -> dict:
     """A field's metadata: its help, how the command line reads it (``kind=None``: API only)."""
     return {"help": help, "kind": kind, "check": check, "choices": choices, "metavar": metavar}
 
 
-def _opt(default, help: str, kind: str | None = None, check=None, choices=None, metavar=None):
+def option(default, help: str, kind: str | None = None, check=None, choices=None, metavar=None):
     """A settings field with its command-line metadata (``kind=None``: API only)."""
-    metadata = _meta(help, kind, check, choices, metavar)
+    metadata = option_metadata(help, kind, check, choices, metavar)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -186,96 +189,100 @@ class PriorSettings(_Settings):
     :math:`E + \lambda\Omega` penalty).
     """
 
-    num_components: int = _opt(
+    num_components: int = option(
         16,
         "mixture components M (the zero component included)",
         "int",
-        _at_most(1024, "one shared value per component; more cannot compress", _at_least_one),
+        at_most(1024, "one shared value per component; more cannot compress", at_least_one),
     )
-    zero_component: bool = _opt(True, "component 0 fixed at mean 0 (the pruning component)", "bool")
-    pi_zero: float | None = _opt(
+    zero_component: bool = option(
+        True, "component 0 fixed at mean 0 (the pruning component)", "bool"
+    )
+    pi_zero: float | None = option(
         None,
         "fix the zero component's weight π0 (default: learned, with a Beta prior)",
         "float?",
-        _open_unit,
+        open_unit,
         metavar="P",
     )
-    pi_zero_prior: tuple[float, float] = _opt(
-        (1.0, 1.0), "Beta(a, b) prior on π0", "pair", _pair_positive, metavar=("A", "B")
+    pi_zero_prior: tuple[float, float] = option(
+        (1.0, 1.0), "Beta(a, b) prior on π0", "pair", pair_positive, metavar=("A", "B")
     )
-    init_pi_zero: float = _opt(0.5, "initial π0 when learned", "float", _open_unit)
-    mixing_concentration: float = _opt(
-        1.0, "Dirichlet α of the other mixing proportions (>= 1 for MAP)", "float", _positive
+    init_pi_zero: float = option(0.5, "initial π0 when learned", "float", open_unit)
+    mixing_concentration: float = option(
+        1.0, "Dirichlet α of the other mixing proportions (>= 1 for MAP)", "float", positive
     )
-    mean_loc: float = _opt(0.0, "centre of the Normal prior on the component means", "float")
-    mean_scale: float = _opt(
-        1.0, "scale of the Normal prior on the component means", "float", _positive
+    mean_loc: float = option(0.0, "centre of the Normal prior on the component means", "float")
+    mean_scale: float = option(
+        1.0, "scale of the Normal prior on the component means", "float", positive
     )
-    ordered_means: bool = _opt(False, "order the component means (identifiable under MCMC)", "bool")
-    precision_prior: tuple[float, float] = _opt(
+    ordered_means: bool = option(
+        False, "order the component means (identifiable under MCMC)", "bool"
+    )
+    precision_prior: tuple[float, float] = option(
         (2.0, 2e-3),
         "Gamma(shape, rate) prior on each precision 1/σ²",
         "pair",
-        _pair_positive,
+        pair_positive,
         metavar=_GAMMA,
     )
-    zero_precision_prior: tuple[float, float] | None = _opt(
+    zero_precision_prior: tuple[float, float] | None = option(
         None,
         "Gamma(shape, rate) prior on the zero component's precision (default: as the others)",
         "pair?",
-        _pair_positive,
+        pair_positive,
         metavar=_GAMMA,
     )
-    temper_hyperprior: bool = _opt(
+    temper_hyperprior: bool = option(
         False,
         "read the Gamma priors in Ullrich et al.'s units (multiplied by λ too)",
         "bool",
     )
-    precision_prior_final: tuple[float, float] | None = _opt(
+    precision_prior_final: tuple[float, float] | None = option(
         None,
         "soft-to-hard anneal: Gamma(shape, rate) the non-zero precision prior moves to, "
         "e.g. 250 0.01 from a slab --precision-prior 250 1",
         "pair?",
-        _pair_positive,
+        pair_positive,
         metavar=_GAMMA,
     )
-    anneal_epochs: tuple[float, float] | None = _opt(
+    anneal_epochs: tuple[float, float] | None = option(
         None,
         "first and last epoch of the anneal; none: from half-way to 0.9 of training",
         "pair?",
-        _pair_non_negative,
+        pair_non_negative,
         metavar=("START", "END"),
     )
-    flat: bool = _opt(False, "flat hyperpriors: MAP is exactly E + λΩ", "bool")
-    include_bias: bool = _opt(False, "put the prior on biases too", "bool")
-    prior_scale: float = _opt(
-        0.1, "λ in E + λΩ (1 is the plain Bayesian model)", "float", _non_negative, metavar="LAMBDA"
+    flat: bool = option(False, "flat hyperpriors: MAP is exactly E + λΩ", "bool")
+    include_bias: bool = option(False, "put the prior on biases too", "bool")
+    prior_scale: float = option(
+        0.1, "λ in E + λΩ (1 is the plain Bayesian model)", "float", non_negative, metavar="LAMBDA"
     )
-    init_sigma: float | None = _opt(
+    init_sigma: float | None = option(
         None,
         "initial σ of every component (default: the spacing of the initial means)",
         "float?",
-        _positive,
+        positive,
     )
-    fixed_precision: float | None = _opt(
-        None, "fix every precision 1/σ² to this value (no precision site)", "float?", _positive
+    fixed_precision: float | None = option(
+        None, "fix every precision 1/σ² to this value (no precision site)", "float?", positive
     )
-    fixed_pi: tuple[float, ...] | None = _opt(
+    fixed_pi: tuple[float, ...] | None = option(
         None, "fixed mixing proportions, M values summing to 1 (zero component first)"
     )
-    fixed_mu: tuple[float, ...] | None = _opt(
+    fixed_mu: tuple[float, ...] | None = option(
         None, "fixed component means, M values (zero component first, at 0)"
     )
-    fixed_sigma: tuple[float, ...] | None = _opt(
+    fixed_sigma: tuple[float, ...] | None = option(
         None, "fixed component standard deviations, M values > 0"
     )
     params: str | tuple[str, ...] | Callable[..., bool] | None = field(
         default=None,
-        metadata=_meta(
+        metadata=option_metadata(
             "the prior-carrying parameters: names or a predicate (default: all weights)"
         ),
     )
-    init_means: Sequence[float] | None = _opt(
+    init_means: Sequence[float] | None = option(
         None, "initial non-zero means (default: spread over the weights)"
     )
 
@@ -331,79 +338,83 @@ class FitSettings(_Settings):
 
     guide: str | Callable[..., Any] = field(
         default="map",
-        metadata=_meta("posterior: map (AutoDelta), normal, lowrank, laplace, mixed", "str"),
+        metadata=option_metadata(
+            "posterior: map (AutoDelta), normal, lowrank, laplace, mixed", "str"
+        ),
     )
-    num_steps: int = _opt(
+    num_steps: int = option(
         1000,
         "SVI steps, one mini-batch each",
         "int",
-        _at_most(10**9, "a billion steps", _at_least_one),
+        at_most(10**9, "a billion steps", at_least_one),
     )
-    num_epochs: float | None = _opt(
+    num_epochs: float | None = option(
         None,
         "SVI epochs (passes over the data) instead of steps",
         "float?",
-        _at_most(10**6, "a million epochs", _positive),
+        at_most(10**6, "a million epochs", positive),
     )
-    optimizer: str = _opt(
+    optimizer: str = option(
         "adam", "optimiser (lbfgs: full batch, map/laplace only)", "str", choices=OPTIMIZERS
     )
-    lr: float = _opt(1e-3, "learning rate of the weights", "float", _positive)
-    mixture_lr: float | None = _opt(
+    lr: float = option(1e-3, "learning rate of the weights", "float", positive)
+    mixture_lr: float | None = option(
         None,
         "learning rate of the mixture hyperparameters (default: lr)",
         "float?",
-        _positive,
+        positive,
     )
-    batch_size: int | None = _opt(
+    batch_size: int | None = option(
         None,
         "mini-batch size (default: the full data set)",
         "int?",
-        _at_most(2**31 - 1, "int32", _at_least_one),
+        at_most(2**31 - 1, "int32", at_least_one),
     )
-    num_particles: int = _opt(
+    num_particles: int = option(
         1,
         "ELBO particles per step",
         "int",
-        _at_most(10**4, "each particle is a forward pass", _at_least_one),
+        at_most(10**4, "each particle is a forward pass", at_least_one),
     )
-    init_scale: float = _opt(
+    init_scale: float = option(
         1e-3,
         "initial std of variational guides",
         "float",
-        _at_most(10.0, "the initial posterior std of each weight", _positive),
+        at_most(10.0, "the initial posterior std of each weight", positive),
     )
-    seed: int = _opt(0, "seed of initialisation, pretraining, batches and the guide", "int", _seed)
-    on_nonfinite: str = _opt(
+    seed: int = option(
+        0, "seed of initialisation, pretraining, batches and the guide", "int", seed_check
+    )
+    on_nonfinite: str = option(
         "raise",
         "on a non-finite loss or gradient: raise (stop, exit 1) or rollback (restore the last "
         "good state, lower the learning rates, go on)",
         "str",
         choices=ON_NONFINITE,
     )
-    max_rollbacks: int = _opt(
+    max_rollbacks: int = option(
         3,
         "rollbacks allowed with on_nonfinite=rollback",
         "int",
-        _at_most(1000, "each halves the learning rates", _non_negative),
+        at_most(1000, "each halves the learning rates", non_negative),
     )
-    rollback_lr_factor: float = _opt(
-        0.5, "factor in (0, 1) on the learning rates at every rollback", "float", _open_unit
+    rollback_lr_factor: float = option(
+        0.5, "factor in (0, 1) on the learning rates at every rollback", "float", open_unit
     )
-    checkpoint_every: int | None = _opt(
+    checkpoint_every: int | None = option(
         None,
         "steps between checkpoints (default: at the end only)",
         "int?",
-        _at_most(10**9, "a billion", _at_least_one),
+        at_most(10**9, "a billion", at_least_one),
     )
-    collapse_threshold: float | None = _opt(
+    collapse_threshold: float | None = option(
         1e-4,
         "warn when a component's σ falls below this times the weights' std (none: no check)",
         "float?",
-        _positive,
+        positive,
     )
-    lbfgs_tolerance: float = _opt(
-        1e-7, "L-BFGS stops moving below this largest gradient entry", "float", _positive
+    lbfgs_tolerance: float = option(
+        1e-7, "L-BFGS stops moving below this largest gradient entry", "float", positive
     )
 
     def total_steps(self, num_data: int) -> int:
@@ -418,24 +429,25 @@ class FitSettings(_Settings):
 class CompressSettings(_Settings):
     """Quantisation, accounting and codebook fine-tuning after retraining (the pipeline's step 2-3)."""
 
-    merge_threshold: float = _opt(
-        1e-2, "merge components closer than this (symmetric KL in nats)", "float", _non_negative
+    merge_threshold: float = option(
+        1e-2, "merge components closer than this (symmetric KL in nats)", "float", non_negative
     )
-    merge_criterion: str = _opt(
+    merge_criterion: str = option(
         "kl", "distance used for merging components", "str", choices=("kl", "mean")
     )
     index_bits: int | dict[str, int] | None = field(
-        default=None, metadata=_meta("relative-index width (default: 5 dense, 8 convolutions)")
+        default=None,
+        metadata=option_metadata("relative-index width (default: 5 dense, 8 convolutions)"),
     )
-    finetune_epochs: int = _opt(
-        0, "epochs of codebook fine-tuning after quantisation", "int", _non_negative
+    finetune_epochs: int = option(
+        0, "epochs of codebook fine-tuning after quantisation", "int", non_negative
     )
-    finetune_lr: float = _opt(
-        1e-3, "Adam learning rate of codebook fine-tuning", "float", _positive
+    finetune_lr: float = option(
+        1e-3, "Adam learning rate of codebook fine-tuning", "float", positive
     )
-    remove_dead_units: bool = _opt(False, "store the network without unused hidden units", "bool")
-    prior_scale_warmup: float = _opt(
-        0.0, "epochs over which λ rises to prior_scale (0: full strength)", "float", _non_negative
+    remove_dead_units: bool = option(False, "store the network without unused hidden units", "bool")
+    prior_scale_warmup: float = option(
+        0.0, "epochs over which λ rises to prior_scale (0: full strength)", "float", non_negative
     )
 
 
