@@ -301,29 +301,32 @@ class PriorSettings(_Settings):
             None if p is None else tempered_gamma(*p, self.prior_scale) for p in pairs
         )
 
-    def map_problems(self) -> list[str]:
-        """The concentrations below 1 that forbid a point estimate (see :func:`map_hyperprior_problems`)."""
+    def low_concentrations(self) -> list[tuple[str, str, float]]:
+        """``(setting, what it is, value)`` of each hyperprior concentration below 1."""
         if self.flat:
             return []
         prior, zero, final = self.used_precision_priors()
         num_free = self.num_components - int(self.zero_component)
-        pairs = []
+        checked = []
         if self.fixed_pi is None and num_free >= 2:
-            pairs.append(("mixing_concentration (Dirichlet α)", self.mixing_concentration))
+            checked.append(("mixing_concentration", "(Dirichlet α)", self.mixing_concentration))
         if self.zero_component and self.pi_zero is None and self.fixed_pi is None and num_free:
-            pairs.append(("pi_zero_prior (Beta a, b) entry", min(self.pi_zero_prior)))
+            checked.append(("pi_zero_prior", "(Beta a, b) entry", min(self.pi_zero_prior)))
         if self.fixed_precision is None and self.fixed_sigma is None:
-            pairs.append(("precision_prior[0] = precision_concentration (Gamma shape)", prior[0]))
+            shape = "= precision_concentration (Gamma shape)"
+            checked.append(("precision_prior", f"[0] {shape}", prior[0]))
             if zero is not None:
-                pairs.append(
-                    (
-                        "zero_precision_prior[0] = zero_precision_concentration (Gamma shape)",
-                        zero[0],
-                    )
-                )
+                checked.append(("zero_precision_prior", f"[0] = zero_{shape[2:]}", zero[0]))
             if final is not None:
-                pairs.append(("precision_prior_final[0] (Gamma shape)", final[0]))
-        return map_hyperprior_problems(pairs)
+                checked.append(("precision_prior_final", "[0] (Gamma shape)", final[0]))
+        return [(name, what, value) for name, what, value in checked if value < 1]
+
+    def map_problems(self) -> list[str]:
+        """The concentrations below 1 that forbid a point estimate (see :func:`map_hyperprior_problems`)."""
+        low = self.low_concentrations()
+        return map_hyperprior_problems(
+            (f"{name} {what}".replace(" [", "["), v) for name, what, v in low
+        )
 
 
 # ------------------------------------------------------------------------ the fit

@@ -370,7 +370,7 @@ class MixturePrior:
                 f"settings must be a bayes_sws.settings.PriorSettings, got {type(settings).__name__}"
             )
         prior, zero, _ = settings.used_precision_priors()
-        made = cls(
+        return cls(
             settings.num_components,
             **{
                 name: getattr(settings, name)
@@ -380,14 +380,15 @@ class MixturePrior:
             precision_prior=prior,
             zero_precision_prior=zero,
         )
-        made._settings = settings
-        return made
 
     @property
     def settings(self) -> PriorSettings:
-        """This prior as a :class:`~bayes_sws.settings.PriorSettings` record (for configs)."""
-        if getattr(self, "_settings", None) is not None:
-            return self._settings
+        """This prior, as it is now, as a :class:`~bayes_sws.settings.PriorSettings` record.
+
+        Read from the attributes: the precision priors in force (tempered, or moved
+        by an anneal), ``temper_hyperprior=False`` and the default ``prior_scale``
+        (λ belongs to the model).
+        """
         zero = (self.zero_precision_concentration, self.zero_precision_rate)
         same = zero == (self.precision_concentration, self.precision_rate)
 

@@ -76,6 +76,7 @@ def _fit(args: argparse.Namespace) -> int:
             settings,
             file_name=str(args.config),
             flag_names=getattr(args, "_flag_names", {}),
+            warn_legacy=False,
         )
         out = (
             args.out
@@ -197,7 +198,7 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
         return
     kwargs["action"] = _Recorded
     if len(flags) > 1:
-        kwargs["help"] += f" (old name: {', '.join(flags[1:])})"
+        kwargs["help"] += f" ({', '.join(flags[1:])}: deprecated old name)"
     if option["choices"] is not None:
         kwargs["choices"] = list(option["choices"])
     if kind in ("int", "int?"):

@@ -502,7 +502,7 @@ def _read_config(run_dir: Path) -> RunConfig:
     values = _read_json_file(path)
     if not isinstance(values, dict):
         raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
-    return RunConfig.from_dict(values, sources={k: str(path) for k in values})
+    return RunConfig.from_dict(values, sources={k: str(path) for k in values}, warn_legacy=False)
 
 
 def _execute(

@@ -285,9 +285,13 @@ class _RunConfigMethods:
         if self.optimizer == "lbfgs" and self.guide not in ("map", "laplace"):
             raise RunError(f"optimizer 'lbfgs' needs guide 'map' or 'laplace', not {self.guide!r}")
         if self.guide in POINT_GUIDES:
-            problems = self.prior_settings().map_problems()
+            prior = self.prior_settings()
+            problems = prior.map_problems()
             if problems:
-                raise RunError(str(map_hyperprior_error(self.guide, problems)))
+                given = ", ".join(
+                    f"{n} = {plain(getattr(prior, n))}" for n, *_ in prior.low_concentrations()
+                )
+                raise RunError(f"{map_hyperprior_error(self.guide, problems)} (settings: {given})")
 
     # ------------------------------------------------------------------ the library's records
     def prior_settings(self) -> PriorSettings:
@@ -530,28 +534,32 @@ def resolve_config(
     *,
     file_name: str = "config file",
     flag_names: Mapping[str, str] | None = None,
+    warn_legacy: bool = True,
 ) -> RunConfig:
     """Defaults (or a ``preset``), overridden by a config file, overridden by flags; validated.
 
     Giving ``num_steps`` or ``num_epochs`` on the command line replaces either of
-    them in the file. ``flag_names`` maps a setting to the flag that gave it (an
-    old alias such as ``--components`` warns that it is now ``--num-components``).
+    them in the file. ``flag_names`` maps a setting to the flag that gave it. An old
+    name (:data:`LEGACY_NAMES`, e.g. ``components``, or a flag such as ``--components``)
+    is read as the new one, with a FutureWarning when ``warn_legacy`` (the command
+    line marks the old flags in ``--help`` instead, so that its errors stay one line).
     """
     file_values = {str(k).replace("-", "_"): v for k, v in (file_values or {}).items()}
     flag_names = dict(flag_names or {})
     # by current name: (the name as given, its value, where it came from)
     merged = {LEGACY_NAMES.get(k, k): (k, v, file_name) for k, v in file_values.items()}
-    if flag_values and ("num_steps" in flag_values or "num_epochs" in flag_values):
+    flags = {LEGACY_NAMES.get(k, k) for k in flag_values or {}}
+    if "num_steps" in flags or "num_epochs" in flags:
         merged.pop("num_steps", None)
         merged.pop("num_epochs", None)
     for key, value in (flag_values or {}).items():
         flag = flag_names.get(key, "--" + key.replace("_", "-"))
         canonical = "--" + LEGACY_NAMES.get(key, key).replace("_", "-")
-        if flag != canonical and flag.lstrip("-").replace("-", "_") in LEGACY_NAMES:
+        if warn_legacy and flag != canonical and flag[2:].replace("-", "_") in LEGACY_NAMES:
             warnings.warn(
                 f"{flag} is now {canonical}; the old flag will be removed", FutureWarning, 2
             )
         merged[LEGACY_NAMES.get(key, key)] = (key, value, flag)
     values = {given: value for given, value, _ in merged.values()}
     sources = {given: where for given, _, where in merged.values()}
-    return RunConfig.from_dict(values, sources=sources)
+    return RunConfig.from_dict(values, sources=sources, warn_legacy=warn_legacy)
