@@ -148,7 +148,7 @@ def map_hyperprior_problems(concentrations: Iterable[tuple[str, float]]) -> list
 def map_hyperprior_error(guide: str, problems: list[str]) -> ValueError:
     """The one error for a point-estimate guide under concentrations < 1."""
     return ValueError(
-        f"guide {guide!r} takes point estimates of the hyperparameters, but they need "
+        f"guide {guide!r} takes point estimates of the hyperparameters and needs "
         f"hyperprior concentrations >= 1 (the MAP does not exist otherwise; a Gamma shape < 1 "
         f"has no MAP): {'; '.join(problems)}. Raise them or use guide 'normal'"
     )
@@ -362,8 +362,8 @@ class FitSettings(_Settings):
     )
     lr: float = option(1e-3, "learning rate of the weights", "float", positive)
     mixture_lr: float | None = option(
-        None,
-        "learning rate of the mixture hyperparameters (default: lr)",
+        3e-3,
+        "learning rate of the mixture hyperparameters (none: lr)",
         "float?",
         positive,
     )

@@ -249,8 +249,7 @@ def test_the_map_rule_is_one_rule_everywhere():
         RunConfig.from_dict({"precision_prior": [0.5, 1.0]})
     messages.append(str(err.value))
     assert messages[1].startswith(messages[0])  # the run adds its settings: (settings: ...)
-    assert "needs hyperprior concentrations >= 1" not in messages[0]  # phrased once:
-    assert "they need hyperprior concentrations >= 1" in messages[0]
+    assert "and needs hyperprior concentrations >= 1" in messages[0]  # phrased once
 
 
 # --------------------------------------------------------------------------- fixed mixture

@@ -1374,7 +1374,8 @@ def fit(
         point-estimate guides.
     lr, mixture_lr : float
         Learning rates of the weights and of the mixture (and likelihood)
-        hyperparameters; ``mixture_lr`` defaults to ``lr``.
+        hyperparameters (default 3e-3, :class:`~bayes_sws.settings.FitSettings`;
+        ``None`` follows ``lr``).
     batch_size : int, optional
         Mini-batch size; default full batch. The likelihood is scaled by
         ``N / batch_size`` so the loss estimates the full-data objective. The

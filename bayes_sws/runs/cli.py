@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..settings import FitSettings, PriorSettings
+from ..settings import CompressSettings, FitSettings, PriorSettings
 
 __all__ = ["build_parser", "main"]
 
@@ -330,11 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and count storage as Han et al. (2016). Writes DIR/compression.json and plots.",
         plots="write before/after plots to DIR/plots/ (default: yes)",
     )
+    compress_defaults = CompressSettings()
     compress.add_argument(
         "--merge-threshold",
         type=_non_negative_float,
-        default=1e-2,
-        help="merge components closer than this (symmetric KL; 0: never) (default: 0.01)",
+        default=compress_defaults.merge_threshold,
+        help="merge components closer than this (symmetric KL; 0: never) "
+        f"(default: {compress_defaults.merge_threshold:g})",
     )
     compress.add_argument(
         "--remove-dead-units",
