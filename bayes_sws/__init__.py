@@ -9,6 +9,11 @@ minimises exactly E(w) + λΩ(w); other guides give a posterior view.
 >>> prior = sws.MixturePrior(num_components=16, zero_component=True)
 >>> model = sws.SWSModel(net, prior, likelihood="categorical", prior_scale=1.0)
 >>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
+
+Settings have one vocabulary (:mod:`bayes_sws.settings`):
+
+>>> prior = sws.MixturePrior.from_settings(sws.PRESETS["ullrich2017"].prior)
+>>> result = sws.fit(model, x, y, settings=sws.FitSettings(num_steps=1000, seed=0))
 """
 
 from . import health
@@ -20,12 +25,16 @@ from .core.priors import Mixture, MixturePrior
 from .health import HealthWarning
 from .infer.penalty_module import SoftWeightSharing
 from .infer.svi import FitResult, fit
+from .settings import PRESETS, CompressSettings, FitSettings, PriorSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "Categorical",
+    "CompressSettings",
     "FitResult",
+    "FitSettings",
     "Gaussian",
     "HealthWarning",
     "Likelihood",
@@ -34,6 +43,7 @@ __all__ = [
     "MixtureOfGaussians",
     "MixturePrior",
     "OrderedNormal",
+    "PriorSettings",
     "SWSModel",
     "SoftWeightSharing",
     "__version__",

@@ -63,7 +63,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -73,7 +72,15 @@ from torch import nn
 from ..core.likelihoods import Likelihood, MixtureDensity, get_likelihood
 from ..core.model import SWSModel
 from ..core.priors import Mixture, MixturePrior
-from ..infer.svi import FitResult, fit, steps_per_epoch
+from ..infer.svi import FitResult, fit
+from ..settings import (
+    PRESETS,
+    Preset,
+    map_hyperprior_error,
+    split_settings,
+    steps_per_epoch,
+    tempered_gamma,
+)
 from ..validation import check_int, check_real
 from ..zoo.training import accuracy, predict, rmse
 from .codebook import finetune_codebook
@@ -97,30 +104,24 @@ __all__ = [
     "tempered_gamma",
 ]
 
-#: Gamma (shape, rate) on the precision of the non-zero components, Ullrich et al.'s code.
-ULLRICH_PRECISION_PRIOR: tuple[float, float] = (250.0, 0.1)
+#: Gamma (shape, rate) on the precision of the non-zero components, Ullrich et al.'s code
+#: (``PRESETS["ullrich2017"]``).
+ULLRICH_PRECISION_PRIOR: tuple[float, float] = PRESETS["ullrich2017"].prior.precision_prior
 #: Gamma (shape, rate) on the zero component's precision: mode 2500 (σ₀ = 0.02), 20× stronger.
-ULLRICH_ZERO_PRECISION_PRIOR: tuple[float, float] = (5000.0, 2.0)
-#: Default Gamma (shape, rate) on the non-zero precisions: mode 2.49e5, σ ≈ 0.002.
-DEFAULT_PRECISION_PRIOR: tuple[float, float] = (250.0, 1e-3)
-#: Default Gamma (shape, rate) on the zero component's precision: mode 4.0e6, σ₀ ≈ 0.0005.
-DEFAULT_ZERO_PRECISION_PRIOR: tuple[float, float] = (5000.0, 1.25e-3)
+ULLRICH_ZERO_PRECISION_PRIOR: tuple[float, float] = PRESETS[  # type: ignore[assignment]
+    "ullrich2017"
+].prior.zero_precision_prior
+#: :func:`soft_weight_sharing`'s Gamma (shape, rate) on the non-zero precisions: mode 2.49e5,
+#: σ ≈ 0.002 (``PRESETS["compression"]``).
+DEFAULT_PRECISION_PRIOR: tuple[float, float] = PRESETS["compression"].prior.precision_prior
+#: Its Gamma (shape, rate) on the zero component's precision: mode 4.0e6, σ₀ ≈ 0.0005.
+DEFAULT_ZERO_PRECISION_PRIOR: tuple[float, float] = PRESETS[  # type: ignore[assignment]
+    "compression"
+].prior.zero_precision_prior
 #: Start of a soft-to-hard anneal: a broad slab, mode 249 (σ ≈ 0.063).
 SLAB_PRECISION_PRIOR: tuple[float, float] = (250.0, 1.0)
 #: End of a soft-to-hard anneal: tight shared values, mode 2.49e4 (σ ≈ 0.0063).
 SHARING_PRECISION_PRIOR: tuple[float, float] = (250.0, 1e-2)
-
-
-def tempered_gamma(shape: float, rate: float, power: float) -> tuple[float, float]:
-    r"""Shape and rate of :math:`\mathrm{Gamma}(a, b)^p`, renormalised: :math:`(1 + p(a-1), pb)`.
-
-    The mode :math:`(a-1)/b` is kept; ``power < 1`` flattens the density.
-    """
-    if not (shape > 0 and rate > 0 and power > 0):
-        raise ValueError(
-            f"tempered_gamma needs shape, rate and power > 0, got {shape!r}, {rate!r}, {power!r}"
-        )
-    return 1.0 + power * (shape - 1.0), power * rate
 
 
 # --------------------------------------------------------------------------- result
@@ -315,6 +316,50 @@ def _unpack_data(data: Any) -> tuple[torch.Tensor, ...]:
 
 
 # --------------------------------------------------------------------------- public API
+#: CompressSettings passed on to :func:`compress_result` as they are.
+_COMPRESS_RESULT_SETTINGS = (
+    "merge_threshold",
+    "merge_criterion",
+    "index_bits",
+    "finetune_epochs",
+    "finetune_lr",
+    "remove_dead_units",
+)
+
+
+def _listed(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else list(pair)
+
+
+def _pipeline_settings(preset: str | Preset, overrides: dict[str, Any]) -> Preset:
+    """The preset with ``overrides`` applied: what :func:`soft_weight_sharing` runs with."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    elif not isinstance(preset, Preset):
+        raise TypeError(
+            f"preset must be a name in bayes_sws.settings.PRESETS or a Preset, got {preset!r}"
+        )
+    overrides = dict(overrides)
+    if "num_steps" in overrides and "num_epochs" not in overrides:
+        overrides["num_epochs"] = None  # steps given: the preset's epochs do not apply
+    try:
+        chosen = split_settings(overrides, base=preset, where="soft_weight_sharing")
+    except TypeError as err:
+        raise TypeError(
+            f"{err}; accepted: the names of PriorSettings, FitSettings and CompressSettings"
+        ) from None
+    if chosen.fit.guide != "map" or not chosen.prior.zero_component:
+        raise ValueError(
+            "soft_weight_sharing retrains by MAP with a zero component; drop guide and "
+            "zero_component (use bayes_sws.fit for other guides)"
+        )
+    prior = chosen.prior
+    if prior.pi_zero is None and "init_pi_zero" not in overrides:
+        a, b = prior.pi_zero_prior
+        prior = prior.replace(init_pi_zero=a / (a + b))  # π0 starts at its Beta mean
+    return dataclasses.replace(chosen, prior=prior)
 
 
 def _warmup(prior_scale: float, epochs: float, steps_per_epoch: int):
@@ -565,33 +610,10 @@ def soft_weight_sharing(
     net: nn.Module,
     data: Any,
     *,
-    num_components: int = 17,
-    pi_zero: float | None = 0.99,
-    pi_zero_prior: tuple[float, float] = (99.0, 1.0),
-    prior_scale: float = 0.1,
-    precision_prior: tuple[float, float] = DEFAULT_PRECISION_PRIOR,
-    zero_precision_prior: tuple[float, float] = DEFAULT_ZERO_PRECISION_PRIOR,
-    temper_hyperprior: bool = False,
-    mixing_concentration: float = 1.0,
-    init_sigma: float | None = None,
+    preset: str | Preset = "compression",
     likelihood: str | Likelihood = "categorical",
-    lr: float = 5e-4,
-    mixture_lr: float = 1e-3,
-    num_epochs: float | None = 30,
-    num_steps: int | None = None,
-    batch_size: int = 128,
-    merge_threshold: float = 1e-2,
-    merge_criterion: Literal["kl", "mean"] = "kl",
-    index_bits: int | dict[str, int] | None = None,
-    finetune_epochs: int = 0,
-    finetune_lr: float = 1e-3,
-    remove_dead_units: bool = False,
-    prior_scale_warmup: float = 0,
-    precision_prior_final: tuple[float, float] | None = None,
-    anneal_epochs: tuple[float, float] | None = None,
-    params: Sequence[str] | None = None,
-    seed: int = 0,
     progress: bool | None = None,
+    **settings: Any,
 ) -> CompressionResult:
     r"""Compress a pretrained network by soft weight-sharing (Ullrich et al. 2017).
 
@@ -606,6 +628,18 @@ def soft_weight_sharing(
         mixture's means, spread evenly over their range).
     data : Dataset or tuple
         A :class:`~bayes_sws.zoo.data.Dataset` or ``(x_train, y_train, x_test, y_test)``.
+    preset : str or Preset
+        The settings to start from: a name in :data:`bayes_sws.settings.PRESETS`
+        (default ``"compression"``, this package's tuned pruning setting, whose
+        values are the defaults listed below; ``"ullrich2017"`` is the paper's)
+        or a :class:`~bayes_sws.settings.Preset`.
+    **settings
+        Any setting of :class:`~bayes_sws.settings.PriorSettings`,
+        :class:`~bayes_sws.settings.FitSettings` or
+        :class:`~bayes_sws.settings.CompressSettings` by name, overriding the
+        preset; the most used ones follow. The component 0 is always the zero
+        component and the guide always ``"map"``. With ``pi_zero=None`` and no
+        ``init_pi_zero``, :math:`\pi_0` starts at the mean of its Beta prior.
     num_components : int
         Components :math:`M`, the zero component included (the paper: 17).
     pi_zero : float or None
@@ -698,65 +732,49 @@ def soft_weight_sharing(
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     x_train, y_train, x_test, y_test = _unpack_data(data)
-    batch_size = check_int("batch_size", batch_size, low=1)
+    chosen = _pipeline_settings(preset, settings)
+    prior_settings, fit_settings, compress = chosen.prior, chosen.fit, chosen.compress
+    batch_size = check_int("batch_size", fit_settings.batch_size, low=1)
     prior_scale = check_real(
         "prior_scale (λ)",
-        prior_scale,
+        prior_settings.prior_scale,
         low=0,
         hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
     )
     per_epoch = steps_per_epoch(x_train.shape[0], batch_size)
-    num_steps = check_int("num_steps", num_steps, low=0, low_open=True, allow_none=True)
+    num_steps = check_int(
+        "num_steps", settings.get("num_steps"), low=0, low_open=True, allow_none=True
+    )
     if num_steps is None:
-        num_epochs = check_real(
-            "num_epochs", num_epochs, low=0, low_open=True, hint="or give num_steps instead"
+        check_real(
+            "num_epochs",
+            fit_settings.num_epochs,
+            low=0,
+            low_open=True,
+            hint="or give num_steps instead",
         )
-        num_steps = max(1, round(num_epochs * per_epoch))
-    for label, pair in (
-        ("precision_prior", precision_prior),
-        ("zero_precision_prior", zero_precision_prior),
-        ("precision_prior_final", precision_prior_final or (1.0, 1.0)),
-    ):
+        num_steps = fit_settings.total_steps(x_train.shape[0])
+    for label in ("precision_prior", "zero_precision_prior", "precision_prior_final"):
+        pair = getattr(prior_settings, label) or (1.0, 1.0)
         if len(tuple(pair)) != 2 or not all(v > 0 for v in pair):
             raise ValueError(f"{label} must be a Gamma (shape, rate) with both > 0, got {pair!r}")
-    final = precision_prior_final
-    if temper_hyperprior and prior_scale > 0:
-        conc, rate = tempered_gamma(*precision_prior, prior_scale)
-        zero_conc, zero_rate = tempered_gamma(*zero_precision_prior, prior_scale)
-        if final is not None:
-            final = tempered_gamma(*final, prior_scale)
-    else:
-        (conc, rate), (zero_conc, zero_rate) = precision_prior, zero_precision_prior
+    (conc, rate), zero_pair, final = prior_settings.used_precision_priors()
+    zero_conc, zero_rate = zero_pair if zero_pair is not None else (conc, rate)
+    anneal_epochs = prior_settings.anneal_epochs
     check_anneal(final, anneal_epochs)
     if final is not None and anneal_epochs is None:
         anneal_epochs = default_anneal_epochs(num_steps, per_epoch)
-    if min(conc, zero_conc, conc if final is None else final[0]) < 1:
-        raise ValueError(
-            f"the precision hyperpriors have shape {conc:.4g} (non-zero"
-            + ("" if final is None else f", annealed to {final[0]:.4g}")
-            + f") and {zero_conc:.4g} (zero) as used; a Gamma shape < 1 has no MAP. Use shapes >= 1"
-        )
-    prior = MixturePrior(
-        num_components,
-        zero_component=True,
-        pi_zero=pi_zero,
-        pi_zero_prior=pi_zero_prior,
-        init_pi_zero=pi_zero_prior[0] / sum(pi_zero_prior) if pi_zero is None else 0.5,
-        mixing_concentration=mixing_concentration,
-        precision_concentration=conc,
-        precision_rate=rate,
-        zero_precision_concentration=zero_conc,
-        zero_precision_rate=zero_rate,
-        params=params,
-        init_sigma=init_sigma,
-    )
+    problems = prior_settings.map_problems()
+    if problems:
+        raise map_hyperprior_error("map", problems)
+    prior = MixturePrior.from_settings(prior_settings)
 
     start = time.perf_counter()
     pretrained = copy.deepcopy(net)
     acc_pretrained = _scores(
         pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
     ).accuracy
-    warmup = _warmup(prior_scale, prior_scale_warmup, per_epoch)
+    warmup = _warmup(prior_scale, compress.prior_scale_warmup, per_epoch)
     model = SWSModel(pretrained, prior, likelihood, prior_scale=warmup(0))
 
     anneal = precision_anneal(prior, final, anneal_epochs, per_epoch)
@@ -773,51 +791,42 @@ def soft_weight_sharing(
         model,
         x_train,
         y_train,
-        guide="map",
-        num_steps=int(num_steps),
-        lr=lr,
-        mixture_lr=mixture_lr,
-        batch_size=batch_size,
-        seed=seed,
+        settings=fit_settings.replace(num_steps=int(num_steps), num_epochs=None),
         progress=progress,
-        callback=schedule if prior_scale_warmup or anneal is not None else None,
+        callback=schedule if compress.prior_scale_warmup or anneal is not None else None,
     )
     model.prior_scale = prior_scale
     result = compress_result(
         fitted,
         x_test,
         y_test,
-        merge_threshold=merge_threshold,
-        merge_criterion=merge_criterion,
-        index_bits=index_bits,
+        **{k: getattr(compress, k) for k in _COMPRESS_RESULT_SETTINGS},
         test_accuracy_pretrained=acc_pretrained,
         finetune_data=(x_train, y_train),
-        finetune_epochs=finetune_epochs,
-        finetune_lr=finetune_lr,
         finetune_batch_size=batch_size,
-        remove_dead_units=remove_dead_units,
-        seed=seed,
+        seed=fit_settings.seed,
         progress=progress,
     )
+    num_epochs = fit_settings.num_epochs if "num_steps" not in settings else None
+    pi_zero = prior_settings.pi_zero
     config = {
         **result.config,
-        "num_components": num_components,
+        "preset": preset if isinstance(preset, str) else None,
+        "num_components": prior_settings.num_components,
         "pi_zero": pi_zero,
-        "pi_zero_prior": list(pi_zero_prior) if pi_zero is None else None,
-        "precision_prior": list(precision_prior),
-        "zero_precision_prior": list(zero_precision_prior),
-        "temper_hyperprior": bool(temper_hyperprior),
+        "pi_zero_prior": list(prior_settings.pi_zero_prior) if pi_zero is None else None,
+        "precision_prior": list(prior_settings.precision_prior),
+        "zero_precision_prior": _listed(prior_settings.zero_precision_prior),
+        "temper_hyperprior": bool(prior_settings.temper_hyperprior),
         "precision_prior_used": [conc, rate],
         "zero_precision_prior_used": [zero_conc, zero_rate],
-        "mixing_concentration": mixing_concentration,
-        "init_sigma": init_sigma,
+        "mixing_concentration": prior_settings.mixing_concentration,
+        "init_sigma": prior_settings.init_sigma,
         "num_epochs": None if num_epochs is None else float(num_epochs),
         "prior_scale": float(prior_scale),
-        "prior_scale_warmup": float(prior_scale_warmup),
-        "precision_prior_final": (
-            None if precision_prior_final is None else list(precision_prior_final)
-        ),
-        "precision_prior_final_used": None if final is None else list(final),
-        "anneal_epochs": None if anneal_epochs is None else [float(e) for e in anneal_epochs],
+        "prior_scale_warmup": float(compress.prior_scale_warmup),
+        "precision_prior_final": _listed(prior_settings.precision_prior_final),
+        "precision_prior_final_used": _listed(final),
+        "anneal_epochs": _listed(anneal_epochs) if final is not None else None,
     }
     return dataclasses.replace(result, wall_time=time.perf_counter() - start, config=config)

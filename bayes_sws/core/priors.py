@@ -29,7 +29,7 @@ deterministic sites ``sws.pi``, ``sws.mu``, ``sws.sigma`` of shape ``(M,)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import pyro
@@ -38,6 +38,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
+from ..settings import PriorSettings
 from ..validation import check_bool, check_finite_tensor, check_int, check_names, check_real
 from .distributions import MixtureOfGaussians, OrderedNormal
 from .sites import MEANS, MIXING, MU, PI, PI_ZERO, PRECISIONS, SIGMA, SITE_PREFIX
@@ -46,6 +47,15 @@ __all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
 
 
 _EVENT_DIMS = {PI_ZERO: 0, MIXING: 1, MEANS: 1, PRECISIONS: 1}
+#: PriorSettings fields used by the training loop, not by MixturePrior itself.
+_TRAINING_LOOP_SETTINGS = (
+    "precision_prior",
+    "zero_precision_prior",
+    "temper_hyperprior",
+    "precision_prior_final",
+    "anneal_epochs",
+    "prior_scale",
+)
 
 
 def _strip_ones(shape: torch.Size) -> torch.Size:
@@ -94,6 +104,47 @@ def _positive(name: str, value: object) -> float:
     return check_real(name, value, low=0, low_open=True)
 
 
+_DEFAULT = PriorSettings()
+
+
+def _gamma_pairs(pair, zero_pair, conc, rate, zero_conc, zero_rate):
+    """``((shape, rate), (zero shape, zero rate))`` from the pairs or the split names, not both.
+
+    ``precision_prior=(a, b)`` is the settings' name (:class:`~bayes_sws.settings.PriorSettings`);
+    ``precision_concentration=a, precision_rate=b`` the older spelling, still accepted.
+    """
+    for name, value, split in (
+        ("precision_prior", pair, (conc, rate)),
+        ("zero_precision_prior", zero_pair, (zero_conc, zero_rate)),
+    ):
+        if value is not None and any(v is not None for v in split):
+            raise ValueError(
+                f"{name} was given together with its split form ({name.replace('prior', '')}"
+                "concentration/rate); give one of them"
+            )
+        if value is not None and (not isinstance(value, (tuple, list)) or len(value) != 2):
+            raise ValueError(f"{name} must be a Gamma (shape, rate) pair, got {value!r}")
+    default_conc, default_rate = _DEFAULT.precision_prior
+    conc, rate = pair if pair is not None else (conc, rate)
+    conc = default_conc if conc is None else conc
+    rate = default_rate if rate is None else rate
+    zero_conc, zero_rate = zero_pair if zero_pair is not None else (zero_conc, zero_rate)
+    return (conc, rate), (zero_conc, zero_rate)
+
+
+def _fixed_vector(name: str, value, size: int) -> Tensor | None:
+    """A fixed part of the mixture as a float64 vector of ``size`` finite values."""
+    if value is None:
+        return None
+    vector = check_finite_tensor(name, torch.as_tensor(value, dtype=torch.float64)).flatten()
+    if vector.numel() != size:
+        raise ValueError(
+            f"{name} must hold num_components = {size} values (zero component first), "
+            f"got {vector.numel()}"
+        )
+    return vector
+
+
 class MixturePrior:
     r"""Mixture-of-Gaussians prior over network weights, with hyperpriors.
 
@@ -118,8 +169,13 @@ class MixturePrior:
         Normal hyperprior on the non-zero means.
     ordered_means : bool
         Constrain :math:`\mu_1 < \dots < \mu_K` (identifiable under MCMC).
+    precision_prior : (float, float)
+        Gamma hyperprior (shape, rate) on each precision :math:`1/\sigma_j^2`;
+        the name :class:`~bayes_sws.settings.PriorSettings` uses. Default ``(2, 2e-3)``.
+    zero_precision_prior : (float, float), optional
+        The zero component's Gamma hyperprior; default as the others.
     precision_concentration, precision_rate : float
-        Gamma hyperprior on each precision :math:`1/\sigma_j^2` (shape, rate).
+        The same as ``precision_prior``, split (the older spelling; give one form).
         The defaults ``(2, 2e-3)`` put the mode at :math:`\sigma \approx 0.045`
         and stop variances collapsing without pulling on well-supported
         components.
@@ -149,31 +205,56 @@ class MixturePrior:
         fixed Gaussian prior :math:`\mathcal N(0, 1/a)` (weight decay
         :math:`\lambda a/2 \, \|w\|^2`), whose linear-Gaussian posterior is
         known in closed form.
+    fixed_pi, fixed_mu, fixed_sigma : sequence of float, optional
+        Fix the mixing proportions, the means or the standard deviations of all
+        ``M`` components (zero component first; ``fixed_mu[0] = 0`` with a zero
+        component): no latent site for them, the deterministic ``sws.pi``,
+        ``sws.mu``, ``sws.sigma`` still recorded. All three fixed is Nowlan &
+        Hinton's setting: MAP minimises :math:`E(w) + \lambda\Omega(w)` (5.139)
+        with :math:`\Omega` (5.138) at these values.
+
+    All defaults are those of :class:`~bayes_sws.settings.PriorSettings`;
+    :meth:`from_settings` builds a prior from such a record and :attr:`settings`
+    gives it back.
     """
 
     def __init__(
         self,
-        num_components: int = 16,
+        num_components: int = _DEFAULT.num_components,
         *,
-        zero_component: bool = True,
-        pi_zero: float | None = None,
-        pi_zero_prior: tuple[float, float] = (1.0, 1.0),
-        init_pi_zero: float = 0.5,
-        mixing_concentration: float = 1.0,
-        mean_loc: float = 0.0,
-        mean_scale: float = 1.0,
-        ordered_means: bool = False,
-        precision_concentration: float = 2.0,
-        precision_rate: float = 2e-3,
+        zero_component: bool = _DEFAULT.zero_component,
+        pi_zero: float | None = _DEFAULT.pi_zero,
+        pi_zero_prior: tuple[float, float] = _DEFAULT.pi_zero_prior,
+        init_pi_zero: float = _DEFAULT.init_pi_zero,
+        mixing_concentration: float = _DEFAULT.mixing_concentration,
+        mean_loc: float = _DEFAULT.mean_loc,
+        mean_scale: float = _DEFAULT.mean_scale,
+        ordered_means: bool = _DEFAULT.ordered_means,
+        precision_prior: tuple[float, float] | None = None,
+        zero_precision_prior: tuple[float, float] | None = _DEFAULT.zero_precision_prior,
+        precision_concentration: float | None = None,
+        precision_rate: float | None = None,
         zero_precision_concentration: float | None = None,
         zero_precision_rate: float | None = None,
-        flat: bool = False,
-        include_bias: bool = False,
-        params: str | Iterable[str] | Callable[[str, Tensor], bool] | None = None,
-        init_means: Tensor | None = None,
-        init_sigma: float | None = None,
-        fixed_precision: float | None = None,
+        flat: bool = _DEFAULT.flat,
+        include_bias: bool = _DEFAULT.include_bias,
+        params: str | Iterable[str] | Callable[[str, Tensor], bool] | None = _DEFAULT.params,
+        init_means: Tensor | Sequence[float] | None = _DEFAULT.init_means,
+        init_sigma: float | None = _DEFAULT.init_sigma,
+        fixed_precision: float | None = _DEFAULT.fixed_precision,
+        fixed_pi: Sequence[float] | Tensor | None = _DEFAULT.fixed_pi,
+        fixed_mu: Sequence[float] | Tensor | None = _DEFAULT.fixed_mu,
+        fixed_sigma: Sequence[float] | Tensor | None = _DEFAULT.fixed_sigma,
     ):
+        (precision_concentration, precision_rate), zero_pair = _gamma_pairs(
+            precision_prior,
+            zero_precision_prior,
+            precision_concentration,
+            precision_rate,
+            zero_precision_concentration,
+            zero_precision_rate,
+        )
+        zero_precision_concentration, zero_precision_rate = zero_pair
         num_components = check_int("num_components", num_components, noun="an int >= 1")
         if num_components < 1:  # wording pinned by tests/test_fit.py
             raise ValueError(
@@ -247,6 +328,93 @@ class MixturePrior:
         self.fixed_precision = check_real(
             "fixed_precision", fixed_precision, low=0, low_open=True, allow_none=True
         )
+        self._check_fixed_mixture(fixed_pi, fixed_mu, fixed_sigma)
+
+    def _check_fixed_mixture(self, fixed_pi, fixed_mu, fixed_sigma) -> None:
+        """Check and keep the fixed parts of the mixture (each ``None`` or ``M`` values)."""
+        size = self.num_components
+        self.fixed_pi = _fixed_vector("fixed_pi", fixed_pi, size)
+        self.fixed_mu = _fixed_vector("fixed_mu", fixed_mu, size)
+        self.fixed_sigma = _fixed_vector("fixed_sigma", fixed_sigma, size)
+        pi, mu, sigma = self.fixed_pi, self.fixed_mu, self.fixed_sigma
+        if pi is not None:
+            if not bool((pi > 0).all()) or abs(float(pi.sum()) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"fixed_pi must be positive and sum to 1, got {pi.tolist()}; normalise it"
+                )
+            if self.pi_zero is not None:
+                raise ValueError("give pi_zero or fixed_pi, not both (fixed_pi[0] is π0)")
+        if mu is not None and self.zero_component and float(mu[0]) != 0.0:
+            raise ValueError(
+                f"fixed_mu[0] must be 0 with zero_component=True, got {float(mu[0])!r}; "
+                "set it to 0 or use zero_component=False"
+            )
+        if sigma is not None:
+            if not bool((sigma > 0).all()):
+                raise ValueError(f"fixed_sigma must be > 0, got {sigma.tolist()}")
+            if self.fixed_precision is not None:
+                raise ValueError("give fixed_precision or fixed_sigma, not both")
+
+    @classmethod
+    def from_settings(cls, settings: PriorSettings) -> MixturePrior:
+        """The prior described by a :class:`~bayes_sws.settings.PriorSettings` record.
+
+        The precision priors are those in force at the start of training
+        (:meth:`PriorSettings.used_precision_priors`: tempered by λ when
+        ``temper_hyperprior``); the anneal is applied by the training loop.
+        """
+        if not isinstance(settings, PriorSettings):
+            raise TypeError(
+                f"settings must be a bayes_sws.settings.PriorSettings, got {type(settings).__name__}"
+            )
+        prior, zero, _ = settings.used_precision_priors()
+        return cls(
+            settings.num_components,
+            **{
+                name: getattr(settings, name)
+                for name in PriorSettings.names()
+                if name not in _TRAINING_LOOP_SETTINGS and name != "num_components"
+            },
+            precision_prior=prior,
+            zero_precision_prior=zero,
+        )
+
+    @property
+    def settings(self) -> PriorSettings:
+        """This prior, as it is now, as a :class:`~bayes_sws.settings.PriorSettings` record.
+
+        Read from the attributes: the precision priors in force (tempered, or moved
+        by an anneal), ``temper_hyperprior=False`` and the default ``prior_scale``
+        (λ belongs to the model).
+        """
+        zero = (self.zero_precision_concentration, self.zero_precision_rate)
+        same = zero == (self.precision_concentration, self.precision_rate)
+
+        def plain(v):
+            return None if v is None else tuple(float(x) for x in v.tolist())
+
+        return PriorSettings(
+            num_components=self.num_components,
+            zero_component=self.zero_component,
+            pi_zero=self.pi_zero,
+            pi_zero_prior=(self.pi_zero_prior[0], self.pi_zero_prior[1]),
+            init_pi_zero=self.init_pi_zero,
+            mixing_concentration=self.mixing_concentration,
+            mean_loc=self.mean_loc,
+            mean_scale=self.mean_scale,
+            ordered_means=self.ordered_means,
+            precision_prior=(self.precision_concentration, self.precision_rate),
+            zero_precision_prior=None if same else zero,
+            flat=self.flat,
+            include_bias=self.include_bias,
+            init_sigma=self.init_sigma,
+            fixed_precision=self.fixed_precision,
+            fixed_pi=plain(self.fixed_pi),
+            fixed_mu=plain(self.fixed_mu),
+            fixed_sigma=plain(self.fixed_sigma),
+            params=self.params,
+            init_means=None if self.init_means is None else plain(self.init_means),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -268,13 +436,14 @@ class MixturePrior:
     def site_names(self) -> tuple[str, ...]:
         """Names of the latent hyperparameter sites, in sampling order."""
         names = []
-        if self.zero_component and self.pi_zero is None and self.num_free >= 1:
+        learn_pi = self.fixed_pi is None
+        if learn_pi and self.zero_component and self.pi_zero is None and self.num_free >= 1:
             names.append(PI_ZERO)
-        if self.num_free >= 2:
+        if learn_pi and self.num_free >= 2:
             names.append(MIXING)
-        if self.num_free >= 1:
+        if self.fixed_mu is None and self.num_free >= 1:
             names.append(MEANS)
-        if self.fixed_precision is None:
+        if self.fixed_precision is None and self.fixed_sigma is None:
             names.append(PRECISIONS)
         return tuple(names)
 
@@ -319,32 +488,45 @@ class MixturePrior:
         values = _align_batches(
             {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
         )
-        if self.fixed_precision is None:
-            batch = values[PRECISIONS].shape[:-1]
+        batch = next((v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size())
+
+        def fixed(vector: Tensor) -> Tensor:
+            return vector.to(**opts).expand(batch + vector.shape)
+
+        if self.fixed_sigma is not None:
+            sigma = fixed(self.fixed_sigma)
+        elif self.fixed_precision is None:
             sigma = values[PRECISIONS].rsqrt()
         else:
-            batch = next(
-                (v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size()
-            )
             sigma = torch.full(batch + (self.num_components,), self.fixed_precision**-0.5, **opts)
+        if self.fixed_mu is not None:
+            mu = fixed(self.fixed_mu)
+        else:
+            rest_mu = values[MEANS] if self.num_free >= 1 else torch.zeros(batch + (0,), **opts)
+            mu = rest_mu
+            if self.zero_component:
+                rest = rest_mu.expand(batch + rest_mu.shape[-1:])
+                mu = torch.cat([torch.zeros(batch + (1,), **opts), rest], -1)
+        pi = (
+            fixed(self.fixed_pi) if self.fixed_pi is not None else self._mixing(values, batch, opts)
+        )
+        return Mixture(pi, mu, sigma)
+
+    def _mixing(self, values: dict[str, Tensor], batch: torch.Size, opts: dict) -> Tensor:
+        """The mixing proportions ``pi`` (zero component first) from the latent sites."""
         if self.num_free >= 2:
             rest_pi = values[MIXING]
         else:
             rest_pi = torch.ones(batch + (self.num_free,), **opts)
-        rest_mu = values[MEANS] if self.num_free >= 1 else torch.zeros(batch + (0,), **opts)
         if not self.zero_component:
-            return Mixture(rest_pi, rest_mu, sigma)
+            return rest_pi
         if self.num_free == 0:
             pi0 = torch.ones(batch + (1,), **opts)
         elif self.pi_zero is None:
             pi0 = values[PI_ZERO].unsqueeze(-1)
         else:
             pi0 = torch.full(batch + (1,), self.pi_zero, **opts)
-        pi = torch.cat([pi0, (1.0 - pi0) * rest_pi.expand(batch + rest_pi.shape[-1:])], dim=-1)
-        mu = torch.cat(
-            [torch.zeros(batch + (1,), **opts), rest_mu.expand(batch + rest_mu.shape[-1:])], -1
-        )
-        return Mixture(pi, mu, sigma)
+        return torch.cat([pi0, (1.0 - pi0) * rest_pi.expand(batch + rest_pi.shape[-1:])], dim=-1)
 
     def sample_mixture(self, like: Tensor) -> Mixture:
         """Sample the hyperparameter sites and record ``sws.pi``, ``sws.mu``, ``sws.sigma``."""

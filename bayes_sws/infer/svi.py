@@ -41,9 +41,15 @@ from torch import Tensor, nn
 from .._progress import progress_bar
 from ..core.model import SWSModel
 from ..core.priors import Mixture
-from ..core.sites import HYPER_PREFIXES, MIXING, PI_ZERO, WEIGHT_PREFIX
+from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
+from ..settings import (
+    ON_NONFINITE,
+    OPTIMIZERS,
+    FitSettings,
+    map_hyperprior_error,
+    steps_per_epoch,
+)
 from ..validation import check_int, check_real, check_seed
-from ..zoo.training import steps_per_epoch
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
 
@@ -65,9 +71,7 @@ __all__ = [
     "steps_per_epoch",
 ]
 
-OPTIMIZERS = ("adam", "lbfgs")
 #: What :func:`fit` does when a loss or gradient goes non-finite.
-ON_NONFINITE = ("raise", "rollback")
 # torch.distributions' validation message for a NaN parameter or value of a distribution
 _INVALID_VALUES = "found invalid values"
 
@@ -132,25 +136,9 @@ def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
 
 def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
     """Point estimates of the hyperparameters need densities bounded on their support."""
-    prior = model.prior
-    if prior.flat:
-        return
-    problems = []
-    if MIXING in prior.site_names and prior.mixing_concentration < 1:
-        problems.append(f"mixing_concentration (Dirichlet α) = {prior.mixing_concentration} < 1")
-    if PI_ZERO in prior.site_names and min(prior.pi_zero_prior) < 1:
-        problems.append(f"pi_zero_prior (Beta a, b) = {prior.pi_zero_prior} has an entry < 1")
-    if prior.precision_concentration < 1:
-        problems.append(
-            f"precision_concentration (Gamma shape) = {prior.precision_concentration} < 1"
-        )
+    problems = model.prior.settings.map_problems()
     if problems:
-        raise ValueError(
-            f"guide={guide!r} takes point estimates of the hyperparameters, but "
-            + "; ".join(problems)
-            + ": the density is unbounded at the edge of its support so the MAP does not exist. "
-            "Use values >= 1 or a variational guide such as 'normal'."
-        )
+        raise map_hyperprior_error(guide, problems)
 
 
 # ---------------------------------------------------------------------- numerical faults
@@ -559,6 +547,32 @@ def _epoch_permutation(num_data: int, seed: int, epoch: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------- argument checks
+_FIT = FitSettings()
+
+
+def fit_settings(settings: FitSettings | None, given: dict[str, Any]) -> FitSettings:
+    """The :class:`FitSettings` of a call: ``settings``, or the keywords ``given``.
+
+    A keyword given with a value other than its default alongside ``settings``
+    is an error (which one should win is not clear), naming the keyword.
+    """
+    if settings is None:
+        return _FIT.replace(**given)
+    if not isinstance(settings, FitSettings):
+        raise TypeError(
+            f"settings must be a bayes_sws.settings.FitSettings, got {type(settings).__name__}"
+        )
+    both = sorted(
+        k for k, v in given.items() if v is not getattr(_FIT, k) and v != getattr(_FIT, k)
+    )
+    if both:
+        raise TypeError(
+            f"give settings=FitSettings(...) or the keywords {', '.join(both)}, not both; "
+            f"e.g. settings.replace({both[0]}=...)"
+        )
+    return settings
+
+
 def _check_run_options(num_steps, callback, checkpoint, checkpoint_every) -> tuple[int, int | None]:
     """Checked ``(num_steps, checkpoint_every)`` of :meth:`SVIEngine.run`."""
     num_steps = _positive_number("num_steps", num_steps, integer=True)
@@ -905,28 +919,32 @@ class SVIEngine:
         model: SWSModel,
         x: Any,
         y: Any,
-        guide: str | Callable = "map",
+        guide: str | Callable = _FIT.guide,
         *,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        mixture_lr: float | None = None,
-        batch_size: int | None = None,
-        num_particles: int = 1,
-        init_scale: float = 1e-3,
-        seed: int = 0,
-        lbfgs_tolerance: float = 1e-7,
+        settings: FitSettings | None = None,
+        optimizer: str = _FIT.optimizer,
+        lr: float = _FIT.lr,
+        mixture_lr: float | None = _FIT.mixture_lr,
+        batch_size: int | None = _FIT.batch_size,
+        num_particles: int = _FIT.num_particles,
+        init_scale: float = _FIT.init_scale,
+        seed: int = _FIT.seed,
+        lbfgs_tolerance: float = _FIT.lbfgs_tolerance,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     ):
+        given = {k: v for k, v in locals().items() if k in FitSettings.names()}
+        s = fit_settings(settings, given)
+        guide, optimizer, batch_size = s.guide, s.optimizer, s.batch_size
         options = _check_engine_options(
             model,
             guide,
             optimizer,
-            lr,
-            mixture_lr,
-            num_particles,
-            init_scale,
-            seed,
-            lbfgs_tolerance,
+            s.lr,
+            s.mixture_lr,
+            s.num_particles,
+            s.init_scale,
+            s.seed,
+            s.lbfgs_tolerance,
             lr_scheduler,
         )
         self.x, self.y, batch_size = _check_engine_data(
@@ -1298,26 +1316,28 @@ def fit(
     model: SWSModel,
     x: Any,
     y: Any,
-    guide: str | Callable = "map",
+    guide: str | Callable = _FIT.guide,
     *,
-    num_steps: int = 1000,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    mixture_lr: float | None = None,
-    batch_size: int | None = None,
-    num_particles: int = 1,
-    init_scale: float = 1e-3,
-    seed: int = 0,
+    settings: FitSettings | None = None,
+    num_steps: int = _FIT.num_steps,
+    num_epochs: float | None = _FIT.num_epochs,
+    optimizer: str = _FIT.optimizer,
+    lr: float = _FIT.lr,
+    mixture_lr: float | None = _FIT.mixture_lr,
+    batch_size: int | None = _FIT.batch_size,
+    num_particles: int = _FIT.num_particles,
+    init_scale: float = _FIT.init_scale,
+    seed: int = _FIT.seed,
     progress: bool | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
     checkpoint: Callable[[FitState], None] | None = None,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int | None = _FIT.checkpoint_every,
     initial_state: FitState | dict | None = None,
-    on_nonfinite: str = "raise",
-    max_rollbacks: int = 3,
-    rollback_lr_factor: float = 0.5,
-    collapse_threshold: float | None = 1e-4,
-    lbfgs_tolerance: float = 1e-7,
+    on_nonfinite: str = _FIT.on_nonfinite,
+    max_rollbacks: int = _FIT.max_rollbacks,
+    rollback_lr_factor: float = _FIT.rollback_lr_factor,
+    collapse_threshold: float | None = _FIT.collapse_threshold,
+    lbfgs_tolerance: float = _FIT.lbfgs_tolerance,
     lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     copy_model: bool = False,
 ) -> FitResult:
@@ -1339,14 +1359,22 @@ def fit(
         ``"map"`` (AutoDelta), ``"normal"``, ``"lowrank"``, ``"laplace"``,
         ``"mixed"``, or a builder ``guide(model) -> pyro guide``; see
         :mod:`bayes_sws.infer.guides`. Guides start from the network's current weights.
+    settings : FitSettings, optional
+        Every setting below in one record (:class:`bayes_sws.settings.FitSettings`,
+        whose defaults are these keywords' defaults). Give either ``settings``
+        or the keywords it holds, not both (``settings.replace(lr=...)`` changes one).
     num_steps : int
         Optimisation steps (mini-batches).
+    num_epochs : float, optional
+        Passes over the data instead of ``num_steps``
+        (:meth:`FitSettings.total_steps`: ``round(num_epochs * steps_per_epoch)``).
     optimizer : {"adam", "lbfgs"}
         ``"lbfgs"`` is full-batch quasi-Newton (strong Wolfe line search), for
         point-estimate guides.
     lr, mixture_lr : float
         Learning rates of the weights and of the mixture (and likelihood)
-        hyperparameters; ``mixture_lr`` defaults to ``lr``.
+        hyperparameters (default 3e-3, :class:`~bayes_sws.settings.FitSettings`;
+        ``None`` follows ``lr``).
     batch_size : int, optional
         Mini-batch size; default full batch. The likelihood is scaled by
         ``N / batch_size`` so the loss estimates the full-data objective. The
@@ -1422,28 +1450,21 @@ def fit(
     SVIEngine : the same run step by step (``init`` / ``update`` / ``run``), and
         the loss at given parameters (:meth:`SVIEngine.loss`).
     """
+    given = {k: v for k, v in locals().items() if k in FitSettings.names()}
+    s = fit_settings(settings, given)
     num_steps, checkpoint_every = _check_run_options(
-        num_steps, callback, checkpoint, checkpoint_every
+        s.num_steps, callback, checkpoint, s.checkpoint_every
     )
-    faults = FaultPolicy(on_nonfinite, max_rollbacks, rollback_lr_factor)
-    collapse_threshold = _positive_number("collapse_threshold", collapse_threshold, allow_none=True)
+    faults = FaultPolicy(s.on_nonfinite, s.max_rollbacks, s.rollback_lr_factor)
+    collapse_threshold = _positive_number(
+        "collapse_threshold", s.collapse_threshold, allow_none=True
+    )
     if copy_model and isinstance(model, SWSModel):
         model = copy.deepcopy(model)
-    engine = SVIEngine(
-        model,
-        x,
-        y,
-        guide,
-        optimizer=optimizer,
-        lr=lr,
-        mixture_lr=mixture_lr,
-        batch_size=batch_size,
-        num_particles=num_particles,
-        init_scale=init_scale,
-        seed=seed,
-        lbfgs_tolerance=lbfgs_tolerance,
-        lr_scheduler=lr_scheduler,
-    )
+    engine = SVIEngine(model, x, y, settings=s, lr_scheduler=lr_scheduler)
+    if s.num_epochs is not None:
+        _positive_number("num_epochs", s.num_epochs)
+        num_steps = s.total_steps(engine.x.shape[0])
     engine.config["num_steps"] = num_steps
     if initial_state is not None:
         initial_state = _check_initial_state(initial_state, engine.config, num_steps)

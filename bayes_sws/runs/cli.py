@@ -19,6 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ..settings import CompressSettings, FitSettings, PriorSettings
+
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -97,7 +99,13 @@ def _fit(args: argparse.Namespace) -> int:
             )
     else:
         file_values = runs.load_config_file(args.config) if args.config else {}
-        config = runs.resolve_config(file_values, settings, file_name=str(args.config))
+        config = runs.resolve_config(
+            file_values,
+            settings,
+            file_name=str(args.config),
+            flag_names=getattr(args, "_flag_names", {}),
+            warn_legacy=False,
+        )
         out = (
             args.out
             or Path("runs")
@@ -203,7 +211,7 @@ def _non_negative_float(text: str) -> float:
 
 def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
     name, kind = option["name"], option["kind"]
-    flag = "--" + name.replace("_", "-")
+    flags = ["--" + n.replace("_", "-") for n in (name, *option.get("aliases", ()))]
     default = option["default"]
     shown = (
         "none" if default is None else (list(default) if isinstance(default, tuple) else default)
@@ -219,8 +227,11 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
             kind, "VALUE"
         )
     if kind == "bool":
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
         return
+    kwargs["action"] = _Recorded
+    if len(flags) > 1:
+        kwargs["help"] += f" ({', '.join(flags[1:])}: deprecated old name)"
     if option["choices"] is not None:
         kwargs["choices"] = list(option["choices"])
     if kind in ("int", "int?"):
@@ -231,11 +242,11 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
         kwargs.update(type=int, nargs="+")
     elif kind in ("pair", "pair?"):
         kwargs.update(type=float, nargs=2)
-    group.add_argument(flag, **kwargs)
+    group.add_argument(*flags, **kwargs)
 
 
 _GROUPS = {
-    "data": ("data", "standardize", "test_fraction", "split_seed"),
+    "data": ("preset", "data", "standardize", "test_fraction", "split_seed"),
     "network and pretraining": (
         "network",
         "hidden",
@@ -244,40 +255,22 @@ _GROUPS = {
         "pretrain_lr",
         "pretrain_batch_size",
     ),
-    "prior (PRML 5.137, Ullrich et al. hyperpriors)": (
-        "components",
-        "zero_component",
-        "pi_zero",
-        "pi_zero_prior",
-        "init_pi_zero",
-        "mixing_concentration",
-        "mean_scale",
-        "ordered_means",
-        "precision_prior",
-        "zero_precision_prior",
-        "flat",
-        "include_bias",
-        "prior_scale",
-        "noise_precision",
-        "learn_noise_precision",
+    "prior (PRML 5.137, Ullrich et al. hyperpriors; bayes_sws.settings.PriorSettings)": (
+        PriorSettings.names()
     ),
-    "inference": (
-        "guide",
-        "init_scale",
-        "num_particles",
-        "optimizer",
-        "lr",
-        "mixture_lr",
-        "steps",
-        "epochs",
-        "batch_size",
-        "seed",
-        "on_nonfinite",
-        "max_rollbacks",
-        "checkpoint_every",
-        "keep_checkpoints",
-    ),
+    "likelihood (regression data)": ("noise_precision", "learn_noise_precision"),
+    "inference (bayes_sws.settings.FitSettings)": (*FitSettings.names(), "keep_checkpoints"),
 }
+
+
+class _Recorded(argparse.Action):
+    """Stores the value and which of the setting's flags gave it (for error messages)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        flags = dict(getattr(namespace, "_flag_names", {}))
+        flags[self.dest] = option_string
+        namespace._flag_names = flags
 
 
 def _run_dir_command(
@@ -370,7 +363,8 @@ def _add_fit(commands) -> None:
     for title, names in _GROUPS.items():
         group = fit.add_argument_group(title)
         for name in names:
-            _add_setting(group, options.pop(name))
+            if name in options:
+                _add_setting(group, options.pop(name))
     if options:  # settings added to RunConfig later still get a flag
         group = fit.add_argument_group("other settings")
         for option in options.values():
@@ -392,11 +386,13 @@ def _add_compress(commands) -> None:
         "DIR/model_quantized.pt, and plots.",
         plots="write before/after plots to DIR/plots/ (default: yes)",
     )
+    compress_defaults = CompressSettings()
     compress.add_argument(
         "--merge-threshold",
         type=_non_negative_float,
-        default=1e-2,
-        help="merge components closer than this (symmetric KL; 0: never) (default: 0.01)",
+        default=compress_defaults.merge_threshold,
+        help="merge components closer than this (symmetric KL; 0: never) "
+        f"(default: {compress_defaults.merge_threshold:g})",
     )
     compress.add_argument(
         "--remove-dead-units",

@@ -183,38 +183,17 @@ def _likelihood(config: RunConfig, data) -> Likelihood | str:
 
 
 def _prior(config: RunConfig) -> MixturePrior:
-    zero_precision: dict[str, Any] = (
-        {}
-        if config.zero_precision_prior is None
-        else {
-            "zero_precision_concentration": config.zero_precision_prior[0],
-            "zero_precision_rate": config.zero_precision_prior[1],
-        }
-    )
-    return MixturePrior(
-        config.components,
-        zero_component=config.zero_component,
-        pi_zero=config.pi_zero,
-        pi_zero_prior=config.pi_zero_prior,
-        init_pi_zero=config.init_pi_zero,
-        mixing_concentration=config.mixing_concentration,
-        mean_scale=config.mean_scale,
-        ordered_means=config.ordered_means,
-        precision_concentration=config.precision_prior[0],
-        precision_rate=config.precision_prior[1],
-        **zero_precision,
-        flat=config.flat,
-        include_bias=config.include_bias,
-    )
+    return MixturePrior.from_settings(config.prior_settings())
 
 
 def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_steps: int):
     """``set(step)`` putting the annealed precision prior in force, or ``None`` (no anneal)."""
-    if config.precision_prior_final is None:
+    final = config.prior_settings().used_precision_priors()[2]  # tempered like the others
+    if final is None:
         return None
     per_epoch = steps_per_epoch(num_train, config.batch_size)
     epochs = config.anneal_epochs or default_anneal_epochs(num_steps, per_epoch)
-    return precision_anneal(model.prior, config.precision_prior_final, epochs, per_epoch)
+    return precision_anneal(model.prior, final, epochs, per_epoch)
 
 
 def _evaluate_network(net: nn.Module, data) -> dict[str, float]:
@@ -541,7 +520,7 @@ def _read_config(run_dir: Path) -> RunConfig:
     values = _read_json_file(path)
     if not isinstance(values, dict):
         raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
-    return RunConfig.from_dict(values, sources={k: str(path) for k in values})
+    return RunConfig.from_dict(values, sources={k: str(path) for k in values}, warn_legacy=False)
 
 
 def _execute(
@@ -552,7 +531,7 @@ def _execute(
     data = data if data is not None else _load_data(config)
     spec = _network_spec(config, data)
     messages: list[str] = []
-    num_steps = config.num_steps(data.num_train)
+    num_steps = config.total_steps(data.num_train)
     net, pretrained_metrics = _initial_network(
         config,
         run,
@@ -649,22 +628,11 @@ def _fit_with_checkpoints(
             model,
             data.x_train,
             data.y_train,
-            guide=config.guide,
-            num_steps=num_steps,
-            optimizer=config.optimizer,
-            lr=config.lr,
-            mixture_lr=config.mixture_lr,
-            batch_size=config.batch_size,
-            num_particles=config.num_particles,
-            init_scale=config.init_scale,
-            seed=config.seed,
+            settings=config.fit_settings().replace(num_steps=num_steps, num_epochs=None),
             progress=progress,
             callback=callback,
             checkpoint=_checkpoint_writer(run.dir, config.keep_checkpoints, run.identity, run.lock),
-            checkpoint_every=config.checkpoint_every,
             initial_state=state,
-            on_nonfinite=config.on_nonfinite,
-            max_rollbacks=config.max_rollbacks,
         )
     except RuntimeError:
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
@@ -1040,7 +1008,7 @@ def report_run(run_dir: str | os.PathLike) -> str:
     zero = " (zero component)" if config.zero_component else ""
     lines = [
         f"run {run_dir}",
-        f"  data {config.data}, network {config.network}{hidden}, {config.components} components"
+        f"  data {config.data}, network {config.network}{hidden}, {config.num_components} components"
         + f"{zero}, λ = {config.prior_scale}",
         f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
         + f"batch {config.batch_size}, seed {config.seed}",

@@ -15,22 +15,33 @@ import json
 import math
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..compress.pipeline import check_anneal
 from ..infer.guides import GUIDES
-from ..infer.svi import (
-    ON_NONFINITE,
-    OPTIMIZERS,
-    steps_per_epoch,
+from ..settings import (
+    POINT_GUIDES,
+    PRESETS,
+    FitSettings,
+    PriorSettings,
+    at_least_one,
+    at_most,
+    map_hyperprior_error,
+    non_negative,
+    open_unit,
+    option,
+    positive,
+    seed_check,
 )
 from ..zoo.nets import ACTIVATIONS, NETWORKS
 from .checkpoints import plain
 
 __all__ = [
+    "LEGACY_NAMES",
     "RESUME_SETTINGS",
     "RunConfig",
     "RunError",
@@ -53,48 +64,21 @@ MAX_CONFIG_BYTES = 1 << 20
 SEED_MAX = 2**32 - 1
 #: Settings that may change when a run is resumed (fault handling); the others
 #: fix the run's results and are part of its identity.
-RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks")
-
-
-def _positive(value) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _non_negative(value) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _at_least_one(value) -> str | None:
-    return None if value >= 1 else "must be >= 1"
-
-
-def _at_most(limit, why: str, check=None):
-    """``check``, and the value no larger than ``limit`` (``why`` says why)."""
-
-    def bounded(value) -> str | None:
-        problem = check(value) if check is not None else None
-        if problem is None and value > limit:
-            problem = (
-                f"must be <= {limit if isinstance(limit, int) else format(limit, 'g')} ({why})"
-            )
-        return problem
-
-    return bounded
-
-
-_seed = _at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", _non_negative)
-
-
-def _open_unit(value) -> str | None:
-    return None if 0 < value < 1 else "must lie strictly between 0 and 1"
-
-
-def _pair_positive(value) -> str | None:
-    return None if all(v > 0 for v in value) else "must be two numbers > 0"
-
-
-def _pair_non_negative(value) -> str | None:
-    return None if all(v >= 0 for v in value) else "must be two numbers >= 0"
+RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks", "rollback_lr_factor")
+#: Names of earlier versions, still read from TOML files, ``config.json`` and flags
+#: (with a FutureWarning, except from an existing run's ``config.json``).
+LEGACY_NAMES = {"components": "num_components", "steps": "num_steps", "epochs": "num_epochs"}
+#: Settings added after run directories existed: left out of a run's identity at their
+#: defaults, so that runs started before keep their identity.
+_ADDED_SETTINGS = (
+    "mean_loc",
+    "temper_hyperprior",
+    "init_sigma",
+    "fixed_precision",
+    "collapse_threshold",
+    "lbfgs_tolerance",
+    "preset",
+)
 
 
 def _widths(value) -> str | None:
@@ -107,230 +91,200 @@ def _widths(value) -> str | None:
     return None if all(v <= 10**5 for v in value) else "must be widths <= 100000"
 
 
-def _opt(default, help: str, kind: str, check=None, choices=None, metavar=None):
-    return field(
-        default=default,
-        metadata={
-            "help": help,
-            "kind": kind,
-            "check": check,
-            "choices": choices,
-            "metavar": metavar,
-        },
-    )
-
-
 @dataclass(frozen=True)
-class RunConfig:
-    """Every setting of a run; the keys of a TOML config file and the ``fit`` flags.
+class _RunData:
+    """Settings of a run only (data and network); the rest come from bayes_sws.settings."""
 
-    ``steps`` and ``epochs`` are alternatives (one SVI step is one mini-batch;
-    an epoch is ``num_train // batch_size`` steps); with neither, 2000 steps.
-    Build one with :meth:`from_dict` (validates) or :func:`resolve_config`.
-    """
-
-    # data
-    data: str = _opt(
+    preset: str | None = option(
+        None,
+        "named settings to start from (a config file and flags override them)",
+        "str?",
+        choices=tuple(PRESETS),
+    )
+    data: str = option(
         "digits",
         "data set: digits, fashion-mnist, mnist-5k, mnist, or a .npz "
         "file with x, y (or x_train, y_train, x_test, y_test)",
         "str",
         metavar="NAME",
     )
-    standardize: str = _opt(
+    standardize: str = option(
         "feature",
         "input scaling: per feature, one global mean/std, or none",
         "str",
         choices=("feature", "global", "none"),
     )
-    test_fraction: float = _opt(
-        0.2, "test share for data without an official split", "float", _open_unit
+    test_fraction: float = option(
+        0.2, "test share for data without an official split", "float", open_unit
     )
-    split_seed: int = _opt(0, "seed of that train/test split", "int", _seed)
-    # network
-    network: str = _opt("mlp", "architecture", "str", choices=NETWORKS)
-    hidden: tuple[int, ...] | None = _opt(
+    split_seed: int = option(0, "seed of that train/test split", "int", seed_check)
+    network: str = option("mlp", "architecture", "str", choices=NETWORKS)
+    hidden: tuple[int, ...] | None = option(
         None, "hidden widths of the mlp (default: 100)", "ints", _widths, metavar="WIDTH"
     )
-    activation: str = _opt("relu", "activation of the mlp", "str", choices=tuple(ACTIVATIONS))
-    pretrain_epochs: int = _opt(
+    activation: str = option("relu", "activation of the mlp", "str", choices=tuple(ACTIVATIONS))
+    pretrain_epochs: int = option(
         60,
         "epochs of plain training before SVI (0: start from random weights)",
         "int",
-        _at_most(10**6, "a million epochs", _non_negative),
+        at_most(10**6, "a million epochs", non_negative),
     )
-    pretrain_lr: float = _opt(1e-3, "Adam learning rate of pretraining", "float", _positive)
-    pretrain_batch_size: int = _opt(
-        64, "batch size of pretraining", "int", _at_most(2**31 - 1, "int32", _at_least_one)
+    pretrain_lr: float = option(1e-3, "Adam learning rate of pretraining", "float", positive)
+    pretrain_batch_size: int = option(
+        64, "batch size of pretraining", "int", at_most(2**31 - 1, "int32", at_least_one)
     )
-    # prior
-    components: int = _opt(
-        16,
-        "mixture components M (the zero component included)",
-        "int",
-        _at_most(1024, "one shared value per component; more cannot compress", _at_least_one),
+
+
+@dataclass(frozen=True)
+class _RunLikelihood:
+    noise_precision: float = option(
+        1.0, "Gaussian noise precision β (regression data)", "float", positive
     )
-    zero_component: bool = _opt(True, "component 0 fixed at mean 0 (the pruning component)", "bool")
-    pi_zero: float | None = _opt(
-        None,
-        "fix the zero component's weight π0 (default: learned, with a Beta prior)",
-        "float?",
-        _open_unit,
-        metavar="P",
-    )
-    pi_zero_prior: tuple[float, float] = _opt(
-        (1.0, 1.0), "Beta(a, b) prior on π0", "pair", _pair_positive, metavar=("A", "B")
-    )
-    init_pi_zero: float = _opt(0.5, "initial π0 when learned", "float", _open_unit)
-    mixing_concentration: float = _opt(
-        1.0, "Dirichlet α of the other mixing proportions (>= 1 for MAP)", "float", _positive
-    )
-    mean_scale: float = _opt(
-        1.0, "scale of the Normal prior on the component means", "float", _positive
-    )
-    ordered_means: bool = _opt(False, "order the component means (identifiable under MCMC)", "bool")
-    precision_prior: tuple[float, float] = _opt(
-        (2.0, 2e-3),
-        "Gamma(shape, rate) prior on each precision 1/σ²",
-        "pair",
-        _pair_positive,
-        metavar=("SHAPE", "RATE"),
-    )
-    zero_precision_prior: tuple[float, float] | None = _opt(
-        None,
-        "Gamma(shape, rate) prior on the zero component's precision (default: as the others)",
-        "pair?",
-        _pair_positive,
-        metavar=("SHAPE", "RATE"),
-    )
-    precision_prior_final: tuple[float, float] | None = _opt(
-        None,
-        "soft-to-hard anneal: Gamma(shape, rate) the non-zero precision prior moves to, "
-        "e.g. 250 0.01 from a slab --precision-prior 250 1",
-        "pair?",
-        _pair_positive,
-        metavar=("SHAPE", "RATE"),
-    )
-    anneal_epochs: tuple[float, float] | None = _opt(
-        None,
-        "first and last epoch of the anneal; none: from half-way to 0.9 of training",
-        "pair?",
-        _pair_non_negative,
-        metavar=("START", "END"),
-    )
-    flat: bool = _opt(False, "flat hyperpriors: MAP is exactly E + λΩ", "bool")
-    include_bias: bool = _opt(False, "put the prior on biases too", "bool")
-    prior_scale: float = _opt(
-        0.1, "λ in E + λΩ (1 is the plain Bayesian model)", "float", _non_negative, metavar="LAMBDA"
-    )
-    # likelihood (regression data only)
-    noise_precision: float = _opt(
-        1.0, "Gaussian noise precision β (regression data)", "float", _positive
-    )
-    learn_noise_precision: bool = _opt(
+    learn_noise_precision: bool = option(
         False, "learn β with a Gamma prior (regression data)", "bool"
     )
-    # inference
-    guide: str = _opt(
-        "map",
-        "posterior: map (AutoDelta), normal, lowrank, laplace, mixed",
-        "str",
-        choices=tuple(GUIDES),
-    )
-    init_scale: float = _opt(
-        1e-3,
-        "initial std of variational guides",
-        "float",
-        _at_most(10.0, "the initial posterior std of each weight", _positive),
-    )
-    num_particles: int = _opt(
-        1,
-        "ELBO particles per step",
-        "int",
-        _at_most(10**4, "each particle is a forward pass", _at_least_one),
-    )
-    optimizer: str = _opt(
-        "adam", "optimiser (lbfgs: full batch, map/laplace only)", "str", choices=OPTIMIZERS
-    )
-    lr: float = _opt(1e-3, "learning rate of the weights", "float", _positive)
-    mixture_lr: float | None = _opt(
-        3e-3, "learning rate of the mixture hyperparameters", "float?", _positive
-    )
-    steps: int | None = _opt(
+
+
+@dataclass(frozen=True)
+class _RunLength:
+    """How a run is cut into steps, batches and checkpoints (steps or epochs; files kept).
+
+    The settings where a run directory differs from ``fit()`` on purpose: a run
+    checkpoints every 100 steps (``fit()`` writes no files unless given a
+    ``checkpoint`` callable) and takes mini-batches of 128 (``fit()``'s full batch
+    would hold Fashion-MNIST's 60,000 images in one step).
+    """
+
+    num_steps: int | None = option(
         None,
-        "SVI steps, one mini-batch each (default: 2000 unless --epochs)",
+        f"SVI steps, one mini-batch each (default: {FitSettings().num_steps} unless --num-epochs)",
         "int?",
-        _at_most(10**9, "a billion steps", _at_least_one),
+        at_most(10**9, "a billion steps", at_least_one),
     )
-    epochs: int | None = _opt(
+    num_epochs: int | None = option(
         None,
-        "SVI epochs instead of steps",
+        "SVI epochs (passes over the data) instead of steps",
         "int?",
-        _at_most(10**6, "a million epochs", _at_least_one),
+        at_most(10**6, "a million epochs", at_least_one),
     )
-    batch_size: int = _opt(
-        128, "mini-batch size", "int", _at_most(2**31 - 1, "int32", _at_least_one)
+    batch_size: int | None = option(
+        128,
+        "mini-batch size (none: full batch)",
+        "int?",
+        at_most(2**31 - 1, "int32", at_least_one),
     )
-    seed: int = _opt(0, "seed of initialisation, pretraining, batches and the guide", "int", _seed)
-    on_nonfinite: str = _opt(
-        "raise",
-        "on a non-finite loss or gradient: raise (stop, exit 1) or rollback (restore the last "
-        "good state, lower the learning rates, go on)",
-        "str",
-        choices=ON_NONFINITE,
+    checkpoint_every: int | None = option(
+        100,
+        "steps between checkpoints (none: at the end only)",
+        "int?",
+        at_most(10**9, "a billion", at_least_one),
     )
-    max_rollbacks: int = _opt(
-        3,
-        "rollbacks allowed with on_nonfinite=rollback",
-        "int",
-        _at_most(1000, "each halves the learning rates", _non_negative),
-    )
-    checkpoint_every: int = _opt(
-        100, "steps between checkpoints", "int", _at_most(10**9, "a billion", _at_least_one)
-    )
-    keep_checkpoints: int = _opt(
+    keep_checkpoints: int = option(
         2,
         "number of newest checkpoints kept",
         "int",
-        _at_most(10**4, "ten thousand", _at_least_one),
+        at_most(10**4, "ten thousand", at_least_one),
     )
+
+
+def _cli_fields(cls, skip=(), choices=None) -> list[tuple[str, Any, Any]]:
+    """``(name, type, field)`` of the fields of ``cls`` that have a command-line kind."""
+    made = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("kind") is None or f.name in skip:
+            continue
+        metadata = dict(f.metadata)
+        if choices and f.name in choices:
+            metadata["choices"] = choices[f.name]
+        made.append((f.name, f.type, field(default=f.default, metadata=metadata)))
+    return made
+
+
+def _run_fields() -> list[tuple[str, Any, Any]]:
+    """RunConfig's fields: the run's own, then PriorSettings' and FitSettings' (same names)."""
+    length = {f.name: f for f in dataclasses.fields(_RunLength)}
+    fit_fields = _cli_fields(FitSettings, choices={"guide": tuple(GUIDES)})
+    fit_fields = [
+        (n, length[n].type, field(default=length[n].default, metadata=dict(length[n].metadata)))
+        if n in length
+        else (n, t, f)
+        for n, t, f in fit_fields
+    ]
+    keep = length["keep_checkpoints"]
+    return [
+        *_cli_fields(_RunData),
+        *_cli_fields(PriorSettings),
+        *_cli_fields(_RunLikelihood),
+        *fit_fields,
+        ("keep_checkpoints", keep.type, field(default=keep.default, metadata=dict(keep.metadata))),
+    ]
+
+
+class _RunConfigMethods:
+    """Every setting of a run; the keys of a TOML config file and the ``fit`` flags.
+
+    Its fields are generated: the run's own (data, network, pretraining), every
+    :class:`~bayes_sws.settings.PriorSettings` and
+    :class:`~bayes_sws.settings.FitSettings` setting that a file can hold, with
+    the same names and defaults, and ``keep_checkpoints``. ``num_steps`` and
+    ``num_epochs`` are alternatives (one SVI step is one mini-batch; an epoch is
+    ``num_train // batch_size`` steps). ``preset`` starts from named settings
+    (:data:`bayes_sws.settings.PRESETS`). Build one with :meth:`from_dict`
+    (validates) or :func:`resolve_config`; :meth:`prior_settings` and
+    :meth:`fit_settings` give the records the library takes.
+    """
+
+    if TYPE_CHECKING:  # the fields are generated (see RunConfig below)
+
+        def __getattr__(self, name: str) -> Any: ...
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_dict(
-        cls, values: Mapping[str, Any], *, sources: Mapping[str, str] | None = None
+        cls,
+        values: Mapping[str, Any],
+        *,
+        sources: Mapping[str, str] | None = None,
+        warn_legacy: bool = True,
     ) -> RunConfig:
         """Validate ``values`` (names as the fields, ``-`` or ``_``) into a config.
 
         ``sources`` maps keys to where they came from (``"--lr"``, ``"run.toml"``)
-        for the error messages. Raises :class:`RunError` naming the key, the value
-        and what is accepted.
+        for the error messages. A ``preset`` fills the settings not in ``values``.
+        The names of :data:`LEGACY_NAMES` are read as their new names (a
+        FutureWarning when ``warn_legacy``). Raises :class:`RunError` naming the
+        key, the value and what is accepted.
         """
         if not isinstance(values, Mapping):
             raise RunError(
                 f"a run configuration must be a table of settings, got {type(values).__name__}"
             )
         sources = dict(sources or {})
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         clean: dict[str, Any] = {}
         for raw_key, value in values.items():
-            key = str(raw_key).replace("-", "_")
-            where = sources.get(key, sources.get(raw_key, "config"))
+            given = str(raw_key).replace("-", "_")
+            key = _current_name(given, sources, warn_legacy)
+            where = sources.get(given, sources.get(str(raw_key), sources.get(key, "config")))
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+                close = difflib.get_close_matches(key, [*known, *LEGACY_NAMES], n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise RunError(
                     f"{where}: unknown setting {raw_key!r}{hint} (accepted: {', '.join(known)})"
                 )
-            clean[key] = _coerce(known[key], value, where)
-        if clean.get("steps") is not None and clean.get("epochs") is not None:
+            if key in clean:
+                raise RunError(f"{where}: {given!r} given twice (as {key!r} too); give it once")
+            clean[key] = _coerce(known[key], value, where, given)
+            sources.setdefault(key, where)
+        if clean.get("num_steps") is not None and clean.get("num_epochs") is not None:
             raise RunError(
-                f"give either steps ({sources.get('steps', 'config')}) or epochs "
-                f"({sources.get('epochs', 'config')}), not both"
+                f"give either num_steps ({sources.get('num_steps', 'config')}) or num_epochs "
+                f"({sources.get('num_epochs', 'config')}), not both (either steps or epochs)"
             )
+        clean = {**_preset_values(clean.get("preset"), clean), **clean}
         config = cls(**clean)
         config._check_combinations(sources)
-        return config
+        return cast("RunConfig", config)
 
     def _check_combinations(self, sources: Mapping[str, str]) -> None:
         if self.hidden is not None and self.network != "mlp":
@@ -352,46 +306,118 @@ class RunConfig:
             raise RunError("pi_zero needs the zero component; drop pi_zero or keep zero_component")
         if self.optimizer == "lbfgs" and self.guide not in ("map", "laplace"):
             raise RunError(f"optimizer 'lbfgs' needs guide 'map' or 'laplace', not {self.guide!r}")
-        if self.guide in ("map", "laplace", "mixed") and not self.flat:
-            low = [
-                f"{name} = {value}"
-                for name, value in (
-                    ("mixing_concentration", self.mixing_concentration),
-                    ("pi_zero_prior[0]", self.pi_zero_prior[0]),
-                    ("pi_zero_prior[1]", self.pi_zero_prior[1]),
-                    ("precision_prior shape", self.precision_prior[0]),
-                    ("zero_precision_prior shape", (self.zero_precision_prior or (1.0,))[0]),
-                    ("precision_prior_final shape", (self.precision_prior_final or (1.0,))[0]),
+        if self.guide in POINT_GUIDES:
+            prior = self.prior_settings()
+            problems = prior.map_problems()
+            if problems:
+                given = ", ".join(
+                    f"{n} = {plain(getattr(prior, n))}" for n, *_ in prior.low_concentrations()
                 )
-                if value < 1
-            ]
-            if low:
-                raise RunError(
-                    f"guide {self.guide!r} needs hyperprior concentrations >= 1 (the MAP does not "
-                    f"exist otherwise): {', '.join(low)}; raise them or use guide 'normal'"
-                )
+                raise RunError(f"{map_hyperprior_error(self.guide, problems)} (settings: {given})")
+
+    # ------------------------------------------------------------------ the library's records
+    def prior_settings(self) -> PriorSettings:
+        """The :class:`~bayes_sws.settings.PriorSettings` of this run (same names)."""
+        return PriorSettings(**{n: getattr(self, n) for n in _shared(PriorSettings)})
+
+    def fit_settings(self, num_train: int | None = None) -> FitSettings:
+        """The :class:`~bayes_sws.settings.FitSettings` of this run (same names).
+
+        With ``num_train``, ``num_steps`` is the run's total (:meth:`total_steps`).
+        """
+        values = {n: getattr(self, n) for n in _shared(FitSettings)}
+        values["num_steps"] = FitSettings().num_steps if self.num_steps is None else self.num_steps
+        settings = FitSettings(**values)
+        if num_train is not None:
+            settings = settings.replace(num_steps=settings.total_steps(num_train), num_epochs=None)
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready settings (what ``config.json`` holds)."""
-        return plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     def identity_settings(self) -> dict[str, Any]:
-        """The settings a run's results depend on (all but :data:`RESUME_SETTINGS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUME_SETTINGS}
+        """The settings a run's results depend on (all but :data:`RESUME_SETTINGS`).
 
-    def num_steps(self, num_train: int) -> int:
+        Keyed by the names of the first run directories (:data:`LEGACY_NAMES`), and
+        without the settings added since while they are at their defaults, so a
+        run keeps its identity across versions.
+        """
+        old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {
+            old.get(k, k): v
+            for k, v in self.to_dict().items()
+            if k not in RESUME_SETTINGS and not (k in _ADDED_SETTINGS and v == plain(defaults[k]))
+        }
+
+    def total_steps(self, num_train: int) -> int:
         """SVI steps for a training set of ``num_train`` points."""
-        if self.epochs is not None:
-            return self.epochs * steps_per_epoch(num_train, self.batch_size)
-        return self.steps if self.steps is not None else 2000
+        return self.fit_settings().total_steps(num_train)
+
+
+if TYPE_CHECKING:  # the fields are generated: to the type checker every one is Any
+
+    class RunConfig(_RunConfigMethods):
+        __dataclass_fields__: ClassVar[dict[str, Any]]
+
+        def __init__(self, **values: Any) -> None: ...
+
+else:
+    RunConfig = dataclasses.make_dataclass(
+        "RunConfig",
+        _run_fields(),
+        bases=(_RunConfigMethods,),
+        frozen=True,
+    )
+    RunConfig.__module__ = __name__
+    RunConfig.__doc__ = _RunConfigMethods.__doc__
+
+
+def _shared(cls) -> list[str]:
+    """The names ``cls`` (a settings record) shares with :class:`RunConfig`."""
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    return [n for n in cls.names() if n in run]
+
+
+def _current_name(given: str, sources: dict[str, str], warn: bool) -> str:
+    """The current name of a setting given as ``given`` (a legacy name warns once)."""
+    if given not in LEGACY_NAMES:
+        return given
+    new = LEGACY_NAMES[given]
+    if warn:
+        where = sources.get(given, "config")
+        shown = (
+            f"{where} is now --{new.replace('_', '-')}"
+            if where.startswith("--")
+            else f"{where}: {given!r} is now {new!r}"
+        )
+        warnings.warn(f"{shown}; the old name will be removed", FutureWarning, stacklevel=4)
+    return new
+
+
+def _preset_values(name: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a preset sets (run fields only), less the run length if ``given`` has one."""
+    if name is None:
+        return {}
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in PRESETS[name].differences().items() if k in run}
+    if "num_steps" in given or "num_epochs" in given:
+        values.pop("num_steps", None)
+        values.pop("num_epochs", None)
+    if isinstance(values.get("num_epochs"), float):
+        values["num_epochs"] = round(values["num_epochs"])
+    return values
 
 
 def config_options() -> list[dict[str, Any]]:
-    """One entry per setting (name, default, kind, help, choices) for building a parser."""
+    """One entry per setting (name, default, kind, help, choices, aliases) for building a parser."""
+    old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
     return [
         {
             "name": f.name,
             "default": f.default,
+            "aliases": (old[f.name],) if f.name in old else (),
             **{k: f.metadata[k] for k in ("kind", "help", "choices", "metavar")},
         }
         for f in dataclasses.fields(RunConfig)
@@ -400,6 +426,7 @@ def config_options() -> list[dict[str, Any]]:
 
 _KIND_WORDS = {
     "str": "a string",
+    "str?": "a string",
     "int": "an integer",
     "int?": "an integer",
     "float": "a number",
@@ -411,13 +438,14 @@ _KIND_WORDS = {
 }
 
 
-def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
+def _coerce(spec: dataclasses.Field, value: Any, where: str, name: str | None = None) -> Any:
+    """``value`` read as the setting ``spec`` (called ``name`` where it was given)."""
     kind, check, choices = (
-        option.metadata["kind"],
-        option.metadata["check"],
-        option.metadata["choices"],
+        spec.metadata["kind"],
+        spec.metadata["check"],
+        spec.metadata["choices"],
     )
-    name = option.name
+    name = name or spec.name
 
     def bad(what: str) -> RunError:
         subject = where if where.startswith("--") else f"{where}: {name}"
@@ -439,10 +467,10 @@ def _coerce(option: dataclasses.Field, value: Any, where: str) -> Any:
         return v if integer else float(v)
 
     if value is None:
-        if kind.endswith("?") or option.default is None:
+        if kind.endswith("?") or spec.default is None:
             return None
         raise bad(f"must be {_KIND_WORDS[kind]}")
-    if kind == "str":
+    if kind in ("str", "str?"):
         if not isinstance(value, str):
             raise bad("must be a string")
         if choices is not None:
@@ -536,18 +564,32 @@ def resolve_config(
     *,
     file_name: str = "config file",
     flag_names: Mapping[str, str] | None = None,
+    warn_legacy: bool = True,
 ) -> RunConfig:
-    """Defaults, overridden by a config file, overridden by flags; validated.
+    """Defaults (or a ``preset``), overridden by a config file, overridden by flags; validated.
 
-    Giving ``steps`` or ``epochs`` on the command line replaces either of them in the file.
+    Giving ``num_steps`` or ``num_epochs`` on the command line replaces either of
+    them in the file. ``flag_names`` maps a setting to the flag that gave it. An old
+    name (:data:`LEGACY_NAMES`, e.g. ``components``, or a flag such as ``--components``)
+    is read as the new one, with a FutureWarning when ``warn_legacy`` (the command
+    line marks the old flags in ``--help`` instead, so that its errors stay one line).
     """
     file_values = {str(k).replace("-", "_"): v for k, v in (file_values or {}).items()}
-    flag_values = dict(flag_values or {})
     flag_names = dict(flag_names or {})
-    if "steps" in flag_values or "epochs" in flag_values:
-        file_values.pop("steps", None)
-        file_values.pop("epochs", None)
-    merged = {**file_values, **flag_values}
-    sources = dict.fromkeys(file_values, file_name)
-    sources.update({k: flag_names.get(k, "--" + k.replace("_", "-")) for k in flag_values})
-    return RunConfig.from_dict(merged, sources=sources)
+    # by current name: (the name as given, its value, where it came from)
+    merged = {LEGACY_NAMES.get(k, k): (k, v, file_name) for k, v in file_values.items()}
+    flags = {LEGACY_NAMES.get(k, k) for k in flag_values or {}}
+    if "num_steps" in flags or "num_epochs" in flags:
+        merged.pop("num_steps", None)
+        merged.pop("num_epochs", None)
+    for key, value in (flag_values or {}).items():
+        flag = flag_names.get(key, "--" + key.replace("_", "-"))
+        canonical = "--" + LEGACY_NAMES.get(key, key).replace("_", "-")
+        if warn_legacy and flag != canonical and flag[2:].replace("-", "_") in LEGACY_NAMES:
+            warnings.warn(
+                f"{flag} is now {canonical}; the old flag will be removed", FutureWarning, 2
+            )
+        merged[LEGACY_NAMES.get(key, key)] = (key, value, flag)
+    values = {given: value for given, value, _ in merged.values()}
+    sources = {given: where for given, _, where in merged.values()}
+    return RunConfig.from_dict(values, sources=sources, warn_legacy=warn_legacy)

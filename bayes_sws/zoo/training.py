@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import progress_bar
+from ..settings import steps_per_epoch
 from ..validation import check_int, check_real, check_seed
 
 __all__ = ["LOSSES", "TrainResult", "accuracy", "predict", "rmse", "steps_per_epoch", "train"]
@@ -26,34 +27,6 @@ LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
 
 Hook = Callable[[nn.Module], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
-    r"""Optimiser steps in one epoch: the one definition for :func:`train` and ``fit``.
-
-    .. math::
-
-        \text{steps} = \max\big(1, \lfloor N / \min(B, N) \rfloor\big)
-
-    An epoch is one pass over a fresh permutation of the ``N`` data points cut
-    into full batches of ``B``; the last ``N mod B`` points of the permutation
-    are left out of that epoch (PyTorch's ``DataLoader(drop_last=True)``), so
-    every step sees the same batch size. ``None`` or ``B >= N`` is one full batch.
-    E.g. N = 1,437, B = 128: 11 steps of 128 points, 29 left out each epoch.
-
-    Parameters
-    ----------
-    num_data : int
-        Data points ``N`` (at least 1).
-    batch_size : int or None
-        Points per step ``B``.
-
-    Returns
-    -------
-    int
-        At least 1.
-    """
-    return max(1, num_data // min(batch_size or num_data, num_data))
 
 
 @dataclass(frozen=True)

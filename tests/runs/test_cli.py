@@ -96,7 +96,9 @@ def test_fit_writes_metrics_that_match_an_independent_evaluation(map_run, digits
     assert metrics["steps"] == 80 and metrics["guide"] == "map"
     assert {"python", "torch", "pyro"} <= set(metrics["versions"])
     config = json.loads((map_run / "config.json").read_text())
-    assert config["hidden"] == [16] and config["components"] == 4 and config["prior_scale"] == 0.1
+    assert (
+        config["hidden"] == [16] and config["num_components"] == 4 and config["prior_scale"] == 0.1
+    )
     net = runs.load_result(map_run).map_network()
     with torch.no_grad():
         predicted = net(digits.x_test).numpy().argmax(1)
@@ -204,7 +206,7 @@ def test_fit_normal_guide_from_a_toml_config_with_flag_overrides(tmp_path, capsy
     assert code == 0, err
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["guide"] == "normal" and resolved["init_scale"] == 0.01  # from the file
-    assert resolved["steps"] == 40 and resolved["prior_scale"] == 0.2  # flags win
+    assert resolved["num_steps"] == 40 and resolved["prior_scale"] == 0.2  # flags win
     result = runs.load_result(out)
     assert result.guide_name == "normal" and len(result.losses) == 40
     scales = [v for k, v in result.guide.state_dict().items() if k.startswith("scales.")]

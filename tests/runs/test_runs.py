@@ -363,8 +363,10 @@ def test_toml_file_values_are_overridden_by_flags(tmp_path):
         runs.load_config_file(path), {"prior_scale": 0.25, "epochs": 2}, file_name=str(path)
     )
     assert config.prior_scale == 0.25 and config.hidden == (32, 16) and config.guide == "normal"
-    assert config.steps is None and config.epochs == 2  # a flag's epochs replaces the file's steps
-    assert config.num_steps(1437) == 2 * (1437 // 128)
+    assert (
+        config.num_steps is None and config.num_epochs == 2
+    )  # a flag's epochs replaces the file's steps
+    assert config.total_steps(1437) == 2  # full batch by default (FitSettings): 1 step an epoch
     # the resolved config round-trips through config.json
     assert runs.RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     path.write_text("lr = 'fast'\n")
