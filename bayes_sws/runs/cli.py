@@ -128,7 +128,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .commands import compress_run
+    from .commands import compress_run, compression_score
 
     summary = compress_run(
         args.run_dir,
@@ -136,12 +136,7 @@ def _compress(args: argparse.Namespace) -> int:
         plots=args.plots,
         remove_dead_units=args.remove_dead_units,
     )
-    score = (
-        f"test accuracy {100 * summary['test_accuracy_before']:.2f} % -> "
-        f"{100 * summary['test_accuracy_after']:.2f} %"
-        if summary.get("test_accuracy_before") is not None
-        else f"test RMSE {summary['test_rmse_before']:.4g} -> {summary['test_rmse_after']:.4g}"
-    )
+    score = compression_score(summary)
     print(
         f"compression {summary['compression_rate']:.1f}x, "
         f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "

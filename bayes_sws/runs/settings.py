@@ -137,6 +137,19 @@ class _RunData:
 
 @dataclass(frozen=True)
 class _RunLikelihood:
+    likelihood: str = option(
+        "auto",
+        "auto (categorical for class labels, gaussian for real targets), or mdn: a "
+        "mixture density network over real targets (PRML 5.6)",
+        "str",
+        choices=("auto", "categorical", "gaussian", "mdn"),
+    )
+    mdn_components: int = option(
+        3,
+        "mixture components K of --likelihood mdn",
+        "int",
+        at_most(64, "K mixing logits, K*D means and K scales per output", at_least_one),
+    )
     noise_precision: float = option(
         1.0, "Gaussian noise precision β (regression data)", "float", positive
     )
