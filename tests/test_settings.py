@@ -85,7 +85,9 @@ def test_num_epochs_counts_passes_over_the_data():
 def test_run_config_defaults_are_the_settings_defaults():
     config = RunConfig()
     assert config.prior_settings() == PriorSettings()
-    assert config.fit_settings() == FitSettings()
+    # a run directory's two documented own settings (runs/settings.py _RunLength); all else shared
+    assert (config.batch_size, config.checkpoint_every) == (128, 100)
+    assert config.fit_settings() == FitSettings(batch_size=128, checkpoint_every=100)
     assert config.total_steps(1000) == FitSettings().num_steps
 
 

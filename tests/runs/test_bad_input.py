@@ -404,7 +404,10 @@ CONFIG = [
     ("pi_zero.toml", "pi_zero must lie strictly between 0 and 1, got 0"),
     ("lr_nan.toml", "lr must be finite, got nan"),
     ("lambda_inf.toml", "prior_scale must be finite, got -inf"),
-    ("likelihood.toml", "unknown setting 'likelihood'"),
+    (
+        "likelihood.toml",
+        "likelihood must be one of auto, categorical, gaussian, mdn, got 'poisson'",
+    ),
     ("network.toml", "network must be one of mlp, lenet-300-100, lenet-5, got 'vgg'"),
     ("dataset.toml", "unknown data set 'cifar'"),
     ("mixture_lr.toml", "mixture_lr must be > 0, got 0"),

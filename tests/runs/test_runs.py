@@ -366,7 +366,7 @@ def test_toml_file_values_are_overridden_by_flags(tmp_path):
     assert (
         config.num_steps is None and config.num_epochs == 2
     )  # a flag's epochs replaces the file's steps
-    assert config.total_steps(1437) == 2  # full batch by default (FitSettings): 1 step an epoch
+    assert config.total_steps(1437) == 2 * (1437 // 128)  # a run's mini-batch of 128
     # the resolved config round-trips through config.json
     assert runs.RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     path.write_text("lr = 'fast'\n")
