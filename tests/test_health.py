@@ -95,7 +95,7 @@ def test_a_useless_compressed_network_is_flagged_at_the_cli(tmp_path, capsys):
     # 60 steps from random weights: the compressed net falls to one class (issue 17's
     # breast-cancer case: "352.7x ... 96.49 % -> 63.16 %" reported as a success)
     run = tmp_path / "run"
-    config = {"hidden": [8], "components": 3, "pretrain_epochs": 0, "steps": 60}
+    config = {"hidden": [8], "num_components": 3, "pretrain_epochs": 0, "num_steps": 60}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sws.HealthWarning)
         runs.fit_run(config, run)

@@ -33,14 +33,23 @@ from bayes_sws.runs.checkpoints import RunIdentity, write_checkpoint
 
 TINY = {
     "hidden": [8],
-    "components": 3,
+    "num_components": 3,
     "pretrain_epochs": 0,
-    "steps": 6,
+    "num_steps": 6,
     "batch_size": 64,
     "checkpoint_every": 2,
     "keep_checkpoints": 3,
 }
-TINY_FLAGS = ["--hidden", "8", "--components", "3", "--pretrain-epochs", "0", "--steps", "2"]
+TINY_FLAGS = [
+    "--hidden",
+    "8",
+    "--num-components",
+    "3",
+    "--pretrain-epochs",
+    "0",
+    "--num-steps",
+    "2",
+]
 
 
 def _cli(argv, capsys):
@@ -120,7 +129,7 @@ def test_overwrite_deletes_only_the_files_the_tool_wrote(tmp_path, reference):
     (run / "plots" / "my-figure.png").write_bytes(b"mine")
     old_checkpoints = {p.name for p in (run / "checkpoints").glob("step-*.ckpt")}
     old_id = json.loads((run / run_dir.MARKER_FILE).read_text())["run_id"]
-    outcome = runs.fit_run({**TINY, "steps": 2, "seed": 1}, run, overwrite=True)
+    outcome = runs.fit_run({**TINY, "num_steps": 2, "seed": 1}, run, overwrite=True)
     assert outcome.status == "complete"
     assert (run / "my-notes.txt").read_text() == "keep me"
     assert (run / "checkpoints" / "my.ckpt").read_text() == "keep me too"
@@ -188,7 +197,7 @@ def test_links_inside_a_run_are_refused_not_followed(tmp_path, reference, link):
 # ============================================================================ state that proves it belongs
 def test_result_of_another_run_is_refused(tmp_path, reference):
     other = tmp_path / "other"
-    assert runs.fit_run({**TINY, "steps": 2}, other).status == "complete"
+    assert runs.fit_run({**TINY, "num_steps": 2}, other).status == "complete"
     shutil.copy(reference / "result.ckpt", other / "result.ckpt")
     with pytest.raises(runs.CheckpointError, match="result.ckpt belongs to run"):
         runs.compress_run(other, plots=False)
@@ -297,11 +306,11 @@ HUGE = [
     (["--seed", "99999999999999999999"], "--seed"),
     (["--seed", "4294967296"], "--seed"),
     (["--split-seed", "4294967296"], "--split-seed"),
-    (["--components", "1e25"], "--components"),
-    (["--components", "100000"], "--components"),
-    (["--steps", "1e25"], "--steps"),
-    (["--steps", "10000000000000"], "--steps"),
-    (["--epochs", "1e25"], "--epochs"),
+    (["--num-components", "1e25"], "--num-components"),
+    (["--num-components", "100000"], "--num-components"),
+    (["--num-steps", "1e25"], "--num-steps"),
+    (["--num-steps", "10000000000000"], "--num-steps"),
+    (["--num-epochs", "1e25"], "--epochs"),
     (["--num-particles", "1e25"], "--num-particles"),
     (["--num-particles", "1000000"], "--num-particles"),
     (["--lr", "1e300"], "--lr"),
@@ -393,7 +402,7 @@ def test_report_escapes_terminal_control_sequences(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(size=(60, 4)), y=rng.integers(0, 2, size=60))
     run = tmp_path / "run"
-    runs.fit_run({**TINY, "steps": 2, "data": str(data)}, run)
+    runs.fit_run({**TINY, "num_steps": 2, "data": str(data)}, run)
     code, out, err = _cli(["report", run], capsys)
     assert code == cli.EXIT_OK, err
     assert "\x1b" not in out
@@ -489,7 +498,7 @@ def test_kill_9_during_compress_and_diagnose_then_the_next_command_cleans_up(
     tmp_path, reference, command, pattern, written
 ):
     landed = False
-    for attempt in range(4):
+    for attempt in range(8):
         run = tmp_path / f"run-{attempt}"
         shutil.copytree(reference, run)
         folder = run / "plots" if command == "compress" else run
@@ -502,13 +511,13 @@ def test_kill_9_during_compress_and_diagnose_then_the_next_command_cleans_up(
             assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
         if landed:
             break
-    assert landed, f"no kill landed inside a write of {command} in 4 attempts"
+    assert landed, f"no kill landed inside a write of {command} in 8 attempts"
 
 
 # ============================================================================ fuzz
 _INT_FLAGS = [
-    "--components",
-    "--steps",
+    "--num-components",
+    "--num-steps",
     "--epochs",
     "--batch-size",
     "--seed",
@@ -596,8 +605,8 @@ def test_fuzzed_bad_flags_are_one_line_exit_2_and_create_nothing(tmp_path_factor
 # ============================================================================ divergence
 def test_a_diverging_fit_is_a_fault_in_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["fit", "--out", out, "--hidden", "8", "--components", "3", "--pretrain-epochs", "0"]
-    code, _, err = _cli([*argv, "--steps", "50", "--lr", "1e4"], capsys)
+    argv = ["fit", "--out", out, "--hidden", "8", "--num-components", "3", "--pretrain-epochs", "0"]
+    code, _, err = _cli([*argv, "--num-steps", "50", "--lr", "1e4"], capsys)
     assert code == cli.EXIT_FAILURE, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("bayes-sws: failed: the loss diverged at step"), err
