@@ -310,7 +310,7 @@ HUGE = [
     (["--num-components", "100000"], "--num-components"),
     (["--num-steps", "1e25"], "--num-steps"),
     (["--num-steps", "10000000000000"], "--num-steps"),
-    (["--num-epochs", "1e25"], "--epochs"),
+    (["--num-epochs", "1e25"], "--num-epochs"),
     (["--num-particles", "1e25"], "--num-particles"),
     (["--num-particles", "1000000"], "--num-particles"),
     (["--lr", "1e300"], "--lr"),
@@ -518,7 +518,7 @@ def test_kill_9_during_compress_and_diagnose_then_the_next_command_cleans_up(
 _INT_FLAGS = [
     "--num-components",
     "--num-steps",
-    "--epochs",
+    "--num-epochs",
     "--batch-size",
     "--seed",
     "--num-particles",
