@@ -678,14 +678,16 @@ def _compression_health(compressed, summary: dict, data) -> list[health.Finding]
     return findings
 
 
-def _fit_health(result: FitResult, prediction, data, mixture) -> list[health.Finding]:
+def _fit_health(
+    result: FitResult, prediction, data, mixture, median_net: nn.Module
+) -> list[health.Finding]:
     """The health checks of a finished fit (each also issued as a HealthWarning)."""
     findings = health.check_converged(result.losses)
     if data.is_classification:
         findings += health.check_prediction(
             prediction.argmax(-1).numpy(), num_classes=data.num_classes
         )
-    weights = torch.cat([p.detach().reshape(-1) for p in result.map_network().parameters()])
+    weights = torch.cat([p.detach().reshape(-1) for p in median_net.parameters()])
     findings += health.check_mixture(
         mixture.mu.numpy(), weights.numpy(), zero_component=result.model.prior.zero_component
     )
@@ -775,7 +777,9 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
             metrics["pretrained_test_log_likelihood"] = pretrained_metrics["test_log_likelihood"]
     mixture = result.mixture()
     metrics["mixture"] = {k: getattr(mixture, k).tolist() for k in ("pi", "mu", "sigma")}
-    metrics["health"] = [f.to_dict() for f in _fit_health(result, prediction, data, mixture)]
+    metrics["health"] = [
+        f.to_dict() for f in _fit_health(result, prediction, data, mixture, median_net)
+    ]
     _write_losses(run.dir, result.losses)
     run.verify_lock()
     # last: its presence marks a complete run
