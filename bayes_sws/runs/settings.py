@@ -16,7 +16,7 @@ import math
 import os
 import stat
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -451,80 +451,105 @@ _KIND_WORDS = {
 }
 
 
-def _coerce(spec: dataclasses.Field, value: Any, where: str, name: str | None = None) -> Any:
-    """``value`` read as the setting ``spec`` (called ``name`` where it was given)."""
-    kind, check, choices = (
-        spec.metadata["kind"],
-        spec.metadata["check"],
-        spec.metadata["choices"],
-    )
-    name = name or spec.name
+class _Coercion:
+    """Reads one given value as a setting of kind ``kind``; ``bad`` words its refusal."""
 
-    def bad(what: str) -> RunError:
-        subject = where if where.startswith("--") else f"{where}: {name}"
-        return RunError(f"{subject} {what}, got {value!r}")
+    def __init__(self, spec: dataclasses.Field, value: Any, where: str, name: str):
+        self.kind: str = spec.metadata["kind"]
+        self.choices = spec.metadata["choices"]
+        self.value, self.where, self.name = value, where, name
 
-    def number(v: Any, integer: bool) -> int | float:
+    def bad(self, what: str) -> RunError:
+        subject = self.where if self.where.startswith("--") else f"{self.where}: {self.name}"
+        return RunError(f"{subject} {what}, got {self.value!r}")
+
+    def number(self, v: Any, integer: bool) -> int | float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad(f"must be {_KIND_WORDS[kind]}")
+            raise self.bad(f"must be {_KIND_WORDS[self.kind]}")
         if integer and not isinstance(v, int):
             if not (isinstance(v, float) and v.is_integer()):
-                raise bad("must be an integer")
+                raise self.bad("must be an integer")
             v = int(v)
         if not math.isfinite(v):
-            raise bad("must be finite")
+            raise self.bad("must be finite")
         if not integer and abs(v) > FLOAT32_MAX:
-            raise bad(
+            raise self.bad(
                 f"must be at most {FLOAT32_MAX:.4g} in size (the networks compute in float32)"
             )
         return v if integer else float(v)
 
-    if value is None:
-        if kind.endswith("?") or spec.default is None:
-            return None
-        raise bad(f"must be {_KIND_WORDS[kind]}")
-    if kind in ("str", "str?"):
+    def string(self) -> str:
+        value = self.value
         if not isinstance(value, str):
-            raise bad("must be a string")
-        if choices is not None:
-            normal = (
-                value.strip().lower().replace("_", "-")
-                if name == "network"
-                else value.strip().lower()
-            )
-            if name == "activation":
-                normal = normal.replace("-", "_")
-            if normal not in choices:
-                raise bad(f"must be one of {', '.join(choices)}")
-            value = normal
-        elif not value:
-            raise bad("must not be empty")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("must be true or false")
-        return value
-    if kind in ("int", "int?", "float", "float?"):
-        value = number(value, integer=kind.startswith("int"))
-    elif kind == "ints":
+            raise self.bad("must be a string")
+        if self.choices is None:
+            if not value:
+                raise self.bad("must not be empty")
+            return value
+        normal = value.strip().lower()
+        if self.name == "network":
+            normal = normal.replace("_", "-")
+        if self.name == "activation":
+            normal = normal.replace("-", "_")
+        if normal not in self.choices:
+            raise self.bad(f"must be one of {', '.join(self.choices)}")
+        return normal
+
+    def boolean(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self.bad("must be true or false")
+        return self.value
+
+    def scalar(self) -> int | float:
+        return self.number(self.value, integer=self.kind.startswith("int"))
+
+    def ints(self) -> tuple[int | float, ...]:
+        value = self.value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
+            value = self.value = [value]
         if not isinstance(value, (list, tuple)):
-            raise bad("must be a list of integers")
-        value = tuple(number(v, integer=True) for v in value)
-    elif kind in ("pair", "pair?"):
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise bad("must be two numbers [a, b]")
-        value = tuple(number(v, integer=False) for v in value)
+            raise self.bad("must be a list of integers")
+        return tuple(self.number(v, integer=True) for v in value)
+
+    def pair(self) -> tuple[int | float, ...]:
+        if not isinstance(self.value, (list, tuple)) or len(self.value) != 2:
+            raise self.bad("must be two numbers [a, b]")
+        return tuple(self.number(v, integer=False) for v in self.value)
+
+
+_COERCIONS: dict[str, Callable[[_Coercion], Any]] = {
+    "str": _Coercion.string,
+    "str?": _Coercion.string,
+    "bool": _Coercion.boolean,
+    "int": _Coercion.scalar,
+    "int?": _Coercion.scalar,
+    "float": _Coercion.scalar,
+    "float?": _Coercion.scalar,
+    "ints": _Coercion.ints,
+    "pair": _Coercion.pair,
+    "pair?": _Coercion.pair,
+}
+
+
+def _coerce(spec: dataclasses.Field, value: Any, where: str, name: str | None = None) -> Any:
+    """``value`` read as the setting ``spec`` (called ``name`` where it was given)."""
+    coercion = _Coercion(spec, value, where, name or spec.name)
+    if value is None:
+        if coercion.kind.endswith("?") or spec.default is None:
+            return None
+        raise coercion.bad(f"must be {_KIND_WORDS[coercion.kind]}")
+    value = coercion.value = _COERCIONS[coercion.kind](coercion)
+    if coercion.kind in ("str", "str?", "bool"):
+        return value
+    check = spec.metadata["check"]
     problem = check(value) if check is not None else None
     if problem:
-        raise bad(problem)
+        raise coercion.bad(problem)
     return value
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML (or JSON) config file into a dict of settings (not yet validated)."""
-    path = Path(path)
+def _read_config_bytes(path: Path) -> bytes:
+    """The bytes of a config file, refused unless it is a regular file of settings' size."""
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
@@ -536,30 +561,40 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
                 f"config file {path} is {info.st_size} bytes, more than a settings file needs "
                 f"(at most {MAX_CONFIG_BYTES} bytes)"
             )
-        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+        return path.read_bytes()[: MAX_CONFIG_BYTES + 1]
     except FileNotFoundError:
         raise RunError(f"config file {path} does not exist") from None
     except OSError as err:
         raise RunError(f"cannot read config file {path}: {err.strerror or err}") from None
+
+
+def _parse_toml(path: Path, text: bytes) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]  # the same API
+        except ModuleNotFoundError:
+            raise RunError(
+                "reading TOML config files needs Python >= 3.11 or `pip install tomli`"
+            ) from None
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise RunError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML (or JSON) config file into a dict of settings (not yet validated)."""
+    path = Path(path)
+    text = _read_config_bytes(path)
     if path.suffix.lower() == ".json":
         try:
             values = json.loads(text)
         except ValueError as err:
             raise RunError(f"config file {path} is not valid JSON: {err}") from None
     else:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]  # the same API
-            except ModuleNotFoundError:
-                raise RunError(
-                    "reading TOML config files needs Python >= 3.11 or `pip install tomli`"
-                ) from None
-        try:
-            values = tomllib.loads(text.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-            raise RunError(f"config file {path} is not valid TOML: {err}") from None
+        values = _parse_toml(path, text)
     if not isinstance(values, dict):
         raise RunError(f"config file {path} must hold a table of settings")
     for key, value in values.items():
