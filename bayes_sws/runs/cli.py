@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from ..settings import CompressSettings, FitSettings, PriorSettings
+from ..settings import FitSettings, PriorSettings
 
 __all__ = ["build_parser", "main"]
 
@@ -129,12 +131,15 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace) -> int:
     from .commands import compress_run, compression_score
+    from .settings import compress_options
 
+    given = {o["name"]: vars(args)[o["name"]] for o in compress_options() if o["name"] in args}
+    flags = getattr(args, "_flag_names", {})
     summary = compress_run(
         args.run_dir,
-        merge_threshold=args.merge_threshold,
         plots=args.plots,
-        remove_dead_units=args.remove_dead_units,
+        sources={name: flags.get(name, "--" + name.replace("_", "-")) for name in given},
+        **given,
     )
     score = compression_score(summary)
     print(
@@ -204,7 +209,28 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
+def _checked_number(option: dict) -> Callable[[str], int | float]:
+    """An argparse type that reads a number and applies the setting's own check."""
+    integer = option["kind"].startswith("int")
+    check = option["check"]
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            word = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        problem = None if math.isfinite(value) else "must be finite"
+        problem = problem or (check(value) if check is not None else None)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_setting(group: argparse._ArgumentGroup, option: dict, *, checked: bool = False) -> None:
+    """A flag for the setting ``option``; ``checked`` numbers are checked as argparse reads them."""
     name, kind = option["name"], option["kind"]
     flags = ["--" + n.replace("_", "-") for n in (name, *option.get("aliases", ()))]
     default = option["default"]
@@ -229,7 +255,9 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict) -> None:
         kwargs["help"] += f" ({', '.join(flags[1:])}: deprecated old name)"
     if option["choices"] is not None:
         kwargs["choices"] = list(option["choices"])
-    if kind in ("int", "int?"):
+    if checked and kind in ("int", "int?", "float", "float?"):
+        kwargs["type"] = _checked_number(option)
+    elif kind in ("int", "int?"):
         kwargs["type"] = int
     elif kind in ("float", "float?"):
         kwargs["type"] = float
@@ -381,20 +409,11 @@ def _add_compress(commands) -> None:
         "DIR/model_quantized.pt, and plots.",
         plots="write before/after plots to DIR/plots/ (default: yes)",
     )
-    compress_defaults = CompressSettings()
-    compress.add_argument(
-        "--merge-threshold",
-        type=_non_negative_float,
-        default=compress_defaults.merge_threshold,
-        help="merge components closer than this (symmetric KL; 0: never) "
-        f"(default: {compress_defaults.merge_threshold:g})",
-    )
-    compress.add_argument(
-        "--remove-dead-units",
-        action="store_true",
-        help="store the network without the hidden units pruning left unused (exact; the "
-        "rate stays relative to the full network)",
-    )
+    from .settings import compress_options
+
+    group = compress.add_argument_group("compression settings (bayes_sws.CompressSettings)")
+    for option in compress_options():
+        _add_setting(group, option, checked=True)
 
 
 def _add_diagnose(commands) -> None:

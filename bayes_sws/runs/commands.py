@@ -42,7 +42,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import signal
 import threading
@@ -64,6 +63,7 @@ from ..core.likelihoods import Gaussian, Likelihood, MixtureDensity
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
 from ..infer.svi import FitResult, FitState, fit, steps_per_epoch
+from ..settings import CompressSettings
 from ..zoo.nets import build_network
 from . import directory as rundir
 from .checkpoints import (
@@ -84,6 +84,7 @@ from .settings import (
     RESUME_SETTINGS,
     RunConfig,
     RunError,
+    compress_settings,
     config_options,
     load_config_file,
     resolve_config,
@@ -862,16 +863,22 @@ def _save_figure(fig, run: _RunContext, name: str) -> str:
 def compress_run(
     run_dir: str | os.PathLike,
     *,
-    merge_threshold: float = 1e-2,
+    settings: CompressSettings | None = None,
     plots: bool = True,
-    remove_dead_units: bool = False,
+    sources: Mapping[str, str] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Quantise the run's MAP (median) network with its learned mixture; write ``compression.json``.
 
     Each weight goes to its most responsible component, close components merge,
     the zero component prunes (:func:`bayes_sws.compress.quantize`), and storage
     is counted as Han et al. do (:func:`bayes_sws.compress.storage_report`); both
-    through :func:`bayes_sws.compress.pipeline.compress_result`. With ``plots``, the
+    through :func:`bayes_sws.compress.pipeline.compress_result`. The settings are
+    a :class:`~bayes_sws.settings.CompressSettings` (``settings``, default the
+    defaults) with ``changes`` by name (``merge_threshold=0``,
+    ``remove_dead_units=True``, ``finetune_epochs=2``: codebook fine-tuning on
+    the run's training data with its batch size and seed); ``sources`` names
+    where each change came from, for the error messages. With ``plots``, the
     pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
     With ``remove_dead_units`` the hidden units pruning left unused are dropped
     before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
@@ -881,19 +888,16 @@ def compress_run(
     counted bits) and as a torch state dict ``model_quantized.pt``; ``files``
     gives their sizes.
     """
-    if isinstance(merge_threshold, bool) or not (
-        isinstance(merge_threshold, (int, float))
-        and math.isfinite(merge_threshold)
-        and merge_threshold >= 0
-    ):
-        raise RunError(f"merge threshold must be a number >= 0, got {merge_threshold!r}")
-    if not isinstance(remove_dead_units, bool) or not isinstance(plots, bool):
-        raise TypeError("remove_dead_units and plots must be True or False")
+    if settings is not None and not isinstance(settings, CompressSettings):
+        raise TypeError(f"settings must be a CompressSettings, got {type(settings).__name__}")
+    chosen = compress_settings(changes, base=settings, sources=sources)
+    if not isinstance(plots, bool):
+        raise TypeError(f"plots must be True or False, got {plots!r}")
     with _complete_run(run_dir, "compress") as (run, config):
-        return _compress_run(run, config, float(merge_threshold), plots, remove_dead_units)
+        return _compress_run(run, config, chosen, plots)
 
 
-def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_units) -> dict:
+def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: bool) -> dict:
     from ..compress import plot_layer_sparsity, plot_weights_before_after
     from ..compress.pipeline import compress_result
 
@@ -906,16 +910,24 @@ def _compress_run(run: _RunContext, config, merge_threshold, plots, remove_dead_
         result,
         data.x_test,
         data.y_test,
-        merge_threshold=merge_threshold,
+        merge_threshold=chosen.merge_threshold,
+        merge_criterion=chosen.merge_criterion,  # type: ignore[arg-type]  # checked choices
+        index_bits=chosen.index_bits,
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
-        remove_dead_units=remove_dead_units,
+        finetune_data=(data.x_train, data.y_train) if chosen.finetune_epochs else None,
+        finetune_epochs=chosen.finetune_epochs,
+        finetune_lr=chosen.finetune_lr,
+        finetune_batch_size=config.batch_size or len(data.x_train),
+        remove_dead_units=chosen.remove_dead_units,
+        seed=config.seed,
     )
     summary = compressed.to_dict()
-    summary["remove_dead_units"] = bool(remove_dead_units)
+    summary["settings"] = chosen.to_dict()
+    summary["remove_dead_units"] = chosen.remove_dead_units
     stored_net = compressed.stored_net
     assert stored_net is not None  # compress_pipeline always sets it
     summary["stored_shapes"] = {name: list(p.shape) for name, p in stored_net.named_parameters()}
-    summary["merge_threshold"] = merge_threshold
+    summary["merge_threshold"] = chosen.merge_threshold
     summary["run"] = run.identity.to_dict()
     summary["num_components_after_merging"] = compressed.num_components
     summary["health"] = [f.to_dict() for f in _compression_health(compressed, summary, data)]

@@ -26,6 +26,7 @@ from ..infer.guides import GUIDES
 from ..settings import (
     POINT_GUIDES,
     PRESETS,
+    CompressSettings,
     FitSettings,
     PriorSettings,
     at_least_one,
@@ -45,6 +46,8 @@ __all__ = [
     "RESUME_SETTINGS",
     "RunConfig",
     "RunError",
+    "compress_options",
+    "compress_settings",
     "config_options",
     "load_config_file",
     "resolve_config",
@@ -423,18 +426,69 @@ def _preset_values(name: str | None, given: Mapping[str, Any]) -> dict[str, Any]
     return values
 
 
-def config_options() -> list[dict[str, Any]]:
-    """One entry per setting (name, default, kind, help, choices, aliases) for building a parser."""
-    old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
+def _options(fields, aliases: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One entry per field (name, default, kind, help, choices, metavar, check, aliases)."""
+    keys = ("kind", "help", "choices", "metavar", "check")
     return [
         {
             "name": f.name,
             "default": f.default,
-            "aliases": (old[f.name],) if f.name in old else (),
-            **{k: f.metadata[k] for k in ("kind", "help", "choices", "metavar")},
+            "aliases": (aliases[f.name],) if f.name in aliases else (),
+            **{k: f.metadata[k] for k in keys},
         }
-        for f in dataclasses.fields(RunConfig)
+        for f in fields
     ]
+
+
+def config_options() -> list[dict[str, Any]]:
+    """One entry per setting (name, default, kind, help, choices, aliases) for building a parser."""
+    old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
+    return _options(dataclasses.fields(RunConfig), old)
+
+
+#: :class:`~bayes_sws.settings.CompressSettings` that shape the retraining, not the
+#: compression of a fitted run (``compress`` has no flag for them).
+_RETRAINING_ONLY = ("prior_scale_warmup",)
+
+
+def _compress_fields() -> dict[str, dataclasses.Field]:
+    return {
+        f.name: f
+        for f in dataclasses.fields(CompressSettings)
+        if f.metadata.get("kind") is not None and f.name not in _RETRAINING_ONLY
+    }
+
+
+def compress_options() -> list[dict[str, Any]]:
+    """The ``compress`` command's settings, as :func:`config_options` gives ``fit``'s."""
+    return _options(_compress_fields().values(), {})
+
+
+def compress_settings(
+    values: Mapping[str, Any],
+    *,
+    base: CompressSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> CompressSettings:
+    """``base`` (default :class:`~bayes_sws.settings.CompressSettings`) with ``values``, validated.
+
+    The keys are the settings ``compress`` takes (:func:`compress_options`);
+    ``sources`` maps a key to where it came from (``"--merge-threshold"``).
+    Raises :class:`RunError` naming the key, the value and what is accepted.
+    """
+    known = _compress_fields()
+    sources = dict(sources or {})
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        where = sources.get(key, "compress")
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RunError(
+                f"{where}: unknown compression setting {key!r}{hint} (accepted: {', '.join(known)})"
+            )
+        clean[key] = _coerce(known[key], value, where, key)
+    return (base or CompressSettings()).replace(**clean)
 
 
 _KIND_WORDS = {

@@ -6,6 +6,7 @@ and Ctrl-C. Numbers the CLI writes are checked against independent
 computations (scipy responsibilities, numpy accuracies), not against itself.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,8 +22,10 @@ import torch
 from scipy.stats import norm
 
 from bayes_sws.compress import load_compressed
+from bayes_sws.compress.pipeline import compress_result
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
+from bayes_sws.settings import CompressSettings
 from bayes_sws.zoo.data import load_dataset
 
 SMALL = [
@@ -156,6 +159,56 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     assert smaller["stored_shapes"]["0.weight"][0] <= max(1, state["0.weight"].shape[0] - unread)
     assert smaller["test_accuracy_after"] == pytest.approx(accuracy(quantised), abs=1e-12)
     assert smaller["compression_rate"] >= summary["compression_rate"]
+
+
+def test_every_compression_setting_is_a_compress_flag(capsys):
+    # oracle: the CompressSettings record's own fields (less the retraining's warm-up)
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "--help"])
+    help_text = capsys.readouterr().out
+    names = [
+        f.name
+        for f in dataclasses.fields(CompressSettings)
+        if f.metadata["kind"] is not None and f.name != "prior_scale_warmup"
+    ]
+    assert names  # the record has command-line settings at all
+    for name in names:
+        assert "--" + name.replace("_", "-") in help_text, name
+    assert "--prior-scale-warmup" not in help_text
+
+
+def test_compress_flags_reach_the_pipeline(map_run, digits, capsys):
+    argv = ["--merge-criterion", "mean", "--merge-threshold", "0.05", "--finetune-epochs", "1"]
+    code, _, err = run_cli(
+        capsys, "compress", map_run, *argv, "--finetune-lr", "0.01", "--no-plots"
+    )
+    assert code == 0, err
+    summary = json.loads((map_run / "compression.json").read_text())
+    assert summary["settings"]["merge_criterion"] == "mean"
+    assert summary["settings"]["finetune_epochs"] == 1
+    assert summary["settings"]["finetune_lr"] == 0.01
+    # oracle: the library's compress_result called by hand with the run's data and settings
+    config = json.loads((map_run / "config.json").read_text())
+    by_hand = compress_result(
+        runs.load_result(map_run),
+        digits.x_test,
+        digits.y_test,
+        merge_threshold=0.05,
+        merge_criterion="mean",
+        finetune_data=(digits.x_train, digits.y_train),
+        finetune_epochs=1,
+        finetune_lr=0.01,
+        finetune_batch_size=config["batch_size"],
+        seed=config["seed"],
+    )
+    assert summary["compression_rate"] == by_hand.compression_rate
+    assert summary["test_accuracy_after"] == by_hand.test_accuracy_after
+    # the same settings as a record through the Python API
+    record = CompressSettings(merge_threshold=0.0)
+    with pytest.raises(runs.RunError, match="merge_threshold must be >= 0, got -1.0"):
+        runs.compress_run(map_run, settings=record, merge_threshold=-1)
+    with pytest.raises(runs.RunError, match="did you mean 'merge_threshold'"):
+        runs.compress_run(map_run, merge_treshold=0.0)
 
 
 def test_compress_writes_the_network_it_counted(map_run, digits, capsys):
