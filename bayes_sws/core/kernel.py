@@ -553,7 +553,8 @@ class _MixtureLogProb(torch.autograd.Function):
 # --------------------------------------------------------------------------- #
 
 
-def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
+def _check_tensors(w, pi, mu, sigma) -> None:
+    """Types, dtypes, devices and shapes of the four inputs (no host sync)."""
     for name, value in (("w", w), ("pi", pi), ("mu", mu), ("sigma", sigma)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -585,6 +586,26 @@ def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
         )
     if pi.shape[0] == 0:
         raise ValueError("the mixture needs at least one component (M >= 1), got M = 0")
+
+
+def _check_values(pi, mu, sigma) -> None:
+    """``sigma > 0``, ``pi >= 0`` (not all zero) and finiteness, in one host sync."""
+    with torch.no_grad():  # one host sync; NaN fails every comparison
+        sigma_ok = ((sigma > 0) & (sigma < math.inf)).all()
+        pi_ok = ((pi >= 0) & (pi < math.inf)).all() & (pi > 0).any()
+        mu_ok = (mu.abs() < math.inf).all()
+        if not bool(sigma_ok & pi_ok & mu_ok):
+            if not bool(sigma_ok):
+                raise ValueError(f"sigma must be positive and finite, got {sigma.tolist()}")
+            if not bool(pi_ok):
+                raise ValueError(
+                    f"pi must be finite, non-negative and not all zero, got {pi.tolist()}"
+                )
+            raise ValueError(f"mu must be finite, got {mu.tolist()}")
+
+
+def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
+    _check_tensors(w, pi, mu, sigma)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -592,18 +613,7 @@ def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
     if validate_args is None:
         validate_args = torch.distributions.Distribution._validate_args
     if validate_args:
-        with torch.no_grad():  # one host sync; NaN fails every comparison
-            sigma_ok = ((sigma > 0) & (sigma < math.inf)).all()
-            pi_ok = ((pi >= 0) & (pi < math.inf)).all() & (pi > 0).any()
-            mu_ok = (mu.abs() < math.inf).all()
-            if not bool(sigma_ok & pi_ok & mu_ok):
-                if not bool(sigma_ok):
-                    raise ValueError(f"sigma must be positive and finite, got {sigma.tolist()}")
-                if not bool(pi_ok):
-                    raise ValueError(
-                        f"pi must be finite, non-negative and not all zero, got {pi.tolist()}"
-                    )
-                raise ValueError(f"mu must be finite, got {mu.tolist()}")
+        _check_values(pi, mu, sigma)
 
 
 def mixture_log_prob(

@@ -254,7 +254,25 @@ class MixturePrior:
             zero_precision_concentration,
             zero_precision_rate,
         )
-        zero_precision_concentration, zero_precision_rate = zero_pair
+        self._check_components(num_components, zero_component)
+        self._check_pi_zero(pi_zero, pi_zero_prior, init_pi_zero)
+        self.mixing_concentration = _positive("mixing_concentration", mixing_concentration)
+        self.mean_loc = check_real("mean_loc", mean_loc)
+        self.mean_scale = _positive("mean_scale", mean_scale)
+        self.ordered_means = check_bool("ordered_means", ordered_means)
+        self._check_precision_priors(precision_concentration, precision_rate, *zero_pair)
+        self.flat = check_bool("flat", flat)
+        self.include_bias = check_bool("include_bias", include_bias)
+        # one string is one parameter name (a predicate is any callable)
+        self.params = params if callable(params) else check_names("params", params)
+        self._check_init(init_means, init_sigma)
+        self.fixed_precision = check_real(
+            "fixed_precision", fixed_precision, low=0, low_open=True, allow_none=True
+        )
+        self._check_fixed_mixture(fixed_pi, fixed_mu, fixed_sigma)
+
+    def _check_components(self, num_components, zero_component) -> None:
+        """Check and keep ``num_components`` and ``zero_component``; set ``num_free``."""
         num_components = check_int("num_components", num_components, noun="an int >= 1")
         if num_components < 1:  # wording pinned by tests/test_fit.py
             raise ValueError(
@@ -263,6 +281,9 @@ class MixturePrior:
         self.num_components = num_components
         self.zero_component = check_bool("zero_component", zero_component)
         self.num_free = num_components - int(self.zero_component)
+
+    def _check_pi_zero(self, pi_zero, pi_zero_prior, init_pi_zero) -> None:
+        """Check and keep the zero component's mixing settings (after ``zero_component``)."""
         if pi_zero is not None:
             pi_zero = check_real("pi_zero", pi_zero)
             if not 0.0 < pi_zero < 1.0:
@@ -287,33 +308,29 @@ class MixturePrior:
         if not 0.0 < init_pi_zero < 1.0:
             raise ValueError(f"init_pi_zero must lie in (0, 1), got {init_pi_zero!r}")
         self.init_pi_zero = init_pi_zero
-        self.mixing_concentration = _positive("mixing_concentration", mixing_concentration)
-        self.mean_loc = check_real("mean_loc", mean_loc)
-        self.mean_scale = _positive("mean_scale", mean_scale)
-        self.ordered_means = check_bool("ordered_means", ordered_means)
-        self.precision_concentration = _positive("precision_concentration", precision_concentration)
-        self.precision_rate = _positive("precision_rate", precision_rate)
-        if not self.zero_component and (
-            zero_precision_concentration is not None or zero_precision_rate is not None
-        ):
+
+    def _check_precision_priors(self, conc, rate, zero_conc, zero_rate) -> None:
+        """Check and keep the Gamma hyperpriors on the precisions (zero's defaults to the rest)."""
+        self.precision_concentration = _positive("precision_concentration", conc)
+        self.precision_rate = _positive("precision_rate", rate)
+        if not self.zero_component and (zero_conc is not None or zero_rate is not None):
             raise ValueError(
                 "zero_precision_concentration/zero_precision_rate were given but "
                 "zero_component=False; set zero_component=True or drop them"
             )
         self.zero_precision_concentration = (
             self.precision_concentration
-            if zero_precision_concentration is None
-            else _positive("zero_precision_concentration", zero_precision_concentration)
+            if zero_conc is None
+            else _positive("zero_precision_concentration", zero_conc)
         )
         self.zero_precision_rate = (
             self.precision_rate
-            if zero_precision_rate is None
-            else _positive("zero_precision_rate", zero_precision_rate)
+            if zero_rate is None
+            else _positive("zero_precision_rate", zero_rate)
         )
-        self.flat = check_bool("flat", flat)
-        self.include_bias = check_bool("include_bias", include_bias)
-        # one string is one parameter name (a predicate is any callable)
-        self.params = params if callable(params) else check_names("params", params)
+
+    def _check_init(self, init_means, init_sigma) -> None:
+        """Check and keep the initial means (one per non-zero component) and sigma."""
         self.init_means = (
             None if init_means is None else check_finite_tensor("init_means", init_means).flatten()
         )
@@ -325,10 +342,6 @@ class MixturePrior:
         self.init_sigma = check_real(
             "init_sigma", init_sigma, low=0, low_open=True, allow_none=True
         )
-        self.fixed_precision = check_real(
-            "fixed_precision", fixed_precision, low=0, low_open=True, allow_none=True
-        )
-        self._check_fixed_mixture(fixed_pi, fixed_mu, fixed_sigma)
 
     def _check_fixed_mixture(self, fixed_pi, fixed_mu, fixed_sigma) -> None:
         """Check and keep the fixed parts of the mixture (each ``None`` or ``M`` values)."""
