@@ -89,34 +89,17 @@ _NM_FACTOR = {"store": 1, "mixture_same_family": 12, "naive": 12}
 
 
 def _kernel_module():
-    """``bayes_sws.core.kernel`` without importing the package (and Pyro): faster workers."""
-    import importlib.util
+    """``bayes_sws.core.kernel`` (the checkout's; the script puts it on ``sys.path``)."""
+    import importlib
 
-    if "bayes_sws.core.kernel" in sys.modules:
-        return sys.modules["bayes_sws.core.kernel"]
-    if "_bayes_sws_kernel" not in sys.modules:
-        path = HERE.parent / "bayes_sws" / "kernel.py"
-        spec = importlib.util.spec_from_file_location("_bayes_sws_kernel", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_bayes_sws_kernel"] = module
-        spec.loader.exec_module(module)
-        module._native_mod = _native_module()
-    return sys.modules["_bayes_sws_kernel"]
+    return importlib.import_module("bayes_sws.core.kernel")
 
 
 def _native_module():
-    """``bayes_sws.core._native`` (the C loop's builder/loader), also without the package."""
-    import importlib.util
+    """``bayes_sws.core._native`` (the C loop's builder/loader)."""
+    import importlib
 
-    if "bayes_sws.core._native" in sys.modules:
-        return sys.modules["bayes_sws.core._native"]
-    if "_bayes_sws_native" not in sys.modules:
-        path = HERE.parent / "bayes_sws" / "core" / "_native" / "__init__.py"
-        spec = importlib.util.spec_from_file_location("_bayes_sws_native", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_bayes_sws_native"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_bayes_sws_native"]
+    return importlib.import_module("bayes_sws.core._native")
 
 
 def native_build_seconds() -> float:
