@@ -21,9 +21,6 @@ KNOWN_LONG = {
     ("compress/pipeline.py", "soft_weight_sharing"),
     ("compress/pipeline.py", "compress_result"),
     ("compress/baseline.py", "deep_compression"),
-    ("diagnostics/posterior.py", "to_inference_data"),
-    ("integrations/lightning.py", "_build_class"),
-    ("infer/mcmc.py", "sample_nuts"),
 }
 
 

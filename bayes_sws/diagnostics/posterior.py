@@ -55,7 +55,7 @@ from ..core.penalty import log_joint_densities
 from ..core.priors import Mixture
 from ..core.sites import MEANS, MIXING, MIXTURE_SITES, OBS, SITE_PREFIX, WEIGHT_PREFIX
 from ..infer.mcmc import MCMCResult
-from ..infer.svi import FitResult
+from ..infer.svi import FitResult, as_data
 from ..validation import check_int, check_seed
 
 __all__ = [
@@ -271,6 +271,156 @@ def _numpy(value: Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- to_inference_data
+def _posterior_group(
+    model: SWSModel, draws: Mapping[str, Tensor], weight_sites: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
+    """The ``posterior`` arrays of the mixture, hyperparameter and weight sites, their dims and coords."""
+    posterior: dict[str, np.ndarray] = {}
+    dims: dict[str, list[str]] = {}
+    for name in (*MIXTURE_VARS, *model.hyper_site_names):
+        value = draws[name]
+        posterior[name] = _numpy(value)
+        dims[name] = _hyper_dims(model, name, value.dim() - 2)
+    for site in weight_sites:
+        param = site[len(WEIGHT_PREFIX) :]
+        posterior[site] = _numpy(draws[site])
+        dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
+    coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
+    if model.prior.zero_component:
+        coords["nonzero_component"] = np.arange(1, model.prior.num_components)
+    return posterior, dims, coords
+
+
+def _store_draw(
+    arrays: dict[str, np.ndarray],
+    key: str,
+    shape: tuple[int, ...],
+    chain: int,
+    draw: int,
+    value: np.ndarray,
+) -> None:
+    """``arrays[key][chain, draw] = value``, the array of shape ``(*shape, *value.shape)`` made on first use."""
+    if key not in arrays:
+        arrays[key] = np.empty(shape + value.shape, dtype=value.dtype)
+    arrays[key][chain, draw] = value
+
+
+def _per_draw_arrays(
+    model: SWSModel,
+    draws: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor | None,
+    *,
+    predictive_mean: bool,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per posterior draw, each ``(chain, draw, data, ...)``: a posterior-predictive sample
+    (``"predictive"``), the pointwise log-likelihood of ``y`` when given
+    (``"log_likelihood"``) and the likelihood's mean when asked (``"mean"``).
+
+    The predictive samples are seeded with ``seed + 1``; torch's global generator
+    is restored afterwards.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(check_seed("seed", seed) + 1)
+    shape = tuple(next(iter(draws.values())).shape[:2])
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for c, d, values, output in _each_draw(model, draws, x):
+            likelihood = model.likelihood.distribution(output, values)
+            _store_draw(arrays, "predictive", shape, c, d, _numpy(likelihood.sample()))
+            if y is not None:
+                log_lik = _numpy(likelihood.log_prob(y))
+                _store_draw(arrays, "log_likelihood", shape, c, d, log_lik)
+            if predictive_mean:
+                mean = _numpy(model.likelihood.mean(output, values))
+                _store_draw(arrays, "mean", shape, c, d, mean)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    assert "predictive" in arrays, "at least one draw"
+    return arrays
+
+
+def _data_groups(
+    model: SWSModel,
+    draws: Mapping[str, Tensor],
+    x: Any,
+    y: Any,
+    *,
+    predictive_mean: bool,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
+    """What the data ``x`` (and ``y``) add to the InferenceData.
+
+    The groups ``posterior_predictive`` and ``constant_data`` (and with ``y``
+    ``log_likelihood`` and ``observed_data``), the posterior variable
+    ``predictive_mean`` when asked, the dims of all these variables and the
+    ``data`` coordinate.
+    """
+    x_tensor = _as_inputs(model, x)
+    y_tensor = None
+    if y is not None:
+        x_tensor, y_tensor = as_data(x, y, model)
+    arrays = _per_draw_arrays(
+        model, draws, x_tensor, y_tensor, predictive_mean=predictive_mean, seed=seed
+    )
+    predictive = arrays["predictive"]
+    groups: dict[str, Any] = {"posterior_predictive": {OBS: predictive}}
+    dims = {OBS: ["data"] + _extra_dims("output", predictive.ndim - 3)}
+    x_np = _numpy(x_tensor)
+    groups["constant_data"] = {"x": x_np}
+    dims["x"] = (
+        ["data", "feature"]
+        if x_np.ndim == 2
+        else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
+    )
+    if y_tensor is not None:
+        groups["log_likelihood"] = {OBS: arrays["log_likelihood"]}
+        groups["observed_data"] = {OBS: _numpy(y_tensor)}
+    posterior: dict[str, np.ndarray] = {}
+    if predictive_mean:
+        means = arrays["mean"]
+        posterior["predictive_mean"] = means
+        kind = "class" if isinstance(model.likelihood, Categorical) else "output"
+        dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
+    return groups, posterior, dims, {"data": np.arange(x_np.shape[0])}
+
+
+def _attrs(result: FitResult | MCMCResult) -> dict[str, str]:
+    """Provenance of the InferenceData: libraries, the inference method and the run's settings."""
+    method = "NUTS" if isinstance(result, MCMCResult) else f"SVI guide={result.guide_name}"
+    return {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "creation_library": "bayes_sws",
+        "method": method,
+        "config": json.dumps(result.config, default=str, sort_keys=True),
+    }
+
+
+def _from_dict(
+    az: Any,
+    posterior: dict[str, np.ndarray],
+    coords: dict[str, Any],
+    dims: dict[str, list[str]],
+    attrs: dict[str, str],
+    groups: dict[str, Any],
+):
+    """``az.from_dict`` with the coordinates some variable uses, and the attrs on every group."""
+    used = {d for names in dims.values() for d in names}
+    coords = {k: v for k, v in coords.items() if k in used}
+    idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, attrs=attrs, **groups)
+    for group in idata.groups():  # as ArviZ's own converters do, on every group too
+        idata[group].attrs.update(
+            {
+                k: attrs[k]
+                for k in ("inference_library", "inference_library_version", "creation_library")
+            }
+        )
+    idata.posterior.attrs.update({"method": attrs["method"], "config": attrs["config"]})
+    return idata
+
+
 def to_inference_data(
     result: FitResult | MCMCResult,
     x: Any = None,
@@ -320,99 +470,19 @@ def to_inference_data(
     if y is not None and x is None:
         raise ValueError("y was given without x; pass the inputs x the targets y belong to")
     draws = _posterior_draws(result, num_samples, seed, num_chains)
-    weight_sites = _resolve_weights(model, weights)
-
-    posterior: dict[str, np.ndarray] = {}
-    dims: dict[str, list[str]] = {}
-    for name in (*MIXTURE_VARS, *model.hyper_site_names):
-        value = draws[name]
-        posterior[name] = _numpy(value)
-        dims[name] = _hyper_dims(model, name, value.dim() - 2)
-    for site in weight_sites:
-        param = site[len(WEIGHT_PREFIX) :]
-        posterior[site] = _numpy(draws[site])
-        dims[site] = _parameter_dims(model.net, param, draws[site].shape[2:])
-    coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
-    if model.prior.zero_component:
-        coords["nonzero_component"] = np.arange(1, model.prior.num_components)
-
+    posterior, dims, coords = _posterior_group(model, draws, _resolve_weights(model, weights))
     groups: dict[str, Any] = {}
     if x is not None:
-        x_tensor = _as_inputs(model, x)
-        y_tensor = None
-        if y is not None:
-            from ..infer.svi import as_data
-
-            x_tensor, y_tensor = as_data(x, y, model)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(check_seed("seed", seed) + 1)
-        shape = next(iter(draws.values())).shape[:2]
-        predictive, log_lik, means = None, None, None
-        try:
-            for c, d, values, output in _each_draw(model, draws, x_tensor):
-                likelihood = model.likelihood.distribution(output, values)
-                obs = _numpy(likelihood.sample())
-                if predictive is None:
-                    predictive = np.empty(shape + obs.shape, dtype=obs.dtype)
-                predictive[c, d] = obs
-                if y_tensor is not None:
-                    ll = _numpy(likelihood.log_prob(y_tensor))
-                    if log_lik is None:
-                        log_lik = np.empty(shape + ll.shape, dtype=ll.dtype)
-                    log_lik[c, d] = ll
-                if predictive_mean:
-                    mean = _numpy(model.likelihood.mean(output, values))
-                    if means is None:
-                        means = np.empty(shape + mean.shape, dtype=mean.dtype)
-                    means[c, d] = mean
-        finally:
-            torch.random.set_rng_state(generator_state)
-        assert predictive is not None, "at least one draw"
-        obs_dims = ["data"] + _extra_dims("output", predictive.ndim - 3)
-        groups["posterior_predictive"] = {OBS: predictive}
-        dims[OBS] = obs_dims
-        x_np = _numpy(x_tensor)
-        x_dims = (
-            ["data", "feature"]
-            if x_np.ndim == 2
-            else ["data"] + [f"x_dim_{i}" for i in range(1, x_np.ndim)]
+        data_groups, data_posterior, data_dims, data_coords = _data_groups(
+            model, draws, x, y, predictive_mean=predictive_mean, seed=seed
         )
-        groups["constant_data"] = {"x": x_np}
-        dims["x"] = x_dims
-        if y_tensor is not None:
-            groups["log_likelihood"] = {OBS: log_lik}
-            groups["observed_data"] = {OBS: _numpy(y_tensor)}
-        if predictive_mean:
-            assert means is not None
-            posterior["predictive_mean"] = means
-            kind = "class" if isinstance(model.likelihood, Categorical) else "output"
-            dims["predictive_mean"] = ["data"] + _extra_dims(kind, means.ndim - 3)
-        coords["data"] = np.arange(x_np.shape[0])
-
+        groups.update(data_groups)
+        posterior.update(data_posterior)
+        dims.update(data_dims)
+        coords.update(data_coords)
     if isinstance(result, MCMCResult):
         groups["sample_stats"] = {k: np.asarray(v) for k, v in result.sample_stats.items()}
-        method = "NUTS"
-    else:
-        method = f"SVI guide={result.guide_name}"
-    attrs = {
-        "inference_library": "pyro",
-        "inference_library_version": pyro.__version__,
-        "creation_library": "bayes_sws",
-        "method": method,
-        "config": json.dumps(result.config, default=str, sort_keys=True),
-    }
-    used = {d for names in dims.values() for d in names}
-    coords = {k: v for k, v in coords.items() if k in used}
-    idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, attrs=attrs, **groups)
-    for group in idata.groups():  # as ArviZ's own converters do, on every group too
-        idata[group].attrs.update(
-            {
-                k: attrs[k]
-                for k in ("inference_library", "inference_library_version", "creation_library")
-            }
-        )
-    idata.posterior.attrs.update({"method": method, "config": attrs["config"]})
-    return idata
+    return _from_dict(az, posterior, coords, dims, _attrs(result), groups)
 
 
 # ---------------------------------------------------------------------- plots

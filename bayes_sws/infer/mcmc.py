@@ -361,6 +361,62 @@ def _run_chain(
     return {k: v.detach() for k, v in mcmc.get_samples().items()}, kernel.records
 
 
+def _chain_seeds(seed: int, num_chains: int) -> list[int]:
+    """One seed per chain, from independent streams of ``numpy.random.SeedSequence(seed)``."""
+    return [
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(num_chains)
+    ]
+
+
+def _run_chains(
+    model: SWSModel,
+    seeds: Sequence[int],
+    inits: Sequence[dict[str, Tensor]],
+    x: Tensor,
+    y: Tensor,
+    *,
+    jit_compile: bool,
+    **chain_options: Any,
+) -> tuple[list[dict[str, Tensor]], list[list[dict[str, float]]], float]:
+    """Every chain in turn, each with its own seed: :func:`_run_chain`'s draws and records,
+    and the seconds they took.
+
+    The network's parameters do not require grad while the chains run, and get
+    their flags back afterwards.
+    """
+    sampled_model = _traceable(model) if jit_compile else model
+    chains: list[dict[str, Tensor]] = []
+    stats: list[list[dict[str, float]]] = []
+    # parameters without prior are constants here; no gradients for them (and JIT
+    # tracing refuses to bake in tensors that require grad)
+    requires_grad = {name: p.requires_grad for name, p in model.net.named_parameters()}
+    start = time.perf_counter()
+    try:
+        model.net.requires_grad_(False)
+        for chain_seed, values in zip(seeds, inits):
+            pyro.set_rng_seed(chain_seed)
+            chain, records = _run_chain(
+                sampled_model, values, x, y, jit_compile=jit_compile, **chain_options
+            )
+            chains.append(chain)
+            stats.append(records)
+    finally:
+        for name, p in model.net.named_parameters():
+            p.requires_grad_(requires_grad[name])
+    return chains, stats, time.perf_counter() - start
+
+
+def _stack_records(stats: Sequence[Sequence[Mapping[str, float]]]) -> dict[str, np.ndarray]:
+    """Per-chain lists of per-draw records as arrays ``(num_chains, num_samples)``, one per statistic."""
+    return {
+        key: np.array(
+            [[rec[key] for rec in chain] for chain in stats],
+            dtype=bool if key == "diverging" else None,
+        )
+        for key in SAMPLE_STATS
+    }
+
+
 def _with_mixture_sites(
     model: SWSModel, chains: list[dict[str, Tensor]], num_chains: int, num_samples: int
 ) -> dict[str, Tensor]:
@@ -525,50 +581,24 @@ def sample_nuts(
         )
     )
     x, y = as_data(x, y, model)
-    seeds = [
-        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(num_chains)
-    ]
+    seeds = _chain_seeds(seed, num_chains)
     inits = _chain_inits(model, init, x, seeds)
-    sampled_model = _traceable(model) if jit_compile else model
-
-    chains: list[dict[str, Tensor]] = []
-    stats: list[list[dict[str, float]]] = []
-    # parameters without prior are constants here; no gradients for them (and JIT
-    # tracing refuses to bake in tensors that require grad)
-    requires_grad = {name: p.requires_grad for name, p in model.net.named_parameters()}
-    start = time.perf_counter()
-    try:
-        model.net.requires_grad_(False)
-        for chain_seed, values in zip(seeds, inits):
-            pyro.set_rng_seed(chain_seed)
-            chain, records = _run_chain(
-                sampled_model,
-                values,
-                x,
-                y,
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                max_tree_depth=max_tree_depth,
-                target_accept_prob=float(target_accept_prob),
-                full_mass=bool(full_mass),
-                jit_compile=bool(jit_compile),
-                progress=progress,
-            )
-            chains.append(chain)
-            stats.append(records)
-    finally:
-        for name, p in model.net.named_parameters():
-            p.requires_grad_(requires_grad[name])
-    wall_time = time.perf_counter() - start
-
+    chains, stats, wall_time = _run_chains(
+        model,
+        seeds,
+        inits,
+        x,
+        y,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=float(target_accept_prob),
+        full_mass=bool(full_mass),
+        jit_compile=bool(jit_compile),
+        progress=progress,
+    )
     samples = _with_mixture_sites(model, chains, num_chains, num_samples)
-    sample_stats = {
-        key: np.array(
-            [[rec[key] for rec in chain] for chain in stats],
-            dtype=bool if key == "diverging" else None,
-        )
-        for key in SAMPLE_STATS
-    }
+    sample_stats = _stack_records(stats)
     config = {
         "sampler": "NUTS",
         "num_samples": num_samples,

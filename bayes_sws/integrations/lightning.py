@@ -86,103 +86,110 @@ def _hyper(name: str, hyper_sites) -> bool:
     return any(site in name for site in hyper_sites)
 
 
+class _SWSLightningMixin:
+    """The methods of :class:`SWSLightningModule`, which :func:`_build_class` puts before
+    ``lightning.pytorch.LightningModule`` in its bases (Lightning is imported only then)."""
+
+    log: Any  # LightningModule.log
+
+    def __init__(
+        self,
+        model: SWSModel,
+        guide: Any = "map",
+        *,
+        num_data: int | None = None,
+        lr: float = 1e-3,
+        mixture_lr: float | None = None,
+        init_scale: float = 1e-3,
+        num_particles: int = 1,
+    ):
+        super().__init__()
+        if not isinstance(model, SWSModel):
+            raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
+        self.model = model
+        self.num_data = check_int("num_data", num_data, low=1, allow_none=True)
+        self.lr = check_real("lr", lr, low=0, low_open=True)
+        self.mixture_lr = check_real(
+            "mixture_lr", lr if mixture_lr is None else mixture_lr, low=0, low_open=True
+        )
+        self.guide_name = guide_name(guide)
+        self.net = model.net
+        # the guide holds the weights; the network's copies are only its starting point
+        for param in model.parameters_with_prior().values():
+            param.requires_grad_(False)
+        with local_params():
+            self.guide = build_guide(
+                guide,
+                latent_program(model),
+                init_loc_fn=init_to_value(values=model.init_values(), fallback=init_to_median),
+                init_scale=check_real("init_scale", init_scale, low=0, low_open=True),
+                hyper_sites=model.hyper_site_names,
+            )
+            self.guide()  # its parameters exist before configure_optimizers
+        num_particles = check_int("num_particles", num_particles, low=1)
+        self.elbo = Trace_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=1,
+        )
+        self.losses: list[float] = []
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO of the batch ``(x, y)``, the likelihood scaled by ``num_data / len(x)``."""
+        num_data = self._resolve_num_data()
+        scaled = scale_data(num_data / x.shape[0])(self.model)
+        with local_params():
+            return self.elbo.differentiable_loss(scaled, self.guide, x, y)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(x, y)
+        self.losses.append(float(loss.detach()))
+        self.log("loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        hyper_sites = self.model.hyper_site_names
+        named = list(self.guide.named_parameters())
+        hyper = [p for n, p in named if _hyper(n, hyper_sites)]
+        weights = [p for n, p in named if not _hyper(n, hyper_sites)]
+        weights += [p for p in self.model.free_parameters().values() if p.requires_grad]
+        groups = [{"params": weights, "lr": self.lr}]
+        if hyper:
+            groups.append({"params": hyper, "lr": self.mixture_lr})
+        return torch.optim.Adam(groups)
+
+    def to_result(self) -> FitResult:
+        """The fit as a :class:`~bayes_sws.infer.svi.FitResult` (this process's losses)."""
+        config = {
+            "guide": self.guide_name,
+            "lr": self.lr,
+            "mixture_lr": self.mixture_lr,
+            "num_data": self.num_data,
+            "prior_scale": self.model.prior_scale,
+            "source": "SWSLightningModule",
+        }
+        losses = np.asarray(self.losses, dtype=np.float64)
+        return FitResult(self.model, self.guide, self.guide_name, losses, config)
+
+    def _resolve_num_data(self) -> int:
+        if self.num_data is None:
+            loader = getattr(getattr(self, "_trainer", None), "train_dataloader", None)
+            dataset: Any = getattr(loader, "dataset", None)
+            if not hasattr(dataset, "__len__"):
+                raise ValueError(
+                    "num_data is None and the training DataLoader's dataset has no length; "
+                    "pass SWSLightningModule(..., num_data=N), the size of the whole data set"
+                )
+            self.num_data = len(dataset)
+        return self.num_data
+
+
 def _build_class():
     pl = _lightning()
 
-    class SWSLightningModule(pl.LightningModule):
+    class SWSLightningModule(_SWSLightningMixin, pl.LightningModule):
         __doc__ = _DOC
-
-        def __init__(
-            self,
-            model: SWSModel,
-            guide: Any = "map",
-            *,
-            num_data: int | None = None,
-            lr: float = 1e-3,
-            mixture_lr: float | None = None,
-            init_scale: float = 1e-3,
-            num_particles: int = 1,
-        ):
-            super().__init__()
-            if not isinstance(model, SWSModel):
-                raise TypeError(f"model must be a bayes_sws.SWSModel, got {type(model).__name__}")
-            self.model = model
-            self.num_data = check_int("num_data", num_data, low=1, allow_none=True)
-            self.lr = check_real("lr", lr, low=0, low_open=True)
-            self.mixture_lr = check_real(
-                "mixture_lr", lr if mixture_lr is None else mixture_lr, low=0, low_open=True
-            )
-            self.guide_name = guide_name(guide)
-            self.net = model.net
-            # the guide holds the weights; the network's copies are only its starting point
-            for param in model.parameters_with_prior().values():
-                param.requires_grad_(False)
-            with local_params():
-                self.guide = build_guide(
-                    guide,
-                    latent_program(model),
-                    init_loc_fn=init_to_value(values=model.init_values(), fallback=init_to_median),
-                    init_scale=check_real("init_scale", init_scale, low=0, low_open=True),
-                    hyper_sites=model.hyper_site_names,
-                )
-                self.guide()  # its parameters exist before configure_optimizers
-            num_particles = check_int("num_particles", num_particles, low=1)
-            self.elbo = Trace_ELBO(
-                num_particles=num_particles,
-                vectorize_particles=num_particles > 1,
-                max_plate_nesting=1,
-            )
-            self.losses: list[float] = []
-
-        def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            """Negative ELBO of the batch ``(x, y)``, the likelihood scaled by ``num_data / len(x)``."""
-            num_data = self._resolve_num_data()
-            scaled = scale_data(num_data / x.shape[0])(self.model)
-            with local_params():
-                return self.elbo.differentiable_loss(scaled, self.guide, x, y)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = self.loss(x, y)
-            self.losses.append(float(loss.detach()))
-            self.log("loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x.shape[0])
-            return loss
-
-        def configure_optimizers(self):
-            hyper_sites = self.model.hyper_site_names
-            named = list(self.guide.named_parameters())
-            hyper = [p for n, p in named if _hyper(n, hyper_sites)]
-            weights = [p for n, p in named if not _hyper(n, hyper_sites)]
-            weights += [p for p in self.model.free_parameters().values() if p.requires_grad]
-            groups = [{"params": weights, "lr": self.lr}]
-            if hyper:
-                groups.append({"params": hyper, "lr": self.mixture_lr})
-            return torch.optim.Adam(groups)
-
-        def to_result(self) -> FitResult:
-            """The fit as a :class:`~bayes_sws.infer.svi.FitResult` (this process's losses)."""
-            config = {
-                "guide": self.guide_name,
-                "lr": self.lr,
-                "mixture_lr": self.mixture_lr,
-                "num_data": self.num_data,
-                "prior_scale": self.model.prior_scale,
-                "source": "SWSLightningModule",
-            }
-            losses = np.asarray(self.losses, dtype=np.float64)
-            return FitResult(self.model, self.guide, self.guide_name, losses, config)
-
-        def _resolve_num_data(self) -> int:
-            if self.num_data is None:
-                loader = getattr(getattr(self, "_trainer", None), "train_dataloader", None)
-                dataset: Any = getattr(loader, "dataset", None)
-                if not hasattr(dataset, "__len__"):
-                    raise ValueError(
-                        "num_data is None and the training DataLoader's dataset has no length; "
-                        "pass SWSLightningModule(..., num_data=N), the size of the whole data set"
-                    )
-                self.num_data = len(dataset)
-            return self.num_data
 
     # found by pickle through the module's __getattr__ (ddp_spawn, torch.save)
     SWSLightningModule.__qualname__ = "SWSLightningModule"
