@@ -1,5 +1,6 @@
 """Inference: the guide registry, the SVI engine (fit), the fast MAP path and NUTS."""
 
+from .guides import GUIDES, POINT_GUIDES, SiteMoments, build_guide, guide_moments
 from .mcmc import (
     INITS,
     SAMPLE_STATS,
@@ -28,18 +29,23 @@ __all__ = [
     "FaultPolicy",
     "FitResult",
     "FitState",
+    "GUIDES",
     "INITS",
     "MCMCResult",
     "NumericalFault",
     "ON_NONFINITE",
     "OPTIMIZERS",
+    "POINT_GUIDES",
     "SAMPLE_STATS",
     "SVIEngine",
+    "SiteMoments",
     "VarianceCollapseWarning",
     "as_data",
     "batch_indices",
+    "build_guide",
     "fit",
     "get_rng_state",
+    "guide_moments",
     "local_params",
     "sample_nuts",
     "set_rng_state",

@@ -16,6 +16,9 @@ Any callable ``builder(model)`` returning a Pyro guide is accepted too, e.g.
 ``functools.partial(AutoNormal, init_scale=1e-2)``; if it takes an
 ``init_loc_fn`` keyword, it receives one that starts from the network's weights.
 
+:func:`guide_moments` reads any of these guides' Gaussian moments through one public
+call (Pyro keeps them in guide-specific places, some private).
+
 This module needs only Pyro and the hyperparameter site names, not the model class.
 """
 
@@ -23,12 +26,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
+import torch
 from pyro import poutine
 from pyro.infer import autoguide
+from torch import Tensor
+from torch.distributions import biject_to
 
-__all__ = ["GUIDES", "POINT_GUIDES", "build_guide", "guide_name"]
+__all__ = ["GUIDES", "POINT_GUIDES", "SiteMoments", "build_guide", "guide_moments", "guide_name"]
 
 POINT_GUIDES = ("map",)
 
@@ -114,3 +122,85 @@ def build_guide(
     except (TypeError, ValueError):
         accepts_init = False
     return guide(model, init_loc_fn=init_loc_fn) if accepts_init else guide(model)
+
+
+# ---------------------------------------------------------------------- moments
+@dataclass(frozen=True)
+class SiteMoments:
+    """A latent site's Gaussian moments in the guide's unconstrained space, and its median.
+
+    Every guide here is a Gaussian (a point mass for ``"map"``) on the site's
+    unconstrained value :math:`u = T^{-1}(z)`, with :math:`T` = ``biject_to(support)``:
+    ``loc`` is its mean, ``scale`` its marginal standard deviation (zeros for a point
+    mass), both shaped as ``u``. ``median`` is :math:`T(\text{loc})`, the constrained
+    posterior median (for the simplex of ``sws.mixing``, ``u`` has one entry fewer).
+    """
+
+    loc: Tensor
+    scale: Tensor
+    median: Tensor
+
+
+def guide_moments(guide: Any) -> dict[str, SiteMoments]:
+    """The :class:`SiteMoments` of every latent site of a fitted guide, detached.
+
+    Works for the guides of :data:`GUIDES` (``AutoDelta``, ``AutoNormal``, the
+    multivariate ``AutoContinuous`` guides of ``"lowrank"`` and ``"laplace"``'s
+    posterior, and ``AutoGuideList`` of these). Call it where the guide's
+    parameters live (:meth:`bayes_sws.FitResult.moments` does).
+
+    Raises
+    ------
+    TypeError
+        For another kind of guide, naming it.
+    """
+    if isinstance(guide, autoguide.AutoGuideList):
+        found: dict[str, SiteMoments] = {}
+        for part in guide:
+            found.update(guide_moments(part))
+        return found
+    with torch.no_grad():
+        if isinstance(guide, autoguide.AutoDelta):
+            locs = {
+                name: _unconstrained(guide, name, value) for name, value in guide.median().items()
+            }
+            scales = {name: torch.zeros_like(loc) for name, loc in locs.items()}
+        elif isinstance(guide, autoguide.AutoNormal):
+            names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+            locs = {name: attrgetter(name)(guide.locs) for name in names}
+            scales = {name: attrgetter(name)(guide.scales) for name in names}
+        elif isinstance(guide, autoguide.AutoContinuous):
+            posterior = guide.get_posterior()
+            locs = _unpacked(guide, posterior.mean)
+            scales = _unpacked(guide, posterior.variance.sqrt())
+        else:
+            raise TypeError(
+                f"guide_moments reads the guides of bayes_sws.infer.guides.GUIDES "
+                f"(AutoDelta, AutoNormal, AutoContinuous and lists of them), "
+                f"not {type(guide).__name__}"
+            )
+        return {
+            name: SiteMoments(
+                loc.detach().clone(),
+                scales[name].detach().clone(),
+                _constrained(guide, name, loc).detach().clone(),
+            )
+            for name, loc in locs.items()
+        }
+
+
+def _support_transform(guide: Any, name: str):
+    return biject_to(guide.prototype_trace.nodes[name]["fn"].support)
+
+
+def _unconstrained(guide: Any, name: str, value: Tensor) -> Tensor:
+    return _support_transform(guide, name).inv(value)
+
+
+def _constrained(guide: Any, name: str, value: Tensor) -> Tensor:
+    return _support_transform(guide, name)(value)
+
+
+def _unpacked(guide: autoguide.AutoContinuous, latent: Tensor) -> dict[str, Tensor]:
+    """A flat latent vector cut into its sites' unconstrained values (Pyro's layout)."""
+    return {site["name"]: value for site, value in guide._unpack_latent(latent)}
