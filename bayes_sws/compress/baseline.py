@@ -154,6 +154,74 @@ def kmeans_1d_linear_init(
     return centroids[order], relabel[labels]
 
 
+def _masked_retraining(
+    net: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_epochs: int,
+    train_kwargs: dict[str, Any],
+) -> TrainResult | None:
+    """Stage 1: zero the pruned weights, then retrain with them held at zero.
+
+    ``masks`` are on the parameters' device; the pruned weights' gradients are
+    masked before each step and the mask re-applied after it. ``None`` for 0 epochs.
+    """
+    params = dict(net.named_parameters())
+
+    def apply_masks(module: nn.Module) -> None:
+        with torch.no_grad():
+            for n, mask in masks.items():
+                params[n].mul_(mask)
+
+    def mask_gradients(module: nn.Module) -> None:
+        for n, mask in masks.items():
+            grad = params[n].grad
+            if grad is not None:
+                grad.mul_(mask)
+
+    apply_masks(net)
+    if num_epochs == 0:
+        return None
+    return train(
+        net,
+        x,
+        y,
+        num_epochs=num_epochs,
+        before_step=mask_gradients,
+        after_step=apply_masks,
+        **train_kwargs,
+    )
+
+
+def _kmeans_assignments(
+    net: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    clusters: Mapping[str, int],
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Stage 2: k-means over each layer's surviving weights (``masks`` on their device).
+
+    Returns each weight's centroid index (``-1`` where pruned) and each layer's
+    number of centroids.
+    """
+    params = dict(net.named_parameters())
+    assign: dict[str, torch.Tensor] = {}
+    num_centroids: dict[str, int] = {}
+    with torch.no_grad():
+        for n, num in clusters.items():
+            flat = params[n].view(-1)
+            keep = torch.nonzero(masks[n].reshape(-1)).squeeze(1)
+            centroids, lab = kmeans_1d_linear_init(
+                flat[keep].detach().cpu().numpy(), num, seed=seed
+            )
+            full = torch.full((flat.numel(),), -1, dtype=torch.long, device=flat.device)
+            full[keep] = torch.as_tensor(lab, device=flat.device)
+            assign[n] = full.reshape(params[n].shape)
+            num_centroids[n] = len(centroids)
+    return assign, num_centroids
+
+
 def deep_compression(
     net: nn.Module,
     x: torch.Tensor,
@@ -224,52 +292,13 @@ def deep_compression(
     }
 
     compressed = copy.deepcopy(net)
-    params = dict(compressed.named_parameters())
     masks = magnitude_prune_masks(compressed, prune_fraction, names)
-    device = next(iter(params.values())).device
+    device = next(iter(compressed.parameters())).device
     dev_masks = {n: m.to(device) for n, m in masks.items()}
-
-    # --- 1. prune and retrain with the mask held
-    def apply_masks(module: nn.Module) -> None:
-        with torch.no_grad():
-            for n, mask in dev_masks.items():
-                params[n].mul_(mask)
-
-    def mask_gradients(module: nn.Module) -> None:
-        for n, mask in dev_masks.items():
-            grad = params[n].grad
-            if grad is not None:
-                grad.mul_(mask)
-
-    apply_masks(compressed)
-    prune_training = None
-    if finetune_epochs > 0:
-        prune_training = train(
-            compressed,
-            x,
-            y,
-            num_epochs=finetune_epochs,
-            before_step=mask_gradients,
-            after_step=apply_masks,
-            **train_kwargs,
-        )
-
-    # --- 2. k-means weight sharing on the surviving weights
-    assign: dict[str, torch.Tensor] = {}  # centroid index of each weight, -1 where pruned
-    num_centroids: dict[str, int] = {}
-    with torch.no_grad():
-        for n in names:
-            flat = params[n].view(-1)
-            keep = torch.nonzero(dev_masks[n].reshape(-1)).squeeze(1)
-            centroids, lab = kmeans_1d_linear_init(
-                flat[keep].detach().cpu().numpy(), clusters[n], seed=seed
-            )
-            full = torch.full((flat.numel(),), -1, dtype=torch.long, device=device)
-            full[keep] = torch.as_tensor(lab, device=device)
-            assign[n] = full.reshape(params[n].shape)
-            num_centroids[n] = len(centroids)
-
-    # --- 3. tie every kept weight to its centroid and fine-tune the centroids
+    # 1. prune and retrain with the mask held; 2. k-means weight sharing on the survivors
+    prune_training = _masked_retraining(compressed, dev_masks, x, y, finetune_epochs, train_kwargs)
+    assign, num_centroids = _kmeans_assignments(compressed, dev_masks, clusters, seed)
+    # 3. tie every kept weight to its centroid and fine-tune the centroids
     # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
     tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
     codebooks = {n: tuned.codebooks[n][: num_centroids[n]] for n in names}

@@ -37,6 +37,33 @@ class CodebookFinetune:
     training: Any
 
 
+def _kept_labels(
+    assignments: Mapping[str, torch.Tensor], params: Mapping[str, nn.Parameter]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """Per parameter, checked: the cluster index of each kept weight, the kept weights'
+    flat positions, and the number of cluster indices (the largest plus one)."""
+    unknown = sorted(set(assignments) - set(params))
+    if unknown:
+        raise ValueError(f"assignments name parameters the network does not have: {unknown}")
+    labels: dict[str, torch.Tensor] = {}
+    kept: dict[str, torch.Tensor] = {}
+    sizes: dict[str, int] = {}
+    for name, a in assignments.items():
+        a = torch.as_tensor(a)
+        if a.shape != params[name].shape or a.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"assignments[{name!r}] must be an integer tensor of shape "
+                f"{tuple(params[name].shape)}, got {a.dtype} of shape {tuple(a.shape)}"
+            )
+        if a.numel() and int(a.min()) < -1:
+            raise ValueError(f"assignments[{name!r}] holds {int(a.min())}; use -1 for pruned")
+        flat = a.reshape(-1).to(device=params[name].device, dtype=torch.long)
+        kept[name] = torch.nonzero(flat >= 0).squeeze(1)
+        labels[name] = flat[kept[name]]
+        sizes[name] = int(flat.max()) + 1 if flat.numel() else 0
+    return labels, kept, sizes
+
+
 def finetune_codebook(
     net: nn.Module,
     assignments: Mapping[str, torch.Tensor],
@@ -69,25 +96,7 @@ def finetune_codebook(
     """
     num_epochs = check_int("num_epochs", num_epochs, low=0)
     params = dict(net.named_parameters())
-    unknown = sorted(set(assignments) - set(params))
-    if unknown:
-        raise ValueError(f"assignments name parameters the network does not have: {unknown}")
-    labels: dict[str, torch.Tensor] = {}  # cluster index of each kept weight
-    kept: dict[str, torch.Tensor] = {}  # flat positions of the kept weights
-    sizes: dict[str, int] = {}
-    for name, a in assignments.items():
-        a = torch.as_tensor(a)
-        if a.shape != params[name].shape or a.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"assignments[{name!r}] must be an integer tensor of shape "
-                f"{tuple(params[name].shape)}, got {a.dtype} of shape {tuple(a.shape)}"
-            )
-        if a.numel() and int(a.min()) < -1:
-            raise ValueError(f"assignments[{name!r}] holds {int(a.min())}; use -1 for pruned")
-        flat = a.reshape(-1).to(device=params[name].device, dtype=torch.long)
-        kept[name] = torch.nonzero(flat >= 0).squeeze(1)
-        labels[name] = flat[kept[name]]
-        sizes[name] = int(flat.max()) + 1 if flat.numel() else 0
+    labels, kept, sizes = _kept_labels(assignments, params)
 
     def cluster_sum(name: str, values: torch.Tensor) -> torch.Tensor:
         sums = torch.zeros(sizes[name], dtype=torch.float64, device=values.device)

@@ -451,6 +451,88 @@ def default_anneal_epochs(num_steps: int, steps_per_epoch: int) -> tuple[float, 
     return 0.5 * total_epochs, 0.9 * total_epochs
 
 
+def _on_model(
+    like: torch.Tensor, x: Any, y: Any, names: tuple[str, str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets as tensors on the device of ``like`` (a model tensor), inputs in its dtype."""
+    x = _as_tensor(x, names[0]).to(device=like.device, dtype=like.dtype)
+    y = _as_tensor(y, names[1]).to(like.device)
+    return x, y
+
+
+def _checked_inputs(
+    fit_result: Any, x_test: Any, y_test: Any, finetune_epochs: Any, finetune_data: Any
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`compress_result`'s inputs checked: the test data on the model's device, the epochs."""
+    if not isinstance(fit_result, FitResult):
+        raise TypeError(
+            f"fit_result must be the FitResult returned by bayes_sws.fit, got {type(fit_result).__name__}"
+        )
+    x_test, y_test = _on_model(fit_result.model._like(), x_test, y_test, ("x_test", "y_test"))
+    if x_test.dim() == 0 or y_test.dim() == 0 or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(
+            "x_test and y_test must hold the same number of examples, got shapes "
+            f"{tuple(x_test.shape)} and {tuple(y_test.shape)}"
+        )
+    finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
+    if finetune_epochs > 0 and finetune_data is None:
+        raise ValueError(
+            f"finetune_epochs={finetune_epochs} needs finetune_data=(x_train, y_train)"
+        )
+    return x_test, y_test, finetune_epochs
+
+
+def _quantize_fit(
+    fit_result: FitResult, merge_threshold: float, merge_criterion: Literal["kl", "mean"]
+) -> tuple[nn.Module, Mixture, QuantizeResult]:
+    """The retrained (median) network, the learned mixture, and the network quantised with it."""
+    model = fit_result.model
+    retrained = fit_result.map_network()
+    mixture = Mixture(*(t.detach().reshape(-1).cpu() for t in fit_result.mixture()))
+    quantized = quantize(
+        retrained,
+        mixture.pi,
+        mixture.mu,
+        mixture.sigma,
+        param_names=list(model.prior_param_names),
+        merge_threshold=merge_threshold,
+        merge_criterion=merge_criterion,
+        zero_component=model.prior.zero_component,
+    )
+    return retrained, mixture, quantized
+
+
+def _finetuned_copy(
+    quantized: QuantizeResult, model: SWSModel, finetune_data: tuple[Any, Any], **options: Any
+) -> nn.Module:
+    """A copy of the quantised network with its codebook fine-tuned on ``finetune_data``.
+
+    ``options`` go to :func:`~bayes_sws.compress.finetune_codebook` (epochs, learning rate, ...).
+    """
+    x_ft, y_ft = _on_model(model._like(), *finetune_data, ("x_train", "y_train"))
+    tuned = copy.deepcopy(quantized.net)
+    zero = model.prior.zero_component
+    finetune_codebook(
+        tuned,
+        # per-layer cluster index: the merged component, pruned (-1) for the zero component
+        {n: (a - 1 if zero else a) for n, a in quantized.assignments.items()},
+        x_ft,
+        y_ft,
+        loss=_finetune_loss(model.likelihood, y_ft),
+        **options,
+    )
+    return tuned
+
+
+def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
+    """``test_{accuracy,rmse,log_likelihood}_{stage}`` fields of a :class:`CompressionResult`."""
+    return {
+        f"test_{metric}_{stage}": value
+        for stage, scores in stages.items()
+        for metric, value in scores._asdict().items()
+    }
+
+
 def compress_result(
     fit_result: FitResult,
     x_test: Any,
@@ -511,66 +593,32 @@ def compress_result(
         ``fit`` is ``fit_result``; ``wall_time`` covers quantisation, fine-tuning
         and accounting.
     """
-    if not isinstance(fit_result, FitResult):
-        raise TypeError(
-            f"fit_result must be the FitResult returned by bayes_sws.fit, got {type(fit_result).__name__}"
-        )
     start = time.perf_counter()
-    model = fit_result.model
-    like = model._like()
-    x_test = _as_tensor(x_test, "x_test").to(device=like.device, dtype=like.dtype)
-    y_test = _as_tensor(y_test, "y_test").to(like.device)
-    if x_test.dim() == 0 or y_test.dim() == 0 or x_test.shape[0] != y_test.shape[0]:
-        raise ValueError(
-            "x_test and y_test must hold the same number of examples, got shapes "
-            f"{tuple(x_test.shape)} and {tuple(y_test.shape)}"
-        )
-    finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
-    if finetune_epochs > 0 and finetune_data is None:
-        raise ValueError(
-            f"finetune_epochs={finetune_epochs} needs finetune_data=(x_train, y_train)"
-        )
-    retrained = fit_result.map_network()
-    mixture = Mixture(*(t.detach().reshape(-1).cpu() for t in fit_result.mixture()))
-    names = list(model.prior_param_names)
-    quantized = quantize(
-        retrained,
-        mixture.pi,
-        mixture.mu,
-        mixture.sigma,
-        param_names=names,
-        merge_threshold=merge_threshold,
-        merge_criterion=merge_criterion,
-        zero_component=model.prior.zero_component,
+    x_test, y_test, finetune_epochs = _checked_inputs(
+        fit_result, x_test, y_test, finetune_epochs, finetune_data
     )
+    model = fit_result.model
+    retrained, mixture, quantized = _quantize_fit(fit_result, merge_threshold, merge_criterion)
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
     final = quantized.net
     if finetune_epochs > 0 and finetune_data is not None:  # checked together above
-        x_ft = _as_tensor(finetune_data[0], "x_train").to(device=like.device, dtype=like.dtype)
-        y_ft = _as_tensor(finetune_data[1], "y_train").to(like.device)
-        final = copy.deepcopy(quantized.net)
-        zero = model.prior.zero_component
-        finetune_codebook(
-            final,
-            # per-layer cluster index: the merged component, pruned (-1) for the zero component
-            {n: (a - 1 if zero else a) for n, a in quantized.assignments.items()},
-            x_ft,
-            y_ft,
+        final = _finetuned_copy(
+            quantized,
+            model,
+            finetune_data,
             num_epochs=finetune_epochs,
             lr=finetune_lr,
             batch_size=finetune_batch_size,
-            loss=_finetune_loss(model.likelihood, y_ft),
             seed=seed,
             progress=progress,
         )
+    names = list(model.prior_param_names)
     stored, storage = stored_network(
         final, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
     )
-    if finetune_epochs > 0 or stored is not final:
-        after = _scores(stored, x_test, y_test, model.likelihood)
-    else:
-        after = quantized_scores
+    changed = finetune_epochs > 0 or stored is not final  # else scored as quantized
+    after = _scores(stored, x_test, y_test, model.likelihood) if changed else quantized_scores
     config = {
         **fit_result.config,
         "merge_threshold": float(merge_threshold),
@@ -590,20 +638,144 @@ def compress_result(
         storage=storage,
         mixture=mixture,
         test_accuracy_pretrained=test_accuracy_pretrained,
-        test_accuracy_before=before.accuracy,
-        test_accuracy_after=after.accuracy,
-        test_rmse_before=before.rmse,
-        test_rmse_after=after.rmse,
-        test_accuracy_quantized=quantized_scores.accuracy,
-        test_rmse_quantized=quantized_scores.rmse,
-        test_log_likelihood_before=before.log_likelihood,
-        test_log_likelihood_after=after.log_likelihood,
-        test_log_likelihood_quantized=quantized_scores.log_likelihood,
+        **_stage_scores(before=before, quantized=quantized_scores, after=after),
         fit=fit_result,
         wall_time=time.perf_counter() - start,
         config=config,
         stored_net=stored,
     )
+
+
+class _Retraining(NamedTuple):
+    """:func:`soft_weight_sharing`'s retraining, checked: its length, λ and precision schedule."""
+
+    batch_size: int
+    prior_scale: float
+    per_epoch: int
+    num_steps: int
+    precision_prior: tuple[float, float]  # as used (tempered by λ with temper_hyperprior)
+    zero_precision_prior: tuple[float, float]  # as used
+    final: tuple[float, float] | None  # the anneal's end, as used; None: no anneal
+    anneal_epochs: tuple[float, float] | None
+
+
+def _retraining_length(
+    chosen: Preset, settings: dict[str, Any], num_train: int
+) -> tuple[int, float, int, int]:
+    """``(batch_size, prior_scale, steps_per_epoch, num_steps)``, checked."""
+    fit_settings = chosen.fit
+    batch_size = check_int("batch_size", fit_settings.batch_size, low=1)
+    prior_scale = check_real(
+        "prior_scale (λ)",
+        chosen.prior.prior_scale,
+        low=0,
+        hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
+    )
+    per_epoch = steps_per_epoch(num_train, batch_size)
+    num_steps = check_int(
+        "num_steps", settings.get("num_steps"), low=0, low_open=True, allow_none=True
+    )
+    if num_steps is None:
+        check_real(
+            "num_epochs",
+            fit_settings.num_epochs,
+            low=0,
+            low_open=True,
+            hint="or give num_steps instead",
+        )
+        num_steps = fit_settings.total_steps(num_train)
+    return batch_size, prior_scale, per_epoch, num_steps
+
+
+def _retraining(chosen: Preset, settings: dict[str, Any], num_train: int) -> _Retraining:
+    """The checked retraining of :func:`soft_weight_sharing`, its anneal window defaulted."""
+    batch_size, prior_scale, per_epoch, num_steps = _retraining_length(chosen, settings, num_train)
+    prior_settings = chosen.prior
+    for label in ("precision_prior", "zero_precision_prior", "precision_prior_final"):
+        pair = getattr(prior_settings, label) or (1.0, 1.0)
+        if len(tuple(pair)) != 2 or not all(v > 0 for v in pair):
+            raise ValueError(f"{label} must be a Gamma (shape, rate) with both > 0, got {pair!r}")
+    (conc, rate), zero_pair, final = prior_settings.used_precision_priors()
+    zero_conc, zero_rate = zero_pair if zero_pair is not None else (conc, rate)
+    anneal_epochs = prior_settings.anneal_epochs
+    check_anneal(final, anneal_epochs)
+    if final is not None and anneal_epochs is None:
+        anneal_epochs = default_anneal_epochs(num_steps, per_epoch)
+    problems = prior_settings.map_problems()
+    if problems:
+        raise map_hyperprior_error("map", problems)
+    return _Retraining(
+        batch_size,
+        prior_scale,
+        per_epoch,
+        num_steps,
+        (conc, rate),
+        (zero_conc, zero_rate),
+        final,
+        anneal_epochs,
+    )
+
+
+def _retrain(
+    net: nn.Module,
+    prior: MixturePrior,
+    likelihood: str | Likelihood,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    chosen: Preset,
+    plan: _Retraining,
+    progress: bool | None,
+) -> FitResult:
+    """Retrain ``net`` in place under ``prior`` by MAP: λ's warm-up and the precision anneal."""
+    warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
+    model = SWSModel(net, prior, likelihood, prior_scale=warmup(0))
+
+    anneal = precision_anneal(prior, plan.final, plan.anneal_epochs, plan.per_epoch)
+
+    def schedule(step: int, loss: float) -> None:  # λ and the precision prior for the next step
+        model.prior_scale = warmup(step + 1)
+        if anneal is not None:
+            anneal(step + 1)
+
+    if anneal is not None:
+        anneal(0)
+
+    fitted = fit(
+        model,
+        *train_data,
+        settings=chosen.fit.replace(num_steps=int(plan.num_steps), num_epochs=None),
+        progress=progress,
+        callback=schedule if chosen.compress.prior_scale_warmup or anneal is not None else None,
+    )
+    model.prior_scale = plan.prior_scale
+    return fitted
+
+
+def _sws_config(
+    preset: str | Preset, chosen: Preset, settings: dict[str, Any], plan: _Retraining
+) -> dict[str, Any]:
+    """What :func:`soft_weight_sharing` adds to :func:`compress_result`'s config."""
+    prior_settings = chosen.prior
+    num_epochs = chosen.fit.num_epochs if "num_steps" not in settings else None
+    pi_zero = prior_settings.pi_zero
+    return {
+        "preset": preset if isinstance(preset, str) else None,
+        "num_components": prior_settings.num_components,
+        "pi_zero": pi_zero,
+        "pi_zero_prior": list(prior_settings.pi_zero_prior) if pi_zero is None else None,
+        "precision_prior": list(prior_settings.precision_prior),
+        "zero_precision_prior": _listed(prior_settings.zero_precision_prior),
+        "temper_hyperprior": bool(prior_settings.temper_hyperprior),
+        "precision_prior_used": list(plan.precision_prior),
+        "zero_precision_prior_used": list(plan.zero_precision_prior),
+        "mixing_concentration": prior_settings.mixing_concentration,
+        "init_sigma": prior_settings.init_sigma,
+        "num_epochs": None if num_epochs is None else float(num_epochs),
+        "prior_scale": float(plan.prior_scale),
+        "prior_scale_warmup": float(chosen.compress.prior_scale_warmup),
+        "precision_prior_final": _listed(prior_settings.precision_prior_final),
+        "precision_prior_final_used": _listed(plan.final),
+        "anneal_epochs": _listed(plan.anneal_epochs) if plan.final is not None else None,
+    }
 
 
 def soft_weight_sharing(
@@ -733,100 +905,25 @@ def soft_weight_sharing(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     x_train, y_train, x_test, y_test = _unpack_data(data)
     chosen = _pipeline_settings(preset, settings)
-    prior_settings, fit_settings, compress = chosen.prior, chosen.fit, chosen.compress
-    batch_size = check_int("batch_size", fit_settings.batch_size, low=1)
-    prior_scale = check_real(
-        "prior_scale (λ)",
-        prior_settings.prior_scale,
-        low=0,
-        hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
-    )
-    per_epoch = steps_per_epoch(x_train.shape[0], batch_size)
-    num_steps = check_int(
-        "num_steps", settings.get("num_steps"), low=0, low_open=True, allow_none=True
-    )
-    if num_steps is None:
-        check_real(
-            "num_epochs",
-            fit_settings.num_epochs,
-            low=0,
-            low_open=True,
-            hint="or give num_steps instead",
-        )
-        num_steps = fit_settings.total_steps(x_train.shape[0])
-    for label in ("precision_prior", "zero_precision_prior", "precision_prior_final"):
-        pair = getattr(prior_settings, label) or (1.0, 1.0)
-        if len(tuple(pair)) != 2 or not all(v > 0 for v in pair):
-            raise ValueError(f"{label} must be a Gamma (shape, rate) with both > 0, got {pair!r}")
-    (conc, rate), zero_pair, final = prior_settings.used_precision_priors()
-    zero_conc, zero_rate = zero_pair if zero_pair is not None else (conc, rate)
-    anneal_epochs = prior_settings.anneal_epochs
-    check_anneal(final, anneal_epochs)
-    if final is not None and anneal_epochs is None:
-        anneal_epochs = default_anneal_epochs(num_steps, per_epoch)
-    problems = prior_settings.map_problems()
-    if problems:
-        raise map_hyperprior_error("map", problems)
-    prior = MixturePrior.from_settings(prior_settings)
+    plan = _retraining(chosen, settings, x_train.shape[0])
+    prior = MixturePrior.from_settings(chosen.prior)
 
     start = time.perf_counter()
     pretrained = copy.deepcopy(net)
     acc_pretrained = _scores(
         pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
     ).accuracy
-    warmup = _warmup(prior_scale, compress.prior_scale_warmup, per_epoch)
-    model = SWSModel(pretrained, prior, likelihood, prior_scale=warmup(0))
-
-    anneal = precision_anneal(prior, final, anneal_epochs, per_epoch)
-
-    def schedule(step: int, loss: float) -> None:  # λ and the precision prior for the next step
-        model.prior_scale = warmup(step + 1)
-        if anneal is not None:
-            anneal(step + 1)
-
-    if anneal is not None:
-        anneal(0)
-
-    fitted = fit(
-        model,
-        x_train,
-        y_train,
-        settings=fit_settings.replace(num_steps=int(num_steps), num_epochs=None),
-        progress=progress,
-        callback=schedule if compress.prior_scale_warmup or anneal is not None else None,
-    )
-    model.prior_scale = prior_scale
+    fitted = _retrain(pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress)
     result = compress_result(
         fitted,
         x_test,
         y_test,
-        **{k: getattr(compress, k) for k in _COMPRESS_RESULT_SETTINGS},
+        **{k: getattr(chosen.compress, k) for k in _COMPRESS_RESULT_SETTINGS},
         test_accuracy_pretrained=acc_pretrained,
         finetune_data=(x_train, y_train),
-        finetune_batch_size=batch_size,
-        seed=fit_settings.seed,
+        finetune_batch_size=plan.batch_size,
+        seed=chosen.fit.seed,
         progress=progress,
     )
-    num_epochs = fit_settings.num_epochs if "num_steps" not in settings else None
-    pi_zero = prior_settings.pi_zero
-    config = {
-        **result.config,
-        "preset": preset if isinstance(preset, str) else None,
-        "num_components": prior_settings.num_components,
-        "pi_zero": pi_zero,
-        "pi_zero_prior": list(prior_settings.pi_zero_prior) if pi_zero is None else None,
-        "precision_prior": list(prior_settings.precision_prior),
-        "zero_precision_prior": _listed(prior_settings.zero_precision_prior),
-        "temper_hyperprior": bool(prior_settings.temper_hyperprior),
-        "precision_prior_used": [conc, rate],
-        "zero_precision_prior_used": [zero_conc, zero_rate],
-        "mixing_concentration": prior_settings.mixing_concentration,
-        "init_sigma": prior_settings.init_sigma,
-        "num_epochs": None if num_epochs is None else float(num_epochs),
-        "prior_scale": float(prior_scale),
-        "prior_scale_warmup": float(compress.prior_scale_warmup),
-        "precision_prior_final": _listed(prior_settings.precision_prior_final),
-        "precision_prior_final_used": _listed(final),
-        "anneal_epochs": _listed(anneal_epochs) if final is not None else None,
-    }
+    config = {**result.config, **_sws_config(preset, chosen, settings, plan)}
     return dataclasses.replace(result, wall_time=time.perf_counter() - start, config=config)

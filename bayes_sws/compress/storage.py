@@ -318,24 +318,11 @@ def _layer_storage(
         num_nonzero=num_nonzero,
         nonzero_fraction=num_nonzero / num_params if num_params else 0.0,
         num_distinct=int(values.size),
-        storage_format=best.storage_format,
-        order=best.order,
         index_bits=int(index_bits),
-        num_fillers=best.num_fillers,
-        num_stored=best.num_stored,
-        relative_index_bits=best.relative_index_bits,
-        cluster_index_bits=best.cluster_index_bits,
-        entropy_bits=best.entropy_bits,
-        codebook_bits=best.codebook_bits,
-        raw_bits=best.raw_bits,
-        weight_bits=best.weight_bits,
+        **best._asdict(),  # the layout and its bits by part
         num_bias=num_bias,
         bias_bits=bias_bits,
-        total_bits=total_bits,
-        total_bits_entropy=total_bits_entropy,
-        original_bits=original_bits,
-        compression_rate=_rate(original_bits, total_bits),
-        compression_rate_entropy=_rate(original_bits, total_bits_entropy),
+        **_bit_totals(original_bits, total_bits, total_bits_entropy),
         sparse_bits=sparse.weight_bits,
         full_bits=full.weight_bits,
     )
@@ -395,6 +382,36 @@ def _row_index_bits(index_bits: int | Mapping[str, int] | None, name: str, kind:
 def _rate(original_bits: int, bits: float) -> float:
     """Compression rate: the 32-bit dense size over the compressed size."""
     return original_bits / bits if bits else math.inf
+
+
+def _bit_totals(original_bits: int, total_bits: int, total_bits_entropy: float) -> dict[str, Any]:
+    """The totals and rates a :class:`LayerStorage` and a :class:`StorageReport` both carry."""
+    return {
+        "total_bits": total_bits,
+        "total_bits_entropy": total_bits_entropy,
+        "original_bits": original_bits,
+        "compression_rate": _rate(original_bits, total_bits),
+        "compression_rate_entropy": _rate(original_bits, total_bits_entropy),
+    }
+
+
+def _reference_sizes(
+    params: dict[str, nn.Parameter],
+    num_bias: dict[str, int],
+    reference: nn.Module | None,
+    names: Sequence[str],
+) -> tuple[dict[str, nn.Parameter], dict[str, int]]:
+    """The uncompressed sizes: the parameters and per-row bias counts of ``reference`` (the
+    network before :func:`remove_dead_units`), or ``net``'s own (``params``, ``num_bias``)."""
+    if reference is None:
+        return params, num_bias
+    ref_params = dict(reference.named_parameters())
+    if list(ref_params) != list(params):
+        raise ValueError(
+            "reference must have the same parameter names as net (the network "
+            f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
+        )
+    return ref_params, _uncompressed_counts(ref_params, names)[0]
 
 
 def storage_report(
@@ -458,14 +475,7 @@ def storage_report(
     _check_index_bits(index_bits, names)
     params = dict(net.named_parameters())
     num_bias, other_params = _uncompressed_counts(params, names)
-    # the uncompressed sizes: of the reference (the network before remove_dead_units), or net's
-    ref_params = params if reference is None else dict(reference.named_parameters())
-    if list(ref_params) != list(params):
-        raise ValueError(
-            "reference must have the same parameter names as net (the network "
-            f"remove_dead_units started from); got {list(ref_params)} and {list(params)}"
-        )
-    ref_bias = num_bias if reference is None else _uncompressed_counts(ref_params, names)[0]
+    ref_params, ref_bias = _reference_sizes(params, num_bias, reference, names)
     num_params = sum(p.numel() for p in ref_params.values())
 
     name_set = set(names)
@@ -502,11 +512,7 @@ def storage_report(
         bias_bits=sum(r.bias_bits for r in layers),
         other_params=other_params,
         other_bits=other_bits,
-        total_bits=total_bits,
-        total_bits_entropy=total_bits_entropy,
-        original_bits=original_bits,
-        compression_rate=_rate(original_bits, total_bits),
-        compression_rate_entropy=_rate(original_bits, total_bits_entropy),
+        **_bit_totals(original_bits, total_bits, total_bits_entropy),
     )
 
 

@@ -101,6 +101,53 @@ def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
+def _passes_constants(module: nn.Module, producer: nn.Module, flatten: bool) -> bool:
+    """Whether ``module`` may stand between ``producer`` and the next weighted module.
+
+    An element-wise module always; after a convolution, max pooling (the max of a
+    constant map is that constant), unpadded average pooling, and one full ``Flatten``
+    (``flatten``: one came already). Anything else (normalisation, dropout, ...) does not.
+    """
+    if isinstance(module, _ELEMENTWISE):
+        return True
+    if not isinstance(producer, nn.Conv2d):
+        return False
+    if isinstance(module, nn.MaxPool2d):
+        return True
+    if isinstance(module, nn.AvgPool2d):
+        return all(p == 0 for p in _as_tuple(module.padding))
+    return (
+        isinstance(module, nn.Flatten)
+        and module.start_dim == 1
+        and module.end_dim == -1
+        and not flatten
+    )
+
+
+def _paired(
+    name: str,
+    producer: nn.Linear | nn.Conv2d,
+    chain: list[nn.Module],
+    consumer: nn.Linear | nn.Conv2d,
+    flatten: bool,
+) -> _UnitPair | None:
+    """The pair of ``producer`` and the next weighted module, or ``None`` where units do not
+    map onto the consumer's inputs (grouped convolution, a dense producer before a
+    convolution, a convolution before a dense layer without a ``Flatten``)."""
+    if isinstance(consumer, nn.Conv2d) and (
+        consumer.groups != 1 or isinstance(producer, nn.Linear) or flatten
+    ):
+        return None
+    if isinstance(consumer, nn.Linear) and isinstance(producer, nn.Conv2d) and not flatten:
+        return None
+    units = producer.weight.shape[0]
+    fan_in = consumer.weight.shape[1]
+    block = fan_in // units if flatten else 1
+    if block * units != fan_in:
+        return None
+    return _UnitPair(name, producer, chain, consumer, block)
+
+
 def _unit_pairs(net: nn.Sequential) -> list[_UnitPair]:
     modules = list(net.named_children())
     pairs = []
@@ -113,43 +160,14 @@ def _unit_pairs(net: nn.Sequential) -> list[_UnitPair]:
         flatten = False
         for _, module in modules[i + 1 :]:
             if isinstance(module, nn.Linear | nn.Conv2d):
-                if isinstance(module, nn.Conv2d) and (
-                    module.groups != 1 or isinstance(producer, nn.Linear) or flatten
-                ):
-                    break
-                if (
-                    isinstance(module, nn.Linear)
-                    and isinstance(producer, nn.Conv2d)
-                    and not flatten
-                ):
-                    break
-                units = producer.weight.shape[0]
-                fan_in = module.weight.shape[1]
-                block = fan_in // units if flatten else 1
-                if block * units == fan_in:
-                    pairs.append(_UnitPair(name, producer, chain, module, block))
+                pair = _paired(name, producer, chain, module, flatten)
+                if pair is not None:
+                    pairs.append(pair)
                 break
-            if isinstance(module, _ELEMENTWISE):
-                chain.append(module)
-            elif isinstance(module, nn.MaxPool2d) and isinstance(producer, nn.Conv2d):
-                chain.append(module)  # the max of a constant map is that constant
-            elif (
-                isinstance(module, nn.AvgPool2d)
-                and isinstance(producer, nn.Conv2d)
-                and all(p == 0 for p in _as_tuple(module.padding))
-            ):
-                chain.append(module)
-            elif (
-                isinstance(module, nn.Flatten)
-                and isinstance(producer, nn.Conv2d)
-                and module.start_dim == 1
-                and module.end_dim == -1
-                and not flatten
-            ):
-                flatten = True
-                chain.append(module)
-            else:
-                break  # anything else (normalisation, dropout, ...) ends the search
+            if not _passes_constants(module, producer, flatten):
+                break
+            flatten = flatten or isinstance(module, nn.Flatten)
+            chain.append(module)
     return pairs
 
 
