@@ -1,0 +1,175 @@
+r"""Choosing soft weight-sharing's settings on a validation split; the test set is read once.
+
+The headline trade-off of compression (rate against error) depends on the prior
+scale :math:`\lambda` and the zero component's width. Choosing them by test error
+makes the reported margin optimistic. The honest protocol:
+
+1. :func:`validation_split` carves a validation set out of the *training* data;
+2. pretrain on what is left (``tuning.x_train``);
+3. :func:`tune_soft_weight_sharing` compresses with each candidate setting and
+   scores it on the validation set only, choosing the highest compression rate
+   whose validation error is at most ``max_error_increase`` points above the
+   pretrained network's;
+4. the caller evaluates the chosen network on the test set, once.
+
+>>> tuning, final = validation_split(data, fraction=0.1, seed=0)  # doctest: +SKIP
+>>> net = pretrain(tuning.x_train, tuning.y_train)  # doctest: +SKIP
+>>> found = tune_soft_weight_sharing(net, tuning, [{"prior_scale": s} for s in (0.1, 0.2)])
+... # doctest: +SKIP
+>>> found.chosen.result.net  # evaluate on final.x_test, final.y_test once  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..validation import check_real, check_seed
+from ..zoo.data import Dataset
+from .pipeline import CompressionResult, soft_weight_sharing
+
+__all__ = ["Trial", "Tuning", "tune_soft_weight_sharing", "validation_split"]
+
+
+def validation_split(data: Dataset, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Split ``data``'s training set into training and validation parts.
+
+    Parameters
+    ----------
+    data : Dataset
+        A train/test split (:func:`bayes_sws.zoo.data.load_dataset`).
+    fraction : float
+        Share of the training points held out for validation, in (0, 1); at
+        least one point stays on each side.
+    seed : int
+        Seed of the random permutation that chooses the validation points.
+
+    Returns
+    -------
+    tuning, final : Dataset
+        Both train on the same remaining points; ``tuning``'s test set is the
+        validation set, ``final``'s is ``data``'s test set (read it once).
+    """
+    if not isinstance(data, Dataset):
+        raise TypeError(f"validation_split needs a Dataset, got {type(data).__name__}")
+    fraction = check_real("fraction", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed = check_seed("seed", seed)
+    num = len(data.x_train)
+    if num < 2:
+        raise ValueError(f"validation_split needs at least 2 training points, got {num}")
+    held = min(num - 1, max(1, round(fraction * num)))
+    order = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
+    keep, val = order[held:].sort().values, order[:held].sort().values
+    x_train, y_train = data.x_train[keep], data.y_train[keep]
+    tuning = dataclasses.replace(
+        data, x_train=x_train, y_train=y_train, x_test=data.x_train[val], y_test=data.y_train[val]
+    )
+    final = dataclasses.replace(data, x_train=x_train, y_train=y_train)
+    return tuning, final
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One candidate setting and its validation score."""
+
+    settings: dict[str, Any]
+    validation_error_before: float
+    validation_error_after: float
+    compression_rate: float
+    result: CompressionResult
+
+    @property
+    def increase(self) -> float:
+        """Validation error after compression minus before retraining, in points."""
+        return 100.0 * (self.validation_error_after - self.validation_error_before)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """What :func:`tune_soft_weight_sharing` tried and chose.
+
+    ``chosen`` is the trial of highest compression rate within the margin, or, when
+    no trial is within it, the one of smallest error increase (``within_margin``
+    then is False and the caller should say so).
+    """
+
+    trials: list[Trial]
+    chosen: Trial
+    max_error_increase: float
+    within_margin: bool
+
+    def table(self) -> str:
+        """The trials as a Markdown table, the chosen one marked."""
+        lines = [
+            "| settings | validation error % before → after | Δ (points) | compression × | |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        for trial in self.trials:
+            shown = ", ".join(f"{k}={v}" for k, v in trial.settings.items())
+            mark = "**chosen**" if trial is self.chosen else ""
+            lines.append(
+                f"| {shown} | {100 * trial.validation_error_before:.2f} → "
+                f"{100 * trial.validation_error_after:.2f} | {trial.increase:+.2f} | "
+                f"{trial.compression_rate:.1f} | {mark} |"
+            )
+        return "\n".join(lines)
+
+
+def tune_soft_weight_sharing(
+    net: nn.Module,
+    tuning: Dataset,
+    candidates: Sequence[Mapping[str, Any]],
+    *,
+    max_error_increase: float = 0.5,
+    **settings: Any,
+) -> Tuning:
+    """Compress ``net`` with each candidate setting; choose on the validation set.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Pretrained on ``tuning.x_train`` only (never on its validation points).
+    tuning : Dataset
+        The first part of :func:`validation_split`: its test set is the validation set.
+    candidates : sequence of dict
+        Settings of :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` tried
+        in turn (e.g. ``{"prior_scale": 0.15}``), on top of ``settings``.
+    max_error_increase : float
+        Points of validation error a chosen setting may add (default 0.5).
+    **settings
+        Passed to every :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` call.
+
+    Returns
+    -------
+    Tuning
+        Every trial and the chosen one. Classification only: the score is the
+        validation error.
+    """
+    if not isinstance(tuning, Dataset) or tuning.num_classes is None:
+        raise ValueError(
+            "tune_soft_weight_sharing scores classification error: give the tuning Dataset "
+            "of validation_split for a classification data set"
+        )
+    margin = check_real("max_error_increase", max_error_increase, low=0.0)
+    if not candidates:
+        raise ValueError("tune_soft_weight_sharing needs at least one candidate setting")
+    trials = []
+    for candidate in candidates:
+        result = soft_weight_sharing(net, tuning, **{**settings, **candidate})
+        # soft_weight_sharing measures the pretrained net on the same (validation) set
+        before, after = result.test_accuracy_pretrained, result.test_accuracy_after
+        assert before is not None and after is not None  # classification scores both
+        trials.append(
+            Trial(dict(candidate), 1.0 - before, 1.0 - after, result.compression_rate, result)
+        )
+    within = [t for t in trials if t.increase <= margin + 1e-9]
+    if within:
+        chosen = max(within, key=lambda t: t.compression_rate)
+    else:
+        chosen = min(trials, key=lambda t: (t.increase, -t.compression_rate))
+    return Tuning(trials, chosen, margin, bool(within) and math.isfinite(chosen.increase))

@@ -1,0 +1,85 @@
+"""Choosing compression settings on a validation split (issue 16 item 4).
+
+Oracles: hand counts of the split; a test set of NaNs that any read would turn
+into NaN scores; the selection rule applied by hand to the returned trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bayes_sws.compress.tuning import tune_soft_weight_sharing, validation_split
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.training import accuracy, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_validation_split_carves_the_training_set_only(digits):
+    num = len(digits.x_train)
+    index = torch.arange(num, dtype=torch.float32)[:, None].expand(-1, 64).contiguous()
+    labelled = dataclasses.replace(digits, x_train=index)  # row i holds the number i
+    tuning, final = validation_split(labelled, 0.1, seed=3)
+    held = round(0.1 * num)
+    assert len(tuning.x_test) == held and len(tuning.x_train) == num - held  # hand count
+    assert torch.equal(tuning.x_train, final.x_train) and torch.equal(tuning.y_train, final.y_train)
+    assert final.x_test is digits.x_test and final.y_test is digits.y_test
+    kept, val = tuning.x_train[:, 0].long(), tuning.x_test[:, 0].long()
+    assert sorted(kept.tolist() + val.tolist()) == list(range(num))  # disjoint, all rows
+    assert torch.equal(tuning.y_test, digits.y_train[val])  # labels travel with their rows
+    again, _ = validation_split(labelled, 0.1, seed=3)
+    assert torch.equal(again.x_test, tuning.x_test)
+    other, _ = validation_split(labelled, 0.1, seed=4)
+    assert not torch.equal(other.x_test, tuning.x_test)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])
+def test_validation_split_refuses_a_fraction_outside_zero_one(digits, fraction):
+    with pytest.raises(ValueError, match="fraction"):
+        validation_split(digits, fraction)
+
+
+def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
+    poisoned = dataclasses.replace(
+        digits, x_test=torch.full_like(digits.x_test, float("nan"))
+    )  # any read of the test set would give NaN logits and a wrong accuracy
+    tuning, final = validation_split(poisoned, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=15, batch_size=64, progress=False)
+    candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.03}, {"prior_scale": 3.0}]
+    found = tune_soft_weight_sharing(
+        net, tuning, candidates, num_steps=60, batch_size=64, progress=False
+    )
+    assert [t.settings for t in found.trials] == candidates
+    pre = 1 - accuracy(net, tuning.x_test, tuning.y_test)  # the validation error, by hand
+    for trial in found.trials:
+        assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
+        after = 1 - accuracy(trial.result.net, tuning.x_test, tuning.y_test)
+        assert trial.validation_error_after == pytest.approx(after, abs=1e-12)
+    # the rule by hand: highest rate among trials within 0.5 points, else the smallest increase
+    within = [t for t in found.trials if 100 * (t.validation_error_after - pre) <= 0.5]
+    expected = (
+        max(within, key=lambda t: t.compression_rate)
+        if within
+        else min(found.trials, key=lambda t: t.validation_error_after)
+    )
+    assert found.chosen is expected and found.within_margin == bool(within)
+    assert "**chosen**" in found.table()
+    # the final network, evaluated once on the real test set, is a number (here NaN inputs)
+    assert torch.isnan(final.x_test).all()
+
+
+def test_tuning_refuses_regression_and_empty_candidates(digits):
+    net = torch.nn.Linear(64, 10)
+    regression = dataclasses.replace(digits, num_classes=None)
+    with pytest.raises(ValueError, match="classification"):
+        tune_soft_weight_sharing(net, regression, [{"prior_scale": 0.1}])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        tune_soft_weight_sharing(net, digits, [])
