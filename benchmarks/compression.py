@@ -588,21 +588,21 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
     )
 
 
-def _section_lines(lines: list[str]) -> tuple[int, int] | None:
-    """First and one-past-last line of the Compression section, None if there is none."""
+def _section_lines(lines: list[str], section: str = SECTION) -> tuple[int, int] | None:
+    """First and one-past-last line of the ``section`` (a heading), None if there is none."""
     marks = [line.rstrip() for line in lines]
-    if SECTION not in marks:
+    if section not in marks:
         return None
-    start = marks.index(SECTION)
+    start = marks.index(section)
     end = next((i for i in range(start + 1, len(marks)) if marks[i].startswith("## ")), len(marks))
     return start, end
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), keep the rest."""
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace a benchmark's section of BENCHMARKS.md (or append it), keep the rest."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    span = _section_lines(lines)
+    span = _section_lines(lines, section)
     if span is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:

@@ -1,0 +1,234 @@
+"""Compression benchmark with settings chosen on a validation split; the test set read once.
+
+For each case of ``compression.py`` (same data, networks, pretraining and Deep
+Compression settings) this script
+
+1. holds out ``--validation`` (default 10 %) of the *training* set
+   (:func:`bayes_sws.compress.tuning.validation_split`) and pretrains on the rest;
+2. compresses by soft weight-sharing with every λ of the case's grid and scores
+   each on the validation set only
+   (:func:`bayes_sws.compress.tuning.tune_soft_weight_sharing`): the chosen λ has
+   the highest compression rate whose validation error is at most 0.5 points
+   above the pretrained network's (the goal's margin);
+3. reads the test set once: the chosen network, the pretrained network, and
+   Deep Compression with Han et al.'s rates and at the chosen row's per-layer
+   sparsity ("dc-matched"), all trained on the same reduced training set.
+
+``--write`` replaces the "## Compression, chosen on validation" section of
+BENCHMARKS.md and its short table in "Current figures".
+
+Run from the repository root::
+
+    python benchmarks/compression_validated.py --cases fashion-mnist/lenet-300-100 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import compression as bench  # the cases, pretraining and Deep Compression runs
+
+from bayes_sws.compress.tuning import Tuning, tune_soft_weight_sharing, validation_split
+from bayes_sws.zoo.training import accuracy
+
+SECTION = "## Compression, chosen on validation"
+SUMMARY_START = "<!-- compression-validated: written by benchmarks/compression_validated.py -->"
+SUMMARY_END = "<!-- /compression-validated -->"
+MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margin)
+
+#: λ tried per case (the other settings are the case's first soft weight-sharing row's)
+GRIDS: dict[str, tuple[float, ...]] = {
+    "fashion-mnist/lenet-300-100": (0.15, 0.18, 0.22, 0.27, 0.33),
+    "fashion-mnist/lenet-5": (0.04, 0.1, 0.15, 0.25),
+    "digits/lenet-300-100": (0.01, 0.03, 0.1),
+    "digits/lenet-5": (0.003, 0.01, 0.03),
+}
+
+
+def _settings(case: bench.Case) -> dict:
+    """The case's soft weight-sharing settings less λ, with Deep Compression's fine-tuning."""
+    base = dict(next(iter(case.sws.values())))
+    base.pop("prior_scale")
+    return {
+        "finetune_epochs": case.dc["centroid_epochs"],
+        "finetune_lr": case.dc["lr"],
+        "remove_dead_units": True,
+        **base,
+    }
+
+
+def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
+    """A test-set row in compression.py's format (markdown and summary read it)."""
+    return {
+        "case": name,
+        "method": method,
+        "pretrained_accuracy": pre_acc,
+        "accuracy_after": accuracy(net, final.x_test, final.y_test),
+        "nonzero_fraction": result.nonzero_fraction,
+        "compression_rate": result.compression_rate,
+        "compression_rate_all_units": bench.all_units_rate(
+            result.net, result.config["param_names"]
+        ),
+        "layers": result.layers,
+    }
+
+
+def run_case(name: str, options: dict) -> dict:
+    """Tune on validation, then read the test set once; the rows and the trial table."""
+    torch.set_num_threads(options["threads"])
+    case = bench.CASES[name]
+    tuning, final = validation_split(bench.load(case), options["validation"], seed=options["seed"])
+    held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
+    bench.say(f"{name}: pretraining on {len(tuning.x_train)} points (or loading from cache)")
+    net, _ = bench.pretrained(
+        held_out, tuning, seed=options["seed"], cache=options["cache"], progress=options["progress"]
+    )
+    candidates = [{"prior_scale": s} for s in GRIDS[name]]
+    bench.say(f"{name}: soft weight-sharing at λ = {', '.join(map(str, GRIDS[name]))}")
+    start = time.perf_counter()
+    found = tune_soft_weight_sharing(
+        net,
+        tuning,
+        candidates,
+        max_error_increase=MARGIN,
+        seed=options["seed"],
+        progress=options["progress"],
+        **_settings(case),
+    )
+    wall = time.perf_counter() - start
+    bench.say(f"{name}: validation trials\n{found.table()}")
+    # --- the test set, read once
+    pre_acc = accuracy(net, final.x_test, final.y_test)
+    chosen = found.chosen.result
+    label = f"sws λ={found.chosen.settings['prior_scale']:g} (chosen on validation)"
+    rows = [_row(name, label, pre_acc, chosen.stored_net, final, chosen)]
+    prune, clusters = bench.matched_dc_settings(rows[0])
+    for method, prune_fraction, num_clusters in (
+        ("dc-han", case.han["prune_fraction"], case.han["num_clusters"]),
+        (f"dc-matched to {label.split(' (')[0]}", prune, clusters),
+    ):
+        bench.say(f"{name}: {method}")
+        row = bench.run_dc(
+            case,
+            copy.deepcopy(net),
+            final,
+            name=method,
+            prune_fraction=prune_fraction,
+            num_clusters=num_clusters,
+            seed=options["seed"],
+            progress=options["progress"],
+            overrides={},
+            remove_dead_units=True,
+        )
+        rows.append({**row, "case": name, "pretrained_accuracy": pre_acc})
+    return {
+        "rows": rows,
+        "trials": _trials(found),
+        "within_margin": found.within_margin,
+        "wall": wall,
+    }
+
+
+def _trials(found: Tuning) -> list[dict]:
+    return [
+        {
+            "prior_scale": t.settings["prior_scale"],
+            "validation_error_before": t.validation_error_before,
+            "validation_error_after": t.validation_error_after,
+            "compression_rate": t.compression_rate,
+            "chosen": t is found.chosen,
+        }
+        for t in found.trials
+    ]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| case | method | test error % pretrained → after | Δ error (points) | compression × "
+        "| (all units ×) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['case']} | {row['method']} | {bench._pct(1 - row['pretrained_accuracy'])} → "
+            f"{bench._pct(1 - row['accuracy_after'])} | {bench._delta(row)} | "
+            f"**{row['compression_rate']:.1f}** | {row['compression_rate_all_units']:.1f} |"
+        )
+    return lines
+
+
+def section(results: dict[str, dict], command: str, options: dict, recorded: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Run: {recorded}  ",
+        f"Machine: {bench.machine_line(options['threads'])}",
+        "",
+        f"{100 * options['validation']:g} % of the training set held out for validation "
+        f"(seed {options['seed']}); every network here, pretrained and compressed, trained on "
+        f"the rest. λ chosen as the highest compression rate within {MARGIN} points of the "
+        "pretrained validation error; the test set was read once, for the rows below.",
+        "",
+        *_table([row for result in results.values() for row in result["rows"]]),
+    ]
+    for name, result in results.items():
+        lines += ["", f"Validation trials, {name} (tuning took {bench._time(result['wall'])}):", ""]
+        lines += [
+            "| λ | validation error % pretrained → after | Δ (points) | compression × | |",
+            "| ---: | ---: | ---: | ---: | --- |",
+        ]
+        for t in result["trials"]:
+            lines.append(
+                f"| {t['prior_scale']:g} | {100 * t['validation_error_before']:.2f} → "
+                f"{100 * t['validation_error_after']:.2f} | "
+                f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
+                f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
+            )
+        if not result["within_margin"]:
+            lines += ["", f"No λ stayed within {MARGIN} points on validation; the smallest loss."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=sorted(GRIDS), default=[bench.FULL[0]])
+    parser.add_argument("--validation", type=float, default=0.1, help="held-out share")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=bench.DEFAULT_CACHE)
+    parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
+    parser.add_argument(
+        "--write", action="store_true", help=f"replace '{SECTION}' of BENCHMARKS.md"
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    args = parser.parse_args(argv)
+    options = vars(args)
+    results = {name: run_case(name, options) for name in args.cases}
+    command = "python benchmarks/compression_validated.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    recorded = f"{time.strftime('%Y-%m-%d')}, code at {bench.code_version()}"
+    text = section(results, command.strip(), options, recorded)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.write:
+        bench.write_section(bench.REPO / "BENCHMARKS.md", text, section=SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
