@@ -83,3 +83,41 @@ def test_tuning_refuses_regression_and_empty_candidates(digits):
         tune_soft_weight_sharing(net, regression, [{"prior_scale": 0.1}])
     with pytest.raises(ValueError, match="at least one candidate"):
         tune_soft_weight_sharing(net, digits, [])
+
+
+def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatch):
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression_validated as validated
+
+    trials = [
+        {
+            "prior_scale": 0.1,
+            "validation_error_before": 0.1,
+            "validation_error_after": 0.102,
+            "compression_rate": 50.0,
+            "chosen": True,
+        },
+        {
+            "prior_scale": 0.3,
+            "validation_error_before": 0.1,
+            "validation_error_after": 0.112,
+            "compression_rate": 90.0,
+            "chosen": False,
+        },
+    ]
+    row = {
+        "case": "c",
+        "method": "sws λ=0.1 (chosen on validation)",
+        "pretrained_accuracy": 0.9,
+        "accuracy_after": 0.895,
+        "compression_rate": 50.0,
+        "compression_rate_all_units": 40.0,
+    }
+    results = {"c": {"rows": [row], "trials": trials, "within_margin": True, "wall": 60.0}}
+    text = validated.section(results, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "now")
+    assert text.startswith(validated.SECTION)
+    assert "| 0.1 | 10.00 → 10.20 | +0.20 | 50.0 | **chosen** |" in text  # hand arithmetic
+    assert "| 0.3 | 10.00 → 11.20 | +1.20 | 90.0 |  |" in text
+    assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 |" in text
+    assert "No λ stayed within" not in text
