@@ -30,15 +30,29 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import autoguide
 from torch import Tensor
 from torch.distributions import biject_to
 
-__all__ = ["GUIDES", "POINT_GUIDES", "SiteMoments", "build_guide", "guide_moments", "guide_name"]
+__all__ = [
+    "GUIDES",
+    "POINT_GUIDES",
+    "SiteMoments",
+    "build_guide",
+    "guide_moments",
+    "guide_name",
+    "local_params",
+]
 
 POINT_GUIDES = ("map",)
+
+
+def local_params():
+    """Context in which Pyro modules keep their parameters to themselves (no global store)."""
+    return pyro.settings.context(module_local_params=True)
 
 
 def _map(model, init_loc_fn, init_scale, hyper_sites):
@@ -147,7 +161,8 @@ def guide_moments(guide: Any) -> dict[str, SiteMoments]:
     Works for the guides of :data:`GUIDES` (``AutoDelta``, ``AutoNormal``, the
     multivariate ``AutoContinuous`` guides of ``"lowrank"`` and ``"laplace"``'s
     posterior, and ``AutoGuideList`` of these). Call it where the guide's
-    parameters live (:meth:`bayes_sws.FitResult.moments` does).
+    parameters live: the guides ``fit`` returns keep them to themselves
+    (:func:`local_params`, entered here).
 
     Raises
     ------
@@ -159,7 +174,7 @@ def guide_moments(guide: Any) -> dict[str, SiteMoments]:
         for part in guide:
             found.update(guide_moments(part))
         return found
-    with torch.no_grad():
+    with local_params(), torch.no_grad():
         if isinstance(guide, autoguide.AutoDelta):
             locs = {
                 name: _unconstrained(guide, name, value) for name, value in guide.median().items()
