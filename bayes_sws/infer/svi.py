@@ -1547,7 +1547,10 @@ def fit(
         Continue from a checkpoint of a run with the same model, data and
         settings (``num_steps`` may be larger). The result is bit-identical to
         the uninterrupted run's: the guide, network, optimiser and RNG states are
-        restored and the mini-batch order is a function of ``(seed, step)``.
+        restored and the mini-batch order is a function of ``(seed, step)``. On a
+        data loader the epoch is read again up to the checkpoint's batch from the
+        RNG and generator states it began with (:mod:`bayes_sws.infer.loaders`;
+        a loader that cannot be replayed so gives one :class:`ReplayWarning`).
     on_nonfinite : {"raise", "rollback"}
         What to do when the loss or a gradient is non-finite (checked every step,
         before the optimiser applies the update), or a parameter is non-finite
