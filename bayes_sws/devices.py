@@ -1,4 +1,4 @@
-"""Where a fit runs: the one reading of a ``device=`` argument (and ``--device`` on the command line).
+"""Where a fit runs: the one reading of a ``device=`` argument (and of ``--device``).
 
 :func:`resolve_device` turns ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``,
 ``"auto"`` or a :class:`torch.device` into a :class:`torch.device` that is
@@ -30,7 +30,7 @@ def _mps_available() -> bool:
 
 
 def _parse(device: Any) -> torch.device:
-    """``device`` as a :class:`torch.device` of type cpu, cuda or mps (not yet checked as present)."""
+    """``device`` as a :class:`torch.device` of type cpu, cuda or mps (not checked as present)."""
     shown = f"one of {', '.join(repr(c) for c in DEVICE_CHOICES)} or a torch.device"
     if isinstance(device, torch.device):
         parsed = device

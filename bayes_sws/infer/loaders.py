@@ -179,6 +179,8 @@ class BatchStream:
         The loader's ``batch_size`` attribute, if any (for the record only).
     epoch, position : int
         The epoch being read and the batches of it read so far.
+    last_read : str
+        Where the last batch :meth:`next` returned was (``"batch 3 of epoch 1"``).
     """
 
     def __init__(
@@ -209,6 +211,7 @@ class BatchStream:
         self._iterator: Iterator | None = None
         self._epoch_start: dict[str, Any] | None = None
         self._target: dict[str, Any] | None = None
+        self.last_read = "no batch"  # where the last batch returned by next() was
 
     # ------------------------------------------------------------------ reading
     def probe(self) -> tuple[Any, Any]:
@@ -252,10 +255,11 @@ class BatchStream:
                     ) from None
                 self._end_epoch()
                 continue
+            self.last_read = f"batch {self.position} of epoch {self.epoch}"
             self.position += 1
             if self.position == self.steps_per_epoch:
                 self._end_epoch()
-            return _pair(batch, f"batch {self.position - 1} of epoch {self.epoch}")
+            return _pair(batch, self.last_read)
 
     def total_steps(self, num_epochs: float) -> int:
         """Steps of ``num_epochs`` passes: ``max(1, round(num_epochs * len(loader)))``."""
@@ -304,7 +308,7 @@ class BatchStream:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state`` (from :meth:`state`); the loader is read again on the next batch."""
+        """Continue from ``state`` (from :meth:`state`); the loader is read on the next batch."""
         missing = {"epoch", "position", "epoch_rng", "epoch_generators", "generators"} - set(state)
         if missing:
             raise ValueError(f"a data loader state needs the entries {sorted(missing)}")

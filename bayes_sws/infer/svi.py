@@ -656,7 +656,7 @@ class _EngineData(NamedTuple):
 def _check_engine_data(
     model, guide, name, optimizer, x, y, batch_size, num_data, warn
 ) -> _EngineData:
-    """Checked data of :class:`SVIEngine` (tensors or a loader), and the guide's fit to the prior."""
+    """Checked data of :class:`SVIEngine` (tensors or a loader); the guide's fit to the prior."""
     if is_batches(x, y):
         data = _check_loader_data(model, name, optimizer, x, batch_size, num_data, warn)
     else:
@@ -1353,9 +1353,9 @@ class SVIEngine:
         y = torch.as_tensor(y).to(device=self.device, dtype=self._target_dtype)
         if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise ValueError(
-                f"batch {self.loader.position - 1} of epoch {self.loader.epoch} of the data loader "
-                f"has x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}; each batch "
-                "needs the same number (at least 1) of inputs and targets"
+                f"{self.loader.last_read} of the data loader has x of shape "
+                f"{tuple(x.shape)} and y of shape {tuple(y.shape)}; each batch needs the same "
+                "number (at least 1) of inputs and targets"
             )
         self._last_batch = _Batch(x, y, None, self.config["num_data"])
         return self._last_batch
