@@ -1357,6 +1357,11 @@ class SVIEngine:
                 f"{tuple(x.shape)} and y of shape {tuple(y.shape)}; each batch needs the same "
                 "number (at least 1) of inputs and targets"
             )
+        if x.shape[0] > self.config["num_data"]:
+            raise ValueError(
+                f"{self.loader.last_read} of the data loader holds {x.shape[0]} data points, "
+                f"more than num_data={self.config['num_data']}, the size of the whole data set"
+            )
         self._last_batch = _Batch(x, y, None, self.config["num_data"])
         return self._last_batch
 

@@ -378,6 +378,8 @@ def _one_pair():
         (lambda: sws.fit(_model(), X, Y, num_data=2 * N), ValueError, "num_data=120"),
         (lambda: sws.fit(_model(), X), ValueError, "y is None"),
         (lambda: sws.fit(_model(), [], num_data=N), ValueError, "no batches"),
+        (lambda: sws.fit(_model(), [(X, Y)], num_data=10), ValueError, "more than num_data=10"),
+        (lambda: sws.fit(_model(), [(X, Y[:5])], num_data=N), ValueError, "same number"),
     ],
 )
 def test_bad_loaders_are_refused_with_the_fix(call, error, match):
