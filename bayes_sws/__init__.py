@@ -22,7 +22,9 @@ from .core.distributions import MixtureOfGaussians, OrderedNormal
 from .core.likelihoods import Categorical, Gaussian, Likelihood, MixtureDensity
 from .core.model import SWSModel
 from .core.priors import Mixture, MixturePrior
+from .devices import resolve_device
 from .health import HealthWarning
+from .infer.loaders import ReplayWarning
 from .infer.penalty_module import SoftWeightSharing
 from .infer.svi import FitResult, fit
 from .settings import PRESETS, CompressSettings, FitSettings, PriorSettings
@@ -44,6 +46,7 @@ __all__ = [
     "MixturePrior",
     "OrderedNormal",
     "PriorSettings",
+    "ReplayWarning",
     "SWSModel",
     "SoftWeightSharing",
     "__version__",
@@ -51,4 +54,5 @@ __all__ = [
     "health",
     "mdn",
     "penalty",
+    "resolve_device",
 ]

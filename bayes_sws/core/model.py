@@ -43,7 +43,7 @@ __all__ = ["WEIGHT_PREFIX", "SWSModel"]
 
 
 class SWSModel:
-    r"""Soft weight-sharing model: ``model(x, y=None, subsample=None)`` is a Pyro model.
+    r"""Soft weight-sharing model: ``model(x, y, subsample, num_data)`` is a Pyro model.
 
     Parameters
     ----------
@@ -64,6 +64,11 @@ class SWSModel:
     ``pyro.plate("data", len(x), subsample=subsample)``: pass a tensor of indices
     as ``subsample`` for a mini-batch and the likelihood is scaled by
     ``len(x) / len(subsample)``, keeping the ELBO unbiased for the full data.
+    Given a batch alone (one batch of a ``DataLoader``), pass the size of the
+    whole data set as ``num_data``: the plate is then ``pyro.plate("data",
+    num_data, subsample=arange(len(x)))`` and the likelihood is scaled by
+    ``num_data / len(x)``, the same scale as the indices of that batch into all
+    the data would give.
     """
 
     def __init__(
@@ -175,19 +180,44 @@ class SWSModel:
 
     # ------------------------------------------------------------------ program
     def __call__(
-        self, x: Tensor, y: Tensor | None = None, subsample: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        subsample: Tensor | None = None,
+        num_data: int | None = None,
     ) -> Tensor:
         like = self._like()
         mixture = self.prior.sample_mixture(like)
         weights = self.sample_weights(mixture)
         params = self.likelihood.sample_parameters(like)
-        with pyro.plate(DATA_PLATE, x.shape[0], subsample=subsample, dim=-1) as index:
+        size, index = self.data_plate(x, subsample, num_data)
+        with pyro.plate(DATA_PLATE, size, subsample=index, dim=-1):
             if subsample is not None:
-                x = x[index]
-                y = None if y is None else y[index]
+                x = x[subsample]
+                y = None if y is None else y[subsample]
             output = self.forward(weights, x)
             self.likelihood.observe(output, y, params)
         return output
+
+    @staticmethod
+    def data_plate(
+        x: Tensor, subsample: Tensor | None = None, num_data: int | None = None
+    ) -> tuple[int, Tensor | None]:
+        """Size and subsample of the data plate for the arguments of a call.
+
+        All of ``x`` (``subsample`` and ``num_data`` ``None``), the points
+        ``x[subsample]`` of ``len(x)``, or ``x`` as one batch of a data set of
+        ``num_data`` points (a data loader's); the likelihood is scaled by
+        ``size / len(subsample)``.
+        """
+        if num_data is None or num_data == x.shape[0]:
+            return x.shape[0], subsample
+        if subsample is not None:
+            raise ValueError(
+                "give subsample (indices into all the data x) or num_data (x is one batch "
+                "of num_data points), not both"
+            )
+        return num_data, torch.arange(x.shape[0], device=x.device)
 
     def sample_weights(self, mixture: Mixture) -> dict[str, Tensor]:
         """One vectorised site per selected tensor, under ``poutine.scale(λ)``."""
@@ -256,6 +286,15 @@ class SWSModel:
                 module._parameters[key] = param
 
     # ------------------------------------------------------------------ helpers
+    def to(self, device: torch.device | str) -> SWSModel:
+        """Move the network to ``device`` in place and return the model.
+
+        The network's parameters are all the model's tensors: the prior and the
+        likelihood build theirs on the device of the prior-carrying weights.
+        """
+        self.net.to(device)
+        return self
+
     def network_with(self, weights: dict[str, Tensor]) -> nn.Module:
         """A copy of the network with site values (keyed by site name) loaded into it."""
         net = copy.deepcopy(self.net)

@@ -401,6 +401,7 @@ def map_loss(
     x: Tensor,
     y: Tensor,
     subsample: Tensor | None = None,
+    num_data: int | None = None,
 ) -> Tensor:
     r"""Negative log joint of ``model`` at the ``AutoDelta`` guide's values: the MAP loss.
 
@@ -430,6 +431,10 @@ def map_loss(
     subsample : Tensor, optional
         Indices of the mini-batch; the likelihood is scaled by
         ``len(x) / len(subsample)``, the ``pyro.plate`` scaling of the model.
+    num_data : int, optional
+        ``x, y`` are one batch (a data loader's) of a data set of ``num_data``
+        points: the likelihood is scaled by ``num_data / len(x)``
+        (:meth:`SWSModel.data_plate`, as the model does).
 
     Returns
     -------
@@ -452,14 +457,19 @@ def map_loss(
     plan = _plan(model, guide, like, x, y, subsample)
     validate = dist.is_validation_enabled()
     with _Validation(False):  # torch reads the flag when log_prob runs, not at construction
-        loss = _negative_log_joint(plan, model, guide, like, x, y, subsample)
+        loss = _negative_log_joint(plan, model, guide, like, x, y, subsample, num_data)
     if validate and not math.isfinite(loss.item()):
         # the slow path validates every site: Pyro's own error naming the site, or its warning
-        return Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x, y, subsample)
+        elbo = Trace_ELBO(max_plate_nesting=1)
+        if num_data is None:
+            return elbo.differentiable_loss(model, guide, x, y, subsample)
+        return elbo.differentiable_loss(model, guide, x, y, subsample, num_data=num_data)
     return loss
 
 
-def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsample) -> Tensor:
+def _negative_log_joint(
+    plan: _Plan, model: SWSModel, guide, like, x, y, subsample, num_data
+) -> Tensor:
     values = plan.site_values(guide)
 
     # hyperpriors: unscaled sites
@@ -478,9 +488,10 @@ def _negative_log_joint(plan: _Plan, model: SWSModel, guide, like, x, y, subsamp
     params, log_params = _likelihood_parameters(plan.likelihood, values, like)
     if log_params is not None:
         log_joint = log_joint + log_params
+    size, index = model.data_plate(x, subsample, num_data)
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
-    scale = 1.0 if subsample is None else 1.0 * x.shape[0] / batch_x.shape[0]
+    scale = 1.0 if index is None else 1.0 * size / batch_x.shape[0]
     if plan.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
         return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))
     log_lik = plan.likelihood.distribution(output, params).log_prob(batch_y)

@@ -22,13 +22,12 @@ import contextlib
 import copy
 import functools
 import math
-import random
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyro
@@ -42,6 +41,7 @@ from .._progress import progress_bar
 from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
+from ..devices import resolve_device
 from ..settings import (
     ON_NONFINITE,
     OPTIMIZERS,
@@ -50,8 +50,11 @@ from ..settings import (
     steps_per_epoch,
 )
 from ..validation import check_int, check_real, check_seed
+from . import loaders
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, build_guide, guide_name
+from .loaders import BatchStream, ReplayWarning, is_batches
+from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "ON_NONFINITE",
@@ -60,6 +63,7 @@ __all__ = [
     "FitResult",
     "FitState",
     "NumericalFault",
+    "ReplayWarning",
     "SVIEngine",
     "VarianceCollapseWarning",
     "as_data",
@@ -134,6 +138,25 @@ def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+class _Batch(NamedTuple):
+    """The data of one loss evaluation.
+
+    All the data ``x, y`` with the indices of a mini-batch (``None``: all of it),
+    or one batch of a data loader (``subsample`` ``None``) of a data set of ``num_data`` points.
+    """
+
+    x: Tensor
+    y: Tensor
+    subsample: Tensor | None = None
+    num_data: int | None = None
+
+    def program(self, model: SWSModel) -> Callable:
+        """``model``, told the data-set size when the batch is a loader's."""
+        if self.num_data is None:
+            return model
+        return functools.partial(model, num_data=self.num_data)
+
+
 def _check_map_hyperpriors(model: SWSModel, guide: str) -> None:
     """Point estimates of the hyperparameters need densities bounded on their support."""
     problems = model.prior.settings.map_problems()
@@ -204,7 +227,7 @@ def _site_of(param_name: str) -> str:
     return param_name
 
 
-def _diagnose_fault(model, guide, x, y, index, named_params, kind) -> tuple[str | None, str, str]:
+def _diagnose_fault(model, guide, batch: _Batch, named_params, kind) -> tuple[str | None, str, str]:
     """Name the first parameter or site that went non-finite: ``(name, kind, description)``."""
     with torch.no_grad():
         values = [(n, p.detach()) for n, p in named_params]
@@ -217,10 +240,10 @@ def _diagnose_fault(model, guide, x, y, index, named_params, kind) -> tuple[str 
     site: str | None = None
     try:  # which site's log-density is non-finite (only on a fault, so its cost does not matter)
         with torch.no_grad(), pyro.validation_enabled(False):
+            x, y, index = batch.x, batch.y, batch.subsample
             guide_trace = poutine.trace(guide).get_trace(x, y, index)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                x, y, index
-            )
+            program = poutine.replay(batch.program(model), trace=guide_trace)
+            model_trace = poutine.trace(program).get_trace(x, y, index)
             for trace in (model_trace, guide_trace):
                 trace.compute_log_prob()
                 for name, node in trace.nodes.items():
@@ -348,35 +371,6 @@ RESUME_KEYS = (
 )
 
 
-def get_rng_state() -> dict[str, Any]:
-    """The state of every RNG Pyro draws from, as tensors and plain Python values.
-
-    Plain values (no numpy arrays) so ``torch.load(weights_only=True)`` can read it back.
-    """
-    version, mt_state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "random": [int(version), list(mt_state), gauss],
-        "numpy": [
-            str(name),
-            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(cached),
-        ],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    version, mt_state, gauss = state["random"]
-    random.setstate((version, tuple(mt_state), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
 @dataclass
 class FitState:
     """Everything :func:`fit` needs to continue a run exactly where it stopped.
@@ -407,6 +401,11 @@ class FitState:
     scheduler_state : dict or None
         ``lr_scheduler.state_dict()`` of a run with a learning-rate scheduler
         (stored only then, so checkpoints without one keep their format).
+    data_state : dict or None
+        Where a run on a data loader stands in it (:meth:`BatchStream.state
+        <bayes_sws.infer.loaders.BatchStream.state>`): the epoch, the batches of
+        it read, and the RNG and ``torch.Generator`` states the epoch began with,
+        so a resumed run reads the same batches. Stored only for such runs.
     """
 
     step: int
@@ -418,6 +417,7 @@ class FitState:
     config: dict[str, Any]
     wall_time: float = 0.0
     scheduler_state: dict[str, Any] | None = None
+    data_state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers (loadable with ``torch.load(weights_only=True)``)."""
@@ -433,11 +433,14 @@ class FitState:
         }
         if self.scheduler_state is not None:
             data["scheduler_state"] = self.scheduler_state
+        if self.data_state is not None:
+            data["data_state"] = self.data_state
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitState:
-        missing = sorted(set(cls.__dataclass_fields__) - set(data) - {"scheduler_state"})
+        optional = {"scheduler_state", "data_state"}
+        missing = sorted(set(cls.__dataclass_fields__) - set(data) - optional)
         if missing:
             raise ValueError(f"a fit state needs the entries {missing}; got {sorted(data)}")
         losses = data["losses"]
@@ -452,6 +455,7 @@ class FitState:
             config=dict(data["config"]),
             wall_time=float(data["wall_time"]),
             scheduler_state=data.get("scheduler_state"),
+            data_state=data.get("data_state"),
         )
 
 
@@ -638,34 +642,78 @@ def _check_engine_options(
     }
 
 
+class _EngineData(NamedTuple):
+    """The checked data of an :class:`SVIEngine`: tensors, or a stream of batches and a probe."""
+
+    x: Tensor | None
+    y: Tensor | None
+    stream: BatchStream | None
+    probe: _Batch  # the data the guide is built on: all of x, y or a loader's first points
+    batch_size: int | None
+    num_data: int
+
+
 def _check_engine_data(
-    model, guide, name, optimizer, x, y, batch_size
-) -> tuple[Tensor, Tensor, int]:
-    """Checked ``(x, y, batch_size)`` of :class:`SVIEngine`, and the guide's fit to the prior."""
-    x, y = as_data(x, y, model)
-    num_data = x.shape[0]
-    batch_size = _positive_number("batch_size", batch_size, integer=True, allow_none=True)
-    batch_size = min(batch_size or num_data, num_data)
+    model, guide, name, optimizer, x, y, batch_size, num_data, warn
+) -> _EngineData:
+    """Checked data of :class:`SVIEngine` (tensors or a loader); the guide's fit to the prior."""
+    if is_batches(x, y):
+        data = _check_loader_data(model, name, optimizer, x, batch_size, num_data, warn)
+    else:
+        x, y = as_data(x, y, model)
+        size = x.shape[0]
+        if num_data is not None and num_data != size:
+            raise ValueError(
+                f"num_data={num_data!r} but x holds {size} data points; num_data is the size "
+                "of the whole data set behind a data loader's batches. Drop it for tensors x, y"
+            )
+        batch_size = _positive_number("batch_size", batch_size, integer=True, allow_none=True)
+        batch_size = min(batch_size or size, size)
+        data = _EngineData(x, y, None, _Batch(x, y), batch_size, size)
     if isinstance(guide, str) and guide in ("map", "laplace", "mixed"):
         _check_map_hyperpriors(model, guide)
     if optimizer == "lbfgs":
-        if batch_size < num_data:
+        if data.batch_size is not None and data.batch_size < data.num_data:
             raise ValueError(
-                f"optimizer='lbfgs' is full-batch; got batch_size={batch_size} < {num_data} data points. "
-                "Drop batch_size or use optimizer='adam'"
+                f"optimizer='lbfgs' is full-batch; got batch_size={data.batch_size} < "
+                f"{data.num_data} data points. Drop batch_size or use optimizer='adam'"
             )
         if name not in ("map", "laplace"):
             raise ValueError(
                 f"optimizer='lbfgs' needs a point-estimate guide ('map'), got guide={name!r}"
             )
-    return x, y, batch_size
+    return data
+
+
+def _check_loader_data(model, name, optimizer, batches, batch_size, num_data, warn) -> _EngineData:
+    """A :class:`BatchStream` over ``batches``, its first data points checked by :func:`as_data`."""
+    stream = BatchStream(batches, num_data, warn=warn)
+    if batch_size is not None and batch_size != stream.batch_size:
+        raise ValueError(
+            f"batch_size={batch_size!r} but the data loader makes its own batches (of "
+            f"{stream.batch_size}); drop batch_size"
+        )
+    if optimizer == "lbfgs":
+        raise ValueError(
+            "optimizer='lbfgs' is full-batch; it needs the data as tensors x, y, not a data "
+            "loader. Use optimizer='adam'"
+        )
+    if name == "laplace":
+        raise ValueError(
+            "guide='laplace' takes the Hessian of the full-data loss, which needs the data as "
+            "tensors x, y; with a data loader use guide='normal', 'lowrank' or 'mixed'"
+        )
+    x, y = as_data(*stream.probe(), model)
+    probe = _Batch(x, y, None, stream.num_data)
+    return _EngineData(None, None, stream, probe, stream.batch_size, stream.num_data)
 
 
 def _stacklevel_outside() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this module."""
+    """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this
+    module (and :mod:`.loaders`, whose replay warnings this module issues)."""
     frame: Any = sys._getframe(1)
     level = 1
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_code.co_filename in (__file__, loaders.__file__):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -758,11 +806,12 @@ class FaultPolicy:
         engine: SVIEngine,
         at: int,
         kind: str,
-        index: Tensor | None,
+        batch: _Batch,
         value: float | None,
         note: str = "",
     ) -> NumericalFault:
-        """The :class:`NumericalFault` of step ``at``, naming the first bad parameter or site."""
+        """The :class:`NumericalFault` of step ``at`` on ``batch``, naming the first bad
+        parameter or site."""
         if kind == "divergence":
             return NumericalFault(
                 f"the loss diverged at step {at}: {value:.4g}, more than "
@@ -780,7 +829,7 @@ class FaultPolicy:
             "parameter": "a parameter is not finite",
         }[kind]
         bad, kind, text = _diagnose_fault(
-            engine.model, engine.guide, engine.x, engine.y, index, engine._named_params, kind
+            engine.model, engine.guide, batch, engine._named_params, kind
         )
         return NumericalFault(
             f"non-finite values at step {at} ({what}): {text}. Lower the learning rate "
@@ -877,9 +926,12 @@ class SVIEngine:
     Parameters
     ----------
     model, x, y, guide
-        As for :func:`fit`; ``x`` and ``y`` are checked and converted here.
+        As for :func:`fit`; ``x`` and ``y`` are checked and converted here
+        (``x`` a data loader and ``y`` ``None``: its first data points).
     optimizer, lr, mixture_lr, batch_size, num_particles, init_scale, seed
         As for :func:`fit`.
+    num_data, device
+        As for :func:`fit`; ``device`` moves ``model`` there now.
     lbfgs_tolerance : float
         ``optimizer="lbfgs"``: a step does not move once the largest absolute
         gradient entry is at most this (``torch.optim.LBFGS``'s ``tolerance_grad``).
@@ -891,8 +943,12 @@ class SVIEngine:
     Attributes
     ----------
     model : SWSModel
-    x, y : Tensor
-        The checked data.
+    x, y : Tensor or None
+        The checked data (``None`` for a data loader).
+    loader : BatchStream or None
+        A data loader's batches, read one per step (:mod:`bayes_sws.infer.loaders`).
+    device : torch.device
+        Where the model, the guide and every batch are.
     guide : pyro guide
         Built by :meth:`init`.
     optimizer : torch.optim.Optimizer
@@ -918,7 +974,7 @@ class SVIEngine:
         self,
         model: SWSModel,
         x: Any,
-        y: Any,
+        y: Any = None,
         guide: str | Callable = _FIT.guide,
         *,
         settings: FitSettings | None = None,
@@ -931,10 +987,12 @@ class SVIEngine:
         seed: int = _FIT.seed,
         lbfgs_tolerance: float = _FIT.lbfgs_tolerance,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        num_data: int | None = None,
+        device: str | torch.device | None = None,
     ):
         given = {k: v for k, v in locals().items() if k in FitSettings.names()}
         s = fit_settings(settings, given)
-        guide, optimizer, batch_size = s.guide, s.optimizer, s.batch_size
+        guide, optimizer = s.guide, s.optimizer
         options = _check_engine_options(
             model,
             guide,
@@ -947,24 +1005,30 @@ class SVIEngine:
             s.lbfgs_tolerance,
             lr_scheduler,
         )
-        self.x, self.y, batch_size = _check_engine_data(
-            model, guide, options["guide"], optimizer, x, y, batch_size
+        if device is not None:
+            model.to(resolve_device(device))
+        data = _check_engine_data(
+            model, guide, options["guide"], optimizer, x, y, s.batch_size, num_data, self._warn
         )
+        self.x, self.y, self.loader, self._probe = data.x, data.y, data.stream, data.probe
         self.model, self._guide_spec, self._make_scheduler = model, guide, lr_scheduler
+        like = model._like()
+        self.device, self._dtype, self._target_dtype = like.device, like.dtype, data.probe.y.dtype
         self.config = {
             "guide": options["guide"],
             "num_steps": None,
             "optimizer": optimizer,
             "lr": options["lr"],
             "mixture_lr": options["mixture_lr"],
-            "batch_size": batch_size,
+            "batch_size": data.batch_size,
             "num_particles": options["num_particles"],
             "init_scale": options["init_scale"],
             "seed": options["seed"],
-            "num_data": self.x.shape[0],
+            "num_data": data.num_data,
             "prior_scale": model.prior_scale,
-            "input_shape": [int(d) for d in self.x.shape[1:]],
+            "input_shape": [int(d) for d in data.probe.x.shape[1:]],
             "lbfgs_tolerance": options["lbfgs_tolerance"],
+            "device": str(self.device),
         }
         # built by init(); None until then
         self.guide: Any = None
@@ -973,6 +1037,7 @@ class SVIEngine:
         self.step = 0
         self._losses = np.empty(0)
         self._elapsed, self._running_since = 0.0, None
+        self._last_batch: _Batch | None = None
 
     # ------------------------------------------------------------------ the state record
     @property
@@ -987,10 +1052,18 @@ class SVIEngine:
         return self._elapsed + running
 
     def batch(self, step: int) -> Tensor | None:
-        """The mini-batch of ``step`` (:func:`batch_indices`); ``None`` for full batch."""
+        """The mini-batch of ``step`` (:func:`batch_indices`); ``None`` for full batch.
+
+        Tensor data only: a data loader's batches are read in its own order.
+        """
+        if self.loader is not None:
+            raise TypeError(
+                "the engine reads a data loader, whose batches come in its own order; "
+                "engine.batch(step) gives the indices of tensor data x, y"
+            )
         config = self.config
         return batch_indices(
-            config["num_data"], config["batch_size"], step, config["seed"], self.x.device
+            config["num_data"], config["batch_size"], step, config["seed"], self.device
         )
 
     def state(self) -> FitState:
@@ -1009,14 +1082,17 @@ class SVIEngine:
                 scheduler_state=(
                     None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict())
                 ),
+                data_state=None if self.loader is None else self.loader.state(),
             )
 
     def restore(self, state: FitState) -> None:
         """Load ``state`` (from :meth:`state`) in place.
 
-        Parameters, optimiser, scheduler, RNGs, step and losses; not the wall time.
+        Parameters, optimiser, scheduler, RNGs, step and losses, and the place in
+        a data loader; not the wall time.
         """
         self._require_init()
+        self._check_data_state(state)
         if (state.scheduler_state is None) != (self.scheduler is None):
             has = "has no" if state.scheduler_state is None else "has an"
             raise ValueError(
@@ -1045,8 +1121,23 @@ class SVIEngine:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(copy.deepcopy(state.scheduler_state))
         set_rng_state(state.rng_state)
+        if self.loader is not None and state.data_state is not None:
+            self.loader.restore(state.data_state)
         self._losses = np.array(state.losses, dtype=np.float64)
         self.step = int(state.step)
+
+    def _check_data_state(self, state: FitState) -> None:
+        """A state of a run on tensors resumes only on tensors, one on a loader only on a loader."""
+        if state.data_state is not None and self.loader is None:
+            raise ValueError(
+                "initial_state comes from a fit on a data loader but this run has tensors x, y; "
+                "resume with the data loader of the checkpointed run"
+            )
+        if state.data_state is None and self.loader is not None and state.step > 0:
+            raise ValueError(
+                "initial_state comes from a fit on tensors x, y but this run reads a data "
+                "loader; resume with the tensors of the checkpointed run"
+            )
 
     # ------------------------------------------------------------------ init / update / run
     def init(self, initial_state: FitState | dict | None = None) -> FitState:
@@ -1072,12 +1163,15 @@ class SVIEngine:
                 vectorize_particles=config["num_particles"] > 1,
                 max_plate_nesting=1,
             )
-            # builds the guide's parameters
-            elbo.differentiable_loss(model, self.guide, self.x, self.y, self.batch(0))
+            # builds the guide's parameters (on the first points of a data loader)
+            first = self._probe if self.loader is not None else self._tensor_batch(0)
+            elbo.differentiable_loss(
+                first.program(model), self.guide, first.x, first.y, first.subsample
+            )
             # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
             # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
-            fast = supports_fast_map(model, self.guide)
-            self._loss_fn = map_loss if fast else elbo.differentiable_loss
+            self._fast = supports_fast_map(model, self.guide)
+            self._elbo = elbo
             self.optimizer = self._build_optimizer()
         self.scheduler = None if self._make_scheduler is None else self._build_scheduler()
         self.step, self._losses, self._elapsed = 0, np.empty(0), 0.0
@@ -1096,11 +1190,11 @@ class SVIEngine:
         """
         self._require_init()
         with self._active():
-            index = self.batch(self.step)
+            batch = self._next_batch(self.step)
             try:
-                return self._step(index)
+                return self._step(batch)
             except _NonFinite as err:
-                raise FaultPolicy().describe(self, self.step, err.kind, index, err.value) from None
+                raise FaultPolicy().describe(self, self.step, err.kind, batch, err.value) from None
 
     def run(
         self,
@@ -1138,7 +1232,7 @@ class SVIEngine:
                     break
                 # the parameters after the last update have not been used yet: checked once
                 at = max(self.step - 1, 0)
-                self._recover(policy, checkpoints, at, "parameter", self.batch(at), None)
+                self._recover(policy, checkpoints, at, "parameter", self._batch_of(at), None)
             checkpoints.finish(self)
         return self.losses.copy()
 
@@ -1155,17 +1249,21 @@ class SVIEngine:
             Parameters to evaluate at; the engine's own state is put back after.
         step : int, optional
             Evaluate on the mini-batch of this step (the likelihood scaled by
-            ``N / batch_size``); default all the data.
+            ``N / batch_size``); default all the data. Tensor data only.
         """
         self._require_init()
+        if self.loader is not None:
+            raise TypeError(
+                "engine.loss evaluates on all of tensor data x, y or on the batch of a step; "
+                "with a data loader read the loss of each step from engine.losses"
+            )
         saved = None if state is None else self.state()
         rng = get_rng_state()
         try:
             if state is not None:
                 self.restore(state)
             with local_params(), torch.no_grad():
-                index = None if step is None else self.batch(step)
-                return float(self._loss_fn(self.model, self.guide, self.x, self.y, index))
+                return float(self._evaluate(self._tensor_batch(step)))
         finally:
             if saved is not None:
                 self.restore(saved)
@@ -1231,11 +1329,56 @@ class SVIEngine:
             )
         return scheduler
 
-    def _closure(self, index: Tensor | None) -> Tensor:
+    def _evaluate(self, batch: _Batch) -> Tensor:
+        """The loss on ``batch``: :func:`map_loss` where it applies, else the ELBO's."""
+        if self._fast:
+            return map_loss(
+                self.model, self.guide, batch.x, batch.y, batch.subsample, batch.num_data
+            )
+        return self._elbo.differentiable_loss(
+            batch.program(self.model), self.guide, batch.x, batch.y, batch.subsample
+        )
+
+    def _tensor_batch(self, step: int | None) -> _Batch:
+        """All of ``x, y`` with the indices of the mini-batch of ``step`` (``None``: all)."""
+        assert self.x is not None and self.y is not None, "tensor data only"
+        return _Batch(self.x, self.y, None if step is None else self.batch(step))
+
+    def _next_batch(self, step: int) -> _Batch:
+        """The data of ``step``: the indices into ``x, y``, or the loader's next batch."""
+        if self.loader is None:
+            return self._tensor_batch(step)
+        x, y = self.loader.next()
+        x = torch.as_tensor(x).to(device=self.device, dtype=self._dtype)
+        y = torch.as_tensor(y).to(device=self.device, dtype=self._target_dtype)
+        if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(
+                f"{self.loader.last_read} of the data loader has x of shape "
+                f"{tuple(x.shape)} and y of shape {tuple(y.shape)}; each batch needs the same "
+                "number (at least 1) of inputs and targets"
+            )
+        if x.shape[0] > self.config["num_data"]:
+            raise ValueError(
+                f"{self.loader.last_read} of the data loader holds {x.shape[0]} data points, "
+                f"more than num_data={self.config['num_data']}, the size of the whole data set"
+            )
+        self._last_batch = _Batch(x, y, None, self.config["num_data"])
+        return self._last_batch
+
+    def _batch_of(self, step: int) -> _Batch:
+        """The data step ``step`` used (for a loader: the last batch read)."""
+        if self.loader is None:
+            return self._tensor_batch(step)
+        return self._probe if self._last_batch is None else self._last_batch
+
+    def _warn(self, message: str) -> None:
+        warnings.warn(message, ReplayWarning, stacklevel=_stacklevel_outside())
+
+    def _closure(self, batch: _Batch) -> Tensor:
         """Loss and gradients; :class:`_NonFinite` before the optimiser applies a bad update."""
         self.optimizer.zero_grad()
         try:
-            loss = self._loss_fn(self.model, self.guide, self.x, self.y, index)
+            loss = self._evaluate(batch)
         except ValueError as err:  # Pyro's validation meets a NaN first
             if _INVALID_VALUES not in str(err):
                 raise
@@ -1248,9 +1391,9 @@ class SVIEngine:
             raise _NonFinite(kind, value)
         return loss
 
-    def _step(self, index: Tensor | None) -> float:
-        """One checked update on ``index``; records the loss and steps the scheduler."""
-        loss = self.optimizer.step(functools.partial(self._closure, index))
+    def _step(self, batch: _Batch) -> float:
+        """One checked update on ``batch``; records the loss and steps the scheduler."""
+        loss = self.optimizer.step(functools.partial(self._closure, batch))
         if _lbfgs_stalled(self.optimizer):
             self.optimizer.state.clear()  # restart from steepest descent next step
         value = float(loss.detach())
@@ -1274,15 +1417,15 @@ class SVIEngine:
         while self.step < num_steps:
             step = self.step
             policy.before_step(self)
-            index = self.batch(step)
+            batch = self._next_batch(step)
             try:
-                self._step(index)
+                self._step(batch)
             except _NonFinite as err:
-                self._recover(policy, checkpoints, step, err.kind, index, err.value)
+                self._recover(policy, checkpoints, step, err.kind, batch, err.value)
                 continue
             loss = self._losses[step]
             if policy.diverged(float(loss)):
-                self._recover(policy, checkpoints, step, "divergence", index, float(loss))
+                self._recover(policy, checkpoints, step, "divergence", batch, float(loss))
                 continue
             policy.after_step()
             bar.update()
@@ -1291,7 +1434,7 @@ class SVIEngine:
             stop = callback is not None and callback(step, loss)
             if checkpoints.due(self.step):
                 if not self._parameters_finite():
-                    self._recover(policy, checkpoints, step, "parameter", index, None)
+                    self._recover(policy, checkpoints, step, "parameter", batch, None)
                     continue
                 checkpoints.write(self.state())
             if stop:
@@ -1303,10 +1446,10 @@ class SVIEngine:
         checkpoints: _Checkpoints,
         at: int,
         kind: str,
-        index: Tensor | None,
+        batch: _Batch,
         value: float | None,
     ) -> None:
-        error = policy.describe(self, at, kind, index, value, checkpoints.note())
+        error = policy.describe(self, at, kind, batch, value, checkpoints.note())
         policy.recover(self, error)
         checkpoints.rolled_back(self.step)
 
@@ -1315,7 +1458,7 @@ class SVIEngine:
 def fit(
     model: SWSModel,
     x: Any,
-    y: Any,
+    y: Any = None,
     guide: str | Callable = _FIT.guide,
     *,
     settings: FitSettings | None = None,
@@ -1340,6 +1483,8 @@ def fit(
     lbfgs_tolerance: float = _FIT.lbfgs_tolerance,
     lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     copy_model: bool = False,
+    num_data: int | None = None,
+    device: str | torch.device | None = None,
 ) -> FitResult:
     r"""Fit ``model`` to ``(x, y)`` by stochastic variational inference.
 
@@ -1354,7 +1499,13 @@ def fit(
     ----------
     model : SWSModel
     x, y : tensor or array
-        Inputs and targets (class labels or regression targets).
+        Inputs and targets (class labels or regression targets). Or ``x`` a
+        ``torch.utils.data.DataLoader`` (or any re-iterable of ``(x, y)`` batches,
+        such as a list) and ``y`` ``None``: one batch per step in the loader's
+        order, ``len(loader)`` steps per epoch, each batch's likelihood scaled by
+        ``num_data / len(batch)``; nothing beyond the current batch is held in
+        memory. Its first data points are checked as tensors would be. See
+        :mod:`bayes_sws.infer.loaders` for resuming such a run exactly.
     guide : str or callable
         ``"map"`` (AutoDelta), ``"normal"``, ``"lowrank"``, ``"laplace"``,
         ``"mixed"``, or a builder ``guide(model) -> pyro guide``; see
@@ -1367,7 +1518,8 @@ def fit(
         Optimisation steps (mini-batches).
     num_epochs : float, optional
         Passes over the data instead of ``num_steps``
-        (:meth:`FitSettings.total_steps`: ``round(num_epochs * steps_per_epoch)``).
+        (:meth:`FitSettings.total_steps`: ``round(num_epochs * steps_per_epoch)``;
+        for a data loader ``round(num_epochs * len(loader))``).
     optimizer : {"adam", "lbfgs"}
         ``"lbfgs"`` is full-batch quasi-Newton (strong Wolfe line search), for
         point-estimate guides.
@@ -1378,7 +1530,8 @@ def fit(
     batch_size : int, optional
         Mini-batch size; default full batch. The likelihood is scaled by
         ``N / batch_size`` so the loss estimates the full-data objective. The
-        batch of each step is :func:`batch_indices`.
+        batch of each step is :func:`batch_indices`. A data loader makes its
+        own batches: leave it ``None`` then.
     num_particles : int
         ELBO particles per step (vectorised).
     init_scale : float
@@ -1399,7 +1552,10 @@ def fit(
         Continue from a checkpoint of a run with the same model, data and
         settings (``num_steps`` may be larger). The result is bit-identical to
         the uninterrupted run's: the guide, network, optimiser and RNG states are
-        restored and the mini-batch order is a function of ``(seed, step)``.
+        restored and the mini-batch order is a function of ``(seed, step)``. On a
+        data loader the epoch is read again up to the checkpoint's batch from the
+        RNG and generator states it began with (:mod:`bayes_sws.infer.loaders`;
+        a loader that cannot be replayed so gives one :class:`ReplayWarning`).
     on_nonfinite : {"raise", "rollback"}
         What to do when the loss or a gradient is non-finite (checked every step,
         before the optimiser applies the update), or a parameter is non-finite
@@ -1435,6 +1591,19 @@ def fit(
     copy_model : bool
         Fit ``copy.deepcopy(model)`` (network, prior and likelihood) instead of
         ``model`` itself, so ``model.net`` keeps its values; default ``False``.
+    num_data : int, optional
+        With a data loader: the number :math:`N` of data points in the whole data
+        set, by which each batch's likelihood is scaled (:math:`N / B`); default
+        ``len(loader.dataset)``. Required when the loader has no sized dataset.
+    device : str or torch.device, optional
+        Where to fit: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``
+        (CUDA, else MPS, else CPU) or a ``torch.device``
+        (:func:`bayes_sws.devices.resolve_device`). The model's network is moved
+        there (in place, as it is trained in place; with ``copy_model=True`` the
+        copy is), the guide is built there and every batch is moved there; the
+        result's tensors live there. Default: where the network already is.
+        The prior kernel's C loop serves CPU tensors; other devices use its
+        chunked torch path.
 
     Returns
     -------
@@ -1461,10 +1630,15 @@ def fit(
     )
     if copy_model and isinstance(model, SWSModel):
         model = copy.deepcopy(model)
-    engine = SVIEngine(model, x, y, settings=s, lr_scheduler=lr_scheduler)
+    engine = SVIEngine(
+        model, x, y, settings=s, lr_scheduler=lr_scheduler, num_data=num_data, device=device
+    )
     if s.num_epochs is not None:
         _positive_number("num_epochs", s.num_epochs)
-        num_steps = s.total_steps(engine.x.shape[0])
+        if engine.loader is None:
+            num_steps = s.total_steps(engine.config["num_data"])
+        else:
+            num_steps = engine.loader.total_steps(s.num_epochs)
     engine.config["num_steps"] = num_steps
     if initial_state is not None:
         initial_state = _check_initial_state(initial_state, engine.config, num_steps)
