@@ -52,7 +52,7 @@ from ..settings import (
 from ..validation import check_int, check_real, check_seed
 from . import loaders
 from .fastmap import map_loss, supports_fast_map
-from .guides import POINT_GUIDES, build_guide, guide_name
+from .guides import POINT_GUIDES, SiteMoments, build_guide, guide_moments, guide_name, local_params
 from .loaders import BatchStream, ReplayWarning, is_batches
 from .rng import get_rng_state, set_rng_state
 
@@ -78,11 +78,6 @@ __all__ = [
 #: What :func:`fit` does when a loss or gradient goes non-finite.
 # torch.distributions' validation message for a NaN parameter or value of a distribution
 _INVALID_VALUES = "found invalid values"
-
-
-def local_params():
-    """Context in which Pyro modules keep their parameters to themselves (no global store)."""
-    return pyro.settings.context(module_local_params=True)
 
 
 # ---------------------------------------------------------------------- validation
@@ -307,6 +302,14 @@ class FitResult:
         """The learned mixture ``(pi, mu, sigma)`` at the posterior median."""
         values = self.median()
         return self.model.prior.mixture(values, self.model._like())
+
+    def moments(self) -> dict[str, SiteMoments]:
+        """Every latent site's ``loc`` and marginal ``scale`` (unconstrained) and ``median``.
+
+        :func:`bayes_sws.infer.guides.guide_moments` of the fitted guide: the same
+        call for every guide (zeros as the scale of a point estimate).
+        """
+        return guide_moments(self.guide)
 
     def map_network(self) -> nn.Module:
         """A plain ``nn.Module`` with the median (MAP) weights, ready for ``torch`` use."""
