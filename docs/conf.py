@@ -49,20 +49,18 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 myst_heading_anchors = 3
 
-# NumPy-style docstrings (the package's convention), read by napoleon. An
-# "Attributes" section becomes a field list (ivar), so a dataclass field is
-# described once, by autodoc's entry for it.
+# NumPy-style docstrings (the package's convention), read by napoleon; a class's
+# "Attributes" section gives one entry per attribute (see skip_described_attributes).
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-napoleon_use_ivar = True
 napoleon_use_rtype = False
 
 autodoc_default_options = {
     "members": True,
     "undoc-members": True,
-    "show-inheritance": True,
     "member-order": "bysource",
 }
+add_module_names = False  # the page's title names the module
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True  # defaults as written (`torch.Size()`), not their repr
 autosummary_generate = False  # the pages are written by hand (docs/api/*.rst)
@@ -126,6 +124,9 @@ def _directive(module: str, name: str) -> list[str]:
     value = getattr(importlib.import_module(module), name)
     if inspect.isclass(value):
         kind = "exception" if issubclass(value, BaseException) else "class"
+        # "Bases: object" (or a private base) would say nothing
+        if any(b is not object and not b.__name__.startswith("_") for b in value.__bases__):
+            return [f".. auto{kind}:: {module}.{name}", "   :show-inheritance:", ""]
     elif inspect.isfunction(value) or inspect.isbuiltin(value):
         kind = "function"
     else:  # a constant: its value is shown when short (a registry's repr is not)
@@ -166,6 +167,27 @@ def drop_type_docstring(app, what, name, obj, options, lines) -> None:
             lines.clear()
 
 
+_described: set[str] = set()  # the attributes the class being documented describes
+
+
+def note_described_attributes(app, what, name, obj, options, lines) -> None:
+    """Remember which attributes a class's docstring describes (napoleon has made its
+    "Attributes" section into ``.. attribute::`` entries by now)."""
+    if what == "class":
+        _described.clear()
+        _described.update(
+            line.split("::", 1)[1].strip() for line in lines if line.startswith(".. attribute::")
+        )
+
+
+def skip_described_attributes(app, what, name, obj, skip, options) -> bool | None:
+    """A dataclass field described in the class's "Attributes" section is documented
+    there; autodoc's bare entry for the same field would be a duplicate."""
+    if what == "class" and name in _described and not inspect.isroutine(obj):
+        return True
+    return None
+
+
 class ModuleAPI(SphinxDirective):
     """``.. module-api:: bayes_sws.infer.svi``: the module's whole reference."""
 
@@ -182,4 +204,6 @@ class ModuleAPI(SphinxDirective):
 def setup(app):
     app.add_directive("module-api", ModuleAPI)
     app.connect("autodoc-process-docstring", drop_type_docstring)
+    app.connect("autodoc-process-docstring", note_described_attributes)
+    app.connect("autodoc-skip-member", skip_described_attributes)
     return {"parallel_read_safe": True}
