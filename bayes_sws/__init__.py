@@ -5,15 +5,18 @@ Bishop, PRML §5.5.7; Ullrich, Meeds & Welling 2017), with hyperpriors on the
 mixing proportions, means and precisions. MAP by SVI with an ``AutoDelta`` guide
 minimises exactly E(w) + λΩ(w); other guides give a posterior view.
 
->>> import bayes_sws as sws
->>> prior = sws.MixturePrior(num_components=16, zero_component=True)
->>> model = sws.SWSModel(net, prior, likelihood="categorical", prior_scale=1.0)
->>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)
+With your network ``net`` and data ``x``, ``y`` (so not run as a doctest; the
+README's quick start, which the tests run, is a whole program):
+
+>>> import bayes_sws as sws  # doctest: +SKIP
+>>> prior = sws.MixturePrior(num_components=16, zero_component=True)  # doctest: +SKIP
+>>> model = sws.SWSModel(net, prior, likelihood="categorical", prior_scale=1.0)  # doctest: +SKIP
+>>> result = sws.fit(model, x, y, guide="map", num_steps=1000, seed=0)  # doctest: +SKIP
 
 Settings have one vocabulary (:mod:`bayes_sws.settings`):
 
->>> prior = sws.MixturePrior.from_settings(sws.PRESETS["ullrich2017"].prior)
->>> result = sws.fit(model, x, y, settings=sws.FitSettings(num_steps=1000, seed=0))
+>>> prior = sws.MixturePrior.from_settings(sws.PRESETS["ullrich2017"].prior)  # doctest: +SKIP
+>>> result = sws.fit(model, x, y, settings=sws.FitSettings(num_steps=1000, seed=0))  # doctest: +SKIP
 """
 
 from . import health

@@ -10,15 +10,15 @@ Every check returns a list of :class:`Finding` (empty when healthy) and, with
 The command line prints each as one ``bayes-sws: warning: ...`` line and records
 them under ``"health"`` in ``metrics.json`` / ``compression.json``.
 
-========================  =====================================================
+========================= ====================================================
 check                     flags
-========================  =====================================================
+========================= ====================================================
 :func:`check_converged`   SVI loss still falling at the end (trend test)
 :func:`check_prediction`  a classifier that predicts (almost) a single class
 :func:`check_mixture`     a prior scale that pulled every mean onto zero
 :func:`check_compression` accuracy or RMSE after compression much worse
 :func:`check_nuts`        divergences, tree-depth saturation, R-hat / ESS
-========================  =====================================================
+========================= ====================================================
 """
 
 from __future__ import annotations

@@ -896,10 +896,13 @@ def soft_weight_sharing(
 
     Examples
     --------
-    >>> data = load_dataset("digits", standardize=False)
-    >>> net = mlp([64, 100, 10]); train(net, data.x_train, data.y_train, num_epochs=60)
-    >>> result = soft_weight_sharing(net, data, num_epochs=100, batch_size=64, mixture_lr=1e-2)
-    >>> result.compression_rate, result.test_accuracy_after
+    Not run as a doctest (minutes of training; ``examples/compress_lenet300.py`` runs
+    the pipeline with a small budget in the tests):
+
+    >>> data = load_dataset("digits", standardize=False)  # doctest: +SKIP
+    >>> net = mlp([64, 100, 10]); train(net, data.x_train, data.y_train, num_epochs=60)  # doctest: +SKIP
+    >>> result = soft_weight_sharing(net, data, num_epochs=100, batch_size=64, mixture_lr=1e-2)  # doctest: +SKIP
+    >>> result.compression_rate, result.test_accuracy_after  # doctest: +SKIP
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")

@@ -213,6 +213,8 @@ class MixturePrior:
         Hinton's setting: MAP minimises :math:`E(w) + \lambda\Omega(w)` (5.139)
         with :math:`\Omega` (5.138) at these values.
 
+    Notes
+    -----
     All defaults are those of :class:`~bayes_sws.settings.PriorSettings`;
     :meth:`from_settings` builds a prior from such a record and :attr:`settings`
     gives it back.

@@ -549,7 +549,7 @@ def plot_mixture_over_histogram(
         Where the weights come from: a result's posterior median weights, a
         model's or network's current weights (parameters with two or more
         dimensions for a bare network), or a dict name -> weights.
-    mixture : Mixture or (pi, mu, sigma), optional
+    mixture : Mixture or ``(pi, mu, sigma)``, optional
         Default: the result's :meth:`mixture`; required otherwise.
     per_layer : bool
         One panel per tensor after the pooled panel.

@@ -3,13 +3,13 @@
 ======== ============================================================ =====================
 name     guide                                                        kind
 ======== ============================================================ =====================
-map      ``AutoDelta``: MAP in constrained space                     point
+map      ``AutoDelta``: MAP in constrained space                      point
 normal   ``AutoNormal``: mean-field Gaussian                          variational
 lowrank  ``AutoLowRankMultivariateNormal``                            variational
 laplace  ``AutoLaplaceApproximation``: MAP, then a Gaussian from the  variational (after fit)
          Hessian at the mode
-mixed    ``AutoGuideList``: ``AutoDelta`` on the hyperparameter sites, variational
-         ``AutoNormal`` on the weights
+mixed    ``AutoGuideList``: ``AutoDelta`` on the hyperparameter       variational
+         sites, ``AutoNormal`` on the weights
 ======== ============================================================ =====================
 
 Any callable ``builder(model)`` returning a Pyro guide is accepted too, e.g.

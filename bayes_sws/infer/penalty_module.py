@@ -131,9 +131,12 @@ class SoftWeightSharing(nn.Module):
 
     Examples
     --------
-    >>> penalty = sws.SoftWeightSharing(net, sws.MixturePrior(16), prior_scale=1.0)
-    >>> optimizer = torch.optim.Adam(penalty.parameter_groups(lr=1e-3, mixture_lr=5e-4))
-    >>> loss = F.cross_entropy(net(xb), yb, reduction="sum") * N / len(xb) + penalty()
+    Inside your own loop over batches ``xb``, ``yb`` of ``N`` points (not run as a
+    doctest; the README's own-loop example is run whole by the tests):
+
+    >>> penalty = sws.SoftWeightSharing(net, sws.MixturePrior(16), prior_scale=1.0)  # doctest: +SKIP
+    >>> optimizer = torch.optim.Adam(penalty.parameter_groups(lr=1e-3, mixture_lr=5e-4))  # doctest: +SKIP
+    >>> loss = F.cross_entropy(net(xb), yb, reduction="sum") * N / len(xb) + penalty()  # doctest: +SKIP
     """
 
     def __init__(self, net: nn.Module, prior, prior_scale: float = 1.0, likelihood="categorical"):

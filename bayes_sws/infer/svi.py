@@ -966,11 +966,13 @@ class SVIEngine:
 
     Examples
     --------
-    >>> engine = SVIEngine(model, x, y, guide="map", lr=1e-3, batch_size=64, seed=0)
-    >>> engine.init()
-    >>> losses = [engine.update() for _ in range(100)]
-    >>> state = engine.state()                # a checkpoint; engine.init(state) resumes
-    >>> engine.loss(state)                    # E(w) + λΩ(w) − log p(π, μ, σ) (5.139)
+    With your ``model`` and data ``x``, ``y`` (not run as a doctest):
+
+    >>> engine = SVIEngine(model, x, y, guide="map", lr=1e-3, batch_size=64, seed=0)  # doctest: +SKIP
+    >>> engine.init()  # doctest: +SKIP
+    >>> losses = [engine.update() for _ in range(100)]  # doctest: +SKIP
+    >>> state = engine.state()                # a checkpoint; engine.init(state) resumes  # doctest: +SKIP
+    >>> engine.loss(state)                    # E(w) + λΩ(w) − log p(π, μ, σ) (5.139)  # doctest: +SKIP
     """
 
     def __init__(

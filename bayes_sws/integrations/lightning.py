@@ -228,9 +228,12 @@ losses : list of float
 
 Examples
 --------
->>> module = SWSLightningModule(model, guide="normal", num_data=len(dataset), lr=1e-3)
->>> lightning.pytorch.Trainer(max_epochs=5).fit(module, DataLoader(dataset, batch_size=64))
->>> result = module.to_result()     # a FitResult: compress_result, to_inference_data
+With your ``model`` and ``dataset`` (not run as a doctest; the README's Lightning
+example is run whole by the tests):
+
+>>> module = SWSLightningModule(model, guide="normal", num_data=len(dataset), lr=1e-3)  # doctest: +SKIP
+>>> lightning.pytorch.Trainer(max_epochs=5).fit(module, DataLoader(dataset, batch_size=64))  # doctest: +SKIP
+>>> result = module.to_result()     # a FitResult: compress_result, to_inference_data  # doctest: +SKIP
 """
 
 
