@@ -281,7 +281,11 @@ _GROUPS = {
     "prior (PRML 5.137, Ullrich et al. hyperpriors; bayes_sws.settings.PriorSettings)": (
         PriorSettings.names()
     ),
-    "likelihood (regression data)": ("noise_precision", "learn_noise_precision"),
+    "likelihood (regression data)": (
+        "standardize_targets",
+        "noise_precision",
+        "learn_noise_precision",
+    ),
     "inference (bayes_sws.settings.FitSettings)": (*FitSettings.names(), "keep_checkpoints"),
 }
 
