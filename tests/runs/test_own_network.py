@@ -170,3 +170,25 @@ def test_hidden_widths_belong_to_the_factory(on_path, tmp_path, capsys):
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "hidden sizes apply to network 'mlp' only" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_interrupted_run_of_a_factory_network_resumes_bit_identically(on_path, tmp_path):
+    config = {
+        "network": f"{MODULE}:small_cnn",
+        "pretrain_epochs": 0,  # should_stop counts SVI steps only
+        "num_steps": 12,
+        "checkpoint_every": 4,
+        "num_components": 3,
+    }
+    whole = runs.fit_run(config, tmp_path / "whole")
+    polls = iter(range(100))
+    stopped = runs.fit_run(config, tmp_path / "cut", should_stop=lambda: next(polls) >= 5)
+    assert stopped.status == "interrupted" and 0 < stopped.step < 12
+    assert runs.resume_run(tmp_path / "cut").status == "complete"
+    states = [
+        runs.read_checkpoint(run / "result.ckpt", kind="result")["network_state"]
+        for run in (whole.run_dir, tmp_path / "cut")
+    ]
+    assert states[0].keys() == states[1].keys()
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
