@@ -163,6 +163,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         args.run_dir, num_samples=args.num_samples, max_points=args.max_points, plots=args.plots
     )
     print(out["summary"].to_string())
+    for note in out["notes"]:
+        print(note)
     print(f"wrote {out['posterior']}" + (f" and {len(out['plots'])} plots" if out["plots"] else ""))
     return EXIT_OK
 

@@ -1079,7 +1079,11 @@ def diagnose_run(
     -------
     dict
         ``posterior`` (path), ``summary`` (a pandas DataFrame), ``plots`` (paths
-        relative to the run directory) and ``idata``.
+        relative to the run directory), ``idata``, ``targets`` (how real targets
+        were scaled, as in ``metrics.json``; ``None`` for class labels) and
+        ``notes`` (lines for the user: standardised targets are recorded as
+        ``target_mean`` / ``target_std`` attributes of the observed-data and
+        predictive groups).
     """
     for name, value in (("num_samples", num_samples), ("max_points", max_points)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -1106,6 +1110,7 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
     idata = diagnostics.to_inference_data(
         result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
     )
+    notes = _mark_target_units(idata, data)
     path = rundir.safe_path(run.dir, POSTERIOR_FILE)
     run.verify_lock()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
@@ -1130,7 +1135,28 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
                 warnings.simplefilter("ignore")
                 fig = make()
             written.append(_save_figure(fig, run, name))
-    return {"posterior": path, "summary": table, "plots": written, "idata": idata}
+    return {
+        "posterior": path,
+        "summary": table,
+        "plots": written,
+        "idata": idata,
+        "targets": _target_scaling(config, data),
+        "notes": notes,
+    }
+
+
+def _mark_target_units(idata, data) -> list[str]:
+    """Record standardised targets on the InferenceData's target groups; a note saying so."""
+    if data.target_std is None:
+        return []
+    units = {"target_mean": data.target_mean, "target_std": data.target_std}
+    for group in ("observed_data", "posterior_predictive"):
+        if group in idata.groups():
+            getattr(idata, group).attrs.update(units)
+    return [
+        f"targets in {POSTERIOR_FILE} (observed data, predictive draws) are standardised: "
+        f"y * {data.target_std:.6g} + {data.target_mean:.6g} gives the original units"
+    ]
 
 
 _METRICS_KEYS = ("steps", "wall_time", "final_loss")

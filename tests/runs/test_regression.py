@@ -120,3 +120,21 @@ def test_the_setting_is_in_a_new_runs_identity_only_when_it_changes_behaviour():
     assert "standardize_targets" not in (
         RunConfig.from_dict({"standardize_targets": False}).identity_settings()
     )
+
+
+def test_diagnose_marks_the_standardised_targets(diabetes, diabetes_run, capsys):
+    import arviz as az
+
+    _, arrays = diabetes
+    argv = ["diagnose", str(diabetes_run), "--num-samples", "20", "--max-points", "40"]
+    assert cli.main([*argv, "--no-plots"]) == cli.EXIT_OK
+    assert "are standardised: y * 7" in capsys.readouterr().out
+    idata = az.from_netcdf(diabetes_run / "posterior.nc")
+    y_train = arrays["y_train"].astype(np.float64)
+    attrs = idata.observed_data.attrs
+    assert attrs["target_mean"] == pytest.approx(y_train.mean(), rel=1e-12)
+    assert attrs["target_std"] == pytest.approx(y_train.std(), rel=1e-12)
+    observed = idata.observed_data["obs"].values.reshape(-1)
+    original = observed * attrs["target_std"] + attrs["target_mean"]
+    # every observed target mapped back is one of the training targets
+    assert np.isin(np.round(original, 3), np.round(y_train, 3)).all()
