@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes
-from ..zoo.nets import build_network
+from ..zoo.nets import build_network, is_factory_name
 from .coding import huffman_code
 from .storage import BITS_PER_FLOAT, StorageReport, storage_report
 
@@ -407,7 +407,8 @@ def _check_network(net: nn.Module, architecture: Mapping[str, Any]) -> str:
     if not isinstance(architecture, Mapping) or "name" not in architecture:
         raise ValueError(
             "architecture must be the keyword arguments of bayes_sws.zoo.nets.build_network "
-            f"(name, input_shape, num_classes, ...); got {architecture!r}"
+            f"(name, input_shape, num_classes, ...; name may be package.module:factory); "
+            f"got {architecture!r}"
         )
     try:
         spec = json.dumps(dict(architecture), sort_keys=True, separators=(",", ":"))
@@ -415,12 +416,23 @@ def _check_network(net: nn.Module, architecture: Mapping[str, Any]) -> str:
         raise ValueError(
             f"architecture must be JSON-ready (give activation by name): {err}"
         ) from None
-    _check_names(net, _build(json.loads(spec)))
+    _check_names(net, _build(json.loads(spec), allow_import=True))  # the caller's own spec
     return spec
 
 
-def _build(spec: Mapping[str, Any]) -> nn.Module:
-    """``build_network(**spec)`` without touching the caller's random state."""
+def _build(spec: Mapping[str, Any], *, allow_import: bool) -> nn.Module:
+    """``build_network(**spec)`` without touching the caller's random state.
+
+    A spec naming a factory (``"package.module:factory"``) imports that module,
+    which runs its code: refused unless ``allow_import``.
+    """
+    if not isinstance(spec, Mapping):
+        raise CompressedFileError(f"architecture spec {spec!r} is not a JSON object")
+    if is_factory_name(spec.get("name")) and not allow_import:
+        raise CompressedFileError(
+            f"the network is built by the factory {spec['name']!r}; rebuilding it imports that "
+            "module, which runs its code: pass allow_import=True if you trust the file"
+        )
     try:
         with torch.random.fork_rng(devices=[]):
             return build_network(**spec)
@@ -478,7 +490,7 @@ def encode_compressed(
     return data, SavedModel(None, len(data), int(payload.size), header, report)
 
 
-def decode_compressed(data: bytes) -> nn.Module:
+def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
     """The network in ``.sws`` bytes, checked first (see :func:`load_compressed`)."""
     reader, _ = _check_frame(bytes(data))
     (spec_length,) = struct.unpack_from("<I", data, len(MAGIC) + 2)
@@ -495,7 +507,7 @@ def decode_compressed(data: bytes) -> nn.Module:
             "the file is truncated or corrupted"
         )
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-    net = _build(spec)
+    net = _build(spec, allow_import=allow_import)
     expected = [name for name, _ in net.named_parameters()]
     if [r.name for r in records] != expected:
         raise CompressedFileError(
@@ -601,7 +613,7 @@ def save_compressed(
     return SavedModel(path, saved.num_bytes, saved.payload_bits, saved.header_bytes, saved.report)
 
 
-def load_compressed(path: str | os.PathLike) -> nn.Module:
+def load_compressed(path: str | os.PathLike, *, allow_import: bool = False) -> nn.Module:
     """Read a ``.sws`` file back into a plain network.
 
     The magic number, the format version, every length and the CRC-32 are
@@ -610,6 +622,12 @@ def load_compressed(path: str | os.PathLike) -> nn.Module:
     The network is built by :func:`bayes_sws.zoo.nets.build_network` from the
     stored spec (the caller's random state untouched) and its parameters take
     the decoded values, equal bit for bit to those saved.
+
+    A spec naming your own network (``"package.module:factory"``, from
+    ``bayes-sws fit --network``) is rebuilt by importing that module and calling
+    the factory, which runs code the file names: that happens only with
+    ``allow_import=True``, for files you trust; otherwise
+    :class:`CompressedFileError` says so before anything is imported.
     """
     path = Path(path)
     try:
@@ -617,6 +635,6 @@ def load_compressed(path: str | os.PathLike) -> nn.Module:
     except OSError as err:
         raise CompressedFileError(f"cannot read {path}: {err.strerror or err}") from None
     try:
-        return decode_compressed(data)
+        return decode_compressed(data, allow_import=allow_import)
     except CompressedFileError as err:
         raise CompressedFileError(f"{path}: {err}") from None

@@ -43,7 +43,7 @@ from ..infer.svi import (
     local_params,
     set_rng_state,
 )
-from ..zoo.nets import build_network
+from ..zoo.nets import build_network, is_factory_name
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -487,12 +487,17 @@ def load_result(
     guide: Callable | None = None,
     likelihood: Likelihood | None = None,
     identity: RunIdentity | None = None,
+    allow_import: bool = False,
 ) -> FitResult:
     """Load what :func:`save_result` wrote: the same medians, mixture and predictions.
 
     The network is rebuilt from the saved spec (or ``network=``), the model from
     the saved prior and likelihood, and the guide by building it afresh, running
     it once so Pyro creates its parameters, then loading their saved values.
+
+    A spec naming your own network (``"package.module:factory"``) is rebuilt by
+    importing that module, which runs its code: only with ``allow_import=True``
+    (for a result you trust), else pass ``network=``.
 
     Raises
     ------
@@ -509,6 +514,12 @@ def load_result(
             raise ValueError(
                 f"{path} was saved without a network spec; pass a network of the same "
                 "architecture as load_result(..., network=net)"
+            )
+        if is_factory_name(spec.get("name")) and not allow_import:
+            raise ValueError(
+                f"{path} holds a network built by the factory {spec['name']!r}; rebuilding it "
+                "imports that module, which runs its code: pass allow_import=True if you "
+                "trust the file, or a network of the same architecture as network="
             )
         with _rng_preserved():  # initial weights are overwritten; keep the caller's RNG
             network = build_network(**network_kwargs(spec))

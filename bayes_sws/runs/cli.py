@@ -163,6 +163,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         args.run_dir, num_samples=args.num_samples, max_points=args.max_points, plots=args.plots
     )
     print(out["summary"].to_string())
+    for note in out["notes"]:
+        print(note)
     print(f"wrote {out['posterior']}" + (f" and {len(out['plots'])} plots" if out["plots"] else ""))
     return EXIT_OK
 
@@ -281,7 +283,11 @@ _GROUPS = {
     "prior (PRML 5.137, Ullrich et al. hyperpriors; bayes_sws.settings.PriorSettings)": (
         PriorSettings.names()
     ),
-    "likelihood (regression data)": ("noise_precision", "learn_noise_precision"),
+    "likelihood (regression data)": (
+        "standardize_targets",
+        "noise_precision",
+        "learn_noise_precision",
+    ),
     "inference (bayes_sws.settings.FitSettings)": (*FitSettings.names(), "keep_checkpoints"),
 }
 

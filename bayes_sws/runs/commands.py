@@ -64,7 +64,7 @@ from ..core.model import SWSModel
 from ..core.priors import MixturePrior
 from ..infer.svi import FitResult, FitState, fit, steps_per_epoch
 from ..settings import CompressSettings
-from ..zoo.nets import build_network
+from ..zoo.nets import NetworkFactoryError, build_network, is_factory_name
 from . import directory as rundir
 from .checkpoints import (
     CHECKPOINT_FORMAT_VERSION,
@@ -81,6 +81,7 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .settings import (
+    LEGACY_VALUES,
     RESUME_SETTINGS,
     RunConfig,
     RunError,
@@ -142,7 +143,7 @@ class RunInterrupted(Exception):
 def _load_data(config: RunConfig):
     from ..zoo.data import DataError, load_dataset
 
-    flatten = config.network != "lenet-5"
+    flatten = config.network != "lenet-5" and not is_factory_name(config.network)
     choices: dict[str, bool | str] = {"feature": True, "global": "global", "none": False}
     standardize = choices[config.standardize]
     try:
@@ -152,6 +153,8 @@ def _load_data(config: RunConfig):
             test_fraction=config.test_fraction,
             seed=config.split_seed,
             standardize=standardize,
+            # a Gaussian likelihood's fixed noise precision assumes targets of unit scale
+            standardize_targets=config.standardize_targets and config.likelihood != "mdn",
         )
     except DataError:
         raise
@@ -165,12 +168,19 @@ def _load_data(config: RunConfig):
 
 
 def _network_spec(config: RunConfig, data) -> dict[str, Any]:
+    """The keyword arguments of ``build_network`` for the run's network on ``data``."""
     if data.num_classes is None:
         outputs = 1 if data.y_train.dim() == 1 else int(data.y_train.shape[1])
         if config.likelihood == "mdn":  # K logits, K x D means, K log-scales (5.150-5.152)
             outputs = config.mdn_components * (outputs + 2)
     else:
         outputs = data.num_classes
+    if is_factory_name(config.network):  # the factory sets the rest
+        return {
+            "name": config.network,
+            "input_shape": list(data.input_shape),
+            "num_classes": outputs,
+        }
     return {
         "name": config.network,
         "input_shape": list(data.input_shape),
@@ -178,6 +188,45 @@ def _network_spec(config: RunConfig, data) -> dict[str, Any]:
         "hidden": None if config.hidden is None else list(config.hidden),
         "activation": config.activation,
     }
+
+
+def _check_own_network(config: RunConfig, data) -> None:
+    """Build a ``package.module:factory`` network and run it on two training examples.
+
+    Every failure (import, attribute, call, not an ``nn.Module``, an error or the
+    wrong output shape on the data) is a :class:`RunError` naming the network and
+    the fix; the caller's random state is untouched. Built-in networks pass.
+    """
+    if not is_factory_name(config.network):
+        return
+    spec = _network_spec(config, data)
+    name, outputs, x = config.network, spec["num_classes"], data.x_train[:2]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            net = build_network(**network_kwargs(spec))
+            with torch.no_grad():
+                output = net(x)
+        except NetworkFactoryError as err:
+            raise RunError(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - the user's forward pass failed
+            raise RunError(
+                f"network {name!r} fails on inputs of shape {tuple(x.shape)} "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:300]}); {data.name} "
+                f"examples have shape {data.input_shape} (unflattened: start a dense network "
+                "with nn.Flatten())"
+            ) from None
+    if not torch.is_tensor(output) or tuple(output.shape) != (len(x), outputs):
+        got = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        needs = "class logits" if data.is_classification else "outputs for the likelihood"
+        raise RunError(
+            f"network {name!r} gives outputs of shape {got} for {len(x)} examples, but "
+            f"{data.name} needs ({len(x)}, {outputs}): {outputs} {needs}; make its last layer "
+            f"give {outputs} (the factory is given num_outputs={outputs} if it takes it)"
+        )
+    try:
+        SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+    except (TypeError, ValueError) as err:
+        raise RunError(f"network {name!r}: {err}") from None
 
 
 def _likelihood(config: RunConfig, data) -> Likelihood | str:
@@ -218,13 +267,40 @@ def _evaluate_network(net: nn.Module, data, likelihood: Likelihood | str) -> dic
     if data.is_classification:
         return {"test_accuracy": accuracy(net, data.x_test, data.y_test)}
     if not isinstance(likelihood, MixtureDensity):
-        return {"test_rmse": rmse(net, data.x_test, data.y_test)}
+        return _in_target_units({"test_rmse": rmse(net, data.x_test, data.y_test)}, data)
     with torch.no_grad():
         output = net(data.x_test)
         mean = likelihood.mean(output, {}).double()
         log_likelihood = -float(likelihood.mean_nll(output, data.y_test))
     error = mean - data.y_test.reshape(mean.shape).double()
     return {"test_rmse": float(error.pow(2).mean().sqrt()), "test_log_likelihood": log_likelihood}
+
+
+def _in_target_units(scores: Mapping[str, Any], data) -> dict[str, Any]:
+    """``scores`` with every RMSE (``*rmse*`` keys) in the targets' original units.
+
+    An RMSE of standardised targets times their training std is the RMSE of the
+    predictions mapped back (:meth:`~bayes_sws.zoo.data.Dataset.to_target_units`):
+    the mean cancels in the error. Unchanged when the targets were not standardised.
+    """
+    scale = data.target_std
+    return {
+        k: v * scale if scale is not None and "rmse" in k and v is not None else v
+        for k, v in scores.items()
+    }
+
+
+def _target_scaling(config: RunConfig, data) -> dict[str, Any] | None:
+    """How the run treated real targets (``metrics.json``, ``compression.json``); ``None`` for labels."""
+    if data.is_classification:
+        return None
+    return {
+        "standardize_targets": config.standardize_targets,
+        "standardized": data.target_std is not None,
+        "mean": data.target_mean,
+        "std": data.target_std,
+        "rmse_units": "original",
+    }
 
 
 # ============================================================================ run directories
@@ -388,6 +464,7 @@ def fit_run(
     replacing = _check_new_run_dir(out, overwrite)
     data = _load_data(config)  # a bad data set fails before anything is written
     _likelihood(config, data)  # and so does a likelihood that does not fit it
+    _check_own_network(config, data)  # and a network of your own that does not
     if not replacing:
         identity = rundir.create_run(out, config.to_dict(), config.identity_settings())
     log(f"run directory {out}")
@@ -540,10 +617,12 @@ def _read_run_json(run: _RunContext, name: str, required: tuple[str, ...] = ()) 
 
 
 def _read_config(run_dir: Path) -> RunConfig:
+    """The run's settings from ``config.json`` (a setting it predates: :data:`LEGACY_VALUES`)."""
     path = rundir.safe_path(run_dir, CONFIG_FILE)
     values = _read_json_file(path)
     if not isinstance(values, dict):
         raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
+    values = {**LEGACY_VALUES, **values}
     return RunConfig.from_dict(values, sources={k: str(path) for k in values}, warn_legacy=False)
 
 
@@ -741,7 +820,12 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
         result,
         run.dir,
         network_spec=spec,
-        extra={"data": data.name, "num_train": data.num_train, "num_test": data.num_test},
+        extra={
+            "data": data.name,
+            "num_train": data.num_train,
+            "num_test": data.num_test,
+            "targets": _target_scaling(config, data),
+        },
         identity=run.identity,
     )
     pyro.set_rng_seed(config.seed)  # posterior-predictive draws of variational guides
@@ -769,7 +853,9 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
         metrics["pretrained_test_accuracy"] = pretrained_metrics["test_accuracy"]
     else:
         target = data.y_test.reshape(prediction.shape).double()
-        metrics["test_rmse"] = float(((prediction.double() - target) ** 2).mean().sqrt())
+        error = float(((prediction.double() - target) ** 2).mean().sqrt())
+        metrics.update(_in_target_units({"test_rmse": error}, data))
+        metrics["targets"] = _target_scaling(config, data)
         median_scores = _evaluate_network(median_net, data, result.model.likelihood)
         metrics["test_rmse_median"] = median_scores["test_rmse"]
         metrics["pretrained_test_rmse"] = pretrained_metrics["test_rmse"]
@@ -901,7 +987,9 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
     from ..compress import plot_layer_sparsity, plot_weights_before_after
     from ..compress.pipeline import compress_result
 
-    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
+    result = load_result(
+        rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity, allow_import=True
+    )
     data = _load_data(config)
     initial = read_checkpoint(
         rundir.safe_path(run.dir, INITIAL_FILE), kind="network", identity=run.identity
@@ -921,7 +1009,8 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
         remove_dead_units=chosen.remove_dead_units,
         seed=config.seed,
     )
-    summary = compressed.to_dict()
+    summary = _in_target_units(compressed.to_dict(), data)
+    summary["targets"] = _target_scaling(config, data)
     summary["settings"] = chosen.to_dict()
     summary["remove_dead_units"] = chosen.remove_dead_units
     stored_net = compressed.stored_net
@@ -990,7 +1079,11 @@ def diagnose_run(
     -------
     dict
         ``posterior`` (path), ``summary`` (a pandas DataFrame), ``plots`` (paths
-        relative to the run directory) and ``idata``.
+        relative to the run directory), ``idata``, ``targets`` (how real targets
+        were scaled, as in ``metrics.json``; ``None`` for class labels) and
+        ``notes`` (lines for the user: standardised targets are recorded as
+        ``target_mean`` / ``target_std`` attributes of the observed-data and
+        predictive groups).
     """
     for name, value in (("num_samples", num_samples), ("max_points", max_points)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -1006,7 +1099,9 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
         posterior as diagnostics,  # imports ArviZ lazily, with an install hint if it is missing
     )
 
-    result = load_result(rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity)
+    result = load_result(
+        rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity, allow_import=True
+    )
     data = _load_data(config)
     count = min(max_points, data.num_train)
     index = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(config.seed))[
@@ -1015,6 +1110,7 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
     idata = diagnostics.to_inference_data(
         result, data.x_train[index], data.y_train[index], num_samples=num_samples, seed=config.seed
     )
+    notes = _mark_target_units(idata, data)
     path = rundir.safe_path(run.dir, POSTERIOR_FILE)
     run.verify_lock()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # netCDF writes to a path: rename after
@@ -1039,7 +1135,28 @@ def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> d
                 warnings.simplefilter("ignore")
                 fig = make()
             written.append(_save_figure(fig, run, name))
-    return {"posterior": path, "summary": table, "plots": written, "idata": idata}
+    return {
+        "posterior": path,
+        "summary": table,
+        "plots": written,
+        "idata": idata,
+        "targets": _target_scaling(config, data),
+        "notes": notes,
+    }
+
+
+def _mark_target_units(idata, data) -> list[str]:
+    """Record standardised targets on the InferenceData's target groups; a note saying so."""
+    if data.target_std is None:
+        return []
+    units = {"target_mean": data.target_mean, "target_std": data.target_std}
+    for group in ("observed_data", "posterior_predictive"):
+        if group in idata.groups():
+            getattr(idata, group).attrs.update(units)
+    return [
+        f"targets in {POSTERIOR_FILE} (observed data, predictive draws) are standardised: "
+        f"y * {data.target_std:.6g} + {data.target_mean:.6g} gives the original units"
+    ]
 
 
 _METRICS_KEYS = ("steps", "wall_time", "final_loss")
@@ -1098,6 +1215,9 @@ def _report_metrics(run: _RunContext) -> list[str]:
             f"  test RMSE: pretrained {_number(metrics, 'pretrained_test_rmse', '.4g')}, "
             f"after SVI {_number(metrics, 'test_rmse', '.4g')}"
         )
+    note = _targets_note(metrics.get("targets"))
+    if note:
+        lines.append(f"  {note}")
     if "test_log_likelihood_median" in metrics:
         lines.append(
             "  test log-likelihood: pretrained "
@@ -1115,6 +1235,20 @@ def _report_metrics(run: _RunContext) -> list[str]:
     for j in np.argsort(mu):
         lines.append(f"    component {j:3d}          {pi[j]:9.4f} {mu[j]:+10.4f} {sigma[j]:10.4f}")
     return lines
+
+
+def _targets_note(targets: Any) -> str | None:
+    """One line on how a regression run treated its targets (``metrics.json``'s ``targets``)."""
+    if not isinstance(targets, Mapping):
+        return None
+    if targets.get("standardized"):
+        return (
+            f"targets standardised for training (training mean {_number(targets, 'mean', '.4g')}, "
+            f"std {_number(targets, 'std', '.4g')}); RMSEs in the original units"
+        )
+    if targets.get("standardize_targets"):
+        return "targets as given (a mixture density network learns its own scales)"
+    return "targets as given (standardize_targets = false)"
 
 
 def _number(values: Mapping[str, Any], key: str, spec: str) -> str:
@@ -1187,6 +1321,9 @@ def format_outcome(outcome: RunOutcome) -> str:
             f"  test RMSE {metrics['pretrained_test_rmse']:.4g} (pretrained) -> "
             f"{metrics['test_rmse']:.4g} (after SVI)"
         )
+    note = _targets_note(metrics.get("targets"))
+    if note:
+        lines.append(f"  {note}")
     if "test_log_likelihood_median" in metrics:
         lines.append(
             f"  test log-likelihood {metrics['pretrained_test_log_likelihood']:.4g} (pretrained) "

@@ -38,11 +38,12 @@ from ..settings import (
     positive,
     seed_check,
 )
-from ..zoo.nets import ACTIVATIONS, NETWORKS
+from ..zoo.nets import ACTIVATIONS, NETWORKS, factory_name_problem, is_factory_name
 from .checkpoints import plain
 
 __all__ = [
     "LEGACY_NAMES",
+    "LEGACY_VALUES",
     "RESUME_SETTINGS",
     "RunConfig",
     "RunError",
@@ -82,6 +83,10 @@ _ADDED_SETTINGS = (
     "lbfgs_tolerance",
     "preset",
 )
+#: Settings added after run directories existed whose default differs from how the
+#: runs before them behaved: a ``config.json`` without them means this value, and a
+#: run at this value leaves them out of its identity.
+LEGACY_VALUES: dict[str, Any] = {"standardize_targets": False}
 
 
 def _widths(value) -> str | None:
@@ -117,11 +122,25 @@ class _RunData:
         "str",
         choices=("feature", "global", "none"),
     )
+    standardize_targets: bool = option(
+        True,
+        "standardise real targets of a Gaussian likelihood by the training mean/std (RMSEs "
+        "are reported in the original units)",
+        "bool",
+    )
     test_fraction: float = option(
         0.2, "test share for data without an official split", "float", open_unit
     )
     split_seed: int = option(0, "seed of that train/test split", "int", seed_check)
-    network: str = option("mlp", "architecture", "str", choices=NETWORKS)
+    network: str = option(
+        "mlp",
+        f"architecture: {', '.join(NETWORKS)}, or your own as package.module:factory, a "
+        "callable returning an nn.Module (given input_shape, num_outputs if it takes them; "
+        "images come unflattened; the module must be importable, e.g. PYTHONPATH=.)",
+        "str",
+        choices=NETWORKS,
+        metavar="NAME",
+    )
     hidden: tuple[int, ...] | None = option(
         None, "hidden widths of the mlp (default: 100)", "ints", _widths, metavar="WIDTH"
     )
@@ -304,9 +323,10 @@ class _RunConfigMethods:
 
     def _check_combinations(self, sources: Mapping[str, str]) -> None:
         if self.hidden is not None and self.network != "mlp":
+            why = "its factory sets them" if is_factory_name(self.network) else "it is fixed"
             raise RunError(
                 f"{sources.get('hidden', 'config')}: hidden sizes apply to network 'mlp' only, "
-                f"not {self.network!r} (its architecture is fixed)"
+                f"not {self.network!r} ({why})"
             )
         if self.zero_precision_prior is not None and not self.zero_component:
             raise RunError(
@@ -356,15 +376,18 @@ class _RunConfigMethods:
         """The settings a run's results depend on (all but :data:`RESUME_SETTINGS`).
 
         Keyed by the names of the first run directories (:data:`LEGACY_NAMES`), and
-        without the settings added since while they are at their defaults, so a
-        run keeps its identity across versions.
+        without the settings added since while they are at their defaults (or, for
+        :data:`LEGACY_VALUES`, at the behaviour of the runs before them), so a run
+        keeps its identity across versions.
         """
         old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return {
             old.get(k, k): v
             for k, v in self.to_dict().items()
-            if k not in RESUME_SETTINGS and not (k in _ADDED_SETTINGS and v == plain(defaults[k]))
+            if k not in RESUME_SETTINGS
+            and not (k in _ADDED_SETTINGS and v == plain(defaults[k]))
+            and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])
         }
 
     def total_steps(self, num_train: int) -> int:
@@ -441,9 +464,17 @@ def _options(fields, aliases: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 def config_options() -> list[dict[str, Any]]:
-    """One entry per setting (name, default, kind, help, choices, aliases) for building a parser."""
+    """One entry per setting (name, default, kind, help, choices, aliases) for building a parser.
+
+    ``network`` lists no choices: a ``package.module:factory`` is accepted too
+    (checked by :meth:`RunConfig.from_dict`).
+    """
     old = {new: legacy for legacy, new in LEGACY_NAMES.items()}
-    return _options(dataclasses.fields(RunConfig), old)
+    options = _options(dataclasses.fields(RunConfig), old)
+    for entry in options:
+        if entry["name"] == "network":
+            entry["choices"] = None
+    return options
 
 
 #: :class:`~bayes_sws.settings.CompressSettings` that shape the retraining, not the
@@ -540,13 +571,21 @@ class _Coercion:
             if not value:
                 raise self.bad("must not be empty")
             return value
+        if self.name == "network" and is_factory_name(value):
+            problem = factory_name_problem(value.strip())
+            if problem:
+                raise self.bad(problem)
+            return value.strip()
         normal = value.strip().lower()
         if self.name == "network":
             normal = normal.replace("_", "-")
         if self.name == "activation":
             normal = normal.replace("-", "_")
         if normal not in self.choices:
-            raise self.bad(f"must be one of {', '.join(self.choices)}")
+            error = self.bad(f"must be one of {', '.join(self.choices)}")
+            if self.name == "network":
+                error.args = (f"{error} (or your own network as package.module:factory)",)
+            raise error
         return normal
 
     def boolean(self) -> bool:

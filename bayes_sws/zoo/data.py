@@ -126,6 +126,10 @@ class Dataset:
         ``input_shape`` (per-feature) or ``()`` (global); ``None`` when the
         inputs were not standardised. Apply them to new data as
         ``(x - feature_mean) / feature_std``.
+    target_mean, target_std : float or None
+        The training-set mean and standard deviation the regression targets were
+        standardised by (``standardize_targets=True``), or ``None``; map
+        predictions back with :meth:`to_target_units`.
     """
 
     name: str
@@ -137,6 +141,18 @@ class Dataset:
     input_shape: tuple[int, ...]
     feature_mean: torch.Tensor | None = None
     feature_std: torch.Tensor | None = None
+    target_mean: float | None = None
+    target_std: float | None = None
+
+    def to_target_units(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets or predictions in the original units: ``y * target_std + target_mean``.
+
+        In float64; ``y`` unchanged (as float64) when the targets were not standardised.
+        """
+        y = y.double()
+        if self.target_mean is None or self.target_std is None:
+            return y
+        return y * self.target_std + self.target_mean
 
     @property
     def num_features(self) -> int:
@@ -538,6 +554,7 @@ def load_dataset(
     seed: int = 0,
     standardize: bool | str = True,
     root: str | os.PathLike | None = None,
+    standardize_targets: bool = False,
 ) -> Dataset:
     """Load a bundled or local data set as a train/test :class:`Dataset`.
 
@@ -570,6 +587,11 @@ def load_dataset(
     root : str or os.PathLike, optional
         Extra directory searched first for IDX files (``"fashion-mnist"``,
         ``"mnist"``), before ``$BAYES_SWS_DATA`` and the system locations.
+    standardize_targets : bool, default False
+        For real-valued targets: subtract the training mean and divide by the
+        training standard deviation (population; 1 for constant targets), both
+        splits, statistics in float64. ``Dataset.to_target_units`` maps back.
+        Class labels are left alone.
 
     Returns
     -------
@@ -588,7 +610,7 @@ def load_dataset(
     (torch.Size([1437, 64]), 10)
     """
     flatten, test_fraction, seed = _check_load_options(
-        name_or_path, flatten, test_fraction, seed, standardize
+        name_or_path, flatten, test_fraction, seed, standardize, standardize_targets
     )
     name, arrays = _read_source(os.fspath(name_or_path), test_fraction, seed, root)
     _check_splits(arrays, name)
@@ -599,10 +621,13 @@ def load_dataset(
         x_train, x_test, feature_mean, feature_std = _standardize(x_train, x_test, standardize)
 
     y_train, y_test = arrays["y_train"], arrays["y_test"]
+    target_mean = target_std = None
     if y_train.dtype.kind == "i":
         num_classes: int | None = int(max(y_train.max(), y_test.max())) + 1
     else:
         num_classes = None
+        if standardize_targets:
+            y_train, y_test, target_mean, target_std = _standardize_targets(y_train, y_test)
     return Dataset(
         name=name,
         x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
@@ -613,6 +638,8 @@ def load_dataset(
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         feature_mean=feature_mean,
         feature_std=feature_std,
+        target_mean=target_mean,
+        target_std=target_std,
     )
 
 
@@ -626,10 +653,12 @@ def _check_load_options(
     test_fraction: float,
     seed: int,
     standardize: bool | str,
+    standardize_targets: bool = False,
 ) -> tuple[bool, float, int]:
     """:func:`load_dataset`'s options checked (``DataError``): ``flatten, test_fraction, seed``."""
     try:  # the package-wide checks, raised as DataError like every loader error
         flatten = check_bool("flatten", flatten)
+        check_bool("standardize_targets", standardize_targets)
         fraction = check_real("test_fraction", test_fraction)
         seed = check_seed("seed", seed)
     except (TypeError, ValueError) as error:
@@ -708,6 +737,16 @@ def _standardize(
     x_train = (x_train - mean) / std
     x_test = (x_test - mean) / std
     return x_train, x_test, torch.from_numpy(mean), torch.from_numpy(std)
+
+
+def _standardize_targets(
+    y_train: np.ndarray, y_test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Both splits of real targets scaled by the training mean and std (float64 statistics)."""
+    mean = float(np.mean(y_train, dtype=np.float64))
+    std = float(np.std(y_train, dtype=np.float64)) or 1.0  # constant targets: centre only
+    scaled = [((y.astype(np.float64) - mean) / std).astype(np.float32) for y in (y_train, y_test)]
+    return scaled[0], scaled[1], mean, std
 
 
 def inverse_problem(

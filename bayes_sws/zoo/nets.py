@@ -12,10 +12,18 @@ sample sites of the Pyro model.
     10; 431,080 parameters on 28x28 inputs. As in Caffe there is no
     non-linearity after the convolutions. These are the two networks of
     Ullrich, Meeds & Welling (ICLR 2017), Table 1, and of Han et al. (2016).
+
+Your own network: :func:`build_network` also takes ``"package.module:factory"``,
+a callable returning an :class:`torch.nn.Module` (called with ``input_shape``
+and ``num_outputs`` if it has parameters of those names). Naming one imports
+its module, which runs that module's code (:func:`import_factory`).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -25,7 +33,11 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "NETWORKS",
+    "NetworkFactoryError",
     "build_network",
+    "factory_name_problem",
+    "import_factory",
+    "is_factory_name",
     "lenet5_caffe",
     "lenet_300_100",
     "mlp",
@@ -210,7 +222,12 @@ def build_network(
     ----------
     name : str
         One of :data:`NETWORKS`: ``"mlp"``, ``"lenet-300-100"``, ``"lenet-5"``
-        (``_`` and ``-`` are interchangeable, case is ignored).
+        (``_`` and ``-`` are interchangeable, case is ignored); or your own
+        network as ``"package.module:factory"``: a callable returning an
+        ``nn.Module``, called with the keyword arguments ``input_shape`` (a
+        tuple) and ``num_outputs`` (``num_classes``) for those of its parameters
+        that carry these names (none: called without arguments). Importing the
+        module runs its code (:func:`import_factory`); ``activation`` is ignored.
     input_shape : sequence of int
         Per-example input shape, e.g. ``Dataset.input_shape``: ``(D,)`` or
         ``(C, H, W)``. ``"lenet-5"`` needs ``(C, H, W)`` (load the data with
@@ -229,6 +246,14 @@ def build_network(
     -------
     torch.nn.Module
     """
+    if is_factory_name(name):
+        if hidden is not None:
+            raise ValueError(
+                f"network {name!r} is built by its factory and takes no hidden sizes "
+                f"(got hidden={tuple(hidden)!r}); give the widths in the factory"
+            )
+        outputs = _check_positive_int(num_classes, "num_classes")
+        return _build_from_factory(name, _check_input_shape(input_shape), outputs)
     key = _network_key(name)
     input_shape = _check_input_shape(input_shape)
     _check_positive_int(num_classes, "num_classes")
@@ -293,3 +318,99 @@ def _check_hidden(hidden: Sequence[int] | int) -> Sequence[int]:
     for position, size in enumerate(hidden):
         _check_positive_int(size, f"hidden[{position}]")
     return hidden
+
+
+# ----------------------------------------------------------------------------- own networks
+class NetworkFactoryError(ValueError):
+    """A ``package.module:factory`` network that cannot be imported, called or used."""
+
+
+def is_factory_name(name: object) -> bool:
+    """Whether ``name`` names a network factory (``"package.module:factory"``), not a built-in."""
+    return isinstance(name, str) and ":" in name
+
+
+def factory_name_problem(name: str) -> str | None:
+    """Why ``name`` is not ``package.module:factory`` (dotted Python names), or ``None``."""
+    module, _, attribute = name.partition(":")
+    parts = [*module.split("."), *attribute.split(".")]
+    if name.count(":") != 1 or not all(part.isidentifier() for part in parts):
+        return (
+            "must be package.module:factory, dotted Python names around one colon "
+            "(e.g. mynets:make_cnn)"
+        )
+    return None
+
+
+def import_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable that ``name`` (``"package.module:factory"``) names, imported.
+
+    Importing a module runs its code: name only modules you trust. Every failure
+    is a :class:`NetworkFactoryError` that names ``name`` and how to fix it (module
+    not importable, attribute missing, not callable).
+    """
+    problem = factory_name_problem(name)
+    if problem:
+        raise NetworkFactoryError(f"network {name!r} {problem}")
+    module_name, _, attribute = name.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise NetworkFactoryError(
+            f"network {name!r}: module {module_name!r} cannot be imported ({err}); put the "
+            "folder that holds it on PYTHONPATH (e.g. PYTHONPATH=. bayes-sws ...) or install "
+            "its package"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - the module's own code failed on import
+        raise NetworkFactoryError(
+            f"network {name!r}: importing module {module_name!r} raised "
+            f"{type(err).__name__}: {err}; fix the module"
+        ) from None
+    owner = module_name
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            known = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "check the name after the colon"
+            raise NetworkFactoryError(
+                f"network {name!r}: {owner!r} has no attribute {part!r}; {hint}"
+            )
+        target, owner = getattr(target, part), f"{owner}.{part}"
+    if not callable(target):
+        raise NetworkFactoryError(
+            f"network {name!r} names an object of type {type(target).__name__}, not a callable; "
+            "name a function or class that returns an nn.Module"
+        )
+    return target
+
+
+def _factory_arguments(factory: Callable, offered: dict[str, object]) -> dict[str, object]:
+    """The entries of ``offered`` that ``factory`` has a named parameter for."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it bare
+        return {}
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in offered.items() if k in named}
+
+
+def _build_from_factory(name: str, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """The network that the factory ``name`` returns (checked to be an ``nn.Module``)."""
+    factory = import_factory(name)
+    arguments = _factory_arguments(
+        factory, {"input_shape": input_shape, "num_outputs": num_outputs}
+    )
+    call = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+    try:
+        net = factory(**arguments)
+    except Exception as err:  # noqa: BLE001 - the user's factory failed
+        raise NetworkFactoryError(
+            f"network {name!r} raised {type(err).__name__} when called as "
+            f"{name.partition(':')[2]}({call}): {err}"
+        ) from None
+    if not isinstance(net, nn.Module):
+        raise NetworkFactoryError(
+            f"network {name!r} returned a {type(net).__name__}, not an nn.Module; return the "
+            "network itself (e.g. nn.Sequential(...))"
+        )
+    return net

@@ -329,6 +329,40 @@ def test_npz_with_given_split_and_regression_targets(tmp_path):
     assert "regression" in repr(data)
 
 
+def test_standardized_targets_use_train_statistics_only(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "x_train": rng.normal(size=(30, 2)),
+        "y_train": 150 + 70 * rng.normal(size=30),
+        "x_test": rng.normal(size=(7, 2)),
+        "y_test": 150 + 70 * rng.normal(size=7),
+    }
+    path = tmp_path / "targets.npz"
+    np.savez(path, **arrays)
+    data = load_dataset(path, standardize_targets=True)
+    y_train = arrays["y_train"].astype(np.float32).astype(np.float64)
+    mean, std = y_train.mean(), y_train.std()  # population std, training split only
+    assert data.target_mean == pytest.approx(mean, rel=1e-12)
+    assert data.target_std == pytest.approx(std, rel=1e-12)
+    y_test = arrays["y_test"].astype(np.float32).astype(np.float64)
+    assert_close(data.y_test.numpy(), (y_test - mean) / std, rtol=1e-6, atol=1e-7)
+    assert_close(data.to_target_units(data.y_test).numpy(), y_test, rtol=1e-6)
+    plain = load_dataset(path)
+    assert plain.target_mean is None and plain.target_std is None
+    assert_close(plain.to_target_units(plain.y_test).numpy(), y_test, rtol=1e-7)
+
+
+def test_standardized_targets_leave_labels_and_constant_targets_alone(tmp_path):
+    labels = load_dataset("digits", standardize_targets=True)
+    assert labels.target_std is None and labels.y_train.dtype == torch.int64
+    np.savez(tmp_path / "flat.npz", x=np.arange(20.0)[:, None], y=np.full(20, 5.0))
+    data = load_dataset(tmp_path / "flat.npz", standardize_targets=True)
+    assert data.target_mean == 5.0 and data.target_std == 1.0  # centred only
+    assert_close(data.y_train.numpy(), np.zeros(data.num_train))
+    with pytest.raises(DataError, match="standardize_targets"):
+        load_dataset("digits", standardize_targets="yes")
+
+
 @pytest.mark.parametrize(
     "arrays, message",
     [
