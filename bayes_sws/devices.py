@@ -5,10 +5,12 @@
 available on this machine, or raises an error that names the value, says what
 was found and how to fix it::
 
-    >>> resolve_device("auto")          # cuda if available, else mps, else cpu
+    >>> resolve_device("auto")  # cuda if available, else mps, else cpu  # doctest: +SKIP
     device(type='cpu')
-    >>> resolve_device("cuda:3")
+    >>> resolve_device("cuda:3")  # doctest: +SKIP
     ValueError: device 'cuda:3' is not available: 1 CUDA device found; use 'cpu' or 'auto'
+
+(The example is not run as a doctest: its output depends on the machine.)
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ makes the reported margin optimistic. The honest protocol:
 >>> found = tune_soft_weight_sharing(net, tuning, [{"prior_scale": s} for s in (0.1, 0.2)])
 ... # doctest: +SKIP
 >>> found.chosen.result.net  # evaluate on final.x_test, final.y_test once  # doctest: +SKIP
+
+(The example is not run as a doctest: it needs a data set and minutes of training.)
 """
 
 from __future__ import annotations
