@@ -461,6 +461,22 @@ class CompressSettings(_Settings):
     merge_criterion: str = option(
         "kl", "distance used for merging components", "str", choices=("kl", "mean")
     )
+    value_tolerance: float = option(
+        0.0,
+        "after assignment, merge shared values closer than this fraction of the largest |value| "
+        "in use, and values that close to 0 into zero (0: off)",
+        "float",
+        non_negative,
+    )
+    assignment: str = option(
+        "responsibility",
+        "each weight to its most responsible component (with π) or its most likely (without π)",
+        "str",
+        choices=("responsibility", "likelihood"),
+    )
+    keep_float: tuple[str, ...] = option(
+        (), "prior-carrying parameters left unquantised at 32-bit float, e.g. the last weight"
+    )
     index_bits: int | dict[str, int] | None = field(
         default=None,
         metadata=option_metadata("relative-index width (default: 5 dense, 8 convolutions)"),
