@@ -568,6 +568,34 @@ def _finetuned_copy(
     return tuned
 
 
+def _final_and_stored(
+    quantized: QuantizeResult,
+    model: SWSModel,
+    finetune_data: tuple[Any, Any] | None,
+    *,
+    index_bits: int | dict[str, int] | None,
+    remove_dead_units: bool,
+    **finetune: Any,
+) -> tuple[nn.Module, nn.Module, StorageReport]:
+    """The final network, the network as stored, and its storage report.
+
+    The final network is the quantised one, or a copy with its codebook fine-tuned
+    when ``finetune["num_epochs"] > 0`` (``finetune`` goes to :func:`_finetuned_copy`);
+    it is stored by :func:`~bayes_sws.compress.stored_network` with the quantised
+    parameters compressed.
+    """
+    final = quantized.net
+    if finetune["num_epochs"] > 0 and finetune_data is not None:  # checked together before
+        final = _finetuned_copy(quantized, model, finetune_data, **finetune)
+    stored, storage = stored_network(
+        final,
+        param_names=list(quantized.param_names),
+        index_bits=index_bits,
+        remove_dead=remove_dead_units,
+    )
+    return final, stored, storage
+
+
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
     """``test_{accuracy,rmse,log_likelihood}_{stage}`` fields of a :class:`CompressionResult`."""
     return {
@@ -671,22 +699,19 @@ def compress_result(
     )
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
-    final = quantized.net
-    if finetune_epochs > 0 and finetune_data is not None:  # checked together above
-        final = _finetuned_copy(
-            quantized,
-            model,
-            finetune_data,
-            num_epochs=finetune_epochs,
-            lr=finetune_lr,
-            batch_size=finetune_batch_size,
-            seed=seed,
-            progress=progress,
-        )
-    names = list(quantized.param_names)
-    stored, storage = stored_network(
-        final, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
+    final, stored, storage = _final_and_stored(
+        quantized,
+        model,
+        finetune_data,
+        index_bits=index_bits,
+        remove_dead_units=remove_dead_units,
+        num_epochs=finetune_epochs,
+        lr=finetune_lr,
+        batch_size=finetune_batch_size,
+        seed=seed,
+        progress=progress,
     )
+    names = list(quantized.param_names)
     changed = finetune_epochs > 0 or stored is not final  # else scored as quantized
     after = _scores(stored, x_test, y_test, model.likelihood) if changed else quantized_scores
     config = {

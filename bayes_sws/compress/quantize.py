@@ -8,11 +8,15 @@ weight is sent to the mean of its most responsible component,
     k(w) = \\arg\\max_j \\; \\log \\pi_j + \\log \\mathcal{N}(w \\mid \\mu_j, \\sigma_j^2)
     \\qquad \\text{(argmax of PRML 5.140)},
 
-(:func:`bayes_sws.core.penalty.assign`, the one home of that argmax), components
+(:func:`bayes_sws.core.penalty.assign`, the one home of that argmax; or, with
+``assignment="likelihood"``, the argmax without :math:`\\log \\pi_j`), components
 whose distributions nearly coincide are merged first (:func:`merge_components`),
-and the zero component (``mu_0 = 0``) prunes. :func:`quantize` does this on a deep
-copy of an ordinary :class:`torch.nn.Module` from plain tensors ``pi, mu, sigma``;
-it needs no Pyro.
+optionally components whose values nearly coincide after assignment
+(``value_tolerance``), and the zero component (``mu_0 = 0``) prunes.
+:func:`quantize` does this on a deep copy of an ordinary :class:`torch.nn.Module`
+from plain tensors ``pi, mu, sigma``; it needs no Pyro. Its result tells the
+components merged, those no weight went to, and the number of distinct values
+the network really uses (:attr:`QuantizeResult.num_distinct_values`).
 
 The rest of the compression lives beside this module: codebook fine-tuning
 (:mod:`.codebook`), removing dead units (:mod:`.surgery`), Huffman coding
@@ -33,11 +37,12 @@ import torch
 from torch import nn
 
 from ..core.penalty import assign
+from ..settings import ASSIGNMENTS
 from ..validation import check_names
 from .params import check_param_names
 from .storage import shared_values
 
-__all__ = ["ASSIGNMENTS", "QuantizeResult", "merge_components", "quantize"]
+__all__ = ["QuantizeResult", "merge_components", "quantize"]
 
 
 def _as_mixture(pi: Any, mu: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,10 +166,6 @@ def merge_components(
 
 
 # --------------------------------------------------------------------------- quantisation
-
-#: How :func:`quantize` picks a weight's component: by posterior responsibility
-#: (``log π_j + log N``, the default) or by likelihood (``log N`` alone).
-ASSIGNMENTS: tuple[str, ...] = ("responsibility", "likelihood")
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,27 @@ def _merge_close_values(
     return out_pi, out_mu, out_sigma, np.searchsorted(groups, owner)
 
 
+def _assigned(
+    params: dict[str, nn.Parameter],
+    names: Sequence[str],
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray],
+    component_map: np.ndarray,
+) -> dict[str, torch.Tensor]:
+    """Merged component of every weight of the parameters ``names`` (checked finite).
+
+    The argmax of ``log π_j + log N`` over the original ``mixture``
+    (:func:`~bayes_sws.core.penalty.assign`), mapped through ``component_map``.
+    """
+    pi, mu, sigma = (torch.as_tensor(a) for a in mixture)
+    map_t = torch.as_tensor(component_map)
+    merged = {}
+    for name in names:
+        if not torch.all(torch.isfinite(params[name])):
+            raise ValueError(f"parameter {name!r} has non-finite values; cannot quantise it")
+        merged[name] = map_t[assign(params[name], pi, mu, sigma)]
+    return merged
+
+
 def quantize(
     net: nn.Module,
     pi: Any,
@@ -389,16 +411,9 @@ def quantize(
         m_mu[0] = 0.0
     # assignment uses the original, unmerged mixture; a component with π = 0 never wins
     weighting = pi_ if assignment == "responsibility" else (pi_ > 0).astype(np.float64)
-    mixture = tuple(torch.as_tensor(a) for a in (weighting, mu_, sigma_))
-    map_t = torch.as_tensor(component_map)
-
     quantized = copy.deepcopy(net)
     params = dict(quantized.named_parameters())
-    merged = {}
-    for name in names:
-        if not torch.all(torch.isfinite(params[name])):
-            raise ValueError(f"parameter {name!r} has non-finite values; cannot quantise it")
-        merged[name] = map_t[assign(params[name], *mixture)]
+    merged = _assigned(params, names, (weighting, mu_, sigma_), component_map)
     used = np.zeros(m_mu.size, dtype=bool)
     for a in merged.values():
         used[torch.unique(a).numpy()] = True
