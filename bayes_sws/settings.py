@@ -31,6 +31,7 @@ from typing import Any
 from .validation import SEED_MAX
 
 __all__ = [
+    "ASSIGNMENTS",
     "ON_NONFINITE",
     "OPTIMIZERS",
     "POINT_GUIDES",
@@ -451,6 +452,11 @@ class FitSettings(_Settings):
 
 
 # ------------------------------------------------------------------------ compression
+#: How :func:`~bayes_sws.compress.quantize` picks a weight's component: by posterior
+#: responsibility (``log π_j + log N``, the default) or by likelihood (``log N`` alone).
+ASSIGNMENTS = ("responsibility", "likelihood")
+
+
 @dataclass(frozen=True)
 class CompressSettings(_Settings):
     """Quantisation, accounting and codebook fine-tuning after retraining (the pipeline's step 2-3)."""
@@ -460,6 +466,22 @@ class CompressSettings(_Settings):
     )
     merge_criterion: str = option(
         "kl", "distance used for merging components", "str", choices=("kl", "mean")
+    )
+    value_tolerance: float = option(
+        0.0,
+        "after assignment, merge shared values closer than this fraction of the largest |value| "
+        "in use, and values that close to 0 into zero (0: off)",
+        "float",
+        non_negative,
+    )
+    assignment: str = option(
+        "responsibility",
+        "each weight to its most responsible component (with π) or its most likely (without π)",
+        "str",
+        choices=ASSIGNMENTS,
+    )
+    keep_float: tuple[str, ...] = option(
+        (), "prior-carrying parameters left unquantised at 32-bit float, e.g. the last weight"
     )
     index_bits: int | dict[str, int] | None = field(
         default=None,

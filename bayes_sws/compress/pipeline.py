@@ -63,6 +63,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -75,6 +76,7 @@ from ..core.priors import Mixture, MixturePrior
 from ..infer.svi import FitResult, fit
 from ..settings import (
     PRESETS,
+    CompressSettings,
     Preset,
     map_hyperprior_error,
     split_settings,
@@ -98,6 +100,7 @@ __all__ = [
     "anneal_schedule",
     "check_anneal",
     "compress_result",
+    "compress_result_kwargs",
     "default_anneal_epochs",
     "precision_anneal",
     "soft_weight_sharing",
@@ -211,8 +214,29 @@ class CompressionResult:
 
     @property
     def num_components(self) -> int:
-        """Shared values after merging, zero included."""
+        """Components after merging, zero included (empty ones too: see :attr:`num_distinct_values`)."""
         return self.quantization.num_components
+
+    @property
+    def num_distinct_values(self) -> int:
+        """Distinct values of the quantised tensors as quantised, zero included when a weight is pruned.
+
+        The shared values the network really uses (:attr:`QuantizeResult.num_distinct_values`):
+        components no weight went to are not counted. Each layer stores its own
+        among them (``LayerStorage.num_distinct``, non-zero ones).
+        """
+        return self.quantization.num_distinct_values
+
+    @property
+    def num_merged(self) -> int:
+        """Learned components merged into another before quantising (``merge_threshold``,
+        ``value_tolerance``)."""
+        return self.quantization.num_merged
+
+    @property
+    def num_empty(self) -> int:
+        """Components after merging that no weight was assigned to."""
+        return self.quantization.num_empty
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -241,6 +265,9 @@ class CompressionResult:
             "test_log_likelihood_after": self.test_log_likelihood_after,
             "test_log_likelihood_quantized": self.test_log_likelihood_quantized,
             "num_components": self.num_components,
+            "num_distinct_values": self.num_distinct_values,
+            "num_merged": self.num_merged,
+            "num_empty": self.num_empty,
             "codebook": m.values.tolist(),
             "mixture": {
                 "pi": self.mixture.pi.tolist(),
@@ -320,11 +347,26 @@ def _unpack_data(data: Any) -> tuple[torch.Tensor, ...]:
 _COMPRESS_RESULT_SETTINGS = (
     "merge_threshold",
     "merge_criterion",
+    "value_tolerance",
+    "assignment",
+    "keep_float",
     "index_bits",
     "finetune_epochs",
     "finetune_lr",
     "remove_dead_units",
 )
+
+
+def compress_result_kwargs(settings: CompressSettings) -> dict[str, Any]:
+    """The keyword arguments of :func:`compress_result` that ``settings`` gives.
+
+    Every :class:`~bayes_sws.settings.CompressSettings` field but
+    ``prior_scale_warmup`` (which shapes retraining), by name:
+    ``compress_result(fit, x, y, **compress_result_kwargs(settings))``.
+    """
+    if not isinstance(settings, CompressSettings):
+        raise TypeError(f"settings must be a CompressSettings, got {type(settings).__name__}")
+    return {name: getattr(settings, name) for name in _COMPRESS_RESULT_SETTINGS}
 
 
 def _listed(pair: tuple[float, float] | None) -> list[float] | None:
@@ -483,9 +525,12 @@ def _checked_inputs(
 
 
 def _quantize_fit(
-    fit_result: FitResult, merge_threshold: float, merge_criterion: Literal["kl", "mean"]
+    fit_result: FitResult, **options: Any
 ) -> tuple[nn.Module, Mixture, QuantizeResult]:
-    """The retrained (median) network, the learned mixture, and the network quantised with it."""
+    """The retrained (median) network, the learned mixture, and the network quantised with it.
+
+    ``options`` go to :func:`~bayes_sws.compress.quantize` (merging, assignment, ``keep_float``).
+    """
     model = fit_result.model
     retrained = fit_result.map_network()
     mixture = Mixture(*(t.detach().reshape(-1).cpu() for t in fit_result.mixture()))
@@ -495,9 +540,8 @@ def _quantize_fit(
         mixture.mu,
         mixture.sigma,
         param_names=list(model.prior_param_names),
-        merge_threshold=merge_threshold,
-        merge_criterion=merge_criterion,
         zero_component=model.prior.zero_component,
+        **options,
     )
     return retrained, mixture, quantized
 
@@ -524,6 +568,34 @@ def _finetuned_copy(
     return tuned
 
 
+def _final_and_stored(
+    quantized: QuantizeResult,
+    model: SWSModel,
+    finetune_data: tuple[Any, Any] | None,
+    *,
+    index_bits: int | dict[str, int] | None,
+    remove_dead_units: bool,
+    **finetune: Any,
+) -> tuple[nn.Module, nn.Module, StorageReport]:
+    """The final network, the network as stored, and its storage report.
+
+    The final network is the quantised one, or a copy with its codebook fine-tuned
+    when ``finetune["num_epochs"] > 0`` (``finetune`` goes to :func:`_finetuned_copy`);
+    it is stored by :func:`~bayes_sws.compress.stored_network` with the quantised
+    parameters compressed.
+    """
+    final = quantized.net
+    if finetune["num_epochs"] > 0 and finetune_data is not None:  # checked together before
+        final = _finetuned_copy(quantized, model, finetune_data, **finetune)
+    stored, storage = stored_network(
+        final,
+        param_names=list(quantized.param_names),
+        index_bits=index_bits,
+        remove_dead=remove_dead_units,
+    )
+    return final, stored, storage
+
+
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
     """``test_{accuracy,rmse,log_likelihood}_{stage}`` fields of a :class:`CompressionResult`."""
     return {
@@ -540,6 +612,9 @@ def compress_result(
     *,
     merge_threshold: float = 1e-2,
     merge_criterion: Literal["kl", "mean"] = "kl",
+    value_tolerance: float = 0.0,
+    assignment: Literal["responsibility", "likelihood"] = "responsibility",
+    keep_float: Sequence[str] = (),
     index_bits: int | dict[str, int] | None = None,
     test_accuracy_pretrained: float | None = None,
     finetune_data: tuple[Any, Any] | None = None,
@@ -569,6 +644,22 @@ def compress_result(
     merge_threshold, merge_criterion
         Passed to :func:`~bayes_sws.compress.merge_components`
         (symmetric KL in nats by default; ``0`` never merges).
+    value_tolerance : float
+        After assignment, merge components whose values differ by less than
+        this fraction of the largest |value| in use, and join values that close
+        to 0 to the zero component (:func:`~bayes_sws.compress.quantize`).
+        Default 0: off.
+    assignment : {"responsibility", "likelihood"}
+        Each weight to its most responsible component (with π, default) or to
+        its most likely one (without π); see :func:`~bayes_sws.compress.quantize`.
+    keep_float : sequence of str
+        Prior-carrying parameters left unquantised (e.g. the last layer's
+        weight): kept as retrained (with codebook fine-tuning they train
+        freely, as the biases do), stored at 32 bits each
+        (``StorageReport.other_bits``, or ``bias_bits`` beside a compressed
+        tensor of the same module) and written as plain float32 in the
+        ``.sws`` file; ``config["param_names"]`` leaves them out. The
+        non-zero fraction is over the quantised tensors. Default none.
     index_bits : int or dict, optional
         Relative-index width (default 5 for dense, 8 for convolutions).
     test_accuracy_pretrained : float, optional
@@ -598,31 +689,38 @@ def compress_result(
         fit_result, x_test, y_test, finetune_epochs, finetune_data
     )
     model = fit_result.model
-    retrained, mixture, quantized = _quantize_fit(fit_result, merge_threshold, merge_criterion)
+    retrained, mixture, quantized = _quantize_fit(
+        fit_result,
+        merge_threshold=merge_threshold,
+        merge_criterion=merge_criterion,
+        value_tolerance=value_tolerance,
+        assignment=assignment,
+        keep_float=keep_float,
+    )
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
-    final = quantized.net
-    if finetune_epochs > 0 and finetune_data is not None:  # checked together above
-        final = _finetuned_copy(
-            quantized,
-            model,
-            finetune_data,
-            num_epochs=finetune_epochs,
-            lr=finetune_lr,
-            batch_size=finetune_batch_size,
-            seed=seed,
-            progress=progress,
-        )
-    names = list(model.prior_param_names)
-    stored, storage = stored_network(
-        final, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
+    final, stored, storage = _final_and_stored(
+        quantized,
+        model,
+        finetune_data,
+        index_bits=index_bits,
+        remove_dead_units=remove_dead_units,
+        num_epochs=finetune_epochs,
+        lr=finetune_lr,
+        batch_size=finetune_batch_size,
+        seed=seed,
+        progress=progress,
     )
+    names = list(quantized.param_names)
     changed = finetune_epochs > 0 or stored is not final  # else scored as quantized
     after = _scores(stored, x_test, y_test, model.likelihood) if changed else quantized_scores
     config = {
         **fit_result.config,
         "merge_threshold": float(merge_threshold),
         "merge_criterion": merge_criterion,
+        "value_tolerance": float(value_tolerance),
+        "assignment": assignment,
+        "keep_float": list(quantized.keep_float),
         "index_bits": index_bits,
         "param_names": names,
         "num_components_learned": int(mixture.pi.numel()),
@@ -871,8 +969,10 @@ def soft_weight_sharing(
         Optimisation steps (mini-batches).
     batch_size : int
         Mini-batch size.
-    merge_threshold, merge_criterion, index_bits
-        Passed to :func:`compress_result`.
+    merge_threshold, merge_criterion, value_tolerance, assignment, keep_float, index_bits
+        Passed to :func:`compress_result`: merging before and after assignment
+        (``value_tolerance`` default 0, off), assignment by responsibility
+        (default) or likelihood, parameters left at 32-bit float (default none).
     finetune_epochs, finetune_lr
         Codebook fine-tuning after quantisation on the training data (see
         :func:`compress_result`; mini-batches of ``batch_size``). Default 0: none,
@@ -921,7 +1021,7 @@ def soft_weight_sharing(
         fitted,
         x_test,
         y_test,
-        **{k: getattr(chosen.compress, k) for k in _COMPRESS_RESULT_SETTINGS},
+        **compress_result_kwargs(chosen.compress),
         test_accuracy_pretrained=acc_pretrained,
         finetune_data=(x_train, y_train),
         finetune_batch_size=plan.batch_size,

@@ -8,11 +8,15 @@ weight is sent to the mean of its most responsible component,
     k(w) = \\arg\\max_j \\; \\log \\pi_j + \\log \\mathcal{N}(w \\mid \\mu_j, \\sigma_j^2)
     \\qquad \\text{(argmax of PRML 5.140)},
 
-(:func:`bayes_sws.core.penalty.assign`, the one home of that argmax), components
+(:func:`bayes_sws.core.penalty.assign`, the one home of that argmax; or, with
+``assignment="likelihood"``, the argmax without :math:`\\log \\pi_j`), components
 whose distributions nearly coincide are merged first (:func:`merge_components`),
-and the zero component (``mu_0 = 0``) prunes. :func:`quantize` does this on a deep
-copy of an ordinary :class:`torch.nn.Module` from plain tensors ``pi, mu, sigma``;
-it needs no Pyro.
+optionally components whose values nearly coincide after assignment
+(``value_tolerance``), and the zero component (``mu_0 = 0``) prunes.
+:func:`quantize` does this on a deep copy of an ordinary :class:`torch.nn.Module`
+from plain tensors ``pi, mu, sigma``; it needs no Pyro. Its result tells the
+components merged, those no weight went to, and the number of distinct values
+the network really uses (:attr:`QuantizeResult.num_distinct_values`).
 
 The rest of the compression lives beside this module: codebook fine-tuning
 (:mod:`.codebook`), removing dead units (:mod:`.surgery`), Huffman coding
@@ -33,7 +37,10 @@ import torch
 from torch import nn
 
 from ..core.penalty import assign
+from ..settings import ASSIGNMENTS
+from ..validation import check_names
 from .params import check_param_names
+from .storage import shared_values
 
 __all__ = ["QuantizeResult", "merge_components", "quantize"]
 
@@ -174,7 +181,8 @@ class QuantizeResult:
         The quantised parameters.
     values : torch.Tensor, shape (K,)
         Codebook after merging: the shared value of each merged component
-        (``values[0] == 0`` with ``zero_component=True``).
+        (``values[0] == 0`` with ``zero_component=True``). Components no weight
+        was assigned to stay in it (see :attr:`num_empty`).
     pi, sigma : torch.Tensor, shape (K,)
         Mixing proportions (summing to 1) and widths of the merged components.
     component_map : torch.Tensor of long, shape (M,)
@@ -185,6 +193,8 @@ class QuantizeResult:
         Number of weights of each parameter assigned to each merged component.
     zero_component : bool
         Whether component 0 is the pruning component.
+    keep_float : tuple of str
+        Parameters left unquantised at their 32-bit float values (copied unchanged).
     """
 
     net: nn.Module
@@ -196,16 +206,133 @@ class QuantizeResult:
     assignments: dict[str, torch.Tensor]
     counts: dict[str, torch.Tensor]
     zero_component: bool
+    keep_float: tuple[str, ...] = ()
 
     @property
     def num_components(self) -> int:
-        """Number of components after merging."""
+        """Number of components after merging (empty ones included)."""
         return int(self.values.numel())
+
+    @property
+    def num_merged(self) -> int:
+        """Original components merged into another: ``M - num_components``."""
+        return int(self.component_map.numel()) - self.num_components
+
+    @property
+    def num_empty(self) -> int:
+        """Components after merging that no weight of ``param_names`` was assigned to."""
+        total = torch.zeros(self.num_components, dtype=torch.long)
+        for count in self.counts.values():
+            total += count
+        return int((total == 0).sum())
+
+    @property
+    def num_distinct_values(self) -> int:
+        """Distinct values the quantised tensors hold, zero included when a weight is pruned.
+
+        What the network really uses: the components some weight went to (two
+        components whose values coincide in the parameters' dtype count once).
+        """
+        return int(shared_values(self.net, self.param_names).size)
 
     @property
     def num_pruned(self) -> int:
         """Weights exactly zero after quantisation (all quantised parameters)."""
         return sum(int((dict(self.net.named_parameters())[n] == 0).sum()) for n in self.param_names)
+
+
+def _quantized_names(
+    net: nn.Module, param_names: Sequence[str] | None, keep_float: Sequence[str] | str
+) -> tuple[list[str], tuple[str, ...]]:
+    """The parameters to quantise (``param_names`` less ``keep_float``), and ``keep_float``, checked."""
+    names = check_param_names(net, param_names)
+    kept = tuple(check_names("keep_float", keep_float) or ())
+    outside = [n for n in kept if n not in names]
+    if outside:
+        raise ValueError(
+            f"keep_float {outside} are not among the parameters to quantise {names}; "
+            "name quantised parameters (a parameter outside them stays at 32 bits anyway)"
+        )
+    if len(set(kept)) != len(kept):
+        raise ValueError(f"keep_float has duplicates: {list(kept)}")
+    quantized = [n for n in names if n not in kept]
+    if names and not quantized:
+        raise ValueError(f"keep_float {list(kept)} leaves no parameter to quantise")
+    return quantized, kept
+
+
+def _check_options(assignment: str, value_tolerance: float) -> None:
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {ASSIGNMENTS}; got {assignment!r}")
+    if not (isinstance(value_tolerance, (int, float)) and 0 <= value_tolerance < math.inf):
+        raise ValueError(f"value_tolerance must be a finite number >= 0; got {value_tolerance!r}")
+
+
+def _merge_close_values(
+    pi: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    used: np.ndarray,
+    tolerance: float,
+    zero_component: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge used components whose values are within ``tolerance`` × the largest |used value|.
+
+    The second merge of :func:`quantize`, after assignment: the used components
+    (``used``; with a zero component, component 0 too, so that values near 0
+    join it) go through :func:`merge_components` with the ``"mean"`` criterion
+    and the threshold ``tolerance * max |mu[used]|``; the others keep their own
+    index. Returns the merged ``pi, mu, sigma`` (``pi`` still summing to 1) and
+    the merged index of every input component, groups in the order of their
+    smallest input index. ``tolerance == 0`` returns the input unchanged.
+    """
+    scale = float(np.max(np.abs(mu[used]), initial=0.0))
+    candidates = used.copy()
+    if zero_component:
+        candidates[0] = True
+    sub = np.flatnonzero(candidates)
+    if not (tolerance > 0 and scale > 0 and sub.size >= 2):
+        return pi, mu, sigma, np.arange(mu.size)
+    s_pi, s_mu, s_sigma, s_map = merge_components(
+        pi[sub],
+        mu[sub],
+        sigma[sub],
+        merge_threshold=tolerance * scale,
+        merge_criterion="mean",
+        zero_component=zero_component,
+    )
+    # each component's representative: the smallest index of its group
+    first_of_group = sub[np.unique(s_map, return_index=True)[1]]
+    owner = np.arange(mu.size)
+    owner[sub] = first_of_group[s_map]
+    groups = np.unique(owner)
+    out_pi, out_mu, out_sigma = pi[groups].copy(), mu[groups].copy(), sigma[groups].copy()
+    merged_at = np.searchsorted(groups, first_of_group)
+    out_pi[merged_at] = s_pi * pi[sub].sum()
+    out_mu[merged_at] = s_mu
+    out_sigma[merged_at] = s_sigma
+    return out_pi, out_mu, out_sigma, np.searchsorted(groups, owner)
+
+
+def _assigned(
+    params: dict[str, nn.Parameter],
+    names: Sequence[str],
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray],
+    component_map: np.ndarray,
+) -> dict[str, torch.Tensor]:
+    """Merged component of every weight of the parameters ``names`` (checked finite).
+
+    The argmax of ``log π_j + log N`` over the original ``mixture``
+    (:func:`~bayes_sws.core.penalty.assign`), mapped through ``component_map``.
+    """
+    pi, mu, sigma = (torch.as_tensor(a) for a in mixture)
+    map_t = torch.as_tensor(component_map)
+    merged = {}
+    for name in names:
+        if not torch.all(torch.isfinite(params[name])):
+            raise ValueError(f"parameter {name!r} has non-finite values; cannot quantise it")
+        merged[name] = map_t[assign(params[name], pi, mu, sigma)]
+    return merged
 
 
 def quantize(
@@ -218,6 +345,9 @@ def quantize(
     merge_threshold: float = 1e-2,
     merge_criterion: Literal["kl", "mean"] = "kl",
     zero_component: bool = True,
+    value_tolerance: float = 0.0,
+    assignment: Literal["responsibility", "likelihood"] = "responsibility",
+    keep_float: Sequence[str] = (),
 ) -> QuantizeResult:
     """Hard-assign weights to the shared values of a learned mixture.
 
@@ -245,8 +375,29 @@ def quantize(
         Passed to :func:`merge_components`; ``merge_threshold=0`` disables merging.
     zero_component : bool
         Component 0 is the pruning component with ``mu[0] == 0``.
+    value_tolerance : float
+        A second merge after assignment, for components that overlap in value
+        only (the symmetric KL keeps a broad and a tight component apart even at
+        equal means): two components that weights were assigned to merge when
+        their values differ by less than ``value_tolerance`` times the largest
+        |value| in use, nearest pair first (:func:`merge_components` with the
+        ``"mean"`` criterion: π adds up, the value is the π-weighted mean), and a
+        value that close to 0 joins the zero component (pruned). Empty
+        components take no part. Default 0: off, the weights keep their
+        component's mean.
+    assignment : {"responsibility", "likelihood"}
+        ``"responsibility"`` (default): the argmax above, with ``log π_j``.
+        ``"likelihood"``: ``argmax_j log N(w | μ_j, σ_j²)``, without π (a
+        component with ``π_j = 0`` still never wins). Without π the zero
+        component keeps only the weights it explains best by its width.
+    keep_float : sequence of str
+        Parameters among ``param_names`` left unquantised: copied at their float
+        values, absent from ``param_names``, ``assignments`` and ``counts`` of the
+        result (and so stored at 32 bits by :func:`storage_report` given the
+        result's ``param_names``). Default none.
     """
-    names = check_param_names(net, param_names)
+    names, kept = _quantized_names(net, param_names, keep_float)
+    _check_options(assignment, value_tolerance)
     pi_, mu_, sigma_ = _as_mixture(pi, mu, sigma)
     m_pi, m_mu, m_sigma, component_map = merge_components(
         pi_,
@@ -259,30 +410,33 @@ def quantize(
     if zero_component:
         m_mu[0] = 0.0
     # assignment uses the original, unmerged mixture; a component with π = 0 never wins
-    mixture = tuple(torch.as_tensor(a) for a in (pi_, mu_, sigma_))
-    map_t = torch.as_tensor(component_map)
-    values = torch.as_tensor(m_mu)
-
+    weighting = pi_ if assignment == "responsibility" else (pi_ > 0).astype(np.float64)
     quantized = copy.deepcopy(net)
     params = dict(quantized.named_parameters())
+    merged = _assigned(params, names, (weighting, mu_, sigma_), component_map)
+    used = np.zeros(m_mu.size, dtype=bool)
+    for a in merged.values():
+        used[torch.unique(a).numpy()] = True
+    m_pi, m_mu, m_sigma, value_map = _merge_close_values(
+        m_pi, m_mu, m_sigma, used, value_tolerance, zero_component
+    )
+    values, value_map_t = torch.as_tensor(m_mu), torch.as_tensor(value_map)
     assignments, counts = {}, {}
     with torch.no_grad():
         for name in names:
-            p = params[name]
-            if not torch.all(torch.isfinite(p)):
-                raise ValueError(f"parameter {name!r} has non-finite values; cannot quantise it")
-            merged = map_t[assign(p, *mixture)]
-            p.copy_(values[merged].to(p.dtype))
-            assignments[name] = merged
-            counts[name] = torch.bincount(merged.reshape(-1), minlength=values.numel())
+            p, a = params[name], value_map_t[merged[name]]
+            p.copy_(values[a].to(p.dtype))
+            assignments[name] = a
+            counts[name] = torch.bincount(a.reshape(-1), minlength=values.numel())
     return QuantizeResult(
         net=quantized,
         param_names=tuple(names),
         values=values,
         pi=torch.as_tensor(m_pi),
         sigma=torch.as_tensor(m_sigma),
-        component_map=map_t,
+        component_map=torch.as_tensor(value_map[component_map]),
         assignments=assignments,
         counts=counts,
         zero_component=zero_component,
+        keep_float=kept,
     )

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_INDEX_BITS",
     "LayerStorage",
     "StorageReport",
+    "shared_values",
     "storage_report",
     "stored_network",
 ]
@@ -514,6 +515,21 @@ def storage_report(
         other_bits=other_bits,
         **_bit_totals(original_bits, total_bits, total_bits_entropy),
     )
+
+
+def shared_values(net: nn.Module, param_names: Sequence[str] | None = None) -> np.ndarray:
+    """The distinct values of the compressed tensors of ``net``, ascending.
+
+    All tensors of ``param_names`` (default :func:`default_param_names`) together,
+    zero included when any entry is zero, in the parameters' dtype. Its size is
+    the number of values the network really uses; each row of a
+    :func:`storage_report` stores the non-zero ones among its own tensor's
+    (``LayerStorage.num_distinct``).
+    """
+    names = check_param_names(net, param_names)
+    params = dict(net.named_parameters())
+    flat = [params[n].detach().cpu().reshape(-1).numpy() for n in names]
+    return np.unique(np.concatenate(flat)) if flat else np.zeros(0, dtype=np.float32)
 
 
 def stored_network(
