@@ -33,6 +33,51 @@ def _to_named_arrays(obj: Any, label: str) -> dict[str, np.ndarray]:
     return {label: np.asarray(obj).ravel()}
 
 
+def _paired_weights(
+    before: Any, after: Any, assignments: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights before and after, flattened in the order of ``before``'s keys, and a colour class each."""
+    b, a = _to_named_arrays(before, "weights"), _to_named_arrays(after, "weights")
+    missing = [k for k in b if k not in a]
+    if missing:
+        raise ValueError(f"`after` has no weights for {missing}; keys of `after`: {sorted(a)}")
+    x = np.concatenate([b[k] for k in b]).astype(np.float64)
+    y = np.concatenate([a[k] for k in b]).astype(np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"before and after hold {x.size} and {y.size} weights; they must match")
+    if assignments is None:
+        _, classes = np.unique(y, return_inverse=True)
+    else:
+        c = _to_named_arrays(assignments, "weights")
+        missing = [k for k in b if k not in c]
+        if missing:
+            raise ValueError(f"`assignments` has no entries for {missing}; keys: {sorted(c)}")
+        classes = np.concatenate([c[k] for k in b])
+        if classes.shape != x.shape:
+            raise ValueError(f"assignments hold {classes.size} entries for {x.size} weights")
+    return x, y, np.asarray(classes).astype(np.int64).ravel()
+
+
+def _count_histogram(ax: Any, values: np.ndarray, *, horizontal: bool) -> None:
+    """A 100-bin histogram on a log count axis with a few decade labels that do not collide."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    orientation = "horizontal" if horizontal else "vertical"
+    counts, _, _ = ax.hist(values, bins=100, color="0.4", log=True, orientation=orientation)
+    count_axis = ax.xaxis if horizontal else ax.yaxis
+    count_axis.set_major_locator(LogLocator(base=10, numticks=3))
+    count_axis.set_minor_formatter(NullFormatter())
+    limits = (0.5, 2.0 * max(counts.max(), 1.0))  # 10^0 always labelled
+    if horizontal:
+        ax.set_xlim(*limits)
+        ax.set_xlabel("count (log)")
+        ax.tick_params(labelleft=False)
+    else:
+        ax.set_ylim(*limits)
+        ax.set_ylabel("count (log)")
+        ax.tick_params(labelbottom=False)
+
+
 def plot_weights_before_after(
     before: Any,
     after: Any,
@@ -65,27 +110,9 @@ def plot_weights_before_after(
         (right, log counts).
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    b, a = _to_named_arrays(before, "weights"), _to_named_arrays(after, "weights")
-    missing = [k for k in b if k not in a]
-    if missing:
-        raise ValueError(f"`after` has no weights for {missing}; keys of `after`: {sorted(a)}")
-    x = np.concatenate([b[k] for k in b]).astype(np.float64)
-    y = np.concatenate([a[k] for k in b]).astype(np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"before and after hold {x.size} and {y.size} weights; they must match")
-    if assignments is None:
-        _, classes = np.unique(y, return_inverse=True)
-    else:
-        c = _to_named_arrays(assignments, "weights")
-        missing = [k for k in b if k not in c]
-        if missing:
-            raise ValueError(f"`assignments` has no entries for {missing}; keys: {sorted(c)}")
-        classes = np.concatenate([c[k] for k in b])
-        if classes.shape != x.shape:
-            raise ValueError(f"assignments hold {classes.size} entries for {x.size} weights")
-    classes = np.asarray(classes).astype(np.int64).ravel()
-
+    x, y, classes = _paired_weights(before, after, assignments)
     rng = np.random.default_rng(seed)
     shown = (
         rng.choice(x.size, size=max_points, replace=False)
@@ -110,15 +137,11 @@ def plot_weights_before_after(
         linewidths=0,
     )
     ax.axhline(0.0, color="0.6", lw=0.5, zorder=0)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.set_xlabel("weight before")
     ax.set_ylabel("weight after")
-    bins = 100
-    ax_top.hist(x, bins=bins, color="0.4", log=True)
-    ax_right.hist(y, bins=bins, color="0.4", log=True, orientation="horizontal")
-    ax_top.tick_params(labelbottom=False)
-    ax_right.tick_params(labelleft=False)
-    ax_top.set_ylabel("count")
-    ax_right.set_xlabel("count")
+    _count_histogram(ax_top, x, horizontal=False)
+    _count_histogram(ax_right, y, horizontal=True)
     if title:
         fig.suptitle(title)
     return fig
@@ -127,8 +150,9 @@ def plot_weights_before_after(
 def plot_layer_sparsity(report: StorageReport, *, title: str | None = None):
     """Bar chart of the non-zero share of each compressed layer.
 
-    Each bar is annotated with the layer's compression rate; the figure title
-    carries the totals.
+    Each bar is annotated with the layer's compression rate, or "all pruned"
+    for a layer without a non-zero weight (its rate only measures what is left
+    to store, its bias and the empty index); the figure title carries the totals.
 
     Returns
     -------
@@ -143,7 +167,7 @@ def plot_layer_sparsity(report: StorageReport, *, title: str | None = None):
     bars = ax.bar(range(len(names)), shares, color="tab:blue")
     for bar, row in zip(bars, report.layers, strict=True):
         ax.annotate(
-            f"{row.compression_rate:.0f}×",
+            f"{row.compression_rate:.0f}×" if row.num_nonzero else "all pruned",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",

@@ -38,6 +38,7 @@ log-likelihood, the mixture with ordered means): raw weights are not identifiabl
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -52,10 +53,9 @@ from torch import Tensor, nn
 from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
 from ..core.penalty import log_joint_densities
-from ..core.priors import Mixture
 from ..core.sites import MEANS, MIXING, MIXTURE_SITES, OBS, SITE_PREFIX, WEIGHT_PREFIX
 from ..infer.mcmc import MCMCResult
-from ..infer.svi import FitResult, as_data
+from ..infer.svi import FitResult, as_data, get_rng_state, set_rng_state
 from ..validation import check_int, check_seed
 
 __all__ = [
@@ -135,17 +135,25 @@ def _posterior_draws(
     pyro.set_rng_seed(seed)
     flat = result.sample_posterior(int(num_samples))
     model = result.model
-    hyper = {name: flat[name] for name in model.prior.site_names}
-    with torch.no_grad():
-        mixture = model.prior.mixture(hyper, model._like())
-    for name, value in zip(MIXTURE_VARS, mixture):
-        if value.dim() == 1:  # no latent hyperparameters: the same mixture in every draw
-            value = value.expand((num_samples,) + value.shape)
-        flat[name] = value.reshape(num_samples, -1)
+    flat.update(_mixture_of_draws(model, {n: flat[n] for n in model.prior.site_names}, num_samples))
     return {
         name: value.reshape((num_chains, num_samples // num_chains) + value.shape[1:])
         for name, value in flat.items()
     }
+
+
+def _mixture_of_draws(
+    model: SWSModel, hyper: Mapping[str, Tensor], num_samples: int
+) -> dict[str, Tensor]:
+    """``sws.pi``, ``sws.mu``, ``sws.sigma`` of ``num_samples`` draws of the prior's sites, each ``(draw, M)``."""
+    with torch.no_grad():
+        mixture = model.prior.mixture(dict(hyper), model._like())
+    out = {}
+    for name, value in zip(MIXTURE_VARS, mixture):
+        if value.dim() == 1:  # no latent hyperparameters: the same mixture in every draw
+            value = value.expand((num_samples,) + value.shape)
+        out[name] = value.reshape(num_samples, -1)
+    return out
 
 
 def _as_inputs(model: SWSModel, x: Any) -> Tensor:
@@ -486,30 +494,72 @@ def to_inference_data(
 
 
 # ---------------------------------------------------------------------- plots
+def _mixture_draws(
+    result: FitResult | MCMCResult, num_draws: int, seed: int
+) -> tuple[tuple[np.ndarray, ...], str]:
+    """``(pi, mu, sigma)`` of posterior draws, each ``(draw, M)``, and what they are in words.
+
+    NUTS draws are thinned evenly to ``num_draws``; a variational guide is drawn
+    ``num_draws`` times (seeded with ``seed``, the global generators restored
+    afterwards, only the prior's sites kept); a point estimate or a prior without
+    latent hyperparameters has one mixture.
+    """
+    num_draws = check_int("num_draws", num_draws, low=1)
+    model = result.model
+    if isinstance(result, MCMCResult):
+        flat = result.sample_posterior(num_draws)
+        draws = tuple(_numpy(flat[name]) for name in MIXTURE_VARS)
+        return draws, f"density averaged over {draws[0].shape[0]} NUTS draws"
+    if result.is_point_estimate or not model.prior.site_names:
+        words = "at the MAP" if result.is_point_estimate else "fixed (no latent hyperparameters)"
+        return tuple(_numpy(v).reshape(1, -1) for v in result.mixture()), words
+    state = get_rng_state()
+    try:
+        pyro.set_rng_seed(check_seed("seed", seed))
+        hyper: dict[str, list[Tensor]] = {name: [] for name in model.prior.site_names}
+        for _ in range(num_draws):  # one at a time: the weights of a draw are dropped at once
+            draw = result.sample_posterior(1)
+            for name, values in hyper.items():
+                values.append(draw[name])
+    finally:
+        set_rng_state(state)
+    stacked = {name: torch.cat(values) for name, values in hyper.items()}
+    mixture = _mixture_of_draws(model, stacked, num_draws)
+    draws = tuple(_numpy(mixture[name]) for name in MIXTURE_VARS)
+    return draws, f"density averaged over {num_draws} draws of the {result.guide_name} guide"
+
+
 def _weights_and_mixture(
-    result_or_net: Any, mixture: Any
-) -> tuple[dict[str, np.ndarray], Mixture | None]:
+    result_or_net: Any, mixture: Any, num_draws: int, seed: int
+) -> tuple[dict[str, np.ndarray], Any, tuple[str, str]]:
+    """The weights to histogram, the mixture, and what each is in words (for the legend)."""
     if isinstance(result_or_net, (FitResult, MCMCResult)):
         model = result_or_net.model
         median = result_or_net.median()
         arrays = {n: _numpy(median[model.site_name(n)]) for n in model.prior_param_names}
-        return arrays, mixture if mixture is not None else result_or_net.mixture()
+        if mixture is not None:
+            return arrays, mixture, ("posterior median", "as given")
+        mixture, words = _mixture_draws(result_or_net, num_draws, seed)
+        return arrays, mixture, ("posterior median", words)
     if isinstance(result_or_net, SWSModel):
         params = result_or_net.parameters_with_prior()
-        return {n: _numpy(p) for n, p in params.items()}, mixture
-    if isinstance(result_or_net, nn.Module):
-        return {n: _numpy(p) for n, p in result_or_net.named_parameters() if p.dim() >= 2}, mixture
-    if isinstance(result_or_net, Mapping):
-        return {
+        arrays = {n: _numpy(p) for n, p in params.items()}
+    elif isinstance(result_or_net, nn.Module):
+        arrays = {n: _numpy(p) for n, p in result_or_net.named_parameters() if p.dim() >= 2}
+    elif isinstance(result_or_net, Mapping):
+        arrays = {
             n: np.asarray(_numpy(v) if torch.is_tensor(v) else v) for n, v in result_or_net.items()
-        }, mixture
-    raise TypeError(
-        "plot_mixture_over_histogram needs a FitResult, MCMCResult, SWSModel, nn.Module or a dict "
-        f"name -> weights, got {type(result_or_net).__name__}"
-    )
+        }
+    else:
+        raise TypeError(
+            "plot_mixture_over_histogram needs a FitResult, MCMCResult, SWSModel, nn.Module or a "
+            f"dict name -> weights, got {type(result_or_net).__name__}"
+        )
+    return arrays, mixture, ("current values", "as given")
 
 
 def _mixture_arrays(mixture: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pi, mu, sigma)``, each ``(draw, M)``: one mixture is one draw."""
     if isinstance(mixture, Mapping):
         mixture = (mixture["pi"], mixture["mu"], mixture["sigma"])
     if not isinstance(mixture, (tuple, list)) or len(mixture) != 3:
@@ -517,14 +567,85 @@ def _mixture_arrays(mixture: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             "mixture must be a Mixture, a (pi, mu, sigma) triple or a dict with those keys"
         )
     pi, mu, sigma = (
-        np.asarray(_numpy(v) if torch.is_tensor(v) else v, dtype=np.float64).reshape(-1)
-        for v in mixture
+        np.asarray(_numpy(v) if torch.is_tensor(v) else v, dtype=np.float64) for v in mixture
     )
-    if not (pi.shape == mu.shape == sigma.shape):
+    if not (pi.shape == mu.shape == sigma.shape) or pi.ndim > 2:
         raise ValueError(
-            f"pi, mu, sigma must have one entry per component, got {pi.shape}, {mu.shape}, {sigma.shape}"
+            "pi, mu, sigma must have one entry per component (or one row per posterior draw), "
+            f"got {pi.shape}, {mu.shape}, {sigma.shape}"
         )
-    return pi, mu, sigma
+    return (
+        pi.reshape(-1, pi.shape[-1]),
+        mu.reshape(-1, mu.shape[-1]),
+        sigma.reshape(-1, pi.shape[-1]),
+    )
+
+
+def _mixture_curves(
+    pi: np.ndarray, mu: np.ndarray, sigma: np.ndarray, grid: np.ndarray, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per component, averaged over the draws: the density and the probability of each bin.
+
+    Returns :math:`\pi_j \mathcal N(w \mid \mu_j, \sigma_j^2)` on ``grid``
+    (grid, M) and :math:`\pi_j [\Phi((e_{k+1} - \mu_j)/\sigma_j) - \Phi((e_k - \mu_j)/\sigma_j)]`
+    for the bins between ``edges`` (bins, M).
+    """
+    pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
+    terms = log_joint_densities(torch.as_tensor(grid)[:, None], torch.log(pi_t), mu_t, sigma_t)
+    density = torch.exp(terms).mean(1).numpy()  # grid S M -> grid M, (5.137)
+    cdf = torch.special.ndtr((torch.as_tensor(edges)[:, None, None] - mu_t) / sigma_t)  # edges S M
+    mass = (pi_t * (cdf[1:] - cdf[:-1])).mean(1).numpy()
+    return density, mass
+
+
+def _label_clipped_peaks(ax: Any, grid: np.ndarray, curve: np.ndarray, top: float) -> None:
+    """Print the height of every peak of ``curve`` above the y-axis' ``top``, where it leaves the axes."""
+    padded = np.concatenate([[-np.inf], curve, [-np.inf]])
+    peaks = (curve >= padded[:-2]) & (curve > padded[2:]) & (curve > top)
+    for i in np.flatnonzero(peaks):
+        ax.annotate(
+            f"peak {curve[i]:.4g} ↑",
+            xy=(grid[i], top),
+            xytext=(3, -3),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=7,
+            color="tab:red",
+        )
+
+
+def _mixture_panel(
+    ax: Any, values: np.ndarray, edges: np.ndarray, grid: np.ndarray, curves: tuple, mu_marks: Any
+) -> list:
+    """One histogram with the mixture's expected counts over it (see :func:`plot_mixture_over_histogram`).
+
+    Returns the artists for the legend: bars, smooth curve, steps (and the means' markers).
+    """
+    from matplotlib.ticker import NullFormatter
+
+    density, mass = curves
+    counts, _, bars = ax.hist(values, bins=edges, color="0.75", label="weights")
+    scale = values.size * (edges[1] - edges[0])
+    expected = scale * density.sum(-1)
+    per_bin = values.size * mass.sum(-1)
+    bottom = min(0.5, 0.05 * expected.max())
+    top = 3 * max(counts.max(), per_bin.max(), 1.0)
+    handles = [bars, *ax.plot(grid, expected, color="tab:red", lw=1.5, label="mixture")]
+    handles.append(ax.stairs(per_bin, edges, color="black", lw=0.9, label="expected count per bin"))
+    if mu_marks is not None:
+        for j in range(density.shape[1]):
+            ax.plot(grid, scale * density[:, j], color="tab:blue", lw=0.6, ls="--", alpha=0.7)
+        marks = np.full_like(mu_marks, 1.4 * bottom)
+        handles += ax.plot(mu_marks, marks, "v", color="tab:blue", ms=4, label="means")
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(NullFormatter())  # 10^0 always lies in [bottom, top]
+    ax.set_ylim(bottom, top)
+    _label_clipped_peaks(ax, grid, expected, top)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel("weight")
+    ax.set_ylabel("count per bin (log scale)")
+    return handles
 
 
 def plot_mixture_over_histogram(
@@ -535,13 +656,25 @@ def plot_mixture_over_histogram(
     bins: int | None = None,
     components: bool = True,
     title: str | None = None,
+    num_draws: int = 200,
+    seed: int = 0,
 ):
-    r"""The learned mixture density over the histogram of the weights, log-scaled counts.
+    r"""The learned mixture over the histogram of the weights, on the histogram's scale.
 
-    The curve is the expected count per bin under the mixture,
-    :math:`n\,\Delta\, \sum_j \pi_j \mathcal N(w \mid \mu_j, \sigma_j^2)` for
-    :math:`n` weights and bin width :math:`\Delta`, so it sits on the bars where
-    the prior fits the weights (Ullrich et al. 2017, Fig. 1 margins).
+    Two curves, both in counts per bin on a log axis: the smooth
+    :math:`n\,\Delta\, \bar p(w)` for :math:`n` weights and bin width
+    :math:`\Delta`, and the expected count of each bin,
+    :math:`n \int_{\text{bin}} \bar p(w)\,dw` as steps, the like of the bars
+    (Ullrich et al. 2017, Fig. 1 margins). A component narrower than a bin has a
+    smooth peak far above its bin's count; the y-axis stops at three times the
+    highest bar or step and such a peak is labelled with its height.
+
+    :math:`\bar p` is the mixture density averaged over posterior draws of
+    :math:`(\pi, \mu, \sigma)` for a result (NUTS draws, or draws of a
+    variational guide; the MAP's mixture for point estimates): it is what the
+    posterior says about the weights, where the mixture at averaged parameters
+    can put a component where no draw has one. The legend says which weights and
+    which mixture are drawn.
 
     Parameters
     ----------
@@ -550,14 +683,19 @@ def plot_mixture_over_histogram(
         model's or network's current weights (parameters with two or more
         dimensions for a bare network), or a dict name -> weights.
     mixture : Mixture or ``(pi, mu, sigma)``, optional
-        Default: the result's :meth:`mixture`; required otherwise.
+        Default: a result's posterior draws of the mixture; required otherwise.
+        Arrays of shape ``(draws, M)`` are averaged as draws.
     per_layer : bool
         One panel per tensor after the pooled panel.
     bins : int, optional
         Default: about two per √(number of weights), between 10 and 100, so that
         small layers still show the curve above one count.
     components : bool
-        Also draw each weighted component and mark the means.
+        Also draw each weighted component and mark the means (their median over
+        draws).
+    num_draws, seed : int
+        Posterior draws of the mixture to average (NUTS draws are thinned to
+        this many) and the seed of a guide's draws.
 
     Returns
     -------
@@ -565,7 +703,9 @@ def plot_mixture_over_histogram(
     """
     from matplotlib.figure import Figure
 
-    arrays, mixture = _weights_and_mixture(result_or_net, mixture)
+    arrays, mixture, (weights_words, mixture_words) = _weights_and_mixture(
+        result_or_net, mixture, num_draws, seed
+    )
     if mixture is None:
         raise ValueError("mixture is required unless result_or_net is a FitResult or MCMCResult")
     if not arrays:
@@ -575,44 +715,106 @@ def plot_mixture_over_histogram(
     if per_layer and len(arrays) > 1:
         panels += [(name, a.reshape(-1)) for name, a in arrays.items()]
     pooled = panels[0][1]
-    lo = min(pooled.min(), (mu - 3 * sigma).min())
-    hi = max(pooled.max(), (mu + 3 * sigma).max())
+    mu_marks, sigma_median = np.median(mu, axis=0), np.median(sigma, axis=0)
+    lo = min(pooled.min(), (mu_marks - 3 * sigma_median).min())
+    hi = max(pooled.max(), (mu_marks + 3 * sigma_median).max())
     if bins is None:
         bins = int(np.clip(2 * math.sqrt(pooled.size), 10, 100))
     edges = np.linspace(lo, hi, bins + 1)
-    grid = np.linspace(lo, hi, 800)
-    pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
-    terms = log_joint_densities(torch.as_tensor(grid), torch.log(pi_t), mu_t, sigma_t)
-    comp = torch.exp(terms).numpy()  # grid M: π_j N(grid | μ_j, σ_j²), (5.137)
-    density = comp.sum(-1)
-    width = edges[1] - edges[0]
+    # the means join the grid so that a component narrower than its spacing shows its peak
+    grid = np.union1d(np.linspace(lo, hi, 800), mu_marks[(mu_marks > lo) & (mu_marks < hi)])
+    curves = _mixture_curves(pi, mu, sigma, grid, edges)
 
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    legend_cols = 1 if ncols == 1 else 2
+    legend_height = 0.2 * math.ceil((4 if components else 3) / legend_cols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + legend_height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
+    handles: list = []
     for ax, (name, values) in zip(axes, panels):
-        counts, _, _ = ax.hist(values, bins=edges, color="0.75", label="weights")
-        scale = values.size * width
-        expected = scale * density
-        bottom = min(0.5, 0.05 * expected.max())
-        ax.plot(grid, expected, color="tab:red", lw=1.5, label="mixture")
-        if components:
-            for j in range(len(pi)):
-                ax.plot(grid, scale * comp[:, j], color="tab:blue", lw=0.6, ls="--", alpha=0.7)
-            ax.plot(mu, np.full_like(mu, 1.4 * bottom), "v", color="tab:blue", ms=4, label="means")
-        ax.set_yscale("log")
-        ax.set_ylim(bottom, max(counts.max(), expected.max(), 1.0) * 3)
-        ax.set_xlim(lo, hi)
+        drawn = _mixture_panel(ax, values, edges, grid, curves, mu_marks if components else None)
+        handles = handles or drawn
         ax.set_title(f"{name} ({values.size} weights)", fontsize=9)
-        ax.set_xlabel("weight")
-        ax.set_ylabel("count")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
+    labels = [
+        f"weights ({weights_words})",
+        f"mixture n·Δ·p(w), {mixture_words}",
+        "mixture: expected count per bin",
+        "component means" + ("" if pi.shape[0] == 1 else " (median over draws)"),
+    ]
+    fig.legend(
+        handles, labels[: len(handles)], loc="outside lower center", ncols=legend_cols, fontsize=8
+    )
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _nuts_loss_figure(result: MCMCResult, title: str | None):
+    """−lp of every draw, one line per chain."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    lp = np.asarray(result.sample_stats["lp"])
+    for c in range(lp.shape[0]):
+        ax.plot(-lp[c], lw=0.8, label=f"chain {c}")
+    ax.set_xlabel("draw (after warm-up)")
+    ax.set_ylabel("−log joint (unconstrained)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "NUTS: negative log density of the draws")
+    return fig
+
+
+def _loss_trace(result: Any) -> tuple[np.ndarray, str, str | None]:
+    """The losses of a fit (or a plain sequence), their axis label and the guide's name."""
+    if isinstance(result, FitResult):
+        losses = np.asarray(result.losses, dtype=np.float64)
+        label = "loss (E + λΩ − log p(hyper))" if result.is_point_estimate else "negative ELBO"
+        return losses, label, result.guide_name
+    losses = np.asarray(result, dtype=np.float64).reshape(-1)
+    return losses, "loss", None
+
+
+def _loss_y_range(losses: np.ndarray) -> tuple[float, float] | None:
+    """A y-range for the second half of the run, stretched to the 90th percentile of all steps."""
+    tail = losses[losses.size // 2 :]
+    tail = tail[np.isfinite(tail)]
+    if not tail.size:
+        return None
+    lo, hi = np.percentile(tail, [0.5, 99.5])
+    head = losses[np.isfinite(losses)]
+    hi = max(hi, np.percentile(head, 90)) if head.size else hi
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def _clipped_note(losses: np.ndarray, y_range: tuple[float, float] | None) -> str:
+    """Words for the steps whose loss lies outside ``y_range`` ('' when none does)."""
+    if y_range is None:
+        return ""
+    finite = losses[np.isfinite(losses)]
+    above, below = finite[finite > y_range[1]], finite[finite < y_range[0]]
+    parts = [f"{above.size} steps above (max {above.max():.4g})"] if above.size else []
+    parts += [f"{below.size} steps below (min {below.min():.4g})"] if below.size else []
+    return "y-axis clipped: " + ", ".join(parts) + "; top: the whole run" if parts else ""
+
+
+def _whole_run_panel(ax: Any, losses: np.ndarray, y_range: tuple[float, float]) -> None:
+    """Every step, the zoomed range shaded; a log axis when the losses span more than a decade
+    (symlog when a loss is ≤ 0)."""
+    ax.plot(np.arange(losses.size), losses, color="tab:blue", lw=0.6)
+    finite = losses[np.isfinite(losses)]
+    if (finite <= 0).any():
+        scale = "symlog"
+    else:
+        scale = "log" if finite.max() > 10 * finite.min() else "linear"
+    ax.set_yscale(scale)
+    ax.axhspan(*y_range, color="0.85", zorder=0)
+    ax.set_ylabel("whole run" if scale == "linear" else f"whole run ({scale})", fontsize=8)
+    ax.tick_params(labelsize=7, labelbottom=False)
 
 
 def plot_loss(
@@ -622,7 +824,9 @@ def plot_loss(
 
     The raw trace is drawn faintly with a moving average over it; the y-range
     follows the second half of the run so a large initial loss does not flatten
-    the curve.
+    the curve. When that range leaves steps out, the title says how many and
+    how far, and a panel on top shows the whole run on a log axis (symlog when a
+    loss is ≤ 0) with the zoomed range shaded.
 
     Returns
     -------
@@ -630,26 +834,20 @@ def plot_loss(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 3.5), layout="constrained")
-    ax = fig.add_subplot()
     if isinstance(result, MCMCResult):
-        lp = np.asarray(result.sample_stats["lp"])
-        for c in range(lp.shape[0]):
-            ax.plot(-lp[c], lw=0.8, label=f"chain {c}")
-        ax.set_xlabel("draw (after warm-up)")
-        ax.set_ylabel("−log joint (unconstrained)")
-        ax.legend(fontsize=8)
-        ax.set_title(title or "NUTS: negative log density of the draws")
-        return fig
-    if isinstance(result, FitResult):
-        losses = np.asarray(result.losses, dtype=np.float64)
-        label = "loss (E + λΩ − log p(hyper))" if result.is_point_estimate else "negative ELBO"
-        name = result.guide_name
-    else:
-        losses = np.asarray(result, dtype=np.float64).reshape(-1)
-        label, name = "loss", None
+        return _nuts_loss_figure(result, title)
+    losses, label, name = _loss_trace(result)
     if losses.size == 0:
         raise ValueError("no losses to plot")
+    y_range = _loss_y_range(losses)
+    note = _clipped_note(losses, y_range)
+    fig = Figure(figsize=(6.0, 4.8 if note else 3.5), layout="constrained")
+    if note:
+        assert y_range is not None  # a note needs a range
+        top, ax = fig.subplots(2, 1, sharex=True, height_ratios=(1, 2.6))
+        _whole_run_panel(top, losses, y_range)
+    else:
+        ax = fig.add_subplot()
     steps = np.arange(losses.size)
     ax.plot(steps, losses, color="tab:blue", lw=0.6, alpha=0.35)
     window = max(1, losses.size // 50)
@@ -663,71 +861,115 @@ def plot_loss(
             label=f"moving average ({window})",
         )
         ax.legend(fontsize=8)
-    tail = losses[losses.size // 2 :]
-    tail = tail[np.isfinite(tail)]
-    if tail.size:
-        lo, hi = np.percentile(tail, [0.5, 99.5])
-        head = losses[np.isfinite(losses)]
-        hi = max(hi, np.percentile(head, 90)) if head.size else hi
-        pad = 0.05 * (hi - lo) if hi > lo else 1.0
-        ax.set_ylim(lo - pad, hi + pad)
+    if y_range is not None:
+        ax.set_ylim(*y_range)
     ax.set_xlabel("step")
     ax.set_ylabel(label)
-    ax.set_title(title or (f"fit, guide={name!r}" if name else "loss"))
+    heading = title or (f"fit, guide={name!r}" if name else "loss")
+    if note:
+        fig.suptitle(f"{heading}\n{note}", fontsize=9)
+    else:
+        ax.set_title(heading)
     return fig
 
 
-def plot_hyperposterior(
-    idata: Any,
-    *,
-    var_names: Sequence[str] = MIXTURE_VARS,
-    kind: str = "forest",
-    hdi_prob: float = 0.94,
-):
-    """Posterior of the mixture: one ArviZ forest (or posterior density) panel per variable.
+def _forest_rows(values: Any) -> tuple[list[str], np.ndarray]:
+    """One row per entry of a posterior variable: its labels and its draws ``(row, chain, draw)``."""
+    array = np.asarray(values.values, dtype=np.float64)
+    rows = array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1)
+    coords = [values[dim].values for dim in values.dims[2:]]
+    labels = [", ".join(str(c) for c in entry) for entry in itertools.product(*coords)]
+    return labels, rows
 
-    Parameters
-    ----------
-    idata : arviz.InferenceData
-        From :func:`to_inference_data`.
-    var_names : sequence of str
-        Default ``sws.pi``, ``sws.mu``, ``sws.sigma``.
-    kind : {"forest", "posterior"}
-        ``az.plot_forest`` (one row per component and chain) or
-        ``az.plot_posterior`` (one density per component).
 
-    Returns
-    -------
-    matplotlib.figure.Figure
+def _interval_text(median: float, lo: float, hi: float) -> str:
+    """``median [lo, hi]`` with enough digits to tell the three apart (two in the HDI's width)."""
+    if not hi > lo:
+        return f"{median:.4g} (fixed)"
+    largest = max(abs(median), abs(lo), abs(hi))
+    if 1e-3 <= largest < 1e4:
+        decimals = int(np.clip(1 - math.floor(math.log10(hi - lo)), 0, 8))
+        return f"{median:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+    digits = int(
+        np.clip(math.floor(math.log10(largest)) - math.floor(math.log10(hi - lo)) + 2, 2, 6)
+    )
+    return f"{median:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+
+
+def _forest_panel(ax: Any, name: str, values: Any, hdi_prob: float) -> None:
+    """Rows of HDIs of one variable, each standardised by its own posterior median and sd.
+
+    The band is the HDI of all chains, a thin line the HDI of one chain (dot: its
+    median); the text on the right gives median and HDI in the variable's units.
+    Lines carry ``gid`` ``"{name}[{row}] all"`` and ``"{name}[{row}] chain {c}"``.
     """
+    from matplotlib.transforms import blended_transform_factory
+
+    hdi = load_arviz().hdi
+    labels, rows = _forest_rows(values)
+    num_chains = rows.shape[1]
+    offsets = np.linspace(-0.3, 0.3, num_chains) if num_chains > 1 else np.zeros(1)
+    right = blended_transform_factory(ax.transAxes, ax.transData)
+    reach = 2.5
+    for j, draws in enumerate(rows):
+        pooled = draws.reshape(-1)
+        median, sd = float(np.median(pooled)), float(pooled.std())
+        lo, hi = hdi(pooled, hdi_prob=hdi_prob)
+        ax.text(1.03, j, _interval_text(median, lo, hi), transform=right, va="center", fontsize=7)
+        if not sd > 0:
+            ax.plot([0.0], [j], "D", color="0.4", ms=3, gid=f"{name}[{j}] fixed")
+            continue
+        band = ((lo - median) / sd, (hi - median) / sd)
+        ax.plot(
+            band,
+            (j, j),
+            color="tab:blue",
+            lw=7,
+            alpha=0.25,
+            solid_capstyle="butt",
+            gid=f"{name}[{j}] all",
+        )
+        for c, chain in enumerate(draws):
+            z = (hdi(chain, hdi_prob=hdi_prob) - median) / sd
+            y = j + offsets[c]
+            ax.plot(z, (y, y), color="tab:blue", lw=1, gid=f"{name}[{j}] chain {c}")
+            ax.plot([(np.median(chain) - median) / sd], [y], "o", color="tab:blue", ms=2.5)
+            reach = max(reach, *np.abs(z))
+    ax.axvline(0.0, color="0.7", lw=0.6, zorder=0)
+    ax.set_xlim(-1.1 * reach, 1.1 * reach)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("(draw − median) / sd, per row", fontsize=8)
+    ax.set_title(name, fontsize=10)
+
+
+def _forest_figure(posterior: Any, var_names: Sequence[str], hdi_prob: float):
+    """One panel per variable, one row per entry: readable at any number of components."""
+    from matplotlib.figure import Figure
+
+    num_rows = max(
+        int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names
+    )
+    fig = Figure(
+        figsize=(3.7 * len(var_names), max(2.4, 1.3 + 0.24 * num_rows)), layout="constrained"
+    )
+    axes = fig.subplots(1, len(var_names), squeeze=False)[0]
+    for ax, name in zip(axes, var_names):
+        _forest_panel(ax, name, posterior[name], hdi_prob)
+    fig.suptitle(
+        f"{hdi_prob:.0%} HDI of all chains (band) and of each chain (line, dot: its median); "
+        "right: median [HDI]",
+        fontsize=8,
+    )
+    return fig
+
+
+def _density_figure(idata: Any, posterior: Any, var_names: Sequence[str], hdi_prob: float):
+    """``az.plot_posterior`` per entry that varies (the zero component's fixed mean has none)."""
     from matplotlib.figure import Figure
 
     az = load_arviz()
-    if kind not in ("forest", "posterior"):
-        raise ValueError(f"kind must be 'forest' or 'posterior', got {kind!r}")
-    posterior = getattr(idata, "posterior", None)
-    if posterior is None:
-        raise ValueError("idata has no posterior group; build it with to_inference_data")
-    missing = [v for v in var_names if v not in posterior]
-    if missing:
-        raise ValueError(f"idata.posterior has no {missing}; it has {list(posterior.data_vars)}")
-    if kind == "forest":
-        num_rows = max(
-            int(np.prod([posterior[v].sizes[d] for d in posterior[v].dims[2:]])) for v in var_names
-        )
-        fig = Figure(
-            figsize=(
-                3.6 * len(var_names),
-                1.2 + 0.35 * num_rows * min(posterior.sizes["chain"], 4),
-            ),
-            layout="constrained",
-        )
-        axes = fig.subplots(1, len(var_names), squeeze=False)[0]
-        for ax, name in zip(axes, var_names):
-            az.plot_forest(idata, var_names=[name], hdi_prob=hdi_prob, ax=ax, textsize=8)
-            ax.set_title(name, fontsize=10)
-        return fig
-    # one density per entry that varies (the zero component's fixed mean has none)
     selections: list[tuple[str, dict | None, int]] = []
     for name in var_names:
         values = posterior[name]
@@ -754,3 +996,46 @@ def plot_hyperposterior(
         for ax in axes[row, size:]:
             ax.set_visible(False)
     return fig
+
+
+def plot_hyperposterior(
+    idata: Any,
+    *,
+    var_names: Sequence[str] = MIXTURE_VARS,
+    kind: str = "forest",
+    hdi_prob: float = 0.94,
+):
+    """Posterior of the mixture: one panel per variable (``sws.pi``, ``sws.mu``, ``sws.sigma``).
+
+    The forest has one row per component. Each row is standardised by its own
+    posterior median and standard deviation, so an interval a thousand times
+    narrower than the spread of the components is as visible as a wide one and
+    the chains can be compared; the median and HDI in the variable's units are
+    printed beside each row. The figure grows by about a quarter inch per row.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        From :func:`to_inference_data`.
+    var_names : sequence of str
+        Default ``sws.pi``, ``sws.mu``, ``sws.sigma``.
+    kind : {"forest", "posterior"}
+        The forest above, or ``az.plot_posterior`` (one density per component).
+    hdi_prob : float
+        Probability mass of the highest-density intervals.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if kind not in ("forest", "posterior"):
+        raise ValueError(f"kind must be 'forest' or 'posterior', got {kind!r}")
+    posterior = getattr(idata, "posterior", None)
+    if posterior is None:
+        raise ValueError("idata has no posterior group; build it with to_inference_data")
+    missing = [v for v in var_names if v not in posterior]
+    if missing:
+        raise ValueError(f"idata.posterior has no {missing}; it has {list(posterior.data_vars)}")
+    if kind == "forest":
+        return _forest_figure(posterior, var_names, hdi_prob)
+    return _density_figure(idata, posterior, var_names, hdi_prob)
