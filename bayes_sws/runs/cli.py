@@ -145,7 +145,8 @@ def _compress(args: argparse.Namespace) -> int:
     print(
         f"compression {summary['compression_rate']:.1f}x, "
         f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
-        f"{summary['num_components_after_merging']} shared values, {score}"
+        f"{summary['num_distinct_values']} distinct values in use "
+        f"({summary['num_components_after_merging']} components after merging), {score}"
     )
     model = summary["files"]["model.sws"]
     print(

@@ -985,7 +985,7 @@ def compress_run(
 
 def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: bool) -> dict:
     from ..compress import plot_layer_sparsity, plot_weights_before_after
-    from ..compress.pipeline import compress_result
+    from ..compress.pipeline import compress_result, compress_result_kwargs
 
     result = load_result(
         rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity, allow_import=True
@@ -998,16 +998,11 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
         result,
         data.x_test,
         data.y_test,
-        merge_threshold=chosen.merge_threshold,
-        merge_criterion=chosen.merge_criterion,  # type: ignore[arg-type]  # checked choices
-        index_bits=chosen.index_bits,
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
         finetune_data=(data.x_train, data.y_train) if chosen.finetune_epochs else None,
-        finetune_epochs=chosen.finetune_epochs,
-        finetune_lr=chosen.finetune_lr,
         finetune_batch_size=config.batch_size or len(data.x_train),
-        remove_dead_units=chosen.remove_dead_units,
         seed=config.seed,
+        **compress_result_kwargs(chosen),
     )
     summary = _in_target_units(compressed.to_dict(), data)
     summary["targets"] = _target_scaling(config, data)

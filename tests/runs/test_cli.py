@@ -179,6 +179,7 @@ def test_every_compression_setting_is_a_compress_flag(capsys):
 
 def test_compress_flags_reach_the_pipeline(map_run, digits, capsys):
     argv = ["--merge-criterion", "mean", "--merge-threshold", "0.05", "--finetune-epochs", "1"]
+    argv += ["--assignment", "likelihood", "--value-tolerance", "0.02"]
     code, _, err = run_cli(
         capsys, "compress", map_run, *argv, "--finetune-lr", "0.01", "--no-plots"
     )
@@ -187,6 +188,8 @@ def test_compress_flags_reach_the_pipeline(map_run, digits, capsys):
     assert summary["settings"]["merge_criterion"] == "mean"
     assert summary["settings"]["finetune_epochs"] == 1
     assert summary["settings"]["finetune_lr"] == 0.01
+    assert summary["settings"]["assignment"] == "likelihood"
+    assert summary["config"]["value_tolerance"] == 0.02
     # oracle: the library's compress_result called by hand with the run's data and settings
     config = json.loads((map_run / "config.json").read_text())
     by_hand = compress_result(
@@ -200,9 +203,12 @@ def test_compress_flags_reach_the_pipeline(map_run, digits, capsys):
         finetune_lr=0.01,
         finetune_batch_size=config["batch_size"],
         seed=config["seed"],
+        assignment="likelihood",
+        value_tolerance=0.02,
     )
     assert summary["compression_rate"] == by_hand.compression_rate
     assert summary["test_accuracy_after"] == by_hand.test_accuracy_after
+    assert summary["num_distinct_values"] == by_hand.num_distinct_values
     # the same settings as a record through the Python API
     record = CompressSettings(merge_threshold=0.0)
     with pytest.raises(runs.RunError, match="merge_threshold must be >= 0, got -1.0"):
