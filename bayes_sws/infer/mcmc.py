@@ -70,8 +70,8 @@ from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import MIXTURE_SITES
-from ..validation import check_int, check_real, check_seed
-from .svi import FitResult, as_data
+from ..validation import check_bool, check_int, check_real, check_seed
+from .svi import FitResult, Predictive, as_data, predictive_of_draws, seeded
 
 __all__ = ["INITS", "SAMPLE_STATS", "MCMCResult", "sample_nuts"]
 
@@ -191,6 +191,27 @@ class MCMCResult:
                 total = mean if total is None else total + mean
         assert total is not None  # num >= 1 (sample_posterior checks it)
         return total / num
+
+    def predictive(
+        self,
+        x: Any,
+        num_samples: int | None = None,
+        noise: bool = True,
+        seed: int | None = None,
+    ) -> Predictive:
+        """Posterior predictive draws at ``x`` with their summaries (:class:`~bayes_sws.infer.svi.Predictive`).
+
+        One observation from the likelihood per posterior draw (chains pooled;
+        ``num_samples`` thins them as :meth:`sample_posterior` does, default all);
+        ``noise=False``: the likelihood's mean per draw. ``seed`` makes the noise
+        repeat and leaves the global RNGs as they were; ``None`` draws from them.
+        """
+        noise = check_bool("noise", noise)
+        draws = self.sample_posterior(num_samples)
+        with seeded(seed):
+            return predictive_of_draws(
+                self.model, draws, x, num_samples=next(iter(draws.values())).shape[0], noise=noise
+            )
 
 
 # ---------------------------------------------------------------------- recording kernel
