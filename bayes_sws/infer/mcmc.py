@@ -71,7 +71,14 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import MIXTURE_SITES
 from ..validation import check_bool, check_int, check_real, check_seed
-from .svi import FitResult, Predictive, as_data, predictive_of_draws, seeded
+from .svi import (
+    FitResult,
+    Predictive,
+    as_data,
+    network_output,
+    predictive_of_draws,
+    seeded,
+)
 
 __all__ = ["INITS", "SAMPLE_STATS", "MCMCResult", "sample_nuts"]
 
@@ -184,9 +191,7 @@ class MCMCResult:
         with torch.no_grad():
             for s in range(num):
                 values = {k: v[s] for k, v in draws.items()}
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
+                output = network_output(self.model, values, x)
                 mean = self.model.likelihood.mean(output, values)
                 total = mean if total is None else total + mean
         assert total is not None  # num >= 1 (sample_posterior checks it)

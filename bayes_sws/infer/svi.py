@@ -507,18 +507,12 @@ class FitResult:
         with torch.no_grad():
             if self.is_point_estimate:
                 values = self.median()
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
-                return likelihood.mean(output, values)
+                return likelihood.mean(network_output(self.model, values, x), values)
             draws = self.sample_posterior(num_samples)
             total = None
             for s in range(num_samples):
                 values = {k: v[s] for k, v in draws.items()}
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
-                mean = likelihood.mean(output, values)
+                mean = likelihood.mean(network_output(self.model, values, x), values)
                 total = mean if total is None else total + mean
             assert total is not None  # num_samples >= 1 (sample_posterior checks it)
             return total / num_samples
