@@ -37,6 +37,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_to_value
 from torch import Tensor, nn
 
+from .. import health
 from .._progress import progress_bar
 from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
@@ -1802,6 +1803,14 @@ def fit(
     -------
     FitResult
 
+    Warns
+    -----
+    HealthWarning
+        The loss was still falling at the end of a run that reached ``num_steps``
+        (:func:`bayes_sws.health.check_converged`; runs under 80 steps are not judged).
+    VarianceCollapseWarning
+        See ``collapse_threshold``.
+
     Raises
     ------
     NumericalFault
@@ -1856,6 +1865,9 @@ def fit(
     )
     if collapse_threshold is not None:
         _warn_variance_collapse(result, collapse_threshold)
+    if engine.step >= num_steps:  # a run stopped early by its callback is not judged
+        for finding in health.check_converged(result.losses, warn=False):
+            warnings.warn(finding.message, health.HealthWarning, stacklevel=_stacklevel_outside())
     return result
 
 
