@@ -127,6 +127,15 @@ class MCMCResult:
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
 
+    def __repr__(self) -> str:
+        """Chains, draws, divergences and wall time; never the draws themselves."""
+        diverging = self.sample_stats.get("diverging")
+        divergences = "" if diverging is None else f", {int(np.sum(diverging))} divergent"
+        return (
+            f"MCMCResult(NUTS, {self.num_chains} chains x {self.num_samples} draws of "
+            f"{len(self.samples)} sites{divergences}, wall time {self.wall_time:.3g} s)"
+        )
+
     @property
     def num_chains(self) -> int:
         return int(next(iter(self.samples.values())).shape[0])

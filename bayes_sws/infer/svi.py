@@ -456,6 +456,16 @@ class FitResult:
     wall_time: float = 0.0
     faults: list = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """Guide, steps, final loss, wall time and device; never the guide itself."""
+        final = f"{float(self.losses[-1]):.6g}" if len(self.losses) else "none"
+        faults = f", {len(self.faults)} rolled-back faults" if self.faults else ""
+        return (
+            f"FitResult(guide={self.guide_name!r}, steps={len(self.losses)}, final loss "
+            f"{final}, wall time {self.wall_time:.3g} s, device {self.model._like().device}"
+            f"{faults})"
+        )
+
     @property
     def is_point_estimate(self) -> bool:
         return self.guide_name in POINT_GUIDES

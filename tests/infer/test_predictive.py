@@ -188,3 +188,37 @@ def test_mixture_density_predictive_samples_the_mixture():
     assert_close(pred.draw_means[0], [2.0, 2.0], rtol=1e-12)
     assert np.all(np.abs(pred.mean.numpy() - 2.0) <= Z_MC * 0.5 / math.sqrt(num))
     assert np.all(np.abs(pred.std.numpy() ** 2 - 0.25) <= Z_MC * 0.25 * math.sqrt(2 / (num - 1)))
+
+
+# ---------------------------------------------------------------------- reprs
+def _numbers(text: str) -> list[float]:
+    import re
+
+    return [float(v) for v in re.findall(r"-?\d+\.?\d*(?:e[-+]?\d+)?", text)]
+
+
+def test_fit_result_repr_names_guide_steps_loss_time_device_and_not_the_guide():
+    x, y = _data()
+    result = sws.fit(_model(), x, y, guide="normal", num_steps=30, lr=0.01)
+    text = repr(result)
+    assert text.startswith("FitResult(guide='normal', steps=30, final loss ")
+    assert "device cpu" in text and "AutoNormal" not in text and "\n" not in text
+    final, wall = _numbers(text.split("final loss ")[1])[:2]
+    assert abs(final - result.losses[-1]) <= 5e-6 * abs(result.losses[-1])
+    assert abs(wall - result.wall_time) <= 5e-3 * result.wall_time
+
+
+def test_mcmc_result_and_predictive_reprs():
+    model = _model()
+    weights = torch.zeros(2, 3, 1, D, dtype=torch.float64)
+    stats_ = {"diverging": np.array([[True, False, False], [True, True, False]])}
+    result = MCMCResult(model, {"net.weight": weights}, stats_, wall_time=1.234)
+    text = repr(result)
+    assert "2 chains x 3 draws of 1 sites, 3 divergent, wall time 1.23 s" in text
+    pred = result.predictive(X_NEW, noise=False)
+    text = repr(pred)
+    assert "regression, 6 draws of the mean, inputs (3,)" in text and "point" not in text
+    assert _numbers(text.split("mean [")[1])[:3] == [0.0, 0.0, 0.0]
+    noisy = result.predictive(X_NEW, seed=0)
+    shown = _numbers(repr(noisy).split("std [")[1])[:3]
+    assert_close(shown, noisy.std, rtol=5e-4)
