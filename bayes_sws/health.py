@@ -86,7 +86,9 @@ def check_converged(
     not converged when the line predicts a relative decrease over that window
     larger than ``tolerance`` *and* the slope is significantly negative
     (:math:`t < -4` against its standard error, so mini-batch noise around a
-    plateau does not count).
+    plateau does not count). The message names the slope (loss per step).
+    :func:`bayes_sws.fit` runs this check on every run that reaches its
+    ``num_steps``.
     """
     values = np.asarray(losses, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -106,8 +108,9 @@ def check_converged(
             [
                 Finding(
                     "converged",
-                    f"SVI has not converged: the loss fell {100 * drop / scale:.1f} % over the "
-                    f"last {count} steps and is still falling; run more steps (or raise the lr)",
+                    f"SVI has not converged: the loss is still falling, slope {slope:.3g} per "
+                    f"step over the last {count} steps ({100 * drop / scale:.1f} % in all); "
+                    "run more steps (or raise the lr)",
                 )
             ],
             warn,

@@ -107,3 +107,62 @@ def test_a_useless_compressed_network_is_flagged_at_the_cli(tmp_path, capsys):
     assert ("compression" in checks) is (drop > health.COMPRESSION_ACCURACY_DROP)
     warned = [line for line in err.splitlines() if line.startswith("bayes-sws: warning: ")]
     assert len(warned) == len(summary["health"]) >= 1
+
+
+def test_the_message_names_the_slope():
+    # a straight line of slope -0.5 per step, no noise: the least-squares slope is -0.5
+    (finding,) = health.check_converged(1000.0 - 0.5 * np.arange(400), warn=False)
+    assert "slope -0.5 per step over the last 80 steps" in finding.message
+    assert "run more steps" in finding.message
+
+
+def _regression(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3))
+    return x, x @ np.array([1.0, -0.5, 0.3]) + 0.1 * rng.standard_normal(n)
+
+
+def _linear_model():
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1, bias=False).double()
+    prior = sws.MixturePrior(1, zero_component=True, fixed_precision=2.0)
+    return sws.SWSModel(net, prior, likelihood=sws.Gaussian(precision=100.0))
+
+
+def test_fit_warns_once_when_stopped_early_and_not_when_converged():
+    x, y = _regression()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sws.fit(_linear_model(), x, y, guide="normal", num_steps=200, lr=1e-3)
+    (warning,) = [w for w in caught if issubclass(w.category, sws.HealthWarning)]
+    assert "has not converged" in str(warning.message) and "slope -" in str(warning.message)
+    assert "\n" not in str(warning.message)
+    assert warning.filename == __file__  # points at the caller of fit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sws.fit(_linear_model(), x, y, guide="map", num_steps=400, lr=0.05)
+        # stopped by the callback: not judged, whatever the trend
+        sws.fit(
+            _linear_model(),
+            x,
+            y,
+            guide="normal",
+            num_steps=300,
+            lr=1e-3,
+            callback=lambda step, loss: step >= 199,
+        )
+    assert not [w for w in caught if issubclass(w.category, sws.HealthWarning)]
+
+
+def test_the_cli_says_it_once_and_records_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["fit", "--guide", "normal", "--steps", "120", "--pretrain-epochs", "0"]
+    assert cli.main([*args, "--out", str(run)]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    recorded = [f["message"] for f in metrics["health"] if f["check"] == "converged"]
+    warned = [line for line in err.splitlines() if "has not converged" in line]
+    assert len(recorded) == 1 and len(warned) == 1
+    assert warned[0] == f"bayes-sws: warning: {recorded[0]}"

@@ -63,6 +63,19 @@ class Likelihood:
         """The predictive mean given one network output (probabilities for classification)."""
         raise NotImplementedError
 
+    def sample(
+        self, output: Tensor, params: dict[str, Tensor], num_samples: int | None = None
+    ) -> Tensor:
+        """Observations drawn from :math:`p(y \\mid f(x, w))` given one network output.
+
+        The one place that draws observation noise: class labels (categorical),
+        the mean plus :math:`\\mathcal N(0, 1/\\beta)` noise (Gaussian), draws from the
+        mixture (mixture density). Shape of the targets, with a leading
+        ``num_samples`` dim when given. Uses torch's global RNG.
+        """
+        shape = torch.Size() if num_samples is None else torch.Size((num_samples,))
+        return self.distribution(output, params).sample(shape)
+
     def observe(self, output: Tensor, y: Tensor | None, params: dict[str, Tensor]) -> Tensor:
         return pyro.sample(OBS, self.distribution(output, params), obs=y)
 

@@ -99,6 +99,19 @@ class Mixture(NamedTuple):
     mu: Tensor
     sigma: Tensor
 
+    def __repr__(self) -> str:
+        """A table of π, μ, σ per component, 4 significant digits (a batch: its shape only)."""
+        if self.pi.dim() != 1:
+            return f"Mixture(batch of shape {tuple(self.pi.shape)}: pi, mu, sigma per component)"
+        rows = [
+            f"Mixture({self.pi.numel()} components)",
+            f"{'j':>4} {'pi':>11} {'mu':>11} {'sigma':>11}",
+        ]
+        values = zip(*(v.detach().cpu().tolist() for v in self))
+        for j, (pi, mu, sigma) in enumerate(values):
+            rows.append(f"{j:>4} {pi:>11.4g} {mu:>11.4g} {sigma:>11.4g}")
+        return "\n".join(rows)
+
 
 def _positive(name: str, value: object) -> float:
     return check_real(name, value, low=0, low_open=True)

@@ -55,7 +55,7 @@ from ..core.model import SWSModel
 from ..core.penalty import log_joint_densities
 from ..core.sites import MEANS, MIXING, MIXTURE_SITES, OBS, SITE_PREFIX, WEIGHT_PREFIX
 from ..infer.mcmc import MCMCResult
-from ..infer.svi import FitResult, as_data, get_rng_state, set_rng_state
+from ..infer.svi import FitResult, as_data, get_rng_state, network_output, set_rng_state
 from ..validation import check_int, check_seed
 
 __all__ = [
@@ -169,8 +169,7 @@ def _each_draw(model: SWSModel, draws: Mapping[str, Tensor], x: Tensor):
         for c in range(num_chains):
             for d in range(num_draws):
                 values = {k: v[c, d] for k, v in draws.items()}
-                weights = {n: values[model.site_name(n)] for n in model.prior_param_names}
-                yield c, d, values, model.forward(weights, x)
+                yield c, d, values, network_output(model, values, x)
 
 
 def predictive_draws(

@@ -70,8 +70,15 @@ from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import MIXTURE_SITES
-from ..validation import check_int, check_real, check_seed
-from .svi import FitResult, as_data
+from ..validation import check_bool, check_int, check_real, check_seed
+from .svi import (
+    FitResult,
+    Predictive,
+    as_data,
+    network_output,
+    predictive_of_draws,
+    seeded,
+)
 
 __all__ = ["INITS", "SAMPLE_STATS", "MCMCResult", "sample_nuts"]
 
@@ -119,6 +126,15 @@ class MCMCResult:
     sample_stats: dict[str, np.ndarray]
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
+
+    def __repr__(self) -> str:
+        """Chains, draws, divergences and wall time; never the draws themselves."""
+        diverging = self.sample_stats.get("diverging")
+        divergences = "" if diverging is None else f", {int(np.sum(diverging))} divergent"
+        return (
+            f"MCMCResult(NUTS, {self.num_chains} chains x {self.num_samples} draws of "
+            f"{len(self.samples)} sites{divergences}, wall time {self.wall_time:.3g} s)"
+        )
 
     @property
     def num_chains(self) -> int:
@@ -184,13 +200,32 @@ class MCMCResult:
         with torch.no_grad():
             for s in range(num):
                 values = {k: v[s] for k, v in draws.items()}
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
+                output = network_output(self.model, values, x)
                 mean = self.model.likelihood.mean(output, values)
                 total = mean if total is None else total + mean
         assert total is not None  # num >= 1 (sample_posterior checks it)
         return total / num
+
+    def predictive(
+        self,
+        x: Any,
+        num_samples: int | None = None,
+        noise: bool = True,
+        seed: int | None = None,
+    ) -> Predictive:
+        """Posterior predictive draws at ``x`` with their summaries (:class:`~bayes_sws.infer.svi.Predictive`).
+
+        One observation from the likelihood per posterior draw (chains pooled;
+        ``num_samples`` thins them as :meth:`sample_posterior` does, default all);
+        ``noise=False``: the likelihood's mean per draw. ``seed`` makes the noise
+        repeat and leaves the global RNGs as they were; ``None`` draws from them.
+        """
+        noise = check_bool("noise", noise)
+        draws = self.sample_posterior(num_samples)
+        with seeded(seed):
+            return predictive_of_draws(
+                self.model, draws, x, num_samples=next(iter(draws.values())).shape[0], noise=noise
+            )
 
 
 # ---------------------------------------------------------------------- recording kernel

@@ -37,7 +37,9 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_to_value
 from torch import Tensor, nn
 
+from .. import health
 from .._progress import progress_bar
+from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
@@ -49,12 +51,12 @@ from ..settings import (
     map_hyperprior_error,
     steps_per_epoch,
 )
-from ..validation import check_int, check_real, check_seed
+from ..validation import check_bool, check_int, check_real, check_seed
 from . import loaders
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, SiteMoments, build_guide, guide_moments, guide_name, local_params
 from .loaders import BatchStream, ReplayWarning, is_batches
-from .rng import get_rng_state, set_rng_state
+from .rng import get_rng_state, rng_preserved, set_rng_state
 
 __all__ = [
     "ON_NONFINITE",
@@ -63,6 +65,7 @@ __all__ = [
     "FitResult",
     "FitState",
     "NumericalFault",
+    "Predictive",
     "ReplayWarning",
     "SVIEngine",
     "VarianceCollapseWarning",
@@ -71,6 +74,9 @@ __all__ = [
     "fit",
     "get_rng_state",
     "local_params",
+    "network_output",
+    "predictive_of_draws",
+    "seeded",
     "set_rng_state",
     "steps_per_epoch",
 ]
@@ -259,6 +265,167 @@ def _diagnose_fault(model, guide, batch: _Batch, named_params, kind) -> tuple[st
     return None, kind, "no single parameter or site could be named"
 
 
+# ---------------------------------------------------------------------- predictive
+@dataclass(frozen=True, repr=False)
+class Predictive:
+    r"""Posterior predictive draws at some inputs and their summaries.
+
+    What :meth:`FitResult.predictive` and :meth:`MCMCResult.predictive
+    <bayes_sws.infer.mcmc.MCMCResult.predictive>` return.
+
+    Attributes
+    ----------
+    draws : Tensor
+        ``(num_samples, N, ...)`` draws of :math:`y^*`: for every posterior draw
+        of the weights one observation from the likelihood
+        (:meth:`Likelihood.sample <bayes_sws.core.likelihoods.Likelihood.sample>`:
+        class labels, or the mean plus :math:`\mathcal N(0, 1/\beta)` noise, or a
+        draw from the mixture density). With ``noise=False`` the likelihood's
+        mean per posterior draw instead (class probabilities for classification).
+    draw_means : Tensor
+        ``(num_draws, N, ...)`` the likelihood's mean per posterior draw (class
+        probabilities for classification); ``num_draws`` is 1 for a point estimate.
+    point_estimate : bool
+        The posterior is a single point (MAP): the draws carry observation noise
+        only, and the epistemic uncertainty is not represented.
+    classification : bool
+        The likelihood is categorical: ``draws`` are labels, see :attr:`probs`.
+    noise : bool
+        Whether ``draws`` include observation noise.
+    """
+
+    draws: Tensor
+    draw_means: Tensor
+    point_estimate: bool
+    classification: bool
+    noise: bool = True
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.draws.shape[0])
+
+    def _values(self) -> Tensor:
+        """What ``mean``, ``std`` and ``interval`` summarise: labels say little, probabilities do."""
+        return self.draw_means if self.classification else self.draws
+
+    @property
+    def mean(self) -> Tensor:
+        """Predictive mean per input: of the draws, or the class probabilities :attr:`probs`."""
+        return self._values().mean(dim=0)
+
+    @property
+    def std(self) -> Tensor:
+        """Standard deviation (``n - 1``) of the draws per input; for classification,
+        of the class probabilities over posterior draws (0 for a point estimate)."""
+        values = self._values()
+        if values.shape[0] < 2:
+            return torch.zeros_like(values[0])
+        return values.std(dim=0)
+
+    def interval(self, prob: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Equal-tailed interval holding ``prob`` of the draws per input: the
+        ``(1 - prob) / 2`` and ``(1 + prob) / 2`` quantiles (linear interpolation);
+        for classification, of the class probabilities over posterior draws."""
+        prob = check_real("prob", prob, low=0, high=1, low_open=True, high_open=True)
+        values = self._values()
+        levels = torch.tensor(
+            [(1 - prob) / 2, (1 + prob) / 2], dtype=values.dtype, device=values.device
+        )
+        lower, upper = torch.quantile(values, levels, dim=0)
+        return lower, upper
+
+    @property
+    def probs(self) -> Tensor:
+        """Classification: the predictive class probabilities, the mean over posterior draws."""
+        if not self.classification:
+            raise AttributeError("probs is defined for a categorical likelihood only")
+        return self.draw_means.mean(dim=0)
+
+    @property
+    def entropy(self) -> Tensor:
+        r"""Classification: entropy :math:`-\sum_c p_c \ln p_c` (nats) of :attr:`probs` per input."""
+        probs = self.probs
+        return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+    def __repr__(self) -> str:
+        kind = "classification" if self.classification else "regression"
+        what = "with observation noise" if self.noise else "of the mean"
+        point = ", point estimate (no epistemic spread)" if self.point_estimate else ""
+        shape = tuple(self.draws.shape[1:])
+        return (
+            f"Predictive({kind}, {self.num_samples} draws {what}, inputs {shape}{point}; "
+            f"mean {_preview(self.mean)}, std {_preview(self.std)})"
+        )
+
+
+def _preview(value: Tensor, count: int = 4) -> str:
+    """The first ``count`` entries of ``value``, rounded to 4 significant digits."""
+    flat = value.detach().reshape(-1).cpu().tolist()
+    text = ", ".join(f"{v:.4g}" for v in flat[:count])
+    return f"[{text}{', ...' if len(flat) > count else ''}]"
+
+
+def network_output(model: SWSModel, values: dict[str, Tensor], x: Tensor) -> Tensor:
+    """The network's output at ``x`` with the weights of one posterior draw ``values``."""
+    return model.forward({n: values[model.site_name(n)] for n in model.prior_param_names}, x)
+
+
+def predictive_of_draws(
+    model: SWSModel,
+    draws: dict[str, Tensor],
+    x: Any,
+    *,
+    num_samples: int,
+    noise: bool = True,
+    point_estimate: bool = False,
+) -> Predictive:
+    """A :class:`Predictive` from posterior draws (each site with a leading draw dim).
+
+    One observation per posterior draw; a point estimate (one draw) gives
+    ``num_samples`` observations from its single output. Uses torch's global RNG.
+    """
+    like = model._like()
+    x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
+    likelihood = model.likelihood
+    num_draws = next(iter(draws.values())).shape[0] if draws else 1
+    means, samples = [], []
+    with torch.no_grad():
+        for s in range(num_draws):
+            values = {k: v[s] for k, v in draws.items()}
+            output = network_output(model, values, x)
+            means.append(likelihood.mean(output, values))
+            if noise:
+                count = num_samples if point_estimate else None
+                samples.append(likelihood.sample(output, values, count))
+    draw_means = torch.stack(means)
+    observed = draw_means  # without noise (a point estimate: its one mean, not copies)
+    if noise:
+        observed = samples[0] if point_estimate else torch.stack(samples)
+    return Predictive(
+        observed,
+        draw_means,
+        point_estimate,
+        isinstance(likelihood, Categorical),
+        noise,
+    )
+
+
+def seeded(seed: int | None) -> contextlib.AbstractContextManager:
+    """Run under ``pyro.set_rng_seed(seed)``, leaving the global RNGs as they were;
+    ``None``: draw from the global RNGs as they are."""
+    if seed is None:
+        return contextlib.nullcontext()
+    seed = check_seed("seed", seed)
+
+    @contextlib.contextmanager
+    def run():
+        with rng_preserved():
+            pyro.set_rng_seed(seed)
+            yield
+
+    return run()
+
+
 # ---------------------------------------------------------------------- result
 @dataclass
 class FitResult:
@@ -288,6 +455,16 @@ class FitResult:
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
     faults: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """Guide, steps, final loss, wall time and device; never the guide itself."""
+        final = f"{float(self.losses[-1]):.6g}" if len(self.losses) else "none"
+        faults = f", {len(self.faults)} rolled-back faults" if self.faults else ""
+        return (
+            f"FitResult(guide={self.guide_name!r}, steps={len(self.losses)}, final loss "
+            f"{final}, wall time {self.wall_time:.3g} s, device {self.model._like().device}"
+            f"{faults})"
+        )
 
     @property
     def is_point_estimate(self) -> bool:
@@ -341,21 +518,43 @@ class FitResult:
         with torch.no_grad():
             if self.is_point_estimate:
                 values = self.median()
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
-                return likelihood.mean(output, values)
+                return likelihood.mean(network_output(self.model, values, x), values)
             draws = self.sample_posterior(num_samples)
             total = None
             for s in range(num_samples):
                 values = {k: v[s] for k, v in draws.items()}
-                output = self.model.forward(
-                    {n: values[self.model.site_name(n)] for n in self.model.prior_param_names}, x
-                )
-                mean = likelihood.mean(output, values)
+                mean = likelihood.mean(network_output(self.model, values, x), values)
                 total = mean if total is None else total + mean
             assert total is not None  # num_samples >= 1 (sample_posterior checks it)
             return total / num_samples
+
+    def predictive(
+        self, x: Any, num_samples: int = 100, noise: bool = True, seed: int | None = None
+    ) -> Predictive:
+        """Posterior predictive draws at ``x`` with their summaries (:class:`Predictive`).
+
+        ``num_samples`` posterior draws from the guide, one observation from the
+        likelihood each (``noise=False``: the likelihood's mean per draw). A point
+        guide (MAP) has no epistemic spread: its one network gives
+        ``num_samples`` observations (``noise=False``: its mean once) and the
+        record says ``point_estimate=True``. ``seed`` makes the draws repeat and
+        leaves the global RNGs as they were; ``None`` draws from them.
+        """
+        num_samples = _positive_number("num_samples", num_samples, integer=True)
+        noise = check_bool("noise", noise)
+        with seeded(seed):
+            if self.is_point_estimate:
+                draws = {k: v.unsqueeze(0) for k, v in self.median().items()}
+            else:
+                draws = self.sample_posterior(num_samples)
+            return predictive_of_draws(
+                self.model,
+                draws,
+                x,
+                num_samples=num_samples,
+                noise=noise,
+                point_estimate=self.is_point_estimate,
+            )
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -1614,6 +1813,14 @@ def fit(
     -------
     FitResult
 
+    Warns
+    -----
+    HealthWarning
+        The loss was still falling at the end of a run that reached ``num_steps``
+        (:func:`bayes_sws.health.check_converged`; runs under 80 steps are not judged).
+    VarianceCollapseWarning
+        See ``collapse_threshold``.
+
     Raises
     ------
     NumericalFault
@@ -1668,6 +1875,9 @@ def fit(
     )
     if collapse_threshold is not None:
         _warn_variance_collapse(result, collapse_threshold)
+    if engine.step >= num_steps:  # a run stopped early by its callback is not judged
+        for finding in health.check_converged(result.losses, warn=False):
+            warnings.warn(finding.message, health.HealthWarning, stacklevel=_stacklevel_outside())
     return result
 
 

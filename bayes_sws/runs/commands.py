@@ -761,8 +761,11 @@ def _compression_health(compressed, summary: dict, data) -> list[health.Finding]
 def _fit_health(
     result: FitResult, prediction, data, mixture, median_net: nn.Module
 ) -> list[health.Finding]:
-    """The health checks of a finished fit (each also issued as a HealthWarning)."""
-    findings = health.check_converged(result.losses)
+    """The health checks of a finished fit (each also issued as a HealthWarning).
+
+    :func:`bayes_sws.fit` has issued the convergence warning already: it is only recorded here.
+    """
+    findings = health.check_converged(result.losses, warn=False)
     if data.is_classification:
         findings += health.check_prediction(
             prediction.argmax(-1).numpy(), num_classes=data.num_classes
