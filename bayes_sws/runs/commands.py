@@ -85,6 +85,7 @@ from .settings import (
     RESUME_SETTINGS,
     RunConfig,
     RunError,
+    check_device,
     compress_settings,
     config_options,
     load_config_file,
@@ -462,7 +463,8 @@ def fit_run(
         raise RunError("--out is empty; give the run directory to create")
     out = Path(out)
     replacing = _check_new_run_dir(out, overwrite)
-    data = _load_data(config)  # a bad data set fails before anything is written
+    check_device(config.device)  # a device this machine lacks fails before anything is written
+    data = _load_data(config)  # and so does a bad data set
     _likelihood(config, data)  # and so does a likelihood that does not fit it
     _check_own_network(config, data)  # and a network of your own that does not
     if not replacing:
@@ -537,7 +539,8 @@ def resume_run(
     on the same mini-batches. A complete run is left alone.
 
     ``settings`` may change the fault handling (``on_nonfinite``,
-    ``max_rollbacks``); the run's other settings are fixed by its identity.
+    ``max_rollbacks``) and the ``device``; the run's other settings are fixed by
+    its identity.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -559,6 +562,8 @@ def resume_run(
         identity = rundir.read_identity(run_dir, config.identity_settings())
         if changes:
             config = RunConfig.from_dict({**config.to_dict(), **changes})
+        check_device(config.device, "device (change it with --device)")
+        if changes:
             rundir.update_config(run_dir, config.to_dict())
         for name in rundir.remove_partial_files(run_dir):
             log(f"removed {name}, left by an interrupted write")
@@ -736,6 +741,7 @@ def _fit_with_checkpoints(
             callback=callback,
             checkpoint=_checkpoint_writer(run.dir, config.keep_checkpoints, run.identity, run.lock),
             initial_state=state,
+            device=config.device,
         )
     except RuntimeError:
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point

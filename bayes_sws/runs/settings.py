@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..compress.pipeline import check_anneal
+from ..devices import DEVICE_CHOICES, resolve_device
 from ..infer.guides import GUIDES
 from ..settings import (
     POINT_GUIDES,
@@ -47,6 +48,7 @@ __all__ = [
     "RESUME_SETTINGS",
     "RunConfig",
     "RunError",
+    "check_device",
     "compress_options",
     "compress_settings",
     "config_options",
@@ -66,9 +68,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 MAX_CONFIG_BYTES = 1 << 20
 #: Seeds must be accepted by Python's, NumPy's and torch's generators alike.
 SEED_MAX = 2**32 - 1
-#: Settings that may change when a run is resumed (fault handling); the others
-#: fix the run's results and are part of its identity.
-RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks", "rollback_lr_factor")
+#: Settings that may change when a run is resumed (fault handling, and the device:
+#: a run started on a GPU may continue on the CPU); the others fix the run's
+#: results and are part of its identity.
+RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks", "rollback_lr_factor", "device")
 #: Names of earlier versions, still read from TOML files, ``config.json`` and flags
 #: (with a FutureWarning, except from an existing run's ``config.json``).
 LEGACY_NAMES = {"components": "num_components", "steps": "num_steps", "epochs": "num_epochs"}
@@ -222,6 +225,32 @@ class _RunLength:
     )
 
 
+@dataclass(frozen=True)
+class _RunDevice:
+    """Where the run computes: not part of its identity (see :data:`RESUME_SETTINGS`)."""
+
+    device: str = option(
+        "cpu",
+        f"where SVI runs: {', '.join(DEVICE_CHOICES)} (auto: cuda if available, else mps, "
+        "else cpu); a resumed run may change it",
+        "str",
+        metavar="DEVICE",
+    )
+
+
+def check_device(device: Any, where: str = "device") -> None:
+    """Refuse a ``device`` setting this machine cannot run as a :class:`RunError`.
+
+    ``where`` names the setting in the message (``"--device"``, a config file).
+    Called where a run is about to compute, not where a stored ``config.json`` is
+    read: a run started on a GPU stays readable on a machine without one.
+    """
+    try:
+        resolve_device(device)
+    except (ValueError, TypeError) as err:
+        raise RunError(f"{where}: {err}") from None
+
+
 def _cli_fields(cls, skip=(), choices=None) -> list[tuple[str, Any, Any]]:
     """``(name, type, field)`` of the fields of ``cls`` that have a command-line kind."""
     made = []
@@ -252,6 +281,7 @@ def _run_fields() -> list[tuple[str, Any, Any]]:
         *_cli_fields(_RunLikelihood),
         *fit_fields,
         ("keep_checkpoints", keep.type, field(default=keep.default, metadata=dict(keep.metadata))),
+        *_cli_fields(_RunDevice),
     ]
 
 
@@ -733,4 +763,6 @@ def resolve_config(
         merged[LEGACY_NAMES.get(key, key)] = (key, value, flag)
     values = {given: value for given, value, _ in merged.values()}
     sources = {given: where for given, _, where in merged.values()}
-    return RunConfig.from_dict(values, sources=sources, warn_legacy=warn_legacy)
+    config = RunConfig.from_dict(values, sources=sources, warn_legacy=warn_legacy)
+    check_device(config.device, sources.get("device", "device"))
+    return config
