@@ -31,7 +31,14 @@ from ..core.model import SWSModel
 from ..infer.rng import rng_preserved
 from ..infer.svi import FitResult, FitSettings, FitState, SVIEngine, local_params
 
-__all__ = ["FORMAT_VERSION", "FRACTIONS", "HISTORY_FILE", "NUM_BINS", "MixtureHistory", "record_steps"]
+__all__ = [
+    "FORMAT_VERSION",
+    "FRACTIONS",
+    "HISTORY_FILE",
+    "NUM_BINS",
+    "MixtureHistory",
+    "record_steps",
+]
 
 HISTORY_FILE = "mixture_history.json"
 FORMAT_VERSION = 1
