@@ -2,7 +2,9 @@
 
 A run records, at the start of SVI and at the first checkpoint at or after each
 of :data:`FRACTIONS` of its steps, the counts of the (posterior median) weights
-that carry the prior in fixed bins over the pretrained weights' range, and the
+that carry the prior in fixed bins over the pretrained weights' range (widened
+by a tenth on each side; a weight that leaves it is counted in the outermost
+bin, so the counts always sum to the number of weights), and the
 mixture ``(pi, mu, sigma)`` at the posterior median. The file is small (counts,
 not weights) and rewritten atomically at each record; ``bayes-sws compress``
 draws ``plots/mixture_evolution.png`` from it, with the other plots
