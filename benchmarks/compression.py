@@ -380,6 +380,91 @@ def save_figures(case_name: str, row: dict, pretrained_net, directory: Path) -> 
     return paths
 
 
+#: Marker and colour of each family of points in the rate-against-error figures.
+FAMILY_STYLE = {
+    "soft weight-sharing": ("o", "tab:blue"),
+    "chosen": ("*", "tab:red"),
+    "dc-han": ("s", "tab:green"),
+    "dc-matched": ("D", "tab:orange"),
+}
+
+
+def row_point(row: dict) -> dict:
+    """A benchmark row as a point: its family, label, compression rate and Δ test error (points)."""
+    method = row["method"]
+    family = next(
+        (f for f in ("dc-han", "dc-matched") if method.startswith(f)), "soft weight-sharing"
+    )
+    if family == "soft weight-sharing" and "chosen" in method:
+        family = "chosen"
+    label = method.replace("dc-matched to ", "dc-matched, ").split(" (")[0]
+    error = 100 * (row["pretrained_accuracy"] - row["accuracy_after"])
+    return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
+
+
+def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
+    """Compression rate (log x) against Δ error, one marker per family, each point labelled.
+
+    ``points``: dicts with ``family`` (a key of :data:`FAMILY_STYLE`), ``label``,
+    ``rate`` and ``error`` (points of error over the pretrained network). The
+    dashed line is the goal's margin, +0.5 points.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for family, (marker, colour) in FAMILY_STYLE.items():
+        mine = [p for p in points if p["family"] == family]
+        if mine:
+            ax.plot(
+                [p["rate"] for p in mine],
+                [p["error"] for p in mine],
+                marker,
+                color=colour,
+                ms=7 if marker != "*" else 12,
+                ls="none",
+                label=family,
+            )
+    for p in points:
+        ax.annotate(
+            p["label"],
+            (p["rate"], p["error"]),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.axhline(0.5, color="0.5", lw=0.8, ls="--", label="+0.5 points (goal)")
+    ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    plain = FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("compression rate (×, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def save_rate_figures(rows: list[dict], directory: Path) -> list[Path]:
+    """``<case>-rate-vs-error.png`` per case of ``rows``: every method's rate against Δ test error."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case in dict.fromkeys(row["case"] for row in rows):
+        fig = plot_rate_against_error(
+            [row_point(row) for row in rows if row["case"] == case],
+            title=f"{case}: compression against test error",
+            ylabel="Δ test error over pretrained (points)",
+        )
+        path = directory / f"{case.replace('/', '_')}-rate-vs-error.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
 def matched_dc_settings(sws_row: dict) -> tuple[dict, dict]:
     """Per-layer pruning and cluster counts of the soft weight-sharing result."""
     prune, clusters = {}, {}
@@ -872,7 +957,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument(
-        "--figures", type=Path, help="save the plots of every soft weight-sharing run here"
+        "--figures",
+        type=Path,
+        help="save the plots of every soft weight-sharing run here, and per case the "
+        "compression rate against test error of every method",
     )
     parser.add_argument(
         "--write",
@@ -932,6 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(markdown(rows))
     print()
+    for path in save_rate_figures(rows, args.figures) if args.figures else ():
+        say(f"wrote {path}")
     print(layer_tables(rows))
     if args.json:
         payload = rows

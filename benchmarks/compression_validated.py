@@ -154,6 +154,36 @@ def _trials(found: Tuning) -> list[dict]:
     ]
 
 
+def trial_points(trials: list[dict]) -> list[dict]:
+    """The validation trials as points of :func:`compression.plot_rate_against_error`."""
+    return [
+        {
+            "family": "chosen" if t["chosen"] else "soft weight-sharing",
+            "label": f"λ={t['prior_scale']:g}",
+            "rate": t["compression_rate"],
+            "error": 100 * (t["validation_error_after"] - t["validation_error_before"]),
+        }
+        for t in trials
+    ]
+
+
+def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
+    """Per case: the validation trials, and the test rows, as rate against Δ error."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, result in results.items():
+        stem = name.replace("/", "_")
+        fig = bench.plot_rate_against_error(
+            trial_points(result["trials"]),
+            title=f"{name}: λ trials on the validation split",
+            ylabel="Δ validation error over pretrained (points)",
+        )
+        paths.append(directory / f"{stem}-validation-trials.png")
+        fig.savefig(paths[-1], dpi=110)
+        paths += bench.save_rate_figures(result["rows"], directory)
+    return paths
+
+
 def _table(rows: list[dict]) -> list[str]:
     lines = [
         "| case | method | test error % pretrained → after | Δ error (points) | compression × "
@@ -211,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=bench.DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument(
+        "--figures", type=Path, help="save the rate-against-error plots of each case here"
+    )
+    parser.add_argument(
         "--write", action="store_true", help=f"replace '{SECTION}' of BENCHMARKS.md"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -225,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
+    for path in save_figures(results, args.figures) if args.figures else ():
+        bench.say(f"wrote {path}")
     if args.write:
         bench.write_section(bench.REPO / "BENCHMARKS.md", text, section=SECTION)
     return 0

@@ -1,4 +1,5 @@
-"""Plots of a compressed network: weights before against after, and sparsity per layer.
+"""Plots of a compressed network: weights before against after, sparsity per layer, and
+the mixture over the weights' histogram at several points of retraining.
 
 Figures use :class:`matplotlib.figure.Figure` directly (no pyplot state, safe
 under any backend); matplotlib is imported only when a plot is drawn.
@@ -15,7 +16,7 @@ from torch import nn
 
 from .storage import StorageReport
 
-__all__ = ["plot_layer_sparsity", "plot_weights_before_after"]
+__all__ = ["plot_layer_sparsity", "plot_mixture_evolution", "plot_weights_before_after"]
 
 
 def _to_named_arrays(obj: Any, label: str) -> dict[str, np.ndarray]:
@@ -180,4 +181,79 @@ def plot_layer_sparsity(report: StorageReport, *, title: str | None = None):
         f"{100 * report.nonzero_fraction:.2f}% non-zero, compression {report.compression_rate:.1f}×"
     )
     fig.suptitle(title or totals)
+    return fig
+
+
+def _evolution_panel(ax: Any, snapshot: Mapping[str, Any], edges: np.ndarray) -> tuple[list, float]:
+    """One record: the weights' counts as bars, the mixture's expected count per bin as steps.
+
+    Returns the artists for the legend and the highest bar or step.
+    """
+    from ..diagnostics.posterior import mixture_bin_mass
+
+    counts = np.asarray(snapshot["counts"], dtype=np.float64)
+    pi, mu, sigma = (np.asarray(snapshot[k], dtype=np.float64) for k in ("pi", "mu", "sigma"))
+    expected = counts.sum() * mixture_bin_mass(pi, mu, sigma, edges).sum(-1)
+    handles = [
+        ax.stairs(counts, edges, fill=True, color="0.75", label="weights"),
+        ax.stairs(expected, edges, color="tab:red", lw=1.0, label="mixture"),
+    ]
+    shown = mu[(mu > edges[0]) & (mu < edges[-1])]
+    handles += ax.plot(shown, np.full_like(shown, 0.7), "v", color="tab:blue", ms=4, label="means")
+    return handles, float(max(counts.max(), expected.max(), 1.0))
+
+
+def plot_mixture_evolution(history: Mapping[str, Any], *, title: str | None = None):
+    r"""The mixture over the weights' histogram at several points of retraining (small multiples).
+
+    One panel per record of ``history`` (what a run writes to
+    ``mixture_history.json``): the counts of the weights in fixed bins (bars)
+    and the mixture's expected count of each bin,
+    :math:`n \sum_j \pi_j [\Phi((e_{k+1} - \mu_j)/\sigma_j) - \Phi((e_k - \mu_j)/\sigma_j)]`
+    for :math:`n` weights (steps; the convention of
+    :func:`bayes_sws.diagnostics.plot_mixture_over_histogram`), with the means
+    marked; all panels share the bins and the log count axis.
+
+    Parameters
+    ----------
+    history : mapping
+        ``edges`` (bins + 1 floats), ``snapshots``: records with ``step``,
+        ``counts`` (one per bin), ``pi``, ``mu``, ``sigma``; optionally
+        ``num_steps`` (for the share of the run in each panel's title).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import math
+
+    from matplotlib.figure import Figure
+
+    edges = np.asarray(history["edges"], dtype=np.float64)
+    snapshots = list(history["snapshots"])
+    if not snapshots:
+        raise ValueError("the history holds no records to plot")
+    num_steps = history.get("num_steps")
+    ncols = min(len(snapshots), 5)
+    nrows = math.ceil(len(snapshots) / ncols)
+    fig = Figure(figsize=(3.0 * ncols, 2.6 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).reshape(-1)
+    handles: list = []
+    top = 1.0
+    for ax, snapshot in zip(axes, snapshots):
+        handles, highest = _evolution_panel(ax, snapshot, edges)
+        top = max(top, highest)
+        share = f" ({100 * snapshot['step'] / num_steps:.0f} %)" if num_steps else ""
+        ax.set_title(f"step {snapshot['step']}{share}", fontsize=9)
+        ax.set_xlabel("weight")
+    axes[0].set_yscale("log")  # shared by all panels, as are the limits
+    axes[0].set_ylim(0.5, 3 * top)
+    axes[0].set_xlim(edges[0], edges[-1])
+    for ax in axes[::ncols]:
+        ax.set_ylabel("count per bin (log)")
+    for ax in axes[len(snapshots) :]:
+        ax.set_visible(False)
+    labels = ["weights (posterior median)", "mixture: expected count per bin", "component means"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(title or "the mixture over the weights during retraining")
     return fig

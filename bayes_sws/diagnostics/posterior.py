@@ -61,6 +61,7 @@ from ..validation import check_int, check_seed
 __all__ = [
     "MIXTURE_VARS",
     "load_arviz",
+    "mixture_bin_mass",
     "plot_hyperposterior",
     "plot_loss",
     "plot_mixture_over_histogram",
@@ -592,9 +593,20 @@ def _mixture_curves(
     pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
     terms = log_joint_densities(torch.as_tensor(grid)[:, None], torch.log(pi_t), mu_t, sigma_t)
     density = torch.exp(terms).mean(1).numpy()  # grid S M -> grid M, (5.137)
+    return density, mixture_bin_mass(pi, mu, sigma, edges)
+
+
+def mixture_bin_mass(pi: Any, mu: Any, sigma: Any, edges: Any) -> np.ndarray:
+    r"""Each component's probability of each bin, averaged over the draws: shape ``(bins, M)``.
+
+    :math:`\pi_j [\Phi((e_{k+1} - \mu_j)/\sigma_j) - \Phi((e_k - \mu_j)/\sigma_j)]`
+    for the bins between ``edges``; ``pi``, ``mu``, ``sigma`` are ``(draws, M)``
+    (one mixture: one draw). ``n`` times the sum over components is the expected
+    count of each bin for ``n`` weights drawn from the mixture.
+    """
+    pi_t, mu_t, sigma_t = (torch.as_tensor(a, dtype=torch.float64) for a in (pi, mu, sigma))
     cdf = torch.special.ndtr((torch.as_tensor(edges)[:, None, None] - mu_t) / sigma_t)  # edges S M
-    mass = (pi_t * (cdf[1:] - cdf[:-1])).mean(1).numpy()
-    return density, mass
+    return (pi_t * (cdf[1:] - cdf[:-1])).mean(1).numpy()
 
 
 def _label_clipped_peaks(ax: Any, grid: np.ndarray, curve: np.ndarray, top: float) -> None:

@@ -15,6 +15,8 @@ killed at any moment leaves the previous complete version of every file:
       result.json             a readable summary of result.ckpt (not needed to load it)
       metrics.json            test accuracy or RMSE, final loss, steps, wall time, versions
       losses.csv              step,loss for every SVI step
+      mixture_history.json    weight histogram and mixture at 0, 25, 50, 75, 100 % of SVI
+                              (compress_run draws plots/mixture_evolution.png from it)
       compression.json        added by compress_run (plots/compression_*.png too)
       posterior.nc            added by diagnose_run (plots/*.png, posterior_summary.csv)
 
@@ -80,6 +82,7 @@ from .checkpoints import (
     versions,
     write_checkpoint,
 )
+from .history import HISTORY_FILE, MixtureHistory
 from .settings import (
     LEGACY_VALUES,
     RESUME_SETTINGS,
@@ -731,15 +734,35 @@ def _fit_with_checkpoints(
         stopped = bool(should_stop())
         return stopped
 
+    settings = config.fit_settings().replace(num_steps=num_steps, num_epochs=None)
+    history = MixtureHistory(
+        rundir.safe_path(run.dir, HISTORY_FILE),
+        model,
+        data.x_train,
+        data.y_train,
+        settings,
+        num_steps,
+        state,
+        run.verify_lock,
+    )
+    write_checkpoint_file = _checkpoint_writer(
+        run.dir, config.keep_checkpoints, run.identity, run.lock
+    )
+
+    def checkpoint(fit_state: FitState) -> None:
+        # the record first: a record without its checkpoint is dropped by the resume
+        history.record(fit_state)
+        write_checkpoint_file(fit_state)
+
     try:
         result = fit(
             model,
             data.x_train,
             data.y_train,
-            settings=config.fit_settings().replace(num_steps=num_steps, num_epochs=None),
+            settings=settings,
             progress=progress,
             callback=callback,
-            checkpoint=_checkpoint_writer(run.dir, config.keep_checkpoints, run.identity, run.lock),
+            checkpoint=checkpoint,
             initial_state=state,
             device=config.device,
         )
@@ -955,6 +978,17 @@ def _save_figure(fig, run: _RunContext, name: str) -> str:
     return f"{PLOTS_DIR}/{name}.png"
 
 
+def _mixture_evolution_figure(run: _RunContext) -> dict[str, Any]:
+    """``{"mixture_evolution": figure}`` from the run's ``mixture_history.json`` (none without one)."""
+    from ..compress.plots import plot_mixture_evolution
+
+    path = rundir.safe_path(run.dir, HISTORY_FILE)
+    if not path.exists():  # a run fitted before the history was recorded
+        return {}
+    history = _read_json_file(path)
+    return {"mixture_evolution": plot_mixture_evolution(history)}
+
+
 def compress_run(
     run_dir: str | os.PathLike,
     *,
@@ -1035,6 +1069,7 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
                 before, after, assignments, title="pretrained → quantised weights"
             ),
             "compression_layers": plot_layer_sparsity(compressed.storage),
+            **_mixture_evolution_figure(run),
         }
         summary["plots"] = [_save_figure(fig, run, name) for name, fig in figures.items()]
     summary = plain(summary)

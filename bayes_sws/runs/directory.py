@@ -71,6 +71,7 @@ TOOL_FILES = (
     "result.json",
     "metrics.json",
     "losses.csv",
+    "mixture_history.json",
     "compression.json",
     "model.sws",
     "model_quantized.pt",
@@ -84,6 +85,7 @@ PLOT_FILES = (
     "loss.png",
     "hyperposterior.png",
     "mixture.png",
+    "mixture_evolution.png",
 )
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.ckpt$")
 _TEMPORARY = re.compile(r"^\..+\.tmp$")
