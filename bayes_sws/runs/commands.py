@@ -861,7 +861,8 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
         identity=run.identity,
     )
     pyro.set_rng_seed(config.seed)  # posterior-predictive draws of variational guides
-    prediction = result.predict(data.x_test)
+    # scored on the CPU, where the data live (a fit on --device cuda predicts there)
+    prediction = result.predict(data.x_test).cpu()
     metrics: dict[str, Any] = {
         "run": run.identity.to_dict(),
         "data": data.name,
@@ -876,7 +877,7 @@ def _finish(config, run: _RunContext, result: FitResult, data, spec, pretrained_
         "total_wall_time": float(elapsed),
         "versions": versions(),
     }
-    median_net = result.map_network()
+    median_net = result.map_network().cpu()
     if data.is_classification:
         metrics["test_accuracy"] = float((prediction.argmax(-1) == data.y_test).double().mean())
         metrics["test_accuracy_median"] = _evaluate_network(median_net, data, "categorical")[
