@@ -37,3 +37,15 @@ def assert_close(actual, expected, *, rtol=1e-7, atol=0.0, msg=""):
         expected.detach().cpu() if torch.is_tensor(expected) else expected, dtype=np.float64
     )
     np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=msg)
+
+
+def cli_exit(capsys, *argv):
+    """``bayes-sws ARGV`` in process: (exit code, stdout, stderr), argparse's exits included."""
+    from bayes_sws.runs import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_exit
 
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
@@ -34,12 +35,7 @@ ABSENT = "cuda:7"
 
 
 def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:  # argparse's own errors
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_exit(capsys, *argv)
 
 
 def assert_one_error_line(code, err, *named):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_exit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,12 +54,7 @@ TINY_FLAGS = [
 
 
 def _cli(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:  # argparse's own errors
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_exit(capsys, *argv)
 
 
 def _one_error_line(code, err, named):
