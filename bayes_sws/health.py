@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "chain_convergence",
     "COMPRESSION_ACCURACY_DROP",
     "COMPRESSION_RMSE_RATIO",
     "Finding",
@@ -212,6 +213,28 @@ def check_compression(
 
 
 # ---------------------------------------------------------------------- NUTS
+def chain_convergence(
+    quantities: Mapping[str, Any],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Rank-normalised split R-hat and bulk ESS (Vehtari et al. 2021, ArviZ) per quantity.
+
+    ``quantities`` maps names to draws shaped ``(chain, draw)``; give identifiable
+    ones (the Hamiltonian's energy, sorted means), not label-switching components.
+    Empty dicts with fewer than 2 chains or 4 draws per chain, where neither is defined.
+    """
+    import arviz as az
+
+    r_hat: dict[str, float] = {}
+    ess: dict[str, float] = {}
+    for name, draws in quantities.items():
+        values = np.asarray(draws, dtype=float)
+        if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] < 4:
+            continue
+        r_hat[name] = float(az.rhat(values))
+        ess[name] = float(az.ess(values, method="bulk"))
+    return r_hat, ess
+
+
 def check_nuts(
     sample_stats: Mapping[str, Any],
     *,

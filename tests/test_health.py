@@ -166,3 +166,37 @@ def test_the_cli_says_it_once_and_records_it(tmp_path, capsys):
     warned = [line for line in err.splitlines() if "has not converged" in line]
     assert len(recorded) == 1 and len(warned) == 1
     assert warned[0] == f"bayes-sws: warning: {recorded[0]}"
+
+
+def test_chain_convergence_knows_agreeing_and_disagreeing_chains():
+    rng = np.random.default_rng(0)
+    iid = rng.standard_normal((2, 1000))
+    apart = np.stack([rng.standard_normal(1000), 3.0 + rng.standard_normal(1000)])
+    r_hat, ess = health.chain_convergence({"iid": iid, "apart": apart, "short": iid[:, :3]})
+    assert set(r_hat) == set(ess) == {"iid", "apart"}  # 3 draws a chain: not defined
+    # known answers: independent draws of one distribution give R-hat ~ 1 and ESS ~ the count;
+    # chains 3 standard deviations apart give R-hat ~ sqrt(1 + 3^2 / 4 / 1) ~ 1.8 (BDA3 11.4)
+    assert r_hat["iid"] < 1.01 and 0.8 * 2000 < ess["iid"] < 1.2 * 2000
+    assert 1.5 < r_hat["apart"] < 2.2
+    findings = health.check_nuts(
+        {"diverging": np.zeros((2, 1000), bool), "tree_depth": np.ones((2, 1000))},
+        max_tree_depth=10,
+        r_hat=r_hat,
+        ess_bulk=ess,
+        min_ess=200,
+        warn=False,
+    )
+    (finding,) = [f for f in findings if "R-hat" in f.message]
+    assert "R-hat of 1 quantities" in finding.message and "apart" in finding.message
+
+
+def test_sample_nuts_says_when_its_chains_are_too_short():
+    from bayes_sws.infer.mcmc import sample_nuts
+
+    x, y = _regression(n=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample_nuts(_linear_model(), x, y, num_samples=8, warmup_steps=8, num_chains=2, seed=0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, sws.HealthWarning)]
+    # 16 draws cannot carry a bulk ESS of 100 per chain: the energy's ESS is below 200
+    assert any("bulk ESS" in m and "below 200" in m for m in messages), messages

@@ -69,7 +69,7 @@ from .. import health
 from .._progress import progress_enabled
 from ..core.model import SWSModel
 from ..core.priors import Mixture
-from ..core.sites import MIXTURE_SITES
+from ..core.sites import MIXTURE_SITES, MU
 from ..validation import check_bool, check_int, check_real, check_seed
 from .svi import (
     FitResult,
@@ -441,6 +441,16 @@ def _run_chains(
     return chains, stats, time.perf_counter() - start
 
 
+def _identifiable(samples: Mapping[str, Tensor], stats: Mapping[str, np.ndarray]) -> dict:
+    """Quantities whose R-hat means something: the energy and the sorted mixture means."""
+    quantities: dict[str, np.ndarray] = {"energy": np.asarray(stats["energy"])}
+    means = samples[MU].detach().double().sort(dim=-1).values.numpy()
+    for j in range(means.shape[-1]):
+        if np.ptp(means[..., j]) > 0:  # a fixed mean (the zero component) has no R-hat
+            quantities[f"sorted mu[{j}]"] = means[..., j]
+    return quantities
+
+
 def _stack_records(stats: Sequence[Sequence[Mapping[str, float]]]) -> dict[str, np.ndarray]:
     """Per-chain lists of per-draw records as arrays ``(num_chains, num_samples)``, one per statistic."""
     return {
@@ -649,6 +659,13 @@ def sample_nuts(
         "num_data": int(x.shape[0]),
         "prior_scale": model.prior_scale,
     }
-    # divergences and saturated trees say so (R-hat / ESS: bayes_sws.diagnostics)
-    health.check_nuts(sample_stats, max_tree_depth=max_tree_depth)
+    # divergences, saturated trees and chains that disagree say so
+    r_hat, ess = health.chain_convergence(_identifiable(samples, sample_stats))
+    health.check_nuts(
+        sample_stats,
+        max_tree_depth=max_tree_depth,
+        r_hat=r_hat,
+        ess_bulk=ess,
+        min_ess=100.0 * num_chains,
+    )
     return MCMCResult(model, samples, sample_stats, config, wall_time)
