@@ -646,7 +646,7 @@ def compress_result(
         (symmetric KL in nats by default; ``0`` never merges).
     value_tolerance : float
         After assignment, merge components whose values differ by less than
-        this fraction of the largest |value| in use, and join values that close
+        this fraction of the largest absolute value in use, and join values that close
         to 0 to the zero component (:func:`~bayes_sws.compress.quantize`).
         Default 0: off.
     assignment : {"responsibility", "likelihood"}

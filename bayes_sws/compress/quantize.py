@@ -380,7 +380,7 @@ def quantize(
         only (the symmetric KL keeps a broad and a tight component apart even at
         equal means): two components that weights were assigned to merge when
         their values differ by less than ``value_tolerance`` times the largest
-        |value| in use, nearest pair first (:func:`merge_components` with the
+        absolute value in use, nearest pair first (:func:`merge_components` with the
         ``"mean"`` criterion: π adds up, the value is the π-weighted mean), and a
         value that close to 0 joins the zero component (pruned). Empty
         components take no part. Default 0: off, the weights keep their
