@@ -303,20 +303,60 @@ def _reset_peak() -> bool:
         return False
 
 
-def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0):
+WEIGHTS = ("spread", "init", "clustered")
+
+
+def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0, weights: str = "spread"):
+    """Weights and a mixture of ``num_components`` components, in one of three configurations.
+
+    ``spread`` (the default, the figures of earlier rounds): w ~ N(0, 0.1²), a narrow
+    zero component (σ = 0.005) holding half the mass, the others at σ = 0.02 spread
+    evenly over [−0.3, 0.3]. ``init``: the mixture as ``MixturePrior.init_values``
+    starts it on pretrained-like weights w ~ N(0, 0.05²): the non-zero means evenly
+    over the weights' range, every σ equal to their spacing, π₀ = 0.5 (as
+    ``benchmarks/svi_step.py``). ``clustered``: after retraining — non-zero means
+    evenly over [−0.4, 0.4], σ = spacing / 8 (clusters eight widths apart), a zero
+    component six times narrower holding 90 % of the mass, and the weights drawn
+    from the mixture itself.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    # A trained-network-like configuration: a narrow zero component holding half
-    # the mass, the others spread over the weights' range.
-    w = (torch.randn(num_weights, generator=generator, dtype=dtype) * 0.1).requires_grad_()
-    mu = torch.linspace(-0.3, 0.3, num_components, dtype=dtype)
-    mu[0] = 0.0
-    sigma = torch.full((num_components,), 0.02, dtype=dtype)
-    sigma[0] = 0.005
-    pi = torch.full((num_components,), 0.5 / max(num_components - 1, 1), dtype=dtype)
+    free = max(num_components - 1, 1)
+    pi = torch.full((num_components,), 0.5 / free, dtype=dtype)
     pi[0] = 0.5 if num_components > 1 else 1.0
-    return w, pi.requires_grad_(), mu.requires_grad_(), sigma.requires_grad_()
+    if weights == "spread":
+        w = torch.randn(num_weights, generator=generator, dtype=dtype) * 0.1
+        mu = torch.linspace(-0.3, 0.3, num_components, dtype=dtype)
+        mu[0] = 0.0
+        sigma = torch.full((num_components,), 0.02, dtype=dtype)
+        sigma[0] = 0.005
+    elif weights == "init":
+        w = torch.randn(num_weights, generator=generator, dtype=dtype) * 0.05
+        lo, hi = w.min().item(), w.max().item()
+        mu = torch.linspace(lo, hi, num_components + 1, dtype=dtype)
+        mu[0] = 0.0  # the zero component, then the num_components - 1 free means
+        sigma = torch.full((num_components,), (hi - lo) / num_components, dtype=dtype)
+    elif weights == "clustered":
+        mu = torch.cat([torch.zeros(1), torch.linspace(-0.4, 0.4, free)]).to(dtype)
+        sigma = torch.full((num_components + 1,), 0.8 / max(free - 1, 1) / 8, dtype=dtype)
+        sigma[0] = sigma[1] / 6
+        if num_components > 1:
+            pi.fill_(0.1 / free)
+            pi[0] = 0.9
+        member = torch.multinomial(pi, num_weights, replacement=True, generator=generator)
+        noise = torch.randn(num_weights, generator=generator, dtype=dtype)
+        w = mu[member] + sigma[member] * noise
+    else:
+        raise ValueError(f"unknown weights {weights!r}; choose from {WEIGHTS}")
+    mu = mu[:num_components]
+    sigma = sigma[:num_components]
+    return (
+        w.requires_grad_(),
+        pi.requires_grad_(),
+        mu.requires_grad_(),
+        sigma.requires_grad_(),
+    )
 
 
 def _step(fn, w, pi, mu, sigma):
@@ -337,8 +377,12 @@ def worker(
     repeats: int,
     time_budget: float,
     clock: str = "wall",
+    weights: str = "spread",
 ) -> dict:
-    """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time)."""
+    """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time).
+
+    ``weights``: the configuration of weights and mixture (:data:`WEIGHTS`).
+    """
     import gc
 
     import torch
@@ -346,7 +390,7 @@ def worker(
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     fn = _make_impl(impl)
-    w, pi, mu, sigma = _inputs(num_weights, num_components, dtype)
+    w, pi, mu, sigma = _inputs(num_weights, num_components, dtype, weights=weights)
     now = time.perf_counter if clock == "wall" else time.process_time
 
     # Warm-up on a slice large enough to hold one full chunk (triggers compilation;
@@ -383,6 +427,7 @@ def worker(
         "dtype": dtype_name,
         "threads": threads,
         "clock": clock,
+        "weights": weights,
         "first_call_s": first_call,
         "time_min_s": min(times),
         "time_median_s": statistics.median(times),
@@ -426,6 +471,8 @@ def _run_case(args, impl, num_weights, num_components) -> dict:
         str(args.time_budget),
         "--clock",
         args.clock,
+        "--weights",
+        args.weights,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
@@ -564,6 +611,13 @@ def _parser() -> argparse.ArgumentParser:
         "time (robust on a shared machine; use with --threads 1)",
     )
     parser.add_argument(
+        "--weights",
+        default="spread",
+        choices=WEIGHTS,
+        help="weights and mixture: 'spread' (default, as in earlier rounds), 'init' (the "
+        "mixture as initialised on pretrained-like weights) or 'clustered' (after retraining)",
+    )
+    parser.add_argument(
         "--memory-budget-gb",
         type=float,
         default=4.0,
@@ -604,6 +658,7 @@ def main(argv=None) -> int:
             args.repeats,
             args.time_budget,
             args.clock,
+            args.weights,
         )
         print(json.dumps(result))
         return 0
@@ -635,6 +690,7 @@ def main(argv=None) -> int:
     print()
     print(
         f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
+        f"weights {args.weights}; "
         f"wall time {time.perf_counter() - started:.0f} s"
     )
     if build_s is not None:
