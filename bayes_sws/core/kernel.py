@@ -114,8 +114,11 @@ __all__ = [
     "get_kernel",
     "mixture_log_prob",
     "mixture_log_prob_and_grad",
+    "PRUNING",
+    "get_pruning",
     "native_available",
     "set_kernel",
+    "set_pruning",
 ]
 
 #: (weight, component) pairs per chunk. 2**18–2**20 measured alike on one thread
@@ -174,7 +177,17 @@ def _kernel_from_env() -> str:
     return _choice_from_env(_ENV_KERNEL, KERNELS)
 
 
+#: The pruning choices; the C loop's ``prune`` argument is the index in this tuple.
+PRUNING = ("off", "auto", "always")
+_ENV_PRUNE = "BAYES_SWS_PRUNE"
+
+
+def _pruning_from_env() -> str:
+    return _choice_from_env(_ENV_PRUNE, PRUNING)
+
+
 _kernel = _kernel_from_env()
+_pruning = _pruning_from_env()
 _native_warned = False
 _native_mod = None  # bayes_sws.core._native, imported on first use
 
@@ -210,6 +223,30 @@ def set_kernel(kernel: str) -> None:
 def get_kernel() -> str:
     """The current kernel choice, one of :data:`KERNELS`."""
     return _kernel
+
+
+def set_pruning(pruning: str) -> None:
+    """Choose when the native loop skips far components (see "Pruning" above).
+
+    Parameters
+    ----------
+    pruning : {"auto", "off", "always"}
+        ``"auto"`` (default, or ``BAYES_SWS_PRUNE=auto``): skip the components
+        that cannot matter to float precision wherever a sample of the weights
+        says that pays. ``"off"``: evaluate every (weight, component) pair, as
+        before pruning existed. ``"always"``: prune whenever the bound applies,
+        even where it costs more than it saves (for tests). Results agree to
+        rounding in every mode.
+    """
+    global _pruning
+    if pruning not in PRUNING:
+        raise ValueError(f"pruning must be one of {PRUNING}, got {pruning!r}")
+    _pruning = pruning
+
+
+def get_pruning() -> str:
+    """The current pruning choice, one of :data:`PRUNING`."""
+    return _pruning
 
 
 def native_available() -> bool:
@@ -292,6 +329,8 @@ def _native_pass(
         _ptr(grad_pi),
         _ptr(grad_mu),
         _ptr(grad_sigma),
+        PRUNING.index(_pruning),
+        None,
     )
     if status != 0:
         raise MemoryError("the native prior kernel could not allocate its scratch memory")
