@@ -27,12 +27,13 @@
  * sums reduced in thread order afterwards (deterministic for a given count).
  *
  * Pruning (prune_build below; the bound and its proof are in kernel.py's module
- * docstring): the real line around the means is cut into cells; for each cell a
- * list of the components that can matter to float precision for some weight in
- * it. Weights go in sort blocks of SORT_BLOCK: each weight's cell is looked up,
- * the block is counting-sorted by list, and each run of weights with the same
- * list goes through the block loop over that list only; the weight gradients
- * are scattered back. A weight outside the cells, or NaN, gets every component.
+ * docstring, "Pruning"): the real line around the means is cut into cells; for
+ * each cell a list of the components that can matter to float precision for some
+ * weight in it. Weights go in sort blocks of SORT_BLOCK: each weight's cell is
+ * looked up, the block is counting-sorted by list, and each run of weights with
+ * the same list goes through the block loop over that list only; the weight
+ * gradients are gathered back in order. A weight outside the cells, or NaN, gets
+ * every component.
  */
 #include <math.h>
 #include <stdint.h>

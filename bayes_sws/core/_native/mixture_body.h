@@ -342,6 +342,97 @@ static int CAT(prune_setup_, SUFFIX)(const T *w, int64_t N, const T *pi, const T
     return 1;
 }
 
+/* The per-component constants into k, laid out in buf (6M) and flags (2M, zeroed). */
+static void CAT(consts_setup_, SUFFIX)(const T *pi, const T *mu, const T *sigma, int64_t M,
+                                       int want_grad_pi, T *buf, unsigned char *flags,
+                                       CAT(consts_, SUFFIX) * k) {
+    T *inv_s = buf, *neg_inv_s = buf + M, *coef = buf + 2 * M, *floor_ = buf + 3 * M;
+    T *log2norm = buf + 4 * M, *mu_c = buf + 5 * M;
+    unsigned char *zero = flags, *subnormal = flags + M;
+    k->any_zero = k->any_subnormal = 0;
+    for (int64_t j = 0; j < M; j++) {
+        inv_s[j] = (T)1 / sigma[j];
+        neg_inv_s[j] = -inv_s[j];
+        /* in T, as kernel._coefficients computes them in the weights' dtype */
+        T log_pi = (T)log((double)pi[j]), log_sigma = (T)log((double)sigma[j]);
+        coef[j] = (log_pi - log_sigma) * (T)LOG2E - (T)HALF_LOG2_2PI;
+        log2norm[j] = -log_sigma * (T)LOG2E - (T)HALF_LOG2_2PI;
+        T fl = coef[j] < (T)FLOOR_NORMAL ? coef[j] : (T)FLOOR_NORMAL; /* -inf if pi_j == 0 */
+        if (fl < (T)FLOOR_NORMAL) {
+            subnormal[j] = 1;
+            k->any_subnormal = 1;
+            fl = fl < (T)FLOOR_MIN ? (T)FLOOR_MIN : fl; /* exp2 of it is exactly 0 */
+        }
+        floor_[j] = fl;
+        mu_c[j] = mu[j];
+        if (want_grad_pi && pi[j] == 0) {
+            zero[j] = 1;
+            k->any_zero = 1;
+        }
+    }
+    k->mu = mu_c;
+    k->inv_s = inv_s;
+    k->neg_inv_s = neg_inv_s;
+    k->coef = coef;
+    k->floor_ = floor_;
+    k->log2norm = log2norm;
+    k->zero = zero;
+    k->subnormal = subnormal;
+    k->M = M;
+}
+
+/*
+ * Thread t of nt: its contiguous share of the weights, into its partial sums
+ * part. Without pruning (pr NULL) in blocks of BLOCK, else in sort blocks.
+ * Returns the pairs evaluated, or -1 when out of memory.
+ */
+static int64_t CAT(thread_pass_, SUFFIX)(int t, int nt, const T *w, int64_t N,
+                                         const int32_t *all, const CAT(consts_, SUFFIX) * k,
+                                         const CAT(prune_, SUFFIX) * pr, T *grad_w,
+                                         int need_sums, double *part, int force) {
+    const int64_t M = k->M;
+    T *scratch = (T *)aligned_alloc(64, sizeof(T) * 2 * BLOCK * (size_t)M);
+    if (!scratch) return -1;
+    T *L = scratch, *U = scratch + BLOCK * M;
+    int64_t pairs = 0;
+    if (!pr) {
+        const int64_t nblocks = (N + BLOCK - 1) / BLOCK;
+        const int64_t b0 = nblocks * t / nt, b1 = nblocks * (t + 1) / nt;
+        for (int64_t b = b0; b < b1; b++) {
+            const int64_t i0 = b * BLOCK;
+            T *g = grad_w ? grad_w + i0 : NULL;
+            if (N - i0 >= BLOCK)
+                BLOCK_FN(w + i0, BLOCK, all, M, k, g, need_sums, L, U, part);
+            else
+                BLOCK_FN(w + i0, N - i0, all, M, k, g, need_sums, L, U, part);
+        }
+        free(scratch);
+        return (b1 > b0 ? (b1 * BLOCK < N ? b1 * BLOCK : N) - b0 * BLOCK : 0) * M;
+    }
+    char *mem = (char *)malloc((2 * sizeof(uint16_t) + 2 * sizeof(T)) * SORT_BLOCK +
+                               sizeof(int32_t) * 4 * (size_t)pr->nseg);
+    if (!mem) {
+        free(scratch);
+        return -1;
+    }
+    CAT(sortbuf_, SUFFIX) sb;
+    sb.ws = (T *)mem;
+    sb.gs = sb.ws + SORT_BLOCK;
+    sb.count = (int32_t *)(sb.gs + SORT_BLOCK);
+    sb.seg = (uint16_t *)(sb.count + 4 * pr->nseg);
+    sb.perm = sb.seg + SORT_BLOCK;
+    const int64_t nsb = (N + SORT_BLOCK - 1) / SORT_BLOCK;
+    const int64_t b0 = nsb * t / nt, b1 = nsb * (t + 1) / nt;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t i0 = b * SORT_BLOCK, n = N - i0 < SORT_BLOCK ? N - i0 : SORT_BLOCK;
+        pairs += CAT(sorted_block_, SUFFIX)(w + i0, n, all, k, pr, grad_w ? grad_w + i0 : NULL,
+                                            need_sums, L, U, part, &sb, force);
+    }
+    free(mem);
+    free(scratch);
+    return pairs;
+}
+
 /*
  * Entry point. Returns 0 on success, 1 if out of memory. out_log_prob: one
  * double. grad_w (N) and grad_pi, grad_mu, grad_sigma (M) may be NULL when not
@@ -365,53 +456,20 @@ int ENTRY(const T *w, int64_t N, const T *pi, const T *mu, const T *sigma, int64
         return 1;
     }
     CAT(consts_, SUFFIX) k;
-    T *inv_s = buf, *neg_inv_s = buf + M, *coef = buf + 2 * M, *floor_ = buf + 3 * M;
-    T *log2norm = buf + 4 * M, *mu_c = buf + 5 * M;
-    unsigned char *zero = flags, *subnormal = flags + M;
-    k.any_zero = k.any_subnormal = 0;
-    for (int64_t j = 0; j < M; j++) {
-        inv_s[j] = (T)1 / sigma[j];
-        neg_inv_s[j] = -inv_s[j];
-        /* in T, as kernel._coefficients computes them in the weights' dtype */
-        T log_pi = (T)log((double)pi[j]), log_sigma = (T)log((double)sigma[j]);
-        coef[j] = (log_pi - log_sigma) * (T)LOG2E - (T)HALF_LOG2_2PI;
-        log2norm[j] = -log_sigma * (T)LOG2E - (T)HALF_LOG2_2PI;
-        T fl = coef[j] < (T)FLOOR_NORMAL ? coef[j] : (T)FLOOR_NORMAL; /* -inf if pi_j == 0 */
-        if (fl < (T)FLOOR_NORMAL) {
-            subnormal[j] = 1;
-            k.any_subnormal = 1;
-            fl = fl < (T)FLOOR_MIN ? (T)FLOOR_MIN : fl; /* exp2 of it is exactly 0 */
-        }
-        floor_[j] = fl;
-        mu_c[j] = mu[j];
-        if (grad_pi && pi[j] == 0) {
-            zero[j] = 1;
-            k.any_zero = 1;
-        }
-    }
-    k.mu = mu_c;
-    k.inv_s = inv_s;
-    k.neg_inv_s = neg_inv_s;
-    k.coef = coef;
-    k.floor_ = floor_;
-    k.log2norm = log2norm;
-    k.zero = zero;
-    k.subnormal = subnormal;
-    k.M = M;
+    CAT(consts_setup_, SUFFIX)(pi, mu, sigma, M, grad_pi != NULL, buf, flags, &k);
     for (int64_t j = 0; j < M; j++) all[j] = (int32_t)j;
     prune_table pt;
     CAT(prune_, SUFFIX) pr;
     memset(&pt, 0, sizeof(pt));
     int pruned = CAT(prune_setup_, SUFFIX)(w, N, pi, mu, sigma, M, prune, k.any_zero, &pt, &pr);
-    int64_t pairs = 0;
 
-    const int64_t nblocks = (N + BLOCK - 1) / BLOCK;
     if (threads < 1) threads = 1;
     int64_t max_threads = (N * M) >> 15;
     if (max_threads < 1) max_threads = 1;
     if (threads > max_threads) threads = (int)max_threads;
     double *parts = (double *)calloc((size_t)threads * P, sizeof(double));
     int failed = parts == NULL || pruned < 0;
+    int64_t pairs = 0;
     if (!failed) {
 #pragma omp parallel num_threads(threads) if (threads > 1) reduction(+ : pairs)
         {
@@ -420,53 +478,17 @@ int ENTRY(const T *w, int64_t N, const T *pi, const T *mu, const T *sigma, int64
             t = omp_get_thread_num();
             nt = omp_get_num_threads();
 #endif
-            T *scratch = (T *)aligned_alloc(64, sizeof(T) * 2 * BLOCK * (size_t)M);
-            T *L = scratch, *U = scratch + BLOCK * M;
-            double *part = parts + (int64_t)t * P;
-            if (!scratch) {
+            int64_t done = CAT(thread_pass_, SUFFIX)(t, nt, w, N, all, &k, pruned ? &pr : NULL,
+                                                     grad_w, need_sums, parts + (int64_t)t * P,
+                                                     prune == 2);
+            if (done < 0) {
 #pragma omp atomic write
                 failed = 1;
-            } else if (!pruned) {
-                T *L = scratch, *U = scratch + BLOCK * M;
-                const int64_t b0 = nblocks * t / nt, b1 = nblocks * (t + 1) / nt;
-                for (int64_t b = b0; b < b1; b++) {
-                    const int64_t i0 = b * BLOCK;
-                    T *g = grad_w ? grad_w + i0 : NULL;
-                    if (N - i0 >= BLOCK)
-                        BLOCK_FN(w + i0, BLOCK, all, M, &k, g, need_sums, L, U, part);
-                    else
-                        BLOCK_FN(w + i0, N - i0, all, M, &k, g, need_sums, L, U, part);
-                }
             } else {
-                const int64_t nsb = (N + SORT_BLOCK - 1) / SORT_BLOCK;
-                const int64_t b0 = nsb * t / nt, b1 = nsb * (t + 1) / nt;
-                CAT(sortbuf_, SUFFIX) sb;
-                char *mem = (char *)malloc((2 * sizeof(uint16_t) + 2 * sizeof(T)) * SORT_BLOCK +
-                                           sizeof(int32_t) * 4 * (size_t)pr.nseg);
-                if (!mem) {
-#pragma omp atomic write
-                    failed = 1;
-                } else {
-                    sb.ws = (T *)mem;
-                    sb.gs = sb.ws + SORT_BLOCK;
-                    sb.count = (int32_t *)(sb.gs + SORT_BLOCK);
-                    sb.seg = (uint16_t *)(sb.count + 4 * pr.nseg);
-                    sb.perm = sb.seg + SORT_BLOCK;
-                    for (int64_t b = b0; b < b1; b++) {
-                        const int64_t i0 = b * SORT_BLOCK;
-                        const int64_t n = N - i0 < SORT_BLOCK ? N - i0 : SORT_BLOCK;
-                        pairs += CAT(sorted_block_, SUFFIX)(w + i0, n, all, &k, &pr,
-                                                            grad_w ? grad_w + i0 : NULL,
-                                                            need_sums, L, U, part, &sb,
-                                                            prune == 2);
-                    }
-                    free(mem);
-                }
+                pairs += done;
             }
-            free(scratch);
         }
     }
-    if (!pruned) pairs = N * M;
     if (out_pairs) *out_pairs = pairs;
     if (!failed) {
         for (int t = 1; t < threads; t++)
@@ -475,8 +497,8 @@ int ENTRY(const T *w, int64_t N, const T *pi, const T *mu, const T *sigma, int64
         const double *S0 = parts + 1, *S1 = parts + 1 + M, *S2 = parts + 1 + 2 * M;
         const double *Z = parts + 1 + 3 * M;
         for (int64_t j = 0; j < M; j++) {
-            const double is = (double)inv_s[j];
-            if (grad_pi) grad_pi[j] = zero[j] ? (T)Z[j] : (T)(S0[j] / (double)pi[j]);
+            const double is = (double)k.inv_s[j];
+            if (grad_pi) grad_pi[j] = k.zero[j] ? (T)Z[j] : (T)(S0[j] / (double)pi[j]);
             if (grad_mu) grad_mu[j] = (T)(S1[j] * is);
             if (grad_sigma) grad_sigma[j] = (T)((S2[j] - S0[j]) * is);
         }
@@ -488,7 +510,6 @@ int ENTRY(const T *w, int64_t N, const T *pi, const T *mu, const T *sigma, int64
     prune_free(&pt);
     return failed;
 }
-
 
 /*
  * For tests: mask[i M + j] = 1 where the pruned loop evaluates component j for
