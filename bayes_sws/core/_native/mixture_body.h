@@ -207,6 +207,41 @@ static void CAT(plain_, SUFFIX)(const T *w, int64_t n, const int32_t *all,
 }
 
 /*
+ * A run whose list is the one component j: the block loop's results for K = 1
+ * without its exponentials and logarithms, which are exact there (the only
+ * term is the largest: exp2(0) = 1, total = 1, ln 1 = 0, gamma = 1), so every
+ * value is the block loop's bit for bit; the sums as the block loop adds them,
+ * per BLOCK weights.
+ */
+static void CAT(single_, SUFFIX)(const T *restrict w, int64_t n, int64_t j,
+                                 const CAT(consts_, SUFFIX) * k, T *restrict gw, int need_sums,
+                                 double *restrict part) {
+    const int64_t M = k->M;
+    const T m = k->mu[j], is = k->inv_s[j], c = k->coef[j], nis = k->neg_inv_s[j];
+    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const int64_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        const T *restrict x = w + i0;
+        T lp = 0, a = 0, b = 0, q = 0;
+#pragma omp simd reduction(+ : lp, a, b, q)
+        for (int64_t i = 0; i < len; i++) {
+            T u = (x[i] - m) * is;
+            T l = c - (T)HALF_LOG2E * (u * u);
+            lp += (T)0 + l * (T)LN2;
+            if (gw) gw[i0 + i] = (T)0 + u * nis;
+            a += (T)1;
+            b += u;
+            q += u * u;
+        }
+        part[0] += (double)lp;
+        if (need_sums) {
+            part[1 + j] += (double)a;
+            part[1 + M + j] += (double)b;
+            part[1 + 2 * M + j] += (double)q;
+        }
+    }
+}
+
+/*
  * One sort block of n <= SORT_BLOCK weights: each weight's segment from its
  * cell, a counting sort by segment (four interleaved counters, so consecutive
  * weights of one segment do not wait on each other), each run through the block
@@ -274,9 +309,14 @@ static int64_t CAT(sorted_block_, SUFFIX)(const T *restrict w, int64_t n, const 
     for (int64_t s = 0; s < S; s++) {
         const int32_t end = cnt[3 * S + s], *list = pr->list + off[s];
         const int64_t K = off[s + 1] - off[s];
-        for (int32_t i0 = begin; i0 < end; i0 += BLOCK) {
-            int64_t m = end - i0 < BLOCK ? end - i0 : BLOCK;
-            BLOCK_FN(ws + i0, m, list, K, k, gw ? gs + i0 : NULL, need_sums, L, U, part);
+        if (K == 1) {
+            CAT(single_, SUFFIX)(ws + begin, end - begin, list[0], k, gw ? gs + begin : NULL,
+                                 need_sums, part);
+        } else {
+            for (int32_t i0 = begin; i0 < end; i0 += BLOCK) {
+                int64_t m = end - i0 < BLOCK ? end - i0 : BLOCK;
+                BLOCK_FN(ws + i0, m, list, K, k, gw ? gs + i0 : NULL, need_sums, L, U, part);
+            }
         }
         begin = end;
     }
