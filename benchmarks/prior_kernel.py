@@ -26,12 +26,15 @@ Implementations:
                    kernel before the native loop, and the path GPU tensors take.
 ``ours_native``    the same function with ``set_kernel("native")``: the fused C
                    loop (``bayes_sws/core/_native/mixture.c``), the library default on
-                   CPU. Its one-off build (C compiler, ~2 s) is timed separately
+                   CPU, skipping far components where that pays (``BAYES_SWS_PRUNE``:
+                   ``auto`` by default; ``off`` times the loop over every pair).
+                   Its one-off build (C compiler, ~2 s) is timed separately
                    into a fresh cache directory and printed before the table; the
                    "first call" column of the workers is a load from the cache.
 ``native_loop``    the C loop alone: ``bsws_mixture_f32/f64`` called through ctypes
                    into preallocated outputs (log-density and all four gradients),
-                   no autograd, no allocation — what the loop itself costs.
+                   no autograd, no allocation — what the loop itself costs (with
+                   the same pruning choice).
 ``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
                    recomputes responsibilities chunk by chunk in backward.
 ``store``          same chunked forward, but stores the (M, N) responsibilities
@@ -50,6 +53,12 @@ Usage::
     python benchmarks/prior_kernel.py            # full grid, N in 1e4..1e7, M in {2, 16, 64}
     python benchmarks/prior_kernel.py --quick    # small grid for a smoke test
     python benchmarks/prior_kernel.py --threads 1 --clock cpu   # on a shared machine
+    python benchmarks/prior_kernel.py --weights clustered   # after retraining (or: init)
+    BAYES_SWS_PRUNE=off python benchmarks/prior_kernel.py   # the native loop over every pair
+
+``--weights`` chooses the weights and mixture (see ``_inputs``): ``spread`` (the
+default, as in earlier rounds), ``init`` (the mixture as initialised) or
+``clustered`` (after retraining).
 """
 
 from __future__ import annotations
