@@ -26,12 +26,15 @@ Implementations:
                    kernel before the native loop, and the path GPU tensors take.
 ``ours_native``    the same function with ``set_kernel("native")``: the fused C
                    loop (``bayes_sws/core/_native/mixture.c``), the library default on
-                   CPU. Its one-off build (C compiler, ~2 s) is timed separately
+                   CPU, skipping far components where that pays (``BAYES_SWS_PRUNE``:
+                   ``auto`` by default; ``off`` times the loop over every pair).
+                   Its one-off build (C compiler, ~2 s) is timed separately
                    into a fresh cache directory and printed before the table; the
                    "first call" column of the workers is a load from the cache.
 ``native_loop``    the C loop alone: ``bsws_mixture_f32/f64`` called through ctypes
                    into preallocated outputs (log-density and all four gradients),
-                   no autograd, no allocation — what the loop itself costs.
+                   no autograd, no allocation — what the loop itself costs (with
+                   the same pruning choice).
 ``recompute``      same chunked forward, but saves only ``log p(w_i)`` and
                    recomputes responsibilities chunk by chunk in backward.
 ``store``          same chunked forward, but stores the (M, N) responsibilities
@@ -50,6 +53,12 @@ Usage::
     python benchmarks/prior_kernel.py            # full grid, N in 1e4..1e7, M in {2, 16, 64}
     python benchmarks/prior_kernel.py --quick    # small grid for a smoke test
     python benchmarks/prior_kernel.py --threads 1 --clock cpu   # on a shared machine
+    python benchmarks/prior_kernel.py --weights clustered   # after retraining (or: init)
+    BAYES_SWS_PRUNE=off python benchmarks/prior_kernel.py   # the native loop over every pair
+
+``--weights`` chooses the weights and mixture (see ``_inputs``): ``spread`` (the
+default, as in earlier rounds), ``init`` (the mixture as initialised) or
+``clustered`` (after retraining).
 """
 
 from __future__ import annotations
@@ -144,6 +153,8 @@ def _make_impl(name: str):
                 torch.get_num_threads(),
                 ctypes.byref(out[4]),
                 *(t.data_ptr() for t in out[:4]),
+                kernel.PRUNING.index(kernel.get_pruning()),
+                None,
             )
             assert status == 0
             return torch.tensor(out[4].value, dtype=w.dtype)
@@ -303,20 +314,65 @@ def _reset_peak() -> bool:
         return False
 
 
-def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0):
+WEIGHTS = ("spread", "init", "clustered")
+
+
+def _inputs(num_weights: int, num_components: int, dtype, seed: int = 0, weights: str = "spread"):
+    """Weights and a mixture of ``num_components`` components, in one of three configurations.
+
+    ``spread`` (the default, the figures of earlier rounds): w ~ N(0, 0.1²), a narrow
+    zero component (σ = 0.005) holding half the mass, the others at σ = 0.02 spread
+    evenly over [−0.3, 0.3]. ``init``: the mixture as ``MixturePrior.init_values``
+    starts it on pretrained-like weights w ~ N(0, 0.05²): the non-zero means evenly
+    over the weights' range, every σ equal to their spacing, π₀ = 0.5 (as
+    ``benchmarks/svi_step.py``). ``clustered``: after retraining — the non-zero
+    means evenly spaced over [−0.4, 0.4] on both sides of zero, σ = spacing / 8
+    (clusters eight widths apart; 0.006 at M = 16, as the retrained LeNet-300-100's
+    precision prior of BENCHMARKS.md settles), a zero component six times narrower
+    holding 90 % of the mass, and the weights drawn from the mixture itself.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    # A trained-network-like configuration: a narrow zero component holding half
-    # the mass, the others spread over the weights' range.
-    w = (torch.randn(num_weights, generator=generator, dtype=dtype) * 0.1).requires_grad_()
-    mu = torch.linspace(-0.3, 0.3, num_components, dtype=dtype)
-    mu[0] = 0.0
-    sigma = torch.full((num_components,), 0.02, dtype=dtype)
-    sigma[0] = 0.005
-    pi = torch.full((num_components,), 0.5 / max(num_components - 1, 1), dtype=dtype)
+    free = max(num_components - 1, 1)
+    pi = torch.full((num_components,), 0.5 / free, dtype=dtype)
     pi[0] = 0.5 if num_components > 1 else 1.0
-    return w, pi.requires_grad_(), mu.requires_grad_(), sigma.requires_grad_()
+    if weights == "spread":
+        w = torch.randn(num_weights, generator=generator, dtype=dtype) * 0.1
+        mu = torch.linspace(-0.3, 0.3, num_components, dtype=dtype)
+        mu[0] = 0.0
+        sigma = torch.full((num_components,), 0.02, dtype=dtype)
+        sigma[0] = 0.005
+    elif weights == "init":
+        w = torch.randn(num_weights, generator=generator, dtype=dtype) * 0.05
+        lo, hi = w.min().item(), w.max().item()
+        mu = torch.linspace(lo, hi, num_components + 1, dtype=dtype)
+        mu[0] = 0.0  # the zero component, then the num_components - 1 free means
+        sigma = torch.full((num_components,), (hi - lo) / num_components, dtype=dtype)
+    elif weights == "clustered":
+        half = (free + 1) // 2
+        spacing = 0.4 / half
+        steps = torch.cat([-torch.arange(half, 0, -1), torch.arange(1, half + 1)])[:free]
+        mu = torch.cat([torch.zeros(1), steps * spacing]).to(dtype)
+        sigma = torch.full((num_components + 1,), spacing / 8, dtype=dtype)
+        sigma[0] = spacing / 48
+        if num_components > 1:
+            pi.fill_(0.1 / free)
+            pi[0] = 0.9
+        mu, sigma = mu[:num_components], sigma[:num_components]
+        member = torch.multinomial(pi, num_weights, replacement=True, generator=generator)
+        noise = torch.randn(num_weights, generator=generator, dtype=dtype)
+        w = mu[member] + sigma[member] * noise
+    else:
+        raise ValueError(f"unknown weights {weights!r}; choose from {WEIGHTS}")
+    mu = mu[:num_components]
+    sigma = sigma[:num_components]
+    return (
+        w.requires_grad_(),
+        pi.requires_grad_(),
+        mu.requires_grad_(),
+        sigma.requires_grad_(),
+    )
 
 
 def _step(fn, w, pi, mu, sigma):
@@ -337,8 +393,12 @@ def worker(
     repeats: int,
     time_budget: float,
     clock: str = "wall",
+    weights: str = "spread",
 ) -> dict:
-    """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time)."""
+    """Run one case here; ``clock`` is "wall" (perf_counter) or "cpu" (process_time).
+
+    ``weights``: the configuration of weights and mixture (:data:`WEIGHTS`).
+    """
     import gc
 
     import torch
@@ -346,7 +406,7 @@ def worker(
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     fn = _make_impl(impl)
-    w, pi, mu, sigma = _inputs(num_weights, num_components, dtype)
+    w, pi, mu, sigma = _inputs(num_weights, num_components, dtype, weights=weights)
     now = time.perf_counter if clock == "wall" else time.process_time
 
     # Warm-up on a slice large enough to hold one full chunk (triggers compilation;
@@ -383,6 +443,7 @@ def worker(
         "dtype": dtype_name,
         "threads": threads,
         "clock": clock,
+        "weights": weights,
         "first_call_s": first_call,
         "time_min_s": min(times),
         "time_median_s": statistics.median(times),
@@ -426,6 +487,8 @@ def _run_case(args, impl, num_weights, num_components) -> dict:
         str(args.time_budget),
         "--clock",
         args.clock,
+        "--weights",
+        args.weights,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
@@ -564,6 +627,13 @@ def _parser() -> argparse.ArgumentParser:
         "time (robust on a shared machine; use with --threads 1)",
     )
     parser.add_argument(
+        "--weights",
+        default="spread",
+        choices=WEIGHTS,
+        help="weights and mixture: 'spread' (default, as in earlier rounds), 'init' (the "
+        "mixture as initialised on pretrained-like weights) or 'clustered' (after retraining)",
+    )
+    parser.add_argument(
         "--memory-budget-gb",
         type=float,
         default=4.0,
@@ -604,6 +674,7 @@ def main(argv=None) -> int:
             args.repeats,
             args.time_budget,
             args.clock,
+            args.weights,
         )
         print(json.dumps(result))
         return 0
@@ -635,6 +706,7 @@ def main(argv=None) -> int:
     print()
     print(
         f"Machine: {machine_line(args.threads)}; dtype {args.dtype}; {args.clock} clock; "
+        f"weights {args.weights}; "
         f"wall time {time.perf_counter() - started:.0f} s"
     )
     if build_s is not None:

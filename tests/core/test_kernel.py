@@ -491,11 +491,15 @@ def test_benchmark_script_quick_run(tmp_path):
 HAVE_CC = __import__("shutil").which(_native.compiler()[0]) is not None
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=["native", "native_pruned", "torch"])
 def which_kernel(request, monkeypatch):
-    if request.param == "native" and not HAVE_CC:
+    """The unpruned C loop, the C loop pruning wherever it applies, torch ops."""
+    if request.param.startswith("native") and not HAVE_CC:
         pytest.skip("no C compiler on this machine")
-    monkeypatch.setattr(kernel, "_kernel", request.param)
+    monkeypatch.setattr(kernel, "_kernel", request.param.removesuffix("_pruned"))
+    monkeypatch.setattr(
+        kernel, "_pruning", "always" if request.param.endswith("_pruned") else "off"
+    )
     return request.param
 
 

@@ -33,7 +33,7 @@ SOURCE = Path(__file__).resolve().with_name("mixture.c")
 SOURCES = (SOURCE, SOURCE.with_name("mixture_body.h"))
 #: IEEE-preserving optimisation only: no -ffast-math (NaN/inf must propagate).
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class BuildError(RuntimeError):
@@ -140,8 +140,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         ptr = ctypes.c_void_p
         fn.argtypes = [
             ptr, ctypes.c_int64, ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int,
-            ptr, ptr, ptr, ptr, ptr,
+            ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr,
         ]  # fmt: skip
+        fn.restype = ctypes.c_int
+    for name in ("bsws_prune_mask_f32", "bsws_prune_mask_f64"):
+        fn = getattr(lib, name)
+        ptr = ctypes.c_void_p
+        fn.argtypes = [ptr, ctypes.c_int64, ptr, ptr, ptr, ctypes.c_int64, ptr]
         fn.restype = ctypes.c_int
     lib.bsws_abi_version.restype = ctypes.c_int
     if lib.bsws_abi_version() != ABI_VERSION:
