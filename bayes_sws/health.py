@@ -213,25 +213,77 @@ def check_compression(
 
 
 # ---------------------------------------------------------------------- NUTS
+def _split_chains(values: np.ndarray) -> np.ndarray:
+    """Each chain cut into its first and second half (the middle draw of an odd count dropped)."""
+    half = values.shape[1] // 2
+    return np.concatenate([values[:, :half], values[:, -half:]], axis=0)
+
+
+def _rank_normalised(values: np.ndarray) -> np.ndarray:
+    """Draws replaced by normal scores of their pooled ranks (Vehtari et al. 2021, eq. 14)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    ranks = rankdata(values, method="average").reshape(values.shape)
+    return ndtri((ranks - 0.375) / (values.size + 0.25))
+
+
+def _r_hat(chains: np.ndarray) -> float:
+    """Potential scale reduction of ``(chain, draw)`` draws (BDA3 eq. 11.4)."""
+    n = chains.shape[1]
+    within = float(np.mean(np.var(chains, axis=1, ddof=1)))
+    between = n * float(np.var(np.mean(chains, axis=1), ddof=1))
+    return math.sqrt(((n - 1) / n * within + between / n) / within)
+
+
+def _ess(chains: np.ndarray) -> float:
+    """Effective sample size of ``(chain, draw)`` draws: Geyer's initial monotone sequence.
+
+    Autocorrelations are pooled over chains as in BDA3 eq. 11.7 (Stan's estimator).
+    """
+    m, n = chains.shape
+    centred = chains - chains.mean(axis=1, keepdims=True)
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(centred, size, axis=1)
+    autocov = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=1)[:, :n] / n
+    within = float(np.mean(autocov[:, 0])) * n / (n - 1)
+    var_plus = within * (n - 1) / n
+    if m > 1:
+        var_plus += float(np.var(chains.mean(axis=1), ddof=1))
+    rho = 1.0 - (within - autocov.mean(axis=0)) / var_plus
+    rho[0] = 1.0
+    total, previous = 0.0, math.inf
+    for t in range(0, n - 1, 2):  # pairs (rho_t, rho_t+1) while positive, kept monotone
+        pair = float(rho[t] + rho[t + 1])
+        if pair <= 0.0:
+            break
+        pair = min(pair, previous)
+        total, previous = total + pair, pair
+    tau = max(-1.0 + 2.0 * total, 1.0 / math.log10(m * n))
+    return m * n / tau
+
+
 def chain_convergence(
     quantities: Mapping[str, Any],
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Rank-normalised split R-hat and bulk ESS (Vehtari et al. 2021, ArviZ) per quantity.
+    """Rank-normalised split R-hat and bulk ESS (Vehtari et al. 2021) per quantity.
 
     ``quantities`` maps names to draws shaped ``(chain, draw)``; give identifiable
     ones (the Hamiltonian's energy, sorted means), not label-switching components.
-    Empty dicts with fewer than 2 chains or 4 draws per chain, where neither is defined.
+    Empty dicts with fewer than 2 chains or 4 draws per chain, where neither is defined;
+    a quantity constant over all draws is left out.
     """
-    import arviz as az
-
     r_hat: dict[str, float] = {}
     ess: dict[str, float] = {}
     for name, draws in quantities.items():
         values = np.asarray(draws, dtype=float)
         if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] < 4:
             continue
-        r_hat[name] = float(az.rhat(values))
-        ess[name] = float(az.ess(values, method="bulk"))
+        if not np.all(np.isfinite(values)) or np.ptp(values) == 0:
+            continue
+        split = _rank_normalised(_split_chains(values))
+        r_hat[name] = _r_hat(split)
+        ess[name] = _ess(split)
     return r_hat, ess
 
 

@@ -178,6 +178,19 @@ def test_chain_convergence_knows_agreeing_and_disagreeing_chains():
     # chains 3 standard deviations apart give R-hat ~ sqrt(1 + 3^2 / 4 / 1) ~ 1.8 (BDA3 11.4)
     assert r_hat["iid"] < 1.01 and 0.8 * 2000 < ess["iid"] < 1.2 * 2000
     assert 1.5 < r_hat["apart"] < 2.2
+    # AR(1) chains, x_t = 0.9 x_{t-1} + e_t: ESS = S (1 - 0.9) / (1 + 0.9) in closed form
+    noise = rng.standard_normal((4, 2000))
+    ar = np.zeros_like(noise)
+    for t in range(1, 2000):
+        ar[:, t] = 0.9 * ar[:, t - 1] + noise[:, t]
+    _, ar_ess = health.chain_convergence({"ar": ar})
+    assert 0.75 * 8000 * 0.1 / 1.9 < ar_ess["ar"] < 1.3 * 8000 * 0.1 / 1.9
+    # and an independent implementation (ArviZ's bulk ESS and bulk split R-hat) agrees
+    import arviz as az
+
+    for name, draws in (("iid", iid), ("apart", apart)):
+        assert ess[name] == pytest.approx(float(az.ess(draws, method="bulk")), rel=0.05)
+    assert r_hat["apart"] == pytest.approx(float(az.rhat(apart, method="rank")), rel=1e-6)
     findings = health.check_nuts(
         {"diverging": np.zeros((2, 1000), bool), "tree_depth": np.ones((2, 1000))},
         max_tree_depth=10,
