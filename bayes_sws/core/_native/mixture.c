@@ -202,6 +202,18 @@ static inline double cell_min(const prune_mix *m, int64_t k, int64_t c) {
     return l0 < l1 ? l0 : l1;
 }
 
+/* run[c]: the least lb over [c, B) (suffix); run[B + c]: the least over [0, c] (prefix) */
+static void running_minima(const double *lb, int64_t B, double *run) {
+    for (int dir = 0; dir < 2; dir++) {
+        double low = INFINITY;
+        for (int64_t q = 0; q < B; q++) {
+            int64_t c = dir == 0 ? B - 1 - q : q;
+            low = lb[c] < low ? lb[c] : low;
+            run[dir * B + c] = low;
+        }
+    }
+}
+
 /*
  * lb[c] <= the largest log2-term of every x in cell c: max over k of the least
  * l_k on the cell. A first bound from the components of nearest mean on either
@@ -229,15 +241,7 @@ static void prune_lower_bound(const prune_mix *m, double *lb, double *run, int64
         }
         lb[c] = v;
     }
-    /* run[c]: the least lb over [c, B) (suffix), then over [0, c] (prefix) */
-    for (int dir = 0; dir < 2; dir++) {
-        double low = INFINITY;
-        for (int64_t q = 0; q < B; q++) {
-            int64_t c = dir == 0 ? B - 1 - q : q;
-            low = lb[c] < low ? lb[c] : low;
-            run[dir * B + c] = low;
-        }
-    }
+    running_minima(lb, B, run);
     for (int64_t k = 0; k < m->M; k++) {
         if (!m->alive[k]) continue;
         const int64_t ck = cell_of(m, m->mu[k]);
@@ -273,14 +277,7 @@ static inline int prune_keeps(double ub, double thr, double lb) {
  */
 static void prune_keep(const prune_mix *m, const double *lb, double *run, unsigned char *keep) {
     const int64_t B = m->B, M = m->M;
-    for (int dir = 0; dir < 2; dir++) {
-        double low = INFINITY;
-        for (int64_t q = 0; q < B; q++) {
-            int64_t c = dir == 0 ? B - 1 - q : q;
-            low = lb[c] < low ? lb[c] : low;
-            run[dir * B + c] = low;
-        }
-    }
+    running_minima(lb, B, run);
     memset(keep, 0, (size_t)(B * M));
     for (int64_t j = 0; j < M; j++) {
         if (!m->alive[j]) continue;
