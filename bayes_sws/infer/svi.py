@@ -52,7 +52,7 @@ from ..settings import (
     steps_per_epoch,
 )
 from ..validation import check_bool, check_int, check_real, check_seed
-from . import loaders
+from . import distributed, loaders
 from .fastmap import map_loss, supports_fast_map
 from .guides import POINT_GUIDES, SiteMoments, build_guide, guide_moments, guide_name, local_params
 from .loaders import BatchStream, ReplayWarning, is_batches
@@ -1215,6 +1215,7 @@ class SVIEngine:
             model, guide, options["guide"], optimizer, x, y, s.batch_size, num_data, self._warn
         )
         self.x, self.y, self.loader, self._probe = data.x, data.y, data.stream, data.probe
+        self._group = distributed.current()  # several processes: bayes_sws.infer.distributed
         self.model, self._guide_spec, self._make_scheduler = model, guide, lr_scheduler
         like = model._like()
         self.device, self._dtype, self._target_dtype = like.device, like.dtype, data.probe.y.dtype
@@ -1233,6 +1234,7 @@ class SVIEngine:
             "input_shape": [int(d) for d in data.probe.x.shape[1:]],
             "lbfgs_tolerance": options["lbfgs_tolerance"],
             "device": str(self.device),
+            "num_processes": 1 if self._group is None else self._group.size,
         }
         # built by init(); None until then
         self.guide: Any = None
@@ -1426,6 +1428,8 @@ class SVIEngine:
         checkpoints = _Checkpoints(checkpoint, checkpoint_every, self.step)
         if len(self._losses) < num_steps:
             self._losses = np.concatenate([self.losses, np.empty(num_steps - self.step)])
+        if self._group is not None and self._group.rank > 0:
+            progress = False  # one bar, on rank 0
         bar = progress_bar(
             num_steps, desc=f"fit ({self.config['guide']})", progress=progress, initial=self.step
         )
@@ -1544,9 +1548,19 @@ class SVIEngine:
         )
 
     def _tensor_batch(self, step: int | None) -> _Batch:
-        """All of ``x, y`` with the indices of the mini-batch of ``step`` (``None``: all)."""
+        """All of ``x, y`` with the indices of the mini-batch of ``step`` (``None``: all).
+
+        Under several processes, the indices of this process's shard of it (``step``
+        not ``None``).
+        """
         assert self.x is not None and self.y is not None, "tensor data only"
-        return _Batch(self.x, self.y, None if step is None else self.batch(step))
+        if step is None:
+            return _Batch(self.x, self.y, None)
+        indices = self.batch(step)
+        if self._group is not None:
+            num_data = self.config["num_data"]
+            indices = distributed.shard(indices, num_data, self._group, self.device)
+        return _Batch(self.x, self.y, indices)
 
     def _next_batch(self, step: int) -> _Batch:
         """The data of ``step``: the indices into ``x, y``, or the loader's next batch."""
@@ -1588,6 +1602,9 @@ class SVIEngine:
                 raise
             raise _NonFinite("loss", math.nan) from None
         loss.backward()
+        if self._group is not None:  # the average over the processes (one all_reduce)
+            count = batch.x.shape[0] if batch.subsample is None else batch.subsample.shape[0]
+            loss = distributed.reduce_step(loss, self._all_params, count)
         total = loss.detach() + _gradient_norms(self._all_params)
         if not bool(torch.isfinite(total)):
             value = float(loss.detach())
@@ -1635,7 +1652,9 @@ class SVIEngine:
             bar.update()
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss:.4g}")
-            stop = callback is not None and callback(step, loss)
+            stop = callback is not None and bool(callback(step, loss))
+            if self._group is not None:  # a stop on any process stops them all
+                stop = distributed.any_process(stop)
             if checkpoints.due(self.step):
                 if not self._parameters_finite():
                     self._recover(policy, checkpoints, step, "parameter", batch, None)

@@ -1,0 +1,61 @@
+"""Run by ``test_distributed.py`` under ``torchrun``: ``bayes_sws.fit`` in a process group.
+
+``torchrun --nproc_per_node=K fit_worker.py OUT GUIDE NUM_STEPS``: every
+process fits the same problem with a global batch of ``B`` (each evaluating its
+shard), straight through and interrupted half-way and resumed from the state
+its checkpoint callable got; each rank writes ``OUT/rank-R.json`` with the
+losses and the exact bits (hex) of every fitted parameter.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import bayes_sws as sws
+
+N, B = 40, 8
+
+
+def problem():
+    """Data, network and prior shared with the single-process oracle in the test."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (N,), generator=gen)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    return x, y, sws.SWSModel(net.double(), sws.MixturePrior(4), prior_scale=0.7)
+
+
+def fit(guide: str, num_steps: int, **kwargs):
+    x, y, model = problem()
+    options = dict(lr=1e-2, mixture_lr=5e-3, batch_size=B, seed=3, progress=False)
+    return sws.fit(model, x, y, guide, num_steps=num_steps, **options, **kwargs)
+
+
+def record(result) -> dict:
+    params = {name: p.detach() for name, p in result.guide.named_parameters()}
+    return {
+        "losses": result.losses.tolist(),
+        "values": {k: v.reshape(-1).tolist() for k, v in params.items()},
+        "bits": {k: v.numpy().tobytes().hex() for k, v in params.items()},
+        "config": result.config,
+    }
+
+
+def main(out: str, guide: str, num_steps: int) -> None:
+    dist.init_process_group("gloo")
+    straight = fit(guide, num_steps)
+    states = []
+    fit(guide, num_steps // 2, checkpoint=states.append, checkpoint_every=num_steps)
+    resumed = fit(guide, num_steps, initial_state=states[-1])
+    rank = dist.get_rank()
+    doc = {"straight": record(straight), "resumed": record(resumed), "rank": rank}
+    Path(out, f"rank-{rank}.json").write_text(json.dumps(doc))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
