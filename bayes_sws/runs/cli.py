@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import sys
 import time
@@ -75,6 +76,10 @@ def _fit(args: argparse.Namespace) -> int:
         for o in runs.config_options()
         if hasattr(args, o["name"])
     }
+    if not _join_torchrun(args, settings.get("device")):  # another process of a torchrun
+        with runs.stop_on_interrupt() as stop:
+            outcome = runs.follow_run(should_stop=stop)
+        return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
     if args.resume is not None:
         changes = {k: settings.pop(k) for k in runs.RESUME_SETTINGS if k in settings}
         extra = sorted("--" + k.replace("_", "-") for k in settings)
@@ -127,6 +132,31 @@ def _fit(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(runs.format_outcome(outcome))
     return EXIT_OK
+
+
+def _join_torchrun(args: argparse.Namespace, device: str | None) -> bool:
+    """Under ``torchrun``, join its process group; whether this process is rank 0 (or alone).
+
+    Only rank 0 speaks and writes; the others keep their warnings to themselves
+    (rank 0 gives the same ones).
+    """
+    from ..infer import distributed
+
+    if device is None and args.resume is not None:
+        device = _run_device(args.resume)
+    group = distributed.init_from_environment(device)
+    if group is None or group.rank == 0:
+        return True
+    warnings.simplefilter("ignore")
+    return False
+
+
+def _run_device(run_dir: Path) -> str | None:
+    """The ``device`` in a run's ``config.json`` (``None`` if it cannot be read: the resume says why)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text()).get("device")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _compress(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ from ..compress.pipeline import default_anneal_epochs, precision_anneal
 from ..core.likelihoods import Gaussian, Likelihood, MixtureDensity
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
+from ..infer import distributed
 from ..infer.svi import FitResult, FitState, fit, steps_per_epoch
 from ..settings import CompressSettings
 from ..zoo.nets import NetworkFactoryError, build_network, is_factory_name
@@ -314,7 +315,9 @@ class RunOutcome:
 
     Attributes
     ----------
-    status : {"complete", "interrupted", "already complete"}
+    status : {"complete", "interrupted", "already complete", "follower", "ended"}
+        The last two only for a process of a ``torchrun`` other than rank 0
+        (:func:`follow_run`): it took its part of the fit; rank 0 sent nothing to fit.
     run_dir : pathlib.Path
     step, num_steps : int
         SVI steps completed and planned.
@@ -461,6 +464,13 @@ def fit_run(
         config = RunConfig.from_dict(config)
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not distributed.is_writer():
+        return follow_run(should_stop=should_stop)
+    with _Followers() as followers:
+        return _start_run(config, out, overwrite, progress, should_stop, log, followers)
+
+
+def _start_run(config, out, overwrite, progress, should_stop, log, followers) -> RunOutcome:
     log = log or (lambda message: None)
     if not str(out).strip():
         raise RunError("--out is empty; give the run directory to create")
@@ -488,6 +498,7 @@ def fit_run(
             should_stop=should_stop,
             log=log,
             data=data,
+            followers=followers,
         )
 
 
@@ -545,7 +556,13 @@ def resume_run(
     ``max_rollbacks``) and the ``device``; the run's other settings are fixed by
     its identity.
     """
-    run_dir = Path(run_dir)
+    if not distributed.is_writer():
+        return follow_run(should_stop=should_stop)
+    with _Followers() as followers:
+        return _resume(Path(run_dir), progress, should_stop, log, settings, followers)
+
+
+def _resume(run_dir: Path, progress, should_stop, log, settings, followers) -> RunOutcome:
     if not run_dir.is_dir():
         raise RunError(f"cannot resume {run_dir}: no such directory")
     if not is_run_dir(run_dir):
@@ -576,7 +593,13 @@ def resume_run(
             steps = metrics.get("steps", 0)
             return RunOutcome("already complete", run_dir, steps, steps, metrics)
         return _execute(
-            config, run, resume=True, progress=progress, should_stop=should_stop, log=log
+            config,
+            run,
+            resume=True,
+            progress=progress,
+            should_stop=should_stop,
+            log=log,
+            followers=followers,
         )
 
 
@@ -635,7 +658,15 @@ def _read_config(run_dir: Path) -> RunConfig:
 
 
 def _execute(
-    config: RunConfig, run: _RunContext, *, resume: bool, progress, should_stop, log, data=None
+    config: RunConfig,
+    run: _RunContext,
+    *,
+    resume: bool,
+    progress,
+    should_stop,
+    log,
+    data=None,
+    followers: _Followers | None = None,
 ) -> RunOutcome:
     start = time.perf_counter()
     should_stop = should_stop or (lambda: False)
@@ -668,6 +699,8 @@ def _execute(
             log(f"resuming from {path.name} (step {state.step} of {num_steps})")
         elif checkpoint_paths(run.dir):
             log("warning: no intact checkpoint of this run; starting SVI from step 0")
+    if followers is not None:
+        followers.send(config, spec, net, state)
     result, stopped = _fit_with_checkpoints(
         config, run, model, data, num_steps, state, progress=progress, should_stop=should_stop
     )
@@ -719,9 +752,12 @@ def _initial_network(config, run: _RunContext, data, spec, resume, messages, **p
 
 
 def _fit_with_checkpoints(
-    config, run: _RunContext, model, data, num_steps, state, *, progress, should_stop
+    config, run: _RunContext | None, model, data, num_steps, state, *, progress, should_stop
 ):
-    """SVI under the run's settings, checkpointing into the run; ``(result, stopped)``."""
+    """SVI under the run's settings, checkpointing into the run; ``(result, stopped)``.
+
+    ``run`` ``None``: a process of a ``torchrun`` other than rank 0, which writes nothing.
+    """
     anneal = _precision_anneal(config, model, data.num_train, num_steps)
     if anneal is not None:  # the prior in force at the first step (of a resumed run, too)
         anneal(0 if state is None else state.step)
@@ -735,25 +771,7 @@ def _fit_with_checkpoints(
         return stopped
 
     settings = config.fit_settings().replace(num_steps=num_steps, num_epochs=None)
-    history = MixtureHistory(
-        rundir.safe_path(run.dir, HISTORY_FILE),
-        model,
-        data.x_train,
-        data.y_train,
-        settings,
-        num_steps,
-        state,
-        run.verify_lock,
-    )
-    write_checkpoint_file = _checkpoint_writer(
-        run.dir, config.keep_checkpoints, run.identity, run.lock
-    )
-
-    def checkpoint(fit_state: FitState) -> None:
-        # the record first: a record without its checkpoint is dropped by the resume
-        history.record(fit_state)
-        write_checkpoint_file(fit_state)
-
+    checkpoint = None if run is None else _run_checkpoint(config, run, model, data, settings, state)
     try:
         result = fit(
             model,
@@ -770,7 +788,97 @@ def _fit_with_checkpoints(
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
             raise
         result = None
-    return result, stopped
+    return result, stopped or (result is not None and len(result.losses) < num_steps)
+
+
+def _run_checkpoint(config, run: _RunContext, model, data, settings, state):
+    """The ``checkpoint`` callable of a run's fit: the mixture history, then the checkpoint."""
+    history = MixtureHistory(
+        rundir.safe_path(run.dir, HISTORY_FILE),
+        model,
+        data.x_train,
+        data.y_train,
+        settings,
+        settings.num_steps,
+        state,
+        run.verify_lock,
+    )
+    write_checkpoint_file = _checkpoint_writer(
+        run.dir, config.keep_checkpoints, run.identity, run.lock
+    )
+
+    def checkpoint(fit_state: FitState) -> None:
+        # the record first: a record without its checkpoint is dropped by the resume
+        history.record(fit_state)
+        write_checkpoint_file(fit_state)
+
+    return checkpoint
+
+
+class _Followers:
+    """Rank 0's word to the other processes of a ``torchrun``: what to fit, or nothing.
+
+    A context manager around rank 0's command: :meth:`send` hands the run's
+    settings, network and checkpoint state to every other process
+    (:func:`follow_run`) just before SVI; leaving without having sent (an
+    error, a complete run, a stop during pretraining) sends ``None``, so the
+    others end too instead of waiting. A no-op in a single process.
+    """
+
+    def __init__(self):
+        self.group = distributed.current()
+        self.sent = False
+
+    def __enter__(self) -> _Followers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.group is not None and not self.sent:
+            distributed.broadcast_object(None)
+
+    def send(self, config: RunConfig, spec, net: nn.Module, state: FitState | None) -> None:
+        if self.group is None:
+            return
+        message = {
+            "config": config.to_dict(),
+            "network_spec": spec,
+            "network_state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "state": None if state is None else state.to_dict(),
+        }
+        distributed.broadcast_object(message)
+        self.sent = True
+
+
+def follow_run(*, should_stop: Callable[[], bool] | None = None) -> RunOutcome:
+    """A process of ``torchrun ... bayes-sws fit`` other than rank 0: rank 0's fit, writing nothing.
+
+    Waits for rank 0 (:class:`_Followers`), then takes the same SVI steps on its
+    shard of every batch (:mod:`bayes_sws.infer.distributed`); rank 0 writes
+    the run. Returns the outcome with this process's count of steps (status
+    ``"follower"``, or ``"interrupted"``; ``"ended"`` when rank 0 sent nothing).
+    """
+    message = distributed.broadcast_object(None)
+    if message is None:
+        return RunOutcome("ended", Path("."), 0, 0)
+    config = RunConfig.from_dict(message["config"])
+    data = _load_data(config)
+    net = build_network(**network_kwargs(message["network_spec"]))
+    net.load_state_dict(message["network_state"])
+    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+    state = None if message["state"] is None else FitState.from_dict(message["state"])
+    num_steps = config.total_steps(data.num_train)
+    result, stopped = _fit_with_checkpoints(
+        config,
+        None,
+        model,
+        data,
+        num_steps,
+        state,
+        progress=False,
+        should_stop=should_stop or (lambda: False),
+    )
+    done = 0 if result is None else len(result.losses)
+    return RunOutcome("interrupted" if stopped else "follower", Path("."), done, num_steps)
 
 
 def _compression_health(compressed, summary: dict, data) -> list[health.Finding]:

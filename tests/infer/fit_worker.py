@@ -31,7 +31,7 @@ def problem():
 
 def fit(guide: str, num_steps: int, **kwargs):
     x, y, model = problem()
-    options = dict(lr=1e-2, mixture_lr=5e-3, batch_size=B, seed=3, progress=False)
+    options = {"lr": 1e-2, "mixture_lr": 5e-3, "batch_size": B, "seed": 3, "progress": False}
     return sws.fit(model, x, y, guide, num_steps=num_steps, **options, **kwargs)
 
 
