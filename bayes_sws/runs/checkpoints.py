@@ -36,6 +36,7 @@ from .._io import atomic_write_bytes, atomic_write_json
 from ..core.likelihoods import LIKELIHOODS, Categorical, Likelihood
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
+from ..devices import resolve_device
 from ..infer.guides import GUIDES
 from ..infer.svi import (
     FitResult,
@@ -383,7 +384,7 @@ def _rebuild_guide(
             guide._setup_prototype(x, y)
             for key in ("loc", "scale", "scale_tril"):
                 delattr(guide, key)
-                guide.register_buffer(key, torch.empty_like(state[key]))
+                guide.register_buffer(key, torch.empty_like(state[key], device=like.device))
         else:
             source = builder if builder is not None else name
             if builder is None and name not in GUIDES:
@@ -488,8 +489,12 @@ def load_result(
     likelihood: Likelihood | None = None,
     identity: RunIdentity | None = None,
     allow_import: bool = False,
+    device: str | torch.device | None = None,
 ) -> FitResult:
     """Load what :func:`save_result` wrote: the same medians, mixture and predictions.
+
+    Onto the CPU, or onto ``device`` (``"cuda"``, ``"auto"``, ...;
+    :func:`bayes_sws.devices.resolve_device`) wherever the result was fitted.
 
     The network is rebuilt from the saved spec (or ``network=``), the model from
     the saved prior and likelihood, and the guide by building it afresh, running
@@ -530,6 +535,8 @@ def load_result(
     prior = _build_prior(payload["prior"])
     like = likelihood if likelihood is not None else build_likelihood(payload["likelihood"])
     model = SWSModel(network, prior, like, prior_scale=payload["prior_scale"])
+    if device is not None:
+        model.to(resolve_device(device))
     fitted = _rebuild_guide(
         payload["guide_name"], model, payload["config"], payload["guide_state"], guide
     )

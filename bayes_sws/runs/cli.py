@@ -168,6 +168,7 @@ def _compress(args: argparse.Namespace) -> int:
     summary = compress_run(
         args.run_dir,
         plots=args.plots,
+        device=args.device,
         sources={name: flags.get(name, "--" + name.replace("_", "-")) for name in given},
         **given,
     )
@@ -191,7 +192,11 @@ def _diagnose(args: argparse.Namespace) -> int:
     from .commands import diagnose_run
 
     out = diagnose_run(
-        args.run_dir, num_samples=args.num_samples, max_points=args.max_points, plots=args.plots
+        args.run_dir,
+        num_samples=args.num_samples,
+        max_points=args.max_points,
+        plots=args.plots,
+        device=args.device,
     )
     print(out["summary"].to_string())
     for note in out["notes"]:
@@ -349,6 +354,12 @@ def _run_dir_command(
     if plots is not None:
         command.add_argument(
             "--plots", action=argparse.BooleanOptionalAction, default=True, help=plots
+        )
+        command.add_argument(
+            "--device",
+            metavar="DEVICE",
+            help="where to compute: cpu, cuda, cuda:N, mps or auto (default: cpu); "
+            "the files written are the same",
         )
     command.set_defaults(run=run)
     return command

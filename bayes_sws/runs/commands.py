@@ -890,7 +890,8 @@ def _compression_health(compressed, summary: dict, data) -> list[health.Finding]
     findings = health.check_compression(*scores)
     if data.is_classification:
         with torch.no_grad():
-            predicted = compressed.stored_net(data.x_test).argmax(-1)
+            device = next(compressed.stored_net.parameters()).device
+            predicted = compressed.stored_net(data.x_test.to(device)).argmax(-1).cpu()
         findings += health.check_prediction(predicted.numpy(), num_classes=data.num_classes)
     return findings
 
@@ -1104,6 +1105,7 @@ def compress_run(
     settings: CompressSettings | None = None,
     plots: bool = True,
     sources: Mapping[str, str] | None = None,
+    device: str | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
     """Quantise the run's MAP (median) network with its learned mixture; write ``compression.json``.
@@ -1124,23 +1126,29 @@ def compress_run(
     The stored network is written as ``model.sws``
     (:func:`bayes_sws.compress.save_compressed`; its payload is exactly the
     counted bits) and as a torch state dict ``model_quantized.pt``; ``files``
-    gives their sizes.
+    gives their sizes. ``device`` (default the CPU) is where the network is
+    quantised, fine-tuned and scored; the files are the same from any device.
     """
     if settings is not None and not isinstance(settings, CompressSettings):
         raise TypeError(f"settings must be a CompressSettings, got {type(settings).__name__}")
     chosen = compress_settings(changes, base=settings, sources=sources)
     if not isinstance(plots, bool):
         raise TypeError(f"plots must be True or False, got {plots!r}")
+    if device is not None:
+        check_device(device, "--device")
     with _complete_run(run_dir, "compress") as (run, config):
-        return _compress_run(run, config, chosen, plots)
+        return _compress_run(run, config, chosen, plots, device)
 
 
-def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: bool) -> dict:
+def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: bool, device) -> dict:
     from ..compress import plot_layer_sparsity, plot_weights_before_after
     from ..compress.pipeline import compress_result, compress_result_kwargs
 
     result = load_result(
-        rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity, allow_import=True
+        rundir.safe_path(run.dir, RESULT_FILE),
+        identity=run.identity,
+        allow_import=True,
+        device=device,
     )
     data = _load_data(config)
     initial = read_checkpoint(
@@ -1171,8 +1179,8 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
     if plots:
         names = result.model.prior_param_names
         before = {n: initial["network_state"][n] for n in names}
-        after = {n: p for n, p in compressed.net.named_parameters() if n in names}
-        assignments = {n: compressed.quantization.assignments[n] for n in names}
+        after = {n: p.cpu() for n, p in compressed.net.named_parameters() if n in names}
+        assignments = {n: compressed.quantization.assignments[n].cpu() for n in names}
         figures = {
             "compression_weights": plot_weights_before_after(
                 before, after, assignments, title="pretrained → quantised weights"
@@ -1192,6 +1200,7 @@ def _write_models(run: _RunContext, compressed, spec: dict[str, Any]) -> dict[st
     from ..compress import save_compressed
 
     run.verify_lock()
+    compressed.stored_net.cpu()  # written from the CPU, whatever device compressed it
     saved = save_compressed(
         compressed.stored_net,
         rundir.safe_path(run.dir, MODEL_FILE),
@@ -1214,6 +1223,7 @@ def diagnose_run(
     num_samples: int = 200,
     max_points: int = 500,
     plots: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """ArviZ view of the run's posterior: ``posterior.nc``, a summary table and plots.
 
@@ -1238,17 +1248,24 @@ def diagnose_run(
             raise RunError(f"{name} must be an integer >= 1, got {value!r}")
     if not isinstance(plots, bool):
         raise TypeError(f"plots must be True or False, got {plots!r}")
+    if device is not None:
+        check_device(device, "--device")
     with _complete_run(run_dir, "diagnose") as (run, config):
-        return _diagnose_run(run, config, num_samples, max_points, plots)
+        return _diagnose_run(run, config, num_samples, max_points, plots, device)
 
 
-def _diagnose_run(run: _RunContext, config, num_samples, max_points, plots) -> dict[str, Any]:
+def _diagnose_run(
+    run: _RunContext, config, num_samples, max_points, plots, device
+) -> dict[str, Any]:
     from ..diagnostics import (
         posterior as diagnostics,  # imports ArviZ lazily, with an install hint if it is missing
     )
 
     result = load_result(
-        rundir.safe_path(run.dir, RESULT_FILE), identity=run.identity, allow_import=True
+        rundir.safe_path(run.dir, RESULT_FILE),
+        identity=run.identity,
+        allow_import=True,
+        device=device,
     )
     data = _load_data(config)
     count = min(max_points, data.num_train)

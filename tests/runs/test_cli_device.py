@@ -154,3 +154,42 @@ def test_a_run_may_resume_on_another_device(tmp_path, reference, capsys):
     assert code == cli.EXIT_OK, err
     assert json.loads(config_path.read_text())["device"] == "auto"
     assert_bitwise_equal(reference, run)
+
+
+def snapshot(run: Path) -> dict[str, float]:
+    """Every file of a run with its modification time (what a refused command must not touch)."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*")}
+
+
+@pytest.mark.parametrize("command", ["compress", "diagnose"])
+def test_compress_and_diagnose_refuse_an_absent_device_before_writing(reference, capsys, command):
+    skip_if_absent_device_exists()
+    before = snapshot(reference)
+    code, _, err = run_cli(capsys, command, reference, "--device", ABSENT, "--no-plots")
+    assert_one_error_line(code, err, "--device: device ", repr(ABSENT))
+    assert snapshot(reference) == before
+
+
+def test_compress_on_device_cpu_writes_the_files_of_the_default(tmp_path, reference, capsys):
+    import shutil
+
+    runs_ = [tmp_path / "default", tmp_path / "cpu"]
+    for run, extra in zip(runs_, ([], ["--device", "cpu"])):
+        shutil.copytree(reference, run)
+        code, _, err = run_cli(capsys, "compress", run, "--no-plots", *extra)
+        assert code == cli.EXIT_OK, err
+    for name in ("model.sws", "model_quantized.pt"):
+        assert (runs_[0] / name).read_bytes() == (runs_[1] / name).read_bytes(), name
+    first, second = (json.loads((r / "compression.json").read_text()) for r in runs_)
+    assert first["compression_rate"] == second["compression_rate"]
+
+
+def test_load_result_onto_a_device(reference):
+    on_cpu = runs.load_result(reference)
+    moved = runs.load_result(reference, device="cpu")
+    assert next(moved.model.net.parameters()).device.type == "cpu"
+    x = torch.randn(5, 64)
+    assert torch.equal(on_cpu.predict(x), moved.predict(x))
+    skip_if_absent_device_exists()
+    with pytest.raises(ValueError, match="not available"):
+        runs.load_result(reference, device=ABSENT)
