@@ -4,6 +4,9 @@ Oracles: the same command in one process (its result to float precision, its
 list of files), and an uninterrupted run for a resume.
 """
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +86,18 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(runs):
     assert_close_runs(root / "one", crashed)
     again = bayes_sws("fit", "--resume", str(crashed), nproc=2)  # complete: all end
     assert "already complete" in again.stdout + again.stderr
+
+
+def test_the_readme_torchrun_command_runs_verbatim(tmp_path):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- torchrun-fit -->\n```bash\n(.*?)```", readme, re.DOTALL)
+    assert block, "README.md lost its '<!-- torchrun-fit -->' bash block"
+    command = block.group(1).strip()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "ddp" / "result.json").read_text())
+    assert result["config"]["num_processes"] == 2
+    assert (tmp_path / "runs" / "ddp" / "metrics.json").is_file()
