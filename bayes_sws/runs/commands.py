@@ -754,6 +754,9 @@ def _fit_with_checkpoints(
         history.record(fit_state)
         write_checkpoint_file(fit_state)
 
+    from ..loggers import TensorBoardLogger, callbacks
+
+    board = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
     try:
         result = fit(
             model,
@@ -761,7 +764,7 @@ def _fit_with_checkpoints(
             data.y_train,
             settings=settings,
             progress=progress,
-            callback=callback,
+            callback=callbacks(callback, board),
             checkpoint=checkpoint,
             initial_state=state,
             device=config.device,
@@ -770,6 +773,9 @@ def _fit_with_checkpoints(
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
             raise
         result = None
+    finally:
+        if board is not None:
+            board.close()
     return result, stopped
 
 
