@@ -39,3 +39,26 @@ def test_tensorboard_setting_is_optional_and_checked():
     assert "tensorboard" not in RunConfig.from_dict({"tensorboard": "tb"}).identity_settings()
     with pytest.raises(runs.RunError, match="tensorboard must not be empty"):
         RunConfig.from_dict({"tensorboard": ""})
+
+
+def test_a_resumed_run_may_start_logging_to_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, board = tmp_path / "run", tmp_path / "tb"
+    config = {"hidden": [8], "num_components": 3, "pretrain_epochs": 0, "num_steps": 12}
+    config.update(batch_size=256, checkpoint_every=4)
+    polls = iter(range(100))
+    stopped = runs.fit_run(config, out, should_stop=lambda: next(polls) == 5)  # after step 5
+    assert stopped.status == "interrupted" and not board.exists()
+    assert cli.main(["fit", "--resume", str(out), "--tensorboard", str(board)]) == 0
+    capsys.readouterr()
+    losses = runs.load_result(out).losses
+    events = EventAccumulator(str(board))
+    events.Reload()
+    scalars = events.Scalars("loss")
+    assert [e.step for e in scalars] == list(range(6, 12))  # the steps run after the resume
+    np.testing.assert_array_equal(
+        np.array([e.value for e in scalars], dtype=np.float32),
+        np.asarray(losses[6:], np.float32),
+    )
