@@ -976,11 +976,15 @@ def _forest_figure(posterior: Any, var_names: Sequence[str], hdi_prob: float):
     return fig
 
 
-def _density_figure(idata: Any, posterior: Any, var_names: Sequence[str], hdi_prob: float):
-    """``az.plot_posterior`` per entry that varies (the zero component's fixed mean has none)."""
-    from matplotlib.figure import Figure
+#: Columns of :func:`plot_hyperposterior`'s ``kind="posterior"`` grid, and one panel's inches.
+POSTERIOR_COLUMNS = 8
+_PANEL_INCHES = (1.75, 1.6)
 
-    az = load_arviz()
+
+def _varying_entries(
+    posterior: Any, var_names: Sequence[str]
+) -> list[tuple[str, dict | None, int]]:
+    """``(name, coords, count)`` per variable: the entries whose draws vary (coords ``None``: a scalar)."""
     selections: list[tuple[str, dict | None, int]] = []
     for name in var_names:
         values = posterior[name]
@@ -991,20 +995,44 @@ def _density_figure(idata: Any, posterior: Any, var_names: Sequence[str], hdi_pr
         spread = values.std(dim=("chain", "draw")).values
         kept = [c for c, s in zip(values[dim].values, spread) if s > 0]
         selections.append((name, {dim: kept}, len(kept)))
-    ncols = max(max(n for _, _, n in selections), 1)
-    fig = Figure(figsize=(2.8 * ncols, 2.4 * len(var_names)), layout="constrained")
-    axes = fig.subplots(len(var_names), ncols, squeeze=False)
-    for row, (name, coords, size) in enumerate(selections):
+    return selections
+
+
+def _density_figure(idata: Any, posterior: Any, var_names: Sequence[str], hdi_prob: float):
+    """``az.plot_posterior`` per entry that varies (the zero component's fixed mean has none).
+
+    Small multiples: each variable's entries fill rows of at most
+    :data:`POSTERIOR_COLUMNS` panels, so the width stays under 14 inches and the
+    height grows by a row of panels per ``POSTERIOR_COLUMNS`` components.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    az = load_arviz()
+    selections = _varying_entries(posterior, var_names)
+    ncols = min(max(max(n for _, _, n in selections), 1), POSTERIOR_COLUMNS)
+    rows = [max(1, -(-n // ncols)) for _, _, n in selections]
+    width, height = _PANEL_INCHES
+    fig = Figure(figsize=(width * ncols, height * sum(rows)), layout="constrained")
+    grid = fig.subplots(sum(rows), ncols, squeeze=False)
+    first = 0
+    for (name, coords, size), count in zip(selections, rows):
+        axes = grid[first : first + count].reshape(-1)
+        first += count
         if size:
             az.plot_posterior(
                 idata,
                 var_names=[name],
                 coords=coords,
                 hdi_prob=hdi_prob,
-                ax=axes[row, :size] if size > 1 else axes[row, 0],
-                textsize=8,
+                ax=axes[:size] if size > 1 else axes[0],
+                textsize=7,
             )
-        for ax in axes[row, size:]:
+        labels = [name] if coords is None else [f"{name}[{c}]" for c in next(iter(coords.values()))]
+        for ax, label in zip(axes, labels):
+            ax.set_title(label, fontsize=8)  # one line (ArviZ puts the index on a second)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+        for ax in axes[size:]:
             ax.set_visible(False)
     return fig
 
@@ -1031,7 +1059,9 @@ def plot_hyperposterior(
     var_names : sequence of str
         Default ``sws.pi``, ``sws.mu``, ``sws.sigma``.
     kind : {"forest", "posterior"}
-        The forest above, or ``az.plot_posterior`` (one density per component).
+        The forest above, or ``az.plot_posterior``: one density per component
+        (with its mean and HDI), in rows of at most :data:`POSTERIOR_COLUMNS`
+        small panels per variable; a fixed entry (the zero component's mean) has none.
     hdi_prob : float
         Probability mass of the highest-density intervals.
 

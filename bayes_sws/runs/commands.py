@@ -772,6 +772,10 @@ def _fit_with_checkpoints(
 
     settings = config.fit_settings().replace(num_steps=num_steps, num_epochs=None)
     checkpoint = None if run is None else _run_checkpoint(config, run, model, data, settings, state)
+    from ..loggers import TensorBoardLogger, callbacks
+
+    # the loss to TensorBoard (rank 0 of a torchrun only)
+    board = TensorBoardLogger(config.tensorboard) if config.tensorboard and run else None
     try:
         result = fit(
             model,
@@ -779,7 +783,7 @@ def _fit_with_checkpoints(
             data.y_train,
             settings=settings,
             progress=progress,
-            callback=callback,
+            callback=callbacks(callback, board),
             checkpoint=checkpoint,
             initial_state=state,
             device=config.device,
@@ -788,6 +792,9 @@ def _fit_with_checkpoints(
         if not stopped:  # e.g. a Laplace approximation at an interrupted, unconverged point
             raise
         result = None
+    finally:
+        if board is not None:
+            board.close()
     return result, stopped or (result is not None and len(result.losses) < num_steps)
 
 

@@ -68,10 +68,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 MAX_CONFIG_BYTES = 1 << 20
 #: Seeds must be accepted by Python's, NumPy's and torch's generators alike.
 SEED_MAX = 2**32 - 1
-#: Settings that may change when a run is resumed (fault handling, and the device:
-#: a run started on a GPU may continue on the CPU); the others fix the run's
-#: results and are part of its identity.
-RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks", "rollback_lr_factor", "device")
+#: Settings that may change when a run is resumed (fault handling, the device: a
+#: run started on a GPU may continue on the CPU, and the TensorBoard log); the
+#: others fix the run's results and are part of its identity.
+RESUME_SETTINGS = ("on_nonfinite", "max_rollbacks", "rollback_lr_factor", "device", "tensorboard")
 #: Names of earlier versions, still read from TOML files, ``config.json`` and flags
 #: (with a FutureWarning, except from an existing run's ``config.json``).
 LEGACY_NAMES = {"components": "num_components", "steps": "num_steps", "epochs": "num_epochs"}
@@ -238,6 +238,19 @@ class _RunDevice:
     )
 
 
+@dataclass(frozen=True)
+class _RunLog:
+    """Where the run logs besides its directory: not part of its identity either."""
+
+    tensorboard: str | None = option(
+        None,
+        "also log the SVI loss to TensorBoard in this folder (needs pip install "
+        "'bayes-sws[tensorboard]'); a resumed run may change it",
+        "str?",
+        metavar="LOG_DIR",
+    )
+
+
 def check_device(device: Any, where: str = "device") -> None:
     """Refuse a ``device`` setting this machine cannot run as a :class:`RunError`.
 
@@ -282,6 +295,7 @@ def _run_fields() -> list[tuple[str, Any, Any]]:
         *fit_fields,
         ("keep_checkpoints", keep.type, field(default=keep.default, metadata=dict(keep.metadata))),
         *_cli_fields(_RunDevice),
+        *_cli_fields(_RunLog),
     ]
 
 

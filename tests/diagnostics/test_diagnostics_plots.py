@@ -244,6 +244,39 @@ def test_forest_of_a_scalar_variable_has_one_row():
     assert_close(printed, [np.median(draws), lo, hi], atol=0.05 * (hi - lo))
 
 
+def test_posterior_densities_at_16_components_fit_a_page():
+    """Issue 17: ``kind="posterior"`` was 45 inches wide at 16 components (one row per variable)."""
+    rng = np.random.default_rng(7)
+    idata = _hyper_idata(16, rng)
+    fig = diagnostics.plot_hyperposterior(idata, kind="posterior", hdi_prob=0.9)
+    width, height = fig.get_size_inches()
+    assert width <= 14 and height <= 10
+    FigureCanvasAgg(fig).draw()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    expected = [
+        (name, j)
+        for name in ("sws.pi", "sws.mu", "sws.sigma")
+        for j in range(16)
+        if not (name == "sws.mu" and j == 0)  # the zero component's fixed mean: no density
+    ]
+    assert [ax.get_title() for ax in panels] == [f"{name}[{j}]" for name, j in expected]
+    for ax, (name, j) in zip(panels, expected, strict=True):
+        pooled = idata.posterior[name].values[:, :, j].reshape(-1)
+        lines = ax.get_lines()
+        (hdi_line,) = [line for line in lines if len(line.get_xdata()) == 2]
+        assert_close(hdi_line.get_xdata(), _shortest_interval(pooled, 0.9), rtol=1e-12)
+        (density,) = [line for line in lines if len(line.get_xdata()) > 2]
+        grid, values = (np.asarray(v, dtype=float) for v in density.get_data())
+        spread = pooled.max() - pooled.min()  # the KDE's grid: the draws' range, to its spacing
+        assert_close([grid[0], grid[-1]], [pooled.min(), pooled.max()], atol=0.01 * spread)
+        assert_close(np.trapezoid(values, grid), 1.0, atol=0.05)  # a density over the draws
+        (mean_text,) = [t for t in ax.texts if t.get_text().startswith("mean=")]
+        printed = float(mean_text.get_text().removeprefix("mean="))
+        assert_close(printed, pooled.mean(), rtol=0.05)  # printed to two significant digits
+        left, right = ax.get_window_extent().x0, ax.get_window_extent().x1
+        assert right - left > 80  # a panel wide enough to read: more than 80 px at 100 dpi
+
+
 # ---------------------------------------------------------------------- loss
 def _clip_note(fig):
     match = re.search(rf"(\d+) steps above \(max ({NUMBER})\)", fig.get_suptitle())
