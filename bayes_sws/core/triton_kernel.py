@@ -37,7 +37,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_COMPONENTS", "available", "fused_pass", "interpreting", "triton_importable"]
+__all__ = [
+    "MAX_COMPONENTS",
+    "NUM_WARPS",
+    "PAIRS_PER_TILE",
+    "PROGRAMS_PER_SM",
+    "available",
+    "fused_pass",
+    "interpreting",
+    "triton_importable",
+]
 
 #: Most mixture components the kernel takes (one tile holds all of them).
 MAX_COMPONENTS = 1024
@@ -45,6 +54,8 @@ MAX_COMPONENTS = 1024
 PAIRS_PER_TILE = 4096
 #: Programs per streaming multiprocessor (each strides over many blocks).
 PROGRAMS_PER_SM = 8
+#: Warps per program (``benchmarks/gpu_prior.py --sweep`` tries others).
+NUM_WARPS = 4
 _INTERPRETER_PROGRAMS = 3  # few, so the tests cover a program taking several blocks
 
 tl: Any = None  # triton.language, imported with the kernel
@@ -169,7 +180,8 @@ def _table(
     rows = [mu, inv_sigma, log2_coef, floor] + ([log2_norm] if log2_norm is not None else [])
     table[: len(rows), :m] = torch.stack([r.reshape(-1) for r in rows])
     table[:2, m:] = 0.0  # padding: μ = 0, 1/σ = 0, so u = 0 and the logit is −inf
-    table[5, :2] = torch.tensor([-0.5 / math.log(2.0), math.log(2.0)], dtype=mu.dtype)
+    table[5, 0] = -0.5 / math.log(2.0)  # scalar fills: no host-to-device copy
+    table[5, 1] = math.log(2.0)
     return table
 
 
@@ -195,7 +207,7 @@ def fused_pass(
     sums: Tensor | None = None,
     zero_pi: tuple[Tensor, Tensor] | None = None,
     block: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> Tensor:
     """Σ_i ln p(w_i) over the 1-D ``w_flat`` (0-dim, its dtype) in one kernel launch.
 
@@ -205,8 +217,9 @@ def fused_pass(
     Writes ∂ ln p/∂w into ``grad_w`` (N,) and adds S0, S1, S2 into ``sums``
     (3, M) when given; ``zero_pi = (log2_norm, out)`` adds
     Σ_i N(w_i | μ_j, σ_j²)/p(w_i) for every j into ``out`` (M,), with
-    ``log2_norm`` = log₂(1/(σ√2π)). ``block`` (a power of two) and
-    ``num_warps`` tune the launch.
+    ``log2_norm`` = log₂(1/(σ√2π)). ``block`` (a power of two; default from
+    :data:`PAIRS_PER_TILE`) and ``num_warps`` (default :data:`NUM_WARPS`) tune
+    the launch.
     """
     kernel = _kernel()
     w_c = w_flat.contiguous()
@@ -231,7 +244,7 @@ def fused_pass(
             NEED_W=out_w is not None,
             NEED_SUMS=need_sums,
             ZERO_PI=zero_pi is not None,
-            num_warps=num_warps,
+            num_warps=num_warps or NUM_WARPS,
         )
     if grad_w is not None and not direct:
         assert out_w is not None
