@@ -135,7 +135,8 @@ def kernel_seconds(fn, name="_prior_kernel", calls=20) -> float | None:
     total_us = 0.0
     for event in prof.key_averages():
         if name in event.key:
-            total_us += getattr(event, "device_time_total", 0.0) or event.cuda_time_total
+            device_us = getattr(event, "device_time_total", None)
+            total_us += device_us if device_us is not None else event.cuda_time_total
     return total_us / calls / 1e6 if total_us else None
 
 
@@ -220,7 +221,7 @@ def lenet_step(x, y, num_components, with_prior: bool):
             loss = loss - mixture_log_prob(w, pi, means, sigma, validate_args=False)
         loss.backward()
         optim.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -255,7 +256,7 @@ def _report_prior(name, seconds, pairs, baseline) -> dict:
         return row
     row.update(ns_per_pair=seconds * 1e9 / pairs, x_memory=seconds / baseline)
     print(
-        f"  {name:18s} {seconds * 1e6:9.1f} µs  {row['ns_per_pair']:7.4f} ns/pair"
+        f"  {name:18s} {seconds * 1e6:9.1f} µs  {row['ns_per_pair']:9.3g} ns/pair"
         f"  {row['x_memory']:6.2f}× memory"
     )
     return row
