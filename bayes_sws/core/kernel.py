@@ -288,6 +288,7 @@ def _pruning_from_env() -> str:
 _kernel = _kernel_from_env()
 _pruning = _pruning_from_env()
 _native_warned = False
+_triton_failed = False  # under auto, the Triton kernel failed once: torch path from then on
 _native_mod = None  # bayes_sws.core._native, imported on first use
 
 
@@ -390,14 +391,14 @@ def _native_library(device: torch.device):
 def _triton_module(w_flat: Tensor, num_components: int):
     """:mod:`~bayes_sws.core.triton_kernel` if this call should use it, else ``None``.
 
-    ``auto``: CUDA tensors when Triton imports; ``triton``: wherever Triton can
-    run (CUDA, or any device under ``TRITON_INTERPRET=1``), raising if it does
-    not import. More than ``triton_kernel.MAX_COMPONENTS`` components, or any
+    ``auto``: CUDA tensors when Triton imports (until it fails once: see
+    :func:`_triton_pass`); ``triton``: wherever Triton can run (CUDA, or any
+    device under ``TRITON_INTERPRET=1``), raising if it does not import. More than ``triton_kernel.MAX_COMPONENTS`` components, or any
     other choice, take the torch path.
     """
     if _kernel not in ("auto", "triton") or num_components > triton_kernel.MAX_COMPONENTS:
         return None
-    if _kernel == "auto" and w_flat.device.type != "cuda":
+    if _kernel == "auto" and (w_flat.device.type != "cuda" or _triton_failed):
         return None
     if triton_kernel.available(w_flat):
         return triton_kernel
@@ -631,6 +632,34 @@ def _chunked_pass(
     return torch.stack(chunk_sums).sum()
 
 
+def _triton_pass(fused, w_flat, coef, grad_w, sums, zero_pi) -> Tensor | None:
+    """The Triton kernel's pass; under ``auto`` a failure (say, no CUDA compiler for
+    Triton) warns once, turns Triton off for this process and returns ``None``."""
+    global _triton_failed
+    try:
+        return fused.fused_pass(
+            w_flat,
+            coef.mu,
+            coef.inv_sigma,
+            coef.log2_coef,
+            coef.floor,
+            grad_w=grad_w,
+            sums=sums,
+            zero_pi=zero_pi,
+        )
+    except Exception as error:  # Triton's compile and launch errors have no common base
+        if _kernel == "triton":
+            raise
+        _triton_failed = True
+        warnings.warn(
+            f"the Triton prior kernel failed ({error!r}); using the (slower) torch kernel. "
+            f"Set {_ENV_KERNEL}=torch to silence this.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return None
+
+
 def _forward_pass(
     w_flat: Tensor,
     pi: Tensor,
@@ -659,19 +688,13 @@ def _forward_pass(
         log2_norm = -_log(sigma) * _LOG2E - _HALF_LOG2_2PI
         zero_pi = (index, log2_norm[index, None], w_flat.new_zeros(num_components))
 
+    log_prob = None
     fused = _triton_module(w_flat, num_components)
     if fused is not None:
-        log_prob = fused.fused_pass(
-            w_flat,
-            coef.mu,
-            coef.inv_sigma,
-            coef.log2_coef,
-            coef.floor,
-            grad_w=grad_w,
-            sums=sums,
-            zero_pi=None if zero_pi is None else (log2_norm, zero_pi[2]),
+        log_prob = _triton_pass(
+            fused, w_flat, coef, grad_w, sums, None if zero_pi is None else (log2_norm, zero_pi[2])
         )
-    else:
+    if log_prob is None:
         log_prob = _chunked_pass(w_flat, coef, needs, chunk_size, grad_w, sums, zero_pi)
 
     inv_sigma = coef.inv_sigma[:, 0]

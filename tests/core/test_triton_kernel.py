@@ -215,6 +215,8 @@ def test_value_only_and_nan_weights(interpreter):
     result = mixture_log_prob_and_grad(w, pi, mu, sigma)
     assert torch.isnan(result.log_prob) and torch.isnan(result.grad_w[17])
     assert torch.isnan(result.grad_mu).all() and not torch.isnan(result.grad_w[16])
+    empty = mixture_log_prob_and_grad(w[:0], pi, mu, sigma)
+    assert empty.log_prob == 0 and empty.grad_w.shape == (0,) and (empty.grad_mu == 0).all()
 
 
 def test_dispatch(monkeypatch):
@@ -256,3 +258,27 @@ def test_cuda_triton_matches_the_torch_path(monkeypatch, dtype, num_components):
         got, want = (getattr(results[c], f"grad_{name}") for c in ("triton", "torch"))
         scale = want.abs().max().item()
         assert_close(got, want, rtol=rtol, atol=atol_scale * scale, msg=name)
+
+
+def test_a_failing_triton_kernel_falls_back_under_auto_and_raises_under_triton(monkeypatch):
+    class Broken:
+        MAX_COMPONENTS = 8
+
+        @staticmethod
+        def fused_pass(*args, **kwargs):
+            raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(
+        kernel, "_triton_module", lambda w, m: None if kernel._triton_failed else Broken
+    )
+    monkeypatch.setattr(kernel, "_triton_failed", False)
+    monkeypatch.setattr(kernel, "_native_library", lambda device: None)  # as on CUDA
+    w, pi, mu, sigma = mixture(3, 50, F64, seed=8)
+    monkeypatch.setattr(kernel, "_kernel", "triton")
+    with pytest.raises(RuntimeError, match="no compiler"):
+        mixture_log_prob_and_grad(w, pi, mu, sigma)
+    monkeypatch.setattr(kernel, "_kernel", "auto")
+    with pytest.warns(RuntimeWarning, match="Triton prior kernel failed"):
+        result = mixture_log_prob_and_grad(w, pi, mu, sigma)
+    check_against_oracles(w, pi, mu, sigma, result)
+    assert kernel._triton_failed
