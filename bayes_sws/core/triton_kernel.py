@@ -9,11 +9,24 @@ needs its gradient, :math:`S_3 = \sum_i \mathcal N(w_i\mid\mu_j,\sigma_j^2)/p(w_
 :math:`\pi_j = 0` semantics, but without any (N, M) tensor in memory:
 
 * a program holds a tile of ``BLOCK`` weights × all ``M`` components (M padded to
-  a power of two with components that contribute exactly 0) in registers, reads
-  each weight once and writes its gradient once;
+  a power of two, at least 4, with components that contribute exactly 0) in
+  registers, reads each weight once and writes its gradient once;
 * a fixed number of programs (a few per streaming multiprocessor) stride over
   the blocks and keep the per-component sums and the log-density in registers,
-  then write one row of partial sums each, reduced afterwards in float64.
+  then write one row of partial sums each, reduced afterwards in float64;
+* the logits are taken in the scaled units :math:`v = \sqrt{h}\,u`
+  (:math:`h = \tfrac12\log_2 e`), so :math:`\log_2 \pi_j\mathcal N_{ij} = c_j - v^2`
+  is one fused multiply-add; :math:`S_1, S_2` and :math:`\partial/\partial w` are
+  scaled back by per-component constants (same maths, rounding differs from the
+  torch path by a few units in the last place).
+
+Cost, estimated (not yet measured: ``benchmarks/gpu_prior.py`` measures it on a
+GPU): per (weight, component) pair one ``exp2`` on the special-function units
+and about 12 float32 adds, multiplies, FMAs and min/max on the ALUs. On an H100
+or H200 (128 float32 lanes and 16 ``exp2`` per clock per SM) the ALU work, not
+the ``exp2`` and not memory, bounds M = 16: roughly 2.5–3× the time of reading
+the weights and writing their gradients once. float64 is bound by its ``exp2``
+(a libdevice polynomial) and costs several times more.
 
 :mod:`bayes_sws.core.kernel` computes the per-component coefficients and turns
 the sums into gradients; this module only replaces the loop over the weights.
@@ -58,6 +71,7 @@ PROGRAMS_PER_SM = 8
 NUM_WARPS = 4
 _INTERPRETER_PROGRAMS = 3  # few, so the tests cover a program taking several blocks
 
+_SQRT_H = math.sqrt(0.5 / math.log(2.0))  # √(½ log₂ e): v = √h u, h u² = v²
 tl: Any = None  # triton.language, imported with the kernel
 _kernels: dict[bool, Any] = {}  # interpreter on? -> the jitted kernel
 _importable: bool | None = None
@@ -104,19 +118,20 @@ def _prior_kernel(
 ):
     """Blocks pid, pid + P, pid + 2P, ... of the weights; one row of partial sums.
 
-    ``table`` rows (each M_PAD long): μ, 1/σ, log₂(π/(σ√2π)), the exponent floor,
-    log₂(1/(σ√2π)), then the constants −½log₂e and ln 2. ``part`` row of this
-    program: Σ ln p, then S0, S1, S2, S3 (M_PAD each).
+    In the scaled units v = √h·u (h = ½log₂e) a logit is one FMA, c − v². ``table``
+    rows (each M_PAD long): μ, √h/σ, c = log₂(π/(σ√2π)), the exponent floor,
+    log₂(1/(σ√2π)), 1/(√h σ), then the constants ln 2, 1/√h, 1/h. ``part`` row
+    of this program: Σ ln p, then S0, S1, S2, S3 (M_PAD each).
     """
     pid = tl.program_id(0)
     step = tl.num_programs(0) * BLOCK
     j = tl.arange(0, M_PAD)
     mu = tl.load(table_ptr + j)[None, :]
-    inv_sigma = tl.load(table_ptr + M_PAD + j)[None, :]
+    scale = tl.load(table_ptr + M_PAD + j)[None, :]
     log2_coef = tl.load(table_ptr + 2 * M_PAD + j)[None, :]
     floor = tl.load(table_ptr + 3 * M_PAD + j)[None, :]
-    neg_half_log2e = tl.load(table_ptr + 5 * M_PAD)
-    ln2 = tl.load(table_ptr + 5 * M_PAD + 1)
+    grad_scale = tl.load(table_ptr + 5 * M_PAD + j)[None, :]
+    ln2 = tl.load(table_ptr + 6 * M_PAD)
     dtype = w_ptr.dtype.element_ty
     acc_log_p = tl.zeros((BLOCK,), dtype=dtype)
     acc_s0 = tl.zeros((M_PAD,), dtype=dtype)
@@ -127,9 +142,8 @@ def _prior_kernel(
         offs = start + tl.arange(0, BLOCK)
         mask = offs < n
         w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        u = (w[:, None] - mu) * inv_sigma  # (w_i − μ_j)/σ_j
-        half_u2 = neg_half_log2e * (u * u)
-        logits = log2_coef + half_u2  # log₂ π_j N_ij
+        v = (w[:, None] - mu) * scale  # √h (w_i − μ_j)/σ_j
+        logits = log2_coef - v * v  # log₂ π_j N_ij
         top = tl.max(logits, axis=1)
         shifted = tl.maximum(logits - top[:, None], floor, propagate_nan=tl.PropagateNan.ALL)
         e = tl.exp2(shifted)  # π_j N_ij / 2^top
@@ -137,25 +151,27 @@ def _prior_kernel(
         log2_p = tl.log2(total) + top
         acc_log_p += tl.where(mask, log2_p * ln2, 0.0)
         if NEED_W or NEED_SUMS:
-            gamma = tl.where(mask[:, None], e * (1.0 / total)[:, None], 0.0)
-            gamma_u = gamma * u
+            inv_total = tl.where(mask, 1.0 / total, 0.0)  # 0: rows past n add nothing
+            gamma = e * inv_total[:, None]
+            gamma_v = gamma * v
             if NEED_W:
-                grad_w = -tl.sum(gamma_u * inv_sigma, axis=1)
+                grad_w = -tl.sum(gamma_v * grad_scale, axis=1)
                 tl.store(grad_w_ptr + offs, grad_w, mask=mask)
             if NEED_SUMS:
                 acc_s0 += tl.sum(gamma, axis=0)
-                acc_s1 += tl.sum(gamma_u, axis=0)
-                acc_s2 += tl.sum(gamma_u * u, axis=0)
+                acc_s1 += tl.sum(gamma_v, axis=0)
+                acc_s2 += tl.sum(gamma_v * v, axis=0)
                 if ZERO_PI:
                     log2_norm = tl.load(table_ptr + 4 * M_PAD + j)[None, :]
-                    ratio = tl.exp2(log2_norm + half_u2 - log2_p[:, None])  # N_ij / p_i
+                    ratio = tl.exp2(log2_norm - v * v - log2_p[:, None])  # N_ij / p_i
                     acc_s3 += tl.sum(tl.where(mask[:, None], ratio, 0.0), axis=0)
     row = part_ptr + pid * (1 + 4 * M_PAD)
     tl.store(row, tl.sum(acc_log_p, axis=0))
     if NEED_SUMS:
         tl.store(row + 1 + j, acc_s0)
-        tl.store(row + 1 + M_PAD + j, acc_s1)
-        tl.store(row + 1 + 2 * M_PAD + j, acc_s2)
+        # back to u: S1 = Σγu = Σγv/√h, S2 = Σγu² = Σγv²/h
+        tl.store(row + 1 + M_PAD + j, acc_s1 * tl.load(table_ptr + 6 * M_PAD + 1))
+        tl.store(row + 1 + 2 * M_PAD + j, acc_s2 * tl.load(table_ptr + 6 * M_PAD + 2))
         tl.store(row + 1 + 3 * M_PAD + j, acc_s3)
 
 
@@ -173,15 +189,19 @@ def _kernel() -> Any:
 def _table(
     mu: Tensor, inv_sigma: Tensor, log2_coef: Tensor, floor: Tensor, log2_norm: Tensor | None
 ) -> Tensor:
-    """The kernel's (6, M_PAD) table of per-component constants (padding contributes 0)."""
+    """The kernel's (7, M_PAD ≥ 4) table of per-component constants (padding adds 0)."""
     m = mu.numel()
-    m_pad = max(2, 1 << (m - 1).bit_length())
-    table = mu.new_full((6, m_pad), -math.inf)
-    rows = [mu, inv_sigma, log2_coef, floor] + ([log2_norm] if log2_norm is not None else [])
-    table[: len(rows), :m] = torch.stack([r.reshape(-1) for r in rows])
-    table[:2, m:] = 0.0  # padding: μ = 0, 1/σ = 0, so u = 0 and the logit is −inf
-    table[5, 0] = -0.5 / math.log(2.0)  # scalar fills: no host-to-device copy
-    table[5, 1] = math.log(2.0)
+    m_pad = max(4, 1 << (m - 1).bit_length())
+    inv_sigma = inv_sigma.reshape(-1)
+    table = mu.new_full((7, m_pad), -math.inf)
+    rows = [mu, _SQRT_H * inv_sigma, log2_coef, floor]
+    rows += [log2_norm if log2_norm is not None else torch.full_like(inv_sigma, -math.inf)]
+    rows += [inv_sigma / _SQRT_H]
+    table[:6, :m] = torch.stack([r.reshape(-1) for r in rows])
+    table[(0, 1, 5), m:] = 0.0  # padding: μ = 0, scales 0, so v = 0 and the logit is −inf
+    table[6, 0] = math.log(2.0)  # scalar fills: no host-to-device copy
+    table[6, 1] = 1.0 / _SQRT_H
+    table[6, 2] = 1.0 / _SQRT_H**2
     return table
 
 
