@@ -251,9 +251,9 @@ def test_cuda_triton_matches_the_torch_path(monkeypatch, dtype, num_components):
     for choice in ("triton", "torch"):
         monkeypatch.setattr(kernel, "_kernel", choice)
         results[choice] = mixture_log_prob_and_grad(*tensors)
-    rtol, atol_scale = _tolerances(dtype)
-    assert_close(results["triton"].log_prob, results["torch"].log_prob, rtol=rtol)
     check_against_oracles(*tensors, results["triton"])
+    rtol, atol_scale = (2 * tol for tol in _tolerances(dtype))  # both paths round
+    assert_close(results["triton"].log_prob, results["torch"].log_prob, rtol=rtol)
     for name in NAMES:
         got, want = (getattr(results[c], f"grad_{name}") for c in ("triton", "torch"))
         scale = want.abs().max().item()
