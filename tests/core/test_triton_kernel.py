@@ -9,7 +9,7 @@ they skip unless it was set from the start. Oracles:
 scipy (``logsumexp`` of ``log pi + norm.logpdf``) for the value and for
 ∂/∂π_j = Σ_i N(w_i | μ_j, σ_j²)/p(w_i), and float64 torch autograd of the plain
 (N, M) logsumexp written here for all gradients. On CUDA, the Triton path is
-also compared with the chunked torch path. Every test skips without Triton.
+also compared with the chunked torch path. All but the fallback test skip without Triton.
 """
 
 import math
