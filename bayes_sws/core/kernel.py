@@ -19,9 +19,9 @@ forms (5.141)–(5.147) written for :math:`+\ln p` (so :math:`\Omega = -` this):
     \frac{\partial \ln p}{\partial \pi_j} &= \sum_i \frac{\gamma_{ij}}{\pi_j}
         = \sum_i \frac{\mathcal N(w_i \mid \mu_j, \sigma_j^2)}{p(w_i)}.
 
-Two implementations of the same pass, chosen by :func:`set_kernel` or the
+Three implementations of the same pass, chosen by :func:`set_kernel` or the
 environment variable ``BAYES_SWS_KERNEL`` (``auto``, the default; ``native``;
-``torch``):
+``torch``; ``triton``):
 
 * **Native** (CPU float32/float64, the default there): a fused C loop,
   ``bayes_sws/core/_native/mixture.c``, compiled on first use with the system C
@@ -38,7 +38,13 @@ environment variable ``BAYES_SWS_KERNEL`` (``auto``, the default; ``native``;
   thread, the loop itself about 0.4 ns per (weight, component) pair against
   1.5–2.6 ns for the torch path (``benchmarks/prior_kernel.py``, ``native_loop``).
   Under ``auto`` a missing compiler or failed build falls back to the torch path
-  with one warning; ``native`` raises instead. Other devices always take the torch path.
+  with one warning; ``native`` raises instead.
+* **Triton** (CUDA float32/float64 when Triton imports, the default there; or
+  ``BAYES_SWS_KERNEL=triton``): :mod:`bayes_sws.core.triton_kernel`, one fused
+  kernel launch over tiles of weights × components in registers, the same
+  formulas, floor and π = 0 semantics; the chunked torch path is the fallback
+  (no Triton, more than ``triton_kernel.MAX_COMPONENTS`` components). Other
+  devices take the torch path.
   The loop skips the components that cannot matter to float precision (below).
 * **Torch** (everything else, or ``BAYES_SWS_KERNEL=torch``): chunked torch
   ops, described below; every (weight, component) pair.
@@ -197,6 +203,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import triton_kernel
 from .penalty import log_joint_densities
 
 __all__ = [
@@ -261,7 +268,7 @@ def _choice_from_env(variable: str, choices: tuple[str, ...]) -> str:
 # Kernel switch: the fused C loop or torch ops
 # --------------------------------------------------------------------------- #
 
-KERNELS = ("auto", "native", "torch")
+KERNELS = ("auto", "native", "torch", "triton")
 _ENV_KERNEL = "BAYES_SWS_KERNEL"
 
 
@@ -281,6 +288,7 @@ def _pruning_from_env() -> str:
 _kernel = _kernel_from_env()
 _pruning = _pruning_from_env()
 _native_warned = False
+_triton_failed = False  # under auto, the Triton kernel failed once: torch path from then on
 _native_mod = None  # bayes_sws.core._native, imported on first use
 
 
@@ -298,13 +306,17 @@ def set_kernel(kernel: str) -> None:
 
     Parameters
     ----------
-    kernel : {"auto", "native", "torch"}
+    kernel : {"auto", "native", "torch", "triton"}
         ``"auto"`` (default, or ``BAYES_SWS_KERNEL=auto``): the fused C loop
         (:mod:`bayes_sws.core._native`, built on first use with the system C
         compiler) for CPU float32/float64 tensors, falling back to torch ops
-        with one warning if it cannot be built. ``"native"``: the same, but a
-        failed build raises. ``"torch"``: torch ops only. Tensors on
-        other devices always use torch ops.
+        with one warning if it cannot be built; the fused Triton kernel
+        (:mod:`bayes_sws.core.triton_kernel`) for CUDA tensors when Triton
+        imports, else torch ops. ``"native"``: the C loop on CPU, a failed
+        build raises; torch ops elsewhere. ``"torch"``: torch ops only.
+        ``"triton"``: the Triton kernel wherever it runs (CUDA, or every
+        device under ``TRITON_INTERPRET=1``), raising if Triton does not
+        import; torch ops elsewhere. Other devices always use torch ops.
     """
     global _kernel
     if kernel not in KERNELS:
@@ -354,7 +366,7 @@ def native_available() -> bool:
 def _native_library(device: torch.device):
     """The loaded C library if this call should use it, else ``None``."""
     global _native_warned
-    if _kernel == "torch" or device.type != "cpu":
+    if _kernel in ("torch", "triton") or device.type != "cpu":
         return None
     _native = _native_module()
     try:
@@ -374,6 +386,28 @@ def _native_library(device: torch.device):
                 stacklevel=4,
             )
         return None
+
+
+def _triton_module(w_flat: Tensor, num_components: int):
+    """:mod:`~bayes_sws.core.triton_kernel` if this call should use it, else ``None``.
+
+    ``auto``: CUDA tensors when Triton imports (until it fails once: see
+    :func:`_triton_pass`); ``triton``: wherever Triton can run (CUDA, or any
+    device under ``TRITON_INTERPRET=1``), raising if it does not import. More than ``triton_kernel.MAX_COMPONENTS`` components, or any
+    other choice, take the torch path.
+    """
+    if _kernel not in ("auto", "triton") or num_components > triton_kernel.MAX_COMPONENTS:
+        return None
+    if _kernel == "auto" and (w_flat.device.type != "cuda" or _triton_failed):
+        return None
+    if triton_kernel.available(w_flat):
+        return triton_kernel
+    if _kernel == "triton" and not triton_kernel.triton_importable():
+        raise RuntimeError(
+            "BAYES_SWS_KERNEL/set_kernel asks for the Triton prior kernel, but triton does "
+            "not import; pip install 'bayes_sws[gpu]' (or triton)"
+        )
+    return None
 
 
 _in_forked_child = False
@@ -566,6 +600,66 @@ def _eager_chunk(
 # --------------------------------------------------------------------------- #
 
 
+def _chunked_pass(
+    w_flat: Tensor,
+    coef: _Coefficients,
+    needs: _Needs,
+    chunk_size: int | None,
+    grad_w: Tensor | None,
+    sums: Tensor | None,
+    zero_pi: tuple[Tensor, Tensor, Tensor] | None,
+) -> Tensor:
+    """The torch path's loop over chunks of weights: Σ_i ln p(w_i), filling the buffers."""
+    num_weights = w_flat.shape[0]
+    num_components = coef.mu.shape[0]
+    chunk = chunk_size or max(1, CHUNK_ELEMENTS // num_components)
+    chunk = max(1, min(chunk, num_weights))
+    work = _workspace(w_flat, num_components, chunk)
+    chunk_sums = [w_flat.new_zeros(())]  # summed pairwise at the end, not running
+    for start in range(0, num_weights, chunk):
+        stop = min(start + chunk, num_weights)
+        chunk_sums.append(
+            _eager_chunk(
+                w_flat[start:stop],
+                coef,
+                work,
+                needs,
+                grad_w[start:stop] if grad_w is not None else None,
+                sums,
+                zero_pi,
+            )
+        )
+    return torch.stack(chunk_sums).sum()
+
+
+def _triton_pass(fused, w_flat, coef, grad_w, sums, zero_pi) -> Tensor | None:
+    """The Triton kernel's pass; under ``auto`` a failure (say, no CUDA compiler for
+    Triton) warns once, turns Triton off for this process and returns ``None``."""
+    global _triton_failed
+    try:
+        return fused.fused_pass(
+            w_flat,
+            coef.mu,
+            coef.inv_sigma,
+            coef.log2_coef,
+            coef.floor,
+            grad_w=grad_w,
+            sums=sums,
+            zero_pi=zero_pi,
+        )
+    except Exception as error:  # Triton's compile and launch errors have no common base
+        if _kernel == "triton":
+            raise
+        _triton_failed = True
+        warnings.warn(
+            f"the Triton prior kernel failed ({error!r}); using the (slower) torch kernel. "
+            f"Set {_ENV_KERNEL}=torch to silence this.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return None
+
+
 def _forward_pass(
     w_flat: Tensor,
     pi: Tensor,
@@ -582,10 +676,7 @@ def _forward_pass(
         lib = _native_library(w_flat.device)
         if lib is not None:
             return _native_pass(lib, w_flat, pi, mu, sigma, need_w, need_pi, need_mu, need_sigma)
-    num_weights = w_flat.shape[0]
     num_components = mu.shape[0]
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // num_components)
-    chunk = max(1, min(chunk, num_weights))
     needs = _Needs(grad_w=need_w, s0=need_pi or need_sigma, s1=need_mu, s2=need_sigma)
     coef = _coefficients(pi, mu, sigma)
 
@@ -594,24 +685,17 @@ def _forward_pass(
     zero_pi = None
     if need_pi and bool((pi == 0).any()):  # rare; costs a host sync on accelerators
         index = torch.nonzero(pi == 0).flatten()
-        log2_norm = (-_log(sigma) * _LOG2E - _HALF_LOG2_2PI)[index, None]
-        zero_pi = (index, log2_norm, w_flat.new_zeros(num_components))
+        log2_norm = -_log(sigma) * _LOG2E - _HALF_LOG2_2PI
+        zero_pi = (index, log2_norm[index, None], w_flat.new_zeros(num_components))
 
-    work = _workspace(w_flat, num_components, chunk)
-    chunk_sums = [w_flat.new_zeros(())]  # summed pairwise at the end, not running
-    for start in range(0, num_weights, chunk):
-        stop = min(start + chunk, num_weights)
-        chunk_sums.append(
-            _eager_chunk(
-                w_flat[start:stop],
-                coef,
-                work,
-                needs,
-                grad_w[start:stop] if grad_w is not None else None,
-                sums,
-                zero_pi,
-            )
+    log_prob = None
+    fused = _triton_module(w_flat, num_components)
+    if fused is not None:
+        log_prob = _triton_pass(
+            fused, w_flat, coef, grad_w, sums, None if zero_pi is None else (log2_norm, zero_pi[2])
         )
+    if log_prob is None:
+        log_prob = _chunked_pass(w_flat, coef, needs, chunk_size, grad_w, sums, zero_pi)
 
     inv_sigma = coef.inv_sigma[:, 0]
     grad_pi = grad_mu = grad_sigma = None
@@ -626,7 +710,6 @@ def _forward_pass(
     if need_sigma:
         assert sums is not None
         grad_sigma = (sums[2] - sums[0]) * inv_sigma
-    log_prob = torch.stack(chunk_sums).sum()
     return MixtureLogProbGrad(log_prob, grad_w, grad_pi, grad_mu, grad_sigma)
 
 
