@@ -12,8 +12,8 @@ Whole batches. A ``DataLoader(dataset, batch_size=B)`` builds each batch from
 :math:`B` single points (``dataset[i]`` then the default collate's
 ``torch.stack``), which on a small network costs a few per cent of a step. Over
 a ``TensorDataset`` with the default collate and no workers, :class:`BatchStream`
-reads the same batches with one gather each (``x[indices]``, the same sampler,
-generator and values). For another dataset that can be indexed with a list of
+reads the same batches with one gather per tensor (``index_select`` of the
+batch's indices; the same sampler, generator and values). For another dataset that can be indexed with a list of
 indices, give ``fit`` whole batches yourself::
 
     sampler = BatchSampler(RandomSampler(dataset), batch_size=B, drop_last=False)
@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    Dataset,
     DistributedSampler,
     IterableDataset,
     RandomSampler,
@@ -147,18 +148,34 @@ def _generators(batches: Iterable) -> tuple[torch.Generator, ...]:
     return tuple(found)
 
 
+class _Rows(Dataset):
+    """The tensors of a ``TensorDataset``, indexed by a whole batch of indices at once."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return self.tensors[0].size(0)
+
+    def __getitem__(self, indices: Any) -> tuple[Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if bool((index < 0).any()):  # from the end, as dataset[i] reads them
+            index = index + len(self) * (index < 0)
+        return tuple(t.index_select(0, index.to(t.device)) for t in self.tensors)
+
+
 def _whole_batches(batches: Iterable) -> Iterable:
     """A loader reading the same batches as ``batches`` with one gather each, or ``batches``.
 
     A ``DataLoader`` over a ``TensorDataset`` with the default collate and no
     worker processes collates each batch from :math:`B` single items
-    (``dataset[i]`` and ``torch.stack``). The loader returned indexes the dataset
-    once per batch with the batch sampler's whole index list, ``x[indices]``,
-    the same values in the same dtypes and shapes, through the same batch sampler and
-    ``generator`` (building its iterator draws the same base seed), so the batches,
-    the order and the RNG streams are those of ``batches``. It is
-    ``DataLoader(dataset, batch_size=None, sampler=BatchSampler(...))``, the form
-    to give ``fit`` for any dataset that can be indexed with a list of indices.
+    (``dataset[i]`` and ``torch.stack``). The loader returned gathers the rows of
+    the batch sampler's whole index list from each tensor at once
+    (``index_select``: the same values in the same dtypes and shapes), through
+    the same batch sampler and ``generator`` (building its iterator draws the same
+    base seed), so the batches, the order and the RNG streams are those of
+    ``batches``. It is ``DataLoader(rows, batch_size=None, sampler=BatchSampler(...))``,
+    the form to give ``fit`` for any dataset that can be indexed with a list of indices.
     """
     if not (
         isinstance(batches, DataLoader)
@@ -169,7 +186,7 @@ def _whole_batches(batches: Iterable) -> Iterable:
     ):
         return batches
     return DataLoader(
-        batches.dataset,
+        _Rows(batches.dataset.tensors),
         batch_size=None,
         sampler=batches.batch_sampler,
         generator=batches.generator,
