@@ -5,6 +5,8 @@ under a 16-component prior, ``guide="map"``) and Fashion-MNIST-sized inputs
 (random 784-pixel images and 10 labels, seeded: the time of a step does not
 depend on the values):
 
+0. **Reading alone**: microseconds per batch of ``fit``'s stream over each
+   loader variant below, without the step (the median of 15 epochs, interleaved).
 1. **Loader overhead**: the time per step of :func:`bayes_sws.fit` on tensors
    ``fit(model, x, y, batch_size=B)`` and on a ``DataLoader`` over the same data
    ``fit(model, DataLoader(TensorDataset(x, y), batch_size=B, shuffle=True))``
@@ -141,6 +143,29 @@ def measure_loader(args) -> dict[str, float]:
     return found
 
 
+def measure_reads(args, repeats: int = 15) -> dict[str, float]:
+    """Microseconds per batch of reading each loader through ``fit``'s stream alone.
+
+    The loaders' own cost without the step around it (which the neighbours' load
+    makes noisy): ``BatchStream.next`` over one epoch, the variants interleaved,
+    the median over ``repeats`` epochs.
+    """
+    from bayes_sws.infer.loaders import BatchStream
+
+    x, y, _ = problem(args.num_data)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS[1:]}
+    for r in range(repeats):
+        for kind in VARIANTS[1:][r % 3 :] + VARIANTS[1:][: r % 3]:
+            stream = BatchStream(_loader(dataset, kind, args.batch_size))
+            count = stream.steps_per_epoch or 1
+            start = time.perf_counter()
+            for _ in range(count):
+                stream.next()
+            times[kind].append(1e6 * (time.perf_counter() - start) / count)
+    return {kind: statistics.median(values) for kind, values in times.items()}
+
+
 # ---------------------------------------------------------------------------- DDP
 def ddp_worker(out: str, processes: int, global_batch: int, steps: int, num_data: int) -> None:
     """One Lightning run (Lightning re-runs this script for the other ranks)."""
@@ -246,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"loader vs tensors: N={args.num_data}, B={args.batch_size}, {args.steps} steps x {args.rounds} rounds"
+    )
+    reads = measure_reads(args)
+    print(
+        "read per batch (the loader through fit's stream, no step): "
+        + ", ".join(f"{k} {v:.0f} us" for k, v in reads.items())
     )
     loader = measure_loader(args)
     for kind in VARIANTS[1:]:
