@@ -5,6 +5,8 @@ under a 16-component prior, ``guide="map"``) and Fashion-MNIST-sized inputs
 (random 784-pixel images and 10 labels, seeded: the time of a step does not
 depend on the values):
 
+0. **Reading alone**: microseconds per batch of ``fit``'s stream over each
+   loader variant below, without the step (the median of 15 epochs, interleaved).
 1. **Loader overhead**: the time per step of :func:`bayes_sws.fit` on tensors
    ``fit(model, x, y, batch_size=B)`` and on a ``DataLoader`` over the same data
    ``fit(model, DataLoader(TensorDataset(x, y), batch_size=B, shuffle=True))``
@@ -13,11 +15,17 @@ depend on the values):
    ``--steps`` steps of each, in an order that alternates every round) and each
    round's loader time is divided by the same round's tensor time, so every
    ratio is paired and a busy neighbour slows both sides alike; the median ratio
-   over rounds is the figure. Goal: at most 1.05x per step. A third variant,
-   ``batched``, reads the same loader's batches whole: ``DataLoader(dataset,
+   over rounds is the figure. Goal: at most 1.05x per step. ``fit`` reads a
+   ``DataLoader`` over a ``TensorDataset`` with the default collate by one
+   gather per batch (:mod:`bayes_sws.infer.loaders`, "Whole batches"); two more
+   variants show what that saves. ``collated`` is the same loader with
+   ``collate_fn=`` a function of one's own calling ``default_collate``, which
+   ``fit`` reads as the ``DataLoader`` gives it: B calls of ``dataset[i]`` and
+   a ``torch.stack`` per batch, what every ``DataLoader`` cost before (the
+   "before" figure, measured in the same run). ``batched`` gives whole batches
+   itself, the documented form for other datasets: ``DataLoader(dataset,
    batch_size=None, sampler=BatchSampler(RandomSampler(dataset), B, False))``
-   indexes the ``TensorDataset`` once per batch instead of collating B single
-   items, which is where the default loader's time goes.
+   indexes the ``TensorDataset`` with the batch's index list.
 2. **Data parallel** (``--ddp``): :class:`~bayes_sws.integrations.lightning.SWSLightningModule`
    under ``Trainer(strategy="ddp", accelerator="cpu")`` with 1 and with 2
    processes (gloo) on the same global batch ``G`` (``G/k`` per process), each
@@ -74,13 +82,20 @@ def _model(net: torch.nn.Module) -> sws.SWSModel:
     return sws.SWSModel(net, sws.MixturePrior(COMPONENTS), prior_scale=PRIOR_SCALE)
 
 
-VARIANTS = ("tensors", "loader", "batched")
+VARIANTS = ("tensors", "loader", "batched", "collated")
+
+
+def _collate(points):
+    """The default collate, as a function ``fit`` does not know (read batch by batch)."""
+    return torch.utils.data.default_collate(points)
 
 
 def _loader(dataset, kind: str, batch_size: int) -> torch.utils.data.DataLoader:
     data = torch.utils.data
     if kind == "loader":
         return data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    if kind == "collated":
+        return data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=_collate)
     whole = data.BatchSampler(data.RandomSampler(dataset), batch_size, drop_last=False)
     return data.DataLoader(dataset, batch_size=None, sampler=whole)
 
@@ -89,7 +104,8 @@ def loader_round(x, y, net, batch_size: int, steps: int, shift: int) -> dict[str
     """Seconds per step of ``fit`` on tensors and on DataLoaders of the same data."""
     dataset = torch.utils.data.TensorDataset(x, y)
     times = {}
-    for kind in VARIANTS[shift % 3 :] + VARIANTS[: shift % 3]:
+    shift %= len(VARIANTS)
+    for kind in VARIANTS[shift:] + VARIANTS[:shift]:
         model = _model(net)
         if kind != "tensors":
             loader = _loader(dataset, kind, batch_size)
@@ -125,6 +141,29 @@ def measure_loader(args) -> dict[str, float]:
         found[f"{kind}_ratio"] = statistics.median(values)
         found[f"{kind}_range"] = (min(values), max(values))  # type: ignore[assignment]
     return found
+
+
+def measure_reads(args, repeats: int = 15) -> dict[str, float]:
+    """Microseconds per batch of reading each loader through ``fit``'s stream alone.
+
+    The loaders' own cost without the step around it (which the neighbours' load
+    makes noisy): ``BatchStream.next`` over one epoch, the variants interleaved,
+    the median over ``repeats`` epochs.
+    """
+    from bayes_sws.infer.loaders import BatchStream
+
+    x, y, _ = problem(args.num_data)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS[1:]}
+    for r in range(repeats):
+        for kind in VARIANTS[1:][r % 3 :] + VARIANTS[1:][: r % 3]:
+            stream = BatchStream(_loader(dataset, kind, args.batch_size))
+            count = stream.steps_per_epoch or 1
+            start = time.perf_counter()
+            for _ in range(count):
+                stream.next()
+            times[kind].append(1e6 * (time.perf_counter() - start) / count)
+    return {kind: statistics.median(values) for kind, values in times.items()}
 
 
 # ---------------------------------------------------------------------------- DDP
@@ -232,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"loader vs tensors: N={args.num_data}, B={args.batch_size}, {args.steps} steps x {args.rounds} rounds"
+    )
+    reads = measure_reads(args)
+    print(
+        "read per batch (the loader through fit's stream, no step): "
+        + ", ".join(f"{k} {v:.0f} us" for k, v in reads.items())
     )
     loader = measure_loader(args)
     for kind in VARIANTS[1:]:

@@ -8,6 +8,20 @@ is scaled by :math:`N / B` with :math:`N` the size of the whole data set
 (``len(loader.dataset)`` or ``num_data``) and :math:`B` the batch's size
 (:meth:`~bayes_sws.core.model.SWSModel.data_plate`).
 
+Whole batches. A ``DataLoader(dataset, batch_size=B)`` builds each batch from
+:math:`B` single points (``dataset[i]`` then the default collate's
+``torch.stack``), which on a small network costs a few per cent of a step. Over
+a ``TensorDataset`` with the default collate and no workers, :class:`BatchStream`
+reads the same batches with one gather per tensor (``index_select`` of the
+batch's indices; the same sampler, generator and values). For another dataset that can be indexed with a list of
+indices, give ``fit`` whole batches yourself::
+
+    sampler = BatchSampler(RandomSampler(dataset), batch_size=B, drop_last=False)
+    fit(model, DataLoader(dataset, batch_size=None, sampler=sampler))
+
+The sampler inside the ``BatchSampler`` is found like a loader's own: its
+generator is recorded for resuming and its ``set_epoch`` called every epoch.
+
 Resuming exactly. The stream's :meth:`~BatchStream.state` is the epoch, the
 batches of it read so far, and what decides the epoch's order: the global RNGs
 (:mod:`.rng`) and the states of the loader's ``torch.Generator``\ s (the
@@ -34,12 +48,15 @@ from torch import Tensor
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    Dataset,
     DistributedSampler,
     IterableDataset,
     RandomSampler,
     SequentialSampler,
     SubsetRandomSampler,
+    TensorDataset,
     WeightedRandomSampler,
+    default_collate,
 )
 
 from ..validation import check_int
@@ -81,15 +98,17 @@ def is_batches(x: Any, y: Any) -> bool:
 
 
 def _samplers(loader: DataLoader) -> list[Any]:
-    """The loader's batch sampler, its sampler, and the sampler inside a batch sampler."""
+    """The loader's batch sampler, its sampler, and the samplers inside them, each once.
+
+    A ``BatchSampler`` given as the ``sampler`` of a loader with ``batch_size=None``
+    (whole batches) is opened too: its own sampler is the one with the generator
+    and the ``set_epoch``.
+    """
     found: list[Any] = []
-    for sampler in (
-        loader.batch_sampler,
-        getattr(loader.batch_sampler, "sampler", None),
-        loader.sampler,
-    ):
-        if sampler is not None and all(sampler is not s for s in found):
+    for sampler in (loader.batch_sampler, loader.sampler):
+        while sampler is not None and all(sampler is not s for s in found):
             found.append(sampler)
+            sampler = getattr(sampler, "sampler", None)
     return found
 
 
@@ -127,6 +146,52 @@ def _generators(batches: Iterable) -> tuple[torch.Generator, ...]:
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
     return tuple(found)
+
+
+class _Rows(Dataset):
+    """The tensors of a ``TensorDataset``, indexed by a whole batch of indices at once."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return self.tensors[0].size(0)
+
+    def __getitem__(self, indices: Any) -> tuple[Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if bool((index < 0).any()):  # from the end, as dataset[i] reads them
+            index = index + len(self) * (index < 0)
+        return tuple(t.index_select(0, index.to(t.device)) for t in self.tensors)
+
+
+def _whole_batches(batches: Iterable) -> Iterable:
+    """A loader reading the same batches as ``batches`` with one gather each, or ``batches``.
+
+    A ``DataLoader`` over a ``TensorDataset`` with the default collate and no
+    worker processes collates each batch from :math:`B` single items
+    (``dataset[i]`` and ``torch.stack``). The loader returned gathers the rows of
+    the batch sampler's whole index list from each tensor at once
+    (``index_select``: the same values in the same dtypes and shapes), through
+    the same batch sampler and ``generator`` (building its iterator draws the same
+    base seed), so the batches, the order and the RNG streams are those of
+    ``batches``. It is ``DataLoader(rows, batch_size=None, sampler=BatchSampler(...))``,
+    the form to give ``fit`` for any dataset that can be indexed with a list of indices.
+    """
+    if not (
+        isinstance(batches, DataLoader)
+        and type(batches.dataset) is TensorDataset
+        and batches.batch_sampler is not None
+        and batches.collate_fn is default_collate
+        and batches.num_workers == 0
+    ):
+        return batches
+    return DataLoader(
+        _Rows(batches.dataset.tensors),
+        batch_size=None,
+        sampler=batches.batch_sampler,
+        generator=batches.generator,
+        pin_memory=batches.pin_memory,
+    )
 
 
 def _pair(batch: Any, where: str) -> tuple[Any, Any]:
@@ -196,6 +261,7 @@ class BatchStream:
                 "once; pass a re-iterable: a DataLoader, or a list of (x, y) batches"
             )
         self.batches = batches
+        self._reader = _whole_batches(batches)  # what is read: the same batches
         self.num_data = _num_data(batches, num_data)
         try:
             self.steps_per_epoch: int | None = len(batches)  # type: ignore[arg-type]
@@ -282,7 +348,7 @@ class BatchStream:
             "rng": get_rng_state(),
             "generators": [g.get_state() for g in self._generators],
         }
-        self._iterator = iter(self.batches)
+        self._iterator = iter(self._reader)
 
     def _end_epoch(self) -> None:
         self.epoch, self.position = self.epoch + 1, 0

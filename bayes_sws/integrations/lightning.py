@@ -15,15 +15,29 @@ on a mini-batch ``(x, y)`` from your ``DataLoader``: the negative ELBO
 Pyro inside a ``LightningModule``, a plain ``torch.optim`` optimiser, module-local
 Pyro parameters.
 
+The batch goes through the model's own data plate, as in :func:`bayes_sws.fit`
+on a ``DataLoader``: ``model(x, y, num_data=N)`` is a ``pyro.plate`` of size
+:math:`N` subsampled to the :math:`B` points of the batch
+(:meth:`~bayes_sws.core.model.SWSModel.data_plate`), which scales the likelihood
+by :math:`N/B`. For ``guide="map"`` the loss is :func:`bayes_sws.infer.fastmap.map_loss`
+where :func:`~bayes_sws.infer.fastmap.supports_fast_map` holds (the negative log
+joint without Pyro's tracing; the same value and gradients as ``Trace_ELBO``),
+again as :func:`bayes_sws.fit` computes it.
+
 Several processes (``Trainer(strategy="ddp", devices=k)``). Each process sees
 its own batch of :math:`B` points from a ``DistributedSampler`` and scales its
 likelihood by :math:`N/B`, with :math:`N` the size of the whole data set (not
-of the process's shard); each process's loss is then an unbiased estimate of
-the full objective, and DDP's average of the gradients over processes is one
-too (with an effective batch of :math:`kB`). The prior and hyperprior terms
-are computed whole on every process, so the average counts them once. The
-mixture parameters are ordinary parameters of the module and are all-reduced
-like the weights.
+of the process's shard) and :math:`B` the size of this process's batch; each
+process's loss is then an unbiased estimate of the full objective, and DDP's
+average of the gradients over processes is one too (with an effective batch of
+:math:`kB`). The prior and hyperprior terms are computed whole on every
+process, so the average counts them once. The mixture parameters are ordinary
+parameters of the module and are all-reduced like the weights.
+
+:class:`scale_data` is the same :math:`N/B` scaling as a Pyro handler, for your
+own Pyro models whose data plate is named ``"data"`` and which are given only
+the batch (an :class:`~bayes_sws.core.model.SWSModel` needs it not: pass it
+``num_data``).
 
 Lightning is an optional dependency (``pip install 'bayes-sws[lightning]'``),
 imported when :class:`SWSLightningModule` is first used.
@@ -41,6 +55,8 @@ from pyro.infer.autoguide import init_to_median, init_to_value
 from pyro.poutine.messenger import Messenger
 
 from ..core.model import SWSModel
+from ..core.sites import DATA_PLATE
+from ..infer.fastmap import map_loss, supports_fast_map
 from ..infer.guides import build_guide, guide_name
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
@@ -48,8 +64,6 @@ from ..validation import check_int, check_real
 
 __all__ = ["DATA_PLATE", "SWSLightningModule", "scale_data"]  # noqa: F822 (module __getattr__)
 
-#: The name of the data plate of :class:`~bayes_sws.core.model.SWSModel`.
-DATA_PLATE = "data"
 _INSTALL = "pip install 'bayes-sws[lightning]'"
 
 
@@ -71,6 +85,12 @@ class scale_data(Messenger):
     subsample=...)`` does when the model is given all the data and the indices,
     for a model given the batch alone. Sites outside the plate (the prior) are
     untouched.
+
+    Public for your own Pyro models with a plate named :data:`~bayes_sws.core.sites.DATA_PLATE`
+    (``"data"``) that are given one batch at a time: ``scale_data(N / B)(model)``.
+    :class:`SWSLightningModule` does not use it: an
+    :class:`~bayes_sws.core.model.SWSModel` scales itself when called with
+    ``num_data=N`` (:meth:`~bayes_sws.core.model.SWSModel.data_plate`).
     """
 
     def __init__(self, scale: float):
@@ -132,14 +152,29 @@ class _SWSLightningMixin:
             vectorize_particles=num_particles > 1,
             max_plate_nesting=1,
         )
+        with local_params():
+            # AutoDelta's loss without Pyro's tracing, as fit computes it (same value, gradients)
+            self.fast_map = supports_fast_map(model, self.guide)
         self.losses: list[float] = []
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO of the batch ``(x, y)``, the likelihood scaled by ``num_data / len(x)``."""
+        """Negative ELBO of the batch ``(x, y)``, the likelihood scaled by ``num_data / len(x)``.
+
+        ``model(x, y, num_data=N)``: the batch is the subsample of the model's
+        data plate of size :math:`N` (``Trace_ELBO``, or :func:`~bayes_sws.infer.fastmap.map_loss`
+        for an ``AutoDelta`` guide).
+        """
         num_data = self._resolve_num_data()
-        scaled = scale_data(num_data / x.shape[0])(self.model)
+        if x.shape[0] > num_data:
+            raise ValueError(
+                f"the batch holds {x.shape[0]} data points, more than num_data={num_data}, "
+                "the size of the whole data set"
+            )
         with local_params():
-            return self.elbo.differentiable_loss(scaled, self.guide, x, y)
+            if self.fast_map:
+                return map_loss(self.model, self.guide, x, y, None, num_data)
+            program = functools.partial(self.model, num_data=num_data)
+            return self.elbo.differentiable_loss(program, self.guide, x, y)
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -7,6 +7,7 @@ never has to fit in memory"."""
 
 import copy
 import io
+import itertools
 import warnings
 
 import numpy as np
@@ -16,12 +17,21 @@ import torch.nn.functional as F
 from conftest import assert_close
 from pyro.infer import Trace_ELBO
 from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    TensorDataset,
+)
 
 import bayes_sws as sws
 from bayes_sws.core.likelihoods import Categorical
 from bayes_sws.infer import fastmap
-from bayes_sws.infer.loaders import ReplayWarning
+from bayes_sws.infer.loaders import BatchStream, ReplayWarning
 from bayes_sws.infer.svi import FitState, NumericalFault, SVIEngine, batch_indices, local_params
 
 N, B, SEED = 60, 16, 5
@@ -231,6 +241,13 @@ LOADERS = {
         Noisy(), batch_size=B, shuffle=True, num_workers=2
     ),
     "list of batches": lambda: [(X[i : i + 20], Y[i : i + 20]) for i in (0, 20, 40)],
+    "whole batches, seeded sampler": lambda: DataLoader(
+        TensorDataset(X, Y),
+        batch_size=None,
+        sampler=BatchSampler(
+            RandomSampler(range(N), generator=torch.Generator().manual_seed(7)), B, False
+        ),
+    ),
 }
 
 
@@ -397,3 +414,87 @@ def test_the_engine_has_no_random_access_to_a_loaders_batches():
     assert (
         engine.x is None and engine.loader is not None and copy.copy(engine.config)["num_data"] == N
     )
+
+
+# ---------------------------------------------------------------------------- whole batches
+WHOLE = {
+    "seeded, drop_last": lambda: DataLoader(
+        TensorDataset(X, Y),
+        batch_size=B,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(7),
+    ),
+    "shuffle, no generator": lambda: DataLoader(TensorDataset(X, Y), batch_size=B, shuffle=True),
+    "in order, last batch short": lambda: DataLoader(TensorDataset(X, Y.float()), batch_size=B),
+    "indices from the end": lambda: DataLoader(
+        TensorDataset(X, Y), batch_sampler=[[-1, 0, -2], [5, -N], [7]]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", WHOLE)
+def test_a_tensor_dataset_is_read_a_batch_at_a_time_as_its_loader_reads_it(kind, monkeypatch):
+    """Oracle: the DataLoader's own iteration (the default collate of single points) from
+    the same RNG states: the same batches bit for bit over two epochs, in the same dtypes,
+    and the RNGs left where it leaves them; the stream does not read the points one by one."""
+    torch.manual_seed(4)
+    loader = WHOLE[kind]()
+    # len(loader) batches of a fresh iterator per epoch, as the stream reads them (with
+    # drop_last a for loop would also run the sampler to its end, drawing one more permutation)
+    expected = [b for _ in range(2) for b in itertools.islice(iter(loader), len(loader))]
+    rng_after = torch.get_rng_state()
+    generator_after = loader.generator.get_state() if loader.generator else None
+
+    getitem, indices = TensorDataset.__getitem__, []
+    monkeypatch.setattr(
+        TensorDataset, "__getitem__", lambda self, i: indices.append(i) or getitem(self, i)
+    )
+    torch.manual_seed(4)
+    loader = WHOLE[kind]()
+    stream = BatchStream(loader)
+    read = [stream.next() for _ in range(2 * len(loader))]
+    assert len(read) == len(expected) and not indices  # gathered, not read point by point
+    for (x, y), (ex, ey) in zip(read, expected):
+        assert x.dtype == ex.dtype and y.dtype == ey.dtype
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert torch.equal(torch.get_rng_state(), rng_after)
+    if generator_after is not None:
+        assert torch.equal(loader.generator.get_state(), generator_after)
+
+
+def test_other_loaders_are_read_as_they_are():
+    """A collate of one's own, worker processes or a subclass of TensorDataset: the loader's
+    own batches (the points one by one)."""
+    calls = []
+
+    def collate(points):
+        calls.append(len(points))
+        return torch.utils.data.default_collate(points)
+
+    stream = BatchStream(DataLoader(TensorDataset(X, Y), batch_size=B, collate_fn=collate))
+    x, y = stream.next()
+    assert calls == [B] and torch.equal(x, X[:B]) and torch.equal(y, Y[:B])
+
+
+def test_whole_batches_of_a_distributed_sampler_change_order_every_epoch():
+    """``DataLoader(batch_size=None, sampler=BatchSampler(DistributedSampler(...)))``: the
+    sampler inside is told the epoch, as the loader's own sampler would be."""
+
+    def make():
+        inner = DistributedSampler(TensorDataset(X, Y), num_replicas=2, rank=1, seed=3)
+        sampler = BatchSampler(inner, B, drop_last=False)
+        return DataLoader(TensorDataset(X, Y), batch_size=None, sampler=sampler), inner
+
+    loader, _ = make()
+    stream = BatchStream(loader)
+    read = [stream.next() for _ in range(2 * len(loader))]
+    oracle, inner = make()
+    expected = []
+    for epoch in (0, 1):
+        inner.set_epoch(epoch)
+        expected += list(oracle)
+    assert len(read) == len(expected) == 2 * 2  # 30 points of this rank in batches 16, 14
+    for (x, y), (ex, ey) in zip(read, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert not torch.equal(read[0][0], read[2][0])  # epoch 1 is another order

@@ -113,13 +113,61 @@ def test_variational_loss_per_step_equals_the_tensor_path(guide):
     assert len(set(module.losses)) == num_steps  # the parameters did move
 
 
-def test_two_processes_average_to_the_union_batch():
+def _oracle_loss_and_grads(module, x, y, index):
+    """Pyro's ``Trace_ELBO`` of the model given all the data and the batch's indices."""
+    module.zero_grad()
+    with local_params():
+        loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(
+            module.model, module.guide, x, y, index
+        )
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("guide", ["map", "normal", "mixed"])
+def test_batch_loss_and_gradients_equal_trace_elbo_on_the_subsampled_plate(guide):
+    """``module.loss(x[b], y[b])`` with ``num_data=N``: the ``N/B``-scaled ELBO of the batch,
+    its gradients those of the model's ``pyro.plate(N, subsample=b)`` on all the data."""
+    pytest.importorskip("lightning.pytorch")
+    from bayes_sws.infer.fastmap import supports_fast_map
+    from bayes_sws.integrations.lightning import SWSLightningModule
+
+    x, y, net = _setup()
+    module = SWSLightningModule(_model(net), guide, num_data=N)
+    with local_params():
+        assert module.fast_map == (guide == "map") == supports_fast_map(module.model, module.guide)
+    index = batch_indices(N, B, 2, SEED)
+    state = torch.get_rng_state()
+    expected, expected_grads = _oracle_loss_and_grads(module, x, y, index)
+    torch.set_rng_state(state)  # the same draw of the variational guides' weights
+    module.zero_grad()
+    loss = module.loss(x[index], y[index])
+    loss.backward()
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    assert_close(float(loss.detach()), expected, rtol=1e-12)
+    assert len(grads) == len(expected_grads) > 0
+    for mine, theirs in zip(grads, expected_grads):
+        assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_a_batch_larger_than_the_data_set_is_refused():
+    pytest.importorskip("lightning.pytorch")
+    from bayes_sws.integrations.lightning import SWSLightningModule
+
+    x, y, net = _setup()
+    module = SWSLightningModule(_model(net), "map", num_data=B)
+    with pytest.raises(ValueError, match=f"more than num_data={B}"):
+        module.loss(x[: B + 1], y[: B + 1])
+
+
+@pytest.mark.parametrize(("processes", "batch"), [(1, B), (2, B), (3, 12)])
+def test_processes_average_to_the_union_batch(processes, batch):
     pytest.importorskip("lightning.pytorch")
     from bayes_sws.integrations.lightning import SWSLightningModule
 
     x, y, net = _setup()
     module = SWSLightningModule(_model(net), "map", num_data=N)
-    halves = batch_indices(N, 2 * B, 0, SEED).split(B)  # what two DDP ranks would each see
+    halves = batch_indices(N, processes * batch, 0, SEED).split(batch)  # what each rank sees
     grads = []
     for index in halves:
         module.zero_grad()
@@ -131,8 +179,8 @@ def test_two_processes_average_to_the_union_batch():
         Trace_ELBO(max_plate_nesting=1).differentiable_loss(
             module.model, module.guide, x, y, union
         ).backward()
-    for mine_a, mine_b, theirs in zip(*grads, [p.grad for p in module.guide.parameters()]):
-        assert_close((mine_a + mine_b) / 2, theirs, rtol=1e-10, atol=1e-12)
+    for *mine, theirs in zip(*grads, [p.grad for p in module.guide.parameters()]):
+        assert_close(sum(mine) / processes, theirs, rtol=1e-10, atol=1e-12)
 
 
 def test_compress_and_arviz_take_the_result():
