@@ -488,7 +488,7 @@ class MixturePrior:
         """This prior's name of the site ``base`` (e.g. ``sws.mixing``; see :attr:`group`)."""
         return group_site(base, self.group)
 
-    def _base_site(self, site: str) -> str:
+    def base_site(self, site: str) -> str:
         """The shared mixture's name (``sws.mixing``) of one of this prior's sites."""
         if self.group is None:
             return site
@@ -516,7 +516,7 @@ class MixturePrior:
 
     def _hyperprior(self, site: str, like: Tensor):
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
-        site = self._base_site(site)
+        site = self.base_site(site)
         if site == PI_ZERO:
             if self.flat:
                 return dist.ImproperUniform(constraints.unit_interval, (), ())

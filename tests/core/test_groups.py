@@ -241,3 +241,18 @@ def test_group_errors():
     with pytest.raises(ValueError, match="non-empty string"):
         sws.MixturePrior(3).for_group("")
     pyro.clear_param_store()
+
+
+def test_arviz_posterior_names_every_group_site():
+    """Each group's sites are posterior variables with component dimensions; the summary too."""
+    from bayes_sws.diagnostics import to_inference_data
+
+    x, y = small_data("categorical")
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(3), groups="layer")
+    result = sws.fit(model, x, y, guide="normal", num_steps=5, seed=0)
+    posterior = to_inference_data(result, num_samples=4, num_chains=2).posterior
+    for group in ("0", "2"):
+        assert posterior[f"sws.{group}.means"].dims == ("chain", "draw", "nonzero_component")
+        assert posterior[f"sws.{group}.precisions"].dims == ("chain", "draw", "component")
+    assert posterior["sws.pi"].shape == (2, 2, 6)
+    np.testing.assert_allclose(posterior["sws.pi"].values.sum(-1), 1.0, rtol=1e-12)
