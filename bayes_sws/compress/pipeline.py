@@ -610,6 +610,13 @@ def _final_and_stored(
     return final, stored, storage
 
 
+def _groups_config(model: SWSModel) -> dict[str, Any]:
+    """``{"groups": {group: [parameter names]}}`` for a model with grouped mixtures, else ``{}``."""
+    if model.groups is None:
+        return {}
+    return {"groups": {g: list(names) for g, names in model.groups.items()}}
+
+
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
     """``test_{accuracy,rmse,log_likelihood}_{stage}`` fields of a :class:`CompressionResult`."""
     return {
@@ -739,11 +746,7 @@ def compress_result(
         "param_names": names,
         "num_components_learned": int(mixture.pi.numel()),
         "zero_component": model.prior.zero_component,
-        **(
-            {}
-            if model.groups is None
-            else {"groups": {g: list(n) for g, n in model.groups.items()}}
-        ),
+        **_groups_config(model),
         "finetune_epochs": finetune_epochs,
         "finetune_lr": float(finetune_lr),
         "remove_dead_units": bool(remove_dead_units),
