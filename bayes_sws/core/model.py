@@ -28,7 +28,7 @@ import copy
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pyro
 import torch
@@ -245,11 +245,11 @@ class SWSModel:
         num_data: int | None = None,
     ) -> Tensor:
         like = self._like()
-        mixture: Mixture | dict[str | None, Mixture]
+        mixture: Mixture | dict[str, Mixture]
         if self.groups is None:
             mixture = self.prior.sample_mixture(like)
         else:
-            mixture = {g: p.sample_mixture(like) for g, p, _ in self.mixture_groups()}
+            mixture = cast(GroupedMixturePrior, self.prior).sample_mixtures(like)
         weights = self.sample_weights(mixture)
         params = self.likelihood.sample_parameters(like)
         size, index = self.data_plate(x, subsample, num_data)
@@ -281,7 +281,7 @@ class SWSModel:
             )
         return num_data, torch.arange(x.shape[0], device=x.device)
 
-    def sample_weights(self, mixture: Mixture | Mapping[str | None, Mixture]) -> dict[str, Tensor]:
+    def sample_weights(self, mixture: Mixture | Mapping[Any, Mixture]) -> dict[str, Tensor]:
         """One vectorised site per selected tensor, under ``poutine.scale(λ)``.
 
         ``mixture``: the shared mixture, or each group's (keyed as :meth:`mixtures`).

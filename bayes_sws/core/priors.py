@@ -698,12 +698,30 @@ class GroupedMixturePrior(MixturePrior):
 
     def mixture(self, values: dict[str, Tensor], like: Tensor) -> Mixture:
         """The groups' mixtures side by side, each group's π times its share of the weights."""
-        parts = [(self.fractions[g], p.mixture(values, like)) for g, p in self.members.items()]
+        return self.combine({g: p.mixture(values, like) for g, p in self.members.items()})
+
+    def combine(self, mixtures: dict[str, Mixture]) -> Mixture:
+        """The summary mixture (see the class) of the groups' mixtures."""
+        parts = [(self.fractions[g], mixtures[g]) for g in self.members]
         return Mixture(
             torch.cat([share * m.pi for share, m in parts], -1),
             torch.cat([m.mu for _, m in parts], -1),
             torch.cat([m.sigma for _, m in parts], -1),
         )
+
+    def sample_mixtures(self, like: Tensor) -> dict[str, Mixture]:
+        """Sample every group's sites (recording ``sws.<group>.pi`` ...); each group's mixture.
+
+        The summary mixture is recorded as ``sws.pi``, ``sws.mu``, ``sws.sigma``
+        (shape ``(G·M,)``), so that what reads those sites of a trace (MCMC
+        samples, ArviZ conversion) sees every group's components.
+        """
+        mixtures = {g: p.sample_mixture(like) for g, p in self.members.items()}
+        summary = self.combine(mixtures)
+        pyro.deterministic(PI, summary.pi, event_dim=1)
+        pyro.deterministic(MU, summary.mu, event_dim=1)
+        pyro.deterministic(SIGMA, summary.sigma, event_dim=1)
+        return mixtures
 
     def init_values(self, weights: Iterable[Tensor]) -> dict[str, Tensor]:
         raise TypeError(

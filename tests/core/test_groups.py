@@ -182,10 +182,16 @@ def test_two_groups_log_joint_is_the_sum_of_independent_mixtures(groups):
     assert_close(float(elbo), -(expected + obs), rtol=1e-11)
     # the deterministic sites of each group's mixture
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(x, y)
+    mixtures = model.mixtures(values)
     for group in names:
-        mixture = model.mixtures(values)[group]
-        for site, part in zip(("pi", "mu", "sigma"), mixture):
+        for site, part in zip(("pi", "mu", "sigma"), mixtures[group]):
             assert torch.equal(trace.nodes[f"sws.{group}.{site}"]["value"], part)
+    # sws.pi, sws.mu, sws.sigma: the groups' components side by side, π by share of weights
+    first, second = (mixtures[g] for g in names)
+    pi = torch.cat([first.pi * 18 / 42, second.pi * 24 / 42])
+    assert_close(trace.nodes["sws.pi"]["value"], pi, rtol=1e-15)
+    assert torch.equal(trace.nodes["sws.mu"]["value"], torch.cat([first.mu, second.mu]))
+    assert torch.equal(trace.nodes["sws.sigma"]["value"], torch.cat([first.sigma, second.sigma]))
 
 
 def test_map_loss_equals_trace_elbo_in_value_and_gradients_with_layer_groups():
