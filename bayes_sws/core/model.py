@@ -72,7 +72,13 @@ class SWSModel:
         component and fixed precisions this is PRML §5.5.1's layer-wise Gaussian
         prior :math:`\sum_l \frac{\alpha_l}{2}\|w_l\|^2`.
         With groups, ``prior`` may also be a dict ``{group: MixturePrior}``
-        (a prior per group; ``self.prior`` is then the first).
+        (a prior per group). Each group's prior is a copy made here
+        (:attr:`group_priors`, change a group's settings there);
+        :attr:`prior` is then a :class:`~bayes_sws.core.priors.GroupedMixturePrior`
+        with the settings of ``prior`` (of the first, for a dict), all groups'
+        sites, and as its mixture the groups' components side by side (what
+        ``FitResult.mixture()`` and the trace's ``sws.pi``, ``sws.mu``,
+        ``sws.sigma`` give); :meth:`mixtures` gives each group's own.
 
     Notes
     -----
