@@ -134,3 +134,41 @@ def test_per_layer_codebooks_in_compression_and_in_the_file(compressed):
         assert torch.equal(a, b), name
     with torch.no_grad():
         assert torch.equal(back(data.x_test), result.stored_net(data.x_test))
+
+
+def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
+    """``--groups both``: a second trial table for the per-layer mixtures (hand arithmetic)."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression_validated as validated
+
+    def trial(scale, after, rate, chosen):
+        return {
+            "prior_scale": scale,
+            "validation_error_before": 0.1,
+            "validation_error_after": after,
+            "compression_rate": rate,
+            "chosen": chosen,
+        }
+
+    row = {
+        "case": "c",
+        "method": "sws per-layer λ=0.3 (chosen on validation)",
+        "pretrained_accuracy": 0.9,
+        "accuracy_after": 0.895,
+        "compression_rate": 60.0,
+        "compression_rate_all_units": 50.0,
+    }
+    result = {
+        "rows": [row],
+        "trials": [trial(0.1, 0.102, 50.0, True)],
+        "trials_per_layer": [trial(0.3, 0.104, 60.0, True)],
+        "within_margin": True,
+        "wall": 60.0,
+        "wall_per_layer": 120.0,
+    }
+    text = validated.section({"c": result}, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "")
+    assert "Validation trials, c (tuning took" in text
+    assert "Validation trials, c, per-layer (tuning took" in text
+    assert "| 0.3 | 10.00 → 10.40 | +0.40 | 60.0 | **chosen** |" in text
+    assert "sws per-layer λ=0.3" in text
