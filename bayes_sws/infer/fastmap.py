@@ -186,15 +186,19 @@ def _closed_form(d: dist.Distribution):
     return None
 
 
-def _prior_key(model: SWSModel) -> tuple:
-    """The settings (numbers, flags, names) of the model's priors, to notice a changed prior."""
+def _prior_key(prior: MixturePrior) -> tuple:
+    """The prior's settings (numbers, flags, names), to notice a changed prior."""
     return tuple(
-        (group, id(prior), names)
-        + tuple(
-            (k, v)
-            for k, v in sorted(vars(prior).items())
-            if v is None or isinstance(v, (bool, int, float, str, tuple))
-        )
+        (k, v)
+        for k, v in sorted(vars(prior).items())
+        if v is None or isinstance(v, (bool, int, float, str, tuple))
+    )
+
+
+def _priors_key(model: SWSModel) -> tuple:
+    """:func:`_prior_key` of every mixture of the model (one per group), with its tensors."""
+    return tuple(
+        (group, id(prior), names, _prior_key(prior))
         for group, prior, names in model.mixture_groups()
     )
 
@@ -212,7 +216,7 @@ class _Plan:
         self.likelihood = model.likelihood
         self.prototype = weakref.ref(guide.prototype_trace)
         self.like_key = (like.dtype, like.device)
-        self.prior_key = _prior_key(model)
+        self.prior_key = _priors_key(model)
         self.site_names = model.hyper_site_names + model.weight_site_names
         self.sites = _param_locations(guide, self.site_names)
         # the hyperprior distributions do not depend on the values: built once
@@ -236,7 +240,7 @@ class _Plan:
             and self.likelihood is model.likelihood
             and self.prototype() is guide.prototype_trace
             and self.like_key == (like.dtype, like.device)
-            and self.prior_key == _prior_key(model)
+            and self.prior_key == _priors_key(model)
         )
 
     def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
