@@ -14,6 +14,11 @@ Compression settings) this script
    Deep Compression with Han et al.'s rates and at the chosen row's per-layer
    sparsity ("dc-matched"), all trained on the same reduced training set.
 
+``--groups layer`` gives every layer its own mixture (``soft_weight_sharing(...,
+groups="layer")``: per-layer π, μ, σ and codebooks) instead of one shared by all
+layers; ``--groups both`` tunes both and reports the two chosen rows side by side
+(Deep Compression matched to the shared row).
+
 ``--write`` replaces the "## Compression, chosen on validation" section of
 BENCHMARKS.md and its short table in "Current figures".
 
@@ -95,25 +100,19 @@ def run_case(name: str, options: dict) -> dict:
     net, _ = bench.pretrained(
         held_out, tuning, seed=options["seed"], cache=options["cache"], progress=options["progress"]
     )
-    candidates = [{"prior_scale": s} for s in GRIDS[name]]
-    bench.say(f"{name}: soft weight-sharing at λ = {', '.join(map(str, GRIDS[name]))}")
-    start = time.perf_counter()
-    found = tune_soft_weight_sharing(
-        net,
-        tuning,
-        candidates,
-        max_error_increase=MARGIN,
-        seed=options["seed"],
-        progress=options["progress"],
-        **_settings(case),
-    )
-    wall = time.perf_counter() - start
-    bench.say(f"{name}: validation trials\n{found.table()}")
+    modes = {"shared": [None], "layer": ["layer"], "both": [None, "layer"]}
+    found, walls = {}, {}
+    for groups in modes[options.get("groups") or "shared"]:
+        found[groups], walls[groups] = _tune(name, net, tuning, case, options, groups)
     # --- the test set, read once
     pre_acc = accuracy(net, final.x_test, final.y_test)
-    chosen = found.chosen.result
-    label = f"sws λ={found.chosen.settings['prior_scale']:g} (chosen on validation)"
-    rows = [_row(name, label, pre_acc, chosen.stored_net, final, chosen)]
+    rows = []
+    for groups, each in found.items():
+        kind = "" if groups is None else " per-layer"
+        label = f"sws{kind} λ={each.chosen.settings['prior_scale']:g} (chosen on validation)"
+        chosen = each.chosen.result
+        rows.append(_row(name, label, pre_acc, chosen.stored_net, final, chosen))
+    label = rows[0]["method"]
     prune, clusters = bench.matched_dc_settings(rows[0])
     for method, prune_fraction, num_clusters in (
         ("dc-han", case.han["prune_fraction"], case.han["num_clusters"]),
@@ -133,12 +132,39 @@ def run_case(name: str, options: dict) -> dict:
             remove_dead_units=True,
         )
         rows.append({**row, "case": name, "pretrained_accuracy": pre_acc})
-    return {
+    first = next(iter(found))
+    out = {
         "rows": rows,
-        "trials": _trials(found),
-        "within_margin": found.within_margin,
-        "wall": wall,
+        "trials": _trials(found[first]),
+        "within_margin": found[first].within_margin,
+        "wall": walls[first],
     }
+    if "layer" in found and first is None:  # --groups both: the per-layer trials too
+        out["trials_per_layer"] = _trials(found["layer"])
+        out["wall_per_layer"] = walls["layer"]
+    return out
+
+
+def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
+    """λ chosen on validation for one kind of mixture (shared, or one per layer), and seconds."""
+    candidates = [{"prior_scale": s} for s in GRIDS[name]]
+    kind = "shared mixture" if groups is None else "a mixture per layer"
+    bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, GRIDS[name]))}")
+    start = time.perf_counter()
+    extra = {} if groups is None else {"groups": groups}
+    found = tune_soft_weight_sharing(
+        net,
+        tuning,
+        candidates,
+        max_error_increase=MARGIN,
+        seed=options["seed"],
+        progress=options["progress"],
+        **_settings(case),
+        **extra,
+    )
+    wall = time.perf_counter() - start
+    bench.say(f"{name}: validation trials ({kind})\n{found.table()}")
+    return found, wall
 
 
 def _trials(found: Tuning) -> list[dict]:
@@ -215,21 +241,33 @@ def section(results: dict[str, dict], command: str, options: dict, recorded: str
         *_table([row for result in results.values() for row in result["rows"]]),
     ]
     for name, result in results.items():
-        lines += ["", f"Validation trials, {name} (tuning took {bench._time(result['wall'])}):", ""]
-        lines += [
-            "| λ | validation error % pretrained → after | Δ (points) | compression × | |",
-            "| ---: | ---: | ---: | ---: | --- |",
-        ]
-        for t in result["trials"]:
-            lines.append(
-                f"| {t['prior_scale']:g} | {100 * t['validation_error_before']:.2f} → "
-                f"{100 * t['validation_error_after']:.2f} | "
-                f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
-                f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
+        blocks = [(name, result["trials"], result["wall"])]
+        if "trials_per_layer" in result:
+            blocks.append(
+                (f"{name}, per-layer", result["trials_per_layer"], result["wall_per_layer"])
             )
+        for title, trials, wall in blocks:
+            lines += _trial_table(title, trials, wall)
         if not result["within_margin"]:
             lines += ["", f"No λ stayed within {MARGIN} points on validation; the smallest loss."]
     return "\n".join(lines) + "\n"
+
+
+def _trial_table(title: str, trials: list[dict], wall: float) -> list[str]:
+    """The markdown table of one tuning's validation trials."""
+    lines = ["", f"Validation trials, {title} (tuning took {bench._time(wall)}):", ""]
+    lines += [
+        "| λ | validation error % pretrained → after | Δ (points) | compression × | |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for t in trials:
+        lines.append(
+            f"| {t['prior_scale']:g} | {100 * t['validation_error_before']:.2f} → "
+            f"{100 * t['validation_error_after']:.2f} | "
+            f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
+            f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         "--write", action="store_true", help=f"replace '{SECTION}' of BENCHMARKS.md"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--groups",
+        choices=("shared", "layer", "both"),
+        default="shared",
+        help="one mixture shared by all layers, one per layer, or both side by side",
+    )
     args = parser.parse_args(argv)
     options = vars(args)
     results = {name: run_case(name, options) for name in args.cases}

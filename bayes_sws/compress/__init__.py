@@ -19,7 +19,7 @@ from .fileformat import (
 )
 from .params import check_param_names, default_param_names, layer_kind
 from .plots import plot_layer_sparsity, plot_weights_before_after
-from .quantize import QuantizeResult, merge_components, quantize
+from .quantize import QuantizeResult, merge_components, quantize, quantize_groups
 from .storage import (
     BITS_PER_FLOAT,
     DEFAULT_INDEX_BITS,
@@ -54,6 +54,7 @@ __all__ = [
     "plot_layer_sparsity",
     "plot_weights_before_after",
     "quantize",
+    "quantize_groups",
     "relative_index_fillers",
     "remove_dead_units",
     "save_compressed",

@@ -86,7 +86,7 @@ from ..settings import (
 from ..validation import check_int, check_real
 from ..zoo.training import accuracy, predict, rmse
 from .codebook import finetune_codebook
-from .quantize import QuantizeResult, quantize
+from .quantize import QuantizeResult, quantize, quantize_groups
 from .storage import StorageReport, stored_network
 
 __all__ = [
@@ -534,6 +534,20 @@ def _quantize_fit(
     model = fit_result.model
     retrained = fit_result.map_network()
     mixture = Mixture(*(t.detach().reshape(-1).cpu() for t in fit_result.mixture()))
+    if model.groups is not None:  # a mixture per group: per-group codebooks
+        mixtures = {
+            g: Mixture(*(t.detach().reshape(-1).cpu() for t in m))
+            for g, m in model.mixtures(fit_result.median()).items()
+            if g is not None
+        }
+        grouped = quantize_groups(
+            retrained,
+            mixtures,
+            model.groups,
+            zero_component=model.prior.zero_component,
+            **options,
+        )
+        return retrained, mixture, grouped
     quantized = quantize(
         retrained,
         mixture.pi,
@@ -594,6 +608,13 @@ def _final_and_stored(
         remove_dead=remove_dead_units,
     )
     return final, stored, storage
+
+
+def _groups_config(model: SWSModel) -> dict[str, Any]:
+    """``{"groups": {group: [parameter names]}}`` for a model with grouped mixtures, else ``{}``."""
+    if model.groups is None:
+        return {}
+    return {"groups": {g: list(names) for g, names in model.groups.items()}}
 
 
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
@@ -725,6 +746,7 @@ def compress_result(
         "param_names": names,
         "num_components_learned": int(mixture.pi.numel()),
         "zero_component": model.prior.zero_component,
+        **_groups_config(model),
         "finetune_epochs": finetune_epochs,
         "finetune_lr": float(finetune_lr),
         "remove_dead_units": bool(remove_dead_units),
@@ -822,20 +844,28 @@ def _retrain(
     chosen: Preset,
     plan: _Retraining,
     progress: bool | None,
+    groups: str | dict[str, list[str]] | None = None,
 ) -> FitResult:
-    """Retrain ``net`` in place under ``prior`` by MAP: λ's warm-up and the precision anneal."""
-    warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
-    model = SWSModel(net, prior, likelihood, prior_scale=warmup(0))
+    """Retrain ``net`` in place under ``prior`` by MAP: λ's warm-up and the precision anneal.
 
-    anneal = precision_anneal(prior, plan.final, plan.anneal_epochs, plan.per_epoch)
+    With ``groups``, every group's prior follows the anneal.
+    """
+    warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
+    model = SWSModel(net, prior, likelihood, prior_scale=warmup(0), groups=groups)
+
+    anneals = [
+        precision_anneal(each, plan.final, plan.anneal_epochs, plan.per_epoch)
+        for _, each, _ in model.mixture_groups()
+    ]
+    anneal = None if anneals[0] is None else anneals
 
     def schedule(step: int, loss: float) -> None:  # λ and the precision prior for the next step
         model.prior_scale = warmup(step + 1)
-        if anneal is not None:
-            anneal(step + 1)
+        for set_prior in anneal or ():
+            set_prior(step + 1)
 
-    if anneal is not None:
-        anneal(0)
+    for set_prior in anneal or ():
+        set_prior(0)
 
     fitted = fit(
         model,
@@ -883,6 +913,7 @@ def soft_weight_sharing(
     preset: str | Preset = "compression",
     likelihood: str | Likelihood = "categorical",
     progress: bool | None = None,
+    groups: str | dict[str, list[str]] | None = None,
     **settings: Any,
 ) -> CompressionResult:
     r"""Compress a pretrained network by soft weight-sharing (Ullrich et al. 2017).
@@ -987,6 +1018,11 @@ def soft_weight_sharing(
         Seeds the retraining (Pyro's RNG and the mini-batch order).
     progress : bool, optional
         Progress bar while retraining; default on a terminal only.
+    groups : None, "layer" or dict, optional
+        A separate mixture per layer or per group of tensors
+        (:class:`~bayes_sws.SWSModel`'s ``groups``), each group quantised with
+        its own (:func:`~bayes_sws.compress.quantize_groups`); default one
+        mixture shared by all layers.
 
     Returns
     -------
@@ -1016,7 +1052,9 @@ def soft_weight_sharing(
     acc_pretrained = _scores(
         pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
     ).accuracy
-    fitted = _retrain(pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress)
+    fitted = _retrain(
+        pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress, groups
+    )
     result = compress_result(
         fitted,
         x_test,

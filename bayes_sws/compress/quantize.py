@@ -28,8 +28,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -42,7 +42,7 @@ from ..validation import check_names
 from .params import check_param_names
 from .storage import shared_values
 
-__all__ = ["QuantizeResult", "merge_components", "quantize"]
+__all__ = ["QuantizeResult", "merge_components", "quantize", "quantize_groups"]
 
 
 def _as_mixture(pi: Any, mu: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,6 +195,10 @@ class QuantizeResult:
         Whether component 0 is the pruning component.
     keep_float : tuple of str
         Parameters left unquantised at their 32-bit float values (copied unchanged).
+    groups : dict of str to QuantizeResult
+        For a network quantised group by group, each with its own mixture
+        (:func:`quantize_groups`): every group's own result, whose ``values``
+        is that group's codebook. Empty for one shared mixture.
     """
 
     net: nn.Module
@@ -207,6 +211,7 @@ class QuantizeResult:
     counts: dict[str, torch.Tensor]
     zero_component: bool
     keep_float: tuple[str, ...] = ()
+    groups: dict[str, QuantizeResult] = field(default_factory=dict)
 
     @property
     def num_components(self) -> int:
@@ -439,4 +444,98 @@ def quantize(
         counts=counts,
         zero_component=zero_component,
         keep_float=kept,
+    )
+
+
+def quantize_groups(
+    net: nn.Module,
+    mixtures: Mapping[str, tuple[Any, Any, Any]],
+    groups: Mapping[str, Sequence[str]],
+    *,
+    zero_component: bool = True,
+    keep_float: Sequence[str] = (),
+    **options: Any,
+) -> QuantizeResult:
+    """:func:`quantize` each group of tensors with its own mixture (per-group codebooks).
+
+    ``mixtures[g]`` is the ``(pi, mu, sigma)`` of group ``g``, whose parameters are
+    ``groups[g]`` (as ``SWSModel.groups`` and ``SWSModel.mixtures`` give them);
+    ``options`` go to :func:`quantize` for every group (merging, assignment,
+    ``value_tolerance``). A group's weights take only the values of its own
+    codebook, ``result.groups[g].values``.
+
+    The combined result lists the groups' merged components side by side, group
+    after group, with one zero component (index 0) for all groups when
+    ``zero_component``: ``values`` is the concatenation of the groups' non-zero
+    codebooks, each assignment is relabelled into it, ``pi`` is each group's
+    ``pi`` times its share of the quantised weights, and ``component_map`` maps the
+    groups' original components, concatenated, to it. So ``assignments``,
+    ``counts``, :attr:`~QuantizeResult.num_pruned` and codebook fine-tuning work
+    as for one mixture. ``result.groups[g].net`` is the network after the
+    groups up to ``g``; ``result.net`` has every group quantised.
+    """
+    missing = sorted(set(groups) - set(mixtures))
+    if missing:
+        raise ValueError(f"no mixture for the groups {missing}; give one per group")
+    kept = set(check_names("keep_float", keep_float) or ())
+    outside = sorted(kept - {n for names in groups.values() for n in names})
+    if outside:
+        raise ValueError(f"keep_float {outside} are not in any group {dict(groups)}")
+    current, results = net, {}
+    for group, names in groups.items():
+        if all(n in kept for n in names):
+            continue  # every tensor of the group stays at 32 bits
+        results[group] = quantize(
+            current,
+            *mixtures[group],
+            param_names=list(names),
+            zero_component=zero_component,
+            keep_float=[n for n in names if n in kept],
+            **options,
+        )
+        current = results[group].net
+    if not results:
+        raise ValueError(f"keep_float {sorted(kept)} leaves no parameter to quantise")
+    return _combined(results, zero_component)
+
+
+def _combined(results: dict[str, QuantizeResult], zero_component: bool) -> QuantizeResult:
+    """One :class:`QuantizeResult` of the groups' results, components side by side."""
+    sizes = {g: sum(int(c.sum()) for c in r.counts.values()) for g, r in results.items()}
+    total = sum(sizes.values()) or 1
+    start = int(zero_component)
+    values, pi, sigma, maps = [], [], [], []
+    relabel: dict[str, torch.Tensor] = {}
+    for group, r in results.items():
+        own = torch.arange(r.num_components) + start - int(zero_component)
+        if zero_component:
+            own[0] = 0
+        relabel[group] = own
+        skip = int(zero_component)
+        values.append(r.values[skip:])
+        pi.append(r.pi[skip:] * sizes[group] / total)
+        sigma.append(r.sigma[skip:])
+        maps.append(own[r.component_map])
+        start += r.num_components - skip
+    first = next(iter(results.values()))
+    if zero_component:
+        values.insert(0, first.values[:1])
+        shares = [float(r.pi[0]) * sizes[g] / total for g, r in results.items()]
+        pi.insert(0, torch.tensor([sum(shares)], dtype=first.pi.dtype))
+        sigma.insert(0, first.sigma[:1])
+    order = [n for n, _ in list(results.values())[-1].net.named_parameters()]
+    relabelled = {n: relabel[g][a] for g, r in results.items() for n, a in r.assignments.items()}
+    assignments = {n: relabelled[n] for n in order if n in relabelled}
+    return QuantizeResult(
+        net=list(results.values())[-1].net,
+        param_names=tuple(assignments),
+        values=torch.cat(values),
+        pi=torch.cat(pi),
+        sigma=torch.cat(sigma),
+        component_map=torch.cat(maps),
+        assignments=assignments,
+        counts={n: torch.bincount(a.reshape(-1), minlength=start) for n, a in assignments.items()},
+        zero_component=zero_component,
+        keep_float=tuple(n for n in order if any(n in r.keep_float for r in results.values())),
+        groups=results,
     )

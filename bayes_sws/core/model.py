@@ -25,7 +25,10 @@ estimates, and MCMC keeps them fixed.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import pyro
 import torch
@@ -36,8 +39,8 @@ from torch.nn.utils import parametrize
 
 from ..validation import check_real
 from .likelihoods import Likelihood, get_likelihood
-from .priors import Mixture, MixturePrior
-from .sites import DATA_PLATE, WEIGHT_PREFIX
+from .priors import GroupedMixturePrior, Mixture, MixturePrior
+from .sites import DATA_PLATE, PI, WEIGHT_PREFIX
 
 __all__ = ["WEIGHT_PREFIX", "SWSModel"]
 
@@ -56,6 +59,26 @@ class SWSModel:
     prior_scale : float
         :math:`\lambda \ge 0` in :math:`E + \lambda\Omega`, applied with
         ``poutine.scale`` to the weight sites only.
+    groups : None, "layer" or dict of str to list of str
+        ``None`` (default): one mixture shared by all prior-carrying tensors.
+        ``"layer"``: a separate mixture per layer (the tensors of one module,
+        named after its path, e.g. ``"0"`` for ``0.weight``; a top-level
+        parameter is its own group). A dict ``{group: [names or glob
+        patterns]}``: a mixture per group of tensors, each tensor in the first
+        group one of whose patterns (:func:`fnmatch.fnmatchcase`) it matches.
+        Each group's mixture has its own hyperparameter sites, named after the
+        group: ``sws.<group>.mixing``, ``sws.<group>.pi`` ...
+        (:meth:`MixturePrior.for_group`). With one component per group, no zero
+        component and fixed precisions this is PRML §5.5.1's layer-wise Gaussian
+        prior :math:`\sum_l \frac{\alpha_l}{2}\|w_l\|^2`.
+        With groups, ``prior`` may also be a dict ``{group: MixturePrior}``
+        (a prior per group). Each group's prior is a copy made here
+        (:attr:`group_priors`, change a group's settings there);
+        :attr:`prior` is then a :class:`~bayes_sws.core.priors.GroupedMixturePrior`
+        with the settings of ``prior`` (of the first, for a dict), all groups'
+        sites, and as its mixture the groups' components side by side (what
+        ``FitResult.mixture()`` and the trace's ``sws.pi``, ``sws.mu``,
+        ``sws.sigma`` give); :meth:`mixtures` gives each group's own.
 
     Notes
     -----
@@ -69,19 +92,24 @@ class SWSModel:
     num_data, subsample=arange(len(x)))`` and the likelihood is scaled by
     ``num_data / len(x)``, the same scale as the indices of that batch into all
     the data would give.
+
+    Which tensors carry the prior is the choice of ``prior`` (its ``params``,
+    ``include_bias``); with a dict of priors, of the prior of the tensor's group.
+    A tensor the prior selects must belong to a group.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        prior: MixturePrior,
+        prior: MixturePrior | Mapping[str, MixturePrior],
         likelihood: str | Likelihood = "categorical",
         prior_scale: float = 1.0,
+        groups: str | Mapping[str, Sequence[str]] | None = None,
     ):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        if not isinstance(prior, MixturePrior):
-            raise TypeError(f"prior must be a bayes_sws.MixturePrior, got {type(prior).__name__}")
+        priors = _checked_priors(prior, groups)
+        prior = next(iter(priors.values())) if isinstance(priors, dict) else priors
         prior_scale = check_real(
             "prior_scale (λ)",
             prior_scale,
@@ -89,31 +117,63 @@ class SWSModel:
             hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
         )
         self.net = net
-        self.prior = prior
         self.likelihood = get_likelihood(likelihood)
         self.prior_scale = prior_scale
         named = list(net.named_parameters())
-        if isinstance(prior.params, tuple):
-            unknown = sorted(set(prior.params) - {n for n, _ in named})
-            if unknown:
-                raise ValueError(
-                    f"MixturePrior(params=...) names {unknown} that the network does not have; "
-                    f"its parameters are {[n for n, _ in named]}"
-                )
-        self.prior_param_names = tuple(n for n, p in named if prior.selects(n, p))
+        _check_known(priors, named)
+        #: The group of each prior-carrying tensor's mixture and that mixture's prior
+        #: (``None``: one mixture shared by all, :attr:`prior`).
+        self.group_priors: dict[str, MixturePrior] | None = None
+        self.groups: dict[str, tuple[str, ...]] | None = None
+        if groups is None:
+            self.prior_param_names = tuple(n for n, p in named if prior.selects(n, p))
+        else:
+            self.groups, self.group_priors = _grouped(named, priors, groups)
+            self.prior_param_names = tuple(
+                n for n, _ in named if any(n in g for g in self.groups.values())
+            )
         if not self.prior_param_names:
             available = ", ".join(f"{n} {tuple(p.shape)}" for n, p in named) or "none"
             raise ValueError(
                 "no parameter of the network is selected for the prior (parameters: "
                 f"{available}); pass MixturePrior(include_bias=True) or params=[names]"
             )
+        if self.groups is not None and self.group_priors is not None:
+            sizes = {n: p.numel() for n, p in named}
+            prior = GroupedMixturePrior(
+                prior,
+                self.group_priors,
+                {g: sum(sizes[n] for n in names) for g, names in self.groups.items()},
+            )
+        self.prior = prior
         self.free_param_names = tuple(n for n, _ in named if n not in self.prior_param_names)
 
     def __repr__(self) -> str:
+        groups = "" if self.groups is None else f", groups={list(self.groups)}"
         return (
             f"SWSModel(net={type(self.net).__name__}, prior={self.prior!r}, "
-            f"likelihood={self.likelihood.name!r}, prior_scale={self.prior_scale})"
+            f"likelihood={self.likelihood.name!r}, prior_scale={self.prior_scale}{groups})"
         )
+
+    # ------------------------------------------------------------------ groups
+    def mixture_groups(self) -> tuple[tuple[str | None, MixturePrior, tuple[str, ...]], ...]:
+        """``(group, prior, parameter names)`` of every mixture of the model, in order.
+
+        One entry ``(None, self.prior, self.prior_param_names)`` for the mixture
+        shared by all layers (``groups=None``); else one per group.
+        """
+        if self.groups is None or self.group_priors is None:
+            return ((None, self.prior, self.prior_param_names),)
+        return tuple((g, self.group_priors[g], names) for g, names in self.groups.items())
+
+    def mixtures(self, values: dict[str, Tensor]) -> dict[str | None, Mixture]:
+        """Every group's mixture ``(pi, mu, sigma)`` from values of the latent sites.
+
+        ``values`` as ``FitResult.median()`` gives them; keyed by group name
+        (``None`` for the shared mixture). :meth:`MixturePrior.mixture` of each.
+        """
+        like = self._like()
+        return {g: prior.mixture(values, like) for g, prior, _ in self.mixture_groups()}
 
     # ------------------------------------------------------------------ names
     def site_name(self, param_name: str) -> str:
@@ -127,7 +187,10 @@ class SWSModel:
     @property
     def hyper_site_names(self) -> tuple[str, ...]:
         """Latent sites that are not network weights (mixture and likelihood parameters)."""
-        return self.prior.site_names + self.likelihood.site_names
+        names: tuple[str, ...] = ()
+        for _, prior, _ in self.mixture_groups():
+            names += prior.site_names
+        return names + self.likelihood.site_names
 
     def parameters_with_prior(self) -> dict[str, nn.Parameter]:
         slots = self._slots()
@@ -174,7 +237,8 @@ class SWSModel:
         weights = self.parameters_with_prior()
         like = self._like()
         values = {self.site_name(n): w.detach().clone() for n, w in weights.items()}
-        values.update(self.prior.init_values(weights.values()))
+        for _, prior, names in self.mixture_groups():
+            values.update(prior.init_values(weights[n] for n in names))
         values.update(self.likelihood.init_values(like))
         return values
 
@@ -187,7 +251,11 @@ class SWSModel:
         num_data: int | None = None,
     ) -> Tensor:
         like = self._like()
-        mixture = self.prior.sample_mixture(like)
+        mixture: Mixture | dict[str, Mixture]
+        if self.groups is None:
+            mixture = self.prior.sample_mixture(like)
+        else:
+            mixture = cast(GroupedMixturePrior, self.prior).sample_mixtures(like)
         weights = self.sample_weights(mixture)
         params = self.likelihood.sample_parameters(like)
         size, index = self.data_plate(x, subsample, num_data)
@@ -219,9 +287,16 @@ class SWSModel:
             )
         return num_data, torch.arange(x.shape[0], device=x.device)
 
-    def sample_weights(self, mixture: Mixture) -> dict[str, Tensor]:
-        """One vectorised site per selected tensor, under ``poutine.scale(λ)``."""
+    def sample_weights(self, mixture: Mixture | Mapping[Any, Mixture]) -> dict[str, Tensor]:
+        """One vectorised site per selected tensor, under ``poutine.scale(λ)``.
+
+        ``mixture``: the shared mixture, or each group's (keyed as :meth:`mixtures`).
+        """
         params = self.parameters_with_prior()
+        of: dict[str, Mixture] = {}
+        for group, _, names in self.mixture_groups():
+            own = mixture if isinstance(mixture, Mixture) else mixture[group]
+            of.update(dict.fromkeys(names, own))
         handler: poutine.messenger.Messenger
         if self.prior_scale > 0:
             handler = poutine.scale(scale=self.prior_scale)
@@ -230,7 +305,7 @@ class SWSModel:
         with handler:
             return {
                 name: pyro.sample(
-                    self.site_name(name), self.prior.weight_distribution(mixture, p.shape)
+                    self.site_name(name), self.prior.weight_distribution(of[name], p.shape)
                 )
                 for name, p in params.items()
             }
@@ -303,3 +378,80 @@ class SWSModel:
             for name in self.prior_param_names:
                 state[name].copy_(weights[self.site_name(name)].reshape(state[name].shape))
         return net
+
+
+def _checked_priors(prior: object, groups: object) -> MixturePrior | dict[str, MixturePrior]:
+    """``prior`` checked: a :class:`MixturePrior`, or (with ``groups``) a dict of them."""
+    if isinstance(prior, Mapping) and groups is not None:
+        if not prior or not all(isinstance(p, MixturePrior) for p in prior.values()):
+            raise TypeError("prior must be a MixturePrior or a non-empty dict of MixturePriors")
+        return dict(prior)
+    if not isinstance(prior, MixturePrior):
+        hint = "" if groups is not None else " (a dict of priors needs groups=...)"
+        raise TypeError(f"prior must be a bayes_sws.MixturePrior, got {type(prior).__name__}{hint}")
+    if groups is not None and not (groups == "layer" or isinstance(groups, Mapping)):
+        raise ValueError(
+            f'groups must be None, "layer" or a dict {{group: [names]}}, got {groups!r}'
+        )
+    return prior
+
+
+def _check_known(
+    priors: MixturePrior | dict[str, MixturePrior], named: list[tuple[str, nn.Parameter]]
+) -> None:
+    """Every parameter a prior names explicitly (``params=[names]``) is one of the network's."""
+    for each in priors.values() if isinstance(priors, dict) else (priors,):
+        if isinstance(each.params, tuple):
+            unknown = sorted(set(each.params) - {n for n, _ in named})
+            if unknown:
+                raise ValueError(
+                    f"MixturePrior(params=...) names {unknown} that the network does not "
+                    f"have; its parameters are {[n for n, _ in named]}"
+                )
+
+
+def _group_of(name: str, groups: str | Mapping[str, Sequence[str]]) -> str | None:
+    """The group of the parameter ``name``: its module's path, or the first matching group."""
+    if groups == "layer":
+        path = name.rpartition(".")[0]
+        return path or name
+    assert isinstance(groups, Mapping)
+    for group, patterns in groups.items():
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            return group
+    return None
+
+
+def _grouped(
+    named: list[tuple[str, nn.Parameter]],
+    priors: MixturePrior | dict[str, MixturePrior],
+    groups: str | Mapping[str, Sequence[str]],
+) -> tuple[dict[str, tuple[str, ...]], dict[str, MixturePrior]]:
+    """Each group's prior-carrying parameters and its prior (sites named after the group)."""
+    members: dict[str, list[str]] = {}
+    for name, param in named:
+        group = _group_of(name, groups)
+        if isinstance(priors, dict):
+            chosen = priors.get(group) if group is not None else None
+            if chosen is not None and chosen.selects(name, param):
+                members.setdefault(cast(str, group), []).append(name)
+        elif priors.selects(name, param):
+            if group is None:
+                raise ValueError(
+                    f"parameter {name!r} carries the prior but matches no group of "
+                    f"{list(cast(Mapping, groups))}; add it to a group"
+                )
+            members.setdefault(group, []).append(name)
+    if isinstance(priors, dict):
+        extra = sorted(set(priors) - set(members))
+        if extra:
+            raise ValueError(f"prior names groups {extra} that hold no prior-carrying tensor")
+    group_priors = {
+        g: (priors[g] if isinstance(priors, dict) else priors).for_group(g) for g in members
+    }
+    sites = [s for p in group_priors.values() for s in (*p.site_names, p.site(PI))]
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"group names {list(members)} give clashing site names; rename them")
+    return {g: tuple(n) for g, n in members.items()}, group_priors

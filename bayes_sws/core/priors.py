@@ -29,6 +29,7 @@ deterministic sites ``sws.pi``, ``sws.mu``, ``sws.sigma`` of shape ``(M,)``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -41,9 +42,9 @@ from torch import Tensor
 from ..settings import PriorSettings
 from ..validation import check_bool, check_finite_tensor, check_int, check_names, check_real
 from .distributions import MixtureOfGaussians, OrderedNormal
-from .sites import MEANS, MIXING, MU, PI, PI_ZERO, PRECISIONS, SIGMA, SITE_PREFIX
+from .sites import MEANS, MIXING, MU, PI, PI_ZERO, PRECISIONS, SIGMA, SITE_PREFIX, group_site
 
-__all__ = ["SITE_PREFIX", "Mixture", "MixturePrior"]
+__all__ = ["SITE_PREFIX", "GroupedMixturePrior", "Mixture", "MixturePrior"]
 
 
 _EVENT_DIMS = {PI_ZERO: 0, MIXING: 1, MEANS: 1, PRECISIONS: 1}
@@ -228,10 +229,18 @@ class MixturePrior:
 
     Notes
     -----
+    A prior for one group of tensors (:meth:`for_group`, what
+    ``SWSModel(..., groups=...)`` builds) names its sites ``sws.<group>.mixing``,
+    ``sws.<group>.pi`` and so on instead of ``sws.mixing``, ``sws.pi``
+    (:attr:`group`; ``None`` for the mixture shared by all layers).
+
     All defaults are those of :class:`~bayes_sws.settings.PriorSettings`;
     :meth:`from_settings` builds a prior from such a record and :attr:`settings`
     gives it back.
     """
+
+    #: The group of tensors this prior is for; ``None``: the mixture shared by all layers.
+    group: str | None = None
 
     def __init__(
         self,
@@ -459,10 +468,40 @@ class MixturePrior:
             return name in self.params
         return param.dim() >= 2 or self.include_bias
 
+    def for_group(self, group: str) -> MixturePrior:
+        """A copy of this prior (same settings) for the group of tensors ``group``.
+
+        Its sites are named after the group, ``sws.<group>.mixing``,
+        ``sws.<group>.pi`` ... (:func:`~bayes_sws.core.sites.group_site`), so
+        that the mixtures of several groups are separate sites of one model.
+        """
+        if not isinstance(group, str) or not group or group.startswith(".") or group.endswith("."):
+            raise ValueError(
+                f"a group name must be a non-empty string not starting or ending with '.', "
+                f"got {group!r}"
+            )
+        prior = copy.copy(self)
+        prior.group = group
+        return prior
+
+    def site(self, base: str) -> str:
+        """This prior's name of the site ``base`` (e.g. ``sws.mixing``; see :attr:`group`)."""
+        return group_site(base, self.group)
+
+    def base_site(self, site: str) -> str:
+        """The shared mixture's name (``sws.mixing``) of one of this prior's sites."""
+        if self.group is None:
+            return site
+        return next((b for b in _EVENT_DIMS if self.site(b) == site), site)
+
     # ----------------------------------------------------------------- sites
     @property
     def site_names(self) -> tuple[str, ...]:
         """Names of the latent hyperparameter sites, in sampling order."""
+        return tuple(self.site(b) for b in self._base_site_names())
+
+    def _base_site_names(self) -> tuple[str, ...]:
+        """:attr:`site_names` as the shared mixture names them (``sws.mixing``, ...)."""
         names = []
         learn_pi = self.fixed_pi is None
         if learn_pi and self.zero_component and self.pi_zero is None and self.num_free >= 1:
@@ -477,6 +516,7 @@ class MixturePrior:
 
     def _hyperprior(self, site: str, like: Tensor):
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        site = self.base_site(site)
         if site == PI_ZERO:
             if self.flat:
                 return dist.ImproperUniform(constraints.unit_interval, (), ())
@@ -513,8 +553,9 @@ class MixturePrior:
         while sampling and when reading a fitted guide.
         """
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        bases = self._base_site_names()
         values = _align_batches(
-            {s: values[s] for s in self.site_names}, {s: _EVENT_DIMS[s] for s in self.site_names}
+            {s: values[self.site(s)] for s in bases}, {s: _EVENT_DIMS[s] for s in bases}
         )
         batch = next((v.shape[: v.dim() - _EVENT_DIMS[s]] for s, v in values.items()), torch.Size())
 
@@ -557,12 +598,15 @@ class MixturePrior:
         return torch.cat([pi0, (1.0 - pi0) * rest_pi.expand(batch + rest_pi.shape[-1:])], dim=-1)
 
     def sample_mixture(self, like: Tensor) -> Mixture:
-        """Sample the hyperparameter sites and record ``sws.pi``, ``sws.mu``, ``sws.sigma``."""
+        """Sample the hyperparameter sites and record ``sws.pi``, ``sws.mu``, ``sws.sigma``.
+
+        (``sws.<group>.pi`` ... for a group's prior, :attr:`group`.)
+        """
         values = {site: pyro.sample(site, self._hyperprior(site, like)) for site in self.site_names}
         mixture = self.mixture(values, like)
-        pyro.deterministic(PI, mixture.pi, event_dim=1)
-        pyro.deterministic(MU, mixture.mu, event_dim=1)
-        pyro.deterministic(SIGMA, mixture.sigma, event_dim=1)
+        pyro.deterministic(self.site(PI), mixture.pi, event_dim=1)
+        pyro.deterministic(self.site(MU), mixture.mu, event_dim=1)
+        pyro.deterministic(self.site(SIGMA), mixture.sigma, event_dim=1)
         return mixture
 
     def weight_distribution(self, mixture: Mixture, shape: torch.Size) -> MixtureOfGaussians:
@@ -596,12 +640,91 @@ class MixturePrior:
         spacing = (hi - lo) / (self.num_free + 1)
         sigma = self.init_sigma if self.init_sigma is not None else spacing
         values = {}
-        if PRECISIONS in self.site_names:
+        bases = self._base_site_names()
+        if PRECISIONS in bases:
             values[PRECISIONS] = torch.full((self.num_components,), sigma**-2, **opts)
-        if PI_ZERO in self.site_names:
+        if PI_ZERO in bases:
             values[PI_ZERO] = torch.tensor(self.init_pi_zero, **opts)
-        if MIXING in self.site_names:
+        if MIXING in bases:
             values[MIXING] = torch.full((self.num_free,), 1.0 / self.num_free, **opts)
-        if MEANS in self.site_names:
+        if MEANS in bases:
             values[MEANS] = means.sort().values if self.ordered_means else means
-        return values
+        return {self.site(s): v for s, v in values.items()}
+
+
+class GroupedMixturePrior(MixturePrior):
+    r"""The mixtures of several groups of tensors seen as one prior: ``SWSModel.prior`` with groups.
+
+    Each group ``g`` of :math:`N_g` weights has its own mixture (``members[g]``, a
+    :class:`MixturePrior` whose sites are named after the group). This view
+    carries the settings of ``template`` (``zero_component``, ``selects``,
+    :attr:`settings` ...), the sites of all groups (:attr:`site_names`,
+    :meth:`log_hyperprior`), and as :meth:`mixture` the mixture of a weight drawn
+    at random from the whole network,
+
+    .. math::
+
+        p(w) = \sum_g \frac{N_g}{N} \sum_j \pi_{gj} \mathcal N(w \mid \mu_{gj}, \sigma_{gj}^2),
+
+    the groups' components side by side (group after group, :attr:`members`'
+    order). It is a summary: each tensor's prior is its own group's mixture
+    (:meth:`bayes_sws.SWSModel.mixtures`).
+    """
+
+    def __init__(
+        self, template: MixturePrior, members: dict[str, MixturePrior], sizes: dict[str, int]
+    ):
+        self.__dict__.update(vars(template))
+        self.members = dict(members)
+        total = sum(sizes[g] for g in self.members)
+        self.fractions = {g: sizes[g] / total for g in self.members}
+
+    def __repr__(self) -> str:
+        return f"GroupedMixturePrior(groups={list(self.members)}, template={super().__repr__()})"
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        """Every group's hyperparameter sites, group after group."""
+        return tuple(s for prior in self.members.values() for s in prior.site_names)
+
+    def _owner(self, site: str) -> MixturePrior:
+        for prior in self.members.values():
+            if site in prior.site_names:
+                return prior
+        raise KeyError(site)
+
+    def _hyperprior(self, site: str, like: Tensor):
+        return self._owner(site)._hyperprior(site, like)
+
+    def mixture(self, values: dict[str, Tensor], like: Tensor) -> Mixture:
+        """The groups' mixtures side by side, each group's π times its share of the weights."""
+        return self.combine({g: p.mixture(values, like) for g, p in self.members.items()})
+
+    def combine(self, mixtures: dict[str, Mixture]) -> Mixture:
+        """The summary mixture (see the class) of the groups' mixtures."""
+        parts = [(self.fractions[g], mixtures[g]) for g in self.members]
+        return Mixture(
+            torch.cat([share * m.pi for share, m in parts], -1),
+            torch.cat([m.mu for _, m in parts], -1),
+            torch.cat([m.sigma for _, m in parts], -1),
+        )
+
+    def sample_mixtures(self, like: Tensor) -> dict[str, Mixture]:
+        """Sample every group's sites (recording ``sws.<group>.pi`` ...); each group's mixture.
+
+        The summary mixture is recorded as ``sws.pi``, ``sws.mu``, ``sws.sigma``
+        (shape ``(G·M,)``), so that what reads those sites of a trace (MCMC
+        samples, ArviZ conversion) sees every group's components.
+        """
+        mixtures = {g: p.sample_mixture(like) for g, p in self.members.items()}
+        summary = self.combine(mixtures)
+        pyro.deterministic(PI, summary.pi, event_dim=1)
+        pyro.deterministic(MU, summary.mu, event_dim=1)
+        pyro.deterministic(SIGMA, summary.sigma, event_dim=1)
+        return mixtures
+
+    def init_values(self, weights: Iterable[Tensor]) -> dict[str, Tensor]:
+        raise TypeError(
+            "a grouped prior initialises each group from its own weights: use "
+            "SWSModel.init_values()"
+        )

@@ -11,6 +11,9 @@ constants, never with string literals:
 ``sws.precisions``          precisions 1/σ², ``Gamma`` prior (:data:`PRECISIONS`)
 ``sws.pi``, ``sws.mu``,     the assembled mixture, deterministic sites of shape
 ``sws.sigma``               ``(M,)`` (:data:`PI`, :data:`MU`, :data:`SIGMA`)
+``sws.<group>.<name>``      the same sites of one group's own mixture
+                            (``SWSModel(..., groups=...)``), e.g.
+                            ``sws.fc1.mixing``, ``sws.fc1.pi`` (:func:`group_site`)
 ``net.<parameter name>``    one weight site per network parameter tensor
                             (:data:`WEIGHT_PREFIX`)
 ``likelihood.precision``    a learned Gaussian noise precision (:data:`NOISE_PRECISION`)
@@ -37,6 +40,7 @@ __all__ = [
     "SIGMA",
     "SITE_PREFIX",
     "WEIGHT_PREFIX",
+    "group_site",
 ]
 
 #: Prefix of every site of the mixture prior.
@@ -63,3 +67,14 @@ HYPER_PREFIXES = (SITE_PREFIX, LIKELIHOOD_PREFIX)
 #: The observation site and the plate around it.
 OBS = "obs"
 DATA_PLATE = "data"
+
+
+def group_site(site: str, group: str | None) -> str:
+    """The name of a mixture site for one group of tensors.
+
+    ``group_site("sws.mixing", None)`` is ``"sws.mixing"`` (the mixture shared by
+    all layers); ``group_site("sws.mixing", "fc1")`` is ``"sws.fc1.mixing"``.
+    """
+    if group is None:
+        return site
+    return SITE_PREFIX + group + "." + site[len(SITE_PREFIX) :]

@@ -238,6 +238,11 @@ def _parameter_dims(net: nn.Module, param_name: str, shape: torch.Size) -> list[
 def _hyper_dims(model: SWSModel, site: str, ndim: int) -> list[str]:
     if ndim == 0:
         return []
+    if model.group_priors is not None:  # grouped mixtures: sws.<group>.means ...
+        if site in MIXTURE_VARS:  # the summary: the groups' components side by side
+            return ["group_component"]
+        owner = next((p for p in model.group_priors.values() if site in p.site_names), None)
+        site = site if owner is None else owner.base_site(site)
     if site in (MEANS, MIXING):
         return ["nonzero_component" if model.prior.zero_component else "component"]
     if site.startswith(SITE_PREFIX):
@@ -296,6 +301,8 @@ def _posterior_group(
     coords: dict[str, Any] = {"component": np.arange(model.prior.num_components)}
     if model.prior.zero_component:
         coords["nonzero_component"] = np.arange(1, model.prior.num_components)
+    if model.group_priors is not None:
+        coords["group_component"] = np.arange(draws[MIXTURE_VARS[0]].shape[-1])
     return posterior, dims, coords
 
 

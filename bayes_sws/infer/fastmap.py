@@ -64,7 +64,7 @@ from ..core.likelihoods import Likelihood
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
 
-__all__ = ["map_loss", "supports_fast_map", "unsupported_reason"]
+__all__ = ["map_loss", "supports_fast_map", "unsupported_reason", "weight_log_prior"]
 
 
 # --------------------------------------------------------------------------- #
@@ -93,13 +93,10 @@ def unsupported_reason(model, guide) -> str | None:
             "Pyro parameters are in the global param store; use "
             "pyro.settings.context(module_local_params=True) (bayes_sws.infer.local_params)"
         )
+    prior_methods = ("sample_mixture", "weight_distribution", "log_hyperprior", "_hyperprior")
     for cls, base, methods in (
-        (type(model), SWSModel, ("__call__", "sample_weights")),
-        (
-            type(model.prior),
-            MixturePrior,
-            ("sample_mixture", "weight_distribution", "log_hyperprior", "_hyperprior"),
-        ),
+        (type(model), SWSModel, ("__call__", "sample_weights", "mixture_groups")),
+        *((type(prior), MixturePrior, prior_methods) for _, prior, _ in model.mixture_groups()),
     ):
         for method in methods:
             if getattr(cls, method) is not getattr(base, method):
@@ -198,6 +195,14 @@ def _prior_key(prior: MixturePrior) -> tuple:
     )
 
 
+def _priors_key(model: SWSModel) -> tuple:
+    """:func:`_prior_key` of every mixture of the model (one per group), with its tensors."""
+    return tuple(
+        (group, id(prior), names, _prior_key(prior))
+        for group, prior, names in model.mixture_groups()
+    )
+
+
 class _Plan:
     """What :func:`map_loss` needs from one (model, guide) pair, resolved once.
 
@@ -211,14 +216,16 @@ class _Plan:
         self.likelihood = model.likelihood
         self.prototype = weakref.ref(guide.prototype_trace)
         self.like_key = (like.dtype, like.device)
-        self.prior_key = _prior_key(model.prior)
+        self.prior_key = _priors_key(model)
         self.site_names = model.hyper_site_names + model.weight_site_names
         self.sites = _param_locations(guide, self.site_names)
         # the hyperprior distributions do not depend on the values: built once
         # (with validation off; their arguments are the prior's checked settings)
         with _Validation(False):
             self.hyperpriors = {
-                site: model.prior._hyperprior(site, like) for site in model.prior.site_names
+                site: prior._hyperprior(site, like)
+                for _, prior, _ in model.mixture_groups()
+                for site in prior.site_names
             }
             self.hyper_log_probs = {
                 site: _closed_form(d) or d.log_prob for site, d in self.hyperpriors.items()
@@ -233,7 +240,7 @@ class _Plan:
             and self.likelihood is model.likelihood
             and self.prototype() is guide.prototype_trace
             and self.like_key == (like.dtype, like.device)
-            and self.prior_key == _prior_key(self.prior)
+            and self.prior_key == _priors_key(model)
         )
 
     def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
@@ -467,6 +474,25 @@ def map_loss(
     return loss
 
 
+def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -> Tensor:
+    r""":math:`-\Omega(w) = \sum_i \ln p(w_i)` of the weights in ``values``, every group's.
+
+    Each mixture (the shared one, or one per group, :meth:`SWSModel.mixture_groups`)
+    from :meth:`MixturePrior.mixture` at the site ``values``; the tensors of a
+    mixture go through the kernel :func:`~bayes_sws.core.kernel.mixture_log_prob`
+    in one call, the groups' sums are added in order.
+    """
+    total: Tensor | None = None
+    for _, prior, names in model.mixture_groups():
+        mixture = prior.mixture(values, like)
+        pieces = [values[model.site_name(name)].reshape(-1) for name in names]
+        flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        log_prior = mixture_log_prob(flat, *mixture, validate_args=False)
+        total = log_prior if total is None else total + log_prior
+    assert total is not None  # a model has at least one mixture
+    return total
+
+
 def _negative_log_joint(
     plan: _Plan, model: SWSModel, guide, like, x, y, subsample, num_data
 ) -> Tensor:
@@ -474,14 +500,11 @@ def _negative_log_joint(
 
     # hyperpriors: unscaled sites
     log_joint = sum(log_prob(values[site]) for site, log_prob in plan.hyper_log_probs.items())
-    mixture = plan.prior.mixture(values, like)
 
-    # the weight prior under poutine.scale(λ): all tensors in one kernel pass
+    # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
     weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
     if model.prior_scale > 0:
-        pieces = [w.reshape(-1) for w in weights.values()]
-        flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        log_prior = mixture_log_prob(flat, *mixture, validate_args=False)
+        log_prior = weight_log_prior(model, values, like)
         log_joint = log_joint + model.prior_scale * log_prior
 
     # the likelihood, inside pyro.plate("data", N, subsample=...)

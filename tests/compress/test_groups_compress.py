@@ -1,0 +1,174 @@
+"""Compression with a mixture per group of tensors: per-group codebooks, in memory and in the file.
+
+Oracles: the argmax of log π_j + log N(w | μ_j, σ_j²) of each group's own mixture
+computed here with scipy, a hand count of each layer's codebook bits (32 per
+distinct non-zero value), and the in-memory network for the file round trip
+(``torch.equal``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import bayes_sws as sws
+from bayes_sws.compress import (
+    decode_compressed,
+    encode_compressed,
+    quantize,
+    quantize_groups,
+)
+from bayes_sws.compress.pipeline import compress_result
+from bayes_sws.compress.storage import BITS_PER_FLOAT
+from bayes_sws.zoo.data import load_dataset
+from bayes_sws.zoo.nets import build_network
+
+SPEC = {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [24]}
+
+
+def _net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_network(**SPEC)
+
+
+def _mixtures(net: torch.nn.Module) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """A different 4-component mixture per layer, on the scale of that layer's weights."""
+    out = {}
+    for k, (name, p) in enumerate(n for n in net.named_parameters() if n[1].ndim >= 2):
+        s = float(p.detach().std())
+        out[name.rpartition(".")[0]] = (
+            [0.6, 0.15, 0.15, 0.1],
+            [0.0, -(1.2 + 0.3 * k) * s, (1.0 + 0.2 * k) * s, (2.0 + 0.5 * k) * s],
+            [0.5 * s, 0.3 * s, 0.3 * s, 0.3 * s],
+        )
+    return out
+
+
+def _groups(net: torch.nn.Module) -> dict[str, list[str]]:
+    return {n.rpartition(".")[0]: [n] for n, p in net.named_parameters() if p.ndim >= 2}
+
+
+def test_each_group_is_quantised_with_its_own_mixture():
+    net = _net()
+    mixtures, groups = _mixtures(net), _groups(net)
+    result = quantize_groups(net, mixtures, groups, merge_threshold=0)
+    params = dict(result.net.named_parameters())
+    assert result.param_names == tuple(n for names in groups.values() for n in names)
+    pruned = 0
+    for group, (name,) in groups.items():
+        pi, mu, sigma = (np.asarray(v) for v in mixtures[group])
+        w = dict(net.named_parameters())[name].detach().double().numpy().ravel()
+        best = np.argmax(np.log(pi) + stats.norm(mu, sigma).logpdf(w[:, None]), axis=1)
+        expected = mu[best].astype(np.float32).reshape(params[name].shape)
+        np.testing.assert_array_equal(params[name].detach().numpy(), expected)
+        # the layer holds only values of its own codebook
+        own = result.groups[group].values.float()
+        assert set(params[name].detach().unique().tolist()) <= set(own.tolist())
+        pruned += int((best == 0).sum())
+    assert result.num_pruned == pruned
+    # the combined view: one zero component, the groups' codebooks side by side
+    assert result.values[0] == 0 and result.values.numel() == 1 + 3 * len(groups)
+    for name in result.param_names:
+        values = result.values[result.assignments[name]].float()
+        assert torch.equal(values, params[name].detach())
+    assert float(result.pi.sum()) == pytest.approx(1.0, abs=1e-12)
+    # biases untouched
+    assert torch.equal(params["0.bias"], dict(net.named_parameters())["0.bias"])
+
+
+def test_one_group_is_quantize():
+    net = _net()
+    mixture = _mixtures(net)["0"]
+    names = [n for n, p in net.named_parameters() if p.ndim >= 2]
+    grouped = quantize_groups(net, {"all": mixture}, {"all": names})
+    shared = quantize(net, *mixture, param_names=names)
+    for (_, a), (_, b) in zip(grouped.net.named_parameters(), shared.net.named_parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(grouped.values, shared.values)
+    assert all(torch.equal(grouped.assignments[n], shared.assignments[n]) for n in names)
+
+
+@pytest.fixture(scope="module")
+def compressed():
+    data = load_dataset("digits")
+    net = _net()
+    model = sws.SWSModel(
+        net, sws.MixturePrior(5, precision_prior=(2.0, 2e-3)), groups="layer", prior_scale=0.05
+    )
+    x, y = data.x_train[:400], data.y_train[:400]
+    fitted = sws.fit(model, x, y, guide="map", num_steps=60, lr=3e-3, seed=0)
+    return fitted, compress_result(fitted, data.x_test, data.y_test, merge_threshold=0), data
+
+
+def test_per_layer_codebooks_in_compression_and_in_the_file(compressed):
+    fitted, result, data = compressed
+    model = fitted.model
+    assert list(result.quantization.groups) == ["0", "2"]
+    assert result.config["groups"] == {"0": ["0.weight"], "2": ["2.weight"]}
+    mixtures = model.mixtures(fitted.median())
+    params = dict(result.net.named_parameters())
+    for group, (name,) in model.groups.items():
+        codebook = result.quantization.groups[group].values
+        # the group's codebook is its own mixture's means (merge_threshold=0), zero first
+        means = mixtures[group].mu.detach().double().cpu()
+        assert torch.equal(codebook, means)
+        used = set(params[name].detach().unique().tolist())
+        assert used <= set(codebook.float().tolist())
+    first, second = (result.quantization.groups[g].values for g in ("0", "2"))
+    assert not torch.equal(first, second)  # two mixtures, learned apart
+    # storage: each layer stores its own codebook, 32 bits per distinct non-zero value
+    for row in result.storage.layers:
+        if row.name in model.prior_param_names:
+            distinct = params[row.name].detach().unique()
+            assert row.codebook_bits == BITS_PER_FLOAT * int((distinct != 0).sum())
+    # the file: each layer's codebook read back, the network bit for bit
+    names = result.config["param_names"]
+    blob, saved = encode_compressed(result.stored_net, architecture=SPEC, param_names=names)
+    assert saved.payload_bits == result.storage.total_bits
+    back = decode_compressed(blob)
+    for (name, a), (_, b) in zip(
+        result.stored_net.named_parameters(), back.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        assert torch.equal(back(data.x_test), result.stored_net(data.x_test))
+
+
+def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
+    """``--groups both``: a second trial table for the per-layer mixtures (hand arithmetic)."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression_validated as validated
+
+    def trial(scale, after, rate, chosen):
+        return {
+            "prior_scale": scale,
+            "validation_error_before": 0.1,
+            "validation_error_after": after,
+            "compression_rate": rate,
+            "chosen": chosen,
+        }
+
+    row = {
+        "case": "c",
+        "method": "sws per-layer λ=0.3 (chosen on validation)",
+        "pretrained_accuracy": 0.9,
+        "accuracy_after": 0.895,
+        "compression_rate": 60.0,
+        "compression_rate_all_units": 50.0,
+    }
+    result = {
+        "rows": [row],
+        "trials": [trial(0.1, 0.102, 50.0, True)],
+        "trials_per_layer": [trial(0.3, 0.104, 60.0, True)],
+        "within_margin": True,
+        "wall": 60.0,
+        "wall_per_layer": 120.0,
+    }
+    text = validated.section({"c": result}, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "")
+    assert "Validation trials, c (tuning took" in text
+    assert "Validation trials, c, per-layer (tuning took" in text
+    assert "| 0.3 | 10.00 → 10.40 | +0.40 | 60.0 | **chosen** |" in text
+    assert "sws per-layer λ=0.3" in text
