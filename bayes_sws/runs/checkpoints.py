@@ -17,6 +17,7 @@ are built on these.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import io
@@ -448,7 +449,7 @@ def save_result(
     payload = {
         "network_spec": None if network_spec is None else plain(dict(network_spec)),
         "network_state": {k: v.detach().clone() for k, v in model.net.state_dict().items()},
-        "prior": prior_spec(model.prior),
+        **_prior_specs(model),
         "likelihood": likelihood_spec(model.likelihood),
         "prior_scale": float(model.prior_scale),
         "guide_name": result.guide_name,
@@ -532,9 +533,8 @@ def load_result(
         network.load_state_dict(payload["network_state"])
     except RuntimeError as err:
         raise ValueError(f"the saved network state does not fit the network: {err}") from None
-    prior = _build_prior(payload["prior"])
     like = likelihood if likelihood is not None else build_likelihood(payload["likelihood"])
-    model = SWSModel(network, prior, like, prior_scale=payload["prior_scale"])
+    model = _model_of(payload, network, like)
     if device is not None:
         model.to(resolve_device(device))
     fitted = _rebuild_guide(
@@ -543,6 +543,38 @@ def load_result(
     losses = payload["losses"].numpy().astype(np.float64)
     return FitResult(
         model, fitted, payload["guide_name"], losses, dict(payload["config"]), payload["wall_time"]
+    )
+
+
+def _prior_specs(model: SWSModel) -> dict[str, Any]:
+    """``prior``: the spec of the model's prior; with groups also ``groups`` and ``group_priors``.
+
+    A grouped model's ``prior`` is its first group's settings (the template of
+    :class:`~bayes_sws.core.priors.GroupedMixturePrior`); ``groups`` its groups'
+    parameter names, ``group_priors`` each group's prior.
+    """
+    if model.groups is None or model.group_priors is None:
+        return {"prior": prior_spec(model.prior)}
+    priors = {}
+    for group, prior in model.group_priors.items():
+        settings = copy.copy(prior)
+        del settings.group  # the group's settings, unnamed: SWSModel names its sites again
+        priors[group] = prior_spec(settings)
+    return {
+        "prior": next(iter(priors.values())),
+        "groups": {g: list(names) for g, names in model.groups.items()},
+        "group_priors": priors,
+    }
+
+
+def _model_of(payload: Mapping[str, Any], network: nn.Module, like: Likelihood) -> SWSModel:
+    """The :class:`SWSModel` of a saved result: one mixture, or one per saved group."""
+    if payload.get("groups") is None:
+        prior: Any = _build_prior(payload["prior"])
+        return SWSModel(network, prior, like, prior_scale=payload["prior_scale"])
+    prior = {g: _build_prior(spec) for g, spec in payload["group_priors"].items()}
+    return SWSModel(
+        network, prior, like, prior_scale=payload["prior_scale"], groups=payload["groups"]
     )
 
 

@@ -255,6 +255,18 @@ def _prior(config: RunConfig) -> MixturePrior:
     return MixturePrior.from_settings(config.prior_settings())
 
 
+def _model(config: RunConfig, net: nn.Module, data) -> SWSModel:
+    """The run's :class:`SWSModel` of ``net``: its prior (one, or one per layer) and likelihood."""
+    groups = None if config.mixture_groups == "shared" else config.mixture_groups
+    return SWSModel(
+        net,
+        _prior(config),
+        _likelihood(config, data),
+        prior_scale=config.prior_scale,
+        groups=groups,
+    )
+
+
 def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_steps: int):
     """``set(step)`` putting the annealed precision prior in force, or ``None`` (no anneal)."""
     final = config.prior_settings().used_precision_priors()[2]  # tempered like the others
@@ -262,7 +274,15 @@ def _precision_anneal(config: RunConfig, model: SWSModel, num_train: int, num_st
         return None
     per_epoch = steps_per_epoch(num_train, config.batch_size)
     epochs = config.anneal_epochs or default_anneal_epochs(num_steps, per_epoch)
-    return precision_anneal(model.prior, final, epochs, per_epoch)
+    setters = [
+        precision_anneal(prior, final, epochs, per_epoch) for _, prior, _ in model.mixture_groups()
+    ]
+
+    def set_priors(step: int) -> None:  # every group's prior (one without groups)
+        for set_prior in setters:
+            set_prior(step)
+
+    return set_priors
 
 
 def _evaluate_network(net: nn.Module, data, likelihood: Likelihood | str) -> dict[str, float]:
@@ -688,7 +708,7 @@ def _execute(
     if net is None:
         messages.append("stopped during pretraining")
         return RunOutcome("interrupted", run.dir, 0, num_steps, messages=messages)
-    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+    model = _model(config, net, data)
     state = None
     if resume:
         state, path, found = latest_checkpoint(run.dir, run.identity)
@@ -871,7 +891,7 @@ def follow_run(*, should_stop: Callable[[], bool] | None = None) -> RunOutcome:
     data = _load_data(config)
     net = build_network(**network_kwargs(message["network_spec"]))
     net.load_state_dict(message["network_state"])
-    model = SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+    model = _model(config, net, data)
     state = None if message["state"] is None else FitState.from_dict(message["state"])
     num_steps = config.total_steps(data.num_train)
     result, stopped = _fit_with_checkpoints(

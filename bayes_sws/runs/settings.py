@@ -85,6 +85,7 @@ _ADDED_SETTINGS = (
     "collapse_threshold",
     "lbfgs_tolerance",
     "preset",
+    "mixture_groups",
 )
 #: Settings added after run directories existed whose default differs from how the
 #: runs before them behaved: a ``config.json`` without them means this value, and a
@@ -180,6 +181,17 @@ class _RunLikelihood:
     )
     learn_noise_precision: bool = option(
         False, "learn β with a Gamma prior (regression data)", "bool"
+    )
+
+
+@dataclass(frozen=True)
+class _RunGroups:
+    mixture_groups: str = option(
+        "shared",
+        "shared: one mixture for all layers; layer: one per layer, with its own π, μ, σ "
+        "(sites sws.<layer>.*) and codebook (PRML 5.5.1's layer-wise priors)",
+        "str",
+        choices=("shared", "layer"),
     )
 
 
@@ -291,6 +303,7 @@ def _run_fields() -> list[tuple[str, Any, Any]]:
     return [
         *_cli_fields(_RunData),
         *_cli_fields(PriorSettings),
+        *_cli_fields(_RunGroups),
         *_cli_fields(_RunLikelihood),
         *fit_fields,
         ("keep_checkpoints", keep.type, field(default=keep.default, metadata=dict(keep.metadata))),
