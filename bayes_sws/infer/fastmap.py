@@ -68,6 +68,7 @@ __all__ = [
     "ModelTerms",
     "ParamReader",
     "Validation",
+    "direct_transform",
     "latent_sites_reason",
     "map_loss",
     "model_unsupported_reason",
@@ -329,7 +330,7 @@ def _param_locations(root: nn.Module, site_names) -> dict | None:
             key = leaf + "_unconstrained"
             if key not in module._parameters:
                 return None
-            sites[name] = (tuple(path), key, _direct(transform_to(constraint)))
+            sites[name] = (tuple(path), key, direct_transform(transform_to(constraint)))
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return sites
@@ -367,7 +368,7 @@ _ELEMENTARY = {
 }
 
 
-def _direct(transform):
+def direct_transform(transform):
     """``transform`` as a plain function of the tensor: the same maths, without
     ``Transform.__call__``'s wrappers (caching, ``Independent``/``Compose`` layers).
 
@@ -379,9 +380,9 @@ def _direct(transform):
     """
     kind = type(transform)
     if kind is dist.transforms.IndependentTransform:
-        return _direct(transform.base_transform)
+        return direct_transform(transform.base_transform)
     if kind is dist.transforms.ComposeTransform:
-        parts = [_direct(t) for t in transform.parts]
+        parts = [direct_transform(t) for t in transform.parts]
         parts = [f for f in parts if f is not _identity]
         if not parts:
             return _identity

@@ -50,21 +50,28 @@ from __future__ import annotations
 import math
 import os
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
 from torch import Tensor
 from torch.distributions import biject_to
-from torch.distributions.transforms import ComposeTransform, IndependentTransform
+from torch.distributions.transforms import (
+    ComposeTransform,
+    ExpTransform,
+    IndependentTransform,
+    SigmoidTransform,
+)
 
 from ..core.model import SWSModel
 from .fastmap import (
     ModelTerms,
     ParamReader,
     Validation,
+    direct_transform,
     latent_sites_reason,
     model_unsupported_reason,
     negative_log_joint,
@@ -155,11 +162,45 @@ def supports_fast_elbo(model, guide) -> bool:
 # --------------------------------------------------------------------------- #
 
 
-def _is_identity(transform) -> bool:
-    """``biject_to(real)`` (possibly ``Independent``): an empty composition."""
+def _base(transform):
     while type(transform) is IndependentTransform:
         transform = transform.base_transform
-    return type(transform) is ComposeTransform and not transform.parts
+    return transform
+
+
+def _is_identity(transform) -> bool:
+    """``biject_to(real)`` (possibly ``Independent``): an empty composition."""
+    base = _base(transform)
+    return type(base) is ComposeTransform and not base.parts
+
+
+def _neg(u: Tensor) -> Tensor:
+    return -u
+
+
+def _sigmoid_log_density(u: Tensor) -> Tensor:
+    return F.softplus(-u) + F.softplus(u)
+
+
+#: ``transform.inv.log_abs_det_jacobian(transform(u), u)`` as a function of ``u`` alone,
+#: torch's own formulas (exp: ``-u``; sigmoid: ``softplus(-u) + softplus(u)``)
+_LOG_DENSITY = {ExpTransform: _neg, SigmoidTransform: _sigmoid_log_density}
+
+
+class _Bijection(NamedTuple):
+    """A Gaussian site's ``biject_to(support)``: the map, and ``log|det J|`` of its inverse."""
+
+    forward: Any
+    log_density: Any  # (z, u) -> Tensor
+
+
+def _bijection(transform) -> _Bijection:
+    """The map as a plain function, and the log-density term of the guide's Delta site
+    (summed over every dimension by the caller): a closed form where torch's is one."""
+    closed = _LOG_DENSITY.get(type(_base(transform)))
+    if closed is not None:
+        return _Bijection(direct_transform(transform), lambda z, u: closed(u))
+    return _Bijection(direct_transform(transform), transform.inv.log_abs_det_jacobian)
 
 
 class _Part:
@@ -176,7 +217,9 @@ class _Part:
                 name: biject_to(site["fn"].support)
                 for name, site in part.prototype_trace.iter_stochastic_nodes()
             }
-            self.transforms = {n: None if _is_identity(t) else t for n, t in transforms.items()}
+            self.transforms = {
+                n: None if _is_identity(t) else _bijection(t) for n, t in transforms.items()
+            }
         else:
             self.values = ParamReader(part, names)
 
@@ -284,9 +327,9 @@ def _particle(plan: _Plan, fixed, normals, eps, base_log_q, like, x, y, subsampl
         if transform is None:
             values[name] = u
         else:  # the Delta site of AutoNormal: log_density = log|det J| of the inverse
-            z = transform(u)
+            z = transform.forward(u)
             values[name] = z
-            log_q = log_q + transform.inv.log_abs_det_jacobian(z, u).sum()
+            log_q = log_q + transform.log_density(z, u).sum()
     return negative_log_joint(plan, values, like, x, y, subsample, num_data) + log_q
 
 
