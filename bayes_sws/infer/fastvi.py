@@ -246,9 +246,11 @@ class _Plan(ModelTerms):
         if not self.matches(model, like):
             return False
         parts = _parts(guide)
-        return parts is not None and [p.prototype_trace for p in parts] == [
-            ref() for ref in self.prototypes
-        ]
+        return (
+            parts is not None
+            and len(parts) == len(self.prototypes)
+            and all(p.prototype_trace is ref() for p, ref in zip(parts, self.prototypes))
+        )
 
     def read(self, guide) -> tuple[dict[str, Tensor], list[tuple[str, Tensor, Tensor, Any]]]:
         """The point-mass sites' values, and ``(name, loc, scale, transform)`` of the
