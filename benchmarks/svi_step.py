@@ -13,13 +13,23 @@ Variants (letters as in issue 6):
                 what ``fit(guide="map")`` runs today ("before").
 ``fast_map``    (a') :func:`bayes_sws.infer.fastmap.map_loss` with the same
                 ``AutoDelta`` guide: the same loss and gradients ("after").
-``pyro_normal`` (b) ``Trace_ELBO`` with ``AutoNormal`` (``fit(guide="normal")``).
+``pyro_normal`` (b) ``Trace_ELBO`` with ``AutoNormal``: what ``fit(guide="normal")``
+                ran before :mod:`bayes_sws.infer.fastvi` ("before").
+``fast_normal`` (b') :func:`bayes_sws.infer.fastvi.elbo_loss` with the same
+                ``AutoNormal`` guide: the same draws, loss and gradients, what
+                ``fit(guide="normal")`` runs now ("after").
 ``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·
                 mixture_log_prob(all weights) − log p(π, μ, σ)`` with the same
                 kernel (one call on the concatenated weights, as ``fast_map``
                 does), hyperparameters as plain unconstrained tensors (sigmoid,
                 softmax, exp) and the hyperprior densities in closed form.
 ``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
+``hand_normal`` (e) a hand-written mean-field loop, the ELBO of (b) written out:
+                every weight and (unconstrained) hyperparameter tensor drawn as
+                ``loc + softplus(ρ)·ε``, the network run with the drawn weights
+                (``F.linear`` per layer), the same kernel, the hyperprior densities
+                in closed form, ``log q`` as ``−½Σε² − Σ log scale`` plus the log-
+                Jacobians of sigmoid / additive-logistic / exp. The baseline of (b').
 
 Timing: the variants are interleaved (one round runs ``--steps`` steps of each,
 in an order that rotates every round), and each round's time per step is
@@ -83,8 +93,13 @@ try:
     from bayes_sws.infer.fastmap import map_loss
 except ImportError:  # the "before" state of the repository
     map_loss = None
+try:
+    from bayes_sws.infer.fastvi import elbo_loss
+except ImportError:  # before the fast ELBO
+    elbo_loss = None
 
-VARIANTS = ("pyro_map", "fast_map", "pyro_normal", "hand", "plain")
+VARIANTS = ("pyro_map", "fast_map", "pyro_normal", "fast_normal", "hand", "hand_normal", "plain")
+_FAST = {"fast_map": map_loss, "fast_normal": elbo_loss}  # None: not in this checkout
 NETWORKS = ("lenet-300-100", "digits-mlp")
 _HYPER_PREFIXES = ("sws.", "likelihood.")  # as bayes_sws.infer groups parameters
 
@@ -169,10 +184,11 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
     num_data = x.shape[0]
     batches = Batches(num_data, batch_size)
 
-    if variant in ("pyro_map", "fast_map", "pyro_normal"):
+    if variant in ("pyro_map", "fast_map", "pyro_normal", "fast_normal"):
         return _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr)
-    if variant == "hand":
-        optim, loss_fn = _hand_loss(
+    if variant in ("hand", "hand_normal"):
+        make = _hand_loss if variant == "hand" else _hand_normal_loss
+        optim, loss_fn = make(
             net, x, y, num_data / batch_size, prior_scale, num_components, lr, mixture_lr
         )
     elif variant == "plain":
@@ -207,11 +223,11 @@ def _step_fn(optim, batches, loss_fn):
 
 
 def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr):
-    """The Pyro variants' ``step()`` (``None`` for ``fast_map`` without the fast path)."""
+    """The Pyro variants' ``step()`` (``None`` for a fast variant without its fast path)."""
     model = make_model(net, prior_scale, num_components)
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
     guide = build_guide(
-        "normal" if variant == "pyro_normal" else "map",
+        "normal" if variant.endswith("_normal") else "map",
         model,
         init_loc_fn=init_loc_fn,
         init_scale=1e-3,
@@ -220,12 +236,13 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     elbo = Trace_ELBO(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
     elbo.differentiable_loss(model, guide, x, y, next(batches))  # builds the guide's params
     optim = _adam(*_split_guide_params(guide, model), lr, mixture_lr)
-    if variant == "fast_map":
-        if map_loss is None:
+    if variant in _FAST:
+        fast_loss = _FAST[variant]
+        if fast_loss is None:
             return None
 
         def loss_fn(index):
-            return map_loss(model, guide, x, y, index)
+            return fast_loss(model, guide, x, y, index)
 
     else:
 
@@ -248,14 +265,7 @@ def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
     mixing_logits = torch.log(init["sws.mixing"]).requires_grad_()
     means = init["sws.means"].clone().requires_grad_()
     log_precisions = torch.log(init["sws.precisions"]).requires_grad_()
-    a_pi0, b_pi0 = prior.pi_zero_prior
-    alpha = prior.mixing_concentration
-    k_free = prior.num_free
-    log_norm_beta = math.lgamma(a_pi0) + math.lgamma(b_pi0) - math.lgamma(a_pi0 + b_pi0)
-    log_norm_dirichlet = math.lgamma(k_free * alpha) - k_free * math.lgamma(alpha)
-    conc, rate = prior.precision_concentration, prior.precision_rate
-    log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
-    log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
+    log_hyperprior = _hyperprior_log_density(prior)
     optim = _adam(
         list(net.parameters()),
         [pi0_logit, mixing_logits, means, log_precisions],
@@ -273,7 +283,25 @@ def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
         sigma = torch.exp(-0.5 * log_precisions)
         log_prior = mixture_log_prob(torch.cat([w.reshape(-1) for w in weights]), pi, mu, sigma)
         precisions = torch.exp(log_precisions)
-        log_hyper = (
+        log_hyper = log_hyperprior(pi_zero, mixing, means, log_precisions, precisions)
+        return data - prior_scale * log_prior - log_hyper
+
+    return optim, loss_fn
+
+
+def _hyperprior_log_density(prior):
+    """``log p(π₀, mixing, means, precisions)`` of the demo's prior in closed form."""
+    a_pi0, b_pi0 = prior.pi_zero_prior
+    alpha = prior.mixing_concentration
+    k_free = prior.num_free
+    log_norm_beta = math.lgamma(a_pi0) + math.lgamma(b_pi0) - math.lgamma(a_pi0 + b_pi0)
+    log_norm_dirichlet = math.lgamma(k_free * alpha) - k_free * math.lgamma(alpha)
+    conc, rate = prior.precision_concentration, prior.precision_rate
+    log_norm_gamma = conc * math.log(rate) - math.lgamma(conc)
+    log_norm_normal = -0.5 * math.log(2 * math.pi) - math.log(prior.mean_scale)
+
+    def log_density(pi_zero, mixing, means, log_precisions, precisions):
+        return (
             (a_pi0 - 1) * torch.log(pi_zero)
             + (b_pi0 - 1) * torch.log1p(-pi_zero)
             - log_norm_beta
@@ -282,7 +310,72 @@ def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
             + (log_norm_normal - 0.5 * ((means - prior.mean_loc) / prior.mean_scale) ** 2).sum()
             + (log_norm_gamma + (conc - 1) * log_precisions - rate * precisions).sum()
         )
-        return data - prior_scale * log_prior - log_hyper
+
+    return log_density
+
+
+def _hand_normal_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
+    """The hand-written mean-field ELBO (no Pyro) and its optimiser: ``(optim, loss_fn)``.
+
+    Unconstrained hyperparameters: logit π₀, additive-logistic mixing (K − 1 free
+    logits and a 0), means, log precisions; their log-Jacobians enter ``log q``.
+    """
+    model = make_model(net, prior_scale, num_components)  # for selection and init only
+    prior = model.prior
+    init = prior.init_values(model.parameters_with_prior().values())
+    named = model.parameters_with_prior()
+    pi0, mixing0 = init["sws.pi_zero"], init["sws.mixing"]
+    locs = {n: w.detach().clone() for n, w in named.items()}
+    locs["pi0"] = torch.log(pi0 / (1 - pi0))
+    locs["mixing"] = torch.log(mixing0[:-1] / mixing0[-1])
+    locs["means"] = init["sws.means"].clone()
+    locs["log_prec"] = torch.log(init["sws.precisions"])
+    rho0 = math.log(math.expm1(1e-3))  # softplus(ρ) = init_scale, as AutoNormal
+    rhos = {n: torch.full_like(v, rho0).requires_grad_() for n, v in locs.items()}
+    for v in locs.values():
+        v.requires_grad_()
+    stack = [  # the network's forward with drawn weights: F.linear for its Linear layers
+        (m, f"{n}.weight" if isinstance(m, torch.nn.Linear) else None)
+        for n, m in net.named_children()
+    ]
+    biases = [m.bias for m, weight in stack if weight is not None and m.bias is not None]
+    hyper = ("pi0", "mixing", "means", "log_prec")
+    optim = _adam(
+        [locs[n] for n in named] + [rhos[n] for n in named] + biases,
+        [locs[n] for n in hyper] + [rhos[n] for n in hyper],
+        lr,
+        mixture_lr,
+    )
+    log_hyperprior = _hyperprior_log_density(prior)
+    size = sum(v.numel() for v in locs.values())
+    zero = torch.zeros(1)
+
+    def loss_fn(index):
+        scales = {n: F.softplus(r) for n, r in rhos.items()}
+        eps = {n: torch.randn_like(v) for n, v in locs.items()}
+        u = {n: locs[n] + eps[n] * scales[n] for n in locs}
+        h = x[index]
+        for module, weight in stack:
+            h = module(h) if weight is None else F.linear(h, u[weight], module.bias)
+        data = scale * F.cross_entropy(h, y[index], reduction="sum")
+        pi_zero = torch.sigmoid(u["pi0"])
+        mixing = torch.softmax(torch.cat([u["mixing"], zero]), 0)
+        pi = torch.cat([pi_zero[None], (1 - pi_zero) * mixing])
+        precisions = torch.exp(u["log_prec"])
+        mu = torch.cat([zero, u["means"]])
+        sigma = torch.exp(-0.5 * u["log_prec"])
+        log_prior = mixture_log_prob(torch.cat([u[n].reshape(-1) for n in named]), pi, mu, sigma)
+        log_hyper = log_hyperprior(pi_zero, mixing, u["means"], u["log_prec"], precisions)
+        log_jacobian = (
+            F.logsigmoid(u["pi0"]) + F.logsigmoid(-u["pi0"]) + torch.log(mixing).sum()
+        ) + u["log_prec"].sum()
+        log_q = (
+            -0.5 * sum((e * e).sum() for e in eps.values())
+            - sum(s.log().sum() for s in scales.values())
+            - size * 0.5 * math.log(2 * math.pi)
+            - log_jacobian
+        )
+        return data - prior_scale * log_prior - log_hyper + log_q
 
     return optim, loss_fn
 
@@ -458,6 +551,22 @@ def _load() -> str:
         return "n/a"
 
 
+def _print_first_step_losses(steps, net0, x, y, settings) -> None:
+    """Each Pyro variant's first loss next to its fast path's: same start, batch and draw."""
+    for slow, fast in (("pyro_map", "fast_map"), ("pyro_normal", "fast_normal")):
+        if slow in steps and fast in steps:
+            a = make_step(slow, net0, x, y, **settings)
+            b = make_step(fast, net0, x, y, **settings)
+            torch.manual_seed(0)
+            la = a()
+            torch.manual_seed(0)
+            lb = b()
+            print(
+                f"# first-step loss: {slow} {la:.6f}, {fast} {lb:.6f} "
+                f"(relative difference {abs(la - lb) / abs(la):.1e})"
+            )
+
+
 def run_network(network: str, args) -> dict:
     net0, x, y, source = load_problem(network, args.data)
     if args.quick:
@@ -470,20 +579,13 @@ def run_network(network: str, args) -> dict:
         "lr": 1e-3,
         "mixture_lr": 3e-3,
     }
-    variants = [v for v in args.variants if not (v == "fast_map" and map_loss is None)]
+    variants = [v for v in args.variants if not (v in _FAST and _FAST[v] is None)]
     steps = {v: make_step(v, net0, x, y, **settings) for v in variants}
     print(
         f"\n## {network}: {source} data, N = {x.shape[0]}, batch {args.batch_size}, "
         f"M = {args.components}, {num_prior:,} weights under the prior, λ = {args.prior_scale}"
     )
-    if "pyro_map" in steps and "fast_map" in steps:  # same start, same batch: same loss
-        a = make_step("pyro_map", net0, x, y, **settings)
-        b = make_step("fast_map", net0, x, y, **settings)
-        la, lb = a(), b()
-        print(
-            f"# first-step loss: pyro_map {la:.6f}, fast_map {lb:.6f} "
-            f"(relative difference {abs(la - lb) / abs(la):.1e})"
-        )
+    _print_first_step_losses(steps, net0, x, y, settings)
     load_before = _load()
     per_round = time_interleaved(
         steps, rounds=args.rounds, steps_per_round=args.steps, warmup=args.warmup, clock=args.clock
@@ -513,6 +615,11 @@ def run_network(network: str, args) -> dict:
         "(a) pyro_map / (c) hand": paired("pyro_map", "hand"),
         "(a') fast_map / (c) hand": paired("fast_map", "hand"),
         "(b) pyro_normal / (c) hand": paired("pyro_normal", "hand"),
+        "(b') fast_normal / (c) hand": paired("fast_normal", "hand"),
+        "(b) pyro_normal / (e) hand_normal": paired("pyro_normal", "hand_normal"),
+        "(b') fast_normal / (e) hand_normal": paired("fast_normal", "hand_normal"),
+        "(b) pyro_normal / (b') fast_normal": paired("pyro_normal", "fast_normal"),
+        "(e) hand_normal / (c) hand": paired("hand_normal", "hand"),
         "(c) hand / (d) plain": paired("hand", "plain"),
         "(a) pyro_map / (d) plain": paired("pyro_map", "plain"),
         "(a') fast_map / (d) plain": paired("fast_map", "plain"),
@@ -521,7 +628,7 @@ def run_network(network: str, args) -> dict:
     print("ratios (median of per-round ratios):")
     for label, value in ratios.items():
         if value is not None:
-            print(f"  {label:<30} {value:6.3f}")
+            print(f"  {label:<36} {value:6.3f}")
     batch_cost = timebatch_indices(x.shape[0], args.batch_size)
     if batch_cost is not None:
         print(
@@ -615,7 +722,8 @@ def main(argv=None) -> int:
         f"# svi_step: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}, "
         f"{args.threads} torch threads, clock {args.clock}, kernel {args.kernel} ({native}), "
-        f"fast path {'present' if map_loss is not None else 'absent'}, load average {_load()}"
+        f"fast MAP {'present' if map_loss is not None else 'absent'}, "
+        f"fast ELBO {'present' if elbo_loss is not None else 'absent'}, load average {_load()}"
     )
     results = [run_network(network, args) for network in args.networks]
     if args.json:

@@ -64,7 +64,20 @@ from ..core.likelihoods import Likelihood
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
 
-__all__ = ["map_loss", "supports_fast_map", "unsupported_reason", "weight_log_prior"]
+__all__ = [
+    "ModelTerms",
+    "ParamReader",
+    "Validation",
+    "direct_transform",
+    "latent_sites_reason",
+    "map_loss",
+    "model_unsupported_reason",
+    "negative_log_joint",
+    "pyro_loss",
+    "supports_fast_map",
+    "unsupported_reason",
+    "weight_log_prior",
+]
 
 
 # --------------------------------------------------------------------------- #
@@ -88,6 +101,23 @@ def unsupported_reason(model, guide) -> str | None:
         return f"the model is a {type(model).__name__}, not a bayes_sws.SWSModel"
     if type(guide) is not AutoDelta:
         return f"the guide is a {type(guide).__name__}, not a pyro AutoDelta"
+    reason = model_unsupported_reason(model)
+    if reason is None and guide.prototype_trace is not None:
+        found = {name for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
+        reason = latent_sites_reason(model, found)
+    return reason
+
+
+def model_unsupported_reason(model) -> str | None:
+    """The model's and the settings' part of :func:`unsupported_reason` (any guide).
+
+    ``None`` when ``model`` is an :class:`~bayes_sws.core.model.SWSModel` running the
+    library's program (nothing overridden, see :func:`unsupported_reason`) and Pyro
+    parameters are module-local; else why not. Shared with
+    :mod:`bayes_sws.infer.fastvi`.
+    """
+    if not isinstance(model, SWSModel):
+        return f"the model is a {type(model).__name__}, not a bayes_sws.SWSModel"
     if not pyro.settings.get("module_local_params"):
         return (
             "Pyro parameters are in the global param store; use "
@@ -103,14 +133,17 @@ def unsupported_reason(model, guide) -> str | None:
                 return f"{cls.__name__} overrides {base.__name__}.{method}"
     if type(model.likelihood).observe is not Likelihood.observe:
         return f"{type(model.likelihood).__name__} overrides Likelihood.observe"
-    if guide.prototype_trace is not None:
-        expected = set(model.hyper_site_names) | set(model.weight_site_names)
-        found = {name for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
-        if found != expected:
-            return (
-                f"the guide's latent sites {sorted(found)} are not the model's "
-                f"{sorted(expected)}; build the guide from this model"
-            )
+    return None
+
+
+def latent_sites_reason(model: SWSModel, found: set[str]) -> str | None:
+    """Why a guide with latent sites ``found`` is not one built for ``model``, or ``None``."""
+    expected = set(model.hyper_site_names) | set(model.weight_site_names)
+    if found != expected:
+        return (
+            f"the guide's latent sites {sorted(found)} are not the model's "
+            f"{sorted(expected)}; build the guide from this model"
+        )
     return None
 
 
@@ -129,7 +162,7 @@ def supports_fast_map(model, guide) -> bool:
 # --------------------------------------------------------------------------- #
 
 
-class _Validation:
+class Validation:
     """Torch/Pyro distribution validation on or off inside a ``with`` (restored after)."""
 
     __slots__ = ("before", "enabled")
@@ -203,25 +236,25 @@ def _priors_key(model: SWSModel) -> tuple:
     )
 
 
-class _Plan:
-    """What :func:`map_loss` needs from one (model, guide) pair, resolved once.
+class ModelTerms:
+    """What the negative log joint of a model needs, resolved once per (model, dtype, device).
 
-    Holds no reference to the guide (the key of a weak cache): each call finds
-    the guide's parameters again by their module path, a few dict look-ups.
+    The hyperprior distributions and their log-densities (closed forms where
+    possible), and whether the likelihood is a plain categorical (one fused
+    cross-entropy). Shared by :func:`map_loss` and
+    :func:`bayes_sws.infer.fastvi.elbo_loss`; :meth:`matches` tells whether it
+    still fits the model (same prior, likelihood and settings).
     """
 
-    def __init__(self, model: SWSModel, guide: AutoDelta, like: Tensor):
+    def __init__(self, model: SWSModel, like: Tensor):
         self.model = model
         self.prior = model.prior
         self.likelihood = model.likelihood
-        self.prototype = weakref.ref(guide.prototype_trace)
         self.like_key = (like.dtype, like.device)
         self.prior_key = _priors_key(model)
-        self.site_names = model.hyper_site_names + model.weight_site_names
-        self.sites = _param_locations(guide, self.site_names)
         # the hyperprior distributions do not depend on the values: built once
         # (with validation off; their arguments are the prior's checked settings)
-        with _Validation(False):
+        with Validation(False):
             self.hyperpriors = {
                 site: prior._hyperprior(site, like)
                 for _, prior, _ in model.mixture_groups()
@@ -233,35 +266,66 @@ class _Plan:
         # -cross_entropy is Categorical(logits).log_prob summed, in one fused op
         self.cross_entropy = type(self.likelihood) is CategoricalLikelihood
 
-    def matches(self, model: SWSModel, guide: AutoDelta, like: Tensor) -> bool:
+    def matches(self, model: SWSModel, like: Tensor) -> bool:
+        """Whether these terms are still those of ``model`` for a network like ``like``."""
         return (
             self.model is model
             and self.prior is model.prior
             and self.likelihood is model.likelihood
-            and self.prototype() is guide.prototype_trace
             and self.like_key == (like.dtype, like.device)
             and self.prior_key == _priors_key(model)
         )
 
-    def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
-        """The guide's constrained value of every latent site, as the guide computes it.
 
-        ``transform_to(support)`` of the unconstrained ``PyroParam``, which is
-        what reading the guide's attribute returns with module-local parameters.
-        """
+class ParamReader:
+    """The constrained values of named ``PyroParam``\\ s of a Pyro module, read directly.
+
+    ``names`` are dotted paths from ``root`` (a guide's site names, or those
+    under an ``AutoNormal``'s ``locs`` / ``scales``). Where each parameter lives
+    is resolved once; a call returns ``transform_to(constraint)`` of each
+    unconstrained parameter, which is what reading the attribute returns with
+    module-local parameters, without ``PyroModule.__getattr__``. Holds no
+    reference to ``root``: pass it (or an equal-structured module) to each call.
+    """
+
+    def __init__(self, root: nn.Module, names):
+        self.names = tuple(names)
+        self.sites = _param_locations(root, self.names)
+
+    def __call__(self, root: nn.Module) -> dict[str, Tensor]:
         if self.sites is None:
-            return {name: _deep_getattr(guide, name) for name in self.site_names}
+            return {name: _deep_getattr(root, name) for name in self.names}
         values = {}
         for name, (path, key, transform) in self.sites.items():
-            module = _submodule(guide, path)
+            module = _submodule(root, path)
             values[name] = transform(module._parameters[key])
         return values
 
 
-def _param_locations(guide: AutoDelta, site_names) -> dict | None:
-    """Sub-module path, parameter key and transform of each site's ``PyroParam``.
+class _Plan(ModelTerms):
+    """What :func:`map_loss` needs from one (model, guide) pair, resolved once.
 
-    ``None`` if the guide does not keep them where Pyro 1.x's ``PyroModule``
+    Holds no reference to the guide (the key of a weak cache): each call finds
+    the guide's parameters again by their module path, a few dict look-ups.
+    """
+
+    def __init__(self, model: SWSModel, guide: AutoDelta, like: Tensor):
+        super().__init__(model, like)
+        self.prototype = weakref.ref(guide.prototype_trace)
+        self.reader = ParamReader(guide, model.hyper_site_names + model.weight_site_names)
+
+    def matches_guide(self, model: SWSModel, guide: AutoDelta, like: Tensor) -> bool:
+        return self.matches(model, like) and self.prototype() is guide.prototype_trace
+
+    def site_values(self, guide: AutoDelta) -> dict[str, Tensor]:
+        """The guide's constrained value of every latent site, as the guide computes it."""
+        return self.reader(guide)
+
+
+def _param_locations(root: nn.Module, site_names) -> dict | None:
+    """Sub-module path, parameter key and transform of each named ``PyroParam``.
+
+    ``None`` if ``root`` does not keep them where Pyro 1.x's ``PyroModule``
     does (``_pyro_params`` and ``<name>_unconstrained``): then every call reads
     the attributes through ``PyroModule.__getattr__`` instead, slower but the same.
     """
@@ -269,12 +333,12 @@ def _param_locations(guide: AutoDelta, site_names) -> dict | None:
     try:
         for name in site_names:
             *path, leaf = name.split(".")
-            module = _submodule(guide, path)
+            module = _submodule(root, path)
             constraint, _ = cast(PyroModule, module)._pyro_params[leaf]  # AttributeError if not
             key = leaf + "_unconstrained"
             if key not in module._parameters:
                 return None
-            sites[name] = (tuple(path), key, _direct(transform_to(constraint)))
+            sites[name] = (tuple(path), key, direct_transform(transform_to(constraint)))
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return sites
@@ -303,20 +367,30 @@ def _softmax(x: Tensor) -> Tensor:
     return torch.softmax(x, -1)
 
 
-def _direct(transform):
+#: transforms without parameters, as plain functions (softplus: an AutoNormal's scales)
+_ELEMENTARY = {
+    dist.transforms.ExpTransform: torch.exp,
+    dist.transforms.SigmoidTransform: _clipped_sigmoid,
+    dist.transforms.SoftmaxTransform: _softmax,
+    dist.transforms.SoftplusTransform: F.softplus,
+}
+
+
+def direct_transform(transform):
     """``transform`` as a plain function of the tensor: the same maths, without
     ``Transform.__call__``'s wrappers (caching, ``Independent``/``Compose`` layers).
 
     Covers what ``transform_to`` gives for the supports of :class:`MixturePrior`
-    and the likelihoods (real, unit interval, simplex, positive); any other
+    and the likelihoods (real, unit interval, simplex, positive) and an
+    ``AutoNormal``'s scales (softplus-positive); any other
     transform is returned as it is. Worth about half the hyperparameter cost of
     a small network's step (``BENCHMARKS.md``, "SVI step").
     """
     kind = type(transform)
     if kind is dist.transforms.IndependentTransform:
-        return _direct(transform.base_transform)
+        return direct_transform(transform.base_transform)
     if kind is dist.transforms.ComposeTransform:
-        parts = [_direct(t) for t in transform.parts]
+        parts = [direct_transform(t) for t in transform.parts]
         parts = [f for f in parts if f is not _identity]
         if not parts:
             return _identity
@@ -329,12 +403,8 @@ def _direct(transform):
             return x
 
         return composed
-    if kind is dist.transforms.ExpTransform:
-        return torch.exp
-    if kind is dist.transforms.SigmoidTransform:
-        return _clipped_sigmoid
-    if kind is dist.transforms.SoftmaxTransform:
-        return _softmax
+    if kind in _ELEMENTARY:
+        return _ELEMENTARY[kind]
     if kind is dist.transforms.AffineTransform and all(
         isinstance(v, (int, float)) for v in (transform.loc, transform.scale)
     ):
@@ -362,7 +432,7 @@ def _plan(model, guide, like, x, y, subsample) -> _Plan:
         plan = None
     if (
         plan is not None
-        and plan.matches(model, guide, like)
+        and plan.matches_guide(model, guide, like)
         and pyro.settings.get("module_local_params")
     ):
         return plan
@@ -463,15 +533,38 @@ def map_loss(
     like = model._like() if isinstance(model, SWSModel) else None
     plan = _plan(model, guide, like, x, y, subsample)
     validate = dist.is_validation_enabled()
-    with _Validation(False):  # torch reads the flag when log_prob runs, not at construction
-        loss = _negative_log_joint(plan, model, guide, like, x, y, subsample, num_data)
+    with Validation(False):  # torch reads the flag when log_prob runs, not at construction
+        values = plan.site_values(guide)
+        loss = negative_log_joint(plan, values, like, x, y, subsample, num_data)
     if validate and not math.isfinite(loss.item()):
         # the slow path validates every site: Pyro's own error naming the site, or its warning
-        elbo = Trace_ELBO(max_plate_nesting=1)
-        if num_data is None:
-            return elbo.differentiable_loss(model, guide, x, y, subsample)
-        return elbo.differentiable_loss(model, guide, x, y, subsample, num_data=num_data)
+        return pyro_loss(model, guide, x, y, subsample, num_data)
     return loss
+
+
+def pyro_loss(
+    model,
+    guide,
+    x: Tensor,
+    y: Tensor,
+    subsample: Tensor | None = None,
+    num_data: int | None = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+) -> Tensor:
+    """``Trace_ELBO(...).differentiable_loss`` on the same arguments: the slow path.
+
+    What the fast paths hand a non-finite loss to when validation is on, so that
+    Pyro validates every site and fails (or warns) with its own message.
+    """
+    elbo = Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles and num_particles > 1,
+        max_plate_nesting=1,
+    )
+    if num_data is None:
+        return elbo.differentiable_loss(model, guide, x, y, subsample)
+    return elbo.differentiable_loss(model, guide, x, y, subsample, num_data=num_data)
 
 
 def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -> Tensor:
@@ -493,13 +586,27 @@ def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -
     return total
 
 
-def _negative_log_joint(
-    plan: _Plan, model: SWSModel, guide, like, x, y, subsample, num_data
+def negative_log_joint(
+    terms: ModelTerms,
+    values: dict[str, Tensor],
+    like: Tensor,
+    x: Tensor,
+    y: Tensor,
+    subsample: Tensor | None,
+    num_data: int | None,
 ) -> Tensor:
-    values = plan.site_values(guide)
+    """:math:`-\\log p(y_\\text{batch}, w, \\pi, \\mu, \\sigma, \\beta \\mid x)` at the site ``values``.
 
+    The model's log joint with the likelihood scaled to the data set as its
+    ``pyro.plate`` does (the formula in :func:`map_loss`), given the constrained
+    value of every latent site (unbatched: one particle). ``terms`` are the
+    model's (:class:`ModelTerms`); call it with distribution validation off
+    (:class:`Validation`). Shared by :func:`map_loss` and
+    :func:`bayes_sws.infer.fastvi.elbo_loss`.
+    """
+    model = terms.model
     # hyperpriors: unscaled sites
-    log_joint = sum(log_prob(values[site]) for site, log_prob in plan.hyper_log_probs.items())
+    log_joint = sum(log_prob(values[site]) for site, log_prob in terms.hyper_log_probs.items())
 
     # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
     weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
@@ -508,16 +615,16 @@ def _negative_log_joint(
         log_joint = log_joint + model.prior_scale * log_prior
 
     # the likelihood, inside pyro.plate("data", N, subsample=...)
-    params, log_params = _likelihood_parameters(plan.likelihood, values, like)
+    params, log_params = _likelihood_parameters(terms.likelihood, values, like)
     if log_params is not None:
         log_joint = log_joint + log_params
     size, index = model.data_plate(x, subsample, num_data)
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
     scale = 1.0 if index is None else 1.0 * size / batch_x.shape[0]
-    if plan.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
+    if terms.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
         return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))
-    log_lik = plan.likelihood.distribution(output, params).log_prob(batch_y)
+    log_lik = terms.likelihood.distribution(output, params).log_prob(batch_y)
     if log_lik.shape != (batch_x.shape[0],):
         raise ValueError(
             f"the likelihood's log_prob has shape {tuple(log_lik.shape)}, expected one value "

@@ -54,6 +54,7 @@ from ..settings import (
 from ..validation import check_bool, check_int, check_real, check_seed
 from . import distributed, loaders
 from .fastmap import map_loss, supports_fast_map
+from .fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
 from .guides import POINT_GUIDES, SiteMoments, build_guide, guide_moments, guide_name, local_params
 from .loaders import BatchStream, ReplayWarning, is_batches
 from .rng import get_rng_state, rng_preserved, set_rng_state
@@ -1376,7 +1377,15 @@ class SVIEngine:
             )
             # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
             # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
-            self._fast = supports_fast_map(model, self.guide)
+            # likewise AutoNormal / "mixed" guides: the same ELBO draw, without tracing
+            # (tests/infer/test_fastvi.py; BAYES_SWS_FAST_ELBO=0 turns it off)
+            self._fast = (
+                "map"
+                if supports_fast_map(model, self.guide)
+                else "elbo"
+                if fast_elbo_enabled() and supports_fast_elbo(model, self.guide)
+                else None
+            )
             self._elbo = elbo
             self.optimizer = self._build_optimizer()
         self.scheduler = None if self._make_scheduler is None else self._build_scheduler()
@@ -1538,8 +1547,19 @@ class SVIEngine:
         return scheduler
 
     def _evaluate(self, batch: _Batch) -> Tensor:
-        """The loss on ``batch``: :func:`map_loss` where it applies, else the ELBO's."""
-        if self._fast:
+        """The loss on ``batch``: :func:`map_loss` or :func:`elbo_loss` where they apply,
+        else the ELBO's."""
+        if self._fast == "elbo":
+            return elbo_loss(
+                self.model,
+                self.guide,
+                batch.x,
+                batch.y,
+                batch.subsample,
+                batch.num_data,
+                num_particles=self.config["num_particles"],
+            )
+        if self._fast == "map":
             return map_loss(
                 self.model, self.guide, batch.x, batch.y, batch.subsample, batch.num_data
             )

@@ -1,0 +1,417 @@
+r"""The ELBO of the variational guides ``"normal"`` and ``"mixed"`` without Pyro tracing.
+
+For a guide :math:`q` on the latent sites :math:`z` (weights and hyperparameters)
+``Trace_ELBO`` estimates the negative ELBO with reparameterised draws,
+
+.. math::
+
+    \mathcal L = \frac1P \sum_{p=1}^{P} \bigl[\log q(z_p) - \log p(y, z_p \mid x)\bigr],
+    \qquad z_p = T(\mathrm{loc} + \mathrm{scale} \odot \varepsilon_p),
+    \quad \varepsilon_p \sim \mathcal N(0, I),
+
+with :math:`T` = ``biject_to(support)`` of each site and
+:math:`\log q(z) = \log \mathcal N(u \mid \mathrm{loc}, \mathrm{scale}^2) - \log|\det J_T(u)|`
+for an ``AutoNormal`` site (a point mass, :math:`\log q = 0`, for an ``AutoDelta`` site).
+:func:`elbo_loss` computes what
+``Trace_ELBO(num_particles=P, vectorize_particles=True).differentiable_loss(model, guide,
+x, y, subsample)`` computes for an ``AutoNormal`` guide, or an ``AutoGuideList`` of
+``AutoNormal`` and ``AutoDelta`` parts (``"mixed"``: point estimates of the
+hyperparameters), directly: it draws the same :math:`\varepsilon` from torch's RNG in
+the same order and shapes as the guide does (site by site in the guide's order; all
+particles of a site in one draw when they are vectorised, particle by particle when
+not), so with the same seed the loss and its gradients are ``Trace_ELBO``'s to rounding
+(``tests/infer/test_fastvi.py``). The log joint is :mod:`bayes_sws.infer.fastmap`'s
+(:func:`~bayes_sws.infer.fastmap.negative_log_joint`: the fused prior kernel for
+every weight tensor in one call). The Gaussian term is written with
+:math:`(u - \mathrm{loc}) / \mathrm{scale} = \varepsilon`,
+
+.. math::
+
+    \log \mathcal N(u \mid \mathrm{loc}, \mathrm{scale}^2) = -\tfrac12 \textstyle\sum \varepsilon^2
+    - \sum \log \mathrm{scale} - n \log\sqrt{2\pi},
+
+the same value and gradients as torch's ``Normal.log_prob`` of the draw (whose path
+derivatives through :math:`u` cancel), without its rounding of :math:`u - \mathrm{loc}`.
+
+When validation is on (Pyro's default) a loss that is not finite is handed to
+``Trace_ELBO`` with torch's RNG put back as it was, so Pyro draws the same
+:math:`\varepsilon` and fails (or warns) with its own message naming the site.
+
+``bayes_sws.fit`` uses it for the guides :func:`supports_fast_elbo` accepts; set the
+environment variable ``BAYES_SWS_FAST_ELBO=0`` to make it use ``Trace_ELBO`` instead
+(:func:`fast_elbo_enabled`). In a training loop::
+
+    loss_fn = elbo_loss if supports_fast_elbo(model, guide) else elbo.differentiable_loss
+    loss = loss_fn(model, guide, x, y, index)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import Any, NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from torch import Tensor
+from torch.distributions import biject_to
+from torch.distributions.transforms import (
+    ComposeTransform,
+    ExpTransform,
+    IndependentTransform,
+    SigmoidTransform,
+)
+
+from ..core.model import SWSModel
+from .fastmap import (
+    ModelTerms,
+    ParamReader,
+    Validation,
+    direct_transform,
+    latent_sites_reason,
+    model_unsupported_reason,
+    negative_log_joint,
+    pyro_loss,
+)
+
+__all__ = [
+    "FAST_ELBO_ENV",
+    "elbo_loss",
+    "fast_elbo_enabled",
+    "supports_fast_elbo",
+    "unsupported_reason",
+]
+
+#: Environment variable: ``0`` makes ``fit`` evaluate variational guides with ``Trace_ELBO``.
+FAST_ELBO_ENV = "BAYES_SWS_FAST_ELBO"
+
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))  # as torch's Normal.log_prob
+
+
+def fast_elbo_enabled() -> bool:
+    """Whether ``fit`` may use :func:`elbo_loss` (``BAYES_SWS_FAST_ELBO`` is not ``0``)."""
+    return os.environ.get(FAST_ELBO_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# --------------------------------------------------------------------------- #
+# When the fast path applies
+# --------------------------------------------------------------------------- #
+
+
+def _parts(guide) -> list | None:
+    """The guide's ``AutoNormal`` / ``AutoDelta`` parts in the order they run, or ``None``."""
+    if type(guide) is AutoNormal:
+        return [guide]
+    if type(guide) is AutoGuideList and len(guide) > 0:
+        parts = list(guide)
+        if all(type(part) in (AutoNormal, AutoDelta) for part in parts):
+            return parts
+    return None
+
+
+def unsupported_reason(model, guide) -> str | None:
+    """Why :func:`elbo_loss` cannot stand in for ``Trace_ELBO`` here, or ``None`` if it can.
+
+    The model and settings as for :func:`bayes_sws.infer.fastmap.unsupported_reason`
+    (an :class:`~bayes_sws.core.model.SWSModel` running the library's program,
+    module-local Pyro parameters); the guide a plain ``AutoNormal`` or an
+    ``AutoGuideList`` of plain ``AutoNormal`` and ``AutoDelta`` guides (``"normal"``
+    and ``"mixed"`` of :data:`bayes_sws.infer.guides.GUIDES`), without
+    ``create_plates``, whose latent sites are the model's, each in one part and
+    outside any plate.
+    """
+    reason = model_unsupported_reason(model)
+    if reason is not None:
+        return reason
+    parts = _parts(guide)
+    if parts is None:
+        return (
+            f"the guide is a {type(guide).__name__}, not a pyro AutoNormal or an "
+            "AutoGuideList of AutoNormal and AutoDelta guides"
+        )
+    found: set[str] = set()
+    for part in [guide, *parts]:
+        if part.create_plates is not None:
+            return "the guide has create_plates"
+    for part in parts:
+        if part.prototype_trace is None:
+            return None  # set up by the first call (Trace_ELBO's), then checked
+        for name, site in part.prototype_trace.iter_stochastic_nodes():
+            if any(frame.vectorized for frame in site["cond_indep_stack"]):
+                return f"the guide's site {name!r} is inside a plate"
+            if name in found:
+                return f"the guide's site {name!r} is in two of its parts"
+            found.add(name)
+    return latent_sites_reason(model, found)
+
+
+def supports_fast_elbo(model, guide) -> bool:
+    """Whether :func:`elbo_loss` computes ``Trace_ELBO``'s loss for this model and guide.
+
+    See :func:`unsupported_reason` for the conditions.
+    """
+    return unsupported_reason(model, guide) is None
+
+
+# --------------------------------------------------------------------------- #
+# Per-(model, guide) work, done once
+# --------------------------------------------------------------------------- #
+
+
+def _base(transform):
+    while type(transform) is IndependentTransform:
+        transform = transform.base_transform
+    return transform
+
+
+def _is_identity(transform) -> bool:
+    """``biject_to(real)`` (possibly ``Independent``): an empty composition."""
+    base = _base(transform)
+    return type(base) is ComposeTransform and not base.parts
+
+
+def _neg(u: Tensor) -> Tensor:
+    return -u
+
+
+def _sigmoid_log_density(u: Tensor) -> Tensor:
+    return F.softplus(-u) + F.softplus(u)
+
+
+#: ``transform.inv.log_abs_det_jacobian(transform(u), u)`` as a function of ``u`` alone,
+#: torch's own formulas (exp: ``-u``; sigmoid: ``softplus(-u) + softplus(u)``)
+_LOG_DENSITY = {ExpTransform: _neg, SigmoidTransform: _sigmoid_log_density}
+
+
+class _Bijection(NamedTuple):
+    """A Gaussian site's ``biject_to(support)``: the map, and ``log|det J|`` of its inverse."""
+
+    forward: Any
+    log_density: Any  # (z, u) -> Tensor
+
+
+def _bijection(transform) -> _Bijection:
+    """The map as a plain function, and the log-density term of the guide's Delta site
+    (summed over every dimension by the caller): a closed form where torch's is one."""
+    closed = _LOG_DENSITY.get(type(_base(transform)))
+    if closed is not None:
+        return _Bijection(direct_transform(transform), lambda z, u: closed(u))
+    return _Bijection(direct_transform(transform), transform.inv.log_abs_det_jacobian)
+
+
+class _Part:
+    """Where one part of the guide keeps its parameters, and its sites' transforms."""
+
+    def __init__(self, index: int | None, part):
+        self.index = index
+        self.normal = type(part) is AutoNormal
+        names = [name for name, _ in part.prototype_trace.iter_stochastic_nodes()]
+        if self.normal:
+            self.locs = ParamReader(part.locs, names)
+            self.scales = ParamReader(part.scales, names)
+            transforms = {
+                name: biject_to(site["fn"].support)
+                for name, site in part.prototype_trace.iter_stochastic_nodes()
+            }
+            self.transforms = {
+                n: None if _is_identity(t) else _bijection(t) for n, t in transforms.items()
+            }
+        else:
+            self.values = ParamReader(part, names)
+
+    def module(self, guide):
+        return guide if self.index is None else guide[self.index]
+
+
+class _Plan(ModelTerms):
+    """What :func:`elbo_loss` needs from one (model, guide) pair, resolved once.
+
+    Holds no reference to the guide (the key of a weak cache), only weak ones
+    to its parts' prototype traces, to notice a guide set up again.
+    """
+
+    def __init__(self, model: SWSModel, guide, like: Tensor):
+        super().__init__(model, like)
+        parts = _parts(guide)
+        assert parts is not None
+        single = type(guide) is AutoNormal
+        self.parts = [_Part(None if single else i, part) for i, part in enumerate(parts)]
+        self.prototypes = [weakref.ref(part.prototype_trace) for part in parts]
+
+    def matches_guide(self, model: SWSModel, guide, like: Tensor) -> bool:
+        if not self.matches(model, like):
+            return False
+        parts = _parts(guide)
+        return (
+            parts is not None
+            and len(parts) == len(self.prototypes)
+            and all(p.prototype_trace is ref() for p, ref in zip(parts, self.prototypes))
+        )
+
+    def read(self, guide) -> tuple[dict[str, Tensor], list[tuple[str, Tensor, Tensor, Any]]]:
+        """The point-mass sites' values, and ``(name, loc, scale, transform)`` of the
+        Gaussian sites in the order the guide samples them."""
+        fixed: dict[str, Tensor] = {}
+        normals = []
+        for part in self.parts:
+            module = part.module(guide)
+            if not part.normal:
+                fixed.update(part.values(module))
+                continue
+            locs, scales = part.locs(module.locs), part.scales(module.scales)
+            normals += [(name, locs[name], scales[name], t) for name, t in part.transforms.items()]
+        return fixed, normals
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(model, guide, like) -> _Plan | None:
+    """The cached plan of this (model, guide), checked still to fit; ``None`` while the
+    guide has not run yet (its first call is ``Trace_ELBO``'s, which sets it up)."""
+    try:
+        plan = _PLANS.get(guide)
+    except TypeError:  # not weak-referenceable, so not a Pyro guide either
+        plan = None
+    if (
+        plan is not None
+        and plan.matches_guide(model, guide, like)
+        and pyro.settings.get("module_local_params")
+    ):
+        return plan
+    reason = unsupported_reason(model, guide)
+    if reason is not None:
+        raise ValueError(
+            f"elbo_loss cannot evaluate this model and guide: {reason}. "
+            "Use pyro.infer.Trace_ELBO().differentiable_loss instead"
+        )
+    parts = _parts(guide)
+    if guide.prototype_trace is None or any(p.prototype_trace is None for p in parts or ()):
+        return None
+    plan = _PLANS[guide] = _Plan(model, guide, like)
+    return plan
+
+
+# --------------------------------------------------------------------------- #
+# The loss
+# --------------------------------------------------------------------------- #
+
+
+def _standard_normal(shape, like: Tensor) -> Tensor:
+    """ε as ``Normal.rsample`` draws it (torch's ``_standard_normal``, outside jit tracing)."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device).normal_()
+
+
+def _draws(normals, num_particles: int, vectorize: bool) -> list[list[Tensor]]:
+    """ε of every Gaussian site for every particle, drawn as the guide under
+    ``Trace_ELBO`` draws them: per site in the guide's order, the particles of a site in
+    one ``(P, 1, *shape)`` draw when vectorised (the particle plate at dim -2), else
+    one guide run (every site) per particle."""
+    if vectorize and num_particles > 1:
+        blocks = [_standard_normal((num_particles, 1) + loc.shape, loc) for _, loc, _, _ in normals]
+        return [[block[p, 0] for block in blocks] for p in range(num_particles)]
+    return [
+        [_standard_normal(loc.shape, loc) for _, loc, _, _ in normals] for _ in range(num_particles)
+    ]
+
+
+def _particle(plan: _Plan, fixed, normals, eps, base_log_q, like, x, y, subsample, num_data):
+    """:math:`\\log q(z) - \\log p(y, z \\mid x)` for one particle's ε."""
+    values = dict(fixed)
+    log_q = base_log_q
+    for (name, loc, scale, transform), e in zip(normals, eps):
+        u = loc + e * scale  # as Normal.rsample
+        log_q = log_q - 0.5 * (e * e).sum()
+        if transform is None:
+            values[name] = u
+        else:  # the Delta site of AutoNormal: log_density = log|det J| of the inverse
+            z = transform.forward(u)
+            values[name] = z
+            log_q = log_q + transform.log_density(z, u).sum()
+    return negative_log_joint(plan, values, like, x, y, subsample, num_data) + log_q
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def elbo_loss(
+    model: SWSModel,
+    guide,
+    x: Tensor,
+    y: Tensor,
+    subsample: Tensor | None = None,
+    num_data: int | None = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+) -> Tensor:
+    r"""The negative ELBO estimate of ``Trace_ELBO`` for an ``AutoNormal`` or ``"mixed"`` guide.
+
+    Equal to ``Trace_ELBO(num_particles=num_particles, vectorize_particles=
+    vectorize_particles, max_plate_nesting=1).differentiable_loss(model, guide, x, y,
+    subsample)`` run from the same state of torch's RNG, in value and gradients
+    (tested to 1e-10 in float64 and 1e-5 in float32), and it leaves the RNG in the
+    same state; without tracing the model or the guide (formulas in the module's
+    documentation).
+
+    Parameters
+    ----------
+    model : SWSModel
+        The model the guide was built for; :func:`supports_fast_elbo` must hold.
+    guide : AutoNormal or AutoGuideList
+        Its parameters are read, not copied, so gradients reach them. If it has
+        never run, this call is ``Trace_ELBO``'s, which sets it up.
+    x, y, subsample, num_data
+        As for :func:`bayes_sws.infer.fastmap.map_loss`.
+    num_particles : int
+        Draws averaged (``Trace_ELBO``'s ``num_particles``).
+    vectorize_particles : bool
+        Draw them as ``Trace_ELBO(vectorize_particles=True)`` does (``fit``'s ELBO),
+        or one guide run after another (``False``). No effect for one particle.
+
+    Returns
+    -------
+    Tensor
+        0-dim loss in the network's dtype, differentiable.
+
+    Raises
+    ------
+    ValueError
+        When :func:`supports_fast_elbo` does not hold, with the reason.
+    """
+    like = model._like() if isinstance(model, SWSModel) else None
+    plan = _plan(model, guide, like)
+    args = (x, y, subsample, num_data, num_particles, vectorize_particles)
+    if plan is None:
+        return pyro_loss(model, guide, *args)
+    assert like is not None
+    validate = dist.is_validation_enabled()
+    state = _rng_state(like.device) if validate else None
+    with Validation(False):
+        fixed, normals = plan.read(guide)
+        size = sum(loc.numel() for _, loc, _, _ in normals)
+        base_log_q = -sum(scale.log().sum() for _, _, scale, _ in normals) - size * _HALF_LOG_2PI
+        losses = [
+            _particle(plan, fixed, normals, eps, base_log_q, like, x, y, subsample, num_data)
+            for eps in _draws(normals, num_particles, vectorize_particles)
+        ]
+    loss = losses[0] if num_particles == 1 else sum(losses) / num_particles
+    if validate and not math.isfinite(loss.item()):
+        # the slow path validates every site: Pyro's own error naming the site, or its warning
+        assert state is not None
+        _set_rng_state(like.device, state)  # Pyro draws the same ε
+        return pyro_loss(model, guide, *args)
+    return loss
