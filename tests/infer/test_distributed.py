@@ -57,7 +57,7 @@ def test_every_rank_holds_the_same_bits(ranks):
     assert docs[0]["straight"]["bits"] == docs[1]["straight"]["bits"]
     assert docs[0]["straight"]["losses"] == docs[1]["straight"]["losses"]
     names = docs[0]["straight"]["bits"]
-    assert {"sws.mixing_unconstrained", "sws.means_unconstrained"} <= set(names)
+    assert any("sws.means" in n for n in names) and any("net.0.weight" in n for n in names)
 
 
 def test_resume_in_a_process_group_is_exact(ranks):
