@@ -208,16 +208,19 @@ def test_to_result_carries_the_groups_to_compression():
         assert used <= set(codebook.tolist())
 
 
-def test_lightning_loss_equals_trace_elbo_for_a_grouped_model():
+@pytest.mark.parametrize("guide", ["map", "normal"])
+def test_lightning_loss_equals_trace_elbo_for_a_grouped_model(guide):
+    """The batch loss and gradients of ``SWSLightningModule``: Pyro's ELBO on the subsampled plate."""
     pytest.importorskip("lightning.pytorch")
     from bayes_sws.integrations.lightning import SWSLightningModule
 
     x, y = _data()
     spec = CASES["dict"]
     model = sws.SWSModel(_net(), spec["prior"](), prior_scale=0.7, groups=spec["groups"])
-    module = SWSLightningModule(model, "map", num_data=N)
+    module = SWSLightningModule(model, guide, num_data=N)
     index = batch_indices(N, B, 1, 3)
     _move(list(module.guide.parameters()))  # away from the init
+    state = torch.get_rng_state()
     module.zero_grad()
     with local_params():
         expected = Trace_ELBO(max_plate_nesting=1).differentiable_loss(
@@ -225,6 +228,7 @@ def test_lightning_loss_equals_trace_elbo_for_a_grouped_model():
         )
     expected.backward()
     expected_grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+    torch.set_rng_state(state)  # the same draw of the variational guide's weights
     module.zero_grad()
     loss = module.loss(x[index], y[index])
     loss.backward()
