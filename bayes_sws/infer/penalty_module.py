@@ -10,7 +10,9 @@ returns, as one differentiable scalar,
                       = -\lambda \sum_i \ln \sum_j \pi_j \mathcal N(w_i \mid \mu_j, \sigma_j^2)
                         - \log p(\pi, \mu, \sigma)          \qquad (5.138, 5.139)
 
-over the network's own prior-carrying parameters. Adding it to the data term
+over the network's own prior-carrying parameters; with ``groups`` (one mixture
+per group of tensors, as :class:`~bayes_sws.core.model.SWSModel`'s), :math:`\Omega`
+and the hyperprior are summed over the groups' mixtures. Adding it to the data term
 scaled to the full data set,
 
 .. code-block:: python
@@ -42,7 +44,7 @@ turns the trained values into a :class:`~bayes_sws.infer.svi.FitResult` for
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro
@@ -52,9 +54,9 @@ from pyro.infer.autoguide import init_to_median, init_to_value
 from torch import Tensor, nn
 from torch.distributions import transform_to
 
-from ..core.kernel import mixture_log_prob
 from ..core.model import SWSModel
-from ..core.priors import Mixture
+from ..core.priors import GroupedMixturePrior, Mixture
+from .fastmap import weight_log_prior
 from .guides import build_guide
 from .svi import FitResult, local_params
 
@@ -86,7 +88,11 @@ class LatentProgram:
     def __call__(self, *args, **kwargs) -> None:
         model = self.model
         like = _like(model)
-        mixture = model.prior.sample_mixture(like)
+        mixture: Mixture | dict[str, Mixture]
+        if model.groups is None:
+            mixture = model.prior.sample_mixture(like)
+        else:  # every group's sites and the summary sws.pi, sws.mu, sws.sigma
+            mixture = cast(GroupedMixturePrior, model.prior).sample_mixtures(like)
         model.sample_weights(mixture)
         model.likelihood.sample_parameters(like)
 
@@ -112,14 +118,22 @@ class SoftWeightSharing(nn.Module):
     net : torch.nn.Module
         The network you train; its prior-carrying parameters (chosen by
         ``prior``) are read, never copied, so gradients reach them.
-    prior : MixturePrior
-        The mixture prior and hyperpriors (as for :class:`~bayes_sws.SWSModel`).
+    prior : MixturePrior or dict of str to MixturePrior
+        The mixture prior and hyperpriors (as for :class:`~bayes_sws.SWSModel`;
+        a dict ``{group: MixturePrior}`` with ``groups``).
     prior_scale : float
         :math:`\lambda \ge 0`.
     likelihood : str or Likelihood
         Recorded for :meth:`to_result` (accuracies, predictions); it must not
         have latent parameters of its own (a learned noise precision): the
         data term is yours to compute.
+    groups : None, "layer" or dict of str to list of str
+        One mixture per group of tensors, as :class:`~bayes_sws.SWSModel`'s
+        ``groups``: the module then owns every group's mixture parameters
+        (sites ``sws.<group>.*``), the penalty sums :math:`\lambda\Omega_g(w_g)
+        - \log p(\pi_g, \mu_g, \sigma_g)` over the groups, and
+        :meth:`to_result` carries the groups (per-group codebooks in
+        :func:`bayes_sws.compress.compress_result`). Default: one shared mixture.
 
     Attributes
     ----------
@@ -139,9 +153,16 @@ class SoftWeightSharing(nn.Module):
     >>> loss = F.cross_entropy(net(xb), yb, reduction="sum") * N / len(xb) + penalty()  # doctest: +SKIP
     """
 
-    def __init__(self, net: nn.Module, prior, prior_scale: float = 1.0, likelihood="categorical"):
+    def __init__(
+        self,
+        net: nn.Module,
+        prior,
+        prior_scale: float = 1.0,
+        likelihood="categorical",
+        groups=None,
+    ):
         super().__init__()
-        model = SWSModel(net, prior, likelihood=likelihood, prior_scale=prior_scale)
+        model = SWSModel(net, prior, likelihood=likelihood, prior_scale=prior_scale, groups=groups)
         if model.likelihood.site_names:
             raise ValueError(
                 f"the likelihood {model.likelihood!r} has latent parameters "
@@ -164,7 +185,8 @@ class SoftWeightSharing(nn.Module):
         return self.model.prior_scale
 
     def extra_repr(self) -> str:
-        return f"prior={self.model.prior!r}, prior_scale={self.prior_scale}"
+        groups = "" if self.model.groups is None else f", groups={list(self.model.groups)}"
+        return f"prior={self.model.prior!r}, prior_scale={self.prior_scale}{groups}"
 
     # ------------------------------------------------------------------ values
     def site_values(self) -> dict[str, Tensor]:
@@ -172,24 +194,35 @@ class SoftWeightSharing(nn.Module):
         return {s: t(self.unconstrained[_key(s)]) for s, t in self._transforms.items()}
 
     def mixture(self) -> Mixture:
-        """The full mixture ``(pi, mu, sigma)``, zero component first; differentiable."""
+        """The full mixture ``(pi, mu, sigma)``, zero component first; differentiable.
+
+        With ``groups``, the summary of the groups' mixtures (see
+        :class:`~bayes_sws.core.priors.GroupedMixturePrior`); each group's own is
+        :meth:`mixtures`.
+        """
         return self.model.prior.mixture(self.site_values(), _like(self.model))
+
+    def mixtures(self) -> dict[str | None, Mixture]:
+        """Every group's mixture ``(pi, mu, sigma)`` (``None``: the shared one); differentiable."""
+        return self.model.mixtures(self.site_values())
 
     def forward(self) -> Tensor:
         r""":math:`\lambda\Omega(w) - \log p(\pi, \mu, \sigma)` (5.138, 5.139), a 0-dim tensor.
 
         :math:`\Omega` is the full negative log-density of the weights (the
-        Gaussian normalisers included), as in the Pyro model, so the sum with
+        Gaussian normalisers included), as in the Pyro model, summed over the
+        groups' mixtures (``groups``), so the sum with
         the full-data negative log-likelihood is ``fit(guide="map")``'s loss.
         """
         values = self.site_values()
         like = _like(self.model)
         with pyro.validation_enabled(False):  # the prior's settings were checked when made
             total = -self.model.prior.log_hyperprior(values, like)
-        if self.prior_scale > 0:
-            mixture = self.model.prior.mixture(values, like)
-            flat = torch.cat([w.reshape(-1) for w in self.model.parameters_with_prior().values()])
-            total = total - self.prior_scale * mixture_log_prob(flat, *mixture, validate_args=False)
+        if self.prior_scale > 0:  # every group's mixture over its own tensors
+            model = self.model
+            for name, w in model.parameters_with_prior().items():
+                values[model.site_name(name)] = w
+            total = total - self.prior_scale * weight_log_prior(model, values, like)
         return total
 
     # ------------------------------------------------------------------ optimiser

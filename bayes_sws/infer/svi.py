@@ -481,6 +481,15 @@ class FitResult:
         values = self.median()
         return self.model.prior.mixture(values, self.model._like())
 
+    def mixtures(self) -> dict[str | None, Mixture]:
+        """Every group's learned mixture ``(pi, mu, sigma)`` at the posterior median.
+
+        Keyed by group name as :meth:`bayes_sws.SWSModel.mixtures` (``{None: ...}``,
+        the same mixture as :meth:`mixture`, for a model without ``groups``); with
+        groups, :meth:`mixture` is their summary and these are each tensor's prior.
+        """
+        return self.model.mixtures(self.median())
+
     def moments(self) -> dict[str, SiteMoments]:
         """Every latent site's ``loc`` and marginal ``scale`` (unconstrained) and ``median``.
 
