@@ -57,6 +57,14 @@ Usage::
     python benchmarks/svi_step.py --threads 2            # both networks, 2 threads
     python benchmarks/svi_step.py --threads 1 --clock cpu --profile
     python benchmarks/svi_step.py --quick                # smoke test (random data)
+
+Issue 19's goals in one run (LeNet-300-100, at initialisation and on clustered
+weights, the kernel's pruning off and auto interleaved, ``fit`` itself timed too);
+it prints each goal's ratio per pruning mode, met or not::
+
+    python benchmarks/svi_step.py --networks lenet-300-100 --weights init clustered \\
+        --pruning off auto --through-fit \\
+        --variants fast_map hand plain fast_normal hand_normal --threads 1 --clock cpu
 """
 
 from __future__ import annotations
