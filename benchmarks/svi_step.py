@@ -57,6 +57,14 @@ Usage::
     python benchmarks/svi_step.py --threads 2            # both networks, 2 threads
     python benchmarks/svi_step.py --threads 1 --clock cpu --profile
     python benchmarks/svi_step.py --quick                # smoke test (random data)
+
+Issue 19's goals in one run (LeNet-300-100, at initialisation and on clustered
+weights, the kernel's pruning off and auto interleaved, ``fit`` itself timed too);
+it prints each goal's ratio per pruning mode, met or not::
+
+    python benchmarks/svi_step.py --networks lenet-300-100 --weights init clustered \\
+        --pruning off auto --through-fit \\
+        --variants fast_map hand plain fast_normal hand_normal --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -141,8 +149,50 @@ def load_problem(network: str, data: str, seed: int = 0):
 
 
 def make_model(net, prior_scale: float, num_components: int):
+    """The model of every variant; a clustered network (:func:`cluster_weights`) keeps its mixture."""
     prior = sws.MixturePrior(num_components, zero_component=True, init_pi_zero=0.5)
+    clustered = getattr(net, "clustered_mixture", None)
+    if clustered is not None:
+        prior.init_values = lambda weights: {k: v.clone() for k, v in clustered.items()}
     return sws.SWSModel(net, prior, likelihood="categorical", prior_scale=prior_scale)
+
+
+WEIGHT_STATES = ("init", "clustered")
+
+
+def cluster_weights(net0, num_components: int, seed: int = 0):
+    """A copy of ``net0`` as after retraining: every weight matrix drawn from a tight mixture.
+
+    The mixture is ``benchmarks/prior_kernel.py --weights clustered``'s: the non-zero
+    means evenly spaced over [−0.4, 0.4] on both sides of zero, σ = spacing / 8, a
+    zero component six times narrower holding 90 % of the mass. The copy carries it
+    as ``clustered_mixture`` (the prior's site values), which :func:`make_model`
+    starts every variant's mixture from instead of ``MixturePrior.init_values``.
+    """
+    free = num_components - 1
+    half = (free + 1) // 2
+    spacing = 0.4 / half
+    steps = torch.cat([-torch.arange(half, 0, -1), torch.arange(1, half + 1)])[:free]
+    mu = torch.cat([torch.zeros(1), steps * spacing])
+    sigma = torch.full((num_components,), spacing / 8)
+    sigma[0] = spacing / 48
+    pi = torch.full((num_components,), 0.1 / free)
+    pi[0] = 0.9
+    net = copy.deepcopy(net0)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() >= 2:
+                member = torch.multinomial(pi, p.numel(), replacement=True, generator=generator)
+                noise = torch.randn(p.numel(), generator=generator)
+                p.copy_((mu[member] + sigma[member] * noise).reshape(p.shape))
+    net.clustered_mixture = {
+        "sws.pi_zero": pi[0].clone(),
+        "sws.mixing": torch.full((free,), 1.0 / free),
+        "sws.means": mu[1:].clone(),
+        "sws.precisions": sigma**-2,
+    }
+    return net
 
 
 class Batches:
@@ -394,13 +444,18 @@ def time_interleaved(steps: dict, *, rounds: int, steps_per_round: int, warmup: 
     now = _clock(clock)
     names = list(steps)
     for name in names:
-        for _ in range(warmup):
+        if hasattr(steps[name], "run"):  # a fit: times its own loop
+            steps[name].run(max(warmup, 2), clock)
+        for _ in range(warmup if not hasattr(steps[name], "run") else 0):
             steps[name]()
     per_round = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             step = steps[name]
+            if hasattr(step, "run"):
+                per_round[name].append(step.run(steps_per_round, clock))
+                continue
             start = now()
             for _ in range(steps_per_round):
                 step()
@@ -554,7 +609,8 @@ def _load() -> str:
 def _print_first_step_losses(steps, net0, x, y, settings) -> None:
     """Each Pyro variant's first loss next to its fast path's: same start, batch and draw."""
     for slow, fast in (("pyro_map", "fast_map"), ("pyro_normal", "fast_normal")):
-        if slow in steps and fast in steps:
+        names = {name.split("@")[0] for name in steps}
+        if slow in names and fast in names:
             a = make_step(slow, net0, x, y, **settings)
             b = make_step(fast, net0, x, y, **settings)
             torch.manual_seed(0)
@@ -567,10 +623,111 @@ def _print_first_step_losses(steps, net0, x, y, settings) -> None:
             )
 
 
-def run_network(network: str, args) -> dict:
+_RATIOS = (
+    ("(a) pyro_map / (c) hand", "pyro_map", "hand"),
+    ("(a') fast_map / (c) hand", "fast_map", "hand"),
+    ("(b) pyro_normal / (c) hand", "pyro_normal", "hand"),
+    ("(b') fast_normal / (c) hand", "fast_normal", "hand"),
+    ("(b) pyro_normal / (e) hand_normal", "pyro_normal", "hand_normal"),
+    ("(b') fast_normal / (e) hand_normal", "fast_normal", "hand_normal"),
+    ("(b) pyro_normal / (b') fast_normal", "pyro_normal", "fast_normal"),
+    ("(e) hand_normal / (c) hand", "hand_normal", "hand"),
+    ("(c) hand / (d) plain", "hand", "plain"),
+    ("(a) pyro_map / (d) plain", "pyro_map", "plain"),
+    ("(a') fast_map / (d) plain", "fast_map", "plain"),
+    ("(a) pyro_map / (a') fast_map", "pyro_map", "fast_map"),
+    ("fit_map / (d) plain", "fit_map", "plain"),
+    ("fit_map / (a') fast_map", "fit_map", "fast_map"),
+    ("fit_normal / (e) hand_normal", "fit_normal", "hand_normal"),
+)
+FIT_GUIDES = {"fit_map": "map", "fit_normal": "normal"}  # --through-fit
+#: The issue's goals: (label, numerator, denominator, goal); "@" marks a pruning mode.
+GOALS = (
+    ("with prior / without: (a') fast_map / (d) plain", "fast_map@", "plain", 1.3),
+    ("with prior / without, through fit: fit_map / (d) plain", "fit_map@", "plain", 1.3),
+    ("MAP / hand: (a') fast_map / (c) hand", "fast_map@", "hand@", 1.05),
+    (
+        "normal / hand mean-field: (b') fast_normal / (e) hand_normal",
+        "fast_normal@",
+        "hand_normal@",
+        1.2,
+    ),
+    ("through fit: fit_normal / (e) hand_normal", "fit_normal@", "hand_normal@", 1.2),
+)
+
+
+def make_fit_run(guide, net0, x, y, *, batch_size, prior_scale, num_components, lr, mixture_lr):
+    """``run(n, clock)``: CPU/wall seconds of ``n`` steps of one ``bayes_sws.fit`` call.
+
+    Each call fits a fresh copy of the model from ``net0`` for ``n + 1`` steps; the
+    time runs from the first step's callback to the last one's, so the guide's
+    set-up (and first step) is left out and what remains is ``fit``'s own loop.
+    """
+
+    def run(n: int, clock: str) -> float:
+        now = _clock(clock)
+        model = make_model(copy.deepcopy(net0), prior_scale, num_components)
+        marks: list[float] = []
+        sws.fit(
+            model, x, y, guide=guide, num_steps=n + 1, lr=lr, mixture_lr=mixture_lr,
+            batch_size=batch_size, progress=False, callback=lambda step, loss: marks.append(now()),
+        )  # fmt: skip
+        return (marks[-1] - marks[0]) / (len(marks) - 1)
+
+    return run
+
+
+def _with_pruning(step, mode: str):
+    """``step`` run under ``set_pruning(mode)`` (so variants of both modes can interleave)."""
+
+    def pruned():
+        sws_kernel.set_pruning(mode)
+        return step()
+
+    if hasattr(step, "run"):
+        pruned.run = lambda n, clock: (sws_kernel.set_pruning(mode), step.run(n, clock))[1]
+    return pruned
+
+
+def _build_steps(variants, modes, net, x, y, settings) -> dict:
+    """Every variant's step, one per pruning mode for the variants that call the kernel."""
+    steps = {}
+    for v in variants:
+        for mode in modes if v != "plain" else ("",):
+            name = f"{v}@{mode}" if mode else v
+            if v in FIT_GUIDES:
+                step = lambda: None  # noqa: E731  (timed through .run only)
+                step.run = make_fit_run(FIT_GUIDES[v], net, x, y, **settings)
+            else:
+                step = make_step(v, net, x, y, **settings)
+            steps[name] = _with_pruning(step, mode) if mode else step
+    return steps
+
+
+def _goal_ratios(paired, modes) -> dict:
+    """Each goal's paired ratio per pruning mode: ``{label: {mode: (ratio, goal)}}``."""
+    out: dict = {}
+    for label, num, den, goal in GOALS:
+        for mode in modes:
+            value = paired(num.replace("@", f"@{mode}"), den.replace("@", f"@{mode}"))
+            if value is not None:
+                out.setdefault(label, {})[mode] = (value, goal)
+    return out
+
+
+def run_network(network: str, args) -> list[dict]:
+    """The timings of ``network``, one result per weight state (``--weights``)."""
     net0, x, y, source = load_problem(network, args.data)
     if args.quick:
         x, y = x[:1024], y[:1024]
+    results = []
+    for state in args.weights:
+        net = net0 if state == "init" else cluster_weights(net0, args.components)
+        results.append(run_state(network, state, net, x, y, source, args))
+    return results
+
+
+def run_state(network: str, state: str, net0, x, y, source: str, args) -> dict:
     num_prior = sum(p.numel() for p in net0.parameters() if p.dim() >= 2)
     settings = {
         "batch_size": args.batch_size,
@@ -580,10 +737,16 @@ def run_network(network: str, args) -> dict:
         "mixture_lr": 3e-3,
     }
     variants = [v for v in args.variants if not (v in _FAST and _FAST[v] is None)]
-    steps = {v: make_step(v, net0, x, y, **settings) for v in variants}
+    if args.through_fit:
+        variants += [v for v in FIT_GUIDES if v.replace("fit", "fast") in variants]
+    modes = args.pruning if len(args.pruning) > 1 else ("",)
+    if len(args.pruning) == 1:
+        sws_kernel.set_pruning(args.pruning[0])
+    steps = _build_steps(variants, modes, net0, x, y, settings)
     print(
-        f"\n## {network}: {source} data, N = {x.shape[0]}, batch {args.batch_size}, "
-        f"M = {args.components}, {num_prior:,} weights under the prior, λ = {args.prior_scale}"
+        f"\n## {network}, {state} weights: {source} data, N = {x.shape[0]}, batch "
+        f"{args.batch_size}, M = {args.components}, {num_prior:,} weights under the prior, "
+        f"λ = {args.prior_scale}, pruning {'/'.join(args.pruning)}"
     )
     _print_first_step_losses(steps, net0, x, y, settings)
     load_before = _load()
@@ -591,6 +754,30 @@ def run_network(network: str, args) -> dict:
         steps, rounds=args.rounds, steps_per_round=args.steps, warmup=args.warmup, clock=args.clock
     )
     load_after = _load()
+    result = _report(per_round, modes, args, load_before, load_after)
+    result.update(network=network, weights=state, data=source, num_data=int(x.shape[0]))
+    result["num_prior_weights"] = num_prior
+    batch_cost = timebatch_indices(x.shape[0], args.batch_size)
+    if batch_cost is not None:
+        print(
+            f"# fit's per-step batch selection (batch_indices): {_ms(batch_cost).strip()} ms/step "
+            "(not in the times above, except fit_*)"
+        )
+    result["batch_indices_s"] = batch_cost
+    if args.profile:
+        result["profile"] = {}
+        for v in args.profile_variants:
+            for name in [n for n in steps if n.split("@")[0] == v]:
+                text, groups = profile_steps(
+                    steps[name], args.profile_steps, top=args.profile_top, clock=args.clock
+                )
+                print(f"\nprofile of {name} ({network}, {state}):\n{text}")
+                result["profile"][name] = groups
+    return result
+
+
+def _report(per_round, modes, args, load_before, load_after) -> dict:
+    """Print the table, the paired ratios and the goals; the result's timing fields."""
     medians = {v: statistics.median(t) for v, t in per_round.items()}
 
     def paired(num, den):
@@ -603,59 +790,39 @@ def run_network(network: str, args) -> dict:
         f"{args.rounds} rounds × {args.steps} steps, clock {args.clock}, "
         f"{torch.get_num_threads()} threads"
     )
-    print(f"{'variant':<12} {'ms/step':>8} {'min':>8} {'max':>8}  {'/hand':>6} {'/plain':>6}")
-    for v in variants:
-        t = per_round[v]
-        rh, rp = paired(v, "hand"), paired(v, "plain")
+    print(f"{'variant':<17} {'ms/step':>8} {'min':>8} {'max':>8}  {'/hand':>6} {'/plain':>6}")
+    for v, t in per_round.items():
+        mode = v.partition("@")[2]
+        rh, rp = paired(v, f"hand@{mode}" if mode else "hand"), paired(v, "plain")
         print(
-            f"{v:<12} {_ms(medians[v])} {_ms(min(t))} {_ms(max(t))}  "
+            f"{v:<17} {_ms(medians[v])} {_ms(min(t))} {_ms(max(t))}  "
             f"{'' if rh is None else f'{rh:6.3f}'} {'' if rp is None else f'{rp:6.3f}'}"
         )
-    ratios = {
-        "(a) pyro_map / (c) hand": paired("pyro_map", "hand"),
-        "(a') fast_map / (c) hand": paired("fast_map", "hand"),
-        "(b) pyro_normal / (c) hand": paired("pyro_normal", "hand"),
-        "(b') fast_normal / (c) hand": paired("fast_normal", "hand"),
-        "(b) pyro_normal / (e) hand_normal": paired("pyro_normal", "hand_normal"),
-        "(b') fast_normal / (e) hand_normal": paired("fast_normal", "hand_normal"),
-        "(b) pyro_normal / (b') fast_normal": paired("pyro_normal", "fast_normal"),
-        "(e) hand_normal / (c) hand": paired("hand_normal", "hand"),
-        "(c) hand / (d) plain": paired("hand", "plain"),
-        "(a) pyro_map / (d) plain": paired("pyro_map", "plain"),
-        "(a') fast_map / (d) plain": paired("fast_map", "plain"),
-        "(a) pyro_map / (a') fast_map": paired("pyro_map", "fast_map"),
-    }
+    ratios = {}
+    for mode in modes:
+        at = f"@{mode}" if mode else ""
+        for label, num, den in _RATIOS:
+            value = paired(num + at, den + at if den != "plain" else den)
+            if value is not None:
+                ratios[label + (f" [{mode}]" if mode else "")] = value
     print("ratios (median of per-round ratios):")
     for label, value in ratios.items():
-        if value is not None:
-            print(f"  {label:<36} {value:6.3f}")
-    batch_cost = timebatch_indices(x.shape[0], args.batch_size)
-    if batch_cost is not None:
-        print(
-            f"# fit's per-step batch selection (batch_indices): {_ms(batch_cost).strip()} ms/step "
-            "(not in the times above)"
+        print(f"  {label:<44} {value:6.3f}")
+    goals = _goal_ratios(paired, modes)
+    print("goals (median of per-round ratios; pruning modes side by side):")
+    for label, by_mode in goals.items():
+        cells = ", ".join(
+            f"{m or sws_kernel.get_pruning()} {r:.3f} {'met' if r <= g else 'NOT met'}"
+            for m, (r, g) in by_mode.items()
         )
-    result = {
-        "network": network,
-        "data": source,
-        "num_data": int(x.shape[0]),
-        "num_prior_weights": num_prior,
+        print(f"  {label} (goal ≤ {next(iter(by_mode.values()))[1]}): {cells}")
+    return {
         "per_round": per_round,
         "median": medians,
         "ratios": ratios,
-        "batch_indices_s": batch_cost,
+        "goals": {k: {m: r for m, (r, _) in v.items()} for k, v in goals.items()},
         "load": [load_before, load_after],
     }
-    if args.profile:
-        result["profile"] = {}
-        for v in args.profile_variants:
-            if v in steps:
-                text, groups = profile_steps(
-                    steps[v], args.profile_steps, top=args.profile_top, clock=args.clock
-                )
-                print(f"\nprofile of {v} ({network}):\n{text}")
-                result["profile"][v] = groups
-    return result
 
 
 def main(argv=None) -> int:
@@ -697,6 +864,28 @@ def main(argv=None) -> int:
         choices=sws_kernel.KERNELS,
         help="prior kernel implementation (default: $BAYES_SWS_KERNEL or auto)",
     )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=["init"],
+        choices=WEIGHT_STATES,
+        help="network and mixture at initialisation (default) and/or 'clustered' (as after "
+        "retraining: weights drawn tightly around the M means, see cluster_weights)",
+    )
+    parser.add_argument(
+        "--pruning",
+        nargs="+",
+        default=[sws_kernel.get_pruning()],
+        choices=sws_kernel.PRUNING,
+        help="native kernel pruning mode(s); with two or more, every variant that calls the "
+        "kernel runs once per mode, interleaved (default: $BAYES_SWS_PRUNE or auto)",
+    )
+    parser.add_argument(
+        "--through-fit",
+        action="store_true",
+        help="also time bayes_sws.fit itself (fit_map, and fit_normal with fast_normal): "
+        "its loop from the first step's callback to the last, --steps steps per round",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick or ("CI" in os.environ and argv is None):
@@ -725,7 +914,7 @@ def main(argv=None) -> int:
         f"fast MAP {'present' if map_loss is not None else 'absent'}, "
         f"fast ELBO {'present' if elbo_loss is not None else 'absent'}, load average {_load()}"
     )
-    results = [run_network(network, args) for network in args.networks]
+    results = [r for network in args.networks for r in run_network(network, args)]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
