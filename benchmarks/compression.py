@@ -402,18 +402,34 @@ def row_point(row: dict) -> dict:
     return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
 
 
-def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
+def plot_rate_against_error(
+    points: list[dict], *, title: str, ylabel: str, fronts: dict[str, tuple[str, ...]] | None = None
+):
     """Compression rate (log x) against Δ error, one marker per family, each point labelled.
 
     ``points``: dicts with ``family`` (a key of :data:`FAMILY_STYLE`), ``label``,
     ``rate`` and ``error`` (points of error over the pretrained network). The
-    dashed line is the goal's margin, +0.5 points.
+    dashed line is the goal's margin, +0.5 points. ``fronts`` (optional) names
+    groups of families, e.g. one method's; each is drawn as a solid line through
+    its points that no other point of the group beats on both rate and error
+    (:func:`pareto_front`), in the colour of the group's first family.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(7.6 if fronts else 6.4, 4.6 if fronts else 4.2), layout="constrained")
     ax = fig.add_subplot()
+    for front, families in (fronts or {}).items():
+        best = pareto_front([p for p in points if p["family"] in families])
+        ax.plot(
+            [p["rate"] for p in best],
+            [p["error"] for p in best],
+            "-",
+            color=FAMILY_STYLE[families[0]][1],
+            lw=1.2,
+            alpha=0.6,
+            label=f"{front} front",
+        )
     for family, (marker, colour) in FAMILY_STYLE.items():
         mine = [p for p in points if p["family"] == family]
         if mine:
@@ -445,8 +461,26 @@ def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
     ax.set_xlabel("compression rate (×, log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    if fronts:
+        fig.legend(fontsize=8, loc="outside right upper")
+    else:
+        ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The points no other beats on both rate (higher) and error (lower), by rising rate."""
+    best = [
+        p
+        for p in points
+        if not any(
+            q["rate"] >= p["rate"]
+            and q["error"] <= p["error"]
+            and (q["rate"], q["error"]) != (p["rate"], p["error"])
+            for q in points
+        )
+    ]
+    return sorted(best, key=lambda p: p["rate"])
 
 
 def save_rate_figures(rows: list[dict], directory: Path) -> list[Path]:
