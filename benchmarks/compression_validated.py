@@ -275,7 +275,7 @@ def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
         stem = name.replace("/", "_")
         fig = bench.plot_rate_against_error(
             trial_points(result["trials"], result.get("dc_trials", [])),
-            title=f"{name}: soft weight-sharing and Deep Compression on the validation split",
+            title=f"{name}: compression against validation error",
             ylabel="Δ validation error over pretrained (points)",
             fronts=FRONTS,
         )
