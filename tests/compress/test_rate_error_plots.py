@@ -209,3 +209,4 @@ def test_validation_figure_draws_both_fronts(tmp_path):
     assert {"soft weight-sharing front", "Deep Compression front", "chosen"} <= legend
     assert not _label_boxes_overlap(fig, ax.get_xticklabels(which="both"))
     assert not _label_boxes_overlap(fig, ax.get_yticklabels(which="both"))
+    assert not _label_boxes_overlap(fig, ax.texts)  # the points' labels
