@@ -402,18 +402,34 @@ def row_point(row: dict) -> dict:
     return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
 
 
-def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
+def plot_rate_against_error(
+    points: list[dict], *, title: str, ylabel: str, fronts: dict[str, tuple[str, ...]] | None = None
+):
     """Compression rate (log x) against Δ error, one marker per family, each point labelled.
 
     ``points``: dicts with ``family`` (a key of :data:`FAMILY_STYLE`), ``label``,
     ``rate`` and ``error`` (points of error over the pretrained network). The
-    dashed line is the goal's margin, +0.5 points.
+    dashed line is the goal's margin, +0.5 points. ``fronts`` (optional) names
+    groups of families, e.g. one method's; each is drawn as a solid line through
+    its points that no other point of the group beats on both rate and error
+    (:func:`pareto_front`), in the colour of the group's first family.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(7.6 if fronts else 6.4, 4.6 if fronts else 4.2), layout="constrained")
     ax = fig.add_subplot()
+    for front, families in (fronts or {}).items():
+        best = pareto_front([p for p in points if p["family"] in families])
+        ax.plot(
+            [p["rate"] for p in best],
+            [p["error"] for p in best],
+            "-",
+            color=FAMILY_STYLE[families[0]][1],
+            lw=1.2,
+            alpha=0.6,
+            label=f"{front} front",
+        )
     for family, (marker, colour) in FAMILY_STYLE.items():
         mine = [p for p in points if p["family"] == family]
         if mine:
@@ -426,18 +442,13 @@ def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
                 ls="none",
                 label=family,
             )
-    for p in points:
-        ax.annotate(
-            p["label"],
-            (p["rate"], p["error"]),
-            xytext=(4, 4),
-            textcoords="offset points",
-            fontsize=7,
-        )
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.axhline(0.5, color="0.5", lw=0.8, ls="--", label="+0.5 points (goal)")
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    if fronts:  # more room on the right: the labels run rightwards
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high * (high / low) ** 0.08)
     plain = FuncFormatter(lambda x, _: f"{x:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
@@ -445,8 +456,58 @@ def plot_rate_against_error(points: list[dict], *, title: str, ylabel: str):
     ax.set_xlabel("compression rate (×, log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    if fronts:
+        fig.legend(fontsize=8, loc="outside right upper")
+    else:
+        ax.legend(fontsize=8, loc="best")
+    _label_points(fig, ax, points)
     return fig
+
+
+def _label_points(fig, ax, points: list[dict]) -> None:
+    """Each point's label beside it, at the first of a few offsets where it stays in the axes
+    and overlaps no other label and no other point's marker."""
+    from matplotlib.transforms import Bbox
+
+    offsets = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 13), (4, -20), (-4, 13), (-4, -20))
+    fig.draw_without_rendering()  # the layout, so that the labels' boxes are where they'll be
+    half = 5 * fig.dpi / 72  # a marker's half width, pixels
+    centres = ax.transData.transform([(p["rate"], p["error"]) for p in points])
+    markers = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in centres]
+    placed = []
+    for i, p in enumerate(points):
+        blocked = placed + markers[:i] + markers[i + 1 :]
+        for k, (dx, dy) in enumerate(offsets):
+            text = ax.annotate(
+                p["label"],
+                (p["rate"], p["error"]),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=7,
+                ha="left" if dx > 0 else "right",
+            )
+            box = text.get_window_extent()
+            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+            free = inside and not any(box.overlaps(b) for b in blocked)
+            if free or k == len(offsets) - 1:
+                break
+            text.remove()
+        placed.append(box)
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The points no other beats on both rate (higher) and error (lower), by rising rate."""
+    best = [
+        p
+        for p in points
+        if not any(
+            q["rate"] >= p["rate"]
+            and q["error"] <= p["error"]
+            and (q["rate"], q["error"]) != (p["rate"], p["error"])
+            for q in points
+        )
+    ]
+    return sorted(best, key=lambda p: p["rate"])
 
 
 def save_rate_figures(rows: list[dict], directory: Path) -> list[Path]:

@@ -10,7 +10,11 @@ Compression settings) this script
    (:func:`bayes_sws.compress.tuning.tune_soft_weight_sharing`): the chosen λ has
    the highest compression rate whose validation error is at most 0.5 points
    above the pretrained network's (the goal's margin);
-3. reads the test set once: the chosen network, the pretrained network, and
+3. runs Deep Compression on the same split, scored on the validation set only:
+   at each λ trial's per-layer sparsity ("dc-matched") and at Han et al.'s rates
+   with the kept share of every layer scaled by :data:`HAN_KEEP_SCALES`, so that
+   ``--figures`` draws the two methods' fronts side by side;
+4. reads the test set once: the chosen network, the pretrained network, and
    Deep Compression with Han et al.'s rates and at the chosen row's per-layer
    sparsity ("dc-matched"), all trained on the same reduced training set.
 
@@ -61,6 +65,14 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "digits/lenet-5": (0.003, 0.01, 0.03),
 }
 
+#: Deep Compression on validation: Han et al.'s kept share of every layer times these
+HAN_KEEP_SCALES = (2.0, 1.0, 0.5, 0.25)
+#: the validation figure's two fronts and the point families each joins
+FRONTS = {
+    "soft weight-sharing": ("soft weight-sharing", "chosen"),
+    "Deep Compression": ("dc-han", "dc-matched"),
+}
+
 
 def _settings(case: bench.Case) -> dict:
     """The case's soft weight-sharing settings less λ, with Deep Compression's fine-tuning."""
@@ -104,6 +116,7 @@ def run_case(name: str, options: dict) -> dict:
     found, walls = {}, {}
     for groups in modes[options.get("groups") or "shared"]:
         found[groups], walls[groups] = _tune(name, net, tuning, case, options, groups)
+    dc_trials = _validation_dc(name, net, tuning, case, options, next(iter(found.values())))
     # --- the test set, read once
     pre_acc = accuracy(net, final.x_test, final.y_test)
     rows = []
@@ -136,6 +149,7 @@ def run_case(name: str, options: dict) -> dict:
     out = {
         "rows": rows,
         "trials": _trials(found[first]),
+        "dc_trials": dc_trials,
         "within_margin": found[first].within_margin,
         "wall": walls[first],
     }
@@ -167,6 +181,57 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
     return found, wall
 
 
+def han_scaled(han: dict, scale: float) -> dict:
+    """Han et al.'s per-layer pruning fractions with each layer's kept share times ``scale``."""
+    return {
+        layer: round(min(max(1.0 - (1.0 - fraction) * scale, 0.0), 0.999), 6)
+        for layer, fraction in han["prune_fraction"].items()
+    }
+
+
+def _validation_dc(name: str, net, tuning, case: bench.Case, options: dict, found: Tuning):
+    """Deep Compression matched to each λ trial and at Han's rates scaled, scored on validation."""
+    runs = [
+        (
+            f"matched λ={t.settings['prior_scale']:g}",
+            "dc-matched",
+            *bench.matched_dc_settings({"layers": t.result.layers}),
+        )
+        for t in found.trials
+    ]
+    runs += [
+        ("Han" if s == 1 else f"Han, keep ×{s:g}", "dc-han", han_scaled(case.han, s), None)
+        for s in HAN_KEEP_SCALES
+    ]
+    before = found.trials[0].validation_error_before  # the pretrained net's, as for every λ
+    out = []
+    for label, family, prune, clusters in runs:
+        bench.say(f"{name}: Deep Compression on validation, {label}")
+        row = bench.run_dc(
+            case,
+            copy.deepcopy(net),
+            tuning,  # its test set is the validation split
+            name=label,
+            prune_fraction=prune,
+            num_clusters=case.han["num_clusters"] if clusters is None else clusters,
+            seed=options["seed"],
+            progress=options["progress"],
+            overrides={},
+            remove_dead_units=True,
+        )
+        out.append(
+            {
+                "label": label,
+                "family": family,
+                "prune_fraction": prune,
+                "validation_error_before": before,
+                "validation_error_after": 1.0 - row["accuracy_after"],
+                "compression_rate": row["compression_rate"],
+            }
+        )
+    return out
+
+
 def _trials(found: Tuning) -> list[dict]:
     return [
         {
@@ -180,9 +245,9 @@ def _trials(found: Tuning) -> list[dict]:
     ]
 
 
-def trial_points(trials: list[dict]) -> list[dict]:
-    """The validation trials as points of :func:`compression.plot_rate_against_error`."""
-    return [
+def trial_points(trials: list[dict], dc_trials: list[dict] = ()) -> list[dict]:
+    """The validation trials (λ, then Deep Compression) as points of the rate figure."""
+    sws = [
         {
             "family": "chosen" if t["chosen"] else "soft weight-sharing",
             "label": f"λ={t['prior_scale']:g}",
@@ -190,6 +255,15 @@ def trial_points(trials: list[dict]) -> list[dict]:
             "error": 100 * (t["validation_error_after"] - t["validation_error_before"]),
         }
         for t in trials
+    ]
+    return sws + [
+        {
+            "family": t["family"],
+            "label": t["label"],
+            "rate": t["compression_rate"],
+            "error": 100 * (t["validation_error_after"] - t["validation_error_before"]),
+        }
+        for t in dc_trials
     ]
 
 
@@ -200,9 +274,10 @@ def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
     for name, result in results.items():
         stem = name.replace("/", "_")
         fig = bench.plot_rate_against_error(
-            trial_points(result["trials"]),
-            title=f"{name}: λ trials on the validation split",
+            trial_points(result["trials"], result.get("dc_trials", [])),
+            title=f"{name}: compression against validation error",
             ylabel="Δ validation error over pretrained (points)",
+            fronts=FRONTS,
         )
         paths.append(directory / f"{stem}-validation-trials.png")
         fig.savefig(paths[-1], dpi=110)
@@ -248,6 +323,7 @@ def section(results: dict[str, dict], command: str, options: dict, recorded: str
             )
         for title, trials, wall in blocks:
             lines += _trial_table(title, trials, wall)
+        lines += _dc_trial_table(name, result.get("dc_trials", []))
         if not result["within_margin"]:
             lines += ["", f"No λ stayed within {MARGIN} points on validation; the smallest loss."]
     return "\n".join(lines) + "\n"
@@ -266,6 +342,25 @@ def _trial_table(title: str, trials: list[dict], wall: float) -> list[str]:
             f"{100 * t['validation_error_after']:.2f} | "
             f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
             f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
+        )
+    return lines
+
+
+def _dc_trial_table(name: str, dc_trials: list[dict]) -> list[str]:
+    """The markdown table of Deep Compression's validation runs (none: no lines)."""
+    if not dc_trials:
+        return []
+    lines = ["", f"Deep Compression on the validation split, {name}:", ""]
+    lines += [
+        "| settings | validation error % pretrained → after | Δ (points) | compression × |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for t in dc_trials:
+        lines.append(
+            f"| {t['label']} | {100 * t['validation_error_before']:.2f} → "
+            f"{100 * t['validation_error_after']:.2f} | "
+            f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
+            f"{t['compression_rate']:.1f} |"
         )
     return lines
 

@@ -117,3 +117,96 @@ def test_validated_trials_are_drawn_the_same_way(tmp_path):
         family = "chosen" if s == 0.22 else "soft weight-sharing"
         np.testing.assert_allclose(drawn[(family, r)], 100 * d, rtol=1e-9)
     assert {t.get_text() for t in fig.axes[0].texts} == {"λ=0.15", "λ=0.22", "λ=0.33"}
+
+
+def _fronts_fixture():
+    """λ trials and Deep Compression validation runs with hand-set errors and rates."""
+    before = 0.05
+    trials = [
+        {
+            "prior_scale": s,
+            "validation_error_before": before,
+            "validation_error_after": before + d,
+            "compression_rate": r,
+            "chosen": s == 0.03,
+        }
+        for s, d, r in ((0.01, 0.000, 20.0), (0.03, 0.004, 45.0), (0.1, 0.020, 120.0))
+    ]
+    dc = [
+        {
+            "label": label,
+            "family": family,
+            "validation_error_before": before,
+            "validation_error_after": before + d,
+            "compression_rate": r,
+        }
+        for label, family, d, r in (
+            ("matched λ=0.01", "dc-matched", 0.002, 18.0),
+            ("matched λ=0.03", "dc-matched", 0.010, 40.0),
+            ("matched λ=0.1", "dc-matched", 0.060, 110.0),
+            ("Han, keep ×2", "dc-han", 0.001, 6.0),
+            ("Han", "dc-han", 0.0015, 12.0),
+            ("Han, keep ×0.5", "dc-han", 0.012, 22.0),  # beaten by matched λ=0.03
+        )
+    ]
+    return trials, dc
+
+
+def _label_boxes_overlap(fig, labels) -> bool:
+    """Whether any two of the drawn text objects' boxes overlap on the rendered canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_validation_figure_draws_both_fronts(tmp_path):
+    validated = _module("compression_validated")
+    trials, dc = _fronts_fixture()
+    validated.save_figures(
+        {"digits/lenet-5": {"trials": trials, "dc_trials": dc, "rows": []}}, tmp_path
+    )
+    assert (tmp_path / "digits_lenet-5-validation-trials.png").exists()
+    fig = _module("compression").plot_rate_against_error(
+        validated.trial_points(trials, dc), title="t", ylabel="Δ", fronts=validated.FRONTS
+    )
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    # every marker: (family, rate) -> 100 × (after − before), from the records by hand
+    expected = {
+        ("soft weight-sharing", 20.0): 0.0,
+        ("chosen", 45.0): 0.4,
+        ("soft weight-sharing", 120.0): 2.0,
+        ("dc-matched", 18.0): 0.2,
+        ("dc-matched", 40.0): 1.0,
+        ("dc-matched", 110.0): 6.0,
+        ("dc-han", 6.0): 0.1,
+        ("dc-han", 12.0): 0.15,
+        ("dc-han", 22.0): 1.2,
+    }
+    drawn = _drawn(fig)
+    assert drawn.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(drawn[key], value, atol=1e-9)
+    # the two fronts: the non-dominated points of each method, by rising rate (by hand)
+    fronts = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for line in ax.lines
+        if line.get_linestyle() == "-" and line.get_label().endswith(" front")
+    }
+    assert fronts.keys() == {"soft weight-sharing front", "Deep Compression front"}
+    np.testing.assert_allclose(fronts["soft weight-sharing front"][0], [20.0, 45.0, 120.0])
+    np.testing.assert_allclose(fronts["soft weight-sharing front"][1], [0.0, 0.4, 2.0], atol=1e-9)
+    np.testing.assert_allclose(fronts["Deep Compression front"][0], [6.0, 12.0, 18.0, 40.0, 110.0])
+    np.testing.assert_allclose(
+        fronts["Deep Compression front"][1], [0.1, 0.15, 0.2, 1.0, 6.0], atol=1e-9
+    )
+    assert {t.get_text() for t in ax.texts} == {f"λ={t['prior_scale']:g}" for t in trials} | {
+        t["label"] for t in dc
+    }
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"soft weight-sharing front", "Deep Compression front", "chosen"} <= legend
+    assert not _label_boxes_overlap(fig, ax.get_xticklabels(which="both"))
+    assert not _label_boxes_overlap(fig, ax.get_yticklabels(which="both"))
+    assert not _label_boxes_overlap(fig, ax.texts)  # the points' labels
