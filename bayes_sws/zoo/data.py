@@ -49,6 +49,7 @@ from ..validation import check_bool, check_real, check_seed
 
 __all__ = [
     "DATASETS",
+    "AugmentedImages",
     "DATA_ENV_VAR",
     "DataError",
     "Dataset",
@@ -780,3 +781,109 @@ def inverse_problem(
     eps = (2 * torch.rand(num_points, generator=generator, dtype=torch.float64) - 1) * noise
     x = t + 0.3 * torch.sin(2 * math.pi * t) + eps
     return x.float().unsqueeze(-1), t.float()
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """Images with a random crop of the zero-padded image and a random horizontal flip.
+
+    Item ``i`` is ``(crop(x[i]), y[i])``, drawn anew on every access: the image
+    is padded with ``padding`` zero pixels on each side and a window of the
+    original size is cut out at a random offset (``2 * padding + 1`` choices
+    each way), then mirrored left to right with probability ``flip``. With
+    ``padding=0`` and ``flip=0`` it is the plain data set.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(N, C, H, W)`` inputs (load them with ``flatten=False``). Zero padding
+        is black for pixels in ``[0, 1]`` (``standardize=False``).
+    labels : torch.Tensor
+        ``(N,)`` targets.
+    padding : int, default 2
+        Zero pixels added on each side before cropping (2-4 for 28x28 images).
+    flip : float, default 0.5
+        Probability of the horizontal flip.
+    generator : torch.Generator, optional
+        Where the offsets and flips are drawn from. Default: torch's global
+        RNG, which :func:`bayes_sws.fit` seeds and records, so a fit over a
+        ``DataLoader`` of this data set (``num_workers=0``) replays exactly,
+        also when resumed from a checkpoint; in worker processes torch seeds
+        each worker's global RNG from the loader's generator, so a seeded loader
+        replays too. Give a generator for a stream of its own (a loader built
+        again with the same seeds replays; fit's checkpoints do not record it).
+
+    Notes
+    -----
+    Each access draws ``torch.randint(0, 2 * padding + 1, (2,))`` (row and
+    column offsets) and then ``torch.rand(())`` (flip if below ``flip``), in that
+    order; :meth:`transform` is the deterministic crop-and-flip they select.
+
+    Examples
+    --------
+    >>> images = torch.arange(2 * 16.0).reshape(2, 1, 4, 4)
+    >>> data = AugmentedImages(images, torch.tensor([0, 1]), padding=1)
+    >>> x, y = data[1]
+    >>> tuple(x.shape), int(y)
+    ((1, 4, 4), 1)
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        padding: int = 2,
+        flip: float = 0.5,
+        generator: torch.Generator | None = None,
+    ):
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = getattr(images, "shape", None)
+            raise ValueError(f"images must be an (N, C, H, W) tensor, got shape {shape}")
+        if not isinstance(labels, torch.Tensor) or len(labels) != len(images):
+            raise ValueError(
+                f"labels must be a tensor with one entry per image ({len(images)}), got "
+                f"{getattr(labels, 'shape', labels)!r}"
+            )
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+        self.images, self.labels = images, labels
+        self.padding = padding
+        self.flip = check_real("flip", flip, low=0.0, high=1.0)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def transform(self, image: torch.Tensor, top: int, left: int, flipped: bool) -> torch.Tensor:
+        """``image`` zero-padded, cropped at ``(top, left)`` of the padded image, maybe flipped.
+
+        Parameters
+        ----------
+        image : torch.Tensor
+            One ``(C, H, W)`` image.
+        top, left : int
+            Offsets of the crop in the padded image, in ``[0, 2 * padding]``.
+        flipped : bool
+            Whether to mirror the crop left to right.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C, H, W)``.
+        """
+        height, width = image.shape[-2:]
+        pad = self.padding
+        padded = torch.nn.functional.pad(image, (pad, pad, pad, pad)) if pad else image
+        crop = padded[:, top : top + height, left : left + width]
+        return crop.flip(-1) if flipped else crop
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = torch.randint(0, 2 * self.padding + 1, (2,), generator=self.generator)
+        flipped = bool(torch.rand((), generator=self.generator) < self.flip)
+        image = self.images[index]
+        return self.transform(image, int(offsets[0]), int(offsets[1]), flipped), self.labels[index]

@@ -12,6 +12,12 @@ sample sites of the Pyro model.
     10; 431,080 parameters on 28x28 inputs. As in Caffe there is no
     non-linearity after the convolutions. These are the two networks of
     Ullrich, Meeds & Welling (ICLR 2017), Table 1, and of Han et al. (2016).
+``resnet``
+    A CIFAR-style residual network (He et al. 2016, section 4.2) without batch
+    normalisation: a SkipInit scalar gain on each residual branch
+    (:class:`ResidualBlock`). Not a name of :func:`build_network` (runs flatten
+    the inputs of the built-in names other than ``"lenet-5"``); name it
+    ``"bayes_sws.zoo.nets:resnet"`` as your own network (depth 20, width 16).
 
 Your own network: :func:`build_network` also takes ``"package.module:factory"``,
 a callable returning an :class:`torch.nn.Module` (called with ``input_shape``
@@ -28,12 +34,15 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = [
     "ACTIVATIONS",
     "NETWORKS",
     "NetworkFactoryError",
+    "ResidualBlock",
     "build_network",
     "factory_name_problem",
     "import_factory",
@@ -41,6 +50,7 @@ __all__ = [
     "lenet5_caffe",
     "lenet_300_100",
     "mlp",
+    "resnet",
 ]
 
 #: Activation names accepted by :func:`mlp`.
@@ -205,6 +215,144 @@ def lenet5_caffe(
         nn.Linear(50 * out_height * out_width, 500),
         nn.ReLU(),
         nn.Linear(500, num_classes),
+    )
+
+
+class ResidualBlock(nn.Module):
+    r"""A basic residual block without normalisation: ``relu(shortcut(x) + g * branch(x))``.
+
+    ``branch`` is ``conv1`` (3x3, ``stride``), ReLU, ``conv2`` (3x3); ``g`` is
+    the scalar :attr:`gain`, zero at initialisation (SkipInit, De & Smith 2020),
+    so that every block starts as its shortcut and a deep network trains
+    without normalisation. The shortcut is the identity, or, where the block
+    changes the shape, He et al.'s parameter-free option A: every ``stride``-th
+    pixel, its channels zero-padded to ``out_channels``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out (``out_channels >= in_channels``).
+    stride : int, default 1
+        Stride of the first convolution and of the shortcut's subsampling.
+
+    Notes
+    -----
+    Why no batch normalisation: :class:`~bayes_sws.core.model.SWSModel` runs
+    the network with its prior-carrying weights passed in (``functional_call``),
+    and MCMC and ``Predictive`` run it many times per data batch, so the running
+    statistics of ``BatchNorm`` would be updated by every one of those calls and
+    the train/eval switch would change the function being sampled. The gain
+    and the biases are 0- and 1-dimensional, so the default prior selection
+    (tensors of two or more dimensions) leaves them free parameters: only the
+    convolution kernels and the dense weights carry the mixture prior and are
+    quantised, as in LeNet-5.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        _check_positive_int(in_channels, "in_channels")
+        _check_positive_int(out_channels, "out_channels")
+        _check_positive_int(stride, "stride")
+        if out_channels < in_channels:
+            raise ValueError(
+                f"out_channels ({out_channels}) must be at least in_channels ({in_channels}): "
+                "the shortcut zero-pads channels"
+            )
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """The identity, or every ``stride``-th pixel with zero channels appended."""
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_channels - self.in_channels
+        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual branch ``conv2(relu(conv1(x)))``, before the gain."""
+        return self.conv2(F.relu(self.conv1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(shortcut(x) + gain * branch(x))``."""
+        return F.relu(self.shortcut(x) + self.gain * self.branch(x))
+
+
+def resnet(
+    depth: int = 20, width: int = 16, in_channels: int = 1, num_classes: int = 10
+) -> nn.Sequential:
+    r"""A CIFAR-style residual network (He et al. 2016, section 4.2) for small images.
+
+    A 3x3 convolution to ``width`` channels and a ReLU, then three stages of
+    ``n = (depth - 2) / 6`` :class:`ResidualBlock`\ s with ``width``,
+    ``2 * width`` and ``4 * width`` channels (the first block of stages two and
+    three halves the resolution: 28x28 inputs are seen at 28, 14 and 7 pixels),
+    a global average pool and a dense layer to the logits. ``depth`` counts the
+    convolutions and the dense layer: ResNet-20 has 3 blocks per stage.
+
+    Parameters
+    ----------
+    depth : int, default 20
+        ``6 n + 2`` for ``n >= 1``: 8, 14, 20, 32, ...
+    width : int, default 16
+        Channels of the first stage.
+    in_channels : int, default 1
+        Input channels (1 for Fashion-MNIST).
+    num_classes : int, default 10
+        Outputs (logits).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``Conv2d, ReLU, stage 1, stage 2, stage 3, AdaptiveAvgPool2d, Flatten,
+        Linear``; each stage is an ``nn.Sequential`` of blocks, so parameters are
+        named ``"0.weight"``, ``"2.0.conv1.weight"``, ``"2.0.gain"``, ...,
+        ``"7.weight"``. Any input size works (the pool is global).
+
+    Notes
+    -----
+    There is no batch normalisation (see :class:`ResidualBlock` for why); each
+    block's scalar gain starts at zero, so the network starts as its stem,
+    pool and head, and the blocks are switched on by training. The gains and
+    the biases are free parameters under the default prior selection; the
+    kernels and the dense weight carry the prior. ResNet-20 of width 16 has
+    268,755 parameters for 1-channel inputs and 10 classes (ResNet-8: 74,765).
+
+    Examples
+    --------
+    >>> net = resnet(depth=8, width=4)
+    >>> net(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+    for value, what in ((depth, "depth"), (width, "width")):
+        _check_positive_int(value, what)
+    _check_positive_int(in_channels, "in_channels")
+    _check_positive_int(num_classes, "num_classes")
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6 n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
+    blocks = (depth - 2) // 6
+    stages: list[nn.Module] = []
+    channels = width
+    for stage in range(3):
+        out = width * 2**stage
+        stride = 1 if stage == 0 else 2
+        stages.append(
+            nn.Sequential(
+                *(
+                    ResidualBlock(channels if i == 0 else out, out, stride if i == 0 else 1)
+                    for i in range(blocks)
+                )
+            )
+        )
+        channels = out
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        *stages,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
     )
 
 

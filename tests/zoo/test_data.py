@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_close
+from torch.utils.data import DataLoader
 
 from bayes_sws.zoo import data as data_module
-from bayes_sws.zoo.data import DATASETS, DataError, Dataset, load_dataset, load_idx
+from bayes_sws.zoo.data import (
+    DATASETS,
+    AugmentedImages,
+    DataError,
+    Dataset,
+    load_dataset,
+    load_idx,
+)
 
 
 def write_idx(path: Path, array: np.ndarray, type_code: int, compress: bool = False) -> Path:
@@ -426,3 +434,102 @@ def test_bad_arguments(kwargs, message):
 
 def test_data_error_is_value_error():
     assert issubclass(DataError, ValueError)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _crop_reference(image: np.ndarray, padding: int, top: int, left: int, flipped: bool):
+    """numpy's zero padding, a slice of it and a reversed column order."""
+    height, width = image.shape[-2:]
+    padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)))
+    crop = padded[:, top : top + height, left : left + width]
+    return crop[:, :, ::-1] if flipped else crop
+
+
+@pytest.mark.parametrize("padding", [0, 2, 4])
+def test_augmented_transform_is_the_padded_slice_and_mirror(padding):
+    rng = np.random.default_rng(padding)
+    images = torch.from_numpy(rng.random((3, 2, 28, 28), dtype=np.float32))
+    data = AugmentedImages(images, torch.arange(3), padding=padding)
+    for top in range(2 * padding + 1):
+        for left in (0, padding, 2 * padding):
+            for flipped in (False, True):
+                got = data.transform(images[1], top, left, flipped)
+                want = _crop_reference(images[1].numpy(), padding, top, left, flipped)
+                np.testing.assert_array_equal(got.numpy(), want)
+    # the centre crop without flip is the image; with flip it is x.flip(-1)
+    np.testing.assert_array_equal(data.transform(images[0], padding, padding, False), images[0])
+    np.testing.assert_array_equal(
+        data.transform(images[0], padding, padding, True), images[0].flip(-1)
+    )
+
+
+def test_augmented_items_follow_the_documented_draws():
+    images = torch.rand(5, 1, 28, 28)
+    labels = torch.tensor([3, 1, 4, 1, 5])
+    data = AugmentedImages(images, labels, padding=3, generator=torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    for index in (4, 0, 2, 2, 1):
+        offsets = torch.randint(0, 7, (2,), generator=draws)
+        flipped = bool(torch.rand((), generator=draws) < 0.5)
+        x, y = data[index]
+        want = _crop_reference(images[index].numpy(), 3, int(offsets[0]), int(offsets[1]), flipped)
+        np.testing.assert_array_equal(x.numpy(), want)
+        assert int(y) == int(labels[index])
+
+
+def test_augmented_offsets_and_flips_cover_their_range():
+    # a single bright pixel at the centre shows where each crop was cut and whether it flipped
+    image = torch.zeros(1, 1, 9, 9)
+    image[0, 0, 4, 3] = 1.0
+    data = AugmentedImages(image, torch.zeros(1), padding=2, flip=0.5)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(400):
+        row, col = divmod(int(data[0][0].flatten().argmax()), 9)
+        seen.add((row, col))
+    # offsets top, left in 0..4 move the pixel to row 6 - top, column 5 - left (or 8 - that)
+    rows = {6 - top for top in range(5)}
+    cols = {5 - left for left in range(5)} | {8 - (5 - left) for left in range(5)}
+    assert {r for r, _ in seen} == rows and {c for _, c in seen} == cols
+
+
+def test_augmented_loader_replays_from_its_seeds():
+    images, labels = torch.rand(40, 1, 28, 28), torch.arange(40)
+
+    def batches(seed: int) -> list[torch.Tensor]:
+        data = AugmentedImages(images, labels, padding=2)
+        order = torch.Generator().manual_seed(seed)
+        loader = DataLoader(data, batch_size=8, shuffle=True, generator=order)
+        torch.manual_seed(seed)  # the augmentation's draws: the global RNG, as fit seeds it
+        return [torch.cat([x.flatten(), y.float()]) for x, y in loader]
+
+    first, again, other = batches(3), batches(3), batches(4)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_augmented_images_no_augmentation_is_the_data():
+    images = torch.rand(4, 1, 6, 6)
+    data = AugmentedImages(images, torch.arange(4), padding=0, flip=0.0)
+    assert len(data) == 4
+    for index in range(4):
+        assert torch.equal(data[index][0], images[index])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": torch.zeros(2, 28, 28)}, "N, C, H, W"),
+        ({"labels": torch.zeros(3)}, "one entry per image"),
+        ({"padding": -1}, "padding must be a non-negative integer"),
+        ({"flip": 1.5}, "flip"),
+        ({"generator": 3}, "torch.Generator"),
+    ],
+)
+def test_augmented_images_errors(kwargs, message):
+    arguments = {"images": torch.zeros(2, 1, 4, 4), "labels": torch.zeros(2), **kwargs}
+    images, labels = arguments.pop("images"), arguments.pop("labels")
+    with pytest.raises((ValueError, TypeError), match=message):
+        AugmentedImages(images, labels, **arguments)

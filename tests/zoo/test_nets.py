@@ -6,8 +6,18 @@ import pytest
 import torch
 from conftest import assert_close
 from torch import nn
+from torch.nn import functional as F
 
-from bayes_sws.zoo.nets import NETWORKS, build_network, lenet5_caffe, lenet_300_100, mlp
+from bayes_sws import MixturePrior, SWSModel
+from bayes_sws.zoo.nets import (
+    NETWORKS,
+    ResidualBlock,
+    build_network,
+    lenet5_caffe,
+    lenet_300_100,
+    mlp,
+    resnet,
+)
 
 
 def num_parameters(net: nn.Module) -> int:
@@ -156,3 +166,106 @@ def test_build_network_errors():
         build_network("mlp", input_shape=(1, -8), num_classes=2)
     with pytest.raises(ValueError, match=r"hidden\[0\]"):
         build_network("mlp", input_shape=(4,), num_classes=2, hidden=(0,))
+
+
+# ----------------------------------------------------------------------------- residual networks
+
+
+def resnet_count(depth: int, width: int, in_channels: int = 1, num_classes: int = 10) -> int:
+    """Parameters of :func:`resnet` by hand: stem, 3 stages of blocks (two 3x3 convs + a gain)."""
+    blocks = (depth - 2) // 6
+    total = conv(in_channels, width, 3)
+    channels = width
+    for stage in range(3):
+        out = width * 2**stage
+        total += conv(channels, out, 3) + conv(out, out, 3) + 1  # first block of the stage
+        total += (blocks - 1) * (2 * conv(out, out, 3) + 1)
+        channels = out
+    return total + dense(4 * width, num_classes)
+
+
+@pytest.mark.parametrize(
+    ("depth", "width", "in_channels", "size"), [(8, 4, 1, 28), (14, 8, 3, 32), (20, 16, 1, 28)]
+)
+def test_resnet_parameter_count_and_shape(depth, width, in_channels, size):
+    net = resnet(depth, width, in_channels=in_channels, num_classes=7)
+    assert num_parameters(net) == resnet_count(depth, width, in_channels, 7)
+    assert net(torch.rand(3, in_channels, size, size)).shape == (3, 7)
+
+
+def test_resnet20_width16_count_worked_out():
+    # stem 9*16+16 = 160; stage 1: 3 blocks of 2*(9*16*16+16) + 1 = 4,641 -> 13,923;
+    # stage 2: (9*16*32+32) + (9*32*32+32) + 1 = 13,889, then 2 blocks of 2*(9*32*32+32) + 1
+    # = 18,497 -> 50,883; stage 3: (9*32*64+64) + (9*64*64+64) + 1 = 55,425, then
+    # 2 * (2*(9*64*64+64) + 1) = 147,714 -> 203,139; head 64*10+10 = 650.
+    assert 160 + 13_923 + 50_883 + 203_139 + 650 == 268_755
+    assert num_parameters(resnet(20, 16)) == 268_755
+
+
+def test_resnet_prior_carrying_parameters_are_the_kernels_and_dense_weight():
+    net = resnet(8, 4)
+    model = SWSModel(net, MixturePrior(3))
+    kernels = {n for n, p in net.named_parameters() if n.endswith("weight")}
+    assert set(model.prior_param_names) == kernels
+    assert {n for n in model.free_param_names if n.endswith("gain")} == {
+        "2.0.gain",
+        "3.0.gain",
+        "4.0.gain",
+    }
+    assert all(n.endswith(("bias", "gain")) for n in model.free_param_names)
+
+
+def _downsampled(x: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """Option A by hand: every other pixel, channels zero-filled up to ``out_channels``."""
+    n, c, h, w = x.shape
+    out = torch.zeros(n, out_channels, (h + 1) // 2, (w + 1) // 2)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            out[:, :c, i, j] = x[:, :, 2 * i, 2 * j]
+    return out
+
+
+def test_residual_block_with_zero_gain_is_its_shortcut():
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 9, 9)  # non-negative, as after a ReLU
+    same = ResidualBlock(4, 4)
+    assert float(same.gain.detach()) == 0.0  # SkipInit: the block starts as its shortcut
+    assert_close(same(x), x, rtol=0, atol=0)
+    down = ResidualBlock(4, 6, stride=2)
+    assert_close(down(x), _downsampled(x, 6), rtol=0, atol=0)
+    assert down(x).shape == down.branch(x).shape == (2, 6, 5, 5)
+
+
+def test_residual_block_with_a_gain_adds_the_branch():
+    torch.manual_seed(1)
+    block = ResidualBlock(3, 5, stride=2)
+    with torch.no_grad():
+        block.gain.fill_(0.7)
+    x = torch.randn(2, 3, 8, 8)
+    c1, c2 = block.conv1, block.conv2
+    hidden = torch.relu(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1))
+    branch = F.conv2d(hidden, c2.weight, c2.bias, padding=1)
+    expected = torch.relu(_downsampled(x, 5) + 0.7 * branch)
+    assert_close(block(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_resnet_with_zero_gains_is_stem_pool_and_head():
+    torch.manual_seed(2)
+    net = resnet(14, 4, num_classes=3)
+    x = torch.randn(2, 1, 28, 28)
+    stem, head = net[0], net[-1]
+    features = torch.relu(F.conv2d(x, stem.weight, stem.bias, padding=1))
+    features = features[:, :, ::2, ::2][:, :, ::2, ::2]  # 28 -> 14 -> 7, channels 4 of 16
+    pooled = torch.cat([features.mean(dim=(2, 3)), torch.zeros(2, 12)], dim=1)
+    assert_close(net(x), pooled @ head.weight.T + head.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_resnet_errors():
+    with pytest.raises(ValueError, match="6 n \\+ 2"):
+        resnet(9)
+    with pytest.raises(ValueError, match="6 n \\+ 2"):
+        resnet(2)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        resnet(8, 0)
+    with pytest.raises(ValueError, match="at least in_channels"):
+        ResidualBlock(8, 4)
