@@ -104,6 +104,10 @@ class _Logger:
 class CSVLogger(_Logger):
     """Append ``step,loss,seconds`` rows to a CSV file while a fit runs.
 
+    The loss is written with ``repr`` so the file holds the exact float the fit
+    returned (:attr:`~bayes_sws.infer.FitResult.losses`); ``seconds`` counts from
+    the logger's creation.
+
     Parameters
     ----------
     path : path-like
@@ -113,10 +117,6 @@ class CSVLogger(_Logger):
     flush_every : int
         Steps between flushes to disk (default every step; the cost is a
         system call per step, small beside an SVI step).
-
-    The loss is written with ``repr`` so the file holds the exact float the fit
-    returned (:attr:`~bayes_sws.infer.FitResult.losses`); ``seconds`` counts from
-    the logger's creation.
     """
 
     def __init__(self, path: str | os.PathLike, *, flush_every: int = 1) -> None:

@@ -280,3 +280,17 @@ def test_fit_uses_it_and_follows_the_pyro_path(guide_name, particles, monkeypatc
             fast.guide.named_parameters(), slow.guide.named_parameters(), strict=True
         ):
             np.testing.assert_allclose(a.detach(), e.detach(), rtol=1e-8, atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("guide_name", ["normal", "mixed"])
+def test_one_mixture_per_layer(guide_name):
+    """``SWSModel(groups="layer")``: each layer's sites ``sws.<layer>.*`` (and a prior per group)."""
+    net = small_net(4)
+    names = [n for n, p in net.named_parameters() if p.dim() > 1]
+    priors = {n.rsplit(".", 1)[0]: sws.MixturePrior(3 + i) for i, n in enumerate(names)}
+    model = sws.SWSModel(net, priors, prior_scale=0.7, groups="layer")
+    assert len(model.group_priors) == len(names) >= 2
+    x, y = small_data("categorical")
+    with local_params():
+        guide = _set_up(model, _guide(model, guide_name), x, y)
+        _check_same(model, guide, x, y, torch.arange(0, 40, 3), particles=2)
