@@ -30,7 +30,7 @@ from typing import Any
 
 from typing_extensions import Self
 
-__all__ = ["CSVLogger", "TensorBoardLogger", "callbacks"]
+__all__ = ["CSVLogger", "TensorBoardLogger", "callbacks", "require_tensorboard"]
 
 Callback = Callable[[int, float], "bool | None"]
 
@@ -153,8 +153,14 @@ class CSVLogger(_Logger):
             self._file.close()
 
 
-def _summary_writer(log_dir: str, flush_secs: int) -> Any:
-    """``torch.utils.tensorboard.SummaryWriter(log_dir)``, or an ImportError saying what to install."""
+def require_tensorboard() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or an ImportError saying what to install.
+
+    Raises
+    ------
+    ImportError
+        The ``tensorboard`` package is missing (``pip install 'bayes-sws[tensorboard]'``).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:  # torch raises this when the tensorboard package is missing
@@ -162,7 +168,12 @@ def _summary_writer(log_dir: str, flush_secs: int) -> Any:
             "TensorBoardLogger needs the tensorboard package: "
             "pip install 'bayes-sws[tensorboard]' (or pip install tensorboard)"
         ) from err
-    return SummaryWriter(log_dir=log_dir, flush_secs=flush_secs)
+    return SummaryWriter
+
+
+def _summary_writer(log_dir: str, flush_secs: int) -> Any:
+    """``SummaryWriter(log_dir)`` (:func:`require_tensorboard`)."""
+    return require_tensorboard()(log_dir=log_dir, flush_secs=flush_secs)
 
 
 class TensorBoardLogger(_Logger):

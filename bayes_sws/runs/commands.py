@@ -497,6 +497,7 @@ def _start_run(config, out, overwrite, progress, should_stop, log, followers) ->
     out = Path(out)
     replacing = _check_new_run_dir(out, overwrite)
     check_device(config.device)  # a device this machine lacks fails before anything is written
+    _check_run_log(config)  # and so does --tensorboard without its package
     data = _load_data(config)  # and so does a bad data set
     _likelihood(config, data)  # and so does a likelihood that does not fit it
     _check_own_network(config, data)  # and a network of your own that does not
@@ -535,6 +536,17 @@ class _RunContext:
         if self.lock is None:
             raise RunError(f"{self.dir}: a read-only command does not write to its run")
         self.lock.verify()
+
+
+def _check_run_log(config: RunConfig) -> None:
+    """Refuse ``--tensorboard`` without the tensorboard package (a :class:`RunError`)."""
+    if config.tensorboard:
+        from ..loggers import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ImportError as err:
+            raise RunError(f"--tensorboard {config.tensorboard}: {err}") from None
 
 
 def _check_new_run_dir(out: Path, overwrite: bool) -> bool:
@@ -603,6 +615,7 @@ def _resume(run_dir: Path, progress, should_stop, log, settings, followers) -> R
         if changes:
             config = RunConfig.from_dict({**config.to_dict(), **changes})
         check_device(config.device, "device (change it with --device)")
+        _check_run_log(config)
         if changes:
             rundir.update_config(run_dir, config.to_dict())
         for name in rundir.remove_partial_files(run_dir):

@@ -62,3 +62,26 @@ def test_a_resumed_run_may_start_logging_to_tensorboard(tmp_path, capsys):
         np.array([e.value for e in scalars], dtype=np.float32),
         np.asarray(losses[6:], np.float32),
     )
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    out = tmp_path / "run"
+    code = cli.main(["fit", "--out", str(out), "--tensorboard", str(tmp_path / "tb"), *TINY])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--tensorboard" in lines[0], err
+    assert "pip install 'bayes-sws[tensorboard]'" in lines[0]
+    assert list(tmp_path.iterdir()) == []
