@@ -250,14 +250,7 @@ class SWSModel:
         subsample: Tensor | None = None,
         num_data: int | None = None,
     ) -> Tensor:
-        like = self._like()
-        mixture: Mixture | dict[str, Mixture]
-        if self.groups is None:
-            mixture = self.prior.sample_mixture(like)
-        else:
-            mixture = cast(GroupedMixturePrior, self.prior).sample_mixtures(like)
-        weights = self.sample_weights(mixture)
-        params = self.likelihood.sample_parameters(like)
+        weights, params = self.sample_latent()
         size, index = self.data_plate(x, subsample, num_data)
         with pyro.plate(DATA_PLATE, size, subsample=index, dim=-1):
             if subsample is not None:
@@ -266,6 +259,23 @@ class SWSModel:
             output = self.forward(weights, x)
             self.likelihood.observe(output, y, params)
         return output
+
+    def sample_latent(self) -> tuple[dict[str, Tensor], Any]:
+        """Sample every latent site of the program: the weights and the likelihood's parameters.
+
+        The mixture first (the shared one, or every group's sites and the
+        summary ``sws.pi``, ``sws.mu``, ``sws.sigma``), then the weights under it
+        (:meth:`sample_weights`), then the likelihood's parameters; returns the
+        last two. The model's program without its data (``__call__`` observes
+        the data after it).
+        """
+        like = self._like()
+        mixture: Mixture | dict[str, Mixture]
+        if self.groups is None:
+            mixture = self.prior.sample_mixture(like)
+        else:
+            mixture = cast(GroupedMixturePrior, self.prior).sample_mixtures(like)
+        return self.sample_weights(mixture), self.likelihood.sample_parameters(like)
 
     @staticmethod
     def data_plate(

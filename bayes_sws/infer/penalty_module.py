@@ -44,7 +44,7 @@ turns the trained values into a :class:`~bayes_sws.infer.svi.FitResult` for
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pyro
@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.distributions import transform_to
 
 from ..core.model import SWSModel
-from ..core.priors import GroupedMixturePrior, Mixture
+from ..core.priors import Mixture
 from .fastmap import weight_log_prior
 from .guides import build_guide
 from .svi import FitResult, local_params
@@ -86,15 +86,7 @@ class LatentProgram:
         self.model = model
 
     def __call__(self, *args, **kwargs) -> None:
-        model = self.model
-        like = _like(model)
-        mixture: Mixture | dict[str, Mixture]
-        if model.groups is None:
-            mixture = model.prior.sample_mixture(like)
-        else:  # every group's sites and the summary sws.pi, sws.mu, sws.sigma
-            mixture = cast(GroupedMixturePrior, model.prior).sample_mixtures(like)
-        model.sample_weights(mixture)
-        model.likelihood.sample_parameters(like)
+        self.model.sample_latent()
 
 
 def _site_supports(model: SWSModel) -> dict[str, object]:
