@@ -16,7 +16,9 @@ Compression settings) this script
    ``--figures`` draws the two methods' fronts side by side;
 4. reads the test set once: the chosen network, the pretrained network, and
    Deep Compression with Han et al.'s rates and at the chosen row's per-layer
-   sparsity ("dc-matched"), all trained on the same reduced training set.
+   sparsity ("dc-matched"; once with the case's fine-tuning epochs and once with
+   as many retraining epochs as soft weight-sharing had, :func:`equal_epochs`),
+   all trained on the same reduced training set.
 
 ``--groups layer`` gives every layer its own mixture (``soft_weight_sharing(...,
 groups="layer")``: per-layer π, μ, σ and codebooks) instead of one shared by all
@@ -127,9 +129,11 @@ def run_case(name: str, options: dict) -> dict:
         rows.append(_row(name, label, pre_acc, chosen.stored_net, final, chosen))
     label = rows[0]["method"]
     prune, clusters = bench.matched_dc_settings(rows[0])
-    for method, prune_fraction, num_clusters in (
-        ("dc-han", case.han["prune_fraction"], case.han["num_clusters"]),
-        (f"dc-matched to {label.split(' (')[0]}", prune, clusters),
+    matched = f"dc-matched to {label.split(' (')[0]}"
+    for method, prune_fraction, num_clusters, overrides in (
+        ("dc-han", case.han["prune_fraction"], case.han["num_clusters"], {}),
+        (matched, prune, clusters, {}),
+        (f"{matched}, equal epochs", prune, clusters, equal_epochs(case)),
     ):
         bench.say(f"{name}: {method}")
         row = bench.run_dc(
@@ -141,7 +145,7 @@ def run_case(name: str, options: dict) -> dict:
             num_clusters=num_clusters,
             seed=options["seed"],
             progress=options["progress"],
-            overrides={},
+            overrides=overrides,
             remove_dead_units=True,
         )
         rows.append({**row, "case": name, "pretrained_accuracy": pre_acc})
@@ -179,6 +183,19 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
     wall = time.perf_counter() - start
     bench.say(f"{name}: validation trials ({kind})\n{found.table()}")
     return found, wall
+
+
+def equal_epochs(case: bench.Case) -> dict:
+    """Deep Compression's fine-tuning stretched to soft weight-sharing's retraining epochs.
+
+    Soft weight-sharing retrains ``num_epochs`` under the prior and then fine-tunes the
+    codebook for ``finetune_epochs`` (:func:`_settings`); Deep Compression fine-tunes
+    after pruning, then trains the centroids for ``centroid_epochs``. The override
+    gives pruning's fine-tuning the difference, so both see the same number of epochs.
+    """
+    settings = _settings(case)
+    total = settings["num_epochs"] + settings["finetune_epochs"]
+    return {"finetune_epochs": max(total - case.dc["centroid_epochs"], case.dc["finetune_epochs"])}
 
 
 def han_scaled(han: dict, scale: float) -> dict:
