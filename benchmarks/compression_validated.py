@@ -62,7 +62,7 @@ MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margi
 #: λ tried per case (the other settings are the case's first soft weight-sharing row's)
 GRIDS: dict[str, tuple[float, ...]] = {
     "fashion-mnist/lenet-300-100": (0.15, 0.18, 0.22, 0.27, 0.33),
-    "fashion-mnist/lenet-5": (0.04, 0.1, 0.15, 0.25),
+    "fashion-mnist/lenet-5": (0.15, 0.25, 0.4),
     "digits/lenet-300-100": (0.01, 0.03, 0.1),
     "digits/lenet-5": (0.003, 0.01, 0.03),
 }
