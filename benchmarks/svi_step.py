@@ -24,6 +24,12 @@ Variants (letters as in issue 6):
                 does), hyperparameters as plain unconstrained tensors (sigmoid,
                 softmax, exp) and the hyperprior densities in closed form.
 ``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
+``hyper_map``   (a'') ``fast_map`` with λ = 0: the mixture's sites, their
+                hyperpriors and their optimiser group, without the weight prior.
+                It splits (a') − (d): (a') − (a'') is what the weight prior costs
+                (kernel, concatenating the weights, merging its gradient with the
+                network's), (a'') − (d) what the hyperparameters cost (their
+                transforms, densities and autograd nodes, Adam's second group).
 ``hand_normal`` (e) a hand-written mean-field loop, the ELBO of (b) written out:
                 every weight and (unconstrained) hyperparameter tensor drawn as
                 ``loc + softplus(ρ)·ε``, the network run with the drawn weights
@@ -64,7 +70,7 @@ it prints each goal's ratio per pruning mode, met or not::
 
     python benchmarks/svi_step.py --networks lenet-300-100 --weights init clustered \\
         --pruning off auto --through-fit \\
-        --variants fast_map hand plain fast_normal hand_normal --threads 1 --clock cpu
+        --variants fast_map hyper_map hand plain fast_normal hand_normal --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -106,8 +112,23 @@ try:
 except ImportError:  # before the fast ELBO
     elbo_loss = None
 
-VARIANTS = ("pyro_map", "fast_map", "pyro_normal", "fast_normal", "hand", "hand_normal", "plain")
-_FAST = {"fast_map": map_loss, "fast_normal": elbo_loss}  # None: not in this checkout
+VARIANTS = (
+    "pyro_map",
+    "fast_map",
+    "hyper_map",
+    "pyro_normal",
+    "fast_normal",
+    "hand",
+    "hand_normal",
+    "plain",
+)
+#: variants that never call the prior kernel: one run, whatever the pruning mode
+_NO_KERNEL = ("plain", "hyper_map")
+_FAST = {
+    "fast_map": map_loss,
+    "hyper_map": map_loss,
+    "fast_normal": elbo_loss,
+}  # None: not in this checkout
 NETWORKS = ("lenet-300-100", "digits-mlp")
 _HYPER_PREFIXES = ("sws.", "likelihood.")  # as bayes_sws.infer groups parameters
 
@@ -234,6 +255,8 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
     num_data = x.shape[0]
     batches = Batches(num_data, batch_size)
 
+    if variant == "hyper_map":
+        return _pyro_step("fast_map", net, x, y, batches, 0.0, num_components, lr, mixture_lr)
     if variant in ("pyro_map", "fast_map", "pyro_normal", "fast_normal"):
         return _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr)
     if variant in ("hand", "hand_normal"):
@@ -636,6 +659,8 @@ _RATIOS = (
     ("(a) pyro_map / (d) plain", "pyro_map", "plain"),
     ("(a') fast_map / (d) plain", "fast_map", "plain"),
     ("(a) pyro_map / (a') fast_map", "pyro_map", "fast_map"),
+    ("(a'') hyper_map / (d) plain", "hyper_map", "plain"),
+    ("(a') fast_map / (a'') hyper_map", "fast_map", "hyper_map"),
     ("fit_map / (d) plain", "fit_map", "plain"),
     ("fit_map / (a') fast_map", "fit_map", "fast_map"),
     ("fit_normal / (e) hand_normal", "fit_normal", "hand_normal"),
@@ -693,7 +718,7 @@ def _build_steps(variants, modes, net, x, y, settings) -> dict:
     """Every variant's step, one per pruning mode for the variants that call the kernel."""
     steps = {}
     for v in variants:
-        for mode in modes if v != "plain" else ("",):
+        for mode in modes if v not in _NO_KERNEL else ("",):
             name = f"{v}@{mode}" if mode else v
             if v in FIT_GUIDES:
                 step = lambda: None  # noqa: E731  (timed through .run only)
@@ -776,6 +801,19 @@ def run_state(network: str, state: str, net0, x, y, source: str, args) -> dict:
     return result
 
 
+def _overhead_split(medians: dict, modes) -> dict:
+    """Per pruning mode, the prior's extra seconds per step: (weight prior, hyperparameters)."""
+    if "hyper_map" not in medians or "plain" not in medians:
+        return {}
+    hyper = medians["hyper_map"] - medians["plain"]
+    split = {}
+    for mode in modes:
+        name = f"fast_map@{mode}" if mode else "fast_map"
+        if name in medians:
+            split[mode] = (medians[name] - medians["hyper_map"], hyper)
+    return split
+
+
 def _report(per_round, modes, args, load_before, load_after) -> dict:
     """Print the table, the paired ratios and the goals; the result's timing fields."""
     medians = {v: statistics.median(t) for v, t in per_round.items()}
@@ -802,7 +840,9 @@ def _report(per_round, modes, args, load_before, load_after) -> dict:
     for mode in modes:
         at = f"@{mode}" if mode else ""
         for label, num, den in _RATIOS:
-            value = paired(num + at, den + at if den != "plain" else den)
+            value = paired(
+                num + ("" if num in _NO_KERNEL else at), den + ("" if den in _NO_KERNEL else at)
+            )
             if value is not None:
                 ratios[label + (f" [{mode}]" if mode else "")] = value
     print("ratios (median of per-round ratios):")
@@ -816,7 +856,15 @@ def _report(per_round, modes, args, load_before, load_after) -> dict:
             for m, (r, g) in by_mode.items()
         )
         print(f"  {label} (goal ≤ {next(iter(by_mode.values()))[1]}): {cells}")
+    split = _overhead_split(medians, modes)
+    for mode, (weights, hyper) in split.items():
+        print(
+            f"  the prior's extra time per step{f' [{mode}]' if mode else ''}: weight prior "
+            f"{1e3 * weights:.3f} ms (fast_map − hyper_map), hyperparameters "
+            f"{1e3 * hyper:.3f} ms (hyper_map − plain)"
+        )
     return {
+        "overhead_split_s": split,
         "per_round": per_round,
         "median": medians,
         "ratios": ratios,
