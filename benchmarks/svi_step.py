@@ -4,7 +4,8 @@ On LeNet-300-100 (Fashion-MNIST, 266,200 weights under the prior) and the
 digits MLP 64-100-10 (7,400 weights), batch 128, M = 16 components (zero
 component, learned π₀, proper hyperpriors, as ``bayes-sws demo``), every
 variant runs the same loop body as :func:`bayes_sws.fit`: ``zero_grad``, loss,
-``backward``, ``Adam.step`` (one parameter group for the weights, one for the
+``backward``, ``Adam.step`` (:func:`bayes_sws.optim.adam`, multi-tensor, as ``fit`` builds
+it; one parameter group for the weights, one for the
 hyperparameters), ``float(loss)``.
 
 Variants (letters as in issue 6):
@@ -107,6 +108,14 @@ try:
     from bayes_sws.infer.fastmap import map_loss
 except ImportError:  # the "before" state of the repository
     map_loss = None
+try:
+    from bayes_sws.optim import adam
+except ImportError:  # before fit's optimiser was multi-tensor
+
+    def adam(params, **options):
+        return torch.optim.Adam(params, **options)
+
+
 try:
     from bayes_sws.infer.fastvi import elbo_loss
 except ImportError:  # before the fast ELBO
@@ -235,10 +244,11 @@ class Batches:
 
 
 def _adam(weights, hyper, lr, mixture_lr):
+    """The optimiser ``fit`` builds (:func:`bayes_sws.optim.adam`): one group per kind."""
     groups = [{"params": weights, "lr": lr}]
     if hyper:
         groups.append({"params": hyper, "lr": mixture_lr})
-    return torch.optim.Adam(groups)
+    return adam(groups)
 
 
 def _split_guide_params(guide, model):
@@ -265,7 +275,7 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
             net, x, y, num_data / batch_size, prior_scale, num_components, lr, mixture_lr
         )
     elif variant == "plain":
-        optim = torch.optim.Adam(net.parameters(), lr=lr)
+        optim = _adam(list(net.parameters()), [], lr, mixture_lr)
         scale = num_data / batch_size
 
         def loss_fn(index):

@@ -44,6 +44,7 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
 from ..devices import resolve_device
+from ..optim import adam
 from ..settings import (
     ON_NONFINITE,
     OPTIMIZERS,
@@ -1542,7 +1543,7 @@ class SVIEngine:
             groups = [{"params": weights, "lr": config["lr"]}]
             if hyper:
                 groups.append({"params": hyper, "lr": config["mixture_lr"]})
-            optim = torch.optim.Adam(groups)
+            optim = adam(groups)
         self._all_params = [p for group in optim.param_groups for p in group["params"]]
         return optim
 

@@ -60,6 +60,7 @@ from ..infer.fastmap import map_loss, supports_fast_map
 from ..infer.guides import build_guide, guide_name
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
+from ..optim import adam
 from ..validation import check_int, check_real
 
 __all__ = ["DATA_PLATE", "SWSLightningModule", "scale_data"]  # noqa: F822 (module __getattr__)
@@ -192,7 +193,7 @@ class _SWSLightningMixin:
         groups = [{"params": weights, "lr": self.lr}]
         if hyper:
             groups.append({"params": hyper, "lr": self.mixture_lr})
-        return torch.optim.Adam(groups)
+        return adam(groups)
 
     def to_result(self) -> FitResult:
         """The fit as a :class:`~bayes_sws.infer.svi.FitResult` (this process's losses)."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import progress_bar
+from ..optim import adam
 from ..settings import steps_per_epoch
 from ..validation import check_int, check_real, check_seed
 
@@ -201,7 +202,7 @@ def train(
     per_epoch = steps_per_epoch(num_examples, batch_size)
     num_steps = num_epochs * per_epoch
     device = _device(net)
-    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = adam(parameters, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     was_training = net.training

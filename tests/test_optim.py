@@ -1,0 +1,47 @@
+"""bayes_sws.optim.adam: torch's single-tensor Adam is the oracle, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayes_sws.optim import adam
+
+
+def _run(options: dict, dtype: torch.dtype, steps: int = 7) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(30, 78), (30,), (10, 30), (1,), (14,), (16,)]
+    params = [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in shapes]
+    grads = [
+        [torch.randn(s, generator=generator, dtype=dtype) for s in shapes] for _ in range(steps)
+    ]
+    groups = [
+        {"params": params[:3], "lr": 1e-2, "weight_decay": 1e-3},
+        {"params": params[3:], "lr": 3e-3},
+    ]
+    if options == {"single": True}:
+        optimizer = torch.optim.Adam(groups, foreach=False)
+    else:
+        optimizer = adam(groups, **options)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_multi_tensor_adam_takes_the_single_tensor_steps_bit_for_bit(dtype):
+    want = _run({"single": True}, dtype)
+    got = _run({}, dtype)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not torch.equal(want[0], _run({"single": True}, dtype, steps=6)[0])  # steps matter
+
+
+def test_adam_is_multi_tensor_unless_told_otherwise():
+    p = [torch.zeros(3, requires_grad=True)]
+    assert adam(p, lr=0.1).defaults["foreach"] is True
+    assert adam(p, lr=0.1).defaults["lr"] == 0.1
+    assert adam(p, foreach=False).defaults["foreach"] is False
+    fused = adam(p, fused=True).defaults
+    assert fused["fused"] is True and not fused["foreach"]
