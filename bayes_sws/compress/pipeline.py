@@ -510,7 +510,7 @@ def _checked_inputs(
         raise TypeError(
             f"fit_result must be the FitResult returned by bayes_sws.fit, got {type(fit_result).__name__}"
         )
-    x_test, y_test = _on_model(fit_result.model._like(), x_test, y_test, ("x_test", "y_test"))
+    x_test, y_test = _on_model(fit_result.model.like_tensor(), x_test, y_test, ("x_test", "y_test"))
     if x_test.dim() == 0 or y_test.dim() == 0 or x_test.shape[0] != y_test.shape[0]:
         raise ValueError(
             "x_test and y_test must hold the same number of examples, got shapes "
@@ -567,7 +567,7 @@ def _finetuned_copy(
 
     ``options`` go to :func:`~bayes_sws.compress.finetune_codebook` (epochs, learning rate, ...).
     """
-    x_ft, y_ft = _on_model(model._like(), *finetune_data, ("x_train", "y_train"))
+    x_ft, y_ft = _on_model(model.like_tensor(), *finetune_data, ("x_train", "y_train"))
     tuned = copy.deepcopy(quantized.net)
     zero = model.prior.zero_component
     finetune_codebook(

@@ -196,21 +196,17 @@ def network_outputs(result: Any, x: Tensor, num_samples: int = 100) -> Tensor:
     draws, ready for :func:`conditional_density`'s posterior average.
     """
     model = result.model
-    like = model._like()
+    like = model.like_tensor()
     x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
-    names = model.prior_param_names
     with torch.no_grad():
         if getattr(result, "is_point_estimate", False):
-            values = result.median()
-            return model.forward({n: values[model.site_name(n)] for n in names}, x)
+            return model.output_at(result.median(), x)
         if hasattr(result, "sample_posterior"):
             draws = result.sample_posterior(num_samples)
         else:  # MCMC: (chain, draw, ...) flattened to one draw dimension
             draws = {k: v.reshape((-1,) + v.shape[2:]) for k, v in result.samples.items()}
         count = next(iter(draws.values())).shape[0]
-        outputs = [
-            model.forward({n: draws[model.site_name(n)][s] for n in names}, x) for s in range(count)
-        ]
+        outputs = [model.output_at({k: v[s] for k, v in draws.items()}, x) for s in range(count)]
         return torch.stack(outputs)
 
 

@@ -172,7 +172,7 @@ class SWSModel:
         ``values`` as ``FitResult.median()`` gives them; keyed by group name
         (``None`` for the shared mixture). :meth:`MixturePrior.mixture` of each.
         """
-        like = self._like()
+        like = self.like_tensor()
         return {g: prior.mixture(values, like) for g, prior, _ in self.mixture_groups()}
 
     # ------------------------------------------------------------------ names
@@ -229,13 +229,18 @@ class SWSModel:
         params = dict(self.net.named_parameters())
         return {n: params[n] for n in self.free_param_names}
 
-    def _like(self) -> Tensor:
+    def like_tensor(self) -> Tensor:
+        """A parameter under the prior: the dtype and device the mixture's values take.
+
+        The hyperparameters (π, μ, σ and their sites) are created like it, so a
+        network moved with ``.to(device, dtype)`` carries its prior along.
+        """
         return next(iter(self.parameters_with_prior().values()))
 
     def init_values(self) -> dict[str, Tensor]:
         """Initial values of every latent site: the network's current weights, the prior's init."""
         weights = self.parameters_with_prior()
-        like = self._like()
+        like = self.like_tensor()
         values = {self.site_name(n): w.detach().clone() for n, w in weights.items()}
         for _, prior, names in self.mixture_groups():
             values.update(prior.init_values(weights[n] for n in names))
@@ -269,7 +274,7 @@ class SWSModel:
         last two. The model's program without its data (``__call__`` observes
         the data after it).
         """
-        like = self._like()
+        like = self.like_tensor()
         mixture: Mixture | dict[str, Mixture]
         if self.groups is None:
             mixture = self.prior.sample_mixture(like)
@@ -319,6 +324,14 @@ class SWSModel:
                 )
                 for name, p in params.items()
             }
+
+    def output_at(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The network's output at ``x`` with the weights of site ``values`` (one draw).
+
+        ``values`` maps site names (``sws.w.<param>``, as a guide, a posterior draw
+        or :meth:`init_values` name them) to values; other sites are ignored.
+        """
+        return self.forward({n: values[self.site_name(n)] for n in self.prior_param_names}, x)
 
     def forward(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
         """Network output with the given values of the prior-carrying parameters.

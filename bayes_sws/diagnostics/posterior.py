@@ -148,7 +148,7 @@ def _mixture_of_draws(
 ) -> dict[str, Tensor]:
     """``sws.pi``, ``sws.mu``, ``sws.sigma`` of ``num_samples`` draws of the prior's sites, each ``(draw, M)``."""
     with torch.no_grad():
-        mixture = model.prior.mixture(dict(hyper), model._like())
+        mixture = model.prior.mixture(dict(hyper), model.like_tensor())
     out = {}
     for name, value in zip(MIXTURE_VARS, mixture):
         if value.dim() == 1:  # no latent hyperparameters: the same mixture in every draw
@@ -158,7 +158,7 @@ def _mixture_of_draws(
 
 
 def _as_inputs(model: SWSModel, x: Any) -> Tensor:
-    like = model._like()
+    like = model.like_tensor()
     return torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
 
 

@@ -530,7 +530,7 @@ def map_loss(
     its prior or likelihood, the guide's parameters, or the network's dtype or
     device change.
     """
-    like = model._like() if isinstance(model, SWSModel) else None
+    like = model.like_tensor() if isinstance(model, SWSModel) else None
     plan = _plan(model, guide, like, x, y, subsample)
     validate = dist.is_validation_enabled()
     with Validation(False):  # torch reads the flag when log_prob runs, not at construction

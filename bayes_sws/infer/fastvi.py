@@ -392,7 +392,7 @@ def elbo_loss(
     ValueError
         When :func:`supports_fast_elbo` does not hold, with the reason.
     """
-    like = model._like() if isinstance(model, SWSModel) else None
+    like = model.like_tensor() if isinstance(model, SWSModel) else None
     plan = _plan(model, guide, like)
     args = (x, y, subsample, num_data, num_particles, vectorize_particles)
     if plan is None:

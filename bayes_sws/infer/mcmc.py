@@ -192,7 +192,7 @@ class MCMCResult:
         Class probabilities for classification, the regression mean otherwise;
         ``num_samples`` thins the pooled draws (default: all of them).
         """
-        like = self.model._like()
+        like = self.model.like_tensor()
         x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
         draws = self.sample_posterior(num_samples)
         num = next(iter(draws.values())).shape[0]
@@ -467,7 +467,7 @@ def _with_mixture_sites(
 ) -> dict[str, Tensor]:
     """The chains' draws stacked (chain, draw, ...), with the mixture's ``π, μ, σ`` per draw."""
     samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
-    like = model._like()
+    like = model.like_tensor()
     hyper = {
         name: samples[name].reshape((-1,) + samples[name].shape[2:])
         for name in model.prior.site_names

@@ -192,7 +192,7 @@ class SoftWeightSharing(nn.Module):
         :class:`~bayes_sws.core.priors.GroupedMixturePrior`); each group's own is
         :meth:`mixtures`.
         """
-        return self.model.prior.mixture(self.site_values(), _like(self.model))
+        return self.model.prior.mixture(self.site_values(), self.model.like_tensor())
 
     def mixtures(self) -> dict[str | None, Mixture]:
         """Every group's mixture ``(pi, mu, sigma)`` (``None``: the shared one); differentiable."""
@@ -207,7 +207,7 @@ class SoftWeightSharing(nn.Module):
         the full-data negative log-likelihood is ``fit(guide="map")``'s loss.
         """
         values = self.site_values()
-        like = _like(self.model)
+        like = self.model.like_tensor()
         with pyro.validation_enabled(False):  # the prior's settings were checked when made
             total = -self.model.prior.log_hyperprior(values, like)
         if self.prior_scale > 0:  # every group's mixture over its own tensors
@@ -268,11 +268,6 @@ class SoftWeightSharing(nn.Module):
         record.update(config or {})
         losses = np.asarray([] if losses is None else losses, dtype=np.float64)
         return FitResult(model, guide, "map", losses, record)
-
-
-def _like(model: SWSModel) -> Tensor:
-    """A prior-carrying parameter: the dtype and device of the hyperparameters."""
-    return next(iter(model.parameters_with_prior().values()))
 
 
 def _key(site: str) -> str:

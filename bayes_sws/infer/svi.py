@@ -102,7 +102,7 @@ def as_data(x: Any, y: Any, model: SWSModel) -> tuple[Tensor, Tensor]:
     Inputs take the dtype and device of the network's parameters; targets are
     checked against one network output (class range, regression shape).
     """
-    like = model._like()
+    like = model.like_tensor()
     tensors = []
     for name, value in (("x", x), ("y", y)):
         if value is None:
@@ -368,8 +368,11 @@ def _preview(value: Tensor, count: int = 4) -> str:
 
 
 def network_output(model: SWSModel, values: dict[str, Tensor], x: Tensor) -> Tensor:
-    """The network's output at ``x`` with the weights of one posterior draw ``values``."""
-    return model.forward({n: values[model.site_name(n)] for n in model.prior_param_names}, x)
+    """The network's output at ``x`` with the weights of one posterior draw ``values``.
+
+    :meth:`SWSModel.output_at <bayes_sws.core.model.SWSModel.output_at>`.
+    """
+    return model.output_at(values, x)
 
 
 def predictive_of_draws(
@@ -386,7 +389,7 @@ def predictive_of_draws(
     One observation per posterior draw; a point estimate (one draw) gives
     ``num_samples`` observations from its single output. Uses torch's global RNG.
     """
-    like = model._like()
+    like = model.like_tensor()
     x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
     likelihood = model.likelihood
     num_draws = next(iter(draws.values())).shape[0] if draws else 1
@@ -464,7 +467,7 @@ class FitResult:
         faults = f", {len(self.faults)} rolled-back faults" if self.faults else ""
         return (
             f"FitResult(guide={self.guide_name!r}, steps={len(self.losses)}, final loss "
-            f"{final}, wall time {self.wall_time:.3g} s, device {self.model._like().device}"
+            f"{final}, wall time {self.wall_time:.3g} s, device {self.model.like_tensor().device}"
             f"{faults})"
         )
 
@@ -480,7 +483,7 @@ class FitResult:
     def mixture(self) -> Mixture:
         """The learned mixture ``(pi, mu, sigma)`` at the posterior median."""
         values = self.median()
-        return self.model.prior.mixture(values, self.model._like())
+        return self.model.prior.mixture(values, self.model.like_tensor())
 
     def mixtures(self) -> dict[str | None, Mixture]:
         """Every group's learned mixture ``(pi, mu, sigma)`` at the posterior median.
@@ -523,7 +526,7 @@ class FitResult:
         Point guides use one forward pass of the MAP network; other guides average
         the likelihood's mean over ``num_samples`` posterior draws.
         """
-        like = self.model._like()
+        like = self.model.like_tensor()
         x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
         likelihood = self.model.likelihood
         with torch.no_grad():
@@ -1228,7 +1231,7 @@ class SVIEngine:
         self.x, self.y, self.loader, self._probe = data.x, data.y, data.stream, data.probe
         self._group = distributed.current()  # several processes: bayes_sws.infer.distributed
         self.model, self._guide_spec, self._make_scheduler = model, guide, lr_scheduler
-        like = model._like()
+        like = model.like_tensor()
         self.device, self._dtype, self._target_dtype = like.device, like.dtype, data.probe.y.dtype
         self.config = {
             "guide": options["guide"],
@@ -1953,7 +1956,7 @@ def _warn_variance_collapse(result: FitResult, threshold: float) -> None:
     values = result.median()
     if not all(s in values for s in model.weight_site_names):
         return
-    mixture = model.prior.mixture(values, model._like())
+    mixture = model.prior.mixture(values, model.like_tensor())
     sigma = mixture.sigma.detach().reshape(-1)
     weights = torch.cat([values[s].detach().reshape(-1) for s in model.weight_site_names])
     scale = float(weights.double().std()) if weights.numel() > 1 else float(weights.abs().sum())

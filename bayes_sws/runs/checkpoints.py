@@ -370,7 +370,7 @@ def _rebuild_guide(
     from ..infer.guides import build_guide
 
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
-    like = model._like()
+    like = model.like_tensor()
     x = torch.zeros((1, *config["input_shape"]), dtype=like.dtype, device=like.device)
     with torch.no_grad():  # any observed value will do: it only shapes the trace
         output = model.net(x)

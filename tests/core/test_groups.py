@@ -74,7 +74,7 @@ def test_one_component_per_layer_is_the_layerwise_gaussian_prior():
     assert model.hyper_site_names == ()  # π = 1, μ = 0, α fixed: no hyperparameter sites
     x, y = small_data("categorical")
     values = {k: v.requires_grad_() for k, v in _values(model).items()}
-    log_prior = weight_log_prior(model, values, model._like())
+    log_prior = weight_log_prior(model, values, model.like_tensor())
     expected = 0.0
     for group, alpha in alphas.items():
         w = values[f"net.{group}.weight"].detach().numpy()
