@@ -10,15 +10,16 @@ Compression settings) this script
    (:func:`bayes_sws.compress.tuning.tune_soft_weight_sharing`): the chosen λ has
    the highest compression rate whose validation error is at most 0.5 points
    above the pretrained network's (the goal's margin);
-3. runs Deep Compression on the same split, scored on the validation set only:
-   at each λ trial's per-layer sparsity ("dc-matched") and at Han et al.'s rates
-   with the kept share of every layer scaled by :data:`HAN_KEEP_SCALES`, so that
-   ``--figures`` draws the two methods' fronts side by side;
-4. reads the test set once: the chosen network, the pretrained network, and
+3. reads the test set once: the chosen network, the pretrained network, and
    Deep Compression with Han et al.'s rates and at the chosen row's per-layer
    sparsity ("dc-matched"; once with the case's fine-tuning epochs and once with
    as many retraining epochs as soft weight-sharing had, :func:`equal_epochs`),
-   all trained on the same reduced training set.
+   all trained on the same reduced training set;
+4. runs Deep Compression on the validation split, scored on it only: at each λ
+   trial's per-layer sparsity ("dc-matched") and at Han et al.'s rates with the
+   kept share of every layer scaled by :data:`HAN_KEEP_SCALES`, so that
+   ``--figures`` draws the two methods' fronts side by side (nothing is chosen
+   from these; they run last because they take longest).
 
 ``--groups layer`` gives every layer its own mixture (``soft_weight_sharing(...,
 groups="layer")``: per-layer π, μ, σ and codebooks) instead of one shared by all
@@ -118,8 +119,7 @@ def run_case(name: str, options: dict) -> dict:
     found, walls = {}, {}
     for groups in modes[options.get("groups") or "shared"]:
         found[groups], walls[groups] = _tune(name, net, tuning, case, options, groups)
-    dc_trials = _validation_dc(name, net, tuning, case, options, next(iter(found.values())))
-    # --- the test set, read once
+    # --- the test set, read once (each row logged as it comes: the slow parts follow)
     pre_acc = accuracy(net, final.x_test, final.y_test)
     rows = []
     for groups, each in found.items():
@@ -127,6 +127,7 @@ def run_case(name: str, options: dict) -> dict:
         label = f"sws{kind} λ={each.chosen.settings['prior_scale']:g} (chosen on validation)"
         chosen = each.chosen.result
         rows.append(_row(name, label, pre_acc, chosen.stored_net, final, chosen))
+        _say_row(rows[-1])
     label = rows[0]["method"]
     prune, clusters = bench.matched_dc_settings(rows[0])
     matched = f"dc-matched to {label.split(' (')[0]}"
@@ -149,6 +150,9 @@ def run_case(name: str, options: dict) -> dict:
             remove_dead_units=True,
         )
         rows.append({**row, "case": name, "pretrained_accuracy": pre_acc})
+        _say_row(rows[-1])
+    # Deep Compression's fronts on validation, for the figure (no choice depends on them)
+    dc_trials = _validation_dc(name, net, tuning, case, options, next(iter(found.values())))
     first = next(iter(found))
     out = {
         "rows": rows,
@@ -161,6 +165,14 @@ def run_case(name: str, options: dict) -> dict:
         out["trials_per_layer"] = _trials(found["layer"])
         out["wall_per_layer"] = walls["layer"]
     return out
+
+
+def _say_row(row: dict) -> None:
+    bench.say(
+        f"{row['case']}: test set, {row['method']}: error "
+        f"{100 * (1 - row['pretrained_accuracy']):.2f} % → {100 * (1 - row['accuracy_after']):.2f} %"
+        f" at {row['compression_rate']:.1f}x"
+    )
 
 
 def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
