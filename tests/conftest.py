@@ -39,6 +39,15 @@ def assert_close(actual, expected, *, rtol=1e-7, atol=0.0, msg=""):
     np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=msg)
 
 
+def small_fit_flags(num_steps: int, checkpoint_every: int) -> list[str]:
+    """``bayes-sws fit`` flags for a run of a few seconds (8 hidden units, 3 components)."""
+    return [
+        "--hidden", "8", "--num-components", "3", "--pretrain-epochs", "1",
+        "--num-steps", str(num_steps), "--batch-size", "64",
+        "--checkpoint-every", str(checkpoint_every),
+    ]  # fmt: skip
+
+
 def cli_exit(capsys, *argv):
     """``bayes-sws ARGV`` in process: (exit code, stdout, stderr), argparse's exits included."""
     from bayes_sws.runs import cli

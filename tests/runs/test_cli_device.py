@@ -10,26 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_exit
+from conftest import cli_exit, small_fit_flags
 
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
 from bayes_sws.runs.settings import RESUME_SETTINGS, RunConfig, resolve_config
 
-FLAGS = [
-    "--hidden",
-    "8",
-    "--num-components",
-    "3",
-    "--pretrain-epochs",
-    "1",
-    "--num-steps",
-    "6",
-    "--batch-size",
-    "64",
-    "--checkpoint-every",
-    "2",
-]
+FLAGS = small_fit_flags(num_steps=6, checkpoint_every=2)
 #: A CUDA device no machine running the tests has (checked in the tests that use it).
 ABSENT = "cuda:7"
 

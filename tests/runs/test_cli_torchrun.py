@@ -14,22 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_fit_flags
 from test_cli_device import result_tensors
 
-FLAGS = [
-    "--hidden",
-    "8",
-    "--num-components",
-    "3",
-    "--pretrain-epochs",
-    "1",
-    "--num-steps",
-    "12",
-    "--batch-size",
-    "64",
-    "--checkpoint-every",
-    "4",
-]
+FLAGS = small_fit_flags(num_steps=12, checkpoint_every=4)
 
 pytestmark = pytest.mark.slow
 
