@@ -61,6 +61,7 @@ __all__ = [
     "current",
     "init_from_environment",
     "is_writer",
+    "leave",
     "reduce_step",
     "shard",
 ]
@@ -126,6 +127,20 @@ def init_from_environment(device: str | None = None) -> ProcessGroup | None:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return current()
+
+
+def leave() -> None:
+    """Leave the process group joined by :func:`init_from_environment`, if any.
+
+    Every process of a ``torchrun`` calls it on its way out, after its last
+    collective: the group's connections and threads are closed while the
+    interpreter is still whole. (Left to interpreter shutdown, gloo's threads
+    could be destroyed while still joinable, and a process that had finished
+    its work then died with ``terminate called without an active exception``.)
+    A no-op without a group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(indices: Tensor | None, num_data: int, group: ProcessGroup, device=None) -> Tensor:

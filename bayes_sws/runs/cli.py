@@ -69,6 +69,7 @@ def _note(message: str) -> None:
 
 # ------------------------------------------------------------------------ commands
 def _fit(args: argparse.Namespace) -> int:
+    from ..infer import distributed
     from . import commands as runs
 
     settings = {
@@ -76,10 +77,21 @@ def _fit(args: argparse.Namespace) -> int:
         for o in runs.config_options()
         if hasattr(args, o["name"])
     }
-    if not _join_torchrun(args, settings.get("device")):  # another process of a torchrun
-        with runs.stop_on_interrupt() as stop:
-            outcome = runs.follow_run(should_stop=stop)
-        return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
+    leader = _join_torchrun(args, settings.get("device"))
+    try:
+        if not leader:  # another process of a torchrun
+            with runs.stop_on_interrupt() as stop:
+                outcome = runs.follow_run(should_stop=stop)
+            return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
+        return _lead_fit(args, settings)
+    finally:
+        distributed.leave()
+
+
+def _lead_fit(args: argparse.Namespace, settings: dict) -> int:
+    """``fit`` in the one process, or rank 0 of a ``torchrun``: create or resume the run."""
+    from . import commands as runs
+
     if args.resume is not None:
         changes = {k: settings.pop(k) for k in runs.RESUME_SETTINGS if k in settings}
         extra = sorted("--" + k.replace("_", "-") for k in settings)
