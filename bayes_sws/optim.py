@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["adam"]
+__all__ = ["adam", "adam_for"]
 
 
 def adam(params: Iterable[Any], **options: Any) -> torch.optim.Adam:
@@ -44,6 +44,20 @@ def adam(params: Iterable[Any], **options: Any) -> torch.optim.Adam:
     -------
     torch.optim.Adam
     """
-    if "fused" not in options or not options["fused"]:
+    if not options.get("fused"):
         options.setdefault("foreach", True)
     return torch.optim.Adam(params, **options)
+
+
+def adam_for(
+    weights: list[torch.Tensor], hyper: list[torch.Tensor], *, lr: float, mixture_lr: float
+) -> torch.optim.Adam:
+    """:func:`adam` over a fit's two parameter groups, as ``fit`` and Lightning split them.
+
+    The weights (and free network parameters) at ``lr``, the mixture's
+    hyperparameters at ``mixture_lr``; no second group when ``hyper`` is empty.
+    """
+    groups: list[dict[str, Any]] = [{"params": weights, "lr": lr}]
+    if hyper:
+        groups.append({"params": hyper, "lr": mixture_lr})
+    return adam(groups)

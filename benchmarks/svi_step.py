@@ -109,11 +109,14 @@ try:
 except ImportError:  # the "before" state of the repository
     map_loss = None
 try:
-    from bayes_sws.optim import adam
-except ImportError:  # before fit's optimiser was multi-tensor
+    from bayes_sws.optim import adam_for
+except ImportError:  # before fit's optimiser was multi-tensor: its two groups, single-tensor
 
-    def adam(params, **options):
-        return torch.optim.Adam(params, **options)
+    def adam_for(weights, hyper, *, lr, mixture_lr):
+        groups = [{"params": weights, "lr": lr}]
+        if hyper:
+            groups.append({"params": hyper, "lr": mixture_lr})
+        return torch.optim.Adam(groups)
 
 
 try:
@@ -244,11 +247,8 @@ class Batches:
 
 
 def _adam(weights, hyper, lr, mixture_lr):
-    """The optimiser ``fit`` builds (:func:`bayes_sws.optim.adam`): one group per kind."""
-    groups = [{"params": weights, "lr": lr}]
-    if hyper:
-        groups.append({"params": hyper, "lr": mixture_lr})
-    return adam(groups)
+    """The optimiser ``fit`` builds (:func:`bayes_sws.optim.adam_for`): one group per kind."""
+    return adam_for(weights, hyper, lr=lr, mixture_lr=mixture_lr)
 
 
 def _split_guide_params(guide, model):

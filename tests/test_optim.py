@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayes_sws.optim import adam
+from bayes_sws.optim import adam, adam_for
 
 
 def _run(options: dict, dtype: torch.dtype, steps: int = 7) -> list[torch.Tensor]:
@@ -45,3 +45,11 @@ def test_adam_is_multi_tensor_unless_told_otherwise():
     assert adam(p, foreach=False).defaults["foreach"] is False
     fused = adam(p, fused=True).defaults
     assert fused["fused"] is True and not fused["foreach"]
+
+
+def test_adam_for_makes_the_weight_and_mixture_groups():
+    w, h = [torch.zeros(3, requires_grad=True)], [torch.zeros(2, requires_grad=True)]
+    both = adam_for(w, h, lr=0.1, mixture_lr=0.01)
+    assert [g["lr"] for g in both.param_groups] == [0.1, 0.01]
+    assert both.param_groups[1]["params"][0] is h[0] and both.defaults["foreach"] is True
+    assert [g["lr"] for g in adam_for(w, [], lr=0.1, mixture_lr=0.01).param_groups] == [0.1]

@@ -44,7 +44,7 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
 from ..devices import resolve_device
-from ..optim import adam
+from ..optim import adam_for
 from ..settings import (
     ON_NONFINITE,
     OPTIMIZERS,
@@ -1543,10 +1543,7 @@ class SVIEngine:
                 history_size=20,
             )
         else:
-            groups = [{"params": weights, "lr": config["lr"]}]
-            if hyper:
-                groups.append({"params": hyper, "lr": config["mixture_lr"]})
-            optim = adam(groups)
+            optim = adam_for(weights, hyper, lr=config["lr"], mixture_lr=config["mixture_lr"])
         self._all_params = [p for group in optim.param_groups for p in group["params"]]
         return optim
 

@@ -60,7 +60,7 @@ from ..infer.fastmap import map_loss, supports_fast_map
 from ..infer.guides import build_guide, guide_name
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
-from ..optim import adam
+from ..optim import adam_for
 from ..validation import check_int, check_real
 
 __all__ = ["DATA_PLATE", "SWSLightningModule", "scale_data"]  # noqa: F822 (module __getattr__)
@@ -190,10 +190,7 @@ class _SWSLightningMixin:
         hyper = [p for n, p in named if _hyper(n, hyper_sites)]
         weights = [p for n, p in named if not _hyper(n, hyper_sites)]
         weights += [p for p in self.model.free_parameters().values() if p.requires_grad]
-        groups = [{"params": weights, "lr": self.lr}]
-        if hyper:
-            groups.append({"params": hyper, "lr": self.mixture_lr})
-        return adam(groups)
+        return adam_for(weights, hyper, lr=self.lr, mixture_lr=self.mixture_lr)
 
     def to_result(self) -> FitResult:
         """The fit as a :class:`~bayes_sws.infer.svi.FitResult` (this process's losses)."""
