@@ -48,7 +48,7 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -895,12 +895,39 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_case(name: str, options: dict) -> tuple[list[dict], dict]:
-    """All methods on one case: its rows (JSON-ready) and its pretraining record.
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One row to compute: a soft weight-sharing λ, Han's Deep Compression, or Deep
+    Compression matched to a soft weight-sharing row (``label``, whose per-layer sparsity
+    and codebook sizes ``matched`` carries once that row is done)."""
 
-    Runs in a worker process with ``--jobs > 1``, so it takes plain options and
-    returns plain data (each soft weight-sharing result as its ``to_dict()``).
-    """
+    case: str
+    method: str  # "sws", "dc-han" or "dc-matched"
+    label: str = ""
+    matched: tuple = ()  # dc-matched: matched_dc_settings of the sws row, as (prune, clusters)
+
+    @property
+    def name(self) -> str:
+        return {"sws": self.label, "dc-han": "dc-han"}.get(
+            self.method, f"dc-matched to {self.label}"
+        )
+
+
+def _row_order(names: list[str], methods: list[str]) -> list[tuple[str, str]]:
+    """(case, row name) in the order the tables list them: per case its soft
+    weight-sharing rows, Han's Deep Compression, then the matched ones."""
+    order = []
+    for name in names:
+        labels = list(CASES[name].sws) if "sws" in methods else []
+        order += [(name, label) for label in labels]
+        order += [(name, "dc-han")] if "dc-han" in methods else []
+        matched = labels if "dc-matched" in methods else []
+        order += [(name, f"dc-matched to {label}") for label in matched]
+    return order
+
+
+def prepare_case(name: str, options: dict) -> dict:
+    """The pretrained network of case ``name`` (its state), its record and test accuracy."""
     torch.set_num_threads(options["threads"])
     case = CASES[name]
     data = load(case)
@@ -913,74 +940,131 @@ def run_case(name: str, options: dict) -> tuple[list[dict], dict]:
         f"{name}: pretrained test error {100 * (1 - pre_acc):.2f} %"
         + (" (cached)" if info["cached"] else f" in {_time(info['wall_time'])}")
     )
-    case_rows, sws_rows = [], []
-    if "sws" in options["methods"]:
-        for label in case.sws:
-            say(f"{name}: soft weight-sharing, {label}")
-            sws_rows.append(
-                run_sws(
-                    case,
-                    label,
-                    copy.deepcopy(net),
-                    data,
-                    seed=options["seed"],
-                    progress=options["progress"],
-                    overrides=options["overrides"]["sws"],
-                    dc_overrides=options["overrides"]["dc"],
-                    remove_dead_units=options["remove_dead_units"],
-                )
-            )
-        case_rows.extend(sws_rows)
-        for sws_row in sws_rows if options["figures"] else ():
-            for path in save_figures(name, sws_row, net, options["figures"]):
-                say(f"{name}: wrote {path}")
-    if "dc-han" in options["methods"]:
-        say(f"{name}: Deep Compression, Han et al.'s settings")
-        case_rows.append(
-            run_dc(
-                case,
-                net,
-                data,
-                name="dc-han",
-                seed=options["seed"],
-                progress=options["progress"],
-                overrides=options["overrides"]["dc"],
-                remove_dead_units=options["remove_dead_units"],
-                prune_fraction=case.han["prune_fraction"],
-                num_clusters=case.han["num_clusters"],
-            )
+    return {"state": net.state_dict(), "info": info, "accuracy": pre_acc}
+
+
+def run_task(task: Task, options: dict, prepared: dict) -> dict:
+    """One row (JSON-ready: a soft weight-sharing result as its ``to_dict()``).
+
+    Runs in a worker process with ``--jobs > 1``, so it takes plain options and data.
+    Every row seeds its own retraining, so it is the same whichever process runs it and
+    in whichever order.
+    """
+    torch.set_num_threads(options["threads"])
+    case = CASES[task.case]
+    data = load(case)
+    net = build(case, data)
+    net.load_state_dict(prepared["state"])
+    say(f"{task.case}: {task.name}: started")
+    common = {
+        "seed": options["seed"],
+        "progress": options["progress"],
+        "remove_dead_units": options["remove_dead_units"],
+    }
+    if task.method == "sws":
+        row = run_sws(
+            case,
+            task.label,
+            copy.deepcopy(net),
+            data,
+            overrides=options["overrides"]["sws"],
+            dc_overrides=options["overrides"]["dc"],
+            **common,
         )
-    for sws_row in sws_rows if "dc-matched" in options["methods"] else ():
-        label = f"dc-matched to {sws_row['method']}"
-        say(f"{name}: Deep Compression at the sparsity of {sws_row['method']}")
-        prune, clusters = matched_dc_settings(sws_row)
-        case_rows.append(
-            run_dc(
-                case,
-                net,
-                data,
-                name=label,
-                seed=options["seed"],
-                progress=options["progress"],
-                overrides=options["overrides"]["dc"],
-                remove_dead_units=options["remove_dead_units"],
-                prune_fraction=prune,
-                num_clusters=clusters,
-            )
+        for path in (
+            save_figures(task.case, row, net, options["figures"]) if options["figures"] else ()
+        ):
+            say(f"{task.case}: wrote {path}")
+        row["result"] = row["result"].to_dict()
+    else:
+        prune, clusters = task.matched or (case.han["prune_fraction"], case.han["num_clusters"])
+        row = run_dc(
+            case,
+            net,
+            data,
+            name=task.name,
+            overrides=options["overrides"]["dc"],
+            prune_fraction=prune,
+            num_clusters=clusters,
+            **common,
         )
-    for row in case_rows:
-        row["case"] = name
-        row["pretrained_accuracy"] = pre_acc
-        say(
-            f"{name}: {row['method']}: error {100 * (1 - row['accuracy_after']):.2f} % "
-            f"(pretrained {100 * (1 - pre_acc):.2f} %), non-zero "
-            f"{100 * row['nonzero_fraction']:.2f} %, {row['compression_rate']:.1f}x, "
-            f"{_time(row['wall_time'])}"
+    row["case"] = task.case
+    row["pretrained_accuracy"] = prepared["accuracy"]
+    say(
+        f"{task.case}: {row['method']}: error {100 * (1 - row['accuracy_after']):.2f} % "
+        f"(pretrained {100 * (1 - prepared['accuracy']):.2f} %), non-zero "
+        f"{100 * row['nonzero_fraction']:.2f} %, {row['compression_rate']:.1f}x, "
+        f"{_time(row['wall_time'])}"
+    )
+    return row
+
+
+def estimated_cost(task: Task, options: dict, info: dict) -> float:
+    """Rough seconds a task takes: its training epochs at the pretraining's time per epoch
+    (soft weight-sharing's prior about 1.5x that), to start the longest rows first."""
+    case = CASES[task.case]
+    per_epoch = info.get("wall_time", 1.0) / info["key"]["pretrain"]["num_epochs"]
+    if task.method == "sws":
+        settings = {**case.sws[task.label], **options["overrides"]["sws"]}
+        return 1.5 * per_epoch * float(settings.get("num_epochs") or 1)
+    dc = {**case.dc, **options["overrides"]["dc"]}
+    return per_epoch * (dc["finetune_epochs"] + dc["centroid_epochs"])
+
+
+class _Inline:
+    """An executor that runs each call at once, in this process (``--jobs 1``)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def run_grid(names: list[str], options: dict, jobs: int) -> tuple[list[dict], dict]:
+    """Every row of every case, ``jobs`` rows at a time: the rows in table order, and each
+    case's pretraining record.
+
+    The cases are pretrained (or loaded) first, in parallel; then the rows run as
+    independent tasks, longest first, each Deep Compression row matched to a soft
+    weight-sharing row as soon as that row is done. With ``jobs == 1`` all of it runs in
+    this process.
+    """
+    if jobs == 1:
+        pool = _Inline()
+    else:
+        say(f"running {len(names)} cases in {jobs} processes, {options['threads']} thread(s) each")
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
         )
-    for row in case_rows:
-        if "result" in row:
-            row["result"] = row["result"].to_dict()
-    return case_rows, info
+    rows: dict[tuple[str, str], dict] = {}
+    with pool:
+        prepared = {name: pool.submit(prepare_case, name, options) for name in names}
+        prepared = {name: future.result() for name, future in prepared.items()}
+        methods = options["methods"]
+        tasks = [
+            Task(name, method, label)
+            for name in names
+            for method, label in [("sws", label) for label in CASES[name].sws] + [("dc-han", "")]
+            if method in methods
+        ]
+        tasks.sort(key=lambda t: -estimated_cost(t, options, prepared[t.case]["info"]))
+        running = {pool.submit(run_task, t, options, prepared[t.case]): t for t in tasks}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                row = rows[task.case, task.name] = future.result()
+                if task.method == "sws" and "dc-matched" in methods:
+                    matched = Task(task.case, "dc-matched", task.label, matched_dc_settings(row))
+                    running[pool.submit(run_task, matched, options, prepared[task.case])] = matched
+    ordered = [rows[key] for key in _row_order(names, options["methods"])]
+    return ordered, {name: prepared[name]["info"] for name in names}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -996,7 +1080,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="cases run in this many processes at once (default 1)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="rows (each λ, each Deep Compression run) computed in this many processes at once, "
+        "longest first (default 1)",
     )
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help="directory for pretrained networks"
@@ -1054,7 +1142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive number of processes, got {args.jobs}")
     if args.jobs > 1 and args.progress:
-        parser.error("--progress needs --jobs 1 (bars of parallel cases would interleave)")
+        parser.error("--progress needs --jobs 1 (bars of parallel rows would interleave)")
     options = {
         "methods": args.methods,
         "seed": args.seed,
@@ -1066,17 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         "remove_dead_units": not args.keep_dead_units,
     }
     start = time.perf_counter()
-    if args.jobs == 1:
-        done = [run_case(name, options) for name in names]
-    else:
-        say(f"running {len(names)} cases in {args.jobs} processes, {args.threads} thread(s) each")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-            # submitted in case order; a worker takes the next case when it is free
-            futures = {name: pool.submit(run_case, name, options) for name in names}
-            done = [futures[name].result() for name in names]
-    rows = [row for case_rows, _ in done for row in case_rows]
-    pretrain_info = {name: info for name, (_, info) in zip(names, done, strict=True)}
+    rows, pretrain_info = run_grid(list(names), options, args.jobs)
     total = time.perf_counter() - start
 
     print(markdown(rows))

@@ -210,7 +210,7 @@ def _kmeans_assignments(
     num_centroids: dict[str, int] = {}
     with torch.no_grad():
         for n, num in clusters.items():
-            flat = params[n].view(-1)
+            flat = params[n].reshape(-1)
             keep = torch.nonzero(masks[n].reshape(-1)).squeeze(1)
             centroids, lab = kmeans_1d_linear_init(
                 flat[keep].detach().cpu().numpy(), num, seed=seed

@@ -64,6 +64,13 @@ def _kept_labels(
     return labels, kept, sizes
 
 
+def _scatter_into(tensor: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``tensor`` (in place, in any memory layout): ``values`` at flat ``index``, 0 elsewhere."""
+    flat = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+    flat[index] = values.to(tensor.dtype)
+    tensor.copy_(flat.view(tensor.shape))
+
+
 def finetune_codebook(
     net: nn.Module,
     assignments: Mapping[str, torch.Tensor],
@@ -112,18 +119,14 @@ def finetune_codebook(
             grad = params[name].grad
             if grad is None:
                 continue
-            flat = grad.view(-1)
-            summed = cluster_sum(name, flat[kept[name]])
-            flat.zero_()
-            flat[kept[name]] = summed[labels[name]].to(flat.dtype)
+            summed = cluster_sum(name, grad.reshape(-1)[kept[name]])
+            _scatter_into(grad, kept[name], summed[labels[name]])
 
     def retie(module: nn.Module) -> None:
         with torch.no_grad():
             for name in labels:
-                flat = params[name].view(-1)
                 means = cluster_means(name)
-                flat.zero_()
-                flat[kept[name]] = means[labels[name]].to(flat.dtype)
+                _scatter_into(params[name], kept[name], means[labels[name]])
 
     retie(net)
     training = None

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes
-from ..zoo.nets import build_network, is_factory_name
+from ..zoo.nets import build_network, is_factory_name, same_memory_format
 from .coding import huffman_code
 from .storage import BITS_PER_FLOAT, StorageReport, storage_report
 
@@ -566,6 +566,7 @@ def _install(net: nn.Module, record: _Record, value: torch.Tensor) -> None:
         elif attr == "weight" and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             module.out_channels = int(value.shape[0])
             module.in_channels = int(value.shape[1]) * module.groups
+    value = same_memory_format(value, old)
     setattr(module, attr, nn.Parameter(value, requires_grad=old.requires_grad))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.nets import ACTIVATIONS
+from ..zoo.nets import ACTIVATIONS, same_memory_format
 
 __all__ = ["DeadUnitRemoval", "remove_dead_units"]
 
@@ -174,11 +174,15 @@ def _unit_pairs(net: nn.Sequential) -> list[_UnitPair]:
 def _keep_units(pair: _UnitPair, keep: torch.Tensor) -> None:
     """Drop the producer's output units not in ``keep`` and the consumer's matching inputs."""
     producer, consumer = pair.producer, pair.consumer
-    producer.weight = nn.Parameter(producer.weight.detach()[keep].clone())
+    producer.weight = nn.Parameter(
+        same_memory_format(producer.weight.detach()[keep].clone(), producer.weight)
+    )
     if producer.bias is not None:
         producer.bias = nn.Parameter(producer.bias.detach()[keep].clone())
     columns = pair.consumer_columns(keep)
-    consumer.weight = nn.Parameter(consumer.weight.detach()[:, columns].clone())
+    consumer.weight = nn.Parameter(
+        same_memory_format(consumer.weight.detach()[:, columns].clone(), consumer.weight)
+    )
     if isinstance(consumer, nn.Linear):
         consumer.in_features = int(columns.numel())
     else:

@@ -51,6 +51,7 @@ __all__ = [
     "lenet_300_100",
     "mlp",
     "resnet",
+    "same_memory_format",
 ]
 
 #: Activation names accepted by :func:`mlp`.
@@ -191,6 +192,16 @@ def lenet5_caffe(
         ``Conv2d, MaxPool2d, Conv2d, MaxPool2d, Flatten, Linear, ReLU, Linear``;
         parameters are named ``0.*``, ``2.*``, ``5.*`` and ``7.*``.
         431,080 parameters for 28x28 grey images and 10 classes.
+
+    Notes
+    -----
+    The convolutions' weights are stored channels-last
+    (``memory_format=torch.channels_last``), so that the convolutions and pools run in
+    oneDNN's channels-last kernels: on one CPU thread a training step (batch 128,
+    28x28) takes about 0.6x the time it takes in the default layout (the 2x2 max-pool
+    after the first convolution 0.2x). The values and names are the same in both
+    layouts; ``load_state_dict`` keeps the layout. Results differ from the default
+    layout's by float rounding.
     """
     _check_positive_int(in_channels, "in_channels")
     _check_positive_int(num_classes, "num_classes")
@@ -206,7 +217,7 @@ def lenet5_caffe(
             f"input_size {height}x{width} with padding={padding} is too small for LeNet-5's "
             "two 5x5 convolutions and 2x2 pools; use larger inputs or more padding"
         )
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Conv2d(in_channels, 20, kernel_size=5, padding=padding),
         nn.MaxPool2d(2),
         nn.Conv2d(20, 50, kernel_size=5, padding=padding),
@@ -216,6 +227,23 @@ def lenet5_caffe(
         nn.ReLU(),
         nn.Linear(500, num_classes),
     )
+    # (torch documents memory_format for Module.to; its type stubs lack the keyword)
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def same_memory_format(value: Tensor, like: Tensor) -> Tensor:
+    """``value`` in ``like``'s memory format: channels-last if ``like`` is stored so.
+
+    Where a parameter is replaced (a smaller layer, a decoded file), the new one keeps
+    the layout the network was built with, so that the network computes as before
+    (oneDNN's convolutions round differently in the two layouts) and as fast.
+    """
+    channels_last = (
+        like.dim() == 4
+        and value.dim() == 4
+        and like.is_contiguous(memory_format=torch.channels_last)
+    )
+    return value.contiguous(memory_format=torch.channels_last) if channels_last else value
 
 
 class ResidualBlock(nn.Module):

@@ -241,6 +241,32 @@ def test_finetune_codebook_moves_each_shared_value_by_its_summed_gradient():
     assert len(tuned.training.losses) == 1
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_finetune_codebook_on_a_convolution_in_either_memory_layout(layout):
+    """The same hand-computed Adam step as above on a 4-d kernel, whether it is stored
+    contiguous or channels-last (as :func:`~bayes_sws.zoo.nets.lenet5_caffe` stores its)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 3, 2), nn.Flatten(), nn.Linear(3 * 2 * 2, 2))
+    assign = torch.arange(24).reshape(3, 2, 2, 2) % 3 - 1  # -1 pruned, clusters 0 and 1
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([0.3, -0.2])[assign.clamp_min(0)] * (assign >= 0))
+    net = net.to(memory_format=layout)
+    assert net[0].weight.is_contiguous() == (layout == torch.contiguous_format)
+    x = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(8) % 2
+    start = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    g = torch.autograd.grad(nn.functional.cross_entropy(start(x), y), start[0].weight)[0]
+    summed = torch.stack([g[assign == k].double().sum() for k in range(2)])
+    lr = 1e-2
+    tuned = finetune_codebook(net, {"0.weight": assign}, x, y, num_epochs=1, lr=lr, batch_size=8)
+    expected = torch.tensor([0.3, -0.2], dtype=torch.float64) - lr * summed / (summed.abs() + 1e-8)
+    torch.testing.assert_close(tuned.codebooks["0.weight"].double(), expected, rtol=0, atol=1e-6)
+    w = net[0].weight.detach()
+    assert torch.all(w[assign == -1] == 0)
+    for k in range(2):
+        assert torch.all(w[assign == k] == tuned.codebooks["0.weight"][k])
+
+
 def test_finetune_codebook_with_zero_epochs_only_ties():
     net, assign = _tiny_shared_net()
     with torch.no_grad():

@@ -593,16 +593,21 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
 
 
 def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
-    """--jobs 2: both digits cases in worker processes, rows and tables in case order."""
+    """--jobs 2: the rows of both digits cases as tasks in worker processes, in table order,
+    with the numbers of the same run in one process (the oracle)."""
     bench = _benchmark_module()
-    out = tmp_path / "numbers.json"
+    out, alone = tmp_path / "numbers.json", tmp_path / "alone.json"
     tiny = ["sws.num_epochs=1", "dc.finetune_epochs=1", "dc.centroid_epochs=1"]
-    code = bench.main(
-        ["--quick", "--jobs", "2", "--cache", str(tmp_path / "cache"), "--json", str(out)]
-        + [arg for item in tiny for arg in ("--set", item)]
-    )
+    flags = ["--quick", "--cache", str(tmp_path / "cache")]
+    flags += [arg for item in tiny for arg in ("--set", item)]
+    assert bench.main([*flags, "--json", str(alone)]) == 0
+    capsys.readouterr()
+    code = bench.main([*flags, "--jobs", "2", "--json", str(out)])
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
+    numbers = ("method", "accuracy_after", "compression_rate", "nonzero_fraction", "layers")
+    expected = json.loads(alone.read_text())["rows"]
+    assert [[r[k] for k in numbers] for r in rows] == [[r[k] for k in numbers] for r in expected]
     assert [r["case"] for r in rows] == ["digits/lenet-300-100"] * 3 + ["digits/lenet-5"] * 3
     sws_rows = [r for r in rows if r["method"].startswith("sws")]
     assert all(r["result"]["compression_rate"] == r["compression_rate"] for r in sws_rows)

@@ -78,6 +78,27 @@ def test_lenet5_caffe_parameter_count_and_shape():
     ]
 
 
+def test_lenet5_caffe_runs_channels_last_with_the_default_layouts_values():
+    """Its convolution weights are channels-last; outputs and gradients are those of the
+    same values in torch's default (contiguous) layout, to float rounding."""
+    torch.manual_seed(0)
+    net = lenet5_caffe()
+    plain = lenet5_caffe()
+    plain.load_state_dict(net.state_dict())
+    plain = plain.to(memory_format=torch.contiguous_format)
+    for name, p in net.named_parameters():
+        fast = p.dim() == 4
+        assert p.is_contiguous(memory_format=torch.channels_last) if fast else p.is_contiguous()
+        assert dict(plain.named_parameters())[name].is_contiguous(), name
+    assert not net[2].weight.is_contiguous()  # (the first kernel, 1 channel in, is both)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for each in (net, plain):
+        F.cross_entropy(each(x), y).backward()
+    assert_close(net(x), plain(x), rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(net.named_parameters(), plain.parameters(), strict=True):
+        assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_lenet5_caffe_small_inputs_use_padding():
     net = lenet5_caffe(input_size=8)
     # padding 2 keeps 8 -> 8 -pool-> 4 -> 4 -pool-> 2, so 50*2*2 = 200 features.
