@@ -272,6 +272,13 @@ def test_benchmark_runs_with_a_small_budget(capsys):
         assert label in out
 
 
+def test_conv_layout_benchmark_runs_with_a_small_budget(capsys):
+    _run_script("conv_layout.py", "--data", "random", "--rounds", "1", "--steps", "1")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["plain", "fast_map", "fit_map"]
+
+
 def test_demo_benchmark_runs_with_a_small_budget(capsys):
     _run_script("demo_time.py", "--quick", "--threads", "1")
     out = capsys.readouterr().out
