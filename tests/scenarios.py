@@ -47,3 +47,17 @@ def perturbed_values(model, seed=2):
     if "likelihood.precision" in values:
         values["likelihood.precision"] = torch.tensor(1.7, dtype=torch.float64)
     return values
+
+
+def process_group_problem(num_data):
+    """What the multi-process tests fit, and their single-process oracles: ``num_data``
+    points of 5 features with labels in 0..2, a 5-7-3 tanh network and a 4-component
+    mixture, in float64."""
+    import bayes_sws as sws
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(num_data, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (num_data,), generator=gen)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    return x, y, net.double(), sws.MixturePrior(4)

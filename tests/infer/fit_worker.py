@@ -11,22 +11,20 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 import bayes_sws as sws
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: scenarios
+from scenarios import process_group_problem
 
 N, B = 40, 8
 
 
 def problem():
-    """Data, network and prior shared with the single-process oracle in the test."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(N, 5, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (N,), generator=gen)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
-    return x, y, sws.SWSModel(net.double(), sws.MixturePrior(4), prior_scale=0.7)
+    """The shared problem (``scenarios.process_group_problem``) as a model."""
+    x, y, net, prior = process_group_problem(N)
+    return x, y, sws.SWSModel(net, prior, prior_scale=0.7)
 
 
 def fit(guide: str, num_steps: int, **kwargs):

@@ -9,6 +9,7 @@ its per-step losses. Each process reads its batches with an unshuffled
 
 import json
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -16,17 +17,15 @@ import torch
 import bayes_sws as sws
 from bayes_sws.integrations.lightning import SWSLightningModule
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: scenarios
+from scenarios import process_group_problem
+
 N, B = 48, 8
 
 
 def problem():
-    """Data, network and prior shared with the single-process oracle in the test."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(N, 5, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (N,), generator=gen)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
-    return x, y, net.double(), sws.MixturePrior(4)
+    """The shared problem (``scenarios.process_group_problem``)."""
+    return process_group_problem(N)
 
 
 def main(out: str, num_processes: int, num_steps: int) -> None:
