@@ -45,9 +45,28 @@ __all__ = [
     "guide_moments",
     "guide_name",
     "local_params",
+    "split_guide_parameters",
 ]
 
 POINT_GUIDES = ("map",)
+
+
+def split_guide_parameters(
+    guide: torch.nn.Module, hyper_sites: Sequence[str]
+) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
+    """``guide``'s named parameters as ``(weights, hyperparameters)``, for two Adam groups.
+
+    A parameter is a hyperparameter's when its name holds one of ``hyper_sites`` (an
+    :class:`~bayes_sws.SWSModel`'s ``hyper_site_names``: its mixtures' and likelihood's
+    sites), as autoguides name theirs (``"locs.sws.mixing"``, ``"scales.sws.means"``);
+    every other parameter, including one joint over all sites (the ``loc`` of
+    ``AutoLowRankMultivariateNormal``), goes with the weights.
+    """
+    weights: list[tuple[str, Tensor]] = []
+    hyper: list[tuple[str, Tensor]] = []
+    for name, param in guide.named_parameters():
+        (hyper if any(site in name for site in hyper_sites) else weights).append((name, param))
+    return weights, hyper
 
 
 def local_params():

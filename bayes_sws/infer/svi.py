@@ -42,7 +42,7 @@ from .._progress import progress_bar
 from ..core.likelihoods import Categorical
 from ..core.model import SWSModel
 from ..core.priors import Mixture
-from ..core.sites import HYPER_PREFIXES, WEIGHT_PREFIX
+from ..core.sites import WEIGHT_PREFIX
 from ..devices import resolve_device
 from ..optim import adam_for
 from ..settings import (
@@ -56,7 +56,15 @@ from ..validation import check_bool, check_int, check_real, check_seed
 from . import distributed, loaders
 from .fastmap import map_loss, supports_fast_map
 from .fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
-from .guides import POINT_GUIDES, SiteMoments, build_guide, guide_moments, guide_name, local_params
+from .guides import (
+    POINT_GUIDES,
+    SiteMoments,
+    build_guide,
+    guide_moments,
+    guide_name,
+    local_params,
+    split_guide_parameters,
+)
 from .loaders import BatchStream, ReplayWarning, is_batches
 from .rng import get_rng_state, rng_preserved, set_rng_state
 
@@ -1522,9 +1530,10 @@ class SVIEngine:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         config = self.config
+        named_weights, named_hyper = split_guide_parameters(self.guide, self.model.hyper_site_names)
         guide_params = list(self.guide.named_parameters())
-        hyper = [p for n, p in guide_params if any(s in n for s in HYPER_PREFIXES)]
-        weights = [p for n, p in guide_params if not any(s in n for s in HYPER_PREFIXES)]
+        hyper = [p for _, p in named_hyper]
+        weights = [p for _, p in named_weights]
         free = {n: p for n, p in self.model.free_parameters().items() if p.requires_grad}
         weights += list(free.values())
         self._free_params = free

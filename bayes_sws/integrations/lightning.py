@@ -57,7 +57,7 @@ from pyro.poutine.messenger import Messenger
 from ..core.model import SWSModel
 from ..core.sites import DATA_PLATE
 from ..infer.fastmap import map_loss, supports_fast_map
-from ..infer.guides import build_guide, guide_name
+from ..infer.guides import build_guide, guide_name, split_guide_parameters
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
 from ..optim import adam_for
@@ -101,10 +101,6 @@ class scale_data(Messenger):
     def _process_message(self, msg):
         if any(frame.name == DATA_PLATE for frame in msg["cond_indep_stack"]):
             msg["scale"] = self.scale * msg["scale"]
-
-
-def _hyper(name: str, hyper_sites) -> bool:
-    return any(site in name for site in hyper_sites)
 
 
 class _SWSLightningMixin:
@@ -185,11 +181,10 @@ class _SWSLightningMixin:
         return loss
 
     def configure_optimizers(self):
-        hyper_sites = self.model.hyper_site_names
-        named = list(self.guide.named_parameters())
-        hyper = [p for n, p in named if _hyper(n, hyper_sites)]
-        weights = [p for n, p in named if not _hyper(n, hyper_sites)]
+        named_weights, named_hyper = split_guide_parameters(self.guide, self.model.hyper_site_names)
+        weights = [p for _, p in named_weights]
         weights += [p for p in self.model.free_parameters().values() if p.requires_grad]
+        hyper = [p for _, p in named_hyper]
         return adam_for(weights, hyper, lr=self.lr, mixture_lr=self.mixture_lr)
 
     def to_result(self) -> FitResult:
