@@ -27,7 +27,7 @@ networks (``--quick`` runs only these, in a few minutes). Inputs are raw pixels 
 Run from the repository root::
 
     python benchmarks/compression.py --quick            # digits only, a few minutes
-    python benchmarks/compression.py --write --jobs 2   # all cases, about 30 min on 2 cores
+    python benchmarks/compression.py --write --jobs 2   # all cases, about 28 min on 2 cores
 
 Pretrained networks are cached under ``benchmarks/cache/`` (git-ignored); delete
 it to pretrain afresh. ``--threads`` defaults to 1: on a shared 2-core machine
