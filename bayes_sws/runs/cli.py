@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import math
 import sys
 import time
@@ -155,20 +154,14 @@ def _join_torchrun(args: argparse.Namespace, device: str | None) -> bool:
     from ..infer import distributed
 
     if device is None and args.resume is not None:
-        device = _run_device(args.resume)
+        from .commands import run_device
+
+        device = run_device(args.resume)
     group = distributed.init_from_environment(device)
     if group is None or group.rank == 0:
         return True
     warnings.simplefilter("ignore")
     return False
-
-
-def _run_device(run_dir: Path) -> str | None:
-    """The ``device`` in a run's ``config.json`` (``None`` if it cannot be read: the resume says why)."""
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text()).get("device")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _compress(args: argparse.Namespace) -> int:

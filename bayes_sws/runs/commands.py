@@ -118,6 +118,7 @@ __all__ = [
     "report_run",
     "resolve_config",
     "resume_run",
+    "run_device",
     "save_result",
     "stop_on_interrupt",
     "write_checkpoint",
@@ -688,6 +689,15 @@ def _read_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{path} must hold a JSON object of settings; the run directory is damaged")
     values = {**LEGACY_VALUES, **values}
     return RunConfig.from_dict(values, sources={k: str(path) for k in values}, warn_legacy=False)
+
+
+def run_device(run_dir: str | os.PathLike) -> str | None:
+    """The ``device`` setting of the run in ``run_dir``; ``None`` when its ``config.json``
+    cannot be read (resuming it then says why)."""
+    try:
+        return str(_read_config(Path(run_dir)).device)
+    except (RunError, OSError, ValueError):
+        return None
 
 
 def _execute(

@@ -666,3 +666,19 @@ def test_anneal_settings_are_checked(tmp_path):
         runs.fit_run({**SMALL, "anneal_epochs": [1, 2]}, tmp_path / "a")
     with pytest.raises(runs.RunError, match="start <= end"):
         runs.fit_run({**ANNEALED, "anneal_epochs": [3, 1]}, tmp_path / "b")
+
+
+def test_run_device_reads_the_config_and_refuses_what_it_did_not_write(reference, tmp_path):
+    """The device the run was written with (config.json by hand); None for no run, a
+    damaged config, or a config.json that is a link (never followed)."""
+    written = json.loads((reference / "config.json").read_text())["device"]
+    assert runs.run_device(reference) == written == "cpu"
+    assert runs.run_device(tmp_path / "nothing here") is None
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text("[1, 2]")
+    assert runs.run_device(damaged) is None
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "config.json").symlink_to(reference / "config.json")
+    assert runs.run_device(linked) is None
