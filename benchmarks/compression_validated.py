@@ -89,6 +89,15 @@ def _settings(case: bench.Case) -> dict:
     }
 
 
+def with_epochs(case: bench.Case, epochs: int | None) -> bench.Case:
+    """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)."""
+    if epochs is None:
+        return case
+    return dataclasses.replace(
+        case, sws={label: {**s, "num_epochs": epochs} for label, s in case.sws.items()}
+    )
+
+
 def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
     """A test-set row in compression.py's format (markdown and summary read it)."""
     return {
@@ -108,7 +117,7 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
 def run_case(name: str, options: dict) -> dict:
     """Tune on validation, then read the test set once; the rows and the trial table."""
     torch.set_num_threads(options["threads"])
-    case = bench.CASES[name]
+    case = with_epochs(bench.CASES[name], options.get("epochs"))
     tuning, final = validation_split(bench.load(case), options["validation"], seed=options["seed"])
     held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
     bench.say(f"{name}: pretraining on {len(tuning.x_train)} points (or loading from cache)")
@@ -177,9 +186,10 @@ def _say_row(row: dict) -> None:
 
 def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
     """λ chosen on validation for one kind of mixture (shared, or one per layer), and seconds."""
-    candidates = [{"prior_scale": s} for s in GRIDS[name]]
+    grid = options.get("prior_scales") or GRIDS[name]
+    candidates = [{"prior_scale": s} for s in grid]
     kind = "shared mixture" if groups is None else "a mixture per layer"
-    bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, GRIDS[name]))}")
+    bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, grid))}")
     start = time.perf_counter()
     extra = {} if groups is None else {"groups": groups}
     found = tune_soft_weight_sharing(
@@ -415,7 +425,24 @@ def main(argv: list[str] | None = None) -> int:
         default="shared",
         help="one mixture shared by all layers, one per layer, or both side by side",
     )
+    parser.add_argument(
+        "--prior-scales",
+        nargs="+",
+        type=float,
+        metavar="λ",
+        help="the λ grid to choose from (default: the case's, GRIDS)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="soft weight-sharing's retraining epochs (default: the case's; Deep Compression's "
+        "equal-epochs row follows)",
+    )
     args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be a positive number of epochs, got {args.epochs}")
+    if args.prior_scales and min(args.prior_scales) < 0:
+        parser.error(f"--prior-scales must be λ ≥ 0, got {args.prior_scales}")
     options = vars(args)
     results = {name: run_case(name, options) for name in args.cases}
     command = "python benchmarks/compression_validated.py " + " ".join(

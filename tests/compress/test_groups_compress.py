@@ -172,3 +172,20 @@ def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
     assert "Validation trials, c, per-layer (tuning took" in text
     assert "| 0.3 | 10.00 → 10.40 | +0.40 | 60.0 | **chosen** |" in text
     assert "sws per-layer λ=0.3" in text
+
+
+def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
+    """``--epochs 80`` on Fashion-MNIST LeNet-300-100: every λ retrains 80 epochs (no codebook
+    fine-tuning after the anneal), so Deep Compression's equal-epochs row fine-tunes
+    80 − 5 centroid epochs = 75 (hand arithmetic); without it 40 − 5 = 35."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression as bench
+    import compression_validated as validated
+
+    case = bench.CASES["fashion-mnist/lenet-300-100"]
+    longer = validated.with_epochs(case, 80)
+    assert {s["num_epochs"] for s in longer.sws.values()} == {80}
+    assert validated.equal_epochs(longer) == {"finetune_epochs": 75}
+    assert validated.equal_epochs(validated.with_epochs(case, None)) == {"finetune_epochs": 35}
+    assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
