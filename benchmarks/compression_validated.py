@@ -192,12 +192,13 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
     bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, grid))}")
     start = time.perf_counter()
     extra = {} if groups is None else {"groups": groups}
+    seeds = options.get("seeds")
+    extra.update({"seeds": seeds} if seeds else {"seed": options["seed"]})
     found = tune_soft_weight_sharing(
         net,
         tuning,
         candidates,
         max_error_increase=MARGIN,
-        seed=options["seed"],
         progress=options["progress"],
         **_settings(case),
         **extra,
@@ -437,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="soft weight-sharing's retraining epochs (default: the case's; Deep Compression's "
         "equal-epochs row follows)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="retrain every λ once per seed and choose by the means (default: one retraining "
+        "at --seed); the test row is the first seed's",
     )
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:

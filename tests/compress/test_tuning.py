@@ -76,6 +76,44 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
     assert torch.isnan(final.x_test).all()
 
 
+def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
+    """``seeds=[0, 1]``: each trial's error and rate are the means of two separate
+    ``soft_weight_sharing`` calls at those seeds (the oracle), and the rule picks by them."""
+    from bayes_sws.compress.pipeline import soft_weight_sharing
+
+    tuning, _ = validation_split(digits, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=15, batch_size=64, progress=False)
+    candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
+    common = {"num_steps": 40, "batch_size": 64, "progress": False}
+    found = tune_soft_weight_sharing(net, tuning, candidates, seeds=[0, 1], **common)
+    pre = 1 - accuracy(net, tuning.x_test, tuning.y_test)
+    for trial, candidate in zip(found.trials, candidates, strict=True):
+        single = [
+            soft_weight_sharing(net, tuning, seed=seed, **common, **candidate) for seed in (0, 1)
+        ]
+        errors = [1 - accuracy(r.net, tuning.x_test, tuning.y_test) for r in single]
+        rates = [r.compression_rate for r in single]
+        assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
+        assert trial.seed_rates == pytest.approx(rates, rel=1e-12)
+        assert trial.validation_error_after == pytest.approx(sum(errors) / 2, abs=1e-12)
+        assert trial.compression_rate == pytest.approx(sum(rates) / 2, rel=1e-12)
+        assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
+    within = [t for t in found.trials if 100 * (t.validation_error_after - pre) <= 0.5]
+    expected = (
+        max(within, key=lambda t: t.compression_rate)
+        if within
+        else min(found.trials, key=lambda t: t.validation_error_after)
+    )
+    assert found.chosen is expected
+    assert "Δ per seed" in found.table()
+    with pytest.raises(ValueError, match="not both"):
+        tune_soft_weight_sharing(net, tuning, candidates, seeds=[0], seed=1, **common)
+    with pytest.raises(ValueError, match="distinct"):
+        tune_soft_weight_sharing(net, tuning, candidates, seeds=[2, 2], **common)
+
+
 def test_tuning_refuses_regression_and_empty_candidates(digits):
     net = torch.nn.Linear(64, 10)
     regression = dataclasses.replace(digits, num_classes=None)
