@@ -21,6 +21,15 @@ def digits():
     return load_dataset("digits")
 
 
+def _chosen_by_hand(trials, pre: float):
+    """The rule by hand: the highest rate among trials within 0.5 points of ``pre``, else the
+    smallest error; and whether any trial was within."""
+    within = [t for t in trials if 100 * (t.validation_error_after - pre) <= 0.5]
+    if within:
+        return max(within, key=lambda t: t.compression_rate), True
+    return min(trials, key=lambda t: t.validation_error_after), False
+
+
 def test_validation_split_carves_the_training_set_only(digits):
     num = len(digits.x_train)
     index = torch.arange(num, dtype=torch.float32)[:, None].expand(-1, 64).contiguous()
@@ -63,14 +72,8 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
         assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
         after = 1 - accuracy(trial.result.net, tuning.x_test, tuning.y_test)
         assert trial.validation_error_after == pytest.approx(after, abs=1e-12)
-    # the rule by hand: highest rate among trials within 0.5 points, else the smallest increase
-    within = [t for t in found.trials if 100 * (t.validation_error_after - pre) <= 0.5]
-    expected = (
-        max(within, key=lambda t: t.compression_rate)
-        if within
-        else min(found.trials, key=lambda t: t.validation_error_after)
-    )
-    assert found.chosen is expected and found.within_margin == bool(within)
+    expected, within = _chosen_by_hand(found.trials, pre)
+    assert found.chosen is expected and found.within_margin == within
     assert "**chosen**" in found.table()
     # the final network, evaluated once on the real test set, is a number (here NaN inputs)
     assert torch.isnan(final.x_test).all()
@@ -100,13 +103,7 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         assert trial.validation_error_after == pytest.approx(sum(errors) / 2, abs=1e-12)
         assert trial.compression_rate == pytest.approx(sum(rates) / 2, rel=1e-12)
         assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
-    within = [t for t in found.trials if 100 * (t.validation_error_after - pre) <= 0.5]
-    expected = (
-        max(within, key=lambda t: t.compression_rate)
-        if within
-        else min(found.trials, key=lambda t: t.validation_error_after)
-    )
-    assert found.chosen is expected
+    assert found.chosen is _chosen_by_hand(found.trials, pre)[0]
     assert "Δ per seed" in found.table()
     with pytest.raises(ValueError, match="not both"):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[0], seed=1, **common)
