@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -926,11 +927,17 @@ def _row_order(names: list[str], methods: list[str]) -> list[tuple[str, str]]:
     return order
 
 
+@functools.lru_cache(maxsize=2)
+def case_data(name: str):
+    """Case ``name``'s data, loaded once per process (every task of a case reads it)."""
+    return load(CASES[name])
+
+
 def prepare_case(name: str, options: dict) -> dict:
     """The pretrained network of case ``name`` (its state), its record and test accuracy."""
     torch.set_num_threads(options["threads"])
     case = CASES[name]
-    data = load(case)
+    data = case_data(name)
     say(f"{name}: pretraining (or loading from cache)")
     net, info = pretrained(
         case, data, seed=options["seed"], cache=options["cache"], progress=options["progress"]
@@ -952,7 +959,7 @@ def run_task(task: Task, options: dict, prepared: dict) -> dict:
     """
     torch.set_num_threads(options["threads"])
     case = CASES[task.case]
-    data = load(case)
+    data = case_data(task.case)
     net = build(case, data)
     net.load_state_dict(prepared["state"])
     say(f"{task.case}: {task.name}: started")
