@@ -37,6 +37,13 @@ Variants (letters as in issue 6):
                 (``F.linear`` per layer), the same kernel, the hyperprior densities
                 in closed form, ``log q`` as ``−½Σε² − Σ log scale`` plus the log-
                 Jacobians of sigmoid / additive-logistic / exp. The baseline of (b').
+``pyro_lowrank`` (f) ``Trace_ELBO`` with ``AutoLowRankMultivariateNormal`` (Pyro's default
+                rank, ⌈√D⌉ for D latent dimensions): what ``fit(guide="lowrank")`` runs.
+``lowrank_guide`` (g) that guide's distribution alone: one reparameterised draw of
+                its ``LowRankMultivariateNormal``, its ``log_prob``, backward and Adam,
+                no model. Any lowrank fast path must still do (g) and at least a step
+                of the network, so (f) / ((g) + (d)) bounds what it could gain
+                (issue 19 item 2: "lowrank if it pays").
 
 Timing: the variants are interleaved (one round runs ``--steps`` steps of each,
 in an order that rotates every round), and each round's time per step is
@@ -133,9 +140,11 @@ VARIANTS = (
     "hand",
     "hand_normal",
     "plain",
+    "pyro_lowrank",
+    "lowrank_guide",
 )
 #: variants that never call the prior kernel: one run, whatever the pruning mode
-_NO_KERNEL = ("plain", "hyper_map")
+_NO_KERNEL = ("plain", "hyper_map", "lowrank_guide")
 _FAST = {
     "fast_map": map_loss,
     "hyper_map": map_loss,
@@ -267,13 +276,15 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
     if variant == "hyper_map":
         return _pyro_step("fast_map", net, x, y, batches, 0.0, num_components, lr, mixture_lr)
-    if variant in ("pyro_map", "fast_map", "pyro_normal", "fast_normal"):
+    if variant in ("pyro_map", "fast_map", "pyro_normal", "fast_normal", "pyro_lowrank"):
         return _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr)
     if variant in ("hand", "hand_normal"):
         make = _hand_loss if variant == "hand" else _hand_normal_loss
         optim, loss_fn = make(
             net, x, y, num_data / batch_size, prior_scale, num_components, lr, mixture_lr
         )
+    elif variant == "lowrank_guide":
+        optim, loss_fn = _lowrank_guide_loss(net, x, y, batches, prior_scale, num_components)
     elif variant == "plain":
         optim = _adam(list(net.parameters()), [], lr, mixture_lr)
         scale = num_data / batch_size
@@ -310,7 +321,7 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     model = make_model(net, prior_scale, num_components)
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
     guide = build_guide(
-        "normal" if variant.endswith("_normal") else "map",
+        variant.rpartition("_")[2],
         model,
         init_loc_fn=init_loc_fn,
         init_scale=1e-3,
@@ -335,6 +346,19 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     step = _step_fn(optim, batches, loss_fn)
     step.model, step.guide, step.loss_fn = model, guide, loss_fn
     return step
+
+
+def _lowrank_guide_loss(net, x, y, batches, prior_scale, num_components):
+    """(g): the lowrank guide's distribution alone, its draw and ``log_prob``; no model."""
+    guide = _pyro_step("pyro_lowrank", net, x, y, batches, prior_scale, num_components, 0, 0).guide
+    optim = adam_for(list(guide.parameters()), [], lr=1e-3, mixture_lr=1e-3)
+
+    def loss_fn(index):
+        posterior = guide.get_posterior()
+        draw = posterior.rsample()
+        return posterior.log_prob(draw) + draw.sum()
+
+    return optim, loss_fn
 
 
 def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
@@ -674,6 +698,8 @@ _RATIOS = (
     ("fit_map / (d) plain", "fit_map", "plain"),
     ("fit_map / (a') fast_map", "fit_map", "fast_map"),
     ("fit_normal / (e) hand_normal", "fit_normal", "hand_normal"),
+    ("(f) pyro_lowrank / (g) lowrank_guide", "pyro_lowrank", "lowrank_guide"),
+    ("(f) pyro_lowrank / (b') fast_normal", "pyro_lowrank", "fast_normal"),
 )
 FIT_GUIDES = {"fit_map": "map", "fit_normal": "normal"}  # --through-fit
 #: The issue's goals: (label, numerator, denominator, goal); "@" marks a pruning mode.
@@ -824,6 +850,15 @@ def _overhead_split(medians: dict, modes) -> dict:
     return split
 
 
+def _lowrank_ceiling(per_round) -> float | None:
+    """Median over rounds of (f) pyro_lowrank / ((g) lowrank_guide + (d) plain); None unless all ran."""
+    names = [n for n in per_round if n.startswith("pyro_lowrank")]
+    if not names or "lowrank_guide" not in per_round or "plain" not in per_round:
+        return None
+    pieces = zip(per_round[names[0]], per_round["lowrank_guide"], per_round["plain"])
+    return statistics.median(f / (g + d) for f, g, d in pieces)
+
+
 def _report(per_round, modes, args, load_before, load_after) -> dict:
     """Print the table, the paired ratios and the goals; the result's timing fields."""
     medians = {v: statistics.median(t) for v, t in per_round.items()}
@@ -855,6 +890,9 @@ def _report(per_round, modes, args, load_before, load_after) -> dict:
             )
             if value is not None:
                 ratios[label + (f" [{mode}]" if mode else "")] = value
+    ceiling = _lowrank_ceiling(per_round)
+    if ceiling is not None:  # what a lowrank fast path could gain at most
+        ratios["(f) pyro_lowrank / ((g) + (d)), fast path's ceiling"] = ceiling
     print("ratios (median of per-round ratios):")
     for label, value in ratios.items():
         print(f"  {label:<44} {value:6.3f}")
@@ -886,7 +924,13 @@ def _report(per_round, modes, args, load_before, load_after) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v in VARIANTS if "lowrank" not in v],
+        choices=VARIANTS,
+        help="default: all but the lowrank ones (seconds a step on LeNet-300-100)",
+    )
     parser.add_argument(
         "--data",
         default="real",
