@@ -37,13 +37,11 @@ Variants (letters as in issue 6):
                 (``F.linear`` per layer), the same kernel, the hyperprior densities
                 in closed form, ``log q`` as ``−½Σε² − Σ log scale`` plus the log-
                 Jacobians of sigmoid / additive-logistic / exp. The baseline of (b').
-``pyro_lowrank`` (f) ``Trace_ELBO`` with ``AutoLowRankMultivariateNormal`` (Pyro's default
-                rank, ⌈√D⌉ for D latent dimensions): what ``fit(guide="lowrank")`` runs.
-``lowrank_guide`` (g) that guide's distribution alone: one reparameterised draw of
-                its ``LowRankMultivariateNormal``, its ``log_prob``, backward and Adam,
-                no model. Any lowrank fast path must still do (g) and at least a step
-                of the network, so (f) / ((g) + (d)) bounds what it could gain
-                (issue 19 item 2: "lowrank if it pays").
+``pyro_lowrank`` (f) ``Trace_ELBO`` with ``AutoLowRankMultivariateNormal`` of rank
+                ``--rank`` (default Pyro's, ⌈√D⌉ for D latent dimensions): what
+                ``fit(guide="lowrank")`` ran before its fast path ("before").
+``fast_lowrank`` (f') :func:`bayes_sws.infer.fastvi.elbo_loss` with the same guide:
+                the same draws, loss and gradients, what ``fit`` runs now ("after").
 
 Timing: the variants are interleaved (one round runs ``--steps`` steps of each,
 in an order that rotates every round), and each round's time per step is
@@ -86,6 +84,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
+import functools
 import io
 import json
 import math
@@ -104,7 +103,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import init_to_median, init_to_value
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, init_to_median, init_to_value
 
 import bayes_sws as sws
 from bayes_sws.core import kernel as sws_kernel
@@ -141,16 +140,19 @@ VARIANTS = (
     "hand_normal",
     "plain",
     "pyro_lowrank",
-    "lowrank_guide",
+    "fast_lowrank",
 )
 #: variants that never call the prior kernel: one run, whatever the pruning mode
-_NO_KERNEL = ("plain", "hyper_map", "lowrank_guide")
+_NO_KERNEL = ("plain", "hyper_map")
 _FAST = {
     "fast_map": map_loss,
     "hyper_map": map_loss,
     "fast_normal": elbo_loss,
+    "fast_lowrank": elbo_loss,
 }  # None: not in this checkout
 NETWORKS = ("lenet-300-100", "digits-mlp")
+#: rank of the lowrank variants' guide (``--rank``; None: Pyro's default ⌈√D⌉)
+LOWRANK_RANK: int | None = None
 _HYPER_PREFIXES = ("sws.", "likelihood.")  # as bayes_sws.infer groups parameters
 
 
@@ -276,15 +278,20 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
     if variant == "hyper_map":
         return _pyro_step("fast_map", net, x, y, batches, 0.0, num_components, lr, mixture_lr)
-    if variant in ("pyro_map", "fast_map", "pyro_normal", "fast_normal", "pyro_lowrank"):
+    if variant in (
+        "pyro_map",
+        "fast_map",
+        "pyro_normal",
+        "fast_normal",
+        "pyro_lowrank",
+        "fast_lowrank",
+    ):
         return _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mixture_lr)
     if variant in ("hand", "hand_normal"):
         make = _hand_loss if variant == "hand" else _hand_normal_loss
         optim, loss_fn = make(
             net, x, y, num_data / batch_size, prior_scale, num_components, lr, mixture_lr
         )
-    elif variant == "lowrank_guide":
-        optim, loss_fn = _lowrank_guide_loss(net, x, y, batches, prior_scale, num_components)
     elif variant == "plain":
         optim = _adam(list(net.parameters()), [], lr, mixture_lr)
         scale = num_data / batch_size
@@ -320,8 +327,11 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     """The Pyro variants' ``step()`` (``None`` for a fast variant without its fast path)."""
     model = make_model(net, prior_scale, num_components)
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
+    kind = variant.rpartition("_")[2]
     guide = build_guide(
-        variant.rpartition("_")[2],
+        functools.partial(AutoLowRankMultivariateNormal, init_scale=1e-3, rank=LOWRANK_RANK)
+        if kind == "lowrank"
+        else kind,
         model,
         init_loc_fn=init_loc_fn,
         init_scale=1e-3,
@@ -346,19 +356,6 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     step = _step_fn(optim, batches, loss_fn)
     step.model, step.guide, step.loss_fn = model, guide, loss_fn
     return step
-
-
-def _lowrank_guide_loss(net, x, y, batches, prior_scale, num_components):
-    """(g): the lowrank guide's distribution alone, its draw and ``log_prob``; no model."""
-    guide = _pyro_step("pyro_lowrank", net, x, y, batches, prior_scale, num_components, 0, 0).guide
-    optim = adam_for(list(guide.parameters()), [], lr=1e-3, mixture_lr=1e-3)
-
-    def loss_fn(index):
-        posterior = guide.get_posterior()
-        draw = posterior.rsample()
-        return posterior.log_prob(draw) + draw.sum()
-
-    return optim, loss_fn
 
 
 def _hand_loss(net, x, y, scale, prior_scale, num_components, lr, mixture_lr):
@@ -665,10 +662,13 @@ def _load() -> str:
 
 def _print_first_step_losses(steps, net0, x, y, settings) -> None:
     """Each Pyro variant's first loss next to its fast path's: same start, batch and draw."""
-    for slow, fast in (("pyro_map", "fast_map"), ("pyro_normal", "fast_normal")):
+    pairs = (("pyro_map", "fast_map"), ("pyro_normal", "fast_normal"))
+    for slow, fast in (*pairs, ("pyro_lowrank", "fast_lowrank")):
         names = {name.split("@")[0] for name in steps}
         if slow in names and fast in names:
+            torch.manual_seed(1)  # the lowrank guide's cov_factor starts random
             a = make_step(slow, net0, x, y, **settings)
+            torch.manual_seed(1)
             b = make_step(fast, net0, x, y, **settings)
             torch.manual_seed(0)
             la = a()
@@ -698,8 +698,9 @@ _RATIOS = (
     ("fit_map / (d) plain", "fit_map", "plain"),
     ("fit_map / (a') fast_map", "fit_map", "fast_map"),
     ("fit_normal / (e) hand_normal", "fit_normal", "hand_normal"),
-    ("(f) pyro_lowrank / (g) lowrank_guide", "pyro_lowrank", "lowrank_guide"),
-    ("(f) pyro_lowrank / (b') fast_normal", "pyro_lowrank", "fast_normal"),
+    ("(f) pyro_lowrank / (f') fast_lowrank", "pyro_lowrank", "fast_lowrank"),
+    ("(f') fast_lowrank / (b') fast_normal", "fast_lowrank", "fast_normal"),
+    ("(f') fast_lowrank / (e) hand_normal", "fast_lowrank", "hand_normal"),
 )
 FIT_GUIDES = {"fit_map": "map", "fit_normal": "normal"}  # --through-fit
 #: The issue's goals: (label, numerator, denominator, goal); "@" marks a pruning mode.
@@ -850,15 +851,6 @@ def _overhead_split(medians: dict, modes) -> dict:
     return split
 
 
-def _lowrank_ceiling(per_round) -> float | None:
-    """Median over rounds of (f) pyro_lowrank / ((g) lowrank_guide + (d) plain); None unless all ran."""
-    names = [n for n in per_round if n.startswith("pyro_lowrank")]
-    if not names or "lowrank_guide" not in per_round or "plain" not in per_round:
-        return None
-    pieces = zip(per_round[names[0]], per_round["lowrank_guide"], per_round["plain"])
-    return statistics.median(f / (g + d) for f, g, d in pieces)
-
-
 def _report(per_round, modes, args, load_before, load_after) -> dict:
     """Print the table, the paired ratios and the goals; the result's timing fields."""
     medians = {v: statistics.median(t) for v, t in per_round.items()}
@@ -890,9 +882,6 @@ def _report(per_round, modes, args, load_before, load_after) -> dict:
             )
             if value is not None:
                 ratios[label + (f" [{mode}]" if mode else "")] = value
-    ceiling = _lowrank_ceiling(per_round)
-    if ceiling is not None:  # what a lowrank fast path could gain at most
-        ratios["(f) pyro_lowrank / ((g) + (d)), fast path's ceiling"] = ceiling
     print("ratios (median of per-round ratios):")
     for label, value in ratios.items():
         print(f"  {label:<44} {value:6.3f}")
@@ -988,8 +977,16 @@ def main(argv=None) -> int:
         help="also time bayes_sws.fit itself (fit_map, and fit_normal with fast_normal): "
         "its loop from the first step's callback to the last, --steps steps per round",
     )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        help="rank of the lowrank variants' guide (default: Pyro's, the square root of the "
+        "number of latent dimensions rounded)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
+    global LOWRANK_RANK
+    LOWRANK_RANK = args.rank
     if args.quick or ("CI" in os.environ and argv is None):
         args.quick = True
         args.data, args.rounds, args.steps, args.warmup = "random", 2, 2, 1

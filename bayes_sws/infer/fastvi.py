@@ -1,4 +1,4 @@
-r"""The ELBO of the variational guides ``"normal"`` and ``"mixed"`` without Pyro tracing.
+r"""The ELBO of the variational guides ``"normal"``, ``"mixed"`` and ``"lowrank"`` without Pyro tracing.
 
 For a guide :math:`q` on the latent sites :math:`z` (weights and hyperparameters)
 ``Trace_ELBO`` estimates the negative ELBO with reparameterised draws,
@@ -33,6 +33,27 @@ every weight tensor in one call). The Gaussian term is written with
 the same value and gradients as torch's ``Normal.log_prob`` of the draw (whose path
 derivatives through :math:`u` cancel), without its rounding of :math:`u - \mathrm{loc}`.
 
+``"lowrank"`` (``AutoLowRankMultivariateNormal``) is one Gaussian on all sites' packed
+unconstrained values, :math:`u = \mathrm{loc} + W\varepsilon_W + s\odot\varepsilon_D` with
+:math:`W = C\,\mathrm{diag}(s)` (the guide's ``cov_factor`` :math:`C`, D × r, scaled row by
+row by its ``scale`` :math:`s`) and covariance :math:`\Sigma = WW^\top + \mathrm{diag}(s^2)`.
+Torch's ``LowRankMultivariateNormal.log_prob`` forms :math:`W^\top\mathrm{diag}(s^{-2})W`
+from strided copies; here, with :math:`v = C\varepsilon_W + \varepsilon_D` (so
+:math:`u - \mathrm{loc} = s\odot v`) and :math:`L` the Cholesky factor of
+:math:`I_r + C^\top C` (the same capacitance, since
+:math:`W^\top\mathrm{diag}(s^{-2})W = C^\top C`), the Woodbury identity and the matrix
+determinant lemma give
+
+.. math::
+
+    \log q(u) = -\tfrac12\lVert v\rVert^2 + \tfrac12\lVert L^{-1}C^\top v\rVert^2
+    - \textstyle\sum\log s - \sum\log\mathrm{diag}\,L - D\log\sqrt{2\pi},
+
+the same function of :math:`(\varepsilon, \mathrm{loc}, s, C)` in D·r² operations on
+contiguous arrays (torch's path took 107 ms a step at r = 10 on LeNet-300-100's 266,246
+dimensions, mostly strided copies). Each site's slice of :math:`u` then goes through
+its bijection as for ``AutoNormal``.
+
 When validation is on (Pyro's default) a loss that is not finite is handed to
 ``Trace_ELBO`` with torch's RNG put back as it was, so Pyro draws the same
 :math:`\varepsilon` and fails (or warns) with its own message naming the site.
@@ -56,7 +77,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoLowRankMultivariateNormal, AutoNormal
 from torch import Tensor
 from torch.distributions import biject_to
 from torch.distributions.transforms import (
@@ -103,8 +124,9 @@ def fast_elbo_enabled() -> bool:
 
 
 def _parts(guide) -> list | None:
-    """The guide's ``AutoNormal`` / ``AutoDelta`` parts in the order they run, or ``None``."""
-    if type(guide) is AutoNormal:
+    """The guide's ``AutoNormal`` / ``AutoDelta`` parts in the order they run (or the
+    ``AutoLowRankMultivariateNormal`` itself), or ``None``."""
+    if type(guide) in (AutoNormal, AutoLowRankMultivariateNormal):
         return [guide]
     if type(guide) is AutoGuideList and len(guide) > 0:
         parts = list(guide)
@@ -118,9 +140,10 @@ def unsupported_reason(model, guide) -> str | None:
 
     The model and settings as for :func:`bayes_sws.infer.fastmap.unsupported_reason`
     (an :class:`~bayes_sws.core.model.SWSModel` running the library's program,
-    module-local Pyro parameters); the guide a plain ``AutoNormal`` or an
-    ``AutoGuideList`` of plain ``AutoNormal`` and ``AutoDelta`` guides (``"normal"``
-    and ``"mixed"`` of :data:`bayes_sws.infer.guides.GUIDES`), without
+    module-local Pyro parameters); the guide a plain ``AutoNormal``, a plain
+    ``AutoLowRankMultivariateNormal`` or an ``AutoGuideList`` of plain ``AutoNormal``
+    and ``AutoDelta`` guides (``"normal"``, ``"lowrank"`` and ``"mixed"`` of
+    :data:`bayes_sws.infer.guides.GUIDES`), without
     ``create_plates``, whose latent sites are the model's, each in one part and
     outside any plate.
     """
@@ -130,8 +153,8 @@ def unsupported_reason(model, guide) -> str | None:
     parts = _parts(guide)
     if parts is None:
         return (
-            f"the guide is a {type(guide).__name__}, not a pyro AutoNormal or an "
-            "AutoGuideList of AutoNormal and AutoDelta guides"
+            f"the guide is a {type(guide).__name__}, not a pyro AutoNormal, an "
+            "AutoLowRankMultivariateNormal or an AutoGuideList of AutoNormal and AutoDelta guides"
         )
     found: set[str] = set()
     for part in [guide, *parts]:
@@ -227,6 +250,22 @@ class _Part:
         return guide if self.index is None else guide[self.index]
 
 
+class _LowRank:
+    """An ``AutoLowRankMultivariateNormal``'s packed latent: each site's slice, shape and map."""
+
+    def __init__(self, guide):
+        self.sites: list[tuple[str, int, int, tuple[int, ...], _Bijection | None]] = []
+        start = 0
+        for name, site in guide.prototype_trace.iter_stochastic_nodes():
+            shape = tuple(guide._unconstrained_shapes[name])
+            transform = biject_to(site["fn"].support)
+            stop = start + math.prod(shape)
+            bijection = None if _is_identity(transform) else _bijection(transform)
+            self.sites.append((name, start, stop, shape, bijection))
+            start = stop
+        self.size = start
+
+
 class _Plan(ModelTerms):
     """What :func:`elbo_loss` needs from one (model, guide) pair, resolved once.
 
@@ -238,8 +277,13 @@ class _Plan(ModelTerms):
         super().__init__(model, like)
         parts = _parts(guide)
         assert parts is not None
+        self.lowrank = _LowRank(guide) if type(guide) is AutoLowRankMultivariateNormal else None
         single = type(guide) is AutoNormal
-        self.parts = [_Part(None if single else i, part) for i, part in enumerate(parts)]
+        self.parts = (
+            [_Part(None if single else i, part) for i, part in enumerate(parts)]
+            if self.lowrank is None
+            else []
+        )
         self.prototypes = [weakref.ref(part.prototype_trace) for part in parts]
 
     def matches_guide(self, model: SWSModel, guide, like: Tensor) -> bool:
@@ -335,6 +379,44 @@ def _particle(plan: _Plan, fixed, normals, eps, base_log_q, like, x, y, subsampl
     return negative_log_joint(plan, values, like, x, y, subsample, num_data) + log_q
 
 
+def _lowrank_losses(plan: _Plan, guide, like, x, y, subsample, num_data, particles, vectorize):
+    """Every particle's :math:`\\log q(z) - \\log p(y, z \\mid x)` for the lowrank guide,
+    with ε drawn as ``LowRankMultivariateNormal.rsample`` draws them (``ε_W`` then ``ε_D``;
+    all particles in one ``(P, 1, ·)`` draw each when vectorised)."""
+    layout = plan.lowrank
+    assert layout is not None
+    loc, scale, factor = guide.loc, guide.scale, guide.cov_factor
+    rank = factor.shape[-1]
+    identity = torch.eye(rank, dtype=factor.dtype, device=factor.device)
+    chol = torch.linalg.cholesky(torch.addmm(identity, factor.T, factor))  # of I + CᵀC
+    base = -scale.log().sum() - chol.diagonal().log().sum() - layout.size * _HALF_LOG_2PI
+    if vectorize and particles > 1:
+        eps_w = _standard_normal((particles, 1, rank), loc)
+        eps_d = _standard_normal((particles, 1, layout.size), loc)
+        eps = [(eps_w[p, 0], eps_d[p, 0]) for p in range(particles)]
+    else:
+        eps = [
+            (_standard_normal((rank,), loc), _standard_normal((layout.size,), loc))
+            for _ in range(particles)
+        ]
+    losses = []
+    for e_w, e_d in eps:
+        v = torch.addmv(e_d, factor, e_w)  # Σ_D^{-1/2} (u - loc)
+        w = torch.linalg.solve_triangular(chol, (factor.T @ v).unsqueeze(-1), upper=False)
+        log_q = base - 0.5 * v.dot(v) + 0.5 * (w * w).sum()
+        u_all = loc + scale * v
+        values = {}
+        for name, start, stop, shape, bijection in layout.sites:
+            u = u_all[start:stop].view(shape)
+            if bijection is None:
+                values[name] = u
+            else:  # the Delta site of AutoContinuous: log|det J| of the inverse
+                values[name] = z = bijection.forward(u)
+                log_q = log_q + bijection.log_density(z, u).sum()
+        losses.append(negative_log_joint(plan, values, like, x, y, subsample, num_data) + log_q)
+    return losses
+
+
 def _rng_state(device: torch.device) -> Tensor:
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
@@ -401,13 +483,10 @@ def elbo_loss(
     validate = dist.is_validation_enabled()
     state = _rng_state(like.device) if validate else None
     with Validation(False):
-        fixed, normals = plan.read(guide)
-        size = sum(loc.numel() for _, loc, _, _ in normals)
-        base_log_q = -sum(scale.log().sum() for _, _, scale, _ in normals) - size * _HALF_LOG_2PI
-        losses = [
-            _particle(plan, fixed, normals, eps, base_log_q, like, x, y, subsample, num_data)
-            for eps in _draws(normals, num_particles, vectorize_particles)
-        ]
+        if plan.lowrank is not None:
+            losses = _lowrank_losses(plan, guide, like, *args)
+        else:
+            losses = _mean_field_losses(plan, guide, like, *args)
     loss = losses[0] if num_particles == 1 else sum(losses) / num_particles
     if validate and not math.isfinite(loss.item()):
         # the slow path validates every site: Pyro's own error naming the site, or its warning
@@ -415,3 +494,14 @@ def elbo_loss(
         _set_rng_state(like.device, state)  # Pyro draws the same ε
         return pyro_loss(model, guide, *args)
     return loss
+
+
+def _mean_field_losses(plan: _Plan, guide, like, x, y, subsample, num_data, particles, vectorize):
+    """Every particle's loss for the ``"normal"`` and ``"mixed"`` guides."""
+    fixed, normals = plan.read(guide)
+    size = sum(loc.numel() for _, loc, _, _ in normals)
+    base_log_q = -sum(scale.log().sum() for _, _, scale, _ in normals) - size * _HALF_LOG_2PI
+    return [
+        _particle(plan, fixed, normals, eps, base_log_q, like, x, y, subsample, num_data)
+        for eps in _draws(normals, particles, vectorize)
+    ]

@@ -1398,7 +1398,7 @@ class SVIEngine:
             )
             # AutoDelta's loss is the negative log joint: evaluate it without Pyro's tracing
             # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
-            # likewise AutoNormal / "mixed" guides: the same ELBO draw, without tracing
+            # likewise the "normal", "mixed" and "lowrank" guides: the same ELBO draw, untraced
             # (tests/infer/test_fastvi.py; BAYES_SWS_FAST_ELBO=0 turns it off)
             self._fast = (
                 "map"

@@ -1,4 +1,4 @@
-"""``fastvi.elbo_loss`` is ``Trace_ELBO``'s loss for the ``"normal"`` and ``"mixed"`` guides.
+"""``fastvi.elbo_loss`` is ``Trace_ELBO``'s loss for the ``"normal"``, ``"mixed"`` and ``"lowrank"`` guides.
 
 The oracle is Pyro itself: ``Trace_ELBO(num_particles, vectorize_particles,
 max_plate_nesting=1).differentiable_loss(model, guide, x, y, subsample)`` run from the
@@ -33,6 +33,8 @@ from bayes_sws.infer import fastvi
 from bayes_sws.infer.fastvi import elbo_loss, supports_fast_elbo, unsupported_reason
 from bayes_sws.infer.guides import build_guide
 from bayes_sws.infer.svi import SVIEngine, local_params
+
+GUIDE_NAMES = ["normal", "mixed", "lowrank"]
 
 
 def _guide(model, name="normal", values=None):
@@ -78,7 +80,7 @@ def _check_same(
     grad_tol=1e-8,
 ):
     params = _trainable(model, guide)
-    assert len(params) >= len(model.weight_site_names)
+    assert sum(p.numel() for p in params) >= sum(p.numel() for p in model.net.parameters())
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=vectorize, max_plate_nesting=1)
     program = model if num_data is None else functools.partial(model, num_data=num_data)
     expected, expected_grads, expected_rng = _loss_grads_and_rng(
@@ -107,7 +109,7 @@ def _model(kind, **prior):
     return sws.SWSModel(net, sws.MixturePrior(4, **prior), likelihood, prior_scale=0.7)
 
 
-@pytest.mark.parametrize("guide_name", ["normal", "mixed"])
+@pytest.mark.parametrize("guide_name", GUIDE_NAMES)
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 @pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
 @pytest.mark.parametrize(
@@ -122,7 +124,7 @@ def test_loss_and_gradients_equal_trace_elbo(guide_name, kind, minibatch, partic
         _check_same(model, guide, x, y, index, particles=particles, vectorize=vectorize)
 
 
-@pytest.mark.parametrize("guide_name", ["normal", "mixed"])
+@pytest.mark.parametrize("guide_name", GUIDE_NAMES)
 def test_a_loaders_batch_scaled_to_the_data_set(guide_name):
     model = _model("gaussian")
     x, y = small_data("gaussian")
@@ -143,11 +145,12 @@ def test_a_loaders_batch_scaled_to_the_data_set(guide_name):
     ],
     ids=["flat", "ordered", "no_zero", "fixed_pi0", "fixed_precision", "bias"],
 )
-def test_other_priors(options):
+@pytest.mark.parametrize("guide_name", ["normal", "lowrank"])
+def test_other_priors(options, guide_name):
     model = _model("categorical", **options)
     x, y = small_data("categorical")
     with local_params():
-        guide = _set_up(model, _guide(model), x, y)
+        guide = _set_up(model, _guide(model, guide_name), x, y)
         _check_same(model, guide, x, y, torch.arange(0, 40, 3), particles=2)
 
 
@@ -161,7 +164,7 @@ def test_prior_scale_zero_keeps_the_guides_entropy():
         _check_same(model, guide, x, y)
 
 
-@pytest.mark.parametrize("guide_name", ["normal", "mixed"])
+@pytest.mark.parametrize("guide_name", GUIDE_NAMES)
 def test_float32_network(guide_name):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 30), torch.nn.ReLU(), torch.nn.Linear(30, 4))
@@ -231,14 +234,15 @@ def test_supports_fast_elbo_only_where_it_is_exact():
     x, y = small_data("categorical")
     model = _model("categorical")
     with local_params():
-        for name in ("normal", "mixed"):
+        for name in GUIDE_NAMES:
             guide = _guide(model, name)
             assert supports_fast_elbo(model, guide)
             guide(x, y)
             assert supports_fast_elbo(model, guide)
         assert "AutoDelta" in unsupported_reason(model, AutoDelta(model))
-        lowrank = AutoLowRankMultivariateNormal(model)
-        assert "AutoLowRankMultivariateNormal" in unsupported_reason(model, lowrank)
+        within = AutoGuideList(model)
+        within.append(AutoLowRankMultivariateNormal(model))
+        assert "AutoGuideList of AutoNormal" in unsupported_reason(model, within)
         plated = AutoNormal(model, create_plates=lambda *args: [])
         assert "create_plates" in unsupported_reason(model, plated)
         own = _OwnProgram(model.net, model.prior, prior_scale=0.5)
@@ -253,7 +257,9 @@ def test_supports_fast_elbo_only_where_it_is_exact():
         assert "global param store" in unsupported_reason(model, _guide(model))
 
 
-@pytest.mark.parametrize("guide_name, particles", [("normal", 1), ("mixed", 2)])
+@pytest.mark.parametrize(
+    "guide_name, particles", [("normal", 1), ("mixed", 2), ("lowrank", 1), ("lowrank", 2)]
+)
 def test_fit_uses_it_and_follows_the_pyro_path(guide_name, particles, monkeypatch):
     """fit with the fast ELBO and with BAYES_SWS_FAST_ELBO=0 (Trace_ELBO): the same run."""
     x, y = small_data("gaussian")
@@ -282,7 +288,7 @@ def test_fit_uses_it_and_follows_the_pyro_path(guide_name, particles, monkeypatc
             np.testing.assert_allclose(a.detach(), e.detach(), rtol=1e-8, atol=1e-11, err_msg=name)
 
 
-@pytest.mark.parametrize("guide_name", ["normal", "mixed"])
+@pytest.mark.parametrize("guide_name", GUIDE_NAMES)
 def test_one_mixture_per_layer(guide_name):
     """``SWSModel(groups="layer")``: each layer's sites ``sws.<layer>.*`` (and a prior per group)."""
     net = small_net(4)
