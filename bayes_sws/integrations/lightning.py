@@ -21,8 +21,10 @@ on a ``DataLoader``: ``model(x, y, num_data=N)`` is a ``pyro.plate`` of size
 (:meth:`~bayes_sws.core.model.SWSModel.data_plate`), which scales the likelihood
 by :math:`N/B`. For ``guide="map"`` the loss is :func:`bayes_sws.infer.fastmap.map_loss`
 where :func:`~bayes_sws.infer.fastmap.supports_fast_map` holds (the negative log
-joint without Pyro's tracing; the same value and gradients as ``Trace_ELBO``),
-again as :func:`bayes_sws.fit` computes it.
+joint without Pyro's tracing; the same value and gradients as ``Trace_ELBO``), and
+for the ``"normal"``, ``"mixed"`` and ``"lowrank"`` guides
+:func:`bayes_sws.infer.fastvi.elbo_loss` (the same draws), again as
+:func:`bayes_sws.fit` computes it.
 
 Several processes (``Trainer(strategy="ddp", devices=k)``). Each process sees
 its own batch of :math:`B` points from a ``DistributedSampler`` and scales its
@@ -57,6 +59,7 @@ from pyro.poutine.messenger import Messenger
 from ..core.model import SWSModel
 from ..core.sites import DATA_PLATE
 from ..infer.fastmap import map_loss, supports_fast_map
+from ..infer.fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
 from ..infer.guides import build_guide, guide_name, split_guide_parameters
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
@@ -149,9 +152,14 @@ class _SWSLightningMixin:
             vectorize_particles=num_particles > 1,
             max_plate_nesting=1,
         )
+        self.num_particles = num_particles
         with local_params():
-            # AutoDelta's loss without Pyro's tracing, as fit computes it (same value, gradients)
+            # the loss without Pyro's tracing, as fit computes it (same value, gradients):
+            # AutoDelta's negative log joint, or the normal / mixed / lowrank guides' ELBO draw
             self.fast_map = supports_fast_map(model, self.guide)
+            self.fast_elbo = (
+                not self.fast_map and fast_elbo_enabled() and supports_fast_elbo(model, self.guide)
+            )
         self.losses: list[float] = []
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -159,7 +167,8 @@ class _SWSLightningMixin:
 
         ``model(x, y, num_data=N)``: the batch is the subsample of the model's
         data plate of size :math:`N` (``Trace_ELBO``, or :func:`~bayes_sws.infer.fastmap.map_loss`
-        for an ``AutoDelta`` guide).
+        for an ``AutoDelta`` guide and :func:`~bayes_sws.infer.fastvi.elbo_loss` for the
+        ``"normal"``, ``"mixed"`` and ``"lowrank"`` guides: the same values and gradients).
         """
         num_data = self._resolve_num_data()
         if x.shape[0] > num_data:
@@ -170,6 +179,9 @@ class _SWSLightningMixin:
         with local_params():
             if self.fast_map:
                 return map_loss(self.model, self.guide, x, y, None, num_data)
+            if self.fast_elbo:
+                particles = self.num_particles
+                return elbo_loss(self.model, self.guide, x, y, None, num_data, particles, True)
             program = functools.partial(self.model, num_data=num_data)
             return self.elbo.differentiable_loss(program, self.guide, x, y)
 

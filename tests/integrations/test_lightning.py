@@ -84,7 +84,7 @@ def test_map_losses_equal_fit_step_for_step():
         assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("guide", ["normal", "mixed"])
+@pytest.mark.parametrize("guide", ["normal", "mixed", "lowrank"])
 def test_variational_loss_per_step_equals_the_tensor_path(guide):
     pl = pytest.importorskip("lightning.pytorch")
     from bayes_sws.integrations.lightning import SWSLightningModule
@@ -109,6 +109,7 @@ def test_variational_loss_per_step_equals_the_tensor_path(guide):
 
     _trainer(pl, num_steps, [Oracle()]).fit(module, _loader(x, y, num_steps))
     assert len(module.losses) == num_steps
+    assert module.fast_elbo  # without Pyro's tracing; the oracle is Trace_ELBO's
     assert_close(module.losses, expected, rtol=1e-12)
     assert len(set(module.losses)) == num_steps  # the parameters did move
 
@@ -124,7 +125,7 @@ def _oracle_loss_and_grads(module, x, y, index):
     return float(loss.detach()), [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("guide", ["map", "normal", "mixed"])
+@pytest.mark.parametrize("guide", ["map", "normal", "mixed", "lowrank"])
 def test_batch_loss_and_gradients_equal_trace_elbo_on_the_subsampled_plate(guide):
     """``module.loss(x[b], y[b])`` with ``num_data=N``: the ``N/B``-scaled ELBO of the batch,
     its gradients those of the model's ``pyro.plate(N, subsample=b)`` on all the data."""
@@ -136,6 +137,7 @@ def test_batch_loss_and_gradients_equal_trace_elbo_on_the_subsampled_plate(guide
     module = SWSLightningModule(_model(net), guide, num_data=N)
     with local_params():
         assert module.fast_map == (guide == "map") == supports_fast_map(module.model, module.guide)
+        assert module.fast_elbo == (guide != "map")
     index = batch_indices(N, B, 2, SEED)
     state = torch.get_rng_state()
     expected, expected_grads = _oracle_loss_and_grads(module, x, y, index)
