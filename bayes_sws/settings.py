@@ -409,6 +409,13 @@ class FitSettings(_Settings):
         "float",
         at_most(10.0, "the initial posterior std of each weight", positive),
     )
+    guide_rank: int | None = option(
+        None,
+        "rank of the lowrank guide's covariance factor (none: Pyro's, the square root of the "
+        "number of latent dimensions; a step costs about dimensions x rank^2)",
+        "int?",
+        at_most(10**5, "the covariance factor holds dimensions x rank numbers", at_least_one),
+    )
     seed: int = option(
         0, "seed of initialisation, pretraining, batches and the guide", "int", seed_check
     )

@@ -84,7 +84,6 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
-import functools
 import io
 import json
 import math
@@ -103,7 +102,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoLowRankMultivariateNormal, init_to_median, init_to_value
+from pyro.infer.autoguide import init_to_median, init_to_value
 
 import bayes_sws as sws
 from bayes_sws.core import kernel as sws_kernel
@@ -329,13 +328,12 @@ def _pyro_step(variant, net, x, y, batches, prior_scale, num_components, lr, mix
     init_loc_fn = init_to_value(values=model.init_values(), fallback=init_to_median)
     kind = variant.rpartition("_")[2]
     guide = build_guide(
-        functools.partial(AutoLowRankMultivariateNormal, init_scale=1e-3, rank=LOWRANK_RANK)
-        if kind == "lowrank"
-        else kind,
+        kind,
         model,
         init_loc_fn=init_loc_fn,
         init_scale=1e-3,
         hyper_sites=model.hyper_site_names,
+        rank=LOWRANK_RANK if kind == "lowrank" else None,
     )
     elbo = Trace_ELBO(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
     elbo.differentiable_loss(model, guide, x, y, next(batches))  # builds the guide's params

@@ -37,11 +37,14 @@ from pyro.infer import autoguide
 from torch import Tensor
 from torch.distributions import biject_to
 
+from ..validation import check_int
+
 __all__ = [
     "GUIDES",
     "POINT_GUIDES",
     "SiteMoments",
     "build_guide",
+    "check_guide_rank",
     "guide_moments",
     "guide_name",
     "local_params",
@@ -82,9 +85,9 @@ def _normal(model, init_loc_fn, init_scale, hyper_sites):
     return autoguide.AutoNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale)
 
 
-def _lowrank(model, init_loc_fn, init_scale, hyper_sites):
+def _lowrank(model, init_loc_fn, init_scale, hyper_sites, rank=None):
     return autoguide.AutoLowRankMultivariateNormal(
-        model, init_loc_fn=init_loc_fn, init_scale=init_scale
+        model, init_loc_fn=init_loc_fn, init_scale=init_scale, rank=rank
     )
 
 
@@ -126,6 +129,25 @@ def guide_name(guide: str | Callable) -> str:
     return str(name)
 
 
+def check_guide_rank(guide: str | Callable, rank: Any) -> int | None:
+    """``rank`` checked: ``None``, or an integer ≥ 1 for ``guide="lowrank"`` (its factor's rank).
+
+    Raises
+    ------
+    ValueError
+        For a rank below 1, or a rank with any other guide (naming it).
+    """
+    if rank is None:
+        return None
+    rank = check_int("guide_rank", rank, low=1)
+    if guide != "lowrank":
+        raise ValueError(
+            f"guide_rank={rank} sets the rank of guide='lowrank' only, but the guide is "
+            f"{guide_name(guide)!r}: drop guide_rank (a custom builder takes its own options)"
+        )
+    return rank
+
+
 def build_guide(
     guide: str | Callable,
     model: Callable,
@@ -133,21 +155,28 @@ def build_guide(
     init_loc_fn: Callable,
     init_scale: float,
     hyper_sites: Sequence[str] = (),
+    rank: int | None = None,
 ):
     """Build the guide named ``guide`` (see the table above) or call a builder.
+
+    ``rank`` is the covariance factor's rank of ``"lowrank"`` (``None``: Pyro's
+    default, the square root of the number of latent dimensions) and is refused
+    with any other guide (:func:`check_guide_rank`).
 
     Raises
     ------
     ValueError
-        For an unknown name, listing the accepted ones.
+        For an unknown name, listing the accepted ones, or a misplaced ``rank``.
     """
+    rank = check_guide_rank(guide, rank)
     if isinstance(guide, str):
         if guide not in GUIDES:
             raise ValueError(
                 f"unknown guide {guide!r}; use one of {sorted(GUIDES)} or a callable "
                 "that builds a Pyro guide from the model"
             )
-        return GUIDES[guide](model, init_loc_fn, init_scale, hyper_sites)
+        options = {} if rank is None else {"rank": rank}
+        return GUIDES[guide](model, init_loc_fn, init_scale, hyper_sites, **options)
     if not callable(guide):
         raise TypeError(f"guide must be a name {sorted(GUIDES)} or a callable, got {guide!r}")
     try:

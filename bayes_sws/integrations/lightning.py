@@ -122,6 +122,7 @@ class _SWSLightningMixin:
         mixture_lr: float | None = None,
         init_scale: float = 1e-3,
         num_particles: int = 1,
+        guide_rank: int | None = None,
     ):
         super().__init__()
         if not isinstance(model, SWSModel):
@@ -144,6 +145,7 @@ class _SWSLightningMixin:
                 init_loc_fn=init_to_value(values=model.init_values(), fallback=init_to_median),
                 init_scale=check_real("init_scale", init_scale, low=0, low_open=True),
                 hyper_sites=model.hyper_site_names,
+                rank=guide_rank,
             )
             self.guide()  # its parameters exist before configure_optimizers
         num_particles = check_int("num_particles", num_particles, low=1)
@@ -152,7 +154,7 @@ class _SWSLightningMixin:
             vectorize_particles=num_particles > 1,
             max_plate_nesting=1,
         )
-        self.num_particles = num_particles
+        self.num_particles, self.guide_rank = num_particles, guide_rank
         with local_params():
             # the loss without Pyro's tracing, as fit computes it (same value, gradients):
             # AutoDelta's negative log joint, or the normal / mixed / lowrank guides' ELBO draw
@@ -203,6 +205,7 @@ class _SWSLightningMixin:
         """The fit as a :class:`~bayes_sws.infer.svi.FitResult` (this process's losses)."""
         config = {
             "guide": self.guide_name,
+            "guide_rank": self.guide_rank,
             "lr": self.lr,
             "mixture_lr": self.mixture_lr,
             "num_data": self.num_data,
@@ -258,6 +261,9 @@ init_scale : float
     Initial standard deviation of variational guides.
 num_particles : int
     ELBO particles per step.
+guide_rank : int, optional
+    ``guide="lowrank"`` only: its covariance factor's rank (default Pyro's, the
+    square root of the number of latent dimensions), as ``fit(guide_rank=...)``.
 
 Attributes
 ----------

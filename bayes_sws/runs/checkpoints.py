@@ -399,6 +399,7 @@ def _rebuild_guide(
                 init_loc_fn=init_loc_fn,
                 init_scale=config["init_scale"],
                 hyper_sites=model.hyper_site_names,
+                rank=config.get("guide_rank") if builder is None else None,
             )
             with torch.no_grad():
                 guide(x, y)  # creates the parameters

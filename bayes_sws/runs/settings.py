@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..compress.pipeline import check_anneal
 from ..devices import DEVICE_CHOICES, resolve_device
-from ..infer.guides import GUIDES
+from ..infer.guides import GUIDES, check_guide_rank
 from ..settings import (
     POINT_GUIDES,
     PRESETS,
@@ -399,6 +399,10 @@ class _RunConfigMethods:
             raise RunError("pi_zero needs the zero component; drop pi_zero or keep zero_component")
         if self.optimizer == "lbfgs" and self.guide not in ("map", "laplace"):
             raise RunError(f"optimizer 'lbfgs' needs guide 'map' or 'laplace', not {self.guide!r}")
+        try:
+            check_guide_rank(self.guide, self.guide_rank)
+        except ValueError as err:
+            raise RunError(str(err)) from None
         if self.guide in POINT_GUIDES:
             prior = self.prior_settings()
             problems = prior.map_problems()

@@ -111,6 +111,11 @@ API = [
         "got guide='normal'",
     ),
     (
+        lambda: sws.fit(_model(), X, Y, guide="mixed", guide_rank=2),
+        ValueError,
+        "guide_rank=2 sets the rank of guide='lowrank' only, but the guide is 'mixed'",
+    ),
+    (
         lambda: sws.fit(_model(precision_concentration=0.5), X, Y, guide="laplace"),
         ValueError,
         "precision_concentration (Gamma shape) = 0.5 < 1",

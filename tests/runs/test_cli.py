@@ -429,6 +429,8 @@ BAD = [
     (["fit", "--guide", "exact"], "'exact'"),
     (["fit", "--optimizer", "sgd"], "'sgd'"),
     (["fit", "--optimizer", "lbfgs", "--guide", "normal"], "'normal'"),
+    (["fit", "--guide-rank", "5"], "guide_rank=5 sets the rank of guide='lowrank' only"),
+    (["fit", "--guide", "lowrank", "--guide-rank", "0"], "--guide-rank must be >= 1, got 0"),
     (["fit", "--activation", "swish"], "'swish'"),
     (["fit", "--standardize", "maybe"], "'maybe'"),
     (

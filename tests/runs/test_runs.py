@@ -164,6 +164,27 @@ def test_saved_result_loads_identically(tmp_path, digits, pretrained, guide):
     assert summary["guide"] == guide and len(summary["mixture"]["pi"]) == 4
 
 
+def test_lowrank_rank_is_fitted_saved_and_rebuilt(tmp_path, digits, pretrained):
+    """``guide_rank`` gives the factor that many columns, one row per latent dimension (hand
+    count: the weights under the prior and the mixture's sites, the simplex ``sws.mixing``
+    one entry fewer unconstrained), and survives a save."""
+    model = _model(pretrained)
+    result = sws.fit(
+        model, digits.x_train, digits.y_train, guide="lowrank", guide_rank=3, num_steps=4, seed=1
+    )
+    with sws.infer.local_params():
+        factor = result.guide.cov_factor
+    latent = sum(p.numel() for p in model.parameters_with_prior().values())
+    latent += sum(v.numel() for k, v in result.guide.median().items() if k.startswith("sws."))
+    latent -= 1  # sws.mixing: K weights on the simplex, K - 1 free
+    assert factor.shape == (latent, 3) and result.config["guide_rank"] == 3
+    spec = {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]}
+    runs.save_result(result, tmp_path, network_spec=spec)
+    loaded = runs.load_result(tmp_path)
+    with sws.infer.local_params():
+        assert torch.equal(loaded.guide.cov_factor, factor)
+
+
 def test_laplace_result_loads_identically(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(300, 2)
@@ -347,6 +368,8 @@ def test_config_validation_names_key_and_value():
         ({"hidden": [10], "network": "lenet-5"}, "hidden sizes apply to network 'mlp' only"),
         ({"precision_prior": [0.5, 1.0]}, "needs hyperprior concentrations >= 1"),
         ({"optimizer": "lbfgs", "guide": "normal"}, "needs guide 'map' or 'laplace'"),
+        ({"guide_rank": 4}, "guide_rank=4 sets the rank of guide='lowrank' only"),
+        ({"guide": "lowrank", "guide_rank": 0}, "guide_rank must be >= 1, got 0"),
         ({"pi_zero_prior": [1.0]}, "pi_zero_prior must be two numbers"),
     ]
     for values, message in cases:
