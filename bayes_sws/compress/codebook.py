@@ -65,7 +65,16 @@ def _kept_labels(
 
 
 def _scatter_into(tensor: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
-    """``tensor`` (in place, in any memory layout): ``values`` at flat ``index``, 0 elsewhere."""
+    """``tensor`` (in place, in any memory layout): ``values`` at flat ``index``, 0 elsewhere.
+
+    ``index`` counts in the tensor's logical (row-major) order; a contiguous tensor is
+    written through its flat view, any other layout (channels-last) through a copy.
+    """
+    if tensor.is_contiguous():
+        flat = tensor.view(-1)
+        flat.zero_()
+        flat[index] = values.to(tensor.dtype)
+        return
     flat = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
     flat[index] = values.to(tensor.dtype)
     tensor.copy_(flat.view(tensor.shape))
