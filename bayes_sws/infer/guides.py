@@ -45,6 +45,7 @@ __all__ = [
     "SiteMoments",
     "build_guide",
     "check_guide_rank",
+    "default_rank_cost",
     "guide_moments",
     "guide_name",
     "local_params",
@@ -146,6 +147,32 @@ def check_guide_rank(guide: str | Callable, rank: Any) -> int | None:
             f"{guide_name(guide)!r}: drop guide_rank (a custom builder takes its own options)"
         )
     return rank
+
+
+#: multiply-adds a step above which Pyro's default lowrank rank is flagged (about a second here)
+DEFAULT_RANK_WARN_COST = 1e10
+
+
+def default_rank_cost(guide: str | Callable, rank: int | None, num_latent: int) -> str | None:
+    """A warning when ``"lowrank"`` at Pyro's default rank would make every step slow, or ``None``.
+
+    Pyro's default rank is :math:`r = \\lceil\\sqrt{D}\\rceil` for :math:`D` latent dimensions;
+    a step of its ELBO costs about :math:`D r^2 \\approx D^2` multiply-adds (the capacitance
+    :math:`C^\\top C`, :mod:`bayes_sws.infer.fastvi`) and the factor holds :math:`D r` numbers.
+    Flagged above :data:`DEFAULT_RANK_WARN_COST`, with the remedy.
+    """
+    if guide != "lowrank" or rank is not None:
+        return None
+    default = round(num_latent**0.5)
+    cost = num_latent * default**2
+    if cost <= DEFAULT_RANK_WARN_COST:
+        return None
+    return (
+        f"guide='lowrank' at Pyro's default rank {default} (the square root of about "
+        f"{num_latent:,} latent dimensions): a covariance factor of {num_latent * default:,} "
+        f"numbers and about {cost:.1e} multiply-adds a step; pass guide_rank (e.g. 10) for a "
+        "cheaper one"
+    )
 
 
 def build_guide(

@@ -61,6 +61,7 @@ from .guides import (
     SiteMoments,
     build_guide,
     check_guide_rank,
+    default_rank_cost,
     guide_moments,
     guide_name,
     local_params,
@@ -1238,6 +1239,10 @@ class SVIEngine:
             s.lbfgs_tolerance,
             lr_scheduler,
         )
+        num_latent = sum(p.numel() for p in model.parameters_with_prior().values())
+        slow = default_rank_cost(options["guide"], options["guide_rank"], num_latent)
+        if slow is not None:
+            warnings.warn(slow, UserWarning, stacklevel=_stacklevel_outside())
         if device is not None:
             model.to(resolve_device(device))
         data = _check_engine_data(

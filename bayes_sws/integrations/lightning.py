@@ -48,6 +48,7 @@ imported when :class:`SWSLightningModule` is first used.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ from ..core.model import SWSModel
 from ..core.sites import DATA_PLATE
 from ..infer.fastmap import map_loss, supports_fast_map
 from ..infer.fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
-from ..infer.guides import build_guide, guide_name, split_guide_parameters
+from ..infer.guides import build_guide, default_rank_cost, guide_name, split_guide_parameters
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
 from ..optim import adam_for
@@ -134,6 +135,10 @@ class _SWSLightningMixin:
             "mixture_lr", lr if mixture_lr is None else mixture_lr, low=0, low_open=True
         )
         self.guide_name = guide_name(guide)
+        num_latent = sum(p.numel() for p in model.parameters_with_prior().values())
+        slow = default_rank_cost(guide, guide_rank, num_latent)
+        if slow is not None:
+            warnings.warn(slow, UserWarning, stacklevel=2)
         self.net = model.net
         # the guide holds the weights; the network's copies are only its starting point
         for param in model.parameters_with_prior().values():

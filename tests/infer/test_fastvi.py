@@ -10,6 +10,7 @@ largest entry); in float32 to 1e-5. Both leave the RNG in the same state.
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -300,3 +301,23 @@ def test_one_mixture_per_layer(guide_name):
     with local_params():
         guide = _set_up(model, _guide(model, guide_name), x, y)
         _check_same(model, guide, x, y, torch.arange(0, 40, 3), particles=2)
+
+
+def test_pyros_default_lowrank_rank_is_flagged_where_a_step_gets_slow():
+    """D·round(√D)² multiply-adds against 1e10, counted by hand; fit warns before building it."""
+    from bayes_sws.infer.guides import default_rank_cost
+
+    assert default_rank_cost("lowrank", None, 100_000) is None  # 100,000 · 316² = 9.99e9
+    message = default_rank_cost("lowrank", None, 266_200)  # 516² · 266,200 = 7.09e10
+    assert message is not None
+    assert "rank 516" in message and "137,359,200 numbers" in message and "7.1e+10" in message
+    assert default_rank_cost("lowrank", 10, 266_200) is None
+    assert default_rank_cost("normal", None, 266_200) is None
+    net = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.ReLU(), torch.nn.Linear(300, 2))
+    model = sws.SWSModel(net, sws.MixturePrior(3), prior_scale=1.0)
+    x, y = torch.randn(8, 400), torch.randint(0, 2, (8,))
+    with pytest.warns(UserWarning, match="pass guide_rank"):
+        SVIEngine(model, x, y, guide="lowrank")  # 120,600 weights: warned at construction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SVIEngine(model, x, y, guide="lowrank", guide_rank=4)
