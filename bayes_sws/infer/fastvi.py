@@ -50,9 +50,10 @@ determinant lemma give
     - \textstyle\sum\log s - \sum\log\mathrm{diag}\,L - D\log\sqrt{2\pi},
 
 the same function of :math:`(\varepsilon, \mathrm{loc}, s, C)` in D·r² operations on
-contiguous arrays (torch's path took 107 ms a step at r = 10 on LeNet-300-100's 266,246
-dimensions, mostly strided copies). Each site's slice of :math:`u` then goes through
-its bijection as for ``AutoNormal``.
+contiguous arrays (on LeNet-300-100's 266,246 dimensions at r = 10, torch's distribution
+alone took 107 ms a step, mostly strided copies, and a whole step of this path 66 ms;
+``BENCHMARKS.md``). Each site's slice of :math:`u` then goes through its bijection as for
+``AutoNormal``.
 
 When validation is on (Pyro's default) a loss that is not finite is handed to
 ``Trace_ELBO`` with torch's RNG put back as it was, so Pyro draws the same
@@ -226,6 +227,12 @@ def _bijection(transform) -> _Bijection:
     return _Bijection(direct_transform(transform), transform.inv.log_abs_det_jacobian)
 
 
+def _site_bijection(site) -> _Bijection | None:
+    """A guide site's map from its unconstrained value (``None``: the identity)."""
+    transform = biject_to(site["fn"].support)
+    return None if _is_identity(transform) else _bijection(transform)
+
+
 class _Part:
     """Where one part of the guide keeps its parameters, and its sites' transforms."""
 
@@ -236,12 +243,9 @@ class _Part:
         if self.normal:
             self.locs = ParamReader(part.locs, names)
             self.scales = ParamReader(part.scales, names)
-            transforms = {
-                name: biject_to(site["fn"].support)
-                for name, site in part.prototype_trace.iter_stochastic_nodes()
-            }
             self.transforms = {
-                n: None if _is_identity(t) else _bijection(t) for n, t in transforms.items()
+                name: _site_bijection(site)
+                for name, site in part.prototype_trace.iter_stochastic_nodes()
             }
         else:
             self.values = ParamReader(part, names)
@@ -258,10 +262,8 @@ class _LowRank:
         start = 0
         for name, site in guide.prototype_trace.iter_stochastic_nodes():
             shape = tuple(guide._unconstrained_shapes[name])
-            transform = biject_to(site["fn"].support)
             stop = start + math.prod(shape)
-            bijection = None if _is_identity(transform) else _bijection(transform)
-            self.sites.append((name, start, stop, shape, bijection))
+            self.sites.append((name, start, stop, shape, _site_bijection(site)))
             start = stop
         self.size = start
 
