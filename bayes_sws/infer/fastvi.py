@@ -381,6 +381,54 @@ def _particle(plan: _Plan, fixed, normals, eps, base_log_q, like, x, y, subsampl
     return negative_log_joint(plan, values, like, x, y, subsample, num_data) + log_q
 
 
+class _LowRankTerms(torch.autograd.Function):
+    r"""The lowrank guide's draws and their log-density terms, with hand-written gradients.
+
+    For the factor :math:`C` (D × r) and the particles' standard normal draws
+    :math:`E_W` (P × r) and :math:`E_D` (P × D), returns
+    :math:`V = E_D + E_W C^\top` (row p: :math:`v_p = C\varepsilon_{W,p} + \varepsilon_{D,p}`)
+    and :math:`t_p = \tfrac12 a_p^\top K^{-1} a_p - \tfrac12\log\det K` with
+    :math:`a_p = C^\top v_p` and :math:`K = I + C^\top C`, so that
+    :math:`\log q = -\tfrac12\lVert v_p\rVert^2 + t_p - \sum\log s - D\log\sqrt{2\pi}`.
+    With :math:`b_p = K^{-1}a_p`, upstream gradients :math:`g_V, g_t` and
+    :math:`\tilde g_{V,p} = g_{V,p} + g_{t,p} C b_p`,
+
+    .. math::
+
+        \frac{\partial}{\partial C} = \tilde g_V^\top E_W + V^\top (g_t \odot B)
+        - C\,\bigl(B^\top \mathrm{diag}(g_t) B + (\textstyle\sum_p g_{t,p}) K^{-1}\bigr),
+
+    one product of C with an r × r matrix instead of autograd's two and their transposed
+    copies (``tests/infer/test_fastvi.py`` checks it against ``Trace_ELBO``).
+    """
+
+    @staticmethod
+    def forward(ctx, factor, eps_w, eps_d):
+        rank = factor.shape[-1]
+        identity = torch.eye(rank, dtype=factor.dtype, device=factor.device)
+        chol = torch.linalg.cholesky(torch.addmm(identity, factor.T, factor))
+        draws = torch.addmm(eps_d, eps_w, factor.T)  # V
+        projected = draws @ factor  # A
+        solved = torch.cholesky_solve(projected.T, chol).T  # B
+        terms = 0.5 * (projected * solved).sum(-1) - chol.diagonal().log().sum()
+        ctx.save_for_backward(factor, eps_w, draws, solved, chol)
+        return draws, terms
+
+    @staticmethod
+    def backward(ctx, grad_draws, grad_terms):
+        factor, eps_w, draws, solved, chol = ctx.saved_tensors
+        if grad_draws is None:
+            grad_draws = torch.zeros_like(draws)
+        if grad_terms is None:
+            grad_terms = draws.new_zeros(draws.shape[0])
+        weighted = solved * grad_terms[:, None]  # g_t ⊙ B
+        total = grad_draws + weighted @ factor.T  # g̃_V
+        inner = weighted.T @ solved + grad_terms.sum() * torch.cholesky_inverse(chol)
+        grad = factor @ -inner  # -C S
+        grad.addmm_(total.T, eps_w).addmm_(draws.T, weighted)
+        return grad, None, None
+
+
 def _lowrank_losses(plan: _Plan, guide, like, x, y, subsample, num_data, particles, vectorize):
     """Every particle's :math:`\\log q(z) - \\log p(y, z \\mid x)` for the lowrank guide,
     with ε drawn as ``LowRankMultivariateNormal.rsample`` draws them (``ε_W`` then ``ε_D``;
@@ -388,24 +436,22 @@ def _lowrank_losses(plan: _Plan, guide, like, x, y, subsample, num_data, particl
     layout = plan.lowrank
     assert layout is not None
     loc, scale, factor = guide.loc, guide.scale, guide.cov_factor
-    rank = factor.shape[-1]
-    identity = torch.eye(rank, dtype=factor.dtype, device=factor.device)
-    chol = torch.linalg.cholesky(torch.addmm(identity, factor.T, factor))  # of I + CᵀC
-    base = -scale.log().sum() - chol.diagonal().log().sum() - layout.size * _HALF_LOG_2PI
+    rank, size = factor.shape[-1], layout.size
     if vectorize and particles > 1:
-        eps_w = _standard_normal((particles, 1, rank), loc)
-        eps_d = _standard_normal((particles, 1, layout.size), loc)
-        eps = [(eps_w[p, 0], eps_d[p, 0]) for p in range(particles)]
+        eps_w = _standard_normal((particles, 1, rank), loc).view(particles, rank)
+        eps_d = _standard_normal((particles, 1, size), loc).view(particles, size)
     else:
-        eps = [
-            (_standard_normal((rank,), loc), _standard_normal((layout.size,), loc))
+        pairs = [
+            (_standard_normal((rank,), loc), _standard_normal((size,), loc))
             for _ in range(particles)
         ]
+        eps_w = torch.stack([w for w, _ in pairs])
+        eps_d = torch.stack([d for _, d in pairs])
+    draws, terms = _LowRankTerms.apply(factor, eps_w, eps_d)
+    base = -scale.log().sum() - size * _HALF_LOG_2PI
     losses = []
-    for e_w, e_d in eps:
-        v = torch.addmv(e_d, factor, e_w)  # Σ_D^{-1/2} (u - loc)
-        w = torch.linalg.solve_triangular(chol, (factor.T @ v).unsqueeze(-1), upper=False)
-        log_q = base - 0.5 * v.dot(v) + 0.5 * (w * w).sum()
+    for v, term in zip(draws, terms):  # v = Σ_D^{-1/2} (u - loc)
+        log_q = base - 0.5 * v.dot(v) + term
         u_all = loc + scale * v
         values = {}
         for name, start, stop, shape, bijection in layout.sites:
