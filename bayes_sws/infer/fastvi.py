@@ -51,7 +51,7 @@ determinant lemma give
 
 the same function of :math:`(\varepsilon, \mathrm{loc}, s, C)` in D·r² operations on
 contiguous arrays (on LeNet-300-100's 266,246 dimensions at r = 10, torch's distribution
-alone took 107 ms a step, mostly strided copies, and a whole step of this path 66 ms;
+alone took 107 ms a step, mostly strided copies, and a whole step of this path 49 ms;
 ``BENCHMARKS.md``). Each site's slice of :math:`u` then goes through its bijection as for
 ``AutoNormal``.
 
