@@ -38,7 +38,7 @@ Variants (letters as in issue 6):
                 in closed form, ``log q`` as ``−½Σε² − Σ log scale`` plus the log-
                 Jacobians of sigmoid / additive-logistic / exp. The baseline of (b').
 ``pyro_lowrank`` (f) ``Trace_ELBO`` with ``AutoLowRankMultivariateNormal`` of rank
-                ``--rank`` (default Pyro's, ⌈√D⌉ for D latent dimensions): what
+                ``--rank`` (default Pyro's, √D rounded, for D latent dimensions): what
                 ``fit(guide="lowrank")`` ran before its fast path ("before").
 ``fast_lowrank`` (f') :func:`bayes_sws.infer.fastvi.elbo_loss` with the same guide:
                 the same draws, loss and gradients, what ``fit`` runs now ("after").
@@ -150,7 +150,7 @@ _FAST = {
     "fast_lowrank": elbo_loss,
 }  # None: not in this checkout
 NETWORKS = ("lenet-300-100", "digits-mlp")
-#: rank of the lowrank variants' guide (``--rank``; None: Pyro's default ⌈√D⌉)
+#: rank of the lowrank variants' guide (``--rank``; None: Pyro's default, √D rounded)
 LOWRANK_RANK: int | None = None
 _HYPER_PREFIXES = ("sws.", "likelihood.")  # as bayes_sws.infer groups parameters
 
