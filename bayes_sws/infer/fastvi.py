@@ -98,12 +98,14 @@ from .fastmap import (
     model_unsupported_reason,
     negative_log_joint,
     pyro_loss,
+    supports_fast_map,
 )
 
 __all__ = [
     "FAST_ELBO_ENV",
     "elbo_loss",
     "fast_elbo_enabled",
+    "fast_path",
     "supports_fast_elbo",
     "unsupported_reason",
 ]
@@ -179,6 +181,18 @@ def supports_fast_elbo(model, guide) -> bool:
     See :func:`unsupported_reason` for the conditions.
     """
     return unsupported_reason(model, guide) is None
+
+
+def fast_path(model, guide) -> str | None:
+    """Which untraced loss stands in for ``Trace_ELBO`` here, as ``fit`` and Lightning choose:
+    ``"map"`` (:func:`~bayes_sws.infer.fastmap.map_loss`, where
+    :func:`~bayes_sws.infer.fastmap.supports_fast_map` holds), ``"elbo"`` (:func:`elbo_loss`,
+    where :func:`supports_fast_elbo` holds and :func:`fast_elbo_enabled`), else ``None``."""
+    if supports_fast_map(model, guide):
+        return "map"
+    if fast_elbo_enabled() and supports_fast_elbo(model, guide):
+        return "elbo"
+    return None
 
 
 # --------------------------------------------------------------------------- #

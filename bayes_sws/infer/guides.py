@@ -25,7 +25,8 @@ This module needs only Pyro and the hyperparameter site names, not the model cla
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "build_guide",
     "check_guide_rank",
     "default_rank_cost",
+    "warn_default_rank_cost",
     "guide_moments",
     "guide_name",
     "local_params",
@@ -156,7 +158,7 @@ DEFAULT_RANK_WARN_COST = 1e10
 def default_rank_cost(guide: str | Callable, rank: int | None, num_latent: int) -> str | None:
     """A warning when ``"lowrank"`` at Pyro's default rank would make every step slow, or ``None``.
 
-    Pyro's default rank is :math:`r = \\lceil\\sqrt{D}\\rceil` for :math:`D` latent dimensions;
+    Pyro's default rank is :math:`r = \\sqrt{D}` rounded, for :math:`D` latent dimensions;
     a step of its ELBO costs about :math:`D r^2 \\approx D^2` multiply-adds (the capacitance
     :math:`C^\\top C`, :mod:`bayes_sws.infer.fastvi`) and the factor holds :math:`D r` numbers.
     Flagged above :data:`DEFAULT_RANK_WARN_COST`, with the remedy.
@@ -173,6 +175,17 @@ def default_rank_cost(guide: str | Callable, rank: int | None, num_latent: int) 
         f"numbers and about {cost:.1e} multiply-adds a step; pass guide_rank (e.g. 10) for a "
         "cheaper one"
     )
+
+
+def warn_default_rank_cost(
+    guide: str | Callable, rank: int | None, weights: Iterable[Tensor], stacklevel: int
+) -> None:
+    """Warn (``UserWarning``) with :func:`default_rank_cost`'s message for the tensors
+    ``weights`` under the prior (the guide's latent dimensions, less the few of the mixture);
+    nothing when there is none. ``stacklevel`` as for :func:`warnings.warn`, plus one."""
+    message = default_rank_cost(guide, rank, sum(w.numel() for w in weights))
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
 def build_guide(

@@ -54,18 +54,18 @@ from ..settings import (
 )
 from ..validation import check_bool, check_int, check_real, check_seed
 from . import distributed, loaders
-from .fastmap import map_loss, supports_fast_map
-from .fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
+from .fastmap import map_loss
+from .fastvi import elbo_loss, fast_path
 from .guides import (
     POINT_GUIDES,
     SiteMoments,
     build_guide,
     check_guide_rank,
-    default_rank_cost,
     guide_moments,
     guide_name,
     local_params,
     split_guide_parameters,
+    warn_default_rank_cost,
 )
 from .loaders import BatchStream, ReplayWarning, is_batches
 from .rng import get_rng_state, rng_preserved, set_rng_state
@@ -1239,10 +1239,8 @@ class SVIEngine:
             s.lbfgs_tolerance,
             lr_scheduler,
         )
-        num_latent = sum(p.numel() for p in model.parameters_with_prior().values())
-        slow = default_rank_cost(options["guide"], options["guide_rank"], num_latent)
-        if slow is not None:
-            warnings.warn(slow, UserWarning, stacklevel=_stacklevel_outside())
+        weights = model.parameters_with_prior().values()
+        warn_default_rank_cost(guide, options["guide_rank"], weights, _stacklevel_outside())
         if device is not None:
             model.to(resolve_device(device))
         data = _check_engine_data(
@@ -1414,13 +1412,7 @@ class SVIEngine:
             # (same value and gradients, tested in tests/test_fastmap.py; BENCHMARKS.md "SVI step")
             # likewise the "normal", "mixed" and "lowrank" guides: the same ELBO draw, untraced
             # (tests/infer/test_fastvi.py; BAYES_SWS_FAST_ELBO=0 turns it off)
-            self._fast = (
-                "map"
-                if supports_fast_map(model, self.guide)
-                else "elbo"
-                if fast_elbo_enabled() and supports_fast_elbo(model, self.guide)
-                else None
-            )
+            self._fast = fast_path(model, self.guide)
             self._elbo = elbo
             self.optimizer = self._build_optimizer()
         self.scheduler = None if self._make_scheduler is None else self._build_scheduler()

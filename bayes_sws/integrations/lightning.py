@@ -48,7 +48,6 @@ imported when :class:`SWSLightningModule` is first used.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import numpy as np
@@ -59,9 +58,14 @@ from pyro.poutine.messenger import Messenger
 
 from ..core.model import SWSModel
 from ..core.sites import DATA_PLATE
-from ..infer.fastmap import map_loss, supports_fast_map
-from ..infer.fastvi import elbo_loss, fast_elbo_enabled, supports_fast_elbo
-from ..infer.guides import build_guide, default_rank_cost, guide_name, split_guide_parameters
+from ..infer.fastmap import map_loss
+from ..infer.fastvi import elbo_loss, fast_path
+from ..infer.guides import (
+    build_guide,
+    guide_name,
+    split_guide_parameters,
+    warn_default_rank_cost,
+)
 from ..infer.penalty_module import latent_program
 from ..infer.svi import FitResult, local_params
 from ..optim import adam_for
@@ -135,10 +139,7 @@ class _SWSLightningMixin:
             "mixture_lr", lr if mixture_lr is None else mixture_lr, low=0, low_open=True
         )
         self.guide_name = guide_name(guide)
-        num_latent = sum(p.numel() for p in model.parameters_with_prior().values())
-        slow = default_rank_cost(guide, guide_rank, num_latent)
-        if slow is not None:
-            warnings.warn(slow, UserWarning, stacklevel=2)
+        warn_default_rank_cost(guide, guide_rank, model.parameters_with_prior().values(), 2)
         self.net = model.net
         # the guide holds the weights; the network's copies are only its starting point
         for param in model.parameters_with_prior().values():
@@ -163,10 +164,8 @@ class _SWSLightningMixin:
         with local_params():
             # the loss without Pyro's tracing, as fit computes it (same value, gradients):
             # AutoDelta's negative log joint, or the normal / mixed / lowrank guides' ELBO draw
-            self.fast_map = supports_fast_map(model, self.guide)
-            self.fast_elbo = (
-                not self.fast_map and fast_elbo_enabled() and supports_fast_elbo(model, self.guide)
-            )
+            fast = fast_path(model, self.guide)
+            self.fast_map, self.fast_elbo = fast == "map", fast == "elbo"
         self.losses: list[float] = []
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

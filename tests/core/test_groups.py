@@ -23,7 +23,7 @@ from scipy import special, stats
 
 import bayes_sws as sws
 from bayes_sws.core.sites import group_site
-from bayes_sws.infer import svi
+from bayes_sws.infer import fastvi
 from bayes_sws.infer.fastmap import map_loss, supports_fast_map, weight_log_prior
 from bayes_sws.infer.svi import local_params
 
@@ -217,7 +217,7 @@ def test_fit_map_with_layer_groups_fast_and_pyro_paths_agree(monkeypatch):
     for fast in (True, False):
         model = sws.SWSModel(small_net(4), sws.MixturePrior(3), groups="layer")
         if not fast:  # fit takes Pyro's Trace_ELBO
-            monkeypatch.setattr(svi, "supports_fast_map", lambda model, guide: False)
+            monkeypatch.setattr(fastvi, "supports_fast_map", lambda model, guide: False)
         results.append(sws.fit(model, x, y, guide="map", num_steps=30, lr=0.01, seed=0))
     np.testing.assert_allclose(results[0].losses, results[1].losses, rtol=1e-9)
     fast_mix, slow_mix = (r.model.mixtures(r.median()) for r in results)
