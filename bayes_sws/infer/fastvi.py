@@ -100,6 +100,7 @@ from .fastmap import (
     pyro_loss,
     supports_fast_map,
 )
+from .guides import LowRankGuide
 
 __all__ = [
     "FAST_ELBO_ENV",
@@ -126,10 +127,14 @@ def fast_elbo_enabled() -> bool:
 # --------------------------------------------------------------------------- #
 
 
+#: the lowrank guides the fast path knows: Pyro's, and the registry's column-major one
+_LOWRANK = (AutoLowRankMultivariateNormal, LowRankGuide)
+
+
 def _parts(guide) -> list | None:
     """The guide's ``AutoNormal`` / ``AutoDelta`` parts in the order they run (or the
     ``AutoLowRankMultivariateNormal`` itself), or ``None``."""
-    if type(guide) in (AutoNormal, AutoLowRankMultivariateNormal):
+    if type(guide) is AutoNormal or type(guide) in _LOWRANK:
         return [guide]
     if type(guide) is AutoGuideList and len(guide) > 0:
         parts = list(guide)
@@ -293,7 +298,7 @@ class _Plan(ModelTerms):
         super().__init__(model, like)
         parts = _parts(guide)
         assert parts is not None
-        self.lowrank = _LowRank(guide) if type(guide) is AutoLowRankMultivariateNormal else None
+        self.lowrank = _LowRank(guide) if type(guide) in _LOWRANK else None
         single = type(guide) is AutoNormal
         self.parts = (
             [_Part(None if single else i, part) for i, part in enumerate(parts)]
@@ -413,16 +418,20 @@ class _LowRankTerms(torch.autograd.Function):
         - C\,\bigl(B^\top \mathrm{diag}(g_t) B + (\textstyle\sum_p g_{t,p}) K^{-1}\bigr),
 
     one product of C with an r × r matrix instead of autograd's two and their transposed
-    copies (``tests/infer/test_fastvi.py`` checks it against ``Trace_ELBO``).
+    copies (``tests/infer/test_fastvi.py`` checks it against ``Trace_ELBO``). Every
+    product takes :math:`C^\top` (r × D) as its operand and the gradient is formed as its
+    r × D transpose: with :class:`~bayes_sws.infer.guides.LowRankGuide`'s column-major
+    factor these are contiguous, and the gradient arrives in the parameter's own layout.
     """
 
     @staticmethod
     def forward(ctx, factor, eps_w, eps_d):
         rank = factor.shape[-1]
+        ct = factor.T  # r × D: contiguous for LowRankGuide's column-major factor
         identity = torch.eye(rank, dtype=factor.dtype, device=factor.device)
-        chol = torch.linalg.cholesky(torch.addmm(identity, factor.T, factor))
-        draws = torch.addmm(eps_d, eps_w, factor.T)  # V
-        projected = draws @ factor  # A
+        chol = torch.linalg.cholesky(torch.addmm(identity, ct, ct.T))
+        draws = torch.addmm(eps_d, eps_w, ct)  # V
+        projected = draws @ ct.T  # A
         solved = torch.cholesky_solve(projected.T, chol).T  # B
         terms = 0.5 * (projected * solved).sum(-1) - chol.diagonal().log().sum()
         ctx.save_for_backward(factor, eps_w, draws, solved, chol)
@@ -431,16 +440,18 @@ class _LowRankTerms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_draws, grad_terms):
         factor, eps_w, draws, solved, chol = ctx.saved_tensors
+        ct = factor.T
         if grad_draws is None:
             grad_draws = torch.zeros_like(draws)
         if grad_terms is None:
             grad_terms = draws.new_zeros(draws.shape[0])
         weighted = solved * grad_terms[:, None]  # g_t ⊙ B
-        total = grad_draws + weighted @ factor.T  # g̃_V
+        total = torch.addmm(grad_draws, weighted, ct)  # g̃_V
         inner = weighted.T @ solved + grad_terms.sum() * torch.cholesky_inverse(chol)
-        grad = factor @ -inner  # -C S
-        grad.addmm_(total.T, eps_w).addmm_(draws.T, weighted)
-        return grad, None, None
+        # the gradient's transpose, r × D, laid out as ct is: (-C S)ᵀ + E_Wᵀ g̃_V + (g_t ⊙ B)ᵀ V
+        grad_t = torch.mm(-inner.T, ct)
+        grad_t.addmm_(eps_w.T, total).addmm_(weighted.T, draws)
+        return grad_t.T, None, None
 
 
 def _lowrank_losses(plan: _Plan, guide, like, x, y, subsample, num_data, particles, vectorize):

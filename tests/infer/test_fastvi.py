@@ -125,6 +125,43 @@ def test_loss_and_gradients_equal_trace_elbo(guide_name, kind, minibatch, partic
         _check_same(model, guide, x, y, index, particles=particles, vectorize=vectorize)
 
 
+def test_lowrank_guide_is_pyros_with_its_factor_column_major():
+    """The registry's "lowrank" guide: Pyro's parameters and values, the factor's layout
+    transposed, and its gradient from the fast path already in that layout (no copy)."""
+    model = _model("categorical")
+    x, y = small_data("categorical")
+    values = perturbed_values(model)
+    init = init_to_value(values=values, fallback=init_to_median)
+    with local_params():
+        torch.manual_seed(5)
+        ours = _guide(model, "lowrank", values)
+        ours(x, y)
+        torch.manual_seed(5)
+        pyros = AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=0.1)
+        pyros(x, y)
+        size, rank = pyros.cov_factor.shape
+        assert pyros.cov_factor.stride() == (rank, 1)
+        assert ours.cov_factor.stride() == (1, size)  # column-major D × r
+        for (name, a), (other, e) in zip(
+            ours.named_parameters(), pyros.named_parameters(), strict=True
+        ):
+            assert name == other and torch.equal(a, e), name
+        elbo_loss(model, ours, x, y).backward()
+        assert ours.cov_factor.grad.stride() == (1, size)
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_pyros_own_row_major_lowrank_guide_too(particles):
+    """A plain ``AutoLowRankMultivariateNormal`` (row-major factor) takes the fast path too."""
+    model = _model("gaussian")
+    x, y = small_data("gaussian")
+    init = init_to_value(values=perturbed_values(model), fallback=init_to_median)
+    with local_params():
+        guide = AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=0.1)
+        assert supports_fast_elbo(model, guide)
+        _check_same(model, _set_up(model, guide, x, y), x, y, particles=particles)
+
+
 @pytest.mark.parametrize("guide_name", GUIDE_NAMES)
 def test_a_loaders_batch_scaled_to_the_data_set(guide_name):
     model = _model("gaussian")
