@@ -26,6 +26,12 @@ groups="layer")``: per-layer π, μ, σ and codebooks) instead of one shared by 
 layers; ``--groups both`` tunes both and reports the two chosen rows side by side
 (Deep Compression matched to the shared row).
 
+``--set sws.NAME=VALUE`` (or ``dc.NAME=VALUE``) changes a setting of every soft
+weight-sharing candidate (or of Deep Compression), as in ``compression.py``;
+``--tune-only`` stops after step 2: it prints the validation trials (with each
+retrained network's validation error before quantisation beside the compressed
+one's) and never reads the test set, for exploring settings honestly.
+
 ``--write`` replaces the "## Compression, chosen on validation" section of
 BENCHMARKS.md and its short table in "Current figures".
 
@@ -89,12 +95,21 @@ def _settings(case: bench.Case) -> dict:
     }
 
 
-def with_epochs(case: bench.Case, epochs: int | None) -> bench.Case:
-    """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)."""
-    if epochs is None:
+def with_epochs(
+    case: bench.Case, epochs: int | None, overrides: dict[str, dict] | None = None
+) -> bench.Case:
+    """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)
+    and ``overrides`` (``compression._parse_overrides``: ``{"sws": {...}, "dc": {...}}``)."""
+    sws = dict((overrides or {}).get("sws", {}))
+    if epochs is not None:
+        sws["num_epochs"] = epochs
+    dc = (overrides or {}).get("dc", {})
+    if not sws and not dc:
         return case
     return dataclasses.replace(
-        case, sws={label: {**s, "num_epochs": epochs} for label, s in case.sws.items()}
+        case,
+        sws={label: {**s, **sws} for label, s in case.sws.items()},
+        dc={**case.dc, **dc},
     )
 
 
@@ -117,7 +132,7 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
 def run_case(name: str, options: dict) -> dict:
     """Tune on validation, then read the test set once; the rows and the trial table."""
     torch.set_num_threads(options["threads"])
-    case = with_epochs(bench.CASES[name], options.get("epochs"))
+    case = with_epochs(bench.CASES[name], options.get("epochs"), options.get("overrides"))
     tuning, final = validation_split(bench.load(case), options["validation"], seed=options["seed"])
     held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
     bench.say(f"{name}: pretraining on {len(tuning.x_train)} points (or loading from cache)")
@@ -128,6 +143,11 @@ def run_case(name: str, options: dict) -> dict:
     found, walls = {}, {}
     for groups in modes[options.get("groups") or "shared"]:
         found[groups], walls[groups] = _tune(name, net, tuning, case, options, groups)
+    if options.get("tune_only"):  # the test set is never read
+        return {
+            "trials": {str(g): _trials(f) for g, f in found.items()},
+            "wall": {str(g): w for g, w in walls.items()},
+        }
     # --- the test set, read once (each row logged as it comes: the slow parts follow)
     pre_acc = accuracy(net, final.x_test, final.y_test)
     rows = []
@@ -276,7 +296,10 @@ def _trials(found: Tuning) -> list[dict]:
     return [
         {
             "prior_scale": t.settings["prior_scale"],
+            "settings": t.settings,
+            "config": t.result.config,  # every setting of the (first seed's) retraining
             "validation_error_before": t.validation_error_before,
+            "validation_error_retrained": t.validation_error_retrained,
             "validation_error_after": t.validation_error_after,
             "compression_rate": t.compression_rate,
             "chosen": t is found.chosen,
@@ -446,13 +469,34 @@ def main(argv: list[str] | None = None) -> int:
         help="retrain every λ once per seed and choose by the means (default: one retraining "
         "at --seed); the test row is the first seed's",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="change a setting of every soft weight-sharing candidate (sws.NAME) or of Deep "
+        "Compression (dc.NAME), e.g. sws.num_components=9",
+    )
+    parser.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="stop after the validation trials (print them; the test set is never read)",
+    )
     args = parser.parse_args(argv)
+    if args.tune_only and (args.write or args.figures):
+        parser.error("--tune-only writes no rows: drop --write and --figures")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be a positive number of epochs, got {args.epochs}")
     if args.prior_scales and min(args.prior_scales) < 0:
         parser.error(f"--prior-scales must be λ ≥ 0, got {args.prior_scales}")
     options = vars(args)
+    options["overrides"] = bench._parse_overrides(args.overrides)
     results = {name: run_case(name, options) for name in args.cases}
+    if args.tune_only:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+        return 0
     command = "python benchmarks/compression_validated.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

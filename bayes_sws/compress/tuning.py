@@ -79,9 +79,13 @@ def validation_split(data: Dataset, fraction: float, *, seed: int = 0) -> tuple[
 class Trial:
     """One candidate setting and its validation score.
 
-    With several retraining seeds, ``validation_error_after`` and ``compression_rate``
-    are their means, ``seed_errors_after`` and ``seed_rates`` each seed's (in the
-    order of ``seeds``), and ``result`` is the first seed's compression.
+    ``validation_error_before`` is the pretrained network's, ``validation_error_retrained``
+    the retrained network's before quantisation (so the two parts of the increase,
+    retraining under the prior and quantising, can be told apart), and
+    ``validation_error_after`` the compressed network's. With several retraining
+    seeds, ``validation_error_retrained``, ``validation_error_after`` and
+    ``compression_rate`` are their means, ``seed_errors_after`` and ``seed_rates`` each
+    seed's (in the order of ``seeds``), and ``result`` is the first seed's compression.
     """
 
     settings: dict[str, Any]
@@ -91,11 +95,20 @@ class Trial:
     result: CompressionResult
     seed_errors_after: tuple[float, ...] = ()
     seed_rates: tuple[float, ...] = ()
+    validation_error_retrained: float | None = None
 
     @property
     def increase(self) -> float:
         """Validation error after compression minus before retraining, in points."""
         return 100.0 * (self.validation_error_after - self.validation_error_before)
+
+    @property
+    def retraining_increase(self) -> float | None:
+        """Validation error of the retrained network, before quantisation, minus before
+        retraining, in points (the part of :attr:`increase` that retraining made)."""
+        if self.validation_error_retrained is None:
+            return None
+        return 100.0 * (self.validation_error_retrained - self.validation_error_before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +129,9 @@ class Tuning:
         """The trials as a Markdown table, the chosen one marked."""
         seeded = any(len(t.seed_errors_after) > 1 for t in self.trials)
         lines = [
-            "| settings | validation error % before → after | Δ (points) | compression × | |"
-            + (" Δ per seed |" if seeded else ""),
-            "| --- | ---: | ---: | ---: | --- |" + (" --- |" if seeded else ""),
+            "| settings | validation error % before → after | Δ (points) | Δ retrained, "
+            "unquantised | compression × | |" + (" Δ per seed |" if seeded else ""),
+            "| --- | ---: | ---: | ---: | ---: | --- |" + (" --- |" if seeded else ""),
         ]
         for trial in self.trials:
             shown = ", ".join(f"{k}={v}" for k, v in trial.settings.items())
@@ -126,10 +139,13 @@ class Tuning:
             per_seed = ", ".join(
                 f"{100 * (e - trial.validation_error_before):+.2f}" for e in trial.seed_errors_after
             )
+            retrained = trial.retraining_increase
             lines.append(
                 f"| {shown} | {100 * trial.validation_error_before:.2f} → "
                 f"{100 * trial.validation_error_after:.2f} | {trial.increase:+.2f} | "
-                f"{trial.compression_rate:.1f} | {mark} |" + (f" {per_seed} |" if seeded else "")
+                + ("n/a" if retrained is None else f"{retrained:+.2f}")
+                + f" | {trial.compression_rate:.1f} | {mark} |"
+                + (f" {per_seed} |" if seeded else "")
             )
         return "\n".join(lines)
 
@@ -156,6 +172,9 @@ def _trial(
     after = [r.test_accuracy_after for r in results]
     assert before is not None and None not in after  # classification scores both
     errors = tuple(1.0 - a for a in after if a is not None)
+    retrained = [
+        1.0 - r.test_accuracy_before for r in results if r.test_accuracy_before is not None
+    ]
     rates = tuple(r.compression_rate for r in results)
     return Trial(
         dict(candidate),
@@ -165,6 +184,7 @@ def _trial(
         results[0],
         errors,
         rates,
+        sum(retrained) / len(retrained) if len(retrained) == len(results) else None,
     )
 
 

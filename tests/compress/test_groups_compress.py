@@ -189,3 +189,46 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     assert validated.equal_epochs(longer) == {"finetune_epochs": 75}
     assert validated.equal_epochs(validated.with_epochs(case, None)) == {"finetune_epochs": 35}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
+
+
+def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp_path):
+    """``--tune-only --set sws.NAME=VALUE``: the override reaches every candidate, the trials
+    (with the retrained network's validation error beside the compressed one's) are written,
+    and the test set, poisoned with NaN here, is never read (a read would give NaN logits)."""
+    import dataclasses
+    import json
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression as bench
+    import compression_validated as validated
+
+    case = bench.CASES["digits/lenet-300-100"]
+    overrides = {"sws": {"num_components": 5}, "dc": {"lr": 2e-3}}
+    changed = validated.with_epochs(case, 3, overrides)
+    assert {s["num_components"] for s in changed.sws.values()} == {5}
+    assert {s["num_epochs"] for s in changed.sws.values()} == {3}
+    assert changed.dc["lr"] == 2e-3 and case.dc["lr"] == 1e-3  # the case itself unchanged
+    assert "num_components" not in next(iter(case.sws.values()))
+
+    load = bench.load
+
+    def poisoned(c):
+        data = load(c)
+        return dataclasses.replace(data, x_test=torch.full_like(data.x_test, float("nan")))
+
+    monkeypatch.setattr(bench, "load", poisoned)
+    monkeypatch.setattr(bench, "CASES", {**bench.CASES, case.name: dataclasses.replace(
+        case, pretrain={**case.pretrain, "num_epochs": 2})})  # fmt: skip
+    out = tmp_path / "trials.json"
+    argv = ["--cases", case.name, "--prior-scales", "0.03", "--epochs", "2", "--tune-only"]
+    argv += ["--set", "sws.num_components=5", "--cache", str(tmp_path), "--json", str(out)]
+    argv += ["--no-progress"]
+    assert validated.main(argv) == 0
+    (trial,) = json.loads(out.read_text())[case.name]["trials"]["None"]
+    assert trial["settings"] == {"prior_scale": 0.03}
+    assert trial["config"]["num_components"] == 5 and trial["config"]["num_epochs"] == 2
+    for key in ("validation_error_before", "validation_error_retrained", "validation_error_after"):
+        assert 0.0 <= trial[key] <= 1.0, key  # finite: scored on the validation split
+    with pytest.raises(SystemExit):
+        validated.main(["--tune-only", "--write"])

@@ -72,6 +72,9 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
         assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
         after = 1 - accuracy(trial.result.net, tuning.x_test, tuning.y_test)
         assert trial.validation_error_after == pytest.approx(after, abs=1e-12)
+        retrained = 1 - accuracy(trial.result.retrained_net, tuning.x_test, tuning.y_test)
+        assert trial.validation_error_retrained == pytest.approx(retrained, abs=1e-12)
+        assert trial.retraining_increase == pytest.approx(100 * (retrained - pre), abs=1e-9)
     expected, within = _chosen_by_hand(found.trials, pre)
     assert found.chosen is expected and found.within_margin == within
     assert "**chosen**" in found.table()
@@ -97,6 +100,8 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
             soft_weight_sharing(net, tuning, seed=seed, **common, **candidate) for seed in (0, 1)
         ]
         errors = [1 - accuracy(r.net, tuning.x_test, tuning.y_test) for r in single]
+        retrained = [1 - accuracy(r.retrained_net, tuning.x_test, tuning.y_test) for r in single]
+        assert trial.validation_error_retrained == pytest.approx(sum(retrained) / 2, abs=1e-12)
         rates = [r.compression_rate for r in single]
         assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
         assert trial.seed_rates == pytest.approx(rates, rel=1e-12)
