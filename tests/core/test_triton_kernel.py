@@ -282,3 +282,22 @@ def test_a_failing_triton_kernel_falls_back_under_auto_and_raises_under_triton(m
         result = mixture_log_prob_and_grad(w, pi, mu, sigma)
     check_against_oracles(w, pi, mu, sigma, result)
     assert kernel._triton_failed
+
+
+def test_gpu_benchmark_script_in_a_subprocess():
+    """``benchmarks/gpu_prior.py``: without CUDA one line and exit 0; ``--interpret`` (fresh
+    process: the variable must precede Triton's import) checks the kernel against the torch path."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_prior.py"
+
+    def run(*args):
+        command = [sys.executable, str(script), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+    if not torch.cuda.is_available():
+        plain = run()
+        assert plain.returncode == 0 and "needs a CUDA GPU (none found)" in plain.stdout
+    pytest.importorskip("triton")
+    smoke = run("--interpret")
+    assert smoke.returncode == 0, smoke.stdout[-2000:] + smoke.stderr[-2000:]
+    worst = float(smoke.stdout.strip().rsplit(" ", 1)[-1])
+    assert worst < 1e-4
