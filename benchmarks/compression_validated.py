@@ -30,7 +30,9 @@ layers; ``--groups both`` tunes both and reports the two chosen rows side by sid
 weight-sharing candidate (or of Deep Compression), as in ``compression.py``;
 ``--tune-only`` stops after step 2: it prints the validation trials (with each
 retrained network's validation error before quantisation beside the compressed
-one's) and never reads the test set, for exploring settings honestly.
+one's) and never reads the test set, for exploring settings honestly. ``--jobs N`` runs N
+retrainings of the tuning at a time in their own processes
+(``tune_soft_weight_sharing(..., jobs=N)``; the same trials).
 
 ``--write`` replaces the "## Compression, chosen on validation" section of
 BENCHMARKS.md and its short table in "Current figures".
@@ -220,6 +222,7 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
         candidates,
         max_error_increase=MARGIN,
         progress=options["progress"],
+        jobs=options.get("jobs") or 1,
         **_settings(case),
         **extra,
     )
@@ -479,6 +482,13 @@ def main(argv: list[str] | None = None) -> int:
         "Compression (dc.NAME), e.g. sws.num_components=9",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="retrainings of the tuning run at a time, each in its own process with --threads "
+        "torch threads (the trials are those of --jobs 1)",
+    )
+    parser.add_argument(
         "--tune-only",
         action="store_true",
         help="stop after the validation trials (print them; the test set is never read)",
@@ -486,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tune_only and (args.write or args.figures):
         parser.error("--tune-only writes no rows: drop --write and --figures")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive number of processes, got {args.jobs}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be a positive number of epochs, got {args.epochs}")
     if args.prior_scales and min(args.prior_scales) < 0:

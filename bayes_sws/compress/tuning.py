@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..validation import check_real, check_seed
+from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
 from .pipeline import CompressionResult, soft_weight_sharing
 
@@ -162,11 +163,42 @@ def _seed_settings(seeds: Sequence[int] | None, settings: dict[str, Any]) -> lis
     return [{**settings, "seed": s} for s in checked]
 
 
-def _trial(
-    net: nn.Module, tuning: Dataset, candidate: Mapping[str, Any], runs: list[dict[str, Any]]
-) -> Trial:
-    """``candidate`` retrained once per entry of ``runs``, scored by the means."""
-    results = [soft_weight_sharing(net, tuning, **{**each, **candidate}) for each in runs]
+#: the worker process's network and data (:func:`_worker_start`), sent once per process
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(threads: int, net: nn.Module, tuning: Dataset) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(net=net, tuning=tuning)
+
+
+def _worker_compress(call: dict[str, Any]) -> bytes:
+    # plain pickle: multiprocessing's own refuses the tensors in autograd graphs a result
+    # keeps (e.g. the fit's guide), which need no sharing here, only their values
+    return pickle.dumps(soft_weight_sharing(_WORKER["net"], _WORKER["tuning"], **call))
+
+
+def _compress_all(
+    net: nn.Module, tuning: Dataset, calls: list[dict[str, Any]], jobs: int
+) -> list[CompressionResult]:
+    """:func:`soft_weight_sharing` for every call, in order; ``jobs`` processes at a time."""
+    if jobs == 1 or len(calls) == 1:
+        return [soft_weight_sharing(net, tuning, **call) for call in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    quiet = [{**call, "progress": call.get("progress") is True} for call in calls]
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(calls)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_start,
+        initargs=(torch.get_num_threads(), net, tuning),
+    ) as pool:
+        return [pickle.loads(result) for result in pool.map(_worker_compress, quiet)]
+
+
+def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Trial:
+    """``candidate`` scored by the means over its retrainings ``results`` (one per seed)."""
     # soft_weight_sharing measures the pretrained net on the same (validation) set
     before = results[0].test_accuracy_pretrained
     after = [r.test_accuracy_after for r in results]
@@ -195,6 +227,7 @@ def tune_soft_weight_sharing(
     *,
     max_error_increase: float = 0.5,
     seeds: Sequence[int] | None = None,
+    jobs: int = 1,
     **settings: Any,
 ) -> Tuning:
     """Compress ``net`` with each candidate setting; choose on the validation set.
@@ -217,6 +250,12 @@ def tune_soft_weight_sharing(
         (Fashion-MNIST LeNet-300-100: 0.6 points between λ = 0.15 and 0.18, the
         wrong way round; ``BENCHMARKS.md``). Default: one retraining, at
         ``settings["seed"]`` or the pipeline's default.
+    jobs : int
+        Retrainings run at a time, each in its own process (``spawn``; the network
+        and data are sent to each process once, and each uses as many torch threads
+        as this one). Every retraining seeds itself, so the trials are those of
+        ``jobs=1`` (tested). Default 1: all in this process. Progress bars are off
+        in the worker processes unless ``progress=True``.
     **settings
         Passed to every :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` call.
 
@@ -234,8 +273,14 @@ def tune_soft_weight_sharing(
     margin = check_real("max_error_increase", max_error_increase, low=0.0)
     if not candidates:
         raise ValueError("tune_soft_weight_sharing needs at least one candidate setting")
+    jobs = check_int("jobs", jobs, low=1)
     runs = _seed_settings(seeds, settings)
-    trials = [_trial(net, tuning, candidate, runs) for candidate in candidates]
+    calls = [{**each, **candidate} for candidate in candidates for each in runs]
+    results = _compress_all(net, tuning, calls, jobs)
+    trials = [
+        _trial(candidate, results[i * len(runs) : (i + 1) * len(runs)])
+        for i, candidate in enumerate(candidates)
+    ]
     within = [t for t in trials if t.increase <= margin + 1e-9]
     if within:
         chosen = max(within, key=lambda t: t.compression_rate)

@@ -116,6 +116,28 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[2, 2], **common)
 
 
+def test_tuning_in_two_processes_equals_one_process(digits):
+    """``jobs=2``: every retraining in a worker process; the trials are those of ``jobs=1``
+    (the single-process run is the oracle), in the same order."""
+    tuning, _ = validation_split(digits, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=10, batch_size=64, progress=False)
+    candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
+    common = {"num_steps": 30, "batch_size": 64, "progress": False, "seeds": [0, 1]}
+    one = tune_soft_weight_sharing(net, tuning, candidates, **common)
+    two = tune_soft_weight_sharing(net, tuning, candidates, jobs=2, **common)
+    for a, b in zip(one.trials, two.trials, strict=True):
+        assert a.settings == b.settings
+        assert a.seed_errors_after == b.seed_errors_after and a.seed_rates == b.seed_rates
+        assert a.validation_error_retrained == b.validation_error_retrained
+        for p, q in zip(a.result.net.parameters(), b.result.net.parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert one.trials.index(one.chosen) == two.trials.index(two.chosen)
+    with pytest.raises(ValueError, match="jobs"):
+        tune_soft_weight_sharing(net, tuning, candidates, jobs=0, **common)
+
+
 def test_tuning_refuses_regression_and_empty_candidates(digits):
     net = torch.nn.Linear(64, 10)
     regression = dataclasses.replace(digits, num_classes=None)
