@@ -878,6 +878,18 @@ def archive_section(path: Path, history: Path) -> bool:
 # --------------------------------------------------------------------------- main
 
 
+def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set METHOD.NAME=VALUE`` (repeatable), read by :func:`_parse_overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help=help,
+    )
+
+
 def _parse_overrides(items: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {"sws": {}, "dc": {}}
     for item in items:
@@ -1097,14 +1109,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cache", type=Path, default=DEFAULT_CACHE, help="directory for pretrained networks"
     )
     parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="METHOD.NAME=VALUE",
-        help="override a setting, e.g. sws.prior_scale=0.005 (tuning only)",
-    )
+    add_set_option(parser, "override a setting, e.g. sws.prior_scale=0.005 (tuning only)")
     parser.add_argument(
         "--keep-dead-units",
         action="store_true",

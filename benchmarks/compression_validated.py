@@ -472,13 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         help="retrain every λ once per seed and choose by the means (default: one retraining "
         "at --seed); the test row is the first seed's",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="METHOD.NAME=VALUE",
-        help="change a setting of every soft weight-sharing candidate (sws.NAME) or of Deep "
+    bench.add_set_option(
+        parser,
+        "change a setting of every soft weight-sharing candidate (sws.NAME) or of Deep "
         "Compression (dc.NAME), e.g. sws.num_components=9",
     )
     parser.add_argument(
