@@ -198,10 +198,14 @@ def _table(
     rows += [log2_norm if log2_norm is not None else torch.full_like(inv_sigma, -math.inf)]
     rows += [inv_sigma / _SQRT_H]
     table[:6, :m] = torch.stack([r.reshape(-1) for r in rows])
-    table[(0, 1, 5), m:] = 0.0  # padding: μ = 0, scales 0, so v = 0 and the logit is −inf
-    table[6, 0] = math.log(2.0)  # scalar fills: no host-to-device copy
-    table[6, 1] = 1.0 / _SQRT_H
-    table[6, 2] = 1.0 / _SQRT_H**2
+    for row in (0, 1, 5):  # padding: μ = 0, scales 0, so v = 0 and the logit is −inf
+        table[row, m:] = 0.0  # basic slices: a tuple index would copy an index tensor from
+        # the host, which a CUDA graph capture refuses (seen on an H200)
+    # scalar fills of one-element slices: no host-to-device copy (``table[6, 0] = x`` copies
+    # a host tensor, which a CUDA graph capture refuses)
+    table[6, 0:1].fill_(math.log(2.0))
+    table[6, 1:2].fill_(1.0 / _SQRT_H)
+    table[6, 2:3].fill_(1.0 / _SQRT_H**2)
     return table
 
 

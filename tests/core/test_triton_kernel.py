@@ -260,6 +260,36 @@ def test_cuda_triton_matches_the_torch_path(monkeypatch, dtype, num_components):
         assert_close(got, want, rtol=rtol, atol=atol_scale * scale, msg=name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triton_pass_replays_in_a_cuda_graph(monkeypatch):
+    """The Triton pass captured in a CUDA graph and replayed on new weights gives the eager
+    pass's numbers (the capture once failed: the constants table copied from the host)."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(kernel, "_kernel", "triton")
+    w, pi, mu, sigma = (t.cuda() for t in mixture(16, 100_003, F32, seed=9))
+    wrt = ("w", "mu", "sigma")
+
+    def run():
+        return mixture_log_prob_and_grad(w, pi, mu, sigma, wrt=wrt, validate_args=False)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()  # warm-up (compiles) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    w.copy_(mixture(16, 100_003, F32, seed=10)[0].cuda())
+    graph.replay()
+    eager = run()
+    assert_close(captured.log_prob, eager.log_prob, rtol=1e-6)
+    for name in wrt:
+        got, want = getattr(captured, f"grad_{name}"), getattr(eager, f"grad_{name}")
+        assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item(), msg=name)
+
+
 def test_a_failing_triton_kernel_falls_back_under_auto_and_raises_under_triton(monkeypatch):
     class Broken:
         MAX_COMPONENTS = 8
