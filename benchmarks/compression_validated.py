@@ -97,7 +97,7 @@ def _settings(case: bench.Case) -> dict:
     }
 
 
-def with_epochs(
+def with_settings(
     case: bench.Case, epochs: int | None, overrides: dict[str, dict] | None = None
 ) -> bench.Case:
     """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)
@@ -134,7 +134,7 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
 def run_case(name: str, options: dict) -> dict:
     """Tune on validation, then read the test set once; the rows and the trial table."""
     torch.set_num_threads(options["threads"])
-    case = with_epochs(bench.CASES[name], options.get("epochs"), options.get("overrides"))
+    case = with_settings(bench.CASES[name], options.get("epochs"), options.get("overrides"))
     tuning, final = validation_split(bench.load(case), options["validation"], seed=options["seed"])
     held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
     bench.say(f"{name}: pretraining on {len(tuning.x_train)} points (or loading from cache)")
@@ -501,9 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     options = vars(args)
     options["overrides"] = bench._parse_overrides(args.overrides)
     results = {name: run_case(name, options) for name in args.cases}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
     if args.tune_only:
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=str))
         return 0
     command = "python benchmarks/compression_validated.py " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -511,8 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     recorded = f"{time.strftime('%Y-%m-%d')}, code at {bench.code_version()}"
     text = section(results, command.strip(), options, recorded)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
     for path in save_figures(results, args.figures) if args.figures else ():
         bench.say(f"wrote {path}")
     if args.write:

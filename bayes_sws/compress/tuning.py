@@ -202,11 +202,11 @@ def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Tr
     # soft_weight_sharing measures the pretrained net on the same (validation) set
     before = results[0].test_accuracy_pretrained
     after = [r.test_accuracy_after for r in results]
-    assert before is not None and None not in after  # classification scores both
+    retrained = [r.test_accuracy_before for r in results]
+    # classification scores all three
+    assert before is not None and None not in after and None not in retrained
     errors = tuple(1.0 - a for a in after if a is not None)
-    retrained = [
-        1.0 - r.test_accuracy_before for r in results if r.test_accuracy_before is not None
-    ]
+    retrained_errors = [1.0 - a for a in retrained if a is not None]
     rates = tuple(r.compression_rate for r in results)
     return Trial(
         dict(candidate),
@@ -216,7 +216,7 @@ def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Tr
         results[0],
         errors,
         rates,
-        sum(retrained) / len(retrained) if len(retrained) == len(results) else None,
+        sum(retrained_errors) / len(retrained_errors),
     )
 
 

@@ -184,10 +184,10 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     import compression_validated as validated
 
     case = bench.CASES["fashion-mnist/lenet-300-100"]
-    longer = validated.with_epochs(case, 80)
+    longer = validated.with_settings(case, 80)
     assert {s["num_epochs"] for s in longer.sws.values()} == {80}
     assert validated.equal_epochs(longer) == {"finetune_epochs": 75}
-    assert validated.equal_epochs(validated.with_epochs(case, None)) == {"finetune_epochs": 35}
+    assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 35}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
 
 
@@ -205,7 +205,7 @@ def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp
 
     case = bench.CASES["digits/lenet-300-100"]
     overrides = {"sws": {"num_components": 5}, "dc": {"lr": 2e-3}}
-    changed = validated.with_epochs(case, 3, overrides)
+    changed = validated.with_settings(case, 3, overrides)
     assert {s["num_components"] for s in changed.sws.values()} == {5}
     assert {s["num_epochs"] for s in changed.sws.values()} == {3}
     assert changed.dc["lr"] == 2e-3 and case.dc["lr"] == 1e-3  # the case itself unchanged
