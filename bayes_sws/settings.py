@@ -35,6 +35,7 @@ __all__ = [
     "ON_NONFINITE",
     "OPTIMIZERS",
     "POINT_GUIDES",
+    "POSITION_CODINGS",
     "PRESETS",
     "CompressSettings",
     "FitSettings",
@@ -462,6 +463,10 @@ class FitSettings(_Settings):
 #: How :func:`~bayes_sws.compress.quantize` picks a weight's component: by posterior
 #: responsibility (``log π_j + log N``, the default) or by likelihood (``log N`` alone).
 ASSIGNMENTS = ("responsibility", "likelihood")
+#: How the sparse layout may store positions: Han et al.'s fixed-width relative indices
+#: only, or also Golomb-Rice-coded runs of zeros
+#: (:func:`~bayes_sws.compress.storage_report`'s ``position_coding``).
+POSITION_CODINGS = ("fixed", "rice")
 
 
 @dataclass(frozen=True)
@@ -493,6 +498,13 @@ class CompressSettings(_Settings):
     index_bits: int | dict[str, int] | None = field(
         default=None,
         metadata=option_metadata("relative-index width (default: 5 dense, 8 convolutions)"),
+    )
+    position_coding: str = option(
+        "fixed",
+        "positions of the sparse layout: fixed-width relative indices (Han et al.; the published "
+        "rates) or also Golomb-Rice-coded runs of zeros where smaller (a smaller file)",
+        "str",
+        choices=POSITION_CODINGS,
     )
     finetune_epochs: int = option(
         0, "epochs of codebook fine-tuning after quantisation", "int", non_negative

@@ -127,6 +127,9 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
         "compression_rate_all_units": bench.all_units_rate(
             result.net, result.config["param_names"]
         ),
+        "compression_rate_rice": bench.rice_rate(
+            result.net, result.config["param_names"], result.config["remove_dead_units"]
+        ),
         "layers": result.layers,
     }
 
@@ -354,14 +357,15 @@ def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
 def _table(rows: list[dict]) -> list[str]:
     lines = [
         "| case | method | test error % pretrained → after | Δ error (points) | compression × "
-        "| (all units ×) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| (all units ×) | (Rice-coded positions ×) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['case']} | {row['method']} | {bench._pct(1 - row['pretrained_accuracy'])} → "
             f"{bench._pct(1 - row['accuracy_after'])} | {bench._delta(row)} | "
-            f"**{row['compression_rate']:.1f}** | {row['compression_rate_all_units']:.1f} |"
+            f"**{row['compression_rate']:.1f}** | {row['compression_rate_all_units']:.1f} | "
+            f"{row['compression_rate_rice']:.1f} |"
         )
     return lines
 

@@ -3,12 +3,19 @@ Compression baseline and the paper's pipeline (Ullrich et al. 2017).
 
 Modules by concern: :mod:`.params` (which tensors are compressed), :mod:`.quantize`
 (merge and hard-assign), :mod:`.codebook` (fine-tune shared values), :mod:`.surgery`
-(remove dead units), :mod:`.coding` (Huffman), :mod:`.storage` (bit counts),
+(remove dead units), :mod:`.coding` (Huffman, Golomb-Rice), :mod:`.storage` (bit counts),
 :mod:`.plots`, :mod:`.baseline` and :mod:`.pipeline`.
 """
 
 from .codebook import CodebookFinetune, finetune_codebook
-from .coding import entropy_bits, huffman_code, huffman_code_lengths, relative_index_fillers
+from .coding import (
+    entropy_bits,
+    huffman_code,
+    huffman_code_lengths,
+    relative_index_fillers,
+    rice_bits,
+    rice_parameter,
+)
 from .fileformat import (
     CompressedFileError,
     SavedModel,
@@ -57,6 +64,8 @@ __all__ = [
     "quantize_groups",
     "relative_index_fillers",
     "remove_dead_units",
+    "rice_bits",
+    "rice_parameter",
     "save_compressed",
     "storage_report",
     "stored_network",

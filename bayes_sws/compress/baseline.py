@@ -26,7 +26,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -240,6 +240,7 @@ def deep_compression(
     index_bits: int | Mapping[str, int] | None = None,
     remove_dead_units: bool = False,
     progress: bool | None = None,
+    position_coding: Literal["fixed", "rice"] = "fixed",
 ) -> BaselineResult:
     """Prune, share weights by k-means, fine-tune the centroids; count the bits.
 
@@ -264,7 +265,7 @@ def deep_compression(
     param_names : sequence of str, optional
         Parameters to compress; default: all with ``ndim >= 2`` (the weights).
         Others (biases) train freely and are stored at 32 bits.
-    index_bits
+    index_bits, position_coding
         Passed to :func:`~bayes_sws.compress.storage_report`.
     remove_dead_units : bool
         Store the network without the hidden units pruning left unused
@@ -303,7 +304,11 @@ def deep_compression(
     tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
     codebooks = {n: tuned.codebooks[n][: num_centroids[n]] for n in names}
     stored, storage = stored_network(
-        compressed, param_names=names, index_bits=index_bits, remove_dead=remove_dead_units
+        compressed,
+        param_names=names,
+        index_bits=index_bits,
+        remove_dead=remove_dead_units,
+        position_coding=position_coding,
     )
 
     return BaselineResult(

@@ -1,9 +1,12 @@
-"""Entropy coding of cluster indices: Huffman codes, the entropy bound, relative indices.
+"""Entropy coding of cluster indices and positions: Huffman codes, the entropy bound,
+relative indices, Golomb-Rice codes.
 
 The coding pieces of Han, Mao & Dally (ICLR 2016, "Deep Compression") that
 :func:`bayes_sws.compress.storage.storage_report` counts with: a binary Huffman
 code (Huffman 1952) over the cluster indices, the entropy bound beside it, and the
-filler entries fixed-width relative indices need.
+filler entries fixed-width relative indices need. Beside them, the Golomb-Rice
+code (Golomb 1966; Rice 1979) of the runs of zeros between non-zeros, which the
+report can use in place of fixed-width relative indices (``position_coding="rice"``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ __all__ = [
     "huffman_code",
     "huffman_code_lengths",
     "relative_index_fillers",
+    "rice_bits",
+    "rice_parameter",
+    "zero_runs",
 ]
 
 
@@ -129,10 +135,7 @@ def relative_index_fillers(positions: Sequence[int] | np.ndarray, index_bits: in
         return 0
     if index_bits < 1:
         raise ValueError(f"index_bits must be >= 1; got {index_bits}")
-    skips = np.diff(positions, prepend=-1) - 1
-    if np.any(skips < 0):
-        raise ValueError("positions must be strictly increasing and non-negative")
-    return int((skips >> index_bits).sum())
+    return int((zero_runs(positions) >> index_bits).sum())
 
 
 def huffman_bits(counts: Sequence[int] | np.ndarray) -> int:
@@ -145,3 +148,42 @@ def huffman_bits(counts: Sequence[int] | np.ndarray) -> int:
     if not positive:
         return 0
     return sum(c * n for c, n in zip(positive, _huffman_lengths(positive), strict=True))
+
+
+def zero_runs(positions: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Zeros skipped before each of the sorted non-zero ``positions`` (the first counts
+    from position 0): the relative indices without fillers, as int64."""
+    positions = np.asarray(positions, dtype=np.int64)
+    runs = np.diff(positions, prepend=-1) - 1
+    if np.any(runs < 0):
+        raise ValueError("positions must be strictly increasing and non-negative")
+    return runs
+
+
+def rice_bits(runs: Sequence[int] | np.ndarray, k: int) -> int:
+    """Bits of the Golomb-Rice code with parameter ``k`` (divisor ``2**k``) of ``runs``.
+
+    A run ``z`` is written as its quotient ``z >> k`` in unary (that many ones and a
+    terminating zero) and its remainder in ``k`` bits: ``(z >> k) + 1 + k`` bits.
+    """
+    if k < 0:
+        raise ValueError(f"the Rice parameter k must be >= 0; got {k}")
+    runs = np.asarray(runs, dtype=np.int64)
+    return int((runs >> k).sum()) + (k + 1) * int(runs.size)
+
+
+def rice_parameter(runs: Sequence[int] | np.ndarray) -> tuple[int, int]:
+    """The Rice parameter ``k`` that codes ``runs`` in the fewest bits, and those bits.
+
+    Exact: every ``k`` from 0 to the bit length of the longest run is tried (a larger
+    ``k`` adds a bit per run and saves none); ties go to the smaller ``k``. No runs:
+    ``(0, 0)``.
+    """
+    runs = np.asarray(runs, dtype=np.int64)
+    if runs.size == 0:
+        return 0, 0
+    longest = int(runs.max())
+    if longest < 0:
+        raise ValueError("runs must be non-negative")
+    best = min((rice_bits(runs, k), k) for k in range(longest.bit_length() + 1))
+    return best[1], best[0]

@@ -7,7 +7,9 @@ layout with relative indices and fillers, Huffman-coded cluster indices, a
 32-bit codebook per layer, 32-bit biases), preceded by a header of stated size
 (magic, format version, the :func:`bayes_sws.zoo.nets.build_network` spec, one
 record per parameter with its layout and Huffman code lengths) and followed by
-a CRC-32. :func:`load_compressed` validates the file and rebuilds a plain
+a CRC-32. Version 2 adds one layout, sparse with Golomb-Rice-coded runs of zeros
+(``position_coding="rice"``); a file without such a tensor is written as version
+1, which older readers read. :func:`load_compressed` validates the file and rebuilds a plain
 :class:`torch.nn.Module` whose parameters equal the saved ones bit for bit.
 
 The byte layout is documented in ``docs/file-format.md``. Sizes, with ``B`` the
@@ -31,7 +33,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ from torch import nn
 
 from .._io import atomic_write_bytes
 from ..zoo.nets import build_network, is_factory_name, same_memory_format
-from .coding import huffman_code
+from .coding import huffman_code, zero_runs
 from .storage import BITS_PER_FLOAT, StorageReport, storage_report
 
 __all__ = [
@@ -55,8 +57,9 @@ __all__ = [
 
 #: First eight bytes of every ``.sws`` file (PNG-style: a high byte, a name, CR LF, ^Z, LF).
 MAGIC = b"\x89SWS\r\n\x1a\n"
-#: Version of the layout this module writes; it reads this version and older.
-FORMAT_VERSION = 1
+#: Newest version of the layout this module writes; it reads this version and older.
+#: A file is written at the lowest version that holds its layouts (2 only for "rice").
+FORMAT_VERSION = 2
 
 _PREFIX = struct.Struct("<8sHI")  # magic, version, spec length
 _COUNTS = struct.Struct("<IQ")  # number of records, payload bits
@@ -66,7 +69,9 @@ _CRC = struct.Struct("<I")
 #: Bytes outside the records, the spec and the payload: prefix, counts and CRC (Eq. 1).
 FIXED_BYTES = _PREFIX.size + _COUNTS.size + _CRC.size
 
-_LAYOUTS = ("plain", "sparse", "full", "raw")
+_LAYOUTS = ("plain", "sparse", "full", "raw", "rice")
+#: The first format version that has each layout.
+_LAYOUT_VERSION = {"plain": 1, "sparse": 1, "full": 1, "raw": 1, "rice": 2}
 _ORDERS = ("row", "column")
 
 
@@ -199,7 +204,7 @@ class _Record:
 
     @property
     def coded(self) -> bool:
-        return self.layout in ("sparse", "full")
+        return self.layout in ("sparse", "full", "rice")
 
     @property
     def numel(self) -> int:
@@ -229,6 +234,21 @@ def _symbols_sparse(sequence: np.ndarray, codebook: np.ndarray, index_bits: int)
     return relative, symbols
 
 
+def _rice_encode(runs: np.ndarray, k: int) -> list[np.ndarray]:
+    """Golomb-Rice code of ``runs`` as two 0/1 arrays: every quotient ``z >> k`` in unary
+    (ones, then a zero), then every remainder in ``k`` bits, most significant first.
+
+    The same bits as interleaving each run's two parts
+    (:func:`~bayes_sws.compress.rice_bits`); grouped, both decode without a loop.
+    """
+    quotients = runs >> k
+    unary = np.ones(int(quotients.sum()) + runs.size, dtype=np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 0
+    if k == 0:
+        return [unary]
+    return [unary, _int_bits(runs & ((1 << k) - 1), k)]
+
+
 def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.ndarray]]:
     """Record and bit fields of one row of the storage report, in its layout."""
     shape = tuple(int(d) for d in array.shape)
@@ -238,7 +258,14 @@ def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.n
     flat = matrix.reshape(-1)
     codebook = np.unique(flat[flat != 0])  # the report's codebook: distinct non-zero values
     parts = [_float_bits(codebook)]
-    if row.storage_format == "sparse":
+    layout = row.storage_format
+    if layout == "sparse" and row.position_coding == "rice":
+        layout = "rice"
+        sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
+        positions = np.flatnonzero(sequence)
+        parts.extend(_rice_encode(zero_runs(positions), row.index_bits))
+        symbols = np.searchsorted(codebook, sequence[positions])
+    elif layout == "sparse":
         sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
         relative, symbols = _symbols_sparse(sequence, codebook, row.index_bits)
         parts.append(_int_bits(relative, row.index_bits))
@@ -252,7 +279,7 @@ def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.n
     parts.append(_huffman_encode(symbols, codes))
     record = _Record(
         name,
-        row.storage_format,
+        layout,
         row.order,
         shape,
         index_bits=row.index_bits if row.storage_format == "sparse" else 0,
@@ -283,6 +310,8 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
     if record.layout == "sparse":
         relative = _bits_int(take(record.index_bits * count), record.index_bits).astype(np.int64)
         pos += record.index_bits * count
+    elif record.layout == "rice":
+        relative, pos = _rice_decode(bits, pos, count, record)
     symbols, pos = _huffman_decode(bits, pos, count, record.lengths)
     values = np.append(codebook, np.float32(0))[symbols]
     if record.layout == "full":
@@ -304,6 +333,28 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
         sequence.reshape(rows, cols) if record.order == "row" else sequence.reshape(cols, rows).T
     )
     return np.ascontiguousarray(matrix).reshape(record.shape), pos
+
+
+def _rice_decode(bits: np.ndarray, pos: int, count: int, record: _Record) -> tuple[np.ndarray, int]:
+    """``count`` runs of zeros Rice-coded from ``bits[pos:]`` (:func:`_rice_encode`)."""
+    k = record.index_bits
+    ends = np.flatnonzero(bits[pos:] == 0)[:count]  # the unary parts' terminating zeros
+    if ends.size < count:
+        raise CompressedFileError(
+            f"Rice-coded positions of parameter {record.name!r} end early: the file is corrupted"
+        )
+    quotients = np.diff(ends, prepend=-1) - 1
+    pos += int(ends[-1]) + 1 if count else 0
+    if pos + k * count > bits.size:
+        raise CompressedFileError(
+            f"payload too short for parameter {record.name!r}: the file is corrupted"
+        )
+    remainders = (
+        _bits_int(bits[pos : pos + k * count], k).astype(np.int64)
+        if k
+        else np.zeros(count, np.int64)
+    )
+    return (quotients.astype(np.int64) << k) + remainders, pos + k * count
 
 
 # --------------------------------------------------------------------------- header
@@ -342,13 +393,18 @@ class _Reader:
         return fmt.unpack(self.take(fmt.size, what))
 
 
-def _read_record(reader: _Reader) -> _Record:
+def _read_record(reader: _Reader, version: int) -> _Record:
     (name_length,) = struct.unpack("<H", reader.take(2, "a parameter name length"))
     name = reader.take(name_length, "a parameter name").decode("utf-8", errors="replace")
     layout, order, ndim = reader.unpack(_RECORD, f"the record of {name!r}")
-    if layout >= len(_LAYOUTS) or order >= len(_ORDERS):
+    if (
+        layout >= len(_LAYOUTS)
+        or order >= len(_ORDERS)
+        or _LAYOUT_VERSION[_LAYOUTS[layout]] > version
+    ):
         raise CompressedFileError(
-            f"parameter {name!r} has unknown layout {layout} or order {order}: the file is corrupted"
+            f"parameter {name!r} has unknown layout {layout} or order {order} for format "
+            f"version {version}: the file is corrupted"
         )
     shape = struct.unpack(f"<{ndim}I", reader.take(4 * ndim, f"the shape of {name!r}"))
     record = _Record(name, _LAYOUTS[layout], _ORDERS[order], tuple(shape))
@@ -456,10 +512,13 @@ def encode_compressed(
     architecture: Mapping[str, Any],
     param_names: Sequence[str] | None = None,
     index_bits: int | Mapping[str, int] | None = None,
+    position_coding: Literal["fixed", "rice"] = "fixed",
 ) -> tuple[bytes, SavedModel]:
     """The ``.sws`` bytes of ``net`` and their sizes (see :func:`save_compressed`)."""
     spec = _check_network(net, architecture).encode("utf-8")
-    report = storage_report(net, param_names=param_names, index_bits=index_bits)
+    report = storage_report(
+        net, param_names=param_names, index_bits=index_bits, position_coding=position_coding
+    )
     rows = {row.name: row for row in report.layers}
     records, parts = [], []
     for name, p in net.named_parameters():
@@ -482,7 +541,8 @@ def encode_compressed(
             f"payload has {payload.size} bits but storage_report counts {report.total_bits}; "
             "please report this bug"
         )
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(spec)) + spec
+    version = max(_LAYOUT_VERSION[r.layout] for r in records) if records else 1
+    body = _PREFIX.pack(MAGIC, version, len(spec)) + spec
     body += _COUNTS.pack(len(records), payload.size) + b"".join(map(_pack_record, records))
     header = len(body) + _CRC.size
     body += np.packbits(payload).tobytes()
@@ -492,14 +552,14 @@ def encode_compressed(
 
 def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
     """The network in ``.sws`` bytes, checked first (see :func:`load_compressed`)."""
-    reader, _ = _check_frame(bytes(data))
+    reader, version = _check_frame(bytes(data))
     (spec_length,) = struct.unpack_from("<I", data, len(MAGIC) + 2)
     try:
         spec = json.loads(reader.take(spec_length, "the architecture spec").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CompressedFileError(f"architecture spec is not JSON: {err}") from None
     num_records, payload_bits = reader.unpack(_COUNTS, "the record count")
-    records = [_read_record(reader) for _ in range(num_records)]
+    records = [_read_record(reader, version) for _ in range(num_records)]
     payload = reader.take(reader.end - reader.pos, "the payload")
     if len(payload) != -(-payload_bits // 8):
         raise CompressedFileError(
@@ -577,12 +637,14 @@ def save_compressed(
     architecture: Mapping[str, Any],
     param_names: Sequence[str] | None = None,
     index_bits: int | Mapping[str, int] | None = None,
+    position_coding: Literal["fixed", "rice"] = "fixed",
 ) -> SavedModel:
     """Write a pruned, weight-shared network as a ``.sws`` file (atomically).
 
     Every tensor :func:`~bayes_sws.compress.storage_report` compresses is written
     in the layout the report chose (sparse by row or column with relative
-    indices and fillers, full, or raw) with its 32-bit codebook and its cluster
+    indices and fillers or, with ``position_coding="rice"`` where smaller,
+    Golomb-Rice-coded runs of zeros; full; or raw) with its 32-bit codebook and its cluster
     indices under the report's Huffman code; every other parameter at 32 bits.
     The payload is exactly ``report.total_bits`` bits, padded with zeros to a
     byte; the file adds the header of Eq. (1) (``docs/file-format.md``).
@@ -599,8 +661,9 @@ def save_compressed(
         The keyword arguments of ``build_network`` that rebuild ``net``'s
         architecture (``name``, ``input_shape``, ``num_classes``, ``hidden``,
         ``activation`` by name), stored as JSON.
-    param_names, index_bits
-        Passed to :func:`~bayes_sws.compress.storage_report`.
+    param_names, index_bits, position_coding
+        Passed to :func:`~bayes_sws.compress.storage_report` (``"rice"`` makes a
+        smaller file; a file with a Rice-coded tensor is format version 2).
 
     Returns
     -------
@@ -608,7 +671,11 @@ def save_compressed(
         The path, the file size, the payload bits and the storage report.
     """
     data, saved = encode_compressed(
-        net, architecture=architecture, param_names=param_names, index_bits=index_bits
+        net,
+        architecture=architecture,
+        param_names=param_names,
+        index_bits=index_bits,
+        position_coding=position_coding,
     )
     path = atomic_write_bytes(path, data)
     return SavedModel(path, saved.num_bytes, saved.payload_bits, saved.header_bytes, saved.report)

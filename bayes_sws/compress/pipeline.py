@@ -351,6 +351,7 @@ _COMPRESS_RESULT_SETTINGS = (
     "assignment",
     "keep_float",
     "index_bits",
+    "position_coding",
     "finetune_epochs",
     "finetune_lr",
     "remove_dead_units",
@@ -588,6 +589,7 @@ def _final_and_stored(
     finetune_data: tuple[Any, Any] | None,
     *,
     index_bits: int | dict[str, int] | None,
+    position_coding: Literal["fixed", "rice"],
     remove_dead_units: bool,
     **finetune: Any,
 ) -> tuple[nn.Module, nn.Module, StorageReport]:
@@ -606,6 +608,7 @@ def _final_and_stored(
         param_names=list(quantized.param_names),
         index_bits=index_bits,
         remove_dead=remove_dead_units,
+        position_coding=position_coding,
     )
     return final, stored, storage
 
@@ -637,6 +640,7 @@ def compress_result(
     assignment: Literal["responsibility", "likelihood"] = "responsibility",
     keep_float: Sequence[str] = (),
     index_bits: int | dict[str, int] | None = None,
+    position_coding: Literal["fixed", "rice"] = "fixed",
     test_accuracy_pretrained: float | None = None,
     finetune_data: tuple[Any, Any] | None = None,
     finetune_epochs: int = 0,
@@ -683,6 +687,11 @@ def compress_result(
         non-zero fraction is over the quantised tensors. Default none.
     index_bits : int or dict, optional
         Relative-index width (default 5 for dense, 8 for convolutions).
+    position_coding : {"fixed", "rice"}
+        ``"fixed"`` (default): Han et al.'s fixed-width relative indices, the
+        accounting of published rates; ``"rice"``: also Golomb-Rice-coded runs of
+        zeros where smaller (a smaller ``.sws`` file; see
+        :func:`~bayes_sws.compress.storage_report`).
     test_accuracy_pretrained : float, optional
         Recorded as is (the accuracy of the network before retraining).
     finetune_data : (x_train, y_train), optional
@@ -725,6 +734,7 @@ def compress_result(
         model,
         finetune_data,
         index_bits=index_bits,
+        position_coding=position_coding,
         remove_dead_units=remove_dead_units,
         num_epochs=finetune_epochs,
         lr=finetune_lr,
@@ -743,6 +753,7 @@ def compress_result(
         "assignment": assignment,
         "keep_float": list(quantized.keep_float),
         "index_bits": index_bits,
+        "position_coding": position_coding,
         "param_names": names,
         "num_components_learned": int(mixture.pi.numel()),
         "zero_component": model.prior.zero_component,

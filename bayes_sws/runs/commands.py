@@ -1257,6 +1257,7 @@ def _write_models(run: _RunContext, compressed, spec: dict[str, Any]) -> dict[st
         architecture=spec,
         param_names=compressed.config["param_names"],
         index_bits=compressed.config["index_bits"],
+        position_coding=compressed.config.get("position_coding", "fixed"),
     )
     buffer = io.BytesIO()
     torch.save(compressed.stored_net.state_dict(), buffer)

@@ -16,6 +16,8 @@ from bayes_sws.compress.coding import (
     huffman_code,
     huffman_code_lengths,
     relative_index_fillers,
+    rice_bits,
+    rice_parameter,
 )
 from bayes_sws.compress.params import layer_kind
 from bayes_sws.compress.plots import plot_layer_sparsity, plot_weights_before_after
@@ -101,6 +103,63 @@ def test_relative_index_fillers_hand_counts():
     assert relative_index_fillers([0, 65], 5) == 2  # 64 zeros
     assert relative_index_fillers([10, 300], 8) == 1  # 289 zeros between, 8 bits
     assert relative_index_fillers([], 5) == 0
+
+
+def _rice_string(run: int, k: int) -> str:
+    """Golomb-Rice codeword of one run of zeros, spelled out: quotient in unary, remainder."""
+    return "1" * (run // 2**k) + "0" + (format(run % 2**k, f"0{k}b") if k else "")
+
+
+def test_rice_bits_hand_counts():
+    assert _rice_string(0, 0) == "0" and _rice_string(3, 0) == "1110"
+    assert _rice_string(5, 2) == "1001" and _rice_string(34, 3) == "11110010"
+    assert rice_bits([0, 34, 3], 0) == 1 + 35 + 4
+    assert rice_bits([0, 34, 3], 3) == 4 + 8 + 4
+    assert rice_bits([], 4) == 0
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        rice_bits([1], -1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rice_parameter_is_the_best_k_by_spelled_out_codes(seed):
+    rng = np.random.default_rng(seed)
+    runs = rng.geometric(p=[0.3, 0.05, 0.01, 0.5, 0.002][seed], size=200) - 1
+    spelled = {k: sum(len(_rice_string(int(z), k)) for z in runs) for k in range(25)}
+    k, bits = rice_parameter(runs)
+    assert bits == min(spelled.values()) == spelled[k] == rice_bits(runs, k)
+    assert k == min(j for j, b in spelled.items() if b == bits)  # ties: the smaller k
+    assert rice_parameter([]) == (0, 0)
+
+
+def test_storage_rice_positions_by_hand():
+    # the 1x40 row below: non-zeros at 0, 35, 39 skip 0, 34, 3 zeros
+    net = nn.Linear(40, 1)
+    row = np.zeros(40)
+    row[[0, 35]] = 0.5
+    row[39] = -1.25
+    _set(net.weight, row)
+    (fixed,) = storage_report(net).layers
+    (layer,) = storage_report(net, position_coding="rice").layers
+    # k = 3: "0000" + "11110010" + "0011" = 16 bits (k = 2 and k = 4: 17)
+    assert (layer.position_coding, layer.index_bits) == ("rice", 3)
+    assert layer.relative_index_bits == 16 and layer.num_fillers == 0 and layer.num_stored == 3
+    # symbols 0.5:2, -1.25:1 (no filler symbol) -> one bit each
+    assert layer.cluster_index_bits == 3
+    assert layer.entropy_bits == pytest.approx(stats.entropy([2, 1], base=2) * 3)
+    assert layer.weight_bits == 16 + 3 + 64 < fixed.weight_bits == 90
+    assert layer.total_bits == 83 + 32
+    assert fixed.position_coding == "fixed"
+    # Rice never costs more than fixed-width indices: it is one more candidate
+    long_gaps = nn.Linear(1000, 1, bias=False)
+    flat = np.zeros(1000)
+    flat[::25] = 0.5  # every run 24 zeros: 5 bits fixed, 6 bits Rice (k = 4: 1 + 1 + 4)
+    _set(long_gaps.weight, flat)
+    (fixed,) = storage_report(long_gaps).layers
+    (either,) = storage_report(long_gaps, position_coding="rice").layers
+    assert rice_parameter([24] * 40) == (4, 40 * 6)
+    assert either.position_coding == "fixed" and either.weight_bits == fixed.weight_bits
+    with pytest.raises(ValueError, match="position_coding must be one of"):
+        storage_report(net, position_coding="gamma")
 
 
 def test_storage_1x40_row_by_hand():

@@ -39,7 +39,8 @@ SPECS = {
     "mlp": {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [48]},
     "lenet-5": {"name": "lenet-5", "input_shape": [1, 8, 8], "num_classes": 10},
 }
-LAYOUTS = ("plain", "sparse", "full", "raw")
+LAYOUTS = ("plain", "sparse", "full", "raw", "rice")
+CODINGS = ("fixed", "rice")
 
 
 def _quantised(spec: dict, data, epochs: int) -> torch.nn.Module:
@@ -75,11 +76,14 @@ def _stored(nets, key: str, dead: bool) -> tuple[torch.nn.Module, torch.Tensor]:
 # --------------------------------------------------------------------------- round trip
 
 
+@pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("dead", [False, True], ids=["full-size", "dead-units-removed"])
 @pytest.mark.parametrize("key", list(SPECS))
-def test_round_trip_is_bit_identical(tmp_path, nets, key, dead):
+def test_round_trip_is_bit_identical(tmp_path, nets, key, dead, coding):
     net, x = _stored(nets, key, dead)
-    saved = save_compressed(net, tmp_path / "model.sws", architecture=SPECS[key])
+    saved = save_compressed(
+        net, tmp_path / "model.sws", architecture=SPECS[key], position_coding=coding
+    )
     state = torch.random.get_rng_state()
     back = load_compressed(tmp_path / "model.sws")
     assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the RNG alone
@@ -96,15 +100,22 @@ def test_round_trip_is_bit_identical(tmp_path, nets, key, dead):
     report = saved.report
     assert {row.storage_format for row in report.layers} <= {"sparse", "full"}
     assert report.nonzero_fraction < 0.5
+    # the lowest version that holds the layouts: 2 only with a Rice-coded tensor
+    rice = any(row.position_coding == "rice" for row in report.layers)
+    assert rice == (coding == "rice")  # these sparse layers are smaller Rice-coded
+    version = struct.unpack_from("<H", (tmp_path / "model.sws").read_bytes(), 8)[0]
+    assert version == (2 if rice else 1)
 
 
 # --------------------------------------------------------------------------- size
 
 
-def _header_bytes_by_hand(net: torch.nn.Module, spec: dict) -> int:
+def _header_bytes_by_hand(net: torch.nn.Module, spec: dict, coding: str = "fixed") -> int:
     """docs/file-format.md, Eq. (1): 30 fixed bytes, the spec, the records."""
     coded = {
-        row.name for row in storage_report(net).layers if row.storage_format in ("sparse", "full")
+        row.name
+        for row in storage_report(net, position_coding=coding).layers
+        if row.storage_format in ("sparse", "full")
     }
     total = 8 + 2 + 4 + 4 + 8 + 4  # magic, version, spec length, records, bits, CRC
     total += len(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
@@ -116,20 +127,20 @@ def _header_bytes_by_hand(net: torch.nn.Module, spec: dict) -> int:
     return total
 
 
+@pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("dead", [False, True], ids=["full-size", "dead-units-removed"])
 @pytest.mark.parametrize("key", list(SPECS))
-def test_file_size_is_the_counted_bits_plus_the_stated_header(tmp_path, nets, key, dead):
+def test_file_size_is_the_counted_bits_plus_the_stated_header(tmp_path, nets, key, dead, coding):
     net, _ = _stored(nets, key, dead)
-    saved = save_compressed(net, tmp_path / "model.sws", architecture=SPECS[key])
-    size = (tmp_path / "model.sws").stat().st_size
-    report = storage_report(net)
-    assert saved.payload_bits == report.total_bits
-    assert (
-        size
-        == saved.num_bytes
-        == math.ceil(report.total_bits / 8) + _header_bytes_by_hand(net, SPECS[key])
+    saved = save_compressed(
+        net, tmp_path / "model.sws", architecture=SPECS[key], position_coding=coding
     )
-    assert saved.header_bytes == _header_bytes_by_hand(net, SPECS[key])
+    size = (tmp_path / "model.sws").stat().st_size
+    report = storage_report(net, position_coding=coding)
+    header = _header_bytes_by_hand(net, SPECS[key], coding)
+    assert saved.payload_bits == report.total_bits
+    assert size == saved.num_bytes == math.ceil(report.total_bits / 8) + header
+    assert saved.header_bytes == header
 
 
 # --------------------------------------------------------------------------- an independent reader
@@ -181,7 +192,7 @@ def _read_by_the_docs(data: bytes):
             "order": order,
             "shape": r.take(f"<{ndim}I"),
         }
-        if record["layout"] in ("sparse", "full"):
+        if record["layout"] in ("sparse", "full", "rice"):
             record["index_bits"], record["stored"], size = r.take("<BII")
             record["lengths"] = list(r.bytes_(size + 1))
         records.append(record)
@@ -217,6 +228,17 @@ def _decode_tensor(record: dict, payload: str, at: int) -> tuple[np.ndarray, int
     if record["layout"] == "sparse":
         relative = [int(payload[at + width * i : at + width * (i + 1)], 2) for i in range(stored)]
         at += width * stored
+    elif record["layout"] == "rice":  # every quotient in unary (ones, a zero), then remainders
+        quotients = []
+        for _ in range(stored):
+            end = payload.index("0", at)
+            quotients.append(end - at)
+            at = end + 1
+        remainders = [
+            int(payload[at + width * i : at + width * (i + 1)] or "0", 2) for i in range(stored)
+        ]
+        at += width * stored
+        relative = [q * 2**width + r for q, r in zip(quotients, remainders, strict=True)]
     table, symbols, word, start = _canonical_dict(record["lengths"]), [], "", at
     while len(symbols) < stored:
         word += payload[at]
@@ -236,19 +258,22 @@ def _decode_tensor(record: dict, payload: str, at: int) -> tuple[np.ndarray, int
     return matrix.reshape(record["shape"]), at, at - start
 
 
+@pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("key", list(SPECS))
-def test_a_reader_written_from_the_docs_recovers_every_tensor(nets, key):
+def test_a_reader_written_from_the_docs_recovers_every_tensor(nets, key, coding):
     net, _ = _stored(nets, key, dead=False)
-    data, _ = encode_compressed(net, architecture=SPECS[key])
+    data, _ = encode_compressed(net, architecture=SPECS[key], position_coding=coding)
     magic, version, spec, payload_bits, records, payload = _read_by_the_docs(data)
-    assert magic == b"\x89SWS\r\n\x1a\n" and version == 1 and spec == SPECS[key]
+    assert magic == b"\x89SWS\r\n\x1a\n" and spec == SPECS[key]
+    assert version == (2 if coding == "rice" else 1)
+    assert (coding == "rice") == any(r["layout"] == "rice" for r in records)
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
     at = 0
     for record, (name, p) in zip(records, net.named_parameters(), strict=True):
         assert record["name"] == name
         tensor, at, huffman = _decode_tensor(record, payload, at)
         assert np.array_equal(tensor, p.detach().numpy()), name
-        if record["layout"] in ("sparse", "full"):
+        if record["layout"] in ("sparse", "full", "rice"):
             # the stored code is an optimal prefix code for the symbols it codes
             lengths = np.array(record["lengths"])
             if (lengths > 0).sum() > 1:  # a full binary tree: Kraft's sum is exactly one
@@ -264,6 +289,8 @@ def _symbol_counts(record: dict, tensor: np.ndarray) -> np.ndarray:
     values, counts = np.unique(flat[flat != 0], return_counts=True)
     if record["layout"] == "full":
         zero = int((flat == 0).sum())
+    elif record["layout"] == "rice":
+        zero = 0  # no fillers: the zero symbol is never coded
     else:
         matrix = tensor.reshape(tensor.shape[0], -1)
         sequence = (matrix if record["order"] == 0 else matrix.T).reshape(-1)
@@ -276,9 +303,11 @@ def _symbol_counts(record: dict, tensor: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- damage
 
 
-@pytest.fixture(scope="module")
-def mlp_bytes(nets):
-    return encode_compressed(nets["mlp"][0], architecture=SPECS["mlp"])[0]
+@pytest.fixture(scope="module", params=CODINGS)
+def mlp_bytes(nets, request):
+    return encode_compressed(
+        nets["mlp"][0], architecture=SPECS["mlp"], position_coding=request.param
+    )[0]
 
 
 def _with_crc(data: bytes) -> bytes:
@@ -306,9 +335,21 @@ def test_a_flipped_bit_is_refused(mlp_bytes, where):
 def test_wrong_magic_and_newer_version_are_refused(mlp_bytes):
     with pytest.raises(CompressedFileError, match="not a bayes_sws compressed network"):
         decode_compressed(b"PK\x03\x04" + mlp_bytes[4:])
-    newer = _with_crc(mlp_bytes[:8] + struct.pack("<H", 2) + mlp_bytes[10:])
-    with pytest.raises(CompressedFileError, match="version 2 .* reads versions 1-1; upgrade"):
+    newer = _with_crc(mlp_bytes[:8] + struct.pack("<H", 3) + mlp_bytes[10:])
+    with pytest.raises(CompressedFileError, match="version 3 .* reads versions 1-2; upgrade"):
         decode_compressed(newer)
+
+
+def test_a_rice_layout_in_a_version_1_file_is_refused(nets):
+    data, _ = encode_compressed(nets["mlp"][0], architecture=SPECS["mlp"], position_coding="rice")
+    assert struct.unpack_from("<H", data, 8)[0] == 2
+    older = _with_crc(data[:8] + struct.pack("<H", 1) + data[10:])
+    with pytest.raises(CompressedFileError, match="unknown layout 4 .* version 1"):
+        decode_compressed(older)
+    # and a version-2 reader reads the version-2 file
+    back = decode_compressed(data)
+    for a, b in zip(nets["mlp"][0].parameters(), back.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes):
@@ -316,6 +357,14 @@ def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes):
     spec_end = 14 + struct.unpack_from("<I", mlp_bytes, 10)[0]
     header_end = spec_end + 200
     for at in range(8, header_end):
+        data = bytearray(mlp_bytes)
+        data[at] ^= 0xFF
+        try:
+            decode_compressed(_with_crc(bytes(data)))
+        except CompressedFileError as err:
+            assert "\n" not in str(err)
+    # every payload byte altered in turn, CRC recomputed: a clear error or some network
+    for at in range(header_end, len(mlp_bytes) - 4):
         data = bytearray(mlp_bytes)
         data[at] ^= 0xFF
         try:

@@ -158,6 +158,7 @@ def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
         "accuracy_after": 0.895,
         "compression_rate": 60.0,
         "compression_rate_all_units": 50.0,
+        "compression_rate_rice": 75.0,
     }
     result = {
         "rows": [row],

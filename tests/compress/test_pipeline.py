@@ -582,6 +582,8 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     # both methods drop dead units by default; the rate with every unit is reported beside
     assert all(r["settings"]["remove_dead_units"] for r in rows)
     assert all(r["compression_rate"] >= r["compression_rate_all_units"] for r in rows)
+    # Golomb-Rice positions are one more candidate layout: never fewer bits saved
+    assert all(r["compression_rate_rice"] >= r["compression_rate"] for r in rows)
     kept = tmp_path / "kept.json"
     bench.main(
         ["--cases", "digits/lenet-300-100", "--methods", "sws", "--keep-dead-units"]

@@ -175,11 +175,12 @@ def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatc
         "accuracy_after": 0.895,
         "compression_rate": 50.0,
         "compression_rate_all_units": 40.0,
+        "compression_rate_rice": 65.0,
     }
     results = {"c": {"rows": [row], "trials": trials, "within_margin": True, "wall": 60.0}}
     text = validated.section(results, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "now")
     assert text.startswith(validated.SECTION)
     assert "| 0.1 | 10.00 → 10.20 | +0.20 | 50.0 | **chosen** |" in text  # hand arithmetic
     assert "| 0.3 | 10.00 → 11.20 | +1.20 | 90.0 |  |" in text
-    assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 |" in text
+    assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 | 65.0 |" in text
     assert "No λ stayed within" not in text

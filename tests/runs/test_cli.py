@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from bayes_sws.compress import load_compressed
+from bayes_sws.compress import load_compressed, storage_report
 from bayes_sws.compress.pipeline import compress_result
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
@@ -241,6 +242,31 @@ def test_compress_writes_the_network_it_counted(map_run, digits, capsys):
     assert summary["test_accuracy_after"] == pytest.approx(
         np.mean(predicted == digits.y_test.numpy()), abs=1e-12
     )
+
+
+def test_compress_with_rice_positions_writes_the_same_network_smaller(map_run, capsys):
+    sws = map_run / "model.sws"
+    code, _, err = run_cli(capsys, "compress", map_run, "--remove-dead-units", "--no-plots")
+    assert code == 0, err
+    fixed, fixed_net = json.loads((map_run / "compression.json").read_text()), load_compressed(sws)
+    argv = ["--remove-dead-units", "--no-plots", "--position-coding", "rice"]
+    code, _, err = run_cli(capsys, "compress", map_run, *argv)
+    assert code == 0, err
+    rice = json.loads((map_run / "compression.json").read_text())
+    assert rice["settings"]["position_coding"] == "rice"
+    # oracle: the storage report of the fixed run's network, recounted with Rice positions
+    recount = storage_report(fixed_net, position_coding="rice")
+    assert rice["files"]["model.sws"]["payload_bits"] == rice["total_bits"] == recount.total_bits
+    assert rice["total_bits"] <= fixed["total_bits"]
+    assert (
+        sws.stat().st_size
+        == -(-rice["total_bits"] // 8) + rice["files"]["model.sws"]["header_bytes"]
+    )
+    version = struct.unpack_from("<H", sws.read_bytes(), 8)[0]
+    uses_rice = any(row.position_coding == "rice" for row in recount.layers)
+    assert version == (2 if uses_rice else 1)
+    for a, b in zip(fixed_net.parameters(), load_compressed(sws).parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_report_summarises_the_run(map_run, capsys):
