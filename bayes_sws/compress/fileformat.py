@@ -338,6 +338,10 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
 def _rice_decode(bits: np.ndarray, pos: int, count: int, record: _Record) -> tuple[np.ndarray, int]:
     """``count`` runs of zeros Rice-coded from ``bits[pos:]`` (:func:`_rice_encode`)."""
     k = record.index_bits
+    if k > 62:  # a run of zeros fits an int64 with room for the shift
+        raise CompressedFileError(
+            f"parameter {record.name!r} has Rice parameter {k} (at most 62): the file is corrupted"
+        )
     ends = np.flatnonzero(bits[pos:] == 0)[:count]  # the unary parts' terminating zeros
     if ends.size < count:
         raise CompressedFileError(

@@ -234,18 +234,29 @@ def _sparse_layout(
     matrix: np.ndarray, order: str, value_counts: np.ndarray, index_bits: int, codebook_bits: int
 ) -> _Layout:
     """Sparse layout of ``matrix`` traversed in ``order`` (relative indices, fillers)."""
-    flat = (matrix if order == "row" else matrix.T).reshape(-1)
-    positions = np.flatnonzero(flat)
+    positions = _positions(matrix, order)
     # (relative index, cluster index) per non-zero and per filler zero
     num_fillers = relative_index_fillers(positions, index_bits)
-    symbols = np.append(value_counts, num_fillers)
-    huffman = huffman_bits(symbols)
     num_stored = int(positions.size) + num_fillers
-    index = index_bits * num_stored
+    symbols = np.append(value_counts, num_fillers)
+    return _sparse(order, "fixed", index_bits, index_bits * num_stored, symbols, codebook_bits)
+
+
+def _positions(matrix: np.ndarray, order: str) -> np.ndarray:
+    """Positions of the non-zeros of ``matrix`` traversed row by row or column by column."""
+    return np.flatnonzero((matrix if order == "row" else matrix.T).reshape(-1))
+
+
+def _sparse(
+    order: str, coding: str, index_bits: int, index: int, symbols: np.ndarray, codebook_bits: int
+) -> _Layout:
+    """A sparse layout from its position bits ``index`` and the stored entries' symbol counts
+    (the non-zeros' values, then the fillers as the zero symbol)."""
+    huffman = huffman_bits(symbols)
     return _Layout(
         storage_format="sparse",
         order=order,
-        position_coding="fixed",
+        position_coding=coding,
         index_bits=index_bits,
         weight_bits=index + huffman + codebook_bits,
         relative_index_bits=index,
@@ -253,8 +264,8 @@ def _sparse_layout(
         entropy_bits=entropy_bits(symbols),
         codebook_bits=codebook_bits,
         raw_bits=0,
-        num_fillers=num_fillers,
-        num_stored=num_stored,
+        num_fillers=int(symbols[-1]) if coding == "fixed" else 0,
+        num_stored=int(np.sum(symbols)),
     )
 
 
@@ -263,24 +274,8 @@ def _rice_layout(
 ) -> _Layout:
     """Sparse layout of ``matrix`` traversed in ``order`` with Golomb-Rice-coded runs of
     zeros (:func:`rice_parameter`): no fillers, Huffman codes over the non-zeros' symbols."""
-    flat = (matrix if order == "row" else matrix.T).reshape(-1)
-    runs = zero_runs(np.flatnonzero(flat))
-    k, index = rice_parameter(runs)
-    huffman = huffman_bits(value_counts)
-    return _Layout(
-        storage_format="sparse",
-        order=order,
-        position_coding="rice",
-        index_bits=k,
-        weight_bits=index + huffman + codebook_bits,
-        relative_index_bits=index,
-        cluster_index_bits=huffman,
-        entropy_bits=entropy_bits(value_counts),
-        codebook_bits=codebook_bits,
-        raw_bits=0,
-        num_fillers=0,
-        num_stored=int(runs.size),
-    )
+    k, index = rice_parameter(zero_runs(_positions(matrix, order)))
+    return _sparse(order, "rice", k, index, value_counts, codebook_bits)
 
 
 def _full_layout(

@@ -131,13 +131,18 @@ def test_rice_parameter_is_the_best_k_by_spelled_out_codes(seed):
     assert rice_parameter([]) == (0, 0)
 
 
-def test_storage_rice_positions_by_hand():
-    # the 1x40 row below: non-zeros at 0, 35, 39 skip 0, 34, 3 zeros
+def _row_1x40() -> nn.Linear:
+    """A 1x40 weight with 0.5 at positions 0 and 35 and -1.25 at 39 (skips 0, 34, 3)."""
     net = nn.Linear(40, 1)
     row = np.zeros(40)
     row[[0, 35]] = 0.5
     row[39] = -1.25
     _set(net.weight, row)
+    return net
+
+
+def test_storage_rice_positions_by_hand():
+    net = _row_1x40()
     (fixed,) = storage_report(net).layers
     (layer,) = storage_report(net, position_coding="rice").layers
     # k = 3: "0000" + "11110010" + "0011" = 16 bits (k = 2 and k = 4: 17)
@@ -163,11 +168,7 @@ def test_storage_rice_positions_by_hand():
 
 
 def test_storage_1x40_row_by_hand():
-    net = nn.Linear(40, 1)
-    row = np.zeros(40)
-    row[[0, 35]] = 0.5
-    row[39] = -1.25
-    _set(net.weight, row)
+    net = _row_1x40()
     report = storage_report(net)
     (layer,) = report.layers
     # non-zeros at 0, 35, 39: skips 0, 34, 3 -> one filler (34 > 31), 4 stored entries

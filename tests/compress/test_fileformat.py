@@ -353,18 +353,9 @@ def test_a_rice_layout_in_a_version_1_file_is_refused(nets):
 
 
 def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes):
-    # every header byte altered in turn, CRC recomputed: a clear error, never a crash
-    spec_end = 14 + struct.unpack_from("<I", mlp_bytes, 10)[0]
-    header_end = spec_end + 200
-    for at in range(8, header_end):
-        data = bytearray(mlp_bytes)
-        data[at] ^= 0xFF
-        try:
-            decode_compressed(_with_crc(bytes(data)))
-        except CompressedFileError as err:
-            assert "\n" not in str(err)
-    # every payload byte altered in turn, CRC recomputed: a clear error or some network
-    for at in range(header_end, len(mlp_bytes) - 4):
+    # every byte after the magic altered in turn (header and payload), CRC recomputed:
+    # a clear error or some network, never a crash
+    for at in range(8, len(mlp_bytes) - 4):
         data = bytearray(mlp_bytes)
         data[at] ^= 0xFF
         try:
