@@ -620,6 +620,23 @@ def _groups_config(model: SWSModel) -> dict[str, Any]:
     return {"groups": {g: list(names) for g, names in model.groups.items()}}
 
 
+def _compression_config(
+    fit_result: FitResult, quantized: QuantizeResult, mixture, **settings: Any
+) -> dict[str, Any]:
+    """:attr:`CompressionResult.config`: the fit's config, the compression ``settings`` as
+    given, and what quantisation found (the tensors quantised, the components learned)."""
+    model = fit_result.model
+    return {
+        **fit_result.config,
+        **settings,
+        "keep_float": list(quantized.keep_float),
+        "param_names": list(quantized.param_names),
+        "num_components_learned": int(mixture.pi.numel()),
+        "zero_component": model.prior.zero_component,
+        **_groups_config(model),
+    }
+
+
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
     """``test_{accuracy,rmse,log_likelihood}_{stage}`` fields of a :class:`CompressionResult`."""
     return {
@@ -742,26 +759,22 @@ def compress_result(
         seed=seed,
         progress=progress,
     )
-    names = list(quantized.param_names)
     changed = finetune_epochs > 0 or stored is not final  # else scored as quantized
     after = _scores(stored, x_test, y_test, model.likelihood) if changed else quantized_scores
-    config = {
-        **fit_result.config,
-        "merge_threshold": float(merge_threshold),
-        "merge_criterion": merge_criterion,
-        "value_tolerance": float(value_tolerance),
-        "assignment": assignment,
-        "keep_float": list(quantized.keep_float),
-        "index_bits": index_bits,
-        "position_coding": position_coding,
-        "param_names": names,
-        "num_components_learned": int(mixture.pi.numel()),
-        "zero_component": model.prior.zero_component,
-        **_groups_config(model),
-        "finetune_epochs": finetune_epochs,
-        "finetune_lr": float(finetune_lr),
-        "remove_dead_units": bool(remove_dead_units),
-    }
+    config = _compression_config(
+        fit_result,
+        quantized,
+        mixture,
+        merge_threshold=float(merge_threshold),
+        merge_criterion=merge_criterion,
+        value_tolerance=float(value_tolerance),
+        assignment=assignment,
+        index_bits=index_bits,
+        position_coding=position_coding,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=float(finetune_lr),
+        remove_dead_units=bool(remove_dead_units),
+    )
     return CompressionResult(
         net=final,
         retrained_net=retrained,
