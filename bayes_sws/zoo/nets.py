@@ -237,13 +237,26 @@ def same_memory_format(value: Tensor, like: Tensor) -> Tensor:
     Where a parameter is replaced (a smaller layer, a decoded file), the new one keeps
     the layout the network was built with, so that the network computes as before
     (oneDNN's convolutions round differently in the two layouts) and as fast.
+
+    A size-1 dimension makes both layouts "contiguous" to ``is_contiguous``, yet oneDNN
+    picks its kernels by the strides themselves (a one-channel kernel stored (25, 1, 5, 1)
+    and (25, 25, 5, 1) rounds differently), so the layout is judged, and made, by the
+    canonical channels-last strides.
     """
-    channels_last = (
-        like.dim() == 4
-        and value.dim() == 4
-        and like.is_contiguous(memory_format=torch.channels_last)
+    if like.dim() != 4 or value.dim() != 4:
+        return value
+    if like.stride() != _channels_last_strides(like.shape):
+        return value
+    out = torch.empty(
+        value.shape, dtype=value.dtype, device=value.device, memory_format=torch.channels_last
     )
-    return value.contiguous(memory_format=torch.channels_last) if channels_last else value
+    return out.copy_(value)
+
+
+def _channels_last_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a channels-last (N, C, H, W) tensor of ``shape``."""
+    _, c, h, w = shape
+    return (c * h * w, 1, w * c, c)
 
 
 class ResidualBlock(nn.Module):

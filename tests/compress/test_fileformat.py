@@ -92,8 +92,9 @@ def test_round_trip_is_bit_identical(tmp_path, nets, key, dead, coding):
     assert [n for n, _ in back.named_parameters()] == names
     for (name, a), b in zip(net.named_parameters(), back.parameters(), strict=True):
         assert a.shape == b.shape and torch.equal(a, b), name
-        for layout in (torch.contiguous_format, torch.channels_last):  # lenet-5: channels-last
-            assert a.is_contiguous(memory_format=layout) == b.is_contiguous(memory_format=layout)
+        # lenet-5 is channels-last; its one-channel first kernel is "contiguous" in both
+        # layouts, but oneDNN rounds by the strides themselves: they must be the saved ones
+        assert a.stride() == b.stride(), name
     with torch.no_grad():
         assert torch.equal(back(x), net(x))
     # the layers were really compressed: most weights pruned, a few shared values each
