@@ -259,14 +259,13 @@ def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.n
     codebook = np.unique(flat[flat != 0])  # the report's codebook: distinct non-zero values
     parts = [_float_bits(codebook)]
     layout = row.storage_format
+    sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
     if layout == "sparse" and row.position_coding == "rice":
         layout = "rice"
-        sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
         positions = np.flatnonzero(sequence)
         parts.extend(_rice_encode(zero_runs(positions), row.index_bits))
         symbols = np.searchsorted(codebook, sequence[positions])
     elif layout == "sparse":
-        sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
         relative, symbols = _symbols_sparse(sequence, codebook, row.index_bits)
         parts.append(_int_bits(relative, row.index_bits))
     else:
@@ -321,7 +320,7 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
             )
         return values.reshape(record.shape), pos
     positions = np.cumsum(relative + 1) - 1
-    if positions.size and positions[-1] >= numel:
+    if positions.size and (positions[-1] >= numel or relative.min() < 0):
         raise CompressedFileError(
             f"relative indices of parameter {record.name!r} run past its {numel} entries: "
             "the file is corrupted"
