@@ -224,7 +224,7 @@ def _symbols_sparse(sequence: np.ndarray, codebook: np.ndarray, index_bits: int)
     (:func:`~bayes_sws.compress.relative_index_fillers`).
     """
     positions = np.flatnonzero(sequence)
-    skips = np.diff(positions, prepend=-1) - 1
+    skips = zero_runs(positions)
     fillers = skips >> index_bits
     last = np.cumsum(fillers + 1) - 1  # where each non-zero's own entry lands
     relative = np.full(int(last[-1]) + 1 if last.size else 0, (1 << index_bits) - 1, np.int64)
