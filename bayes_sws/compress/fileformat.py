@@ -341,7 +341,7 @@ def _rice_decode(bits: np.ndarray, pos: int, count: int, record: _Record) -> tup
         raise CompressedFileError(
             f"parameter {record.name!r} has Rice parameter {k} (at most 62): the file is corrupted"
         )
-    ends = np.flatnonzero(bits[pos:] == 0)[:count]  # the unary parts' terminating zeros
+    ends = _unary_ends(bits, pos, count)  # the unary parts' terminating zeros
     if ends.size < count:
         raise CompressedFileError(
             f"Rice-coded positions of parameter {record.name!r} end early: the file is corrupted"
@@ -358,6 +358,20 @@ def _rice_decode(bits: np.ndarray, pos: int, count: int, record: _Record) -> tup
         else np.zeros(count, np.int64)
     )
     return (quotients.astype(np.int64) << k) + remainders, pos + k * count
+
+
+def _unary_ends(bits: np.ndarray, pos: int, count: int) -> np.ndarray:
+    """Offsets from ``pos`` of the first ``count`` zeros of ``bits[pos:]`` (fewer if absent).
+
+    Searches a window that doubles until it holds ``count`` zeros, so a file of many
+    Rice records is read in time linear in its size (not the rest of the payload per
+    record)."""
+    window = 2 * count + 64
+    while True:
+        ends = np.flatnonzero(bits[pos : pos + window] == 0)
+        if ends.size >= count or pos + window >= bits.size:
+            return ends[:count]
+        window *= 2
 
 
 # --------------------------------------------------------------------------- header

@@ -380,3 +380,19 @@ def test_what_the_format_cannot_hold_is_refused(nets, tmp_path):
     with pytest.raises(ValueError, match="buffers"):
         save_compressed(norm, tmp_path / "a.sws", architecture=SPECS["mlp"])
     assert not (tmp_path / "a.sws").exists()
+
+
+@pytest.mark.parametrize("spacing", [1, 3, 200])
+def test_unary_terminators_are_found_past_the_first_search_window(spacing):
+    # zeros far apart (long unary parts) make the doubling window grow several times;
+    # oracle: numpy over the whole stream
+    from bayes_sws.compress.fileformat import _unary_ends
+
+    rng = np.random.default_rng(spacing)
+    bits = (rng.random(20_000) > 1 / spacing).astype(np.uint8)
+    pos, count = 37, int((bits[37:] == 0).sum()) // 2
+    expected = np.flatnonzero(bits[pos:] == 0)[:count]
+    np.testing.assert_array_equal(_unary_ends(bits, pos, count), expected)
+    # asking for more zeros than remain returns those that do
+    everything = np.flatnonzero(bits[pos:] == 0)
+    np.testing.assert_array_equal(_unary_ends(bits, pos, everything.size + 5), everything)
