@@ -42,7 +42,7 @@ from torch import nn
 from .._io import atomic_write_bytes
 from ..zoo.nets import build_network, is_factory_name, same_memory_format
 from .coding import huffman_code, zero_runs
-from .storage import BITS_PER_FLOAT, StorageReport, storage_report
+from .storage import BITS_PER_FLOAT, StorageReport, storage_report, traverse, untraverse
 
 __all__ = [
     "FORMAT_VERSION",
@@ -259,7 +259,7 @@ def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.n
     codebook = np.unique(flat[flat != 0])  # the report's codebook: distinct non-zero values
     parts = [_float_bits(codebook)]
     layout = row.storage_format
-    sequence = (matrix if row.order == "row" else matrix.T).reshape(-1)
+    sequence = traverse(matrix, row.order)
     if layout == "sparse" and row.position_coding == "rice":
         layout = "rice"
         positions = np.flatnonzero(sequence)
@@ -328,9 +328,7 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
     sequence = np.zeros(numel, dtype=np.float32)
     sequence[positions] = values
     rows, cols = record.matrix_shape()
-    matrix = (
-        sequence.reshape(rows, cols) if record.order == "row" else sequence.reshape(cols, rows).T
-    )
+    matrix = untraverse(sequence, rows, cols, record.order)
     return np.ascontiguousarray(matrix).reshape(record.shape), pos
 
 

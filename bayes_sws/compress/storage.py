@@ -242,9 +242,20 @@ def _sparse_layout(
     return _sparse(order, "fixed", index_bits, index_bits * num_stored, symbols, codebook_bits)
 
 
+def traverse(matrix: np.ndarray, order: str) -> np.ndarray:
+    """The entries of the 2-D ``matrix`` in storage order: row by row (``"row"``, CSR) or
+    column by column (``"column"``, CSC), as one flat array (:func:`untraverse` inverts it)."""
+    return (matrix if order == "row" else matrix.T).reshape(-1)
+
+
+def untraverse(sequence: np.ndarray, rows: int, cols: int, order: str) -> np.ndarray:
+    """The ``rows`` × ``cols`` matrix whose :func:`traverse` in ``order`` is ``sequence``."""
+    return sequence.reshape(rows, cols) if order == "row" else sequence.reshape(cols, rows).T
+
+
 def _positions(matrix: np.ndarray, order: str) -> np.ndarray:
     """Positions of the non-zeros of ``matrix`` traversed row by row or column by column."""
-    return np.flatnonzero((matrix if order == "row" else matrix.T).reshape(-1))
+    return np.flatnonzero(traverse(matrix, order))
 
 
 def _sparse(
