@@ -156,6 +156,43 @@ def test_fit_warns_once_when_stopped_early_and_not_when_converged():
     assert not [w for w in caught if issubclass(w.category, sws.HealthWarning)]
 
 
+def test_only_the_steps_after_the_callback_last_changed_the_objective_are_judged():
+    # λ falls from 50 to 0 over the first 900 of 1,000 MAP steps: the loss falls with
+    # it (the whole run's last 200 steps fail the trend test), but that is the objective
+    # changing, not SVI unconverged; the 100 steps after its last change are flat
+    x, y = _regression()
+    model = _linear_model()
+
+    def schedule(step, loss):
+        model.prior_scale = 50.0 * max(0.0, 1.0 - (step + 1) / 900)
+
+    model.prior_scale = 50.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sws.fit(model, x, y, guide="map", num_steps=1000, lr=0.05, callback=schedule)
+    assert health.check_converged(result.losses, warn=False)  # the whole run: "falling"
+    assert result.config["objective_changed_at"] == 900  # λ last changed after step 899
+    assert not [w for w in caught if issubclass(w.category, sws.HealthWarning)]
+    assert result.convergence_findings() == []
+    # a callback that sets an unchanged λ changes nothing; a run still falling after the
+    # schedule's end is still flagged
+    model = _linear_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sws.fit(
+            model,
+            x,
+            y,
+            guide="normal",
+            num_steps=400,
+            lr=1e-3,
+            callback=lambda step, loss: setattr(model, "prior_scale", model.prior_scale),
+        )
+    assert result.config["objective_changed_at"] == 0
+    (warning,) = [w for w in caught if issubclass(w.category, sws.HealthWarning)]
+    assert "has not converged" in str(warning.message)
+
+
 def test_the_cli_says_it_once_and_records_it(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["fit", "--guide", "normal", "--steps", "120", "--pretrain-epochs", "0"]

@@ -228,7 +228,7 @@ def _prior_key(prior: MixturePrior) -> tuple:
     )
 
 
-def _priors_key(model: SWSModel) -> tuple:
+def priors_key(model: SWSModel) -> tuple:
     """:func:`_prior_key` of every mixture of the model (one per group), with its tensors."""
     return tuple(
         (group, id(prior), names, _prior_key(prior))
@@ -251,7 +251,7 @@ class ModelTerms:
         self.prior = model.prior
         self.likelihood = model.likelihood
         self.like_key = (like.dtype, like.device)
-        self.prior_key = _priors_key(model)
+        self.prior_key = priors_key(model)
         # the hyperprior distributions do not depend on the values: built once
         # (with validation off; their arguments are the prior's checked settings)
         with Validation(False):
@@ -273,7 +273,7 @@ class ModelTerms:
             and self.prior is model.prior
             and self.likelihood is model.likelihood
             and self.like_key == (like.dtype, like.device)
-            and self.prior_key == _priors_key(model)
+            and self.prior_key == priors_key(model)
         )
 
 

@@ -54,7 +54,7 @@ from ..settings import (
 )
 from ..validation import check_bool, check_int, check_real, check_seed
 from . import distributed, loaders
-from .fastmap import map_loss
+from .fastmap import map_loss, priors_key
 from .fastvi import elbo_loss, fast_path
 from .guides import (
     POINT_GUIDES,
@@ -484,6 +484,18 @@ class FitResult:
     @property
     def is_point_estimate(self) -> bool:
         return self.guide_name in POINT_GUIDES
+
+    def convergence_findings(self, *, warn: bool = False) -> list[health.Finding]:
+        """:func:`bayes_sws.health.check_converged` on the losses the final objective made.
+
+        A ``callback`` that changes the objective during the run (λ, or a mixture's
+        hyperprior, as a warm-up or the precision anneal of
+        :func:`~bayes_sws.compress.soft_weight_sharing` do) makes the loss fall for that
+        reason alone; only the steps after its last change
+        (``config["objective_changed_at"]``, 0 when it never changed) are judged.
+        """
+        start = int(self.config.get("objective_changed_at", 0))
+        return health.check_converged(self.losses[start:], warn=warn)
 
     def median(self) -> dict[str, Tensor]:
         """Posterior median (MAP for point guides) of every latent site, detached."""
@@ -1888,6 +1900,8 @@ def fit(
     HealthWarning
         The loss was still falling at the end of a run that reached ``num_steps``
         (:func:`bayes_sws.health.check_converged`; runs under 80 steps are not judged).
+        Where ``callback`` changed λ or a hyperprior, only the steps after its last
+        change are judged (:meth:`FitResult.convergence_findings`).
     VarianceCollapseWarning
         See ``collapse_threshold``.
 
@@ -1925,30 +1939,58 @@ def fit(
     if initial_state is not None:
         initial_state = _check_initial_state(initial_state, engine.config, num_steps)
     engine.init(initial_state)
+    watch = None if callback is None else _ObjectiveWatch(engine.model, callback)
     engine.run(
         num_steps,
-        callback=callback,
+        callback=watch,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         faults=faults,
         progress=progress,
     )
-    wall_time = engine.wall_time
     result = FitResult(
         engine.model,
         _posterior_guide(engine),
         engine.config["guide"],
         engine.losses.copy(),
-        dict(engine.config),
-        wall_time,
+        {**engine.config, "objective_changed_at": 0 if watch is None else watch.changed_at},
+        engine.wall_time,
         faults.faults,
     )
+    # a run stopped early by its callback is not judged for convergence
+    _warn_health(result, collapse_threshold, judge_convergence=engine.step >= num_steps)
+    return result
+
+
+def _warn_health(
+    result: FitResult, collapse_threshold: float | None, *, judge_convergence: bool
+) -> None:
+    """:func:`fit`'s warnings on its result: collapsed variances, an unconverged loss."""
     if collapse_threshold is not None:
         _warn_variance_collapse(result, collapse_threshold)
-    if engine.step >= num_steps:  # a run stopped early by its callback is not judged
-        for finding in health.check_converged(result.losses, warn=False):
+    if judge_convergence:
+        for finding in result.convergence_findings():
             warnings.warn(finding.message, health.HealthWarning, stacklevel=_stacklevel_outside())
-    return result
+
+
+class _ObjectiveWatch:
+    """``callback`` of :func:`fit`, noting the last step after which it changed the
+    objective: λ or a mixture's hyperprior (:func:`~bayes_sws.infer.fastmap.priors_key`)."""
+
+    def __init__(self, model: SWSModel, callback: Callable[[int, float], bool | None]):
+        self.model, self.callback = model, callback
+        self.key = self._key()
+        self.changed_at = 0  # the first step of the objective in force at the end
+
+    def _key(self) -> tuple:
+        return (self.model.prior_scale, priors_key(self.model))
+
+    def __call__(self, step: int, loss: float) -> bool | None:
+        stop = self.callback(step, loss)
+        key = self._key()
+        if key != self.key:
+            self.key, self.changed_at = key, step + 1
+        return stop
 
 
 def _posterior_guide(engine: SVIEngine) -> Any:

@@ -953,7 +953,7 @@ def _fit_health(
 
     :func:`bayes_sws.fit` has issued the convergence warning already: it is only recorded here.
     """
-    findings = health.check_converged(result.losses, warn=False)
+    findings = result.convergence_findings()
     if data.is_classification:
         findings += health.check_prediction(
             prediction.argmax(-1).numpy(), num_classes=data.num_classes
