@@ -184,3 +184,46 @@ def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatc
     assert "| 0.3 | 10.00 → 11.20 | +1.20 | 90.0 |  |" in text
     assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 | 65.0 |" in text
     assert "No λ stayed within" not in text
+
+
+def test_quantisation_loss_benchmark_scores_what_the_pipeline_does(monkeypatch, tmp_path):
+    # the script quantises one retraining several ways; its "as set" row must be what
+    # soft_weight_sharing gives in one call with the same settings on the same split
+    # (oracle: that call, scored here on the validation split)
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression as bench
+    import compression_validated as validated
+    import quantisation_loss as script
+
+    from bayes_sws.compress.pipeline import soft_weight_sharing
+
+    options = {
+        "case": "digits/lenet-300-100",
+        "prior_scale": 0.03,
+        "validation": 0.1,
+        "seed": 0,
+        "retrain_seed": 0,
+        "finetune_epochs": [1],
+        "finetune_lrs": [1e-4],
+        "threads": 1,
+        "cache": tmp_path,
+        "progress": False,
+        "overrides": {"sws": {"num_epochs": 2}, "dc": {}},
+    }
+    rows = script.run(options)
+    case = validated.with_settings(bench.CASES[options["case"]], None, options["overrides"])
+    tuning, _ = validation_split(bench.load(case), 0.1, seed=0)
+    held_out = dataclasses.replace(case, name=f"{case.name}+validation0.1")
+    net, _ = bench.pretrained(held_out, tuning, seed=0, cache=tmp_path, progress=False)
+    once = soft_weight_sharing(
+        net, tuning, progress=False, **{**validated._settings(case), "prior_scale": 0.03, "seed": 0}
+    )
+    pretrained = 1.0 - once.test_accuracy_pretrained
+    (as_set,) = [r for r in rows if r["variant"] == "as set"]
+    assert as_set["compression_rate"] == pytest.approx(once.compression_rate, rel=1e-12)
+    assert as_set["delta_final"] == pytest.approx(100 * (1 - once.test_accuracy_after - pretrained))
+    labels = [r["variant"] for r in rows]
+    names = once.config["param_names"]
+    assert labels[3 : 3 + len(names)] == [f"{n} unquantised" for n in names]
+    assert labels[-1] == "codebook fine-tuning 1 epoch(s) at lr 0.0001"
