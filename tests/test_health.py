@@ -174,6 +174,30 @@ def test_only_the_steps_after_the_callback_last_changed_the_objective_are_judged
     assert result.config["objective_changed_at"] == 900  # λ last changed after step 899
     assert not [w for w in caught if issubclass(w.category, sws.HealthWarning)]
     assert result.convergence_findings() == []
+    # a hyperprior schedule (the prior's precision, as the anneal of a run directory),
+    # resumed from a checkpoint taken after its last change: the step travels with it
+    states = []
+    model = _linear_model()
+
+    def anneal(step, loss=None):
+        model.prior.fixed_precision = 2.0 + 200.0 * max(0.0, 1.0 - (step + 1) / 900)
+
+    anneal(-1)
+    sws.fit(
+        model, x, y, guide="map", num_steps=950, lr=0.05, callback=anneal,
+        checkpoint=states.append, checkpoint_every=950,
+    )  # fmt: skip
+    assert states[-1].step == 950
+    anneal(states[-1].step - 1)  # the prior in force at the resumed step, as runs do
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = sws.fit(
+            model, x, y, guide="map", num_steps=1000, lr=0.05, callback=anneal,
+            initial_state=states[-1],
+        )  # fmt: skip
+    assert resumed.config["objective_changed_at"] == 900
+    assert health.check_converged(resumed.losses, warn=False)  # the whole run: "falling"
+    assert not [w for w in caught if issubclass(w.category, sws.HealthWarning)]
     # a callback that sets an unchanged λ changes nothing; a run still falling after the
     # schedule's end is still flagged
     model = _linear_model()

@@ -1939,7 +1939,7 @@ def fit(
     if initial_state is not None:
         initial_state = _check_initial_state(initial_state, engine.config, num_steps)
     engine.init(initial_state)
-    watch = None if callback is None else _ObjectiveWatch(engine.model, callback)
+    watch = _ObjectiveWatch.around(callback, engine, initial_state)
     engine.run(
         num_steps,
         callback=watch,
@@ -1953,7 +1953,7 @@ def fit(
         _posterior_guide(engine),
         engine.config["guide"],
         engine.losses.copy(),
-        {**engine.config, "objective_changed_at": 0 if watch is None else watch.changed_at},
+        dict(engine.config),
         engine.wall_time,
         faults.faults,
     )
@@ -1974,13 +1974,23 @@ def _warn_health(
 
 
 class _ObjectiveWatch:
-    """``callback`` of :func:`fit`, noting the last step after which it changed the
-    objective: λ or a mixture's hyperprior (:func:`~bayes_sws.infer.fastmap.priors_key`)."""
+    """``callback`` of :func:`fit`, noting in ``config["objective_changed_at"]`` the last
+    step after which it changed the objective: λ or a mixture's hyperprior
+    (:func:`~bayes_sws.infer.fastmap.priors_key`). The engine's config travels in its
+    checkpoints, so a resumed run keeps the step its first part noted."""
 
-    def __init__(self, model: SWSModel, callback: Callable[[int, float], bool | None]):
-        self.model, self.callback = model, callback
+    def __init__(self, callback: Callable[[int, float], bool | None], engine: SVIEngine):
+        self.model, self.callback, self.config = engine.model, callback, engine.config
         self.key = self._key()
-        self.changed_at = 0  # the first step of the objective in force at the end
+
+    @classmethod
+    def around(
+        cls, callback: Callable | None, engine: SVIEngine, initial_state: FitState | None
+    ) -> _ObjectiveWatch | None:
+        """The watch of ``callback`` (``None`` without one), its step resumed from the state."""
+        before = {} if initial_state is None else initial_state.config
+        engine.config["objective_changed_at"] = int(before.get("objective_changed_at", 0))
+        return None if callback is None else cls(callback, engine)
 
     def _key(self) -> tuple:
         return (self.model.prior_scale, priors_key(self.model))
@@ -1989,7 +1999,8 @@ class _ObjectiveWatch:
         stop = self.callback(step, loss)
         key = self._key()
         if key != self.key:
-            self.key, self.changed_at = key, step + 1
+            self.key = key
+            self.config["objective_changed_at"] = step + 1
         return stop
 
 
