@@ -51,6 +51,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -134,9 +135,11 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
     }
 
 
-def run_case(name: str, options: dict) -> dict:
-    """Tune on validation, then read the test set once; the rows and the trial table."""
-    torch.set_num_threads(options["threads"])
+def held_out_pretrained(name: str, options: dict) -> tuple[bench.Case, Any, Any, torch.nn.Module]:
+    """``(case, tuning, final, net)``: the case ``name`` with ``options``' epochs and
+    overrides, its data split into ``tuning`` (training less the validation share, whose
+    test part is the validation set) and ``final`` (the test set), and the network
+    pretrained on ``tuning`` (or loaded from ``options["cache"]``)."""
     case = with_settings(bench.CASES[name], options.get("epochs"), options.get("overrides"))
     tuning, final = validation_split(bench.load(case), options["validation"], seed=options["seed"])
     held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
@@ -144,6 +147,13 @@ def run_case(name: str, options: dict) -> dict:
     net, _ = bench.pretrained(
         held_out, tuning, seed=options["seed"], cache=options["cache"], progress=options["progress"]
     )
+    return case, tuning, final, net
+
+
+def run_case(name: str, options: dict) -> dict:
+    """Tune on validation, then read the test set once; the rows and the trial table."""
+    torch.set_num_threads(options["threads"])
+    case, tuning, final, net = held_out_pretrained(name, options)
     modes = {"shared": [None], "layer": ["layer"], "both": [None, "layer"]}
     found, walls = {}, {}
     for groups in modes[options.get("groups") or "shared"]:

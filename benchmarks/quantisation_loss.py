@@ -22,7 +22,6 @@ the end, and the compression rate. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,6 @@ import compression as bench
 import compression_validated as validated
 
 from bayes_sws.compress.pipeline import compress_result, soft_weight_sharing
-from bayes_sws.compress.tuning import validation_split
 
 
 def variants(param_names: list[str], epochs: list[int], lrs: list[float]) -> list[tuple]:
@@ -61,12 +59,7 @@ def run(options: dict) -> list[dict]:
     """The retraining and every variant's validation scores (:func:`variants`)."""
     torch.set_num_threads(options["threads"])
     name = options["case"]
-    case = validated.with_settings(bench.CASES[name], None, options["overrides"])
-    tuning, _ = validation_split(bench.load(case), options["validation"], seed=options["seed"])
-    held_out = dataclasses.replace(case, name=f"{name}+validation{options['validation']:g}")
-    net, _ = bench.pretrained(
-        held_out, tuning, seed=options["seed"], cache=options["cache"], progress=options["progress"]
-    )
+    case, tuning, _, net = validated.held_out_pretrained(name, options)
     settings = validated._settings(case)
     fixed = {k: settings.pop(k) for k in ("finetune_epochs", "finetune_lr")}
     bench.say(

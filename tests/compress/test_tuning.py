@@ -192,7 +192,6 @@ def test_quantisation_loss_benchmark_scores_what_the_pipeline_does(monkeypatch, 
     # (oracle: that call, scored here on the validation split)
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
-    import compression as bench
     import compression_validated as validated
     import quantisation_loss as script
 
@@ -212,10 +211,7 @@ def test_quantisation_loss_benchmark_scores_what_the_pipeline_does(monkeypatch, 
         "overrides": {"sws": {"num_epochs": 2}, "dc": {}},
     }
     rows = script.run(options)
-    case = validated.with_settings(bench.CASES[options["case"]], None, options["overrides"])
-    tuning, _ = validation_split(bench.load(case), 0.1, seed=0)
-    held_out = dataclasses.replace(case, name=f"{case.name}+validation0.1")
-    net, _ = bench.pretrained(held_out, tuning, seed=0, cache=tmp_path, progress=False)
+    case, tuning, _, net = validated.held_out_pretrained(options["case"], options)
     once = soft_weight_sharing(
         net, tuning, progress=False, **{**validated._settings(case), "prior_scale": 0.03, "seed": 0}
     )
