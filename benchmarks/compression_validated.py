@@ -71,8 +71,8 @@ MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margi
 
 #: λ tried per case (the other settings are the case's first soft weight-sharing row's)
 GRIDS: dict[str, tuple[float, ...]] = {
-    "fashion-mnist/lenet-300-100": (0.15, 0.18, 0.22, 0.27, 0.33),
-    "fashion-mnist/lenet-5": (0.15, 0.25, 0.4),
+    "fashion-mnist/lenet-300-100": (0.1, 0.12, 0.13, 0.14),
+    "fashion-mnist/lenet-5": (0.15, 0.2, 0.25, 0.3),
     "digits/lenet-300-100": (0.01, 0.03, 0.1),
     "digits/lenet-5": (0.003, 0.01, 0.03),
 }
@@ -102,17 +102,25 @@ def with_settings(
     case: bench.Case, epochs: int | None, overrides: dict[str, dict] | None = None
 ) -> bench.Case:
     """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)
-    and ``overrides`` (``compression._parse_overrides``: ``{"sws": {...}, "dc": {...}}``)."""
+    and ``overrides`` (``compression._parse_overrides``: ``{"sws": {...}, "dc": {...}}``).
+
+    A row's own ``anneal_epochs`` window scales with its epochs (an override's does not)."""
     sws = dict((overrides or {}).get("sws", {}))
-    if epochs is not None:
-        sws["num_epochs"] = epochs
     dc = (overrides or {}).get("dc", {})
-    if not sws and not dc:
+    if epochs is None and not sws and not dc:
         return case
+
+    def changed(settings: dict) -> dict:
+        out = {**settings, **sws}
+        if epochs is not None:
+            out["num_epochs"] = epochs
+            if "anneal_epochs" in settings and "anneal_epochs" not in sws:
+                factor = epochs / settings["num_epochs"]
+                out["anneal_epochs"] = [e * factor for e in settings["anneal_epochs"]]
+        return out
+
     return dataclasses.replace(
-        case,
-        sws={label: {**s, **sws} for label, s in case.sws.items()},
-        dc={**case.dc, **dc},
+        case, sws={label: changed(s) for label, s in case.sws.items()}, dc={**case.dc, **dc}
     )
 
 

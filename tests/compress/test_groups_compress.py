@@ -187,6 +187,11 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     case = bench.CASES["fashion-mnist/lenet-300-100"]
     longer = validated.with_settings(case, 80)
     assert {s["num_epochs"] for s in longer.sws.values()} == {80}
+    # the case's own anneal window, epochs 28 to 38 of 40, scales to 56 to 76 of 80 (by hand)
+    assert {tuple(s["anneal_epochs"]) for s in case.sws.values()} == {(28, 38)}
+    assert {tuple(s["anneal_epochs"]) for s in longer.sws.values()} == {(56, 76)}
+    pinned = validated.with_settings(case, 80, {"sws": {"anneal_epochs": [30, 70]}})
+    assert {tuple(s["anneal_epochs"]) for s in pinned.sws.values()} == {(30, 70)}
     assert validated.equal_epochs(longer) == {"finetune_epochs": 75}
     assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 35}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
