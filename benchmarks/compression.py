@@ -1103,10 +1103,12 @@ def run_grid(names: list[str], options: dict, jobs: int) -> tuple[list[dict], di
     """Every row of every case, ``jobs`` rows at a time: the rows in table order, and each
     case's pretraining record.
 
-    The cases are pretrained (or loaded) first, in parallel; then the rows run as
-    independent tasks, longest first, each Deep Compression row matched to a soft
-    weight-sharing row as soon as that row is done. With ``jobs == 1`` all of it runs in
-    this process.
+    A list scheduler: whenever a process is free it takes the next case to pretrain (or
+    load), else the longest row whose case is ready (:func:`estimated_cost`), so rows of a
+    case start while another case still pretrains, and a Deep Compression row matched to a
+    soft weight-sharing row joins the queue as soon as that row is done. Only ``jobs`` tasks
+    are in the pool at a time, so the choice is made when a process frees, not at
+    submission. With ``jobs == 1`` all of it runs in this process, in the same order.
     """
     if jobs == 1:
         pool = _Inline()
@@ -1115,27 +1117,43 @@ def run_grid(names: list[str], options: dict, jobs: int) -> tuple[list[dict], di
         pool = ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
         )
+    methods = options["methods"]
     rows: dict[tuple[str, str], dict] = {}
+    prepared: dict[str, dict] = {}
+    to_prepare = list(names)
+    ready: list[Task] = []  # rows whose case is prepared, not yet started
+    running: dict[Future, str | Task] = {}  # a case name while it is prepared
+
+    def cost(task: Task) -> float:
+        return estimated_cost(task, options, prepared[task.case]["info"])
+
     with pool:
-        prepared = {name: pool.submit(prepare_case, name, options) for name in names}
-        prepared = {name: future.result() for name, future in prepared.items()}
-        methods = options["methods"]
-        tasks = [
-            Task(name, method, label)
-            for name in names
-            for method, label in [("sws", label) for label in CASES[name].sws] + [("dc-han", "")]
-            if method in methods
-        ]
-        tasks.sort(key=lambda t: -estimated_cost(t, options, prepared[t.case]["info"]))
-        running = {pool.submit(run_task, t, options, prepared[t.case]): t for t in tasks}
-        while running:
+        while to_prepare or ready or running:
+            while len(running) < jobs and (to_prepare or ready):
+                if to_prepare:
+                    name = to_prepare.pop(0)
+                    running[pool.submit(prepare_case, name, options)] = name
+                else:
+                    task = max(ready, key=cost)  # the first of equals: table order
+                    ready.remove(task)
+                    running[pool.submit(run_task, task, options, prepared[task.case])] = task
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                row = rows[task.case, task.name] = future.result()
-                if task.method == "sws" and "dc-matched" in methods:
-                    matched = Task(task.case, "dc-matched", task.label, matched_dc_settings(row))
-                    running[pool.submit(run_task, matched, options, prepared[task.case])] = matched
+            for future in sorted(finished, key=lambda f: str(running[f])):
+                item = running.pop(future)
+                if isinstance(item, str):
+                    prepared[item] = future.result()
+                    ready += [
+                        Task(item, method, label)
+                        for method, label in [("sws", label) for label in CASES[item].sws]
+                        + [("dc-han", "")]
+                        if method in methods
+                    ]
+                    continue
+                row = rows[item.case, item.name] = future.result()
+                if item.method == "sws" and "dc-matched" in methods:
+                    ready.append(
+                        Task(item.case, "dc-matched", item.label, matched_dc_settings(row))
+                    )
     ordered = [rows[key] for key in _row_order(names, options["methods"])]
     return ordered, {name: prepared[name]["info"] for name in names}
 

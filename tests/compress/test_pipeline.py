@@ -647,6 +647,61 @@ def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
     assert list((tmp_path / "cache").glob("*.pt"))  # the pretrained network was cached
 
 
+def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
+    """The grid's list scheduler (one process, so the order is the order of the calls): both
+    cases prepared first, then always the longest row whose case is ready, a Deep
+    Compression row matched to a soft weight-sharing row queued once that row is done.
+    Costs are made up; the order below follows from them by hand."""
+    bench = _benchmark_module()
+    fashion, digits = "fashion-mnist/lenet-300-100", "digits/lenet-5"
+    labels = list(bench.CASES[fashion].sws)  # λ = 0.1, 0.12, 0.13, 0.14
+    costs = {labels[0]: 40.0, labels[1]: 30.0, labels[2]: 20.0, labels[3]: 10.0, "dc-han": 5.0}
+    costs |= {f"dc-matched to {label}": 35.0 - 20.0 * i for i, label in enumerate(labels)}
+    costs |= {
+        name: 25.0
+        for label in bench.CASES[digits].sws
+        for name in (label, f"dc-matched to {label}")
+    }
+    calls = []
+
+    def prepare_case(name, options):
+        calls.append(f"prepare {name}")
+        return {"info": {}, "accuracy": 0.9, "state": None}
+
+    def run_task(task, options, prepared):
+        calls.append(f"{task.case} {task.name}")
+        return {"method": task.name, "layers": []}
+
+    monkeypatch.setattr(bench, "prepare_case", prepare_case)
+    monkeypatch.setattr(bench, "run_task", run_task)
+    monkeypatch.setattr(bench, "estimated_cost", lambda task, options, info: costs[task.name])
+    options = {"methods": ["sws", "dc-han", "dc-matched"]}
+    rows, _ = bench.run_grid([fashion, digits], options, jobs=1)
+    (digits_sws,) = bench.CASES[digits].sws
+    assert calls == [
+        f"prepare {fashion}",
+        f"prepare {digits}",
+        f"{fashion} {labels[0]}",  # 40
+        f"{fashion} dc-matched to {labels[0]}",  # 35, queued after its row
+        f"{fashion} {labels[1]}",  # 30
+        f"{digits} {digits_sws}",  # 25 (first of the equals: table order)
+        f"{digits} dc-matched to {digits_sws}",  # 25
+        f"{fashion} {labels[2]}",  # 20
+        f"{fashion} dc-matched to {labels[1]}",  # 15
+        f"{fashion} {labels[3]}",  # 10
+        f"{fashion} dc-han",  # 5, before the digits' one (table order)
+        f"{digits} dc-han",  # 5
+        f"{fashion} dc-matched to {labels[2]}",  # -5
+        f"{fashion} dc-matched to {labels[3]}",  # -25
+    ]
+    # the rows come back in table order whatever order they ran in
+    assert [r["method"] for r in rows[:9]] == [
+        *labels,
+        "dc-han",
+        *(f"dc-matched to {label}" for label in labels),
+    ]
+
+
 # --------------------------------------------------------------------------- codebook fine-tuning, λ warm-up
 
 
