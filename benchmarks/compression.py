@@ -27,7 +27,7 @@ networks (``--quick`` runs only these, in a few minutes). Inputs are raw pixels 
 Run from the repository root::
 
     python benchmarks/compression.py --quick            # digits only, a few minutes
-    python benchmarks/compression.py --write --jobs 2   # all cases, about 28 min on 2 cores
+    python benchmarks/compression.py --write --jobs 2   # all cases, about 24 min on 2 cores
 
 Pretrained networks are cached under ``benchmarks/cache/`` (git-ignored); delete
 it to pretrain afresh. ``--threads`` defaults to 1: on a shared 2-core machine
@@ -1237,6 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
         "progress": args.progress if args.jobs == 1 else False,
         "remove_dead_units": not args.keep_dead_units,
     }
+    version = code_version()  # the code that runs, before --write changes the tree
     start = time.perf_counter()
     rows, pretrain_info = run_grid(list(names), options, args.jobs)
     total = time.perf_counter() - start
@@ -1270,7 +1271,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"moved the previous Compression section to {HISTORY.relative_to(REPO)}")
         write_section(path, section(rows, pretrain_info, command, args.threads, total))
         say("wrote the Compression section of BENCHMARKS.md")
-        recorded = f"{time.strftime('%Y-%m-%d', time.gmtime())}, code at {code_version()}"
+        recorded = f"{time.strftime('%Y-%m-%d', time.gmtime())}, code at {version}"
         if write_summary(path, summary(rows, command, args.threads, recorded)):
             say("wrote the compression table of BENCHMARKS.md's Current figures")
         else:

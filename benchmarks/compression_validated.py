@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--prior-scales must be λ ≥ 0, got {args.prior_scales}")
     options = vars(args)
     options["overrides"] = bench._parse_overrides(args.overrides)
+    version = bench.code_version()  # the code that runs, before anything is written
     results = {name: run_case(name, options) for name in args.cases}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/compression_validated.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    recorded = f"{time.strftime('%Y-%m-%d')}, code at {bench.code_version()}"
+    recorded = f"{time.strftime('%Y-%m-%d')}, code at {version}"
     text = section(results, command.strip(), options, recorded)
     print(text)
     for path in save_figures(results, args.figures) if args.figures else ():
