@@ -27,18 +27,20 @@ from bayes_sws.zoo.nets import lenet_300_100
 from bayes_sws.zoo.training import train
 
 # Retraining settings per data set: λ, learning rates (weights, mixture) and epochs. On
-# Fashion-MNIST, the benchmark's row at 64x within 0.5 points of the pretrained error
-# (BENCHMARKS.md): the soft-to-hard anneal from a broad slab to tight shared values over epochs
-# 20-36, stored without the hidden units pruning left unused.
+# Fashion-MNIST, the settings the benchmark chose on a validation split (BENCHMARKS.md, and
+# examples/choose_lambda.py for the protocol): the weights' lr 1e-3, the soft-to-hard anneal
+# from a broad slab to tight shared values over epochs 28-38 of 40, λ = 0.12, stored without
+# the hidden units pruning left unused (65.8x at +0.59 points on test in the benchmark's grid).
 SETTINGS = {
     "mnist-5k": {"prior_scale": 1e-2, "lr": 1e-3, "mixture_lr": 1e-2, "num_epochs": 60},
     "fashion-mnist": {
-        "prior_scale": 0.17,
-        "lr": 5e-4,
+        "prior_scale": 0.12,
+        "lr": 1e-3,
         "mixture_lr": 1e-3,
         "num_epochs": 40,
         "precision_prior": SLAB_PRECISION_PRIOR,
         "precision_prior_final": SHARING_PRECISION_PRIOR,
+        "anneal_epochs": (28, 38),
         "zero_precision_prior": (5000.0, 5e-3),  # σ₀ ≈ 1e-3
         "remove_dead_units": True,
     },
@@ -59,6 +61,7 @@ def main(data_name: str, smoke: bool) -> None:
             y_test=data.y_test[:256],
         )
         pretrain_epochs, settings["num_epochs"] = 1, 0.5
+        settings.pop("anneal_epochs", None)  # the pipeline's default window fits any length
 
     net = lenet_300_100(data.num_features, data.num_classes)
     train(net, data.x_train, data.y_train, num_epochs=pretrain_epochs, lr=1e-3, batch_size=128)

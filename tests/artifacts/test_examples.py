@@ -22,6 +22,7 @@ def test_the_examples_are_there():
         "map_digits.py",
         "variational_digits.py",
         "compress_lenet300.py",
+        "choose_lambda.py",
         "mdn_inverse.py",
     } <= names
 
