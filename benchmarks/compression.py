@@ -59,11 +59,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from bayes_sws.compress.baseline import deep_compression
-from bayes_sws.compress.pipeline import (
-    SHARING_PRECISION_PRIOR,
-    SLAB_PRECISION_PRIOR,
-    soft_weight_sharing,
-)
+from bayes_sws.compress.pipeline import RECIPES, soft_weight_sharing
 from bayes_sws.compress.storage import storage_report, stored_network
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.nets import lenet5_caffe, lenet_300_100
@@ -87,35 +83,27 @@ HAN_LENET5 = {
     "num_clusters": {"0.weight": 256, "2.weight": 256, "5.weight": 32, "7.weight": 32},
 }
 
-# Fashion-MNIST soft weight-sharing: a soft-to-hard anneal of the non-zero components'
-# precision hyperprior, from a broad slab (Gamma(250, 1), σ ≈ 0.063) that decides which weights
-# survive, to tight shared values (Gamma(250, 0.01), σ ≈ 0.0063), and a tight zero component
-# (σ₀ ≈ 5e-4). Without the anneal, the broad Gamma(250, 0.1) of an earlier benchmark lost 2-2.5
-# points at quantisation.
-ANNEAL = {
-    "precision_prior": list(SLAB_PRECISION_PRIOR),
-    "precision_prior_final": list(SHARING_PRECISION_PRIOR),
-    "num_epochs": 40,
-    "finetune_epochs": 0,
-}
-# LeNet-300-100 on Fashion-MNIST, every setting chosen on a validation split of the training set
-# (benchmarks/compression_validated.py, BENCHMARKS.md "Compression: chosen on validation"): the
-# weights' learning rate 1e-3 (twice the pipeline's), the anneal from epoch 28 to 38 of 40 (a
-# longer slab phase: +0.66 against +0.81 points with the default 20 -> 36, three seeds at
-# λ = 0.13), a zero component twice as wide (Gamma(5000, 5e-3), σ₀ ≈ 1e-3; on validation as
-# good as the default's), no codebook fine-tuning (after the anneal quantisation costs nothing
-# here, and fine-tuning did not help: +0.66 both ways over three seeds).
-VALIDATED_LENET_300_100 = {
-    **ANNEAL,
-    "zero_precision_prior": [5000.0, 5e-3],
-    "lr": 1e-3,
-    "anneal_epochs": [28, 38],
-}
-# LeNet-5 on Fashion-MNIST, chosen on validation: 30 epochs with the default anneal window, then
-# one epoch of codebook fine-tuning at lr 1e-4 (LeNet-5's quantisation loss is its first
-# convolution's 500 weights snapped to shared values; fine-tuning them gave +0.93 -> +0.32
-# points on validation at λ = 0.15).
-VALIDATED_LENET5 = {**ANNEAL, "num_epochs": 30, "finetune_epochs": 1, "finetune_lr": 1e-4}
+# Fashion-MNIST soft weight-sharing: the library's recipes (pipeline.RECIPES), every setting
+# chosen on a validation split of the training set (compression_validated.py; BENCHMARKS.md
+# "Compression: chosen on validation"). Both retrain under a soft-to-hard anneal of the non-zero
+# components' precision hyperprior, from a broad slab (Gamma(250, 1), σ ≈ 0.063) that decides
+# which weights survive to tight shared values (Gamma(250, 0.01), σ ≈ 0.0063); without it, the
+# broad Gamma(250, 0.1) of an earlier benchmark lost 2-2.5 points at quantisation. LeNet-300-100:
+# the weights' lr 1e-3, the anneal from epoch 28 to 38 of 40 (+0.66 against +0.81 points with the
+# default 20 -> 36, three seeds at λ = 0.13), a zero component twice as wide (σ₀ ≈ 1e-3; on
+# validation as good as the default's), no fine-tuning (+0.66 with and without over three
+# seeds). LeNet-5: the default window of 30 epochs, then one epoch of codebook fine-tuning at
+# lr 1e-4 (its quantisation loss is the first convolution's: +0.93 -> +0.32 on validation).
+
+
+def recipe_less_lambda(name: str) -> dict:
+    """``RECIPES[name]`` without λ (the rows set it) and dead-unit removal (``--keep-dead-units``)."""
+    return {k: v for k, v in RECIPES[name].items() if k not in ("prior_scale", "remove_dead_units")}
+
+
+def recipe_label(name: str) -> str:
+    """The row label of the recipe's own λ, the one chosen on validation."""
+    return f"sws λ={RECIPES[name]['prior_scale']:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,35 +124,37 @@ class Case:
     chosen: str | None = None
 
 
+FASHION_LENET_300_100, FASHION_LENET5 = "fashion-mnist/lenet-300-100", "fashion-mnist/lenet-5"
 CASES: dict[str, Case] = {
-    "fashion-mnist/lenet-300-100": Case(
-        name="fashion-mnist/lenet-300-100",
+    FASHION_LENET_300_100: Case(
+        name=FASHION_LENET_300_100,
         dataset="fashion-mnist",
         network="lenet-300-100",
         pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 128},
         sws={
-            f"sws λ={scale:g}": {"prior_scale": scale, **VALIDATED_LENET_300_100}
+            f"sws λ={scale:g}": {"prior_scale": scale, **recipe_less_lambda(FASHION_LENET_300_100)}
             for scale in (0.1, 0.12, 0.13, 0.14)
         },
         dc={"finetune_epochs": 10, "centroid_epochs": 5, "lr": 1e-3, "batch_size": 128},
         han=HAN_LENET_300_100,
         goal=(80.0, 0.5),
         goal_issue=16,
-        chosen="sws λ=0.12",
+        chosen=recipe_label(FASHION_LENET_300_100),
     ),
-    "fashion-mnist/lenet-5": Case(
-        name="fashion-mnist/lenet-5",
+    FASHION_LENET5: Case(
+        name=FASHION_LENET5,
         dataset="fashion-mnist",
         network="lenet-5",
         pretrain={"num_epochs": 20, "lr": 1e-3, "batch_size": 128},
         sws={
-            f"sws λ={scale:g}": {"prior_scale": scale, **VALIDATED_LENET5} for scale in (0.15, 0.2)
+            f"sws λ={scale:g}": {"prior_scale": scale, **recipe_less_lambda(FASHION_LENET5)}
+            for scale in (0.15, 0.2)
         },
         dc={"finetune_epochs": 5, "centroid_epochs": 3, "lr": 1e-3, "batch_size": 128},
         han=HAN_LENET5,
         goal=(120.0, 0.5),
         goal_issue=16,
-        chosen="sws λ=0.15",
+        chosen=recipe_label(FASHION_LENET5),
     ),
     "digits/lenet-300-100": Case(
         name="digits/lenet-300-100",

@@ -207,13 +207,7 @@ def load(options: dict) -> tuple[Dataset, Dataset]:
     data = load_dataset("fashion-mnist", standardize=False, flatten=False)
     subset = options["train_subset"]
     if subset:
-        data = dataclasses.replace(
-            data,
-            x_train=data.x_train[:subset],
-            y_train=data.y_train[:subset],
-            x_test=data.x_test[: subset // 2],
-            y_test=data.y_test[: subset // 2],
-        )
+        data = data.head(subset, subset // 2)
     return validation_split(data, options["validation"], seed=options["seed"])
 
 

@@ -12,38 +12,24 @@ Han et al. (2016) do. Prints accuracy before/after and the per-layer storage.
 """
 
 import argparse
-import dataclasses
 import os
 
 import torch
 
-from bayes_sws.compress.pipeline import (
-    SHARING_PRECISION_PRIOR,
-    SLAB_PRECISION_PRIOR,
-    soft_weight_sharing,
-)
+from bayes_sws.compress.pipeline import RECIPES, soft_weight_sharing
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.nets import lenet_300_100
 from bayes_sws.zoo.training import train
 
 # Retraining settings per data set: λ, learning rates (weights, mixture) and epochs. On
-# Fashion-MNIST, the settings the benchmark chose on a validation split (BENCHMARKS.md, and
-# examples/choose_lambda.py for the protocol): the weights' lr 1e-3, the soft-to-hard anneal
-# from a broad slab to tight shared values over epochs 28-38 of 40, λ = 0.12, stored without
-# the hidden units pruning left unused (65.8x at +0.59 points on test in the benchmark's grid).
+# Fashion-MNIST, the library's recipe (bayes_sws.compress.pipeline.RECIPES), every setting chosen
+# on a validation split (examples/choose_lambda.py shows how): the soft-to-hard anneal from a
+# broad slab to tight shared values over epochs 28-38 of 40 at the weights' lr 1e-3, λ = 0.12,
+# stored without the hidden units pruning left unused (65.8x at +0.59 points on test in the
+# benchmark's grid, BENCHMARKS.md).
 SETTINGS = {
     "mnist-5k": {"prior_scale": 1e-2, "lr": 1e-3, "mixture_lr": 1e-2, "num_epochs": 60},
-    "fashion-mnist": {
-        "prior_scale": 0.12,
-        "lr": 1e-3,
-        "mixture_lr": 1e-3,
-        "num_epochs": 40,
-        "precision_prior": SLAB_PRECISION_PRIOR,
-        "precision_prior_final": SHARING_PRECISION_PRIOR,
-        "anneal_epochs": (28, 38),
-        "zero_precision_prior": (5000.0, 5e-3),  # σ₀ ≈ 1e-3
-        "remove_dead_units": True,
-    },
+    "fashion-mnist": RECIPES["fashion-mnist/lenet-300-100"],
 }
 
 
@@ -53,13 +39,7 @@ def main(data_name: str, smoke: bool) -> None:
     settings = dict(SETTINGS[data_name])
     pretrain_epochs = 30
     if smoke:  # a slice of the data and a handful of steps: checks the plumbing only
-        data = dataclasses.replace(
-            data,
-            x_train=data.x_train[:512],
-            y_train=data.y_train[:512],
-            x_test=data.x_test[:256],
-            y_test=data.y_test[:256],
-        )
+        data = data.head(512, 256)
         pretrain_epochs, settings["num_epochs"] = 1, 0.5
         settings.pop("anneal_epochs", None)  # the pipeline's default window fits any length
 

@@ -92,6 +92,7 @@ from .storage import StorageReport, stored_network
 __all__ = [
     "DEFAULT_PRECISION_PRIOR",
     "DEFAULT_ZERO_PRECISION_PRIOR",
+    "RECIPES",
     "SHARING_PRECISION_PRIOR",
     "SLAB_PRECISION_PRIOR",
     "ULLRICH_PRECISION_PRIOR",
@@ -125,6 +126,40 @@ DEFAULT_ZERO_PRECISION_PRIOR: tuple[float, float] = PRESETS[  # type: ignore[ass
 SLAB_PRECISION_PRIOR: tuple[float, float] = (250.0, 1.0)
 #: End of a soft-to-hard anneal: tight shared values, mode 2.49e4 (σ ≈ 0.0063).
 SHARING_PRECISION_PRIOR: tuple[float, float] = (250.0, 1e-2)
+
+#: :func:`soft_weight_sharing` settings for a network and data set (``"data/network"``, the
+#: networks of :mod:`bayes_sws.zoo.nets` on raw pixels in [0, 1]), every one chosen on a
+#: validation split carved from the training set (``benchmarks/compression_validated.py``;
+#: BENCHMARKS.md, "Compression: chosen on validation"), λ included. Fashion-MNIST
+#: LeNet-300-100: the anneal from a broad slab to tight shared values over epochs 28-38 of
+#: 40 at the weights' lr 1e-3 and a zero component σ₀ ≈ 1e-3, no codebook fine-tuning
+#: (after the anneal quantisation costs nothing there). Fashion-MNIST LeNet-5-Caffe: the
+#: anneal over the default window of 30 epochs, then one epoch of codebook fine-tuning at
+#: lr 1e-4 (it gives back the first convolution's quantisation loss). Use one as
+#: ``soft_weight_sharing(net, data, **RECIPES["fashion-mnist/lenet-300-100"])``; on another
+#: training set size, λ weighs differently against the data (see BENCHMARKS.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "fashion-mnist/lenet-300-100": {
+        "prior_scale": 0.12,
+        "precision_prior": SLAB_PRECISION_PRIOR,
+        "precision_prior_final": SHARING_PRECISION_PRIOR,
+        "zero_precision_prior": (5000.0, 5e-3),
+        "lr": 1e-3,
+        "num_epochs": 40,
+        "anneal_epochs": (28, 38),
+        "finetune_epochs": 0,
+        "remove_dead_units": True,
+    },
+    "fashion-mnist/lenet-5": {
+        "prior_scale": 0.15,
+        "precision_prior": SLAB_PRECISION_PRIOR,
+        "precision_prior_final": SHARING_PRECISION_PRIOR,
+        "num_epochs": 30,
+        "finetune_epochs": 1,
+        "finetune_lr": 1e-4,
+        "remove_dead_units": True,
+    },
+}
 
 
 # --------------------------------------------------------------------------- result

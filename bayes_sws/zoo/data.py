@@ -39,13 +39,13 @@ import os
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..validation import check_bool, check_real, check_seed
+from ..validation import check_bool, check_int, check_real, check_seed
 
 __all__ = [
     "DATASETS",
@@ -144,6 +144,20 @@ class Dataset:
     feature_std: torch.Tensor | None = None
     target_mean: float | None = None
     target_std: float | None = None
+
+    def head(self, num_train: int, num_test: int) -> Dataset:
+        """The first ``num_train`` training and ``num_test`` test examples (a smoke-sized
+        slice, e.g. for a quick run of a script); everything else, the standardisation
+        statistics included, is kept."""
+        num_train = check_int("num_train", num_train, low=1)
+        num_test = check_int("num_test", num_test, low=1)
+        return replace(
+            self,
+            x_train=self.x_train[:num_train],
+            y_train=self.y_train[:num_train],
+            x_test=self.x_test[:num_test],
+            y_test=self.y_test[:num_test],
+        )
 
     def to_target_units(self, y: torch.Tensor) -> torch.Tensor:
         """Targets or predictions in the original units: ``y * target_std + target_mean``.

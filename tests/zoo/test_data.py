@@ -533,3 +533,24 @@ def test_augmented_images_errors(kwargs, message):
     images, labels = arguments.pop("images"), arguments.pop("labels")
     with pytest.raises((ValueError, TypeError), match=message):
         AugmentedImages(images, labels, **arguments)
+
+
+def test_dataset_head_is_the_first_examples_and_keeps_the_statistics():
+    """``Dataset.head(n, m)``: the first n training and m test examples, against slicing by
+    hand from scikit-learn's digits as loaded; everything else kept; counts checked."""
+    from sklearn.datasets import load_digits
+
+    data = load_dataset("digits")  # standardised: its statistics must travel along
+    small = data.head(10, 4)
+    assert torch.equal(small.x_train, data.x_train[:10]) and torch.equal(
+        small.y_test, data.y_test[:4]
+    )
+    assert torch.equal(small.y_train, data.y_train[:10]) and torch.equal(
+        small.x_test, data.x_test[:4]
+    )
+    assert small.feature_mean is data.feature_mean and small.feature_std is data.feature_std
+    assert (small.name, small.num_classes, small.input_shape) == ("digits", 10, (64,))
+    assert (small.num_train, small.num_test) == (10, 4)
+    assert data.num_train + data.num_test == len(load_digits().target)  # the whole, untouched
+    with pytest.raises(ValueError, match="num_test"):
+        data.head(10, 0)
