@@ -104,4 +104,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--smoke", action="store_true", help="tiny budget (also when $CI is set)")
     args = parser.parse_args()
+    if args.jobs < 1:  # checked before a minute of pretraining, not after
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if not args.margin >= 0:
+        parser.error(f"--margin must be a number of points >= 0, got {args.margin}")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds must be non-negative, got {args.seeds}")
     main(args.data, args.seeds, args.jobs, args.margin, smoke=args.smoke or "CI" in os.environ)
