@@ -69,14 +69,6 @@ SUMMARY_START = "<!-- compression-validated: written by benchmarks/compression_v
 SUMMARY_END = "<!-- /compression-validated -->"
 MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margin)
 
-#: λ tried per case (the other settings are the case's first soft weight-sharing row's)
-GRIDS: dict[str, tuple[float, ...]] = {
-    "fashion-mnist/lenet-300-100": (0.1, 0.12, 0.13, 0.14),
-    "fashion-mnist/lenet-5": (0.15, 0.2, 0.25, 0.3),
-    "digits/lenet-300-100": (0.01, 0.03, 0.1),
-    "digits/lenet-5": (0.003, 0.01, 0.03),
-}
-
 #: Deep Compression on validation: Han et al.'s kept share of every layer times these
 HAN_KEEP_SCALES = (2.0, 1.0, 0.5, 0.25)
 #: the validation figure's two fronts and the point families each joins
@@ -229,7 +221,7 @@ def _say_row(row: dict) -> None:
 
 def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
     """λ chosen on validation for one kind of mixture (shared, or one per layer), and seconds."""
-    grid = options.get("prior_scales") or GRIDS[name]
+    grid = options.get("prior_scales") or case.recipe.grid
     candidates = [{"prior_scale": s} for s in grid]
     kind = "shared mixture" if groups is None else "a mixture per layer"
     bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, grid))}")
@@ -455,7 +447,7 @@ def _dc_trial_table(name: str, dc_trials: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=sorted(GRIDS), default=[bench.FULL[0]])
+    parser.add_argument("--cases", nargs="+", choices=sorted(bench.CASES), default=[bench.FULL[0]])
     parser.add_argument("--validation", type=float, default=0.1, help="held-out share")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -479,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         type=float,
         metavar="λ",
-        help="the λ grid to choose from (default: the case's, GRIDS)",
+        help="the λ grid to choose from (default: the case's recipe's, pipeline.RECIPES)",
     )
     parser.add_argument(
         "--epochs",

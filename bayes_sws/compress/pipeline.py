@@ -63,8 +63,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -98,6 +99,7 @@ __all__ = [
     "ULLRICH_PRECISION_PRIOR",
     "ULLRICH_ZERO_PRECISION_PRIOR",
     "CompressionResult",
+    "Recipe",
     "anneal_schedule",
     "check_anneal",
     "compress_result",
@@ -127,38 +129,120 @@ SLAB_PRECISION_PRIOR: tuple[float, float] = (250.0, 1.0)
 #: End of a soft-to-hard anneal: tight shared values, mode 2.49e4 (σ ≈ 0.0063).
 SHARING_PRECISION_PRIOR: tuple[float, float] = (250.0, 1e-2)
 
-#: :func:`soft_weight_sharing` settings for a network and data set (``"data/network"``, the
-#: networks of :mod:`bayes_sws.zoo.nets` on raw pixels in [0, 1]), every one chosen on a
-#: validation split carved from the training set (``benchmarks/compression_validated.py``;
-#: BENCHMARKS.md, "Compression: chosen on validation"), λ included. Fashion-MNIST
-#: LeNet-300-100: the anneal from a broad slab to tight shared values over epochs 28-38 of
-#: 40 at the weights' lr 1e-3 and a zero component σ₀ ≈ 1e-3, no codebook fine-tuning
-#: (after the anneal quantisation costs nothing there). Fashion-MNIST LeNet-5-Caffe: the
-#: anneal over the default window of 30 epochs, then one epoch of codebook fine-tuning at
-#: lr 1e-4 (it gives back the first convolution's quantisation loss). Use one as
-#: ``soft_weight_sharing(net, data, **RECIPES["fashion-mnist/lenet-300-100"])``; on another
-#: training set size, λ weighs differently against the data (see BENCHMARKS.md).
-RECIPES: dict[str, dict[str, Any]] = {
-    "fashion-mnist/lenet-300-100": {
-        "prior_scale": 0.12,
-        "precision_prior": SLAB_PRECISION_PRIOR,
-        "precision_prior_final": SHARING_PRECISION_PRIOR,
-        "zero_precision_prior": (5000.0, 5e-3),
-        "lr": 1e-3,
-        "num_epochs": 40,
-        "anneal_epochs": (28, 38),
-        "finetune_epochs": 0,
-        "remove_dead_units": True,
-    },
-    "fashion-mnist/lenet-5": {
-        "prior_scale": 0.15,
-        "precision_prior": SLAB_PRECISION_PRIOR,
-        "precision_prior_final": SHARING_PRECISION_PRIOR,
-        "num_epochs": 30,
-        "finetune_epochs": 1,
-        "finetune_lr": 1e-4,
-        "remove_dead_units": True,
-    },
+
+@dataclass(frozen=True)
+class Recipe:
+    """:func:`soft_weight_sharing` settings chosen on a validation split, λ among them.
+
+    ``prior_scale`` (λ) was chosen from ``grid`` by the validation error of networks retrained
+    on ``num_train`` training images (``benchmarks/compression_validated.py``, or
+    :func:`~bayes_sws.compress.tuning.tune_soft_weight_sharing` in
+    ``examples/choose_lambda.py``); ``settings`` are the other keyword arguments.
+
+    The objective is ``E(w) + λΩ(w)``: the data term ``E`` sums over the training images, the
+    prior ``Ω`` is counted once. On a training set of a different size the same λ weighs
+    differently against the data (on the whole Fashion-MNIST training set, 60,000 images
+    against the 54,000 λ was chosen at, LeNet-300-100 pruned to 65.8× where the split gave
+    77.7×; BENCHMARKS.md). :meth:`kwargs` with ``num_train`` keeps the trade-off per image:
+    ``λ · num_train / self.num_train``, so ``E/N + (λ/N)·Ω`` is the objective that was chosen.
+    """
+
+    prior_scale: float
+    grid: tuple[float, ...]
+    num_train: int
+    settings: Mapping[str, Any]
+
+    def __post_init__(self) -> None:  # read-only: a recipe is a record of what was chosen
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+
+    def scaled(self, prior_scale: float, num_train: int) -> float:
+        """λ for ``num_train`` training images with the trade-off per image ``prior_scale``
+        made at this recipe's ``num_train``: ``prior_scale · num_train / self.num_train``."""
+        check_real("prior_scale", prior_scale, low=0.0)
+        check_int("num_train", num_train, low=1)
+        return prior_scale * num_train / self.num_train
+
+    def kwargs(
+        self, prior_scale: float | None = None, *, num_train: int | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for :func:`soft_weight_sharing` (a new dict).
+
+        ``prior_scale`` replaces the chosen λ (to trace a front with the same settings);
+        ``num_train``, the size of the training set the network will be retrained on, scales
+        λ by ``num_train / self.num_train`` (:meth:`scaled`).
+        """
+        scale = self.prior_scale if prior_scale is None else prior_scale
+        if num_train is not None:
+            scale = self.scaled(scale, num_train)
+        return {"prior_scale": scale, **self.settings}
+
+
+#: Recipes per ``"data/network"`` (the networks of :mod:`bayes_sws.zoo.nets` on raw pixels in
+#: [0, 1]), every setting chosen on a validation split (10 % of the training set, seed 0;
+#: BENCHMARKS.md, "Compression: chosen on validation"). Fashion-MNIST LeNet-300-100: the anneal
+#: from a broad slab to tight shared values over epochs 28-38 of 40 at the weights' lr 1e-3 and
+#: a zero component σ₀ ≈ 1e-3, no codebook fine-tuning (after the anneal quantisation costs
+#: nothing there). Fashion-MNIST LeNet-5-Caffe: the anneal over the default window of 30
+#: epochs, then one epoch of codebook fine-tuning at lr 1e-4 (it gives back the first
+#: convolution's quantisation loss). Digits: the mixture's lr 1e-2, then Deep Compression's
+#: codebook fine-tuning (10 and 5 epochs at lr 1e-3). λ by the mean over retraining seeds 0-2:
+#: the largest whose validation error stays within 0.5 points of the pretrained network's.
+#: Use one as ``soft_weight_sharing(net, data, **RECIPES[name].kwargs(num_train=N))``.
+RECIPES: dict[str, Recipe] = {
+    "fashion-mnist/lenet-300-100": Recipe(
+        prior_scale=0.12,
+        grid=(0.1, 0.12, 0.13, 0.14),
+        num_train=54_000,
+        settings={
+            "precision_prior": SLAB_PRECISION_PRIOR,
+            "precision_prior_final": SHARING_PRECISION_PRIOR,
+            "zero_precision_prior": (5000.0, 5e-3),
+            "lr": 1e-3,
+            "num_epochs": 40,
+            "anneal_epochs": (28, 38),
+            "finetune_epochs": 0,
+            "remove_dead_units": True,
+        },
+    ),
+    "fashion-mnist/lenet-5": Recipe(
+        prior_scale=0.15,
+        grid=(0.15, 0.2, 0.25, 0.3),
+        num_train=54_000,
+        settings={
+            "precision_prior": SLAB_PRECISION_PRIOR,
+            "precision_prior_final": SHARING_PRECISION_PRIOR,
+            "num_epochs": 30,
+            "finetune_epochs": 1,
+            "finetune_lr": 1e-4,
+            "remove_dead_units": True,
+        },
+    ),
+    "digits/lenet-300-100": Recipe(
+        prior_scale=0.03,
+        grid=(0.01, 0.03, 0.1),
+        num_train=1293,
+        settings={
+            "num_epochs": 100,
+            "batch_size": 64,
+            "mixture_lr": 1e-2,
+            "finetune_epochs": 10,
+            "finetune_lr": 1e-3,
+            "remove_dead_units": True,
+        },
+    ),
+    "digits/lenet-5": Recipe(
+        prior_scale=0.003,
+        grid=(0.003, 0.01, 0.03),
+        num_train=1293,
+        settings={
+            "num_epochs": 60,
+            "batch_size": 64,
+            "mixture_lr": 1e-2,
+            "finetune_epochs": 5,
+            "finetune_lr": 1e-3,
+            "remove_dead_units": True,
+        },
+    ),
 }
 
 

@@ -5,6 +5,7 @@ argmaxes in numpy, non-zero shares with ``torch.count_nonzero``, hyperprior
 densities with scipy.
 """
 
+import dataclasses
 import heapq
 import importlib
 import json
@@ -408,7 +409,7 @@ def test_benchmark_summary_labels_tuned_rows():
     expected = [
         (
             "| digits/lenet-300-100 | sws λ=0.03 | 10.00 → 11.50 | +1.50 | **42.3** | 33.0 "
-            "| **tuned on test** |"
+            "| **chosen on validation** |"
         ),
         (
             "| digits/lenet-300-100 | dc-han | 10.00 → 9.75 | -0.25 | **24.8** | 24.8 "
@@ -416,7 +417,7 @@ def test_benchmark_summary_labels_tuned_rows():
         ),
         (
             "| digits/lenet-300-100 | dc-matched to sws λ=0.03 | 10.00 → 12.00 | +2.00 "
-            "| **44.5** | 33.7 | matched to a row tuned on test |"
+            "| **44.5** | 33.7 | matched to a row chosen on validation |"
         ),
     ]
     rows = [line for line in text.splitlines() if line.startswith("| digits/")]
@@ -559,9 +560,10 @@ def test_benchmark_write_updates_summary_section_history_and_tables(tmp_path, mo
     assert old_section.split("\nTargets")[0].strip() in history  # verbatim
     tables = json.loads((tmp_path / "benchmarks/results/tables.json").read_text())
     current = next(r for r in tables if r["section"] == "Current figures")
+    first = next(iter(bench.CASES["digits/lenet-300-100"].sws))  # the first λ of the grid
     assert current["run"][:10] in days and current["rows"][0][:2] == [
         "digits/lenet-300-100",
-        "sws λ=0.03",
+        first,
     ]
 
 
@@ -619,7 +621,17 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     )
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["method"] for r in rows] == ["sws λ=0.03", "dc-han", "dc-matched to sws λ=0.03"]
+    labels = list(bench.CASES["digits/lenet-300-100"].sws)  # the recipe's λ grid
+    assert "sws λ=0.03" in labels
+    assert [r["method"] for r in rows] == [
+        *labels,
+        "dc-han",
+        *(f"dc-matched to {label}" for label in labels),
+    ]
+    # λ as chosen at the validation split's 1,293 images, retrained on all 1,437: by hand
+    assert [r["settings"]["prior_scale"] for r in rows[:3]] == pytest.approx(
+        [0.01 * 1437 / 1293, 0.03 * 1437 / 1293, 0.1 * 1437 / 1293], rel=1e-12
+    )
     assert "| digits/lenet-300-100 | dc-han |" in capsys.readouterr().out
     # both methods drop dead units by default; the rate with every unit is reported beside
     assert all(r["settings"]["remove_dead_units"] for r in rows)
@@ -631,9 +643,11 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
         ["--cases", "digits/lenet-300-100", "--methods", "sws", "--keep-dead-units"]
         + ["--cache", str(tmp_path / "cache"), "--json", str(kept), "--set", "sws.num_epochs=1"]
     )
-    (row,) = json.loads(kept.read_text())["rows"]
-    assert row["settings"]["remove_dead_units"] is False
-    assert row["compression_rate"] == row["compression_rate_all_units"]
+    kept_rows = json.loads(kept.read_text())["rows"]
+    assert len(kept_rows) == len(labels)
+    for row in kept_rows:
+        assert row["settings"]["remove_dead_units"] is False
+        assert row["compression_rate"] == row["compression_rate_all_units"]
 
 
 def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
@@ -652,7 +666,10 @@ def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
     numbers = ("method", "accuracy_after", "compression_rate", "nonzero_fraction", "layers")
     expected = json.loads(alone.read_text())["rows"]
     assert [[r[k] for k in numbers] for r in rows] == [[r[k] for k in numbers] for r in expected]
-    assert [r["case"] for r in rows] == ["digits/lenet-300-100"] * 3 + ["digits/lenet-5"] * 3
+    per_case = [1 + 2 * len(bench.CASES[name].sws) for name in bench.QUICK]  # dc-han + matched
+    assert [r["case"] for r in rows] == [
+        name for name, count in zip(bench.QUICK, per_case, strict=True) for _ in range(count)
+    ]
     sws_rows = [r for r in rows if r["method"].startswith("sws")]
     assert all(r["result"]["compression_rate"] == r["compression_rate"] for r in sws_rows)
     printed = capsys.readouterr().out
@@ -687,6 +704,10 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
         calls.append(f"{task.case} {task.name}")
         return {"method": task.name, "layers": []}
 
+    # the digits case with its chosen row alone (its front's rows would follow the same rule)
+    only = bench.CASES[digits]
+    only = dataclasses.replace(only, sws={only.chosen: only.sws[only.chosen]})
+    monkeypatch.setitem(bench.CASES, digits, only)
     monkeypatch.setattr(bench, "prepare_case", prepare_case)
     monkeypatch.setattr(bench, "run_task", run_task)
     monkeypatch.setattr(bench, "estimated_cost", lambda task, options, info: costs[task.name])
@@ -785,31 +806,33 @@ def _goal_row(case, method, rate, error, sws):
 
 def test_benchmark_goal_lines_judge_by_hand_counted_rows():
     bench = _benchmark_module()
-    case = "digits/lenet-5"  # goal: 10x within 2 points; λ tuned on test (no chosen row)
-    assert bench.CASES[case].chosen is None
+    case = "digits/lenet-5"  # goal: 10x within 2 points
+    chosen = bench.CASES[case].chosen
 
     def row(method, rate, error, sws):
         return _goal_row(case, method, rate, error, sws)
 
     rows = [
-        row("sws a", 15.0, 11.5, True),  # +1.5 points: within budget, >= 10x
-        row("sws b", 20.0, 12.5, True),  # +2.5 points: over budget
-        row("dc x", 12.0, 11.6, False),  # beaten by sws a
+        row(chosen, 15.0, 11.5, True),  # +1.5 points: within budget, >= 10x
+        row("sws b", 20.0, 12.5, True),  # a front row: +2.5 points
+        row("dc x", 12.0, 11.6, False),  # beaten by the chosen row
         row("dc y", 25.0, 13.0, False),  # higher rate than every sws row: not beaten
     ]
     (line,) = bench.goal_lines(rows)
     assert line.startswith(f"- {case}: ≥ 10× within 2 points of the pretrained error (issue 4)")
-    assert "**met** (best: sws a, 15.0× at +1.50 points)" in line
-    assert "dc x (12.0×, 11.60 %) is beaten by sws a (15.0×, 11.50 %)" in line
+    assert f"**met** (the row chosen on validation, {chosen}, 15.0× at +1.50 points)" in line
+    assert f"dc x (12.0×, 11.60 %) is beaten by {chosen} (15.0×, 11.50 %)" in line
     assert "dc y (25.0×, 13.00 %) is **not** beaten" in line
     (line,) = bench.goal_lines([rows[1]])
-    assert "**not met** (no soft weight-sharing row within 2 points)" in line
-    # the rate with every unit stored is shown beside the best row's when it differs
+    assert f"not judged (the row chosen on validation, {chosen}, did not run)" in line
+    # the rate with every unit stored is shown beside the chosen row's when it differs
     dead_units_removed = {**rows[0], "compression_rate_all_units": 9.5}
     (line,) = bench.goal_lines([dead_units_removed])
-    assert "**met** (best: sws a, 15.0× at +1.50 points; 9.5× with every unit stored)" in line
+    assert f"**met** (the row chosen on validation, {chosen}, 15.0× at +1.50 points; 9.5× " in line
     (line,) = bench.goal_lines([{**rows[0], "compression_rate": 9.9}])  # 9.9 < 10
-    assert "**not met** (best: sws a, 9.9× at +1.50 points)" in line
+    assert f"**not met** (the row chosen on validation, {chosen}, 9.9× at +1.50 points)" in line
+    (line,) = bench.goal_lines([{**rows[0], "accuracy_after": 1 - 0.1201}])  # +2.01 points
+    assert "**not met**" in line and "at +2.01 points" in line
 
 
 def test_benchmark_goal_lines_judge_only_the_row_chosen_on_validation():
@@ -823,12 +846,12 @@ def test_benchmark_goal_lines_judge_only_the_row_chosen_on_validation():
     dc = _goal_row(case, "dc x", 84.0, 10.45, False)  # beaten by the front row all the same
     (line,) = bench.goal_lines([_goal_row(case, chosen, 78.0, 10.3, True), front, dc])
     assert line.startswith(f"- {case}: ≥ 80× within 0.5 points of the pretrained error (issue 16)")
-    assert f"**not met** (best: {chosen}, 78.0× at +0.30 points)" in line
+    assert f"**not met** (the row chosen on validation, {chosen}, 78.0× at +0.30 points)" in line
     assert f"dc x (84.0×, 10.45 %) is beaten by {other} (85.0×, 10.40 %)" in line
     (line,) = bench.goal_lines([_goal_row(case, chosen, 90.0, 10.6, True), front])
     assert f"**not met** (the row chosen on validation, {chosen}, 90.0× at +0.60 points)" in line
     (line,) = bench.goal_lines([_goal_row(case, chosen, 81.0, 10.5, True), front])
-    assert f"**met** (best: {chosen}, 81.0× at +0.50 points)" in line
+    assert f"**met** (the row chosen on validation, {chosen}, 81.0× at +0.50 points)" in line
 
 
 # --------------------------------------------------------------------------- soft-to-hard anneal

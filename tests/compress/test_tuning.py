@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 import torch
 
+from bayes_sws.compress.pipeline import RECIPES
 from bayes_sws.compress.tuning import tune_soft_weight_sharing, validation_split
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.training import accuracy, train
@@ -46,6 +47,33 @@ def test_validation_split_carves_the_training_set_only(digits):
     assert torch.equal(again.x_test, tuning.x_test)
     other, _ = validation_split(labelled, 0.1, seed=4)
     assert not torch.equal(other.x_test, tuning.x_test)
+
+
+def test_recipes_scale_lambda_by_the_training_set_size(digits):
+    """λ · N / N_split by hand; every recipe's λ is one of its grid's; the digits recipes'
+    N_split is what validation_split leaves of the training set (10 %, the benchmark's)."""
+    fashion = RECIPES["fashion-mnist/lenet-300-100"]
+    assert fashion.num_train == 60_000 - 6_000  # Fashion-MNIST's training set less 10 %
+    full = fashion.kwargs(num_train=60_000)
+    assert full["prior_scale"] == pytest.approx(0.12 * 60_000 / 54_000, rel=1e-15)
+    assert {k: v for k, v in full.items() if k != "prior_scale"} == dict(fashion.settings)
+    assert fashion.kwargs()["prior_scale"] == 0.12  # as chosen, at the split's size
+    assert fashion.kwargs(0.14)["prior_scale"] == 0.14  # a front row, unscaled
+    assert fashion.kwargs(0.14, num_train=27_000)["prior_scale"] == pytest.approx(0.07)
+    tuning, _ = validation_split(digits, 0.1, seed=0)
+    for name, recipe in RECIPES.items():
+        assert recipe.prior_scale in recipe.grid, name
+        if name.startswith("digits/"):
+            assert recipe.num_train == tuning.num_train, name
+    # a recipe is a record: its settings cannot be changed through it, and kwargs is a copy
+    with pytest.raises(TypeError):
+        fashion.settings["lr"] = 1.0  # type: ignore[index]
+    full["lr"] = 1.0
+    assert fashion.settings["lr"] == 1e-3
+    with pytest.raises(ValueError, match="num_train"):
+        fashion.kwargs(num_train=0)
+    with pytest.raises(ValueError, match="prior_scale"):
+        fashion.scaled(-0.1, 100)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])
