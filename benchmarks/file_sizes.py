@@ -1,8 +1,9 @@
 """File sizes on disk: the ``.sws`` file against the dense network and general-purpose compressors.
 
-For the digits cases of ``benchmarks/compression.py`` (same pretraining, cache and
-settings) the script compresses the pretrained network by soft weight-sharing
-(the case's row) and by Deep Compression with Han et al.'s settings (dc-han),
+For cases of ``benchmarks/compression.py`` (same pretraining, cache and settings;
+by default the two digits ones) the script compresses the pretrained network by
+soft weight-sharing (the case's row chosen on validation) and by Deep
+Compression with Han et al.'s settings (dc-han),
 both storing the network without dead units, writes each with
 :func:`bayes_sws.compress.save_compressed`, reads it back
 (:func:`bayes_sws.compress.load_compressed`) and checks the outputs on the test
@@ -22,6 +23,7 @@ set equal the in-memory network's bit for bit. It reports, in bytes:
 Run from the repository root::
 
     python benchmarks/file_sizes.py            # prints a Markdown table
+    python benchmarks/file_sizes.py --cases fashion-mnist/lenet-300-100 --cache /tmp/bench_cache
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from compression import CASES, DEFAULT_CACHE, load, pretrained, run_sws
+from compression import (
+    CASES,
+    DEFAULT_CACHE,
+    _parse_overrides,
+    add_set_option,
+    load,
+    pretrained,
+    run_sws,
+)
 
 from bayes_sws.compress import decode_compressed, encode_compressed
 from bayes_sws.compress.baseline import deep_compression
@@ -94,7 +104,10 @@ def sws_file(stored: torch.nn.Module, spec: dict, x: torch.Tensor, rate: float) 
     }
 
 
-def case_rows(name: str, cache: Path | None) -> list[dict]:
+def case_rows(name: str, cache: Path | None, overrides: dict | None = None) -> list[dict]:
+    """The chosen soft weight-sharing row and dc-han of a case, as files (``overrides``:
+    ``compression._parse_overrides``' ``{"sws": {...}, "dc": {...}}``, for small budgets)."""
+    overrides = overrides or {"sws": {}, "dc": {}}
     case = CASES[name]
     data = load(case)
     net, _ = pretrained(case, data, seed=0, cache=cache, progress=False)
@@ -107,22 +120,20 @@ def case_rows(name: str, cache: Path | None) -> list[dict]:
         "xz": len(lzma.compress(dense, preset=9)),
         "zstd": zstd_size(dense),
     }
-    rows = []
-    for label in case.sws:
-        row = run_sws(
-            case,
-            label,
-            copy.deepcopy(net),
-            data,
-            seed=0,
-            progress=False,
-            overrides={},
-            dc_overrides={},
-            remove_dead_units=True,
-        )
-        result = row["result"]
-        files = sws_file(result.stored_net, spec, data.x_test, result.compression_rate)
-        rows.append({**common, "method": label, **files})
+    row = run_sws(
+        case,
+        case.chosen,
+        copy.deepcopy(net),
+        data,
+        seed=0,
+        progress=False,
+        overrides=overrides["sws"],
+        dc_overrides=overrides["dc"],
+        remove_dead_units=True,
+    )
+    result = row["result"]
+    files = sws_file(result.stored_net, spec, data.x_test, result.compression_rate)
+    rows = [{**common, "method": case.chosen, **files}]
     dc = deep_compression(
         net,
         data.x_train,
@@ -132,7 +143,7 @@ def case_rows(name: str, cache: Path | None) -> list[dict]:
         seed=0,
         progress=False,
         remove_dead_units=True,
-        **case.dc,
+        **{**case.dc, **overrides["dc"]},
     )
     rows.append(
         {
@@ -169,9 +180,12 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(DIGITS))
+    add_set_option(parser, "change a setting of soft weight-sharing (sws.NAME) or dc-han (dc.NAME)")
     args = parser.parse_args(argv)
+    overrides = _parse_overrides(args.overrides)
     torch.set_num_threads(1)
-    rows = [row for name in DIGITS for row in case_rows(name, args.cache)]
+    rows = [row for name in args.cases for row in case_rows(name, args.cache, overrides)]
     print(markdown(rows))
     zstd = shutil.which("zstd")
     version = (
