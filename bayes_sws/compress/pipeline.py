@@ -188,60 +188,48 @@ class Recipe:
 #: codebook fine-tuning (10 and 5 epochs at lr 1e-3). λ by the mean over retraining seeds 0-2:
 #: the largest whose validation error stays within 0.5 points of the pretrained network's.
 #: Use one as ``soft_weight_sharing(net, data, **RECIPES[name].kwargs(num_train=N))``.
+_ANNEAL = {  # Fashion-MNIST: retrain under the anneal from a broad slab to tight shared values
+    "precision_prior": SLAB_PRECISION_PRIOR,
+    "precision_prior_final": SHARING_PRECISION_PRIOR,
+    "remove_dead_units": True,
+}
+_DIGITS = {  # digits: small batches, a fast mixture, Deep Compression's codebook fine-tuning
+    "batch_size": 64,
+    "mixture_lr": 1e-2,
+    "finetune_lr": 1e-3,
+    "remove_dead_units": True,
+}
 RECIPES: dict[str, Recipe] = {
     "fashion-mnist/lenet-300-100": Recipe(
         prior_scale=0.12,
         grid=(0.1, 0.12, 0.13, 0.14),
         num_train=54_000,
         settings={
-            "precision_prior": SLAB_PRECISION_PRIOR,
-            "precision_prior_final": SHARING_PRECISION_PRIOR,
+            **_ANNEAL,
             "zero_precision_prior": (5000.0, 5e-3),
             "lr": 1e-3,
             "num_epochs": 40,
             "anneal_epochs": (28, 38),
             "finetune_epochs": 0,
-            "remove_dead_units": True,
         },
     ),
     "fashion-mnist/lenet-5": Recipe(
         prior_scale=0.15,
         grid=(0.15, 0.2, 0.25, 0.3),
         num_train=54_000,
-        settings={
-            "precision_prior": SLAB_PRECISION_PRIOR,
-            "precision_prior_final": SHARING_PRECISION_PRIOR,
-            "num_epochs": 30,
-            "finetune_epochs": 1,
-            "finetune_lr": 1e-4,
-            "remove_dead_units": True,
-        },
+        settings={**_ANNEAL, "num_epochs": 30, "finetune_epochs": 1, "finetune_lr": 1e-4},
     ),
     "digits/lenet-300-100": Recipe(
         prior_scale=0.03,
         grid=(0.01, 0.03, 0.1),
         num_train=1293,
-        settings={
-            "num_epochs": 100,
-            "batch_size": 64,
-            "mixture_lr": 1e-2,
-            "finetune_epochs": 10,
-            "finetune_lr": 1e-3,
-            "remove_dead_units": True,
-        },
+        settings={**_DIGITS, "num_epochs": 100, "finetune_epochs": 10},
     ),
     "digits/lenet-5": Recipe(
         prior_scale=0.003,
         grid=(0.003, 0.01, 0.03),
         num_train=1293,
-        settings={
-            "num_epochs": 60,
-            "batch_size": 64,
-            "mixture_lr": 1e-2,
-            "finetune_epochs": 5,
-            "finetune_lr": 1e-3,
-            "remove_dead_units": True,
-        },
+        settings={**_DIGITS, "num_epochs": 60, "finetune_epochs": 5},
     ),
 }
 
