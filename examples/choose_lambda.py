@@ -84,6 +84,14 @@ def main(data_name: str, seeds: list[int], jobs: int, margin: float, smoke: bool
         f"→ {100 * (1 - after):.2f} % ({100 * (before - after):+.2f} points) at "
         f"{chosen.result.compression_rate:.1f}x (seed {seeds[0]}'s network)"
     )
+    # 5. to retrain on the whole training set: the choice as a recipe, λ scaled to its size
+    # (the data term sums over the images; the prior is counted once)
+    refit = found.recipe().kwargs(num_train=data.num_train)
+    print(
+        f"on all {data.num_train} training images the same trade-off per image is "
+        f"λ = {refit['prior_scale']:.4g}: soft_weight_sharing(net, data, "
+        "**found.recipe().kwargs(num_train=data.num_train))"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
-from .pipeline import CompressionResult, soft_weight_sharing
+from .pipeline import CompressionResult, Recipe, soft_weight_sharing
 
 __all__ = ["Trial", "Tuning", "tune_soft_weight_sharing", "validation_split"]
 
@@ -125,6 +125,29 @@ class Tuning:
     chosen: Trial
     max_error_increase: float
     within_margin: bool
+    #: training images the candidates were retrained on (the tuning split's)
+    num_train: int | None = None
+    #: the settings every candidate shared (``tune_soft_weight_sharing``'s ``**settings``)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def recipe(self) -> Recipe:
+        """The chosen setting as a :class:`~bayes_sws.compress.pipeline.Recipe`: its λ, the
+        λ tried, the split's training set size and every other setting (seeds and progress
+        left out), so that ``recipe().kwargs(num_train=N)`` retrains on ``N`` images (the
+        whole training set, say) at the trade-off per image that was chosen."""
+        if self.num_train is None or "prior_scale" not in self.chosen.settings:
+            raise ValueError(
+                "recipe() needs candidates that set prior_scale, as tune_soft_weight_sharing "
+                f"records them; the chosen one set {sorted(self.chosen.settings)}"
+            )
+        merged = {**self.settings, **self.chosen.settings}
+        tried = {t.settings["prior_scale"] for t in self.trials if "prior_scale" in t.settings}
+        return Recipe(
+            prior_scale=merged.pop("prior_scale"),
+            grid=tuple(sorted(tried)),
+            num_train=self.num_train,
+            settings={k: v for k, v in merged.items() if k not in ("seed", "seeds", "progress")},
+        )
 
     def table(self) -> str:
         """The trials as a Markdown table, the chosen one marked."""
@@ -286,4 +309,11 @@ def tune_soft_weight_sharing(
         chosen = max(within, key=lambda t: t.compression_rate)
     else:
         chosen = min(trials, key=lambda t: (t.increase, -t.compression_rate))
-    return Tuning(trials, chosen, margin, bool(within) and math.isfinite(chosen.increase))
+    return Tuning(
+        trials,
+        chosen,
+        margin,
+        bool(within) and math.isfinite(chosen.increase),
+        num_train=tuning.num_train,
+        settings=dict(settings),
+    )

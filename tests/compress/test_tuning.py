@@ -106,6 +106,16 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
     expected, within = _chosen_by_hand(found.trials, pre)
     assert found.chosen is expected and found.within_margin == within
     assert "**chosen**" in found.table()
+    # the choice as a recipe: λ at the split's size, scaled by hand to the whole training set
+    recipe = found.recipe()
+    assert recipe.prior_scale == expected.settings["prior_scale"]
+    assert recipe.grid == (0.003, 0.03, 3.0) and recipe.num_train == len(tuning.x_train)
+    assert dict(recipe.settings) == {"num_steps": 60, "batch_size": 64}  # progress left out
+    full = recipe.kwargs(num_train=len(poisoned.x_train))  # the whole training set
+    assert len(poisoned.x_train) / len(tuning.x_train) == pytest.approx(1.25, abs=0.01)
+    assert full["prior_scale"] == pytest.approx(
+        expected.settings["prior_scale"] * len(poisoned.x_train) / len(tuning.x_train), rel=1e-15
+    )
     # the final network, evaluated once on the real test set, is a number (here NaN inputs)
     assert torch.isnan(final.x_test).all()
 
