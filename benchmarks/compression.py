@@ -403,7 +403,10 @@ def row_point(row: dict) -> dict:
     family = next(
         (f for f in ("dc-han", "dc-matched") if method.startswith(f)), "soft weight-sharing"
     )
-    if family == "soft weight-sharing" and "chosen" in method:
+    case = CASES.get(row["case"])
+    if family == "soft weight-sharing" and (
+        "chosen" in method or (case is not None and method == case.chosen)
+    ):
         family = "chosen"
     label = method.replace("dc-matched to ", "dc-matched, ").split(" (")[0]
     error = 100 * (row["pretrained_accuracy"] - row["accuracy_after"])
@@ -411,13 +414,18 @@ def row_point(row: dict) -> dict:
 
 
 def plot_rate_against_error(
-    points: list[dict], *, title: str, ylabel: str, fronts: dict[str, tuple[str, ...]] | None = None
+    points: list[dict],
+    *,
+    title: str,
+    ylabel: str,
+    fronts: dict[str, tuple[str, ...]] | None = None,
+    margin: tuple[float, str] = (0.5, "goal"),
 ):
     """Compression rate (log x) against Δ error, one marker per family, each point labelled.
 
     ``points``: dicts with ``family`` (a key of :data:`FAMILY_STYLE`), ``label``,
     ``rate`` and ``error`` (points of error over the pretrained network). The
-    dashed line is the goal's margin, +0.5 points. ``fronts`` (optional) names
+    dashed line is ``margin``: (points, what they are), e.g. the case's goal. ``fronts`` names
     groups of families, e.g. one method's; each is drawn as a solid line through
     its points that no other point of the group beats on both rate and error
     (:func:`pareto_front`), in the colour of the group's first family.
@@ -448,10 +456,12 @@ def plot_rate_against_error(
                 color=colour,
                 ms=7 if marker != "*" else 12,
                 ls="none",
-                label=family,
+                label="chosen on validation" if family == "chosen" else family,
             )
     ax.axhline(0.0, color="0.5", lw=0.8)
-    ax.axhline(0.5, color="0.5", lw=0.8, ls="--", label="+0.5 points (goal)")
+    ax.axhline(
+        margin[0], color="0.5", lw=0.8, ls="--", label=f"+{margin[0]:g} points ({margin[1]})"
+    )
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
     if fronts:  # more room on the right: the labels run rightwards
@@ -527,6 +537,7 @@ def save_rate_figures(rows: list[dict], directory: Path) -> list[Path]:
             [row_point(row) for row in rows if row["case"] == case],
             title=f"{case}: compression against test error",
             ylabel="Δ test error over pretrained (points)",
+            margin=(CASES[case].goal[1], "goal") if case in CASES else (0.5, "goal"),
         )
         path = directory / f"{case.replace('/', '_')}-rate-vs-error.png"
         fig.savefig(path, dpi=110)

@@ -357,6 +357,7 @@ def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
             title=f"{name}: compression against validation error",
             ylabel="Δ validation error over pretrained (points)",
             fronts=FRONTS,
+            margin=(MARGIN, "the choice's margin"),
         )
         paths.append(directory / f"{stem}-validation-trials.png")
         fig.savefig(paths[-1], dpi=110)
