@@ -155,6 +155,9 @@ class Recipe:
     def __post_init__(self) -> None:  # read-only: a recipe is a record of what was chosen
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy (a mappingproxy cannot)
+        return (Recipe, (self.prior_scale, self.grid, self.num_train, dict(self.settings)))
+
     def scaled(self, prior_scale: float, num_train: int) -> float:
         """λ for ``num_train`` training images with the trade-off per image ``prior_scale``
         made at this recipe's ``num_train``: ``prior_scale · num_train / self.num_train``."""

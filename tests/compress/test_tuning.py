@@ -6,7 +6,9 @@ into NaN scores; the selection rule applied by hand to the returned trials.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -70,6 +72,13 @@ def test_recipes_scale_lambda_by_the_training_set_size(digits):
         fashion.settings["lr"] = 1.0  # type: ignore[index]
     full["lr"] = 1.0
     assert fashion.settings["lr"] == 1e-3
+    # and it travels: pickled (to worker processes) and deep-copied, equal and still read-only
+    for copied in (pickle.loads(pickle.dumps(fashion)), copy.deepcopy(fashion)):
+        assert copied == fashion and copied.kwargs(num_train=60_000) == fashion.kwargs(
+            num_train=60_000
+        )
+        with pytest.raises(TypeError):
+            copied.settings["lr"] = 1.0  # type: ignore[index]
     with pytest.raises(ValueError, match="num_train"):
         fashion.kwargs(num_train=0)
     with pytest.raises(ValueError, match="prior_scale"):
