@@ -5,6 +5,7 @@ argmaxes in numpy, non-zero shares with ``torch.count_nonzero``, hyperprior
 densities with scipy.
 """
 
+import copy
 import dataclasses
 import heapq
 import importlib
@@ -736,6 +737,38 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
         "dc-han",
         *(f"dc-matched to {label}" for label in labels),
     ]
+
+
+def test_kmeans_after_pruning_keeps_the_zeros_and_ties_to_member_means(digits, compressed):
+    """Soft weight-sharing's pruning, Deep Compression's sharing: as many zeros per layer as
+    the soft weight-sharing network (hand count), the smallest retrained weights the ones
+    gone, at most ``num_clusters`` values a layer, and without fine-tuning each value the
+    mean of the retrained weights that share it (a fixed point of Lloyd's k-means)."""
+    from bayes_sws.compress.baseline import kmeans_after_pruning
+
+    compressed, _ = compressed
+    before = copy.deepcopy(compressed.retrained_net.state_dict())
+    out = kmeans_after_pruning(
+        compressed, digits.x_train, digits.y_train, num_clusters=4, centroid_epochs=0, seed=0
+    )
+    quantised, retrained, shared = (
+        dict(n.named_parameters()) for n in (compressed.net, compressed.retrained_net, out.net)
+    )
+    for name in compressed.config["param_names"]:
+        zeros = int((quantised[name] == 0).sum())
+        assert 0 < zeros < quantised[name].numel()
+        assert int((shared[name] == 0).sum()) == zeros
+        kept = shared[name] != 0
+        assert retrained[name][~kept].abs().max() <= retrained[name][kept].abs().min()
+        values = torch.unique(shared[name][kept])
+        assert 1 <= len(values) <= 4
+        for value in values:
+            members = retrained[name][shared[name] == value].double()
+            assert float(members.mean()) == pytest.approx(float(value), rel=1e-5, abs=1e-7)
+    # the soft weight-sharing result is left as it was
+    for key, tensor in compressed.retrained_net.state_dict().items():
+        assert torch.equal(tensor, before[key])
+    assert out.storage.compression_rate > 1.0
 
 
 # --------------------------------------------------------------------------- codebook fine-tuning, λ warm-up
