@@ -352,9 +352,10 @@ def kmeans_after_pruning(
     """Soft weight-sharing prunes, Deep Compression shares: its stages 2 and 3 on ``result``.
 
     ``result`` is a :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` result. Its
-    retrained network (before the mixture's quantisation) is pruned to as many zeros per
-    layer as ``result.net`` has, by magnitude (the weights the zero component took are the
-    smallest); each layer's survivors are shared by k-means (``num_clusters`` centroids per
+    retrained network (before the mixture's quantisation) is pruned by magnitude to the
+    per-layer sparsity of ``result``'s stored network (``result.layers``: the weights the zero
+    component took, and with ``remove_dead_units`` also those of the hidden units that left
+    unused); each layer's survivors are shared by k-means (``num_clusters`` centroids per
     layer, linear initialisation) and the centroids fine-tuned for ``centroid_epochs``
     (Han et al.'s Eq. 3). There is no masked retraining: the prior has already trained the
     network around its zeros. Counted and stored as :func:`deep_compression` does.
@@ -365,10 +366,11 @@ def kmeans_after_pruning(
     """
     names = list(result.config["param_names"])
     params = dict(result.net.named_parameters())
+    stored = {layer["name"]: layer["nonzero_fraction"] for layer in result.layers}
     prune = {}
     for name in names:
         numel = params[name].numel()
-        zeros = int((params[name].detach() == 0).sum())
+        zeros = numel - round(stored[name] * numel)
         prune[name] = min(zeros, numel - 1) / numel  # keep one weight of a layer pruned whole
     return deep_compression(
         result.retrained_net,
