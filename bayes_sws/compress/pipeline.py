@@ -142,8 +142,8 @@ class Recipe:
     The objective is ``E(w) + λΩ(w)``: the data term ``E`` sums over the training images, the
     prior ``Ω`` is counted once. On a training set of a different size the same λ weighs
     differently against the data (on the whole Fashion-MNIST training set, 60,000 images
-    against the 54,000 λ was chosen at, LeNet-300-100 pruned to 65.8× where the split gave
-    77.7×; BENCHMARKS.md). :meth:`kwargs` with ``num_train`` keeps the trade-off per image:
+    against the 54,000 λ was chosen at, LeNet-300-100 pruned to 65.8× at the same λ and to
+    72.6× at λ scaled, where the split gave 76.9×; BENCHMARKS.md). :meth:`kwargs` with ``num_train`` keeps the trade-off per image:
     ``λ · num_train / self.num_train``, so ``E/N + (λ/N)·Ω`` is the objective that was chosen.
     """
 
