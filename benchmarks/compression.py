@@ -1164,7 +1164,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cache", type=Path, default=DEFAULT_CACHE, help="directory for pretrained networks"
     )
     parser.add_argument("--no-cache", action="store_true")
-    add_set_option(parser, "override a setting, e.g. sws.prior_scale=0.005 (tuning only)")
+    add_set_option(
+        parser,
+        "override a setting, e.g. sws.prior_scale=0.005 (tuning only; λ as at the validation "
+        "split's size, scaled to the training set's like the rows')",
+    )
     parser.add_argument(
         "--keep-dead-units",
         action="store_true",
