@@ -45,7 +45,7 @@ import compression as bench
 
 from bayes_sws.compress.baseline import deep_compression, kmeans_after_pruning
 from bayes_sws.compress.pipeline import soft_weight_sharing
-from bayes_sws.compress.tuning import validation_split
+from bayes_sws.compress.tuning import choose_within_margin, validation_split
 from bayes_sws.zoo.training import accuracy
 
 
@@ -115,8 +115,8 @@ def compress(name: str, options: dict, prior_scale: float, seed: int, held_out: 
 
 
 def choose(trials: list[dict], margin: float) -> tuple[float, dict]:
-    """λ by the means over seeds: the highest rate within ``margin`` points, else the least
-    loss; and the means per λ."""
+    """λ by the means over seeds, by ``tune_soft_weight_sharing``'s rule
+    (``choose_within_margin``); and the means per λ."""
     means: dict[float, dict] = {}
     for scale in dict.fromkeys(t["prior_scale"] for t in trials):
         mine = [t for t in trials if t["prior_scale"] == scale]
@@ -130,10 +130,10 @@ def choose(trials: list[dict], margin: float) -> tuple[float, dict]:
             "rate": statistics.fmean(t["rate"] for t in mine),
             "per_seed": [100 * (t["error_after"] - t["error_pretrained"]) for t in mine],
         }
-    within = [s for s, m in means.items() if m["delta"] <= margin + 1e-9]
-    if within:
-        return max(within, key=lambda s: means[s]["rate"]), means
-    return min(means, key=lambda s: means[s]["delta"]), means
+    chosen, _ = choose_within_margin(
+        list(means), lambda s: means[s]["delta"], lambda s: means[s]["rate"], margin
+    )
+    return chosen, means
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -36,7 +36,15 @@ from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
 from .pipeline import CompressionResult, Recipe, soft_weight_sharing
 
-__all__ = ["Trial", "Tuning", "tune_soft_weight_sharing", "validation_split"]
+__all__ = [
+    "Trial",
+    "Tuning",
+    "choose_within_margin",
+    "tune_soft_weight_sharing",
+    "validation_split",
+]
+
+T = TypeVar("T")
 
 
 def validation_split(data: Dataset, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -243,6 +251,21 @@ def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Tr
     )
 
 
+def choose_within_margin(
+    candidates: Sequence[T],
+    increase: Callable[[T], float],
+    rate: Callable[[T], float],
+    margin: float,
+) -> tuple[T, bool]:
+    """The selection rule: the highest ``rate`` among the candidates whose ``increase``
+    (points of error) is within ``margin``, else the smallest increase (ties: the higher
+    rate); and whether any candidate was within."""
+    within = [c for c in candidates if increase(c) <= margin + 1e-9]
+    if within:
+        return max(within, key=rate), True
+    return min(candidates, key=lambda c: (increase(c), -rate(c))), False
+
+
 def tune_soft_weight_sharing(
     net: nn.Module,
     tuning: Dataset,
@@ -304,16 +327,14 @@ def tune_soft_weight_sharing(
         _trial(candidate, results[i * len(runs) : (i + 1) * len(runs)])
         for i, candidate in enumerate(candidates)
     ]
-    within = [t for t in trials if t.increase <= margin + 1e-9]
-    if within:
-        chosen = max(within, key=lambda t: t.compression_rate)
-    else:
-        chosen = min(trials, key=lambda t: (t.increase, -t.compression_rate))
+    chosen, within = choose_within_margin(
+        trials, lambda t: t.increase, lambda t: t.compression_rate, margin
+    )
     return Tuning(
         trials,
         chosen,
         margin,
-        bool(within) and math.isfinite(chosen.increase),
+        within and math.isfinite(chosen.increase),
         num_train=tuning.num_train,
         settings=dict(settings),
     )
