@@ -513,6 +513,11 @@ class CompressSettings(_Settings):
         1e-3, "Adam learning rate of codebook fine-tuning", "float", positive
     )
     remove_dead_units: bool = option(False, "store the network without unused hidden units", "bool")
+    reorder_units: bool = option(
+        False,
+        "store the hidden units in the order that takes the fewest bits (same function)",
+        "bool",
+    )
     prior_scale_warmup: float = option(
         0.0, "epochs over which λ rises to prior_scale (0: full strength)", "float", non_negative
     )

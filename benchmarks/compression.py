@@ -232,11 +232,15 @@ def all_units_rate(net, names) -> float:
     return storage_report(net, param_names=names).compression_rate
 
 
-def rice_rate(net, names, remove_dead_units: bool) -> float:
+def rice_rate(net, names, remove_dead_units: bool, reorder_units: bool) -> float:
     """The rate of the same network stored with Golomb-Rice-coded positions where smaller
     (``position_coding="rice"``; the headline rate uses Han et al.'s fixed-width indices)."""
     _, report = stored_network(
-        net, param_names=names, remove_dead=remove_dead_units, position_coding="rice"
+        net,
+        param_names=names,
+        remove_dead=remove_dead_units,
+        position_coding="rice",
+        reorder_units=reorder_units,
     )
     return report.compression_rate
 
@@ -252,6 +256,7 @@ def run_sws(
     overrides: dict,
     dc_overrides: dict,
     remove_dead_units: bool,
+    reorder_units: bool,
 ) -> dict:
     # the same codebook fine-tuning as Deep Compression's last stage: epochs and learning rate
     # from the case's (possibly overridden) Deep Compression settings
@@ -261,6 +266,7 @@ def run_sws(
         "finetune_lr": dc["lr"],
         **case.sws[label],
         "remove_dead_units": remove_dead_units,
+        "reorder_units": reorder_units,
         **overrides,
     }
     # λ was chosen at the validation split's size; the same trade-off per training image
@@ -289,6 +295,7 @@ def run_sws(
         "finetune_epochs",
         "finetune_lr",
         "remove_dead_units",
+        "reorder_units",
     )
     return {
         "method": label,
@@ -301,7 +308,10 @@ def run_sws(
         "compression_rate_entropy": result.compression_rate_entropy,
         "compression_rate_all_units": all_units_rate(result.net, result.config["param_names"]),
         "compression_rate_rice": rice_rate(
-            result.net, result.config["param_names"], result.config["remove_dead_units"]
+            result.net,
+            result.config["param_names"],
+            result.config["remove_dead_units"],
+            result.config["reorder_units"],
         ),
         "num_values": result.num_components,
         "wall_time": result.wall_time,
@@ -323,8 +333,14 @@ def run_dc(
     progress,
     overrides: dict,
     remove_dead_units: bool,
+    reorder_units: bool,
 ) -> dict:
-    settings = {**case.dc, "remove_dead_units": remove_dead_units, **overrides}
+    settings = {
+        **case.dc,
+        "remove_dead_units": remove_dead_units,
+        "reorder_units": reorder_units,
+        **overrides,
+    }
     start = time.perf_counter()
     result = deep_compression(
         net,
@@ -349,7 +365,10 @@ def run_dc(
         "compression_rate_entropy": storage.compression_rate_entropy,
         "compression_rate_all_units": all_units_rate(result.net, result.param_names),
         "compression_rate_rice": rice_rate(
-            result.net, result.param_names, settings["remove_dead_units"]
+            result.net,
+            result.param_names,
+            settings["remove_dead_units"],
+            settings["reorder_units"],
         ),
         "num_values": max(len(c) for c in result.codebooks.values()) + 1,
         "wall_time": wall,
@@ -707,7 +726,11 @@ def section(rows: list[dict], pretrain: dict, command: str, threads: int, total:
                 "one without inputs whose constant output is folded into the next layer's "
                 "bias; the function is unchanged and the error after is measured on the "
                 "smaller network); the rate stays relative to the full 32-bit network, and "
-                "*all units ×* is the rate with every unit stored. For soft weight-sharing, "
+                "*all units ×* is the rate with every unit stored. Unless it has "
+                "`--keep-unit-order`, both also store the hidden units in the order that takes "
+                "the fewest bits (`bayes_sws.compress.storage_unit_orders`, a local search "
+                "over the same count: fewer filler entries, the same function). "
+                "For soft weight-sharing, "
                 "*error before* is the "
                 "retrained network, *error quantised* the network right after quantisation, "
                 "*error after* the final network. Where a row's settings have "
@@ -1016,6 +1039,7 @@ def run_task(task: Task, options: dict, prepared: dict) -> dict:
         "seed": options["seed"],
         "progress": options["progress"],
         "remove_dead_units": options["remove_dead_units"],
+        "reorder_units": options["reorder_units"],
     }
     if task.method == "sws":
         row = run_sws(
@@ -1175,6 +1199,13 @@ def _parser() -> argparse.ArgumentParser:
         help="store every hidden unit (by default both methods drop the units pruning left "
         "unused, an exact clean-up; the table shows the rate without it either way)",
     )
+    parser.add_argument(
+        "--keep-unit-order",
+        action="store_true",
+        help="store the hidden units in their order (by default both methods store them in "
+        "the order that takes the fewest bits, bayes_sws.compress.storage_unit_orders; the "
+        "same function)",
+    )
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument(
         "--figures",
@@ -1223,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures": args.figures,
         "progress": args.progress if args.jobs == 1 else False,
         "remove_dead_units": not args.keep_dead_units,
+        "reorder_units": not args.keep_unit_order,
     }
     version = code_version()  # the code that runs, before --write changes the tree
     start = time.perf_counter()

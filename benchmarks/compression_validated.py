@@ -192,6 +192,7 @@ def run_case(name: str, options: dict) -> dict:
             progress=options["progress"],
             overrides=overrides,
             remove_dead_units=True,
+            reorder_units=True,
         )
         rows.append({**row, "case": name, "pretrained_accuracy": pre_acc})
         _say_row(rows[-1])
@@ -294,6 +295,7 @@ def _validation_dc(name: str, net, tuning, case: bench.Case, options: dict, foun
             progress=options["progress"],
             overrides={},
             remove_dead_units=True,
+            reorder_units=True,
         )
         out.append(
             {

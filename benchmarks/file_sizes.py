@@ -130,6 +130,7 @@ def case_rows(name: str, cache: Path | None, overrides: dict | None = None) -> l
         overrides=overrides["sws"],
         dc_overrides=overrides["dc"],
         remove_dead_units=True,
+        reorder_units=True,
     )
     result = row["result"]
     files = sws_file(result.stored_net, spec, data.x_test, result.compression_rate)
@@ -143,6 +144,7 @@ def case_rows(name: str, cache: Path | None, overrides: dict | None = None) -> l
         seed=0,
         progress=False,
         remove_dead_units=True,
+        reorder_units=True,
         **{**case.dc, **overrides["dc"]},
     )
     rows.append(

@@ -82,6 +82,7 @@ def compress(name: str, options: dict, prior_scale: float, seed: int, held_out: 
         batch_size=settings.get("batch_size", 128),
         seed=seed,
         remove_dead_units=True,
+        reorder_units=True,
         progress=False,
     )
     pre = 1 - accuracy(net, data.x_test, data.y_test)
@@ -107,6 +108,7 @@ def compress(name: str, options: dict, prior_scale: float, seed: int, held_out: 
             seed=0,
             progress=False,
             remove_dead_units=True,
+            reorder_units=True,
             **case.dc,
         )
         row["dc_error_after"] = 1 - accuracy(dc.stored_net, data.x_test, data.y_test)

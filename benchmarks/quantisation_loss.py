@@ -74,6 +74,7 @@ def run(options: dict) -> list[dict]:
     pretrained_error = 1.0 - retrained.test_accuracy_pretrained  # on the validation split
     common = {
         "remove_dead_units": settings.get("remove_dead_units", True),
+        "reorder_units": settings.get("reorder_units", True),
         "finetune_data": (tuning.x_train, tuning.y_train),
         "finetune_batch_size": settings.get("batch_size", 128),
         "seed": options["retrain_seed"],

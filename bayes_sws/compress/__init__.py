@@ -33,9 +33,16 @@ from .storage import (
     LayerStorage,
     StorageReport,
     storage_report,
+    storage_unit_orders,
     stored_network,
 )
-from .surgery import DeadUnitRemoval, remove_dead_units
+from .surgery import (
+    DeadUnitRemoval,
+    HiddenUnits,
+    hidden_unit_layers,
+    permute_units,
+    remove_dead_units,
+)
 
 __all__ = [
     "BITS_PER_FLOAT",
@@ -43,6 +50,7 @@ __all__ = [
     "CompressedFileError",
     "DEFAULT_INDEX_BITS",
     "DeadUnitRemoval",
+    "HiddenUnits",
     "LayerStorage",
     "QuantizeResult",
     "SavedModel",
@@ -53,11 +61,13 @@ __all__ = [
     "encode_compressed",
     "entropy_bits",
     "finetune_codebook",
+    "hidden_unit_layers",
     "huffman_code",
     "huffman_code_lengths",
     "layer_kind",
     "load_compressed",
     "merge_components",
+    "permute_units",
     "plot_layer_sparsity",
     "plot_weights_before_after",
     "quantize",
@@ -68,5 +78,6 @@ __all__ = [
     "rice_parameter",
     "save_compressed",
     "storage_report",
+    "storage_unit_orders",
     "stored_network",
 ]

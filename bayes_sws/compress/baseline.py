@@ -74,7 +74,8 @@ class BaselineResult:
         :func:`~bayes_sws.compress.storage_report` of ``stored_net``.
     stored_net : nn.Module or None
         The network as stored and counted: ``net``, or ``net`` without its dead
-        hidden units (``remove_dead_units=True``).
+        hidden units (``remove_dead_units=True``), its hidden units in the order that
+        takes the fewest bits (``reorder_units=True``).
     """
 
     net: nn.Module
@@ -250,6 +251,7 @@ def deep_compression(
     remove_dead_units: bool = False,
     progress: bool | None = None,
     position_coding: Literal["fixed", "rice"] = "fixed",
+    reorder_units: bool = False,
 ) -> BaselineResult:
     """Prune, share weights by k-means, fine-tune the centroids; count the bits.
 
@@ -276,10 +278,11 @@ def deep_compression(
         Others (biases) train freely and are stored at 32 bits.
     index_bits, position_coding
         Passed to :func:`~bayes_sws.compress.storage_report`.
-    remove_dead_units : bool
+    remove_dead_units, reorder_units : bool
         Store the network without the hidden units pruning left unused
-        (:func:`~bayes_sws.compress.remove_dead_units`), as soft weight-sharing's
-        pipeline can; off by default.
+        (:func:`~bayes_sws.compress.remove_dead_units`), and its hidden units in the
+        order that takes the fewest bits (:func:`~bayes_sws.compress.storage_unit_orders`),
+        as soft weight-sharing's pipeline can; off by default.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -318,6 +321,7 @@ def deep_compression(
         index_bits=index_bits,
         remove_dead=remove_dead_units,
         position_coding=position_coding,
+        reorder_units=reorder_units,
     )
 
     return BaselineResult(
@@ -348,6 +352,7 @@ def kmeans_after_pruning(
     remove_dead_units: bool = False,
     progress: bool | None = None,
     position_coding: Literal["fixed", "rice"] = "fixed",
+    reorder_units: bool = False,
 ) -> BaselineResult:
     """Soft weight-sharing prunes, Deep Compression shares: its stages 2 and 3 on ``result``.
 
@@ -390,4 +395,5 @@ def kmeans_after_pruning(
         remove_dead_units=remove_dead_units,
         progress=progress,
         position_coding=position_coding,
+        reorder_units=reorder_units,
     )

@@ -195,12 +195,14 @@ _ANNEAL = {  # Fashion-MNIST: retrain under the anneal from a broad slab to tigh
     "precision_prior": SLAB_PRECISION_PRIOR,
     "precision_prior_final": SHARING_PRECISION_PRIOR,
     "remove_dead_units": True,
+    "reorder_units": True,
 }
 _DIGITS = {  # digits: small batches, a fast mixture, Deep Compression's codebook fine-tuning
     "batch_size": 64,
     "mixture_lr": 1e-2,
     "finetune_lr": 1e-3,
     "remove_dead_units": True,
+    "reorder_units": True,
 }
 RECIPES: dict[str, Recipe] = {
     "fashion-mnist/lenet-300-100": Recipe(
@@ -465,6 +467,7 @@ _COMPRESS_RESULT_SETTINGS = (
     "finetune_epochs",
     "finetune_lr",
     "remove_dead_units",
+    "reorder_units",
 )
 
 
@@ -701,6 +704,7 @@ def _final_and_stored(
     index_bits: int | dict[str, int] | None,
     position_coding: Literal["fixed", "rice"],
     remove_dead_units: bool,
+    reorder_units: bool,
     **finetune: Any,
 ) -> tuple[nn.Module, nn.Module, StorageReport]:
     """The final network, the network as stored, and its storage report.
@@ -719,6 +723,7 @@ def _final_and_stored(
         index_bits=index_bits,
         remove_dead=remove_dead_units,
         position_coding=position_coding,
+        reorder_units=reorder_units,
     )
     return final, stored, storage
 
@@ -774,6 +779,7 @@ def compress_result(
     finetune_lr: float = 1e-3,
     finetune_batch_size: int = 128,
     remove_dead_units: bool = False,
+    reorder_units: bool = False,
     seed: int = 0,
     progress: bool | None = None,
 ) -> CompressionResult:
@@ -834,6 +840,11 @@ def compress_result(
         (:func:`~bayes_sws.compress.remove_dead_units`: exact, function-preserving;
         rates still relative to the full network). Off by default, so
         ``stored_net`` has the input network's shapes.
+    reorder_units : bool
+        Store the hidden units in the order in which the network takes the fewest
+        bits that :func:`~bayes_sws.compress.storage_unit_orders` finds (a local
+        search; the function is the same, the fillers of the sparse layout fewer).
+        Off by default, so ``stored_net`` keeps the units' order.
 
     Returns
     -------
@@ -863,6 +874,7 @@ def compress_result(
         index_bits=index_bits,
         position_coding=position_coding,
         remove_dead_units=remove_dead_units,
+        reorder_units=reorder_units,
         num_epochs=finetune_epochs,
         lr=finetune_lr,
         batch_size=finetune_batch_size,
@@ -884,6 +896,7 @@ def compress_result(
         finetune_epochs=finetune_epochs,
         finetune_lr=float(finetune_lr),
         remove_dead_units=bool(remove_dead_units),
+        reorder_units=bool(reorder_units),
     )
     return CompressionResult(
         net=final,
@@ -1142,9 +1155,10 @@ def soft_weight_sharing(
         Codebook fine-tuning after quantisation on the training data (see
         :func:`compress_result`; mini-batches of ``batch_size``). Default 0: none,
         as in Ullrich et al.
-    remove_dead_units : bool
-        Store the network without its unused hidden units (see
-        :func:`compress_result`); off by default.
+    remove_dead_units, reorder_units : bool
+        Store the network without its unused hidden units, and its hidden units in
+        the order that takes the fewest bits (see :func:`compress_result`); off by
+        default.
     params : sequence of str, optional
         Names of the parameters carrying the prior (and compressed); default all
         weights (tensors with two or more dimensions), biases stay at 32 bits.

@@ -11,7 +11,9 @@ and biases at 32 bits. See :func:`storage_report` for the exact rules. With
 Golomb-Rice coded (no fillers), whichever is smaller per tensor.
 
 :func:`stored_network` counts the network as stored, optionally after
-:func:`bayes_sws.compress.surgery.remove_dead_units`, against the full one's size.
+:func:`bayes_sws.compress.surgery.remove_dead_units`, against the full one's size,
+and optionally with its hidden units in the order that stores it in the fewest bits
+(:func:`storage_unit_orders`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 from ..settings import POSITION_CODINGS
 from .coding import entropy_bits, huffman_bits, relative_index_fillers, rice_parameter, zero_runs
 from .params import check_param_names, layer_kind, owner_module
-from .surgery import remove_dead_units
+from .surgery import hidden_unit_layers, permute_units, remove_dead_units
 
 __all__ = [
     "BITS_PER_FLOAT",
@@ -38,6 +40,7 @@ __all__ = [
     "StorageReport",
     "shared_values",
     "storage_report",
+    "storage_unit_orders",
     "stored_network",
 ]
 
@@ -319,6 +322,36 @@ def _raw_layout(num_entries: int, index_bits: int) -> _Layout:
     )
 
 
+def _layouts(
+    matrix: np.ndarray,
+    value_counts: np.ndarray,
+    index_bits: int,
+    orders: Sequence[str],
+    position_coding: str,
+) -> tuple[_Layout, _Layout, _Layout]:
+    """The cheapest sparse layout of ``matrix``, its full layout, and the cheapest of all.
+
+    ``matrix`` may be the tensor (as a 2-D view) or only its non-zero mask: the layouts
+    need the positions of the non-zeros and the counts of their values (``value_counts``).
+    """
+    codebook_bits = BITS_PER_FLOAT * int(value_counts.size)
+    # sparse: the cheaper traversal order and position coding; ties go to the first
+    # (row before column, fixed before rice)
+    candidates = [
+        _sparse_layout(matrix, o, value_counts, index_bits, codebook_bits) for o in orders
+    ]
+    if position_coding == "rice":
+        candidates += [_rice_layout(matrix, o, value_counts, codebook_bits) for o in orders]
+    sparse = min(candidates, key=lambda layout: layout.weight_bits)
+    full = _full_layout(value_counts, int(matrix.size), codebook_bits, index_bits)
+    # cheapest layout; ties go to the first (sparse, then full)
+    best = min(
+        (sparse, full, _raw_layout(int(matrix.size), index_bits)),
+        key=lambda layout: layout.weight_bits,
+    )
+    return sparse, full, best
+
+
 def _layer_storage(
     name: str,
     tensor: torch.Tensor,
@@ -343,21 +376,7 @@ def _layer_storage(
         raise ValueError(f"parameter {name!r} has non-finite values")
     nonzero = flat[flat != 0]
     values, value_counts = np.unique(nonzero, return_counts=True)
-    codebook_bits = BITS_PER_FLOAT * int(values.size)
-    # sparse: the cheaper traversal order and position coding; ties go to the first
-    # (row before column, fixed before rice)
-    candidates = [
-        _sparse_layout(matrix, o, value_counts, index_bits, codebook_bits) for o in orders
-    ]
-    if position_coding == "rice":
-        candidates += [_rice_layout(matrix, o, value_counts, codebook_bits) for o in orders]
-    sparse = min(candidates, key=lambda layout: layout.weight_bits)
-    full = _full_layout(value_counts, int(flat.size), codebook_bits, index_bits)
-    # cheapest layout; ties go to the first (sparse, then full)
-    best = min(
-        (sparse, full, _raw_layout(int(flat.size), index_bits)),
-        key=lambda layout: layout.weight_bits,
-    )
+    sparse, full, best = _layouts(matrix, value_counts, index_bits, orders, position_coding)
     bias_bits = BITS_PER_FLOAT * num_bias
     total_bits = best.weight_bits + bias_bits
     total_bits_entropy = (
@@ -606,6 +625,156 @@ def shared_values(net: nn.Module, param_names: Sequence[str] | None = None) -> n
     return np.unique(np.concatenate(flat)) if flat else np.zeros(0, dtype=np.float32)
 
 
+#: Swaps :func:`storage_unit_orders` tries after its greedy start.
+REORDER_SWAPS = 2000
+
+
+class _UnitOrderSearch:
+    """The bits of the compressed tensors of a network as its hidden units are permuted.
+
+    Only the positions of the non-zeros change with the order, so each tensor is kept
+    as its non-zero mask (viewed as ``(shape[0], -1)``) with the counts of its values,
+    and costed by :func:`_layouts`, the layout choice of :func:`storage_report`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        names: Sequence[str],
+        index_bits: int | Mapping[str, int] | None,
+        orders: Sequence[str],
+        position_coding: str,
+    ) -> None:
+        params = dict(net.named_parameters())
+        self.layers = hidden_unit_layers(net)
+        self.orders = {h.name: np.arange(h.units) for h in self.layers}
+        self.masks: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.widths: dict[str, int] = {}
+        for name in names:
+            array = params[name].detach().cpu().numpy()
+            matrix = array.reshape(array.shape[0] if array.ndim else 1, -1)
+            self.masks[name] = matrix != 0
+            self.counts[name] = np.unique(matrix[self.masks[name]], return_counts=True)[1]
+            self.widths[name] = _row_index_bits(index_bits, name, layer_kind(net, name))
+        self.layout_orders = orders
+        self.position_coding = position_coding
+        # the tensors each layer's order moves: its own rows, its consumer's columns
+        self.moves = {
+            h.name: [n for n in (f"{h.name}.weight", f"{h.consumer}.weight") if n in self.masks]
+            for h in self.layers
+        }
+        self.bits = {name: self._bits(name) for name in self.masks}
+
+    def _mask(self, name: str) -> np.ndarray:
+        mask = self.masks[name]
+        module = owner_module(name)
+        for h in self.layers:
+            if h.name == module:
+                mask = mask[self.orders[h.name]]
+            elif h.consumer == module:
+                block = np.arange(h.columns_per_unit)
+                columns = (self.orders[h.name][:, None] * h.columns_per_unit + block).reshape(-1)
+                mask = mask[:, columns]
+        return mask
+
+    def _bits(self, name: str) -> int:
+        layouts = _layouts(
+            self._mask(name),
+            self.counts[name],
+            self.widths[name],
+            self.layout_orders,
+            self.position_coding,
+        )
+        return layouts[2].weight_bits
+
+    def total(self) -> int:
+        return sum(self.bits.values())
+
+    def try_order(self, layer: str, order: np.ndarray) -> int:
+        """Bits saved by giving ``layer`` this ``order``; kept if not negative, else undone."""
+        old_order, old_bits = self.orders[layer], {n: self.bits[n] for n in self.moves[layer]}
+        self.orders[layer] = order
+        new_bits = {n: self._bits(n) for n in self.moves[layer]}
+        saved = sum(old_bits.values()) - sum(new_bits.values())
+        if saved >= 0:
+            self.bits.update(new_bits)
+        else:
+            self.orders[layer] = old_order
+        return saved
+
+
+def _greedy_unit_order(mask: np.ndarray, index_bits: int) -> np.ndarray:
+    """An order of the rows of ``mask`` (units by inputs) that breaks long runs of zeros
+    down each column: at every position, the unit with non-zeros in the most columns whose
+    run of zeros is within 4 of needing a filler (``2**index_bits - 4`` or more, modulo
+    ``2**index_bits``), the sparser unit on ties."""
+    span = 1 << index_bits
+    a = mask.astype(np.float64)
+    run = np.zeros(a.shape[1])
+    degree = a.sum(1)
+    left = np.ones(a.shape[0], dtype=bool)
+    order = np.empty(a.shape[0], dtype=np.int64)
+    for position in range(a.shape[0]):
+        urgent = (run % span) >= span - 4
+        score = a @ urgent - degree / (degree.max() + 1.0)
+        score[~left] = -np.inf
+        unit = int(np.argmax(score))
+        order[position] = unit
+        left[unit] = False
+        run = np.where(mask[unit], 0.0, run + 1.0)
+    return order
+
+
+def storage_unit_orders(
+    net: nn.Module,
+    *,
+    param_names: Sequence[str] | None = None,
+    index_bits: int | Mapping[str, int] | None = None,
+    order: Literal["best", "row", "column"] = "best",
+    position_coding: Literal["fixed", "rice"] = "fixed",
+    swaps: int = REORDER_SWAPS,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """An order of the hidden units of ``net`` in which :func:`storage_report` counts
+    fewer bits; :func:`~bayes_sws.compress.surgery.permute_units` applies it.
+
+    Hidden units can be stored in any order (the function does not change), but the
+    relative-index layout pays a filler for every run of ``2**index_bits`` zeros, and
+    which runs there are depends on the order of the rows (a column-by-column layout)
+    or of the columns (row by row). The search is a local one over the exact count:
+    per layer of :func:`~bayes_sws.compress.surgery.hidden_unit_layers`, a greedy order
+    that breaks the producer's long runs of zeros down each column, kept where it stores
+    fewer bits than the present order; then ``swaps`` random exchanges of two units of
+    one layer (``seed``), each kept when the bits do not grow. So the bits never grow;
+    the result is a good order, not the best one (finding that is a hard combinatorial
+    problem). Arguments as for :func:`storage_report`. Returns, per layer, the old index
+    of the unit at each new position (identity where nothing was gained).
+    """
+    names = check_param_names(net, param_names)
+    layout_orders = _STORAGE_ORDERS.get(order)
+    if layout_orders is None:
+        raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
+    _check_index_bits(index_bits, names)
+    if swaps < 0:
+        raise ValueError(f"swaps must be >= 0; got {swaps}")
+    search = _UnitOrderSearch(net, names, index_bits, layout_orders, position_coding)
+    for h in search.layers:
+        producer = f"{h.name}.weight"
+        if producer in search.masks and h.units > 1:
+            mask = search.masks[producer]
+            search.try_order(h.name, _greedy_unit_order(mask, search.widths[producer]))
+    movable = [h for h in search.layers if h.units > 1 and search.moves[h.name]]
+    rng = np.random.default_rng(seed)
+    for _ in range(swaps if movable else 0):
+        h = movable[int(rng.integers(len(movable)))]
+        a, b = rng.choice(h.units, size=2, replace=False)
+        swapped = search.orders[h.name].copy()
+        swapped[[a, b]] = swapped[[b, a]]
+        search.try_order(h.name, swapped)
+    return {name: torch.from_numpy(o.copy()) for name, o in search.orders.items()}
+
+
 def stored_network(
     net: nn.Module,
     *,
@@ -613,15 +782,23 @@ def stored_network(
     index_bits: int | Mapping[str, int] | None = None,
     remove_dead: bool = False,
     position_coding: Literal["fixed", "rice"] = "fixed",
+    reorder_units: bool = False,
 ) -> tuple[nn.Module, StorageReport]:
     """The network as it would be stored, and its :func:`storage_report`.
 
     With ``remove_dead=True`` that is :func:`remove_dead_units`'s smaller
     network, counted against ``net``'s sizes (``reference=net``); otherwise
-    ``net`` itself. The one place both soft weight-sharing's pipeline and the
+    ``net`` itself. With ``reorder_units=True`` its hidden units are then put in
+    the order :func:`storage_unit_orders` finds (the same function in fewer bits).
+    The one place both soft weight-sharing's pipeline and the
     Deep Compression baseline count their bits, so they stay comparable.
     """
     stored = remove_dead_units(net).net if remove_dead else net
+    if reorder_units:
+        orders = storage_unit_orders(
+            stored, param_names=param_names, index_bits=index_bits, position_coding=position_coding
+        )
+        stored = permute_units(stored, orders)
     report = storage_report(
         stored,
         param_names=param_names,

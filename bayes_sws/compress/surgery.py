@@ -4,11 +4,17 @@ An exact, function-preserving clean-up (:func:`remove_dead_units`): a unit nobod
 reads goes, and a unit with no inputs left has its constant output folded into the
 next layer's bias first. :func:`bayes_sws.compress.storage.stored_network` counts
 the smaller network against the full one's size.
+
+:func:`permute_units` puts the hidden units of a network in another order (the
+same function: each unit's weights and bias move with it, and the next layer
+reads it where it now is). :func:`hidden_unit_layers` lists the layers whose
+units can be so permuted or removed.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +23,13 @@ from torch import nn
 
 from ..zoo.nets import ACTIVATIONS, same_memory_format
 
-__all__ = ["DeadUnitRemoval", "remove_dead_units"]
+__all__ = [
+    "DeadUnitRemoval",
+    "HiddenUnits",
+    "hidden_unit_layers",
+    "permute_units",
+    "remove_dead_units",
+]
 
 
 #: Parameter-free element-wise modules a dead unit's constant output passes through: the
@@ -260,3 +272,85 @@ def remove_dead_units(net: nn.Module) -> DeadUnitRemoval:
         kept=kept,
         removed={pair.name: sizes[pair.name] - int(kept[pair.name].numel()) for pair in pairs},
     )
+
+
+@dataclass(frozen=True)
+class HiddenUnits:
+    """A layer whose output units feed the next weighted layer (:func:`hidden_unit_layers`).
+
+    Attributes
+    ----------
+    name : str
+        The producing module (``"0"``).
+    consumer : str
+        The module that reads its units.
+    units : int
+        Output units (rows of the producer's weight viewed as ``(shape[0], -1)``).
+    columns_per_unit : int
+        Consecutive columns of the consumer's weight viewed as ``(shape[0], -1)`` that
+        read one unit: 1 between dense layers, ``kh * kw`` before a convolution, the
+        flattened map's size before a dense layer after a ``Flatten``.
+    """
+
+    name: str
+    consumer: str
+    units: int
+    columns_per_unit: int
+
+
+def _module_names(net: nn.Module) -> dict[int, str]:
+    return {id(module): name for name, module in net.named_children()}
+
+
+def hidden_unit_layers(net: nn.Module) -> list[HiddenUnits]:
+    """The layers of ``net`` whose hidden units :func:`permute_units` can reorder (and
+    :func:`remove_dead_units` remove): in an ``nn.Sequential``, each ``Linear``/``Conv2d``
+    whose outputs reach the next weighted module through element-wise modules (or,
+    after a convolution, pooling and one ``Flatten``). Any other network: none."""
+    if not isinstance(net, nn.Sequential):
+        return []
+    names = _module_names(net)
+    out = []
+    for pair in _unit_pairs(net):
+        units = int(pair.producer.weight.shape[0])
+        fan_in = pair.consumer.weight[0].numel()
+        out.append(HiddenUnits(pair.name, names[id(pair.consumer)], units, fan_in // units))
+    return out
+
+
+def permute_units(net: nn.Module, orders: Mapping[str, torch.Tensor | Sequence[int]]) -> nn.Module:
+    """A copy of ``net`` with the output units of some hidden layers in a new order.
+
+    ``orders[name]`` is, for the producing module ``name`` (a
+    :func:`hidden_unit_layers` entry), the old index of the unit at each new position:
+    a permutation of ``range(units)``. The unit's weights and bias move with it and
+    the next layer's weights follow, so the network computes the same function
+    (exactly, up to the order in which the next layer sums its inputs). Layers not
+    in ``orders`` keep their order; ``net`` is not modified.
+    """
+    layers = {h.name: h for h in hidden_unit_layers(net)}
+    unknown = sorted(set(orders) - set(layers))
+    if unknown:
+        raise ValueError(
+            f"permute_units: {unknown} are not layers with reorderable hidden units; "
+            f"those of this network are {sorted(layers)}"
+        )
+    checked = {}
+    for name, order in orders.items():
+        index = torch.as_tensor(order, dtype=torch.long).reshape(-1).cpu()
+        units = layers[name].units
+        if not torch.equal(torch.sort(index).values, torch.arange(units)):
+            raise ValueError(
+                f"permute_units: the order for layer {name!r} must be a permutation of "
+                f"range({units}); got {index.tolist()[:10]}{' ...' if index.numel() > 10 else ''}"
+            )
+        checked[name] = index
+    out = copy.deepcopy(net)
+    if not checked:
+        return out
+    assert isinstance(out, nn.Sequential)  # hidden_unit_layers found the layers
+    with torch.no_grad():
+        for pair in _unit_pairs(out):
+            if pair.name in checked:
+                _keep_units(pair, checked[pair.name].to(pair.producer.weight.device))
+    return out

@@ -634,20 +634,24 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
         [0.01 * 1437 / 1293, 0.03 * 1437 / 1293, 0.1 * 1437 / 1293], rel=1e-12
     )
     assert "| digits/lenet-300-100 | dc-han |" in capsys.readouterr().out
-    # both methods drop dead units by default; the rate with every unit is reported beside
+    # both methods drop dead units and reorder the rest by default; the rate with every unit
+    # (in its order) is reported beside
     assert all(r["settings"]["remove_dead_units"] for r in rows)
+    assert all(r["settings"]["reorder_units"] for r in rows)
     assert all(r["compression_rate"] >= r["compression_rate_all_units"] for r in rows)
     # Golomb-Rice positions are one more candidate layout: never fewer bits saved
     assert all(r["compression_rate_rice"] >= r["compression_rate"] for r in rows)
     kept = tmp_path / "kept.json"
     bench.main(
         ["--cases", "digits/lenet-300-100", "--methods", "sws", "--keep-dead-units"]
+        + ["--keep-unit-order"]
         + ["--cache", str(tmp_path / "cache"), "--json", str(kept), "--set", "sws.num_epochs=1"]
     )
     kept_rows = json.loads(kept.read_text())["rows"]
     assert len(kept_rows) == len(labels)
     for row in kept_rows:
         assert row["settings"]["remove_dead_units"] is False
+        assert row["settings"]["reorder_units"] is False
         assert row["compression_rate"] == row["compression_rate_all_units"]
 
 
