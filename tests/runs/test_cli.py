@@ -269,6 +269,29 @@ def test_compress_with_rice_positions_writes_the_same_network_smaller(map_run, c
         assert torch.equal(a, b)
 
 
+def test_compress_with_reordered_units_writes_the_same_function_in_fewer_bits(
+    map_run, digits, capsys
+):
+    sws = map_run / "model.sws"
+    code, _, err = run_cli(capsys, "compress", map_run, "--remove-dead-units", "--no-plots")
+    assert code == 0, err
+    plain, plain_net = json.loads((map_run / "compression.json").read_text()), load_compressed(sws)
+    argv = ["--remove-dead-units", "--no-plots", "--reorder-units"]
+    code, _, err = run_cli(capsys, "compress", map_run, *argv)
+    assert code == 0, err
+    ordered = json.loads((map_run / "compression.json").read_text())
+    assert ordered["settings"]["reorder_units"] is True
+    net = load_compressed(sws)
+    # oracle: the storage report of the file's own network, and the first file's outputs
+    assert ordered["files"]["model.sws"]["payload_bits"] == storage_report(net).total_bits
+    assert ordered["total_bits"] == storage_report(net).total_bits <= plain["total_bits"]
+    assert ordered["stored_shapes"] == plain["stored_shapes"]
+    x = digits.x_test.to(next(net.parameters()).dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain_net(x), rtol=1e-5, atol=1e-5)
+    assert ordered["test_accuracy_after"] == pytest.approx(plain["test_accuracy_after"], abs=0.01)
+
+
 def test_report_summarises_the_run(map_run, capsys):
     code, out, _ = run_cli(capsys, "report", map_run)
     assert code == 0
