@@ -227,22 +227,26 @@ def pretrained(
 # --------------------------------------------------------------------------- methods
 
 
-def all_units_rate(net, names) -> float:
-    """The rate with every hidden unit stored (no dead-unit removal), for comparison."""
-    return storage_report(net, param_names=names).compression_rate
+def other_rates(net, names, settings: dict) -> dict[str, float]:
+    """The rates of the same quantised network ``net`` stored otherwise, for comparison:
+    every hidden unit in its order (``_all_units``: no dead-unit removal, no reordering),
+    the units in their order (``_unit_order``: dead units removed as ``settings`` say, not
+    reordered), and Golomb-Rice-coded positions where smaller (``_rice``: stored as
+    ``settings`` say; the headline rate uses Han et al.'s fixed-width indices)."""
 
+    def rate(**options) -> float:
+        return stored_network(net, param_names=names, **options)[1].compression_rate
 
-def rice_rate(net, names, remove_dead_units: bool, reorder_units: bool) -> float:
-    """The rate of the same network stored with Golomb-Rice-coded positions where smaller
-    (``position_coding="rice"``; the headline rate uses Han et al.'s fixed-width indices)."""
-    _, report = stored_network(
-        net,
-        param_names=names,
-        remove_dead=remove_dead_units,
-        position_coding="rice",
-        reorder_units=reorder_units,
-    )
-    return report.compression_rate
+    remove_dead = settings["remove_dead_units"]
+    return {
+        "compression_rate_all_units": storage_report(net, param_names=names).compression_rate,
+        "compression_rate_unit_order": rate(remove_dead=remove_dead),
+        "compression_rate_rice": rate(
+            remove_dead=remove_dead,
+            position_coding="rice",
+            reorder_units=settings["reorder_units"],
+        ),
+    }
 
 
 def run_sws(
@@ -306,13 +310,7 @@ def run_sws(
         "nonzero_fraction": result.nonzero_fraction,
         "compression_rate": result.compression_rate,
         "compression_rate_entropy": result.compression_rate_entropy,
-        "compression_rate_all_units": all_units_rate(result.net, result.config["param_names"]),
-        "compression_rate_rice": rice_rate(
-            result.net,
-            result.config["param_names"],
-            result.config["remove_dead_units"],
-            result.config["reorder_units"],
-        ),
+        **other_rates(result.net, result.config["param_names"], result.config),
         "num_values": result.num_components,
         "wall_time": result.wall_time,
         "layers": result.layers,
@@ -363,13 +361,7 @@ def run_dc(
         "nonzero_fraction": storage.nonzero_fraction,
         "compression_rate": storage.compression_rate,
         "compression_rate_entropy": storage.compression_rate_entropy,
-        "compression_rate_all_units": all_units_rate(result.net, result.param_names),
-        "compression_rate_rice": rice_rate(
-            result.net,
-            result.param_names,
-            settings["remove_dead_units"],
-            settings["reorder_units"],
-        ),
+        **other_rates(result.net, result.param_names, settings),
         "num_values": max(len(c) for c in result.codebooks.values()) + 1,
         "wall_time": wall,
         "layers": storage.to_dict()["layers"],

@@ -125,12 +125,7 @@ def _row(name: str, method: str, pre_acc: float, net, final, result) -> dict:
         "accuracy_after": accuracy(net, final.x_test, final.y_test),
         "nonzero_fraction": result.nonzero_fraction,
         "compression_rate": result.compression_rate,
-        "compression_rate_all_units": bench.all_units_rate(
-            result.net, result.config["param_names"]
-        ),
-        "compression_rate_rice": bench.rice_rate(
-            result.net, result.config["param_names"], result.config["remove_dead_units"]
-        ),
+        **bench.other_rates(result.net, result.config["param_names"], result.config),
         "layers": result.layers,
     }
 

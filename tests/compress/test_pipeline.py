@@ -639,6 +639,8 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     assert all(r["settings"]["remove_dead_units"] for r in rows)
     assert all(r["settings"]["reorder_units"] for r in rows)
     assert all(r["compression_rate"] >= r["compression_rate_all_units"] for r in rows)
+    # the search only keeps orders that store in fewer bits
+    assert all(r["compression_rate"] >= r["compression_rate_unit_order"] for r in rows)
     # Golomb-Rice positions are one more candidate layout: never fewer bits saved
     assert all(r["compression_rate_rice"] >= r["compression_rate"] for r in rows)
     kept = tmp_path / "kept.json"
@@ -653,6 +655,7 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
         assert row["settings"]["remove_dead_units"] is False
         assert row["settings"]["reorder_units"] is False
         assert row["compression_rate"] == row["compression_rate_all_units"]
+        assert row["compression_rate"] == row["compression_rate_unit_order"]
 
 
 def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
