@@ -694,7 +694,7 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
     Costs are made up; the order below follows from them by hand."""
     bench = _benchmark_module()
     fashion, digits = "fashion-mnist/lenet-300-100", "digits/lenet-5"
-    labels = list(bench.CASES[fashion].sws)  # λ = 0.1, 0.12, 0.13, 0.14
+    labels = list(bench.CASES[fashion].sws)  # λ = 0.08, 0.085, 0.09, 0.1
     costs = {labels[0]: 40.0, labels[1]: 30.0, labels[2]: 20.0, labels[3]: 10.0, "dc-han": 5.0}
     costs |= {f"dc-matched to {label}": 35.0 - 20.0 * i for i, label in enumerate(labels)}
     costs |= {
