@@ -869,14 +869,14 @@ def compress_result(
     )
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
+    # how the network is stored and counted
+    storing: dict[str, Any] = {"index_bits": index_bits, "position_coding": position_coding}
+    storing |= {"remove_dead_units": bool(remove_dead_units), "reorder_units": bool(reorder_units)}
     final, stored, storage = _final_and_stored(
         quantized,
         model,
         finetune_data,
-        index_bits=index_bits,
-        position_coding=position_coding,
-        remove_dead_units=remove_dead_units,
-        reorder_units=reorder_units,
+        **storing,
         num_epochs=finetune_epochs,
         lr=finetune_lr,
         batch_size=finetune_batch_size,
@@ -893,12 +893,9 @@ def compress_result(
         merge_criterion=merge_criterion,
         value_tolerance=float(value_tolerance),
         assignment=assignment,
-        index_bits=index_bits,
-        position_coding=position_coding,
+        **storing,
         finetune_epochs=finetune_epochs,
         finetune_lr=float(finetune_lr),
-        remove_dead_units=bool(remove_dead_units),
-        reorder_units=bool(reorder_units),
     )
     return CompressionResult(
         net=final,
