@@ -688,9 +688,6 @@ class _UnitOrderSearch:
         )
         return layouts[2].weight_bits
 
-    def total(self) -> int:
-        return sum(self.bits.values())
-
     def try_order(self, layer: str, order: np.ndarray) -> int:
         """Bits saved by giving ``layer`` this ``order``; kept if not negative, else undone."""
         old_order, old_bits = self.orders[layer], {n: self.bits[n] for n in self.moves[layer]}
@@ -744,12 +741,12 @@ def storage_unit_orders(
     which runs there are depends on the order of the rows (a column-by-column layout)
     or of the columns (row by row). The search is a local one over the exact count:
     per layer of :func:`~bayes_sws.compress.surgery.hidden_unit_layers`, a greedy order
-    that breaks the producer's long runs of zeros down each column, kept where it stores
-    fewer bits than the present order; then ``swaps`` random exchanges of two units of
+    that breaks the producer's long runs of zeros down each column, kept unless it stores
+    more bits than the present order; then ``swaps`` random exchanges of two units of
     one layer (``seed``), each kept when the bits do not grow. So the bits never grow;
     the result is a good order, not the best one (finding that is a hard combinatorial
     problem). Arguments as for :func:`storage_report`. Returns, per layer, the old index
-    of the unit at each new position (identity where nothing was gained).
+    of the unit at each new position.
     """
     names = check_param_names(net, param_names)
     layout_orders = _STORAGE_ORDERS.get(order)
