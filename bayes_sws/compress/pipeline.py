@@ -185,8 +185,9 @@ class Recipe:
 #: BENCHMARKS.md, "Compression: chosen on validation"). Fashion-MNIST LeNet-300-100: the anneal
 #: from a broad slab to tight shared values over epochs 28-38 of 40 at the weights' lr 1e-3,
 #: a zero component σ₀ ≈ 1e-3 with its weight fixed at π₀ = 0.999 (Ullrich et al.'s; at 0.99
-#: the front lay 0.2 points higher: 76.9× at +0.34 against 80.1× at +0.30), no codebook
-#: fine-tuning (after the anneal quantisation costs nothing there). Fashion-MNIST LeNet-5-Caffe: the anneal over the default window of 30
+#: the front lay about 0.2 points higher: its best within the margin was 76.9× at +0.34,
+#: against 80.1× at +0.30), no codebook fine-tuning (after the anneal quantisation costs
+#: nothing there). Fashion-MNIST LeNet-5-Caffe: the anneal over the default window of 30
 #: epochs, then one epoch of codebook fine-tuning at lr 1e-4 (it gives back the first
 #: convolution's quantisation loss). Digits: the mixture's lr 1e-2, then Deep Compression's
 #: codebook fine-tuning (10 and 5 epochs at lr 1e-3). λ by the mean over retraining seeds 0-2:
