@@ -664,7 +664,9 @@ def test_benchmark_runs_cases_in_parallel_processes_in_order(tmp_path, capsys):
     bench = _benchmark_module()
     out, alone = tmp_path / "numbers.json", tmp_path / "alone.json"
     tiny = ["sws.num_epochs=1", "dc.finetune_epochs=1", "dc.centroid_epochs=1"]
-    flags = ["--quick", "--cache", str(tmp_path / "cache")]
+    # units in their order: the search costs seconds a row and is deterministic
+    # (test_benchmark_runs_with_a_tiny_budget runs it)
+    flags = ["--quick", "--keep-unit-order", "--cache", str(tmp_path / "cache")]
     flags += [arg for item in tiny for arg in ("--set", item)]
     assert bench.main([*flags, "--json", str(alone)]) == 0
     capsys.readouterr()
