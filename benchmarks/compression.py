@@ -95,8 +95,9 @@ HAN_LENET5 = {
 # π₀ = 0.999 (+0.30 at 80.1× against +0.34 at 76.9× with 0.99, three seeds), no fine-tuning
 # (+0.66 with and without over three seeds); the rows are the chosen λ and its neighbours.
 # LeNet-5: the default window of 30 epochs, then one epoch of codebook fine-tuning at lr 1e-4
-# (its quantisation loss is the first convolution's: +0.93 -> +0.32 on validation). A row's label and settings carry λ as chosen, at the split's size; the
-# grid retrains on the whole training set, so run_sws scales it (Recipe.scaled).
+# (its quantisation loss is the first convolution's: +0.93 -> +0.32 on validation). A row's
+# label and settings carry λ as chosen, at the split's size; the grid retrains on the whole
+# training set, so run_sws scales it (Recipe.scaled).
 
 
 def recipe_rows(name: str, scales: tuple[float, ...] | None = None) -> dict[str, dict]:
