@@ -980,12 +980,21 @@ class Task:
         )
 
 
-def _row_order(names: list[str], methods: list[str]) -> list[tuple[str, str]]:
+def sws_labels(name: str, chosen_only: bool = False) -> list[str]:
+    """Case ``name``'s soft weight-sharing rows, in table order: every λ of its front, or with
+    ``chosen_only`` just the one chosen on validation (replicates with ``--seed``)."""
+    case = CASES[name]
+    return [case.chosen] if chosen_only else list(case.sws)
+
+
+def _row_order(
+    names: list[str], methods: list[str], chosen_only: bool = False
+) -> list[tuple[str, str]]:
     """(case, row name) in the order the tables list them: per case its soft
     weight-sharing rows, Han's Deep Compression, then the matched ones."""
     order = []
     for name in names:
-        labels = list(CASES[name].sws) if "sws" in methods else []
+        labels = sws_labels(name, chosen_only) if "sws" in methods else []
         order += [(name, label) for label in labels]
         order += [(name, "dc-han")] if "dc-han" in methods else []
         matched = labels if "dc-matched" in methods else []
@@ -1145,7 +1154,9 @@ def run_grid(names: list[str], options: dict, jobs: int) -> tuple[list[dict], di
                     prepared[item] = future.result()
                     ready += [
                         Task(item, method, label)
-                        for method, label in [("sws", label) for label in CASES[item].sws]
+                        for method, label in [
+                            ("sws", label) for label in sws_labels(item, options["chosen_only"])
+                        ]
                         + [("dc-han", "")]
                         if method in methods
                     ]
@@ -1155,7 +1166,7 @@ def run_grid(names: list[str], options: dict, jobs: int) -> tuple[list[dict], di
                     ready.append(
                         Task(item.case, "dc-matched", item.label, matched_dc_settings(row))
                     )
-    ordered = [rows[key] for key in _row_order(names, options["methods"])]
+    ordered = [rows[key] for key in _row_order(names, options["methods"], options["chosen_only"])]
     return ordered, {name: prepared[name]["info"] for name in names}
 
 
@@ -1169,7 +1180,19 @@ def _parser() -> argparse.ArgumentParser:
         default=["sws", "dc-han", "dc-matched"],
         choices=["sws", "dc-han", "dc-matched"],
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of pretraining and of every row (default 0, the recorded grid's); another "
+        "seed replicates the whole pipeline",
+    )
+    parser.add_argument(
+        "--chosen-only",
+        action="store_true",
+        help="of each case's soft weight-sharing rows only the λ chosen on validation (and "
+        "Deep Compression matched to it): the rows to replicate with other seeds",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--jobs",
@@ -1249,6 +1272,7 @@ def main(argv: list[str] | None = None) -> int:
         "progress": args.progress if args.jobs == 1 else False,
         "remove_dead_units": not args.keep_dead_units,
         "reorder_units": not args.keep_unit_order,
+        "chosen_only": args.chosen_only,
     }
     version = code_version()  # the code that runs, before --write changes the tree
     start = time.perf_counter()

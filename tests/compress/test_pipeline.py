@@ -721,7 +721,7 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
     monkeypatch.setattr(bench, "prepare_case", prepare_case)
     monkeypatch.setattr(bench, "run_task", run_task)
     monkeypatch.setattr(bench, "estimated_cost", lambda task, options, info: costs[task.name])
-    options = {"methods": ["sws", "dc-han", "dc-matched"]}
+    options = {"methods": ["sws", "dc-han", "dc-matched"], "chosen_only": False}
     rows, _ = bench.run_grid([fashion, digits], options, jobs=1)
     (digits_sws,) = bench.CASES[digits].sws
     assert calls == [
@@ -746,6 +746,30 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
         "dc-han",
         *(f"dc-matched to {label}" for label in labels),
     ]
+
+
+def test_benchmark_chosen_only_runs_the_chosen_row_and_its_matched_one(monkeypatch):
+    """``--chosen-only`` (replicating the chosen settings with other seeds): per case the
+    soft weight-sharing row of the recipe's λ, Han's Deep Compression and the Deep
+    Compression row matched to the chosen one, and nothing else (listed by hand)."""
+    bench = _benchmark_module()
+    fashion = "fashion-mnist/lenet-300-100"
+    calls = []
+    monkeypatch.setattr(bench, "prepare_case", lambda name, options: {"info": {}, "accuracy": 0.9})
+
+    def run_task(task, options, prepared):
+        calls.append(task.name)
+        return {"method": task.name, "layers": []}
+
+    monkeypatch.setattr(bench, "run_task", run_task)
+    monkeypatch.setattr(bench, "estimated_cost", lambda task, options, info: 1.0)
+    args = bench._parser().parse_args(["--cases", fashion, "--chosen-only", "--seed", "2"])
+    assert args.chosen_only and args.seed == 2
+    options = {"methods": ["sws", "dc-han", "dc-matched"], "chosen_only": True}
+    rows, _ = bench.run_grid([fashion], options, jobs=1)
+    chosen = "sws λ=0.085"  # RECIPES["fashion-mnist/lenet-300-100"].prior_scale
+    assert sorted(calls) == sorted([chosen, "dc-han", f"dc-matched to {chosen}"])
+    assert [r["method"] for r in rows] == [chosen, "dc-han", f"dc-matched to {chosen}"]
 
 
 def test_kmeans_after_pruning_keeps_the_zeros_and_ties_to_member_means(digits, compressed):
