@@ -508,22 +508,33 @@ def _label_points(fig, ax, points: list[dict]) -> None:
     placed = []
     for i, p in enumerate(points):
         blocked = placed + markers[:i] + markers[i + 1 :]
+        candidates = []  # (overlaps something, offset number): a free one, else one inside
         for k, (dx, dy) in enumerate(offsets):
-            text = ax.annotate(
-                p["label"],
-                (p["rate"], p["error"]),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=7,
-                ha="left" if dx > 0 else "right",
-            )
+            text = _point_label(ax, p, dx, dy)
             box = text.get_window_extent()
-            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
-            free = inside and not any(box.overlaps(b) for b in blocked)
-            if free or k == len(offsets) - 1:
-                break
             text.remove()
-        placed.append(box)
+            if ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1):
+                candidates.append((any(box.overlaps(b) for b in blocked), k))
+                if not candidates[-1][0]:
+                    break
+        _, k = min(candidates, default=(True, 0))
+        text = _point_label(ax, p, *offsets[k])
+        placed.append(text.get_window_extent())
+
+
+def _point_label(ax, point: dict, dx: float, dy: float):
+    """``point``'s label at (dx, dy) points from it, kept out of the layout engine (the
+    placement above checks the axes as laid out; a label must not move them)."""
+    text = ax.annotate(
+        point["label"],
+        (point["rate"], point["error"]),
+        xytext=(dx, dy),
+        textcoords="offset points",
+        fontsize=7,
+        ha="left" if dx > 0 else "right",
+    )
+    text.set_in_layout(False)
+    return text
 
 
 def pareto_front(points: list[dict]) -> list[dict]:

@@ -20,6 +20,12 @@ finely. This script
 Run from the repository root::
 
     python benchmarks/kmeans_after_pruning.py --jobs 2 --cache /tmp/bench_cache
+
+The default λ (0.12, 0.14) bracket the recipe of the recorded run (BENCHMARKS.md, code at
+e1a27b0: π₀ = 0.99, λ = 0.12, units in their order). The recipe has since fixed π₀ = 0.999,
+which prunes harder at the same λ, and both methods now store reordered units; pass
+``--prior-scales`` around the current recipe's λ, or ``--set sws.pi_zero=0.99`` for the
+recorded mixture.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from torch import nn
 from ..settings import POSITION_CODINGS
 from .coding import entropy_bits, huffman_bits, relative_index_fillers, rice_parameter, zero_runs
 from .params import check_param_names, layer_kind, owner_module
-from .surgery import hidden_unit_layers, permute_units, remove_dead_units
+from .surgery import hidden_unit_layers, permute_units, remove_dead_units, unit_columns
 
 __all__ = [
     "BITS_PER_FLOAT",
@@ -673,9 +673,7 @@ class _UnitOrderSearch:
             if h.name == module:
                 mask = mask[self.orders[h.name]]
             elif h.consumer == module:
-                block = np.arange(h.columns_per_unit)
-                columns = (self.orders[h.name][:, None] * h.columns_per_unit + block).reshape(-1)
-                mask = mask[:, columns]
+                mask = mask[:, unit_columns(self.orders[h.name], h.columns_per_unit)]
         return mask
 
     def _bits(self, name: str) -> int:

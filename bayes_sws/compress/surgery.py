@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,7 @@ __all__ = [
 
 #: Parameter-free element-wise modules a dead unit's constant output passes through: the
 #: activations :func:`bayes_sws.zoo.nets.mlp` builds, and a few more.
+_Index = TypeVar("_Index", torch.Tensor, np.ndarray)
 _ELEMENTWISE = (*ACTIVATIONS.values(), nn.ReLU6, nn.Hardtanh, nn.Identity)
 
 
@@ -61,6 +63,17 @@ class DeadUnitRemoval:
         return sum(self.removed.values())
 
 
+def unit_columns(units: _Index, per_unit: int) -> _Index:
+    """The columns that read ``units`` (a torch or numpy index) when each unit is read by
+    ``per_unit`` consecutive columns: unit ``u``'s are ``u * per_unit ... u * per_unit +
+    per_unit - 1``, unit after unit, in the order of ``units``."""
+    if isinstance(units, torch.Tensor):
+        offsets: Any = torch.arange(per_unit, device=units.device)
+    else:
+        offsets = np.arange(per_unit)
+    return (units[:, None] * per_unit + offsets).reshape(-1)
+
+
 @dataclass
 class _UnitPair:
     """A module whose output units feed the next weighted module, through ``chain``."""
@@ -81,10 +94,7 @@ class _UnitPair:
 
     def consumer_columns(self, units: torch.Tensor) -> torch.Tensor:
         """Indices along the consumer weight's second axis read from these producer units."""
-        if isinstance(self.consumer, nn.Linear):
-            block = torch.arange(self.block, device=units.device)
-            return (units[:, None] * self.block + block).reshape(-1)
-        return units
+        return unit_columns(units, self.block) if isinstance(self.consumer, nn.Linear) else units
 
     def can_fold(self) -> bool:
         """A constant input map stays constant through the consumer (no zero padding)."""
