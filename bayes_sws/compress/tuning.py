@@ -37,8 +37,10 @@ from ..zoo.data import Dataset
 from .pipeline import CompressionResult, Recipe, soft_weight_sharing
 
 __all__ = [
+    "RateCalibration",
     "Trial",
     "Tuning",
+    "calibrate_refit_scale",
     "choose_within_margin",
     "tune_soft_weight_sharing",
     "validation_split",
@@ -155,6 +157,7 @@ class Tuning:
             grid=tuple(sorted(tried)),
             num_train=self.num_train,
             settings={k: v for k, v in merged.items() if k not in ("seed", "seeds", "progress")},
+            rate=self.chosen.compression_rate,
         )
 
     def table(self) -> str:
@@ -337,4 +340,123 @@ def tune_soft_weight_sharing(
         within and math.isfinite(chosen.increase),
         num_train=tuning.num_train,
         settings=dict(settings),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RateCalibration:
+    """What :func:`calibrate_refit_scale` tried and chose.
+
+    ``rates`` maps each λ tried (on the recipe's per-image scale) to the compression rate of
+    each seed's refit, in the order of ``seeds``; ``prior_scale`` is the smallest λ whose mean
+    rate reaches ``target_rate``, or ``None`` when none did (try larger ones).
+    """
+
+    target_rate: float
+    num_train: int
+    seeds: tuple[int, ...]
+    rates: dict[float, tuple[float, ...]]
+    prior_scale: float | None
+
+    def mean_rate(self, prior_scale: float) -> float:
+        """The mean over the seeds of the rate at ``prior_scale`` (a λ tried)."""
+        rates = self.rates[prior_scale]
+        return sum(rates) / len(rates)
+
+    def recipe(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with this calibration as its ``refit_prior_scale`` (and the target as
+        its ``rate``), for a refit on ``num_train`` images."""
+        if self.prior_scale is None:
+            raise ValueError(
+                f"no λ tried ({sorted(self.rates)}) reached the rate {self.target_rate:g} on "
+                "average; calibrate with larger ones before making a recipe of it"
+            )
+        return dataclasses.replace(
+            recipe,
+            rate=self.target_rate,
+            refit_prior_scale=self.prior_scale,
+            refit_num_train=self.num_train,
+        )
+
+
+def calibrate_refit_scale(
+    net: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    prior_scales: Sequence[float],
+    *,
+    target_rate: float | None = None,
+    seeds: Sequence[int] = (0,),
+    jobs: int = 1,
+    **settings: Any,
+) -> RateCalibration:
+    """The λ at which the refit on the whole training set prunes as hard as validation did.
+
+    :meth:`Recipe.kwargs` carries λ to a larger training set at the same trade-off per image,
+    but a network pretrained on more images may keep more weights at that trade-off (on
+    Fashion-MNIST LeNet-300-100 the refit reached 75.0× where the split's retrainings gave
+    80.1×, over the same three seeds). This refits ``net`` on ``data``'s training set at each
+    λ of ``prior_scales`` in rising order (``recipe.kwargs(λ, num_train=N)``, once per seed)
+    and stops at the first whose mean compression rate reaches ``target_rate`` (default the
+    recipe's validated ``rate``). A rate needs only the training data: ``data``'s test set is
+    never read (each refit is scored on the first training images instead, a score nobody
+    uses), so the test set stays unread until the chosen setting is evaluated once.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Pretrained on ``data.x_train``, the network the refit starts from.
+    data : Dataset
+        The whole training set (``x_train``, ``y_train``); its test part is dropped.
+    recipe : Recipe
+        The settings chosen on validation.
+    prior_scales : sequence of float
+        Candidate λ on the recipe's per-image scale (as chosen at ``recipe.num_train``).
+    target_rate : float, optional
+        Compression rate to reach; default ``recipe.rate``.
+    seeds, jobs, **settings
+        Retraining seeds (the mean over them is compared), processes at a time, and settings
+        that replace the recipe's (e.g. ``reorder_units=False`` to count the rate as the
+        validation trials did), as for :func:`tune_soft_weight_sharing`.
+
+    Returns
+    -------
+    RateCalibration
+        The rates of every λ tried and the chosen one; :meth:`RateCalibration.recipe` makes
+        the recipe that refits at it.
+    """
+    target = recipe.rate if target_rate is None else target_rate
+    if target is None:
+        raise ValueError(
+            "calibrate_refit_scale needs target_rate= or a recipe with its validated rate "
+            "(Tuning.recipe() records it)"
+        )
+    target = check_real("target_rate", target, low=1.0)
+    scales = sorted(
+        check_real(f"prior_scales[{i}]", v, low=0.0) for i, v in enumerate(prior_scales)
+    )
+    if not scales:
+        raise ValueError("calibrate_refit_scale needs at least one λ in prior_scales")
+    jobs = check_int("jobs", jobs, low=1)
+    runs = _seed_settings(list(seeds), {})
+    stand_in = min(1000, data.num_train)  # scores nobody reads, on training images
+    train_only = dataclasses.replace(
+        data, x_test=data.x_train[:stand_in], y_test=data.y_train[:stand_in]
+    )
+    rates: dict[float, tuple[float, ...]] = {}
+    for scale in scales:
+        base = {**recipe.kwargs(scale, num_train=data.num_train), **settings}
+        calls = [{**base, **run} for run in runs]
+        rates[scale] = tuple(
+            r.compression_rate for r in _compress_all(net, train_only, calls, jobs)
+        )
+        if sum(rates[scale]) / len(rates[scale]) >= target:
+            break
+    reached = [s for s in rates if sum(rates[s]) / len(rates[s]) >= target]
+    return RateCalibration(
+        target_rate=target,
+        num_train=data.num_train,
+        seeds=tuple(run["seed"] for run in runs),
+        rates=rates,
+        prior_scale=min(reached) if reached else None,
     )

@@ -13,8 +13,12 @@ import pickle
 import pytest
 import torch
 
-from bayes_sws.compress.pipeline import RECIPES
-from bayes_sws.compress.tuning import tune_soft_weight_sharing, validation_split
+from bayes_sws.compress.pipeline import RECIPES, Recipe, soft_weight_sharing
+from bayes_sws.compress.tuning import (
+    calibrate_refit_scale,
+    tune_soft_weight_sharing,
+    validation_split,
+)
 from bayes_sws.zoo.data import load_dataset
 from bayes_sws.zoo.training import accuracy, train
 
@@ -83,6 +87,54 @@ def test_recipes_scale_lambda_by_the_training_set_size(digits):
         fashion.kwargs(num_train=0)
     with pytest.raises(ValueError, match="prior_scale"):
         fashion.scaled(-0.1, 100)
+
+
+def test_refit_calibration_reads_no_test_set_and_stops_at_the_first_rate_reached(digits):
+    """``calibrate_refit_scale``: each seed's rate is that of a single ``soft_weight_sharing``
+    call at λ · N / N_split (the oracle, one process); λ are tried in rising order and the
+    first whose mean rate reaches the target is chosen (rule by hand); a test set of the wrong
+    width, which any read would refuse, is never read; the recipe it makes refits at the
+    chosen λ on N images and at the validated λ on any other number."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, digits.x_train, digits.y_train, num_epochs=15, batch_size=64, progress=False)
+    recipe = Recipe(0.01, (0.01,), 1000, {"num_steps": 40, "batch_size": 64, "progress": False})
+    scales, seeds = (0.3, 0.01, 0.03), (0, 1)  # given unsorted: tried 0.01, 0.03, 0.3
+    num = len(digits.x_train)
+    oracle = {
+        s: [
+            soft_weight_sharing(
+                net, digits, **{**recipe.kwargs(s), "prior_scale": s * num / 1000}, seed=seed
+            ).compression_rate
+            for seed in seeds
+        ]
+        for s in sorted(scales)
+    }
+    means = {s: sum(r) / len(r) for s, r in oracle.items()}
+    assert means[0.01] < means[0.3]  # the network prunes harder at the larger λ
+    target = (means[0.01] + means[0.3]) / 2 if means[0.03] < means[0.01] else means[0.03]
+    first = next(s for s in sorted(scales) if means[s] >= target)  # the rule by hand
+    wrong_width = dataclasses.replace(digits, x_test=torch.zeros(len(digits.x_test), 3))
+    found = calibrate_refit_scale(net, wrong_width, recipe, scales, target_rate=target, seeds=seeds)
+    assert found.prior_scale == first and found.target_rate == target
+    assert list(found.rates) == [s for s in sorted(scales) if s <= first]  # stopped there
+    for s, rates in found.rates.items():
+        assert rates == pytest.approx(oracle[s], rel=1e-12)
+    refit = found.recipe(recipe)
+    assert refit.rate == target and refit.refit_num_train == num
+    assert refit.kwargs(num_train=num)["prior_scale"] == pytest.approx(first * num / 1000)
+    assert refit.kwargs(num_train=500)["prior_scale"] == pytest.approx(0.01 * 500 / 1000)
+    assert refit.kwargs()["prior_scale"] == 0.01  # as chosen, at the split's size
+    assert pickle.loads(pickle.dumps(refit)) == refit
+    # no λ reaches an unreachable rate: said, and no recipe made of it
+    none = calibrate_refit_scale(net, wrong_width, recipe, [0.01], target_rate=1e9)
+    assert none.prior_scale is None and list(none.rates) == [0.01]
+    with pytest.raises(ValueError, match="reached the rate"):
+        none.recipe(recipe)
+    with pytest.raises(ValueError, match="target_rate"):
+        calibrate_refit_scale(net, wrong_width, recipe, [0.01])  # the recipe has no rate
+    with pytest.raises(ValueError, match="together"):
+        Recipe(0.01, (0.01,), 1000, {}, refit_prior_scale=0.02)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])
