@@ -128,8 +128,12 @@ class Case:
 
     @property
     def chosen(self) -> str:
-        """The row whose λ was chosen on validation; the other rows trace a front around it."""
-        return f"sws λ={self.recipe.prior_scale:g}"
+        """The row whose λ was chosen on validation; the other rows trace a front around it.
+        Where the recipe has a λ calibrated for the refit on the whole training set (the λ at
+        which the refit reaches the validated rate, ``calibrate_refit.py``), that one."""
+        recipe = self.recipe
+        scale = recipe.prior_scale if recipe.refit_prior_scale is None else recipe.refit_prior_scale
+        return f"sws λ={scale:g}"
 
 
 FASHION_LENET_300_100, FASHION_LENET5 = "fashion-mnist/lenet-300-100", "fashion-mnist/lenet-5"
@@ -824,9 +828,11 @@ def write_section(path: Path, text: str, section: str = SECTION) -> None:
 
 def tuning(row: dict) -> str:
     """Where a row's settings come from: Han et al., or a validation split."""
-    chosen = CASES[row["case"]].chosen
-    if row["method"].removeprefix("dc-matched to ") == chosen:
+    case = CASES[row["case"]]
+    if row["method"].removeprefix("dc-matched to ") == case.chosen:
         origin, matched = "**chosen on validation**", "matched to a row chosen on validation"
+        if case.recipe.refit_prior_scale is not None:
+            origin += f" (λ={case.recipe.prior_scale:g} there; refit at its {case.recipe.rate:g}×)"
     else:
         origin, matched = "λ front, settings chosen on validation", "matched to a λ front row"
     if "layer_table" in row:
@@ -880,7 +886,10 @@ def summary(rows: list[dict], command: str, threads: int, recorded: str) -> str:
             "`bayes_sws.compress.pipeline.RECIPES`); this run pretrains and retrains on the "
             "whole training set with them, λ scaled by the training set's size over the split's "
             "(the same trade-off per image; a row's label shows λ as chosen), and reads the "
-            "test set once. The other λ of a case trace its front with the same settings."
+            "test set once. Where a recipe says so, the chosen row refits at the λ (on the same "
+            "scale) at which the refit reaches the rate chosen on validation, found on the "
+            "training set alone (`benchmarks/calibrate_refit.py`). The other λ of a case trace "
+            "its front with the same settings."
         ),
         SUMMARY_END,
     ]
