@@ -86,7 +86,9 @@ def main(data_name: str, seeds: list[int], jobs: int, margin: float, smoke: bool
         f"{chosen.result.compression_rate:.1f}x (seed {seeds[0]}'s network)"
     )
     # 5. to retrain on the whole training set: the choice as a recipe, λ scaled to its size
-    # (the data term sums over the images; the prior is counted once)
+    # (the data term sums over the images; the prior is counted once). If that refit prunes
+    # less than validation did, tuning.calibrate_refit_scale finds the λ at which it reaches
+    # the validated rate (found.recipe().rate) from the training set alone.
     refit = found.recipe().kwargs(num_train=data.num_train)
     print(
         f"on all {data.num_train} training images the same trade-off per image is "
