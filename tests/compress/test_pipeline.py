@@ -696,7 +696,7 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
     Costs are made up; the order below follows from them by hand."""
     bench = _benchmark_module()
     fashion, digits = "fashion-mnist/lenet-300-100", "digits/lenet-5"
-    labels = list(bench.CASES[fashion].sws)  # λ = 0.08, 0.085, 0.09, 0.1
+    labels = list(bench.CASES[fashion].sws)  # λ = 0.085, 0.09, 0.095, 0.1
     costs = {labels[0]: 40.0, labels[1]: 30.0, labels[2]: 20.0, labels[3]: 10.0, "dc-han": 5.0}
     costs |= {f"dc-matched to {label}": 35.0 - 20.0 * i for i, label in enumerate(labels)}
     costs |= {
@@ -767,7 +767,7 @@ def test_benchmark_chosen_only_runs_the_chosen_row_and_its_matched_one(monkeypat
     assert args.chosen_only and args.seed == 2
     options = {"methods": ["sws", "dc-han", "dc-matched"], "chosen_only": True}
     rows, _ = bench.run_grid([fashion], options, jobs=1)
-    chosen = "sws λ=0.085"  # RECIPES["fashion-mnist/lenet-300-100"].prior_scale
+    chosen = "sws λ=0.095"  # RECIPES["fashion-mnist/lenet-300-100"].refit_prior_scale
     assert sorted(calls) == sorted([chosen, "dc-han", f"dc-matched to {chosen}"])
     assert [r["method"] for r in rows] == [chosen, "dc-han", f"dc-matched to {chosen}"]
 
