@@ -400,7 +400,7 @@ def save_figures(case_name: str, row: dict, pretrained_net, directory: Path) -> 
     paths = []
     for kind, fig in figures.items():
         path = directory / f"{stem}-{kind}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=FIGURE_DPI)
         paths.append(path)
     return paths
 
@@ -430,6 +430,11 @@ def row_point(row: dict) -> dict:
     return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
 
 
+#: dots per inch of the saved figures; the rate-error plot also places its labels at it (text
+#: widths do not scale exactly with the dpi, so a label checked at another could overflow)
+FIGURE_DPI = 110
+
+
 def plot_rate_against_error(
     points: list[dict],
     *,
@@ -450,7 +455,8 @@ def plot_rate_against_error(
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    fig = Figure(figsize=(7.6 if fronts else 6.4, 4.6 if fronts else 4.2), layout="constrained")
+    size = (7.6 if fronts else 6.4, 4.6 if fronts else 4.2)
+    fig = Figure(figsize=size, dpi=FIGURE_DPI, layout="constrained")
     ax = fig.add_subplot()
     for front, families in (fronts or {}).items():
         best = pareto_front([p for p in points if p["family"] in families])
@@ -504,11 +510,14 @@ def _label_points(fig, ax, points: list[dict]) -> None:
     and overlaps no other label and no other point's marker."""
     from matplotlib.transforms import Bbox
 
-    offsets = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 13), (4, -20), (-4, 13), (-4, -20))
+    # beside the point (right, then left), then further above or below it
+    tiers = ((4, -11), (13, -20), (22, -29))
+    offsets = [(dx, dy) for pair in tiers for dx in (4, -4) for dy in pair]
     fig.draw_without_rendering()  # the layout, so that the labels' boxes are where they'll be
     half = 5 * fig.dpi / 72  # a marker's half width, pixels
     centres = ax.transData.transform([(p["rate"], p["error"]) for p in points])
     markers = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in centres]
+    inner = ax.bbox.padded(-4)  # a few pixels inside the frame: text widths vary with the dpi
     placed = []
     for i, p in enumerate(points):
         blocked = placed + markers[:i] + markers[i + 1 :]
@@ -517,7 +526,7 @@ def _label_points(fig, ax, points: list[dict]) -> None:
             text = _point_label(ax, p, dx, dy)
             box = text.get_window_extent()
             text.remove()
-            if ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1):
+            if inner.contains(box.x0, box.y0) and inner.contains(box.x1, box.y1):
                 candidates.append((any(box.overlaps(b) for b in blocked), k))
                 if not candidates[-1][0]:
                     break
@@ -568,7 +577,7 @@ def save_rate_figures(rows: list[dict], directory: Path) -> list[Path]:
             margin=(CASES[case].goal[1], "goal") if case in CASES else (0.5, "goal"),
         )
         path = directory / f"{case.replace('/', '_')}-rate-vs-error.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=FIGURE_DPI)
         paths.append(path)
     return paths
 

@@ -357,7 +357,7 @@ def save_figures(results: dict[str, dict], directory: Path) -> list[Path]:
             margin=(MARGIN, "the choice's margin"),
         )
         paths.append(directory / f"{stem}-validation-trials.png")
-        fig.savefig(paths[-1], dpi=110)
+        fig.savefig(paths[-1], dpi=bench.FIGURE_DPI)
         paths += bench.save_rate_figures(result["rows"], directory)
     return paths
 
