@@ -394,9 +394,8 @@ def calibrate_refit_scale(
 
     :meth:`Recipe.kwargs <bayes_sws.compress.pipeline.Recipe.kwargs>` carries λ to a larger
     training set at the same trade-off per image, but a network pretrained on more images may
-    keep more weights at that trade-off (on
-    Fashion-MNIST LeNet-300-100 the refit reached 75.0× where the split's retrainings gave
-    80.1×, over the same three seeds). This refits ``net`` on ``data``'s training set at each
+    keep more weights at that trade-off (on Fashion-MNIST LeNet-300-100 the refit reached
+    75.0× where the split's retrainings gave 80.1×, over the same three seeds). This refits ``net`` on ``data``'s training set at each
     λ of ``prior_scales`` in rising order (``recipe.kwargs(λ, num_train=N)``, once per seed)
     and stops at the first whose mean compression rate reaches ``target_rate`` (default the
     recipe's validated ``rate``). A rate needs only the training data: ``data``'s test set is
