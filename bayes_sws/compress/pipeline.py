@@ -147,8 +147,8 @@ class Recipe:
     ``λ · num_train / self.num_train``, so ``E/N + (λ/N)·Ω`` is the objective that was chosen.
 
     Even so, the refit on the whole training set need not prune as hard as the split's
-    retrainings did (a network pretrained on more images; Fashion-MNIST LeNet-300-100: 75.0×
-    over seeds 0-2 where the split gave 80.1×). ``rate`` is the mean compression rate of the
+    retrainings did (a network pretrained on more images; Fashion-MNIST LeNet-300-100: 74.8×
+    over three replicates where the split gave 80.1× over three seeds). ``rate`` is the mean compression rate of the
     chosen setting on validation, and ``refit_prior_scale`` (with ``refit_num_train``) the λ,
     on the same per-image scale, at which the refit on ``refit_num_train`` images reaches that
     rate (:func:`~bayes_sws.compress.tuning.calibrate_refit_scale`, which reads no test or

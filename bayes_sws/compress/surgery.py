@@ -33,9 +33,10 @@ __all__ = [
 ]
 
 
+_Index = TypeVar("_Index", torch.Tensor, np.ndarray)  # an index of units, torch or numpy
+
 #: Parameter-free element-wise modules a dead unit's constant output passes through: the
 #: activations :func:`bayes_sws.zoo.nets.mlp` builds, and a few more.
-_Index = TypeVar("_Index", torch.Tensor, np.ndarray)
 _ELEMENTWISE = (*ACTIVATIONS.values(), nn.ReLU6, nn.Hardtanh, nn.Identity)
 
 
