@@ -131,9 +131,8 @@ class Case:
         """The row whose λ was chosen on validation; the other rows trace a front around it.
         Where the recipe has a λ calibrated for the refit on the whole training set (the λ at
         which the refit reaches the validated rate, ``calibrate_refit.py``), that one."""
-        recipe = self.recipe
-        scale = recipe.prior_scale if recipe.refit_prior_scale is None else recipe.refit_prior_scale
-        return f"sws λ={scale:g}"
+        recipe = self.recipe  # the grid refits on the whole training set: refit_num_train
+        return f"sws λ={recipe.refit_scale(recipe.refit_num_train or recipe.num_train):g}"
 
 
 FASHION_LENET_300_100, FASHION_LENET5 = "fashion-mnist/lenet-300-100", "fashion-mnist/lenet-5"
