@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -488,9 +489,8 @@ def plot_rate_against_error(
     )
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
-    if fronts:  # more room on the right: the labels run rightwards
-        low, high = ax.get_xlim()
-        ax.set_xlim(low, high * (high / low) ** 0.08)
+    low, high = ax.get_xlim()  # more room on the right: the labels run rightwards
+    ax.set_xlim(low, high * (high / low) ** (0.08 if fronts else 0.1))
     plain = FuncFormatter(lambda x, _: f"{x:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
@@ -506,9 +506,17 @@ def plot_rate_against_error(
     return fig
 
 
+def _box_gap(box, xy) -> float:
+    """Distance in pixels from the point ``xy`` to the nearest point of ``box`` (0 inside)."""
+    x, y = xy
+    return math.hypot(max(box.x0 - x, 0.0, x - box.x1), max(box.y0 - y, 0.0, y - box.y1))
+
+
 def _label_points(fig, ax, points: list[dict]) -> None:
-    """Each point's label beside it, at the first of a few offsets where it stays in the axes
-    and overlaps no other label and no other point's marker."""
+    """Each point's label beside it, at the first of a few offsets where it stays in the axes,
+    overlaps no other label and no other point's marker, and lies clearly nearer its own point
+    than any other (the gap to any other at least 1.5 times the gap to its own: a label between
+    two markers reads as the nearer one's)."""
     from matplotlib.transforms import Bbox
 
     # beside the point (right, then left), then further above or below it
@@ -522,16 +530,21 @@ def _label_points(fig, ax, points: list[dict]) -> None:
     placed = []
     for i, p in enumerate(points):
         blocked = placed + markers[:i] + markers[i + 1 :]
-        candidates = []  # (overlaps something, offset number): a free one, else one inside
+        others = [c for j, c in enumerate(centres) if j != i]
+        # (overlaps something, nearer another point, offset number): a free and unambiguous
+        # one, else the best inside the axes
+        candidates: list[tuple[bool, bool, int]] = []
         for k, (dx, dy) in enumerate(offsets):
             text = _point_label(ax, p, dx, dy)
             box = text.get_window_extent()
             text.remove()
             if inner.contains(box.x0, box.y0) and inner.contains(box.x1, box.y1):
-                candidates.append((any(box.overlaps(b) for b in blocked), k))
-                if not candidates[-1][0]:
+                own = _box_gap(box, centres[i])
+                ambiguous = any(_box_gap(box, xy) < 1.5 * own for xy in others)
+                candidates.append((any(box.overlaps(b) for b in blocked), ambiguous, k))
+                if candidates[-1][:2] == (False, False):
                     break
-        _, k = min(candidates, default=(True, 0))
+        *_, k = min(candidates, default=(True, True, 0))
         text = _point_label(ax, p, *offsets[k])
         placed.append(text.get_window_extent())
 

@@ -218,3 +218,39 @@ def test_validation_figure_draws_both_fronts(tmp_path):
     assert not _label_boxes_overlap(fig, ax.get_xticklabels(which="both"))
     assert not _label_boxes_overlap(fig, ax.get_yticklabels(which="both"))
     assert not _label_boxes_overlap(fig, ax.texts)  # the points' labels
+
+
+def test_each_label_is_nearer_its_own_point_than_any_other():
+    """Fashion-MNIST LeNet-5's grid of 2026-12-06: a label once sat between the chosen row's
+    star and the λ = 0.12 point, about as near the star (11 px) as its own point (10 px).
+    Geometry, in pixels: every label's box is at least 1.5 times nearer its own marker than
+    any other marker."""
+    import math
+
+    bench = _module("compression")
+    rows = [  # (label, family, rate, Δ error in points), as in that grid
+        ("sws λ=0.095", "soft weight-sharing", 101.0, 0.21),
+        ("sws λ=0.105", "chosen", 106.8, 0.88),
+        ("sws λ=0.12", "soft weight-sharing", 117.4, 0.86),
+        ("dc-han", "dc-han", 35.7, -0.18),
+        ("dc-matched, sws λ=0.095", "dc-matched", 91.6, 1.32),
+        ("dc-matched, sws λ=0.105", "dc-matched", 96.6, 1.49),
+        ("dc-matched, sws λ=0.12", "dc-matched", 107.4, 1.85),
+    ]
+    points = [{"label": a, "family": f, "rate": r, "error": e} for a, f, r, e in rows]
+    fig = bench.plot_rate_against_error(points, title="t", ylabel="Δ")
+    fig.set_dpi(bench.FIGURE_DPI)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    centres = {p["label"]: ax.transData.transform((p["rate"], p["error"])) for p in points}
+
+    def gap(box, xy):
+        x, y = xy
+        return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+
+    texts = {t.get_text(): t.get_window_extent() for t in ax.texts}
+    assert texts.keys() == centres.keys()
+    for label, box in texts.items():
+        own = gap(box, centres[label])
+        nearest_other = min(gap(box, xy) for other, xy in centres.items() if other != label)
+        assert 1.5 * own <= nearest_other, (label, own, nearest_other)
