@@ -185,6 +185,21 @@ CASES: dict[str, Case] = {
         goal_issue=4,
     ),
 }
+
+
+def check_chosen_rows(cases: dict[str, Case]) -> None:
+    """The row judged must be one the grid runs: each case's rows include its recipe's λ
+    (``Case.chosen``). Checked on :data:`CASES` at import."""
+    for case in cases.values():
+        if case.chosen not in case.sws:
+            raise ValueError(
+                f"case {case.name!r}: its chosen row {case.chosen!r} (the recipe's λ) is not "
+                f"among its rows {list(case.sws)}; add that λ to the case's sws rows"
+            )
+
+
+check_chosen_rows(CASES)
+
 QUICK = ("digits/lenet-300-100", "digits/lenet-5")
 FULL = ("fashion-mnist/lenet-300-100", "fashion-mnist/lenet-5", *QUICK)
 

@@ -425,6 +425,20 @@ def test_benchmark_summary_labels_tuned_rows():
     assert rows == expected
 
 
+def test_benchmark_case_refuses_a_grid_without_its_chosen_row():
+    """The judged row must be run: a case whose rows leave out the recipe's (refit) λ is
+    refused, naming that λ; every shipped case runs its chosen row."""
+    bench = _benchmark_module()
+    for name, case in bench.CASES.items():
+        recipe = bench.RECIPES[name]
+        scale = recipe.refit_prior_scale if recipe.refit_prior_scale else recipe.prior_scale
+        assert f"sws λ={scale:g}" in case.sws
+    case = bench.CASES["fashion-mnist/lenet-5"]
+    others = {k: v for k, v in case.sws.items() if k != case.chosen}
+    with pytest.raises(ValueError, match=f"chosen row '{case.chosen}'"):
+        bench.check_chosen_rows({case.name: dataclasses.replace(case, sws=others)})
+
+
 def test_benchmark_summary_labels_rows_chosen_on_validation():
     """A case whose λ was chosen on validation: its chosen row and the Deep Compression row
     matched to it say so; the rest of its λ front and their matches are labelled as such."""
