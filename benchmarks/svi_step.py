@@ -68,6 +68,14 @@ when it builds), ``native`` or ``torch`` (the chunked torch-ops pass, i.e. the
 kernel before the native loop existed). The native library's first-call build
 time is printed (0 when it came from the cache).
 
+``--memory`` also measures each variant's peak memory over one step: the most
+bytes of tensors allocated during the step that are alive at once
+(:class:`TensorBytes`, every tensor op's new storages until freed), the
+minimum over ``--memory-repeats`` steps, in bytes per weight under the prior, and
+the extra over the plain step: issue 19's "extra memory stays ≤ 4 B per weight"
+through a whole step, where ``prior_kernel.py`` measures the kernel alone (its
+C loop's own scratch, outside torch's allocator, is not seen here).
+
 Usage::
 
     python benchmarks/svi_step.py --threads 2            # both networks, 2 threads
@@ -79,7 +87,7 @@ weights, the kernel's pruning off and auto interleaved, ``fit`` itself timed too
 it prints each goal's ratio per pruning mode, met or not::
 
     python benchmarks/svi_step.py --networks lenet-300-100 --weights init clustered \\
-        --pruning off auto --through-fit \\
+        --pruning off auto --through-fit --memory \\
         --variants fast_map hyper_map hand plain fast_normal hand_normal --threads 1 --clock cpu
 """
 
@@ -97,6 +105,7 @@ import pstats
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -107,6 +116,8 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, init_to_median, init_to_value
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import bayes_sws as sws
 from bayes_sws.core import kernel as sws_kernel
@@ -839,6 +850,15 @@ def run_state(network: str, state: str, net0, x, y, source: str, args) -> dict:
             "(not in the times above, except fit_*)"
         )
     result["batch_indices_s"] = batch_cost
+    if args.memory:
+        timed_only = [name for name in steps if name.split("@")[0] in FIT_GUIDES]
+        peaks = step_peak_memory(
+            {n: st for n, st in steps.items() if n not in timed_only},
+            num_prior,
+            args.memory_repeats,
+        )
+        result["peak_memory_b_per_weight"] = peaks
+        result["extra_memory_b_per_weight"] = _report_memory(peaks, modes)
     if args.profile:
         result["profile"] = {}
         for v in args.profile_variants:
@@ -849,6 +869,85 @@ def run_state(network: str, state: str, net0, x, y, source: str, args) -> dict:
                 print(f"\nprofile of {name} ({network}, {state}):\n{text}")
                 result["profile"][name] = groups
     return result
+
+
+#: the issue's memory goal: extra peak bytes per weight of (a') fast_map over (d) plain
+MEMORY_GOAL = 4.0
+
+
+class TensorBytes(TorchDispatchMode):
+    """Inside ``with``: bytes of the tensors created since, alive at once (``peak``).
+
+    Every tensor op's outputs whose storage is none of its inputs' is new; its bytes
+    count until torch frees the storage (a finalizer on the storage's Python object,
+    which torch keeps as long as the storage lives). Views and in-place results share
+    a storage and add nothing. Memory allocated outside torch's operators is not seen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage()._cdata
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage._cdata not in inputs:
+                    inputs.add(storage._cdata)
+                    self.live += storage.nbytes()
+                    weakref.finalize(storage, self._free, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def step_peak_bytes(step) -> int:
+    """:class:`TensorBytes`' peak over one call of ``step``."""
+    with TensorBytes() as counter:
+        step()
+    return counter.peak
+
+
+def step_peak_memory(steps: dict, num_prior: int, repeats: int) -> dict[str, float]:
+    """Each step's peak memory (:func:`step_peak_bytes`), bytes per weight under the prior.
+
+    Every step runs ``repeats`` times, interleaved with the others; the minimum is kept.
+    """
+    peaks: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            peaks[name].append(step_peak_bytes(step) / num_prior)
+    return {name: min(values) for name, values in peaks.items()}
+
+
+def _report_memory(peaks: dict, modes) -> dict:
+    """Print each variant's peak memory and the goal; the extra over plain per variant."""
+    plain = peaks.get("plain")
+    print("peak memory over one step, bytes per weight under the prior (min over steps):")
+    extra = {}
+    for name, value in peaks.items():
+        more = "" if plain is None else f"  extra over plain {value - plain:6.2f}"
+        if plain is not None:
+            extra[name] = value - plain
+        print(f"  {name:<17} {value:6.2f}{more}")
+    for mode in modes:
+        name = f"fast_map@{mode}" if mode else "fast_map"
+        if name in extra:
+            met = "met" if extra[name] <= MEMORY_GOAL else "NOT met"
+            print(
+                f"  extra memory of the MAP step{f' [{mode}]' if mode else ''}: (a') fast_map − "
+                f"(d) plain (goal ≤ {MEMORY_GOAL:g} B/weight): {extra[name]:.2f} {met}"
+            )
+    return extra
 
 
 def _overhead_split(medians: dict, modes) -> dict:
@@ -996,6 +1095,15 @@ def main(argv=None) -> int:
         help="rank of the lowrank variants' guide (default: Pyro's, the square root of the "
         "number of latent dimensions rounded)",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure each variant's peak memory over a step (bytes of tensors alive at "
+        "once, per weight under the prior, and the extra over the plain step)",
+    )
+    parser.add_argument(
+        "--memory-repeats", type=int, default=9, help="steps measured per variant (default 9)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     global LOWRANK_RANK
@@ -1003,7 +1111,7 @@ def main(argv=None) -> int:
     if args.quick or ("CI" in os.environ and argv is None):
         args.quick = True
         args.data, args.rounds, args.steps, args.warmup = "random", 2, 2, 1
-        args.profile_steps = 2
+        args.profile_steps, args.memory_repeats = 2, 2
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)  # as bayes_sws.fit does
     sws_kernel.set_kernel(args.kernel)

@@ -608,12 +608,7 @@ def negative_log_joint(
     # hyperpriors: unscaled sites
     log_joint = sum(log_prob(values[site]) for site, log_prob in terms.hyper_log_probs.items())
 
-    # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
     weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
-    if model.prior_scale > 0:
-        log_prior = weight_log_prior(model, values, like)
-        log_joint = log_joint + model.prior_scale * log_prior
-
     # the likelihood, inside pyro.plate("data", N, subsample=...)
     params, log_params = _likelihood_parameters(terms.likelihood, values, like)
     if log_params is not None:
@@ -621,6 +616,11 @@ def negative_log_joint(
     size, index = model.data_plate(x, subsample, num_data)
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
+
+    # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
+    if model.prior_scale > 0:
+        log_prior = weight_log_prior(model, values, like)
+        log_joint = log_joint + model.prior_scale * log_prior
     scale = 1.0 if index is None else 1.0 * size / batch_x.shape[0]
     if terms.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
         return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))

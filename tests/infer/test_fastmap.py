@@ -283,6 +283,45 @@ def test_lowrank_variants_run(capsys):
     assert losses, out
 
 
+def _svi_step_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import svi_step
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return svi_step
+
+
+def test_benchmark_step_memory_counts_tensors_by_hand():
+    """svi_step's step-memory count against a hand count of the tensors a call makes."""
+    svi_step = _svi_step_module()
+
+    def call():
+        a = torch.ones(1000)  # 4,000 bytes live
+        b = a * 2  # 8,000
+        del a  # 4,000
+        view = b.view(10, 100)  # a view: no new bytes
+        b.add_(1)  # in place: none
+        both = torch.cat([b, b])  # 12,000
+        return float(both.sum()) + float(view[0, 0])  # the sum's 4 bytes: 12,004
+
+    assert svi_step.step_peak_bytes(call) == 12_004
+    kept = []
+    assert svi_step.step_peak_bytes(lambda: kept.append(torch.zeros(10, dtype=torch.float64))) == 80
+    # the 1,000 bytes are freed before the call ends, and seen with the sum's 4
+    assert svi_step.step_peak_bytes(lambda: float(torch.zeros(250).sum())) == 1_004
+
+
+def test_benchmark_measures_step_memory(capsys):
+    _run_script(
+        "svi_step.py", "--quick", "--networks", "lenet-300-100", "--threads", "1",
+        "--variants", "plain", "fast_map", "--memory",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "extra memory of the MAP step" in line]
+    assert len(lines) == 1 and "B/weight)" in lines[0], out
+
+
 def test_conv_layout_benchmark_runs_with_a_small_budget(capsys):
     _run_script("conv_layout.py", "--data", "random", "--rounds", "1", "--steps", "1")
     out = capsys.readouterr().out
