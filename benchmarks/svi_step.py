@@ -21,8 +21,9 @@ Variants (letters as in issue 6):
                 ``fit(guide="normal")`` runs now ("after").
 ``hand``        (c) a hand-written PyTorch loop: ``(N/B)·CE_sum − λ·
                 mixture_log_prob(all weights) − log p(π, μ, σ)`` with the same
-                kernel (one call on the concatenated weights, as ``fast_map``
-                does), hyperparameters as plain unconstrained tensors (sigmoid,
+                kernel (one call on the concatenated weights; ``fast_map`` hands
+                it the weight tensors as a list, which keeps no concatenated copy
+                for backward), hyperparameters as plain unconstrained tensors (sigmoid,
                 softmax, exp) and the hyperprior densities in closed form.
 ``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
 ``hyper_map``   (a'') ``fast_map`` with λ = 0: the mixture's sites, their

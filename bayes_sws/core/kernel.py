@@ -198,6 +198,7 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -733,14 +734,29 @@ def _differentiable_grads(
     return grad_w, grad_pi, grad_mu, grad_sigma
 
 
+def _flat(pieces: tuple[Tensor, ...]) -> Tensor:
+    """The weights of ``pieces`` as one flat tensor (a view when there is one piece)."""
+    if len(pieces) == 1:
+        return pieces[0].reshape(-1)
+    return torch.cat([p.reshape(-1) for p in pieces])
+
+
 class _MixtureLogProb(torch.autograd.Function):
+    """The pass over the weights of ``pieces`` (their concatenation), differentiable.
+
+    The concatenation of several pieces lives only through the forward pass: the pieces
+    themselves are saved, and backward hands each its part of the flat gradient as a
+    view, so a caller with many weight tensors keeps no concatenated copy for backward.
+    """
+
     @staticmethod
-    def forward(ctx, w_flat, pi, mu, sigma, chunk_size):
-        need_w, need_pi, need_mu, need_sigma = ctx.needs_input_grad[:4]
+    def forward(ctx, chunk_size, pi, mu, sigma, *pieces):
+        need_pi, need_mu, need_sigma = ctx.needs_input_grad[1:4]
+        need_w = any(ctx.needs_input_grad[4:])
         result = _forward_pass(
-            w_flat, pi, mu, sigma, chunk_size, need_w, need_pi, need_mu, need_sigma
+            _flat(pieces), pi, mu, sigma, chunk_size, need_w, need_pi, need_mu, need_sigma
         )
-        ctx.save_for_backward(w_flat, pi, mu, sigma)
+        ctx.save_for_backward(pi, mu, sigma, *pieces)
         # Not saved tensors: backward scales them in place (no second N-element
         # buffer and pass); a second backward (retain_graph) recomputes them.
         ctx.grads = list(result[1:])
@@ -749,17 +765,23 @@ class _MixtureLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        w_flat, pi, mu, sigma = ctx.saved_tensors
+        pi, mu, sigma, *pieces = ctx.saved_tensors
+        needs = (any(ctx.needs_input_grad[4:]), *ctx.needs_input_grad[1:4])
         if torch.is_grad_enabled():  # create_graph=True: let autograd see the maths
-            grads = _differentiable_grads(w_flat, pi, mu, sigma)
-            grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad)]
-            return (*(None if g is None else g * grad_output for g in grads), None)
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:  # backward through a retained graph again
-            grads = _forward_pass(w_flat, pi, mu, sigma, ctx.chunk_size, *ctx.needs_input_grad[:4])[
-                1:
-            ]
-        return (*(None if g is None else g.mul_(grad_output) for g in grads), None)
+            grads = _differentiable_grads(_flat(tuple(pieces)), pi, mu, sigma)
+            grads = [g * grad_output if need else None for g, need in zip(grads, needs)]
+        else:
+            grads, ctx.grads = ctx.grads, None
+            if grads is None:  # backward through a retained graph again
+                grads = _forward_pass(_flat(tuple(pieces)), pi, mu, sigma, ctx.chunk_size, *needs)
+                grads = list(grads[1:])
+            grads = [None if g is None else g.mul_(grad_output) for g in grads]
+        grad_w, grad_pi, grad_mu, grad_sigma = grads
+        parts: list[Tensor | None] = [None] * len(pieces)
+        if grad_w is not None:
+            sizes = [p.numel() for p in pieces]
+            parts = [g.view(p.shape) for g, p in zip(grad_w.split(sizes), pieces)]
+        return (None, grad_pi, grad_mu, grad_sigma, *parts)
 
 
 # --------------------------------------------------------------------------- #
@@ -831,7 +853,7 @@ def _validate(w, pi, mu, sigma, chunk_size, validate_args) -> None:
 
 
 def mixture_log_prob(
-    w: Tensor,
+    w: Tensor | Sequence[Tensor],
     pi: Tensor,
     mu: Tensor,
     sigma: Tensor,
@@ -851,8 +873,10 @@ def mixture_log_prob(
 
     Parameters
     ----------
-    w : Tensor
-        Weights, any shape (flattened), float32 or float64, any device.
+    w : Tensor or sequence of Tensors
+        Weights, any shape (flattened), float32 or float64, any device; or a list or
+        tuple of such tensors (same dtype and device), taken as their concatenation
+        without a concatenated copy kept for backward (each gets its own gradient).
     pi : Tensor
         Mixing proportions, shape (M,), used as given (not renormalised);
         ``pi[j] == 0`` is allowed and removes component j.
@@ -872,13 +896,33 @@ def mixture_log_prob(
     Tensor
         0-dim, dtype and device of ``w``.
     """
-    _validate(w, pi, mu, sigma, chunk_size, validate_args)
-    w_flat = w.reshape(-1)
-    if torch.is_grad_enabled() and (
-        w.requires_grad or pi.requires_grad or mu.requires_grad or sigma.requires_grad
-    ):
-        return _MixtureLogProb.apply(w_flat, pi, mu, sigma, chunk_size)
-    return _value_pass(w_flat, pi, mu, sigma, chunk_size)
+    pieces = _pieces(w)
+    _validate(pieces[0], pi, mu, sigma, chunk_size, validate_args)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (pi, mu, sigma, *pieces)):
+        return _MixtureLogProb.apply(chunk_size, pi, mu, sigma, *pieces)
+    return _value_pass(_flat(pieces), pi, mu, sigma, chunk_size)
+
+
+def _pieces(w: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``w`` as a non-empty tuple of tensors (a sequence of them, or one)."""
+    if isinstance(w, Tensor):
+        return (w,)
+    if not isinstance(w, (list, tuple)) or not w:
+        got = "an empty one" if isinstance(w, (list, tuple)) else type(w).__name__
+        raise TypeError(f"w must be a torch.Tensor or a non-empty list or tuple of them, got {got}")
+    first = w[0]
+    for i, piece in enumerate(w):
+        if not isinstance(piece, Tensor):
+            raise TypeError(
+                "w must be a torch.Tensor or a list or tuple of them; "
+                f"w[{i}] is a {type(piece).__name__} (convert it with torch.as_tensor)"
+            )
+        if (piece.dtype, piece.device) != (first.dtype, first.device):
+            raise TypeError(
+                f"w[{i}] is {piece.dtype} on {piece.device} but w[0] is {first.dtype} on "
+                f"{first.device}; give every weight tensor the same dtype and device"
+            )
+    return tuple(w)
 
 
 def mixture_log_prob_and_grad(

@@ -578,9 +578,8 @@ def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -
     total: Tensor | None = None
     for _, prior, names in model.mixture_groups():
         mixture = prior.mixture(values, like)
-        pieces = [values[model.site_name(name)].reshape(-1) for name in names]
-        flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        log_prior = mixture_log_prob(flat, *mixture, validate_args=False)
+        pieces = [values[model.site_name(name)] for name in names]
+        log_prior = mixture_log_prob(pieces, *mixture, validate_args=False)
         total = log_prior if total is None else total + log_prior
     assert total is not None  # a model has at least one mixture
     return total
@@ -608,7 +607,12 @@ def negative_log_joint(
     # hyperpriors: unscaled sites
     log_joint = sum(log_prob(values[site]) for site, log_prob in terms.hyper_log_probs.items())
 
+    # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
     weights = {name: values[model.site_name(name)] for name in model.prior_param_names}
+    if model.prior_scale > 0:
+        log_prior = weight_log_prior(model, values, like)
+        log_joint = log_joint + model.prior_scale * log_prior
+
     # the likelihood, inside pyro.plate("data", N, subsample=...)
     params, log_params = _likelihood_parameters(terms.likelihood, values, like)
     if log_params is not None:
@@ -616,11 +620,6 @@ def negative_log_joint(
     size, index = model.data_plate(x, subsample, num_data)
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
-
-    # the weight prior under poutine.scale(λ): all tensors of a mixture in one kernel pass
-    if model.prior_scale > 0:
-        log_prior = weight_log_prior(model, values, like)
-        log_joint = log_joint + model.prior_scale * log_prior
     scale = 1.0 if index is None else 1.0 * size / batch_x.shape[0]
     if terms.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
         return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))

@@ -793,3 +793,83 @@ def test_backward_twice_through_a_retained_graph(which_kernel):
         scale = want.abs().max().item()
         assert_close(a, 3.0 * want, rtol=1e-10, atol=1e-12 * scale, msg=name)
         assert_close(b, -2.0 * want, rtol=1e-10, atol=1e-12 * scale, msg=name)
+
+
+# --------------------------------------------------------------------------- #
+# Several weight tensors in one call
+# --------------------------------------------------------------------------- #
+
+PIECE_SHAPES = [(12, 25), (7,), (3, 4, 5)]
+
+
+def _pieces(w, grads_for=(0, 1, 2)):
+    """``w`` cut into tensors of :data:`PIECE_SHAPES`, the middle one non-contiguous."""
+    sizes = [math.prod(s) for s in PIECE_SHAPES]
+    parts = [p.reshape(s).clone() for p, s in zip(w.split(sizes), PIECE_SHAPES)]
+    parts[1] = torch.stack([parts[1], parts[1]], 1)[:, 0]  # a strided view of a copy
+    return [p.requires_grad_(i in grads_for) for i, p in enumerate(parts)]
+
+
+@pytest.mark.parametrize("grads_for", [(0, 1, 2), (0, 2)])
+def test_a_sequence_of_weight_tensors_is_their_concatenation(which_kernel, grads_for):
+    """Value against scipy and every gradient against float64 autograd of the textbook
+    formula, on the concatenated weights; each tensor gets its own part, in its shape."""
+    tensors = make_mixture(5, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=31)
+    pieces = _pieces(tensors[0], grads_for)
+    params = [t.clone().requires_grad_() for t in tensors[1:]]
+    value = mixture_log_prob(pieces, *params)
+    value.backward()
+    expected_value, expected = naive_grads(*tensors)
+    assert_close(value, scipy_log_prob(*tensors), rtol=1e-12)
+    assert_close(value, expected_value, rtol=1e-12)
+    sizes = [math.prod(s) for s in PIECE_SHAPES]
+    for i, (piece, want) in enumerate(zip(pieces, expected[0].split(sizes))):
+        if i in grads_for:
+            assert piece.grad.shape == piece.shape
+            assert_close(piece.grad.reshape(-1), want, rtol=1e-10, atol=1e-12)
+        else:
+            assert piece.grad is None
+    for tensor, want in zip(params, expected[1:]):
+        assert_close(tensor.grad, want, rtol=1e-10, atol=1e-12 * want.abs().max().item())
+
+
+def test_a_sequence_keeps_no_concatenated_copy_for_backward():
+    """What backward holds are the caller's tensors and the mixture, nothing of N elements."""
+    tensors = make_mixture(3, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=32)
+    pieces = _pieces(tensors[0])
+    value = mixture_log_prob(pieces, *tensors[1:])
+    saved = value.grad_fn.saved_tensors
+    assert max(t.numel() for t in saved) == max(p.numel() for p in pieces)
+    assert {t.data_ptr() for t in saved} >= {p.data_ptr() for p in pieces}
+
+
+def test_a_sequence_under_gradcheck_gradgradcheck_and_a_retained_graph():
+    tensors = make_mixture(3, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=33)
+    pieces = _pieces(tensors[0])
+    params = [t.clone().requires_grad_() for t in tensors[1:]]
+
+    def f(*args):
+        return mixture_log_prob(list(args[:3]), *args[3:], chunk_size=7)
+
+    assert torch.autograd.gradcheck(f, (*pieces, *params))
+    assert torch.autograd.gradgradcheck(f, (*pieces, *params))
+    value = f(*pieces, *params)
+    first = torch.autograd.grad(value, pieces, retain_graph=True)
+    again = torch.autograd.grad(value, pieces)  # recomputed: the first pass's were used
+    for a, b in zip(first, again):
+        assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "w, match",
+    [
+        ([], "non-empty list or tuple"),
+        ("weights", "got str"),
+        ([torch.zeros(3, dtype=F64), [0.0]], r"w\[1\] is a list"),
+        ([torch.zeros(3, dtype=F64), torch.zeros(2)], r"w\[1\] is torch.float32 on cpu"),
+    ],
+)
+def test_a_bad_sequence_of_weights_is_refused_clearly(w, match):
+    _, pi, mu, sigma = make_mixture(3)
+    with pytest.raises(TypeError, match=match):
+        mixture_log_prob(w, pi, mu, sigma)
