@@ -35,7 +35,7 @@ retrainings of the tuning at a time in their own processes
 (``tune_soft_weight_sharing(..., jobs=N)``; the same trials).
 
 ``--write`` replaces the "## Compression, chosen on validation" section of
-BENCHMARKS.md and its short table in "Current figures".
+BENCHMARKS.md.
 
 Run from the repository root::
 
@@ -65,8 +65,6 @@ from bayes_sws.compress.tuning import Tuning, tune_soft_weight_sharing, validati
 from bayes_sws.zoo.training import accuracy
 
 SECTION = "## Compression, chosen on validation"
-SUMMARY_START = "<!-- compression-validated: written by benchmarks/compression_validated.py -->"
-SUMMARY_END = "<!-- /compression-validated -->"
 MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margin)
 
 #: Deep Compression on validation: Han et al.'s kept share of every layer times these
