@@ -780,7 +780,11 @@ class _MixtureLogProb(torch.autograd.Function):
         parts: list[Tensor | None] = [None] * len(pieces)
         if grad_w is not None:
             sizes = [p.numel() for p in pieces]
-            parts = [g.view(p.shape) for g, p in zip(grad_w.split(sizes), pieces)]
+            wanted = ctx.needs_input_grad[4:]
+            parts = [
+                g.view(p.shape) if need else None
+                for g, p, need in zip(grad_w.split(sizes), pieces, wanted)
+            ]
         return (None, grad_pi, grad_mu, grad_sigma, *parts)
 
 
