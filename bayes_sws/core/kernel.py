@@ -761,29 +761,30 @@ class _MixtureLogProb(torch.autograd.Function):
         # buffer and pass); a second backward (retain_graph) recomputes them.
         ctx.grads = list(result[1:])
         ctx.chunk_size = chunk_size
+        ctx.shapes = [p.shape for p in pieces]
         return result.log_prob
 
     @staticmethod
     def backward(ctx, grad_output):
-        pi, mu, sigma, *pieces = ctx.saved_tensors
         needs = (any(ctx.needs_input_grad[4:]), *ctx.needs_input_grad[1:4])
         if torch.is_grad_enabled():  # create_graph=True: let autograd see the maths
+            pi, mu, sigma, *pieces = ctx.saved_tensors
             grads = _differentiable_grads(_flat(tuple(pieces)), pi, mu, sigma)
             grads = [g * grad_output if need else None for g, need in zip(grads, needs)]
         else:
             grads, ctx.grads = ctx.grads, None
             if grads is None:  # backward through a retained graph again
+                pi, mu, sigma, *pieces = ctx.saved_tensors
                 grads = _forward_pass(_flat(tuple(pieces)), pi, mu, sigma, ctx.chunk_size, *needs)
                 grads = list(grads[1:])
             grads = [None if g is None else g.mul_(grad_output) for g in grads]
         grad_w, grad_pi, grad_mu, grad_sigma = grads
-        parts: list[Tensor | None] = [None] * len(pieces)
+        parts: list[Tensor | None] = [None] * len(ctx.shapes)
         if grad_w is not None:
-            sizes = [p.numel() for p in pieces]
-            wanted = ctx.needs_input_grad[4:]
+            sizes = [math.prod(shape) for shape in ctx.shapes]
             parts = [
-                g.view(p.shape) if need else None
-                for g, p, need in zip(grad_w.split(sizes), pieces, wanted)
+                g.view(shape) if need else None
+                for g, shape, need in zip(grad_w.split(sizes), ctx.shapes, ctx.needs_input_grad[4:])
             ]
         return (None, grad_pi, grad_mu, grad_sigma, *parts)
 
