@@ -573,7 +573,8 @@ def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -
     Each mixture (the shared one, or one per group, :meth:`SWSModel.mixture_groups`)
     from :meth:`MixturePrior.mixture` at the site ``values``; the tensors of a
     mixture go through the kernel :func:`~bayes_sws.core.kernel.mixture_log_prob`
-    in one call, the groups' sums are added in order.
+    in one call, as a list (so no concatenated copy of them waits for backward), and
+    the groups' sums are added in order.
     """
     total: Tensor | None = None
     for _, prior, names in model.mixture_groups():
