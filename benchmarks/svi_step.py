@@ -26,6 +26,9 @@ Variants (letters as in issue 6):
                 for backward), hyperparameters as plain unconstrained tensors (sigmoid,
                 softmax, exp) and the hyperprior densities in closed form.
 ``plain``       (d) ``(N/B)·CE_sum`` only: training without a prior.
+``fast_map_cat`` (a'c) ``fast_map`` with the weight tensors concatenated into one
+                before the kernel, as the fast path did before the kernel took a
+                list (its autograd node then keeps the copy until backward).
 ``hyper_map``   (a'') ``fast_map`` with λ = 0: the mixture's sites, their
                 hyperpriors and their optimiser group, without the weight prior.
                 It splits (a') − (d): (a') − (a'') is what the weight prior costs
@@ -148,6 +151,7 @@ except ImportError:  # before the fast ELBO
 VARIANTS = (
     "pyro_map",
     "fast_map",
+    "fast_map_cat",
     "hyper_map",
     "pyro_normal",
     "fast_normal",
@@ -164,6 +168,7 @@ _ROW_MAJOR = ("pyro_lowrank", "fast_lowrank_rows")
 _NO_KERNEL = ("plain", "hyper_map")
 _FAST = {
     "fast_map": map_loss,
+    "fast_map_cat": map_loss,
     "hyper_map": map_loss,
     "fast_normal": elbo_loss,
     "fast_lowrank": elbo_loss,
@@ -297,6 +302,11 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 
     if variant == "hyper_map":
         return _pyro_step("fast_map", net, x, y, batches, 0.0, num_components, lr, mixture_lr)
+    if variant == "fast_map_cat":
+        step = _pyro_step(
+            "fast_map", net, x, y, batches, prior_scale, num_components, lr, mixture_lr
+        )
+        return None if step is None else _concatenating(step)
     if variant in (
         "pyro_map",
         "fast_map",
@@ -324,6 +334,29 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
     step = _step_fn(optim, batches, loss_fn)
     step.loss_fn = loss_fn
     return step
+
+
+def _kernel_on_one_tensor(w, *args, **kwargs):
+    """The prior kernel with a list of weight tensors concatenated into one first."""
+    if isinstance(w, (list, tuple)):
+        w = torch.cat([t.reshape(-1) for t in w])
+    return mixture_log_prob(w, *args, **kwargs)
+
+
+def _concatenating(step):
+    """``step`` with ``fastmap`` handing the kernel one concatenated tensor (``fast_map_cat``):
+    the fast path as it was before the kernel took a list, whose autograd node then kept
+    the concatenated copy until backward."""
+    from bayes_sws.infer import fastmap
+
+    def concatenated():
+        fastmap.mixture_log_prob = _kernel_on_one_tensor
+        try:
+            return step()
+        finally:
+            fastmap.mixture_log_prob = mixture_log_prob
+
+    return concatenated
 
 
 def _step_fn(optim, batches, loss_fn):
@@ -717,6 +750,7 @@ _RATIOS = (
     ("(a) pyro_map / (d) plain", "pyro_map", "plain"),
     ("(a') fast_map / (d) plain", "fast_map", "plain"),
     ("(a) pyro_map / (a') fast_map", "pyro_map", "fast_map"),
+    ("(a') fast_map / (a'c) fast_map_cat", "fast_map", "fast_map_cat"),
     ("(a'') hyper_map / (d) plain", "hyper_map", "plain"),
     ("(a') fast_map / (a'') hyper_map", "fast_map", "hyper_map"),
     ("fit_map / (d) plain", "fit_map", "plain"),
