@@ -886,12 +886,8 @@ def run_state(network: str, state: str, net0, x, y, source: str, args) -> dict:
         )
     result["batch_indices_s"] = batch_cost
     if args.memory:
-        timed_only = [name for name in steps if name.split("@")[0] in FIT_GUIDES]
-        peaks = step_peak_memory(
-            {n: st for n, st in steps.items() if n not in timed_only},
-            num_prior,
-            args.memory_repeats,
-        )
+        stepped = {n: st for n, st in steps.items() if n.split("@")[0] not in FIT_GUIDES}
+        peaks = step_peak_memory(stepped, num_prior, args.memory_repeats)
         result["peak_memory_b_per_weight"] = peaks
         result["extra_memory_b_per_weight"] = _report_memory(peaks, modes)
     if args.profile:
@@ -970,10 +966,11 @@ def _report_memory(peaks: dict, modes) -> dict:
     print("peak memory over one step, bytes per weight under the prior (min over steps):")
     extra = {}
     for name, value in peaks.items():
-        more = "" if plain is None else f"  extra over plain {value - plain:6.2f}"
+        line = f"  {name:<17} {value:6.2f}"
         if plain is not None:
             extra[name] = value - plain
-        print(f"  {name:<17} {value:6.2f}{more}")
+            line += f"  extra over plain {extra[name]:6.2f}"
+        print(line)
     for mode in modes:
         name = f"fast_map@{mode}" if mode else "fast_map"
         if name in extra:

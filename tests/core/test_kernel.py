@@ -800,12 +800,12 @@ def test_backward_twice_through_a_retained_graph(which_kernel):
 # --------------------------------------------------------------------------- #
 
 PIECE_SHAPES = [(12, 25), (7,), (3, 4, 5)]
+PIECE_SIZES = [math.prod(s) for s in PIECE_SHAPES]
 
 
 def _pieces(w, grads_for=(0, 1, 2)):
     """``w`` cut into tensors of :data:`PIECE_SHAPES`, the middle one non-contiguous."""
-    sizes = [math.prod(s) for s in PIECE_SHAPES]
-    parts = [p.reshape(s).clone() for p, s in zip(w.split(sizes), PIECE_SHAPES)]
+    parts = [p.reshape(s).clone() for p, s in zip(w.split(PIECE_SIZES), PIECE_SHAPES)]
     parts[1] = torch.stack([parts[1], parts[1]], 1)[:, 0]  # a strided view of a copy
     return [p.requires_grad_(i in grads_for) for i, p in enumerate(parts)]
 
@@ -814,7 +814,7 @@ def _pieces(w, grads_for=(0, 1, 2)):
 def test_a_sequence_of_weight_tensors_is_their_concatenation(which_kernel, grads_for):
     """Value against scipy and every gradient against float64 autograd of the textbook
     formula, on the concatenated weights; each tensor gets its own part, in its shape."""
-    tensors = make_mixture(5, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=31)
+    tensors = make_mixture(5, (sum(PIECE_SIZES),), seed=31)
     pieces = _pieces(tensors[0], grads_for)
     params = [t.clone().requires_grad_() for t in tensors[1:]]
     value = mixture_log_prob(pieces, *params)
@@ -822,8 +822,7 @@ def test_a_sequence_of_weight_tensors_is_their_concatenation(which_kernel, grads
     expected_value, expected = naive_grads(*tensors)
     assert_close(value, scipy_log_prob(*tensors), rtol=1e-12)
     assert_close(value, expected_value, rtol=1e-12)
-    sizes = [math.prod(s) for s in PIECE_SHAPES]
-    for i, (piece, want) in enumerate(zip(pieces, expected[0].split(sizes))):
+    for i, (piece, want) in enumerate(zip(pieces, expected[0].split(PIECE_SIZES))):
         if i in grads_for:
             assert piece.grad.shape == piece.shape
             assert_close(piece.grad.reshape(-1), want, rtol=1e-10, atol=1e-12)
@@ -835,7 +834,7 @@ def test_a_sequence_of_weight_tensors_is_their_concatenation(which_kernel, grads
 
 def test_a_sequence_keeps_no_concatenated_copy_for_backward():
     """What backward holds are the caller's tensors and the mixture, nothing of N elements."""
-    tensors = make_mixture(3, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=32)
+    tensors = make_mixture(3, (sum(PIECE_SIZES),), seed=32)
     pieces = _pieces(tensors[0])
     value = mixture_log_prob(pieces, *tensors[1:])
     saved = value.grad_fn.saved_tensors
@@ -844,7 +843,7 @@ def test_a_sequence_keeps_no_concatenated_copy_for_backward():
 
 
 def test_a_sequence_under_gradcheck_gradgradcheck_and_a_retained_graph():
-    tensors = make_mixture(3, (sum(math.prod(s) for s in PIECE_SHAPES),), seed=33)
+    tensors = make_mixture(3, (sum(PIECE_SIZES),), seed=33)
     pieces = _pieces(tensors[0])
     params = [t.clone().requires_grad_() for t in tensors[1:]]
 
