@@ -19,7 +19,7 @@ and optionally with its hidden units in the order that stores it in the fewest b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -30,7 +30,7 @@ from torch import nn
 from ..settings import POSITION_CODINGS
 from .coding import entropy_bits, huffman_bits, relative_index_fillers, rice_parameter, zero_runs
 from .params import check_param_names, layer_kind, owner_module
-from .surgery import hidden_unit_layers, permute_units, remove_dead_units, unit_columns
+from .surgery import HiddenUnits, hidden_unit_layers, permute_units, remove_dead_units, unit_columns
 
 __all__ = [
     "BITS_PER_FLOAT",
@@ -635,6 +635,14 @@ class _UnitOrderSearch:
     Only the positions of the non-zeros change with the order, so each tensor is kept
     as its non-zero mask (viewed as ``(shape[0], -1)``) with the counts of its values,
     and costed by :func:`_layouts`, the layout choice of :func:`storage_report`.
+
+    A swap of two units (:meth:`try_swap`) with fixed-width relative indices is costed
+    incrementally: it changes the mask only where the two units' rows (or the consumer's
+    two blocks of columns) differ, and the fillers only of the runs of zeros around those
+    entries (:func:`_filler_change`), so a swap costs work in proportion to the entries
+    it moves, not to the tensor. The count is the same as recounting the whole tensor
+    (``incremental=False`` does that, as does any other change of order and Rice-coded
+    positions).
     """
 
     def __init__(
@@ -644,6 +652,8 @@ class _UnitOrderSearch:
         index_bits: int | Mapping[str, int] | None,
         orders: Sequence[str],
         position_coding: str,
+        *,
+        incremental: bool = True,
     ) -> None:
         params = dict(net.named_parameters())
         self.layers = hidden_unit_layers(net)
@@ -659,12 +669,27 @@ class _UnitOrderSearch:
             self.widths[name] = _row_index_bits(index_bits, name, layer_kind(net, name))
         self.layout_orders = orders
         self.position_coding = position_coding
+        self.incremental = incremental and position_coding == "fixed"
         # the tensors each layer's order moves: its own rows, its consumer's columns
         self.moves = {
             h.name: [n for n in (f"{h.name}.weight", f"{h.consumer}.weight") if n in self.masks]
             for h in self.layers
         }
         self.bits = {name: self._bits(name) for name in self.masks}
+        # for the incremental count: each tensor's mask in the present order, its non-zero
+        # positions and fillers per traversal order, and the bits of the layouts that do not
+        # depend on the order (full, raw)
+        self.current: dict[str, np.ndarray] = {}
+        self.positions: dict[str, dict[str, np.ndarray]] = {}
+        self.fillers: dict[str, dict[str, int]] = {}
+        for name in self.masks:
+            self._track(name)
+        self.fixed_bits: dict[str, int] = {}
+        self._huffman: dict[tuple[str, int], int] = {}
+        for name, mask in self.masks.items():
+            codebook_bits = BITS_PER_FLOAT * int(self.counts[name].size)
+            full = _full_layout(self.counts[name], int(mask.size), codebook_bits, 0)
+            self.fixed_bits[name] = min(full.weight_bits, BITS_PER_FLOAT * int(mask.size))
 
     def _mask(self, name: str) -> np.ndarray:
         mask = self.masks[name]
@@ -686,6 +711,29 @@ class _UnitOrderSearch:
         )
         return layouts[2].weight_bits
 
+    def _track(self, name: str) -> None:
+        """Take tensor ``name``'s mask in the present order, its positions and fillers."""
+        self.current[name] = mask = np.array(self._mask(name))
+        self.positions[name] = {order: _positions(mask, order) for order in self.layout_orders}
+        self.fillers[name] = {
+            order: relative_index_fillers(positions, self.widths[name])
+            for order, positions in self.positions[name].items()
+        }
+
+    def _bits_from_fillers(self, name: str, fillers: Mapping[str, int]) -> int:
+        """The bits of tensor ``name`` with these fillers per traversal order (fixed-width
+        relative indices): the cheapest of its sparse layouts, full and raw (:func:`_layouts`)."""
+        counts, width = self.counts[name], self.widths[name]
+        stored = int(counts.sum())
+        best = self.fixed_bits[name]
+        for count in fillers.values():
+            huffman = self._huffman.get((name, count))
+            if huffman is None:
+                huffman = self._huffman[name, count] = huffman_bits(np.append(counts, count))
+            sparse = width * (stored + count) + huffman + BITS_PER_FLOAT * int(counts.size)
+            best = min(best, sparse)
+        return best
+
     def try_order(self, layer: str, order: np.ndarray) -> int:
         """Bits saved by giving ``layer`` this ``order``; kept if not negative, else undone."""
         old_order, old_bits = self.orders[layer], {n: self.bits[n] for n in self.moves[layer]}
@@ -694,9 +742,134 @@ class _UnitOrderSearch:
         saved = sum(old_bits.values()) - sum(new_bits.values())
         if saved >= 0:
             self.bits.update(new_bits)
+            for name in self.moves[layer]:
+                self._track(name)
         else:
             self.orders[layer] = old_order
         return saved
+
+    def try_swap(self, layer: HiddenUnits, a: int, b: int) -> int:
+        """:meth:`try_order` for the order with the units at positions ``a`` and ``b``
+        exchanged, counted incrementally (the same count)."""
+        swapped = self.orders[layer.name].copy()
+        swapped[[a, b]] = swapped[[b, a]]
+        if not self.incremental:
+            return self.try_order(layer.name, swapped)
+        changes = {}
+        for name in self.moves[layer.name]:
+            mask = self.current[name]
+            rows, cols, new = _swapped_entries(mask, layer, name, a, b)
+            shape = mask.shape
+            changes[name] = {
+                order: _filler_change(
+                    self.positions[name][order],
+                    self.fillers[name][order],
+                    _flat_positions(rows, cols, shape, order),
+                    new,
+                    self.widths[name],
+                )
+                for order in self.layout_orders
+            }
+        new_bits = {
+            name: self._bits_from_fillers(
+                name, {order: fillers for order, (fillers, _) in change.items()}
+            )
+            for name, change in changes.items()
+        }
+        saved = sum(self.bits[n] for n in changes) - sum(new_bits.values())
+        if saved >= 0:
+            self.orders[layer.name] = swapped
+            self.bits.update(new_bits)
+            for name, change in changes.items():
+                mask = self.current[name]
+                if name == f"{layer.name}.weight":
+                    mask[[a, b]] = mask[[b, a]]
+                else:
+                    cols_a, cols_b = (
+                        unit_columns(np.array([u]), layer.columns_per_unit) for u in (a, b)
+                    )
+                    mask[:, np.concatenate([cols_a, cols_b])] = mask[
+                        :, np.concatenate([cols_b, cols_a])
+                    ]
+                self.positions[name] = {order: new() for order, (_, new) in change.items()}
+                self.fillers[name] = {order: count for order, (count, _) in change.items()}
+        return saved
+
+    def run(self, swaps: int, seed: int) -> dict[str, torch.Tensor]:
+        """The search of :func:`storage_unit_orders` from the present order: per layer its
+        greedy order, then ``swaps`` random swaps (``seed``); the orders found."""
+        for h in self.layers:
+            producer = f"{h.name}.weight"
+            if producer in self.masks and h.units > 1:
+                mask = self.masks[producer]
+                self.try_order(h.name, _greedy_unit_order(mask, self.widths[producer]))
+        movable = [h for h in self.layers if h.units > 1 and self.moves[h.name]]
+        rng = np.random.default_rng(seed)
+        for _ in range(swaps if movable else 0):
+            h = movable[int(rng.integers(len(movable)))]
+            a, b = rng.choice(h.units, size=2, replace=False)
+            self.try_swap(h, int(a), int(b))
+        return {name: torch.from_numpy(o.copy()) for name, o in self.orders.items()}
+
+
+def _flat_positions(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...], order: str):
+    """Positions of the entries ``(rows, cols)`` of a matrix of ``shape`` in its
+    :func:`traverse` in ``order``."""
+    return rows * shape[1] + cols if order == "row" else cols * shape[0] + rows
+
+
+def _swapped_entries(
+    mask: np.ndarray, layer: HiddenUnits, name: str, a: int, b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of ``mask`` (tensor ``name``) that change when the units at positions
+    ``a`` and ``b`` of ``layer`` are exchanged: rows, columns and whether each becomes
+    non-zero. The producer's rows ``a`` and ``b`` exchange, or the consumer's blocks of
+    columns that read them; only where the two differ does an entry change."""
+    if name == f"{layer.name}.weight":
+        cols = np.flatnonzero(mask[a] != mask[b])
+        rows = np.repeat(np.array([a, b]), cols.size)
+        return rows, np.concatenate([cols, cols]), np.concatenate([mask[b, cols], mask[a, cols]])
+    cols_a, cols_b = (unit_columns(np.array([u]), layer.columns_per_unit) for u in (a, b))
+    rows, k = np.nonzero(mask[:, cols_a] != mask[:, cols_b])
+    cols = np.concatenate([cols_a[k], cols_b[k]])
+    new = np.concatenate([mask[rows, cols_b[k]], mask[rows, cols_a[k]]])
+    return np.concatenate([rows, rows]), cols, new
+
+
+def _filler_change(
+    positions: np.ndarray, fillers: int, changed: np.ndarray, new: np.ndarray, index_bits: int
+) -> tuple[int, Callable[[], np.ndarray]]:
+    """Fillers (:func:`~bayes_sws.compress.coding.relative_index_fillers`) of the sorted
+    non-zero ``positions``, ``fillers`` now, once the entries at ``changed`` become
+    non-zero (``new``) or zero, and a function that gives the new positions.
+
+    The non-zeros that stay (``kept``) split the sequence into runs: run ``k`` lies
+    between ``kept[k - 1]`` (or the start) and ``kept[k]`` (or the end, whose zeros cost
+    nothing). Only the runs that hold a changed entry change, so only their fillers are
+    counted, before (with the entries that become zero in them) and after (with those
+    that become non-zero), and the rest of the count is carried over.
+    """
+    added, removed = np.sort(changed[new]), np.sort(changed[~new])
+    kept = np.delete(positions, np.searchsorted(positions, removed))
+    at_added, at_removed = np.searchsorted(kept, added), np.searchsorted(kept, removed)
+    runs = np.unique(np.concatenate([at_added, at_removed]))
+    left = np.full(runs.size, -1, dtype=np.int64)
+    inside = runs > 0
+    left[inside] = kept[runs[inside] - 1]
+    closed = runs[runs < kept.size]
+    right = kept[closed]
+    after = kept.size + 1  # labels of the runs as they become: run + after
+    position = np.concatenate([left, right, removed, left, right, added])
+    label = np.concatenate(
+        [runs, closed, at_removed, runs + after, closed + after, at_added + after]
+    )
+    order = np.lexsort((position, label))
+    position, label = position[order], label[order]
+    costs = (np.diff(position) - 1) >> index_bits
+    within = label[1:] == label[:-1]
+    later = label[1:] >= after
+    change = int(costs[within & later].sum()) - int(costs[within & ~later].sum())
+    return fillers + change, lambda: np.insert(kept, at_added, added)
 
 
 def _greedy_unit_order(mask: np.ndarray, index_bits: int) -> np.ndarray:
@@ -754,20 +927,7 @@ def storage_unit_orders(
     if swaps < 0:
         raise ValueError(f"swaps must be >= 0; got {swaps}")
     search = _UnitOrderSearch(net, names, index_bits, layout_orders, position_coding)
-    for h in search.layers:
-        producer = f"{h.name}.weight"
-        if producer in search.masks and h.units > 1:
-            mask = search.masks[producer]
-            search.try_order(h.name, _greedy_unit_order(mask, search.widths[producer]))
-    movable = [h for h in search.layers if h.units > 1 and search.moves[h.name]]
-    rng = np.random.default_rng(seed)
-    for _ in range(swaps if movable else 0):
-        h = movable[int(rng.integers(len(movable)))]
-        a, b = rng.choice(h.units, size=2, replace=False)
-        swapped = search.orders[h.name].copy()
-        swapped[[a, b]] = swapped[[b, a]]
-        search.try_order(h.name, swapped)
-    return {name: torch.from_numpy(o.copy()) for name, o in search.orders.items()}
+    return search.run(swaps, seed)
 
 
 def stored_network(

@@ -168,3 +168,57 @@ def test_the_search_never_stores_in_more_bits():
             before = storage_report(net, position_coding=coding).total_bits
             after = storage_report(permute_units(net, orders), position_coding=coding).total_bits
             assert after <= before
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+@pytest.mark.parametrize("layout", ["best", "row", "column"])
+def test_each_swap_counted_incrementally_equals_a_recount_by_storage_report(network, layout):
+    # oracle: storage_report of the network permuted to the search's orders, recounted from
+    # scratch after every swap; dense and sparse tensors, 1-bit to default index widths
+    from bayes_sws.compress.params import check_param_names
+    from bayes_sws.compress.storage import _STORAGE_ORDERS, _UnitOrderSearch
+
+    kept = rejected = 0
+    for seed, index_bits in ((0, None), (1, 1), (2, 2)):
+        if network == "mlp":
+            net = nn.Sequential(
+                nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 9), nn.ReLU(), nn.Linear(9, 4)
+            )
+        else:
+            net = _lenet_like()
+        _sparse_(net, keep=0.1 * (seed + 1), seed=seed)
+        names = check_param_names(net, None)
+        search = _UnitOrderSearch(net, names, index_bits, _STORAGE_ORDERS[layout], "fixed")
+        layers = [h for h in search.layers if h.units > 1]
+        rng = torch.Generator().manual_seed(seed)
+        bits = storage_report(net, index_bits=index_bits, order=layout)
+        previous = sum(row.weight_bits for row in bits.layers)
+        for _ in range(60):
+            h = layers[int(torch.randint(len(layers), (1,), generator=rng))]
+            a, b = torch.randperm(h.units, generator=rng)[:2].tolist()
+            before = {k: v.copy() for k, v in search.orders.items()}
+            saved = search.try_swap(h, a, b)
+            swapped = before[h.name].copy()
+            swapped[[a, b]] = swapped[[b, a]]
+            report = storage_report(
+                permute_units(
+                    net,
+                    {
+                        h.name: torch.from_numpy(swapped),
+                        **{k: torch.from_numpy(v) for k, v in before.items() if k != h.name},
+                    },
+                ),
+                index_bits=index_bits,
+                order=layout,
+            )
+            recount = sum(row.weight_bits for row in report.layers)
+            assert saved == previous - recount
+            if saved >= 0:  # kept: the search's order is the swapped one
+                kept += 1
+                assert (search.orders[h.name] == swapped).all()
+                previous = recount
+            else:
+                rejected += 1
+                assert (search.orders[h.name] == before[h.name]).all()
+            assert sum(search.bits.values()) == previous
+    assert kept > 0 and rejected > 0  # both branches ran
