@@ -682,7 +682,7 @@ class _UnitOrderSearch:
         self.current: dict[str, np.ndarray] = {}
         self.positions: dict[str, dict[str, np.ndarray]] = {}
         self.fillers: dict[str, dict[str, int]] = {}
-        for name in self.masks:
+        for name in self.masks if self.incremental else ():
             self._track(name)
         self.fixed_bits: dict[str, int] = {}
         self._huffman: dict[tuple[str, int], int] = {}
@@ -742,7 +742,7 @@ class _UnitOrderSearch:
         saved = sum(old_bits.values()) - sum(new_bits.values())
         if saved >= 0:
             self.bits.update(new_bits)
-            for name in self.moves[layer]:
+            for name in self.moves[layer] if self.incremental else ():
                 self._track(name)
         else:
             self.orders[layer] = old_order
