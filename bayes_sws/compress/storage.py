@@ -237,10 +237,16 @@ def _sparse_layout(
     matrix: np.ndarray, order: str, value_counts: np.ndarray, index_bits: int, codebook_bits: int
 ) -> _Layout:
     """Sparse layout of ``matrix`` traversed in ``order`` (relative indices, fillers)."""
-    positions = _positions(matrix, order)
-    # (relative index, cluster index) per non-zero and per filler zero
-    num_fillers = relative_index_fillers(positions, index_bits)
-    num_stored = int(positions.size) + num_fillers
+    fillers = relative_index_fillers(_positions(matrix, order), index_bits)
+    return _fixed_layout(order, value_counts, index_bits, fillers, codebook_bits)
+
+
+def _fixed_layout(
+    order: str, value_counts: np.ndarray, index_bits: int, num_fillers: int, codebook_bits: int
+) -> _Layout:
+    """Sparse layout with fixed-width relative indices: (relative index, cluster index) per
+    non-zero (``value_counts`` of their values) and per filler zero (``num_fillers``)."""
+    num_stored = int(value_counts.sum()) + num_fillers
     symbols = np.append(value_counts, num_fillers)
     return _sparse(order, "fixed", index_bits, index_bits * num_stored, symbols, codebook_bits)
 
@@ -685,11 +691,12 @@ class _UnitOrderSearch:
         for name in self.masks if self.incremental else ():
             self._track(name)
         self.fixed_bits: dict[str, int] = {}
-        self._huffman: dict[tuple[str, int], int] = {}
+        self._sparse_bits: dict[tuple[str, int], int] = {}
         for name, mask in self.masks.items():
             codebook_bits = BITS_PER_FLOAT * int(self.counts[name].size)
             full = _full_layout(self.counts[name], int(mask.size), codebook_bits, 0)
-            self.fixed_bits[name] = min(full.weight_bits, BITS_PER_FLOAT * int(mask.size))
+            raw = _raw_layout(int(mask.size), 0)
+            self.fixed_bits[name] = min(full.weight_bits, raw.weight_bits)
 
     def _mask(self, name: str) -> np.ndarray:
         mask = self.masks[name]
@@ -723,15 +730,14 @@ class _UnitOrderSearch:
     def _bits_from_fillers(self, name: str, fillers: Mapping[str, int]) -> int:
         """The bits of tensor ``name`` with these fillers per traversal order (fixed-width
         relative indices): the cheapest of its sparse layouts, full and raw (:func:`_layouts`)."""
-        counts, width = self.counts[name], self.widths[name]
-        stored = int(counts.sum())
         best = self.fixed_bits[name]
-        for count in fillers.values():
-            huffman = self._huffman.get((name, count))
-            if huffman is None:
-                huffman = self._huffman[name, count] = huffman_bits(np.append(counts, count))
-            sparse = width * (stored + count) + huffman + BITS_PER_FLOAT * int(counts.size)
-            best = min(best, sparse)
+        for order, count in fillers.items():
+            bits = self._sparse_bits.get((name, count))
+            if bits is None:  # the same for either order: only the fillers differ
+                counts, codebook_bits = self.counts[name], BITS_PER_FLOAT * self.counts[name].size
+                layout = _fixed_layout(order, counts, self.widths[name], count, codebook_bits)
+                bits = self._sparse_bits[name, count] = layout.weight_bits
+            best = min(best, bits)
         return best
 
     def try_order(self, layer: str, order: np.ndarray) -> int:
@@ -785,9 +791,7 @@ class _UnitOrderSearch:
                 if name == f"{layer.name}.weight":
                     mask[[a, b]] = mask[[b, a]]
                 else:
-                    cols_a, cols_b = (
-                        unit_columns(np.array([u]), layer.columns_per_unit) for u in (a, b)
-                    )
+                    cols_a, cols_b = _block(layer, a), _block(layer, b)
                     mask[:, np.concatenate([cols_a, cols_b])] = mask[
                         :, np.concatenate([cols_b, cols_a])
                     ]
@@ -818,6 +822,11 @@ def _flat_positions(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...], 
     return rows * shape[1] + cols if order == "row" else cols * shape[0] + rows
 
 
+def _block(layer: HiddenUnits, unit: int) -> np.ndarray:
+    """The columns of ``layer``'s consumer (its 2-D view) that read the unit at ``unit``."""
+    return unit_columns(np.array([unit]), layer.columns_per_unit)
+
+
 def _swapped_entries(
     mask: np.ndarray, layer: HiddenUnits, name: str, a: int, b: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -829,7 +838,7 @@ def _swapped_entries(
         cols = np.flatnonzero(mask[a] != mask[b])
         rows = np.repeat(np.array([a, b]), cols.size)
         return rows, np.concatenate([cols, cols]), np.concatenate([mask[b, cols], mask[a, cols]])
-    cols_a, cols_b = (unit_columns(np.array([u]), layer.columns_per_unit) for u in (a, b))
+    cols_a, cols_b = _block(layer, a), _block(layer, b)
     rows, k = np.nonzero(mask[:, cols_a] != mask[:, cols_b])
     cols = np.concatenate([cols_a[k], cols_b[k]])
     new = np.concatenate([mask[rows, cols_b[k]], mask[rows, cols_a[k]]])
