@@ -1,6 +1,9 @@
 """Shared test setup: quiet, repeatable, no global Pyro state between tests."""
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -28,6 +31,18 @@ def _fresh_state():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def benchmark_module(name: str):
+    """The script ``benchmarks/NAME.py`` imported as a module. ``benchmarks/`` stays on
+    ``sys.path``: the scripts import each other, and workers started by spawn import the
+    module again by name to unpickle its functions."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def assert_close(actual, expected, *, rtol=1e-7, atol=0.0, msg=""):

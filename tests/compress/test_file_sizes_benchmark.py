@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import benchmark_module
 
 
 def _module(name: str):
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module(name)
+    return benchmark_module(name)
 
 
 def test_file_sizes_writes_the_chosen_row_and_dc_han_as_counted(tmp_path):

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import benchmark_module
 
 
 def _module():
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("kmeans_after_pruning")
+    return benchmark_module("kmeans_after_pruning")
 
 
 def _trial(scale, seed, after, rate, pre=0.10, retrained=0.105):

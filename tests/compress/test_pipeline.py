@@ -8,16 +8,14 @@ densities with scipy.
 import copy
 import dataclasses
 import heapq
-import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, benchmark_module
 from scipy import stats
 
 import bayes_sws as sws
@@ -366,11 +364,7 @@ def test_zero_precision_prior_is_validated():
 
 
 def _benchmark_module():
-    # imported by name from benchmarks/ (kept on sys.path), so that --jobs workers,
-    # started by spawn, can import it again to unpickle run_case
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("compression")
+    return benchmark_module("compression")
 
 
 def test_benchmark_section_replaces_only_its_own(tmp_path):
@@ -585,9 +579,7 @@ def test_benchmark_write_updates_summary_section_history_and_tables(tmp_path, mo
 
 def test_results_tables_reads_tables_with_headings_runs_and_commands(tmp_path):
     """benchmarks/results_tables.py on a small file whose tables are known by hand."""
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    results_tables = importlib.import_module("results_tables")
+    results_tables = benchmark_module("results_tables")
     text = (
         "# T\n\n## A\n\nintro\nRun: r1\n\n    python x.py --a \\\n        --b\n\n"
         "| h1 | h2 |\n|---|---:|\n| **1** | 2 ms |\n\n"

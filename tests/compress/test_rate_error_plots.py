@@ -1,18 +1,11 @@
 """The benchmarks' rate-against-error figures draw exactly the rows' (rate, Δ error) values."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[2]
+from conftest import benchmark_module
 
 
 def _module(name):
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module(name)
+    return benchmark_module(name)
 
 
 def _rows():

@@ -4,21 +4,14 @@ refused before anything runs."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import benchmark_module
 
 from bayes_sws.compress import permute_units, storage_report, storage_unit_orders
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _module():
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("unit_order")
+    return benchmark_module("unit_order")
 
 
 def test_a_small_run_agrees_with_the_recount_and_with_storage_report(capsys):

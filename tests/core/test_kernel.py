@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import BENCHMARKS, assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -397,8 +397,6 @@ def test_extra_memory_is_linear_not_n_times_m(monkeypatch, which_kernel):
 # --------------------------------------------------------------------------- #
 # The benchmark script: its baselines compute the same thing, and it runs
 # --------------------------------------------------------------------------- #
-
-BENCHMARKS = __import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import BENCHMARKS, assert_close
 from scipy.special import logsumexp
 from scipy.stats import norm
 
@@ -317,7 +317,7 @@ def test_a_failing_triton_kernel_falls_back_under_auto_and_raises_under_triton(m
 def test_gpu_benchmark_script_in_a_subprocess():
     """``benchmarks/gpu_prior.py``: without CUDA one line and exit 0; ``--interpret`` (fresh
     process: the variable must precede Triton's import) checks the kernel against the torch path."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_prior.py"
+    script = BENCHMARKS / "gpu_prior.py"
 
     def run(*args):
         command = [sys.executable, str(script), *args]

@@ -9,12 +9,11 @@ the guide's unconstrained parameters and the network's free parameters to 1e-8.
 import math
 import runpy
 import sys
-from pathlib import Path
 
 import pyro
 import pytest
 import torch
-from conftest import assert_close
+from conftest import BENCHMARKS, assert_close, benchmark_module
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from scenarios import N, perturbed_values, small_data, small_net
@@ -23,8 +22,6 @@ import bayes_sws as sws
 from bayes_sws.infer import fastmap
 from bayes_sws.infer.fastmap import map_loss, supports_fast_map, unsupported_reason
 from bayes_sws.infer.svi import local_params
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _guide(model, values=None):
@@ -284,12 +281,7 @@ def test_lowrank_variants_run(capsys):
 
 
 def _svi_step_module():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import svi_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return svi_step
+    return benchmark_module("svi_step")
 
 
 def test_benchmark_step_memory_counts_tensors_by_hand():

@@ -7,22 +7,16 @@ checked against a hand-made list of trials.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import benchmark_module
 
 from bayes_sws.zoo.data import DataError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _benchmark():
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("resnet_fashion")
+    return benchmark_module("resnet_fashion")
 
 
 def test_choose_takes_the_highest_rate_within_the_margin():
