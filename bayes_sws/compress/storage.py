@@ -761,16 +761,15 @@ class _UnitOrderSearch:
         swapped[[a, b]] = swapped[[b, a]]
         if not self.incremental:
             return self.try_order(layer.name, swapped)
-        changes = {}
+        changes, entries = {}, {}
         for name in self.moves[layer.name]:
             mask = self.current[name]
-            rows, cols, new = _swapped_entries(mask, layer, name, a, b)
-            shape = mask.shape
+            entries[name] = rows, cols, new = _swapped_entries(mask, layer, name, a, b)
             changes[name] = {
                 order: _filler_change(
                     self.positions[name][order],
                     self.fillers[name][order],
-                    _flat_positions(rows, cols, shape, order),
+                    _flat_positions(rows, cols, mask.shape, order),
                     new,
                     self.widths[name],
                 )
@@ -787,15 +786,9 @@ class _UnitOrderSearch:
             self.orders[layer.name] = swapped
             self.bits.update(new_bits)
             for name, change in changes.items():
-                mask = self.current[name]
-                if name == f"{layer.name}.weight":
-                    mask[[a, b]] = mask[[b, a]]
-                else:
-                    cols_a, cols_b = _block(layer, a), _block(layer, b)
-                    mask[:, np.concatenate([cols_a, cols_b])] = mask[
-                        :, np.concatenate([cols_b, cols_a])
-                    ]
-                self.positions[name] = {order: new() for order, (_, new) in change.items()}
+                rows, cols, new = entries[name]
+                self.current[name][rows, cols] = new  # the entries the swap changes
+                self.positions[name] = {order: put() for order, (_, put) in change.items()}
                 self.fillers[name] = {order: count for order, (count, _) in change.items()}
         return saved
 
@@ -822,11 +815,6 @@ def _flat_positions(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...], 
     return rows * shape[1] + cols if order == "row" else cols * shape[0] + rows
 
 
-def _block(layer: HiddenUnits, unit: int) -> np.ndarray:
-    """The columns of ``layer``'s consumer (its 2-D view) that read the unit at ``unit``."""
-    return unit_columns(np.array([unit]), layer.columns_per_unit)
-
-
 def _swapped_entries(
     mask: np.ndarray, layer: HiddenUnits, name: str, a: int, b: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -838,7 +826,7 @@ def _swapped_entries(
         cols = np.flatnonzero(mask[a] != mask[b])
         rows = np.repeat(np.array([a, b]), cols.size)
         return rows, np.concatenate([cols, cols]), np.concatenate([mask[b, cols], mask[a, cols]])
-    cols_a, cols_b = _block(layer, a), _block(layer, b)
+    cols_a, cols_b = (unit_columns(np.array([u]), layer.columns_per_unit) for u in (a, b))
     rows, k = np.nonzero(mask[:, cols_a] != mask[:, cols_b])
     cols = np.concatenate([cols_a[k], cols_b[k]])
     new = np.concatenate([mask[rows, cols_b[k]], mask[rows, cols_a[k]]])
