@@ -339,7 +339,7 @@ def make_step(variant, net0, x, y, *, batch_size, prior_scale, num_components, l
 def _kernel_on_one_tensor(w, *args, **kwargs):
     """The prior kernel with a list of weight tensors concatenated into one first."""
     if isinstance(w, (list, tuple)):
-        w = torch.cat([t.reshape(-1) for t in w])
+        w = sws_kernel._flat(tuple(w))  # the kernel's own concatenation, kept to backward
     return mixture_log_prob(w, *args, **kwargs)
 
 
