@@ -513,6 +513,13 @@ class CompressSettings(_Settings):
         1e-3, "Adam learning rate of codebook fine-tuning", "float", positive
     )
     remove_dead_units: bool = option(False, "store the network without unused hidden units", "bool")
+    prune_units: float | None = option(
+        None,
+        "after quantisation, replace the hidden units that matter least by their mean output, "
+        "while the training loss rises by at most this (nats a point); needs remove_dead_units",
+        "float?",
+        non_negative,
+    )
     reorder_units: bool = option(
         False,
         "store the hidden units in the order that takes the fewest bits (same function)",

@@ -3,7 +3,7 @@ Compression baseline and the paper's pipeline (Ullrich et al. 2017).
 
 Modules by concern: :mod:`.params` (which tensors are compressed), :mod:`.quantize`
 (merge and hard-assign), :mod:`.codebook` (fine-tune shared values), :mod:`.surgery`
-(remove dead units), :mod:`.coding` (Huffman, Golomb-Rice), :mod:`.storage` (bit counts),
+(remove dead units, prune weak ones), :mod:`.coding` (Huffman, Golomb-Rice), :mod:`.storage` (bit counts),
 :mod:`.plots`, :mod:`.baseline` and :mod:`.pipeline`.
 """
 
@@ -39,8 +39,10 @@ from .storage import (
 from .surgery import (
     DeadUnitRemoval,
     HiddenUnits,
+    UnitPruning,
     hidden_unit_layers,
     permute_units,
+    prune_units,
     remove_dead_units,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "QuantizeResult",
     "SavedModel",
     "StorageReport",
+    "UnitPruning",
     "check_param_names",
     "decode_compressed",
     "default_param_names",
@@ -70,6 +73,7 @@ __all__ = [
     "permute_units",
     "plot_layer_sparsity",
     "plot_weights_before_after",
+    "prune_units",
     "quantize",
     "quantize_groups",
     "relative_index_fillers",

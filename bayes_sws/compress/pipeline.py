@@ -89,6 +89,7 @@ from ..zoo.training import accuracy, predict, rmse
 from .codebook import finetune_codebook
 from .quantize import QuantizeResult, quantize, quantize_groups
 from .storage import StorageReport, stored_network
+from .surgery import UnitPruning, prune_units
 
 __all__ = [
     "DEFAULT_PRECISION_PRIOR",
@@ -337,6 +338,10 @@ class CompressionResult:
         ``remove_dead_units=True`` ``net`` without its dead hidden units
         (:func:`~bayes_sws.compress.remove_dead_units`; same function, smaller
         shapes). The *after* accuracies are measured on it.
+    unit_pruning : UnitPruning or None
+        With ``prune_units``: which hidden units were held at their mean output
+        after quantisation (:func:`~bayes_sws.compress.prune_units`), and the
+        training loss before and after.
     """
 
     net: nn.Module
@@ -358,6 +363,7 @@ class CompressionResult:
     wall_time: float = 0.0
     config: dict = field(default_factory=dict)
     stored_net: nn.Module | None = None
+    unit_pruning: UnitPruning | None = None
 
     @property
     def compression_rate(self) -> float:
@@ -517,6 +523,7 @@ _COMPRESS_RESULT_SETTINGS = (
     "finetune_epochs",
     "finetune_lr",
     "remove_dead_units",
+    "prune_units",
     "reorder_units",
 )
 
@@ -667,7 +674,13 @@ def _on_model(
 
 
 def _checked_inputs(
-    fit_result: Any, x_test: Any, y_test: Any, finetune_epochs: Any, finetune_data: Any
+    fit_result: Any,
+    x_test: Any,
+    y_test: Any,
+    finetune_epochs: Any,
+    finetune_data: Any,
+    prune: Any = None,
+    remove_dead: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`compress_result`'s inputs checked: the test data on the model's device, the epochs."""
     if not isinstance(fit_result, FitResult):
@@ -685,6 +698,18 @@ def _checked_inputs(
         raise ValueError(
             f"finetune_epochs={finetune_epochs} needs finetune_data=(x_train, y_train)"
         )
+    if prune is not None:
+        check_real("prune_units", prune, low=0.0)
+        if finetune_data is None:
+            raise ValueError(
+                f"prune_units={prune} scores the units on training data: give "
+                "finetune_data=(x_train, y_train)"
+            )
+        if not remove_dead:
+            raise ValueError(
+                f"prune_units={prune} leaves the pruned units unread, and only removing them "
+                "saves their bits: set remove_dead_units=True too"
+            )
     return x_test, y_test, finetune_epochs
 
 
@@ -724,20 +749,44 @@ def _quantize_fit(
     return retrained, mixture, quantized
 
 
+def _pruned(
+    quantized: QuantizeResult, model: SWSModel, data: tuple[Any, Any], max_loss_increase: float
+) -> UnitPruning:
+    """The quantised network with its least needed hidden units held at their mean output
+    (:func:`~bayes_sws.compress.prune_units` on the training ``data``)."""
+    x, y = _on_model(model.like_tensor(), *data, ("x_train", "y_train"))
+    return prune_units(
+        quantized.net,
+        x,
+        y,
+        max_loss_increase=max_loss_increase,
+        loss=_finetune_loss(model.likelihood, y),
+    )
+
+
 def _finetuned_copy(
-    quantized: QuantizeResult, model: SWSModel, finetune_data: tuple[Any, Any], **options: Any
+    quantized: QuantizeResult,
+    model: SWSModel,
+    finetune_data: tuple[Any, Any],
+    pruning: UnitPruning | None = None,
+    **options: Any,
 ) -> nn.Module:
-    """A copy of the quantised network with its codebook fine-tuned on ``finetune_data``.
+    """A copy of the quantised (and pruned) network with its codebook fine-tuned on
+    ``finetune_data``; the weights pruning zeroed stay 0.
 
     ``options`` go to :func:`~bayes_sws.compress.finetune_codebook` (epochs, learning rate, ...).
     """
     x_ft, y_ft = _on_model(model.like_tensor(), *finetune_data, ("x_train", "y_train"))
-    tuned = copy.deepcopy(quantized.net)
+    tuned = copy.deepcopy(quantized.net if pruning is None else pruning.net)
     zero = model.prior.zero_component
+    # per-layer cluster index: the merged component, pruned (-1) for the zero component
+    assignments = {n: (a - 1 if zero else a) for n, a in quantized.assignments.items()}
+    for name, mask in ({} if pruning is None else pruning.zeroed).items():
+        if name in assignments:
+            assignments[name] = assignments[name].masked_fill(mask.to(assignments[name].device), -1)
     finetune_codebook(
         tuned,
-        # per-layer cluster index: the merged component, pruned (-1) for the zero component
-        {n: (a - 1 if zero else a) for n, a in quantized.assignments.items()},
+        assignments,
         x_ft,
         y_ft,
         loss=_finetune_loss(model.likelihood, y_ft),
@@ -750,23 +799,29 @@ def _final_and_stored(
     quantized: QuantizeResult,
     model: SWSModel,
     finetune_data: tuple[Any, Any] | None,
+    prune: float | None,
     *,
     index_bits: int | dict[str, int] | None,
     position_coding: Literal["fixed", "rice"],
     remove_dead_units: bool,
     reorder_units: bool,
     **finetune: Any,
-) -> tuple[nn.Module, nn.Module, StorageReport]:
-    """The final network, the network as stored, and its storage report.
+) -> tuple[nn.Module, nn.Module, StorageReport, UnitPruning | None]:
+    """The final network, the network as stored, its storage report, and the unit pruning.
 
-    The final network is the quantised one, or a copy with its codebook fine-tuned
-    when ``finetune["num_epochs"] > 0`` (``finetune`` goes to :func:`_finetuned_copy`);
-    it is stored by :func:`~bayes_sws.compress.stored_network` with the quantised
-    parameters compressed.
+    With ``prune`` (``prune_units``), the quantised network's least needed hidden units are
+    first held at their mean output on ``finetune_data`` (:func:`_pruned`). The final
+    network is the quantised one (or that pruned copy), or a copy
+    with its codebook fine-tuned when ``finetune["num_epochs"] > 0`` (``finetune`` goes to
+    :func:`_finetuned_copy`); it is stored by :func:`~bayes_sws.compress.stored_network`
+    with the quantised parameters compressed.
     """
-    final = quantized.net
+    pruning = None
+    if prune is not None and finetune_data is not None:  # checked together before
+        pruning = _pruned(quantized, model, finetune_data, prune)
+    final = quantized.net if pruning is None else pruning.net
     if finetune["num_epochs"] > 0 and finetune_data is not None:  # checked together before
-        final = _finetuned_copy(quantized, model, finetune_data, **finetune)
+        final = _finetuned_copy(quantized, model, finetune_data, pruning, **finetune)
     stored, storage = stored_network(
         final,
         param_names=list(quantized.param_names),
@@ -775,7 +830,7 @@ def _final_and_stored(
         position_coding=position_coding,
         reorder_units=reorder_units,
     )
-    return final, stored, storage
+    return final, stored, storage, pruning
 
 
 def _groups_config(model: SWSModel) -> dict[str, Any]:
@@ -800,6 +855,15 @@ def _compression_config(
         "zero_component": model.prior.zero_component,
         **_groups_config(model),
     }
+
+
+def _pruning_config(prune: float | None, pruning: UnitPruning | None) -> dict[str, Any]:
+    """``prune_units`` as given and, when it ran, the units it pruned per layer."""
+    config: dict[str, Any] = {"prune_units": None if prune is None else float(prune)}
+    if pruning is not None:
+        config["units_pruned"] = {name: int(u.numel()) for name, u in pruning.pruned.items()}
+        config["prune_loss_increase"] = pruning.loss_after - pruning.loss_before
+    return config
 
 
 def _stage_scores(**stages: _Scores) -> dict[str, float | None]:
@@ -829,6 +893,7 @@ def compress_result(
     finetune_lr: float = 1e-3,
     finetune_batch_size: int = 128,
     remove_dead_units: bool = False,
+    prune_units: float | None = None,
     reorder_units: bool = False,
     seed: int = 0,
     progress: bool | None = None,
@@ -890,6 +955,15 @@ def compress_result(
         (:func:`~bayes_sws.compress.remove_dead_units`: exact, function-preserving;
         rates still relative to the full network). Off by default, so
         ``stored_net`` has the input network's shapes.
+    prune_units : float, optional
+        After quantisation, before fine-tuning: hold the hidden units the
+        training loss needs least at their mean output, while that loss (the
+        mean over ``finetune_data``) rises by at most this many nats a point
+        (:func:`~bayes_sws.compress.prune_units`); with ``remove_dead_units``
+        they are then removed with their weights. A structured step soft
+        weight-sharing's prior does not take: units left with one or two
+        weights cost a bias and a row of fillers each. Choose it on a
+        validation split. Default ``None``: off.
     reorder_units : bool
         Store the hidden units in the order in which the network takes the fewest
         bits that :func:`~bayes_sws.compress.storage_unit_orders` finds (a local
@@ -904,26 +978,25 @@ def compress_result(
     """
     start = time.perf_counter()
     x_test, y_test, finetune_epochs = _checked_inputs(
-        fit_result, x_test, y_test, finetune_epochs, finetune_data
+        fit_result, x_test, y_test, finetune_epochs, finetune_data, prune_units, remove_dead_units
     )
     model = fit_result.model
-    retrained, mixture, quantized = _quantize_fit(
-        fit_result,
-        merge_threshold=merge_threshold,
-        merge_criterion=merge_criterion,
-        value_tolerance=value_tolerance,
-        assignment=assignment,
-        keep_float=keep_float,
-    )
+    quantizing = {
+        "merge_threshold": float(merge_threshold),
+        "merge_criterion": merge_criterion,
+        "value_tolerance": float(value_tolerance),
+        "assignment": assignment,
+    }
+    retrained, mixture, quantized = _quantize_fit(fit_result, keep_float=keep_float, **quantizing)
     before = _scores(retrained, x_test, y_test, model.likelihood)
     quantized_scores = _scores(quantized.net, x_test, y_test, model.likelihood)
-    # how the network is stored and counted
     storing: dict[str, Any] = {"index_bits": index_bits, "position_coding": position_coding}
     storing |= {"remove_dead_units": bool(remove_dead_units), "reorder_units": bool(reorder_units)}
-    final, stored, storage = _final_and_stored(
+    final, stored, storage, pruning = _final_and_stored(
         quantized,
         model,
         finetune_data,
+        prune_units,
         **storing,
         num_epochs=finetune_epochs,
         lr=finetune_lr,
@@ -931,19 +1004,17 @@ def compress_result(
         seed=seed,
         progress=progress,
     )
-    changed = finetune_epochs > 0 or stored is not final  # else scored as quantized
+    changed = finetune_epochs > 0 or stored is not final  # pruning removes: stored is new
     after = _scores(stored, x_test, y_test, model.likelihood) if changed else quantized_scores
     config = _compression_config(
         fit_result,
         quantized,
         mixture,
-        merge_threshold=float(merge_threshold),
-        merge_criterion=merge_criterion,
-        value_tolerance=float(value_tolerance),
-        assignment=assignment,
+        **quantizing,
         **storing,
         finetune_epochs=finetune_epochs,
         finetune_lr=float(finetune_lr),
+        **_pruning_config(prune_units, pruning),
     )
     return CompressionResult(
         net=final,
@@ -957,6 +1028,7 @@ def compress_result(
         wall_time=time.perf_counter() - start,
         config=config,
         stored_net=stored,
+        unit_pruning=pruning,
     )
 
 
@@ -1235,6 +1307,36 @@ def soft_weight_sharing(
     >>> result = soft_weight_sharing(net, data, num_epochs=100, batch_size=64, mixture_lr=1e-2)  # doctest: +SKIP
     >>> result.compression_rate, result.test_accuracy_after  # doctest: +SKIP
     """
+    return _soft_weight_sharing(
+        net,
+        data,
+        None,
+        preset=preset,
+        likelihood=likelihood,
+        progress=progress,
+        groups=groups,
+        **settings,
+    )
+
+
+#: CompressSettings that act after retraining: runs that differ in nothing else can share one
+#: retraining (:func:`_soft_weight_sharing`'s ``fitted``)
+AFTER_RETRAINING = frozenset(CompressSettings.names()) - {"prior_scale_warmup"}
+
+
+def _soft_weight_sharing(
+    net: nn.Module,
+    data: Any,
+    fitted: FitResult | None,
+    *,
+    preset: str | Preset = "compression",
+    likelihood: str | Likelihood = "categorical",
+    progress: bool | None = None,
+    groups: str | dict[str, list[str]] | None = None,
+    **settings: Any,
+) -> CompressionResult:
+    """:func:`soft_weight_sharing`; with ``fitted``, the retraining of an earlier call on the
+    same data whose settings differed only in :data:`AFTER_RETRAINING` (not retrained again)."""
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     x_train, y_train, x_test, y_test = _unpack_data(data)
@@ -1247,9 +1349,10 @@ def soft_weight_sharing(
     acc_pretrained = _scores(
         pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
     ).accuracy
-    fitted = _retrain(
-        pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress, groups
-    )
+    if fitted is None:
+        fitted = _retrain(
+            pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress, groups
+        )
     result = compress_result(
         fitted,
         x_test,

@@ -14,7 +14,7 @@ units can be so permuted or removed.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..validation import check_int, check_real, check_seed
 from ..zoo.nets import ACTIVATIONS, same_memory_format
 
 __all__ = [
     "DeadUnitRemoval",
     "HiddenUnits",
+    "UnitPruning",
     "hidden_unit_layers",
     "permute_units",
+    "prune_units",
     "remove_dead_units",
 ]
 
@@ -365,3 +368,273 @@ def permute_units(net: nn.Module, orders: Mapping[str, torch.Tensor | Sequence[i
             if pair.name in checked:
                 _keep_units(pair, checked[pair.name].to(pair.producer.weight.device))
     return out
+
+
+# --------------------------------------------------------------------------- unit pruning
+@dataclass(frozen=True)
+class UnitPruning:
+    """What :func:`prune_units` returns.
+
+    Attributes
+    ----------
+    net : nn.Sequential
+        A copy of the network in which every pruned unit is read by nobody: the
+        weights that read it are 0 and its mean contribution is in the reading
+        layer's bias. :func:`remove_dead_units` (``remove_dead_units=True`` in the
+        pipeline) then removes the unit with its own weights.
+    pruned : dict of str to torch.Tensor
+        Per producing module (``"5"``), the indices of its pruned units, ascending.
+    saliency : dict of str to torch.Tensor
+        Per producing module, the increase of the mean loss on the points scored
+        when that unit alone is replaced by its mean (negative: the loss falls).
+    zeroed : dict of str to torch.Tensor
+        Per reading weight (``"7.weight"``), a boolean mask of the weights set to 0.
+    loss_before, loss_after : float
+        Mean loss on the points scored, of the input network and of ``net``.
+    """
+
+    net: nn.Sequential
+    pruned: dict[str, torch.Tensor]
+    saliency: dict[str, torch.Tensor]
+    zeroed: dict[str, torch.Tensor]
+    loss_before: float
+    loss_after: float
+
+    @property
+    def num_pruned(self) -> int:
+        return sum(int(units.numel()) for units in self.pruned.values())
+
+
+def _reading_means(pair: _UnitPair, inputs: torch.Tensor) -> torch.Tensor:
+    """Sum over points (and positions) of what the consumer reads: per column of a dense
+    consumer, per channel of a convolution."""
+    if isinstance(pair.consumer, nn.Linear):
+        return inputs.flatten(1).double().sum(0)
+    return inputs.double().sum((0, 2, 3)) / (inputs.shape[2] * inputs.shape[3])
+
+
+def _reading_shift(pair: _UnitPair, units: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """What the consumer's output gains from ``units`` held at their ``means``: its bias shift."""
+    w = pair.consumer.weight
+    if isinstance(pair.consumer, nn.Linear):
+        columns = pair.consumer_columns(units)
+        return w[:, columns] @ means[columns].to(w.dtype)
+    return (w[:, units].sum((2, 3)) * means[units].to(w.dtype)).sum(1)
+
+
+def _unit_delta(pair: _UnitPair, unit: int, inputs: torch.Tensor, means: torch.Tensor):
+    """The change of the consumer's output on ``inputs`` when ``unit`` reads as its mean."""
+    w = pair.consumer.weight
+    if isinstance(pair.consumer, nn.Linear):
+        columns = pair.consumer_columns(torch.tensor([unit], device=w.device))
+        gap = means[columns].to(inputs.dtype) - inputs.flatten(1)[:, columns]
+        return gap @ w[:, columns].T
+    conv = pair.consumer
+    assert isinstance(conv, nn.Conv2d)  # a paired consumer is dense or a convolution
+    gap = means[unit].to(inputs.dtype) - inputs[:, unit : unit + 1]
+    return nn.functional.conv2d(
+        gap, w[:, unit : unit + 1], stride=conv.stride, dilation=conv.dilation
+    )
+
+
+def _hold_at_means(pairs: Sequence[_UnitPair], chosen: Mapping[str, torch.Tensor], means) -> None:
+    """In place: each chosen unit read by nobody, its mean folded into the consumer's bias."""
+    with torch.no_grad():
+        for pair in pairs:
+            units = chosen.get(pair.name)
+            if units is None or units.numel() == 0:
+                continue
+            bias = pair.consumer.bias
+            assert bias is not None  # only pairs that can_fold() are pruned
+            bias += _reading_shift(pair, units, means[pair.name])
+            pair.consumer.weight[:, pair.consumer_columns(units)] = 0.0
+
+
+def prune_units(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_loss_increase: float,
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
+    layers: Sequence[str] | None = None,
+    num_points: int | None = None,
+    batch_size: int = 1_000,
+    seed: int = 0,
+) -> UnitPruning:
+    """Prune whole hidden units whose loss is small, each replaced by its mean output.
+
+    A sparse layer of a network compressed by soft weight-sharing keeps many hidden
+    units alive on one or two surviving weights; each costs its bias, the weights
+    that read it and, in the sparse layout, the fillers of a whole row. Replacing
+    unit :math:`j`'s output by its mean :math:`\\bar h_j` over the training points
+    ("mean replacement": the reading weights set to 0, :math:`W_{:,j}\\bar h_j`
+    added to the reading layer's bias) leaves a unit nobody reads, which
+    :func:`remove_dead_units` removes exactly.
+
+    Every unit of the chosen layers is scored alone: the increase of the mean
+    ``loss`` over the training points (or a seeded random subset of ``num_points``) when it
+    alone is replaced. Units are then taken in order of increasing score, and the
+    longest such prefix whose joint replacement raises the mean loss by at most
+    ``max_loss_increase`` (found by bisection over the prefix length, each
+    candidate scored jointly) is pruned; at least one unit of every layer stays.
+    The means are those of the input network.
+
+    Parameters
+    ----------
+    net : nn.Sequential
+        The network (deep-copied, never modified); its hidden-unit layers are those
+        of :func:`hidden_unit_layers` whose reading layer has a bias and no padding.
+    x, y : torch.Tensor
+        Training points and targets (never the validation or test set).
+    max_loss_increase : float
+        Mean loss (nats a point for cross-entropy) the pruning may add, >= 0;
+        ``0`` prunes only units whose joint removal does not raise it. Choose it
+        on a validation split.
+    loss : {"cross_entropy", "mse"} or callable
+        As :func:`bayes_sws.zoo.train`'s: a batch's mean loss.
+    layers : sequence of str, optional
+        Producing modules whose units may go (default: every prunable layer).
+    num_points : int, optional
+        Score a seeded random subset of this many points (default all: on Fashion-MNIST
+        LeNet-5 a subset of 10,000 ranked the units worse, pruning fewer for more
+        validation error).
+    batch_size, seed : int
+        Points a forward pass; seed of the subset.
+    """
+    from ..zoo.training import _resolve_loss  # the loss names train() accepts
+
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"prune_units needs an nn.Sequential network, got {type(net).__name__}")
+    check_real("max_loss_increase", max_loss_increase, low=0.0)
+    if num_points is not None:
+        num_points = check_int("num_points", num_points, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    seed = check_seed("seed", seed)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y):
+        raise ValueError(
+            "prune_units needs tensors x and y with the same number of points; got "
+            f"{type(x).__name__} of length {len(x)} and {type(y).__name__} of length {len(y)}"
+        )
+    loss_fn = _resolve_loss(loss, y)
+    out = copy.deepcopy(net)
+    pairs = _prunable_pairs(out, layers)
+    param = next(out.parameters())
+    if num_points is not None and len(x) > num_points:
+        subset = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        keep = subset[:num_points].sort().values
+        x, y = x[keep], y[keep]
+    x = x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
+    y = y.to(param.device)
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    training = out.training
+    out.eval()
+    with torch.no_grad():
+        saliency, means = _unit_saliency(out, pairs, batches, loss_fn)
+        before = _mean_loss(out, batches, loss_fn)
+        order = _pruning_order(pairs, saliency)
+
+        def pruned_by(k: int) -> tuple[nn.Sequential, dict[str, torch.Tensor]]:
+            chosen = _first_units(order[:k])
+            trial = copy.deepcopy(out)
+            _hold_at_means(_prunable_pairs(trial, [p.name for p in pairs]), chosen, means)
+            return trial, chosen
+
+        lo, hi = 0, len(order)
+        if _mean_loss(pruned_by(hi)[0], batches, loss_fn) - before > max_loss_increase:
+            while hi - lo > 1:  # loss(lo) within the budget, loss(hi) over it
+                mid = (lo + hi) // 2
+                within = _mean_loss(pruned_by(mid)[0], batches, loss_fn) - before
+                lo, hi = (mid, hi) if within <= max_loss_increase else (lo, mid)
+            hi = lo
+        final, chosen = pruned_by(hi)
+        after = _mean_loss(final, batches, loss_fn)
+    final.train(training)
+    zeroed = {}
+    final_pairs = {p.name: p for p in _prunable_pairs(final, [p.name for p in pairs])}
+    names = _module_names(final)
+    for name, units in chosen.items():
+        pair = final_pairs[name]
+        mask = torch.zeros(pair.consumer.weight.shape, dtype=torch.bool)
+        mask[:, pair.consumer_columns(units.cpu())] = True
+        zeroed[f"{names[id(pair.consumer)]}.weight"] = mask
+    return UnitPruning(
+        net=final,
+        pruned={p.name: chosen.get(p.name, torch.zeros(0, dtype=torch.long)) for p in pairs},
+        saliency={name: s.cpu() for name, s in saliency.items()},
+        zeroed=zeroed,
+        loss_before=before,
+        loss_after=after,
+    )
+
+
+def _prunable_pairs(net: nn.Sequential, layers: Sequence[str] | None) -> list[_UnitPair]:
+    """The unit pairs whose units :func:`prune_units` may hold at their means."""
+    pairs = {pair.name: pair for pair in _unit_pairs(net)}
+    if layers is None:
+        return [pair for pair in pairs.values() if pair.can_fold()]
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a sequence of module names, got the string {layers!r}")
+    wanted = list(layers)
+    unknown = [name for name in wanted if name not in pairs or not pairs[name].can_fold()]
+    if unknown:
+        usable = [name for name, pair in pairs.items() if pair.can_fold()]
+        raise ValueError(
+            f"prune_units: {unknown} are not layers whose units can be pruned (hidden units "
+            f"read by a layer with a bias and no padding); this network's are {usable}"
+        )
+    return [pairs[name] for name in wanted]
+
+
+def _consumer_position(net: nn.Sequential, pair: _UnitPair) -> int:
+    return next(i for i, module in enumerate(net) if module is pair.consumer)
+
+
+def _mean_loss(net: nn.Module, batches, loss_fn) -> float:
+    total = sum(float(loss_fn(net(xb), yb)) * len(xb) for xb, yb in batches)
+    return total / sum(len(xb) for xb, _ in batches)
+
+
+def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn):
+    """Per layer, each unit's loss increase when it alone reads as its mean; and the means."""
+    num = sum(len(xb) for xb, _ in batches)
+    means, saliency = {}, {}
+    for pair in pairs:
+        at = _consumer_position(net, pair)
+        head, tail = net[:at], net[at + 1 :]
+        sums = torch.stack([_reading_means(pair, head(xb)) for xb, _ in batches]).sum(0)
+        means[pair.name] = sums / num
+        units = int(pair.producer.weight.shape[0])
+        increase = torch.zeros(units, dtype=torch.float64)
+        for xb, yb in batches:
+            inputs = head(xb)
+            output = pair.consumer(inputs)
+            base = float(loss_fn(tail(output), yb))
+            for unit in range(units):
+                delta = _unit_delta(pair, unit, inputs, means[pair.name])
+                increase[unit] += (float(loss_fn(tail(output + delta), yb)) - base) * len(xb)
+        saliency[pair.name] = increase / num
+    return saliency, means
+
+
+def _pruning_order(pairs: Sequence[_UnitPair], saliency) -> list[tuple[str, int]]:
+    """Every prunable unit by increasing saliency, at most all but one of each layer."""
+    ranked = sorted(
+        (float(s), pair.name, unit)
+        for pair in pairs
+        for unit, s in enumerate(saliency[pair.name].tolist())
+    )
+    left = {pair.name: int(pair.producer.weight.shape[0]) - 1 for pair in pairs}
+    order = []
+    for _, name, unit in ranked:
+        if left[name] > 0:
+            left[name] -= 1
+            order.append((name, unit))
+    return order
+
+
+def _first_units(prefix: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    chosen: dict[str, list[int]] = {}
+    for name, unit in prefix:
+        chosen.setdefault(name, []).append(unit)
+    return {name: torch.tensor(sorted(units), dtype=torch.long) for name, units in chosen.items()}

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
-from .pipeline import CompressionResult, Recipe, soft_weight_sharing
+from .pipeline import AFTER_RETRAINING, CompressionResult, Recipe, _soft_weight_sharing
 
 __all__ = [
     "RateCalibration",
@@ -206,29 +206,59 @@ def _worker_start(threads: int, net: nn.Module, tuning: Dataset) -> None:
     _WORKER.update(net=net, tuning=tuning)
 
 
-def _worker_compress(call: dict[str, Any]) -> bytes:
+def _share_retraining(net: nn.Module, tuning: Dataset, calls: list[dict[str, Any]]):
+    """:func:`~bayes_sws.compress.pipeline.soft_weight_sharing` for calls that differ only in
+    settings that act after retraining: the first retrains, the others reuse its fit."""
+    first = _soft_weight_sharing(net, tuning, None, **calls[0])
+    return [first] + [_soft_weight_sharing(net, tuning, first.fit, **call) for call in calls[1:]]
+
+
+def _worker_compress(calls: list[dict[str, Any]]) -> bytes:
     # plain pickle: multiprocessing's own refuses the tensors in autograd graphs a result
     # keeps (e.g. the fit's guide), which need no sharing here, only their values
-    return pickle.dumps(soft_weight_sharing(_WORKER["net"], _WORKER["tuning"], **call))
+    return pickle.dumps(_share_retraining(_WORKER["net"], _WORKER["tuning"], calls))
+
+
+def _retraining_groups(calls: list[dict[str, Any]]) -> list[list[int]]:
+    """Indices of ``calls`` grouped by their retraining (the settings outside
+    :data:`~bayes_sws.compress.pipeline.AFTER_RETRAINING`), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        key = repr(sorted((k, v) for k, v in call.items() if k not in AFTER_RETRAINING))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def _compress_all(
     net: nn.Module, tuning: Dataset, calls: list[dict[str, Any]], jobs: int
 ) -> list[CompressionResult]:
-    """:func:`soft_weight_sharing` for every call, in order; ``jobs`` processes at a time."""
-    if jobs == 1 or len(calls) == 1:
-        return [soft_weight_sharing(net, tuning, **call) for call in calls]
+    """:func:`soft_weight_sharing` for every call, in order; ``jobs`` processes at a time.
+    Calls that differ only in what acts after retraining (unit pruning, fine-tuning, how
+    the network is stored) share one retraining."""
+    groups = _retraining_groups(calls)
+    results: list[Any] = [None] * len(calls)
+    if jobs == 1 or len(groups) == 1:
+        for group in groups:
+            for i, result in zip(group, _share_retraining(net, tuning, [calls[i] for i in group])):
+                results[i] = result
+        return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    quiet = [{**call, "progress": call.get("progress") is True} for call in calls]
+    quiet = [
+        [{**calls[i], "progress": calls[i].get("progress") is True} for i in group]
+        for group in groups
+    ]
     with ProcessPoolExecutor(
-        max_workers=min(jobs, len(calls)),
+        max_workers=min(jobs, len(groups)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_start,
         initargs=(torch.get_num_threads(), net, tuning),
     ) as pool:
-        return [pickle.loads(result) for result in pool.map(_worker_compress, quiet)]
+        for group, done in zip(groups, pool.map(_worker_compress, quiet)):
+            for i, result in zip(group, pickle.loads(done)):
+                results[i] = result
+    return results
 
 
 def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Trial:

@@ -1033,3 +1033,38 @@ def test_remove_dead_units_keeps_the_function_and_counts_against_the_full_net(di
     assert removed.storage.original_bits == 32 * sum(p.numel() for p in result.net.parameters())
     assert removed.storage.num_nonzero <= plain.num_nonzero
     assert removed.storage.total_bits <= plain.total_bits
+
+
+def test_prune_units_holds_units_at_their_means_before_fine_tuning(digits, compressed):
+    result, _ = compressed
+    train_data = (digits.x_train, digits.y_train)
+    with pytest.raises(ValueError, match="remove_dead_units=True"):
+        compress_result(
+            result.fit, digits.x_test, digits.y_test, prune_units=0.01, finetune_data=train_data
+        )
+    with pytest.raises(ValueError, match="finetune_data"):
+        compress_result(
+            result.fit, digits.x_test, digits.y_test, prune_units=0.01, remove_dead_units=True
+        )
+    plain = compress_result(result.fit, digits.x_test, digits.y_test, remove_dead_units=True)
+    pruned = compress_result(
+        result.fit,
+        digits.x_test,
+        digits.y_test,
+        prune_units=0.01,
+        remove_dead_units=True,
+        finetune_data=train_data,
+        finetune_epochs=2,
+    )
+    pruning = pruned.unit_pruning
+    assert pruning is not None and pruning.num_pruned > 0
+    assert pruned.config["units_pruned"] == {"0": pruning.num_pruned}
+    assert pruning.loss_after - pruning.loss_before <= 0.01
+    # the pruned units read by nobody, also after fine-tuning; and then removed
+    mask = pruning.zeroed["2.weight"]
+    assert torch.all(dict(pruned.net.named_parameters())["2.weight"].detach()[mask] == 0)
+    assert pruned.stored_net[0].weight.shape[0] <= 100 - pruning.num_pruned
+    assert pruned.test_accuracy_after == pytest.approx(
+        _numpy_accuracy(pruned.stored_net, digits.x_test, digits.y_test), abs=1e-12
+    )
+    assert plain.config["prune_units"] is None and "units_pruned" not in plain.config

@@ -240,6 +240,35 @@ def test_tuning_in_two_processes_equals_one_process(digits):
         tune_soft_weight_sharing(net, tuning, candidates, jobs=0, **common)
 
 
+def test_candidates_that_differ_only_after_retraining_share_one_retraining(digits):
+    """Unit pruning and fine-tuning act after retraining: candidates that differ only there
+    are scored on one retraining, in one process or two; each trial equals a separate
+    ``soft_weight_sharing`` call with its settings (the oracle: retraining is seeded)."""
+    from bayes_sws.compress.pipeline import soft_weight_sharing
+
+    tuning, _ = validation_split(digits, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=10, batch_size=64, progress=False)
+    candidates = [
+        {"prior_scale": 0.03},
+        {"prior_scale": 0.3},
+        {"prior_scale": 0.03, "prune_units": 0.02, "finetune_epochs": 1},
+    ]
+    common = {"num_steps": 30, "batch_size": 64, "progress": False, "remove_dead_units": True}
+    singles = [soft_weight_sharing(net, tuning, **common, **c) for c in candidates]
+    assert singles[2].unit_pruning is not None and singles[2].unit_pruning.num_pruned > 0
+    for jobs in (1, 2):
+        found = tune_soft_weight_sharing(net, tuning, candidates, jobs=jobs, **common)
+        if jobs == 1:
+            assert found.trials[2].result.fit is found.trials[0].result.fit
+            assert found.trials[1].result.fit is not found.trials[0].result.fit
+        for trial, single in zip(found.trials, singles, strict=True):
+            error = 1 - accuracy(single.stored_net, tuning.x_test, tuning.y_test)
+            assert trial.validation_error_after == pytest.approx(error, abs=1e-12)
+            assert trial.compression_rate == pytest.approx(single.compression_rate, rel=1e-12)
+
+
 def test_tuning_refuses_regression_and_empty_candidates(digits):
     net = torch.nn.Linear(64, 10)
     regression = dataclasses.replace(digits, num_classes=None)
