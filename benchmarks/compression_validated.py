@@ -161,7 +161,7 @@ def run_case(name: str, options: dict) -> dict:
     rows = []
     for groups, each in found.items():
         kind = "" if groups is None else " per-layer"
-        label = f"sws{kind} λ={each.chosen.settings['prior_scale']:g} (chosen on validation)"
+        label = f"sws{kind} {_setting_label(each.chosen.settings)} (chosen on validation)"
         chosen = each.chosen.result
         rows.append(_row(name, label, pre_acc, chosen.stored_net, final, chosen))
         _say_row(rows[-1])
@@ -205,6 +205,14 @@ def run_case(name: str, options: dict) -> dict:
     return out
 
 
+def _setting_label(settings: dict) -> str:
+    """``λ=0.095`` and, with unit pruning, ``λ=0.095, units pruned within 0.005``."""
+    label = f"λ={settings['prior_scale']:g}"
+    if settings.get("prune_units") is not None:
+        label += f", units pruned within {settings['prune_units']:g}"
+    return label
+
+
 def _say_row(row: dict) -> None:
     bench.say(
         f"{row['case']}: test set, {row['method']}: error "
@@ -216,7 +224,13 @@ def _say_row(row: dict) -> None:
 def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
     """λ chosen on validation for one kind of mixture (shared, or one per layer), and seconds."""
     grid = options.get("prior_scales") or case.recipe.grid
-    candidates = [{"prior_scale": s} for s in grid]
+    budgets = options.get("prune_units") or [None]
+    # a unit-pruning budget acts after retraining: each λ (and seed) is retrained once
+    candidates = [
+        {"prior_scale": s, **({} if b is None else {"prune_units": b})}
+        for s in grid
+        for b in budgets
+    ]
     kind = "shared mixture" if groups is None else "a mixture per layer"
     bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, grid))}")
     start = time.perf_counter()
@@ -263,7 +277,7 @@ def _validation_dc(name: str, net, tuning, case: bench.Case, options: dict, foun
     """Deep Compression matched to each λ trial and at Han's rates scaled, scored on validation."""
     runs = [
         (
-            f"matched λ={t.settings['prior_scale']:g}",
+            f"matched {_setting_label(t.settings)}",
             "dc-matched",
             *bench.matched_dc_settings({"layers": t.result.layers}),
         )
@@ -324,7 +338,7 @@ def trial_points(trials: list[dict], dc_trials: list[dict] = ()) -> list[dict]:
     sws = [
         {
             "family": "chosen" if t["chosen"] else "soft weight-sharing",
-            "label": f"λ={t['prior_scale']:g}",
+            "label": _setting_label(t.get("settings") or t),
             "rate": t["compression_rate"],
             "error": 100 * (t["validation_error_after"] - t["validation_error_before"]),
         }
@@ -414,7 +428,8 @@ def _trial_table(title: str, trials: list[dict], wall: float) -> list[str]:
     ]
     for t in trials:
         lines.append(
-            f"| {t['prior_scale']:g} | {100 * t['validation_error_before']:.2f} → "
+            f"| {_setting_label(t.get('settings') or t).removeprefix('λ=')} | "
+            f"{100 * t['validation_error_before']:.2f} → "
             f"{100 * t['validation_error_after']:.2f} | "
             f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
             f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
@@ -439,6 +454,16 @@ def _dc_trial_table(name: str, dc_trials: list[dict]) -> list[str]:
             f"{t['compression_rate']:.1f} |"
         )
     return lines
+
+
+def _budget(text: str) -> float | None:
+    """A ``--prune-units`` value: ``off`` (no pruning) or a budget >= 0."""
+    if text == "off":
+        return None
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a budget must be >= 0 or 'off', got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         metavar="λ",
         help="the λ grid to choose from (default: the case's recipe's, pipeline.RECIPES)",
+    )
+    parser.add_argument(
+        "--prune-units",
+        nargs="+",
+        type=_budget,
+        metavar="B",
+        help="also choose among unit-pruning budgets (prune_units: training loss a point the "
+        "pruning may add; 'off' for none), each scored on every λ's retraining",
     )
     parser.add_argument(
         "--epochs",

@@ -530,8 +530,7 @@ def prune_units(
     training = out.training
     out.eval()
     with torch.no_grad():
-        saliency, means = _unit_saliency(out, pairs, batches, loss_fn)
-        before = _mean_loss(out, batches, loss_fn)
+        saliency, means, first, cached = _unit_saliency(out, pairs, batches, loss_fn)
         order = _pruning_order(pairs, saliency)
 
         def pruned_by(k: int) -> tuple[nn.Sequential, dict[str, torch.Tensor]]:
@@ -540,15 +539,19 @@ def prune_units(
             _hold_at_means(_prunable_pairs(trial, [p.name for p in pairs]), chosen, means)
             return trial, chosen
 
+        def loss_of(trial: nn.Sequential) -> float:  # from the first reader on: what changes
+            return _mean_loss(trial[first:], cached, loss_fn)
+
+        before = loss_of(out)
         lo, hi = 0, len(order)
-        if _mean_loss(pruned_by(hi)[0], batches, loss_fn) - before > max_loss_increase:
+        if loss_of(pruned_by(hi)[0]) - before > max_loss_increase:
             while hi - lo > 1:  # loss(lo) within the budget, loss(hi) over it
                 mid = (lo + hi) // 2
-                within = _mean_loss(pruned_by(mid)[0], batches, loss_fn) - before
+                within = loss_of(pruned_by(mid)[0]) - before
                 lo, hi = (mid, hi) if within <= max_loss_increase else (lo, mid)
             hi = lo
         final, chosen = pruned_by(hi)
-        after = _mean_loss(final, batches, loss_fn)
+        after = loss_of(final)
     final.train(training)
     zeroed = {}
     final_pairs = {p.name: p for p in _prunable_pairs(final, [p.name for p in pairs])}
@@ -595,26 +598,54 @@ def _mean_loss(net: nn.Module, batches, loss_fn) -> float:
     return total / sum(len(xb) for xb, _ in batches)
 
 
+def _reader_inputs(net: nn.Sequential, pairs: Sequence[_UnitPair], x: torch.Tensor):
+    """What each pair's consumer reads on ``x``, by pair: one forward pass."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        pair.consumer.register_forward_pre_hook(
+            lambda _m, args, name=pair.name: seen.__setitem__(name, args[0])
+        )
+        for pair in pairs
+    ]
+    try:
+        net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn):
-    """Per layer, each unit's loss increase when it alone reads as its mean; and the means."""
+    """Per layer, each unit's loss increase when it alone reads as its mean; the means; and
+    the position of the first reader with what it reads on every batch (the part of the
+    network pruning leaves alone, computed once)."""
     num = sum(len(xb) for xb, _ in batches)
-    means, saliency = {}, {}
-    for pair in pairs:
-        at = _consumer_position(net, pair)
-        head, tail = net[:at], net[at + 1 :]
-        sums = torch.stack([_reading_means(pair, head(xb)) for xb, _ in batches]).sum(0)
-        means[pair.name] = sums / num
-        units = int(pair.producer.weight.shape[0])
-        increase = torch.zeros(units, dtype=torch.float64)
-        for xb, yb in batches:
-            inputs = head(xb)
-            output = pair.consumer(inputs)
+    sums: dict[str, torch.Tensor] = {}
+    for xb, _ in batches:
+        read = _reader_inputs(net, pairs, xb)
+        for pair in pairs:
+            total = _reading_means(pair, read[pair.name])
+            sums[pair.name] = total if pair.name not in sums else sums[pair.name] + total
+    means = {name: total / num for name, total in sums.items()}
+    first_pair = min(pairs, key=lambda pair: _consumer_position(net, pair))
+    first = _consumer_position(net, first_pair)
+    increase = {
+        p.name: torch.zeros(int(p.producer.weight.shape[0]), dtype=torch.float64) for p in pairs
+    }
+    cached = []
+    for xb, yb in batches:
+        read = _reader_inputs(net, pairs, xb)
+        cached.append((read[first_pair.name], yb))
+        for pair in pairs:
+            tail = net[_consumer_position(net, pair) + 1 :]
+            output = pair.consumer(read[pair.name])
             base = float(loss_fn(tail(output), yb))
-            for unit in range(units):
-                delta = _unit_delta(pair, unit, inputs, means[pair.name])
-                increase[unit] += (float(loss_fn(tail(output + delta), yb)) - base) * len(xb)
-        saliency[pair.name] = increase / num
-    return saliency, means
+            for unit in range(len(increase[pair.name])):
+                delta = _unit_delta(pair, unit, read[pair.name], means[pair.name])
+                loss = float(loss_fn(tail(output + delta), yb))
+                increase[pair.name][unit] += (loss - base) * len(xb)
+    saliency = {name: total / num for name, total in increase.items()}
+    return saliency, means, first, cached
 
 
 def _pruning_order(pairs: Sequence[_UnitPair], saliency) -> list[tuple[str, int]]:
