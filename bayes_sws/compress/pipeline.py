@@ -698,19 +698,25 @@ def _checked_inputs(
         raise ValueError(
             f"finetune_epochs={finetune_epochs} needs finetune_data=(x_train, y_train)"
         )
-    if prune is not None:
-        check_real("prune_units", prune, low=0.0)
-        if finetune_data is None:
-            raise ValueError(
-                f"prune_units={prune} scores the units on training data: give "
-                "finetune_data=(x_train, y_train)"
-            )
-        if not remove_dead:
-            raise ValueError(
-                f"prune_units={prune} leaves the pruned units unread, and only removing them "
-                "saves their bits: set remove_dead_units=True too"
-            )
+    check_prune_units(prune, remove_dead)
+    if prune is not None and finetune_data is None:
+        raise ValueError(
+            f"prune_units={prune} scores the units on training data: give "
+            "finetune_data=(x_train, y_train)"
+        )
     return x_test, y_test, finetune_epochs
+
+
+def check_prune_units(prune: Any, remove_dead: bool) -> None:
+    """``prune_units`` is ``None`` or a budget >= 0, and set only with ``remove_dead_units``."""
+    if prune is None:
+        return
+    check_real("prune_units", prune, low=0.0)
+    if not remove_dead:
+        raise ValueError(
+            f"prune_units={prune} leaves the pruned units unread, and only removing them "
+            "saves their bits: set remove_dead_units=True too (--remove-dead-units)"
+        )
 
 
 def _quantize_fit(

@@ -60,7 +60,7 @@ from torch import nn
 
 from .. import health
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..compress.pipeline import default_anneal_epochs, precision_anneal
+from ..compress.pipeline import check_prune_units, default_anneal_epochs, precision_anneal
 from ..core.likelihoods import Gaussian, Likelihood, MixtureDensity
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
@@ -1186,6 +1186,7 @@ def compress_run(
         raise TypeError(f"plots must be True or False, got {plots!r}")
     if device is not None:
         check_device(device, "--device")
+    check_prune_units(chosen.prune_units, chosen.remove_dead_units)
     with _complete_run(run_dir, "compress") as (run, config):
         return _compress_run(run, config, chosen, plots, device)
 
@@ -1209,7 +1210,9 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
         data.x_test,
         data.y_test,
         test_accuracy_pretrained=initial["metrics"].get("test_accuracy"),
-        finetune_data=(data.x_train, data.y_train) if chosen.finetune_epochs else None,
+        finetune_data=(data.x_train, data.y_train)
+        if chosen.finetune_epochs or chosen.prune_units is not None
+        else None,
         finetune_batch_size=config.batch_size or len(data.x_train),
         seed=config.seed,
         **compress_result_kwargs(chosen),

@@ -570,3 +570,30 @@ def test_diverging_fit_fails_in_one_line_under_either_policy(policy, named, tmp_
     config = json.loads((out / "config.json").read_text())
     assert config["on_nonfinite"] == policy[1]
     assert not (out / "metrics.json").exists()  # a failed run never looks complete
+
+
+def test_compress_with_unit_pruning_writes_the_pruned_network(map_run, digits, capsys):
+    code, _, err = run_cli(capsys, "compress", map_run, "--prune-units", "0.01", "--no-plots")
+    assert code == 2 and "--remove-dead-units" in err  # refused before anything is done
+    argv = ["--prune-units", "0.01", "--remove-dead-units", "--no-plots"]
+    code, _, err = run_cli(capsys, "compress", map_run, *argv)
+    assert code == 0, err
+    summary = json.loads((map_run / "compression.json").read_text())
+    # oracle: the library's compress_result called by hand with the run's data and settings
+    config = json.loads((map_run / "config.json").read_text())
+    by_hand = compress_result(
+        runs.load_result(map_run),
+        digits.x_test,
+        digits.y_test,
+        finetune_data=(digits.x_train, digits.y_train),
+        finetune_batch_size=config["batch_size"],
+        seed=config["seed"],
+        prune_units=0.01,
+        remove_dead_units=True,
+    )
+    assert by_hand.unit_pruning is not None and by_hand.unit_pruning.num_pruned > 0
+    assert summary["config"]["units_pruned"] == {"0": by_hand.unit_pruning.num_pruned}
+    assert summary["compression_rate"] == by_hand.compression_rate
+    assert summary["test_accuracy_after"] == by_hand.test_accuracy_after
+    net = load_compressed(map_run / "model.sws")
+    assert net[0].weight.shape[0] == by_hand.stored_net[0].weight.shape[0]
