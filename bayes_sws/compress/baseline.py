@@ -34,9 +34,11 @@ from torch import nn
 
 from ..validation import check_int
 from ..zoo.training import TrainResult, train
+from . import surgery
 from .codebook import finetune_codebook
 from .params import check_param_names
 from .storage import StorageReport, stored_network
+from .surgery import UnitPruning, check_prune_units
 
 if TYPE_CHECKING:
     from .pipeline import CompressionResult
@@ -72,6 +74,8 @@ class BaselineResult:
         Losses of the two fine-tuning stages (``None`` when given 0 epochs).
     storage : StorageReport
         :func:`~bayes_sws.compress.storage_report` of ``stored_net``.
+    unit_pruning : UnitPruning or None
+        With ``prune_units``: the hidden units held at their mean output after k-means.
     stored_net : nn.Module or None
         The network as stored and counted: ``net``, or ``net`` without its dead
         hidden units (``remove_dead_units=True``), its hidden units in the order that
@@ -88,6 +92,7 @@ class BaselineResult:
     share_training: TrainResult | None
     storage: StorageReport
     stored_net: nn.Module | None = None
+    unit_pruning: UnitPruning | None = None
 
 
 def _per_layer(value, names: Sequence[str], label: str) -> dict:
@@ -252,6 +257,7 @@ def deep_compression(
     progress: bool | None = None,
     position_coding: Literal["fixed", "rice"] = "fixed",
     reorder_units: bool = False,
+    prune_units: float | None = None,
 ) -> BaselineResult:
     """Prune, share weights by k-means, fine-tune the centroids; count the bits.
 
@@ -283,9 +289,15 @@ def deep_compression(
         (:func:`~bayes_sws.compress.remove_dead_units`), and its hidden units in the
         order that takes the fewest bits (:func:`~bayes_sws.compress.storage_unit_orders`),
         as soft weight-sharing's pipeline can; off by default.
+    prune_units : float, optional
+        After k-means, before the centroids are fine-tuned: hold the hidden units the
+        training loss needs least at their mean output, within this budget (nats a
+        point; :func:`~bayes_sws.compress.prune_units`, as soft weight-sharing's pipeline
+        can); needs ``remove_dead_units``. Default ``None``: off.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    check_prune_units(prune_units, remove_dead_units)
     names = check_param_names(net, param_names)
     clusters = _per_layer(num_clusters, names, "num_clusters")
     clusters = {
@@ -311,6 +323,13 @@ def deep_compression(
     # 1. prune and retrain with the mask held; 2. k-means weight sharing on the survivors
     prune_training = _masked_retraining(compressed, dev_masks, x, y, finetune_epochs, train_kwargs)
     assign, num_centroids = _kmeans_assignments(compressed, dev_masks, clusters, seed)
+    pruning = None
+    if prune_units is not None:  # on the shared network: the units it needs least go
+        finetune_codebook(compressed, assign, x, y, num_epochs=0)  # ties, trains nothing
+        pruning = surgery.prune_units(compressed, x, y, max_loss_increase=prune_units, loss=loss)
+        compressed = pruning.net
+        for name, zeroed in pruning.zeroed.items():  # the weights reading a pruned unit: 0
+            assign[name] = assign[name].masked_fill(zeroed.to(assign[name].device), -1)
     # 3. tie every kept weight to its centroid and fine-tune the centroids
     # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
     tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
@@ -335,6 +354,7 @@ def deep_compression(
         share_training=tuned.training,
         storage=storage,
         stored_net=stored,
+        unit_pruning=pruning,
     )
 
 

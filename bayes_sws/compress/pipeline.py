@@ -89,7 +89,7 @@ from ..zoo.training import accuracy, predict, rmse
 from .codebook import finetune_codebook
 from .quantize import QuantizeResult, quantize, quantize_groups
 from .storage import StorageReport, stored_network
-from .surgery import UnitPruning, prune_units
+from .surgery import UnitPruning, check_prune_units, prune_units
 
 __all__ = [
     "DEFAULT_PRECISION_PRIOR",
@@ -705,18 +705,6 @@ def _checked_inputs(
             "finetune_data=(x_train, y_train)"
         )
     return x_test, y_test, finetune_epochs
-
-
-def check_prune_units(prune: Any, remove_dead: bool) -> None:
-    """``prune_units`` is ``None`` or a budget >= 0, and set only with ``remove_dead_units``."""
-    if prune is None:
-        return
-    check_real("prune_units", prune, low=0.0)
-    if not remove_dead:
-        raise ValueError(
-            f"prune_units={prune} leaves the pruned units unread, and only removing them "
-            "saves their bits: set remove_dead_units=True too (--remove-dead-units)"
-        )
 
 
 def _quantize_fit(

@@ -571,6 +571,18 @@ def prune_units(
     )
 
 
+def check_prune_units(prune: Any, remove_dead: bool) -> None:
+    """``prune_units`` is ``None`` or a budget >= 0, and set only with ``remove_dead_units``."""
+    if prune is None:
+        return
+    check_real("prune_units", prune, low=0.0)
+    if not remove_dead:
+        raise ValueError(
+            f"prune_units={prune} leaves the pruned units unread, and only removing them "
+            "saves their bits: set remove_dead_units=True too (--remove-dead-units)"
+        )
+
+
 def _prunable_pairs(net: nn.Sequential, layers: Sequence[str] | None) -> list[_UnitPair]:
     """The unit pairs whose units :func:`prune_units` may hold at their means."""
     pairs = {pair.name: pair for pair in _unit_pairs(net)}

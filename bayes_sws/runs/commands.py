@@ -60,7 +60,8 @@ from torch import nn
 
 from .. import health
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..compress.pipeline import check_prune_units, default_anneal_epochs, precision_anneal
+from ..compress.pipeline import default_anneal_epochs, precision_anneal
+from ..compress.surgery import check_prune_units
 from ..core.likelihoods import Gaussian, Likelihood, MixtureDensity
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior

@@ -292,3 +292,33 @@ def test_finetune_codebook_rejects_bad_assignments():
         finetune_codebook(net, {"9.weight": assign["0.weight"]}, x, y, num_epochs=1)
     with pytest.raises(ValueError, match="num_epochs"):
         finetune_codebook(net, assign, x, y, num_epochs=-1)
+
+
+def test_unit_pruning_after_kmeans_is_prune_units_on_the_shared_network(digits, pretrained):
+    from bayes_sws.compress import prune_units
+
+    x_train, y_train, _, _ = digits
+    kwargs = {"prune_fraction": 0.8, "num_clusters": 8, "finetune_epochs": 2, "lr": 3e-3}
+    kwargs |= {"seed": 0, "remove_dead_units": True}
+    with pytest.raises(ValueError, match="remove_dead_units=True"):
+        deep_compression(
+            pretrained, x_train, y_train, **{**kwargs, "remove_dead_units": False}, prune_units=0.01
+        )
+    # oracle: prune_units by hand on the network k-means shared (no centroid epochs: only tied)
+    shared = deep_compression(pretrained, x_train, y_train, centroid_epochs=0, **kwargs)
+    by_hand = prune_units(shared.net, x_train, y_train, max_loss_increase=0.01)
+    pruned = deep_compression(
+        pretrained, x_train, y_train, centroid_epochs=0, prune_units=0.01, **kwargs
+    )
+    assert pruned.unit_pruning is not None and pruned.unit_pruning.num_pruned > 0
+    assert torch.equal(pruned.unit_pruning.pruned["0"], by_hand.pruned["0"])
+    for p, q in zip(pruned.net.parameters(), by_hand.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    # with centroid fine-tuning the weights that read a pruned unit stay 0, and the units go
+    tuned = deep_compression(
+        pretrained, x_train, y_train, centroid_epochs=2, prune_units=0.01, **kwargs
+    )
+    mask = tuned.unit_pruning.zeroed["2.weight"]
+    assert torch.all(tuned.net[2].weight.detach()[mask] == 0)
+    assert torch.all(tuned.assignments["2.weight"][mask] == -1)
+    assert tuned.stored_net[0].weight.shape[0] <= 64 - tuned.unit_pruning.num_pruned
