@@ -422,18 +422,41 @@ def _reading_shift(pair: _UnitPair, units: torch.Tensor, means: torch.Tensor) ->
     return (w[:, units].sum((2, 3)) * means[units].to(w.dtype)).sum(1)
 
 
-def _unit_delta(pair: _UnitPair, unit: int, inputs: torch.Tensor, means: torch.Tensor):
-    """The change of the consumer's output on ``inputs`` when ``unit`` reads as its mean."""
+def _units_delta(pair: _UnitPair, units: torch.Tensor, inputs: torch.Tensor, means: torch.Tensor):
+    """The change of the consumer's output on ``inputs`` when each of ``units`` alone reads as
+    its mean: shape ``(points, len(units), *output)``."""
     w = pair.consumer.weight
+    count = len(units)
     if isinstance(pair.consumer, nn.Linear):
-        columns = pair.consumer_columns(torch.tensor([unit], device=w.device))
+        columns = pair.consumer_columns(units)
         gap = means[columns].to(inputs.dtype) - inputs.flatten(1)[:, columns]
-        return gap @ w[:, columns].T
+        gap = gap.reshape(len(inputs), count, -1)
+        return torch.einsum("pun,oun->puo", gap, w[:, columns].reshape(w.shape[0], count, -1))
     conv = pair.consumer
     assert isinstance(conv, nn.Conv2d)  # a paired consumer is dense or a convolution
-    gap = means[unit].to(inputs.dtype) - inputs[:, unit : unit + 1]
-    return nn.functional.conv2d(
-        gap, w[:, unit : unit + 1], stride=conv.stride, dilation=conv.dilation
+    gap = means[units].to(inputs.dtype).reshape(1, -1, 1, 1) - inputs[:, units]
+    kernels = w[:, units].transpose(0, 1).reshape(count * w.shape[0], 1, *w.shape[2:])
+    delta = nn.functional.conv2d(
+        gap, kernels, stride=conv.stride, dilation=conv.dilation, groups=count
+    )
+    return delta.reshape(len(inputs), count, w.shape[0], *delta.shape[2:])
+
+
+def _per_unit_loss(loss: Any, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """``(outputs, y) -> (units,)``: the mean loss of each unit's outputs ``outputs[:, u]``;
+    cross-entropy in one call, any other loss a unit at a time."""
+    if loss == "cross_entropy":
+
+        def per_unit(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            points, units = outputs.shape[:2]
+            each = nn.functional.cross_entropy(
+                outputs.flatten(0, 1), y.repeat_interleave(units, dim=0), reduction="none"
+            )
+            return each.reshape(points, units, -1).mean((0, 2))
+
+        return per_unit
+    return lambda outputs, y: torch.stack(
+        [loss_fn(outputs[:, u], y) for u in range(outputs.shape[1])]
     )
 
 
@@ -530,7 +553,8 @@ def prune_units(
     training = out.training
     out.eval()
     with torch.no_grad():
-        saliency, means, first, cached = _unit_saliency(out, pairs, batches, loss_fn)
+        per_unit = _per_unit_loss(loss, loss_fn)
+        saliency, means, first, cached = _unit_saliency(out, pairs, batches, loss_fn, per_unit)
         order = _pruning_order(pairs, saliency)
 
         def pruned_by(k: int) -> tuple[nn.Sequential, dict[str, torch.Tensor]]:
@@ -553,22 +577,27 @@ def prune_units(
         final, chosen = pruned_by(hi)
         after = loss_of(final)
     final.train(training)
-    zeroed = {}
-    final_pairs = {p.name: p for p in _prunable_pairs(final, [p.name for p in pairs])}
-    names = _module_names(final)
-    for name, units in chosen.items():
-        pair = final_pairs[name]
-        mask = torch.zeros(pair.consumer.weight.shape, dtype=torch.bool)
-        mask[:, pair.consumer_columns(units.cpu())] = True
-        zeroed[f"{names[id(pair.consumer)]}.weight"] = mask
     return UnitPruning(
         net=final,
         pruned={p.name: chosen.get(p.name, torch.zeros(0, dtype=torch.long)) for p in pairs},
         saliency={name: s.cpu() for name, s in saliency.items()},
-        zeroed=zeroed,
+        zeroed=_zeroed(final, chosen),
         loss_before=before,
         loss_after=after,
     )
+
+
+def _zeroed(net: nn.Sequential, chosen: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per reading weight (``"7.weight"``), the mask of the weights that read a chosen unit."""
+    pairs = {pair.name: pair for pair in _unit_pairs(net)}
+    names = _module_names(net)
+    zeroed = {}
+    for name, units in chosen.items():
+        pair = pairs[name]
+        mask = torch.zeros(pair.consumer.weight.shape, dtype=torch.bool)
+        mask[:, pair.consumer_columns(units.cpu())] = True
+        zeroed[f"{names[id(pair.consumer)]}.weight"] = mask
+    return zeroed
 
 
 def check_prune_units(prune: Any, remove_dead: bool) -> None:
@@ -627,7 +656,7 @@ def _reader_inputs(net: nn.Sequential, pairs: Sequence[_UnitPair], x: torch.Tens
     return seen
 
 
-def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn):
+def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn, per_unit):
     """Per layer, each unit's loss increase when it alone reads as its mean; the means; and
     the position of the first reader with what it reads on every batch (the part of the
     network pruning leaves alone, computed once)."""
@@ -652,10 +681,17 @@ def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss
             tail = net[_consumer_position(net, pair) + 1 :]
             output = pair.consumer(read[pair.name])
             base = float(loss_fn(tail(output), yb))
-            for unit in range(len(increase[pair.name])):
-                delta = _unit_delta(pair, unit, read[pair.name], means[pair.name])
-                loss = float(loss_fn(tail(output + delta), yb))
-                increase[pair.name][unit] += (loss - base) * len(xb)
+            units = len(increase[pair.name])
+            chunk = max(1, (1 << 22) // (len(xb) * output[0].numel()))  # units scored at once
+            for start in range(0, units, chunk):
+                each = torch.arange(start, min(units, start + chunk), device=output.device)
+                varied = output.unsqueeze(1) + _units_delta(
+                    pair, each, read[pair.name], means[pair.name]
+                )
+                outputs = tail(varied.flatten(0, 1))
+                outputs = outputs.reshape(len(xb), len(each), *outputs.shape[1:])
+                losses = per_unit(outputs, yb).double().cpu()
+                increase[pair.name][start : start + len(each)] += (losses - base) * len(xb)
     saliency = {name: total / num for name, total in increase.items()}
     return saliency, means, first, cached
 
