@@ -290,10 +290,11 @@ def deep_compression(
         order that takes the fewest bits (:func:`~bayes_sws.compress.storage_unit_orders`),
         as soft weight-sharing's pipeline can; off by default.
     prune_units : float, optional
-        After k-means, before the centroids are fine-tuned: hold the hidden units the
-        training loss needs least at their mean output, within this budget (nats a
-        point; :func:`~bayes_sws.compress.prune_units`, as soft weight-sharing's pipeline
-        can); needs ``remove_dead_units``. Default ``None``: off.
+        After the centroids are fine-tuned: hold the hidden units the training loss
+        needs least at their mean output, within this budget (nats a point;
+        :func:`~bayes_sws.compress.prune_units`), then fine-tune the centroids again,
+        as soft weight-sharing's pipeline does; needs ``remove_dead_units``. Default
+        ``None``: off.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -323,16 +324,18 @@ def deep_compression(
     # 1. prune and retrain with the mask held; 2. k-means weight sharing on the survivors
     prune_training = _masked_retraining(compressed, dev_masks, x, y, finetune_epochs, train_kwargs)
     assign, num_centroids = _kmeans_assignments(compressed, dev_masks, clusters, seed)
+    # 3. tie every kept weight to its centroid and fine-tune the centroids
+    # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
+    tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
     pruning = None
-    if prune_units is not None:  # on the shared network: the units it needs least go
-        finetune_codebook(compressed, assign, x, y, num_epochs=0)  # ties, trains nothing
+    if prune_units is not None:  # as the pipeline: the units least needed go, then tune again
         pruning = surgery.prune_units(compressed, x, y, max_loss_increase=prune_units, loss=loss)
         compressed = pruning.net
         for name, zeroed in pruning.zeroed.items():  # the weights reading a pruned unit: 0
             assign[name] = assign[name].masked_fill(zeroed.to(assign[name].device), -1)
-    # 3. tie every kept weight to its centroid and fine-tune the centroids
-    # (Han et al., Eq. 3; the same step soft weight-sharing's pipeline uses)
-    tuned = finetune_codebook(compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs)
+        tuned = finetune_codebook(
+            compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs
+        )
     codebooks = {n: tuned.codebooks[n][: num_centroids[n]] for n in names}
     stored, storage = stored_network(
         compressed,

@@ -304,7 +304,7 @@ def test_unit_pruning_after_kmeans_is_prune_units_on_the_shared_network(digits, 
         deep_compression(
             pretrained, x_train, y_train, **{**kwargs, "remove_dead_units": False}, prune_units=0.01
         )
-    # oracle: prune_units by hand on the network k-means shared (no centroid epochs: only tied)
+    # oracle: prune_units by hand on the network k-means shared (no centroid epochs: tied only)
     shared = deep_compression(pretrained, x_train, y_train, centroid_epochs=0, **kwargs)
     by_hand = prune_units(shared.net, x_train, y_train, max_loss_increase=0.01)
     pruned = deep_compression(

@@ -1035,7 +1035,7 @@ def test_remove_dead_units_keeps_the_function_and_counts_against_the_full_net(di
     assert removed.storage.total_bits <= plain.total_bits
 
 
-def test_prune_units_holds_units_at_their_means_before_fine_tuning(digits, compressed):
+def test_prune_units_holds_units_at_their_means_and_fine_tunes_without_them(digits, compressed):
     result, _ = compressed
     train_data = (digits.x_train, digits.y_train)
     with pytest.raises(ValueError, match="remove_dead_units=True"):
