@@ -9,6 +9,10 @@ the smaller network against the full one's size.
 same function: each unit's weights and bias move with it, and the next layer
 reads it where it now is). :func:`hidden_unit_layers` lists the layers whose
 units can be so permuted or removed.
+
+:func:`prune_units` is not exact: it holds the hidden units the training loss needs
+least at their mean output (mean replacement), within a loss budget, so that
+:func:`remove_dead_units` can then remove them.
 """
 
 from __future__ import annotations
