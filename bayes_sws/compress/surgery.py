@@ -410,8 +410,8 @@ class UnitPruning:
 
 
 def _reading_means(pair: _UnitPair, inputs: torch.Tensor) -> torch.Tensor:
-    """Sum over points (and positions) of what the consumer reads: per column of a dense
-    consumer, per channel of a convolution."""
+    """Sum over points of what the consumer reads: per column of a dense consumer, per
+    channel (averaged over positions) of a convolution."""
     if isinstance(pair.consumer, nn.Linear):
         return inputs.flatten(1).double().sum(0)
     return inputs.double().sum((0, 2, 3)) / (inputs.shape[2] * inputs.shape[3])
@@ -556,6 +556,11 @@ def prune_units(
     batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     training = out.training
     out.eval()
+    if not pairs:  # nothing to prune: the network as it is
+        with torch.no_grad():
+            loss_now = _mean_loss(out, batches, loss_fn)
+        out.train(training)
+        return UnitPruning(out, {}, {}, {}, loss_now, loss_now)
     with torch.no_grad():
         per_unit = _per_unit_loss(loss, loss_fn)
         saliency, means, first, cached = _unit_saliency(out, pairs, batches, loss_fn, per_unit)

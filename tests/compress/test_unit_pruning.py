@@ -188,6 +188,15 @@ def test_a_subset_of_points_is_scored_when_asked():
     assert result.loss_before == pytest.approx(_loss(net, x[keep], y[keep]), rel=1e-12)
 
 
+def test_a_network_without_hidden_units_is_returned_as_it_is():
+    net = nn.Sequential(nn.Linear(8, 3)).double()
+    x, y = _data(net)
+    result = prune_units(net, x, y, max_loss_increase=1.0)
+    assert result.num_pruned == 0 and result.pruned == {} and result.zeroed == {}
+    assert result.loss_before == result.loss_after == pytest.approx(_loss(net, x, y), rel=1e-12)
+    assert torch.equal(result.net[0].weight, net[0].weight)
+
+
 def test_bad_input_is_refused_by_name():
     net = _convnet()
     x, y = _data(net)
