@@ -319,7 +319,10 @@ def tune_soft_weight_sharing(
         The first part of :func:`validation_split`: its test set is the validation set.
     candidates : sequence of dict
         Settings of :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` tried
-        in turn (e.g. ``{"prior_scale": 0.15}``), on top of ``settings``.
+        in turn (e.g. ``{"prior_scale": 0.15}``), on top of ``settings``. Candidates
+        that differ only in settings acting after retraining
+        (:data:`~bayes_sws.compress.pipeline.AFTER_RETRAINING`: ``prune_units``,
+        codebook fine-tuning, how the network is stored) share one retraining (per seed).
     max_error_increase : float
         Points of validation error a chosen setting may add (default 0.5).
     seeds : sequence of int, optional
