@@ -237,6 +237,14 @@ def _kmeans_assignments(
     return assign, num_centroids
 
 
+def _cluster_counts(num_clusters: int | Mapping[str, int], names: Sequence[str]) -> dict:
+    """Shared values per compressed parameter, each checked to be a positive integer."""
+    return {
+        name: check_int(f"num_clusters of {name!r}", k, low=1, noun="a positive integer")
+        for name, k in _per_layer(num_clusters, names, "num_clusters").items()
+    }
+
+
 def deep_compression(
     net: nn.Module,
     x: torch.Tensor,
@@ -300,11 +308,7 @@ def deep_compression(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     check_prune_units(prune_units, remove_dead_units)
     names = check_param_names(net, param_names)
-    clusters = _per_layer(num_clusters, names, "num_clusters")
-    clusters = {
-        name: check_int(f"num_clusters of {name!r}", k, low=1, noun="a positive integer")
-        for name, k in clusters.items()
-    }
+    clusters = _cluster_counts(num_clusters, names)
     centroid_epochs = finetune_epochs if centroid_epochs is None else centroid_epochs
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, low=0)
     centroid_epochs = check_int("centroid_epochs", centroid_epochs, low=0)
@@ -330,9 +334,7 @@ def deep_compression(
     pruning = None
     if prune_units is not None:  # as the pipeline: the units least needed go, then tune again
         pruning = surgery.prune_units(compressed, x, y, max_loss_increase=prune_units, loss=loss)
-        compressed = pruning.net
-        for name, zeroed in pruning.zeroed.items():  # the weights reading a pruned unit: 0
-            assign[name] = assign[name].masked_fill(zeroed.to(assign[name].device), -1)
+        compressed, assign = pruning.net, pruning.prune_assignments(assign)
         tuned = finetune_codebook(
             compressed, assign, x, y, num_epochs=centroid_epochs, **train_kwargs
         )

@@ -775,9 +775,8 @@ def _finetuned_copy(
     zero = model.prior.zero_component
     # per-layer cluster index: the merged component, pruned (-1) for the zero component
     assignments = {n: (a - 1 if zero else a) for n, a in quantized.assignments.items()}
-    for name, mask in ({} if pruning is None else pruning.zeroed).items():
-        if name in assignments:
-            assignments[name] = assignments[name].masked_fill(mask.to(assignments[name].device), -1)
+    if pruning is not None:
+        assignments = pruning.prune_assignments(assignments)
     finetune_codebook(
         tuned,
         assignments,

@@ -408,6 +408,16 @@ class UnitPruning:
     def num_pruned(self) -> int:
         return sum(int(units.numel()) for units in self.pruned.values())
 
+    def prune_assignments(self, assignments: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cluster assignments (``-1``: pruned, as :func:`~bayes_sws.compress.finetune_codebook`
+        reads them) with the weights that read a pruned unit pruned too, so that fine-tuning
+        keeps them at 0; parameters not in ``assignments`` are left out."""
+        out = dict(assignments)
+        for name, mask in self.zeroed.items():
+            if name in out:
+                out[name] = out[name].masked_fill(mask.to(out[name].device), -1)
+        return out
+
 
 def _reading_means(pair: _UnitPair, inputs: torch.Tensor) -> torch.Tensor:
     """Sum over points of what the consumer reads: per column of a dense consumer, per
@@ -682,12 +692,13 @@ def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss
     increase = {
         p.name: torch.zeros(int(p.producer.weight.shape[0]), dtype=torch.float64) for p in pairs
     }
+    tails = {pair.name: net[_consumer_position(net, pair) + 1 :] for pair in pairs}
     cached = []
     for xb, yb in batches:
         read = _reader_inputs(net, pairs, xb)
         cached.append((read[first_pair.name], yb))
         for pair in pairs:
-            tail = net[_consumer_position(net, pair) + 1 :]
+            tail = tails[pair.name]
             output = pair.consumer(read[pair.name])
             base = float(loss_fn(tail(output), yb))
             units = len(increase[pair.name])
