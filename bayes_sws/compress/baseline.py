@@ -354,7 +354,7 @@ def deep_compression(
         masks=masks,
         prune_fractions={n: float((~m).sum()) / m.numel() for n, m in masks.items()},
         codebooks=codebooks,
-        assignments={n: a.cpu() for n, a in assign.items()},
+        assignments={n: assign[n].cpu() for n in names},
         prune_training=prune_training,
         share_training=tuned.training,
         storage=storage,

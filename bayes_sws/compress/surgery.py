@@ -411,11 +411,19 @@ class UnitPruning:
     def prune_assignments(self, assignments: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cluster assignments (``-1``: pruned, as :func:`~bayes_sws.compress.finetune_codebook`
         reads them) with the weights that read a pruned unit pruned too, so that fine-tuning
-        keeps them at 0; parameters not in ``assignments`` are left out."""
+        keeps them at 0.
+
+        A reading weight not in ``assignments`` (a tensor left unquantised, ``keep_float``) is
+        added with every weight its own cluster: fine-tuning trains it as freely as before
+        (Adam is element-wise) but holds its zeroed weights at 0, so no pruned unit is read
+        again. Other parameters not in ``assignments`` are left out."""
         out = dict(assignments)
         for name, mask in self.zeroed.items():
             if name in out:
                 out[name] = out[name].masked_fill(mask.to(out[name].device), -1)
+            else:
+                own = torch.arange(mask.numel(), device=mask.device).reshape(mask.shape)
+                out[name] = own.masked_fill(mask, -1)
         return out
 
 

@@ -1068,3 +1068,31 @@ def test_prune_units_holds_units_at_their_means_and_fine_tunes_without_them(digi
         _numpy_accuracy(pruned.stored_net, digits.x_test, digits.y_test), abs=1e-12
     )
     assert plain.config["prune_units"] is None and "units_pruned" not in plain.config
+
+
+def test_prune_units_holds_zeroed_weights_of_a_tensor_left_unquantised(digits, compressed):
+    """The layer reading the pruned units kept in float (``keep_float``): fine-tuning trains
+    its weights, but the ones pruning zeroed stay 0, so the units stay unread and are removed."""
+    result, _ = compressed
+    pruned = compress_result(
+        result.fit,
+        digits.x_test,
+        digits.y_test,
+        keep_float=("2.weight",),
+        prune_units=0.01,
+        remove_dead_units=True,
+        finetune_data=(digits.x_train, digits.y_train),
+        finetune_epochs=2,
+    )
+    pruning = pruned.unit_pruning
+    assert pruning is not None and pruning.num_pruned > 0
+    mask = pruning.zeroed["2.weight"]
+    after = dict(pruned.net.named_parameters())["2.weight"].detach()
+    assert torch.all(after[mask] == 0)
+    # the other weights of the float tensor still train in the second fine-tuning
+    held = dict(pruning.net.named_parameters())["2.weight"].detach()
+    assert not torch.equal(after[~mask], held[~mask])
+    assert pruned.stored_net[0].weight.shape[0] <= 100 - pruning.num_pruned
+    assert pruned.test_accuracy_after == pytest.approx(
+        _numpy_accuracy(pruned.stored_net, digits.x_test, digits.y_test), abs=1e-12
+    )
