@@ -242,6 +242,7 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
         tuning,
         candidates,
         max_error_increase=MARGIN,
+        standard_errors=options.get("standard_errors") or 0.0,
         progress=options["progress"],
         jobs=options.get("jobs") or 1,
         **_settings(case),
@@ -326,6 +327,7 @@ def _trials(found: Tuning) -> list[dict]:
             "validation_error_before": t.validation_error_before,
             "validation_error_retrained": t.validation_error_retrained,
             "validation_error_after": t.validation_error_after,
+            "increase_se": t.increase_se,
             "compression_rate": t.compression_rate,
             "chosen": t is found.chosen,
         }
@@ -423,16 +425,19 @@ def _trial_table(title: str, trials: list[dict], wall: float) -> list[str]:
     """The markdown table of one tuning's validation trials."""
     lines = ["", f"Validation trials, {title} (tuning took {bench._time(wall)}):", ""]
     lines += [
-        "| λ | validation error % pretrained → after | Δ (points) | compression × | |",
-        "| ---: | ---: | ---: | ---: | --- |",
+        "| λ | validation error % pretrained → after | Δ (points) | standard error | "
+        "compression × | |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for t in trials:
+        se = t.get("increase_se")  # runs before the standard error was recorded: n/a
         lines.append(
             f"| {_setting_label(t.get('settings') or t).removeprefix('λ=')} | "
             f"{100 * t['validation_error_before']:.2f} → "
             f"{100 * t['validation_error_after']:.2f} | "
             f"{100 * (t['validation_error_after'] - t['validation_error_before']):+.2f} | "
-            f"{t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
+            + ("n/a" if se is None else f"{se:.2f}")
+            + f" | {t['compression_rate']:.1f} | {'**chosen**' if t['chosen'] else ''} |"
         )
     return lines
 
@@ -528,6 +533,14 @@ def main(argv: list[str] | None = None) -> int:
         "torch threads (the trials are those of --jobs 1)",
     )
     parser.add_argument(
+        "--standard-errors",
+        type=float,
+        default=0.0,
+        metavar="K",
+        help="choose the highest rate whose validation increase plus K paired standard errors "
+        "is within the margin (tune_soft_weight_sharing(standard_errors=K); default 0)",
+    )
+    parser.add_argument(
         "--tune-only",
         action="store_true",
         help="stop after the validation trials (print them; the test set is never read)",
@@ -535,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tune_only and (args.write or args.figures):
         parser.error("--tune-only writes no rows: drop --write and --figures")
+    if not args.standard_errors >= 0:
+        parser.error(f"--standard-errors must be >= 0, got {args.standard_errors}")
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive number of processes, got {args.jobs}")
     if args.epochs is not None and args.epochs < 1:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
+from ..zoo.training import predict
 from .pipeline import AFTER_RETRAINING, CompressionResult, Recipe, _soft_weight_sharing
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "Tuning",
     "calibrate_refit_scale",
     "choose_within_margin",
+    "paired_standard_error",
+    "point_errors",
     "tune_soft_weight_sharing",
     "validation_split",
 ]
@@ -97,6 +100,8 @@ class Trial:
     seeds, ``validation_error_retrained``, ``validation_error_after`` and
     ``compression_rate`` are their means, ``seed_errors_after`` and ``seed_rates`` each
     seed's (in the order of ``seeds``), and ``result`` is the first seed's compression.
+    ``increase_se`` is the standard error of the increase that the choice of validation
+    points alone makes (each point's change, paired).
     """
 
     settings: dict[str, Any]
@@ -107,11 +112,26 @@ class Trial:
     seed_errors_after: tuple[float, ...] = ()
     seed_rates: tuple[float, ...] = ()
     validation_error_retrained: float | None = None
+    #: the standard error of :attr:`increase` over the validation points, in points: the
+    #: paired one (:func:`paired_standard_error`), of each point's error after (the mean over
+    #: the seeds) minus before
+    increase_se: float | None = None
 
     @property
     def increase(self) -> float:
         """Validation error after compression minus before retraining, in points."""
         return 100.0 * (self.validation_error_after - self.validation_error_before)
+
+    def upper_increase(self, standard_errors: float) -> float:
+        """:attr:`increase` plus ``standard_errors`` times :attr:`increase_se` (points)."""
+        if not standard_errors:
+            return self.increase
+        if self.increase_se is None:
+            raise ValueError(
+                f"standard_errors={standard_errors} needs the trial's increase_se, which "
+                "tune_soft_weight_sharing records; this trial has none"
+            )
+        return self.increase + standard_errors * self.increase_se
 
     @property
     def retraining_increase(self) -> float | None:
@@ -128,7 +148,9 @@ class Tuning:
 
     ``chosen`` is the trial of highest compression rate within the margin, or, when
     no trial is within it, the one of smallest error increase (``within_margin``
-    then is False and the caller should say so).
+    then is False and the caller should say so). With ``standard_errors`` > 0 a trial is
+    within the margin when its increase plus that many standard errors is
+    (:meth:`Trial.upper_increase`).
     """
 
     trials: list[Trial]
@@ -139,6 +161,8 @@ class Tuning:
     num_train: int | None = None
     #: the settings every candidate shared (``tune_soft_weight_sharing``'s ``**settings``)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: standard errors of the increase added before comparing it with the margin
+    standard_errors: float = 0.0
 
     def recipe(self) -> Recipe:
         """The chosen setting as a :class:`~bayes_sws.compress.pipeline.Recipe`: its λ, the
@@ -164,9 +188,9 @@ class Tuning:
         """The trials as a Markdown table, the chosen one marked."""
         seeded = any(len(t.seed_errors_after) > 1 for t in self.trials)
         lines = [
-            "| settings | validation error % before → after | Δ (points) | Δ retrained, "
-            "unquantised | compression × | |" + (" Δ per seed |" if seeded else ""),
-            "| --- | ---: | ---: | ---: | ---: | --- |" + (" --- |" if seeded else ""),
+            "| settings | validation error % before → after | Δ (points) | standard error "
+            "| Δ retrained, unquantised | compression × | |" + (" Δ per seed |" if seeded else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |" + (" --- |" if seeded else ""),
         ]
         for trial in self.trials:
             shown = ", ".join(f"{k}={v}" for k, v in trial.settings.items())
@@ -174,10 +198,12 @@ class Tuning:
             per_seed = ", ".join(
                 f"{100 * (e - trial.validation_error_before):+.2f}" for e in trial.seed_errors_after
             )
-            retrained = trial.retraining_increase
+            retrained, se = trial.retraining_increase, trial.increase_se
             lines.append(
                 f"| {shown} | {100 * trial.validation_error_before:.2f} → "
                 f"{100 * trial.validation_error_after:.2f} | {trial.increase:+.2f} | "
+                + ("n/a" if se is None else f"{se:.2f}")
+                + " | "
                 + ("n/a" if retrained is None else f"{retrained:+.2f}")
                 + f" | {trial.compression_rate:.1f} | {mark} |"
                 + (f" {per_seed} |" if seeded else "")
@@ -261,8 +287,33 @@ def _compress_all(
     return results
 
 
-def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Trial:
-    """``candidate`` scored by the means over its retrainings ``results`` (one per seed)."""
+def point_errors(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per point, 1.0 where the largest of ``net``'s outputs is not the label ``y``, else 0.0
+    (float64, on the CPU)."""
+    dtype = next(net.parameters()).dtype
+    return (predict(net, x.to(dtype)).argmax(1).cpu() != y.cpu()).double()
+
+
+def _final(result: CompressionResult) -> nn.Module:
+    """The network the *after* scores were measured on (the stored one, when kept)."""
+    return result.stored_net if result.stored_net is not None else result.net
+
+
+def paired_standard_error(before: torch.Tensor, after: Sequence[torch.Tensor]) -> float:
+    """The standard error, in points, of the mean error increase from per-point errors
+    ``before`` to ``after`` (one per retraining seed, averaged per point): the sample
+    standard deviation of each point's change over the square root of the points."""
+    change = torch.stack(list(after)).mean(0) - before
+    if change.numel() < 2:
+        return math.nan
+    return 100.0 * float(change.std(correction=1)) / math.sqrt(change.numel())
+
+
+def _trial(
+    candidate: Mapping[str, Any], results: list[CompressionResult], se: float | None = None
+) -> Trial:
+    """``candidate`` scored by the means over its retrainings ``results`` (one per seed);
+    ``se`` the standard error of the increase."""
     # soft_weight_sharing measures the pretrained net on the same (validation) set
     before = results[0].test_accuracy_pretrained
     after = [r.test_accuracy_after for r in results]
@@ -281,6 +332,7 @@ def _trial(candidate: Mapping[str, Any], results: list[CompressionResult]) -> Tr
         errors,
         rates,
         sum(retrained_errors) / len(retrained_errors),
+        se,
     )
 
 
@@ -307,6 +359,7 @@ def tune_soft_weight_sharing(
     max_error_increase: float = 0.5,
     seeds: Sequence[int] | None = None,
     jobs: int = 1,
+    standard_errors: float = 0.0,
     **settings: Any,
 ) -> Tuning:
     """Compress ``net`` with each candidate setting; choose on the validation set.
@@ -338,6 +391,15 @@ def tune_soft_weight_sharing(
         as this one). Every retraining seeds itself, so the trials are those of
         ``jobs=1`` (tested). Default 1: all in this process. Progress bars are off
         in the worker processes unless ``progress=True``.
+    standard_errors : float
+        A candidate is within the margin when its validation increase plus this many
+        standard errors of it is (:func:`paired_standard_error` over the validation points,
+        :attr:`Trial.increase_se`). Default 0: the increase itself. The highest rate within
+        a margin is the largest of noisy estimates near the margin's edge, so it tends to
+        sit over it on new data; 1 asks the increase to be within the margin by one standard
+        error (an upper bound of about 84 % one-sided confidence), in the spirit of the
+        one-standard-error rule (Hastie, Tibshirani and Friedman, *The Elements of
+        Statistical Learning*, §7.10).
     **settings
         Passed to every :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` call.
 
@@ -353,18 +415,21 @@ def tune_soft_weight_sharing(
             "of validation_split for a classification data set"
         )
     margin = check_real("max_error_increase", max_error_increase, low=0.0)
+    spread = check_real("standard_errors", standard_errors, low=0.0)
     if not candidates:
         raise ValueError("tune_soft_weight_sharing needs at least one candidate setting")
     jobs = check_int("jobs", jobs, low=1)
     runs = _seed_settings(seeds, settings)
     calls = [{**each, **candidate} for candidate in candidates for each in runs]
     results = _compress_all(net, tuning, calls, jobs)
-    trials = [
-        _trial(candidate, results[i * len(runs) : (i + 1) * len(runs)])
-        for i, candidate in enumerate(candidates)
-    ]
+    before = point_errors(net, tuning.x_test, tuning.y_test)
+    trials = []
+    for i, candidate in enumerate(candidates):
+        seeded = results[i * len(runs) : (i + 1) * len(runs)]
+        after = [point_errors(_final(r), tuning.x_test, tuning.y_test) for r in seeded]
+        trials.append(_trial(candidate, seeded, paired_standard_error(before, after)))
     chosen, within = choose_within_margin(
-        trials, lambda t: t.increase, lambda t: t.compression_rate, margin
+        trials, lambda t: t.upper_increase(spread), lambda t: t.compression_rate, margin
     )
     return Tuning(
         trials,
@@ -373,6 +438,7 @@ def tune_soft_weight_sharing(
         within and math.isfinite(chosen.increase),
         num_train=tuning.num_train,
         settings=dict(settings),
+        standard_errors=spread,
     )
 
 

@@ -10,7 +10,9 @@ import copy
 import dataclasses
 import pickle
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from bayes_sws.compress.pipeline import RECIPES, Recipe, soft_weight_sharing
@@ -35,6 +37,20 @@ def _chosen_by_hand(trials, pre: float):
     if within:
         return max(within, key=lambda t: t.compression_rate), True
     return min(trials, key=lambda t: t.validation_error_after), False
+
+
+def _numpy_errors(net, x, y):
+    """Per point, 1.0 where a Linear/ReLU stack's largest output is not the label (numpy)."""
+    out = x.astype(np.float64)
+    for module in net:
+        if isinstance(module, torch.nn.Linear):
+            out = (
+                out @ module.weight.detach().double().numpy().T
+                + module.bias.detach().double().numpy()
+            )
+        else:
+            out = np.maximum(out, 0.0)
+    return (out.argmax(1) != y).astype(np.float64)
 
 
 def test_validation_split_carves_the_training_set_only(digits):
@@ -212,6 +228,44 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         assert trial.validation_error_before == pytest.approx(pre, abs=1e-12)
     assert found.chosen is _chosen_by_hand(found.trials, pre)[0]
     assert "Δ per seed" in found.table()
+    # the paired standard error of the increase, by numpy and scipy from each network's
+    # per-point errors; and the rule with one standard error, by hand
+    x, y = tuning.x_test.numpy(), tuning.y_test.numpy()
+    before = _numpy_errors(net, x, y)
+    ses = []
+    for candidate in candidates:
+        after = [
+            _numpy_errors(soft_weight_sharing(net, tuning, seed=s, **common, **candidate).net, x, y)
+            for s in (0, 1)
+        ]
+        ses.append(100 * scipy.stats.sem(np.mean(after, axis=0) - before))
+    # a margin that the highest-rate trial meets by its increase but not by one standard error
+    top = max(range(len(candidates)), key=lambda i: found.trials[i].compression_rate)
+    margin = found.trials[top].increase + ses[top] / 2
+    assert ses[top] > 0 and margin >= 0  # the setting this check needs
+    bounded = tune_soft_weight_sharing(
+        net,
+        tuning,
+        candidates,
+        seeds=[0, 1],
+        max_error_increase=margin,
+        standard_errors=1.0,
+        **common,
+    )
+    assert [t.increase_se for t in bounded.trials] == pytest.approx(ses, rel=1e-9)
+    assert [t.increase for t in bounded.trials] == pytest.approx([t.increase for t in found.trials])
+    within = [t for t, se in zip(bounded.trials, ses) if t.increase + se <= margin]
+    assert bounded.trials[top] not in within
+    if within:
+        assert bounded.within_margin and bounded.chosen is max(
+            within, key=lambda t: t.compression_rate
+        )
+    else:
+        assert not bounded.within_margin
+        bounds = [(t.increase + se, -t.compression_rate) for t, se in zip(bounded.trials, ses)]
+        assert bounded.chosen is bounded.trials[bounds.index(min(bounds))]
+    with pytest.raises(ValueError, match="standard_errors"):
+        tune_soft_weight_sharing(net, tuning, candidates, standard_errors=-1.0, **common)
     with pytest.raises(ValueError, match="not both"):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[0], seed=1, **common)
     with pytest.raises(ValueError, match="distinct"):
@@ -288,6 +342,7 @@ def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatc
             "prior_scale": 0.1,
             "validation_error_before": 0.1,
             "validation_error_after": 0.102,
+            "increase_se": 0.125,
             "compression_rate": 50.0,
             "chosen": True,
         },
@@ -311,8 +366,8 @@ def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatc
     results = {"c": {"rows": [row], "trials": trials, "within_margin": True, "wall": 60.0}}
     text = validated.section(results, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "now")
     assert text.startswith(validated.SECTION)
-    assert "| 0.1 | 10.00 → 10.20 | +0.20 | 50.0 | **chosen** |" in text  # hand arithmetic
-    assert "| 0.3 | 10.00 → 11.20 | +1.20 | 90.0 |  |" in text
+    assert "| 0.1 | 10.00 → 10.20 | +0.20 | 0.12 | 50.0 | **chosen** |" in text  # by hand
+    assert "| 0.3 | 10.00 → 11.20 | +1.20 | n/a | 90.0 |  |" in text  # no standard error
     assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 | 65.0 |" in text
     assert "No λ stayed within" not in text
 
