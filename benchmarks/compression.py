@@ -323,10 +323,14 @@ def run_sws(
         "finetune_lr",
         "remove_dead_units",
         "reorder_units",
+        "prune_units",
+    )
+    pruned = (
+        {"units_pruned": result.config["units_pruned"]} if "units_pruned" in result.config else {}
     )
     return {
         "method": label,
-        "settings": {key: result.config[key] for key in shown},
+        "settings": {**{key: result.config[key] for key in shown}, **pruned},
         "accuracy_before": result.test_accuracy_before,
         "accuracy_quantized": result.test_accuracy_quantized,
         "accuracy_after": result.test_accuracy_after,
@@ -871,6 +875,9 @@ def tuning(row: dict) -> str:
         origin, matched = "**chosen on validation**", "matched to a row chosen on validation"
         if case.recipe.refit_prior_scale is not None:
             origin += f" (λ={case.recipe.prior_scale:g} there; refit at its {case.recipe.rate:g}×)"
+        budget = case.recipe.settings.get("prune_units")
+        if budget is not None:
+            origin += f"; units pruned within {budget:g} nats a point"
     else:
         origin, matched = "λ front, settings chosen on validation", "matched to a λ front row"
     if "layer_table" in row:
@@ -1318,6 +1325,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive number of processes, got {args.jobs}")
+    pruning = [
+        n
+        for n in names
+        if any(
+            {**kw, **overrides["sws"]}.get("prune_units") is not None
+            for kw in CASES[n].sws.values()
+        )
+    ]
+    if args.keep_dead_units and "sws" in args.methods and pruning:
+        parser.error(
+            f"--keep-dead-units: soft weight-sharing prunes hidden units in {pruning} "
+            "(prune_units), which removes them; drop --keep-dead-units, or add "
+            "--set sws.prune_units=null"
+        )
     if args.jobs > 1 and args.progress:
         parser.error("--progress needs --jobs 1 (bars of parallel rows would interleave)")
     options = {

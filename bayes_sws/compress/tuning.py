@@ -181,8 +181,26 @@ class Tuning:
             grid=tuple(sorted(tried)),
             num_train=self.num_train,
             settings={k: v for k, v in merged.items() if k not in ("seed", "seeds", "progress")},
-            rate=self.chosen.compression_rate,
+            rate=self._retraining_rate(),
         )
+
+    def _retraining_rate(self) -> float | None:
+        """The chosen trial's rate; where it prunes units (which acts after retraining), the
+        rate of the trial with its settings but no unit pruning (what a refit is calibrated
+        to, :attr:`Recipe.rate`), or ``None`` when there was none."""
+
+        def others(trial: Trial) -> dict[str, Any]:
+            return {k: v for k, v in trial.settings.items() if k != "prune_units"}
+
+        if {**self.settings, **self.chosen.settings}.get("prune_units") is None:
+            return self.chosen.compression_rate
+        unpruned = [
+            t
+            for t in self.trials
+            if {**self.settings, **t.settings}.get("prune_units") is None
+            and others(t) == others(self.chosen)
+        ]
+        return unpruned[0].compression_rate if unpruned else None
 
     def table(self) -> str:
         """The trials as a Markdown table, the chosen one marked."""
@@ -496,7 +514,8 @@ def calibrate_refit_scale(
     keep more weights at that trade-off (on Fashion-MNIST LeNet-300-100 the refit reached
     74.8× over three replicates where the split's retrainings gave 80.1× over three seeds).
     This refits ``net`` on ``data``'s training set at each λ of ``prior_scales`` in rising
-    order (``recipe.kwargs(λ, num_train=N)``, once per seed)
+    order (``recipe.kwargs(λ, num_train=N)``, once per seed, without unit pruning: like
+    ``recipe.rate``, the rate is what retraining prunes, ``prune_units`` acts after it)
     and stops at the first whose mean compression rate reaches ``target_rate`` (default the
     recipe's validated ``rate``). A rate needs only the training data: ``data``'s test set is
     never read (each refit is scored on the first training images instead, a score nobody
@@ -545,7 +564,10 @@ def calibrate_refit_scale(
     )
     found = RateCalibration(target, data.num_train, tuple(r["seed"] for r in runs), {}, None)
     for scale in scales:
-        calls = [{**recipe.kwargs(scale, num_train=data.num_train), **run} for run in runs]
+        calls = [
+            {**recipe.kwargs(scale, num_train=data.num_train), "prune_units": None, **run}
+            for run in runs
+        ]
         found.rates[scale] = tuple(
             r.compression_rate for r in _compress_all(net, train_only, calls, jobs)
         )

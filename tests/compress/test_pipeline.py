@@ -656,6 +656,10 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
         + ["--keep-unit-order"]
         + ["--cache", str(tmp_path / "cache"), "--json", str(kept), "--set", "sws.num_epochs=1"]
     )
+    # a case whose recipe prunes units cannot keep them all: refused before anything runs
+    with pytest.raises(SystemExit):
+        bench.main(["--cases", "fashion-mnist/lenet-300-100", "--keep-dead-units"])
+    assert "prunes hidden units in ['fashion-mnist/lenet-300-100']" in capsys.readouterr().err
     kept_rows = json.loads(kept.read_text())["rows"]
     assert len(kept_rows) == len(labels)
     for row in kept_rows:

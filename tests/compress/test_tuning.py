@@ -154,6 +154,14 @@ def test_refit_calibration_reads_no_test_set_and_stops_at_the_first_rate_reached
         calibrate_refit_scale(net, wrong_width, recipe, [0.01])  # the recipe has no rate
     with pytest.raises(ValueError, match="together"):
         Recipe(0.01, (0.01,), 1000, {}, refit_prior_scale=0.02)
+    # a recipe that prunes units is calibrated on its retraining's rate, without the pruning
+    pruning = Recipe(0.01, (0.01,), 1000, {**recipe.settings, "remove_dead_units": True})
+    pruning = Recipe(0.01, (0.01,), 1000, {**pruning.settings, "prune_units": 0.05})
+    kwargs = {**pruning.kwargs(num_train=num), "seed": 0}
+    unpruned = soft_weight_sharing(net, digits, **{**kwargs, "prune_units": None})
+    assert soft_weight_sharing(net, digits, **kwargs).compression_rate > unpruned.compression_rate
+    alone = calibrate_refit_scale(net, wrong_width, pruning, [0.01], target_rate=1e9)
+    assert alone.rates[0.01] == pytest.approx((unpruned.compression_rate,), rel=1e-12)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])
@@ -321,6 +329,18 @@ def test_candidates_that_differ_only_after_retraining_share_one_retraining(digit
             error = 1 - accuracy(single.stored_net, tuning.x_test, tuning.y_test)
             assert trial.validation_error_after == pytest.approx(error, abs=1e-12)
             assert trial.compression_rate == pytest.approx(single.compression_rate, rel=1e-12)
+    # a recipe that prunes units records the rate of its retraining without the pruning (what
+    # a refit is calibrated to): the trial with the same settings and no pruning, else none
+    chosen = dataclasses.replace(found, chosen=found.trials[2])
+    assert chosen.recipe().settings["prune_units"] == 0.02
+    assert chosen.recipe().rate is None  # trial 0 lacks its fine-tuning epoch
+    twin = dataclasses.replace(
+        found.trials[1], settings={"prior_scale": 0.03, "prune_units": None, "finetune_epochs": 1}
+    )
+    assert dataclasses.replace(chosen, trials=[*found.trials, twin]).recipe().rate == (
+        twin.compression_rate
+    )
+    assert found.trials[1].compression_rate != found.trials[2].compression_rate
 
 
 def test_tuning_refuses_regression_and_empty_candidates(digits):
