@@ -171,7 +171,7 @@ def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
     text = validated.section({"c": result}, "cmd", {"validation": 0.1, "seed": 0, "threads": 1}, "")
     assert "Validation trials, c (tuning took" in text
     assert "Validation trials, c, per-layer (tuning took" in text
-    assert "| 0.3 | 10.00 → 10.40 | +0.40 | 60.0 | **chosen** |" in text
+    assert "| 0.3 | 10.00 → 10.40 | +0.40 | n/a | 60.0 | **chosen** |" in text
     assert "sws per-layer λ=0.3" in text
 
 

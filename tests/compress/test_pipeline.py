@@ -452,8 +452,10 @@ def test_benchmark_summary_labels_rows_chosen_on_validation():
     text = bench.summary(rows, "python benchmarks/compression.py", 1, "today")
     labels = [line.rsplit("|", 2)[1].strip() for line in text.splitlines() if case in line]
     assert labels == [
-        # its recipe refits at a calibrated λ: the validated λ and rate said beside it
-        "**chosen on validation** (λ=0.085 there; refit at its 80.1×)",
+        # its recipe refits at a calibrated λ: the validated λ and rate said beside it, and
+        # the budget of its unit pruning
+        "**chosen on validation** (λ=0.085 there; refit at its 80.1×); units pruned within "
+        "0.01 nats a point",
         "λ front, settings chosen on validation",
         "matched to a row chosen on validation",
         "matched to a λ front row",
