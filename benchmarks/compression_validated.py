@@ -224,12 +224,13 @@ def _say_row(row: dict) -> None:
 def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str | None):
     """λ chosen on validation for one kind of mixture (shared, or one per layer), and seconds."""
     grid = options.get("prior_scales") or case.recipe.grid
-    budgets = options.get("prune_units") or [None]
-    # a unit-pruning budget acts after retraining: each λ (and seed) is retrained once
+    # a unit-pruning budget acts after retraining: each λ (and seed) is retrained once. Given
+    # budgets replace the recipe's, "off" (None) included; without them the recipe's applies
+    budgets = options.get("prune_units")
     candidates = [
-        {"prior_scale": s, **({} if b is None else {"prune_units": b})}
+        {"prior_scale": s, **({} if budgets is None else {"prune_units": b})}
         for s in grid
-        for b in budgets
+        for b in budgets or [None]
     ]
     kind = "shared mixture" if groups is None else "a mixture per layer"
     bench.say(f"{name}: soft weight-sharing ({kind}) at λ = {', '.join(map(str, grid))}")

@@ -238,3 +238,32 @@ def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp
         assert 0.0 <= trial[key] <= 1.0, key  # finite: scored on the validation split
     with pytest.raises(SystemExit):
         validated.main(["--tune-only", "--write"])
+
+
+def test_validated_benchmark_budget_off_overrides_the_recipes_budget(monkeypatch):
+    """``--prune-units off 0.01`` on a case whose recipe prunes units: "off" is a candidate
+    without unit pruning (it overrides the recipe's budget), not the recipe's budget again;
+    without ``--prune-units`` every candidate keeps the recipe's."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression as bench
+    import compression_validated as validated
+
+    seen = []
+
+    class Found:
+        def table(self):
+            return ""
+
+    def fake(net, tuning, candidates, **settings):
+        seen.append([{**settings, **c}.get("prune_units") for c in candidates])
+        return Found()
+
+    monkeypatch.setattr(validated, "tune_soft_weight_sharing", fake)
+    name = "fashion-mnist/lenet-300-100"
+    case = bench.CASES[name]
+    recipe_budget = case.recipe.settings["prune_units"]
+    options = {"prior_scales": [0.085], "progress": False, "seed": 0}
+    validated._tune(name, None, None, case, {**options, "prune_units": [None, 0.02]}, None)
+    validated._tune(name, None, None, case, options, None)
+    assert seen == [[None, 0.02], [recipe_budget]]
