@@ -235,9 +235,10 @@ class Recipe:
 #: chosen at the recipe's λ over off, 0.005, 0.01 and 0.02 by the rule with one paired standard
 #: error of the validation increase, ``tune_soft_weight_sharing(standard_errors=1)``: the rule
 #: without it took 0.02 on both networks, and those read 0.4-0.5 points worse on test than on
-#: validation; BENCHMARKS.md). LeNet-300-100: 0.01, 96.3x at -0.00 +- 0.31 on validation (0.02:
-#: 97.9x at +0.33 +- 0.31). LeNet-5: 0.005, 128.4x at +0.10 +- 0.32 (0.01: 133.9x at
-#: +0.21 +- 0.33). ``rate`` stays the retraining's, what the refit is calibrated to.
+#: validation; BENCHMARKS.md). With the greedy search: LeNet-300-100 0.01, 98.7x at +0.07 +- 0.31
+#: on validation (0.02: 102.1x at +0.35 +- 0.31); LeNet-5 0.005, 128.4x at +0.10 +- 0.32 (0.01:
+#: 134.0x at +0.23 +- 0.32); the prefix search it replaced took the same budgets. ``rate``
+#: stays the retraining's, what the refit is calibrated to.
 #: Use one as ``soft_weight_sharing(net, data, **RECIPES[name].kwargs(num_train=N))``.
 _ANNEAL = {  # Fashion-MNIST: retrain under the anneal from a broad slab to tight shared values
     "precision_prior": SLAB_PRECISION_PRIOR,
