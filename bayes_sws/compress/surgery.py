@@ -587,7 +587,9 @@ def prune_units(
         return UnitPruning(out, {}, {}, {}, loss_now, loss_now)
     with torch.no_grad():
         per_unit = _per_unit_loss(loss, loss_fn)
-        saliency, means, first, cached = _unit_saliency(out, pairs, batches, loss_fn, per_unit)
+        saliency, means, cached = _unit_saliency(out, pairs, batches, loss_fn, per_unit)
+        position = {pair.name: _consumer_position(out, pair) for pair in pairs}
+        first = min(position, key=position.__getitem__)
         order = _pruning_order(pairs, saliency)
 
         def pruned_by(units: Sequence[tuple[str, int]]):
@@ -596,18 +598,22 @@ def prune_units(
             _hold_at_means(_prunable_pairs(trial, [p.name for p in pairs]), chosen, means)
             return trial, chosen
 
-        def loss_of(trial: nn.Sequential) -> float:  # from the first reader on: what changes
-            return _mean_loss(trial[first:], cached, loss_fn)
+        def loss_of(trial: nn.Sequential, start: str = first) -> float:
+            """From the reader of ``start``'s units on (the layers before it are unchanged),
+            on what the input network gives it."""
+            return _mean_loss(trial[position[start] :], cached[start], loss_fn)
 
-        before = loss_of(out)
+        unchanged = {name: loss_of(out, name) for name in position}
+
+        def increase(units: list[tuple[str, int]]) -> float:
+            start = min((name for name, _ in units), key=position.__getitem__, default=first)
+            return loss_of(pruned_by(units)[0], start) - unchanged[start]
+
         held = _greedy_units(
-            order,
-            lambda unit: float(saliency[unit[0]][unit[1]]),
-            lambda units: loss_of(pruned_by(units)[0]) - before,
-            max_loss_increase,
+            order, lambda unit: float(saliency[unit[0]][unit[1]]), increase, max_loss_increase
         )
         final, chosen = pruned_by(held)
-        after = loss_of(final)
+        before, after = unchanged[first], loss_of(final)
     final.train(training)
     return UnitPruning(
         net=final,
@@ -690,8 +696,8 @@ def _reader_inputs(net: nn.Sequential, pairs: Sequence[_UnitPair], x: torch.Tens
 
 def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn, per_unit):
     """Per layer, each unit's loss increase when it alone reads as its mean; the means; and
-    the position of the first reader with what it reads on every batch (the part of the
-    network pruning leaves alone, computed once)."""
+    per layer what its reader reads on every batch (the part of the network that holding
+    that layer's units leaves alone, computed once)."""
     num = sum(len(xb) for xb, _ in batches)
     sums: dict[str, torch.Tensor] = {}
     for xb, _ in batches:
@@ -700,16 +706,15 @@ def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss
             total = _reading_means(pair, read[pair.name])
             sums[pair.name] = total if pair.name not in sums else sums[pair.name] + total
     means = {name: total / num for name, total in sums.items()}
-    first_pair = min(pairs, key=lambda pair: _consumer_position(net, pair))
-    first = _consumer_position(net, first_pair)
     increase = {
         p.name: torch.zeros(int(p.producer.weight.shape[0]), dtype=torch.float64) for p in pairs
     }
     tails = {pair.name: net[_consumer_position(net, pair) + 1 :] for pair in pairs}
-    cached = []
+    cached: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {pair.name: [] for pair in pairs}
     for xb, yb in batches:
         read = _reader_inputs(net, pairs, xb)
-        cached.append((read[first_pair.name], yb))
+        for pair in pairs:
+            cached[pair.name].append((read[pair.name], yb))
         for pair in pairs:
             tail = tails[pair.name]
             output = pair.consumer(read[pair.name])
@@ -726,7 +731,7 @@ def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss
                 losses = per_unit(outputs, yb).double().cpu()
                 increase[pair.name][start : start + len(each)] += (losses - base) * len(xb)
     saliency = {name: total / num for name, total in increase.items()}
-    return saliency, means, first, cached
+    return saliency, means, cached
 
 
 def _pruning_order(pairs: Sequence[_UnitPair], saliency) -> list[tuple[str, int]]:
