@@ -570,14 +570,7 @@ def prune_units(
     loss_fn = _resolve_loss(loss, y)
     out = copy.deepcopy(net)
     pairs = _prunable_pairs(out, layers)
-    param = next(out.parameters())
-    if num_points is not None and len(x) > num_points:
-        subset = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        keep = subset[:num_points].sort().values
-        x, y = x[keep], y[keep]
-    x = x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
-    y = y.to(param.device)
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    batches = _scored_batches(out, x, y, num_points, batch_size, seed)
     training = out.training
     out.eval()
     if not pairs:  # nothing to prune: the network as it is
@@ -623,6 +616,26 @@ def prune_units(
         loss_before=before,
         loss_after=after,
     )
+
+
+def _scored_batches(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_points: int | None,
+    batch_size: int,
+    seed: int,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The points :func:`prune_units` scores on (all, or a seeded random subset of
+    ``num_points`` in their order), on ``net``'s device and dtype, in batches."""
+    param = next(net.parameters())
+    if num_points is not None and len(x) > num_points:
+        subset = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        keep = subset[:num_points].sort().values
+        x, y = x[keep], y[keep]
+    x = x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
+    y = y.to(param.device)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def _zeroed(net: nn.Sequential, chosen: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
