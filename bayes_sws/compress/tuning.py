@@ -34,7 +34,7 @@ from torch import nn
 
 from ..validation import check_int, check_real, check_seed
 from ..zoo.data import Dataset
-from ..zoo.training import predict
+from ..zoo.training import correct
 from .pipeline import AFTER_RETRAINING, CompressionResult, Recipe, _soft_weight_sharing
 
 __all__ = [
@@ -309,7 +309,7 @@ def point_errors(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     """Per point, 1.0 where the largest of ``net``'s outputs is not the label ``y``, else 0.0
     (float64, on the CPU)."""
     dtype = next(net.parameters()).dtype
-    return (predict(net, x.to(dtype)).argmax(1).cpu() != y.cpu()).double()
+    return (~correct(net, x.to(dtype), y)).double()
 
 
 def _final(result: CompressionResult) -> nn.Module:

@@ -21,7 +21,16 @@ from ..optim import adam
 from ..settings import steps_per_epoch
 from ..validation import check_int, check_real, check_seed
 
-__all__ = ["LOSSES", "TrainResult", "accuracy", "predict", "rmse", "steps_per_epoch", "train"]
+__all__ = [
+    "LOSSES",
+    "TrainResult",
+    "accuracy",
+    "correct",
+    "predict",
+    "rmse",
+    "steps_per_epoch",
+    "train",
+]
 
 #: Loss names accepted by :func:`train`; both average over the mini-batch.
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
@@ -321,6 +330,14 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
     float
         Accuracy in ``[0, 1]``.
     """
+    return float(correct(net, x, y, batch_size).sum()) / y.shape[0]
+
+
+def correct(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Per example, whether its largest output is the true class (bool, on the CPU); the
+    arguments as :func:`accuracy`'s, which is their mean."""
     _check_data(x, y)
     if y.is_floating_point() or y.dim() != 1:
         raise ValueError(
@@ -332,8 +349,7 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
         raise ValueError(
             f"accuracy needs network outputs of shape (N, num_classes), got {tuple(logits.shape)}"
         )
-    correct = (logits.argmax(dim=1).cpu() == y.cpu()).sum()
-    return float(correct) / y.shape[0]
+    return logits.argmax(dim=1).cpu() == y.cpu()
 
 
 def rmse(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
