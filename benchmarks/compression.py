@@ -59,6 +59,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or imported by name
+
 from bayes_sws.compress.baseline import deep_compression
 from bayes_sws.compress.pipeline import RECIPES, Recipe, soft_weight_sharing
 from bayes_sws.compress.storage import storage_report, stored_network
@@ -238,6 +240,7 @@ def pretrained(
         "wall_time": time.perf_counter() - start,
         "test_accuracy": accuracy(net, data.x_test, data.y_test),
         "torch": torch.__version__,
+        "cpu": cpu_model(),
     }
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -630,7 +633,7 @@ def matched_dc_settings(sws_row: dict) -> tuple[dict, dict]:
 
 def machine_line(threads: int) -> str:
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible "
+        f"{cpu_model()}, {os.cpu_count()} CPU cores visible "
         f"(shared), {threads} torch thread(s), torch {torch.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
@@ -750,11 +753,27 @@ def layer_tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def pretrained_origin(info: dict) -> str:
+    """Whether a pretrained network was trained in this run or loaded, and where it was made.
+
+    A cache on a new machine holds nothing, so a run there pretrains afresh and its Δ errors
+    are measured from other networks than the previous run's: the table says which.
+    """
+    made = f"on {info['cpu']}" if "cpu" in info else "on a CPU the cache did not record"
+    made += f", torch {info['torch']}" if "torch" in info else ""
+    return (
+        f"loaded from the cache (trained {made})"
+        if info["cached"]
+        else f"trained in this run ({made})"
+    )
+
+
 def section(rows: list[dict], pretrain: dict, command: str, threads: int, total: float) -> str:
     pre_lines = [
         f"- {name}: pretrained {info['key']['pretrain']['num_epochs']} epochs (Adam, lr "
         f"{info['key']['pretrain']['lr']}, batch {info['key']['pretrain']['batch_size']}) in "
-        f"{_time(info['wall_time'])}, test error {100 * (1 - info['test_accuracy']):.2f} %"
+        f"{_time(info['wall_time'])}, test error {100 * (1 - info['test_accuracy']):.2f} %; "
+        f"{pretrained_origin(info)}"
         for name, info in pretrain.items()
     ]
     settings = []
@@ -899,16 +918,23 @@ def code_version() -> str:
     return f"{commit} with uncommitted changes" if dirty else commit
 
 
-def summary(rows: list[dict], command: str, threads: int, recorded: str) -> str:
+def summary(
+    rows: list[dict], command: str, threads: int, recorded: str, pretrain: dict | None = None
+) -> str:
     """The short table of BENCHMARKS.md's "Current figures", between the summary markers.
 
-    ``recorded`` says when and at which code the run was made (date, commit).
+    ``recorded`` says when and at which code the run was made (date, commit); ``pretrain``
+    (case name to :func:`pretrained`'s info) where each pretrained network came from.
     """
+    origins = "; ".join(
+        f"{name} {pretrained_origin(info)}" for name, info in (pretrain or {}).items()
+    )
     lines = [
         SUMMARY_START,
         f"Command: `{command}`  ",
         f"Run: {recorded}  ",
-        f"Machine: {machine_line(threads)}",
+        f"Machine: {machine_line(threads)}" + ("  " if origins else ""),
+        *([f"Pretrained networks: {origins}"] if origins else []),
         "",
         (
             "| case | method | error % pretrained → after | Δ error (points) | compression × "
@@ -1388,7 +1414,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section(path, section(rows, pretrain_info, command, args.threads, total))
         say("wrote the Compression section of BENCHMARKS.md")
         recorded = f"{time.strftime('%Y-%m-%d', time.gmtime())}, code at {version}"
-        if write_summary(path, summary(rows, command, args.threads, recorded)):
+        if write_summary(path, summary(rows, command, args.threads, recorded, pretrain_info)):
             say("wrote the compression table of BENCHMARKS.md's Current figures")
         else:
             say(f"note: no '{SUMMARY_START}' ... '{SUMMARY_END}' block in BENCHMARKS.md to update")

@@ -589,17 +589,10 @@ def plot(results: list[dict], path: Path) -> None:
 
 def machine_line(threads: int) -> str:
     import torch
+    from machine import cpu_model  # benchmarks/ is on sys.path: run as a script
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} CPU cores visible, "
+        f"{cpu_model()}, {os.cpu_count()} CPU cores visible, "
         f"{threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
     )
 

@@ -419,6 +419,28 @@ def test_benchmark_summary_labels_tuned_rows():
     assert rows == expected
 
 
+def test_benchmark_summary_says_where_each_pretrained_network_came_from():
+    """A run that pretrained a case afresh (an empty cache on a new machine) measures its Δ
+    from another network than the previous run: the summary names, per case, whether the
+    network was loaded or trained here, and the CPU and torch that trained it."""
+    bench = _benchmark_module()
+    pretrain = {
+        "fashion-mnist/lenet-5": {"cached": False, "cpu": "Intel Xeon X", "torch": "2.13.0"},
+        "digits/lenet-5": {"cached": True, "cpu": "AMD EPYC Y", "torch": "2.13.0"},
+        "digits/lenet-300-100": {"cached": True},  # cached before the CPU was recorded
+    }
+    text = bench.summary(_summary_rows(), "python benchmarks/compression.py", 1, "today", pretrain)
+    line = next(line for line in text.splitlines() if line.startswith("Pretrained networks:"))
+    assert line == (
+        "Pretrained networks: fashion-mnist/lenet-5 trained in this run (on Intel Xeon X, torch "
+        "2.13.0); digits/lenet-5 loaded from the cache (trained on AMD EPYC Y, torch 2.13.0); "
+        "digits/lenet-300-100 loaded from the cache (trained on a CPU the cache did not record)"
+    )
+    # the line before ends in two spaces: a Markdown line break, not one run-on line
+    lines = text.splitlines()
+    assert lines[lines.index(line) - 1].endswith("  ")
+
+
 def test_benchmark_case_refuses_a_grid_without_its_chosen_row():
     """The judged row must be run: a case whose rows leave out the recipe's (refit) λ is
     refused, naming that λ; every shipped case runs its chosen row."""
