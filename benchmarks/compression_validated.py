@@ -244,6 +244,7 @@ def _tune(name: str, net, tuning, case: bench.Case, options: dict, groups: str |
         candidates,
         max_error_increase=MARGIN,
         standard_errors=options.get("standard_errors") or 0.0,
+        target_rate=options.get("target_rate"),
         progress=options["progress"],
         jobs=options.get("jobs") or 1,
         **_settings(case),
@@ -393,6 +394,22 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def rule_text(options: dict) -> str:
+    """How the settings were chosen (``--standard-errors``, ``--target-rate``), in words."""
+    k = options.get("standard_errors") or 0
+    bound = f" plus {k:g} standard error{'' if k == 1 else 's'}" if k else ""
+    within = (
+        f"whose validation increase{bound} is within {MARGIN} points of the pretrained "
+        "validation error"
+    )
+    if options.get("target_rate"):
+        return (
+            f"Settings chosen as the least increase among those {within} and whose mean rate "
+            f"reaches {options['target_rate']:g}× (else the highest compression rate among them)"
+        )
+    return f"Settings chosen as the highest compression rate among those {within}"
+
+
 def section(results: dict[str, dict], command: str, options: dict, recorded: str) -> str:
     lines = [
         SECTION,
@@ -403,8 +420,7 @@ def section(results: dict[str, dict], command: str, options: dict, recorded: str
         "",
         f"{100 * options['validation']:g} % of the training set held out for validation "
         f"(seed {options['seed']}); every network here, pretrained and compressed, trained on "
-        f"the rest. λ chosen as the highest compression rate within {MARGIN} points of the "
-        "pretrained validation error; the test set was read once, for the rows below.",
+        f"the rest. {rule_text(options)}; the test set was read once, for the rows below.",
         "",
         *_table([row for result in results.values() for row in result["rows"]]),
     ]
@@ -542,6 +558,14 @@ def main(argv: list[str] | None = None) -> int:
         "is within the margin (tune_soft_weight_sharing(standard_errors=K); default 0)",
     )
     parser.add_argument(
+        "--target-rate",
+        type=float,
+        metavar="R",
+        help="choose the least validation increase (plus K standard errors) among the "
+        "settings within the margin whose mean rate reaches R×, e.g. a case's goal "
+        "(tune_soft_weight_sharing(target_rate=R)); default: the highest rate within the margin",
+    )
+    parser.add_argument(
         "--tune-only",
         action="store_true",
         help="stop after the validation trials (print them; the test set is never read)",
@@ -551,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tune-only writes no rows: drop --write and --figures")
     if not args.standard_errors >= 0:
         parser.error(f"--standard-errors must be >= 0, got {args.standard_errors}")
+    if args.target_rate is not None and not args.target_rate >= 1:
+        parser.error(f"--target-rate must be a compression rate ≥ 1 (×), got {args.target_rate}")
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive number of processes, got {args.jobs}")
     if args.epochs is not None and args.epochs < 1:

@@ -150,7 +150,8 @@ class Tuning:
     no trial is within it, the one of smallest error increase (``within_margin``
     then is False and the caller should say so). With ``standard_errors`` > 0 a trial is
     within the margin when its increase plus that many standard errors is
-    (:meth:`Trial.upper_increase`).
+    (:meth:`Trial.upper_increase`). With ``target_rate``, the trial of smallest increase
+    among those within the margin that reach it (:func:`choose_within_margin`).
     """
 
     trials: list[Trial]
@@ -163,6 +164,8 @@ class Tuning:
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: standard errors of the increase added before comparing it with the margin
     standard_errors: float = 0.0
+    #: the rate the least increase was sought at, when given (``tune_soft_weight_sharing``)
+    target_rate: float | None = None
 
     def recipe(self) -> Recipe:
         """The chosen setting as a :class:`~bayes_sws.compress.pipeline.Recipe`: its λ, the
@@ -359,14 +362,27 @@ def choose_within_margin(
     increase: Callable[[T], float],
     rate: Callable[[T], float],
     margin: float,
+    target_rate: float | None = None,
 ) -> tuple[T, bool]:
     """The selection rule: the highest ``rate`` among the candidates whose ``increase``
     (points of error) is within ``margin``, else the smallest increase (ties: the higher
-    rate); and whether any candidate was within."""
+    rate); and whether any candidate was within.
+
+    With ``target_rate``: among the candidates within the margin whose rate reaches it, the
+    smallest increase (ties: the higher rate); when none within reaches it, the rule above.
+    """
+
+    def least(candidate: T) -> tuple[float, float]:  # the smallest increase, then the higher rate
+        return increase(candidate), -rate(candidate)
+
     within = [c for c in candidates if increase(c) <= margin + 1e-9]
+    if target_rate is not None:
+        reaching = [c for c in within if rate(c) >= target_rate]
+        if reaching:
+            return min(reaching, key=least), True
     if within:
         return max(within, key=rate), True
-    return min(candidates, key=lambda c: (increase(c), -rate(c))), False
+    return min(candidates, key=least), False
 
 
 def tune_soft_weight_sharing(
@@ -378,6 +394,7 @@ def tune_soft_weight_sharing(
     seeds: Sequence[int] | None = None,
     jobs: int = 1,
     standard_errors: float = 0.0,
+    target_rate: float | None = None,
     **settings: Any,
 ) -> Tuning:
     """Compress ``net`` with each candidate setting; choose on the validation set.
@@ -418,6 +435,14 @@ def tune_soft_weight_sharing(
         error (an upper bound of about 84 % one-sided confidence), in the spirit of the
         one-standard-error rule (Hastie, Tibshirani and Friedman, *The Elements of
         Statistical Learning*, §7.10).
+    target_rate : float, optional
+        Compress to at least this rate as accurately as possible: among the candidates within
+        the margin whose mean compression rate reaches it, the one of smallest increase (plus
+        ``standard_errors`` standard errors; ties: the higher rate). Without it (the default),
+        or when no candidate within the margin reaches it, the highest rate within the
+        margin. The highest rate within a margin spends the whole margin on rate; a goal
+        stated as a rate *and* a margin ("≥ 80× within 0.5 points") is more likely met on
+        new data by the setting that reaches the rate with the least error.
     **settings
         Passed to every :func:`~bayes_sws.compress.pipeline.soft_weight_sharing` call.
 
@@ -434,6 +459,10 @@ def tune_soft_weight_sharing(
         )
     margin = check_real("max_error_increase", max_error_increase, low=0.0)
     spread = check_real("standard_errors", standard_errors, low=0.0)
+    if target_rate is not None:
+        target_rate = check_real(
+            "target_rate", target_rate, low=1.0, hint="a compression rate (×), e.g. 80"
+        )
     if not candidates:
         raise ValueError("tune_soft_weight_sharing needs at least one candidate setting")
     jobs = check_int("jobs", jobs, low=1)
@@ -447,7 +476,11 @@ def tune_soft_weight_sharing(
         after = [point_errors(_final(r), tuning.x_test, tuning.y_test) for r in seeded]
         trials.append(_trial(candidate, seeded, paired_standard_error(before, after)))
     chosen, within = choose_within_margin(
-        trials, lambda t: t.upper_increase(spread), lambda t: t.compression_rate, margin
+        trials,
+        lambda t: t.upper_increase(spread),
+        lambda t: t.compression_rate,
+        margin,
+        target_rate,
     )
     return Tuning(
         trials,
@@ -457,6 +490,7 @@ def tune_soft_weight_sharing(
         num_train=tuning.num_train,
         settings=dict(settings),
         standard_errors=spread,
+        target_rate=target_rate,
     )
 
 

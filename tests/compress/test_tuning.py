@@ -18,6 +18,7 @@ import torch
 from bayes_sws.compress.pipeline import RECIPES, Recipe, soft_weight_sharing
 from bayes_sws.compress.tuning import (
     calibrate_refit_scale,
+    choose_within_margin,
     tune_soft_weight_sharing,
     validation_split,
 )
@@ -280,6 +281,36 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[2, 2], **common)
 
 
+def test_tuning_at_a_target_rate_takes_the_least_increase_that_reaches_it(digits):
+    """``target_rate``: of the trials (each scored as without it, the same seeded
+    retrainings), the least increase among those reaching the rate; a rate none reaches
+    leaves the plain rule's choice. A rate below 1× is refused, naming it."""
+    tuning, _ = validation_split(digits, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=15, batch_size=64, progress=False)
+    candidates = [{"prior_scale": 0.3}, {"prior_scale": 3.0}]
+    common = {"num_steps": 40, "batch_size": 64, "progress": False, "seeds": [0, 1]}
+    found = tune_soft_weight_sharing(net, tuning, candidates, max_error_increase=100.0, **common)
+    increases = [t.increase for t in found.trials]
+    rates = [t.compression_rate for t in found.trials]
+    # the setting this check needs: the plain rule (highest rate) would choose the other one
+    assert increases.index(min(increases)) != rates.index(max(rates))
+    low = min(rates)
+    reached = tune_soft_weight_sharing(
+        net, tuning, candidates, max_error_increase=100.0, target_rate=low, **common
+    )
+    assert reached.target_rate == low and reached.within_margin
+    assert [t.increase for t in reached.trials] == increases
+    assert reached.chosen.settings == candidates[increases.index(min(increases))]
+    beyond = tune_soft_weight_sharing(
+        net, tuning, candidates, max_error_increase=100.0, target_rate=1e6, **common
+    )
+    assert beyond.chosen.settings == max(found.trials, key=lambda t: t.compression_rate).settings
+    with pytest.raises(ValueError, match="target_rate"):
+        tune_soft_weight_sharing(net, tuning, candidates, target_rate=0.5, **common)
+
+
 def test_tuning_in_two_processes_equals_one_process(digits):
     """``jobs=2``: every retraining in a worker process; the trials are those of ``jobs=1``
     (the single-process run is the oracle), in the same order."""
@@ -390,6 +421,17 @@ def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatc
     assert "| 0.3 | 10.00 → 11.20 | +1.20 | n/a | 90.0 |  |" in text  # no standard error
     assert "| 10.00 → 10.50 | +0.50 | **50.0** | 40.0 | 65.0 |" in text
     assert "No λ stayed within" not in text
+    assert "Settings chosen as the highest compression rate among those whose validation " in text
+    # the rule as run, in words: one standard error, the least increase at a target rate
+    options = {"validation": 0.1, "seed": 0, "threads": 1, "standard_errors": 1.0}
+    text = validated.section(results, "cmd", {**options, "target_rate": 80.0}, "now")
+    assert (
+        "Settings chosen as the least increase among those whose validation increase plus 1 "
+        "standard error is within 0.5 points of the pretrained validation error and whose "
+        "mean rate reaches 80×" in text
+    )
+    with pytest.raises(SystemExit):
+        validated.main(["--target-rate", "0.5", "--tune-only"])
 
 
 def test_quantisation_loss_benchmark_scores_what_the_pipeline_does(monkeypatch, tmp_path):
@@ -429,3 +471,20 @@ def test_quantisation_loss_benchmark_scores_what_the_pipeline_does(monkeypatch, 
     names = once.config["param_names"]
     assert labels[3 : 3 + len(names)] == [f"{n} unquantised" for n in names]
     assert labels[-1] == "codebook fine-tuning 1 epoch(s) at lr 0.0001"
+
+
+def test_choosing_at_a_target_rate_by_hand():
+    """``choose_within_margin(..., target_rate)`` on trials given as (increase, rate): the
+    least increase among those within the margin that reach the rate (ties: the higher
+    rate); none reaching it, the highest rate within; none within, the least increase."""
+    trials = [(0.45, 120.0), (0.10, 85.0), (0.10, 90.0), (-0.20, 70.0), (0.70, 200.0)]
+
+    def choose(margin, target=None):
+        return choose_within_margin(trials, lambda t: t[0], lambda t: t[1], margin, target)
+
+    assert choose(0.5) == ((0.45, 120.0), True)  # the plain rule: highest rate within
+    assert choose(0.5, 80.0) == ((0.10, 90.0), True)  # least increase at ≥ 80×, tie → rate
+    assert choose(0.5, 100.0) == ((0.45, 120.0), True)  # only one within reaches 100×
+    assert choose(0.5, 150.0) == ((0.45, 120.0), True)  # 200× is over the margin: plain rule
+    assert choose(0.05, 80.0) == ((-0.20, 70.0), True)  # none within reaches it: plain rule
+    assert choose(-0.5, 80.0) == ((-0.20, 70.0), False)  # none within: the least increase
