@@ -176,9 +176,9 @@ def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
 
 
 def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
-    """``--epochs 80`` on Fashion-MNIST LeNet-300-100: every λ retrains 80 epochs (no codebook
-    fine-tuning after the anneal), so Deep Compression's equal-epochs row fine-tunes
-    80 − 5 centroid epochs = 75 (hand arithmetic); without it 40 − 5 = 35."""
+    """``--epochs 80`` on Fashion-MNIST LeNet-300-100: every λ retrains 80 epochs and
+    fine-tunes its codebook for 1, so Deep Compression's equal-epochs row fine-tunes
+    80 + 1 − 5 centroid epochs = 76 (hand arithmetic); without it 40 + 1 − 5 = 36."""
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
     import compression as bench
@@ -192,8 +192,8 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     assert {tuple(s["anneal_epochs"]) for s in longer.sws.values()} == {(56, 76)}
     pinned = validated.with_settings(case, 80, {"sws": {"anneal_epochs": [30, 70]}})
     assert {tuple(s["anneal_epochs"]) for s in pinned.sws.values()} == {(30, 70)}
-    assert validated.equal_epochs(longer) == {"finetune_epochs": 75}
-    assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 35}
+    assert validated.equal_epochs(longer) == {"finetune_epochs": 76}
+    assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 36}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
 
 
@@ -260,10 +260,10 @@ def test_validated_benchmark_budget_off_overrides_the_recipes_budget(monkeypatch
         return Found()
 
     monkeypatch.setattr(validated, "tune_soft_weight_sharing", fake)
-    name = "fashion-mnist/lenet-300-100"
+    name = "fashion-mnist/lenet-5"  # a recipe that prunes units
     case = bench.CASES[name]
     recipe_budget = case.recipe.settings["prune_units"]
-    options = {"prior_scales": [0.085], "progress": False, "seed": 0}
+    options = {"prior_scales": [0.095], "progress": False, "seed": 0}
     validated._tune(name, None, None, case, {**options, "prune_units": [None, 0.02]}, None)
     validated._tune(name, None, None, case, options, None)
     assert seen == [[None, 0.02], [recipe_budget]]

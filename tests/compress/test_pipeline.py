@@ -455,11 +455,22 @@ def test_benchmark_case_refuses_a_grid_without_its_chosen_row():
         bench.check_chosen_rows({case.name: dataclasses.replace(case, sws=others)})
 
 
-def test_benchmark_summary_labels_rows_chosen_on_validation():
+@pytest.mark.parametrize(
+    ("case", "label"),
+    [
+        # a recipe that refits at a calibrated λ: the validated λ and rate said beside it
+        ("fashion-mnist/lenet-300-100", "(λ=0.085 there; refit at its 80.1×)"),
+        # and one that prunes units: the budget too
+        (
+            "fashion-mnist/lenet-5",
+            "(λ=0.095 there; refit at its 105.2×); units pruned within 0.005 nats a point",
+        ),
+    ],
+)
+def test_benchmark_summary_labels_rows_chosen_on_validation(case, label):
     """A case whose λ was chosen on validation: its chosen row and the Deep Compression row
     matched to it say so; the rest of its λ front and their matches are labelled as such."""
     bench = _benchmark_module()
-    case = "fashion-mnist/lenet-300-100"
     chosen = bench.CASES[case].chosen
     other = next(label for label in bench.CASES[case].sws if label != chosen)
     common = {"case": case, "pretrained_accuracy": 0.9, "accuracy_after": 0.89}
@@ -474,10 +485,7 @@ def test_benchmark_summary_labels_rows_chosen_on_validation():
     text = bench.summary(rows, "python benchmarks/compression.py", 1, "today")
     labels = [line.rsplit("|", 2)[1].strip() for line in text.splitlines() if case in line]
     assert labels == [
-        # its recipe refits at a calibrated λ: the validated λ and rate said beside it, and
-        # the budget of its unit pruning
-        "**chosen on validation** (λ=0.085 there; refit at its 80.1×); units pruned within "
-        "0.01 nats a point",
+        f"**chosen on validation** {label}",
         "λ front, settings chosen on validation",
         "matched to a row chosen on validation",
         "matched to a λ front row",
@@ -682,8 +690,8 @@ def test_benchmark_runs_with_a_tiny_budget(tmp_path, capsys):
     )
     # a case whose recipe prunes units cannot keep them all: refused before anything runs
     with pytest.raises(SystemExit):
-        bench.main(["--cases", "fashion-mnist/lenet-300-100", "--keep-dead-units"])
-    assert "prunes hidden units in ['fashion-mnist/lenet-300-100']" in capsys.readouterr().err
+        bench.main(["--cases", "fashion-mnist/lenet-5", "--keep-dead-units"])
+    assert "prunes hidden units in ['fashion-mnist/lenet-5']" in capsys.readouterr().err
     kept_rows = json.loads(kept.read_text())["rows"]
     assert len(kept_rows) == len(labels)
     for row in kept_rows:
