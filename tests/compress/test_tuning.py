@@ -209,15 +209,22 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
     assert torch.isnan(final.x_test).all()
 
 
+def _split_and_net(digits, num_epochs: int):
+    """Digits' validation split (20 %, seed 0) and a 64-24-10 network trained on its
+    training part for ``num_epochs`` (seeded)."""
+    tuning, _ = validation_split(digits, 0.2, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    train(net, tuning.x_train, tuning.y_train, num_epochs=num_epochs, batch_size=64, progress=False)
+    return tuning, net
+
+
 def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
     """``seeds=[0, 1]``: each trial's error and rate are the means of two separate
     ``soft_weight_sharing`` calls at those seeds (the oracle), and the rule picks by them."""
     from bayes_sws.compress.pipeline import soft_weight_sharing
 
-    tuning, _ = validation_split(digits, 0.2, seed=0)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
-    train(net, tuning.x_train, tuning.y_train, num_epochs=15, batch_size=64, progress=False)
+    tuning, net = _split_and_net(digits, num_epochs=15)
     candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
     common = {"num_steps": 40, "batch_size": 64, "progress": False}
     found = tune_soft_weight_sharing(net, tuning, candidates, seeds=[0, 1], **common)
@@ -285,10 +292,7 @@ def test_tuning_at_a_target_rate_takes_the_least_increase_that_reaches_it(digits
     """``target_rate``: of the trials (each scored as without it, the same seeded
     retrainings), the least increase among those reaching the rate; a rate none reaches
     leaves the plain rule's choice. A rate below 1× is refused, naming it."""
-    tuning, _ = validation_split(digits, 0.2, seed=0)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
-    train(net, tuning.x_train, tuning.y_train, num_epochs=15, batch_size=64, progress=False)
+    tuning, net = _split_and_net(digits, num_epochs=15)
     candidates = [{"prior_scale": 0.3}, {"prior_scale": 3.0}]
     common = {"num_steps": 40, "batch_size": 64, "progress": False, "seeds": [0, 1]}
     found = tune_soft_weight_sharing(net, tuning, candidates, max_error_increase=100.0, **common)
@@ -314,10 +318,7 @@ def test_tuning_at_a_target_rate_takes_the_least_increase_that_reaches_it(digits
 def test_tuning_in_two_processes_equals_one_process(digits):
     """``jobs=2``: every retraining in a worker process; the trials are those of ``jobs=1``
     (the single-process run is the oracle), in the same order."""
-    tuning, _ = validation_split(digits, 0.2, seed=0)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
-    train(net, tuning.x_train, tuning.y_train, num_epochs=10, batch_size=64, progress=False)
+    tuning, net = _split_and_net(digits, num_epochs=10)
     candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
     common = {"num_steps": 30, "batch_size": 64, "progress": False, "seeds": [0, 1]}
     one = tune_soft_weight_sharing(net, tuning, candidates, **common)
@@ -339,10 +340,7 @@ def test_candidates_that_differ_only_after_retraining_share_one_retraining(digit
     ``soft_weight_sharing`` call with its settings (the oracle: retraining is seeded)."""
     from bayes_sws.compress.pipeline import soft_weight_sharing
 
-    tuning, _ = validation_split(digits, 0.2, seed=0)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
-    train(net, tuning.x_train, tuning.y_train, num_epochs=10, batch_size=64, progress=False)
+    tuning, net = _split_and_net(digits, num_epochs=10)
     candidates = [
         {"prior_scale": 0.03},
         {"prior_scale": 0.3},
