@@ -259,12 +259,14 @@ def equal_epochs(case: bench.Case) -> dict:
     """Deep Compression's fine-tuning stretched to soft weight-sharing's retraining epochs.
 
     Soft weight-sharing retrains ``num_epochs`` under the prior and then fine-tunes the
-    codebook for ``finetune_epochs`` (:func:`_settings`); Deep Compression fine-tunes
-    after pruning, then trains the centroids for ``centroid_epochs``. The override
-    gives pruning's fine-tuning the difference, so both see the same number of epochs.
+    codebook for ``finetune_epochs`` (:func:`_settings`), twice where it prunes whole units
+    (before they go and after); Deep Compression fine-tunes after pruning, then trains the
+    centroids for ``centroid_epochs``. The override gives pruning's fine-tuning the
+    difference, so both see the same number of epochs.
     """
     settings = _settings(case)
-    total = settings["num_epochs"] + settings["finetune_epochs"]
+    tunings = 2 if settings.get("prune_units") is not None else 1
+    total = settings["num_epochs"] + tunings * settings["finetune_epochs"]
     return {"finetune_epochs": max(total - case.dc["centroid_epochs"], case.dc["finetune_epochs"])}
 
 

@@ -195,6 +195,9 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     assert validated.equal_epochs(longer) == {"finetune_epochs": 76}
     assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 36}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
+    # LeNet-5 prunes units, fine-tuning its codebook before and after: 30 + 2 × 1 − 3 = 29
+    lenet5 = bench.CASES["fashion-mnist/lenet-5"]
+    assert validated.equal_epochs(validated.with_settings(lenet5, None)) == {"finetune_epochs": 29}
 
 
 def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp_path):
