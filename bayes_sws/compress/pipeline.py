@@ -220,8 +220,8 @@ class Recipe:
 #: the front lay about 0.2 points higher: its best within the margin was 76.9× at +0.34,
 #: against 80.1× at +0.30), then one epoch of codebook fine-tuning at lr 1e-4 (before and after
 #: any unit pruning; it lets a unit-pruning budget take more units for less error: at 0.01,
-#: 107.1x at -0.04 against 98.7x at +0.07 without it). Fashion-MNIST LeNet-5-Caffe: the anneal over the default window of 30
-#: epochs, π₀ = 0.999 too (105.2x at +0.41 at λ = 0.095, where 0.99's best within the margin
+#: 107.1x at -0.04 against 98.7x at +0.07 without it). Fashion-MNIST LeNet-5-Caffe: the
+#: anneal over the default window of 30 epochs, π₀ = 0.999 too (105.2x at +0.41 at λ = 0.095, where 0.99's best within the margin
 #: was 94.4x at +0.48 at λ = 0.15), then one epoch of codebook fine-tuning at lr 1e-4 (it gives
 #: back the first convolution's quantisation loss). Digits: the mixture's lr 1e-2, then Deep Compression's
 #: codebook fine-tuning (10 and 5 epochs at lr 1e-3). λ by the mean over retraining seeds 0-2:
