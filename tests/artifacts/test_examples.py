@@ -92,3 +92,25 @@ def test_readme_multiple_devices_snippet_runs_as_written(capsys):
     assert torch.equal(torch.as_tensor(plain.losses), torch.as_tensor(namespace["result"].losses))
     for mine, theirs in zip(weights, plain.model.net.parameters(), strict=True):
         assert torch.equal(mine, theirs.detach())
+
+
+def test_choose_lambda_runs_the_fashion_recipe_at_a_target_rate(monkeypatch, capsys):
+    """``choose_lambda.py --data fashion-mnist``: the library's recipe (whose own π₀ must win
+    over the example's default, not collide with it) at a target rate, with the small budget.
+    The rule is tested in tests/compress/test_tuning.py; here the plumbing runs."""
+    from bayes_sws.zoo import data as data_module
+
+    try:
+        data_module._find_idx_dir("fashion-mnist", None)
+    except data_module.DataError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    script = next(p for p in EXAMPLES if p.name == "choose_lambda.py")
+    argv = [str(script), "--data", "fashion-mnist", "--smoke", "--target-rate", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "chosen λ =" in out and "fashion-mnist" in out
+    monkeypatch.setattr(sys, "argv", [str(script), "--smoke", "--target-rate", "0.5"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(script), run_name="__main__")
+    assert "--target-rate must be a compression rate" in capsys.readouterr().err
