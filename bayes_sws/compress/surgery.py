@@ -580,7 +580,7 @@ def prune_units(
         return UnitPruning(out, {}, {}, {}, loss_now, loss_now)
     with torch.no_grad():
         per_unit = _per_unit_loss(loss, loss_fn)
-        saliency, means, cached = _unit_saliency(out, pairs, batches, loss_fn, per_unit)
+        saliency, means, cached, unchanged = _unit_saliency(out, pairs, batches, loss_fn, per_unit)
         position = {pair.name: _consumer_position(out, pair) for pair in pairs}
         first = min(position, key=position.__getitem__)
         order = _pruning_order(pairs, saliency)
@@ -595,8 +595,6 @@ def prune_units(
             """From the reader of ``start``'s units on (the layers before it are unchanged),
             on what the input network gives it."""
             return _mean_loss(trial[position[start] :], cached[start], loss_fn)
-
-        unchanged = {name: loss_of(out, name) for name in position}
 
         def increase(units: list[tuple[str, int]]) -> float:
             start = min((name for name, _ in units), key=position.__getitem__, default=first)
@@ -708,13 +706,14 @@ def _reader_inputs(net: nn.Sequential, pairs: Sequence[_UnitPair], x: torch.Tens
 
 
 def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss_fn, per_unit):
-    """Per layer, each unit's loss increase when it alone reads as its mean; the means; and
-    per layer what its reader reads on every batch (the part of the network that holding
-    that layer's units leaves alone, computed once)."""
+    """Per layer, each unit's loss increase when it alone reads as its mean; the means; per
+    layer what its reader reads on every batch (the part of the network that holding that
+    layer's units leaves alone, computed once, in one forward pass a batch); and per layer the
+    mean loss from its reader on, unpruned (each score's base)."""
     num = sum(len(xb) for xb, _ in batches)
+    reads = [(_reader_inputs(net, pairs, xb), yb) for xb, yb in batches]
     sums: dict[str, torch.Tensor] = {}
-    for xb, _ in batches:
-        read = _reader_inputs(net, pairs, xb)
+    for read, _ in reads:
         for pair in pairs:
             total = _reading_means(pair, read[pair.name])
             sums[pair.name] = total if pair.name not in sums else sums[pair.name] + total
@@ -723,28 +722,28 @@ def _unit_saliency(net: nn.Sequential, pairs: Sequence[_UnitPair], batches, loss
         p.name: torch.zeros(int(p.producer.weight.shape[0]), dtype=torch.float64) for p in pairs
     }
     tails = {pair.name: net[_consumer_position(net, pair) + 1 :] for pair in pairs}
-    cached: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {pair.name: [] for pair in pairs}
-    for xb, yb in batches:
-        read = _reader_inputs(net, pairs, xb)
-        for pair in pairs:
-            cached[pair.name].append((read[pair.name], yb))
+    cached = {pair.name: [(read[pair.name], yb) for read, yb in reads] for pair in pairs}
+    bases: dict[str, list[float]] = {pair.name: [] for pair in pairs}
+    for read, yb in reads:
         for pair in pairs:
             tail = tails[pair.name]
             output = pair.consumer(read[pair.name])
             base = float(loss_fn(tail(output), yb))
+            bases[pair.name].append(base * len(yb))
             units = len(increase[pair.name])
-            chunk = max(1, (1 << 22) // (len(xb) * output[0].numel()))  # units scored at once
+            chunk = max(1, (1 << 22) // (len(yb) * output[0].numel()))  # units scored at once
             for start in range(0, units, chunk):
                 each = torch.arange(start, min(units, start + chunk), device=output.device)
                 varied = output.unsqueeze(1) + _units_delta(
                     pair, each, read[pair.name], means[pair.name]
                 )
                 outputs = tail(varied.flatten(0, 1))
-                outputs = outputs.reshape(len(xb), len(each), *outputs.shape[1:])
+                outputs = outputs.reshape(len(yb), len(each), *outputs.shape[1:])
                 losses = per_unit(outputs, yb).double().cpu()
-                increase[pair.name][start : start + len(each)] += (losses - base) * len(xb)
+                increase[pair.name][start : start + len(each)] += (losses - base) * len(yb)
     saliency = {name: total / num for name, total in increase.items()}
-    return saliency, means, cached
+    unpruned = {name: sum(each) / num for name, each in bases.items()}  # as _mean_loss sums
+    return saliency, means, cached, unpruned
 
 
 def _pruning_order(pairs: Sequence[_UnitPair], saliency) -> list[tuple[str, int]]:
