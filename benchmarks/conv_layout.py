@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import pyro
 import svi_step  # the step variants and the interleaved timer
 import torch
+from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or imported by name
 
 from bayes_sws.zoo.nets import lenet5_caffe
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = build_steps(lenet5_caffe(), x, y, args)
     print(
         f"# conv_layout: LeNet-5 on {source}, batch {args.batch_size}, M = {args.components}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{cpu_model()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {args.threads} thread(s), clock {args.clock}, load "
         f"{svi_step._load()}, {args.rounds} rounds x {args.steps} steps"
     )

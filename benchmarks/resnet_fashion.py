@@ -37,12 +37,12 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or imported by name
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -265,7 +265,7 @@ def machine(threads: int) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     shown = ", ".join(f"{v:.2f}" for v in load)
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{cpu_model()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__} with {threads} thread(s); load average {shown}"
     )
 

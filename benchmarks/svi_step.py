@@ -118,6 +118,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import pyro
 import torch
 import torch.nn.functional as F
+from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or imported by name
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, init_to_median, init_to_value
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -1160,7 +1161,7 @@ def main(argv=None) -> int:
         else:
             native = "native loop unavailable (torch fallback)"
     print(
-        f"# svi_step: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"# svi_step: {cpu_model()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}, "
         f"{args.threads} torch threads, clock {args.clock}, kernel {args.kernel} ({native}), "
         f"fast MAP {'present' if map_loss is not None else 'absent'}, "

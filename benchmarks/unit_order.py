@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import torch
+from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or imported by name
 from torch import nn
 
 from bayes_sws.compress import permute_units, remove_dead_units, storage_report
@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         weights[key] = Path(path)
     if min(args.swaps + [args.recount_swaps]) < 0:
         parser.error("--swaps and --recount-swaps must be >= 0")
-    print(
-        f"# {platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
-        f"1 thread, CPU time"
-    )
+    print(f"# {cpu_model()}, torch {torch.__version__}, 1 thread, CPU time")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
