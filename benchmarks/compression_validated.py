@@ -32,7 +32,11 @@ weight-sharing candidate (or of Deep Compression), as in ``compression.py``;
 retrained network's validation error before quantisation beside the compressed
 one's) and never reads the test set, for exploring settings honestly. ``--jobs N`` runs N
 retrainings of the tuning at a time in their own processes
-(``tune_soft_weight_sharing(..., jobs=N)``; the same trials).
+(``tune_soft_weight_sharing(..., jobs=N)``; the same trials). ``--splits S1 S2 ...`` (with
+``--tune-only``) validates on several splits, each held out with its seed and with its own
+network pretrained on the rest (seeded alike), and chooses by the means over all of them: one
+validation set's luck, and one pretrained network's, moves a setting's increase by about as
+much as the margin (BENCHMARKS.md).
 
 ``--write`` replaces the "## Compression, chosen on validation" section of
 BENCHMARKS.md.
@@ -147,10 +151,15 @@ def run_case(name: str, options: dict) -> dict:
     """Tune on validation, then read the test set once; the rows and the trial table."""
     torch.set_num_threads(options["threads"])
     case, tuning, final, net = held_out_pretrained(name, options)
+    nets, splits = [net], [tuning]
+    for split in (options.get("splits") or [])[1:]:  # more validation splits, each its network
+        _, more, _, more_net = held_out_pretrained(name, {**options, "seed": split})
+        nets.append(more_net)
+        splits.append(more)
     modes = {"shared": [None], "layer": ["layer"], "both": [None, "layer"]}
     found, walls = {}, {}
     for groups in modes[options.get("groups") or "shared"]:
-        found[groups], walls[groups] = _tune(name, net, tuning, case, options, groups)
+        found[groups], walls[groups] = _tune(name, nets, splits, case, options, groups)
     if options.get("tune_only"):  # the test set is never read
         return {
             "trials": {str(g): _trials(f) for g, f in found.items()},
@@ -490,7 +499,8 @@ def _budget(text: str) -> float | None:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(bench.CASES), default=[bench.FULL[0]])
     parser.add_argument("--validation", type=float, default=0.1, help="held-out share")
@@ -568,13 +578,37 @@ def main(argv: list[str] | None = None) -> int:
         "(tune_soft_weight_sharing(target_rate=R)); default: the highest rate within the margin",
     )
     parser.add_argument(
+        "--splits",
+        nargs="+",
+        type=int,
+        metavar="S",
+        help="validate on several splits (repeated hold-out): one per seed S, each with its "
+        "own network pretrained on its training part (seeded S), every candidate retrained "
+        "on each and chosen by the means over all (tune_soft_weight_sharing with a network "
+        "and a split each); with --tune-only only. Default: one split, at --seed",
+    )
+    parser.add_argument(
         "--tune-only",
         action="store_true",
         help="stop after the validation trials (print them; the test set is never read)",
     )
+    return parser
+
+
+def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed arguments; a parser error for any that cannot run, before anything does."""
     args = parser.parse_args(argv)
     if args.tune_only and (args.write or args.figures):
         parser.error("--tune-only writes no rows: drop --write and --figures")
+    if args.splits and len(set(args.splits)) != len(args.splits):
+        parser.error(f"--splits must be distinct seeds, got {args.splits}")
+    if args.splits and len(args.splits) > 1 and not args.tune_only:
+        parser.error(
+            "--splits with more than one split chooses only: add --tune-only (the test rows "
+            "are read for one split's networks; run that one with --seed S)"
+        )
+    if args.splits:
+        args.seed = args.splits[0]
     if not args.standard_errors >= 0:
         parser.error(f"--standard-errors must be >= 0, got {args.standard_errors}")
     if args.target_rate is not None and not args.target_rate >= 1:
@@ -585,6 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--epochs must be a positive number of epochs, got {args.epochs}")
     if args.prior_scales and min(args.prior_scales) < 0:
         parser.error(f"--prior-scales must be λ ≥ 0, got {args.prior_scales}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _checked(_parser(), argv)
     options = vars(args)
     options["overrides"] = bench._parse_overrides(args.overrides)
     version = bench.code_version()  # the code that runs, before anything is written

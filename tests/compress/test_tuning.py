@@ -209,11 +209,11 @@ def test_tuning_reads_only_the_validation_set_and_applies_its_rule(digits):
     assert torch.isnan(final.x_test).all()
 
 
-def _split_and_net(digits, num_epochs: int):
-    """Digits' validation split (20 %, seed 0) and a 64-24-10 network trained on its
-    training part for ``num_epochs`` (seeded)."""
-    tuning, _ = validation_split(digits, 0.2, seed=0)
-    torch.manual_seed(0)
+def _split_and_net(digits, num_epochs: int, seed: int = 0):
+    """Digits' validation split (20 %, ``seed``) and a 64-24-10 network trained on its
+    training part for ``num_epochs`` (seeded by ``seed``)."""
+    tuning, _ = validation_split(digits, 0.2, seed=seed)
+    torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
     train(net, tuning.x_train, tuning.y_train, num_epochs=num_epochs, batch_size=64, progress=False)
     return tuning, net
@@ -286,6 +286,51 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[0], seed=1, **common)
     with pytest.raises(ValueError, match="distinct"):
         tune_soft_weight_sharing(net, tuning, candidates, seeds=[2, 2], **common)
+
+
+def test_tuning_over_several_validation_splits_pools_them(digits):
+    """Two validation splits, each with its own pretrained network: a trial's errors are the
+    means over both splits' retrainings, each scored on its own split (separate
+    ``soft_weight_sharing`` calls, the oracle), and the standard error is scipy's over both
+    splits' per-point changes pooled (numpy forward passes)."""
+    pairs = [_split_and_net(digits, num_epochs=15, seed=s) for s in (0, 1)]
+    splits, nets = [t for t, _ in pairs], [n for _, n in pairs]
+    candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
+    common = {"num_steps": 40, "batch_size": 64, "progress": False, "seed": 0}
+    found = tune_soft_weight_sharing(nets, splits, candidates, **common)
+    pre = [1 - accuracy(n, t.x_test, t.y_test) for t, n in pairs]
+    assert pre[0] != pre[1]  # the two splits' pretrained networks differ (what this checks)
+    for trial, candidate in zip(found.trials, candidates, strict=True):
+        single = [soft_weight_sharing(n, t, **common, **candidate) for t, n in pairs]
+        errors = [1 - accuracy(r.net, t.x_test, t.y_test) for r, t in zip(single, splits)]
+        assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
+        assert trial.seed_errors_before == pytest.approx(pre, abs=1e-12)
+        assert trial.validation_error_before == pytest.approx(sum(pre) / 2, abs=1e-12)
+        assert trial.validation_error_after == pytest.approx(sum(errors) / 2, abs=1e-12)
+        assert trial.increase == pytest.approx(
+            50 * ((errors[0] - pre[0]) + (errors[1] - pre[1])), abs=1e-9
+        )
+        rates = [r.compression_rate for r in single]
+        assert trial.compression_rate == pytest.approx(sum(rates) / 2, rel=1e-12)
+        changes = np.concatenate(
+            [
+                _numpy_errors(r.net, t.x_test.numpy(), t.y_test.numpy())
+                - _numpy_errors(n, t.x_test.numpy(), t.y_test.numpy())
+                for r, (t, n) in zip(single, pairs)
+            ]
+        )
+        assert trial.increase_se == pytest.approx(100 * scipy.stats.sem(changes), rel=1e-9)
+    assert found.num_train == splits[0].num_train
+    # each retraining's increase over its own split's pretrained network, in the table
+    first = found.trials[0]
+    shown = [100 * (e - b) for e, b in zip(first.seed_errors_after, pre)]
+    assert ", ".join(f"{d:+.2f}" for d in shown) in found.table()
+    assert "Δ per split and seed" in found.table()
+    with pytest.raises(ValueError, match="one pretrained network per validation split"):
+        tune_soft_weight_sharing(nets[:1], splits, candidates, **common)
+    smaller, _ = validation_split(digits, 0.3, seed=0)
+    with pytest.raises(ValueError, match="different numbers of images"):
+        tune_soft_weight_sharing(nets, [splits[0], smaller], candidates, **common)
 
 
 def test_tuning_at_a_target_rate_takes_the_least_increase_that_reaches_it(digits):
@@ -379,6 +424,26 @@ def test_tuning_refuses_regression_and_empty_candidates(digits):
         tune_soft_weight_sharing(net, regression, [{"prior_scale": 0.1}])
     with pytest.raises(ValueError, match="at least one candidate"):
         tune_soft_weight_sharing(net, digits, [])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--splits", "0", "1"], "--tune-only"),
+        (["--splits", "1", "1", "--tune-only"], "distinct"),
+    ],
+)
+def test_validated_benchmark_refuses_splits_it_cannot_report(monkeypatch, capsys, flags, message):
+    """Several validation splits choose only (the test rows are one split's networks), and
+    a split twice would count its retrainings twice: both refused before anything runs."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression_validated as validated
+
+    monkeypatch.setattr(validated, "run_case", lambda *a, **k: pytest.fail("ran a case"))
+    with pytest.raises(SystemExit):
+        validated.main(["--cases", "digits/lenet-300-100", *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatch):
