@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 from .validation import SEED_MAX
@@ -134,6 +135,34 @@ class _Settings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (tuples kept; see ``runs`` for JSON)."""
         return {name: getattr(self, name) for name in self.names()}
+
+    def check_values(self, where: str) -> None:
+        """Refuse a value its field's metadata rules out, naming it: a number where the field
+        reads one (``kind`` ``int``, ``float`` or ``float?``; else ``TypeError``), a bool for
+        ``bool``, one of its ``choices`` and what its ``check`` allows (else ``ValueError``).
+        For callers that run minutes of work before they use the value."""
+        wanted = {"int": Integral, "float": Real, "float?": Real, "bool": bool}
+        words = {
+            "int": "an integer",
+            "float": "a number",
+            "float?": "a number",
+            "bool": "True or False",
+        }
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, kind = getattr(self, spec.name), spec.metadata.get("kind")
+            if value is None or kind is None:
+                continue
+            number = kind != "bool" and isinstance(value, bool)  # True is an int to Python
+            if kind in wanted and (number or not isinstance(value, wanted[kind])):
+                raise TypeError(f"{where}: {spec.name} must be {words[kind]}; got {value!r}")
+            choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
+            problem = None
+            if choices is not None and value not in choices:
+                problem = f"must be one of {list(choices)}"
+            elif check is not None:
+                problem = check(value)
+            if problem:
+                raise ValueError(f"{where}: {spec.name} {problem}; got {value!r}")
 
 
 # ------------------------------------------------------------------------ the MAP rule

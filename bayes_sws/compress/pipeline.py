@@ -569,15 +569,16 @@ def _pipeline_settings(preset: str | Preset, overrides: dict[str, Any]) -> Prese
         raise TypeError(
             f"preset must be a name in bayes_sws.settings.PRESETS or a Preset, got {preset!r}"
         )
-    overrides = dict(overrides)
+    overrides, where = dict(overrides), "soft_weight_sharing"
     if "num_steps" in overrides and "num_epochs" not in overrides:
         overrides["num_epochs"] = None  # steps given: the preset's epochs do not apply
     try:
-        chosen = split_settings(overrides, base=preset, where="soft_weight_sharing")
+        chosen = split_settings(overrides, base=preset, where=where)
     except TypeError as err:
         raise TypeError(
             f"{err}; accepted: the names of PriorSettings, FitSettings and CompressSettings"
         ) from None
+    chosen.compress.check_values(where)  # before minutes of retraining, not after
     if chosen.fit.guide != "map" or not chosen.prior.zero_component:
         raise ValueError(
             "soft_weight_sharing retrains by MAP with a zero component; drop guide and "

@@ -1132,3 +1132,28 @@ def test_prune_units_holds_zeroed_weights_of_a_tensor_left_unquantised(digits, c
     assert pruned.test_accuracy_after == pytest.approx(
         _numpy_accuracy(pruned.stored_net, digits.x_test, digits.y_test), abs=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "named"),
+    [
+        ({"prune_units": "none", "remove_dead_units": True}, TypeError, "prune_units"),
+        ({"finetune_epochs": 1.5}, TypeError, "finetune_epochs"),
+        ({"remove_dead_units": "yes"}, TypeError, "remove_dead_units"),
+        ({"assignment": "nearest"}, ValueError, "'responsibility', 'likelihood'"),
+        ({"position_coding": "zip"}, ValueError, "'fixed', 'rice'"),
+        ({"finetune_lr": 0.0}, ValueError, "finetune_lr must be > 0"),
+    ],
+)
+def test_soft_weight_sharing_refuses_bad_compression_settings_before_retraining(
+    digits, monkeypatch, bad, error, named
+):
+    """A setting that acts after retraining is checked before it: a typo costs no minutes
+    of retraining (one did: --set sws.prune_units=none, refused after the refit)."""
+    import bayes_sws.compress.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_retrain", lambda *a, **k: pytest.fail("retrained"))
+    net = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    with pytest.raises(error, match=named) as caught:
+        soft_weight_sharing(net, digits, num_steps=5, progress=False, **bad)
+    assert repr(next(iter(bad.values()))) in str(caught.value)
