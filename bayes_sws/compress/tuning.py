@@ -356,10 +356,13 @@ def paired_standard_error(
 
 
 def _trial(
-    candidate: Mapping[str, Any], results: list[CompressionResult], se: float | None = None
+    candidate: Mapping[str, Any],
+    results: list[CompressionResult],
+    se: float | None = None,
+    several_splits: bool = False,
 ) -> Trial:
     """``candidate`` scored by the means over its retrainings ``results`` (one per seed, or
-    per split and seed); ``se`` the standard error of the increase."""
+    per split and seed when ``several_splits``); ``se`` the standard error of the increase."""
     # soft_weight_sharing measures the pretrained net on the same (validation) set
     befores = [r.test_accuracy_pretrained for r in results]
     after = [r.test_accuracy_after for r in results]
@@ -380,7 +383,7 @@ def _trial(
         rates,
         sum(retrained_errors) / len(retrained_errors),
         se,
-        before_errors if len(set(before_errors)) > 1 else (),
+        before_errors if several_splits else (),
     )
 
 
@@ -537,7 +540,8 @@ def tune_soft_weight_sharing(
             for each, split in zip(seeded, splits)
         ]
         flat = [r for each in seeded for r in each]
-        trials.append(_trial(candidate, flat, paired_standard_error(befores, after)))
+        se = paired_standard_error(befores, after)
+        trials.append(_trial(candidate, flat, se, several_splits=len(splits) > 1))
     chosen, within = choose_within_margin(
         trials,
         lambda t: t.upper_increase(spread),
