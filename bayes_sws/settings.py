@@ -33,6 +33,7 @@ from .validation import SEED_MAX
 
 __all__ = [
     "ASSIGNMENTS",
+    "KIND_WORDS",
     "ON_NONFINITE",
     "OPTIMIZERS",
     "POINT_GUIDES",
@@ -99,6 +100,21 @@ def at_most(limit, why: str, check=None):
 seed_check = at_most(SEED_MAX, "2**32 - 1, what NumPy's seeding accepts", non_negative)
 
 
+#: how an error names what a field's command-line ``kind`` holds ("must be ...")
+KIND_WORDS = {
+    "str": "a string",
+    "str?": "a string",
+    "int": "an integer",
+    "int?": "an integer",
+    "float": "a number",
+    "float?": "a number",
+    "bool": "true or false",
+    "ints": "a list of integers",
+    "pair": "two numbers",
+    "pair?": "two numbers",
+}
+
+
 def option_metadata(
     help: str, kind: str | None = None, check=None, choices=None, metavar=None
 ) -> dict:
@@ -142,19 +158,13 @@ class _Settings:
         ``bool``, one of its ``choices`` and what its ``check`` allows (else ``ValueError``).
         For callers that run minutes of work before they use the value."""
         wanted = {"int": Integral, "float": Real, "float?": Real, "bool": bool}
-        words = {
-            "int": "an integer",
-            "float": "a number",
-            "float?": "a number",
-            "bool": "True or False",
-        }
         for spec in dataclasses.fields(self):  # type: ignore[arg-type]
             value, kind = getattr(self, spec.name), spec.metadata.get("kind")
             if value is None or kind is None:
                 continue
-            number = kind != "bool" and isinstance(value, bool)  # True is an int to Python
-            if kind in wanted and (number or not isinstance(value, wanted[kind])):
-                raise TypeError(f"{where}: {spec.name} must be {words[kind]}; got {value!r}")
+            bool_for_number = kind != "bool" and isinstance(value, bool)  # True is an int
+            if kind in wanted and (bool_for_number or not isinstance(value, wanted[kind])):
+                raise TypeError(f"{where}: {spec.name} must be {KIND_WORDS[kind]}; got {value!r}")
             choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
             problem = None
             if choices is not None and value not in choices:

@@ -25,6 +25,7 @@ from ..compress.pipeline import check_anneal
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..infer.guides import GUIDES, check_guide_rank
 from ..settings import (
+    KIND_WORDS,
     POINT_GUIDES,
     PRESETS,
     CompressSettings,
@@ -583,20 +584,6 @@ def compress_settings(
     return (base or CompressSettings()).replace(**clean)
 
 
-_KIND_WORDS = {
-    "str": "a string",
-    "str?": "a string",
-    "int": "an integer",
-    "int?": "an integer",
-    "float": "a number",
-    "float?": "a number",
-    "bool": "true or false",
-    "ints": "a list of integers",
-    "pair": "two numbers",
-    "pair?": "two numbers",
-}
-
-
 class _Coercion:
     """Reads one given value as a setting of kind ``kind``; ``bad`` words its refusal."""
 
@@ -611,7 +598,7 @@ class _Coercion:
 
     def number(self, v: Any, integer: bool) -> int | float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.bad(f"must be {_KIND_WORDS[self.kind]}")
+            raise self.bad(f"must be {KIND_WORDS[self.kind]}")
         if integer and not isinstance(v, int):
             if not (isinstance(v, float) and v.is_integer()):
                 raise self.bad("must be an integer")
@@ -691,7 +678,7 @@ def _coerce(spec: dataclasses.Field, value: Any, where: str, name: str | None = 
     if value is None:
         if coercion.kind.endswith("?") or spec.default is None:
             return None
-        raise coercion.bad(f"must be {_KIND_WORDS[coercion.kind]}")
+        raise coercion.bad(f"must be {KIND_WORDS[coercion.kind]}")
     value = coercion.value = _COERCIONS[coercion.kind](coercion)
     if coercion.kind in ("str", "str?", "bool"):
         return value
