@@ -459,8 +459,10 @@ def test_benchmark_case_refuses_a_grid_without_its_chosen_row():
     ("case", "label"),
     [
         # a recipe that refits at a calibrated λ: the validated λ and rate said beside it
-        ("fashion-mnist/lenet-300-100", "(λ=0.085 there; refit at its 80.1×)"),
-        # and one that prunes units: the budget too
+        (
+            "fashion-mnist/lenet-300-100",
+            "(λ=0.07 there; refit at its 67.5×); units pruned within 0.005 nats a point",
+        ),
         (
             "fashion-mnist/lenet-5",
             "(λ=0.095 there; refit at its 105.2×); units pruned within 0.005 nats a point",
@@ -739,7 +741,7 @@ def test_benchmark_grid_runs_the_longest_ready_row_first(monkeypatch):
     Costs are made up; the order below follows from them by hand."""
     bench = _benchmark_module()
     fashion, digits = "fashion-mnist/lenet-300-100", "digits/lenet-5"
-    labels = list(bench.CASES[fashion].sws)  # λ = 0.085, 0.09, 0.095, 0.1
+    labels = list(bench.CASES[fashion].sws)  # λ = 0.07, 0.075, 0.085, 0.095
     costs = {labels[0]: 40.0, labels[1]: 30.0, labels[2]: 20.0, labels[3]: 10.0, "dc-han": 5.0}
     costs |= {f"dc-matched to {label}": 35.0 - 20.0 * i for i, label in enumerate(labels)}
     costs |= {
@@ -810,7 +812,7 @@ def test_benchmark_chosen_only_runs_the_chosen_row_and_its_matched_one(monkeypat
     assert args.chosen_only and args.seed == 2
     options = {"methods": ["sws", "dc-han", "dc-matched"], "chosen_only": True}
     rows, _ = bench.run_grid([fashion], options, jobs=1)
-    chosen = "sws λ=0.095"  # RECIPES["fashion-mnist/lenet-300-100"].refit_prior_scale
+    chosen = "sws λ=0.075"  # RECIPES["fashion-mnist/lenet-300-100"].refit_prior_scale
     assert sorted(calls) == sorted([chosen, "dc-han", f"dc-matched to {chosen}"])
     assert [r["method"] for r in rows] == [chosen, "dc-han", f"dc-matched to {chosen}"]
 

@@ -79,11 +79,11 @@ def test_recipes_scale_lambda_by_the_training_set_size(digits):
     assert fashion.num_train == 60_000 - 6_000  # Fashion-MNIST's training set less 10 %
     full = fashion.kwargs(num_train=60_000)  # the refit λ, calibrated for 60,000 images
     assert fashion.refit_num_train == 60_000
-    assert full["prior_scale"] == pytest.approx(0.095 * 60_000 / 54_000, rel=1e-15)
+    assert full["prior_scale"] == pytest.approx(0.075 * 60_000 / 54_000, rel=1e-15)
     half = fashion.kwargs(num_train=27_000)  # any other size: the validated λ, scaled
-    assert half["prior_scale"] == pytest.approx(0.085 / 2, rel=1e-15)
+    assert half["prior_scale"] == pytest.approx(0.07 / 2, rel=1e-15)
     assert {k: v for k, v in full.items() if k != "prior_scale"} == dict(fashion.settings)
-    assert fashion.kwargs()["prior_scale"] == 0.085  # as chosen, at the split's size
+    assert fashion.kwargs()["prior_scale"] == 0.07  # as chosen, at the split's size
     assert fashion.kwargs(0.14)["prior_scale"] == 0.14  # a front row, unscaled
     assert fashion.kwargs(0.14, num_train=27_000)["prior_scale"] == pytest.approx(0.07)
     tuning, _ = validation_split(digits, 0.1, seed=0)
