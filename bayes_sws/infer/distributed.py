@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,7 @@ def init_from_environment(device: str | None = None) -> ProcessGroup | None:
     return current()
 
 
-def leave() -> None:
+def leave(*, wait: bool = True, timeout: float = 600.0) -> None:
     """Leave the process group joined by :func:`init_from_environment`, if any.
 
     Every process of a ``torchrun`` calls it on its way out, after its last
@@ -137,9 +138,28 @@ def leave() -> None:
     interpreter is still whole. (Left to interpreter shutdown, gloo's threads
     could be destroyed while still joinable, and a process that had finished
     its work then died with ``terminate called without an active exception``.)
-    A no-op without a group.
+    With ``wait`` (the way out of a run that went well), the processes first
+    meet at a barrier, so that none closes its connections while another is
+    still using them (a follower that left while the leader was still writing
+    the run died the same way, now and then, on a loaded machine). Under gloo
+    the barrier waits at most ``timeout`` seconds (``monitored_barrier``;
+    long enough for the leader to write a run's files and plots), then warns,
+    naming the ranks that did not come, and the group is destroyed all the
+    same; other backends wait at a plain barrier. ``wait=False`` is for a
+    process on its way out with an error: the others may never arrive. A
+    no-op without a group.
     """
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait and dist.get_world_size() > 1:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout))
+            else:
+                dist.barrier()
+    except RuntimeError as error:  # a process that never came: say so, leave anyway
+        warnings.warn(f"leaving the process group without the others: {error}", stacklevel=2)
+    finally:
         dist.destroy_process_group()
 
 

@@ -81,10 +81,14 @@ def _fit(args: argparse.Namespace) -> int:
         if not leader:  # another process of a torchrun
             with runs.stop_on_interrupt() as stop:
                 outcome = runs.follow_run(should_stop=stop)
-            return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
-        return _lead_fit(args, settings)
-    finally:
-        distributed.leave()
+            code = EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
+        else:
+            code = _lead_fit(args, settings)
+    except BaseException:
+        distributed.leave(wait=False)  # the others may be waiting elsewhere, or gone
+        raise
+    distributed.leave()  # meet the others first: none closes connections another still uses
+    return code
 
 
 def _lead_fit(args: argparse.Namespace, settings: dict) -> int:

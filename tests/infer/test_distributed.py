@@ -67,6 +67,25 @@ def test_resume_in_a_process_group_is_exact(ranks):
         assert doc["resumed"]["losses"] == doc["straight"]["losses"]
 
 
+def _leave(tmp_path, mode: str) -> dict:
+    torchrun(str(HERE / "leave_worker.py"), str(tmp_path), mode, timeout=120)
+    return json.loads((tmp_path / "rank-0.json").read_text())
+
+
+def test_leave_waits_for_the_other_processes(tmp_path):
+    """Rank 1 writes a file two seconds in, then leaves: rank 0, leaving at once, returns
+    only after it (without the barrier it would return before the file exists)."""
+    doc = _leave(tmp_path, "meet")
+    assert doc["late_seen"] and doc["warnings"] == [] and not doc["initialized"]
+
+
+def test_leave_without_the_others_warns_naming_them_and_still_destroys_the_group(tmp_path):
+    doc = _leave(tmp_path, "absent")
+    assert not doc["late_seen"] and not doc["initialized"]
+    assert len(doc["warnings"]) == 1 and "without the others" in doc["warnings"][0]
+    assert "1" in doc["warnings"][0].split("without the others", 1)[1]  # rank 1 named
+
+
 def test_shards_partition_the_batch():
     batch = torch.tensor([7, 3, 9, 1, 4])
     parts = [distributed.shard(batch, 10, distributed.ProcessGroup(r, 2)) for r in range(2)]
