@@ -94,16 +94,31 @@ def test_readme_multiple_devices_snippet_runs_as_written(capsys):
         assert torch.equal(mine, theirs.detach())
 
 
-def test_choose_lambda_runs_the_fashion_recipe_at_a_target_rate(monkeypatch, capsys):
-    """``choose_lambda.py --data fashion-mnist``: the library's recipe (whose own π₀ must win
-    over the example's default, not collide with it) at a target rate, with the small budget.
-    The rule is tested in tests/compress/test_tuning.py; here the plumbing runs."""
+def _fashion_mnist_or_skip() -> None:
     from bayes_sws.zoo import data as data_module
 
     try:
         data_module._find_idx_dir("fashion-mnist", None)
     except data_module.DataError:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_compress_lenet300_runs_the_fashion_recipe(monkeypatch, capsys):
+    """``compress_lenet300.py --data fashion-mnist``: the library's recipe, whose own π₀ must
+    win over the example's default, not collide with it (it did: a TypeError), small budget."""
+    _fashion_mnist_or_skip()
+    script = next(p for p in EXAMPLES if p.name == "compress_lenet300.py")
+    monkeypatch.setattr(sys, "argv", [str(script), "--data", "fashion-mnist", "--smoke"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "fashion-mnist: 512 training images" in out and "compression" in out
+
+
+def test_choose_lambda_runs_the_fashion_recipe_at_a_target_rate(monkeypatch, capsys):
+    """``choose_lambda.py --data fashion-mnist``: the library's recipe (whose own π₀ must win
+    over the example's default, not collide with it) at a target rate, with the small budget.
+    The rule is tested in tests/compress/test_tuning.py; here the plumbing runs."""
+    _fashion_mnist_or_skip()
     script = next(p for p in EXAMPLES if p.name == "choose_lambda.py")
     argv = [str(script), "--data", "fashion-mnist", "--smoke", "--target-rate", "2"]
     monkeypatch.setattr(sys, "argv", argv)
