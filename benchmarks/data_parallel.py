@@ -37,6 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import bayes_sws as sws
+    from bayes_sws.infer import distributed
     from bayes_sws.zoo.nets import lenet_300_100
 
     torch.set_num_threads(args.threads)
@@ -51,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     )
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps({"wall_time": result.wall_time}))
-    dist.destroy_process_group()
+    distributed.leave()  # the ranks meet first: none closes connections another still uses
 
 
 def run_side(nproc: int, args: argparse.Namespace) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 import bayes_sws as sws
+from bayes_sws.infer import distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: scenarios
 from scenarios import process_group_problem
@@ -52,7 +53,7 @@ def main(out: str, guide: str, num_steps: int) -> None:
     rank = dist.get_rank()
     doc = {"straight": record(straight), "resumed": record(resumed), "rank": rank}
     Path(out, f"rank-{rank}.json").write_text(json.dumps(doc))
-    dist.destroy_process_group()
+    distributed.leave()
 
 
 if __name__ == "__main__":
