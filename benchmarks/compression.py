@@ -46,6 +46,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -449,7 +450,8 @@ def row_point(row: dict) -> dict:
         "chosen" in method or (case is not None and method == case.chosen)
     ):
         family = "chosen"
-    label = method.replace("dc-matched to ", "dc-matched, ").split(" (")[0]
+    # the label without its parenthesis ("(chosen on validation)"), keeping what follows it
+    label = re.sub(r" \([^)]*\)", "", method.replace("dc-matched to ", "dc-matched, "))
     error = 100 * (row["pretrained_accuracy"] - row["accuracy_after"])
     return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
 

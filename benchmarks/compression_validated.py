@@ -32,11 +32,12 @@ weight-sharing candidate (or of Deep Compression), as in ``compression.py``;
 retrained network's validation error before quantisation beside the compressed
 one's) and never reads the test set, for exploring settings honestly. ``--jobs N`` runs N
 retrainings of the tuning at a time in their own processes
-(``tune_soft_weight_sharing(..., jobs=N)``; the same trials). ``--splits S1 S2 ...`` (with
-``--tune-only``) validates on several splits, each held out with its seed and with its own
-network pretrained on the rest (seeded alike), and chooses by the means over all of them: one
-validation set's luck, and one pretrained network's, moves a setting's increase by about as
-much as the margin (BENCHMARKS.md).
+(``tune_soft_weight_sharing(..., jobs=N)``; the same trials). ``--splits S1 S2 ...``
+validates on several splits, each held out with its seed and with its own network pretrained
+on the rest (seeded alike), and chooses by the means over all of them: one validation set's
+luck, and one pretrained network's, moves a setting's increase by about as much as the margin
+(BENCHMARKS.md). The test set then reads the chosen setting's network of every split (a row
+each, and their mean); Deep Compression runs on the first split's network.
 
 ``--write`` replaces the "## Compression, chosen on validation" section of
 BENCHMARKS.md.
@@ -171,9 +172,7 @@ def run_case(name: str, options: dict) -> dict:
     for groups, each in found.items():
         kind = "" if groups is None else " per-layer"
         label = f"sws{kind} {_setting_label(each.chosen.settings)} (chosen on validation)"
-        chosen = each.chosen.result
-        rows.append(_row(name, label, pre_acc, chosen.stored_net, final, chosen))
-        _say_row(rows[-1])
+        rows += _chosen_rows(name, label, nets, each.chosen, final, options, pre_acc)
     label = rows[0]["method"]
     prune, clusters = bench.matched_dc_settings(rows[0])
     matched = f"dc-matched to {label.split(' (')[0]}"
@@ -212,6 +211,29 @@ def run_case(name: str, options: dict) -> dict:
         out["trials_per_layer"] = _trials(found["layer"])
         out["wall_per_layer"] = walls["layer"]
     return out
+
+
+def _chosen_rows(
+    name: str, label: str, nets: list, chosen, final, options: dict, pre_acc: float
+) -> list[dict]:
+    """The chosen setting's test rows: its (first seed's) network on the test set, one per
+    validation split's network with several splits (``, split S``), then their mean."""
+    results = chosen.split_results or (chosen.result,)
+    seeds = options.get("splits") or [options["seed"]]
+    rows = []
+    for i, (net, result, seed) in enumerate(zip(nets, results, seeds, strict=True)):
+        before = pre_acc if i == 0 else accuracy(net, final.x_test, final.y_test)
+        method = label if len(results) == 1 else f"{label}, split {seed}"
+        rows.append(_row(name, method, before, result.stored_net, final, result))
+        _say_row(rows[-1])
+    if len(rows) > 1:
+        keys = [k for k, v in rows[0].items() if isinstance(v, float)]
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+        splits = ", ".join(map(str, seeds))
+        rows.append({**rows[0], **mean, "method": f"{label}, mean over splits {splits}"})
+        rows[-1]["layers"] = []  # a mean of networks has no layers of its own
+        _say_row(rows[-1])
+    return rows
 
 
 def _setting_label(settings: dict) -> str:
@@ -421,6 +443,14 @@ def rule_text(options: dict) -> str:
     return f"Settings chosen as the highest compression rate among those {within}"
 
 
+def _split_words(options: dict) -> str:
+    """Which validation split(s) the choice was made on, in words."""
+    splits = options.get("splits") or []
+    if len(splits) > 1:
+        return f"{len(splits)} splits, seeds {', '.join(map(str, splits))}, a network pretrained on each"
+    return f"seed {options['seed']}"
+
+
 def section(results: dict[str, dict], command: str, options: dict, recorded: str) -> str:
     lines = [
         SECTION,
@@ -430,7 +460,7 @@ def section(results: dict[str, dict], command: str, options: dict, recorded: str
         f"Machine: {bench.machine_line(options['threads'])}",
         "",
         f"{100 * options['validation']:g} % of the training set held out for validation "
-        f"(seed {options['seed']}); every network here, pretrained and compressed, trained on "
+        f"({_split_words(options)}); every network here, pretrained and compressed, trained on "
         f"the rest. {rule_text(options)}; the test set was read once, for the rows below.",
         "",
         *_table([row for result in results.values() for row in result["rows"]]),
@@ -585,7 +615,9 @@ def _parser() -> argparse.ArgumentParser:
         help="validate on several splits (repeated hold-out): one per seed S, each with its "
         "own network pretrained on its training part (seeded S), every candidate retrained "
         "on each and chosen by the means over all (tune_soft_weight_sharing with a network "
-        "and a split each); with --tune-only only. Default: one split, at --seed",
+        "and a split each); the chosen setting's network of every split is read on the "
+        "test set (a row each, and their mean; Deep Compression on the first split's "
+        "network). Default: one split, at --seed",
     )
     parser.add_argument(
         "--tune-only",
@@ -602,11 +634,6 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
         parser.error("--tune-only writes no rows: drop --write and --figures")
     if args.splits and len(set(args.splits)) != len(args.splits):
         parser.error(f"--splits must be distinct seeds, got {args.splits}")
-    if args.splits and len(args.splits) > 1 and not args.tune_only:
-        parser.error(
-            "--splits with more than one split chooses only: add --tune-only (the test rows "
-            "are read for one split's networks; run that one with --seed S)"
-        )
     if args.splits:
         args.seed = args.splits[0]
     if not args.standard_errors >= 0:

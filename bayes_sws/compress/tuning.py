@@ -103,7 +103,9 @@ class Trial:
     With several validation splits (each with its own pretrained network), the means run
     over every split's retrainings (split by split, seeds within), ``validation_error_before``
     is the mean of the pretrained networks' errors on their own splits, and
-    ``seed_errors_before`` gives each retraining's; ``result`` is the first split's.
+    ``seed_errors_before`` gives each retraining's; ``result`` is the first split's, and
+    ``split_results`` each split's (its first seed's), to read each split's network on a
+    test set once a trial is chosen.
     ``increase_se`` is the standard error of the increase that the choice of validation
     points alone makes (each point's change, paired).
     """
@@ -123,6 +125,9 @@ class Trial:
     #: with several validation splits, the pretrained network's validation error that each
     #: entry of ``seed_errors_after`` is compared with (its split's); empty with one split
     seed_errors_before: tuple[float, ...] = ()
+    #: with several validation splits, each split's compression (its first seed's), in the
+    #: order of the splits (``result`` is the first); empty with one split
+    split_results: tuple[CompressionResult, ...] = ()
 
     @property
     def increase(self) -> float:
@@ -359,10 +364,11 @@ def _trial(
     candidate: Mapping[str, Any],
     results: list[CompressionResult],
     se: float | None = None,
-    several_splits: bool = False,
+    split_results: Sequence[CompressionResult] = (),
 ) -> Trial:
     """``candidate`` scored by the means over its retrainings ``results`` (one per seed, or
-    per split and seed when ``several_splits``); ``se`` the standard error of the increase."""
+    per split and seed, with ``split_results`` each split's first, when there are several);
+    ``se`` the standard error of the increase."""
     # soft_weight_sharing measures the pretrained net on the same (validation) set
     befores = [r.test_accuracy_pretrained for r in results]
     after = [r.test_accuracy_after for r in results]
@@ -383,7 +389,8 @@ def _trial(
         rates,
         sum(retrained_errors) / len(retrained_errors),
         se,
-        before_errors if several_splits else (),
+        before_errors if split_results else (),
+        tuple(split_results),
     )
 
 
@@ -541,7 +548,8 @@ def tune_soft_weight_sharing(
         ]
         flat = [r for each in seeded for r in each]
         se = paired_standard_error(befores, after)
-        trials.append(_trial(candidate, flat, se, several_splits=len(splits) > 1))
+        firsts = [each[0] for each in seeded] if len(splits) > 1 else []
+        trials.append(_trial(candidate, flat, se, split_results=firsts))
     chosen, within = choose_within_margin(
         trials,
         lambda t: t.upper_increase(spread),

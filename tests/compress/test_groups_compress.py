@@ -177,8 +177,9 @@ def test_validated_benchmark_lists_the_per_layer_trials(monkeypatch):
 
 def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     """``--epochs 80`` on Fashion-MNIST LeNet-300-100: every λ retrains 80 epochs and
-    fine-tunes its codebook for 1, so Deep Compression's equal-epochs row fine-tunes
-    80 + 1 − 5 centroid epochs = 76 (hand arithmetic); without it 40 + 1 − 5 = 36."""
+    fine-tunes its codebook for 1 before unit pruning and 1 after, so Deep Compression's
+    equal-epochs row fine-tunes 80 + 2 × 1 − 5 centroid epochs = 77 (hand arithmetic);
+    without it 40 + 2 − 5 = 37."""
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
     import compression as bench
@@ -192,8 +193,8 @@ def test_validated_benchmark_epochs_override_reaches_both_methods(monkeypatch):
     assert {tuple(s["anneal_epochs"]) for s in longer.sws.values()} == {(56, 76)}
     pinned = validated.with_settings(case, 80, {"sws": {"anneal_epochs": [30, 70]}})
     assert {tuple(s["anneal_epochs"]) for s in pinned.sws.values()} == {(30, 70)}
-    assert validated.equal_epochs(longer) == {"finetune_epochs": 76}
-    assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 36}
+    assert validated.equal_epochs(longer) == {"finetune_epochs": 77}
+    assert validated.equal_epochs(validated.with_settings(case, None)) == {"finetune_epochs": 37}
     assert {s["num_epochs"] for s in case.sws.values()} == {40}  # the case itself unchanged
     # LeNet-5 prunes units, fine-tuning its codebook before and after: 30 + 2 × 1 − 3 = 29
     lenet5 = bench.CASES["fashion-mnist/lenet-5"]

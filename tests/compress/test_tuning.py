@@ -305,6 +305,10 @@ def test_tuning_over_several_validation_splits_pools_them(digits):
         errors = [1 - accuracy(r.net, t.x_test, t.y_test) for r, t in zip(single, splits)]
         assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
         assert trial.seed_errors_before == pytest.approx(pre, abs=1e-12)
+        assert trial.result is trial.split_results[0] and len(trial.split_results) == 2
+        for kept, r in zip(trial.split_results, single, strict=True):  # each split's network
+            for a, b in zip(kept.net.parameters(), r.net.parameters(), strict=True):
+                assert torch.equal(a, b)
         assert trial.validation_error_before == pytest.approx(sum(pre) / 2, abs=1e-12)
         assert trial.validation_error_after == pytest.approx(sum(errors) / 2, abs=1e-12)
         assert trial.increase == pytest.approx(
@@ -426,24 +430,57 @@ def test_tuning_refuses_regression_and_empty_candidates(digits):
         tune_soft_weight_sharing(net, digits, [])
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--splits", "0", "1"], "--tune-only"),
-        (["--splits", "1", "1", "--tune-only"], "distinct"),
-    ],
-)
-def test_validated_benchmark_refuses_splits_it_cannot_report(monkeypatch, capsys, flags, message):
-    """Several validation splits choose only (the test rows are one split's networks), and
-    a split twice would count its retrainings twice: both refused before anything runs."""
+def test_validated_benchmark_refuses_a_split_twice(monkeypatch, capsys):
+    """A split twice would count its retrainings twice: refused before anything runs."""
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
     import compression_validated as validated
 
     monkeypatch.setattr(validated, "run_case", lambda *a, **k: pytest.fail("ran a case"))
     with pytest.raises(SystemExit):
-        validated.main(["--cases", "digits/lenet-300-100", *flags])
-    assert message in capsys.readouterr().err
+        validated.main(["--cases", "digits/lenet-300-100", "--splits", "1", "1", "--tune-only"])
+    assert "distinct" in capsys.readouterr().err
+
+
+def test_validated_benchmark_reads_every_splits_network_on_test(monkeypatch, tmp_path):
+    """``--splits 0 1`` without ``--tune-only``: the chosen setting's network of each split
+    on the test set (its pretrained network's error there by a numpy forward pass), their
+    mean by hand, and Deep Compression once, matched to the first split's network."""
+    import json
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression as bench
+    import compression_validated as validated
+
+    name = "digits/lenet-300-100"
+    case = bench.CASES[name]
+    monkeypatch.setattr(bench, "CASES", {**bench.CASES, name: dataclasses.replace(
+        case, pretrain={**case.pretrain, "num_epochs": 2})})  # fmt: skip
+    out = tmp_path / "rows.json"
+    argv = ["--cases", name, "--prior-scales", "0.03", "--epochs", "2", "--splits", "0", "1"]
+    argv += ["--cache", str(tmp_path), "--json", str(out), "--no-progress"]
+    assert validated.main(argv) == 0
+    rows = json.loads(out.read_text())[name]["rows"]
+    label = "sws λ=0.03 (chosen on validation)"
+    assert [r["method"] for r in rows[:3]] == [
+        f"{label}, split 0",
+        f"{label}, split 1",
+        f"{label}, mean over splits 0, 1",
+    ]
+    options = {"validation": 0.1, "seed": 1, "cache": tmp_path, "progress": False, "epochs": 2}
+    _, _, final, net = validated.held_out_pretrained(name, {**options, "overrides": None})
+    errors = _numpy_errors(net, final.x_test.numpy(), final.y_test.numpy())
+    assert rows[1]["pretrained_accuracy"] == pytest.approx(1 - errors.mean(), abs=1e-12)
+    assert rows[0]["pretrained_accuracy"] != rows[1]["pretrained_accuracy"]  # two networks
+    for key in ("pretrained_accuracy", "accuracy_after", "compression_rate"):
+        assert rows[2][key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, rel=1e-12)
+    dc = [r["method"] for r in rows[3:]]
+    assert dc == [
+        "dc-han",
+        "dc-matched to sws λ=0.03",
+        "dc-matched to sws λ=0.03, equal epochs",
+    ]
 
 
 def test_validated_benchmark_section_marks_the_choice_and_its_margins(monkeypatch):
