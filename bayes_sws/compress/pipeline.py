@@ -87,8 +87,8 @@ from ..settings import (
 from ..validation import check_int, check_real
 from ..zoo.training import accuracy, predict, rmse
 from .codebook import finetune_codebook
-from .quantize import QuantizeResult, quantize, quantize_groups
-from .storage import StorageReport, stored_network
+from .quantize import QuantizeResult, quantize, quantize_groups, quantized_names
+from .storage import StorageReport, check_index_bits, stored_network
 from .surgery import UnitPruning, check_prune_units, prune_units
 
 __all__ = [
@@ -1136,6 +1136,10 @@ def _retrain(
     """
     warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
     model = SWSModel(net, prior, likelihood, prior_scale=warmup(0), groups=groups)
+    # the storing settings that name parameters, checked before the minutes of retraining
+    names = list(model.prior_param_names)
+    quantized = quantized_names(net, names, chosen.compress.keep_float, model.groups)
+    check_index_bits(chosen.compress.index_bits, quantized)
 
     anneals = [
         precision_anneal(each, plan.final, plan.anneal_epochs, plan.per_epoch)

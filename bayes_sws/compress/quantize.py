@@ -42,7 +42,13 @@ from ..validation import check_names
 from .params import check_param_names
 from .storage import shared_values
 
-__all__ = ["QuantizeResult", "merge_components", "quantize", "quantize_groups"]
+__all__ = [
+    "QuantizeResult",
+    "merge_components",
+    "quantize",
+    "quantize_groups",
+    "quantized_names",
+]
 
 
 def _as_mixture(pi: Any, mu: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,6 +272,29 @@ def _quantized_names(
     return quantized, kept
 
 
+def quantized_names(
+    net: nn.Module,
+    param_names: Sequence[str] | None,
+    keep_float: Sequence[str] | str,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """The parameters :func:`quantize` (or, with ``groups``, :func:`quantize_groups`) would
+    quantise: ``param_names`` (or every group's) less ``keep_float``, checked with the same
+    errors, so that a caller can refuse a bad ``keep_float`` before any work (e.g. before
+    retraining)."""
+    if groups is None:
+        return _quantized_names(net, param_names, keep_float)[0]
+    kept = set(check_names("keep_float", keep_float) or ())
+    grouped = [n for names in groups.values() for n in names]
+    outside = sorted(kept - set(grouped))
+    if outside:
+        raise ValueError(f"keep_float {outside} are not in any group {dict(groups)}")
+    quantized = [n for n in grouped if n not in kept]
+    if not quantized:
+        raise ValueError(f"keep_float {sorted(kept)} leaves no parameter to quantise")
+    return quantized
+
+
 def _check_options(assignment: str, value_tolerance: float) -> None:
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"assignment must be one of {ASSIGNMENTS}; got {assignment!r}")
@@ -477,10 +506,8 @@ def quantize_groups(
     missing = sorted(set(groups) - set(mixtures))
     if missing:
         raise ValueError(f"no mixture for the groups {missing}; give one per group")
+    quantized_names(net, None, keep_float, groups)
     kept = set(check_names("keep_float", keep_float) or ())
-    outside = sorted(kept - {n for names in groups.values() for n in names})
-    if outside:
-        raise ValueError(f"keep_float {outside} are not in any group {dict(groups)}")
     current, results = net, {}
     for group, names in groups.items():
         if all(n in kept for n in names):
@@ -494,8 +521,6 @@ def quantize_groups(
             **options,
         )
         current = results[group].net
-    if not results:
-        raise ValueError(f"keep_float {sorted(kept)} leaves no parameter to quantise")
     return _combined(results, zero_component)
 
 

@@ -441,7 +441,8 @@ def _uncompressed_counts(
     return num_bias, other_params
 
 
-def _check_index_bits(index_bits: int | Mapping[str, int] | None, names: Sequence[str]) -> None:
+def check_index_bits(index_bits: int | Mapping[str, int] | None, names: Sequence[str]) -> None:
+    """``index_bits`` (one width, or widths by the compressed parameters ``names``), checked."""
     if (
         index_bits is not None
         and not isinstance(index_bits, Mapping)
@@ -567,7 +568,7 @@ def storage_report(
     orders = _STORAGE_ORDERS.get(order)
     if orders is None:
         raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
-    _check_index_bits(index_bits, names)
+    check_index_bits(index_bits, names)
     if position_coding not in POSITION_CODINGS:
         raise ValueError(
             f"position_coding must be one of {list(POSITION_CODINGS)}; got {position_coding!r}"
@@ -920,7 +921,7 @@ def storage_unit_orders(
     layout_orders = _STORAGE_ORDERS.get(order)
     if layout_orders is None:
         raise ValueError(f"order must be one of {sorted(_STORAGE_ORDERS)}; got {order!r}")
-    _check_index_bits(index_bits, names)
+    check_index_bits(index_bits, names)
     if swaps < 0:
         raise ValueError(f"swaps must be >= 0; got {swaps}")
     search = _UnitOrderSearch(net, names, index_bits, layout_orders, position_coding)

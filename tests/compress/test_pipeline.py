@@ -1159,3 +1159,26 @@ def test_soft_weight_sharing_refuses_bad_compression_settings_before_retraining(
     with pytest.raises(error, match=named) as caught:
         soft_weight_sharing(net, digits, num_steps=5, progress=False, **bad)
     assert repr(next(iter(bad.values()))) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"keep_float": ["2.wieght"]}, "keep_float \\['2.wieght'\\]"),
+        ({"keep_float": ["0.weight", "2.weight"]}, "leaves no parameter to quantise"),
+        ({"index_bits": {"9.weight": 4}}, "index_bits names \\['9.weight'\\]"),
+        ({"index_bits": 0}, "index_bits must be a positive integer; got 0"),
+        ({"keep_float": ["2.wieght"], "groups": "layer"}, "not in any group"),
+    ],
+)
+def test_soft_weight_sharing_refuses_bad_parameter_names_before_retraining(
+    digits, monkeypatch, bad, named
+):
+    """``keep_float`` and ``index_bits`` name parameters, known only once the model is
+    built: still refused before the first optimisation step (``fit`` made to fail)."""
+    import bayes_sws.compress.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("retrained"))
+    net = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    with pytest.raises(ValueError, match=named):
+        soft_weight_sharing(net, digits, num_steps=5, progress=False, **bad)
