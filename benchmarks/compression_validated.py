@@ -66,7 +66,7 @@ if str(HERE) not in sys.path:
 
 import compression as bench  # the cases, pretraining and Deep Compression runs
 
-from bayes_sws.compress.tuning import Tuning, tune_soft_weight_sharing, validation_split
+from bayes_sws.compress.tuning import Trial, Tuning, tune_soft_weight_sharing, validation_split
 from bayes_sws.zoo.training import accuracy
 
 SECTION = "## Compression, chosen on validation"
@@ -214,7 +214,7 @@ def run_case(name: str, options: dict) -> dict:
 
 
 def _chosen_rows(
-    name: str, label: str, nets: list, chosen, final, options: dict, pre_acc: float
+    name: str, label: str, nets: list, chosen: Trial, final, options: dict, pre_acc: float
 ) -> list[dict]:
     """The chosen setting's test rows: its (first seed's) network on the test set, one per
     validation split's network with several splits (``, split S``), then their mean."""
