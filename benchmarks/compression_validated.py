@@ -310,7 +310,8 @@ def han_scaled(han: dict, scale: float) -> dict:
 
 
 def _validation_dc(name: str, net, tuning, case: bench.Case, options: dict, found: Tuning):
-    """Deep Compression matched to each λ trial and at Han's rates scaled, scored on validation."""
+    """Deep Compression matched to each λ trial and at Han's rates scaled, scored on validation
+    (``net`` and ``tuning``: with several splits, the first split's network and split)."""
     runs = [
         (
             f"matched {_setting_label(t.settings)}",
@@ -323,7 +324,8 @@ def _validation_dc(name: str, net, tuning, case: bench.Case, options: dict, foun
         ("Han" if s == 1 else f"Han, keep ×{s:g}", "dc-han", han_scaled(case.han, s), None)
         for s in HAN_KEEP_SCALES
     ]
-    before = found.trials[0].validation_error_before  # the pretrained net's, as for every λ
+    # the pretrained net's on this split (a trial's is the mean over the splits, when several)
+    before = 1.0 - accuracy(net, tuning.x_test, tuning.y_test)
     out = []
     for label, family, prune, clusters in runs:
         bench.say(f"{name}: Deep Compression on validation, {label}")

@@ -461,17 +461,23 @@ def test_validated_benchmark_reads_every_splits_network_on_test(monkeypatch, tmp
     argv = ["--cases", name, "--prior-scales", "0.03", "--epochs", "2", "--splits", "0", "1"]
     argv += ["--cache", str(tmp_path), "--json", str(out), "--no-progress"]
     assert validated.main(argv) == 0
-    rows = json.loads(out.read_text())[name]["rows"]
+    result = json.loads(out.read_text())[name]
+    rows = result["rows"]
     label = "sws λ=0.03 (chosen on validation)"
     assert [r["method"] for r in rows[:3]] == [
         f"{label}, split 0",
         f"{label}, split 1",
         f"{label}, mean over splits 0, 1",
     ]
-    options = {"validation": 0.1, "seed": 1, "cache": tmp_path, "progress": False, "epochs": 2}
-    _, _, final, net = validated.held_out_pretrained(name, {**options, "overrides": None})
+    options = {"validation": 0.1, "cache": tmp_path, "progress": False, "epochs": 2}
+    _, _, final, net = validated.held_out_pretrained(name, {**options, "seed": 1})
     errors = _numpy_errors(net, final.x_test.numpy(), final.y_test.numpy())
     assert rows[1]["pretrained_accuracy"] == pytest.approx(1 - errors.mean(), abs=1e-12)
+    # Deep Compression on validation runs on split 0's network: its error there is the baseline
+    _, tuning, _, first = validated.held_out_pretrained(name, {**options, "seed": 0})
+    own = _numpy_errors(first, tuning.x_test.numpy(), tuning.y_test.numpy()).mean()
+    for trial in result["dc_trials"]:
+        assert trial["validation_error_before"] == pytest.approx(own, abs=1e-12)
     assert rows[0]["pretrained_accuracy"] != rows[1]["pretrained_accuracy"]  # two networks
     for key in ("pretrained_accuracy", "accuracy_after", "compression_rate"):
         assert rows[2][key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, rel=1e-12)
