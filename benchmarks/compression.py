@@ -452,6 +452,10 @@ def row_point(row: dict) -> dict:
         family = "chosen"
     # the label without its parenthesis ("(chosen on validation)"), keeping what follows it
     label = re.sub(r" \([^)]*\)", "", method.replace("dc-matched to ", "dc-matched, "))
+    # one setting's rows over several validation splits: the split alone tells them apart
+    split = re.search(r", (split \d+|mean over splits [\d, ]+)$", label)
+    if split and family == "chosen":
+        label = split.group(1)
     error = 100 * (row["pretrained_accuracy"] - row["accuracy_after"])
     return {"family": family, "label": label, "rate": row["compression_rate"], "error": error}
 

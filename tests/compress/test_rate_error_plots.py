@@ -246,3 +246,20 @@ def test_each_label_is_nearer_its_own_point_than_any_other():
         own = gap(box, centres[label])
         nearest_other = min(gap(box, xy) for other, xy in centres.items() if other != label)
         assert 1.5 * own <= nearest_other, (label, own, nearest_other)
+
+
+def test_point_labels_name_the_split_of_a_chosen_settings_rows():
+    """One chosen setting read on several splits: each point is labelled by its split (the
+    long common name would stack the labels on one another); other rows keep their name."""
+    bench = _module("compression")
+    label = "sws λ=0.07, units pruned within 0.005 (chosen on validation)"
+    row = {"case": "c", "compression_rate": 80.0, "accuracy_after": 0.9, "pretrained_accuracy": 0.9}
+    names = {
+        f"{label}, split 1": "split 1",
+        f"{label}, mean over splits 0, 1, 2": "mean over splits 0, 1, 2",
+        label: "sws λ=0.07, units pruned within 0.005",
+        "dc-matched to sws λ=0.07, units pruned within 0.005": "dc-matched, sws λ=0.07, "
+        "units pruned within 0.005",
+    }
+    for method, expected in names.items():
+        assert bench.row_point({**row, "method": method})["label"] == expected
