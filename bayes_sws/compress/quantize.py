@@ -506,18 +506,17 @@ def quantize_groups(
     missing = sorted(set(groups) - set(mixtures))
     if missing:
         raise ValueError(f"no mixture for the groups {missing}; give one per group")
-    quantized_names(net, None, keep_float, groups)
-    kept = set(check_names("keep_float", keep_float) or ())
+    quantized = set(quantized_names(net, None, keep_float, groups))  # keep_float checked
     current, results = net, {}
     for group, names in groups.items():
-        if all(n in kept for n in names):
+        if not any(n in quantized for n in names):
             continue  # every tensor of the group stays at 32 bits
         results[group] = quantize(
             current,
             *mixtures[group],
             param_names=list(names),
             zero_component=zero_component,
-            keep_float=[n for n in names if n in kept],
+            keep_float=[n for n in names if n not in quantized],
             **options,
         )
         current = results[group].net
