@@ -465,7 +465,7 @@ def test_benchmark_case_refuses_a_grid_without_its_chosen_row():
         ),
         (
             "fashion-mnist/lenet-5",
-            "(λ=0.095 there; refit at its 105.2×); units pruned within 0.005 nats a point",
+            "(λ=0.075 there; refit at its 89.3×); units pruned within 0.005 nats a point",
         ),
     ],
 )
