@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,9 @@ __all__ = [
 
 #: How long a process waits for the others at a collective (rank 0 may pretrain meanwhile).
 TIMEOUT = datetime.timedelta(hours=6)
+#: Backends whose ``monitored_barrier`` names the ranks that did not come (:func:`leave`);
+#: the others wait at an asynchronous barrier polled until its deadline.
+_MONITORED_BACKENDS = frozenset({"gloo"})
 
 
 @dataclass(frozen=True)
@@ -142,25 +146,43 @@ def leave(*, wait: bool = True, timeout: float = 600.0) -> None:
     meet at a barrier, so that none closes its connections while another is
     still using them (a follower that left while the leader was still writing
     the run died the same way, now and then, on a loaded machine). Under gloo
-    the barrier waits at most ``timeout`` seconds (``monitored_barrier``;
-    long enough for the leader to write a run's files and plots), then warns,
-    naming the ranks that did not come, and the group is destroyed all the
-    same; other backends wait at a plain barrier. ``wait=False`` is for a
-    process on its way out with an error: the others may never arrive. A
-    no-op without a group.
+    the barrier waits at most ``timeout`` seconds (long enough for the leader
+    to write a run's files and plots), then warns and the group is destroyed
+    all the same: gloo's ``monitored_barrier`` names the ranks that did not
+    come; other backends (NCCL) start an asynchronous barrier and poll it
+    until the deadline (their warning gives the number of processes).
+    ``wait=False`` is for a process on its way out with an error: the others
+    may never arrive. A no-op without a group.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
         if wait and dist.get_world_size() > 1:
-            if dist.get_backend() == "gloo":
+            if dist.get_backend() in _MONITORED_BACKENDS:
                 dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout))
             else:
-                dist.barrier()
+                _polled_barrier(timeout)
     except RuntimeError as error:  # a process that never came: say so, leave anyway
         warnings.warn(f"leaving the process group without the others: {error}", stacklevel=2)
     finally:
         dist.destroy_process_group()
+
+
+def _polled_barrier(timeout: float, poll: float = 0.05) -> None:
+    """A barrier that waits at most ``timeout`` seconds on any backend: started
+    asynchronously and polled (``Work.is_completed`` does not block, where NCCL's
+    ``wait`` only orders the GPU stream); a ``RuntimeError`` past the deadline."""
+    work = dist.barrier(async_op=True)
+    if work is None:  # not an async work handle: this backend's barrier has returned
+        return
+    deadline = time.monotonic() + timeout
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"rank {dist.get_rank()}: not all {dist.get_world_size()} processes reached "
+                f"the barrier within {timeout:g} s"
+            )
+        time.sleep(poll)
 
 
 def shard(indices: Tensor | None, num_data: int, group: ProcessGroup, device=None) -> Tensor:

@@ -1,11 +1,12 @@
 """Run by ``test_distributed.py`` under ``torchrun``: ``distributed.leave`` with two processes.
 
-``torchrun --nproc_per_node=2 leave_worker.py OUT MODE``. ``meet``: rank 1 sleeps, writes
-``OUT/late``, then leaves; rank 0 leaves at once and records whether ``late`` was there
-when its ``leave`` returned. ``absent``: rank 1 never comes to the barrier (it sleeps past
-rank 0's one-second timeout, then leaves as a process with an error does, without
+``torchrun --nproc_per_node=2 leave_worker.py OUT MODE [polled]``. ``meet``: rank 1 sleeps,
+writes ``OUT/late``, then leaves; rank 0 leaves at once and records whether ``late`` was
+there when its ``leave`` returned. ``absent``: rank 1 never comes to the barrier (it sleeps
+past rank 0's one-second timeout, then leaves as a process with an error does, without
 waiting); rank 0 records the warnings its ``leave`` gave and whether the group was
-destroyed all the same.
+destroyed all the same. ``polled``: both ranks take the barrier of backends without
+``monitored_barrier`` (NCCL's path), here on gloo.
 """
 
 import json
@@ -19,8 +20,10 @@ import torch.distributed as dist
 from bayes_sws.infer import distributed
 
 
-def main(out: str, mode: str) -> None:
+def main(out: str, mode: str, polled: bool) -> None:
     dist.init_process_group("gloo")
+    if polled:
+        distributed._MONITORED_BACKENDS = frozenset()
     rank = dist.get_rank()
     late = Path(out, "late")
     if rank == 1:
@@ -41,4 +44,4 @@ def main(out: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:] == ["polled"])

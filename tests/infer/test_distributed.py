@@ -67,23 +67,30 @@ def test_resume_in_a_process_group_is_exact(ranks):
         assert doc["resumed"]["losses"] == doc["straight"]["losses"]
 
 
-def _leave(tmp_path, mode: str) -> dict:
-    torchrun(str(HERE / "leave_worker.py"), str(tmp_path), mode, timeout=120)
+def _leave(tmp_path, mode: str, polled: bool) -> dict:
+    args = [str(tmp_path), mode, *(["polled"] if polled else [])]
+    torchrun(str(HERE / "leave_worker.py"), *args, timeout=120)
     return json.loads((tmp_path / "rank-0.json").read_text())
 
 
-def test_leave_waits_for_the_other_processes(tmp_path):
+@pytest.mark.parametrize("polled", [False, True], ids=["monitored", "polled"])
+def test_leave_waits_for_the_other_processes(tmp_path, polled):
     """Rank 1 writes a file two seconds in, then leaves: rank 0, leaving at once, returns
-    only after it (without the barrier it would return before the file exists)."""
-    doc = _leave(tmp_path, "meet")
+    only after it (without the barrier it would return before the file exists). Both
+    barriers: gloo's monitored one, and the polled one other backends (NCCL) take."""
+    doc = _leave(tmp_path, "meet", polled)
     assert doc["late_seen"] and doc["warnings"] == [] and not doc["initialized"]
 
 
-def test_leave_without_the_others_warns_naming_them_and_still_destroys_the_group(tmp_path):
-    doc = _leave(tmp_path, "absent")
+@pytest.mark.parametrize("polled", [False, True], ids=["monitored", "polled"])
+def test_leave_without_the_others_warns_and_still_destroys_the_group(tmp_path, polled):
+    """Rank 1 never comes: rank 0 warns after its one-second timeout (gloo names rank 1,
+    the polled barrier the number of processes) and destroys the group all the same."""
+    doc = _leave(tmp_path, "absent", polled)
     assert not doc["late_seen"] and not doc["initialized"]
     assert len(doc["warnings"]) == 1 and "without the others" in doc["warnings"][0]
-    assert "1" in doc["warnings"][0].split("without the others", 1)[1]  # rank 1 named
+    said = doc["warnings"][0].split("without the others", 1)[1]
+    assert ("not all 2 processes" in said) if polled else ("1" in said)  # who was missing
 
 
 def test_shards_partition_the_batch():
