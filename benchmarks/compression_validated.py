@@ -475,7 +475,7 @@ def section(results: dict[str, dict], command: str, options: dict, recorded: str
             )
         for title, trials, wall in blocks:
             lines += _trial_table(title, trials, wall)
-        lines += _dc_trial_table(name, result.get("dc_trials", []))
+        lines += _dc_trial_table(name, result.get("dc_trials", []), options.get("splits"))
         if not result["within_margin"]:
             lines += ["", f"No λ stayed within {MARGIN} points on validation; the smallest loss."]
     return "\n".join(lines) + "\n"
@@ -502,11 +502,15 @@ def _trial_table(title: str, trials: list[dict], wall: float) -> list[str]:
     return lines
 
 
-def _dc_trial_table(name: str, dc_trials: list[dict]) -> list[str]:
-    """The markdown table of Deep Compression's validation runs (none: no lines)."""
+def _dc_trial_table(name: str, dc_trials: list[dict], splits: list[int] | None) -> list[str]:
+    """The markdown table of Deep Compression's validation runs (none: no lines); with
+    several ``splits``, it ran on the first one's network and is scored on that split."""
     if not dc_trials:
         return []
-    lines = ["", f"Deep Compression on the validation split, {name}:", ""]
+    where = "the validation split"
+    if splits and len(splits) > 1:
+        where = f"validation split {splits[0]} (split {splits[0]}'s network)"
+    lines = ["", f"Deep Compression on {where}, {name}:", ""]
     lines += [
         "| settings | validation error % pretrained → after | Δ (points) | compression × |",
         "| --- | ---: | ---: | ---: |",

@@ -478,6 +478,9 @@ def test_validated_benchmark_reads_every_splits_network_on_test(monkeypatch, tmp
     own = _numpy_errors(first, tuning.x_test.numpy(), tuning.y_test.numpy()).mean()
     for trial in result["dc_trials"]:
         assert trial["validation_error_before"] == pytest.approx(own, abs=1e-12)
+    text = validated.section({name: result}, "cmd", {**options, "splits": [0, 1], "threads": 1,
+                             "validation": 0.1}, "today")  # fmt: skip
+    assert f"Deep Compression on validation split 0 (split 0's network), {name}:" in text
     assert rows[0]["pretrained_accuracy"] != rows[1]["pretrained_accuracy"]  # two networks
     for key in ("pretrained_accuracy", "accuracy_after", "compression_rate"):
         assert rows[2][key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, rel=1e-12)
