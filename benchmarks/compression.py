@@ -102,9 +102,8 @@ HAN_LENET5 = {
 # with 0.99, three seeds), then one epoch of codebook fine-tuning at lr 1e-4 (its quantisation
 # loss is the first convolution's: +0.93 -> +0.32 on validation); the rows are the λ validated
 # on three splits, the refit's and split 0's choice, to show what the last stretch towards
-# 120× costs. A row's
-# label and settings carry λ as chosen, at the split's size; the grid retrains on the whole
-# training set, so run_sws scales it (Recipe.scaled).
+# 120× costs. A row's label and settings carry λ as chosen, at the split's size; the grid
+# retrains on the whole training set, so run_sws scales it (Recipe.scaled).
 
 
 def recipe_rows(name: str, scales: tuple[float, ...] | None = None) -> dict[str, dict]:

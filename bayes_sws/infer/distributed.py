@@ -145,12 +145,12 @@ def leave(*, wait: bool = True, timeout: float = 600.0) -> None:
     With ``wait`` (the way out of a run that went well), the processes first
     meet at a barrier, so that none closes its connections while another is
     still using them (a follower that left while the leader was still writing
-    the run died the same way, now and then, on a loaded machine). Under gloo
-    the barrier waits at most ``timeout`` seconds (long enough for the leader
-    to write a run's files and plots), then warns and the group is destroyed
-    all the same: gloo's ``monitored_barrier`` names the ranks that did not
-    come; other backends (NCCL) start an asynchronous barrier and poll it
-    until the deadline (their warning gives the number of processes).
+    the run died the same way, now and then, on a loaded machine). The
+    barrier waits at most ``timeout`` seconds (long enough for the leader to
+    write a run's files and plots), then warns and the group is destroyed all
+    the same: under gloo a ``monitored_barrier``, whose warning names the ranks
+    that did not come; under other backends (NCCL) an asynchronous barrier
+    polled until the deadline, whose warning gives the number of processes.
     ``wait=False`` is for a process on its way out with an error: the others
     may never arrive. A no-op without a group.
     """
