@@ -173,7 +173,7 @@ def _polled_barrier(timeout: float, poll: float = 0.05) -> None:
     asynchronously and polled (``Work.is_completed`` does not block, where NCCL's
     ``wait`` only orders the GPU stream); a ``RuntimeError`` past the deadline."""
     work = dist.barrier(async_op=True)
-    if work is None:  # not an async work handle: this backend's barrier has returned
+    if work is None:  # torch's contract: a process outside the group has nothing to wait for
         return
     deadline = time.monotonic() + timeout
     while not work.is_completed():
