@@ -31,7 +31,7 @@ weight-sharing candidate (or of Deep Compression), as in ``compression.py``;
 ``--tune-only`` stops after step 2: it prints the validation trials (with each
 retrained network's validation error before quantisation beside the compressed
 one's) and never reads the test set, for exploring settings honestly. ``--jobs N`` runs N
-retrainings of the tuning at a time in their own processes
+retrainings of the tuning at a time in their own processes, over seeds and splits alike
 (``tune_soft_weight_sharing(..., jobs=N)``; the same trials). ``--splits S1 S2 ...``
 validates on several splits, each held out with its seed and with its own network pretrained
 on the rest (seeded alike), and chooses by the means over all of them: one validation set's
@@ -594,8 +594,8 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=1,
-        help="retrainings of the tuning run at a time, each in its own process with --threads "
-        "torch threads (the trials are those of --jobs 1)",
+        help="retrainings of the tuning run at a time (over seeds and splits), each in its "
+        "own process with --threads torch threads (the trials are those of --jobs 1)",
     )
     parser.add_argument(
         "--standard-errors",

@@ -261,13 +261,14 @@ def _seed_settings(seeds: Sequence[int] | None, settings: dict[str, Any]) -> lis
     return [{**settings, "seed": s} for s in checked]
 
 
-#: the worker process's network and data (:func:`_worker_start`), sent once per process
+#: the worker process's networks and data, one per validation split (:func:`_worker_start`),
+#: sent once per process
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_start(threads: int, net: nn.Module, tuning: Dataset) -> None:
+def _worker_start(threads: int, nets: list[nn.Module], tunings: list[Dataset]) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(net=net, tuning=tuning)
+    _WORKER.update(nets=nets, tunings=tunings)
 
 
 def _share_retraining(net: nn.Module, tuning: Dataset, calls: list[dict[str, Any]]):
@@ -277,10 +278,11 @@ def _share_retraining(net: nn.Module, tuning: Dataset, calls: list[dict[str, Any
     return [first] + [_soft_weight_sharing(net, tuning, first.fit, **call) for call in calls[1:]]
 
 
-def _worker_compress(calls: list[dict[str, Any]]) -> bytes:
+def _worker_compress(task: tuple[int, list[dict[str, Any]]]) -> bytes:
+    split, calls = task
     # plain pickle: multiprocessing's own refuses the tensors in autograd graphs a result
     # keeps (e.g. the fit's guide), which need no sharing here, only their values
-    return pickle.dumps(_share_retraining(_WORKER["net"], _WORKER["tuning"], calls))
+    return pickle.dumps(_share_retraining(_WORKER["nets"][split], _WORKER["tunings"][split], calls))
 
 
 def _retraining_groups(calls: list[dict[str, Any]]) -> list[list[int]]:
@@ -294,34 +296,37 @@ def _retraining_groups(calls: list[dict[str, Any]]) -> list[list[int]]:
 
 
 def _compress_all(
-    net: nn.Module, tuning: Dataset, calls: list[dict[str, Any]], jobs: int
-) -> list[CompressionResult]:
-    """:func:`soft_weight_sharing` for every call, in order; ``jobs`` processes at a time.
-    Calls that differ only in what acts after retraining (unit pruning, fine-tuning, how
-    the network is stored) share one retraining."""
+    nets: Sequence[nn.Module], tunings: Sequence[Dataset], calls: list[dict[str, Any]], jobs: int
+) -> list[list[CompressionResult]]:
+    """Per validation split (a network and its data each), :func:`soft_weight_sharing` for
+    every call, in order; ``jobs`` processes at a time over all splits' retrainings. Calls
+    that differ only in what acts after retraining (unit pruning, fine-tuning, how the
+    network is stored) share one retraining (per split)."""
     groups = _retraining_groups(calls)
-    results: list[Any] = [None] * len(calls)
-    if jobs == 1 or len(groups) == 1:
-        for group in groups:
-            for i, result in zip(group, _share_retraining(net, tuning, [calls[i] for i in group])):
-                results[i] = result
+    tasks = [(split, group) for split in range(len(nets)) for group in groups]
+    results: list[list[Any]] = [[None] * len(calls) for _ in nets]
+    if jobs == 1 or len(tasks) == 1:
+        for split, group in tasks:
+            done = _share_retraining(nets[split], tunings[split], [calls[i] for i in group])
+            for i, result in zip(group, done):
+                results[split][i] = result
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     quiet = [
-        [{**calls[i], "progress": calls[i].get("progress") is True} for i in group]
-        for group in groups
+        (split, [{**calls[i], "progress": calls[i].get("progress") is True} for i in group])
+        for split, group in tasks
     ]
     with ProcessPoolExecutor(
-        max_workers=min(jobs, len(groups)),
+        max_workers=min(jobs, len(tasks)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_start,
-        initargs=(torch.get_num_threads(), net, tuning),
+        initargs=(torch.get_num_threads(), list(nets), list(tunings)),
     ) as pool:
-        for group, done in zip(groups, pool.map(_worker_compress, quiet)):
+        for (split, group), done in zip(tasks, pool.map(_worker_compress, quiet)):
             for i, result in zip(group, pickle.loads(done)):
-                results[i] = result
+                results[split][i] = result
     return results
 
 
@@ -494,10 +499,10 @@ def tune_soft_weight_sharing(
         wrong way round; ``BENCHMARKS.md``). Default: one retraining, at
         ``settings["seed"]`` or the pipeline's default.
     jobs : int
-        Retrainings run at a time, each in its own process (``spawn``; the network
-        and data are sent to each process once, and each uses as many torch threads
-        as this one). Every retraining seeds itself, so the trials are those of
-        ``jobs=1`` (tested). Default 1: all in this process. Progress bars are off
+        Retrainings run at a time, each in its own process (``spawn``; every split's
+        network and data are sent to each process once, and each uses as many torch
+        threads as this one), over all seeds and splits alike. Every retraining seeds
+        itself, so the trials are those of ``jobs=1`` (tested). Default 1: all in this process. Progress bars are off
         in the worker processes unless ``progress=True``.
     standard_errors : float
         A candidate is within the margin when its validation increase plus this many
@@ -537,7 +542,7 @@ def tune_soft_weight_sharing(
     jobs = check_int("jobs", jobs, low=1)
     runs = _seed_settings(seeds, settings)
     calls = [{**each, **candidate} for candidate in candidates for each in runs]
-    per_split = [_compress_all(n, split, calls, jobs) for n, split in zip(nets, splits)]
+    per_split = _compress_all(nets, splits, calls, jobs)
     befores = [point_errors(n, split.x_test, split.y_test) for n, split in zip(nets, splits)]
     trials = []
     for i, candidate in enumerate(candidates):
@@ -678,7 +683,7 @@ def calibrate_refit_scale(
             for run in runs
         ]
         found.rates[scale] = tuple(
-            r.compression_rate for r in _compress_all(net, train_only, calls, jobs)
+            r.compression_rate for r in _compress_all([net], [train_only], calls, jobs)[0]
         )
         if found.mean_rate(scale) >= target:  # the first, so the smallest, to reach it
             return dataclasses.replace(found, prior_scale=scale)

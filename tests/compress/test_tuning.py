@@ -292,18 +292,24 @@ def test_tuning_over_several_validation_splits_pools_them(digits):
     """Two validation splits, each with its own pretrained network: a trial's errors are the
     means over both splits' retrainings, each scored on its own split (separate
     ``soft_weight_sharing`` calls, the oracle), and the standard error is scipy's over both
-    splits' per-point changes pooled (numpy forward passes)."""
+    splits' per-point changes pooled (numpy forward passes). In two processes (``jobs=2``,
+    the splits' retrainings spread over both) every split's retraining is the same."""
     pairs = [_split_and_net(digits, num_epochs=15, seed=s) for s in (0, 1)]
     splits, nets = [t for t, _ in pairs], [n for _, n in pairs]
     candidates = [{"prior_scale": 0.003}, {"prior_scale": 0.3}]
     common = {"num_steps": 40, "batch_size": 64, "progress": False, "seed": 0}
     found = tune_soft_weight_sharing(nets, splits, candidates, **common)
+    two = tune_soft_weight_sharing(nets, splits, candidates, jobs=2, **common)
     pre = [1 - accuracy(n, t.x_test, t.y_test) for t, n in pairs]
     assert pre[0] != pre[1]  # the two splits' pretrained networks differ (what this checks)
-    for trial, candidate in zip(found.trials, candidates, strict=True):
+    for trial, twin, candidate in zip(found.trials, two.trials, candidates, strict=True):
         single = [soft_weight_sharing(n, t, **common, **candidate) for t, n in pairs]
         errors = [1 - accuracy(r.net, t.x_test, t.y_test) for r, t in zip(single, splits)]
         assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
+        assert twin.seed_errors_after == pytest.approx(errors, abs=1e-12)
+        for kept, r in zip(twin.split_results, single, strict=True):
+            for a, b in zip(kept.net.parameters(), r.net.parameters(), strict=True):
+                assert torch.equal(a, b)
         assert trial.seed_errors_before == pytest.approx(pre, abs=1e-12)
         assert trial.result is trial.split_results[0] and len(trial.split_results) == 2
         for kept, r in zip(trial.split_results, single, strict=True):  # each split's network
