@@ -157,6 +157,11 @@ class Recipe:
     settings prune hidden units (``prune_units``, a budget in nats a training point, which
     acts after retraining), ``rate`` is the retraining's without that step: the refit is
     calibrated to what retraining prunes, and the units go after it at the same budget.
+
+    ``pretrain`` is how the networks it was chosen for were pretrained
+    (:func:`~bayes_sws.zoo.training.train`'s ``num_epochs``, ``lr`` and ``batch_size``; empty
+    when not recorded): ``benchmarks/compression.py`` pretrains so, and ``bayes-sws fit
+    --recipe NAME`` too.
     """
 
     prior_scale: float
@@ -166,9 +171,11 @@ class Recipe:
     rate: float | None = None
     refit_prior_scale: float | None = None
     refit_num_train: int | None = None
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # read-only: a recipe is a record of what was chosen
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        object.__setattr__(self, "pretrain", MappingProxyType(dict(self.pretrain)))
         if (self.refit_prior_scale is None) != (self.refit_num_train is None):
             raise ValueError(
                 "Recipe: give refit_prior_scale and refit_num_train together (the λ the refit "
@@ -178,7 +185,8 @@ class Recipe:
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy (a mappingproxy cannot)
         fields = (self.prior_scale, self.grid, self.num_train, dict(self.settings))
-        return (Recipe, (*fields, self.rate, self.refit_prior_scale, self.refit_num_train))
+        refit = (self.rate, self.refit_prior_scale, self.refit_num_train)
+        return (Recipe, (*fields, *refit, dict(self.pretrain)))
 
     def refit_scale(self, num_train: int) -> float:
         """λ (on this recipe's per-image scale, as chosen) for a refit on ``num_train``
@@ -210,6 +218,13 @@ class Recipe:
         if num_train is not None:
             scale = self.scaled(scale, num_train)
         return {"prior_scale": scale, **self.settings}
+
+    def preset(self, num_train: int | None = None) -> Preset:
+        """Every setting :func:`soft_weight_sharing` runs this recipe with, as a
+        :class:`~bayes_sws.settings.Preset` (``PRESETS["compression"]`` with
+        :meth:`kwargs`, λ for ``num_train`` training images): how ``bayes-sws fit --recipe``
+        retrains and ``bayes-sws compress`` stores such a run."""
+        return _pipeline_settings("compression", self.kwargs(num_train=num_train))
 
 
 #: Recipes per ``"data/network"`` (the networks of :mod:`bayes_sws.zoo.nets` on raw pixels in
@@ -280,6 +295,7 @@ RECIPES: dict[str, Recipe] = {
         rate=67.5,
         refit_prior_scale=0.075,
         refit_num_train=60_000,
+        pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 128},
     ),
     "fashion-mnist/lenet-5": Recipe(
         prior_scale=0.075,
@@ -296,18 +312,21 @@ RECIPES: dict[str, Recipe] = {
         rate=89.3,
         refit_prior_scale=0.08,
         refit_num_train=60_000,
+        pretrain={"num_epochs": 20, "lr": 1e-3, "batch_size": 128},
     ),
     "digits/lenet-300-100": Recipe(
         prior_scale=0.03,
         grid=(0.01, 0.03, 0.1),
         num_train=1293,
         settings={**_DIGITS, "num_epochs": 100, "finetune_epochs": 10},
+        pretrain={"num_epochs": 60, "lr": 1e-3, "batch_size": 64},
     ),
     "digits/lenet-5": Recipe(
         prior_scale=0.003,
         grid=(0.003, 0.01, 0.03),
         num_train=1293,
         settings={**_DIGITS, "num_epochs": 60, "finetune_epochs": 5},
+        pretrain={"num_epochs": 30, "lr": 1e-3, "batch_size": 64},
     ),
 }
 

@@ -316,7 +316,7 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict, *, checked: bool 
 
 
 _GROUPS = {
-    "data": ("preset", "data", "standardize", "test_fraction", "split_seed"),
+    "data": ("preset", "recipe", "data", "standardize", "test_fraction", "split_seed"),
     "network and pretraining": (
         "network",
         "hidden",

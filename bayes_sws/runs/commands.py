@@ -94,6 +94,7 @@ from .settings import (
     compress_settings,
     config_options,
     load_config_file,
+    recipe_compress_settings,
     resolve_config,
 )
 
@@ -1171,6 +1172,9 @@ def compress_run(
     the run's training data with its batch size and seed); ``sources`` names
     where each change came from, for the error messages. With ``plots``, the
     pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
+    A run fitted with a ``recipe`` starts from that recipe's storing settings instead of the
+    defaults (:func:`~bayes_sws.runs.settings.recipe_compress_settings`: unit pruning, codebook
+    fine-tuning and unit order as the benchmark stored it), unless ``settings`` is given.
     With ``remove_dead_units`` the hidden units pruning left unused are dropped
     before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
     ``stored_shapes`` gives the shape of every stored parameter either way.
@@ -1182,13 +1186,16 @@ def compress_run(
     """
     if settings is not None and not isinstance(settings, CompressSettings):
         raise TypeError(f"settings must be a CompressSettings, got {type(settings).__name__}")
-    chosen = compress_settings(changes, base=settings, sources=sources)
+    compress_settings(changes, base=settings, sources=sources)  # each value, before the run
     if not isinstance(plots, bool):
         raise TypeError(f"plots must be True or False, got {plots!r}")
     if device is not None:
         check_device(device, "--device")
-    check_prune_units(chosen.prune_units, chosen.remove_dead_units)
     with _complete_run(run_dir, "compress") as (run, config):
+        if settings is None and config.recipe is not None:  # a recipe's run: its settings
+            settings = recipe_compress_settings(config.recipe)
+        chosen = compress_settings(changes, base=settings, sources=sources)
+        check_prune_units(chosen.prune_units, chosen.remove_dead_units)
         return _compress_run(run, config, chosen, plots, device)
 
 

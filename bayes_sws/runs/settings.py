@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..compress.pipeline import check_anneal
+from ..compress.pipeline import RECIPES, check_anneal
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..infer.guides import GUIDES, check_guide_rank
 from ..settings import (
@@ -87,6 +87,7 @@ _ADDED_SETTINGS = (
     "lbfgs_tolerance",
     "preset",
     "mixture_groups",
+    "recipe",
 )
 #: Settings added after run directories existed whose default differs from how the
 #: runs before them behaved: a ``config.json`` without them means this value, and a
@@ -113,6 +114,16 @@ class _RunData:
         "named settings to start from (a config file and flags override them)",
         "str?",
         choices=tuple(PRESETS),
+    )
+    recipe: str | None = option(
+        None,
+        "settings chosen on validation for a data set and network "
+        f"(bayes_sws.compress.pipeline.RECIPES: {', '.join(RECIPES)}): its data, network, "
+        "pretraining, retraining and λ scaled to this training set, and the compress "
+        "command's settings (a config file and flags override them)",
+        "str?",
+        choices=tuple(RECIPES),
+        metavar="NAME",
     )
     data: str = option(
         "digits",
@@ -374,6 +385,13 @@ class _RunConfigMethods:
                 f"give either num_steps ({sources.get('num_steps', 'config')}) or num_epochs "
                 f"({sources.get('num_epochs', 'config')}), not both (either steps or epochs)"
             )
+        if clean.get("recipe") is not None and clean.get("preset") is not None:
+            raise RunError(
+                f"{sources.get('recipe', 'config')}: recipe {clean['recipe']!r} and "
+                f"{sources.get('preset', 'config')}: preset {clean['preset']!r} both name the "
+                "settings to start from (a recipe starts from preset 'compression'); give one"
+            )
+        clean = {**_recipe_values(clean), **clean}
         clean = {**_preset_values(clean.get("preset"), clean), **clean}
         config = cls(**clean)
         config._check_combinations(sources)
@@ -509,6 +527,78 @@ def _preset_values(name: str | None, given: Mapping[str, Any]) -> dict[str, Any]
     if isinstance(values.get("num_epochs"), float):
         values["num_epochs"] = round(values["num_epochs"])
     return values
+
+
+#: a recipe's pretraining (:attr:`Recipe.pretrain <bayes_sws.compress.pipeline.Recipe>`) as
+#: run settings
+_PRETRAIN_NAMES = {
+    "num_epochs": "pretrain_epochs",
+    "lr": "pretrain_lr",
+    "batch_size": "pretrain_batch_size",
+}
+
+
+def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a ``recipe`` in ``given`` sets (run fields only), less those ``given`` has.
+
+    Its data and network (from its name), raw pixels (``standardize = "none"``, as it was
+    chosen on), its pretraining, and every retraining setting of
+    :meth:`Recipe.preset <bayes_sws.compress.pipeline.Recipe.preset>` that departs from the
+    defaults, with λ scaled to the training set of the data the run will load (given or the
+    recipe's: its size is read once, here). Its storing settings are the compress command's
+    (:func:`recipe_compress_settings`).
+    """
+    name = given.get("recipe")
+    if name is None:
+        return {}
+    recipe = RECIPES[name]
+    data, network = name.split("/")
+    values: dict[str, Any] = {
+        "data": data,
+        "network": network,
+        "standardize": "none",
+        **{_PRETRAIN_NAMES[k]: v for k, v in recipe.pretrain.items()},
+    }
+    values = {**values, **{k: v for k, v in given.items() if k in values}}
+    num_train = None if "prior_scale" in given else _train_size({**values, **given})
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    chosen = recipe.preset(num_train)
+    retraining = {**chosen.differences(), "guide": chosen.fit.guide}
+    values.update({k: v for k, v in retraining.items() if k in run and k not in values})
+    if "num_steps" in given or "num_epochs" in given:
+        values.pop("num_steps", None)
+        values.pop("num_epochs", None)
+    if isinstance(values.get("num_epochs"), float):
+        values["num_epochs"] = round(values["num_epochs"])
+    return {k: v for k, v in values.items() if k not in given}
+
+
+def _train_size(values: Mapping[str, Any]) -> int:
+    """The number of training points of the data ``values`` name (their split settings or
+    the defaults), as a run would load them."""
+    from ..zoo.data import load_dataset
+
+    defaults = {f.name: f.default for f in dataclasses.fields(_RunData)}
+    pick = {**defaults, **{k: v for k, v in values.items() if k in defaults}}
+    try:
+        data = load_dataset(
+            pick["data"], test_fraction=pick["test_fraction"], seed=pick["split_seed"]
+        )
+    except (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError) as err:
+        raise RunError(
+            f"recipe {values['recipe']!r} scales λ to the training set, but data "
+            f"{pick['data']!r} cannot be read ({type(err).__name__}: {err}); give readable "
+            "data or prior_scale"
+        ) from None
+    return data.num_train
+
+
+def recipe_compress_settings(name: str) -> CompressSettings:
+    """The storing settings of recipe ``name`` (:attr:`Preset.compress
+    <bayes_sws.settings.Preset>` of :meth:`Recipe.preset
+    <bayes_sws.compress.pipeline.Recipe.preset>`): the compress command's defaults for a run
+    fitted with that recipe."""
+    return RECIPES[name].preset().compress
 
 
 def _options(fields, aliases: Mapping[str, str]) -> list[dict[str, Any]]:
