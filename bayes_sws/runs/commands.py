@@ -1403,10 +1403,11 @@ def report_run(run_dir: str | os.PathLike) -> str:
     run = _RunContext(run_dir, rundir.read_identity(run_dir, config.identity_settings()), None)
     hidden = "" if config.network != "mlp" else f" hidden={list(config.hidden or (100,))}"
     zero = " (zero component)" if config.zero_component else ""
+    recipe = "" if config.recipe is None else f" (recipe {config.recipe})"
     lines = [
         f"run {run_dir}",
         f"  data {config.data}, network {config.network}{hidden}, {config.num_components} components"
-        + f"{zero}, λ = {config.prior_scale}",
+        + f"{zero}, λ = {config.prior_scale}{recipe}",
         f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
         + f"batch {config.batch_size}, seed {config.seed}",
     ]

@@ -45,6 +45,8 @@ def test_a_recipe_run_retrains_and_stores_as_the_pipeline_does(tmp_path, capsys)
     assert cli.main([*argv, *anneal, "--anneal-epochs", "0.5", "1.5", "--out", str(out)]) == 0
     assert cli.main(["compress", str(out), "--no-plots"]) == 0
     capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    assert f"(recipe {DIGITS})" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == DIGITS and config["standardize"] == "none"
     data = load_dataset("digits", flatten=True, test_fraction=0.2, seed=0, standardize=False)
