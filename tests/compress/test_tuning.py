@@ -103,6 +103,9 @@ def test_recipes_scale_lambda_by_the_training_set_size(digits):
         )
         with pytest.raises(TypeError):
             copied.settings["lr"] = 1.0  # type: ignore[index]
+        assert dict(copied.pretrain) == dict(fashion.pretrain) != {}
+        with pytest.raises(TypeError):
+            copied.pretrain["lr"] = 1.0  # type: ignore[index]
     with pytest.raises(ValueError, match="num_train"):
         fashion.kwargs(num_train=0)
     with pytest.raises(ValueError, match="prior_scale"):
