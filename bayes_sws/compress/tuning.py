@@ -502,8 +502,8 @@ def tune_soft_weight_sharing(
         Retrainings run at a time, each in its own process (``spawn``; every split's
         network and data are sent to each process once, and each uses as many torch
         threads as this one), over all seeds and splits alike. Every retraining seeds
-        itself, so the trials are those of ``jobs=1`` (tested). Default 1: all in this process. Progress bars are off
-        in the worker processes unless ``progress=True``.
+        itself, so the trials are those of ``jobs=1`` (tested). Default 1: all in this
+        process. Progress bars are off in the worker processes unless ``progress=True``.
     standard_errors : float
         A candidate is within the margin when its validation increase plus this many
         standard errors of it is (:func:`paired_standard_error` over the validation points,
