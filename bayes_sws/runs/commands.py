@@ -86,6 +86,7 @@ from .checkpoints import (
 )
 from .history import HISTORY_FILE, MixtureHistory
 from .settings import (
+    DATA_READ_ERRORS,
     LEGACY_VALUES,
     RESUME_SETTINGS,
     RunConfig,
@@ -166,7 +167,7 @@ def _load_data(config: RunConfig):
         )
     except DataError:
         raise
-    except (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError) as err:
+    except DATA_READ_ERRORS as err:
         # a file the loader does not expect (e.g. a .npy renamed .npz): name it, not numpy's internals
         raise RunError(
             f"data {config.data!r} cannot be read ({type(err).__name__}: {err}); give one of "

@@ -519,8 +519,14 @@ def _preset_values(name: str | None, given: Mapping[str, Any]) -> dict[str, Any]
     """The settings a preset sets (run fields only), less the run length if ``given`` has one."""
     if name is None:
         return {}
+    return _run_values(PRESETS[name].differences(), given)
+
+
+def _run_values(settings: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (a :class:`~bayes_sws.settings.Preset`'s, by name) that are run fields, less
+    the run length if ``given`` has one; a whole number of epochs as a run counts them."""
     run = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {k: v for k, v in PRESETS[name].differences().items() if k in run}
+    values = {k: v for k, v in settings.items() if k in run}
     if "num_steps" in given or "num_epochs" in given:
         values.pop("num_steps", None)
         values.pop("num_epochs", None)
@@ -561,16 +567,15 @@ def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
     }
     values = {**values, **{k: v for k, v in given.items() if k in values}}
     num_train = None if "prior_scale" in given else _train_size({**values, **given})
-    run = {f.name for f in dataclasses.fields(RunConfig)}
     chosen = recipe.preset(num_train)
-    retraining = {**chosen.differences(), "guide": chosen.fit.guide}
-    values.update({k: v for k, v in retraining.items() if k in run and k not in values})
-    if "num_steps" in given or "num_epochs" in given:
-        values.pop("num_steps", None)
-        values.pop("num_epochs", None)
-    if isinstance(values.get("num_epochs"), float):
-        values["num_epochs"] = round(values["num_epochs"])
+    retraining = _run_values({**chosen.differences(), "guide": chosen.fit.guide}, given)
+    values = {**retraining, **values}
     return {k: v for k, v in values.items() if k not in given}
+
+
+#: what reading a data set a run names can raise besides :class:`~bayes_sws.zoo.data.DataError`
+#: (a file the loader does not expect, e.g. a .npy renamed .npz), each reported as a RunError
+DATA_READ_ERRORS = (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError)
 
 
 def _train_size(values: Mapping[str, Any]) -> int:
@@ -584,7 +589,7 @@ def _train_size(values: Mapping[str, Any]) -> int:
         data = load_dataset(
             pick["data"], test_fraction=pick["test_fraction"], seed=pick["split_seed"]
         )
-    except (TypeError, ValueError, OSError, EOFError, KeyError, AttributeError) as err:
+    except DATA_READ_ERRORS as err:
         raise RunError(
             f"recipe {values['recipe']!r} scales λ to the training set, but data "
             f"{pick['data']!r} cannot be read ({type(err).__name__}: {err}); give readable "
