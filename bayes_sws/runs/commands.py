@@ -92,6 +92,7 @@ from .settings import (
     RunConfig,
     RunError,
     check_device,
+    compress_options,
     compress_settings,
     config_options,
     load_config_file,
@@ -134,6 +135,8 @@ CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 METRICS_FILE = "metrics.json"
 LOSSES_FILE = "losses.csv"
 COMPRESSION_FILE = "compression.json"
+#: a recipe's storing settings as they were when the run was fitted (``compress`` reads them)
+RECIPE_FILE = "recipe.json"
 MODEL_FILE = "model.sws"
 STATE_DICT_FILE = "model_quantized.pt"
 POSTERIOR_FILE = "posterior.nc"
@@ -515,6 +518,7 @@ def _start_run(config, out, overwrite, progress, should_stop, log, followers) ->
                 log(f"--overwrite kept what bayes-sws did not write: {', '.join(kept)}")
             identity = rundir.renew_run(out, config.to_dict(), config.identity_settings())
         run = _RunContext(out, identity, lock)
+        _pin_recipe(run, config)
         return _execute(
             config,
             run,
@@ -525,6 +529,41 @@ def _start_run(config, out, overwrite, progress, should_stop, log, followers) ->
             data=data,
             followers=followers,
         )
+
+
+def _pin_recipe(run: _RunContext, config: RunConfig) -> None:
+    """Record the storing settings of the run's recipe (``compress``'s defaults for it) as the
+    installed library has them now, so that a later release's recipe does not change how
+    this run is stored (:data:`RECIPE_FILE`)."""
+    if config.recipe is None:
+        return
+    storing = recipe_compress_settings(config.recipe)
+    pinned = {o["name"]: getattr(storing, o["name"]) for o in compress_options()}
+    run.verify_lock()
+    atomic_write_json(
+        rundir.safe_path(run.dir, RECIPE_FILE),
+        plain({"recipe": config.recipe, "compress": pinned, "run": run.identity.to_dict()}),
+    )
+
+
+def _recipe_storing(run: _RunContext, name: str) -> CompressSettings:
+    """The storing settings of recipe ``name`` as the run recorded them when it was fitted
+    (:func:`_pin_recipe`); for a run fitted before they were recorded, the installed
+    library's (:func:`~bayes_sws.runs.settings.recipe_compress_settings`)."""
+    current = recipe_compress_settings(name)
+    path = rundir.safe_path(run.dir, RECIPE_FILE)
+    if not path.exists():
+        return current
+    values = _read_run_json(run, RECIPE_FILE, required=("recipe", "compress"))
+    pinned = values["compress"]
+    if values["recipe"] != name:
+        raise RunError(
+            f"{path} records recipe {values['recipe']!r} but config.json names {name!r}; "
+            "the run directory is damaged"
+        )
+    if not isinstance(pinned, dict):
+        raise RunError(f"{path}: compress must be a table of settings; the run is damaged")
+    return compress_settings(pinned, base=current, sources={k: str(path) for k in pinned})
 
 
 @dataclass(frozen=True)
@@ -1175,7 +1214,9 @@ def compress_run(
     pretrained-versus-quantised scatter and the per-layer sparsity go to ``plots/``.
     A run fitted with a ``recipe`` starts from that recipe's storing settings instead of the
     defaults (:func:`~bayes_sws.runs.settings.recipe_compress_settings`: unit pruning, codebook
-    fine-tuning and unit order as the benchmark stored it), unless ``settings`` is given.
+    fine-tuning and unit order as the benchmark stored it), unless ``settings`` is given:
+    those the recipe had when the run was fitted (``recipe.json``), so a later release that
+    changes the recipe stores the run as before.
     With ``remove_dead_units`` the hidden units pruning left unused are dropped
     before counting (:func:`bayes_sws.compress.remove_dead_units`; exact);
     ``stored_shapes`` gives the shape of every stored parameter either way.
@@ -1194,7 +1235,7 @@ def compress_run(
         check_device(device, "--device")
     with _complete_run(run_dir, "compress") as (run, config):
         if settings is None and config.recipe is not None:  # a recipe's run: its settings
-            settings = recipe_compress_settings(config.recipe)
+            settings = _recipe_storing(run, config.recipe)
         chosen = compress_settings(changes, base=settings, sources=sources)
         check_prune_units(chosen.prune_units, chosen.remove_dead_units)
         return _compress_run(run, config, chosen, plots, device)

@@ -73,6 +73,7 @@ TOOL_FILES = (
     "losses.csv",
     "mixture_history.json",
     "compression.json",
+    "recipe.json",
     "model.sws",
     "model_quantized.pt",
     "posterior.nc",

@@ -8,6 +8,7 @@ with the recipe's keyword arguments, from the same pretrained network: a differe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -95,6 +96,39 @@ def test_recipe_settings_yield_to_flags_and_refuse_a_preset(tmp_path):
     assert summary["settings"]["reorder_units"] is False
     assert summary["settings"]["finetune_epochs"] == 0
     assert summary["settings"]["remove_dead_units"] is True  # the recipe's, not given
+
+
+@pytest.mark.filterwarnings("ignore::bayes_sws.health.HealthWarning")  # 5 steps: a poor network
+def test_a_recipe_run_keeps_the_storing_settings_it_was_fitted_with(tmp_path, monkeypatch):
+    """``fit --recipe`` records the recipe's storing settings in ``recipe.json``: when a later
+    release changes the recipe, ``compress`` still stores the run with the settings it had
+    (read from the recipe record taken before the change), while a run without the record
+    (fitted before it existed) takes the installed recipe's. A record altered to a value no
+    setting accepts, or copied from another run, is refused naming the file."""
+    config = runs.resolve_config({}, {"recipe": DIGITS, "num_steps": 5, "pretrain_epochs": 1})
+    out, other = tmp_path / "run", tmp_path / "other"
+    runs.fit_run(config, out=out, progress=False)
+    runs.fit_run(config, out=other, progress=False)
+    before = RECIPES[DIGITS].preset().compress
+    assert (before.finetune_epochs, before.remove_dead_units) == (10, True)
+    changed = {**RECIPES[DIGITS].settings, "finetune_epochs": 0, "remove_dead_units": False}
+    monkeypatch.setitem(RECIPES, DIGITS, dataclasses.replace(RECIPES[DIGITS], settings=changed))
+    stored = runs.compress_run(out, plots=False, reorder_units=False)["settings"]
+    assert stored["finetune_epochs"] == before.finetune_epochs == 10
+    assert stored["finetune_lr"] == before.finetune_lr
+    assert stored["remove_dead_units"] is True and stored["reorder_units"] is False  # the flag
+    record = out / runs.RECIPE_FILE
+    pinned = json.loads(record.read_text())
+    assert pinned["recipe"] == DIGITS and pinned["compress"]["finetune_epochs"] == 10
+    (other / runs.RECIPE_FILE).write_text(record.read_text())  # another run's record
+    with pytest.raises(runs.RunError, match="recipe.json belongs to run"):
+        runs.compress_run(other, plots=False)
+    record.write_text(json.dumps({**pinned, "compress": {"finetune_epochs": -1}}))
+    with pytest.raises(runs.RunError, match="recipe.json: finetune_epochs"):
+        runs.compress_run(out, plots=False)
+    record.unlink()  # a run fitted before the record: the installed recipe's settings
+    stored = runs.compress_run(out, plots=False, reorder_units=False)["settings"]
+    assert stored["finetune_epochs"] == 0 and stored["remove_dead_units"] is False
 
 
 def test_fashion_recipe_scales_its_refit_lambda_to_the_training_set():
