@@ -1,15 +1,15 @@
 """Where a compressed network's next bits would come from: bits against training loss.
 
-Reads a run that ``bayes-sws compress`` has stored (``RUN/model.sws``, its ``config.json``
-for the data) and, for every prior-carrying tensor in turn, zeroes the given fractions of
-its smallest non-zero weights (by magnitude), or merges the given numbers of pairs of its
-shared values (the closest by Ward's criterion; no retraining, no fine-tuning either way),
-and prints the bits the network is then stored in (:func:`bayes_sws.compress.storage_report`, the counting
-of the benchmark) against the mean training cross-entropy and training error it costs.
-"bits a millinat" is the bits saved per 0.001 nats of training loss a point: where it is
-larger, that change buys more rate for the same loss (a shared λ that leaves one layer far
-cheaper to prune than another leaves rate on the table). Only the
-training set is read (the choice it informs is a setting's).
+Reads a run that ``bayes-sws compress`` has stored (``RUN/model.sws``, and its
+``config.json`` for the data) and, for every prior-carrying tensor in turn, zeroes the given
+fractions of its smallest non-zero weights (by magnitude), or merges the given numbers of
+pairs of its shared values (the closest by Ward's criterion); no retraining or fine-tuning
+either way. Each row gives the bits the network is then stored in
+(:func:`bayes_sws.compress.storage_report`, the benchmark's counting) against the mean
+training cross-entropy and the training error the change adds. "Bits a millinat" is the bits
+saved per 0.001 nats of training loss a point: where it is larger, that change buys more rate
+for the same loss (a shared λ that leaves one layer far cheaper to prune than another leaves
+rate there). Only the training set is read: what it informs is a setting's choice.
 
 Usage::
 
@@ -67,10 +67,10 @@ def merged(net: nn.Module, name: str, merges: int) -> tuple[nn.Module, int]:
     """A copy of ``net`` with ``merges`` pairs of tensor ``name``'s shared non-zero values
     merged, one after another, each into its weighted mean: every time the two neighbours
     whose merge adds the least squared error, ``n1 n2 / (n1 + n2) · gap²`` (Ward's criterion);
-    and how many weights moved."""
+    and how many weights it changed."""
     out = copy.deepcopy(net)
     param = dict(out.named_parameters())[name]
-    moved = 0
+    original = param.detach().clone()
     with torch.no_grad():
         for _ in range(merges):
             values, counts = torch.unique(param[param != 0], return_counts=True)
@@ -81,8 +81,7 @@ def merged(net: nn.Module, name: str, merges: int) -> tuple[nn.Module, int]:
             pair = (param == values[i]) | (param == values[i + 1])
             mean = (values[i] * n1[i] + values[i + 1] * n2[i]) / (n1[i] + n2[i])
             param[pair] = mean.to(param.dtype)
-            moved += int(pair.sum())
-    return out, moved
+    return out, int((param != original).sum())
 
 
 def run(
@@ -90,16 +89,15 @@ def run(
 ) -> list[dict]:
     """The stored network's row, then one row per tensor and change (each fraction of its
     smallest non-zeros zeroed, each number of its shared values merged)."""
-    config = _read_config(run_dir)
-    data = _load_data(config)
     net = load_compressed(run_dir / MODEL_FILE, allow_import=True)
-    names = list(check_param_names(net, names))  # unknown names refused, naming them
+    names = list(check_param_names(net, names))  # unknown names refused before the data load
+    data = _load_data(_read_config(run_dir))
 
     def row(change: str, candidate: nn.Module, weights: int, tensor: str = "") -> dict:
         loss, error = scores(candidate, data.x_train, data.y_train)
         bits = storage_report(candidate, param_names=names).total_bits
-        return {"tensor": tensor, "change": change, "weights": weights, "bits": bits,
-                "loss": loss, "error": error}  # fmt: skip
+        values = (tensor, change, weights, bits, loss, error)
+        return dict(zip(("tensor", "change", "weights", "bits", "loss", "error"), values))
 
     rows = [row("as stored", net, 0)]
     changes = [(f"{f:.0%} smallest zeroed", pruned, f) for f in fractions]
