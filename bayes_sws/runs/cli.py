@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import sys
 import time
@@ -21,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..settings import FitSettings, PriorSettings
+from ..settings import CompressSettings, FitSettings, PriorSettings
 
 __all__ = ["build_parser", "main"]
 
@@ -182,6 +183,7 @@ def _compress(args: argparse.Namespace) -> int:
         **given,
     )
     score = compression_score(summary)
+    print(_storing_line(summary))
     print(
         f"compression {summary['compression_rate']:.1f}x, "
         f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
@@ -195,6 +197,19 @@ def _compress(args: argparse.Namespace) -> int:
         f"{Path(args.run_dir) / 'model_quantized.pt'} and {Path(args.run_dir) / 'compression.json'}"
     )
     return EXIT_OK
+
+
+def _storing_line(summary: dict) -> str:
+    """The storing settings a compression used where they depart from the defaults, and what
+    they started from (the defaults, or a recipe's as the run recorded them)."""
+    from .checkpoints import plain
+
+    defaults = plain(CompressSettings().to_dict())
+    settings = summary["settings"].items()
+    changed = [f"{k} {json.dumps(v)}" for k, v in settings if v != defaults.get(k)]
+    shown = ", ".join(changed) if changed else "the defaults"
+    base = summary["settings_base"]
+    return f"storing settings: {shown}" + ("" if base == "the defaults" else f" (from {base})")
 
 
 def _diagnose(args: argparse.Namespace) -> int:

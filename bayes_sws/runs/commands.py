@@ -546,14 +546,14 @@ def _pin_recipe(run: _RunContext, config: RunConfig) -> None:
     )
 
 
-def _recipe_storing(run: _RunContext, name: str) -> CompressSettings:
+def _recipe_storing(run: _RunContext, name: str) -> tuple[CompressSettings, str]:
     """The storing settings of recipe ``name`` as the run recorded them when it was fitted
     (:func:`_pin_recipe`); for a run fitted before they were recorded, the installed
-    library's (:func:`~bayes_sws.runs.settings.recipe_compress_settings`)."""
+    library's (:func:`~bayes_sws.runs.settings.recipe_compress_settings`). And which."""
     current = recipe_compress_settings(name)
     path = rundir.safe_path(run.dir, RECIPE_FILE)
     if not path.exists():
-        return current
+        return current, f"recipe {name} as installed: the run has no {RECIPE_FILE}"
     values = _read_run_json(run, RECIPE_FILE, required=("recipe", "compress"))
     pinned = values["compress"]
     if values["recipe"] != name:
@@ -563,7 +563,8 @@ def _recipe_storing(run: _RunContext, name: str) -> CompressSettings:
         )
     if not isinstance(pinned, dict):
         raise RunError(f"{path}: compress must be a table of settings; the run is damaged")
-    return compress_settings(pinned, base=current, sources={k: str(path) for k in pinned})
+    chosen = compress_settings(pinned, base=current, sources={k: str(path) for k in pinned})
+    return chosen, f"recipe {name} as {RECIPE_FILE} recorded it at fit time"
 
 
 @dataclass(frozen=True)
@@ -1234,14 +1235,17 @@ def compress_run(
     if device is not None:
         check_device(device, "--device")
     with _complete_run(run_dir, "compress") as (run, config):
+        base = "the defaults" if settings is None else "the settings given"
         if settings is None and config.recipe is not None:  # a recipe's run: its settings
-            settings = _recipe_storing(run, config.recipe)
+            settings, base = _recipe_storing(run, config.recipe)
         chosen = compress_settings(changes, base=settings, sources=sources)
         check_prune_units(chosen.prune_units, chosen.remove_dead_units)
-        return _compress_run(run, config, chosen, plots, device)
+        return _compress_run(run, config, chosen, base, plots, device)
 
 
-def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: bool, device) -> dict:
+def _compress_run(
+    run: _RunContext, config, chosen: CompressSettings, base: str, plots: bool, device
+) -> dict:
     from ..compress import plot_layer_sparsity, plot_weights_before_after
     from ..compress.pipeline import compress_result, compress_result_kwargs
 
@@ -1270,6 +1274,7 @@ def _compress_run(run: _RunContext, config, chosen: CompressSettings, plots: boo
     summary = _in_target_units(compressed.to_dict(), data)
     summary["targets"] = _target_scaling(config, data)
     summary["settings"] = chosen.to_dict()
+    summary["settings_base"] = base  # what the changes given apply to
     summary["remove_dead_units"] = chosen.remove_dead_units
     stored_net = compressed.stored_net
     assert stored_net is not None  # compress_pipeline always sets it

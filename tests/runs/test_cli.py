@@ -125,6 +125,7 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     ):
         assert key in summary
     assert f"{summary['compression_rate']:.1f}x" in out
+    assert "storing settings: merge_threshold 0.0\n" in out  # the one flag; defaults otherwise
     # oracle: responsibilities from scipy, argmax, replace, evaluate with numpy
     result = runs.load_result(map_run)
     pi, mu, sigma = (t.double().numpy() for t in result.mixture())

@@ -45,7 +45,10 @@ def test_a_recipe_run_retrains_and_stores_as_the_pipeline_does(tmp_path, capsys)
     argv = ["fit", "--recipe", DIGITS, "--num-steps", "60", "--pretrain-epochs", "2"]
     assert cli.main([*argv, *anneal, "--anneal-epochs", "0.5", "1.5", "--out", str(out)]) == 0
     assert cli.main(["compress", str(out), "--no-plots"]) == 0
-    capsys.readouterr()
+    assert (  # the digits recipe's departures from the defaults, as its record kept them
+        "storing settings: finetune_epochs 10, remove_dead_units true, reorder_units true "
+        f"(from recipe {DIGITS} as recipe.json recorded it at fit time)"
+    ) in capsys.readouterr().out
     assert cli.main(["report", str(out)]) == 0
     assert f"(recipe {DIGITS})" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
