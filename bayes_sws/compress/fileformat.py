@@ -30,10 +30,10 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -48,8 +48,11 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "CompressedFileError",
+    "CompressedFileInfo",
     "SavedModel",
+    "StoredTensor",
     "decode_compressed",
+    "describe_compressed",
     "encode_compressed",
     "load_compressed",
     "save_compressed",
@@ -68,6 +71,8 @@ _CODED = struct.Struct("<BII")  # index bits, stored entries, codebook size K
 _CRC = struct.Struct("<I")
 #: Bytes outside the records, the spec and the payload: prefix, counts and CRC (Eq. 1).
 FIXED_BYTES = _PREFIX.size + _COUNTS.size + _CRC.size
+
+_T = TypeVar("_T")
 
 _LAYOUTS = ("plain", "sparse", "full", "raw", "rice")
 #: The first format version that has each layout.
@@ -288,8 +293,14 @@ def _encode_coded(name: str, array: np.ndarray, row) -> tuple[_Record, list[np.n
     return record, parts
 
 
-def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndarray, int]:
-    """The parameter of ``record`` read from ``bits[pos:]``; (array, next position)."""
+def _read_entries(
+    bits: np.ndarray, pos: int, record: _Record
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """The stored entries of ``record`` read from ``bits[pos:]``, every length checked against
+    the payload before anything the size of the tensor is allocated (a sparse or rice
+    record's zeros are not): (their values, zeros and fillers included; each one's run of zeros
+    skipped, for the sparse and rice layouts, else ``None``: the entries are the whole tensor;
+    the next position)."""
     numel = record.numel
 
     def take(count: int) -> np.ndarray:
@@ -301,24 +312,31 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
 
     if record.layout in ("plain", "raw"):
         values = _bits_float(take(BITS_PER_FLOAT * numel))
-        return values.reshape(record.shape), pos + BITS_PER_FLOAT * numel
+        return values, None, pos + BITS_PER_FLOAT * numel
     size = len(record.lengths) - 1
     codebook = _bits_float(take(BITS_PER_FLOAT * size))
     pos += BITS_PER_FLOAT * size
     count = record.num_stored
+    relative = None
     if record.layout == "sparse":
         relative = _bits_int(take(record.index_bits * count), record.index_bits).astype(np.int64)
         pos += record.index_bits * count
     elif record.layout == "rice":
         relative, pos = _rice_decode(bits, pos, count, record)
     symbols, pos = _huffman_decode(bits, pos, count, record.lengths)
-    values = np.append(codebook, np.float32(0))[symbols]
-    if record.layout == "full":
-        if count != numel:
-            raise CompressedFileError(
-                f"parameter {record.name!r} stores {count} entries for {numel}: the file is corrupted"
-            )
+    if record.layout == "full" and count != numel:
+        raise CompressedFileError(
+            f"parameter {record.name!r} stores {count} entries for {numel}: the file is corrupted"
+        )
+    return np.append(codebook, np.float32(0))[symbols], relative, pos
+
+
+def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndarray, int]:
+    """The parameter of ``record`` read from ``bits[pos:]``; (array, next position)."""
+    values, relative, pos = _read_entries(bits, pos, record)
+    if relative is None:
         return values.reshape(record.shape), pos
+    numel = record.numel
     positions = np.cumsum(relative + 1) - 1
     if positions.size and (positions[-1] >= numel or relative.min() < 0):
         raise CompressedFileError(
@@ -565,9 +583,30 @@ def encode_compressed(
     return data, SavedModel(None, len(data), int(payload.size), header, report)
 
 
-def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
-    """The network in ``.sws`` bytes, checked first (see :func:`load_compressed`)."""
-    reader, version = _check_frame(bytes(data))
+@dataclass(frozen=True)
+class _Parsed:
+    """A ``.sws`` file's header read and checked, and its payload as bits."""
+
+    version: int
+    spec: dict[str, Any]
+    records: list[_Record]
+    bits: np.ndarray
+    payload_bits: int
+    num_bytes: int
+
+    def check_end(self, pos: int) -> None:
+        """Decoding the records ended exactly at the payload's end (padding all zeros)."""
+        if pos != self.payload_bits or self.bits[pos:].any():
+            raise CompressedFileError(
+                f"decoding used {pos} of the payload's {self.payload_bits} bits: "
+                "the file is corrupted"
+            )
+
+
+def _parse(data: bytes) -> _Parsed:
+    """The header and payload of ``.sws`` bytes: frame, spec, records and lengths checked."""
+    data = bytes(data)
+    reader, version = _check_frame(data)
     (spec_length,) = struct.unpack_from("<I", data, len(MAGIC) + 2)
     try:
         spec = json.loads(reader.take(spec_length, "the architecture spec").decode("utf-8"))
@@ -582,6 +621,13 @@ def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
             "the file is truncated or corrupted"
         )
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+    return _Parsed(version, spec, records, bits, payload_bits, len(data))
+
+
+def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
+    """The network in ``.sws`` bytes, checked first (see :func:`load_compressed`)."""
+    parsed = _parse(data)
+    spec, records, bits = parsed.spec, parsed.records, parsed.bits
     net = _build(spec, allow_import=allow_import)
     expected = [name for name, _ in net.named_parameters()]
     if [r.name for r in records] != expected:
@@ -595,10 +641,7 @@ def decode_compressed(data: bytes, *, allow_import: bool = False) -> nn.Module:
         _check_record(record, tuple(params[record.name].shape))
         array, pos = _decode_record(bits, pos, record)
         _install(net, record, torch.from_numpy(array.astype(np.float32, copy=True)))
-    if pos != payload_bits or bits[pos:].any():
-        raise CompressedFileError(
-            f"decoding used {pos} of the payload's {payload_bits} bits: the file is corrupted"
-        )
+    parsed.check_end(pos)
     return net
 
 
@@ -712,12 +755,123 @@ def load_compressed(path: str | os.PathLike, *, allow_import: bool = False) -> n
     ``allow_import=True``, for files you trust; otherwise
     :class:`CompressedFileError` says so before anything is imported.
     """
+    return _from_file(path, lambda data: decode_compressed(data, allow_import=allow_import))
+
+
+def _from_file(path: str | os.PathLike, read: Callable[[bytes], _T]) -> _T:
+    """``read`` applied to the bytes of the file ``path``; its errors name the file."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise CompressedFileError(f"cannot read {path}: {err.strerror or err}") from None
     try:
-        return decode_compressed(data, allow_import=allow_import)
+        return read(data)
     except CompressedFileError as err:
         raise CompressedFileError(f"{path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One parameter as a ``.sws`` file stores it (:func:`describe_compressed`): its ``name``
+    and ``stored_shape`` (smaller than its architecture's after dead units were removed); its ``layout``, ``"sparse"`` (relative indices with fillers),
+    ``"rice"`` (Golomb-Rice-coded runs of zeros), ``"full"`` (a Huffman-coded cluster index
+    per entry), ``"raw"`` (an unquantised tensor at 32 bits) or ``"plain"`` (a parameter
+    outside the compressed ones, e.g. a bias, at 32 bits); the ``order`` (``"row"`` or
+    ``"column"``) the sparse and rice layouts traverse the matrix in; ``index_bits``, the
+    relative-index width (sparse) or Rice parameter (rice), else 0; ``num_stored``, the entries
+    in the stream (non-zeros and fillers for sparse, non-zeros for rice, every entry
+    otherwise); ``num_nonzero``; ``codebook_size``, its shared non-zero values (0 for raw and
+    plain); and ``bits``, its share of the payload (codebook, positions, cluster indices or
+    raw values)."""
+
+    name: str
+    stored_shape: tuple[int, ...]
+    layout: str
+    order: str
+    index_bits: int
+    num_stored: int
+    num_nonzero: int
+    codebook_size: int
+    bits: int
+
+
+@dataclass(frozen=True)
+class CompressedFileInfo:
+    """What a ``.sws`` file holds, read without building its network
+    (:func:`describe_compressed`): its format version, architecture spec, sizes (``num_bytes``
+    = ``ceil(payload_bits / 8) + header_bytes``) and every parameter as stored."""
+
+    version: int
+    architecture: dict[str, Any]
+    num_bytes: int
+    header_bytes: int
+    payload_bits: int
+    tensors: tuple[StoredTensor, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            **{k: getattr(self, k) for k in ("version", "architecture", "num_bytes")},
+            "header_bytes": self.header_bytes,
+            "payload_bits": self.payload_bits,
+            "tensors": [dict(vars(t), stored_shape=list(t.stored_shape)) for t in self.tensors],
+        }
+
+    def format_table(self) -> str:
+        """A header line and a Markdown table, one row per parameter."""
+        lines = [
+            f".sws format version {self.version}: {self.num_bytes} bytes = "
+            f"{self.payload_bits} bits of parameters + {self.header_bytes} bytes of header; "
+            f"architecture {json.dumps(self.architecture, sort_keys=True)}",
+            "",
+            "| parameter | shape | layout | order | index bits | stored entries | non-zero "
+            "| shared values | bits | % of the bits |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in self.tensors:
+            share = 100 * t.bits / self.payload_bits if self.payload_bits else 0.0
+            order = t.order if t.layout in ("sparse", "rice") else ""
+            lines.append(
+                f"| {t.name} | {'x'.join(map(str, t.stored_shape))} | {t.layout} | {order} | "
+                f"{t.index_bits} | {t.num_stored} | {t.num_nonzero} | {t.codebook_size} | "
+                f"{t.bits} | {share:.1f} |"
+            )
+        return "\n".join(lines)
+
+
+def describe_compressed(path: str | os.PathLike) -> CompressedFileInfo:
+    """What the ``.sws`` file at ``path`` holds, per parameter, without building its network.
+
+    The file is checked as :func:`load_compressed` checks it (magic, version, lengths,
+    CRC-32, every record decoded to the payload's last bit) but no module is imported and no
+    network built, so it also describes a file whose architecture is your own network.
+    Raises :class:`CompressedFileError` naming the file and what is wrong.
+    """
+    return _from_file(path, _describe)
+
+
+def _describe(data: bytes) -> CompressedFileInfo:
+    parsed = _parse(data)
+    tensors, pos = [], 0
+    for record in parsed.records:
+        values, _, end = _read_entries(parsed.bits, pos, record)
+        tensors.append(
+            StoredTensor(
+                name=record.name,
+                stored_shape=record.shape,
+                layout=record.layout,
+                order=record.order,
+                index_bits=record.index_bits,
+                num_stored=record.num_stored if record.coded else record.numel,
+                num_nonzero=int(np.count_nonzero(values)),
+                codebook_size=len(record.lengths) - 1 if record.coded else 0,
+                bits=end - pos,
+            )
+        )
+        pos = end
+    parsed.check_end(pos)
+    header = parsed.num_bytes - -(-parsed.payload_bits // 8)
+    return CompressedFileInfo(
+        parsed.version, parsed.spec, parsed.num_bytes, header, parsed.payload_bits, tuple(tensors)
+    )

@@ -236,6 +236,13 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from ..compress import describe_compressed
+
+    print(describe_compressed(args.file).format_table())
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
@@ -418,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
         "compression and posterior summary of a run directory.",
         run_dir_help="a run directory",
     )
+    inspect = commands.add_parser(
+        "inspect",
+        help="what a compressed network file (.sws) holds, per parameter",
+        description="Check a .sws file (checksum, lengths, every record decoded) and print its "
+        "format version, architecture, sizes and, per parameter, its layout, entries, shared "
+        "values and bits; imports nothing and builds no network (docs/file-format.md).",
+    )
+    inspect.add_argument("file", type=Path, metavar="FILE", help="a .sws file, e.g. DIR/model.sws")
+    inspect.set_defaults(run=_inspect)
     _add_demo(commands)
     return parser
 
@@ -548,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("choose a command: fit, compress, diagnose, report or demo")
+        parser.error("choose a command: fit, compress, diagnose, report, inspect or demo")
     with warnings.catch_warnings():  # restores the caller's showwarning afterwards
         warnings.showwarning = _warning_line
         return _run_command(args)

@@ -23,6 +23,7 @@ import torch
 from bayes_sws.compress import (
     CompressedFileError,
     decode_compressed,
+    describe_compressed,
     encode_compressed,
     finetune_codebook,
     load_compressed,
@@ -142,6 +143,39 @@ def test_file_size_is_the_counted_bits_plus_the_stated_header(tmp_path, nets, ke
     assert saved.payload_bits == report.total_bits
     assert size == saved.num_bytes == math.ceil(report.total_bits / 8) + header
     assert saved.header_bytes == header
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize("key", list(SPECS))
+def test_a_file_is_described_as_the_storage_report_counted_it(tmp_path, nets, key, coding):
+    """Per parameter, the decoder's bits are the report's (weights) or 32 a value (biases),
+    the layouts and orders are the report's, the non-zeros a count of the network's own, and
+    the sizes add up to the file's (the header by hand, Eq. 1)."""
+    net, _ = _stored(nets, key, dead=True)
+    save_compressed(net, tmp_path / "model.sws", architecture=SPECS[key], position_coding=coding)
+    info = describe_compressed(tmp_path / "model.sws")
+    report = storage_report(net, position_coding=coding)
+    rows = {row.name: row for row in report.layers}
+    params = dict(net.named_parameters())
+    assert [t.name for t in info.tensors] == list(params)
+    for t in info.tensors:
+        p = params[t.name].detach()
+        assert t.stored_shape == tuple(p.shape) and t.num_nonzero == int((p != 0).sum())
+        if t.name in rows:
+            row = rows[t.name]  # the file's "rice" layout is the report's Rice-coded sparse one
+            layout = "rice" if row.position_coding == "rice" else row.storage_format
+            assert (t.layout, t.bits) == (layout, row.weight_bits)
+            assert t.index_bits == (row.index_bits if t.layout != "full" else 0)
+            assert t.codebook_size == torch.unique(p[p != 0]).numel()
+            if t.layout in ("sparse", "rice"):
+                assert t.order == row.order
+        else:
+            assert (t.layout, t.bits, t.num_stored) == ("plain", 32 * p.numel(), p.numel())
+    assert sum(t.bits for t in info.tensors) == info.payload_bits == report.total_bits
+    assert info.header_bytes == _header_bytes_by_hand(net, SPECS[key], coding)
+    assert info.num_bytes == (tmp_path / "model.sws").stat().st_size
+    assert info.architecture == SPECS[key]
+    assert json.loads(json.dumps(info.to_dict()))["tensors"][0]["name"] == info.tensors[0].name
 
 
 # --------------------------------------------------------------------------- an independent reader
@@ -319,9 +353,10 @@ def _with_crc(data: bytes) -> bytes:
 def test_a_truncated_file_is_refused(tmp_path, mlp_bytes, keep):
     path = tmp_path / "cut.sws"
     path.write_bytes(mlp_bytes[:keep])
-    with pytest.raises(CompressedFileError, match="truncated|not a bayes_sws") as info:
-        load_compressed(path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    for read in (load_compressed, describe_compressed):
+        with pytest.raises(CompressedFileError, match="truncated|not a bayes_sws") as info:
+            read(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("where", [0.1, 0.5, 0.9])

@@ -382,6 +382,8 @@ CLI = [
     (["compress", "{files}/afile", "--merge-threshold", "nan"], "got 'nan'"),
     (["diagnose", "{files}/afile", "--max-points", "0"], "got '0'"),
     (["diagnose", "{files}/missing_run"], "missing_run does not exist"),
+    (["inspect", "{files}/missing.sws"], "cannot read"),
+    (["inspect", "{files}/afile"], "afile: not a bayes_sws compressed network"),
     (["demo", "--steps", "0"], "--steps: expected an integer >= 1, got '0'"),
     (["demo", "--prior-scale", "-1"], "--prior-scale: expected a finite number >= 0, got '-1'"),
     (["demo", "--seed", "abc"], "invalid int value: 'abc'"),

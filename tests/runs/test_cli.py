@@ -71,7 +71,7 @@ def _payload(run_dir):
 def test_help_on_every_subcommand(capsys):
     parser = cli.build_parser()
     names = sorted(parser._subparsers._group_actions[0].choices)
-    assert names == ["compress", "demo", "diagnose", "fit", "report"]
+    assert names == ["compress", "demo", "diagnose", "fit", "inspect", "report"]
     for name in [None, *names]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main(([name] if name else []) + ["--help"])
@@ -126,6 +126,15 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
         assert key in summary
     assert f"{summary['compression_rate']:.1f}x" in out
     assert "storing settings: merge_threshold 0.0\n" in out  # the one flag; defaults otherwise
+    code, shown, err = run_cli(capsys, "inspect", map_run / "model.sws")
+    assert code == 0, err
+    model = summary["files"]["model.sws"]
+    assert shown.startswith(
+        f".sws format version 1: {model['num_bytes']} bytes = {model['payload_bits']} bits of "
+        f"parameters + {model['header_bytes']} bytes of header"
+    )
+    for row in summary["layers"]:  # each weight's row: its layout and bits as counted
+        assert f"| {row['storage_format']} |" in shown and f"| {row['weight_bits']} |" in shown
     # oracle: responsibilities from scipy, argmax, replace, evaluate with numpy
     result = runs.load_result(map_run)
     pi, mu, sigma = (t.double().numpy() for t in result.mixture())

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from bayes_sws.compress import CompressedFileError, load_compressed
+from bayes_sws.compress import CompressedFileError, describe_compressed, load_compressed
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
 from bayes_sws.zoo.data import load_dataset
@@ -100,6 +100,9 @@ def test_fit_compress_load_round_trip(cnn_run, on_path):
     quantised = _quantised(cnn_run)
     with pytest.raises(CompressedFileError, match="allow_import=True"):
         load_compressed(cnn_run / "model.sws")
+    described = describe_compressed(cnn_run / "model.sws")  # imports nothing
+    assert described.architecture["name"] == f"{MODULE}:small_cnn"
+    assert [t.name for t in described.tensors] == [n for n, _ in quantised.named_parameters()]
     loaded = load_compressed(cnn_run / "model.sws", allow_import=True)
     with torch.no_grad():
         expected, got = quantised(digits.x_test), loaded(digits.x_test)
