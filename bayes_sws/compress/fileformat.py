@@ -328,6 +328,15 @@ def _read_entries(
         raise CompressedFileError(
             f"parameter {record.name!r} stores {count} entries for {numel}: the file is corrupted"
         )
+    if (
+        relative is not None
+        and relative.size
+        and (relative.min() < 0 or relative.max() >= numel or int(np.sum(relative + 1)) > numel)
+    ):
+        raise CompressedFileError(
+            f"relative indices of parameter {record.name!r} run past its {numel} entries: "
+            "the file is corrupted"
+        )
     return np.append(codebook, np.float32(0))[symbols], relative, pos
 
 
@@ -336,15 +345,8 @@ def _decode_record(bits: np.ndarray, pos: int, record: _Record) -> tuple[np.ndar
     values, relative, pos = _read_entries(bits, pos, record)
     if relative is None:
         return values.reshape(record.shape), pos
-    numel = record.numel
-    positions = np.cumsum(relative + 1) - 1
-    if positions.size and (positions[-1] >= numel or relative.min() < 0):
-        raise CompressedFileError(
-            f"relative indices of parameter {record.name!r} run past its {numel} entries: "
-            "the file is corrupted"
-        )
-    sequence = np.zeros(numel, dtype=np.float32)
-    sequence[positions] = values
+    sequence = np.zeros(record.numel, dtype=np.float32)
+    sequence[np.cumsum(relative + 1) - 1] = values  # in range: _read_entries checked them
     rows, cols = record.matrix_shape()
     matrix = untraverse(sequence, rows, cols, record.order)
     return np.ascontiguousarray(matrix).reshape(record.shape), pos

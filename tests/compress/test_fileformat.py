@@ -388,16 +388,24 @@ def test_a_rice_layout_in_a_version_1_file_is_refused(nets):
         assert torch.equal(a, b)
 
 
-def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes):
+def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes, tmp_path):
     # every byte after the magic altered in turn (header and payload), CRC recomputed:
-    # a clear error or some network, never a crash
+    # a clear error or some network, never a crash; described alike (what loads, describes)
+    path = tmp_path / "damaged.sws"
     for at in range(8, len(mlp_bytes) - 4):
         data = bytearray(mlp_bytes)
         data[at] ^= 0xFF
+        path.write_bytes(_with_crc(bytes(data)))
         try:
-            decode_compressed(_with_crc(bytes(data)))
+            decode_compressed(path.read_bytes())
+            loads = True
         except CompressedFileError as err:
             assert "\n" not in str(err)
+            loads = False
+        try:
+            describe_compressed(path)
+        except CompressedFileError as err:
+            assert not loads and "\n" not in str(err)
     # trailing bytes after a valid file: the payload length no longer matches
     with pytest.raises(CompressedFileError, match="payload is"):
         decode_compressed(_with_crc(mlp_bytes[:-4] + b"\x00" + mlp_bytes[-4:]))
