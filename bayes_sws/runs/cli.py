@@ -239,7 +239,8 @@ def _report(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from ..compress import describe_compressed
 
-    print(describe_compressed(args.file).format_table())
+    info = describe_compressed(args.file)
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info.format_table())
     return EXIT_OK
 
 
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         "values and bits; imports nothing and builds no network (docs/file-format.md).",
     )
     inspect.add_argument("file", type=Path, metavar="FILE", help="a .sws file, e.g. DIR/model.sws")
+    inspect.add_argument("--json", action="store_true", help="print it as JSON instead")
     inspect.set_defaults(run=_inspect)
     _add_demo(commands)
     return parser

@@ -135,6 +135,14 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     )
     for row in summary["layers"]:  # each weight's row: its layout and bits as counted
         assert f"| {row['storage_format']} |" in shown and f"| {row['weight_bits']} |" in shown
+    code, shown, err = run_cli(capsys, "inspect", map_run / "model.sws", "--json")
+    assert code == 0, err
+    described = json.loads(shown)
+    assert described["payload_bits"] == model["payload_bits"]
+    bits = {t["name"]: t["bits"] for t in described["tensors"]}
+    assert [bits[row["name"]] for row in summary["layers"]] == [
+        row["weight_bits"] for row in summary["layers"]
+    ]
     # oracle: responsibilities from scipy, argmax, replace, evaluate with numpy
     result = runs.load_result(map_run)
     pi, mu, sigma = (t.double().numpy() for t in result.mixture())
