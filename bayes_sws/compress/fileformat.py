@@ -27,6 +27,7 @@ where ``K`` is the codebook size of a tensor in the sparse or full layout.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -213,7 +214,7 @@ class _Record:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # exact: a damaged shape cannot overflow it
 
     def matrix_shape(self) -> tuple[int, int]:
         rows = self.shape[0] if self.shape else 1
@@ -846,8 +847,9 @@ def describe_compressed(path: str | os.PathLike) -> CompressedFileInfo:
     """What the ``.sws`` file at ``path`` holds, per parameter, without building its network.
 
     The file is checked as :func:`load_compressed` checks it (magic, version, lengths,
-    CRC-32, every record decoded to the payload's last bit) but no module is imported and no
-    network built, so it also describes a file whose architecture is your own network.
+    CRC-32, every record decoded to the payload's last bit) but for the shapes against the
+    architecture: no module is imported and no network built, so it also describes a file
+    whose architecture is your own network (and never allocates a tensor of a stored shape).
     Raises :class:`CompressedFileError` naming the file and what is wrong.
     """
     return _from_file(path, _describe)

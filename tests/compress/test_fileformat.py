@@ -411,6 +411,23 @@ def test_damage_behind_a_valid_checksum_is_refused_or_harmless(mlp_bytes, tmp_pa
         decode_compressed(_with_crc(mlp_bytes[:-4] + b"\x00" + mlp_bytes[-4:]))
 
 
+def test_an_enormous_shape_behind_a_valid_checksum_is_refused(mlp_bytes, tmp_path):
+    """The first record's shape set to 2³²-1 × 2³²-1 (its offset from the documented layout):
+    the loader refuses it against the architecture; the description, which builds none, says
+    what the file holds without allocating anything of that size."""
+    (spec_length,) = struct.unpack_from("<I", mlp_bytes, 10)
+    record = 14 + spec_length + 12  # prefix, spec, record count and payload bits
+    (name_length,) = struct.unpack_from("<H", mlp_bytes, record)
+    data = bytearray(mlp_bytes)
+    struct.pack_into("<II", data, record + 2 + name_length + 3, 2**32 - 1, 2**32 - 1)
+    path = tmp_path / "enormous.sws"
+    path.write_bytes(_with_crc(bytes(data)))
+    with pytest.raises(CompressedFileError, match="the file is corrupted"):
+        decode_compressed(path.read_bytes())
+    first = describe_compressed(path).tensors[0]  # a sparse record: its entries still fit
+    assert first.layout in ("sparse", "rice") and first.stored_shape == (2**32 - 1, 2**32 - 1)
+
+
 def test_what_the_format_cannot_hold_is_refused(nets, tmp_path):
     net, _ = nets["mlp"]
     with pytest.raises(ValueError, match="float32.*net.float"):
