@@ -762,10 +762,15 @@ def load_compressed(path: str | os.PathLike, *, allow_import: bool = False) -> n
 
 
 def _from_file(path: str | os.PathLike, read: Callable[[bytes], _T]) -> _T:
-    """``read`` applied to the bytes of the file ``path``; its errors name the file."""
+    """``read`` applied to the bytes of the file ``path``; its errors name the file. A file
+    that does not start with :data:`MAGIC` is refused after its first bytes (a large file of
+    another kind is not read whole)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(len(MAGIC))
+            if data == MAGIC:
+                data += file.read()
     except OSError as err:
         raise CompressedFileError(f"cannot read {path}: {err.strerror or err}") from None
     try:
