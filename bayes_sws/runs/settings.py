@@ -586,8 +586,11 @@ def _train_size(values: Mapping[str, Any]) -> int:
     defaults = {f.name: f.default for f in dataclasses.fields(_RunData)}
     pick = {**defaults, **{k: v for k, v in values.items() if k in defaults}}
     try:
-        data = load_dataset(
-            pick["data"], test_fraction=pick["test_fraction"], seed=pick["split_seed"]
+        data = load_dataset(  # unscaled: only its size is wanted (1.8 s -> 0.3 s on Fashion-MNIST)
+            pick["data"],
+            test_fraction=pick["test_fraction"],
+            seed=pick["split_seed"],
+            standardize=False,
         )
     except DATA_READ_ERRORS as err:
         raise RunError(
