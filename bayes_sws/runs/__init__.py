@@ -24,6 +24,7 @@ from .commands import (
     resume_run,
     save_result,
     stop_on_interrupt,
+    storing_settings,
     write_checkpoint,
 )
 
@@ -51,5 +52,6 @@ __all__ = [
     "resume_run",
     "save_result",
     "stop_on_interrupt",
+    "storing_settings",
     "write_checkpoint",
 ]

@@ -4,6 +4,7 @@
 ``bayes-sws compress``  quantise a fitted run, write ``DIR/compression.json``, ``DIR/model.sws``
 ``bayes-sws diagnose``  ArviZ view of the posterior, ``DIR/posterior.nc`` and plots
 ``bayes-sws report``    a short human summary of a run
+``bayes-sws inspect``   what a compressed network file (``.sws``) holds, per parameter
 ``bayes-sws demo``      the README's main job on the bundled digits
 
 Exit codes: 0 success, 1 a numerical or internal failure, 2 a usage mistake
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..settings import CompressSettings, FitSettings, PriorSettings
+from ..settings import FitSettings, PriorSettings
 
 __all__ = ["build_parser", "main"]
 
@@ -170,7 +171,7 @@ def _join_torchrun(args: argparse.Namespace, device: str | None) -> bool:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .commands import compress_run, compression_score
+    from .commands import compress_run, compression_score, storing_settings
     from .settings import compress_options
 
     given = {o["name"]: vars(args)[o["name"]] for o in compress_options() if o["name"] in args}
@@ -183,7 +184,7 @@ def _compress(args: argparse.Namespace) -> int:
         **given,
     )
     score = compression_score(summary)
-    print(_storing_line(summary))
+    print(storing_settings(summary))
     print(
         f"compression {summary['compression_rate']:.1f}x, "
         f"{100 * summary['nonzero_fraction']:.2f} % non-zero, "
@@ -197,19 +198,6 @@ def _compress(args: argparse.Namespace) -> int:
         f"{Path(args.run_dir) / 'model_quantized.pt'} and {Path(args.run_dir) / 'compression.json'}"
     )
     return EXIT_OK
-
-
-def _storing_line(summary: dict) -> str:
-    """The storing settings a compression used where they depart from the defaults, and what
-    they started from (the defaults, or a recipe's as the run recorded them)."""
-    from .checkpoints import plain
-
-    defaults = plain(CompressSettings().to_dict())
-    settings = summary["settings"].items()
-    changed = [f"{k} {json.dumps(v)}" for k, v in settings if v != defaults.get(k)]
-    shown = ", ".join(changed) if changed else "the defaults"
-    base = summary["settings_base"]
-    return f"storing settings: {shown}" + ("" if base == "the defaults" else f" (from {base})")
 
 
 def _diagnose(args: argparse.Namespace) -> int:

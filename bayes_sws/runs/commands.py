@@ -125,6 +125,7 @@ __all__ = [
     "run_device",
     "save_result",
     "stop_on_interrupt",
+    "storing_settings",
     "write_checkpoint",
 ]
 
@@ -1548,13 +1549,31 @@ def compression_score(summary: Mapping[str, Any]) -> str:
     return "no test score"
 
 
+def storing_settings(summary: Mapping[str, Any]) -> str:
+    """``storing settings: prune_units 0.005, ... (from recipe NAME as recipe.json recorded it
+    at fit time)`` of ``compression.json``: the settings that depart from the defaults
+    (:class:`~bayes_sws.settings.CompressSettings`), and what the flags given were applied to
+    when that was not the defaults."""
+    defaults = plain(CompressSettings().to_dict())
+    settings = summary.get("settings") or {}
+    changed = [f"{k} {json.dumps(v)}" for k, v in settings.items() if v != defaults.get(k)]
+    base = summary.get("settings_base")
+    shown = ", ".join(changed) if changed else "the defaults"
+    return f"storing settings: {shown}" + (
+        "" if base in (None, "the defaults") else f" (from {base})"
+    )
+
+
 def _report_compression(run: _RunContext) -> list[str]:
     if not (run.dir / COMPRESSION_FILE).is_file():
         return [f"  compression: not run (`bayes-sws compress {run.dir}`)"]
     c = _read_run_json(run, COMPRESSION_FILE, _COMPRESSION_KEYS)
     score = compression_score(c)
     rate = _number(c, "compression_rate", ".1f")
-    return [f"  compression: {rate}× at {_number(c, 'nonzero_fraction', '.2%')} non-zero, {score}"]
+    return [
+        f"  compression: {rate}× at {_number(c, 'nonzero_fraction', '.2%')} non-zero, {score}",
+        f"    {storing_settings(c)}",
+    ]
 
 
 def _report_posterior(run: _RunContext) -> list[str]:

@@ -50,7 +50,9 @@ def test_a_recipe_run_retrains_and_stores_as_the_pipeline_does(tmp_path, capsys)
         f"(from recipe {DIGITS} as recipe.json recorded it at fit time)"
     ) in capsys.readouterr().out
     assert cli.main(["report", str(out)]) == 0
-    assert f"(recipe {DIGITS})" in capsys.readouterr().out
+    reported = capsys.readouterr().out
+    assert f"(recipe {DIGITS})" in reported
+    assert "storing settings: finetune_epochs 10, remove_dead_units true" in reported
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == DIGITS and config["standardize"] == "none"
     data = load_dataset("digits", flatten=True, test_fraction=0.2, seed=0, standardize=False)
