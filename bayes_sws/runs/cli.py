@@ -226,8 +226,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from ..compress import describe_compressed
+    from .commands import MODEL_FILE
 
-    info = describe_compressed(args.file)
+    path = args.file / MODEL_FILE if args.file.is_dir() else args.file  # a run directory
+    info = describe_compressed(path)
     print(json.dumps(info.to_dict(), indent=2) if args.json else info.format_table())
     return EXIT_OK
 
@@ -421,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         "format version, architecture, sizes and, per parameter, its layout, entries, shared "
         "values and bits; imports nothing and builds no network (docs/file-format.md).",
     )
-    inspect.add_argument("file", type=Path, metavar="FILE", help="a .sws file, e.g. DIR/model.sws")
+    inspect.add_argument(
+        "file", type=Path, metavar="FILE", help="a .sws file, or a run directory (its model.sws)"
+    )
     inspect.add_argument("--json", action="store_true", help="print it as JSON instead")
     inspect.set_defaults(run=_inspect)
     _add_demo(commands)

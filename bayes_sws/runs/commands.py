@@ -1570,10 +1570,18 @@ def _report_compression(run: _RunContext) -> list[str]:
     c = _read_run_json(run, COMPRESSION_FILE, _COMPRESSION_KEYS)
     score = compression_score(c)
     rate = _number(c, "compression_rate", ".1f")
-    return [
+    lines = [
         f"  compression: {rate}× at {_number(c, 'nonzero_fraction', '.2%')} non-zero, {score}",
         f"    {storing_settings(c)}",
     ]
+    model = (c.get("files") or {}).get(MODEL_FILE)
+    if isinstance(model, dict) and {"num_bytes", "payload_bits", "header_bytes"} <= set(model):
+        lines.append(
+            f"    {MODEL_FILE}: {model['num_bytes']} bytes ({model['payload_bits']} bits of "
+            f"weights + {model['header_bytes']} bytes of header; per parameter: "
+            f"`bayes-sws inspect {run.dir}`)"
+        )
+    return lines
 
 
 def _report_posterior(run: _RunContext) -> list[str]:

@@ -126,6 +126,13 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
         assert key in summary
     assert f"{summary['compression_rate']:.1f}x" in out
     assert "storing settings: merge_threshold 0.0\n" in out  # the one flag; defaults otherwise
+    code, reported, err = run_cli(capsys, "report", map_run)
+    model = summary["files"]["model.sws"]
+    assert "storing settings: merge_threshold 0.0\n" in reported
+    assert (
+        f"model.sws: {model['num_bytes']} bytes ({model['payload_bits']} bits of weights + "
+        f"{model['header_bytes']} bytes of header"
+    ) in reported
     code, shown, err = run_cli(capsys, "inspect", map_run / "model.sws")
     assert code == 0, err
     model = summary["files"]["model.sws"]
@@ -135,7 +142,7 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
     )
     for row in summary["layers"]:  # each weight's row: its layout and bits as counted
         assert f"| {row['storage_format']} |" in shown and f"| {row['weight_bits']} |" in shown
-    code, shown, err = run_cli(capsys, "inspect", map_run / "model.sws", "--json")
+    code, shown, err = run_cli(capsys, "inspect", map_run, "--json")  # the run's model.sws
     assert code == 0, err
     described = json.loads(shown)
     assert described["payload_bits"] == model["payload_bits"]
