@@ -1550,10 +1550,12 @@ def compression_score(summary: Mapping[str, Any]) -> str:
 
 
 def storing_settings(summary: Mapping[str, Any]) -> str:
-    """``storing settings: prune_units 0.005, ... (from recipe NAME as recipe.json recorded it
-    at fit time)`` of ``compression.json``: the settings that depart from the defaults
+    """The line saying which storing settings a ``compression.json`` used.
+
+    The settings that depart from the defaults
     (:class:`~bayes_sws.settings.CompressSettings`), and what the flags given were applied to
-    when that was not the defaults."""
+    when that was not the defaults, e.g. ``storing settings: prune_units 0.005, ... (from
+    recipe NAME as recipe.json recorded it at fit time)``."""
     defaults = plain(CompressSettings().to_dict())
     settings = summary.get("settings") or {}
     changed = [f"{k} {json.dumps(v)}" for k, v in settings.items() if v != defaults.get(k)]
