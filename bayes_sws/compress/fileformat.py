@@ -819,12 +819,8 @@ class CompressedFileInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            **{k: getattr(self, k) for k in ("version", "architecture", "num_bytes")},
-            "header_bytes": self.header_bytes,
-            "payload_bits": self.payload_bits,
-            "tensors": [dict(vars(t), stored_shape=list(t.stored_shape)) for t in self.tensors],
-        }
+        tensors = [dict(vars(t), stored_shape=list(t.stored_shape)) for t in self.tensors]
+        return {**vars(self), "tensors": tensors}
 
     def format_table(self) -> str:
         """A header line and a Markdown table, one row per parameter."""
