@@ -138,6 +138,8 @@ LOSSES_FILE = "losses.csv"
 COMPRESSION_FILE = "compression.json"
 #: a recipe's storing settings as they were when the run was fitted (``compress`` reads them)
 RECIPE_FILE = "recipe.json"
+#: ``compression.json``'s ``settings_base`` when the flags were applied to the defaults
+_DEFAULT_BASE = "the defaults"
 MODEL_FILE = "model.sws"
 STATE_DICT_FILE = "model_quantized.pt"
 POSTERIOR_FILE = "posterior.nc"
@@ -1236,7 +1238,7 @@ def compress_run(
     if device is not None:
         check_device(device, "--device")
     with _complete_run(run_dir, "compress") as (run, config):
-        base = "the defaults" if settings is None else "the settings given"
+        base = _DEFAULT_BASE if settings is None else "the settings given"
         if settings is None and config.recipe is not None:  # a recipe's run: its settings
             settings, base = _recipe_storing(run, config.recipe)
         chosen = compress_settings(changes, base=settings, sources=sources)
@@ -1562,7 +1564,7 @@ def storing_settings(summary: Mapping[str, Any]) -> str:
     base = summary.get("settings_base")
     shown = ", ".join(changed) if changed else "the defaults"
     return f"storing settings: {shown}" + (
-        "" if base in (None, "the defaults") else f" (from {base})"
+        "" if base in (None, _DEFAULT_BASE) else f" (from {base})"
     )
 
 
