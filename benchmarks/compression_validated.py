@@ -366,6 +366,11 @@ def _trials(found: Tuning) -> list[dict]:
             "validation_error_after": t.validation_error_after,
             "increase_se": t.increase_se,
             "compression_rate": t.compression_rate,
+            # each retraining's (over splits, then seeds); "before" only with several splits
+            "seed_errors_before": t.seed_errors_before,
+            "seed_errors_retrained": t.seed_errors_retrained,
+            "seed_errors_after": t.seed_errors_after,
+            "seed_rates": t.seed_rates,
             "chosen": t is found.chosen,
         }
         for t in found.trials

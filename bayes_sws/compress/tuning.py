@@ -128,6 +128,9 @@ class Trial:
     #: with several validation splits, each split's compression (its first seed's), in the
     #: order of the splits (``result`` is the first); empty with one split
     split_results: tuple[CompressionResult, ...] = ()
+    #: each retraining's validation error before quantisation, in the order of
+    #: ``seed_errors_after`` (their mean is ``validation_error_retrained``)
+    seed_errors_retrained: tuple[float, ...] = ()
 
     @property
     def increase(self) -> float:
@@ -382,7 +385,7 @@ def _trial(
     assert None not in befores and None not in after and None not in retrained
     before_errors = tuple(1.0 - a for a in befores if a is not None)
     errors = tuple(1.0 - a for a in after if a is not None)
-    retrained_errors = [1.0 - a for a in retrained if a is not None]
+    retrained_errors = tuple(1.0 - a for a in retrained if a is not None)
     rates = tuple(r.compression_rate for r in results)
     return Trial(
         dict(candidate),
@@ -396,6 +399,7 @@ def _trial(
         se,
         before_errors if split_results else (),
         tuple(split_results),
+        retrained_errors,
     )
 
 

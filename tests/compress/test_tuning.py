@@ -239,6 +239,7 @@ def test_tuning_over_seeds_scores_the_mean_of_single_retrainings(digits):
         errors = [1 - accuracy(r.net, tuning.x_test, tuning.y_test) for r in single]
         retrained = [1 - accuracy(r.retrained_net, tuning.x_test, tuning.y_test) for r in single]
         assert trial.validation_error_retrained == pytest.approx(sum(retrained) / 2, abs=1e-12)
+        assert trial.seed_errors_retrained == pytest.approx(retrained, abs=1e-12)
         rates = [r.compression_rate for r in single]
         assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
         assert trial.seed_rates == pytest.approx(rates, rel=1e-12)
@@ -310,6 +311,11 @@ def test_tuning_over_several_validation_splits_pools_them(digits):
         errors = [1 - accuracy(r.net, t.x_test, t.y_test) for r, t in zip(single, splits)]
         assert trial.seed_errors_after == pytest.approx(errors, abs=1e-12)
         assert twin.seed_errors_after == pytest.approx(errors, abs=1e-12)
+        retrained = [
+            1 - accuracy(r.retrained_net, t.x_test, t.y_test) for r, t in zip(single, splits)
+        ]
+        assert trial.seed_errors_retrained == pytest.approx(retrained, abs=1e-12)
+        assert twin.seed_errors_retrained == pytest.approx(retrained, abs=1e-12)
         for kept, r in zip(twin.split_results, single, strict=True):
             for a, b in zip(kept.net.parameters(), r.net.parameters(), strict=True):
                 assert torch.equal(a, b)
