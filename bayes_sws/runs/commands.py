@@ -1457,7 +1457,7 @@ def report_run(run_dir: str | os.PathLike) -> str:
     lines = [
         f"run {run_dir}",
         f"  data {config.data}, network {config.network}{hidden}, {config.num_components} components"
-        + f"{zero}, λ = {config.prior_scale}{recipe}",
+        + f"{zero}, λ = {config.prior_scale:.4g}{recipe}",  # config.json has every digit
         f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
         + f"batch {config.batch_size}, seed {config.seed}",
     ]

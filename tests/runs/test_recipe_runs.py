@@ -51,7 +51,7 @@ def test_a_recipe_run_retrains_and_stores_as_the_pipeline_does(tmp_path, capsys)
     ) in capsys.readouterr().out
     assert cli.main(["report", str(out)]) == 0
     reported = capsys.readouterr().out
-    assert f"(recipe {DIGITS})" in reported
+    assert f"λ = 0.03334 (recipe {DIGITS})" in reported  # 0.03 · 1,437 / 1,293, 4 digits
     assert "storing settings: finetune_epochs 10, remove_dead_units true" in reported
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == DIGITS and config["standardize"] == "none"
