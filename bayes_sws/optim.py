@@ -21,12 +21,12 @@ would no longer repeat one made with the default optimiser; it is not used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["adam", "adam_for"]
+__all__ = ["adam", "adam_for", "make_scheduler", "step_scheduler"]
 
 
 def adam(params: Iterable[Any], **options: Any) -> torch.optim.Adam:
@@ -61,3 +61,27 @@ def adam_for(
     if hyper:
         groups.append({"params": hyper, "lr": mixture_lr})
     return adam(groups)
+
+
+def make_scheduler(
+    make: Callable[[torch.optim.Optimizer], Any], optimizer: torch.optim.Optimizer
+) -> Any:
+    """``make(optimizer)``, checked to be a ``torch.optim.lr_scheduler`` scheduler (a
+    ``step`` and a ``state_dict``): the ``lr_scheduler`` argument of :func:`bayes_sws.fit`
+    and :func:`bayes_sws.zoo.training.train`, built for their optimiser."""
+    scheduler = make(optimizer)
+    if not (callable(getattr(scheduler, "step", None)) and hasattr(scheduler, "state_dict")):
+        raise TypeError(
+            "lr_scheduler must return a torch.optim.lr_scheduler scheduler of the optimizer "
+            f"it is given, got {type(scheduler).__name__}"
+        )
+    return scheduler
+
+
+def step_scheduler(scheduler: Any, loss: float) -> None:
+    """Advance ``scheduler`` after an optimiser step: ``ReduceLROnPlateau`` with that
+    step's ``loss``, any other scheduler with no argument; ``None`` does nothing."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(loss)
+    elif scheduler is not None:
+        scheduler.step()

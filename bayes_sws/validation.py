@@ -30,6 +30,7 @@ __all__ = [
     "check_bool",
     "check_finite_tensor",
     "check_int",
+    "check_lr_scheduler",
     "check_names",
     "check_real",
     "check_seed",
@@ -284,3 +285,15 @@ def check_names(name: str, value: Any, *, allow_none: bool = True) -> tuple[str,
     if not all(isinstance(n, str) for n in names):
         raise _type_error(name, description, names)
     return tuple(str(n) for n in names)  # np.str_ -> str
+
+
+def check_lr_scheduler(value: Any) -> Any:
+    """``lr_scheduler`` of :func:`bayes_sws.fit` and :func:`bayes_sws.zoo.training.train`:
+    ``None`` or a callable ``optimizer -> torch.optim.lr_scheduler`` scheduler
+    (built by :func:`bayes_sws.optim.make_scheduler`)."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            "lr_scheduler must be a callable optimizer -> torch.optim.lr_scheduler.LRScheduler "
+            f"(e.g. lambda opt: torch.optim.lr_scheduler.StepLR(opt, 100)), got {value!r}"
+        )
+    return value

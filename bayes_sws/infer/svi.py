@@ -44,7 +44,7 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from ..core.sites import WEIGHT_PREFIX
 from ..devices import resolve_device
-from ..optim import adam_for
+from ..optim import adam_for, make_scheduler, step_scheduler
 from ..settings import (
     ON_NONFINITE,
     OPTIMIZERS,
@@ -52,7 +52,7 @@ from ..settings import (
     map_hyperprior_error,
     steps_per_epoch,
 )
-from ..validation import check_bool, check_int, check_real, check_seed
+from ..validation import check_bool, check_int, check_lr_scheduler, check_real, check_seed
 from . import distributed, loaders
 from .fastmap import map_loss, priors_key
 from .fastvi import elbo_loss, fast_path
@@ -866,11 +866,7 @@ def _check_engine_options(
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
     lbfgs_tolerance = _positive_number("lbfgs_tolerance", lbfgs_tolerance)
-    if lr_scheduler is not None and not callable(lr_scheduler):
-        raise TypeError(
-            "lr_scheduler must be a callable optimizer -> torch.optim.lr_scheduler.LRScheduler "
-            f"(e.g. lambda opt: torch.optim.lr_scheduler.StepLR(opt, 100)), got {lr_scheduler!r}"
-        )
+    check_lr_scheduler(lr_scheduler)
     return {
         "guide": name,
         "optimizer": optimizer,
@@ -1427,7 +1423,11 @@ class SVIEngine:
             self._fast = fast_path(model, self.guide)
             self._elbo = elbo
             self.optimizer = self._build_optimizer()
-        self.scheduler = None if self._make_scheduler is None else self._build_scheduler()
+        self.scheduler = (
+            None
+            if self._make_scheduler is None
+            else make_scheduler(self._make_scheduler, self.optimizer)
+        )
         self.step, self._losses, self._elapsed = 0, np.empty(0), 0.0
         if initial_state is not None:
             self.restore(initial_state)
@@ -1574,15 +1574,6 @@ class SVIEngine:
         self._all_params = [p for group in optim.param_groups for p in group["params"]]
         return optim
 
-    def _build_scheduler(self):
-        scheduler = self._make_scheduler(self.optimizer)
-        if not (callable(getattr(scheduler, "step", None)) and hasattr(scheduler, "state_dict")):
-            raise TypeError(
-                "lr_scheduler must return a torch.optim.lr_scheduler scheduler of the optimizer "
-                f"it is given, got {type(scheduler).__name__}"
-            )
-        return scheduler
-
     def _evaluate(self, batch: _Batch) -> Tensor:
         """The loss on ``batch``: :func:`map_loss` or :func:`elbo_loss` where they apply,
         else the ELBO's."""
@@ -1681,10 +1672,7 @@ class SVIEngine:
             self._losses = np.concatenate([self._losses, np.empty(max(self.step, 64))])
         self._losses[self.step] = value
         self.step += 1
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(value)
-        elif self.scheduler is not None:
-            self.scheduler.step()
+        step_scheduler(self.scheduler, value)
         return value
 
     def _parameters_finite(self) -> bool:

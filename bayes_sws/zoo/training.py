@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._progress import progress_bar
-from ..optim import adam
+from ..optim import adam, make_scheduler, step_scheduler
 from ..settings import steps_per_epoch
-from ..validation import check_int, check_real, check_seed
+from ..validation import check_int, check_lr_scheduler, check_real, check_seed
 
 __all__ = [
     "LOSSES",
@@ -140,6 +141,7 @@ def train(
     progress: bool | None = None,
     before_step: Hook | None = None,
     after_step: Hook | None = None,
+    lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place with Adam on mini-batches.
 
@@ -177,6 +179,14 @@ def train(
     after_step : callable, optional
         ``after_step(net)`` runs after ``optimizer.step()``: the place to
         re-apply pruning masks or shared values.
+    lr_scheduler : callable, optional
+        ``lr_scheduler(optimizer)`` returning a ``torch.optim.lr_scheduler``
+        scheduler, stepped after every optimiser step (``ReduceLROnPlateau`` with
+        that step's loss), as in :func:`bayes_sws.fit`. A learning rate that
+        decays to the end, e.g. ``lambda opt: CosineAnnealingLR(opt,
+        T_max=num_epochs * steps_per_epoch(len(x), batch_size))``, ends on a
+        network whose held-out error no longer moves with the last epochs' noise
+        (BENCHMARKS.md, "what retraining alone gives").
 
     Returns
     -------
@@ -199,7 +209,7 @@ def train(
     lr = check_real("lr", lr, low=0, low_open=True)
     weight_decay = check_real("weight_decay", weight_decay, low=0)
     seed = check_seed("seed", seed)
-    _check_hooks(before_step, after_step)
+    _check_hooks(before_step, after_step, lr_scheduler)
     parameters = [p for p in net.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("net has no trainable parameters (none with requires_grad=True)")
@@ -212,6 +222,7 @@ def train(
     num_steps = num_epochs * per_epoch
     device = _device(net)
     optimizer = adam(parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = None if lr_scheduler is None else make_scheduler(lr_scheduler, optimizer)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     was_training = net.training
@@ -237,6 +248,7 @@ def train(
                             f"(epoch {epoch}); lower lr (now {lr}) or check the data"
                         )
                     _backward_and_step(net, optimizer, batch_loss, before_step, after_step)
+                    step_scheduler(scheduler, value)  # after every step, as fit's
                     losses.append(value)
                     bar.update(1)
                     if len(losses) % 10 == 0:
@@ -246,10 +258,11 @@ def train(
     return TrainResult(losses=losses, num_steps=len(losses))
 
 
-def _check_hooks(before_step: Hook | None, after_step: Hook | None) -> None:
+def _check_hooks(before_step: Hook | None, after_step: Hook | None, lr_scheduler: Any) -> None:
     for hook_name, hook in (("before_step", before_step), ("after_step", after_step)):
         if hook is not None and not callable(hook):
             raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
+    check_lr_scheduler(lr_scheduler)
 
 
 def _check_output_classes(y: torch.Tensor, output: torch.Tensor) -> None:

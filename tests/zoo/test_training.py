@@ -175,12 +175,75 @@ def test_predict_uses_eval_mode():
         ({"weight_decay": -1.0}, ValueError, "weight_decay must be a finite number >= 0"),
         ({"loss": "hinge"}, ValueError, "unknown loss 'hinge'.*'cross_entropy', 'mse'"),
         ({"before_step": 3}, TypeError, "before_step must be a callable"),
+        ({"lr_scheduler": 3}, TypeError, "lr_scheduler must be a callable optimizer -> "),
+        ({"lr_scheduler": lambda opt: 3}, TypeError, "must return a torch.optim.lr_scheduler"),
     ],
 )
 def test_train_rejects_bad_arguments(kwargs, error, message):
     x, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])
     with pytest.raises(error, match=message):
         train(mlp([2, 2]), x, y, **kwargs)
+
+
+def _torch_rates(make, lr, losses):
+    """The rate each step uses under torch's scheduler ``make`` on a plain SGD optimiser,
+    stepped after every step (``ReduceLROnPlateau`` with that step's loss)."""
+    optim = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make(optim)
+    rates = []
+    for loss in losses:
+        rates.append(optim.param_groups[0]["lr"])
+        optim.step()
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        scheduler.step(loss) if plateau else scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12),
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5),
+        lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0),
+    ],
+    ids=["cosine", "step", "plateau"],
+)
+def test_lr_scheduler_sets_the_rates_torch_sets(digits, make):
+    """Every step of ``train`` runs at the rate torch's own scheduler gives a bare optimiser
+    over as many steps (the plateau one fed the same losses); a constant schedule trains
+    the same network as none, bit for bit."""
+    seen, rates = [], []
+
+    def capture(optimizer):
+        seen.append(optimizer)
+        return make(optimizer)
+
+    net = make_net([64, 16, 10])
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    kwargs = {"num_epochs": 3, "batch_size": 64, "lr": 1e-2, "progress": False}
+    result = train(
+        net,
+        x,
+        y,
+        lr_scheduler=capture,
+        after_step=lambda n: rates.append(seen[0].param_groups[0]["lr"]),
+        **kwargs,
+    )
+    assert len(seen) == 1 and result.num_steps == 12
+    assert rates == pytest.approx(_torch_rates(make, 1e-2, result.losses), rel=1e-12)
+    assert len(set(rates)) > 1  # the schedule moved the rate (what this checks)
+
+    plain, constant = make_net([64, 16, 10]), make_net([64, 16, 10])
+    train(plain, x, y, **kwargs)
+    train(
+        constant,
+        x,
+        y,
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1.0),
+        **kwargs,
+    )
+    for a, b in zip(plain.parameters(), constant.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_train_rejects_bad_data():
