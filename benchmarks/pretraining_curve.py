@@ -6,7 +6,7 @@ epochs). This script pretrains each case's network on a validation split's train
 exactly as ``compression_validated.py`` does (same split, seed and settings, so at the case's
 epochs it is the cached network) and reads its validation error every ``--every`` epochs;
 ``--schedules cosine`` also pretrains with the learning rate annealed to zero over the run
-(``train(..., lr_scheduler=CosineAnnealingLR)``). Where the constant-rate error still swings
+(``train(..., lr_scheduler="cosine")``). Where the constant-rate error still swings
 by tenths of a point from one reading to the next, the baseline the goals are measured against
 is a draw from that swing. Only the validation splits are read, never the test set.
 
@@ -60,12 +60,6 @@ def curve(
             error = 1.0 - accuracy(trained, tuning.x_test, tuning.y_test)
             readings[steps // per_epoch] = 100.0 * error
 
-    scheduler = None
-    if schedule == "cosine":
-
-        def scheduler(optimizer):
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * per_epoch)
-
     train(
         net,
         tuning.x_train,
@@ -73,7 +67,7 @@ def curve(
         seed=split,
         progress=False,
         after_step=read,
-        lr_scheduler=scheduler,
+        lr_scheduler="cosine" if schedule == "cosine" else None,
         **settings,
     )
     return readings, net

@@ -337,6 +337,7 @@ _GROUPS = {
         "pretrain_epochs",
         "pretrain_lr",
         "pretrain_batch_size",
+        "pretrain_schedule",
     ),
     "prior (PRML 5.137, Ullrich et al. hyperpriors; bayes_sws.settings.PriorSettings)": (
         PriorSettings.names()

@@ -88,6 +88,7 @@ _ADDED_SETTINGS = (
     "preset",
     "mixture_groups",
     "recipe",
+    "pretrain_schedule",
 )
 #: Settings added after run directories existed whose default differs from how the
 #: runs before them behaved: a ``config.json`` without them means this value, and a
@@ -170,6 +171,13 @@ class _RunData:
     pretrain_lr: float = option(1e-3, "Adam learning rate of pretraining", "float", positive)
     pretrain_batch_size: int = option(
         64, "batch size of pretraining", "int", at_most(2**31 - 1, "int32", at_least_one)
+    )
+    pretrain_schedule: str = option(
+        "constant",
+        "learning rate of pretraining: constant, or cosine (annealed to zero over its epochs: "
+        "a network whose error no longer swings with the last epochs, BENCHMARKS.md)",
+        "str",
+        choices=("constant", "cosine"),
     )
 
 

@@ -141,7 +141,7 @@ def train(
     progress: bool | None = None,
     before_step: Hook | None = None,
     after_step: Hook | None = None,
-    lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    lr_scheduler: Callable[[torch.optim.Optimizer], Any] | str | None = None,
 ) -> TrainResult:
     """Train ``net`` in place with Adam on mini-batches.
 
@@ -179,13 +179,13 @@ def train(
     after_step : callable, optional
         ``after_step(net)`` runs after ``optimizer.step()``: the place to
         re-apply pruning masks or shared values.
-    lr_scheduler : callable, optional
+    lr_scheduler : callable or "cosine", optional
         ``lr_scheduler(optimizer)`` returning a ``torch.optim.lr_scheduler``
         scheduler, stepped after every optimiser step (``ReduceLROnPlateau`` with
-        that step's loss), as in :func:`bayes_sws.fit`. A learning rate that
-        decays to the end, e.g. ``lambda opt: CosineAnnealingLR(opt,
-        T_max=num_epochs * steps_per_epoch(len(x), batch_size))``, ends on a
-        network whose held-out error no longer moves with the last epochs' noise
+        that step's loss), as in :func:`bayes_sws.fit`; ``"cosine"`` is
+        ``CosineAnnealingLR`` over all the steps of the run, ``lr`` annealed to zero.
+        A rate that decays to the end leaves a network whose held-out error no
+        longer swings with the last epochs' noise, as it does at a constant rate
         (BENCHMARKS.md, "what retraining alone gives").
 
     Returns
@@ -222,7 +222,7 @@ def train(
     num_steps = num_epochs * per_epoch
     device = _device(net)
     optimizer = adam(parameters, lr=lr, weight_decay=weight_decay)
-    scheduler = None if lr_scheduler is None else make_scheduler(lr_scheduler, optimizer)
+    scheduler = _scheduler(lr_scheduler, optimizer, num_steps)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     was_training = net.training
@@ -262,7 +262,23 @@ def _check_hooks(before_step: Hook | None, after_step: Hook | None, lr_scheduler
     for hook_name, hook in (("before_step", before_step), ("after_step", after_step)):
         if hook is not None and not callable(hook):
             raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
-    check_lr_scheduler(lr_scheduler)
+    if isinstance(lr_scheduler, str):
+        if lr_scheduler != "cosine":
+            raise ValueError(
+                f"lr_scheduler {lr_scheduler!r} is not a schedule train knows; give 'cosine' "
+                "or a callable optimizer -> torch.optim.lr_scheduler scheduler"
+            )
+    else:
+        check_lr_scheduler(lr_scheduler)
+
+
+def _scheduler(lr_scheduler: Any, optimizer: torch.optim.Optimizer, num_steps: int) -> Any:
+    """The scheduler :func:`train` steps (``None``: a constant rate)."""
+    if lr_scheduler is None:
+        return None
+    if lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
+    return make_scheduler(lr_scheduler, optimizer)
 
 
 def _check_output_classes(y: torch.Tensor, output: torch.Tensor) -> None:

@@ -705,3 +705,42 @@ def test_run_device_reads_the_config_and_refuses_what_it_did_not_write(reference
     linked.mkdir()
     (linked / "config.json").symlink_to(reference / "config.json")
     assert runs.run_device(linked) is None
+
+
+def test_cosine_pretraining_is_train_with_torchs_cosine_annealing(tmp_path):
+    """``pretrain_schedule = "cosine"`` pretrains the network that ``train`` with torch's own
+    ``CosineAnnealingLR`` over all the steps gives from the same initial weights, bit for bit
+    (and not the constant rate's)."""
+    from bayes_sws.runs.checkpoints import network_kwargs
+    from bayes_sws.settings import steps_per_epoch
+    from bayes_sws.zoo.nets import build_network
+
+    settings = {"num_steps": 5, "pretrain_epochs": 2, "hidden": [16], "standardize": "none"}
+    out = tmp_path / "run"
+    config = runs.resolve_config({}, {**settings, "pretrain_schedule": "cosine"})
+    runs.fit_run(config, out=out, progress=False)
+    initial = runs.read_checkpoint(out / runs.INITIAL_FILE, kind="network")
+    data = load_dataset("digits", flatten=True, test_fraction=0.2, seed=0, standardize=False)
+    steps = 2 * steps_per_epoch(data.num_train, config.pretrain_batch_size)
+    nets = {}
+    for name, schedule in (
+        ("cosine", lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)),
+        ("constant", None),
+    ):
+        torch.manual_seed(config.seed)
+        nets[name] = build_network(**network_kwargs(initial["network_spec"]))
+        train(
+            nets[name],
+            data.x_train,
+            data.y_train,
+            num_epochs=2,
+            lr=config.pretrain_lr,
+            batch_size=config.pretrain_batch_size,
+            seed=config.seed,
+            progress=False,
+            lr_scheduler=schedule,
+        )
+    state = initial["network_state"]
+    for key, value in nets["cosine"].state_dict().items():
+        assert torch.equal(state[key], value)
+    assert not all(torch.equal(state[k], v) for k, v in nets["constant"].state_dict().items())

@@ -246,6 +246,32 @@ def test_lr_scheduler_sets_the_rates_torch_sets(digits, make):
         assert torch.equal(a, b)
 
 
+def test_cosine_is_torchs_cosine_annealing_over_the_whole_run(digits):
+    """``lr_scheduler="cosine"`` trains the network ``CosineAnnealingLR(T_max=all the steps)``
+    does, bit for bit; a schedule it does not know is refused before training."""
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    kwargs = {"num_epochs": 3, "batch_size": 64, "lr": 1e-2, "progress": False}
+    named, given = make_net([64, 16, 10]), make_net([64, 16, 10])
+    train(named, x, y, lr_scheduler="cosine", **kwargs)
+    steps = 3 * 4  # 256 examples in batches of 64, three epochs
+    train(
+        given,
+        x,
+        y,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+        **kwargs,
+    )
+    plain = make_net([64, 16, 10])
+    train(plain, x, y, **kwargs)
+    for a, b, c in zip(named.parameters(), given.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b) and not torch.equal(a, c)
+    untouched = make_net([64, 16, 10])
+    with pytest.raises(ValueError, match="lr_scheduler 'cos' is not a schedule train knows"):
+        train(untouched, x, y, lr_scheduler="cos", **kwargs)
+    for a, b in zip(untouched.parameters(), make_net([64, 16, 10]).parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_train_rejects_bad_data():
     net = mlp([2, 2])
     with pytest.raises(ValueError, match="x has 4 examples but y has shape"):
