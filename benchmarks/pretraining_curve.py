@@ -111,8 +111,8 @@ def figure(curves: list[dict], path: Path) -> None:
                 label=f"split {c['split']}, {c['schedule']}",
             )
         ax.axvline(bench.CASES[name].pretrain["num_epochs"], color="0.6", linewidth=0.8)
-        ax.set_title(f"{name}: pretraining (grey: the benchmark's epochs)")
-        ax.set_xlabel("epochs")
+        ax.set_title(f"{name}: pretraining")
+        ax.set_xlabel("epochs (grey: the benchmark's)")
         ax.set_ylabel("validation error (%)")
         ax.legend(fontsize=7)
     fig.tight_layout()
