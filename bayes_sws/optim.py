@@ -64,11 +64,13 @@ def adam_for(
 
 
 def make_scheduler(
-    make: Callable[[torch.optim.Optimizer], Any], optimizer: torch.optim.Optimizer
+    make: Callable[[torch.optim.Optimizer], Any] | None, optimizer: torch.optim.Optimizer
 ) -> Any:
     """``make(optimizer)``, checked to be a ``torch.optim.lr_scheduler`` scheduler (a
     ``step`` and a ``state_dict``): the ``lr_scheduler`` argument of :func:`bayes_sws.fit`
-    and :func:`bayes_sws.zoo.training.train`, built for their optimiser."""
+    and :func:`bayes_sws.zoo.training.train`, built for their optimiser (``None``: none)."""
+    if make is None:
+        return None
     scheduler = make(optimizer)
     if not (callable(getattr(scheduler, "step", None)) and hasattr(scheduler, "state_dict")):
         raise TypeError(

@@ -33,9 +33,7 @@ import torch
 
 from bayes_sws.compress.tuning import validation_split
 from bayes_sws.settings import steps_per_epoch
-from bayes_sws.zoo.training import accuracy, train
-
-SCHEDULES = ("constant", "cosine")
+from bayes_sws.zoo.training import LR_SCHEDULES, accuracy, train
 
 
 def curve(
@@ -67,7 +65,7 @@ def curve(
         seed=split,
         progress=False,
         after_step=read,
-        lr_scheduler="cosine" if schedule == "cosine" else None,
+        lr_scheduler=schedule,
         **settings,
     )
     return readings, net
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "schedule always anneals over the case's epochs, the pretraining it would replace",
     )
     parser.add_argument("--every", type=int, default=5, help="epochs between readings")
-    parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["constant"])
+    parser.add_argument("--schedules", nargs="+", choices=LR_SCHEDULES, default=["constant"])
     parser.add_argument("--validation", type=float, default=0.1, help="held-out share")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)

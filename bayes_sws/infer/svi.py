@@ -1423,11 +1423,7 @@ class SVIEngine:
             self._fast = fast_path(model, self.guide)
             self._elbo = elbo
             self.optimizer = self._build_optimizer()
-        self.scheduler = (
-            None
-            if self._make_scheduler is None
-            else make_scheduler(self._make_scheduler, self.optimizer)
-        )
+        self.scheduler = make_scheduler(self._make_scheduler, self.optimizer)
         self.step, self._losses, self._elapsed = 0, np.empty(0), 0.0
         if initial_state is not None:
             self.restore(initial_state)

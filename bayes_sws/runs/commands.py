@@ -1033,7 +1033,7 @@ def _pretrain(config: RunConfig, data, spec, progress, should_stop, log):
                 num_epochs=config.pretrain_epochs,
                 lr=config.pretrain_lr,
                 batch_size=config.pretrain_batch_size,
-                lr_scheduler=None if config.pretrain_schedule == "constant" else "cosine",
+                lr_scheduler=config.pretrain_schedule,
                 seed=config.seed,
                 progress=progress,
                 after_step=check_stop,

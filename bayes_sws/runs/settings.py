@@ -41,6 +41,7 @@ from ..settings import (
     seed_check,
 )
 from ..zoo.nets import ACTIVATIONS, NETWORKS, factory_name_problem, is_factory_name
+from ..zoo.training import LR_SCHEDULES
 from .checkpoints import plain
 
 __all__ = [
@@ -177,7 +178,7 @@ class _RunData:
         "learning rate of pretraining: constant, or cosine (annealed to zero over its epochs: "
         "a network whose error no longer swings with the last epochs, BENCHMARKS.md)",
         "str",
-        choices=("constant", "cosine"),
+        choices=LR_SCHEDULES,
     )
 
 

@@ -24,6 +24,7 @@ from ..validation import check_int, check_lr_scheduler, check_real, check_seed
 
 __all__ = [
     "LOSSES",
+    "LR_SCHEDULES",
     "TrainResult",
     "accuracy",
     "correct",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 #: Loss names accepted by :func:`train`; both average over the mini-batch.
+#: the learning-rate schedules :func:`train` knows by name (its ``lr_scheduler``)
+LR_SCHEDULES = ("constant", "cosine")
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
 
 Hook = Callable[[nn.Module], None]
@@ -179,11 +182,12 @@ def train(
     after_step : callable, optional
         ``after_step(net)`` runs after ``optimizer.step()``: the place to
         re-apply pruning masks or shared values.
-    lr_scheduler : callable or "cosine", optional
+    lr_scheduler : callable or {"constant", "cosine"}, optional
         ``lr_scheduler(optimizer)`` returning a ``torch.optim.lr_scheduler``
         scheduler, stepped after every optimiser step (``ReduceLROnPlateau`` with
-        that step's loss), as in :func:`bayes_sws.fit`; ``"cosine"`` is
-        ``CosineAnnealingLR`` over all the steps of the run, ``lr`` annealed to zero.
+        that step's loss), as in :func:`bayes_sws.fit`; or a name of
+        :data:`LR_SCHEDULES`: ``"constant"`` (as ``None``), ``"cosine"``
+        (``CosineAnnealingLR`` over all the steps of the run, ``lr`` annealed to zero).
         A rate that decays to the end leaves a network whose held-out error no
         longer swings with the last epochs' noise, as it does at a constant rate
         (BENCHMARKS.md, "what retraining alone gives").
@@ -263,10 +267,11 @@ def _check_hooks(before_step: Hook | None, after_step: Hook | None, lr_scheduler
         if hook is not None and not callable(hook):
             raise TypeError(f"{hook_name} must be a callable taking the net, got {hook!r}")
     if isinstance(lr_scheduler, str):
-        if lr_scheduler != "cosine":
+        if lr_scheduler not in LR_SCHEDULES:
             raise ValueError(
-                f"lr_scheduler {lr_scheduler!r} is not a schedule train knows; give 'cosine' "
-                "or a callable optimizer -> torch.optim.lr_scheduler scheduler"
+                f"lr_scheduler {lr_scheduler!r} is not a schedule train knows; give one of "
+                f"{list(LR_SCHEDULES)} or a callable optimizer -> torch.optim.lr_scheduler "
+                "scheduler"
             )
     else:
         check_lr_scheduler(lr_scheduler)
@@ -274,11 +279,9 @@ def _check_hooks(before_step: Hook | None, after_step: Hook | None, lr_scheduler
 
 def _scheduler(lr_scheduler: Any, optimizer: torch.optim.Optimizer, num_steps: int) -> Any:
     """The scheduler :func:`train` steps (``None``: a constant rate)."""
-    if lr_scheduler is None:
-        return None
     if lr_scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
-    return make_scheduler(lr_scheduler, optimizer)
+    return make_scheduler(None if lr_scheduler == "constant" else lr_scheduler, optimizer)
 
 
 def _check_output_classes(y: torch.Tensor, output: torch.Tensor) -> None:

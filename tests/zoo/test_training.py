@@ -261,12 +261,18 @@ def test_cosine_is_torchs_cosine_annealing_over_the_whole_run(digits):
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
         **kwargs,
     )
-    plain = make_net([64, 16, 10])
+    plain, constant = make_net([64, 16, 10]), make_net([64, 16, 10])
     train(plain, x, y, **kwargs)
-    for a, b, c in zip(named.parameters(), given.parameters(), plain.parameters(), strict=True):
-        assert torch.equal(a, b) and not torch.equal(a, c)
+    train(constant, x, y, lr_scheduler="constant", **kwargs)
+    for a, b, c, d in zip(
+        named.parameters(), given.parameters(), plain.parameters(), constant.parameters()
+    ):
+        assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(c, d)
     untouched = make_net([64, 16, 10])
-    with pytest.raises(ValueError, match="lr_scheduler 'cos' is not a schedule train knows"):
+    with pytest.raises(
+        ValueError,
+        match=r"'cos' is not a schedule train knows; give one of \['constant', 'cosine'\]",
+    ):
         train(untouched, x, y, lr_scheduler="cos", **kwargs)
     for a, b in zip(untouched.parameters(), make_net([64, 16, 10]).parameters(), strict=True):
         assert torch.equal(a, b)
