@@ -221,14 +221,19 @@ def build(case: Case, data) -> torch.nn.Module:
     return lenet5_caffe(channels, data.num_classes, (height, width))
 
 
+def initial_network(case: Case, data, seed: int) -> torch.nn.Module:
+    """The network ``case``'s pretraining starts from, its weights drawn under ``seed``."""
+    torch.manual_seed(seed)
+    return build(case, data)
+
+
 def pretrained(
     case: Case, data, *, seed: int, cache: Path | None, progress
 ) -> tuple[torch.nn.Module, dict]:
     """The pretrained network of ``case``: from the cache, or trained and cached."""
     key = json.dumps({"case": case.name, "pretrain": case.pretrain, "seed": seed}, sort_keys=True)
     stem = case.name.replace("/", "_") + "-" + hashlib.sha1(key.encode()).hexdigest()[:10]
-    torch.manual_seed(seed)
-    net = build(case, data)
+    net = initial_network(case, data, seed)
     if cache is not None and (cache / f"{stem}.pt").is_file():
         net.load_state_dict(torch.load(cache / f"{stem}.pt", weights_only=True))
         info = json.loads((cache / f"{stem}.json").read_text())

@@ -44,10 +44,9 @@ def curve(
     constant or cosine-annealed to zero over them), and the network pretrained."""
     case = bench.CASES[name]
     tuning, _ = validation_split(bench.load(case), validation, seed=split)
-    torch.manual_seed(split)  # as compression.pretrained: the same initial network
-    net = bench.build(case, tuning)
+    net = bench.initial_network(case, tuning, split)  # as compression.pretrained's
     settings = {**case.pretrain, "num_epochs": epochs}
-    per_epoch = steps_per_epoch(len(tuning.x_train), settings.get("batch_size", 128))
+    per_epoch = steps_per_epoch(len(tuning.x_train), settings["batch_size"])
     readings: dict[int, float] = {}
     steps = 0
 

@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 #: Loss names accepted by :func:`train`; both average over the mini-batch.
-#: the learning-rate schedules :func:`train` knows by name (its ``lr_scheduler``)
-LR_SCHEDULES = ("constant", "cosine")
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
+#: Learning-rate schedules :func:`train` knows by name (its ``lr_scheduler``).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 Hook = Callable[[nn.Module], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
