@@ -1046,13 +1046,16 @@ def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def _parse_overrides(items: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {"sws": {}, "dc": {}}
+def _parse_overrides(items: list[str], methods: tuple[str, ...] = ("sws", "dc")) -> dict[str, dict]:
+    """``{method: {NAME: VALUE}}`` for every ``--set METHOD.NAME=VALUE`` (VALUE read as JSON
+    where it is, else kept as the string), one key per name of ``methods``."""
+    out: dict[str, dict] = {method: {} for method in methods}
     for item in items:
         key, _, value = item.partition("=")
         method, _, name = key.partition(".")
         if method not in out or not name or not value:
-            raise SystemExit(f"--set expects sws.NAME=VALUE or dc.NAME=VALUE, got {item!r}")
+            expected = " or ".join(f"{m}.NAME=VALUE" for m in methods)
+            raise SystemExit(f"--set expects {expected}, got {item!r}")
         try:
             out[method][name] = json.loads(value)
         except json.JSONDecodeError:

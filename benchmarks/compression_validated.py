@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -67,7 +68,7 @@ if str(HERE) not in sys.path:
 import compression as bench  # the cases, pretraining and Deep Compression runs
 
 from bayes_sws.compress.tuning import Trial, Tuning, tune_soft_weight_sharing, validation_split
-from bayes_sws.zoo.training import accuracy
+from bayes_sws.zoo.training import accuracy, train
 
 SECTION = "## Compression, chosen on validation"
 MARGIN = 0.5  # points of validation error a chosen λ may add (the goal's margin)
@@ -97,12 +98,14 @@ def with_settings(
     case: bench.Case, epochs: int | None, overrides: dict[str, dict] | None = None
 ) -> bench.Case:
     """``case`` with every soft weight-sharing retraining ``epochs`` long (``None``: as is)
-    and ``overrides`` (``compression._parse_overrides``: ``{"sws": {...}, "dc": {...}}``).
+    and ``overrides`` (``compression._parse_overrides``: ``{"sws": {...}, "dc": {...},
+    "pretrain": {...}}``, the last ``train``'s keyword arguments for the pretraining).
 
     A row's own ``anneal_epochs`` window scales with its epochs (an override's does not)."""
     sws = dict((overrides or {}).get("sws", {}))
     dc = (overrides or {}).get("dc", {})
-    if epochs is None and not sws and not dc:
+    pretrain = (overrides or {}).get("pretrain", {})
+    if epochs is None and not sws and not dc and not pretrain:
         return case
 
     def changed(settings: dict) -> dict:
@@ -115,7 +118,10 @@ def with_settings(
         return out
 
     return dataclasses.replace(
-        case, sws={label: changed(s) for label, s in case.sws.items()}, dc={**case.dc, **dc}
+        case,
+        pretrain={**case.pretrain, **pretrain},
+        sws={label: changed(s) for label, s in case.sws.items()},
+        dc={**case.dc, **dc},
     )
 
 
@@ -592,8 +598,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_set_option(
         parser,
-        "change a setting of every soft weight-sharing candidate (sws.NAME) or of Deep "
-        "Compression (dc.NAME), e.g. sws.num_components=9",
+        "change a setting of every soft weight-sharing candidate (sws.NAME), of Deep "
+        "Compression (dc.NAME) or of the pretraining (pretrain.NAME, a keyword of "
+        "bayes_sws.zoo.training.train; a network of its own, cached apart), e.g. "
+        "sws.num_components=9, pretrain.lr_scheduler=cosine",
     )
     parser.add_argument(
         "--jobs",
@@ -638,6 +646,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: train's arguments the benchmark sets itself (the network, data, seed and progress), which
+#: ``--set pretrain.NAME`` may not change.
+_PRETRAIN_FIXED = ("net", "x", "y", "seed", "progress", "before_step", "after_step")
+
+
 def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The parsed arguments; a parser error for any that cannot run, before anything does."""
     args = parser.parse_args(argv)
@@ -657,13 +670,20 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
         parser.error(f"--epochs must be a positive number of epochs, got {args.epochs}")
     if args.prior_scales and min(args.prior_scales) < 0:
         parser.error(f"--prior-scales must be λ ≥ 0, got {args.prior_scales}")
+    args.overrides = bench._parse_overrides(args.overrides, ("sws", "dc", "pretrain"))
+    settable = [k for k in inspect.signature(train).parameters if k not in _PRETRAIN_FIXED]
+    for name in args.overrides["pretrain"]:
+        if name not in settable:
+            parser.error(
+                f"--set pretrain.{name}: not a pretraining setting one can change; "
+                f"train's settings are {', '.join(settable)}"
+            )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _checked(_parser(), argv)
     options = vars(args)
-    options["overrides"] = bench._parse_overrides(args.overrides)
     version = bench.code_version()  # the code that runs, before anything is written
     results = {name: run_case(name, options) for name in args.cases}
     if args.json:

@@ -214,8 +214,9 @@ def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp
     import compression_validated as validated
 
     case = bench.CASES["digits/lenet-300-100"]
-    overrides = {"sws": {"num_components": 5}, "dc": {"lr": 2e-3}}
+    overrides = {"sws": {"num_components": 5}, "dc": {"lr": 2e-3}, "pretrain": {"lr": 5e-4}}
     changed = validated.with_settings(case, 3, overrides)
+    assert changed.pretrain == {**case.pretrain, "lr": 5e-4} and case.pretrain["lr"] == 1e-3
     assert {s["num_components"] for s in changed.sws.values()} == {5}
     assert {s["num_epochs"] for s in changed.sws.values()} == {3}
     assert changed.dc["lr"] == 2e-3 and case.dc["lr"] == 1e-3  # the case itself unchanged
@@ -271,3 +272,26 @@ def test_validated_benchmark_budget_off_overrides_the_recipes_budget(monkeypatch
     validated._tune(name, None, None, case, {**options, "prune_units": [None, 0.02]}, None)
     validated._tune(name, None, None, case, options, None)
     assert seen == [[None, 0.02], [recipe_budget]]
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("pretrain.seed=3", "--set pretrain.seed: not a pretraining setting"),  # the split's
+        ("pretrain.epochs=3", "--set pretrain.epochs: not a pretraining setting"),  # a typo
+        ("prior.lr=3", "--set expects sws.NAME=VALUE or dc.NAME=VALUE or pretrain.NAME=VALUE"),
+    ],
+)
+def test_validated_benchmark_refuses_a_pretraining_setting_it_cannot_change(
+    monkeypatch, capsys, item, message
+):
+    """``--set pretrain.NAME=VALUE`` takes train's keywords only, less those the benchmark sets
+    itself; anything else stops before any data is read, naming the setting."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    import compression_validated as validated
+
+    argv = ["--cases", "digits/lenet-5", "--tune-only", "--set", item, "--no-progress"]
+    with pytest.raises(SystemExit) as stop:
+        validated.main(argv)
+    assert message in capsys.readouterr().err + str(stop.value.code)
