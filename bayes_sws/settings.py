@@ -567,6 +567,16 @@ class CompressSettings(_Settings):
     prior_scale_warmup: float = option(
         0.0, "epochs over which λ rises to prior_scale (0: full strength)", "float", non_negative
     )
+    distill: float = option(
+        0.0,
+        "share of the pretrained network's class probabilities in the targets of retraining, "
+        "fine-tuning and unit pruning (knowledge distillation; 0: the labels alone)",
+        "float",
+        at_most(1, "the labels' and the teacher's shares sum to 1", non_negative),
+    )
+    distill_temperature: float = option(
+        1.0, "temperature of the pretrained network's probabilities for distill", "float", positive
+    )
 
 
 # ------------------------------------------------------------------------ presets

@@ -69,9 +69,16 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..core.likelihoods import Likelihood, MixtureDensity, get_likelihood
+from ..core.likelihoods import (
+    Categorical,
+    Likelihood,
+    MixtureDensity,
+    SoftCategorical,
+    get_likelihood,
+)
 from ..core.model import SWSModel
 from ..core.priors import Mixture, MixturePrior
 from ..infer.svi import FitResult, fit
@@ -106,6 +113,7 @@ __all__ = [
     "compress_result",
     "compress_result_kwargs",
     "default_anneal_epochs",
+    "distillation_targets",
     "precision_anneal",
     "soft_weight_sharing",
     "tempered_gamma",
@@ -519,10 +527,71 @@ def _scores(
 
 
 def _finetune_loss(likelihood: Likelihood, y: torch.Tensor):
-    """Codebook fine-tuning's loss: the likelihood's mean NLL for an MDN, else CE or MSE."""
+    """Codebook fine-tuning's loss: the likelihood's mean NLL for an MDN, CE against labels
+    or class probabilities (:class:`~bayes_sws.core.likelihoods.SoftCategorical`), else CE
+    or MSE."""
     if isinstance(likelihood, MixtureDensity):
         return likelihood.mean_nll
+    if isinstance(likelihood, SoftCategorical):
+        return F.cross_entropy  # torch's takes labels (N,) and probabilities (N, K) alike
     return "mse" if y.is_floating_point() else "cross_entropy"
+
+
+def distillation_targets(
+    teacher: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: float,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    r"""Soft targets for retraining against ``teacher`` (knowledge distillation).
+
+    Row :math:`n` is :math:`(1 - \alpha)\,\mathrm{onehot}(y_n) + \alpha\,
+    \mathrm{softmax}(f(x_n) / T)` with :math:`\alpha` = ``weight`` and :math:`T` =
+    ``temperature``, :math:`f` the teacher's logits: under a
+    :class:`~bayes_sws.core.likelihoods.SoftCategorical` likelihood the data term is the
+    labels' cross-entropy weighted by :math:`1 - \alpha` plus the teacher's by
+    :math:`\alpha` (Hinton et al. 2015, here with the student at temperature 1).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        A classifier (logits ``(N, K)``); run in eval mode, without gradients.
+    x : Tensor
+        Inputs, in the teacher's dtype.
+    y : Tensor
+        Class labels ``(N,)`` in ``0 .. K-1``.
+    weight : float
+        :math:`\alpha` in [0, 1].
+    temperature : float
+        :math:`T > 0`; above 1 softens the teacher's probabilities.
+
+    Returns
+    -------
+    Tensor
+        ``(N, K)`` rows on the simplex, in the teacher's dtype and on its device.
+    """
+    weight = check_real("distill", weight, low=0.0, high=1.0)
+    temperature = check_real("distill_temperature", temperature, low=0.0, low_open=True)
+    logits = predict(teacher, x)
+    if logits.dim() != 2:
+        raise ValueError(
+            f"distillation needs a classifier's logits (N, num_classes), got {tuple(logits.shape)}"
+        )
+    labels = get_likelihood("categorical").check_targets(torch.as_tensor(y), logits)
+    one_hot = F.one_hot(labels.to(logits.device), logits.shape[-1]).to(logits.dtype)
+    return (1 - weight) * one_hot + weight * torch.softmax(logits / temperature, dim=-1)
+
+
+def _distilled_likelihood(likelihood: str | Likelihood) -> Likelihood:
+    """The likelihood that retrains against distillation's soft targets: categorical only."""
+    resolved = get_likelihood(likelihood)
+    if not isinstance(resolved, Categorical):
+        raise ValueError(
+            f"distill needs a classifier (the categorical likelihood), got the "
+            f"{resolved.name!r} likelihood; set distill=0"
+        )
+    return resolved if isinstance(resolved, SoftCategorical) else SoftCategorical()
 
 
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -1367,7 +1436,11 @@ def soft_weight_sharing(
 
 #: CompressSettings that act after retraining: runs that differ in nothing else can share one
 #: retraining (:func:`_soft_weight_sharing`'s ``fitted``)
-AFTER_RETRAINING = frozenset(CompressSettings.names()) - {"prior_scale_warmup"}
+AFTER_RETRAINING = frozenset(CompressSettings.names()) - {
+    "prior_scale_warmup",
+    "distill",
+    "distill_temperature",
+}
 
 
 def _soft_weight_sharing(
@@ -1395,6 +1468,15 @@ def _soft_weight_sharing(
     acc_pretrained = _scores(
         pretrained, x_test.to(next(net.parameters()).dtype), y_test, get_likelihood(likelihood)
     ).accuracy
+    if chosen.compress.distill > 0:  # the labels mixed with the pretrained network's output
+        likelihood = _distilled_likelihood(likelihood)
+        y_train = distillation_targets(
+            pretrained,
+            x_train.to(next(net.parameters()).dtype),
+            y_train,
+            chosen.compress.distill,
+            chosen.compress.distill_temperature,
+        )
     if fitted is None:
         fitted = _retrain(
             pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress, groups

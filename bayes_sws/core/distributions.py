@@ -17,7 +17,12 @@ from torch import Tensor
 from .kernel import mixture_log_prob
 from .penalty import log_joint_densities, log_mixture_density
 
-__all__ = ["IsotropicGaussianMixture", "MixtureOfGaussians", "OrderedNormal"]
+__all__ = [
+    "IsotropicGaussianMixture",
+    "MixtureOfGaussians",
+    "OrderedNormal",
+    "SoftTargetCategorical",
+]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -179,6 +184,54 @@ class OrderedNormal(TorchDistribution):
         loc, scale = self.loc.unsqueeze(-1), self.scale.unsqueeze(-1)
         log_p = torch.distributions.Normal(loc, scale).log_prob(value).sum(-1)
         return log_p + math.lgamma(self.size + 1)
+
+
+class SoftTargetCategorical(TorchDistribution):
+    r"""A categorical over ``K`` classes observed through class probabilities.
+
+    ``log_prob(t)`` is :math:`\sum_k t_k \log \mathrm{softmax}(\ell)_k` for a target
+    :math:`t` on the simplex (the negative cross-entropy of the predicted distribution
+    against :math:`t`), which is ``Categorical(logits).log_prob(y)`` when :math:`t` is the
+    one-hot row of ``y``. Soft targets enter a model as a tempered likelihood: a target
+    :math:`(1 - \alpha)\,\mathrm{onehot}(y) + \alpha q` weighs the labels'
+    log-likelihood by :math:`1 - \alpha` and that of a teacher's probabilities :math:`q`
+    by :math:`\alpha` (knowledge distillation, Hinton et al. 2015). It is not normalised
+    over the simplex; draws are one-hot rows of class draws.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector}
+    support = constraints.simplex
+
+    def __init__(self, logits: Tensor, validate_args: bool | None = None):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SoftTargetCategorical, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(SoftTargetCategorical, new).__init__(
+            batch_shape, self.event_shape, validate_args=False
+        )
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def probs(self) -> Tensor:
+        return self.logits.softmax(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        index = torch.distributions.Categorical(logits=self.logits).sample(sample_shape)
+        return torch.nn.functional.one_hot(index, self.event_shape[0]).to(self.logits.dtype)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return (value * self.logits.log_softmax(-1)).sum(-1)
 
 
 class IsotropicGaussianMixture(TorchDistribution):

@@ -1,6 +1,9 @@
 r"""Likelihoods: the data term :math:`E(w) = -\log p(D \mid w) + \text{const}`.
 
 - :class:`Categorical`: cross-entropy, :math:`E(w) = -\sum_n \log \mathrm{softmax}(f(x_n, w))_{y_n}`.
+- :class:`SoftCategorical`: cross-entropy against class probabilities,
+  :math:`E(w) = -\sum_n \sum_k t_{nk} \log \mathrm{softmax}(f(x_n, w))_k` (soft targets,
+  e.g. a teacher network's probabilities mixed with the labels); labels are its one-hot case.
 - :class:`Gaussian`: :math:`E(w) = \tfrac{\beta}{2}\sum_n (y_n - f(x_n, w))^2`, with the
   noise precision :math:`\beta` fixed or learned (Gamma prior, site
   ``likelihood.precision``). The constant is :math:`\tfrac N2 \log(2\pi/\beta)`.
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from ..validation import check_bool, check_real
 from . import mdn
+from .distributions import SoftTargetCategorical
 from .sites import NOISE_PRECISION, OBS
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "Gaussian",
     "Likelihood",
     "MixtureDensity",
+    "SoftCategorical",
     "get_likelihood",
 ]
 
@@ -116,6 +121,44 @@ class Categorical(Likelihood):
                 "check the labels or the size of the network's last layer"
             )
         return y.long()
+
+
+class SoftCategorical(Categorical):
+    r"""Classification against class probabilities: targets of shape ``(batch, num_classes)``,
+    each row on the simplex (:class:`~bayes_sws.core.distributions.SoftTargetCategorical`),
+    or class labels, read as their one-hot rows (then it is :class:`Categorical`).
+
+    What knowledge distillation retrains with: :func:`~bayes_sws.compress.soft_weight_sharing`'s
+    ``distill`` mixes the pretrained network's probabilities into the labels.
+    """
+
+    name = "soft_categorical"
+
+    def distribution(self, output, params):
+        return SoftTargetCategorical(logits=output)
+
+    def check_targets(self, y, output):
+        if y.dim() == 1:
+            labels = super().check_targets(y, output)
+            return torch.nn.functional.one_hot(labels, output.shape[-1]).to(output.dtype)
+        if y.dim() != 2 or output.dim() != 2 or y.shape[-1] != output.shape[-1]:
+            raise ValueError(
+                "soft_categorical targets are class labels (N,) or class probabilities "
+                f"(N, {output.shape[-1]}), one for each of the network's {output.shape[-1]} "
+                f"outputs; got shape {tuple(y.shape)}"
+            )
+        y = y.to(output.dtype)
+        if not torch.isfinite(y).all() or (y < 0).any():
+            raise ValueError(
+                "soft_categorical targets must be probabilities, got negative or non-finite values"
+            )
+        worst = float((y.sum(-1) - 1).abs().max())
+        if worst > 1e-4:
+            raise ValueError(
+                f"every soft_categorical target row must sum to 1, found one off by {worst:.3g}; "
+                "normalise the rows (y / y.sum(-1, keepdim=True))"
+            )
+        return y
 
 
 class Gaussian(Likelihood):
@@ -249,7 +292,12 @@ class MixtureDensity(Likelihood):
         return y.to(output.dtype)
 
 
-LIKELIHOODS = {"categorical": Categorical, "gaussian": Gaussian, "mdn": MixtureDensity}
+LIKELIHOODS = {
+    "categorical": Categorical,
+    "soft_categorical": SoftCategorical,
+    "gaussian": Gaussian,
+    "mdn": MixtureDensity,
+}
 
 
 def get_likelihood(likelihood: str | Likelihood) -> Likelihood:

@@ -60,7 +60,7 @@ from torch.distributions import transform_to
 
 from ..core.kernel import mixture_log_prob
 from ..core.likelihoods import Categorical as CategoricalLikelihood
-from ..core.likelihoods import Likelihood
+from ..core.likelihoods import Likelihood, SoftCategorical
 from ..core.model import SWSModel
 from ..core.priors import MixturePrior
 
@@ -263,8 +263,9 @@ class ModelTerms:
             self.hyper_log_probs = {
                 site: _closed_form(d) or d.log_prob for site, d in self.hyperpriors.items()
             }
-        # -cross_entropy is Categorical(logits).log_prob summed, in one fused op
-        self.cross_entropy = type(self.likelihood) is CategoricalLikelihood
+        # -cross_entropy is Categorical(logits).log_prob summed, in one fused op (also
+        # against class probabilities: SoftTargetCategorical's log_prob)
+        self.cross_entropy = type(self.likelihood) in (CategoricalLikelihood, SoftCategorical)
 
     def matches(self, model: SWSModel, like: Tensor) -> bool:
         """Whether these terms are still those of ``model`` for a network like ``like``."""
@@ -622,7 +623,7 @@ def negative_log_joint(
     batch_x, batch_y = (x, y) if subsample is None else (x[subsample], y[subsample])
     output = model.forward(weights, batch_x)
     scale = 1.0 if index is None else 1.0 * size / batch_x.shape[0]
-    if terms.cross_entropy and output.dim() == 2 and batch_y.dtype == torch.long:
+    if terms.cross_entropy and output.dim() == 2 and batch_y.dim() in (1, 2):
         return -(log_joint - scale * F.cross_entropy(output, batch_y, reduction="sum"))
     log_lik = terms.likelihood.distribution(output, params).log_prob(batch_y)
     if log_lik.shape != (batch_x.shape[0],):

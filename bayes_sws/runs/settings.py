@@ -647,8 +647,8 @@ def config_options() -> list[dict[str, Any]]:
 
 
 #: :class:`~bayes_sws.settings.CompressSettings` that shape the retraining, not the
-#: compression of a fitted run (``compress`` has no flag for them).
-_RETRAINING_ONLY = ("prior_scale_warmup",)
+#: compression of a fitted run (``compress`` has no flag for them; the pipeline's, Python only).
+_RETRAINING_ONLY = ("prior_scale_warmup", "distill", "distill_temperature")
 
 
 def _compress_fields() -> dict[str, dataclasses.Field]:

@@ -1145,6 +1145,8 @@ def test_prune_units_holds_zeroed_weights_of_a_tensor_left_unquantised(digits, c
         ({"assignment": "nearest"}, ValueError, "'responsibility', 'likelihood'"),
         ({"position_coding": "zip"}, ValueError, "'fixed', 'rice'"),
         ({"finetune_lr": 0.0}, ValueError, "finetune_lr must be > 0"),
+        ({"distill": 1.5}, ValueError, "distill must be <= 1"),
+        ({"distill_temperature": 0}, ValueError, "distill_temperature must be > 0"),
     ],
 )
 def test_soft_weight_sharing_refuses_bad_compression_settings_before_retraining(
@@ -1182,3 +1184,49 @@ def test_soft_weight_sharing_refuses_bad_parameter_names_before_retraining(
     net = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
     with pytest.raises(ValueError, match=named):
         soft_weight_sharing(net, digits, num_steps=5, progress=False, **bad)
+
+
+def test_distillation_targets_mix_the_labels_with_the_teachers_tempered_softmax(digits, pretrained):
+    """Row n: (1 - α) onehot(y_n) + α softmax(f(x_n) / T), scipy's softmax of the teacher's
+    logits (computed here by its own forward pass); α = 0 is the one-hot labels exactly."""
+    from scipy.special import softmax
+
+    from bayes_sws.compress.pipeline import distillation_targets
+
+    x, y = digits.x_train[:50], digits.y_train[:50]
+    with torch.no_grad():
+        logits = pretrained(x).numpy()
+    targets = distillation_targets(pretrained, x, y, 0.3, temperature=2.0)
+    one_hot = np.eye(digits.num_classes)[y.numpy()]
+    expected = 0.7 * one_hot + 0.3 * softmax(logits / 2.0, axis=-1)
+    assert targets.shape == (50, digits.num_classes)
+    np.testing.assert_allclose(targets.numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(distillation_targets(pretrained, x, y, 0.0), torch.tensor(one_hot).float())
+    with pytest.raises(ValueError, match="distill_temperature must be"):
+        distillation_targets(pretrained, x, y, 0.3, temperature=-1.0)
+
+
+def test_soft_weight_sharing_distills_from_the_network_it_is_given(digits, pretrained, monkeypatch):
+    """``distill=α`` retrains under the soft-target likelihood against the pretrained network's
+    probabilities, read before retraining changes it; a regression likelihood is refused."""
+    import bayes_sws.compress.pipeline as pipeline
+    from bayes_sws.core.likelihoods import SoftCategorical
+
+    seen = {}
+
+    def retrain(net, prior, likelihood, train_data, *rest):
+        seen["likelihood"], seen["targets"] = likelihood, train_data[1]
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "_retrain", retrain)
+    with pytest.raises(RuntimeError, match="stop here"):
+        soft_weight_sharing(pretrained, digits, num_steps=5, distill=0.25, progress=False)
+    assert isinstance(seen["likelihood"], SoftCategorical)
+    with torch.no_grad():
+        teacher = torch.softmax(pretrained(digits.x_train), -1)
+    one_hot = torch.nn.functional.one_hot(digits.y_train, digits.num_classes).float()
+    assert_close(seen["targets"], 0.75 * one_hot + 0.25 * teacher, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="distill needs a classifier"):
+        soft_weight_sharing(
+            pretrained, digits, num_steps=5, distill=0.25, likelihood="gaussian", progress=False
+        )

@@ -1,4 +1,4 @@
-"""MixtureOfGaussians and OrderedNormal against scipy and closed forms."""
+"""MixtureOfGaussians, OrderedNormal and SoftTargetCategorical against scipy and closed forms."""
 
 import numpy as np
 import pyro
@@ -8,10 +8,11 @@ from conftest import assert_close
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
 from scipy import integrate
-from scipy.special import logsumexp
+from scipy.special import log_softmax, logsumexp
 from scipy.stats import norm
 
 from bayes_sws import MixtureOfGaussians, OrderedNormal
+from bayes_sws.core.distributions import SoftTargetCategorical
 
 PI = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
 MU = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
@@ -109,3 +110,26 @@ def test_ordered_normal_integrates_to_one():
 
     total, _ = integrate.dblquad(lambda b, a: density(a, b), -8.0, 8.0, lambda a: a, lambda a: 8.0)
     assert abs(total - 1.0) < 1e-6
+
+
+def test_soft_target_categorical_is_the_cross_entropy_against_the_target_rows():
+    """log_prob(t) = Σ_k t_k log softmax(ℓ)_k (scipy's log_softmax), one value per row; a
+    one-hot row is torch's Categorical.log_prob of its label."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    targets = torch.distributions.Dirichlet(torch.ones(4, dtype=torch.float64)).sample((6,))
+    d = SoftTargetCategorical(logits)
+    assert d.batch_shape == (6,) and d.event_shape == (4,)
+    expected = (targets.numpy() * log_softmax(logits.numpy(), axis=-1)).sum(-1)
+    assert_close(d.log_prob(targets), expected, rtol=1e-12)
+    labels = torch.tensor([0, 3, 1, 2, 2, 0])
+    one_hot = torch.nn.functional.one_hot(labels, 4).double()
+    assert_close(
+        d.log_prob(one_hot), torch.distributions.Categorical(logits=logits).log_prob(labels)
+    )
+    wide = d.expand((2, 6))  # a plate over the rows, as pyro.plate broadcasts
+    assert wide.batch_shape == (2, 6) and wide.log_prob(targets).shape == (2, 6)
+    draws = d.sample((50,))
+    assert draws.shape == (50, 6, 4) and torch.equal(draws.sum(-1), torch.ones(50, 6).double())
+    with pytest.raises(ValueError, match="support"):
+        SoftTargetCategorical(logits, validate_args=True).log_prob(targets * 2)

@@ -76,6 +76,25 @@ def test_loss_and_gradients_equal_trace_elbo(kind, flat, minibatch, zero):
         _check_same(model, _guide(model), x, y, index)
 
 
+@pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
+def test_soft_targets_equal_trace_elbo_and_one_hot_rows_the_labels(minibatch):
+    """Class probabilities as targets (SoftCategorical, the fused cross-entropy) against Pyro's
+    ELBO of the same model; with one-hot rows, the categorical model on the labels."""
+    prior = sws.MixturePrior(4, mixing_concentration=1.5, precision_concentration=3.0)
+    model = sws.SWSModel(small_net(4), prior, likelihood="soft_categorical", prior_scale=0.7)
+    x, labels = small_data("categorical")
+    g = torch.Generator().manual_seed(3)
+    soft = torch.softmax(torch.randn(len(labels), 4, generator=g, dtype=torch.float64), -1)
+    index = torch.arange(5, 17) if minibatch else None
+    with local_params():
+        guide = _guide(model)
+        _check_same(model, guide, x, soft, index)
+        hard = sws.SWSModel(model.net, prior, likelihood="categorical", prior_scale=0.7)
+        one_hot = torch.nn.functional.one_hot(labels, 4).double()
+        expected = Trace_ELBO().differentiable_loss(hard, guide, x, labels, index)
+        assert_close(map_loss(model, guide, x, one_hot, index), expected, rtol=1e-10)
+
+
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "proper"])
 @pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
 def test_learned_gaussian_precision(flat, minibatch):

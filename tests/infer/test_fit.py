@@ -137,6 +137,12 @@ def _model(**prior_kwargs):
     return sws.SWSModel(net, sws.MixturePrior(3, **prior_kwargs))
 
 
+def _soft_model():
+    return sws.SWSModel(
+        torch.nn.Sequential(torch.nn.Linear(4, 3)), sws.MixturePrior(3), "soft_categorical"
+    )
+
+
 X, Y = torch.randn(10, 4), torch.randint(0, 3, (10,))
 
 
@@ -209,6 +215,22 @@ X, Y = torch.randn(10, 4), torch.randint(0, 3, (10,))
         (lambda: sws.fit(_model(), X[:0], Y[:0]), "x is empty"),
         (lambda: sws.fit(_model(), X, Y, optimizer="lbfgs", batch_size=5), "full-batch"),
         (lambda: sws.fit(torch.nn.Linear(2, 2), X, Y), "model must be a bayes_sws.SWSModel"),
+        (
+            lambda: sws.fit(_soft_model(), X, torch.full((10, 3), 0.5)),
+            "every soft_categorical target row must sum to 1, found one off by 0.5",
+        ),
+        (
+            lambda: sws.fit(_soft_model(), X, torch.full((10, 4), 0.25)),
+            r"probabilities \(N, 3\), one for each of the network's 3 outputs; got shape \(10, 4\)",
+        ),
+        (
+            lambda: sws.fit(_soft_model(), X, torch.tensor([[1.5, -0.5, 0.0]]).expand(10, 3)),
+            "must be probabilities, got negative",
+        ),
+        (
+            lambda: sws.fit(_soft_model(), X, torch.full((10,), 3)),
+            "label 3 is outside the network's 3 classes",
+        ),
     ],
 )
 def test_bad_input_is_named(make, match):
