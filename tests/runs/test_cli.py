@@ -188,19 +188,22 @@ def test_compress_numbers_match_an_independent_quantisation(map_run, digits, cap
 
 
 def test_every_compression_setting_is_a_compress_flag(capsys):
-    # oracle: the CompressSettings record's own fields (less the retraining's warm-up)
+    # oracle: the CompressSettings record's own fields, less those that shape the retraining
+    # (λ's warm-up, distillation), which a fitted run can no longer take
+    retraining = ("prior_scale_warmup", "distill", "distill_temperature")
     with pytest.raises(SystemExit):
         cli.main(["compress", "--help"])
     help_text = capsys.readouterr().out
     names = [
         f.name
         for f in dataclasses.fields(CompressSettings)
-        if f.metadata["kind"] is not None and f.name != "prior_scale_warmup"
+        if f.metadata["kind"] is not None and f.name not in retraining
     ]
     assert names  # the record has command-line settings at all
     for name in names:
         assert "--" + name.replace("_", "-") in help_text, name
-    assert "--prior-scale-warmup" not in help_text
+    for name in retraining:
+        assert f"--{name.replace('_', '-')} " not in help_text, name
 
 
 def test_compress_flags_reach_the_pipeline(map_run, digits, capsys):
