@@ -267,8 +267,12 @@ def test_supports_fast_map_only_where_it_is_exact():
 
 
 def _run_script(name, *args):
-    """Run a benchmark script as ``__main__``; its global settings are restored after."""
+    """Run a benchmark script as ``__main__``, its directory on ``sys.path`` as ``python
+    benchmarks/NAME`` has it (the scripts import each other; without it this test passed only
+    after another had imported a benchmark); its global settings are restored after."""
     script = BENCHMARKS / name
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     old_argv, old_threads = sys.argv, torch.get_num_threads()
     sys.argv = [str(script), *args]
     try:
