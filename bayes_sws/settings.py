@@ -39,6 +39,7 @@ __all__ = [
     "POINT_GUIDES",
     "POSITION_CODINGS",
     "PRESETS",
+    "RETRAINING_SETTINGS",
     "CompressSettings",
     "FitSettings",
     "Preset",
@@ -502,6 +503,10 @@ class FitSettings(_Settings):
 #: How :func:`~bayes_sws.compress.quantize` picks a weight's component: by posterior
 #: responsibility (``log π_j + log N``, the default) or by likelihood (``log N`` alone).
 ASSIGNMENTS = ("responsibility", "likelihood")
+#: The :class:`CompressSettings` that shape the pipeline's retraining rather than what is done
+#: with its result: λ's warm-up and distillation. :func:`~bayes_sws.compress.compress_result`
+#: takes every other one, and ``bayes-sws compress`` (on a fitted run) has no flag for these.
+RETRAINING_SETTINGS = ("prior_scale_warmup", "distill", "distill_temperature")
 #: How the sparse layout may store positions: Han et al.'s fixed-width relative indices
 #: only, or also Golomb-Rice-coded runs of zeros
 #: (:func:`~bayes_sws.compress.storage_report`'s ``position_coding``).

@@ -84,6 +84,7 @@ from ..core.priors import Mixture, MixturePrior
 from ..infer.svi import FitResult, fit
 from ..settings import (
     PRESETS,
+    RETRAINING_SETTINGS,
     CompressSettings,
     Preset,
     map_hyperprior_error,
@@ -621,28 +622,18 @@ def _unpack_data(data: Any) -> tuple[torch.Tensor, ...]:
 
 
 # --------------------------------------------------------------------------- public API
-#: CompressSettings passed on to :func:`compress_result` as they are.
-_COMPRESS_RESULT_SETTINGS = (
-    "merge_threshold",
-    "merge_criterion",
-    "value_tolerance",
-    "assignment",
-    "keep_float",
-    "index_bits",
-    "position_coding",
-    "finetune_epochs",
-    "finetune_lr",
-    "remove_dead_units",
-    "prune_units",
-    "reorder_units",
+#: CompressSettings passed on to :func:`compress_result` as they are: all but those that shape
+#: the retraining (:data:`~bayes_sws.settings.RETRAINING_SETTINGS`).
+_COMPRESS_RESULT_SETTINGS = tuple(
+    name for name in CompressSettings.names() if name not in RETRAINING_SETTINGS
 )
 
 
 def compress_result_kwargs(settings: CompressSettings) -> dict[str, Any]:
     """The keyword arguments of :func:`compress_result` that ``settings`` gives.
 
-    Every :class:`~bayes_sws.settings.CompressSettings` field but
-    ``prior_scale_warmup`` (which shapes retraining), by name:
+    Every :class:`~bayes_sws.settings.CompressSettings` field but those that shape the
+    retraining (:data:`~bayes_sws.settings.RETRAINING_SETTINGS`), by name:
     ``compress_result(fit, x, y, **compress_result_kwargs(settings))``.
     """
     if not isinstance(settings, CompressSettings):
@@ -1436,11 +1427,7 @@ def soft_weight_sharing(
 
 #: CompressSettings that act after retraining: runs that differ in nothing else can share one
 #: retraining (:func:`_soft_weight_sharing`'s ``fitted``)
-AFTER_RETRAINING = frozenset(CompressSettings.names()) - {
-    "prior_scale_warmup",
-    "distill",
-    "distill_temperature",
-}
+AFTER_RETRAINING = frozenset(_COMPRESS_RESULT_SETTINGS)
 
 
 def _soft_weight_sharing(

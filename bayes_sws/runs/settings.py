@@ -28,6 +28,7 @@ from ..settings import (
     KIND_WORDS,
     POINT_GUIDES,
     PRESETS,
+    RETRAINING_SETTINGS,
     CompressSettings,
     FitSettings,
     PriorSettings,
@@ -646,16 +647,11 @@ def config_options() -> list[dict[str, Any]]:
     return options
 
 
-#: :class:`~bayes_sws.settings.CompressSettings` that shape the retraining, not the
-#: compression of a fitted run (``compress`` has no flag for them; the pipeline's, Python only).
-_RETRAINING_ONLY = ("prior_scale_warmup", "distill", "distill_temperature")
-
-
 def _compress_fields() -> dict[str, dataclasses.Field]:
     return {
         f.name: f
         for f in dataclasses.fields(CompressSettings)
-        if f.metadata.get("kind") is not None and f.name not in _RETRAINING_ONLY
+        if f.metadata.get("kind") is not None and f.name not in RETRAINING_SETTINGS
     }
 
 

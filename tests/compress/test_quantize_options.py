@@ -291,10 +291,11 @@ def test_compress_result_by_likelihood_with_a_kept_last_layer(small_fit):
 
 
 def test_every_compression_setting_reaches_compress_result():
-    # oracle: the CompressSettings record's fields (less the retraining's warm-up) and
-    # compress_result's keyword parameters
+    # oracle: the CompressSettings record's fields (less those that shape the retraining: λ's
+    # warm-up and distillation) and compress_result's keyword parameters
     kwargs = compress_result_kwargs(CompressSettings(assignment="likelihood"))
-    fields = {f.name for f in dataclasses.fields(CompressSettings)} - {"prior_scale_warmup"}
+    retraining = {"prior_scale_warmup", "distill", "distill_temperature"}
+    fields = {f.name for f in dataclasses.fields(CompressSettings)} - retraining
     assert set(kwargs) == fields
     assert fields <= set(inspect.signature(compress_result).parameters)
     assert kwargs["assignment"] == "likelihood"
