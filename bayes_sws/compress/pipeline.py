@@ -1384,6 +1384,14 @@ def soft_weight_sharing(
         Store the network without its unused hidden units, and its hidden units in
         the order that takes the fewest bits (see :func:`compress_result`); off by
         default.
+    distill, distill_temperature : float
+        Knowledge distillation from ``net``: retraining, codebook fine-tuning and unit
+        pruning fit the targets of :func:`distillation_targets` (the labels mixed with
+        ``net``'s class probabilities at temperature ``distill_temperature``, weight
+        ``distill``) under the :class:`~bayes_sws.core.likelihoods.SoftCategorical`
+        likelihood. Default 0: the labels alone. Softer targets weaken the data term, so
+        the same λ prunes more (on Fashion-MNIST at 0.5 and 2 the front was no better
+        than the labels'; ``BENCHMARKS.md``).
     params : sequence of str, optional
         Names of the parameters carrying the prior (and compressed); default all
         weights (tensors with two or more dimensions), biases stay at 32 bits.
