@@ -137,6 +137,10 @@ class SoftCategorical(Categorical):
     def distribution(self, output, params):
         return SoftTargetCategorical(logits=output)
 
+    def sample(self, output, params, num_samples=None):
+        """Class labels, as :class:`Categorical` draws them: the predictive is the same."""
+        return Categorical().sample(output, params, num_samples)
+
     def check_targets(self, y, output):
         if y.dim() == 1:
             labels = super().check_targets(y, output)

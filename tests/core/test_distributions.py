@@ -13,6 +13,7 @@ from scipy.stats import norm
 
 from bayes_sws import MixtureOfGaussians, OrderedNormal
 from bayes_sws.core.distributions import SoftTargetCategorical
+from bayes_sws.core.likelihoods import SoftCategorical
 
 PI = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
 MU = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
@@ -131,5 +132,7 @@ def test_soft_target_categorical_is_the_cross_entropy_against_the_target_rows():
     assert wide.batch_shape == (2, 6) and wide.log_prob(targets).shape == (2, 6)
     draws = d.sample((50,))
     assert draws.shape == (50, 6, 4) and torch.equal(draws.sum(-1), torch.ones(50, 6).double())
+    labels = SoftCategorical().sample(logits, {}, 50)  # the likelihood's predictive: labels
+    assert labels.shape == (50, 6) and labels.dtype == torch.long
     with pytest.raises(ValueError, match="support"):
         SoftTargetCategorical(logits, validate_args=True).log_prob(targets * 2)
