@@ -93,7 +93,7 @@ from ..settings import (
     tempered_gamma,
 )
 from ..validation import check_int, check_real
-from ..zoo.training import accuracy, predict, rmse
+from ..zoo.training import LR_SCHEDULES, accuracy, predict, rmse
 from .codebook import finetune_codebook
 from .quantize import QuantizeResult, quantize, quantize_groups, quantized_names
 from .storage import StorageReport, check_index_bits, stored_network
@@ -103,6 +103,7 @@ __all__ = [
     "DEFAULT_PRECISION_PRIOR",
     "DEFAULT_ZERO_PRECISION_PRIOR",
     "RECIPES",
+    "RECIPE_PRETRAIN",
     "SHARING_PRECISION_PRIOR",
     "SLAB_PRECISION_PRIOR",
     "ULLRICH_PRECISION_PRIOR",
@@ -138,6 +139,10 @@ DEFAULT_ZERO_PRECISION_PRIOR: tuple[float, float] = PRESETS[  # type: ignore[ass
 SLAB_PRECISION_PRIOR: tuple[float, float] = (250.0, 1.0)
 #: End of a soft-to-hard anneal: tight shared values, mode 2.49e4 (σ ≈ 0.0063).
 SHARING_PRECISION_PRIOR: tuple[float, float] = (250.0, 1e-2)
+#: What a :class:`Recipe` may record of its pretraining: the keywords of
+#: :func:`~bayes_sws.zoo.training.train` that a run reproduces (``bayes-sws fit --recipe``),
+#: ``lr_scheduler`` by its name in :data:`~bayes_sws.zoo.training.LR_SCHEDULES`.
+RECIPE_PRETRAIN: tuple[str, ...] = ("num_epochs", "lr", "batch_size", "lr_scheduler")
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ class Recipe:
     calibrated to what retraining prunes, and the units go after it at the same budget.
 
     ``pretrain`` is how the networks it was chosen for were pretrained
-    (:func:`~bayes_sws.zoo.training.train`'s ``num_epochs``, ``lr`` and ``batch_size``; empty
+    (:func:`~bayes_sws.zoo.training.train`'s keywords of :data:`RECIPE_PRETRAIN`; empty
     when not recorded): ``benchmarks/compression.py`` pretrains so, and ``bayes-sws fit
     --recipe NAME`` too.
     """
@@ -190,6 +195,18 @@ class Recipe:
                 "Recipe: give refit_prior_scale and refit_num_train together (the λ the refit "
                 f"on that many images reaches the validated rate at); got {self.refit_prior_scale!r} "
                 f"and {self.refit_num_train!r}"
+            )
+        unknown = sorted(set(self.pretrain) - set(RECIPE_PRETRAIN))
+        if unknown:
+            raise ValueError(
+                f"Recipe: pretrain has {', '.join(map(repr, unknown))}, which a run cannot "
+                f"reproduce; record only {', '.join(RECIPE_PRETRAIN)} (train's keywords)"
+            )
+        schedule = self.pretrain.get("lr_scheduler", LR_SCHEDULES[0])
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"Recipe: pretrain's lr_scheduler is {schedule!r}; a recipe records a schedule "
+                f"by name, one of {', '.join(LR_SCHEDULES)}"
             )
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy (a mappingproxy cannot)

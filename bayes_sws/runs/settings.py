@@ -551,6 +551,7 @@ _PRETRAIN_NAMES = {
     "num_epochs": "pretrain_epochs",
     "lr": "pretrain_lr",
     "batch_size": "pretrain_batch_size",
+    "lr_scheduler": "pretrain_schedule",
 }
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bayes_sws.compress import load_compressed
-from bayes_sws.compress.pipeline import RECIPES, soft_weight_sharing
+from bayes_sws.compress.pipeline import RECIPE_PRETRAIN, RECIPES, soft_weight_sharing
 from bayes_sws.runs import cli
 from bayes_sws.runs import commands as runs
 from bayes_sws.runs.checkpoints import network_kwargs
@@ -134,6 +134,25 @@ def test_a_recipe_run_keeps_the_storing_settings_it_was_fitted_with(tmp_path, mo
     record.unlink()  # a run fitted before the record: the installed recipe's settings
     stored = runs.compress_run(out, plots=False, reorder_units=False)["settings"]
     assert stored["finetune_epochs"] == 0 and stored["remove_dead_units"] is False
+
+
+def test_a_recipes_pretraining_becomes_the_runs_and_nothing_else_is_recorded(monkeypatch):
+    """Every pretraining setting a recipe may record becomes the run's own: a recipe whose
+    networks were pretrained under the cosine schedule gives its runs ``pretrain_schedule``
+    cosine. A recipe recording a setting no run reproduces, or a schedule other than by
+    name, is refused when it is made, naming it."""
+    pretrain = {"num_epochs": 3, "lr": 2e-3, "batch_size": 32, "lr_scheduler": "cosine"}
+    assert set(pretrain) == set(RECIPE_PRETRAIN)
+    recipe = dataclasses.replace(RECIPES[DIGITS], pretrain=pretrain)
+    monkeypatch.setitem(RECIPES, DIGITS, recipe)
+    config = runs.resolve_config({}, {"recipe": DIGITS})
+    assert (config.pretrain_epochs, config.pretrain_lr, config.pretrain_batch_size) == (3, 2e-3, 32)
+    assert config.pretrain_schedule == "cosine"
+    assert runs.resolve_config({}, {"recipe": DIGITS, "pretrain_schedule": "constant"}) != config
+    with pytest.raises(ValueError, match="'weight_decay'.*num_epochs, lr, batch_size"):
+        dataclasses.replace(recipe, pretrain={"weight_decay": 1e-4})
+    with pytest.raises(ValueError, match="by name, one of constant, cosine"):
+        dataclasses.replace(recipe, pretrain={"lr_scheduler": "step"})
 
 
 def test_fashion_recipe_scales_its_refit_lambda_to_the_training_set():
