@@ -951,11 +951,15 @@ def _final_and_stored(
     return final, stored, storage, pruning
 
 
-def _groups_config(model: SWSModel) -> dict[str, Any]:
-    """``{"groups": {group: [parameter names]}}`` for a model with grouped mixtures, else ``{}``."""
-    if model.groups is None:
-        return {}
-    return {"groups": {g: list(names) for g, names in model.groups.items()}}
+def _model_config(model: SWSModel) -> dict[str, Any]:
+    """``{"groups": {group: [parameter names]}}`` for a model with grouped mixtures and
+    ``{"tensor_scales": {name: multiplier of λ}}`` for one with them; else ``{}``."""
+    config: dict[str, Any] = {}
+    if model.groups is not None:
+        config["groups"] = {g: list(names) for g, names in model.groups.items()}
+    if model.tensor_scales:
+        config["tensor_scales"] = dict(model.tensor_scales)
+    return config
 
 
 def _compression_config(
@@ -971,7 +975,7 @@ def _compression_config(
         "param_names": list(quantized.param_names),
         "num_components_learned": int(mixture.pi.numel()),
         "zero_component": model.prior.zero_component,
-        **_groups_config(model),
+        **_model_config(model),
     }
 
 
@@ -1230,13 +1234,17 @@ def _retrain(
     plan: _Retraining,
     progress: bool | None,
     groups: str | dict[str, list[str]] | None = None,
+    tensor_scales: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Retrain ``net`` in place under ``prior`` by MAP: λ's warm-up and the precision anneal.
 
-    With ``groups``, every group's prior follows the anneal.
+    With ``groups``, every group's prior follows the anneal; ``tensor_scales`` multiply the
+    warmed-up λ.
     """
     warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
-    model = SWSModel(net, prior, likelihood, prior_scale=warmup(0), groups=groups)
+    model = SWSModel(
+        net, prior, likelihood, prior_scale=warmup(0), groups=groups, tensor_scales=tensor_scales
+    )
     # the storing settings that name parameters, checked before the minutes of retraining
     names = list(model.prior_param_names)
     quantized = quantized_names(net, names, chosen.compress.keep_float, model.groups)
@@ -1303,6 +1311,7 @@ def soft_weight_sharing(
     likelihood: str | Likelihood = "categorical",
     progress: bool | None = None,
     groups: str | dict[str, list[str]] | None = None,
+    tensor_scales: Mapping[str, float] | None = None,
     **settings: Any,
 ) -> CompressionResult:
     r"""Compress a pretrained network by soft weight-sharing (Ullrich et al. 2017).
@@ -1421,6 +1430,11 @@ def soft_weight_sharing(
         (:class:`~bayes_sws.SWSModel`'s ``groups``), each group quantised with
         its own (:func:`~bayes_sws.compress.quantize_groups`); default one
         mixture shared by all layers.
+    tensor_scales : dict of str to float, optional
+        Multipliers of λ per tensor (name or glob pattern; :class:`~bayes_sws.SWSModel`'s
+        ``tensor_scales``): a tensor whose non-zero weights cost more bits to store can be
+        pruned harder than the others (e.g. ``{"2.weight": 2.0}``, LeNet-5's second
+        convolution, whose relative indices take 8 bits where the dense layers' take 5).
 
     Returns
     -------
@@ -1446,6 +1460,7 @@ def soft_weight_sharing(
         likelihood=likelihood,
         progress=progress,
         groups=groups,
+        tensor_scales=tensor_scales,
         **settings,
     )
 
@@ -1464,6 +1479,7 @@ def _soft_weight_sharing(
     likelihood: str | Likelihood = "categorical",
     progress: bool | None = None,
     groups: str | dict[str, list[str]] | None = None,
+    tensor_scales: Mapping[str, float] | None = None,
     **settings: Any,
 ) -> CompressionResult:
     """:func:`soft_weight_sharing`; with ``fitted``, the retraining of an earlier call on the
@@ -1491,7 +1507,15 @@ def _soft_weight_sharing(
         )
     if fitted is None:
         fitted = _retrain(
-            pretrained, prior, likelihood, (x_train, y_train), chosen, plan, progress, groups
+            pretrained,
+            prior,
+            likelihood,
+            (x_train, y_train),
+            chosen,
+            plan,
+            progress,
+            groups,
+            tensor_scales,
         )
     result = compress_result(
         fitted,

@@ -24,6 +24,7 @@ estimates, and MCMC keeps them fixed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
@@ -79,6 +80,16 @@ class SWSModel:
         sites, and as its mixture the groups' components side by side (what
         ``FitResult.mixture()`` and the trace's ``sws.pi``, ``sws.mu``,
         ``sws.sigma`` give); :meth:`mixtures` gives each group's own.
+    tensor_scales : dict of str to float, optional
+        Multipliers :math:`s_t > 0` of :math:`\lambda` for some prior-carrying
+        tensors, keyed by name or glob pattern (each tensor takes the first
+        pattern it matches; the others keep 1): the objective becomes
+        :math:`E + \lambda \sum_t s_t \Omega_t(w_t)`, each tensor's weight sites
+        under ``poutine.scale(λ·s_t)``. Weigh a tensor's prior by what its
+        non-zero weights cost to store, e.g. ``{"2.weight": 2.0}`` for a
+        convolution whose weights take 8-bit relative indices where the dense
+        layers' take 5 (BENCHMARKS.md). A pattern that matches no
+        prior-carrying tensor is refused.
 
     Notes
     -----
@@ -105,6 +116,7 @@ class SWSModel:
         likelihood: str | Likelihood = "categorical",
         prior_scale: float = 1.0,
         groups: str | Mapping[str, Sequence[str]] | None = None,
+        tensor_scales: Mapping[str, float] | None = None,
     ):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -147,13 +159,21 @@ class SWSModel:
             )
         self.prior = prior
         self.free_param_names = tuple(n for n, _ in named if n not in self.prior_param_names)
+        #: The multiplier of λ of every prior-carrying tensor whose is not 1 (``tensor_scales``).
+        self.tensor_scales: dict[str, float] = _tensor_scales(tensor_scales, self.prior_param_names)
 
     def __repr__(self) -> str:
         groups = "" if self.groups is None else f", groups={list(self.groups)}"
+        scales = f", tensor_scales={self.tensor_scales}" if self.tensor_scales else ""
         return (
             f"SWSModel(net={type(self.net).__name__}, prior={self.prior!r}, "
-            f"likelihood={self.likelihood.name!r}, prior_scale={self.prior_scale}{groups})"
+            f"likelihood={self.likelihood.name!r}, prior_scale={self.prior_scale}{groups}{scales})"
         )
+
+    def tensor_scale(self, name: str) -> float:
+        """The multiplier of λ on the prior of the tensor ``name`` (1 unless ``tensor_scales``
+        gives another)."""
+        return self.tensor_scales.get(name, 1.0)
 
     # ------------------------------------------------------------------ groups
     def mixture_groups(self) -> tuple[tuple[str | None, MixturePrior, tuple[str, ...]], ...]:
@@ -317,13 +337,15 @@ class SWSModel:
             handler = poutine.scale(scale=self.prior_scale)
         else:  # λ = 0: the weights keep their sites but the prior contributes nothing
             handler = poutine.mask(mask=False)
+        weights = {}
         with handler:
-            return {
-                name: pyro.sample(
-                    self.site_name(name), self.prior.weight_distribution(of[name], p.shape)
-                )
-                for name, p in params.items()
-            }
+            for name, p in params.items():
+                scale = self.tensor_scale(name)
+                with poutine.scale(scale=scale) if scale != 1.0 else contextlib.nullcontext():
+                    weights[name] = pyro.sample(
+                        self.site_name(name), self.prior.weight_distribution(of[name], p.shape)
+                    )
+        return weights
 
     def output_at(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
         """The network's output at ``x`` with the weights of site ``values`` (one draw).
@@ -431,6 +453,31 @@ def _check_known(
                     f"MixturePrior(params=...) names {unknown} that the network does not "
                     f"have; its parameters are {[n for n, _ in named]}"
                 )
+
+
+def _tensor_scales(given: object, names: Sequence[str]) -> dict[str, float]:
+    """Each prior-carrying tensor's multiplier of λ other than 1, from ``tensor_scales``."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise TypeError(
+            "tensor_scales must be a dict {tensor name or glob pattern: multiplier of λ}, "
+            f"got {type(given).__name__}"
+        )
+    scales: dict[str, float] = {}
+    for pattern, value in given.items():
+        scale = check_real(
+            f"tensor_scales[{pattern!r}]", value, low=0, low_open=True, hint="a multiplier of λ"
+        )
+        matched = [n for n in names if fnmatch.fnmatchcase(n, str(pattern))]
+        if not matched:
+            raise ValueError(
+                f"tensor_scales names {pattern!r}, which matches no prior-carrying tensor; "
+                f"they are {list(names)}"
+            )
+        for name in matched:
+            scales.setdefault(name, scale)
+    return {n: s for n, s in scales.items() if s != 1.0}
 
 
 def _group_of(name: str, groups: str | Mapping[str, Sequence[str]]) -> str | None:

@@ -575,14 +575,20 @@ def weight_log_prior(model: SWSModel, values: dict[str, Tensor], like: Tensor) -
     from :meth:`MixturePrior.mixture` at the site ``values``; the tensors of a
     mixture go through the kernel :func:`~bayes_sws.core.kernel.mixture_log_prob`
     in one call, as a list (so no concatenated copy of them waits for backward), and
-    the groups' sums are added in order.
+    the groups' sums are added in order. With ``model.tensor_scales`` each multiplier's
+    tensors go through the kernel together and their sum is weighed by it:
+    :math:`\sum_t s_t \ln p(w_t)`.
     """
     total: Tensor | None = None
     for _, prior, names in model.mixture_groups():
         mixture = prior.mixture(values, like)
-        pieces = [values[model.site_name(name)] for name in names]
-        log_prior = mixture_log_prob(pieces, *mixture, validate_args=False)
-        total = log_prior if total is None else total + log_prior
+        by_scale: dict[float, list[Tensor]] = {}
+        for name in names:
+            by_scale.setdefault(model.tensor_scale(name), []).append(values[model.site_name(name)])
+        for scale, pieces in by_scale.items():
+            log_prior = mixture_log_prob(pieces, *mixture, validate_args=False)
+            log_prior = log_prior if scale == 1.0 else scale * log_prior
+            total = log_prior if total is None else total + log_prior
     assert total is not None  # a model has at least one mixture
     return total
 

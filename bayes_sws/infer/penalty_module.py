@@ -126,6 +126,10 @@ class SoftWeightSharing(nn.Module):
         - \log p(\pi_g, \mu_g, \sigma_g)` over the groups, and
         :meth:`to_result` carries the groups (per-group codebooks in
         :func:`bayes_sws.compress.compress_result`). Default: one shared mixture.
+    tensor_scales : dict of str to float, optional
+        Multipliers of :math:`\lambda` per tensor (name or glob pattern), as
+        :class:`~bayes_sws.SWSModel`'s: the penalty is then
+        :math:`\lambda\sum_t s_t\Omega(w_t) - \log p(\pi,\mu,\sigma)`.
 
     Attributes
     ----------
@@ -152,9 +156,17 @@ class SoftWeightSharing(nn.Module):
         prior_scale: float = 1.0,
         likelihood="categorical",
         groups=None,
+        tensor_scales=None,
     ):
         super().__init__()
-        model = SWSModel(net, prior, likelihood=likelihood, prior_scale=prior_scale, groups=groups)
+        model = SWSModel(
+            net,
+            prior,
+            likelihood=likelihood,
+            prior_scale=prior_scale,
+            groups=groups,
+            tensor_scales=tensor_scales,
+        )
         if model.likelihood.site_names:
             raise ValueError(
                 f"the likelihood {model.likelihood!r} has latent parameters "
@@ -178,7 +190,9 @@ class SoftWeightSharing(nn.Module):
 
     def extra_repr(self) -> str:
         groups = "" if self.model.groups is None else f", groups={list(self.model.groups)}"
-        return f"prior={self.model.prior!r}, prior_scale={self.prior_scale}{groups}"
+        scales = self.model.tensor_scales
+        scales_text = f", tensor_scales={scales}" if scales else ""
+        return f"prior={self.model.prior!r}, prior_scale={self.prior_scale}{groups}{scales_text}"
 
     # ------------------------------------------------------------------ values
     def site_values(self) -> dict[str, Tensor]:

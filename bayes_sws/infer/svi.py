@@ -607,6 +607,7 @@ RESUME_KEYS = (
     "seed",
     "num_data",
     "prior_scale",
+    "tensor_scales",
 )
 
 
@@ -1272,6 +1273,8 @@ class SVIEngine:
             "seed": options["seed"],
             "num_data": data.num_data,
             "prior_scale": model.prior_scale,
+            # None without them, as in checkpoints written before they existed
+            "tensor_scales": dict(model.tensor_scales) or None,
             "input_shape": [int(d) for d in data.probe.x.shape[1:]],
             "lbfgs_tolerance": options["lbfgs_tolerance"],
             "device": str(self.device),
@@ -1977,7 +1980,8 @@ class _ObjectiveWatch:
         return None if callback is None else cls(callback, engine)
 
     def _key(self) -> tuple:
-        return (self.model.prior_scale, priors_key(self.model))
+        scales = tuple(sorted(self.model.tensor_scales.items()))
+        return (self.model.prior_scale, scales, priors_key(self.model))
 
     def __call__(self, step: int, loss: float) -> bool | None:
         stop = self.callback(step, loss)

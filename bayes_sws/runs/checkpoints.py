@@ -453,6 +453,7 @@ def save_result(
         **_prior_specs(model),
         "likelihood": likelihood_spec(model.likelihood),
         "prior_scale": float(model.prior_scale),
+        **({"tensor_scales": dict(model.tensor_scales)} if model.tensor_scales else {}),
         "guide_name": result.guide_name,
         "guide_state": guide_state,
         "losses": torch.as_tensor(np.asarray(result.losses, dtype=np.float64)),
@@ -569,14 +570,14 @@ def _prior_specs(model: SWSModel) -> dict[str, Any]:
 
 
 def _model_of(payload: Mapping[str, Any], network: nn.Module, like: Likelihood) -> SWSModel:
-    """The :class:`SWSModel` of a saved result: one mixture, or one per saved group."""
+    """The :class:`SWSModel` of a saved result: one mixture, or one per saved group, and the
+    multipliers of λ it had."""
+    common = {"prior_scale": payload["prior_scale"], "tensor_scales": payload.get("tensor_scales")}
     if payload.get("groups") is None:
         prior: Any = _build_prior(payload["prior"])
-        return SWSModel(network, prior, like, prior_scale=payload["prior_scale"])
+        return SWSModel(network, prior, like, **common)
     prior = {g: _build_prior(spec) for g, spec in payload["group_priors"].items()}
-    return SWSModel(
-        network, prior, like, prior_scale=payload["prior_scale"], groups=payload["groups"]
-    )
+    return SWSModel(network, prior, like, groups=payload["groups"], **common)
 
 
 def network_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:

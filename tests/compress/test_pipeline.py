@@ -887,6 +887,34 @@ def test_codebook_finetuning_keeps_assignments_and_zeros(digits, pretrained):
         soft_weight_sharing(pretrained, digits, num_steps=1, finetune_epochs=-1)
 
 
+def test_tensor_scales_reweigh_the_prior_per_tensor(digits, pretrained):
+    """Every tensor's prior weighed 2× is λ doubled (2 scales exactly: the same network bit
+    for bit); the first layer's alone weighed 8× leaves it a smaller share of non-zero
+    weights than without, and the record says so."""
+    kwargs = {"num_steps": 20, "batch_size": 64, "mixture_lr": 1e-2, "seed": 0}
+    kwargs["temper_hyperprior"] = False  # λ then weighs the weights' prior alone
+    doubled = soft_weight_sharing(pretrained, digits, prior_scale=0.2, **kwargs)
+    scaled = soft_weight_sharing(
+        pretrained, digits, prior_scale=0.1, tensor_scales={"*": 2.0}, **kwargs
+    )
+    for (name, p), (_, q) in zip(
+        doubled.retrained_net.named_parameters(),
+        scaled.retrained_net.named_parameters(),
+        strict=True,
+    ):
+        assert torch.equal(p, q), name
+    assert scaled.config["tensor_scales"] == {"0.weight": 2.0, "2.weight": 2.0}
+    kwargs["num_steps"] = 150
+    plain = soft_weight_sharing(pretrained, digits, prior_scale=0.1, **kwargs)
+    first = soft_weight_sharing(
+        pretrained, digits, prior_scale=0.1, tensor_scales={"0.weight": 8.0}, **kwargs
+    )
+    shares = [_nonzero_fraction(result.net, ["0.weight"]) for result in (plain, first)]
+    assert shares[1] < shares[0]
+    assert first.config["tensor_scales"] == {"0.weight": 8.0}
+    assert plain.config["tensor_scales"] is None
+
+
 def test_prior_scale_warmup_starts_at_one_ramp_step(digits, pretrained):
     """With a 2-epoch warm-up, step 1 uses λ / ramp_steps: the same as a constant run at that λ."""
     kwargs = {"num_steps": 1, "batch_size": 64, "mixture_lr": 1e-2, "seed": 0}

@@ -262,3 +262,124 @@ def test_arviz_posterior_names_every_group_site():
         assert posterior[f"sws.{group}.precisions"].dims == ("chain", "draw", "component")
     assert posterior["sws.pi"].shape == (2, 2, 6)
     np.testing.assert_allclose(posterior["sws.pi"].values.sum(-1), 1.0, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- λ per tensor
+
+
+def test_tensor_scales_weigh_each_tensors_layerwise_gaussian_penalty():
+    """One fixed zero-mean Gaussian shared by both layers, the second's prior weighed 3×:
+    map_loss = Σ_n CE (numpy forward pass) + λ Σ_t s_t [α/2 ||w_t||² + N_t/2 ln(2π/α)], the
+    Pyro model's prior part −λ times the same, and the penalty module's value and gradient
+    λ s_t α w_t (the biases carry no prior)."""
+    alpha, lam, scales = 2.0, 0.7, {"0.weight": 1.0, "2.weight": 3.0}
+    prior = sws.MixturePrior(1, zero_component=False, fixed_mu=[0.0], fixed_precision=alpha)
+    model = sws.SWSModel(small_net(4), prior, prior_scale=lam, tensor_scales={"2.*": 3.0})
+    assert model.tensor_scales == {"2.weight": 3.0} and "tensor_scales" in repr(model)
+    x, y = small_data("categorical")
+    values = _values(model)
+    w = {n: values[f"net.{n}"].numpy() for n in scales}
+    penalty = sum(
+        s * (alpha / 2 * np.sum(w[n] ** 2) + w[n].size / 2 * math.log(2 * math.pi / alpha))
+        for n, s in scales.items()
+    )
+    with local_params():
+        guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
+        assert supports_fast_map(model, guide)
+        loss = float(map_loss(model, guide, x, y))
+    net = dict(model.net.named_parameters())
+    b0, b2 = net["0.bias"].detach().numpy(), net["2.bias"].detach().numpy()
+    logits = np.tanh(x.numpy() @ w["0.weight"].T + b0) @ w["2.weight"].T + b2
+    cross_entropy = -np.sum(special.log_softmax(logits, axis=1)[np.arange(len(y)), y.numpy()])
+    assert_close(loss, cross_entropy + lam * penalty, rtol=1e-12)
+    prior_part, _ = _log_joint_without_obs(model, values, x, y)
+    assert_close(-prior_part, lam * penalty, rtol=1e-12)
+
+    layers = small_net(4)
+    module = sws.SoftWeightSharing(layers, prior, prior_scale=lam, tensor_scales={"2.*": 3.0})
+    assert "tensor_scales={'2.weight': 3.0}" in repr(module)
+    value = module()
+    value.backward()
+    at = {n: p.detach().numpy() for n, p in layers.named_parameters()}
+    expected = sum(
+        s * (alpha / 2 * np.sum(at[n] ** 2) + at[n].size / 2 * math.log(2 * math.pi / alpha))
+        for n, s in scales.items()
+    )
+    assert_close(float(value.detach()), lam * expected, rtol=1e-12)
+    for name, scale in scales.items():
+        grad = dict(layers.named_parameters())[name].grad.numpy()
+        np.testing.assert_allclose(grad, lam * scale * alpha * at[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [None, "layer"])
+def test_tensor_scales_log_joint_and_fast_loss_against_scipy(groups):
+    """A learned mixture (shared, or one per layer) with each tensor's prior weighed by its
+    own multiplier: the Pyro model's log joint is the hyperpriors plus λ Σ_t s_t Σ_i log p(w_ti)
+    (scipy's densities, the hyperpriors unweighed); the fast MAP loss and Trace_ELBO equal it,
+    and their gradients agree."""
+    prior = sws.MixturePrior(4, precision_prior=(3.0, 0.5))
+    scales = {"0.weight": 0.5, "2.weight": 2.5}
+    model = sws.SWSModel(small_net(4), prior, prior_scale=0.4, groups=groups, tensor_scales=scales)
+    x, y = small_data("categorical")
+    values = _values(model)
+    if groups is None:  # the shared sites under a group's names, for the helper
+        named = {group_site(k, "all") if k.startswith("sws.") else k: v for k, v in values.items()}
+        hyper, _ = _scipy_mixture_prior(prior, named, "all", [values["net.0.weight"]])
+        expected = hyper + sum(
+            0.4 * s * _scipy_mixture_prior(prior, named, "all", [values[f"net.{n}"]])[1]
+            for n, s in scales.items()
+        )
+    else:
+        expected = 0.0
+        for name, scale in scales.items():
+            group = name.split(".")[0]
+            hyper, weights = _scipy_mixture_prior(prior, values, group, [values[f"net.{name}"]])
+            expected += hyper + 0.4 * scale * weights
+    prior_part, obs = _log_joint_without_obs(model, values, x, y)
+    assert_close(prior_part, expected, rtol=1e-11)
+    with local_params():
+        guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
+        guide(x, y)
+        params = list(guide.parameters())
+        actual = map_loss(model, guide, x, y)
+        elbo = Trace_ELBO().differentiable_loss(model, guide, x, y)
+        grads = torch.autograd.grad(actual, params)
+        elbo_grads = torch.autograd.grad(elbo, params)
+    assert_close(float(actual), -(expected + obs), rtol=1e-11)
+    assert_close(float(elbo), -(expected + obs), rtol=1e-11)
+    for a, e in zip(grads, elbo_grads):
+        scale = float(e.abs().max()) or 1.0
+        assert_close(a / scale, e / scale, rtol=0, atol=1e-9)
+
+
+def test_fit_with_tensor_scales_fast_and_pyro_paths_agree(monkeypatch):
+    x, y = small_data("categorical")
+    results, states = [], []
+    for fast in (True, False):
+        model = sws.SWSModel(small_net(4), sws.MixturePrior(3), tensor_scales={"0.weight": 4.0})
+        if not fast:  # fit takes Pyro's Trace_ELBO
+            monkeypatch.setattr(fastvi, "supports_fast_map", lambda model, guide: False)
+        settings = {"guide": "map", "num_steps": 30, "lr": 0.01, "seed": 0}
+        results.append(sws.fit(model, x, y, checkpoint=states.append, **settings))
+    np.testing.assert_allclose(results[0].losses, results[1].losses, rtol=1e-9)
+    assert results[0].config["tensor_scales"] == {"0.weight": 4.0}
+    # a run continues only under the multipliers it was started with
+    state = states[-1]
+    model = sws.SWSModel(small_net(4), sws.MixturePrior(3))
+    with pytest.raises(ValueError, match=r"tensor_scales=\{'0.weight': 4.0\} in the checkpoint"):
+        sws.fit(model, x, y, guide="map", num_steps=40, lr=0.01, seed=0, initial_state=state)
+
+
+def test_tensor_scales_errors():
+    net, prior = small_net(4), sws.MixturePrior(3)
+    with pytest.raises(ValueError, match=r"'3\.\*', which matches no prior-carrying tensor"):
+        sws.SWSModel(net, prior, tensor_scales={"3.*": 2.0})
+    with pytest.raises(ValueError, match=r"tensor_scales\['0.weight'\]"):
+        sws.SWSModel(net, prior, tensor_scales={"0.weight": 0.0})
+    with pytest.raises(ValueError, match=r"tensor_scales\['0.weight'\]"):
+        sws.SWSModel(net, prior, tensor_scales={"0.weight": float("nan")})
+    with pytest.raises(TypeError, match="tensor_scales must be a dict"):
+        sws.SWSModel(net, prior, tensor_scales=2.0)
+    # a pattern that only matches a tensor without the prior (a bias) is refused too
+    with pytest.raises(ValueError, match="matches no prior-carrying tensor"):
+        sws.SWSModel(net, prior, tensor_scales={"0.bias": 2.0})

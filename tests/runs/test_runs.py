@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import bayes_sws as sws
+from bayes_sws.infer.fastmap import map_loss
 from bayes_sws.infer.svi import FitState
 from bayes_sws.runs import commands as runs
 from bayes_sws.zoo.data import load_dataset
@@ -162,6 +163,25 @@ def test_saved_result_loads_identically(tmp_path, digits, pretrained, guide):
     assert torch.equal(expected, loaded.predict(x, num_samples=4))
     summary = json.loads((tmp_path / runs.RESULT_SUMMARY_FILE).read_text())
     assert summary["guide"] == guide and len(summary["mixture"]["pi"]) == 4
+
+
+def test_saved_result_keeps_its_multipliers_of_lambda(tmp_path, digits, pretrained):
+    """A model whose first layer's prior is weighed 3×: saved and loaded, its model has the
+    same multipliers, so its loss at the saved values is the fitted model's (a result of a
+    model without them: the loss differs, which is what the record is for)."""
+    net = copy.deepcopy(pretrained)
+    model = sws.SWSModel(net, sws.MixturePrior(4), prior_scale=0.1, tensor_scales={"0.*": 3.0})
+    result = sws.fit(model, digits.x_train, digits.y_train, guide="map", num_steps=5, seed=2)
+    spec = {"name": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]}
+    runs.save_result(result, tmp_path, network_spec=spec)
+    loaded = runs.load_result(tmp_path)
+    assert loaded.model.tensor_scales == {"0.weight": 3.0}
+    x, y = digits.x_train, digits.y_train
+    with sws.infer.local_params():
+        losses = [float(map_loss(r.model, r.guide, x, y)) for r in (result, loaded)]
+        plain = sws.SWSModel(copy.deepcopy(pretrained), sws.MixturePrior(4), prior_scale=0.1)
+        unscaled = float(map_loss(plain, loaded.guide, x, y))
+    assert losses[0] == losses[1] and unscaled != losses[0]
 
 
 def test_lowrank_rank_is_fitted_saved_and_rebuilt(tmp_path, digits, pretrained):
