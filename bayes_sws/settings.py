@@ -113,6 +113,7 @@ KIND_WORDS = {
     "ints": "a list of integers",
     "pair": "two numbers",
     "pair?": "two numbers",
+    "scales?": "a table of tensor names or patterns and multipliers (NAME=X)",
 }
 
 

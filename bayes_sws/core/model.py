@@ -85,11 +85,10 @@ class SWSModel:
         tensors, keyed by name or glob pattern (each tensor takes the first
         pattern it matches; the others keep 1): the objective becomes
         :math:`E + \lambda \sum_t s_t \Omega_t(w_t)`, each tensor's weight sites
-        under ``poutine.scale(λ·s_t)``. Weigh a tensor's prior by what its
-        non-zero weights cost to store, e.g. ``{"2.weight": 2.0}`` for a
-        convolution whose weights take 8-bit relative indices where the dense
-        layers' take 5 (BENCHMARKS.md). A pattern that matches no
-        prior-carrying tensor is refused.
+        under ``poutine.scale(λ·s_t)``: e.g. ``{"2.weight": 3.0}`` prunes a
+        tensor that one λ leaves denser than its share of the stored bits
+        warrants (LeNet-5's second convolution, BENCHMARKS.md). A pattern that
+        matches no prior-carrying tensor is refused.
 
     Notes
     -----

@@ -325,6 +325,8 @@ def _add_setting(group: argparse._ArgumentGroup, option: dict, *, checked: bool 
         kwargs.update(type=int, nargs="+")
     elif kind in ("pair", "pair?"):
         kwargs.update(type=float, nargs=2)
+    elif kind == "scales?":
+        kwargs.update(nargs="+")
     group.add_argument(*flags, **kwargs)
 
 

@@ -205,14 +205,20 @@ def _network_spec(config: RunConfig, data) -> dict[str, Any]:
     }
 
 
-def _check_own_network(config: RunConfig, data) -> None:
-    """Build a ``package.module:factory`` network and run it on two training examples.
+def _check_network(config: RunConfig, data) -> None:
+    """Build a ``package.module:factory`` network and run it on two training examples, and
+    the run's model of it (or of a built-in network, when ``tensor_scales`` name tensors).
 
     Every failure (import, attribute, call, not an ``nn.Module``, an error or the
-    wrong output shape on the data) is a :class:`RunError` naming the network and
-    the fix; the caller's random state is untouched. Built-in networks pass.
+    wrong output shape on the data, a pattern of ``tensor_scales`` that names no tensor
+    under the prior) is a :class:`RunError` naming the network and the fix; the caller's
+    random state is untouched.
     """
     if not is_factory_name(config.network):
+        if config.tensor_scales:
+            with torch.random.fork_rng(devices=[]):
+                net = build_network(**network_kwargs(_network_spec(config, data)))
+            _check_model(config, net, data)
         return
     spec = _network_spec(config, data)
     name, outputs, x = config.network, spec["num_classes"], data.x_train[:2]
@@ -238,10 +244,15 @@ def _check_own_network(config: RunConfig, data) -> None:
             f"{data.name} needs ({len(x)}, {outputs}): {outputs} {needs}; make its last layer "
             f"give {outputs} (the factory is given num_outputs={outputs} if it takes it)"
         )
+    _check_model(config, net, data)
+
+
+def _check_model(config: RunConfig, net: nn.Module, data) -> None:
+    """The run's :class:`SWSModel` of ``net`` can be built (a :class:`RunError` if not)."""
     try:
-        SWSModel(net, _prior(config), _likelihood(config, data), prior_scale=config.prior_scale)
+        _model(config, net, data)
     except (TypeError, ValueError) as err:
-        raise RunError(f"network {name!r}: {err}") from None
+        raise RunError(f"network {config.network!r}: {err}") from None
 
 
 def _likelihood(config: RunConfig, data) -> Likelihood | str:
@@ -274,6 +285,7 @@ def _model(config: RunConfig, net: nn.Module, data) -> SWSModel:
         _likelihood(config, data),
         prior_scale=config.prior_scale,
         groups=groups,
+        tensor_scales=config.tensor_scales,
     )
 
 
@@ -510,7 +522,7 @@ def _start_run(config, out, overwrite, progress, should_stop, log, followers) ->
     _check_run_log(config)  # and so does --tensorboard without its package
     data = _load_data(config)  # and so does a bad data set
     _likelihood(config, data)  # and so does a likelihood that does not fit it
-    _check_own_network(config, data)  # and a network of your own that does not
+    _check_network(config, data)  # and a network of your own that does not, or its model
     if not replacing:
         identity = rundir.create_run(out, config.to_dict(), config.identity_settings())
     log(f"run directory {out}")

@@ -91,6 +91,7 @@ _ADDED_SETTINGS = (
     "mixture_groups",
     "recipe",
     "pretrain_schedule",
+    "tensor_scales",
 )
 #: Settings added after run directories existed whose default differs from how the
 #: runs before them behaved: a ``config.json`` without them means this value, and a
@@ -214,6 +215,13 @@ class _RunGroups:
         "(sites sws.<layer>.*) and codebook (PRML 5.5.1's layer-wise priors)",
         "str",
         choices=("shared", "layer"),
+    )
+    tensor_scales: dict[str, float] | None = option(
+        None,
+        "multipliers of λ for some prior-carrying tensors, as NAME=X (a parameter name or glob "
+        "pattern; e.g. 2.weight=3 weighs that tensor's prior 3x; SWSModel's tensor_scales)",
+        "scales?",
+        metavar="NAME=X",
     )
 
 
@@ -756,6 +764,27 @@ class _Coercion:
             raise self.bad("must be a list of integers")
         return tuple(self.number(v, integer=True) for v in value)
 
+    def scales(self) -> dict[str, float]:
+        """``{name: multiplier}`` from a table (a config file) or ``NAME=X`` words (flags)."""
+        value = self.value
+        if isinstance(value, (list, tuple)):
+            pairs = [str(v).partition("=") for v in value]
+            if any(not name or not sep for name, sep, _ in pairs):
+                raise self.bad("must be NAME=X words (a tensor name or glob pattern, a number)")
+            try:
+                value = {name: float(x) for name, _, x in pairs}
+            except ValueError:
+                raise self.bad("must be NAME=X words with X a number") from None
+        if not isinstance(value, Mapping) or not value:
+            raise self.bad(f"must be {KIND_WORDS[self.kind]}")
+        out = {}
+        for name, x in value.items():
+            number = self.number(x, integer=False)
+            if not number > 0:
+                raise self.bad(f"must be multipliers > 0 ({name} = {number})")
+            out[str(name)] = number
+        return out
+
     def pair(self) -> tuple[int | float, ...]:
         if not isinstance(self.value, (list, tuple)) or len(self.value) != 2:
             raise self.bad("must be two numbers [a, b]")
@@ -773,6 +802,7 @@ _COERCIONS: dict[str, Callable[[_Coercion], Any]] = {
     "ints": _Coercion.ints,
     "pair": _Coercion.pair,
     "pair?": _Coercion.pair,
+    "scales?": _Coercion.scales,
 }
 
 

@@ -11,6 +11,7 @@ from conftest import cli_exit
 
 import bayes_sws as sws
 from bayes_sws.compress import load_compressed
+from bayes_sws.runs import commands as runs
 from bayes_sws.runs.checkpoints import load_result, save_result
 
 
@@ -59,3 +60,41 @@ def test_cli_fits_compresses_and_reports_one_mixture_per_layer(tmp_path, capsys)
         assert torch.equal(value, state[name]), name
     code, _, err = cli_exit(capsys, "fit", "--out", tmp_path / "bad", "--mixture-groups", "each")
     assert code == 2 and "mixture-groups" in err and "layer" in err
+
+
+def test_cli_weighs_a_tensors_prior_by_its_multiplier(tmp_path, capsys):
+    """``--tensor-scales NAME=X ...``: the run's model carries the multipliers (saved with the
+    result, recorded in config.json), its losses are not the unweighed run's from the same
+    seed, and a run resumed reads them back. Bad words, multipliers and patterns that name
+    no tensor under the prior are refused before anything is written."""
+    flags = ["--hidden", "8", "--num-components", "3", "--pretrain-epochs", "1"]
+    flags += ["--num-steps", "8", "--batch-size", "64", "--seed", "0"]
+    out, plain = tmp_path / "run", tmp_path / "plain"
+    scales = ["--tensor-scales", "0.weight=3", "2.*=0.5"]
+    code, _, err = cli_exit(capsys, "fit", "--out", out, *flags, *scales)
+    assert code == 0, err
+    result = load_result(out)
+    assert result.model.tensor_scales == {"0.weight": 3.0, "2.weight": 0.5}
+    config = json.loads((out / "config.json").read_text())
+    assert config["tensor_scales"] == {"0.weight": 3.0, "2.*": 0.5}
+    assert cli_exit(capsys, "fit", "--out", plain, *flags)[0] == 0
+    assert load_result(plain).losses[-1] != result.losses[-1]
+    assert json.loads((plain / "config.json").read_text())["tensor_scales"] is None
+    # a run stopped before its first step (settings as a dict, as a config file gives them)
+    stopped = tmp_path / "stopped"
+    config = {"hidden": [8], "num_components": 3, "pretrain_epochs": 0, "num_steps": 5}
+    config["tensor_scales"] = {"0.*": 2.0}
+    assert runs.fit_run(config, stopped, should_stop=lambda: True).status == "interrupted"
+    code, _, err = cli_exit(capsys, "fit", "--resume", stopped)
+    assert code == 0, err
+    assert load_result(stopped).model.tensor_scales == {"0.weight": 2.0}
+    for words, named in [
+        (["9.*=2"], "'9.*', which matches no prior-carrying tensor"),
+        (["0.weight=-1"], "multipliers > 0"),
+        (["0.weight"], "NAME=X"),
+        (["0.weight=big"], "X a number"),
+    ]:
+        bad = tmp_path / "bad"
+        code, _, err = cli_exit(capsys, "fit", "--out", bad, *flags, "--tensor-scales", *words)
+        assert code == 2 and named in err, err
+        assert not bad.exists()
