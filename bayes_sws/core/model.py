@@ -85,7 +85,7 @@ class SWSModel:
         tensors, keyed by name or glob pattern (each tensor takes the first
         pattern it matches; the others keep 1): the objective becomes
         :math:`E + \lambda \sum_t s_t \Omega_t(w_t)`, each tensor's weight sites
-        under ``poutine.scale(λ·s_t)``: e.g. ``{"2.weight": 3.0}`` prunes a
+        under ``poutine.scale(λ·s_t)``. E.g. ``{"2.weight": 3.0}`` prunes a
         tensor that one λ leaves denser than its share of the stored bits
         warrants (LeNet-5's second convolution, BENCHMARKS.md). A pattern that
         matches no prior-carrying tensor is refused.
@@ -158,7 +158,7 @@ class SWSModel:
             )
         self.prior = prior
         self.free_param_names = tuple(n for n, _ in named if n not in self.prior_param_names)
-        #: The multiplier of λ of every prior-carrying tensor whose is not 1 (``tensor_scales``).
+        #: Each prior-carrying tensor's multiplier of λ where it is not 1 (``tensor_scales``).
         self.tensor_scales: dict[str, float] = _tensor_scales(tensor_scales, self.prior_param_names)
 
     def __repr__(self) -> str:

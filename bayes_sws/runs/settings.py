@@ -777,13 +777,8 @@ class _Coercion:
                 raise self.bad("must be NAME=X words with X a number") from None
         if not isinstance(value, Mapping) or not value:
             raise self.bad(f"must be {KIND_WORDS[self.kind]}")
-        out = {}
-        for name, x in value.items():
-            number = self.number(x, integer=False)
-            if not number > 0:
-                raise self.bad(f"must be multipliers > 0 ({name} = {number})")
-            out[str(name)] = number
-        return out
+        # finite numbers here; > 0, and a name under the prior, where the model is built
+        return {str(name): self.number(x, integer=False) for name, x in value.items()}
 
     def pair(self) -> tuple[int | float, ...]:
         if not isinstance(self.value, (list, tuple)) or len(self.value) != 2:

@@ -90,7 +90,8 @@ def test_cli_weighs_a_tensors_prior_by_its_multiplier(tmp_path, capsys):
     assert load_result(stopped).model.tensor_scales == {"0.weight": 2.0}
     for words, named in [
         (["9.*=2"], "'9.*', which matches no prior-carrying tensor"),
-        (["0.weight=-1"], "multipliers > 0"),
+        (["0.weight=-1"], "tensor_scales['0.weight'] must be a finite number > 0, got -1.0"),
+        (["0.weight=inf"], "must be finite"),
         (["0.weight"], "NAME=X"),
         (["0.weight=big"], "X a number"),
     ]:
