@@ -125,6 +125,19 @@ def test_loss_and_gradients_equal_trace_elbo(guide_name, kind, minibatch, partic
         _check_same(model, guide, x, y, index, particles=particles, vectorize=vectorize)
 
 
+@pytest.mark.parametrize("guide_name", GUIDE_NAMES)
+def test_loss_and_gradients_equal_trace_elbo_with_a_multiplier_of_lambda_per_tensor(guide_name):
+    """Each tensor's prior weighed by its own multiplier (Pyro: a ``poutine.scale`` per site)."""
+    model = _model("categorical")
+    model = sws.SWSModel(
+        model.net, model.prior, model.likelihood, prior_scale=0.7, tensor_scales={"0.*": 2.5}
+    )
+    x, y = small_data("categorical")
+    with local_params():
+        guide = _set_up(model, _guide(model, guide_name), x, y)
+        _check_same(model, guide, x, y, particles=3)
+
+
 def test_lowrank_guide_is_pyros_with_its_factor_column_major():
     """The registry's "lowrank" guide: Pyro's parameters and values, the factor's layout
     transposed, and its gradient from the fast path already in that layout (no copy)."""
