@@ -1470,7 +1470,7 @@ def report_run(run_dir: str | os.PathLike) -> str:
     lines = [
         f"run {run_dir}",
         f"  data {config.data}, network {config.network}{hidden}, {config.num_components} components"
-        + f"{zero}, λ = {config.prior_scale:.4g}{recipe}",  # config.json has every digit
+        + f"{zero}, λ = {config.prior_scale:.4g}{recipe}{_scales_text(config)}",  # json: all digits
         f"  guide {config.guide}, {config.optimizer} lr {config.lr} (mixture {config.mixture_lr}), "
         + f"batch {config.batch_size}, seed {config.seed}",
     ]
@@ -1478,6 +1478,12 @@ def report_run(run_dir: str | os.PathLike) -> str:
     lines += _report_compression(run)
     lines += _report_posterior(run)
     return "\n".join(_printable(line) for line in lines)
+
+
+def _scales_text(config: RunConfig) -> str:
+    """``, × 3 on 2.weight`` for each of the run's multipliers of λ, as given; empty without."""
+    scales = config.tensor_scales or {}
+    return "".join(f", × {x:.4g} on {name}" for name, x in scales.items())
 
 
 def _printable(text: str) -> str:

@@ -77,6 +77,8 @@ def test_cli_weighs_a_tensors_prior_by_its_multiplier(tmp_path, capsys):
     assert result.model.tensor_scales == {"0.weight": 3.0, "2.weight": 0.5}
     config = json.loads((out / "config.json").read_text())
     assert config["tensor_scales"] == {"0.weight": 3.0, "2.*": 0.5}
+    code, reported, _ = cli_exit(capsys, "report", out)
+    assert code == 0 and "λ = 0.1, × 3 on 0.weight, × 0.5 on 2.*" in reported
     assert cli_exit(capsys, "fit", "--out", plain, *flags)[0] == 0
     assert load_result(plain).losses[-1] != result.losses[-1]
     assert json.loads((plain / "config.json").read_text())["tensor_scales"] is None
