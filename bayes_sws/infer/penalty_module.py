@@ -58,7 +58,7 @@ from ..core.model import SWSModel
 from ..core.priors import Mixture
 from .fastmap import weight_log_prior
 from .guides import build_guide
-from .svi import FitResult, local_params
+from .svi import FitResult, local_params, model_record
 
 __all__ = ["LatentProgram", "SoftWeightSharing", "latent_program"]
 
@@ -278,7 +278,7 @@ class SoftWeightSharing(nn.Module):
                 init_scale=1.0,
             )
             guide()  # creates its parameters at those values
-        record = {"guide": "map", "prior_scale": model.prior_scale, "source": "SoftWeightSharing"}
+        record = {"guide": "map", **model_record(model), "source": "SoftWeightSharing"}
         record.update(config or {})
         losses = np.asarray([] if losses is None else losses, dtype=np.float64)
         return FitResult(model, guide, "map", losses, record)

@@ -442,6 +442,13 @@ def seeded(seed: int | None) -> contextlib.AbstractContextManager:
 
 
 # ---------------------------------------------------------------------- result
+def model_record(model: SWSModel) -> dict[str, Any]:
+    """The model's settings a fit records in :attr:`FitResult.config`: ``prior_scale`` (λ)
+    and ``tensor_scales`` (λ's multipliers by tensor; ``None`` without them, as in
+    checkpoints written before they existed)."""
+    return {"prior_scale": model.prior_scale, "tensor_scales": dict(model.tensor_scales) or None}
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the fitted guide, the loss per step and helpers.
@@ -1272,9 +1279,7 @@ class SVIEngine:
             "guide_rank": options["guide_rank"],
             "seed": options["seed"],
             "num_data": data.num_data,
-            "prior_scale": model.prior_scale,
-            # None without them, as in checkpoints written before they existed
-            "tensor_scales": dict(model.tensor_scales) or None,
+            **model_record(model),
             "input_shape": [int(d) for d in data.probe.x.shape[1:]],
             "lbfgs_tolerance": options["lbfgs_tolerance"],
             "device": str(self.device),

@@ -67,7 +67,7 @@ from ..infer.guides import (
     warn_default_rank_cost,
 )
 from ..infer.penalty_module import latent_program
-from ..infer.svi import FitResult, local_params
+from ..infer.svi import FitResult, local_params, model_record
 from ..optim import adam_for
 from ..validation import check_int, check_real
 
@@ -213,7 +213,7 @@ class _SWSLightningMixin:
             "lr": self.lr,
             "mixture_lr": self.mixture_lr,
             "num_data": self.num_data,
-            "prior_scale": self.model.prior_scale,
+            **model_record(self.model),
             "source": "SWSLightningModule",
         }
         losses = np.asarray(self.losses, dtype=np.float64)

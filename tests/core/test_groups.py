@@ -309,6 +309,7 @@ def test_tensor_scales_weigh_each_tensors_layerwise_gaussian_penalty():
     for name, scale in scales.items():
         grad = dict(layers.named_parameters())[name].grad.numpy()
         np.testing.assert_allclose(grad, lam * scale * alpha * at[name], rtol=1e-12)
+    assert module.to_result().config["tensor_scales"] == {"2.weight": 3.0}
 
 
 @pytest.mark.parametrize("groups", [None, "layer"])

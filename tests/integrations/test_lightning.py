@@ -33,8 +33,10 @@ def _setup(guide="map"):
     return x, y, net.double()
 
 
-def _model(net):
-    return sws.SWSModel(copy.deepcopy(net), sws.MixturePrior(4), prior_scale=0.7)
+def _model(net, tensor_scales=None):
+    return sws.SWSModel(
+        copy.deepcopy(net), sws.MixturePrior(4), prior_scale=0.7, tensor_scales=tensor_scales
+    )
 
 
 def _loader(x, y, num_steps):
@@ -65,23 +67,26 @@ def _trainer(pl, num_steps, callbacks=()):
     )
 
 
-def test_map_losses_equal_fit_step_for_step():
+@pytest.mark.parametrize("tensor_scales", [None, {"2.weight": 3.0}])
+def test_map_losses_equal_fit_step_for_step(tensor_scales):
     pl = pytest.importorskip("lightning.pytorch")
     from bayes_sws.integrations.lightning import SWSLightningModule
 
     x, y, net = _setup()
     num_steps = 12
     expected = sws.fit(
-        _model(net), x, y, "map", num_steps=num_steps, batch_size=B, seed=SEED, lr=1e-2,
-        mixture_lr=5e-3, collapse_threshold=None,
+        _model(net, tensor_scales), x, y, "map", num_steps=num_steps, batch_size=B, seed=SEED,
+        lr=1e-2, mixture_lr=5e-3, collapse_threshold=None,
     )  # fmt: skip
-    module = SWSLightningModule(_model(net), "map", lr=1e-2, mixture_lr=5e-3)
+    module = SWSLightningModule(_model(net, tensor_scales), "map", lr=1e-2, mixture_lr=5e-3)
     _trainer(pl, num_steps).fit(module, _loader(x, y, num_steps))
     assert module.num_data == N  # from the DataLoader's dataset
     assert_close(module.losses, expected.losses, rtol=1e-12)
     result = module.to_result()
     for mine, theirs in zip(result.mixture(), expected.mixture()):
         assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+    for key in ("prior_scale", "tensor_scales", "lr", "mixture_lr", "num_data"):
+        assert result.config[key] == expected.config[key], key
 
 
 @pytest.mark.parametrize("guide", ["normal", "mixed", "lowrank"])
