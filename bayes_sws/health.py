@@ -105,12 +105,16 @@ def check_converged(
     scale = max(abs(float(np.median(tail))), 1e-12)
     t_stat = slope / spread if spread > 0 else -math.inf if slope < 0 else 0.0
     if drop / scale > tolerance and t_stat < -4:
+        # the fall as a share of the whole run's, not of the loss's level (near zero, or
+        # crossing it, for a MAP loss, a percentage of the level says nothing)
+        whole = float(np.median(values[:count])) - (slope * (count - 1) + intercept)
+        share = f" ({100 * drop / whole:.0f} % of the run's whole fall)" if whole > 0 else ""
         return _report(
             [
                 Finding(
                     "converged",
                     f"SVI has not converged: the loss is still falling, slope {slope:.3g} per "
-                    f"step over the last {count} steps ({100 * drop / scale:.1f} % in all); "
+                    f"step; it fell {drop:.4g} over the last {count} steps{share}; "
                     "run more steps (or raise the lr)",
                 )
             ],

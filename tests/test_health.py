@@ -5,6 +5,7 @@ of predicted classes, and the issue's silent cases reproduced end to end.
 """
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -35,6 +36,19 @@ def test_convergence_trend_test(kind, flagged):
     assert bool(findings) is flagged
     if flagged:
         assert "has not converged" in findings[0].message
+
+
+@pytest.mark.parametrize("level", [0.0, -1000.0])  # -1000: the tail near zero
+def test_convergence_message_states_the_fall_not_a_share_of_the_level(level):
+    # a straight fall of 1 per step from 2000 + level: over the last 200 of 1000 steps it fell
+    # 199, about 900 below its first 200 steps' median (1900) over the whole run
+    (finding,) = health.check_converged(_curve("falling line") + level, warn=False)
+    fell, share = re.search(
+        r"fell (\S+) over the last 200 steps \((\d+) %", finding.message
+    ).groups()
+    assert float(fell) == pytest.approx(199, rel=0.05)
+    assert int(share) == pytest.approx(100 * 199 / 900, abs=2)
+    assert "in all" not in finding.message
 
 
 def test_short_runs_are_not_judged():
@@ -112,7 +126,7 @@ def test_a_useless_compressed_network_is_flagged_at_the_cli(tmp_path, capsys):
 def test_the_message_names_the_slope():
     # a straight line of slope -0.5 per step, no noise: the least-squares slope is -0.5
     (finding,) = health.check_converged(1000.0 - 0.5 * np.arange(400), warn=False)
-    assert "slope -0.5 per step over the last 80 steps" in finding.message
+    assert "slope -0.5 per step; it fell 39.5 over the last 80 steps" in finding.message
     assert "run more steps" in finding.message
 
 
