@@ -87,7 +87,8 @@ def check_converged(
     not converged when the line predicts a relative decrease over that window
     larger than ``tolerance`` *and* the slope is significantly negative
     (:math:`t < -4` against its standard error, so mini-batch noise around a
-    plateau does not count). The message names the slope (loss per step).
+    plateau does not count). The message names the slope (loss per step), the fall over
+    the window and its share of the whole run's (from the median of its first window).
     :func:`bayes_sws.fit` runs this check on every run that reaches its
     ``num_steps``.
     """
