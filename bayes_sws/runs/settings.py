@@ -571,7 +571,8 @@ def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
     :meth:`Recipe.preset <bayes_sws.compress.pipeline.Recipe.preset>` that departs from the
     defaults, with λ scaled to the training set of the data the run will load (given or the
     recipe's: its size is read once, here). Its storing settings are the compress command's
-    (:func:`recipe_compress_settings`).
+    (:func:`recipe_compress_settings`). A recipe retraining with a setting no run has
+    (:data:`~bayes_sws.settings.RETRAINING_SETTINGS`: λ's warm-up, distillation) is refused.
     """
     name = given.get("recipe")
     if name is None:
@@ -587,6 +588,14 @@ def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
     values = {**values, **{k: v for k, v in given.items() if k in values}}
     num_train = None if "prior_scale" in given else _train_size({**values, **given})
     chosen = recipe.preset(num_train)
+    unreproduced = {k: v for k, v in chosen.differences().items() if k in RETRAINING_SETTINGS}
+    if unreproduced:  # a retraining a run cannot give; silently dropped it would be another
+        listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unreproduced.items()))
+        raise RunError(
+            f"recipe {name!r} retrains with {listed}, which bayes-sws fit does not reproduce; "
+            f"retrain it in Python: soft_weight_sharing(net, data, "
+            f"**RECIPES[{name!r}].kwargs(num_train=N))"
+        )
     retraining = _run_values({**chosen.differences(), "guide": chosen.fit.guide}, given)
     values = {**retraining, **values}
     return {k: v for k, v in values.items() if k not in given}

@@ -155,6 +155,21 @@ def test_a_recipes_pretraining_becomes_the_runs_and_nothing_else_is_recorded(mon
         dataclasses.replace(recipe, pretrain={"lr_scheduler": "step"})
 
 
+@pytest.mark.parametrize("setting", [{"distill": 0.5}, {"prior_scale_warmup": 2.0}])
+def test_a_recipe_whose_retraining_a_run_cannot_give_is_refused(tmp_path, monkeypatch, setting):
+    """A recipe retraining with distillation or λ's warm-up (settings of the Python pipeline
+    only) is refused by ``fit --recipe`` before anything is written, naming the setting,
+    rather than fitted without it."""
+    changed = {**RECIPES[DIGITS].settings, **setting}
+    monkeypatch.setitem(RECIPES, DIGITS, dataclasses.replace(RECIPES[DIGITS], settings=changed))
+    out = tmp_path / "run"
+    code = cli.main(["fit", "--recipe", DIGITS, "--out", str(out), "--no-progress"])
+    assert code == 2 and not out.exists()
+    name, value = next(iter(setting.items()))
+    with pytest.raises(runs.RunError, match=f"{name}={value!r}.*does not reproduce"):
+        runs.resolve_config({}, {"recipe": DIGITS})
+
+
 def test_fashion_recipe_scales_its_refit_lambda_to_the_training_set():
     """Fashion-MNIST's official 60,000 training images: the recipe's λ calibrated for a refit
     on that many (0.08 on the 54,000-image scale), times 60,000 / 54,000 (by hand), and the
