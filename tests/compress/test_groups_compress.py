@@ -241,6 +241,12 @@ def test_validated_benchmark_tune_only_never_reads_the_test_set(monkeypatch, tmp
     assert trial["config"]["num_components"] == 5 and trial["config"]["num_epochs"] == 2
     for key in ("validation_error_before", "validation_error_retrained", "validation_error_after"):
         assert 0.0 <= trial[key] <= 1.0, key  # finite: scored on the validation split
+    import validation_leads  # reads these files: the trial's point, by hand
+
+    (point,) = validation_leads.lead_points(out, "lead", case.name)
+    increase = 100 * (trial["validation_error_after"] - trial["validation_error_before"])
+    assert point["increase"] == pytest.approx(increase, abs=1e-12)
+    assert (point["se"], point["rate"]) == (trial["increase_se"], trial["compression_rate"])
     with pytest.raises(SystemExit):
         validated.main(["--tune-only", "--write"])
 
