@@ -102,6 +102,7 @@ def plot(points: list[dict], *, rate: float, margin: float, title: str):
             yerr=[p["se"] for p in mine],
             marker=markers[i % len(markers)],
             color=f"C{i % 10}",
+            ls="-" if i < 10 else "--",  # the colours repeat after ten leads
             ms=6,
             lw=1.0,
             capsize=3,
