@@ -39,9 +39,12 @@ def lead_points(path: Path, label: str, case: str) -> list[dict]:
     runs = json.loads(path.read_text())
     if case not in runs:
         raise SystemExit(f"{path}: no trials of {case!r} (it has {', '.join(runs) or 'none'})")
+    trials_by_group = runs[case]["trials"]
+    if isinstance(trials_by_group, list):  # a run that went on to the test set: one mixture's
+        trials_by_group = {"None": trials_by_group}
     points = []
-    for group, trials in runs[case]["trials"].items():
-        name = label if group in (None, "None", "shared") else f"{label}, per {group}"
+    for group, trials in trials_by_group.items():
+        name = label if group == "None" else f"{label}, per {group}"  # JSON keys: "None", "layer"
         for trial in trials:
             points.append(
                 {

@@ -45,6 +45,10 @@ def test_points_table_and_figure(tmp_path, capsys):
         assert point["increase"] == pytest.approx(after - before, abs=1e-9)
         assert point["count"] == 3
     assert [p["se"] for p in points] == [0.19, 0.19, 0.19, 0.2]
+    # a run that went on to read the test set lists its trials without the group key
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({CASE: {"trials": shared, "rows": [], "wall": 1.0}}))
+    assert leads.lead_points(full, "lead", CASE) == points[:3]
 
     figure = tmp_path / "leads.png"
     argv = ["--case", CASE, "--run", str(first), "lead", "--figure", str(figure)]
