@@ -1,8 +1,8 @@
 """Leads tried for a case's goal, side by side on validation: one figure and one table.
 
-Each ``--run FILE LABEL`` is the ``--json`` of one ``compression_validated.py --tune-only``
-run (a lead: a change of the recipe's settings, tried at one or more λ and unit-pruning
-budgets on the same validation splits). Every trial of the case becomes a point at its mean
+Each ``--run FILE LABEL`` is the ``--json`` of one ``compression_validated.py`` run (a lead: a
+change of the recipe's settings, tried at one or more λ and unit-pruning budgets on the same
+validation splits; only its validation trials are read, ``--tune-only`` or not). Every trial of the case becomes a point at its mean
 compression rate and mean validation increase over the pretrained networks, with one paired
 standard error either side; a lead's points are joined in order of rate. The goal (``--rate``
 and ``--margin``) is the shaded corner: a lead whose error bar does not reach it is out of
