@@ -34,8 +34,7 @@ from compression import FIGURE_DPI  # the benchmarks' figures share one resoluti
 def lead_points(path: Path, label: str, case: str) -> list[dict]:
     """The trials of ``case`` in ``compression_validated.py``'s JSON ``path`` as points:
     ``label`` (", per layer" added for a grouped mixture), λ, the unit-pruning budget,
-    the mean increase and its standard error (points), the mean rate and the splits or
-    seeds it is the mean of."""
+    the mean increase and its standard error (points) and the mean rate."""
     runs = json.loads(path.read_text())
     if case not in runs:
         raise SystemExit(f"{path}: no trials of {case!r} (it has {', '.join(runs) or 'none'})")
@@ -55,7 +54,6 @@ def lead_points(path: Path, label: str, case: str) -> list[dict]:
                     * (trial["validation_error_after"] - trial["validation_error_before"]),
                     "se": trial["increase_se"],  # points already
                     "rate": trial["compression_rate"],
-                    "count": len(trial.get("seed_errors_after") or ()) or None,
                 }
             )
     return points
@@ -65,7 +63,7 @@ def table(points: list[dict], rate: float, margin: float) -> str:
     """A markdown row per point; the goal's column marks where the mean (and the mean
     less one standard error) is within the margin at the rate."""
     lines = [
-        "| lead | λ | B | Δ validation ± s.e. | compression × | goal |",
+        "| lead | λ | B | Δ validation ± s.e. | compression × | goal, on validation |",
         "|---|---:|---|---:|---:|---|",
     ]
     for p in points:
