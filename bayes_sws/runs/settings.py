@@ -588,7 +588,8 @@ def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
     values = {**values, **{k: v for k, v in given.items() if k in values}}
     num_train = None if "prior_scale" in given else _train_size({**values, **given})
     chosen = recipe.preset(num_train)
-    unreproduced = {k: v for k, v in chosen.differences().items() if k in RETRAINING_SETTINGS}
+    differences = chosen.differences()
+    unreproduced = {k: v for k, v in differences.items() if k in RETRAINING_SETTINGS}
     if unreproduced:  # a retraining a run cannot give; silently dropped it would be another
         listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unreproduced.items()))
         raise RunError(
@@ -596,7 +597,7 @@ def _recipe_values(given: Mapping[str, Any]) -> dict[str, Any]:
             f"retrain it in Python: soft_weight_sharing(net, data, "
             f"**RECIPES[{name!r}].kwargs(num_train=N))"
         )
-    retraining = _run_values({**chosen.differences(), "guide": chosen.fit.guide}, given)
+    retraining = _run_values({**differences, "guide": chosen.fit.guide}, given)
     values = {**retraining, **values}
     return {k: v for k, v in values.items() if k not in given}
 
