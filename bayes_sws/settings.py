@@ -46,6 +46,7 @@ __all__ = [
     "PriorSettings",
     "map_hyperprior_error",
     "map_hyperprior_problems",
+    "epochs_to_steps",
     "split_settings",
     "steps_per_epoch",
     "tempered_gamma",
@@ -235,6 +236,15 @@ def steps_per_epoch(num_data: int, batch_size: int | None) -> int:
         At least 1.
     """
     return max(1, num_data // min(batch_size or num_data, num_data))
+
+
+def epochs_to_steps(num_epochs: float, per_epoch: int) -> int:
+    """Steps of ``num_epochs`` passes of ``per_epoch`` steps each: at least 1, rounded.
+
+    The one conversion for tensors (``per_epoch`` from :func:`steps_per_epoch`) and for data
+    loaders (``len(loader)``).
+    """
+    return max(1, round(num_epochs * per_epoch))
 
 
 # ------------------------------------------------------------------------ the prior
@@ -497,7 +507,7 @@ class FitSettings(_Settings):
         """Steps of the run: ``num_steps``, or ``num_epochs`` passes over ``num_data`` points."""
         if self.num_epochs is None:
             return self.num_steps
-        return max(1, round(self.num_epochs * steps_per_epoch(num_data, self.batch_size)))
+        return epochs_to_steps(self.num_epochs, steps_per_epoch(num_data, self.batch_size))
 
 
 # ------------------------------------------------------------------------ compression

@@ -81,12 +81,14 @@ from ..core.likelihoods import (
 )
 from ..core.model import SWSModel
 from ..core.priors import Mixture, MixturePrior
+from ..infer.loaders import BatchStream, is_batches
 from ..infer.svi import FitResult, fit
 from ..settings import (
     PRESETS,
     RETRAINING_SETTINGS,
     CompressSettings,
     Preset,
+    epochs_to_steps,
     map_hyperprior_error,
     split_settings,
     steps_per_epoch,
@@ -1169,9 +1171,10 @@ class _Retraining(NamedTuple):
 
 
 def _retraining_length(
-    chosen: Preset, settings: dict[str, Any], num_train: int
+    chosen: Preset, settings: dict[str, Any], num_train: int, per_epoch: int | None
 ) -> tuple[int, float, int, int]:
-    """``(batch_size, prior_scale, steps_per_epoch, num_steps)``, checked."""
+    """``(batch_size, prior_scale, steps_per_epoch, num_steps)``, checked; ``per_epoch`` a
+    data loader's batches per epoch (else ``num_train`` points in batches of ``batch_size``)."""
     fit_settings = chosen.fit
     batch_size = check_int("batch_size", fit_settings.batch_size, low=1)
     prior_scale = check_real(
@@ -1180,25 +1183,30 @@ def _retraining_length(
         low=0,
         hint="λ = 1 is the plain Bayesian model, λ = 0 switches the prior off",
     )
-    per_epoch = steps_per_epoch(num_train, batch_size)
+    if per_epoch is None:
+        per_epoch = steps_per_epoch(num_train, batch_size)
     num_steps = check_int(
         "num_steps", settings.get("num_steps"), low=0, low_open=True, allow_none=True
     )
     if num_steps is None:
-        check_real(
+        num_epochs = check_real(
             "num_epochs",
             fit_settings.num_epochs,
             low=0,
             low_open=True,
             hint="or give num_steps instead",
         )
-        num_steps = fit_settings.total_steps(num_train)
+        num_steps = epochs_to_steps(num_epochs, per_epoch)
     return batch_size, prior_scale, per_epoch, num_steps
 
 
-def _retraining(chosen: Preset, settings: dict[str, Any], num_train: int) -> _Retraining:
+def _retraining(
+    chosen: Preset, settings: dict[str, Any], num_train: int, per_epoch: int | None = None
+) -> _Retraining:
     """The checked retraining of :func:`soft_weight_sharing`, its anneal window defaulted."""
-    batch_size, prior_scale, per_epoch, num_steps = _retraining_length(chosen, settings, num_train)
+    batch_size, prior_scale, per_epoch, num_steps = _retraining_length(
+        chosen, settings, num_train, per_epoch
+    )
     prior_settings = chosen.prior
     for label in ("precision_prior", "zero_precision_prior", "precision_prior_final"):
         pair = getattr(prior_settings, label) or (1.0, 1.0)
@@ -1225,11 +1233,35 @@ def _retraining(chosen: Preset, settings: dict[str, Any], num_train: int) -> _Re
     )
 
 
+def _train_stream(train_loader: Any, num_train: int) -> BatchStream:
+    """``soft_weight_sharing``'s ``train_loader``, checked before anything runs: re-iterable
+    batches with a length (epochs count its passes); :math:`N` its dataset's length, else
+    ``num_train`` (``data``'s training points)."""
+    if not is_batches(train_loader, None):
+        raise TypeError(
+            "train_loader must be a torch.utils.data.DataLoader (or a list of (x, y) batches), "
+            f"got {type(train_loader).__name__}; give tensors in data instead"
+        )
+    dataset = getattr(train_loader, "dataset", None)
+    try:
+        sized = dataset is not None and len(dataset) > 0
+    except TypeError:
+        sized = False
+    stream = BatchStream(train_loader, None if sized else num_train)
+    if stream.steps_per_epoch is None:
+        raise TypeError(
+            f"train_loader ({type(train_loader).__name__}) has no len(): soft_weight_sharing "
+            "counts num_epochs and anneal_epochs in passes of it; give a DataLoader over a "
+            "map-style dataset (or one whose dataset has a length)"
+        )
+    return stream
+
+
 def _retrain(
     net: nn.Module,
     prior: MixturePrior,
     likelihood: str | Likelihood,
-    train_data: tuple[torch.Tensor, torch.Tensor],
+    train_data: tuple[torch.Tensor, torch.Tensor] | BatchStream,
     chosen: Preset,
     plan: _Retraining,
     progress: bool | None,
@@ -1238,8 +1270,9 @@ def _retrain(
 ) -> FitResult:
     """Retrain ``net`` in place under ``prior`` by MAP: λ's warm-up and the precision anneal.
 
-    With ``groups``, every group's prior follows the anneal; ``tensor_scales`` multiply the
-    warmed-up λ.
+    ``train_data`` is the training tensors, or the checked stream of a data loader
+    (:func:`_train_stream`; its batches, its :math:`N`). With ``groups``, every group's prior
+    follows the anneal; ``tensor_scales`` multiply the warmed-up λ.
     """
     warmup = _warmup(plan.prior_scale, chosen.compress.prior_scale_warmup, plan.per_epoch)
     model = SWSModel(
@@ -1264,10 +1297,18 @@ def _retrain(
     for set_prior in anneal or ():
         set_prior(0)
 
+    run = chosen.fit.replace(num_steps=int(plan.num_steps), num_epochs=None)
+    if isinstance(train_data, BatchStream):  # the loader makes its own batches
+        data: tuple[Any, Any] = (train_data.batches, None)
+        num_data: int | None = train_data.num_data
+        run = run.replace(batch_size=None)
+    else:
+        data, num_data = train_data, None
     fitted = fit(
         model,
-        *train_data,
-        settings=chosen.fit.replace(num_steps=int(plan.num_steps), num_epochs=None),
+        *data,
+        settings=run,
+        num_data=num_data,
         progress=progress,
         callback=schedule if chosen.compress.prior_scale_warmup or anneal is not None else None,
     )
@@ -1312,6 +1353,7 @@ def soft_weight_sharing(
     progress: bool | None = None,
     groups: str | dict[str, list[str]] | None = None,
     tensor_scales: Mapping[str, float] | None = None,
+    train_loader: Any = None,
     **settings: Any,
 ) -> CompressionResult:
     r"""Compress a pretrained network by soft weight-sharing (Ullrich et al. 2017).
@@ -1436,6 +1478,16 @@ def soft_weight_sharing(
         bits warrants can be pruned harder than the others (e.g. ``{"2.weight": 3.0}``,
         Fashion-MNIST LeNet-5's second convolution: 19 % of its weights kept, 35 % of the
         bits, BENCHMARKS.md).
+    train_loader : DataLoader, optional
+        Retrain on this loader's batches (:func:`bayes_sws.fit` with a data loader: one batch
+        per step, ``len(train_loader)`` steps an epoch, each batch's likelihood scaled by
+        :math:`N / B` with :math:`N` = ``len(train_loader.dataset)``, else the number of
+        ``data``'s training points) instead of mini-batches of ``batch_size`` drawn from
+        ``data``'s training tensors: your own sampler, augmentation, or a data set read from
+        disk. ``num_epochs`` and ``anneal_epochs`` count passes of the loader. ``data`` still
+        gives the test data, and the training tensors that codebook fine-tuning and unit
+        pruning read (in batches of ``batch_size``; a subset will do). Not with ``distill``,
+        whose targets are computed once for ``data``'s training tensors.
 
     Returns
     -------
@@ -1462,6 +1514,7 @@ def soft_weight_sharing(
         progress=progress,
         groups=groups,
         tensor_scales=tensor_scales,
+        train_loader=train_loader,
         **settings,
     )
 
@@ -1481,6 +1534,7 @@ def _soft_weight_sharing(
     progress: bool | None = None,
     groups: str | dict[str, list[str]] | None = None,
     tensor_scales: Mapping[str, float] | None = None,
+    train_loader: Any = None,
     **settings: Any,
 ) -> CompressionResult:
     """:func:`soft_weight_sharing`; with ``fitted``, the retraining of an earlier call on the
@@ -1489,7 +1543,16 @@ def _soft_weight_sharing(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     x_train, y_train, x_test, y_test = _unpack_data(data)
     chosen = _pipeline_settings(preset, settings)
-    plan = _retraining(chosen, settings, x_train.shape[0])
+    stream = None if train_loader is None else _train_stream(train_loader, x_train.shape[0])
+    if stream is not None and chosen.compress.distill > 0:
+        raise ValueError(
+            f"distill={chosen.compress.distill!r} with a train_loader: the distillation targets "
+            "are computed once for data's training tensors, not for the loader's batches; "
+            "retrain on data (no train_loader) or set distill=0"
+        )
+    plan = _retraining(
+        chosen, settings, x_train.shape[0], None if stream is None else stream.steps_per_epoch
+    )
     prior = MixturePrior.from_settings(chosen.prior)
 
     start = time.perf_counter()
@@ -1511,7 +1574,7 @@ def _soft_weight_sharing(
             pretrained,
             prior,
             likelihood,
-            (x_train, y_train),
+            (x_train, y_train) if stream is None else stream,
             chosen,
             plan,
             progress,

@@ -59,6 +59,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from ..settings import epochs_to_steps
 from ..validation import check_int
 from .rng import get_rng_state, rng_preserved, set_rng_state
 
@@ -334,7 +335,7 @@ class BatchStream:
                 f"num_epochs needs the number of batches per epoch, but the data loader "
                 f"({type(self.batches).__name__}) has no len(); give num_steps instead"
             )
-        return max(1, round(num_epochs * self.steps_per_epoch))
+        return epochs_to_steps(num_epochs, self.steps_per_epoch)
 
     def _set_epoch(self, epoch: int) -> None:
         if isinstance(self.batches, DataLoader):
