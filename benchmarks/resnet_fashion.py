@@ -6,13 +6,12 @@
    (:func:`bayes_sws.zoo.nets.resnet`) by Adam on the rest, read through a
    ``DataLoader`` of :class:`bayes_sws.zoo.data.AugmentedImages` (random crops
    of the zero-padded image, horizontal flips);
-3. retrains it under the soft weight-sharing prior by ``bayes_sws.fit(model,
-   loader)`` on the same augmented loader: the ``"compression"`` preset with the
-   LeNet-5 benchmark's soft-to-hard precision anneal (``benchmarks/compression.py``,
-   ``ANNEAL``), one run per ``--prior-scales`` value;
-4. quantises each with its learned mixture (:func:`bayes_sws.compress.pipeline.compress_result`;
-   codebook fine-tuning only with ``--finetune-epochs``, off as in the LeNet-5
-   benchmark) and scores it on the
+3. retrains it under the soft weight-sharing prior on the same augmented loader
+   (:func:`bayes_sws.compress.pipeline.soft_weight_sharing` with ``train_loader``): the
+   ``"compression"`` preset with the LeNet-5 recipe's soft-to-hard precision anneal,
+   one run per ``--prior-scales`` value;
+4. quantises each with its learned mixture (codebook fine-tuning on the un-augmented
+   training tensors only with ``--finetune-epochs``) and scores it on the
    validation set; the chosen λ is the highest compression rate within 0.5 points
    of the pretrained validation error (the smallest increase if none is);
 5. reads the test set once: the pretrained and the chosen compressed network.
@@ -33,8 +32,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import os
 import sys
@@ -46,19 +43,13 @@ from machine import cpu_model  # benchmarks/ is on sys.path: run as a script, or
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from bayes_sws import SWSModel, fit
 from bayes_sws.compress.pipeline import (
     SHARING_PRECISION_PRIOR,
     SLAB_PRECISION_PRIOR,
     CompressionResult,
-    compress_result,
-    compress_result_kwargs,
-    default_anneal_epochs,
-    precision_anneal,
+    soft_weight_sharing,
 )
 from bayes_sws.compress.tuning import validation_split
-from bayes_sws.core.priors import MixturePrior
-from bayes_sws.settings import PRESETS, Preset, split_settings
 from bayes_sws.zoo.data import AugmentedImages, Dataset, load_dataset
 from bayes_sws.zoo.nets import resnet
 from bayes_sws.zoo.training import accuracy
@@ -111,71 +102,38 @@ def pretrain(net: torch.nn.Module, loader: DataLoader, options: dict) -> list[fl
     return seconds
 
 
-def retraining_preset(prior_scale: float, options: dict) -> Preset:
-    """The ``"compression"`` preset with the LeNet-5 anneal, λ and this run's optimiser."""
-    chosen = split_settings(
-        {
-            "prior_scale": prior_scale,
-            "precision_prior": list(SLAB_PRECISION_PRIOR),
-            "precision_prior_final": list(SHARING_PRECISION_PRIOR),
-            "lr": options["lr"],
-            "mixture_lr": options["mixture_lr"],
-            "batch_size": None,  # the loader's
-            "finetune_epochs": options["finetune_epochs"],
-            "seed": options["seed"],
-        },
-        base=PRESETS["compression"],
-        where="resnet_fashion",
-    )
-    prior = chosen.prior
-    if prior.pi_zero is None:  # π0 starts at its Beta prior's mean, as soft_weight_sharing's
-        a, b = prior.pi_zero_prior
-        prior = prior.replace(init_pi_zero=a / (a + b))
-    return dataclasses.replace(chosen, prior=prior)
+def retraining_settings(prior_scale: float, options: dict) -> dict:
+    """``soft_weight_sharing``'s settings: the ``"compression"`` preset with the LeNet-5 anneal,
+    λ and this run's optimiser and epochs (of the loader)."""
+    return {
+        "prior_scale": prior_scale,
+        "precision_prior": SLAB_PRECISION_PRIOR,
+        "precision_prior_final": SHARING_PRECISION_PRIOR,
+        "lr": options["lr"],
+        "mixture_lr": options["mixture_lr"],
+        "num_epochs": options["retrain_epochs"],
+        "batch_size": options["batch_size"],  # codebook fine-tuning's; retraining reads the loader
+        "finetune_epochs": options["finetune_epochs"],
+        "seed": options["seed"],
+    }
 
 
 def retrain_and_compress(
     net: torch.nn.Module, loader: DataLoader, validation: Dataset, prior_scale: float, options: dict
 ) -> tuple[CompressionResult, float]:
-    """Soft weight-sharing by ``fit(model, loader)``, quantised, scored on validation.
+    """Soft weight-sharing retrained on ``loader``, quantised, scored on validation.
 
     Returns the result and the retraining's seconds per epoch.
     """
-    chosen = retraining_preset(prior_scale, options)
-    prior = MixturePrior.from_settings(chosen.prior)
-    model = SWSModel(copy.deepcopy(net), prior, "categorical", prior_scale=prior_scale)
-    per_epoch = len(loader)
-    num_steps = max(1, round(options["retrain_epochs"] * per_epoch))
-    _, _, final = chosen.prior.used_precision_priors()
-    anneal = precision_anneal(prior, final, default_anneal_epochs(num_steps, per_epoch), per_epoch)
-    if anneal is not None:
-        anneal(0)
-
-    def schedule(step: int, loss: float) -> None:
-        if anneal is not None:
-            anneal(step + 1)
-
-    start = time.perf_counter()
-    fitted = fit(
-        model,
-        loader,
-        settings=chosen.fit.replace(num_steps=num_steps, num_epochs=None),
-        callback=schedule,
+    result = soft_weight_sharing(
+        net,
+        validation,
+        train_loader=loader,
         progress=options["progress"],
+        **retraining_settings(prior_scale, options),
     )
-    seconds = (time.perf_counter() - start) / options["retrain_epochs"]
-    result = compress_result(
-        fitted,
-        validation.x_test,
-        validation.y_test,
-        **compress_result_kwargs(chosen.compress),
-        test_accuracy_pretrained=accuracy(net, validation.x_test, validation.y_test),
-        finetune_data=(validation.x_train, validation.y_train),
-        finetune_batch_size=options["batch_size"],
-        seed=options["seed"],
-        progress=options["progress"],
-    )
-    return result, seconds
+    assert result.fit is not None  # a retraining ran
+    return result, result.fit.wall_time / options["retrain_epochs"]
 
 
 def choose(trials: list[dict]) -> dict:
