@@ -82,6 +82,10 @@ def table(points: list[dict], rate: float, margin: float) -> str:
     return "\n".join(lines)
 
 
+#: Colours of the leads after matplotlib's ten (``C0``-``C9``), none of them a shade of those
+MORE_COLOURS = ("black", "darkgoldenrod", "teal", "navy", "maroon", "darkolivegreen")
+
+
 def plot(points: list[dict], *, rate: float, margin: float, title: str):
     """Mean validation increase against mean rate (log x), a marker and colour per lead."""
     from matplotlib.figure import Figure
@@ -102,8 +106,8 @@ def plot(points: list[dict], *, rate: float, margin: float, title: str):
             [p["increase"] for p in mine],
             yerr=[p["se"] for p in mine],
             marker=markers[i % len(markers)],
-            color=f"C{i % 10}",
-            ls="-" if i < 10 else "--",  # the colours repeat after ten leads
+            color=f"C{i}" if i < 10 else MORE_COLOURS[(i - 10) % len(MORE_COLOURS)],
+            ls="-" if i < 10 else "--",  # past matplotlib's ten colours: dark ones, dashed
             ms=6,
             lw=1.0,
             capsize=3,
