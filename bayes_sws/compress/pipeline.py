@@ -81,7 +81,7 @@ from ..core.likelihoods import (
 )
 from ..core.model import SWSModel
 from ..core.priors import Mixture, MixturePrior
-from ..infer.loaders import BatchStream, is_batches
+from ..infer.loaders import BatchStream, dataset_size, is_batches
 from ..infer.svi import FitResult, fit
 from ..settings import (
     PRESETS,
@@ -1242,12 +1242,7 @@ def _train_stream(train_loader: Any, num_train: int) -> BatchStream:
             "train_loader must be a torch.utils.data.DataLoader (or a list of (x, y) batches), "
             f"got {type(train_loader).__name__}; give tensors in data instead"
         )
-    dataset = getattr(train_loader, "dataset", None)
-    try:
-        sized = dataset is not None and len(dataset) > 0
-    except TypeError:
-        sized = False
-    stream = BatchStream(train_loader, None if sized else num_train)
+    stream = BatchStream(train_loader, None if dataset_size(train_loader) else num_train)
     if stream.steps_per_epoch is None:
         raise TypeError(
             f"train_loader ({type(train_loader).__name__}) has no len(): soft_weight_sharing "

@@ -63,7 +63,7 @@ from ..settings import epochs_to_steps
 from ..validation import check_int
 from .rng import get_rng_state, rng_preserved, set_rng_state
 
-__all__ = ["BatchStream", "ReplayWarning", "is_batches", "replay_problem"]
+__all__ = ["BatchStream", "ReplayWarning", "dataset_size", "is_batches", "replay_problem"]
 
 #: Samplers whose order is a function of their generator (or the global RNG) and the epoch.
 _REPLAYABLE_SAMPLERS = (
@@ -205,15 +205,22 @@ def _pair(batch: Any, where: str) -> tuple[Any, Any]:
     )
 
 
-def _num_data(batches: Iterable, num_data: Any) -> int:
-    if num_data is not None:
-        return check_int("num_data", num_data, low=1)
+def dataset_size(batches: Iterable) -> int | None:
+    """``len(batches.dataset)``: the number of data points behind a loader's batches, or
+    ``None`` where it has no dataset (a list of batches), an unsized one or an empty one."""
     dataset = getattr(batches, "dataset", None)
     try:
         size = len(dataset) if dataset is not None else 0
     except TypeError:
         size = 0
-    if size < 1:
+    return size if size >= 1 else None
+
+
+def _num_data(batches: Iterable, num_data: Any) -> int:
+    if num_data is not None:
+        return check_int("num_data", num_data, low=1)
+    size = dataset_size(batches)
+    if size is None:
         raise ValueError(
             f"num_data is None and the data ({type(batches).__name__}) has no dataset with a "
             "length to take it from; pass fit(..., num_data=N) with N the number of data points "
